@@ -1,0 +1,47 @@
+/**
+ * The one table from domain errors to gRPC status codes and etcd's exact error strings.
+ * Clients (etcdctl, clientv3, the etcd3 npm package) match on these strings; do not reword them.
+ */
+import { status, type ServiceError, Metadata } from '@grpc/grpc-js';
+import { isRampartError, type ErrorCode } from '../errors.js';
+
+export interface GrpcErrorMapping {
+  readonly code: status;
+  readonly message: string;
+}
+
+export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
+  EmptyKey: { code: status.INVALID_ARGUMENT, message: 'etcdserver: key is not provided' },
+  KeyNotFound: { code: status.INVALID_ARGUMENT, message: 'etcdserver: key not found' },
+  ValueProvided: { code: status.INVALID_ARGUMENT, message: 'etcdserver: value is provided' },
+  LeaseProvided: { code: status.INVALID_ARGUMENT, message: 'etcdserver: lease is provided' },
+  TooManyOps: { code: status.INVALID_ARGUMENT, message: 'etcdserver: too many operations in txn request' },
+  DuplicateKey: { code: status.INVALID_ARGUMENT, message: 'etcdserver: duplicate key given in txn request' },
+  RequestTooLarge: { code: status.INVALID_ARGUMENT, message: 'etcdserver: request is too large' },
+  InvalidSortOption: { code: status.INVALID_ARGUMENT, message: 'etcdserver: invalid sort option' },
+  Compacted: { code: status.OUT_OF_RANGE, message: 'etcdserver: mvcc: required revision has been compacted' },
+  FutureRevision: { code: status.OUT_OF_RANGE, message: 'etcdserver: mvcc: required revision is a future revision' },
+  NoSpace: { code: status.RESOURCE_EXHAUSTED, message: 'etcdserver: mvcc: database space exceeded' },
+  TooManyRequests: { code: status.RESOURCE_EXHAUSTED, message: 'etcdserver: too many requests' },
+  LeaseNotFound: { code: status.NOT_FOUND, message: 'etcdserver: requested lease not found' },
+  LeaseExists: { code: status.FAILED_PRECONDITION, message: 'etcdserver: lease already exists' },
+  LeaseTtlTooLarge: { code: status.OUT_OF_RANGE, message: 'etcdserver: too large lease TTL' },
+  NoLeader: { code: status.UNAVAILABLE, message: 'etcdserver: no leader' },
+  LeaderChanged: { code: status.UNAVAILABLE, message: 'etcdserver: leader changed' },
+  Timeout: { code: status.UNAVAILABLE, message: 'etcdserver: request timed out' },
+  Stopped: { code: status.UNAVAILABLE, message: 'etcdserver: server stopped' },
+  NotCapable: { code: status.UNAVAILABLE, message: 'etcdserver: not capable' },
+  Corrupt: { code: status.DATA_LOSS, message: 'etcdserver: corrupt cluster' },
+  MemberNotFound: { code: status.NOT_FOUND, message: 'etcdserver: member not found' },
+  InvalidArgument: { code: status.INVALID_ARGUMENT, message: 'etcdserver: invalid argument' },
+  Unimplemented: { code: status.UNIMPLEMENTED, message: 'etcdserver: not implemented' },
+};
+
+/** Turns anything thrown inside a handler into a gRPC error a client can act on: never a stack trace. */
+export function toServiceError(error: unknown): Partial<ServiceError> {
+  if (isRampartError(error)) {
+    const mapping = errorTable[error.code];
+    return { code: mapping.code, details: mapping.message, metadata: new Metadata() };
+  }
+  return { code: status.INTERNAL, details: 'etcdserver: internal error', metadata: new Metadata() };
+}

@@ -1,0 +1,442 @@
+/**
+ * The etcd v3 gRPC services over a member. Owns: message translation, streams and their cleanup,
+ * mapping every error through `errors.ts`. Never: state of its own beyond a stream's lifetime.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import { RampartError, isRampartError } from '../errors.js';
+import type { Member } from '../server/member.js';
+import { int64Out, parseBigInt64, parseInt64, toKeyValueMessage } from '../server/kv.js';
+import { alarmType } from '../server/applier.js';
+import { leaseTtlMaxSeconds } from '../server/lessor.js';
+import type { StoreEvent } from '../storage/mvcc/store.js';
+import type { Watcher, WatchSink } from '../server/watch-hub.js';
+import { fromIndexKey } from '../storage/mvcc/range.js';
+import { toServiceError } from './errors.js';
+import type {
+  AlarmRequest,
+  CompactionRequest,
+  DeleteRangeRequest,
+  EventMessage,
+  Int64In,
+  PutRequest,
+  RangeRequest,
+  TxnRequest,
+  WatchCreateRequest,
+  WatchRequest,
+  WatchResponse,
+} from './messages.js';
+import { packageDefinition } from './proto.js';
+
+/** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
+const grpcOverheadBytes = 512 * 1024;
+/** Snapshot stream chunk size. */
+const snapshotChunkBytes = 32 * 1024;
+
+type Handler<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response> | Response;
+
+interface ServiceDefinitionMap {
+  [name: string]: grpc.ServiceDefinition;
+}
+
+export interface ApiServerOptions {
+  readonly member: Member;
+  readonly logger: Logger;
+  readonly credentials: grpc.ServerCredentials;
+}
+
+export function createGrpcServer(options: ApiServerOptions): grpc.Server {
+  const { member, logger } = options;
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': member.options.maxRequestBytes + grpcOverheadBytes,
+    'grpc.max_send_message_length': -1,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 5000,
+  });
+  const services = loadServices();
+
+  const unary = <Request, Response>(name: string, handler: Handler<Request, Response>): grpc.handleUnaryCall<Request, Response> =>
+    (call, callback) => {
+      Promise.resolve()
+        .then(() => handler(call.request, call))
+        .then(
+          (response) => callback(null, response),
+          (error: unknown) => {
+            if (!isRampartError(error)) {
+              logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
+            }
+            callback(toServiceError(error));
+          },
+        );
+    };
+
+  const kv = (result: Promise<{ revision: number; response: object }>): Promise<object> =>
+    result.then(({ revision, response }) => ({ header: member.header(revision), ...response }));
+
+  server.addService(service(services, 'etcdserverpb.KV'), {
+    Range: unary('Range', async (request: RangeRequest) => {
+      const { revision: _revision, ...result } = await member.range(request);
+      return { header: member.header(), ...result };
+    }),
+    Put: unary('Put', (request: PutRequest) => kv(member.put(request))),
+    DeleteRange: unary('DeleteRange', (request: DeleteRangeRequest) => kv(member.deleteRange(request))),
+    Txn: unary('Txn', (request: TxnRequest) => kv(member.txn(request))),
+    Compact: unary('Compact', (request: CompactionRequest) => kv(member.compact(request))),
+  });
+
+  server.addService(service(services, 'etcdserverpb.Watch'), {
+    Watch: (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call),
+  });
+
+  server.addService(service(services, 'etcdserverpb.Lease'), {
+    LeaseGrant: unary('LeaseGrant', async (request: { TTL: Int64In; ID: Int64In }) => {
+      const ttl = parseInt64(request.TTL);
+      if (ttl > leaseTtlMaxSeconds) {
+        throw new RampartError('LeaseTtlTooLarge');
+      }
+      const { revision, response } = await member.leaseGrant(ttl, parseBigInt64(request.ID));
+      return { header: member.header(revision), ...response };
+    }),
+    LeaseRevoke: unary('LeaseRevoke', (request: { ID: Int64In }) => kv(member.leaseRevoke(parseBigInt64(request.ID)))),
+    LeaseKeepAlive: (call: grpc.ServerDuplexStream<{ ID: Int64In }, object>) => serveKeepAlive(member, call),
+    LeaseTimeToLive: unary('LeaseTimeToLive', (request: { ID: Int64In; keys: boolean }) => {
+      const id = parseBigInt64(request.ID);
+      const lease = member.lessor.get(id);
+      if (lease === undefined) {
+        return { header: member.header(), ID: int64Out(id), TTL: -1, grantedTTL: 0, keys: [] };
+      }
+      return {
+        header: member.header(),
+        ID: int64Out(id),
+        TTL: member.lessor.remainingSeconds(id),
+        grantedTTL: lease.grantedTtlSeconds,
+        keys: request.keys ? [...lease.keys].sort().map(fromIndexKey) : [],
+      };
+    }),
+    LeaseLeases: unary('LeaseLeases', () => ({
+      header: member.header(),
+      leases: member.lessor.ids().map((id) => ({ ID: int64Out(id) })),
+    })),
+  });
+
+  const memberMessages = (): object[] =>
+    member.members().map((info) => ({
+      ID: int64Out(info.id),
+      name: info.name,
+      peerURLs: info.peerUrls,
+      clientURLs: info.clientUrls,
+      isLearner: info.isLearner,
+    }));
+  const notYet = (): never => {
+    throw new RampartError('Unimplemented');
+  };
+  server.addService(service(services, 'etcdserverpb.Cluster'), {
+    MemberList: unary('MemberList', () => ({ header: member.headerWithoutRevision(), members: memberMessages() })),
+    MemberAdd: unary('MemberAdd', notYet),
+    MemberRemove: unary('MemberRemove', notYet),
+    MemberUpdate: unary('MemberUpdate', notYet),
+    MemberPromote: unary('MemberPromote', notYet),
+  });
+
+  server.addService(service(services, 'etcdserverpb.Maintenance'), {
+    Status: unary('Status', () => ({
+      header: member.header(),
+      version: serverVersionString(),
+      dbSize: member.dbSize,
+      leader: int64Out(member.leaderId),
+      raftIndex: member.raftIndex,
+      raftTerm: member.term,
+      raftAppliedIndex: member.appliedIndex,
+      errors: member.alarmList().map((alarm) => `memberID:${BigInt(alarm.memberID).toString()} alarm:${alarmName(alarm.alarm)} `),
+      dbSizeInUse: member.dbSize,
+      isLearner: false,
+    })),
+    Alarm: unary('Alarm', async (request: AlarmRequest) => {
+      const { response } = await member.alarm(request);
+      return { header: member.headerWithoutRevision(), ...response };
+    }),
+    Defragment: unary('Defragment', async () => {
+      await member.defragment();
+      return { header: member.headerWithoutRevision() };
+    }),
+    Hash: unary('Hash', async () => {
+      const { hash } = await member.store.hashKv(0);
+      return { header: member.header(), hash };
+    }),
+    HashKV: unary('HashKV', async (request: { revision: Int64In }) => {
+      const result = await member.store.hashKv(parseInt64(request.revision));
+      return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
+    }),
+    Snapshot: (call: grpc.ServerWritableStream<object, object>) => void serveSnapshot(member, logger, call),
+    MoveLeader: unary('MoveLeader', (request: { targetID: Int64In }) => {
+      if (BigInt(request.targetID || '0') !== member.memberId) {
+        throw new RampartError('MemberNotFound');
+      }
+      return { header: member.headerWithoutRevision() };
+    }),
+    Downgrade: unary('Downgrade', notYet),
+  });
+
+  return server;
+}
+
+function serverVersionString(): string {
+  return '3.5.17';
+}
+
+function alarmName(alarm: number): string {
+  return alarm === alarmType.noSpace ? 'NOSPACE' : alarm === alarmType.corrupt ? 'CORRUPT' : 'NONE';
+}
+
+function loadServices(): ServiceDefinitionMap {
+  const loaded = grpc.loadPackageDefinition(packageDefinition);
+  const result: ServiceDefinitionMap = {};
+  for (const name of ['etcdserverpb.KV', 'etcdserverpb.Watch', 'etcdserverpb.Lease', 'etcdserverpb.Cluster', 'etcdserverpb.Maintenance', 'etcdserverpb.Auth', 'v3lockpb.Lock', 'v3electionpb.Election']) {
+    const [pkg, svc] = name.split('.') as [string, string];
+    const constructor = (loaded[pkg] as grpc.GrpcObject)[svc] as grpc.ServiceClientConstructor;
+    result[name] = constructor.service;
+  }
+  return result;
+}
+
+function service(services: ServiceDefinitionMap, name: string): grpc.ServiceDefinition {
+  const definition = services[name];
+  if (definition === undefined) {
+    throw new Error(`unknown service ${name}`);
+  }
+  return definition;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+// ---- Watch ----
+
+function eventMessage(event: StoreEvent, withPrevKv: boolean): EventMessage {
+  const message: EventMessage = { type: event.type === 'put' ? 0 : 1, kv: toKeyValueMessage(event.kv) };
+  if (withPrevKv && event.prevKv !== undefined) {
+    message.prev_kv = toKeyValueMessage(event.prevKv);
+  }
+  return message;
+}
+
+function eventBytes(event: EventMessage): number {
+  return event.kv.key.length + event.kv.value.length + (event.prev_kv === undefined ? 0 : event.prev_kv.key.length + event.prev_kv.value.length) + 64;
+}
+
+function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>): void {
+  const watchers = new Map<number, Watcher>();
+  const fragmentById = new Set<number>();
+  let nextWatchId = 0;
+  let congested = false;
+  let closed = false;
+  let drainWaiters: (() => void)[] = [];
+
+  const write = (response: WatchResponse): boolean => {
+    if (closed) return true;
+    const accepted = call.write(response);
+    if (!accepted) congested = true;
+    return accepted;
+  };
+  const releaseDrainWaiters = (): void => {
+    const waiting = drainWaiters;
+    drainWaiters = [];
+    for (const resolve of waiting) resolve();
+  };
+  call.on('drain', () => {
+    congested = false;
+    releaseDrainWaiters();
+  });
+
+  const sink: WatchSink = {
+    sendEvents(watchId, events, withPrevKv) {
+      const messages = events.map((event) => eventMessage(event, withPrevKv));
+      const limit = member.options.maxRequestBytes;
+      if (!fragmentById.has(watchId) || messages.reduce((sum, message) => sum + eventBytes(message), 0) <= limit) {
+        return write({ header: member.header(), watch_id: watchId, events: messages });
+      }
+      let accepted = true;
+      let chunk: EventMessage[] = [];
+      let chunkBytes = 0;
+      for (const message of messages) {
+        if (chunk.length > 0 && chunkBytes + eventBytes(message) > limit) {
+          accepted = write({ header: member.header(), watch_id: watchId, events: chunk, fragment: true }) && accepted;
+          chunk = [];
+          chunkBytes = 0;
+        }
+        chunk.push(message);
+        chunkBytes += eventBytes(message);
+      }
+      return write({ header: member.header(), watch_id: watchId, events: chunk }) && accepted;
+    },
+    sendCompacted(watchId, compactRevision) {
+      watchers.delete(watchId);
+      write({ header: member.header(), watch_id: watchId, canceled: true, compact_revision: compactRevision, events: [] });
+    },
+    sendProgress(watchId) {
+      write({ header: member.header(), watch_id: watchId, events: [] });
+    },
+    drained() {
+      if (!congested || closed) return Promise.resolve();
+      return new Promise((resolve) => drainWaiters.push(resolve));
+    },
+    get closed() {
+      return closed;
+    },
+  };
+
+  const create = (request: WatchCreateRequest): void => {
+    let id = parseInt64(request.watch_id);
+    if (id !== 0 && watchers.has(id)) {
+      write({ header: member.header(), watch_id: -1, created: true, canceled: true, cancel_reason: 'mvcc: duplicate watch ID provided on the WatchStream', events: [] });
+      return;
+    }
+    if (id === 0) {
+      while (watchers.has(nextWatchId)) nextWatchId += 1;
+      id = nextWatchId++;
+    }
+    const currentRevision = member.store.currentRevision;
+    const start = parseInt64(request.start_revision);
+    const watcher: Watcher = {
+      id,
+      range: { key: request.key, rangeEnd: request.range_end },
+      filters: { noPut: request.filters.includes(0), noDelete: request.filters.includes(1) },
+      prevKv: request.prev_kv,
+      progressNotify: request.progress_notify,
+      sink,
+      nextRevision: start > 0 ? start : currentRevision + 1,
+      synced: false,
+      canceled: false,
+    };
+    watchers.set(id, watcher);
+    if (request.fragment) fragmentById.add(id);
+    write({ header: member.header(currentRevision), watch_id: id, created: true, events: [] });
+    member.watchHub.add(watcher);
+  };
+
+  call.on('data', (request: WatchRequest) => {
+    try {
+      switch (request.request_union) {
+        case 'create_request':
+          if (request.create_request !== undefined) create(request.create_request);
+          break;
+        case 'cancel_request': {
+          const id = parseInt64(request.cancel_request?.watch_id);
+          const watcher = watchers.get(id);
+          if (watcher !== undefined) {
+            watchers.delete(id);
+            fragmentById.delete(id);
+            member.watchHub.remove(watcher);
+            write({ header: member.header(), watch_id: id, canceled: true, events: [] });
+          }
+          break;
+        }
+        case 'progress_request': {
+          // Every event up to the reported revision has been sent to every watcher of this stream.
+          let revision = member.store.currentRevision;
+          for (const watcher of watchers.values()) {
+            if (!watcher.synced) revision = Math.min(revision, watcher.nextRevision - 1);
+          }
+          write({ header: member.header(revision), watch_id: -1, events: [] });
+          break;
+        }
+        default:
+          break;
+      }
+    } catch (error) {
+      logger.warn({ err: describe(error) }, 'watch request rejected');
+      call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+    }
+  });
+
+  const cleanup = (): void => {
+    if (closed) return;
+    closed = true;
+    for (const watcher of watchers.values()) member.watchHub.remove(watcher);
+    watchers.clear();
+    releaseDrainWaiters();
+  };
+  call.on('end', () => {
+    cleanup();
+    call.end();
+  });
+  call.on('error', cleanup);
+  call.on('cancelled', cleanup);
+  call.on('close', cleanup);
+}
+
+// ---- Lease keep-alive ----
+
+function serveKeepAlive(member: Member, call: grpc.ServerDuplexStream<{ ID: Int64In }, object>): void {
+  call.on('data', (request: { ID: Int64In }) => {
+    try {
+      const id = parseBigInt64(request.ID);
+      const ttl = member.leaseKeepAlive(id);
+      call.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
+    } catch (error) {
+      call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+    }
+  });
+  call.on('end', () => call.end());
+  call.on('error', () => undefined);
+}
+
+// ---- Snapshot ----
+
+/**
+ * Snapshot stream format (version 1): the magic line `RAMPART-SNAPSHOT 1\n`, then records
+ * `u32 key length, key, u32 value length, value` for every state-machine record, then a 32-byte
+ * SHA-256 of everything before it (as etcd appends a SHA-256 to its snapshots).
+ */
+export const snapshotMagic = Buffer.from('RAMPART-SNAPSHOT 1\n');
+
+async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWritableStream<object, object>): Promise<void> {
+  const hash = createHash('sha256');
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let cancelled = false;
+  call.on('cancelled', () => {
+    cancelled = true;
+  });
+  const flush = async (final: boolean): Promise<void> => {
+    const blob = Buffer.concat(pending);
+    pending = [];
+    pendingBytes = 0;
+    const accepted = call.write({ header: member.header(), remaining_bytes: final ? 0 : 1, blob, version: serverVersionString() });
+    if (!accepted) {
+      await new Promise<void>((resolve) => call.once('drain', resolve));
+    }
+  };
+  const push = async (buffer: Buffer): Promise<void> => {
+    hash.update(buffer);
+    pending.push(buffer);
+    pendingBytes += buffer.length;
+    if (pendingBytes >= snapshotChunkBytes) await flush(false);
+  };
+  try {
+    await push(snapshotMagic);
+    for await (const [key, value] of member.snapshotIterator()) {
+      if (cancelled) return;
+      if (key[0] === 0x65) continue; // log entries are not part of the state machine
+      const lengths = Buffer.allocUnsafe(4);
+      lengths.writeUInt32BE(key.length);
+      await push(lengths);
+      await push(key);
+      const valueLength = Buffer.allocUnsafe(4);
+      valueLength.writeUInt32BE(value.length);
+      await push(valueLength);
+      await push(value);
+    }
+    const digest = hash.digest();
+    pending.push(digest);
+    await flush(true);
+    call.end();
+  } catch (error) {
+    logger.error({ err: describe(error) }, 'snapshot stream failed');
+    call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+  }
+}
+
+export { parseInt64 };

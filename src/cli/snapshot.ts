@@ -1,0 +1,54 @@
+/**
+ * Restores a snapshot stream (format in `api/server.ts`) into a new data directory.
+ * The file is verified whole (magic, record framing, SHA-256) before anything is written.
+ * The member identity is not restored: the restored member derives its own from its flags.
+ */
+import { createHash } from 'node:crypto';
+import { access, mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ClassicLevel } from 'classic-level';
+import { snapshotMagic } from '../api/server.js';
+import { metaKey } from '../storage/schema.js';
+
+export async function restoreSnapshot(file: string, dataDir: string): Promise<number> {
+  const exists = await access(dataDir).then(() => true, () => false);
+  if (exists) {
+    throw new Error(`data directory ${dataDir} already exists; restore needs a new one`);
+  }
+  const content = await readFile(file);
+  const digestBytes = 32;
+  if (content.length < snapshotMagic.length + digestBytes || !content.subarray(0, snapshotMagic.length).equals(snapshotMagic)) {
+    throw new Error(`${file} is not a Rampart snapshot`);
+  }
+  const body = content.subarray(0, content.length - digestBytes);
+  const digest = content.subarray(content.length - digestBytes);
+  if (!createHash('sha256').update(body).digest().equals(digest)) {
+    throw new Error(`${file}: SHA-256 mismatch; the snapshot is damaged or incomplete`);
+  }
+  const records: { key: Buffer; value: Buffer }[] = [];
+  let offset = snapshotMagic.length;
+  const read = (): Buffer => {
+    if (offset + 4 > body.length) throw new Error(`${file}: truncated record at byte ${offset}`);
+    const length = body.readUInt32BE(offset);
+    offset += 4;
+    if (offset + length > body.length) throw new Error(`${file}: truncated record at byte ${offset}`);
+    const bytes = body.subarray(offset, offset + length);
+    offset += length;
+    return bytes;
+  };
+  while (offset < body.length) {
+    const key = read();
+    const value = read();
+    if (key.equals(metaKey.memberId) || key.equals(metaKey.clusterId)) continue;
+    records.push({ key, value });
+  }
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const db = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await db.open();
+  try {
+    await db.batch(records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })), { sync: true });
+  } finally {
+    await db.close();
+  }
+  return records.length;
+}

@@ -1,0 +1,52 @@
+/**
+ * Domain errors. Every layer below the API throws these; none of them knows about gRPC.
+ * `src/api/errors.ts` holds the one table that maps each code to a gRPC status and etcd's exact text.
+ */
+export const errorCodes = [
+  'EmptyKey',
+  'KeyNotFound',
+  'ValueProvided',
+  'LeaseProvided',
+  'TooManyOps',
+  'DuplicateKey',
+  'RequestTooLarge',
+  'InvalidSortOption',
+  'Compacted',
+  'FutureRevision',
+  'NoSpace',
+  'TooManyRequests',
+  'LeaseNotFound',
+  'LeaseExists',
+  'LeaseTtlTooLarge',
+  'NoLeader',
+  'LeaderChanged',
+  'Timeout',
+  'Stopped',
+  'NotCapable',
+  'Corrupt',
+  'MemberNotFound',
+  'InvalidArgument',
+  'Unimplemented',
+] as const;
+
+export type ErrorCode = (typeof errorCodes)[number];
+
+export class RampartError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, detail?: string) {
+    super(detail ?? code);
+    this.name = 'RampartError';
+    this.code = code;
+  }
+}
+
+export function isRampartError(error: unknown): error is RampartError {
+  return error instanceof RampartError;
+}
+
+/** A broken invariant: the process must stop rather than serve wrong data. */
+export function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) {
+    throw new Error(`assertion failed: ${message}`);
+  }
+}

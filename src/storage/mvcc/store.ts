@@ -1,0 +1,500 @@
+/**
+ * The MVCC key-value store: every change gets a revision (main, sub); history is kept until
+ * compaction; tombstones mark deletions.
+ *
+ * Owns: the in-memory key index (key → revisions, plus the live value of each key) and the
+ * 'k' bucket of the database (revision → record). Reads are synchronous: the live value of a key is
+ * in memory, older revisions come from LevelDB (or from the not-yet-flushed map).
+ * Never: decides what to apply (that is the applier), or fsyncs (the log is the durability point;
+ * a crash re-applies entries after the persisted consistent index).
+ */
+import sortedBtree from 'sorted-btree';
+import type { ClassicLevel } from 'classic-level';
+import { RampartError, assert } from '../../errors.js';
+import {
+  type KeyValue,
+  decodeKeyValueRecord,
+  decodeRevisionKey,
+  encodeKeyValueRecord,
+  encodeRevisionKey,
+  recordKind,
+  readUint64,
+  writeUint64,
+} from '../encoding.js';
+import { metaKey, prefix, prefixEnd } from '../schema.js';
+import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './range.js';
+
+export type Database = ClassicLevel<Buffer, Buffer>;
+
+// sorted-btree is CommonJS with the class on `default`.
+const BTree = sortedBtree.default;
+
+export interface RevisionEntry {
+  readonly main: number;
+  readonly sub: number;
+  readonly tombstone: boolean;
+}
+
+interface KeyRecord {
+  readonly key: Buffer;
+  /** Ascending by (main, sub). */
+  revisions: RevisionEntry[];
+  /** The value at the newest revision, when that revision is not a tombstone. */
+  live: KeyValue | undefined;
+}
+
+export interface StoreEvent {
+  readonly type: 'put' | 'delete';
+  readonly kv: KeyValue;
+  readonly prevKv: KeyValue | undefined;
+}
+
+export interface RangeOptions {
+  /** 0 or absent: the current revision. */
+  readonly revision?: number;
+  /** 0 or absent: no limit. */
+  readonly limit?: number;
+  readonly countOnly?: boolean;
+}
+
+export interface RangeResult {
+  readonly kvs: KeyValue[];
+  readonly count: number;
+  readonly revision: number;
+}
+
+export type BatchOperation =
+  | { readonly type: 'put'; readonly key: Buffer; readonly value: Buffer }
+  | { readonly type: 'del'; readonly key: Buffer };
+
+/** Deletions of compacted revisions are written in batches of this many records. */
+const compactionBatchRecordsMax = 10_000;
+
+export class MvccStore {
+  private readonly index: InstanceType<typeof BTree<string, KeyRecord>> = new BTree<string, KeyRecord>();
+  /** Records applied in memory whose database write has not completed yet, by revision key (hex). */
+  private readonly unflushed = new Map<string, Buffer>();
+  private currentRevisionValue = 1;
+  private compactRevisionValue = 0;
+  private flushedRevisionValue = 1;
+  private flushWaiters: { revision: number; resolve: () => void }[] = [];
+  private compactionRunning: Promise<void> = Promise.resolve();
+
+  private constructor(private readonly db: Database) {}
+
+  /** Rebuilds the key index from the database (etcd does the same at start). */
+  static async open(db: Database): Promise<MvccStore> {
+    const store = new MvccStore(db);
+    for await (const [key, value] of db.iterator({ gte: Buffer.of(prefix.keyValue), lt: prefixEnd(prefix.keyValue) })) {
+      const revision = decodeRevisionKey(key);
+      const { kind, kv } = decodeKeyValueRecord(value);
+      store.indexRecord(kv, revision.main, revision.sub, kind === recordKind.tombstone);
+      store.currentRevisionValue = Math.max(store.currentRevisionValue, revision.main);
+    }
+    store.flushedRevisionValue = store.currentRevisionValue;
+    const scheduled = await readMetaNumber(db, metaKey.scheduledCompactRevision);
+    if (scheduled > 0) {
+      // Re-running a compaction is idempotent; it finishes one that a crash interrupted.
+      store.compactRevisionValue = scheduled;
+      store.startPhysicalCompaction(store.compactIndex(scheduled), scheduled);
+    }
+    return store;
+  }
+
+  get currentRevision(): number {
+    return this.currentRevisionValue;
+  }
+
+  get compactRevision(): number {
+    return this.compactRevisionValue;
+  }
+
+  get keyCount(): number {
+    return this.index.size;
+  }
+
+  /** Reads [key, rangeEnd) as of a revision. Synchronous. */
+  range(range: KeyRange, options: RangeOptions = {}): RangeResult {
+    const revision = this.resolveReadRevision(options.revision ?? 0);
+    return this.rangeAt(range, revision, options.limit ?? 0, options.countOnly ?? false);
+  }
+
+  private resolveReadRevision(requested: number): number {
+    if (requested <= 0) {
+      return this.currentRevisionValue;
+    }
+    if (requested > this.currentRevisionValue) {
+      throw new RampartError('FutureRevision');
+    }
+    if (requested < this.compactRevisionValue) {
+      throw new RampartError('Compacted');
+    }
+    return requested;
+  }
+
+  /** @internal Reads at an exact revision without validation; WriteTransaction reads its own writes this way. */
+  rangeAt(range: KeyRange, revision: number, limit: number, countOnly: boolean): RangeResult {
+    const kvs: KeyValue[] = [];
+    let count = 0;
+    this.forEachRecord(range, (record) => {
+      const entry = visibleEntry(record, revision);
+      if (entry === undefined || entry.tombstone) {
+        return;
+      }
+      count += 1;
+      if (countOnly || (limit > 0 && kvs.length >= limit)) {
+        return;
+      }
+      kvs.push(this.valueOf(record, entry));
+    });
+    return { kvs, count, revision: this.currentRevisionValue };
+  }
+
+  private forEachRecord(range: KeyRange, visit: (record: KeyRecord) => void): void {
+    const start = toIndexKey(range.key);
+    if (range.rangeEnd.length === 0) {
+      const record = this.index.get(start);
+      if (record !== undefined) {
+        visit(record);
+      }
+      return;
+    }
+    const end = rangeEndIndexKey(range);
+    for (const [indexKey, record] of this.index.entries(start)) {
+      if (end !== undefined && indexKey >= end) {
+        break;
+      }
+      visit(record);
+    }
+  }
+
+  private valueOf(record: KeyRecord, entry: RevisionEntry): KeyValue {
+    const newest = record.revisions[record.revisions.length - 1];
+    if (newest === entry && record.live !== undefined) {
+      return record.live;
+    }
+    const stored = this.readRecord(entry.main, entry.sub);
+    if (stored === undefined) {
+      // Removed by a concurrent physical compaction.
+      throw new RampartError('Compacted');
+    }
+    return stored.kv;
+  }
+
+  private readRecord(main: number, sub: number): { kind: number; kv: KeyValue } | undefined {
+    const key = encodeRevisionKey(main, sub);
+    const raw = this.unflushed.get(key.toString('hex')) ?? this.db.getSync(key);
+    return raw === undefined ? undefined : decodeKeyValueRecord(raw);
+  }
+
+  /** The live value of one key at the current revision, if any. */
+  get(key: Buffer): KeyValue | undefined {
+    return this.index.get(toIndexKey(key))?.live;
+  }
+
+  /** Starts a write transaction. Changes are visible to reads at once; `commit` returns the batch. */
+  beginWrite(): WriteTransaction {
+    return new WriteTransaction(this);
+  }
+
+  /** @internal Used by WriteTransaction. */
+  applyChange(kv: KeyValue, sub: number, tombstone: boolean, batch: BatchOperation[]): void {
+    const record = encodeKeyValueRecord(tombstone ? recordKind.tombstone : recordKind.put, kv);
+    const revisionKey = encodeRevisionKey(kv.modRevision, sub);
+    this.unflushed.set(revisionKey.toString('hex'), record);
+    batch.push({ type: 'put', key: revisionKey, value: record });
+    this.indexRecord(kv, kv.modRevision, sub, tombstone);
+  }
+
+  /** @internal Used by WriteTransaction at commit. */
+  advanceRevision(revision: number): void {
+    assert(revision === this.currentRevisionValue + 1, 'revisions must advance by one');
+    this.currentRevisionValue = revision;
+  }
+
+  private indexRecord(kv: KeyValue, main: number, sub: number, tombstone: boolean): void {
+    const indexKey = toIndexKey(kv.key);
+    let record = this.index.get(indexKey);
+    if (record === undefined) {
+      record = { key: kv.key, revisions: [], live: undefined };
+      this.index.set(indexKey, record);
+    }
+    const last = record.revisions[record.revisions.length - 1];
+    assert(last === undefined || last.main < main || (last.main === main && last.sub < sub), 'key revisions must increase');
+    record.revisions.push({ main, sub, tombstone });
+    record.live = tombstone ? undefined : kv;
+  }
+
+  /** Called once the database write holding revisions up to `revision` has completed. */
+  markFlushed(batch: readonly BatchOperation[], revision: number): void {
+    for (const operation of batch) {
+      if (operation.type === 'put' && operation.key[0] === prefix.keyValue) {
+        this.unflushed.delete(operation.key.toString('hex'));
+      }
+    }
+    this.flushedRevisionValue = Math.max(this.flushedRevisionValue, revision);
+    const ready = this.flushWaiters.filter((waiter) => waiter.revision <= this.flushedRevisionValue);
+    this.flushWaiters = this.flushWaiters.filter((waiter) => waiter.revision > this.flushedRevisionValue);
+    for (const waiter of ready) {
+      waiter.resolve();
+    }
+  }
+
+  get flushedRevision(): number {
+    return this.flushedRevisionValue;
+  }
+
+  /** Resolves once every revision up to `revision` is readable from the database. */
+  whenFlushed(revision: number): Promise<void> {
+    if (revision <= this.flushedRevisionValue) {
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.flushWaiters.push({ revision, resolve }));
+  }
+
+  /**
+   * Every change with main revision in [fromRevision, toRevision], in revision order, read from the
+   * database (call after `whenFlushed(toRevision)`). At most `eventsMax` events; the caller resumes after
+   * the last one returned.
+   */
+  async history(fromRevision: number, toRevision: number, eventsMax: number, withPrevKv: boolean): Promise<{ events: StoreEvent[]; revisions: number[] }> {
+    const events: StoreEvent[] = [];
+    const revisions: number[] = [];
+    const iterator = this.db.iterator({ gte: encodeRevisionKey(fromRevision, 0), lt: encodeRevisionKey(toRevision + 1, 0) });
+    try {
+      let lastMain = -1;
+      for await (const [key, value] of iterator) {
+        const revision = decodeRevisionKey(key);
+        if (events.length >= eventsMax && revision.main !== lastMain) {
+          break;
+        }
+        lastMain = revision.main;
+        const { kind, kv } = decodeKeyValueRecord(value);
+        const prevKv = withPrevKv ? this.previousValue(kv.key, revision.main, revision.sub) : undefined;
+        events.push({ type: kind === recordKind.tombstone ? 'delete' : 'put', kv, prevKv });
+        revisions.push(revision.main);
+      }
+    } finally {
+      await iterator.close();
+    }
+    return { events, revisions };
+  }
+
+  /** The value a key had just before (main, sub), if it is still in history. */
+  previousValue(key: Buffer, main: number, sub: number): KeyValue | undefined {
+    const record = this.index.get(toIndexKey(key));
+    if (record === undefined) {
+      return undefined;
+    }
+    let previous: RevisionEntry | undefined;
+    for (const entry of record.revisions) {
+      if (entry.main > main || (entry.main === main && entry.sub >= sub)) {
+        break;
+      }
+      previous = entry;
+    }
+    if (previous === undefined || previous.tombstone) {
+      return undefined;
+    }
+    return this.readRecord(previous.main, previous.sub)?.kv;
+  }
+
+  /**
+   * Compacts history at `revision`: afterwards reads below it fail with Compacted. The index is
+   * compacted at once; records are deleted from the database in the background (`whenCompacted`).
+   */
+  compact(revision: number, batch: BatchOperation[]): void {
+    if (revision <= this.compactRevisionValue) {
+      throw new RampartError('Compacted');
+    }
+    if (revision > this.currentRevisionValue) {
+      throw new RampartError('FutureRevision');
+    }
+    this.compactRevisionValue = revision;
+    batch.push({ type: 'put', key: metaKey.scheduledCompactRevision, value: encodeMetaNumber(revision) });
+    this.startPhysicalCompaction(this.compactIndex(revision), revision);
+  }
+
+  whenCompacted(): Promise<void> {
+    return this.compactionRunning;
+  }
+
+  private compactIndex(revision: number): Buffer[] {
+    const removed: Buffer[] = [];
+    const emptied: string[] = [];
+    this.index.forEachPair((indexKey, record) => {
+      let keepFrom = 0;
+      for (let position = 0; position < record.revisions.length; position++) {
+        const entry = record.revisions[position];
+        if (entry === undefined || entry.main > revision) {
+          break;
+        }
+        // The newest revision at or below the compaction point stays readable, unless it is a tombstone.
+        keepFrom = entry.tombstone ? position + 1 : position;
+      }
+      for (const entry of record.revisions.slice(0, keepFrom)) {
+        removed.push(encodeRevisionKey(entry.main, entry.sub));
+      }
+      if (keepFrom > 0) {
+        record.revisions = record.revisions.slice(keepFrom);
+      }
+      if (record.revisions.length === 0) {
+        emptied.push(indexKey);
+      }
+    });
+    for (const indexKey of emptied) {
+      this.index.delete(indexKey);
+    }
+    return removed;
+  }
+
+  private startPhysicalCompaction(removed: Buffer[], revision: number): void {
+    const previous = this.compactionRunning;
+    this.compactionRunning = (async () => {
+      await previous;
+      for (let start = 0; start < removed.length; start += compactionBatchRecordsMax) {
+        const chunk = removed.slice(start, start + compactionBatchRecordsMax);
+        await this.db.batch(chunk.map((key) => ({ type: 'del' as const, key })));
+      }
+      await this.db.put(metaKey.finishedCompactRevision, encodeMetaNumber(revision));
+    })();
+  }
+
+  /** A CRC-32 over every record with main revision ≤ `revision`, as read from the database. */
+  async hashKv(revision: number): Promise<{ hash: number; hashRevision: number; compactRevision: number }> {
+    const hashRevision = revision <= 0 ? this.currentRevisionValue : revision;
+    if (hashRevision > this.currentRevisionValue) {
+      throw new RampartError('FutureRevision');
+    }
+    if (hashRevision < this.compactRevisionValue) {
+      throw new RampartError('Compacted');
+    }
+    const compactRevision = this.compactRevisionValue;
+    await this.whenFlushed(hashRevision);
+    await this.compactionRunning;
+    const { crc32 } = await import('node:zlib');
+    let hash = 0;
+    for await (const [key, value] of this.db.iterator({ gte: encodeRevisionKey(0, 0), lt: encodeRevisionKey(hashRevision + 1, 0) })) {
+      hash = crc32(key, hash);
+      hash = crc32(value, hash);
+    }
+    return { hash, hashRevision, compactRevision };
+  }
+
+  /** Every live key attached to a lease, for rebuilding the lessor at start. */
+  forEachLive(visit: (kv: KeyValue) => void): void {
+    this.index.forEachPair((_indexKey, record) => {
+      if (record.live !== undefined) {
+        visit(record.live);
+      }
+    });
+  }
+
+  /** @internal Used by WriteTransaction. */
+  liveRecords(range: KeyRange): KeyValue[] {
+    const live: KeyValue[] = [];
+    this.forEachRecord(range, (record) => {
+      if (record.live !== undefined) {
+        live.push(record.live);
+      }
+    });
+    return live;
+  }
+}
+
+function visibleEntry(record: KeyRecord, revision: number): RevisionEntry | undefined {
+  const revisions = record.revisions;
+  for (let position = revisions.length - 1; position >= 0; position--) {
+    const entry = revisions[position];
+    if (entry !== undefined && entry.main <= revision) {
+      return entry;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * One revision's worth of changes. Every put and delete inside shares the main revision and takes
+ * the next sub revision; a transaction that changes nothing does not advance the revision.
+ */
+export class WriteTransaction {
+  readonly revision: number;
+  private sub = 0;
+  readonly events: StoreEvent[] = [];
+  readonly batch: BatchOperation[] = [];
+
+  constructor(private readonly store: MvccStore) {
+    this.revision = store.currentRevision + 1;
+  }
+
+  get changed(): boolean {
+    return this.sub > 0;
+  }
+
+  /** Reads see this transaction's own writes. */
+  range(range: KeyRange, options: RangeOptions = {}): RangeResult {
+    const requested = options.revision ?? 0;
+    if (this.changed && (requested <= 0 || requested === this.revision)) {
+      // The index already holds this transaction's changes at the revision they will have.
+      const result = this.store.rangeAt(range, this.revision, options.limit ?? 0, options.countOnly ?? false);
+      return { ...result, revision: this.revision };
+    }
+    return this.store.range(range, options);
+  }
+
+  put(key: Buffer, value: Buffer, lease: bigint): KeyValue | undefined {
+    const previous = this.store.get(key);
+    const kv: KeyValue = {
+      key,
+      value,
+      lease,
+      createRevision: previous?.createRevision ?? this.revision,
+      modRevision: this.revision,
+      version: (previous?.version ?? 0) + 1,
+    };
+    this.store.applyChange(kv, this.sub, false, this.batch);
+    this.sub += 1;
+    this.events.push({ type: 'put', kv, prevKv: previous });
+    return previous;
+  }
+
+  deleteRange(range: KeyRange): KeyValue[] {
+    const deleted = this.store.liveRecords(range);
+    for (const previous of deleted) {
+      const tombstone: KeyValue = {
+        key: previous.key,
+        value: Buffer.alloc(0),
+        lease: 0n,
+        createRevision: 0,
+        modRevision: this.revision,
+        version: 0,
+      };
+      this.store.applyChange(tombstone, this.sub, true, this.batch);
+      this.sub += 1;
+      this.events.push({ type: 'delete', kv: tombstone, prevKv: previous });
+    }
+    return deleted;
+  }
+
+  /** Makes the revision current. The caller writes `batch` and then calls `store.markFlushed`. */
+  commit(): number {
+    if (this.changed) {
+      this.store.advanceRevision(this.revision);
+      return this.revision;
+    }
+    return this.store.currentRevision;
+  }
+}
+
+export function encodeMetaNumber(value: number): Buffer {
+  const buffer = Buffer.allocUnsafe(8);
+  writeUint64(buffer, value, 0);
+  return buffer;
+}
+
+export async function readMetaNumber(db: Database, key: Buffer): Promise<number> {
+  const raw = await db.get(key);
+  return raw === undefined ? 0 : readUint64(raw, 0);
+}
+
+export { fromIndexKey };

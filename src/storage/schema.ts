@@ -1,0 +1,36 @@
+/**
+ * The one registry of storage prefixes. Every record in a member's classic-level database starts
+ * with exactly one of these bytes; nothing else may write into the database.
+ *
+ *   'k' + revision(16)          → KeyValue record (put or tombstone), see `encoding.ts`
+ *   'm' + name                  → store metadata (consistent index, compaction revisions)
+ *   'l' + leaseId(8)            → lease record (granted TTL)
+ *   'a' + memberId(8) + type(1) → active alarm
+ *   'e' + index(8)              → log entry, see `log.ts`
+ *   'h'                         → raft hard state
+ */
+export const prefix = {
+  keyValue: 0x6b,
+  meta: 0x6d,
+  lease: 0x6c,
+  alarm: 0x61,
+  logEntry: 0x65,
+  hardState: 0x68,
+} as const;
+
+export const metaKey = {
+  consistentIndex: metaName('consistentIndex'),
+  scheduledCompactRevision: metaName('scheduledCompactRevision'),
+  finishedCompactRevision: metaName('finishedCompactRevision'),
+  clusterId: metaName('clusterId'),
+  memberId: metaName('memberId'),
+} as const;
+
+function metaName(name: string): Buffer {
+  return Buffer.concat([Buffer.of(prefix.meta), Buffer.from(name, 'utf8')]);
+}
+
+/** The smallest key strictly greater than every key that starts with `start`'s prefix byte. */
+export function prefixEnd(prefixByte: number): Buffer {
+  return Buffer.of(prefixByte + 1);
+}
