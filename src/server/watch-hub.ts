@@ -141,17 +141,10 @@ export class WatchHub {
       }
       const complete = events.length < catchUpEventsMax;
       const lastRevision = complete ? target : (revisions[revisions.length - 1] ?? target);
-      // Deliver one response per revision, as live delivery does.
-      let start = 0;
-      while (start < events.length) {
-        const revision = revisions[start];
-        let end = start;
-        while (end < events.length && revisions[end] === revision) end += 1;
-        const selected = select(watcher, events.slice(start, end));
-        if (selected.length > 0) {
-          watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv);
-        }
-        start = end;
+      // History goes out as one response per catch-up batch, as etcd does when it syncs a watcher.
+      const selected = select(watcher, events);
+      if (selected.length > 0) {
+        watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv);
       }
       watcher.nextRevision = lastRevision + 1;
     }

@@ -1,0 +1,159 @@
+/**
+ * Real processes for e2e tests: Rampart members, a reference etcd, and etcdctl, on 127.0.0.1.
+ * Every ETCD_* / ETCDCTL_* variable is removed from their environment: etcd and etcdctl read
+ * them as flags.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const rampartBin = path.join(projectRoot, 'bin/rampart.js');
+
+export function cleanEnvironment(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [name, value] of Object.entries(process.env)) {
+    if (!name.startsWith('ETCD') && value !== undefined) env[name] = value;
+  }
+  return { ...env, ETCDCTL_API: '3', ...extra };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export async function temporaryDirectory(name: string): Promise<string> {
+  return mkdtemp(path.join(tmpdir(), `rampart-${name}-`));
+}
+
+export interface CommandResult {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export function run(command: string, args: readonly string[], options: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
+  return new Promise((resolve) => {
+    const child = execFile(command, args, { env: options.env ?? cleanEnvironment(), timeout: options.timeoutMs ?? 20_000, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+      resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
+    });
+    if (options.input !== undefined) {
+      child.stdin?.end(options.input);
+    } else {
+      child.stdin?.end();
+    }
+  });
+}
+
+export interface ServerProcess {
+  readonly endpoint: string;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly child: ChildProcess;
+  output(): string;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+async function waitForPort(port: number, child: ChildProcess, output: () => string, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const { connect } = await import('node:net');
+  for (;;) {
+    if (child.exitCode !== null) {
+      throw new Error(`process exited with ${child.exitCode} before listening:\n${output()}`);
+    }
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    if (Date.now() > deadline) throw new Error(`port ${port} not open after ${timeoutMs} ms:\n${output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+function track(child: ChildProcess): () => string {
+  let text = '';
+  child.stdout?.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (text += chunk.toString()));
+  return () => text;
+}
+
+function stopper(child: ChildProcess): (signal?: NodeJS.Signals) => Promise<number | null> {
+  return async (signal = 'SIGTERM') => {
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    child.kill(signal);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const code = await exited;
+    clearTimeout(timer);
+    return code;
+  };
+}
+
+export interface RampartOptions {
+  readonly dataDir?: string;
+  readonly port?: number;
+  readonly args?: readonly string[];
+}
+
+/** Starts `rampart serve --insecure` (plaintext; TLS has its own tests). */
+export async function startRampart(options: RampartOptions = {}): Promise<ServerProcess> {
+  const port = options.port ?? (await freePort());
+  const dataDir = options.dataDir ?? (await temporaryDirectory('data'));
+  const child = spawn(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--log-level', 'warn', ...(options.args ?? [])], {
+    env: cleanEnvironment(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const output = track(child);
+  await waitForPort(port, child, output, 15_000);
+  // Per-endpoint etcdctl commands send the whole URL as :authority over plaintext, which HTTP/2
+  // servers other than Go's refuse; host:port endpoints avoid that (TLS endpoints are unaffected).
+  return { endpoint: `127.0.0.1:${port}`, port, dataDir, child, output, stop: stopper(child) };
+}
+
+export function etcdAvailable(): boolean {
+  return ['/usr/bin/etcd', '/usr/local/bin/etcd'].some((file) => existsSync(file));
+}
+
+export async function startEtcd(): Promise<ServerProcess> {
+  const port = await freePort();
+  const peerPort = await freePort();
+  const dataDir = await temporaryDirectory('etcd');
+  const child = spawn('etcd', [
+    '--name', 'reference',
+    '--data-dir', dataDir,
+    '--listen-client-urls', `http://127.0.0.1:${port}`,
+    '--advertise-client-urls', `http://127.0.0.1:${port}`,
+    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`,
+    '--initial-advertise-peer-urls', `http://127.0.0.1:${peerPort}`,
+    '--initial-cluster', `reference=http://127.0.0.1:${peerPort}`,
+    '--log-level', 'error',
+  ], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const output = track(child);
+  await waitForPort(port, child, output, 15_000);
+  return { endpoint: `127.0.0.1:${port}`, port, dataDir, child, output, stop: stopper(child) };
+}
+
+export function etcdctl(endpoint: string, args: readonly string[], input?: string): Promise<CommandResult> {
+  return run('etcdctl', ['--endpoints', endpoint, ...args], input === undefined ? {} : { input });
+}
+
+export async function removeDirectory(directory: string): Promise<void> {
+  await rm(directory, { recursive: true, force: true });
+}
