@@ -13,6 +13,7 @@ import { leaseTtlMaxSeconds } from '../server/lessor.js';
 import type { StoreEvent } from '../storage/mvcc/store.js';
 import type { Watcher, WatchSink } from '../server/watch-hub.js';
 import { fromIndexKey } from '../storage/mvcc/range.js';
+import { prefix } from '../storage/schema.js';
 import { toServiceError } from './errors.js';
 import type {
   AlarmRequest,
@@ -387,16 +388,20 @@ function serveKeepAlive(member: Member, call: grpc.ServerDuplexStream<{ ID: Int6
 
 /**
  * Snapshot stream format (version 1): the magic line `RAMPART-SNAPSHOT 1\n`, then records
- * `u32 key length, key, u32 value length, value` for every state-machine record, then a 32-byte
- * SHA-256 of everything before it (as etcd appends a SHA-256 to its snapshots).
+ * `u32 key length, key, u32 value length, value` for every state-machine record, then an end marker
+ * (a u32 key length of 0: no stored key is empty), zero bytes up to a multiple of 512, then a 32-byte
+ * SHA-256 of everything before it. etcdctl checks for exactly that shape (size % 512 == 32), which
+ * etcd's page-aligned database plus its appended SHA-256 has.
  */
 export const snapshotMagic = Buffer.from('RAMPART-SNAPSHOT 1\n');
+export const snapshotAlignmentBytes = 512;
 
 async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWritableStream<object, object>): Promise<void> {
   const hash = createHash('sha256');
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   let cancelled = false;
+  let bodyBytes = 0;
   call.on('cancelled', () => {
     cancelled = true;
   });
@@ -419,7 +424,8 @@ async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWr
     await push(snapshotMagic);
     for await (const [key, value] of member.snapshotIterator()) {
       if (cancelled) return;
-      if (key[0] === 0x65) continue; // log entries are not part of the state machine
+      if (key[0] === prefix.logEntry) continue; // the log is not part of the state machine
+      bodyBytes += 8 + key.length + value.length;
       const lengths = Buffer.allocUnsafe(4);
       lengths.writeUInt32BE(key.length);
       await push(lengths);
@@ -429,6 +435,8 @@ async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWr
       await push(valueLength);
       await push(value);
     }
+    const written = snapshotMagic.length + bodyBytes + 4;
+    await push(Buffer.concat([Buffer.alloc(4), Buffer.alloc((snapshotAlignmentBytes - (written % snapshotAlignmentBytes)) % snapshotAlignmentBytes)]));
     const digest = hash.digest();
     pending.push(digest);
     await flush(true);

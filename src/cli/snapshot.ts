@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
-import { snapshotMagic } from '../api/server.js';
+import { snapshotAlignmentBytes, snapshotMagic } from '../api/server.js';
 import { metaKey } from '../storage/schema.js';
 
 export async function restoreSnapshot(file: string, dataDir: string): Promise<number> {
@@ -36,11 +36,15 @@ export async function restoreSnapshot(file: string, dataDir: string): Promise<nu
     offset += length;
     return bytes;
   };
-  while (offset < body.length) {
+  for (;;) {
     const key = read();
+    if (key.length === 0) break;
     const value = read();
     if (key.equals(metaKey.memberId) || key.equals(metaKey.clusterId)) continue;
     records.push({ key, value });
+  }
+  if (body.subarray(offset).some((byte) => byte !== 0) || body.length % snapshotAlignmentBytes !== 0) {
+    throw new Error(`${file}: malformed padding after the end marker`);
   }
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const db = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });

@@ -1,0 +1,248 @@
+/**
+ * The etcd v3 API over raw gRPC against a real `rampart serve` process: the details etcdctl does not
+ * reach (watch ids, fragments, progress, slow watchers) and bad input of every kind.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { call, callError, connect, WatchRecorder, type RawClient } from '../helpers/client.js';
+import { etcdctl, removeDirectory, startRampart, type ServerProcess } from '../helpers/processes.js';
+
+const bytes = (text: string): Buffer => Buffer.from(text);
+const text = (value: unknown): string => (value as Buffer).toString();
+
+describe('API over gRPC', () => {
+  let server: ServerProcess;
+  let client: RawClient;
+
+  beforeAll(async () => {
+    server = await startRampart({ args: ['--max-request-bytes', String(64 * 1024)] });
+    client = connect(server.endpoint);
+  });
+
+  afterAll(async () => {
+    client?.close();
+    await server?.stop();
+    if (server) await removeDirectory(server.dataDir);
+  });
+
+  const put = (key: string, value: string | Buffer, extra: object = {}): Promise<Record<string, unknown>> =>
+    call(client.kv, 'Put', { key: bytes(key), value: typeof value === 'string' ? bytes(value) : value, ...extra });
+
+  it('serves many watchers on one stream, with client-chosen ids, filters and prev_kv', async () => {
+    const recorder = new WatchRecorder(client.watch.Watch());
+    recorder.stream.write({ create_request: { key: bytes('w/'), range_end: bytes('w0'), prev_kv: true } });
+    recorder.stream.write({ create_request: { key: bytes('w/a'), watch_id: 42, filters: [1] } });
+    recorder.stream.write({ create_request: { key: bytes('w/a'), watch_id: 42 } });
+    await recorder.until(() => recorder.responses.filter((response) => response.created === true).length === 3);
+    const created = recorder.responses.filter((response) => response.created === true);
+    expect(created.map((response) => response.watch_id)).toEqual(['0', '42', '-1']);
+    expect(created[2]).toMatchObject({ canceled: true, cancel_reason: 'mvcc: duplicate watch ID provided on the WatchStream' });
+
+    await put('w/a', '1');
+    await put('w/a', '2');
+    await call(client.kv, 'DeleteRange', { key: bytes('w/a') });
+    await recorder.until(() => recorder.events().length === 5);
+    const byWatcher = (id: string): Record<string, unknown>[] =>
+      recorder.responses.filter((response) => response.watch_id === id).flatMap((response) => response.events as Record<string, unknown>[]);
+    const prefixEvents = byWatcher('0');
+    expect(prefixEvents.map((event) => event.type)).toEqual([0, 0, 1]);
+    expect(text((prefixEvents[1]?.prev_kv as Record<string, unknown>).value)).toBe('1');
+    expect(text((prefixEvents[2]?.prev_kv as Record<string, unknown>).value)).toBe('2');
+    // NODELETE filter: the delete is not delivered to watcher 42.
+    expect(byWatcher('42').map((event) => event.type)).toEqual([0, 0]);
+
+    recorder.stream.write({ cancel_request: { watch_id: 42 } });
+    await recorder.until(() => recorder.responses.some((response) => response.watch_id === '42' && response.canceled === true));
+    recorder.stream.end();
+  });
+
+  it('replays from a start revision, answers progress requests, and cancels compacted starts', async () => {
+    const first = await put('h/1', 'a');
+    await put('h/1', 'b');
+    const startRevision = Number((first.header as Record<string, string>).revision);
+    const recorder = new WatchRecorder(client.watch.Watch());
+    recorder.stream.write({ create_request: { key: bytes('h/'), range_end: bytes('h0'), start_revision: startRevision } });
+    await recorder.until(() => recorder.events().length === 2);
+    expect(recorder.events().map((event) => text((event.kv as Record<string, unknown>).value))).toEqual(['a', 'b']);
+
+    recorder.stream.write({ progress_request: {} });
+    await recorder.until(() => recorder.responses.some((response) => response.watch_id === '-1'));
+    const progress = recorder.responses.find((response) => response.watch_id === '-1');
+    const status = await call(client.maintenance, 'Status', {});
+    expect((progress?.header as Record<string, string>).revision).toBe((status.header as Record<string, string>).revision);
+
+    await call(client.kv, 'Compact', { revision: startRevision + 1, physical: true });
+    recorder.stream.write({ create_request: { key: bytes('h/'), range_end: bytes('h0'), start_revision: startRevision, watch_id: 7 } });
+    await recorder.until(() => recorder.responses.some((response) => response.watch_id === '7' && response.canceled === true));
+    const canceled = recorder.responses.find((response) => response.watch_id === '7' && response.canceled === true);
+    expect(canceled?.compact_revision).toBe(String(startRevision + 1));
+    recorder.stream.end();
+  });
+
+  it('splits a large revision into fragments when asked', async () => {
+    const value = Buffer.alloc(10 * 1024, 'x');
+    for (let index = 0; index < 12; index++) {
+      await put(`frag/${String(index).padStart(2, '0')}`, value);
+    }
+    const recorder = new WatchRecorder(client.watch.Watch());
+    recorder.stream.write({ create_request: { key: bytes('frag/'), range_end: bytes('frag0'), prev_kv: true, fragment: true } });
+    await recorder.until(() => recorder.responses.length === 1);
+    const deleted = await call(client.kv, 'DeleteRange', { key: bytes('frag/'), range_end: bytes('frag0') });
+    expect(deleted.deleted).toBe('12');
+    await recorder.until(() => recorder.events().length === 12);
+    const eventResponses = recorder.responses.filter((response) => (response.events as unknown[]).length > 0);
+    expect(eventResponses.length).toBeGreaterThan(1);
+    expect(eventResponses.slice(0, -1).every((response) => response.fragment === true)).toBe(true);
+    expect(eventResponses[eventResponses.length - 1]?.fragment).toBe(false);
+    recorder.stream.end();
+  });
+
+  it('keeps a slow watcher bounded and complete: it catches up from history once it reads again', async () => {
+    const slow = connect(server.endpoint, { 'grpc.http2.initial_window_size': 65535 } as grpc.ChannelOptions);
+    const stream = slow.watch.Watch();
+    const recorder = new WatchRecorder(stream);
+    stream.write({ create_request: { key: bytes('slow/'), range_end: bytes('slow0') } });
+    await recorder.until(() => recorder.responses.length === 1);
+    stream.pause();
+    const value = Buffer.alloc(30 * 1024, 'v');
+    const writes = 300;
+    for (let index = 0; index < writes; index++) {
+      await put(`slow/${index}`, value);
+    }
+    // The server keeps serving others while this watcher is stalled.
+    const other = await call(client.kv, 'Range', { key: bytes('slow/0') });
+    expect(other.count).toBe('1');
+    stream.resume();
+    await recorder.until(() => recorder.events().length === writes, 30_000);
+    const revisions = recorder.events().map((event) => Number((event.kv as Record<string, string>).mod_revision));
+    for (let index = 1; index < revisions.length; index++) {
+      expect(revisions[index]).toBe((revisions[index - 1] ?? 0) + 1);
+    }
+    stream.end();
+    slow.close();
+  });
+
+  it('refuses bad input with etcd errors and keeps serving', async () => {
+    expect(await callError(client.kv, 'Put', { key: Buffer.alloc(0), value: bytes('v') })).toEqual({ code: grpc.status.INVALID_ARGUMENT, details: 'etcdserver: key is not provided' });
+    expect(await callError(client.kv, 'Range', { key: bytes('a'), sort_order: 9 })).toEqual({ code: grpc.status.INVALID_ARGUMENT, details: 'etcdserver: invalid sort option' });
+    expect(await callError(client.kv, 'Put', { key: bytes('big'), value: Buffer.alloc(100 * 1024) })).toEqual({ code: grpc.status.INVALID_ARGUMENT, details: 'etcdserver: request is too large' });
+    const tooBig = await callError(client.kv, 'Put', { key: bytes('huge'), value: Buffer.alloc(3 * 1024 * 1024) });
+    expect(tooBig.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    const ops = Array.from({ length: 129 }, (_, index) => ({ request_put: { key: bytes(`t${index}`), value: bytes('v') } }));
+    expect(await callError(client.kv, 'Txn', { success: ops })).toEqual({ code: grpc.status.INVALID_ARGUMENT, details: 'etcdserver: too many operations in txn request' });
+    expect(await callError(client.kv, 'Txn', { success: [{ request_put: { key: bytes('d'), value: bytes('1') } }, { request_delete_range: { key: bytes('a'), range_end: bytes('z') } }] })).toEqual({
+      code: grpc.status.INVALID_ARGUMENT,
+      details: 'etcdserver: duplicate key given in txn request',
+    });
+    expect(await callError(client.kv, 'Range', { key: bytes('a'), revision: 1_000_000 })).toEqual({ code: grpc.status.OUT_OF_RANGE, details: 'etcdserver: mvcc: required revision is a future revision' });
+    expect(await callError(client.kv, 'Put', { key: bytes('a'), value: bytes('v'), lease: 777 })).toEqual({ code: grpc.status.NOT_FOUND, details: 'etcdserver: requested lease not found' });
+    expect(await callError(client.lease, 'LeaseRevoke', { ID: 777 })).toEqual({ code: grpc.status.NOT_FOUND, details: 'etcdserver: requested lease not found' });
+
+    // A txn that fails its check changes nothing, not even the ops before the failing one.
+    const before = await call(client.kv, 'Range', { key: bytes('atomic') });
+    expect(await callError(client.kv, 'Txn', { success: [{ request_put: { key: bytes('atomic'), value: bytes('1') } }, { request_put: { key: bytes('x'), value: bytes('1'), lease: 99 } }] })).toEqual({
+      code: grpc.status.NOT_FOUND,
+      details: 'etcdserver: requested lease not found',
+    });
+    const after = await call(client.kv, 'Range', { key: bytes('atomic') });
+    expect(after.count).toBe(before.count);
+    expect((after.header as Record<string, string>).revision).toBe((before.header as Record<string, string>).revision);
+
+    // Malformed protobuf: the call fails, the server does not.
+    const raw = new grpc.Client(server.endpoint, grpc.credentials.createInsecure());
+    const malformed = await new Promise<grpc.ServiceError | null>((resolve) =>
+      raw.makeUnaryRequest('/etcdserverpb.KV/Put', (value: Buffer) => value, (value: Buffer) => value, Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]), (error) => resolve(error)),
+    );
+    expect(malformed?.code).toBe(grpc.status.INTERNAL);
+    raw.close();
+
+    // A client that vanishes mid-stream: its watchers go away and the server keeps serving.
+    const vanishing = connect(server.endpoint);
+    const vanishingStream = vanishing.watch.Watch();
+    vanishingStream.on('error', () => undefined);
+    vanishingStream.write({ create_request: { key: bytes('gone') } });
+    await new Promise((resolve) => vanishingStream.once('data', resolve));
+    vanishing.close();
+    vanishingStream.cancel();
+    const ok = await put('still', 'serving');
+    expect(ok.header).toBeDefined();
+  });
+
+  it('expires leases, and keep-alives hold them', async () => {
+    const kept = await call(client.lease, 'LeaseGrant', { TTL: 2 });
+    const dropped = await call(client.lease, 'LeaseGrant', { TTL: 2 });
+    expect(kept.TTL).toBe('2');
+    await put('lease/kept', 'v', { lease: kept.ID });
+    await put('lease/dropped', 'v', { lease: dropped.ID });
+    const keepAlive = client.lease.LeaseKeepAlive();
+    const replies: Record<string, unknown>[] = [];
+    keepAlive.on('data', (reply: Record<string, unknown>) => replies.push(reply));
+    const timer = setInterval(() => keepAlive.write({ ID: kept.ID }), 500);
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    clearInterval(timer);
+    keepAlive.end();
+    expect(replies.length).toBeGreaterThan(3);
+    expect(replies.every((reply) => reply.TTL === '2' && reply.ID === kept.ID)).toBe(true);
+    const remaining = await call(client.kv, 'Range', { key: bytes('lease/'), range_end: bytes('lease0') });
+    expect((remaining.kvs as Record<string, unknown>[]).map((kv) => text(kv.key))).toEqual(['lease/kept']);
+    const gone = await call(client.lease, 'LeaseTimeToLive', { ID: dropped.ID });
+    expect(gone.TTL).toBe('-1');
+  });
+
+  it('saves a snapshot with etcdctl that `rampart snapshot restore` turns into a working member', async () => {
+    await put('snap/key', 'snap-value');
+    const directory = await (await import('../helpers/processes.js')).temporaryDirectory('snap');
+    const file = `${directory}/backup.db`;
+    const saved = await etcdctl(server.endpoint, ['snapshot', 'save', file]);
+    expect(saved.stdout).toContain('Snapshot saved at');
+    const { run, rampartBin } = await import('../helpers/processes.js');
+    const restored = await run(process.execPath, [rampartBin, 'snapshot', 'restore', file, '--data-dir', `${directory}/restored`]);
+    expect(restored.code).toBe(0);
+    const member = await startRampart({ dataDir: `${directory}/restored` });
+    try {
+      const got = await etcdctl(member.endpoint, ['get', 'snap/key', '--print-value-only']);
+      expect(got.stdout).toBe('snap-value\n');
+      const write = await etcdctl(member.endpoint, ['put', 'after/restore', 'ok']);
+      expect(write.stdout).toBe('OK\n');
+    } finally {
+      await member.stop();
+      await removeDirectory(directory);
+    }
+    // A damaged snapshot is refused whole.
+    const damagedDirectory = await (await import('../helpers/processes.js')).temporaryDirectory('snap-bad');
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(`${damagedDirectory}/bad.db`, Buffer.concat([Buffer.from('RAMPART-SNAPSHOT 1\n'), Buffer.alloc(40, 1)]));
+    const refused = await run(process.execPath, [rampartBin, 'snapshot', 'restore', `${damagedDirectory}/bad.db`, '--data-dir', `${damagedDirectory}/out`]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('SHA-256 mismatch');
+    await removeDirectory(damagedDirectory);
+  });
+});
+
+describe('storage quota', () => {
+  it('raises NOSPACE, refuses writes with etcd text, still allows reads and deletes', async () => {
+    const server = await startRampart({ args: ['--quota-backend-bytes', String(256 * 1024)] });
+    try {
+      let refused: { code: number; stderr: string } | undefined;
+      for (let index = 0; index < 200 && refused === undefined; index++) {
+        const result = await etcdctl(server.endpoint, ['put', `fill/${index}`, 'x'.repeat(8 * 1024)]);
+        if (result.code !== 0) refused = result;
+        // The member measures its size once a second.
+        if (index % 20 === 19) await new Promise((resolve) => setTimeout(resolve, 1100));
+      }
+      expect(refused?.stderr).toContain('Error: etcdserver: mvcc: database space exceeded');
+      const alarms = await etcdctl(server.endpoint, ['alarm', 'list']);
+      expect(alarms.stdout).toMatch(/^memberID:\d+ alarm:NOSPACE \n$/);
+      const read = await etcdctl(server.endpoint, ['get', 'fill/0', '--print-value-only']);
+      expect(read.stdout).toBe(`${'x'.repeat(8 * 1024)}\n`);
+      const deleted = await etcdctl(server.endpoint, ['del', 'fill/0']);
+      expect(deleted.stdout).toBe('1\n');
+      const disarmed = await etcdctl(server.endpoint, ['alarm', 'disarm']);
+      expect(disarmed.stdout).toMatch(/^memberID:\d+ alarm:NOSPACE \n$/);
+      expect((await etcdctl(server.endpoint, ['alarm', 'list'])).stdout).toBe('');
+    } finally {
+      await server.stop();
+      await removeDirectory(server.dataDir);
+    }
+  });
+});
