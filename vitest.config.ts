@@ -8,5 +8,6 @@ export default defineConfig({
     // e2e tests start real server processes; two cores, so keep files sequential-ish.
     fileParallelism: true,
     maxWorkers: 2,
+    reporters: ['default', './test/summary-reporter.ts'],
   },
 });

@@ -15,7 +15,7 @@ describe('API over gRPC', () => {
   let client: RawClient;
 
   beforeAll(async () => {
-    server = await startRampart({ args: ['--max-request-bytes', String(64 * 1024)] });
+    server = await startRampart({ args: ['--max-request-bytes', String(64 * 1024), '--watch-progress-notify-interval-ms', '300'] });
     client = connect(server.endpoint);
   });
 
@@ -166,6 +166,46 @@ describe('API over gRPC', () => {
     vanishingStream.cancel();
     const ok = await put('still', 'serving');
     expect(ok.header).toBeDefined();
+  });
+
+  it('grants leases with client-chosen ids and refuses a taken one', async () => {
+    const chosen = '9223372036854775000';
+    const granted = await call(client.lease, 'LeaseGrant', { TTL: 60, ID: chosen });
+    expect(granted).toMatchObject({ ID: chosen, TTL: '60' });
+    expect(await callError(client.lease, 'LeaseGrant', { TTL: 60, ID: chosen })).toEqual({ code: grpc.status.FAILED_PRECONDITION, details: 'etcdserver: lease already exists' });
+    const listed = await call(client.lease, 'LeaseLeases', {});
+    expect((listed.leases as Record<string, string>[]).map((lease) => lease.ID)).toContain(chosen);
+    await call(client.lease, 'LeaseRevoke', { ID: chosen });
+  });
+
+  it('sends periodic progress notifications to watchers that ask for them', async () => {
+    const recorder = new WatchRecorder(client.watch.Watch());
+    recorder.stream.write({ create_request: { key: bytes('quiet/'), progress_notify: true, watch_id: 5 } });
+    recorder.stream.write({ create_request: { key: bytes('quiet2/'), watch_id: 6 } });
+    await recorder.until(() => recorder.responses.filter((response) => response.watch_id === '5' && response.created !== true).length >= 2, 5000);
+    const notifications = recorder.responses.filter((response) => response.watch_id === '5' && response.created !== true);
+    expect(notifications.every((response) => (response.events as unknown[]).length === 0)).toBe(true);
+    expect(recorder.responses.filter((response) => response.watch_id === '6' && response.created !== true)).toEqual([]);
+    recorder.stream.end();
+  });
+
+  it('answers endpoint status, hashkv and defrag from etcdctl', async () => {
+    await put('status/key', 'v');
+    const status = await etcdctl(server.endpoint, ['endpoint', 'status', '-w', 'json']);
+    const parsed = JSON.parse(status.stdout) as { Endpoint: string; Status: { header: { revision: number }; version: string; dbSize: number; leader: number; raftIndex: number; raftAppliedIndex: number } }[];
+    expect(parsed[0]?.Endpoint).toBe(server.endpoint);
+    expect(parsed[0]?.Status.version).toBe('3.5.17');
+    expect(parsed[0]?.Status.dbSize).toBeGreaterThan(0);
+    expect(parsed[0]?.Status.raftAppliedIndex).toBe(parsed[0]?.Status.raftIndex);
+    const first = await etcdctl(server.endpoint, ['endpoint', 'hashkv', '-w', 'json']);
+    const second = await etcdctl(server.endpoint, ['endpoint', 'hashkv', '-w', 'json']);
+    const hashOf = (output: string): number => (JSON.parse(output) as { HashKV: { hash: number } }[])[0]?.HashKV.hash ?? 0;
+    expect(hashOf(first.stdout)).not.toBe(0);
+    expect(hashOf(second.stdout)).toBe(hashOf(first.stdout));
+    await put('status/key', 'changed');
+    expect(hashOf((await etcdctl(server.endpoint, ['endpoint', 'hashkv', '-w', 'json'])).stdout)).not.toBe(hashOf(first.stdout));
+    const defrag = await etcdctl(server.endpoint, ['defrag']);
+    expect(defrag.stdout).toBe(`Finished defragmenting etcd member[${server.endpoint}]\n`);
   });
 
   it('expires leases, and keep-alives hold them', async () => {

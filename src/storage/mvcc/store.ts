@@ -26,8 +26,10 @@ import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './ran
 
 export type Database = ClassicLevel<Buffer, Buffer>;
 
-// sorted-btree is CommonJS with the class on `default`.
-const BTree = sortedBtree.default;
+// sorted-btree is CommonJS with the class on `default`; Node's ESM loader hands over the module
+// object, bundler-style loaders (vitest) the class itself.
+type BTreeConstructor = typeof sortedBtree.default;
+const BTree: BTreeConstructor = (typeof sortedBtree === 'function' ? sortedBtree : sortedBtree.default) as BTreeConstructor;
 
 export interface RevisionEntry {
   readonly main: number;

@@ -1,0 +1,163 @@
+/**
+ * `npm run bench`: put and range throughput and latency, Rampart side by side with etcd (when the
+ * `etcd` binary is installed), with the same load generator against both, reported as ratios.
+ *
+ * Load: 256-byte keys, 1 KiB values, BENCH_CONNECTIONS connections, BENCH_IN_FLIGHT requests in
+ * flight, BENCH_SECONDS per phase. Both servers run plaintext, single member, on 127.0.0.1.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { connect as netConnect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { packageDefinition } from '../src/api/proto.js';
+
+const seconds = Number(process.env.BENCH_SECONDS ?? 5);
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
+const inFlight = Number(process.env.BENCH_IN_FLIGHT ?? 64);
+const keyBytes = 256;
+const valueBytes = 1024;
+const keySpace = 10_000;
+
+interface PhaseResult {
+  readonly requests: number;
+  readonly errors: number;
+  readonly perSecond: number;
+  readonly p50Ms: number;
+  readonly p99Ms: number;
+}
+
+type KvClient = grpc.Client & Record<string, (request: object, callback: (error: grpc.ServiceError | null) => void) => void>;
+
+function environment(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD')));
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error('server exited during start');
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = netConnect(port, '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+function key(index: number): Buffer {
+  const buffer = Buffer.alloc(keyBytes, 'k');
+  buffer.write(String(index).padStart(8, '0'));
+  return buffer;
+}
+
+function clients(endpoint: string): KvClient[] {
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor } };
+  // A local subchannel pool per client gives each its own TCP connection.
+  return Array.from({ length: connections }, () => new loaded.etcdserverpb.KV(endpoint, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
+}
+
+async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSeconds: number): Promise<PhaseResult> {
+  const value = Buffer.alloc(valueBytes, 'v');
+  const latencies: number[] = [];
+  let errors = 0;
+  let sequence = 0;
+  const deadline = performance.now() + durationSeconds * 1000;
+  const worker = async (slot: number): Promise<void> => {
+    const client = kvClients[slot % kvClients.length];
+    if (client === undefined) return;
+    while (performance.now() < deadline) {
+      const index = sequence++ % keySpace;
+      const request = method === 'Put' ? { key: key(index), value } : { key: key(index) };
+      const started = performance.now();
+      await new Promise<void>((resolve) =>
+        client[method]?.call(client, request, (error) => {
+          if (error === null) latencies.push(performance.now() - started);
+          else errors += 1;
+          resolve();
+        }),
+      );
+    }
+  };
+  const started = performance.now();
+  await Promise.all(Array.from({ length: inFlight }, (_, slot) => worker(slot)));
+  const elapsedSeconds = (performance.now() - started) / 1000;
+  latencies.sort((a, b) => a - b);
+  const quantile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))] ?? Number.NaN;
+  return { requests: latencies.length, errors, perSecond: latencies.length / elapsedSeconds, p50Ms: quantile(0.5), p99Ms: quantile(0.99) };
+}
+
+interface Target {
+  readonly name: string;
+  start(dataDir: string, port: number): ChildProcess;
+}
+
+const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+const rampart: Target = {
+  name: 'rampart',
+  start: (dataDir, port) =>
+    spawn(process.execPath, [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' }),
+};
+
+const etcd: Target = {
+  name: 'etcd',
+  start: (dataDir, port) => {
+    const peer = port + 1;
+    return spawn('etcd', ['--name', 'bench', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--advertise-client-urls', `http://127.0.0.1:${port}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `bench=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
+  },
+};
+
+async function measure(target: Target): Promise<{ put: PhaseResult; range: PhaseResult }> {
+  const dataDir = await mkdtemp(path.join(tmpdir(), `bench-${target.name}-`));
+  const port = await freePort();
+  const child = target.start(dataDir, port);
+  try {
+    await waitForPort(port, child);
+    const kvClients = clients(`127.0.0.1:${port}`);
+    await phase(kvClients, 'Put', 1); // warm-up; also fills the key space for ranges
+    const put = await phase(kvClients, 'Put', seconds);
+    const range = await phase(kvClients, 'Range', seconds);
+    kvClients.forEach((client) => client.close());
+    return { put, range };
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((resolve) => child.once('exit', resolve));
+    await rm(dataDir, { recursive: true, force: true });
+  }
+}
+
+function row(name: string, result: PhaseResult): string {
+  return `${name.padEnd(18)} ${result.perSecond.toFixed(0).padStart(8)}/s   p50 ${result.p50Ms.toFixed(1).padStart(6)} ms   p99 ${result.p99Ms.toFixed(1).padStart(6)} ms   errors ${result.errors}`;
+}
+
+const ours = await measure(rampart);
+process.stdout.write(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections, ${inFlight} in flight, ${seconds} s per phase, single member, plaintext\n\n`);
+process.stdout.write(`${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
+if (existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd')) {
+  const reference = await measure(etcd);
+  process.stdout.write(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n\n`);
+  process.stdout.write(`ratio (rampart / etcd): put throughput ${(ours.put.perSecond / reference.put.perSecond).toFixed(2)}, p99 ${(ours.put.p99Ms / reference.put.p99Ms).toFixed(2)}; `);
+  process.stdout.write(`range throughput ${(ours.range.perSecond / reference.range.perSecond).toFixed(2)}, p99 ${(ours.range.p99Ms / reference.range.p99Ms).toFixed(2)}\n`);
+} else {
+  process.stdout.write('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
+}

@@ -1,0 +1,61 @@
+/** How a member starts, or refuses to: secure by default, and never on a damaged log. */
+import path from 'node:path';
+import { ClassicLevel } from 'classic-level';
+import { describe, expect, it } from 'vitest';
+import { encodeLogKey } from '../../src/storage/log.js';
+import { prefix } from '../../src/storage/schema.js';
+import { etcdctl, freePort, rampartBin, removeDirectory, run, startRampart, temporaryDirectory } from '../helpers/processes.js';
+
+describe('member start', () => {
+  it('refuses to serve without TLS unless --insecure is given', async () => {
+    const dataDir = await temporaryDirectory('notls');
+    const port = await freePort();
+    const result = await run(process.execPath, [rampartBin, 'serve', '--data-dir', dataDir, '--listen-client-urls', `https://127.0.0.1:${port}`]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('TLS is required: pass --cert-file, --key-file and --trusted-ca-file');
+    const plaintextUrl = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `https://127.0.0.1:${port}`]);
+    expect(plaintextUrl.code).toBe(1);
+    expect(plaintextUrl.stderr).toContain('must use http://');
+    await removeDirectory(dataDir);
+  });
+
+  it('keeps data across a clean restart', async () => {
+    const first = await startRampart();
+    expect((await etcdctl(first.endpoint, ['put', 'durable', 'yes'])).stdout).toBe('OK\n');
+    const lease = await etcdctl(first.endpoint, ['lease', 'grant', '600']);
+    const leaseId = /lease ([0-9a-f]+) granted/.exec(lease.stdout)?.[1] ?? '';
+    await etcdctl(first.endpoint, ['put', 'leased', 'v', `--lease=${leaseId}`]);
+    await first.stop();
+    const second = await startRampart({ dataDir: first.dataDir });
+    try {
+      expect((await etcdctl(second.endpoint, ['get', 'durable', '--print-value-only'])).stdout).toBe('yes\n');
+      const ttl = await etcdctl(second.endpoint, ['lease', 'timetolive', leaseId, '--keys']);
+      expect(ttl.stdout).toMatch(new RegExp(`^lease ${leaseId} granted with TTL\\(600s\\), remaining\\(\\d+s\\), attached keys\\(\\[leased\\]\\)\\n$`));
+    } finally {
+      await second.stop();
+      await removeDirectory(first.dataDir);
+    }
+  });
+
+  it('refuses to start on a corrupt log, naming the entry', async () => {
+    const server = await startRampart();
+    for (let index = 0; index < 5; index++) {
+      await etcdctl(server.endpoint, ['put', `k${index}`, 'v']);
+    }
+    await server.stop();
+    const db = new ClassicLevel<Buffer, Buffer>(path.join(server.dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    await db.open();
+    let lastKey: Buffer | undefined;
+    for await (const key of db.keys({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1) })) lastKey = key;
+    expect(lastKey).toBeDefined();
+    const record = Buffer.from((await db.get(lastKey as Buffer)) ?? Buffer.alloc(0));
+    record[record.length - 1] = (record[record.length - 1] ?? 0) ^ 0x40;
+    await db.put(lastKey as Buffer, record);
+    await db.close();
+    const index = (lastKey as Buffer).readUInt32BE(5);
+    const result = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', server.dataDir, '--listen-client-urls', `http://127.0.0.1:${await freePort()}`]);
+    expect(result.code).toBe(3);
+    expect(result.stderr).toContain(`rampart: log entry ${index}: checksum mismatch`);
+    await removeDirectory(server.dataDir);
+  });
+});

@@ -1,0 +1,119 @@
+import { ClassicLevel } from 'classic-level';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RampartError } from '../../src/errors.js';
+import { MvccStore, type BatchOperation, type Database } from '../../src/storage/mvcc/store.js';
+import { prefixRangeEnd } from '../../src/storage/mvcc/range.js';
+import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+
+const key = (text: string): Buffer => Buffer.from(text);
+const single = (text: string): { key: Buffer; rangeEnd: Buffer } => ({ key: key(text), rangeEnd: Buffer.alloc(0) });
+const all = { key: Buffer.of(0), rangeEnd: Buffer.of(0) };
+
+describe('MvccStore', () => {
+  let directory: string;
+  let db: Database;
+  let store: MvccStore;
+
+  const write = async (change: (transaction: ReturnType<MvccStore['beginWrite']>) => void): Promise<number> => {
+    const transaction = store.beginWrite();
+    change(transaction);
+    const revision = transaction.commit();
+    const batch: BatchOperation[] = transaction.batch;
+    await db.batch(batch);
+    store.markFlushed(batch, revision);
+    return revision;
+  };
+
+  beforeEach(async () => {
+    directory = await temporaryDirectory('mvcc');
+    db = new ClassicLevel<Buffer, Buffer>(directory, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    await db.open();
+    store = await MvccStore.open(db);
+  });
+
+  afterEach(async () => {
+    await db.close();
+    await removeDirectory(directory);
+  });
+
+  it('tracks create/mod revision and version, and restarts them after a delete', async () => {
+    expect(await write((t) => t.put(key('a'), key('1'), 0n))).toBe(2);
+    expect(await write((t) => t.put(key('a'), key('2'), 0n))).toBe(3);
+    expect(store.range(single('a')).kvs[0]).toMatchObject({ createRevision: 2, modRevision: 3, version: 2 });
+    expect(await write((t) => t.deleteRange(single('a')))).toBe(4);
+    expect(store.range(single('a')).kvs).toEqual([]);
+    await write((t) => t.put(key('a'), key('3'), 0n));
+    expect(store.range(single('a')).kvs[0]).toMatchObject({ createRevision: 5, modRevision: 5, version: 1 });
+  });
+
+  it('shares one main revision across a transaction and does not advance for no change', async () => {
+    const revision = await write((t) => {
+      t.put(key('x'), key('1'), 0n);
+      t.put(key('y'), key('1'), 0n);
+    });
+    expect(store.range({ key: key('x'), rangeEnd: key('z') }).kvs.map((kv) => kv.modRevision)).toEqual([revision, revision]);
+    expect(await write((t) => t.deleteRange(single('missing')))).toBe(revision);
+  });
+
+  it('reads history at any uncompacted revision, and refuses compacted and future ones', async () => {
+    await write((t) => t.put(key('k'), key('v1'), 0n));
+    await write((t) => t.put(key('k'), key('v2'), 0n));
+    await write((t) => t.deleteRange(single('k')));
+    expect(store.range(single('k'), { revision: 2 }).kvs[0]?.value.toString()).toBe('v1');
+    expect(store.range(single('k'), { revision: 3 }).kvs[0]?.value.toString()).toBe('v2');
+    expect(store.range(single('k'), { revision: 4 }).kvs).toEqual([]);
+    expect(() => store.range(single('k'), { revision: 5 })).toThrow(new RampartError('FutureRevision'));
+    const batch: BatchOperation[] = [];
+    store.compact(3, batch);
+    await db.batch(batch);
+    await store.whenCompacted();
+    expect(() => store.range(single('k'), { revision: 2 })).toThrow(new RampartError('Compacted'));
+    expect(store.range(single('k'), { revision: 3 }).kvs[0]?.value.toString()).toBe('v2');
+    expect(() => store.compact(3, [])).toThrow(new RampartError('Compacted'));
+  });
+
+  it('counts and limits ranges, with prefix and from-key ends', async () => {
+    for (const name of ['p/a', 'p/b', 'p/c', 'q']) {
+      await write((t) => t.put(key(name), key(name), 0n));
+    }
+    const prefix = { key: key('p/'), rangeEnd: prefixRangeEnd(key('p/')) };
+    const limited = store.range(prefix, { limit: 2 });
+    expect(limited.count).toBe(3);
+    expect(limited.kvs.map((kv) => kv.key.toString())).toEqual(['p/a', 'p/b']);
+    expect(store.range({ key: key('p/b'), rangeEnd: Buffer.of(0) }).kvs.map((kv) => kv.key.toString())).toEqual(['p/b', 'p/c', 'q']);
+    expect(store.range(all, { countOnly: true })).toMatchObject({ count: 4, kvs: [] });
+    expect(store.range({ key: key('b'), rangeEnd: key('a') }).count).toBe(0);
+    expect(prefixRangeEnd(Buffer.from([0x61, 0xff]))).toEqual(Buffer.from([0x62]));
+    expect(prefixRangeEnd(Buffer.from([0xff]))).toEqual(Buffer.of(0));
+  });
+
+  it('rebuilds the same index from disk, compaction included', async () => {
+    await write((t) => t.put(key('a'), key('1'), 7n));
+    await write((t) => t.put(key('a'), key('2'), 7n));
+    await write((t) => t.put(key('b'), key('1'), 0n));
+    await write((t) => t.deleteRange(single('b')));
+    const batch: BatchOperation[] = [];
+    store.compact(3, batch);
+    await db.batch(batch);
+    await store.whenCompacted();
+    const before = store.range(all);
+    const reopened = await MvccStore.open(db);
+    expect(reopened.range(all)).toEqual(before);
+    expect(reopened.currentRevision).toBe(5);
+    expect(reopened.compactRevision).toBe(3);
+    expect(reopened.range(single('a'), { revision: 3 }).kvs[0]).toMatchObject({ lease: 7n, version: 2 });
+  });
+
+  it('reports history in revision order with previous values', async () => {
+    await write((t) => t.put(key('h'), key('1'), 0n));
+    await write((t) => t.put(key('h'), key('2'), 0n));
+    await write((t) => t.deleteRange(single('h')));
+    const { events, revisions } = await store.history(2, 4, 100, true);
+    expect(revisions).toEqual([2, 3, 4]);
+    expect(events.map((event) => [event.type, event.kv.value.toString(), event.prevKv?.value.toString()])).toEqual([
+      ['put', '1', undefined],
+      ['put', '2', '1'],
+      ['delete', '', '2'],
+    ]);
+  });
+});
