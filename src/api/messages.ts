@@ -177,7 +177,7 @@ export interface WatchResponse {
 /** The payload of one replicated log entry (rampart.InternalRequest). */
 export interface InternalRequest {
   id: Int64In | Int64Out;
-  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm';
+  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update';
   put?: PutRequest;
   delete_range?: DeleteRangeRequest;
   txn?: TxnRequest;
@@ -185,4 +185,6 @@ export interface InternalRequest {
   lease_grant?: LeaseGrantRequest;
   lease_revoke?: LeaseRevokeRequest;
   alarm?: AlarmRequest;
+  member_attributes?: { id: string; name: string; client_urls: string[] };
+  member_update?: { ID: Int64In | Int64Out; peerURLs: string[] };
 }

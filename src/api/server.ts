@@ -12,8 +12,7 @@ import { alarmType } from '../server/applier.js';
 import { leaseTtlMaxSeconds } from '../server/lessor.js';
 import type { StoreEvent } from '../storage/mvcc/store.js';
 import type { Watcher, WatchSink } from '../server/watch-hub.js';
-import { fromIndexKey } from '../storage/mvcc/range.js';
-import { prefix } from '../storage/schema.js';
+import { isMemberLocalKey } from '../storage/schema.js';
 import { toServiceError } from './errors.js';
 import type {
   AlarmRequest,
@@ -101,19 +100,13 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     }),
     LeaseRevoke: unary('LeaseRevoke', (request: { ID: Int64In }) => kv(member.leaseRevoke(parseBigInt64(request.ID)))),
     LeaseKeepAlive: (call: grpc.ServerDuplexStream<{ ID: Int64In }, object>) => serveKeepAlive(member, call),
-    LeaseTimeToLive: unary('LeaseTimeToLive', (request: { ID: Int64In; keys: boolean }) => {
+    LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }) => {
       const id = parseBigInt64(request.ID);
-      const lease = member.lessor.get(id);
-      if (lease === undefined) {
+      const answer = await member.leaseTimeToLive(id);
+      if (!answer.found) {
         return { header: member.header(), ID: int64Out(id), TTL: -1, grantedTTL: 0, keys: [] };
       }
-      return {
-        header: member.header(),
-        ID: int64Out(id),
-        TTL: member.lessor.remainingSeconds(id),
-        grantedTTL: lease.grantedTtlSeconds,
-        keys: request.keys ? [...lease.keys].sort().map(fromIndexKey) : [],
-      };
+      return { header: member.header(), ID: int64Out(id), TTL: answer.ttl, grantedTTL: answer.grantedTtl, keys: request.keys ? answer.keys : [] };
     }),
     LeaseLeases: unary('LeaseLeases', () => ({
       header: member.header(),
@@ -121,23 +114,43 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     })),
   });
 
-  const memberMessages = (): object[] =>
-    member.members().map((info) => ({
-      ID: int64Out(info.id),
-      name: info.name,
-      peerURLs: info.peerUrls,
-      clientURLs: info.clientUrls,
-      isLearner: info.isLearner,
-    }));
+  const memberMessage = (info: { id: bigint; name: string; peerUrls: readonly string[]; clientUrls: readonly string[]; isLearner: boolean }): object => ({
+    ID: int64Out(info.id),
+    name: info.name,
+    peerURLs: info.peerUrls,
+    clientURLs: info.clientUrls,
+    isLearner: info.isLearner,
+  });
+  const memberMessages = (): object[] => member.members().map(memberMessage);
+  const hexId = (id: Int64In): string => BigInt(id || '0').toString(16);
   const notYet = (): never => {
     throw new RampartError('Unimplemented');
   };
   server.addService(service(services, 'etcdserverpb.Cluster'), {
-    MemberList: unary('MemberList', () => ({ header: member.headerWithoutRevision(), members: memberMessages() })),
-    MemberAdd: unary('MemberAdd', notYet),
-    MemberRemove: unary('MemberRemove', notYet),
-    MemberUpdate: unary('MemberUpdate', notYet),
-    MemberPromote: unary('MemberPromote', notYet),
+    MemberList: unary('MemberList', async (request: { linearizable: boolean }) => {
+      if (request.linearizable) await member.readBarrier();
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberAdd: unary('MemberAdd', async (request: { peerURLs: string[]; isLearner: boolean }) => {
+      const added = await member.memberAdd(request.peerURLs, request.isLearner);
+      return {
+        header: member.headerWithoutRevision(),
+        member: memberMessage({ ...added, id: BigInt(`0x${added.id}`) }),
+        members: memberMessages(),
+      };
+    }),
+    MemberRemove: unary('MemberRemove', async (request: { ID: Int64In }) => {
+      await member.memberRemove(hexId(request.ID));
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberUpdate: unary('MemberUpdate', async (request: { ID: Int64In; peerURLs: string[] }) => {
+      await member.memberUpdate(hexId(request.ID), request.peerURLs);
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberPromote: unary('MemberPromote', async (request: { ID: Int64In }) => {
+      await member.memberPromote(hexId(request.ID));
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
   });
 
   server.addService(service(services, 'etcdserverpb.Maintenance'), {
@@ -151,7 +164,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       raftAppliedIndex: member.appliedIndex,
       errors: member.alarmList().map((alarm) => `memberID:${BigInt(alarm.memberID).toString()} alarm:${alarmName(alarm.alarm)} `),
       dbSizeInUse: member.dbSize,
-      isLearner: false,
+      isLearner: member.isLearner,
     })),
     Alarm: unary('Alarm', async (request: AlarmRequest) => {
       const { response } = await member.alarm(request);
@@ -170,10 +183,8 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
     }),
     Snapshot: (call: grpc.ServerWritableStream<object, object>) => void serveSnapshot(member, logger, call),
-    MoveLeader: unary('MoveLeader', (request: { targetID: Int64In }) => {
-      if (BigInt(request.targetID || '0') !== member.memberId) {
-        throw new RampartError('MemberNotFound');
-      }
+    MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }) => {
+      await member.moveLeader(hexId(request.targetID));
       return { header: member.headerWithoutRevision() };
     }),
     Downgrade: unary('Downgrade', notYet),
@@ -371,14 +382,20 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
 // ---- Lease keep-alive ----
 
 function serveKeepAlive(member: Member, call: grpc.ServerDuplexStream<{ ID: Int64In }, object>): void {
+  // Answers go out in request order even when some are forwarded to the leader.
+  let previous: Promise<void> = Promise.resolve();
   call.on('data', (request: { ID: Int64In }) => {
-    try {
-      const id = parseBigInt64(request.ID);
-      const ttl = member.leaseKeepAlive(id);
-      call.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
-    } catch (error) {
-      call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
-    }
+    const id = parseBigInt64(request.ID);
+    const answer = member.leaseKeepAlive(id);
+    answer.catch(() => undefined); // handled in order below
+    previous = previous.then(async () => {
+      try {
+        const ttl = await answer;
+        call.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
+      } catch (error) {
+        call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+      }
+    });
   });
   call.on('end', () => call.end());
   call.on('error', () => undefined);
@@ -424,7 +441,7 @@ async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWr
     await push(snapshotMagic);
     for await (const [key, value] of member.snapshotIterator()) {
       if (cancelled) return;
-      if (key[0] === prefix.logEntry) continue; // the log is not part of the state machine
+      if (isMemberLocalKey(key)) continue; // the log and the member's identity are not state
       bodyBytes += 8 + key.length + value.length;
       const lengths = Buffer.allocUnsafe(4);
       lengths.writeUInt32BE(key.length);

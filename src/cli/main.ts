@@ -10,6 +10,7 @@ import { createGrpcServer } from '../api/server.js';
 import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
+import { parseInitialCluster } from '../server/membership.js';
 
 const program = new Command();
 program.name('rampart').description('An etcd-compatible key-value store, secure by default').showHelpAfterError();
@@ -31,8 +32,18 @@ interface ServeFlags {
   dataDir: string;
   listenClientUrls: string[];
   advertiseClientUrls?: string[];
-  initialAdvertisePeerUrls: string[];
+  listenPeerUrls: string[];
+  initialAdvertisePeerUrls?: string[];
+  initialCluster?: string;
+  initialClusterState: string;
   initialClusterToken: string;
+  heartbeatInterval: number;
+  electionTimeout: number;
+  snapshotCount: number;
+  snapshotCatchUpEntries: number;
+  peerCertFile?: string;
+  peerKeyFile?: string;
+  peerTrustedCaFile?: string;
   quotaBackendBytes: number;
   maxRequestBytes: number;
   watchProgressNotifyIntervalMs: number;
@@ -51,8 +62,18 @@ program
   .option('--data-dir <dir>', 'where the member keeps its data', 'default.rampart')
   .option('--listen-client-urls <urls>', 'client URLs to listen on', list, ['https://127.0.0.1:2379'])
   .option('--advertise-client-urls <urls>', 'client URLs to advertise (default: the listen URLs)', list)
-  .option('--initial-advertise-peer-urls <urls>', 'peer URLs of this member', list, ['https://127.0.0.1:2380'])
+  .option('--listen-peer-urls <urls>', 'peer URLs to listen on', list, ['https://127.0.0.1:2380'])
+  .option('--initial-advertise-peer-urls <urls>', 'peer URLs of this member (default: the listen peer URLs)', list)
+  .option('--initial-cluster <members>', 'founding members, name=peerURL,... (default: this member alone)')
+  .option('--initial-cluster-state <state>', 'new: found a cluster; existing: join one (after `etcdctl member add`)', 'new')
   .option('--initial-cluster-token <token>', 'cluster token, part of the member and cluster ids', 'rampart-cluster')
+  .option('--heartbeat-interval <ms>', 'leader heartbeat interval', integer, 100)
+  .option('--election-timeout <ms>', 'time without a leader before an election', integer, 1000)
+  .option('--snapshot-count <entries>', 'applied entries between state snapshots (log compaction)', integer, 10_000)
+  .option('--snapshot-catch-up-entries <entries>', 'entries kept after a snapshot for slightly lagging members', integer, 5_000)
+  .option('--peer-cert-file <file>', 'peer certificate (PEM)')
+  .option('--peer-key-file <file>', 'peer private key (PEM)')
+  .option('--peer-trusted-ca-file <file>', 'CA bundle that peer certificates must chain to (PEM)')
   .option('--quota-backend-bytes <bytes>', 'raise the NOSPACE alarm past this database size', integer, defaultQuotaBackendBytes)
   .option('--max-request-bytes <bytes>', 'largest request accepted', integer, defaultMaxRequestBytes)
   .option('--watch-progress-notify-interval-ms <ms>', 'interval of watch progress notifications', integer, 10 * 60 * 1000)
@@ -73,20 +94,34 @@ program
     }
   });
 
-async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<grpc.ServerCredentials> {
-  const tlsFlags = [flags.certFile, flags.keyFile, flags.trustedCaFile];
+interface Credentials {
+  readonly client: grpc.ServerCredentials;
+  readonly peerServer: grpc.ServerCredentials;
+  readonly peerClient: grpc.ChannelCredentials;
+}
+
+async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Credentials> {
+  const clientFlags = [flags.certFile, flags.keyFile, flags.trustedCaFile];
+  const peerFlags = [flags.peerCertFile, flags.peerKeyFile, flags.peerTrustedCaFile];
   if (flags.insecure) {
-    if (tlsFlags.some((flag) => flag !== undefined)) {
-      throw new Error('--insecure cannot be combined with --cert-file, --key-file or --trusted-ca-file');
+    if ([...clientFlags, ...peerFlags].some((flag) => flag !== undefined)) {
+      throw new Error('--insecure cannot be combined with certificate flags');
     }
-    logger.warn('serving PLAINTEXT without client authentication (--insecure): for development only');
-    return grpc.ServerCredentials.createInsecure();
+    logger.warn('serving PLAINTEXT without client or peer authentication (--insecure): for development only');
+    return { client: grpc.ServerCredentials.createInsecure(), peerServer: grpc.ServerCredentials.createInsecure(), peerClient: grpc.credentials.createInsecure() };
   }
-  if (flags.certFile === undefined || flags.keyFile === undefined || flags.trustedCaFile === undefined) {
+  if (clientFlags.some((flag) => flag === undefined)) {
     throw new Error('TLS is required: pass --cert-file, --key-file and --trusted-ca-file (or run `rampart up`); --insecure serves plaintext for development');
   }
-  const [cert, key, ca] = await Promise.all([readFile(flags.certFile), readFile(flags.keyFile), readFile(flags.trustedCaFile)]);
-  return grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], true);
+  if (peerFlags.some((flag) => flag === undefined)) {
+    throw new Error('peer TLS is required: pass --peer-cert-file, --peer-key-file and --peer-trusted-ca-file; --insecure serves plaintext for development');
+  }
+  const [cert, key, ca, peerCert, peerKey, peerCa] = await Promise.all([...clientFlags, ...peerFlags].map((file) => readFile(file as string)));
+  return {
+    client: grpc.ServerCredentials.createSsl(ca as Buffer, [{ cert_chain: cert as Buffer, private_key: key as Buffer }], true),
+    peerServer: grpc.ServerCredentials.createSsl(peerCa as Buffer, [{ cert_chain: peerCert as Buffer, private_key: peerKey as Buffer }], true),
+    peerClient: grpc.credentials.createSsl(peerCa as Buffer, peerKey as Buffer, peerCert as Buffer),
+  };
 }
 
 function hostPort(url: string): string {
@@ -100,30 +135,41 @@ function hostPort(url: string): string {
 async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const credentials = await credentialsFor(flags, logger);
   const scheme = flags.insecure ? 'http:' : 'https:';
-  for (const url of flags.listenClientUrls) {
+  const peerUrls = flags.initialAdvertisePeerUrls ?? flags.listenPeerUrls;
+  for (const url of [...flags.listenClientUrls, ...flags.listenPeerUrls, ...peerUrls]) {
     if (new URL(url).protocol !== scheme) {
-      throw new Error(`listen URL ${url} must use ${scheme}// ${flags.insecure ? 'with --insecure' : 'when TLS is on'}`);
+      throw new Error(`URL ${url} must use ${scheme}// ${flags.insecure ? 'with --insecure' : 'when TLS is on'}`);
     }
   }
+  if (flags.initialClusterState !== 'new' && flags.initialClusterState !== 'existing') {
+    throw new Error('--initial-cluster-state must be new or existing');
+  }
+  const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
   const member = await Member.open({
     dataDir: flags.dataDir,
     name: flags.name,
     clientUrls: flags.advertiseClientUrls ?? flags.listenClientUrls,
-    peerUrls: flags.initialAdvertisePeerUrls,
+    peerUrls,
+    listenPeerUrls: flags.listenPeerUrls,
+    initialCluster,
+    initialClusterState: flags.initialClusterState,
     initialClusterToken: flags.initialClusterToken,
     quotaBackendBytes: flags.quotaBackendBytes,
     maxRequestBytes: flags.maxRequestBytes,
     watchProgressNotifyIntervalMs: flags.watchProgressNotifyIntervalMs,
     requestTimeoutMs: flags.requestTimeoutMs,
+    heartbeatMs: flags.heartbeatInterval,
+    electionMs: flags.electionTimeout,
+    snapshotCount: flags.snapshotCount,
+    snapshotCatchUpEntries: flags.snapshotCatchUpEntries,
+    peerServerCredentials: credentials.peerServer,
+    peerClientCredentials: credentials.peerClient,
     logger,
+    onRemoved: () => {
+      process.stderr.write('rampart: this member has been permanently removed from the cluster\n');
+      void member.close().finally(() => process.exit(0));
+    },
   });
-  const server = createGrpcServer({ member, logger, credentials });
-  for (const url of flags.listenClientUrls) {
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(hostPort(url), credentials, (error) => (error === null ? resolve() : reject(error))),
-    );
-  }
-  logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberId.toString(16), revision: member.store.currentRevision }, 'serving');
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -138,6 +184,15 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  const server = createGrpcServer({ member, logger, credentials: credentials.client });
+  logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
+  await member.whenReady();
+  for (const url of flags.listenClientUrls) {
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(hostPort(url), credentials.client, (error) => (error === null ? resolve() : reject(error))),
+    );
+  }
+  logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }
 
 const snapshot = program.command('snapshot').description('snapshot files');

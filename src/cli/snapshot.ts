@@ -1,14 +1,16 @@
 /**
  * Restores a snapshot stream (format in `api/server.ts`) into a new data directory.
  * The file is verified whole (magic, record framing, SHA-256) before anything is written.
- * The member identity is not restored: the restored member derives its own from its flags.
+ * Like `etcdctl snapshot restore`, this keeps the data (keys, history, leases) and founds a new
+ * cluster: membership and the applied log position are dropped, and the restored member bootstraps
+ * its membership from its own flags (`--initial-cluster`).
  */
 import { createHash } from 'node:crypto';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
 import { snapshotAlignmentBytes, snapshotMagic } from '../api/server.js';
-import { metaKey } from '../storage/schema.js';
+import { isMemberLocalKey, metaKey, prefix } from '../storage/schema.js';
 
 export async function restoreSnapshot(file: string, dataDir: string): Promise<number> {
   const exists = await access(dataDir).then(() => true, () => false);
@@ -40,7 +42,7 @@ export async function restoreSnapshot(file: string, dataDir: string): Promise<nu
     const key = read();
     if (key.length === 0) break;
     const value = read();
-    if (key.equals(metaKey.memberId) || key.equals(metaKey.clusterId)) continue;
+    if (isMemberLocalKey(key) || key[0] === prefix.member || key.equals(metaKey.consistentIndex)) continue;
     records.push({ key, value });
   }
   if (body.subarray(offset).some((byte) => byte !== 0) || body.length % snapshotAlignmentBytes !== 0) {

@@ -55,9 +55,11 @@ export const defaultRaftConfig = {
 
 export interface RaftRestore {
   readonly hardState: HardState;
-  /** The latest snapshot, if the log was ever compacted. */
+  /** The latest snapshot, if the log was ever compacted: what a far-behind follower is sent. */
   readonly snapshot: Snapshot | undefined;
-  /** Persisted entries after the snapshot. */
+  /** Index and term of the entry just before `entries` (0, 0 for a log never compacted). */
+  readonly logStart?: { readonly index: number; readonly term: number };
+  /** Persisted entries after `logStart`. */
   readonly entries: readonly Entry[];
   /** Membership as of `applied`. */
   readonly configuration: ConfigurationState;
@@ -104,7 +106,7 @@ export class RaftNode {
     this.id = config.id;
     this.termValue = restore.hardState.term;
     this.vote = restore.hardState.vote;
-    const boundary = restore.snapshot?.metadata ?? { index: 0, term: 0 };
+    const boundary = restore.logStart ?? restore.snapshot?.metadata ?? { index: 0, term: 0 };
     this.log = new RaftLog(boundary, restore.entries, restore.hardState.commit);
     this.log.applied = Math.max(restore.applied, boundary.index);
     assert(this.log.applied <= this.log.committed, 'applied beyond commit');
@@ -236,10 +238,17 @@ export class RaftNode {
    * change is not valid for the current configuration.
    */
   proposeConfigurationChange(change: ConfigurationChange): boolean {
-    if (this.roleValue !== 'leader') return false;
-    if (this.pendingConfigurationIndex > this.log.applied) return false;
-    if (!this.validChange(change)) return false;
-    return this.proposeEntries([{ type: 'configurationChange', data: Buffer.from(JSON.stringify(change)) }]);
+    const entry = { type: 'configurationChange' as const, data: Buffer.from(JSON.stringify(change)) };
+    if (this.roleValue === 'leader') {
+      if (!this.acceptsConfigurationChange(change)) return false;
+      return this.proposeEntries([entry]);
+    }
+    // A follower forwards; the leader decides (the caller learns the outcome when it is applied).
+    return this.proposeEntries([entry]);
+  }
+
+  private acceptsConfigurationChange(change: ConfigurationChange): boolean {
+    return this.pendingConfigurationIndex <= this.log.applied && this.validChange(change);
   }
 
   private validChange(change: ConfigurationChange): boolean {
@@ -345,11 +354,27 @@ export class RaftNode {
     return this.configuration;
   }
 
-  /** The caller took a snapshot of its state at `snapshot.metadata.index` (≤ applied): drop the log before it. */
-  compact(snapshot: Snapshot): void {
-    if (snapshot.metadata.index <= this.log.snapshotBoundary.index) return;
-    this.log.compact(snapshot.metadata.index);
-    this.latestSnapshot = snapshot;
+  /**
+   * The caller took a snapshot of its state at `snapshot.metadata.index` (≤ applied). Entries up to
+   * `compactIndex` (default: the snapshot's index) are dropped; keeping some lets slightly lagging
+   * followers catch up from the log instead of a snapshot.
+   */
+  compact(snapshot: Snapshot, compactIndex = snapshot.metadata.index): void {
+    assert(compactIndex <= snapshot.metadata.index, 'cannot compact past the snapshot');
+    if (this.latestSnapshot === undefined || snapshot.metadata.index > this.latestSnapshot.metadata.index) {
+      this.latestSnapshot = snapshot;
+    }
+    if (compactIndex > this.log.snapshotBoundary.index) this.log.compact(compactIndex);
+  }
+
+  /** Index and term of the entry just before the first one in the log. */
+  get logStart(): { index: number; term: number } {
+    return this.log.snapshotBoundary;
+  }
+
+  /** Starts an election now (a lone voter at start need not wait out a timeout). */
+  campaignNow(): void {
+    if (this.roleValue !== 'leader' && this.isVoter(this.id)) this.campaign(this.config.preVote ? 'preVote' : 'vote', false);
   }
 
   // ---- messages ----
@@ -409,7 +434,11 @@ export class RaftNode {
     }
     if (message.type === 'propose') {
       if (this.transferee !== noNode) return;
-      const entries = message.entries.filter((entry) => entry.type === 'normal');
+      const entries = message.entries.filter((entry) => {
+        if (entry.type === 'normal') return true;
+        const change = parseConfigurationChange(entry.data);
+        return change !== undefined && this.acceptsConfigurationChange(change);
+      });
       if (entries.length === 0) return;
       this.appendAsLeader(entries);
       this.broadcastAppend();
@@ -793,6 +822,17 @@ export class RaftNode {
     if (lastApplied !== undefined) {
       this.log.applied = Math.max(this.log.applied, lastApplied.index);
     }
+  }
+}
+
+export function parseConfigurationChange(data: Buffer): ConfigurationChange | undefined {
+  try {
+    const parsed = JSON.parse(data.toString()) as Partial<ConfigurationChange>;
+    const types = ['addVoter', 'addLearner', 'removeNode', 'promoteLearner'];
+    if (typeof parsed.nodeId !== 'string' || typeof parsed.type !== 'string' || !types.includes(parsed.type)) return undefined;
+    return { type: parsed.type, nodeId: parsed.nodeId, context: typeof parsed.context === 'string' ? parsed.context : '' };
+  } catch {
+    return undefined;
   }
 }
 

@@ -28,6 +28,7 @@ import type {
 } from '../api/messages.js';
 import { deleteResponse, evaluateCompare, executeRange, keyRangeOf, parseBigInt64, parseInt64, toKeyValueMessage, int64Out, type ReadView } from './kv.js';
 import { leaseTtlMaxSeconds, type Lessor } from './lessor.js';
+import type { Membership } from './membership.js';
 
 export const alarmType = { none: 0, noSpace: 1, corrupt: 2 } as const;
 
@@ -40,6 +41,10 @@ export class Alarms {
 
   static keyOf(memberId: bigint, alarm: number): Buffer {
     return Buffer.concat([Buffer.of(prefix.alarm), encodeBigUint64(memberId), Buffer.of(alarm)]);
+  }
+
+  clear(): void {
+    this.active.clear();
   }
 
   load(key: Buffer): void {
@@ -73,12 +78,12 @@ export class Alarms {
 export class Applier {
   /** Change events of the entries applied since the last `takeEvents`, for watchers. */
   private events: { revision: number; events: StoreEvent[] }[] = [];
-  /** Compactions applied since the last `takeCompactions`: the API waits on them for `physical`. */
 
   constructor(
     private readonly store: MvccStore,
     private readonly lessor: Lessor,
     private readonly alarms: Alarms,
+    private readonly membership: Membership,
   ) {}
 
   takeEvents(): { revision: number; events: StoreEvent[] }[] {
@@ -104,6 +109,18 @@ export class Applier {
           return this.applyLeaseRevoke(required(request.lease_revoke), batch);
         case 'alarm':
           return this.applyAlarm(required(request.alarm), batch);
+        case 'member_attributes': {
+          const attributes = required(request.member_attributes);
+          batch.push(...this.membership.updateAttributes(attributes.id, attributes.name, attributes.client_urls));
+          return { ok: true, revision: this.store.currentRevision, response: {} };
+        }
+        case 'member_update': {
+          const update = required(request.member_update);
+          const id = BigInt(update.ID).toString(16);
+          if (this.membership.get(id) === undefined) throw new RampartError('MemberNotFound');
+          batch.push(...this.membership.updatePeerUrls(id, update.peerURLs));
+          return { ok: true, revision: this.store.currentRevision, response: {} };
+        }
         case undefined:
           throw new RampartError('InvalidArgument', 'empty internal request');
       }

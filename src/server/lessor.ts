@@ -99,6 +99,10 @@ export class Lessor {
     return ids;
   }
 
+  clear(): void {
+    this.leases.clear();
+  }
+
   ids(): bigint[] {
     return [...this.leases.keys()];
   }

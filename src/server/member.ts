@@ -1,21 +1,26 @@
 /**
- * A member: its database, log, state machine (MVCC store, leases, alarms) and watchers, and the
- * request path: validate → propose → commit → apply → answer.
+ * A member: its database, Raft log and loop, state machine (MVCC store, leases, alarms,
+ * membership), peer transport and watchers, and the request path:
+ * validate → propose → commit → apply → answer.
  *
- * Owns: turning API requests into proposals and reads, waiting for their application, the member's
- * timers (lease expiry, progress notifications, size accounting). Never: speaks gRPC (the API
- * layer does) or decides what an entry means (the applier does).
+ * Owns: turning API requests into proposals and reads, waiting for their application, snapshots
+ * of its state, the member's timers (lease expiry, progress notifications, size accounting).
+ * Never: speaks the client gRPC API (the API layer does) or decides what a request means (the
+ * applier does).
  */
-import { randomBytes, createHash } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
 import { ClassicLevel } from 'classic-level';
 import type { Logger } from 'pino';
-import { RampartError } from '../errors.js';
-import { DurableLog, entryType, type LogEntry } from '../storage/log.js';
+import { RampartError, assert } from '../errors.js';
+import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
+import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
+import { LogStore } from '../storage/log.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation, type Database } from '../storage/mvcc/store.js';
-import { metaKey, prefix, prefixEnd } from '../storage/schema.js';
-import { toIndexKey } from '../storage/mvcc/range.js';
+import { isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
+import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
 import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
 import type {
   AlarmRequest,
@@ -28,9 +33,11 @@ import type {
   TxnRequest,
 } from '../api/messages.js';
 import { Alarms, Applier, alarmType, type ApplyResult } from './applier.js';
-import { SoloConsensus, type Consensus } from './consensus.js';
-import { executeRange, int64Out, parseBigInt64 } from './kv.js';
+import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
+import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
+import { RaftLoop } from './raft-loop.js';
+import { Transport, type LeaseAnswer } from './transport.js';
 import { WatchHub } from './watch-hub.js';
 import { validateDeleteRange, validatePut, validateRange, validateTxn } from './validate.js';
 
@@ -40,22 +47,31 @@ export interface MemberOptions {
   readonly dataDir: string;
   readonly name: string;
   readonly clientUrls: readonly string[];
+  /** This member's advertised peer URLs. */
   readonly peerUrls: readonly string[];
+  readonly listenPeerUrls: readonly string[];
+  readonly initialCluster: readonly InitialMember[];
+  readonly initialClusterState: 'new' | 'existing';
   readonly initialClusterToken: string;
   readonly quotaBackendBytes: number;
   readonly maxRequestBytes: number;
   readonly watchProgressNotifyIntervalMs: number;
   readonly requestTimeoutMs: number;
+  readonly heartbeatMs: number;
+  readonly electionMs: number;
+  /** Applied entries between snapshots of the state machine. */
+  readonly snapshotCount: number;
+  /** Entries kept in the log after a snapshot, for followers that are only a little behind. */
+  readonly snapshotCatchUpEntries: number;
+  readonly peerServerCredentials: grpc.ServerCredentials;
+  readonly peerClientCredentials: grpc.ChannelCredentials;
   readonly logger: Logger;
+  readonly onRemoved?: () => void;
   readonly nowMs?: () => number;
 }
 
 export const defaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024;
 export const defaultMaxRequestBytes = 1.5 * 1024 * 1024;
-
-interface Waiter {
-  resolve(result: ApplyResult): void;
-}
 
 type ProposalBody = Omit<InternalRequest, 'id'>;
 
@@ -70,33 +86,41 @@ export interface MemberInfo {
 export class Member {
   readonly watchHub: WatchHub;
   readonly lessor: Lessor;
-  private readonly alarms: Alarms;
+  private readonly alarms = new Alarms();
+  readonly membership = new Membership();
   private readonly applier: Applier;
-  private consensus!: Consensus;
-  private readonly waiters = new Map<string, Waiter>();
-  private nextRequestId: number;
+  private loop!: RaftLoop;
+  private transport!: Transport;
+  private readonly waiters = new Map<string, (result: ApplyResult) => void>();
+  private readonly changeWaiters = new Map<string, () => void>();
+  private nextRequestId: bigint;
   private appliedIndexValue = 0;
+  private snapshotIndex = 0;
   private dbSizeBytes = 0;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly revoking = new Set<bigint>();
   private stopped = false;
-  private fatalError: unknown;
+  private published = false;
+  private markReady!: () => void;
+  private readonly readyPromise = new Promise<void>((resolve) => {
+    this.markReady = resolve;
+  });
+  readonly memberHex: string;
 
   private constructor(
     readonly options: MemberOptions,
     private readonly db: Database,
     readonly store: MvccStore,
-    private readonly log: DurableLog,
+    private readonly logStore: LogStore,
     readonly clusterId: bigint,
     readonly memberId: bigint,
   ) {
-    const nowMs = options.nowMs ?? (() => performance.now());
-    this.lessor = new Lessor(nowMs);
-    this.alarms = new Alarms();
-    this.applier = new Applier(store, this.lessor, this.alarms);
+    this.memberHex = memberId.toString(16);
+    this.lessor = new Lessor(options.nowMs ?? (() => performance.now()));
+    this.applier = new Applier(store, this.lessor, this.alarms, this.membership);
     this.watchHub = new WatchHub(store);
-    // Request ids only need to be unique among this process's waiters; start past any earlier run's.
-    this.nextRequestId = Date.now() * 1000;
+    // Request ids need only be unique among this process's waiters across the cluster's log.
+    this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
   }
 
   static async open(options: MemberOptions): Promise<Member> {
@@ -106,9 +130,9 @@ export class Member {
     try {
       const { clusterId, memberId } = await loadIdentity(db, options);
       const store = await MvccStore.open(db);
-      const log = await DurableLog.open(db);
-      const member = new Member(options, db, store, log, clusterId, memberId);
-      await member.recover();
+      const { store: logStore, loaded } = await LogStore.open(db);
+      const member = new Member(options, db, store, logStore, clusterId, memberId);
+      await member.recover(loaded);
       return member;
     } catch (error) {
       await db.close();
@@ -116,61 +140,157 @@ export class Member {
     }
   }
 
-  private async recover(): Promise<void> {
+  private async loadStateMachine(): Promise<void> {
+    this.lessor.clear();
     for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.lease), lt: prefixEnd(prefix.lease) })) {
       this.lessor.grant(key.readBigInt64BE(1), Number(value.readBigUInt64BE(0)));
     }
     this.store.forEachLive((kv) => {
       if (kv.lease !== 0n) this.lessor.attach(kv.lease, toIndexKey(kv.key));
     });
+    this.alarms.clear();
     for await (const key of this.db.keys({ gte: Buffer.of(prefix.alarm), lt: prefixEnd(prefix.alarm) })) {
       this.alarms.load(key);
     }
-    const consistentIndex = await readMetaNumber(this.db, metaKey.consistentIndex);
-    this.appliedIndexValue = consistentIndex;
-    this.log.startAfter(consistentIndex, this.log.lastTerm);
-    // Entries made durable but not applied before a crash: apply them now, exactly once.
-    const pending = await this.log.entries(consistentIndex + 1, this.log.lastIndex);
-    if (pending.length > 0) {
-      this.options.logger.info({ from: consistentIndex + 1, to: this.log.lastIndex }, 'applying log entries after restart');
-      await this.applyCommitted(pending);
+    await this.membership.load(this.db);
+    this.appliedIndexValue = await readMetaNumber(this.db, metaKey.consistentIndex);
+  }
+
+  private async recover(loadedLog: Awaited<ReturnType<typeof LogStore.open>>['loaded']): Promise<void> {
+    await this.loadStateMachine();
+    let loaded = loadedLog;
+    const fresh = loaded.entries.length === 0 && loaded.logStart.index === 0 && loaded.hardState.term === 0;
+    if (fresh && this.options.initialClusterState === 'new') {
+      if (!this.options.initialCluster.some((member) => memberIdFor(member.peerUrls, this.options.initialClusterToken) === this.memberHex)) {
+        throw new Error(`--initial-cluster must list this member (${this.options.name}=${this.options.peerUrls.join(',')})`);
+      }
+      // Every founding member writes the same first entries, committed: the cluster's founding members.
+      const entries = bootstrapEntries(this.options.initialCluster, this.options.initialClusterToken);
+      const hardState = { term: 1, vote: '', commit: entries.length };
+      await this.logStore.save({ hardState, entries });
+      loaded = { hardState, logStart: { index: 0, term: 0 }, entries };
     }
-    const term = this.log.lastTerm + 1;
-    this.consensus = new SoloConsensus(this.log, term, this.memberId, (entries) => this.applyCommitted(entries), (error) => this.fail(error));
-    this.lessor.refreshAll();
+    const applied = this.appliedIndexValue;
+    const termAt = (index: number): number =>
+      index === loaded.logStart.index ? loaded.logStart.term : (loaded.entries.find((entry) => entry.index === index)?.term ?? 0);
+    let snapshot: Snapshot | undefined;
+    if (loaded.logStart.index > 0) {
+      assert(applied >= loaded.logStart.index, 'applied state is behind the compacted log');
+      snapshot = { metadata: { index: applied, term: termAt(applied), configuration: this.membership.configuration() }, data: await this.stateRecords() };
+      this.snapshotIndex = applied;
+    }
+    const node = new RaftNode(
+      {
+        ...defaultRaftConfig,
+        id: this.memberHex,
+        electionTicks: Math.max(2, Math.round(this.options.electionMs / this.options.heartbeatMs)),
+        heartbeatTicks: 1,
+        random: () => randomInt(0x1_0000_0000) / 0x1_0000_0000,
+      },
+      { hardState: loaded.hardState, snapshot, logStart: loaded.logStart, entries: loaded.entries, configuration: this.membership.configuration(), applied },
+    );
+    this.transport = new Transport({
+      selfId: this.memberHex,
+      clusterId: this.clusterId.toString(16),
+      logger: this.options.logger,
+      serverCredentials: this.options.peerServerCredentials,
+      clientCredentials: this.options.peerClientCredentials,
+      onMessage: (message) => this.loop.step(message),
+      onUnreachable: (peer) => node.reportUnreachable(peer),
+      onLeaseRenew: (id) => this.answerLease(id, true),
+      onLeaseTimeToLive: (id) => this.answerLease(id, false),
+    });
+    this.updatePeers();
+    await this.transport.listen(this.options.listenPeerUrls);
+    this.loop = new RaftLoop(node, {
+      persist: (ready) => this.persist(ready),
+      send: (messages) => this.transport.send(messages),
+      installSnapshot: (installed) => this.installSnapshot(installed),
+      applyEntries: (entries) => this.applyEntries(entries),
+      onSoftState: (state, previous) => this.onSoftState(state, previous),
+      onFatal: (error) => this.fail(error),
+    }, this.options.heartbeatMs, this.options.requestTimeoutMs);
+    this.loop.start();
+    this.campaignIfAlone();
     await this.refreshDbSize();
     this.timers.push(setInterval(() => this.revokeExpiredLeases(), 500));
     this.timers.push(setInterval(() => void this.refreshDbSize(), 1000));
+    this.timers.push(setInterval(() => void this.publishAttributes(), 100));
     this.timers.push(setInterval(() => this.watchHub.notifyProgress(), this.options.watchProgressNotifyIntervalMs));
     for (const timer of this.timers) timer.unref();
   }
+
+  /** A lone voter need not wait out an election timeout. */
+  private campaignIfAlone(): void {
+    const { voters } = this.loop.node.configuration;
+    if (voters.length === 1 && voters[0] === this.memberHex && !this.loop.isLeader) {
+      this.loop.node.campaignNow();
+      this.loop.kick();
+    }
+  }
+
+  /** Resolves once this member has a leader and has published itself: then it serves clients (as etcd). */
+  whenReady(): Promise<void> {
+    return this.readyPromise;
+  }
+
+  private updatePeers(): void {
+    const known = new Map<string, readonly string[]>();
+    for (const member of this.options.initialCluster) known.set(memberIdFor(member.peerUrls, this.options.initialClusterToken), member.peerUrls);
+    for (const member of this.membership.list()) known.set(member.id, member.peerUrls);
+    this.transport.setPeers([...known].filter(([id]) => !this.membership.isRemoved(id)).map(([id, peerUrls]) => ({ id, peerUrls })));
+  }
+
+  // ---- status ----
 
   get appliedIndex(): number {
     return this.appliedIndexValue;
   }
 
   get term(): number {
-    return this.consensus.term;
+    return this.loop.term;
   }
 
   get leaderId(): bigint {
-    return this.consensus.leaderId;
+    return this.loop.leaderId;
+  }
+
+  get isLeader(): boolean {
+    return this.loop.isLeader;
   }
 
   get raftIndex(): number {
-    return this.consensus.lastIndex;
+    return this.loop.lastIndex;
   }
 
   get dbSize(): number {
     return this.dbSizeBytes;
   }
 
+  get isLearner(): boolean {
+    return this.membership.get(this.memberHex)?.isLearner ?? false;
+  }
+
+  get snapshotsSent(): number {
+    return this.transport.snapshotsSent;
+  }
+
+  get snapshotsReceived(): number {
+    return this.transport.snapshotsReceived;
+  }
+
   members(): MemberInfo[] {
-    return [{ id: this.memberId, name: this.options.name, peerUrls: this.options.peerUrls, clientUrls: this.options.clientUrls, isLearner: false }];
+    return this.membership.list().map((member) => ({
+      id: BigInt(`0x${member.id}`),
+      name: member.name,
+      peerUrls: member.peerUrls,
+      clientUrls: member.clientUrls,
+      isLearner: member.isLearner,
+    }));
   }
 
   header(revision: number = this.store.currentRevision): ResponseHeader {
-    return { cluster_id: int64Out(this.clusterId), member_id: int64Out(this.memberId), revision, raft_term: this.consensus.term };
+    return { cluster_id: int64Out(this.clusterId), member_id: int64Out(this.memberId), revision, raft_term: this.loop.term };
   }
 
   /** A header for calls that do not touch the KV store: etcd reports revision 0 there. */
@@ -184,9 +304,15 @@ export class Member {
     validateRange(request);
     this.checkRunning();
     if (!request.serializable) {
-      await this.consensus.readBarrier();
+      await this.loop.readBarrier();
     }
     return executeRange(this.store, request);
+  }
+
+  /** Waits until a linearizable read may be served here. */
+  readBarrier(): Promise<void> {
+    this.checkRunning();
+    return this.loop.readBarrier();
   }
 
   // ---- writes ----
@@ -203,12 +329,10 @@ export class Member {
 
   async txn(request: TxnRequest): Promise<{ revision: number; response: object }> {
     validateTxn(request);
-    const readOnly = isReadOnlyTxn(request);
-    if (readOnly) {
+    if (isReadOnlyTxn(request)) {
       // A read-only transaction needs no log entry: evaluate it against a linearizable read view.
-      await this.consensus.readBarrier();
-      const batch: BatchOperation[] = [];
-      const result = this.applier.apply({ id: 0, request: 'txn', txn: request }, batch);
+      await this.loop.readBarrier();
+      const result = this.applier.apply({ id: 0, request: 'txn', txn: request }, []);
       if (!result.ok) throw result.error;
       return { revision: result.revision, response: result.response };
     }
@@ -238,13 +362,34 @@ export class Member {
     return this.propose({ request: 'lease_revoke', lease_revoke: { ID: id.toString() } }, false);
   }
 
-  /** Keep-alive, served by the leader from memory. Returns the TTL, or 0 when the lease is gone. */
-  leaseKeepAlive(id: bigint): number {
+  /** Keep-alive: the leader renews; a follower forwards to the leader. Returns 0 when the lease is gone. */
+  async leaseKeepAlive(id: bigint): Promise<number> {
+    const answer = await this.leaseAtLeader(id, true);
+    return answer.found ? answer.ttl : 0;
+  }
+
+  async leaseTimeToLive(id: bigint): Promise<LeaseAnswer> {
+    return this.leaseAtLeader(id, false);
+  }
+
+  private async leaseAtLeader(id: bigint, renew: boolean): Promise<LeaseAnswer> {
     this.checkRunning();
-    if (!this.consensus.isLeader) {
+    if (this.loop.isLeader) return this.answerLease(id, renew);
+    const leader = this.loop.leader;
+    if (leader === '') throw new RampartError('NoLeader');
+    try {
+      return await this.transport.lease(leader, renew ? 'LeaseRenew' : 'LeaseTimeToLive', id, this.options.requestTimeoutMs);
+    } catch {
       throw new RampartError('NoLeader');
     }
-    return this.lessor.has(id) ? this.lessor.renew(id) : 0;
+  }
+
+  private answerLease(id: bigint, renew: boolean): LeaseAnswer {
+    if (!this.loop.isLeader) throw new RampartError('NoLeader');
+    const lease = this.lessor.get(id);
+    if (lease === undefined) return { found: false, ttl: -1, grantedTtl: 0, keys: [] };
+    const ttl = renew ? this.lessor.renew(id) : this.lessor.remainingSeconds(id);
+    return { found: true, ttl, grantedTtl: lease.grantedTtlSeconds, keys: [...lease.keys].sort().map(fromIndexKey) };
   }
 
   async alarm(request: AlarmRequest): Promise<{ revision: number; response: object }> {
@@ -258,9 +403,88 @@ export class Member {
     return this.alarms.list();
   }
 
+  // ---- membership ----
+
+  async memberAdd(peerUrls: readonly string[], isLearner: boolean): Promise<MemberRecord> {
+    this.checkRunning();
+    if (peerUrls.length === 0 || peerUrls.some((url) => !isUrl(url))) throw new RampartError('MemberBadUrls');
+    const taken = new Set(this.membership.list().flatMap((member) => member.peerUrls));
+    if (peerUrls.some((url) => taken.has(url))) throw new RampartError('PeerUrlExists');
+    const id = memberIdFor(peerUrls, this.options.initialClusterToken);
+    if (this.membership.isRemoved(id)) throw new RampartError('MemberIdRemoved');
+    if (this.membership.get(id) !== undefined) throw new RampartError('MemberExists');
+    const member: MemberRecord = { id, name: '', peerUrls, clientUrls: [], isLearner };
+    await this.changeConfiguration({ type: isLearner ? 'addLearner' : 'addVoter', nodeId: id }, member);
+    this.updatePeers();
+    return this.membership.get(id) ?? member;
+  }
+
+  async memberRemove(id: string): Promise<void> {
+    const member = this.membership.get(id);
+    if (member === undefined) throw new RampartError('MemberNotFound');
+    await this.changeConfiguration({ type: 'removeNode', nodeId: id }, member);
+  }
+
+  async memberPromote(id: string): Promise<void> {
+    const member = this.membership.get(id);
+    if (member === undefined) throw new RampartError('MemberNotFound');
+    if (!member.isLearner) throw new RampartError('MemberNotLearner');
+    if (this.loop.isLeader) {
+      const progress = this.loop.node.progressOf(id);
+      if (progress === undefined || progress.match < this.loop.lastIndex * 0.9) throw new RampartError('LearnerNotReady');
+    }
+    await this.changeConfiguration({ type: 'promoteLearner', nodeId: id }, member);
+  }
+
+  async memberUpdate(id: string, peerUrls: readonly string[]): Promise<void> {
+    if (this.membership.get(id) === undefined) throw new RampartError('MemberNotFound');
+    if (peerUrls.length === 0 || peerUrls.some((url) => !isUrl(url))) throw new RampartError('MemberBadUrls');
+    await this.propose({ request: 'member_update', member_update: { ID: BigInt(`0x${id}`).toString(), peerURLs: [...peerUrls] } }, false);
+    this.updatePeers();
+  }
+
+  /** Hands leadership to another voter (etcd's MoveLeader); this member must be the leader. */
+  async moveLeader(targetId: string): Promise<void> {
+    this.checkRunning();
+    if (!this.loop.isLeader) throw new RampartError('NotLeader');
+    if (targetId === this.memberHex) return;
+    if (!this.loop.node.configuration.voters.includes(targetId)) throw new RampartError('BadLeaderTransferee');
+    if (!this.loop.transferLeadership(targetId)) throw new RampartError('BadLeaderTransferee');
+    const deadline = Date.now() + this.options.requestTimeoutMs;
+    while (this.loop.leader !== targetId) {
+      if (Date.now() > deadline) throw new RampartError('LeaderTransferTimeout');
+      await new Promise((resolve) => setTimeout(resolve, this.options.heartbeatMs));
+    }
+  }
+
+  private async changeConfiguration(change: Omit<ConfigurationChange, 'context'>, member: MemberRecord): Promise<void> {
+    const requestId = randomBytes(8).toString('hex');
+    const context: ChangeContext = { requestId, member };
+    const applied = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.changeWaiters.delete(requestId);
+        reject(new RampartError('Timeout'));
+      }, this.options.requestTimeoutMs);
+      this.changeWaiters.set(requestId, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    try {
+      this.loop.proposeConfigurationChange({ ...change, context: JSON.stringify(context) });
+    } catch (error) {
+      this.changeWaiters.delete(requestId);
+      if (error instanceof RampartError && error.code === 'InvalidArgument') throw new RampartError('Unhealthy');
+      throw error;
+    }
+    await applied;
+  }
+
+  // ---- the request path ----
+
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
-    const id = String(this.nextRequestId++);
+    const id = (this.nextRequestId++).toString();
     const data = encodeInternalRequest({ id, ...body } as InternalRequest);
     if (data.length > this.options.maxRequestBytes) {
       throw new RampartError('RequestTooLarge');
@@ -274,14 +498,12 @@ export class Member {
         this.waiters.delete(id);
         reject(new RampartError('Timeout'));
       }, this.options.requestTimeoutMs);
-      this.waiters.set(id, {
-        resolve: (applied) => {
-          clearTimeout(timer);
-          resolve(applied);
-        },
+      this.waiters.set(id, (applied) => {
+        clearTimeout(timer);
+        resolve(applied);
       });
       try {
-        this.consensus.propose(data);
+        this.loop.propose(data);
       } catch (error) {
         clearTimeout(timer);
         this.waiters.delete(id);
@@ -302,19 +524,62 @@ export class Member {
     this.propose({ request: 'alarm', alarm: { action: 1, memberID: this.memberId.toString(), alarm: alarmType.noSpace } }, false).catch(() => undefined);
   }
 
+  // ---- Raft loop host ----
+
+  private async persist(ready: Ready): Promise<void> {
+    if (ready.snapshot === undefined) {
+      await this.logStore.save({ hardState: ready.hardState, entries: ready.entries });
+      return;
+    }
+    // Installing a snapshot replaces the state machine and the log in one atomic, fsynced batch.
+    const { metadata, data } = ready.snapshot;
+    const extra: BatchOperation[] = [];
+    for await (const key of this.db.keys({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) {
+      if (!isMemberLocalKey(key)) extra.push({ type: 'del', key });
+    }
+    for (const [key, value] of decodeStateRecords(data)) {
+      if (!isMemberLocalKey(key)) extra.push({ type: 'put', key, value });
+    }
+    extra.push({ type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(metadata.index) });
+    await this.logStore.save({ hardState: ready.hardState, entries: ready.entries, resetTo: { index: metadata.index, term: metadata.term }, extra });
+  }
+
+  private async installSnapshot(snapshot: Snapshot): Promise<void> {
+    this.options.logger.info({ index: snapshot.metadata.index, bytes: snapshot.data.length }, 'installed snapshot from leader');
+    await this.store.reload();
+    await this.loadStateMachine();
+    this.snapshotIndex = snapshot.metadata.index;
+    this.updatePeers();
+    this.watchHub.resyncAll();
+  }
+
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
-  private async applyCommitted(entries: readonly LogEntry[]): Promise<void> {
+  private async applyEntries(entries: readonly Entry[]): Promise<void> {
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
+    const appliedChanges: string[] = [];
+    let removedSelf = false;
+    let membershipChanged = false;
     for (const entry of entries) {
-      if (entry.type !== entryType.normal || entry.data.length === 0) {
+      if (entry.index <= this.appliedIndexValue) continue;
+      if (entry.type === 'configurationChange') {
+        const change = parseConfigurationChange(entry.data);
+        if (change === undefined) continue;
+        const context = parseChangeContext(change.context);
+        batch.push(...this.membership.applyChange(change, context));
+        this.loop.node.applyConfigurationChange(change);
+        membershipChanged = true;
+        if (context !== undefined && context.requestId !== '') appliedChanges.push(context.requestId);
+        if (change.type === 'removeNode' && change.nodeId === this.memberHex) removedSelf = true;
         continue;
       }
+      if (entry.data.length === 0) continue;
       const request = decodeInternalRequest(entry.data);
+      if (request.request === 'member_attributes' || request.request === 'member_update') membershipChanged = true;
       results.push([String(request.id), this.applier.apply(request, batch)]);
     }
     const last = entries[entries.length - 1];
-    if (last === undefined) {
+    if (last === undefined || last.index <= this.appliedIndexValue) {
       return;
     }
     batch.push({ type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(last.index) });
@@ -329,16 +594,89 @@ export class Member {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
         this.waiters.delete(id);
-        waiter.resolve(result);
+        waiter(result);
       }
     }
-    if (last.index - this.log.firstIndex > logEntriesRetained * 2) {
-      await this.log.compactThrough(last.index - logEntriesRetained);
+    for (const requestId of appliedChanges) {
+      this.changeWaiters.get(requestId)?.();
+      this.changeWaiters.delete(requestId);
+    }
+    if (membershipChanged) {
+      this.updatePeers();
+      this.campaignIfAlone();
+    }
+    if (removedSelf) {
+      this.options.logger.warn('this member has been removed from the cluster; stopping');
+      setTimeout(() => this.options.onRemoved?.(), 200).unref();
+    }
+    if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
+      await this.takeSnapshot();
+    }
+  }
+
+  /** Snapshots the state machine at the applied index and compacts the log behind it. */
+  private async takeSnapshot(): Promise<void> {
+    const index = this.appliedIndexValue;
+    const term = this.loop.node.entryTerm(index);
+    if (term === undefined) return;
+    const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: await this.stateRecords() };
+    const compactIndex = Math.max(0, index - this.options.snapshotCatchUpEntries);
+    const compactTerm = this.loop.node.entryTerm(compactIndex);
+    this.loop.node.compact(snapshot, compactIndex);
+    this.snapshotIndex = index;
+    if (compactTerm !== undefined && compactIndex > this.logStore.logStart.index) {
+      await this.logStore.compactThrough(compactIndex, compactTerm);
+    }
+    this.options.logger.info({ index, compactIndex, bytes: snapshot.data.length }, 'snapshot taken; log compacted');
+  }
+
+  /** Every replicated record of the state machine, framed as (u32 length, key, u32 length, value). */
+  private async stateRecords(): Promise<Buffer> {
+    await this.store.whenCompacted();
+    const parts: Buffer[] = [];
+    for await (const [key, value] of this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) {
+      if (isMemberLocalKey(key)) continue;
+      const header = Buffer.allocUnsafe(4);
+      header.writeUInt32BE(key.length);
+      const valueHeader = Buffer.allocUnsafe(4);
+      valueHeader.writeUInt32BE(value.length);
+      parts.push(header, key, valueHeader, value);
+    }
+    return Buffer.concat(parts);
+  }
+
+  private onSoftState(state: SoftState, previous: SoftState): void {
+    if (state.role === 'leader' && previous.role !== 'leader') {
+      // A new leader gives every lease its full TTL: none may expire because leadership moved.
+      this.lessor.refreshAll();
+      this.options.logger.info({ term: this.loop.term }, 'became leader');
+    }
+    if (state.leader !== previous.leader) {
+      this.options.logger.info({ leader: state.leader, term: this.loop.term }, 'leader changed');
+    }
+  }
+
+  /** Publishes this member's name and client URLs through the log, once a leader exists. */
+  private async publishAttributes(): Promise<void> {
+    if (this.published || this.stopped || this.loop.leader === '') return;
+    const record = this.membership.get(this.memberHex);
+    if (record === undefined) return;
+    if (record.name === this.options.name && record.clientUrls.join(',') === this.options.clientUrls.join(',')) {
+      this.published = true;
+      this.markReady();
+      return;
+    }
+    this.published = true;
+    try {
+      await this.propose({ request: 'member_attributes', member_attributes: { id: this.memberHex, name: this.options.name, client_urls: [...this.options.clientUrls] } }, false);
+      this.markReady();
+    } catch {
+      this.published = false;
     }
   }
 
   private revokeExpiredLeases(): void {
-    if (this.stopped || !this.consensus.isLeader) {
+    if (this.stopped || !this.loop.isLeader) {
       return;
     }
     for (const id of this.lessor.expired()) {
@@ -372,28 +710,59 @@ export class Member {
   }
 
   private fail(error: unknown): void {
-    this.fatalError = error;
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
     process.exitCode = 1;
     void this.close().finally(() => process.exit(1));
   }
 
-  get failed(): unknown {
-    return this.fatalError;
-  }
-
   async close(): Promise<void> {
+    if (this.stopped && this.timers.length === 0) return;
     this.stopped = true;
     for (const timer of this.timers) clearInterval(timer);
-    await this.consensus.close();
+    this.timers.length = 0;
+    await this.loop.close();
+    await this.transport.close();
     await this.store.whenCompacted().catch(() => undefined);
     await this.db.close();
   }
 }
 
-/** Log entries kept after they are applied (for followers that lag, once there are followers). */
-const logEntriesRetained = 10_000;
+export function decodeStateRecords(data: Buffer): [Buffer, Buffer][] {
+  const records: [Buffer, Buffer][] = [];
+  let offset = 0;
+  const read = (): Buffer => {
+    assert(offset + 4 <= data.length, 'truncated snapshot record');
+    const length = data.readUInt32BE(offset);
+    offset += 4;
+    assert(offset + length <= data.length, 'truncated snapshot record');
+    const bytes = Buffer.from(data.subarray(offset, offset + length));
+    offset += length;
+    return bytes;
+  };
+  while (offset < data.length) {
+    records.push([read(), read()]);
+  }
+  return records;
+}
+
+function parseChangeContext(text: string): ChangeContext | undefined {
+  try {
+    const parsed = JSON.parse(text) as ChangeContext;
+    return typeof parsed.member?.id === 'string' ? parsed : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isUrl(text: string): boolean {
+  try {
+    const url = new URL(text);
+    return (url.protocol === 'http:' || url.protocol === 'https:') && url.port !== '';
+  } catch {
+    return false;
+  }
+}
 
 function isReadOnlyTxn(request: TxnRequest): boolean {
   return [...request.success, ...request.failure].every(
@@ -407,9 +776,10 @@ async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clu
   if (storedMember !== undefined && storedCluster !== undefined) {
     return { memberId: storedMember.readBigUInt64BE(0), clusterId: storedCluster.readBigUInt64BE(0) };
   }
-  // As etcd: the member id is derived from its peer URLs and the cluster token, the cluster id from its members.
-  const memberId = hash64([...options.peerUrls].sort().join(',') + options.initialClusterToken);
-  const clusterId = hash64(`${memberId.toString(16)}/${options.initialClusterToken}`);
+  // As etcd: the member id comes from its peer URLs and the cluster token; every member of a
+  // cluster shares the token, so they share the cluster id.
+  const memberId = BigInt(`0x${memberIdFor(options.peerUrls, options.initialClusterToken)}`);
+  const clusterId = hash64(`cluster/${options.initialClusterToken}`);
   const memberBytes = Buffer.alloc(8);
   memberBytes.writeBigUInt64BE(memberId);
   const clusterBytes = Buffer.alloc(8);
@@ -421,12 +791,6 @@ async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clu
   return { memberId, clusterId };
 }
 
-function hash64(text: string): bigint {
-  const digest = createHash('sha256').update(text).digest();
-  const value = digest.readBigUInt64BE(0);
-  return value === 0n ? 1n : value;
-}
-
 async function directoryBytes(directory: string): Promise<number> {
   let total = 0;
   for (const name of await readdir(directory)) {
@@ -434,5 +798,3 @@ async function directoryBytes(directory: string): Promise<number> {
   }
   return total;
 }
-
-export { parseBigInt64 };

@@ -84,6 +84,17 @@ export class WatchHub {
     }
   }
 
+  /** The store was replaced (snapshot installed): every watcher catches up again from history. */
+  resyncAll(): void {
+    for (const watcher of this.all) {
+      if (watcher.synced) {
+        watcher.synced = false;
+        this.synced.delete(watcher);
+        void this.catchUp(watcher);
+      }
+    }
+  }
+
   /** Whether every watcher of the sink has been sent everything up to the current revision. */
   allSynced(sink: WatchSink): boolean {
     for (const watcher of this.all) {

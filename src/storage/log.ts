@@ -1,30 +1,27 @@
 /**
- * The durable log: entries appended in index order, each record checksummed.
+ * Durable Raft state: log entries, the hard state, and where the log starts after compaction.
  *
- * Record: key 'e' + index (u64 BE); value layout (version 1):
+ * Log entry record: key 'e' + index (u64 BE); value layout (version 1):
  *   offset 0   u32  CRC-32 of bytes [4, end)
  *   offset 4   u8   record format version (1)
  *   offset 5   u64  term
  *   offset 13  u8   entry type (0 = normal, 1 = configuration change)
  *   offset 14       entry data
- * A record whose CRC does not match, or a gap in indexes, is corruption: `open` refuses it with a
- * message naming the index, and the member does not start. LevelDB's own write-ahead log repairs a
- * torn tail (an incomplete last write is dropped, and was never acknowledged: appends fsync first).
+ * Hard state record: key 'h'; value: u32 CRC-32 of the rest, u8 version (1), u64 term,
+ *   u64 commit, then the vote (member id, UTF-8).
+ * Log start record: key 'm' + 'logStart'; value: u32 CRC, u8 version, u64 index, u64 term — the
+ *   entry just before the first stored one (0, 0 until the log is first compacted).
+ *
+ * A record whose CRC does not match, a gap in indexes, or entries that do not follow the log start
+ * is corruption: `open` refuses it with a message naming the record, and the member does not start.
+ * LevelDB's own write-ahead log drops a torn last write; that write was never acknowledged, because
+ * every save fsyncs before anything that depends on it is sent or applied.
  */
 import { crc32 } from 'node:zlib';
-import { assert } from '../errors.js';
+import type { Entry, EntryType, HardState } from '../raft/types.js';
 import { readUint64, writeUint64 } from './encoding.js';
-import type { Database } from './mvcc/store.js';
-import { prefix } from './schema.js';
-
-export const entryType = { normal: 0, configurationChange: 1 } as const;
-
-export interface LogEntry {
-  readonly index: number;
-  readonly term: number;
-  readonly type: number;
-  readonly data: Buffer;
-}
+import type { BatchOperation, Database } from './mvcc/store.js';
+import { metaKey, prefix } from './schema.js';
 
 export class LogCorruptionError extends Error {
   constructor(message: string) {
@@ -34,7 +31,8 @@ export class LogCorruptionError extends Error {
 }
 
 const recordFormatVersion = 1;
-const headerBytes = 14;
+const entryHeaderBytes = 14;
+const entryTypeCodes: Record<EntryType, number> = { normal: 0, configurationChange: 1 };
 
 export function encodeLogKey(index: number): Buffer {
   const key = Buffer.allocUnsafe(9);
@@ -43,120 +41,170 @@ export function encodeLogKey(index: number): Buffer {
   return key;
 }
 
-export function encodeLogRecord(entry: LogEntry): Buffer {
-  const record = Buffer.allocUnsafe(headerBytes + entry.data.length);
-  record[4] = recordFormatVersion;
-  writeUint64(record, entry.term, 5);
-  record[13] = entry.type;
-  entry.data.copy(record, headerBytes);
-  record.writeUInt32BE(crc32(record.subarray(4)), 0);
+export const hardStateKey = Buffer.of(prefix.hardState);
+
+function sealed(body: Buffer): Buffer {
+  const record = Buffer.allocUnsafe(4 + body.length);
+  body.copy(record, 4);
+  record.writeUInt32BE(crc32(body), 0);
   return record;
 }
 
-export function decodeLogRecord(index: number, record: Buffer): LogEntry {
-  if (record.length < headerBytes) {
-    throw new LogCorruptionError(`log entry ${index}: record is ${record.length} bytes, shorter than its header`);
+function unsealed(what: string, record: Buffer, minimumBytes: number): Buffer {
+  if (record.length < 4 + minimumBytes) {
+    throw new LogCorruptionError(`${what}: record is ${record.length} bytes, shorter than its header`);
   }
-  if (record.readUInt32BE(0) !== crc32(record.subarray(4))) {
-    throw new LogCorruptionError(`log entry ${index}: checksum mismatch`);
+  const body = record.subarray(4);
+  if (record.readUInt32BE(0) !== crc32(body)) {
+    throw new LogCorruptionError(`${what}: checksum mismatch`);
   }
-  if (record[4] !== recordFormatVersion) {
-    throw new LogCorruptionError(`log entry ${index}: unknown record format ${record[4]}`);
+  if (body[0] !== recordFormatVersion) {
+    throw new LogCorruptionError(`${what}: unknown record format ${body[0]}`);
   }
-  return { index, term: readUint64(record, 5), type: record[13] ?? 0, data: Buffer.from(record.subarray(headerBytes)) };
+  return body;
 }
 
-export class DurableLog {
-  private firstIndexValue = 1;
-  private lastIndexValue = 0;
-  private lastTermValue = 0;
+export function encodeLogRecord(entry: Entry): Buffer {
+  const body = Buffer.allocUnsafe(entryHeaderBytes - 4 + entry.data.length);
+  body[0] = recordFormatVersion;
+  writeUint64(body, entry.term, 1);
+  body[9] = entryTypeCodes[entry.type];
+  entry.data.copy(body, 10);
+  return sealed(body);
+}
 
-  private constructor(private readonly db: Database) {}
+export function decodeLogRecord(index: number, record: Buffer): Entry {
+  const body = unsealed(`log entry ${index}`, record, entryHeaderBytes - 4);
+  const code = body[9];
+  const type: EntryType | undefined = code === 0 ? 'normal' : code === 1 ? 'configurationChange' : undefined;
+  if (type === undefined) throw new LogCorruptionError(`log entry ${index}: unknown entry type ${code}`);
+  return { index, term: readUint64(body, 1), type, data: Buffer.from(body.subarray(10)) };
+}
 
-  /** Opens the log and verifies every record; throws LogCorruptionError on any damage. */
-  static async open(db: Database): Promise<DurableLog> {
-    const log = new DurableLog(db);
-    let expected: number | undefined;
-    for await (const [key, value] of db.iterator({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1) })) {
-      const index = readUint64(key, 1);
-      if (expected === undefined) {
-        log.firstIndexValue = index;
-      } else if (index !== expected) {
-        throw new LogCorruptionError(`log has a gap: entry ${expected} is missing before ${index}`);
-      }
-      const entry = decodeLogRecord(index, value);
-      log.lastIndexValue = index;
-      log.lastTermValue = entry.term;
-      expected = index + 1;
-    }
-    if (expected === undefined) {
-      log.firstIndexValue = 1;
-    }
-    return log;
+export function encodeHardState(state: HardState): Buffer {
+  const vote = Buffer.from(state.vote, 'utf8');
+  const body = Buffer.allocUnsafe(17 + vote.length);
+  body[0] = recordFormatVersion;
+  writeUint64(body, state.term, 1);
+  writeUint64(body, state.commit, 9);
+  vote.copy(body, 17);
+  return sealed(body);
+}
+
+export function decodeHardState(record: Buffer): HardState {
+  const body = unsealed('hard state', record, 17);
+  return { term: readUint64(body, 1), commit: readUint64(body, 9), vote: body.subarray(17).toString('utf8') };
+}
+
+function encodeLogStart(start: { index: number; term: number }): Buffer {
+  const body = Buffer.allocUnsafe(17);
+  body[0] = recordFormatVersion;
+  writeUint64(body, start.index, 1);
+  writeUint64(body, start.term, 9);
+  return sealed(body);
+}
+
+function decodeLogStart(record: Buffer): { index: number; term: number } {
+  const body = unsealed('log start', record, 17);
+  return { index: readUint64(body, 1), term: readUint64(body, 9) };
+}
+
+export interface LoadedLog {
+  readonly hardState: HardState;
+  readonly logStart: { index: number; term: number };
+  readonly entries: Entry[];
+}
+
+export interface LogUpdate {
+  readonly hardState?: HardState | undefined;
+  readonly entries: readonly Entry[];
+  /** Discard every entry and start the log after this point (a snapshot was installed). */
+  readonly resetTo?: { index: number; term: number } | undefined;
+  /** More operations to commit atomically with this update (state machine changes). */
+  readonly extra?: readonly BatchOperation[];
+}
+
+export class LogStore {
+  private lastIndexValue: number;
+
+  private constructor(
+    private readonly db: Database,
+    private startValue: { index: number; term: number },
+    lastIndex: number,
+  ) {
+    this.lastIndexValue = lastIndex;
   }
 
-  get firstIndex(): number {
-    return this.firstIndexValue;
+  /** Loads and verifies everything; throws LogCorruptionError on any damage. */
+  static async open(db: Database): Promise<{ store: LogStore; loaded: LoadedLog }> {
+    const rawHard = await db.get(hardStateKey);
+    const hardState = rawHard === undefined ? { term: 0, vote: '', commit: 0 } : decodeHardState(rawHard);
+    const rawStart = await db.get(metaKey.logStart);
+    const logStart = rawStart === undefined ? { index: 0, term: 0 } : decodeLogStart(rawStart);
+    const entries: Entry[] = [];
+    let expected = logStart.index + 1;
+    for await (const [key, value] of db.iterator({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1) })) {
+      const index = readUint64(key, 1);
+      if (index <= logStart.index) continue; // left behind by an interrupted compaction
+      if (index !== expected) {
+        throw new LogCorruptionError(`log has a gap: entry ${expected} is missing before ${index}`);
+      }
+      entries.push(decodeLogRecord(index, value));
+      expected = index + 1;
+    }
+    const lastIndex = logStart.index + entries.length;
+    if (hardState.commit > lastIndex) {
+      throw new LogCorruptionError(`hard state commit ${hardState.commit} is beyond the last log entry ${lastIndex}`);
+    }
+    return { store: new LogStore(db, logStart, lastIndex), loaded: { hardState, logStart, entries } };
+  }
+
+  get logStart(): { index: number; term: number } {
+    return this.startValue;
   }
 
   get lastIndex(): number {
     return this.lastIndexValue;
   }
 
-  get lastTerm(): number {
-    return this.lastTermValue;
-  }
-
-  /**
-   * For an empty log (new, or restored from a snapshot): the next entry will be `index + 1`.
-   */
-  startAfter(index: number, term: number): void {
-    assert(this.lastIndexValue === 0 || this.lastIndexValue >= index, 'log cannot move backwards past its entries');
-    if (this.lastIndexValue < index) {
-      this.firstIndexValue = index + 1;
-      this.lastIndexValue = index;
-      this.lastTermValue = term;
+  /** Writes the update in one atomic batch and fsyncs before resolving. */
+  async save(update: LogUpdate): Promise<void> {
+    const operations: BatchOperation[] = [];
+    if (update.resetTo !== undefined) {
+      for await (const key of this.db.keys({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1) })) {
+        operations.push({ type: 'del', key });
+      }
+      operations.push({ type: 'put', key: metaKey.logStart, value: encodeLogStart(update.resetTo) });
     }
-  }
-
-  /** Appends entries and fsyncs before resolving: an appended entry survives a crash. */
-  async append(entries: readonly LogEntry[]): Promise<void> {
-    if (entries.length === 0) {
-      return;
+    const first = update.entries[0];
+    if (first !== undefined && update.resetTo === undefined) {
+      // Entries from `first` on replace whatever the log held there (a conflicting suffix).
+      for (let index = first.index; index <= this.lastIndexValue; index++) {
+        operations.push({ type: 'del', key: encodeLogKey(index) });
+      }
     }
-    const operations = entries.map((entry, position) => {
-      assert(entry.index === this.lastIndexValue + 1 + position, 'log entries must be contiguous');
-      return { type: 'put' as const, key: encodeLogKey(entry.index), value: encodeLogRecord(entry) };
-    });
+    for (const entry of update.entries) {
+      operations.push({ type: 'put', key: encodeLogKey(entry.index), value: encodeLogRecord(entry) });
+    }
+    if (update.hardState !== undefined) {
+      operations.push({ type: 'put', key: hardStateKey, value: encodeHardState(update.hardState) });
+    }
+    operations.push(...(update.extra ?? []));
+    if (operations.length === 0) return;
     await this.db.batch(operations, { sync: true });
-    const last = entries[entries.length - 1];
-    assert(last !== undefined, 'non-empty append');
-    this.lastIndexValue = last.index;
-    this.lastTermValue = last.term;
+    if (update.resetTo !== undefined) {
+      this.startValue = update.resetTo;
+      this.lastIndexValue = update.resetTo.index;
+    }
+    const last = update.entries[update.entries.length - 1];
+    if (last !== undefined) this.lastIndexValue = last.index;
   }
 
-  /** Entries in [from, to], verified. */
-  async entries(from: number, to: number): Promise<LogEntry[]> {
-    const entries: LogEntry[] = [];
-    if (from > to) {
-      return entries;
-    }
-    for await (const [key, value] of this.db.iterator({ gte: encodeLogKey(from), lte: encodeLogKey(to) })) {
-      entries.push(decodeLogRecord(readUint64(key, 1), value));
-    }
-    return entries;
-  }
-
-  /**
-   * Drops entries up to and including `index` once the state they produced is durable elsewhere.
-   * The last entry is always kept, so the log still knows its last index and term after a restart.
-   */
-  async compactThrough(index: number): Promise<void> {
-    const through = Math.min(index, this.lastIndexValue - 1);
-    if (through < this.firstIndexValue) {
-      return;
-    }
-    await this.db.clear({ gte: encodeLogKey(this.firstIndexValue), lte: encodeLogKey(through) });
-    this.firstIndexValue = through + 1;
+  /** Drops entries up to and including `index` (their effects are in a snapshot or applied state). */
+  async compactThrough(index: number, term: number): Promise<void> {
+    if (index <= this.startValue.index) return;
+    await this.db.batch([{ type: 'put', key: metaKey.logStart, value: encodeLogStart({ index, term }) }], { sync: true });
+    this.startValue = { index, term };
+    await this.db.clear({ gte: encodeLogKey(0), lte: encodeLogKey(index) });
   }
 }

@@ -6,8 +6,9 @@
  *   'm' + name                  → store metadata (consistent index, compaction revisions)
  *   'l' + leaseId(8)            → lease record (granted TTL)
  *   'a' + memberId(8) + type(1) → active alarm
+ *   'n' + memberId(hex)         → cluster member record (JSON), see `server/membership.ts`
  *   'e' + index(8)              → log entry, see `log.ts`
- *   'h'                         → raft hard state
+ *   'h'                         → raft hard state, see `log.ts`
  */
 export const prefix = {
   keyValue: 0x6b,
@@ -16,6 +17,7 @@ export const prefix = {
   alarm: 0x61,
   logEntry: 0x65,
   hardState: 0x68,
+  member: 0x6e,
 } as const;
 
 export const metaKey = {
@@ -24,10 +26,21 @@ export const metaKey = {
   finishedCompactRevision: metaName('finishedCompactRevision'),
   clusterId: metaName('clusterId'),
   memberId: metaName('memberId'),
+  logStart: metaName('logStart'),
 } as const;
 
 function metaName(name: string): Buffer {
   return Buffer.concat([Buffer.of(prefix.meta), Buffer.from(name, 'utf8')]);
+}
+
+/**
+ * Records that belong to one member, never to the replicated state: the Raft log and hard state,
+ * where the log starts, and the member's own identity. Snapshots never carry them.
+ */
+export function isMemberLocalKey(key: Buffer): boolean {
+  const first = key[0];
+  if (first === prefix.logEntry || first === prefix.hardState) return true;
+  return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId);
 }
 
 /** The smallest key strictly greater than every key that starts with `start`'s prefix byte. */

@@ -53,7 +53,7 @@ describe('member start', () => {
     await db.put(lastKey as Buffer, record);
     await db.close();
     const index = (lastKey as Buffer).readUInt32BE(5);
-    const result = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', server.dataDir, '--listen-client-urls', `http://127.0.0.1:${await freePort()}`]);
+    const result = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', server.dataDir, '--listen-client-urls', `http://127.0.0.1:${await freePort()}`, '--listen-peer-urls', `http://127.0.0.1:${server.peerPort}`]);
     expect(result.code).toBe(3);
     expect(result.stderr).toContain(`rampart: log entry ${index}: checksum mismatch`);
     await removeDirectory(server.dataDir);

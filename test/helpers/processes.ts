@@ -60,6 +60,7 @@ export function run(command: string, args: readonly string[], options: { input?:
 export interface ServerProcess {
   readonly endpoint: string;
   readonly port: number;
+  readonly peerPort?: number;
   readonly dataDir: string;
   readonly child: ChildProcess;
   output(): string;
@@ -109,14 +110,25 @@ function stopper(child: ChildProcess): (signal?: NodeJS.Signals) => Promise<numb
 export interface RampartOptions {
   readonly dataDir?: string;
   readonly port?: number;
+  readonly peerPort?: number;
+  readonly name?: string;
   readonly args?: readonly string[];
 }
 
 /** Starts `rampart serve --insecure` (plaintext; TLS has its own tests). */
 export async function startRampart(options: RampartOptions = {}): Promise<ServerProcess> {
   const port = options.port ?? (await freePort());
+  const peerPort = options.peerPort ?? (await freePort());
   const dataDir = options.dataDir ?? (await temporaryDirectory('data'));
-  const child = spawn(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--log-level', 'warn', ...(options.args ?? [])], {
+  const child = spawn(process.execPath, [
+    rampartBin, 'serve', '--insecure',
+    '--name', options.name ?? 'default',
+    '--data-dir', dataDir,
+    '--listen-client-urls', `http://127.0.0.1:${port}`,
+    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`,
+    '--log-level', process.env.RAMPART_TEST_LOG_LEVEL ?? 'warn',
+    ...(options.args ?? []),
+  ], {
     env: cleanEnvironment(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -124,7 +136,7 @@ export async function startRampart(options: RampartOptions = {}): Promise<Server
   await waitForPort(port, child, output, 15_000);
   // Per-endpoint etcdctl commands send the whole URL as :authority over plaintext, which HTTP/2
   // servers other than Go's refuse; host:port endpoints avoid that (TLS endpoints are unaffected).
-  return { endpoint: `127.0.0.1:${port}`, port, dataDir, child, output, stop: stopper(child) };
+  return { endpoint: `127.0.0.1:${port}`, port, peerPort, dataDir, child, output, stop: stopper(child) };
 }
 
 export function etcdAvailable(): boolean {

@@ -87,20 +87,35 @@ export class MvccStore {
   /** Rebuilds the key index from the database (etcd does the same at start). */
   static async open(db: Database): Promise<MvccStore> {
     const store = new MvccStore(db);
+    await store.load();
+    return store;
+  }
+
+  /** Forgets everything in memory and loads again from the database (after a snapshot install). */
+  async reload(): Promise<void> {
+    await this.compactionRunning.catch(() => undefined);
+    this.index.clear();
+    this.unflushed.clear();
+    this.currentRevisionValue = 1;
+    this.compactRevisionValue = 0;
+    await this.load();
+  }
+
+  private async load(): Promise<void> {
+    const db = this.db;
     for await (const [key, value] of db.iterator({ gte: Buffer.of(prefix.keyValue), lt: prefixEnd(prefix.keyValue) })) {
       const revision = decodeRevisionKey(key);
       const { kind, kv } = decodeKeyValueRecord(value);
-      store.indexRecord(kv, revision.main, revision.sub, kind === recordKind.tombstone);
-      store.currentRevisionValue = Math.max(store.currentRevisionValue, revision.main);
+      this.indexRecord(kv, revision.main, revision.sub, kind === recordKind.tombstone);
+      this.currentRevisionValue = Math.max(this.currentRevisionValue, revision.main);
     }
-    store.flushedRevisionValue = store.currentRevisionValue;
+    this.flushedRevisionValue = this.currentRevisionValue;
     const scheduled = await readMetaNumber(db, metaKey.scheduledCompactRevision);
     if (scheduled > 0) {
       // Re-running a compaction is idempotent; it finishes one that a crash interrupted.
-      store.compactRevisionValue = scheduled;
-      store.startPhysicalCompaction(store.compactIndex(scheduled), scheduled);
+      this.compactRevisionValue = scheduled;
+      this.startPhysicalCompaction(this.compactIndex(scheduled), scheduled);
     }
-    return store;
   }
 
   get currentRevision(): number {

@@ -1,0 +1,371 @@
+/**
+ * Peer transport: Raft messages between members over gRPC (service rampart.Peer).
+ *
+ * Each peer gets one long-lived client stream; messages are batched per event-loop turn. Queues are
+ * bounded: when a peer's stream is congested or down, further messages to it are dropped and the
+ * peer is reported unreachable, which Raft handles (it probes again). Snapshots travel on their own
+ * call in chunks. Owns: connections and framing. Never: interprets messages (the Raft core does).
+ */
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { Logger } from 'pino';
+import type { Entry, Message, NodeId } from '../raft/types.js';
+import { decodeOptions, protoDirectory } from '../api/proto.js';
+
+/** Messages waiting for one peer's stream; beyond this they are dropped. */
+export const peerQueueMessagesMax = 4096;
+export const snapshotChunkBytes = 1024 * 1024;
+/** Peer messages can carry many entries; snapshots are chunked. */
+const peerMessageBytesMax = 64 * 1024 * 1024;
+
+interface RaftMessageWire {
+  type: string;
+  from: string;
+  to: string;
+  term: string | number;
+  last_index?: string | number;
+  last_term?: string | number;
+  transfer?: boolean;
+  reject?: boolean;
+  index?: string | number;
+  reject_hint?: string | number;
+  prev_index?: string | number;
+  prev_term?: string | number;
+  entries?: { index: string | number; term: string | number; configuration_change: boolean; data: Buffer }[];
+  commit?: string | number;
+  context?: string;
+  snapshot_index?: string | number;
+  snapshot_term?: string | number;
+  snapshot_voters?: string[];
+  snapshot_learners?: string[];
+}
+
+const num = (value: string | number | undefined): number => Number(value ?? 0);
+
+function toWire(message: Message): RaftMessageWire {
+  const wire: RaftMessageWire = { type: message.type, from: message.from, to: message.to, term: message.term };
+  switch (message.type) {
+    case 'preVote':
+    case 'vote':
+      return { ...wire, last_index: message.lastIndex, last_term: message.lastTerm, transfer: message.transfer };
+    case 'preVoteResponse':
+    case 'voteResponse':
+      return { ...wire, reject: message.reject };
+    case 'append':
+      return { ...wire, prev_index: message.prevIndex, prev_term: message.prevTerm, commit: message.commit, entries: message.entries.map(entryToWire) };
+    case 'appendResponse':
+      return { ...wire, reject: message.reject, index: message.index, reject_hint: message.rejectHint };
+    case 'heartbeat':
+      return { ...wire, commit: message.commit, context: message.context };
+    case 'heartbeatResponse':
+      return { ...wire, context: message.context };
+    case 'snapshot': {
+      const { metadata } = message.snapshot;
+      return { ...wire, snapshot_index: metadata.index, snapshot_term: metadata.term, snapshot_voters: [...metadata.configuration.voters], snapshot_learners: [...metadata.configuration.learners] };
+    }
+    case 'timeoutNow':
+      return wire;
+    case 'propose':
+      return { ...wire, entries: message.entries.map((entry) => ({ index: 0, term: 0, configuration_change: entry.type === 'configurationChange', data: entry.data })) };
+    case 'readIndex':
+      return { ...wire, context: message.context };
+    case 'readIndexResponse':
+      return { ...wire, context: message.context, index: message.index };
+  }
+}
+
+function entryToWire(entry: Entry): { index: number; term: number; configuration_change: boolean; data: Buffer } {
+  return { index: entry.index, term: entry.term, configuration_change: entry.type === 'configurationChange', data: entry.data };
+}
+
+function entryFromWire(entry: NonNullable<RaftMessageWire['entries']>[number]): Entry {
+  return { index: num(entry.index), term: num(entry.term), type: entry.configuration_change ? 'configurationChange' : 'normal', data: Buffer.from(entry.data) };
+}
+
+/** Decodes a wire message; undefined for anything malformed (it is dropped, never trusted). */
+export function fromWire(wire: RaftMessageWire, snapshotData?: Buffer): Message | undefined {
+  const envelope = { from: wire.from, to: wire.to, term: num(wire.term) };
+  switch (wire.type) {
+    case 'preVote':
+    case 'vote':
+      return { ...envelope, type: wire.type, lastIndex: num(wire.last_index), lastTerm: num(wire.last_term), transfer: wire.transfer === true };
+    case 'preVoteResponse':
+    case 'voteResponse':
+      return { ...envelope, type: wire.type, reject: wire.reject === true };
+    case 'append':
+      return { ...envelope, type: 'append', prevIndex: num(wire.prev_index), prevTerm: num(wire.prev_term), commit: num(wire.commit), entries: (wire.entries ?? []).map(entryFromWire) };
+    case 'appendResponse':
+      return { ...envelope, type: 'appendResponse', reject: wire.reject === true, index: num(wire.index), rejectHint: num(wire.reject_hint) };
+    case 'heartbeat':
+      return { ...envelope, type: 'heartbeat', commit: num(wire.commit), context: wire.context ?? '' };
+    case 'heartbeatResponse':
+      return { ...envelope, type: 'heartbeatResponse', context: wire.context ?? '' };
+    case 'snapshot':
+      if (snapshotData === undefined) return undefined;
+      return {
+        ...envelope,
+        type: 'snapshot',
+        snapshot: {
+          metadata: { index: num(wire.snapshot_index), term: num(wire.snapshot_term), configuration: { voters: wire.snapshot_voters ?? [], learners: wire.snapshot_learners ?? [] } },
+          data: snapshotData,
+        },
+      };
+    case 'timeoutNow':
+      return { ...envelope, type: 'timeoutNow' };
+    case 'propose':
+      return { ...envelope, type: 'propose', entries: (wire.entries ?? []).map((entry) => ({ type: entry.configuration_change ? ('configurationChange' as const) : ('normal' as const), data: Buffer.from(entry.data) })) };
+    case 'readIndex':
+      return { ...envelope, type: 'readIndex', context: wire.context ?? '' };
+    case 'readIndexResponse':
+      return { ...envelope, type: 'readIndexResponse', context: wire.context ?? '', index: num(wire.index) };
+    default:
+      return undefined;
+  }
+}
+
+export interface LeaseAnswer {
+  readonly found: boolean;
+  readonly ttl: number;
+  readonly grantedTtl: number;
+  readonly keys: Buffer[];
+}
+
+export interface TransportOptions {
+  readonly selfId: NodeId;
+  readonly clusterId: string;
+  readonly logger: Logger;
+  readonly serverCredentials: grpc.ServerCredentials;
+  readonly clientCredentials: grpc.ChannelCredentials;
+  readonly onMessage: (message: Message) => void;
+  readonly onUnreachable: (peer: NodeId) => void;
+  readonly onLeaseRenew: (id: bigint) => LeaseAnswer;
+  readonly onLeaseTimeToLive: (id: bigint) => LeaseAnswer;
+}
+
+type PeerClient = grpc.Client & {
+  Messages(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object>;
+  Snapshot(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object>;
+  LeaseRenew(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
+  LeaseTimeToLive(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
+};
+
+const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
+const peerPackage = grpc.loadPackageDefinition(peerDefinition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } };
+
+function hostPort(url: string): string {
+  const parsed = new URL(url);
+  return `${parsed.hostname}:${parsed.port}`;
+}
+
+class PeerSender {
+  private client: PeerClient;
+  private stream: grpc.ClientWritableStream<object> | undefined;
+  private queue: RaftMessageWire[] = [];
+  private scheduled = false;
+  private congested = false;
+
+  constructor(
+    readonly id: NodeId,
+    readonly url: string,
+    private readonly transport: Transport,
+    private readonly options: TransportOptions,
+  ) {
+    this.client = new peerPackage.rampart.Peer(hostPort(url), options.clientCredentials, {
+      'grpc.max_send_message_length': peerMessageBytesMax,
+      'grpc.max_receive_message_length': peerMessageBytesMax,
+      'grpc.initial_reconnect_backoff_ms': 100,
+      'grpc.max_reconnect_backoff_ms': 1000,
+      'grpc.use_local_subchannel_pool': 1,
+    }) as unknown as PeerClient;
+  }
+
+  send(message: Message): void {
+    if (message.type === 'snapshot') {
+      void this.sendSnapshot(message);
+      return;
+    }
+    if (this.congested || this.queue.length >= peerQueueMessagesMax) {
+      this.options.onUnreachable(this.id);
+      return;
+    }
+    this.queue.push(toWire(message));
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private openStream(): grpc.ClientWritableStream<object> {
+    const stream = this.client.Messages((error) => {
+      if (this.stream === stream) this.stream = undefined;
+      if (error !== null && error.code !== grpc.status.CANCELLED) {
+        this.options.logger.debug({ peer: this.id, err: error.details }, 'peer stream closed');
+        this.options.onUnreachable(this.id);
+      }
+    });
+    stream.on('drain', () => {
+      this.congested = false;
+    });
+    return stream;
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.queue.length === 0) return;
+    const messages = this.queue;
+    this.queue = [];
+    this.stream ??= this.openStream();
+    const accepted = this.stream.write({ cluster_id: this.options.clusterId, messages });
+    if (!accepted) this.congested = true;
+  }
+
+  private async sendSnapshot(message: Extract<Message, { type: 'snapshot' }>): Promise<void> {
+    const data = message.snapshot.data;
+    await new Promise<void>((resolve) => {
+      const call = this.client.Snapshot((error) => {
+        if (error !== null) {
+          this.options.logger.warn({ peer: this.id, err: error.details }, 'sending snapshot failed');
+          this.options.onUnreachable(this.id);
+        }
+        resolve();
+      });
+      const header = toWire(message);
+      call.write({ cluster_id: this.options.clusterId, header, data: Buffer.alloc(0) });
+      for (let offset = 0; offset < data.length; offset += snapshotChunkBytes) {
+        call.write({ cluster_id: this.options.clusterId, data: data.subarray(offset, offset + snapshotChunkBytes) });
+      }
+      call.end();
+    });
+    this.transport.snapshotsSent += 1;
+  }
+
+  lease(method: 'LeaseRenew' | 'LeaseTimeToLive', id: bigint, timeoutMs: number): Promise<LeaseAnswer> {
+    return new Promise((resolve, reject) => {
+      this.client[method]({ id: id.toString() }, { deadline: Date.now() + timeoutMs }, (error, reply) => {
+        if (error !== null) {
+          reject(error);
+          return;
+        }
+        resolve({ found: reply.found === true, ttl: Number(reply.ttl ?? 0), grantedTtl: Number(reply.granted_ttl ?? 0), keys: (reply.keys as Buffer[] | undefined) ?? [] });
+      });
+    });
+  }
+
+  close(): void {
+    this.stream?.end();
+    this.client.close();
+  }
+}
+
+export class Transport {
+  private readonly server: grpc.Server;
+  private readonly peers = new Map<NodeId, PeerSender>();
+  snapshotsSent = 0;
+  snapshotsReceived = 0;
+
+  constructor(private readonly options: TransportOptions) {
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
+    const service = peerPackage.rampart.Peer.service;
+    this.server.addService(service, {
+      Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
+        call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
+          if (batch.cluster_id !== options.clusterId) {
+            options.logger.warn({ clusterId: batch.cluster_id }, 'refused raft messages from another cluster');
+            call.destroy(new Error('cluster id mismatch'));
+            return;
+          }
+          for (const wire of batch.messages) {
+            const message = fromWire(wire);
+            if (message !== undefined && message.to === options.selfId) options.onMessage(message);
+          }
+        });
+        call.on('end', () => callback(null, {}));
+        call.on('error', () => undefined);
+      },
+      Snapshot: (call: grpc.ServerReadableStream<{ cluster_id: string; header?: RaftMessageWire; data: Buffer }, object>, callback: grpc.sendUnaryData<object>) => {
+        let header: RaftMessageWire | undefined;
+        const chunks: Buffer[] = [];
+        let refused = false;
+        call.on('data', (chunk: { cluster_id: string; header?: RaftMessageWire | null; data: Buffer }) => {
+          if (chunk.cluster_id !== options.clusterId) {
+            refused = true;
+            return;
+          }
+          if (chunk.header !== undefined && chunk.header !== null && header === undefined) header = chunk.header;
+          else chunks.push(Buffer.from(chunk.data));
+        });
+        call.on('end', () => {
+          const message = header === undefined || refused ? undefined : fromWire(header, Buffer.concat(chunks));
+          if (message === undefined || message.to !== options.selfId) {
+            callback({ code: grpc.status.INVALID_ARGUMENT, details: 'malformed snapshot' });
+            return;
+          }
+          this.snapshotsReceived += 1;
+          options.onMessage(message);
+          callback(null, {});
+        });
+        call.on('error', () => undefined);
+      },
+      LeaseRenew: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        respondLease(() => options.onLeaseRenew(BigInt(call.request.id)), callback);
+      },
+      LeaseTimeToLive: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        respondLease(() => options.onLeaseTimeToLive(BigInt(call.request.id)), callback);
+      },
+    });
+  }
+
+  async listen(urls: readonly string[]): Promise<void> {
+    for (const url of urls) {
+      await new Promise<void>((resolve, reject) =>
+        this.server.bindAsync(hostPort(url), this.options.serverCredentials, (error) => (error === null ? resolve() : reject(error))),
+      );
+    }
+  }
+
+  /** Keeps one sender per other member, with its current peer URL. */
+  setPeers(peers: readonly { id: NodeId; peerUrls: readonly string[] }[]): void {
+    const wanted = new Map(peers.filter((peer) => peer.id !== this.options.selfId && peer.peerUrls.length > 0).map((peer) => [peer.id, peer.peerUrls[0] as string]));
+    for (const [id, sender] of this.peers) {
+      if (wanted.get(id) !== sender.url) {
+        sender.close();
+        this.peers.delete(id);
+      }
+    }
+    for (const [id, url] of wanted) {
+      if (!this.peers.has(id)) this.peers.set(id, new PeerSender(id, url, this, this.options));
+    }
+  }
+
+  send(messages: readonly Message[]): void {
+    for (const message of messages) {
+      const peer = this.peers.get(message.to);
+      if (peer === undefined) {
+        if (message.to !== this.options.selfId) this.options.onUnreachable(message.to);
+        continue;
+      }
+      peer.send(message);
+    }
+  }
+
+  lease(leader: NodeId, method: 'LeaseRenew' | 'LeaseTimeToLive', id: bigint, timeoutMs: number): Promise<LeaseAnswer> {
+    const peer = this.peers.get(leader);
+    if (peer === undefined) return Promise.reject(new Error(`no connection to leader ${leader}`));
+    return peer.lease(method, id, timeoutMs);
+  }
+
+  async close(): Promise<void> {
+    for (const peer of this.peers.values()) peer.close();
+    this.peers.clear();
+    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+}
+
+function respondLease(answer: () => LeaseAnswer, callback: grpc.sendUnaryData<object>): void {
+  try {
+    const result = answer();
+    callback(null, { found: result.found, ttl: result.ttl, granted_ttl: result.grantedTtl, keys: result.keys });
+  } catch {
+    callback({ code: grpc.status.UNAVAILABLE, details: 'etcdserver: not leader' });
+  }
+}
