@@ -169,3 +169,54 @@ export function etcdctl(endpoint: string, args: readonly string[], input?: strin
 export async function removeDirectory(directory: string): Promise<void> {
   await rm(directory, { recursive: true, force: true });
 }
+
+export interface ClusterMember {
+  readonly name: string;
+  readonly port: number;
+  readonly peerPort: number;
+  readonly dataDir: string;
+  process: ServerProcess | undefined;
+}
+
+export interface Cluster {
+  readonly members: ClusterMember[];
+  /** All client endpoints, comma-separated, for etcdctl --endpoints. */
+  readonly endpoints: string;
+  readonly initialCluster: string;
+  start(member: ClusterMember, extraArgs?: readonly string[]): Promise<ServerProcess>;
+  stopAll(): Promise<void>;
+  remove(): Promise<void>;
+}
+
+/** Starts `size` members on 127.0.0.1 as one new cluster and waits until every one serves clients. */
+export async function startCluster(size: number, args: readonly string[] = []): Promise<Cluster> {
+  const members: ClusterMember[] = [];
+  for (let index = 1; index <= size; index++) {
+    members.push({ name: `m${index}`, port: await freePort(), peerPort: await freePort(), dataDir: await temporaryDirectory(`m${index}`), process: undefined });
+  }
+  const initialCluster = members.map((member) => `${member.name}=http://127.0.0.1:${member.peerPort}`).join(',');
+  const start = async (member: ClusterMember, extraArgs: readonly string[] = []): Promise<ServerProcess> => {
+    member.process = await startRampart({
+      name: member.name,
+      port: member.port,
+      peerPort: member.peerPort,
+      dataDir: member.dataDir,
+      args: ['--initial-cluster', initialCluster, ...args, ...extraArgs],
+    });
+    return member.process;
+  };
+  await Promise.all(members.map((member) => start(member)));
+  return {
+    members,
+    endpoints: members.map((member) => `127.0.0.1:${member.port}`).join(','),
+    initialCluster,
+    start,
+    stopAll: async () => {
+      await Promise.all(members.map((member) => member.process?.stop()));
+    },
+    remove: async () => {
+      await Promise.all(members.map((member) => member.process?.stop()));
+      await Promise.all(members.map((member) => removeDirectory(member.dataDir)));
+    },
+  };
+}

@@ -1,0 +1,190 @@
+/**
+ * Multi-member clusters of real processes on 127.0.0.1: failover, pauses, membership changes with a
+ * joining process, catch-up by snapshot, leadership transfer — driven by etcdctl where it can.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { call, connect } from '../helpers/client.js';
+import { etcdctl, startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
+
+const electionTimeoutMs = 1000;
+
+async function status(member: ClusterMember): Promise<{ leader: string; memberId: string; raftIndex: number; appliedIndex: number; term: number } | undefined> {
+  const client = connect(`127.0.0.1:${member.port}`);
+  try {
+    const response = await Promise.race([
+      call(client.maintenance, 'Status', {}),
+      new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), 500)),
+    ]);
+    if (response === undefined) return undefined;
+    const header = response.header as Record<string, string>;
+    return {
+      leader: BigInt(response.leader as string).toString(16),
+      memberId: BigInt(header.member_id ?? '0').toString(16),
+      raftIndex: Number(response.raftIndex),
+      appliedIndex: Number(response.raftAppliedIndex),
+      term: Number(header.raft_term),
+    };
+  } catch {
+    return undefined;
+  } finally {
+    client.close();
+  }
+}
+
+async function findLeader(cluster: Cluster, among: ClusterMember[] = cluster.members, timeoutMs = 10_000): Promise<ClusterMember> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    for (const member of among) {
+      const state = await status(member);
+      if (state !== undefined && state.leader !== '0' && state.leader === state.memberId) return member;
+    }
+    if (Date.now() > deadline) throw new Error('no leader');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+async function waitFor(predicate: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+const endpointOf = (member: ClusterMember): string => `127.0.0.1:${member.port}`;
+
+describe('three-member cluster', () => {
+  let cluster: Cluster | undefined;
+
+  afterEach(async () => {
+    await cluster?.remove();
+    cluster = undefined;
+  });
+
+  it('replicates, survives SIGKILL of the leader, elects a new one within two election timeouts, and the old one catches up', async () => {
+    cluster = await startCluster(3);
+    expect((await etcdctl(cluster.endpoints, ['put', 'before', 'kill'])).stdout).toBe('OK\n');
+    const leader = await findLeader(cluster);
+    const others = cluster.members.filter((member) => member !== leader);
+    // Every member serves the write, linearizably, followers through ReadIndex.
+    for (const member of cluster.members) {
+      expect((await etcdctl(endpointOf(member), ['get', 'before', '--print-value-only'])).stdout).toBe('kill\n');
+    }
+    await leader.process?.stop('SIGKILL');
+    const killedAt = Date.now();
+    const successor = await findLeader(cluster, others);
+    const electionMs = Date.now() - killedAt;
+    expect(electionMs).toBeLessThan(2 * electionTimeoutMs);
+    expect(successor).not.toBe(leader);
+
+    // Clients fail over: etcdctl with every endpoint still writes.
+    expect((await etcdctl(cluster.endpoints, ['put', 'after', 'kill'])).stdout).toBe('OK\n');
+    await cluster.start(leader);
+    await waitFor(async () => (await etcdctl(endpointOf(leader), ['get', 'after', '--print-value-only', '--consistency=s'])).stdout === 'kill\n', 10_000, 'the restarted member to catch up');
+    const list = await etcdctl(cluster.endpoints, ['member', 'list']);
+    expect(list.stdout.trim().split('\n')).toHaveLength(3);
+  });
+
+  it('survives SIGSTOP of the leader: a new leader takes over and the paused one rejoins as a follower', async () => {
+    cluster = await startCluster(3);
+    const leader = await findLeader(cluster);
+    const before = await status(leader);
+    leader.process?.child.kill('SIGSTOP');
+    try {
+      const successor = await findLeader(cluster, cluster.members.filter((member) => member !== leader));
+      expect((await etcdctl(endpointOf(successor), ['put', 'during', 'pause'])).stdout).toBe('OK\n');
+    } finally {
+      leader.process?.child.kill('SIGCONT');
+    }
+    await waitFor(async () => {
+      const state = await status(leader);
+      return state !== undefined && state.leader !== state.memberId && state.leader !== '0' && state.term > (before?.term ?? 0);
+    }, 10_000, 'the paused leader to step down');
+    // A linearizable read through the old leader sees the write made while it was paused.
+    expect((await etcdctl(endpointOf(leader), ['get', 'during', '--print-value-only'])).stdout).toBe('pause\n');
+  });
+
+  it('adds a learner that joins as a new process, promotes it, and removes it', async () => {
+    cluster = await startCluster(3);
+    const { freePort, temporaryDirectory, startRampart, removeDirectory } = await import('../helpers/processes.js');
+    const peerPort = await freePort();
+    const peerUrl = `http://127.0.0.1:${peerPort}`;
+    const added = await etcdctl(cluster.endpoints, ['member', 'add', 'm4', `--peer-urls=${peerUrl}`, '--learner']);
+    expect(added.stdout).toMatch(/^Member [0-9a-f]+ added to cluster [0-9a-f]+\n/);
+    const memberId = /^Member ([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
+    const clusterId = /added to cluster ([0-9a-f]+)/.exec(added.stdout)?.[1] ?? '';
+    // etcdctl prints the environment the new member needs, listing every member's peer URL.
+    expect(added.stdout).toContain('ETCD_NAME="m4"');
+    expect(added.stdout).toContain(`m4=${peerUrl}`);
+    expect(added.stdout).toContain('ETCD_INITIAL_CLUSTER_STATE="existing"');
+    const dataDir = await temporaryDirectory('m4');
+    const joined = await startRampart({
+      name: 'm4',
+      peerPort,
+      dataDir,
+      args: ['--initial-cluster', `${cluster.initialCluster},m4=${peerUrl}`, '--initial-cluster-state', 'existing'],
+    });
+    try {
+      await waitFor(async () => (await etcdctl(joined.endpoint, ['get', 'x', '--consistency=s'])).code === 0, 10_000, 'the learner to serve');
+      const learnerList = await etcdctl(cluster.endpoints, ['member', 'list']);
+      expect(learnerList.stdout).toContain(`${memberId}, started, m4, ${peerUrl}, http://${joined.endpoint}, true`);
+
+      expect((await etcdctl(cluster.endpoints, ['member', 'promote', memberId])).stdout).toBe(`Member ${memberId} promoted in cluster ${clusterId}\n`);
+      const promoted = await etcdctl(cluster.endpoints, ['member', 'list']);
+      expect(promoted.stdout).toContain(`${memberId}, started, m4, ${peerUrl}, http://${joined.endpoint}, false`);
+      expect((await etcdctl(joined.endpoint, ['put', 'from', 'm4'])).stdout).toBe('OK\n');
+
+      const removed = await etcdctl(cluster.endpoints, ['member', 'remove', memberId]);
+      expect(removed.stdout).toMatch(new RegExp(`^Member ${memberId} removed from cluster [0-9a-f]+\\n$`));
+      const exitCode = await new Promise<number | null>((resolve) => {
+        if (joined.child.exitCode !== null) resolve(joined.child.exitCode);
+        else joined.child.once('exit', (code) => resolve(code));
+      });
+      expect(exitCode).toBe(0);
+      expect(joined.output()).toContain('this member has been permanently removed from the cluster');
+      expect((await etcdctl(cluster.endpoints, ['member', 'list'])).stdout.trim().split('\n')).toHaveLength(3);
+      const again = await etcdctl(cluster.endpoints, ['member', 'remove', memberId]);
+      expect(again.stderr).toContain('Error: etcdserver: member not found');
+    } finally {
+      await joined.stop();
+      await removeDirectory(dataDir);
+    }
+  });
+
+  it('catches up a member that missed 10,000 writes by sending it a snapshot', async () => {
+    cluster = await startCluster(3, ['--snapshot-count', '2000', '--snapshot-catch-up-entries', '500']);
+    const lagging = cluster.members[2] as ClusterMember;
+    await lagging.process?.stop();
+    const writers = cluster.members.slice(0, 2).map((member) => connect(endpointOf(member)));
+    const writes = 10_000;
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 32 }, async (_, slot) => {
+        const client = writers[slot % writers.length];
+        if (client === undefined) return;
+        while (next < writes) {
+          const index = next++;
+          await call(client.kv, 'Put', { key: Buffer.from(`bulk/${index}`), value: Buffer.from(String(index)) });
+        }
+      }),
+    );
+    writers.forEach((client) => client.close());
+    await cluster.start(lagging, ['--log-level', 'info']);
+    await waitFor(async () => (await etcdctl(endpointOf(lagging), ['get', `bulk/${writes - 1}`, '--print-value-only', '--consistency=s'])).stdout === `${writes - 1}\n`, 20_000, 'the lagging member to catch up');
+    expect(lagging.process?.output()).toContain('installed snapshot from leader');
+    const count = await etcdctl(endpointOf(lagging), ['get', 'bulk/', '--prefix', '--keys-only', '--limit', '1', '-w', 'json', '--consistency=s']);
+    expect((JSON.parse(count.stdout) as { count: number }).count).toBe(writes);
+  });
+
+  it('moves leadership with etcdctl move-leader', async () => {
+    cluster = await startCluster(3);
+    const leader = await findLeader(cluster);
+    const target = cluster.members.find((member) => member !== leader) as ClusterMember;
+    const targetState = await status(target);
+    const moved = await etcdctl(`${endpointOf(leader)},${endpointOf(target)}`, ['move-leader', targetState?.memberId ?? '']);
+    expect(moved.stdout).toMatch(new RegExp(`^Leadership transferred from [0-9a-f]+ to ${targetState?.memberId}\\n$`));
+    expect(await findLeader(cluster)).toBe(target);
+    const notLeader = await etcdctl(endpointOf(leader), ['move-leader', targetState?.memberId ?? '']);
+    expect(notLeader.code).not.toBe(0);
+  });
+});
