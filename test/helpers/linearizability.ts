@@ -88,7 +88,7 @@ function checkKey(operations: readonly Operation[]): boolean {
     const operation = operations[entry.operation] as Operation;
     if (entry.isCall) {
       const accepted = operation.kind === 'put' || operation.value === state;
-      const nextState = operation.kind === 'put' ? operation.value : state;
+      const nextState: string | null = operation.kind === 'put' ? operation.value : state;
       if (accepted) {
         linearized[entry.operation] = 1;
         const signature = `${Buffer.from(linearized).toString('base64')}|${nextState}`;
