@@ -70,10 +70,11 @@ function key(index: number): Buffer {
   return buffer;
 }
 
-function clients(endpoint: string): KvClient[] {
+/** Connections spread over the members, as a client with several endpoints would. */
+function clients(endpoints: readonly string[]): KvClient[] {
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor } };
   // A local subchannel pool per client gives each its own TCP connection.
-  return Array.from({ length: connections }, () => new loaded.etcdserverpb.KV(endpoint, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
+  return Array.from({ length: connections }, (_, index) => new loaded.etcdserverpb.KV(endpoints[index % endpoints.length] as string, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
 }
 
 async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSeconds: number): Promise<PhaseResult> {
@@ -108,41 +109,58 @@ async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSec
 
 interface Target {
   readonly name: string;
-  start(dataDir: string, port: number): ChildProcess;
+  /** Starts `size` members; returns their client endpoints and processes. */
+  start(size: number): Promise<{ endpoints: string[]; children: ChildProcess[]; dataDirs: string[] }>;
 }
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-const rampart: Target = {
-  name: 'rampart',
-  start: (dataDir, port) =>
-    spawn(process.execPath, [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' }),
-};
+async function ports(size: number): Promise<{ client: number; peer: number }[]> {
+  const result: { client: number; peer: number }[] = [];
+  for (let index = 0; index < size; index++) result.push({ client: await freePort(), peer: await freePort() });
+  return result;
+}
 
-const etcd: Target = {
-  name: 'etcd',
-  start: (dataDir, port) => {
-    const peer = port + 1;
-    return spawn('etcd', ['--name', 'bench', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--advertise-client-urls', `http://127.0.0.1:${port}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `bench=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
-  },
-};
+function targetFor(name: string, command: (member: string, dataDir: string, client: number, peer: number, initialCluster: string) => { file: string; args: string[] }): Target {
+  return {
+    name,
+    start: async (size) => {
+      const assigned = await ports(size);
+      const initialCluster = assigned.map((port, index) => `b${index}=http://127.0.0.1:${port.peer}`).join(',');
+      const dataDirs = await Promise.all(assigned.map(() => mkdtemp(path.join(tmpdir(), `bench-${name}-`))));
+      const children = assigned.map((port, index) => {
+        const { file, args } = command(`b${index}`, dataDirs[index] as string, port.client, port.peer, initialCluster);
+        return spawn(file, args, { env: environment(), stdio: 'ignore' });
+      });
+      await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
+      return { endpoints: assigned.map((port) => `127.0.0.1:${port.client}`), children, dataDirs };
+    },
+  };
+}
 
-async function measure(target: Target): Promise<{ put: PhaseResult; range: PhaseResult }> {
-  const dataDir = await mkdtemp(path.join(tmpdir(), `bench-${target.name}-`));
-  const port = await freePort();
-  const child = target.start(dataDir, port);
+const rampart = targetFor('rampart', (member, dataDir, client, peer, initialCluster) => ({
+  file: process.execPath,
+  args: [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error'],
+}));
+
+const etcd = targetFor('etcd', (member, dataDir, client, peer, initialCluster) => ({
+  file: 'etcd',
+  args: ['--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error'],
+}));
+
+async function measure(target: Target, size: number): Promise<{ put: PhaseResult; range: PhaseResult }> {
+  const { endpoints, children, dataDirs } = await target.start(size);
   try {
-    await waitForPort(port, child);
-    const kvClients = clients(`127.0.0.1:${port}`);
+    const kvClients = clients(endpoints);
     await phase(kvClients, 'Put', 1); // warm-up; also fills the key space for ranges
     const put = await phase(kvClients, 'Put', seconds);
     const range = await phase(kvClients, 'Range', seconds);
     kvClients.forEach((client) => client.close());
     return { put, range };
   } finally {
-    child.kill('SIGTERM');
-    await new Promise((resolve) => child.once('exit', resolve));
-    await rm(dataDir, { recursive: true, force: true });
+    for (const child of children) child.kill('SIGTERM');
+    await Promise.all(children.map((child) => new Promise((resolve) => (child.exitCode !== null ? resolve(undefined) : child.once('exit', resolve)))));
+    await Promise.all(dataDirs.map((dataDir) => rm(dataDir, { recursive: true, force: true })));
   }
 }
 
@@ -150,14 +168,16 @@ function row(name: string, result: PhaseResult): string {
   return `${name.padEnd(18)} ${result.perSecond.toFixed(0).padStart(8)}/s   p50 ${result.p50Ms.toFixed(1).padStart(6)} ms   p99 ${result.p99Ms.toFixed(1).padStart(6)} ms   errors ${result.errors}`;
 }
 
-const ours = await measure(rampart);
-process.stdout.write(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections, ${inFlight} in flight, ${seconds} s per phase, single member, plaintext\n\n`);
-process.stdout.write(`${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
-if (existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd')) {
-  const reference = await measure(etcd);
-  process.stdout.write(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n\n`);
-  process.stdout.write(`ratio (rampart / etcd): put throughput ${(ours.put.perSecond / reference.put.perSecond).toFixed(2)}, p99 ${(ours.put.p99Ms / reference.put.p99Ms).toFixed(2)}; `);
-  process.stdout.write(`range throughput ${(ours.range.perSecond / reference.range.perSecond).toFixed(2)}, p99 ${(ours.range.p99Ms / reference.range.p99Ms).toFixed(2)}\n`);
-} else {
-  process.stdout.write('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
+const etcdInstalled = existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd');
+process.stdout.write(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per phase, plaintext\n`);
+for (const size of [1, 3]) {
+  const ours = await measure(rampart, size);
+  process.stdout.write(`\n${size} member${size === 1 ? '' : 's'}\n${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
+  if (etcdInstalled) {
+    const reference = await measure(etcd, size);
+    process.stdout.write(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n`);
+    process.stdout.write(`ratio (rampart / etcd): put throughput ${(ours.put.perSecond / reference.put.perSecond).toFixed(2)}, p99 ${(ours.put.p99Ms / reference.put.p99Ms).toFixed(2)}; `);
+    process.stdout.write(`range throughput ${(ours.range.perSecond / reference.range.perSecond).toFixed(2)}, p99 ${(ours.range.p99Ms / reference.range.p99Ms).toFixed(2)}\n`);
+  }
 }
+if (!etcdInstalled) process.stdout.write('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');

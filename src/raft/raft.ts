@@ -608,7 +608,8 @@ export class RaftNode {
       if (entry.type === 'configurationChange') this.pendingConfigurationIndex = entry.index;
     }
     this.log.append(appended);
-    this.progress.get(this.id)?.maybeUpdate(this.log.lastIndex);
+    // The leader's own copy counts toward commit only once persisted (see `advance`), so it may
+    // send these entries to followers before its own fsync finishes.
     this.maybeCommit();
   }
 
@@ -760,7 +761,7 @@ export class RaftNode {
       progress.recentActive = true;
       this.progress.set(id, progress);
     }
-    this.progress.get(this.id)?.maybeUpdate(this.log.lastIndex);
+    this.progress.get(this.id)?.maybeUpdate(this.log.stableIndex);
     // Configuration changes wait until everything before this term is applied.
     this.pendingConfigurationIndex = this.log.lastIndex;
     // An empty entry of our term lets earlier entries commit (§5.4.2) and enables reads.
@@ -817,6 +818,9 @@ export class RaftNode {
     const lastEntry = ready.entries[ready.entries.length - 1];
     if (lastEntry !== undefined && this.log.term(lastEntry.index) === lastEntry.term) {
       this.log.stableIndex = Math.max(this.log.stableIndex, lastEntry.index);
+      if (this.roleValue === 'leader' && this.progress.get(this.id)?.maybeUpdate(this.log.stableIndex) === true && this.maybeCommit()) {
+        this.broadcastAppend();
+      }
     }
     const lastApplied = ready.committedEntries[ready.committedEntries.length - 1];
     if (lastApplied !== undefined) {

@@ -86,7 +86,9 @@ export interface SoftState {
 /**
  * One batch of work for the caller, handled in this order: persist `hardState`, `snapshot` and
  * `entries` (fsync); then send `messages`; then apply `snapshot` and `committedEntries`; then
- * call `advance(ready)`.
+ * call `advance(ready)`. A leader may send its messages before persisting: none of them depends
+ * on its own unpersisted state, because it counts its own entries toward commit only after
+ * `advance` reports them persisted.
  */
 export interface Ready {
   readonly softState: SoftState;

@@ -131,8 +131,14 @@ export class RaftLoop implements Consensus {
     try {
       while (!this.closed && this.node.hasReady()) {
         const ready = this.node.ready();
-        await this.host.persist(ready);
-        this.host.send(ready.messages);
+        if (ready.softState.role === 'leader') {
+          // Overlap the leader's fsync with the followers' (see Ready).
+          this.host.send(ready.messages);
+          await this.host.persist(ready);
+        } else {
+          await this.host.persist(ready);
+          this.host.send(ready.messages);
+        }
         if (ready.snapshot !== undefined) await this.host.installSnapshot(ready.snapshot);
         if (ready.committedEntries.length > 0) await this.host.applyEntries(ready.committedEntries);
         for (const state of ready.readStates) {

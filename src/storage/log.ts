@@ -126,13 +126,16 @@ export interface LogUpdate {
 
 export class LogStore {
   private lastIndexValue: number;
+  private syncedHardState: HardState;
 
   private constructor(
     private readonly db: Database,
     private startValue: { index: number; term: number },
     lastIndex: number,
+    hardState: HardState,
   ) {
     this.lastIndexValue = lastIndex;
+    this.syncedHardState = hardState;
   }
 
   /** Loads and verifies everything; throws LogCorruptionError on any damage. */
@@ -156,7 +159,7 @@ export class LogStore {
     if (hardState.commit > lastIndex) {
       throw new LogCorruptionError(`hard state commit ${hardState.commit} is beyond the last log entry ${lastIndex}`);
     }
-    return { store: new LogStore(db, logStart, lastIndex), loaded: { hardState, logStart, entries } };
+    return { store: new LogStore(db, logStart, lastIndex, hardState), loaded: { hardState, logStart, entries } };
   }
 
   get logStart(): { index: number; term: number } {
@@ -191,7 +194,13 @@ export class LogStore {
     }
     operations.push(...(update.extra ?? []));
     if (operations.length === 0) return;
-    await this.db.batch(operations, { sync: true });
+    // A commit index alone need not be durable (it is learned again from the leader); entries, a
+    // new term or a vote must be on disk before anything that depends on them is sent.
+    const hard = update.hardState;
+    const mustSync = update.entries.length > 0 || update.resetTo !== undefined || (update.extra ?? []).length > 0 ||
+      (hard !== undefined && (hard.term !== this.syncedHardState.term || hard.vote !== this.syncedHardState.vote));
+    await this.db.batch(operations, { sync: mustSync });
+    if (hard !== undefined && mustSync) this.syncedHardState = hard;
     if (update.resetTo !== undefined) {
       this.startValue = update.resetTo;
       this.lastIndexValue = update.resetTo.index;

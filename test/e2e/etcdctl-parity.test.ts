@@ -13,7 +13,7 @@ class Session {
   async run(step: Step): Promise<CommandResult> {
     const args = step.args.map((arg) => arg.replace('$LEASE', this.lease));
     const result = step.watch
-      ? await run('timeout', ['-s', 'INT', '3', 'etcdctl', '--endpoints', this.endpoint, ...args], { env: cleanEnvironment() })
+      ? await run('timeout', ['-s', 'INT', '5', 'etcdctl', '--endpoints', this.endpoint, ...args], { env: cleanEnvironment() })
       : await etcdctl(this.endpoint, args, step.input);
     const granted = /lease ([0-9a-f]{16}) granted/.exec(result.stdout);
     if (granted?.[1] !== undefined) this.lease = granted[1];
@@ -24,7 +24,7 @@ class Session {
 interface Step {
   readonly args: readonly string[];
   readonly input?: string;
-  /** Runs until interrupted: the output is what it printed in its first 3 s. */
+  /** Runs until interrupted: the output is what it printed in its first 5 s. */
   readonly watch?: boolean;
 }
 

@@ -54,6 +54,8 @@ interface SimNode {
   readonly tickRate: number;
   /** Paused (as by SIGSTOP) until this step: no ticks, no messages handled. */
   pausedUntil: number;
+  /** A leader's Ready whose messages went out while its fsync is still in flight. */
+  inFlightReady: { ready: Ready; completeAt: number } | undefined;
   raft: RaftNode | undefined;
   readonly disk: Disk;
   machine: StateMachine;
@@ -110,6 +112,7 @@ export class Simulation {
         id,
         tickRate: 0.5 + this.random() * 0.5,
         pausedUntil: 0,
+        inFlightReady: undefined,
         raft: undefined,
         disk: { hardState: { term: 0, vote: '', commit: 0 }, snapshot: undefined, entries: [] },
         machine: { applied: 0, values: new Map(), configuration },
@@ -136,6 +139,7 @@ export class Simulation {
       },
     );
     node.pendingReads.clear();
+    node.inFlightReady = undefined;
   }
 
   private chance(probability: number): boolean {
@@ -170,7 +174,7 @@ export class Simulation {
       if (node.raft === undefined) this.start(node);
       node.pausedUntil = 0;
     }
-    const healed = { ...this.options, dropRate: 0, duplicateRate: 0 };
+    const healed = { ...this.options, dropRate: 0, duplicateRate: 0, crashRate: 0 };
     // Like a client, retry the probe write until it is applied: an uncommitted entry may be lost
     // to a leader change, which Raft allows.
     let probe: string | undefined;
@@ -282,10 +286,30 @@ export class Simulation {
   private handleReady(node: SimNode, options: SimulationOptions): void {
     const raft = node.raft;
     if (raft === undefined) return;
-    while (raft.hasReady()) {
-      const ready: Ready = raft.ready();
-      this.persist(node, ready);
-      for (const message of ready.messages) this.sendMessage(message, options);
+    for (;;) {
+      let ready: Ready;
+      if (node.inFlightReady !== undefined) {
+        // The leader's fsync finishes some steps after its messages left; messages keep arriving meanwhile.
+        if (node.inFlightReady.completeAt > this.now) return;
+        ready = node.inFlightReady.ready;
+        node.inFlightReady = undefined;
+        this.persist(node, ready);
+      } else {
+        if (!raft.hasReady()) return;
+        ready = raft.ready();
+        if (ready.softState.role === 'leader' && ready.entries.length > 0) {
+          for (const message of ready.messages) this.sendMessage(message, options);
+          node.inFlightReady = { ready, completeAt: this.now + Math.floor(this.random() * 3) };
+          continue;
+        }
+        if (ready.softState.role === 'leader') {
+          for (const message of ready.messages) this.sendMessage(message, options);
+          this.persist(node, ready);
+        } else {
+          this.persist(node, ready);
+          for (const message of ready.messages) this.sendMessage(message, options);
+        }
+      }
       this.apply(node, ready);
       raft.advance(ready);
       for (const read of ready.readStates) {
@@ -295,7 +319,8 @@ export class Simulation {
         if (read.index < required) throw this.violation(`${node.id} read ${read.context} got index ${read.index} below committed ${required}`);
         this.stats.readsServed += 1;
       }
-      if (ready.softState.role === 'leader' && this.leaderOfTerm.get(raft.term) !== node.id) {
+      // The node's current role: a Ready that was in flight may describe a term it has since left.
+      if (raft.role === 'leader' && this.leaderOfTerm.get(raft.term) !== node.id) {
         this.onLeader(node);
       }
       this.maybeCompact(node);
