@@ -372,15 +372,22 @@ export class Member {
     return this.leaseAtLeader(id, false);
   }
 
+  /** As etcd: a renewal during an election waits for the new leader, up to the request timeout. */
   private async leaseAtLeader(id: bigint, renew: boolean): Promise<LeaseAnswer> {
-    this.checkRunning();
-    if (this.loop.isLeader) return this.answerLease(id, renew);
-    const leader = this.loop.leader;
-    if (leader === '') throw new RampartError('NoLeader');
-    try {
-      return await this.transport.lease(leader, renew ? 'LeaseRenew' : 'LeaseTimeToLive', id, this.options.requestTimeoutMs);
-    } catch {
-      throw new RampartError('NoLeader');
+    const deadline = Date.now() + this.options.requestTimeoutMs;
+    for (;;) {
+      this.checkRunning();
+      if (this.loop.isLeader) return this.answerLease(id, renew);
+      const leader = this.loop.leader;
+      if (leader !== '') {
+        try {
+          return await this.transport.lease(leader, renew ? 'LeaseRenew' : 'LeaseTimeToLive', id, Math.max(100, deadline - Date.now()));
+        } catch {
+          // The leader moved or is unreachable: wait for the next one.
+        }
+      }
+      if (Date.now() >= deadline) throw new RampartError(leader === '' ? 'NoLeader' : 'Timeout');
+      await new Promise((resolve) => setTimeout(resolve, this.options.heartbeatMs));
     }
   }
 

@@ -176,6 +176,37 @@ describe('three-member cluster', () => {
     expect((JSON.parse(count.stdout) as { count: number }).count).toBe(writes);
   });
 
+  it('keeps leases alive across a leader change, with keep-alives sent to a follower', async () => {
+    cluster = await startCluster(3);
+    const leader = await findLeader(cluster);
+    const follower = cluster.members.find((member) => member !== leader) as ClusterMember;
+    const client = connect(endpointOf(follower));
+    try {
+      const granted = await call(client.lease, 'LeaseGrant', { TTL: 3 });
+      await call(client.kv, 'Put', { key: Buffer.from('leased'), value: Buffer.from('v'), lease: granted.ID });
+      const keepAlive = client.lease.LeaseKeepAlive();
+      const replies: Record<string, unknown>[] = [];
+      keepAlive.on('data', (reply: Record<string, unknown>) => replies.push(reply));
+      keepAlive.on('error', () => undefined);
+      const timer = setInterval(() => keepAlive.write({ ID: granted.ID }), 500);
+      await leader.process?.stop('SIGKILL');
+      await new Promise((resolve) => setTimeout(resolve, 5000));
+      clearInterval(timer);
+      keepAlive.end();
+      // The follower forwarded keep-alives to whichever member led; the lease never lapsed.
+      expect(replies.filter((reply) => reply.TTL === '3').length).toBeGreaterThan(3);
+      const read = await call(client.kv, 'Range', { key: Buffer.from('leased') });
+      expect(read.count).toBe('1');
+      const ttl = await call(client.lease, 'LeaseTimeToLive', { ID: granted.ID, keys: true });
+      expect(Number(ttl.TTL)).toBeGreaterThan(0);
+      expect((ttl.keys as Buffer[]).map((key) => key.toString())).toEqual(['leased']);
+      // Without keep-alives it expires under the new leader, and the key goes with it.
+      await waitFor(async () => (await call(client.kv, 'Range', { key: Buffer.from('leased') })).count === '0', 10_000, 'the lease to expire');
+    } finally {
+      client.close();
+    }
+  });
+
   it('moves leadership with etcdctl move-leader', async () => {
     cluster = await startCluster(3);
     const leader = await findLeader(cluster);
