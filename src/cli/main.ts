@@ -11,6 +11,16 @@ import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../ser
 import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
 import { parseInitialCluster } from '../server/membership.js';
+import path from 'node:path';
+import { down, up } from './up.js';
+import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, writeKeyPair } from '../pki/authority.js';
+
+// grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
+// still checked against the IP SAN); Node warns about that on every connection.
+process.removeAllListeners('warning');
+process.on('warning', (warning: Error & { code?: string }) => {
+  if (warning.code !== 'DEP0123') process.stderr.write(`${warning.name}: ${warning.message}\n`);
+});
 
 const program = new Command();
 program.name('rampart').description('An etcd-compatible key-value store, secure by default').showHelpAfterError();
@@ -164,6 +174,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     snapshotCatchUpEntries: flags.snapshotCatchUpEntries,
     peerServerCredentials: credentials.peerServer,
     peerClientCredentials: credentials.peerClient,
+    peerTls: !flags.insecure,
     logger,
     onRemoved: () => {
       process.stderr.write('rampart: this member has been permanently removed from the cluster\n');
@@ -177,6 +188,10 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     logger.info({ signal }, 'stopping');
     server.tryShutdown(() => undefined);
     setTimeout(() => server.forceShutdown(), 2000).unref();
+    setTimeout(() => {
+      logger.error('shutdown took too long; exiting');
+      process.exit(1);
+    }, 8000).unref();
     void member.close().then(
       () => process.exit(0),
       () => process.exit(1),
@@ -207,6 +222,71 @@ snapshot
     } catch (error) {
       process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
       process.exit(1);
+    }
+  });
+
+function fail(error: unknown): never {
+  process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+}
+
+const print = (line: string): void => {
+  process.stdout.write(`${line}\n`);
+};
+
+program
+  .command('up')
+  .description('create certificates (once) and start a secure local cluster on 127.0.0.1')
+  .option('--dir <dir>', 'where the cluster keeps its CA, certificates, data and logs', '.rampart')
+  .option('--size <members>', 'members in a new cluster', integer, 3)
+  .option('--base-port <port>', 'client port of the first member (others: +10000 each; peer port: +1)', integer, 2379)
+  .option('--timeout-ms <ms>', 'how long to wait for the cluster to become healthy', integer, 60_000)
+  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number }) => {
+    if (flags.size < 1 || flags.size > 7) fail('--size must be between 1 and 7');
+    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs }, print).catch(fail);
+  });
+
+program
+  .command('down')
+  .description('stop the local cluster started by `rampart up` (its data stays)')
+  .option('--dir <dir>', 'the cluster directory', '.rampart')
+  .action(async (flags: { dir: string }) => {
+    await down(flags.dir, print).catch(fail);
+  });
+
+const ca = program.command('ca').description('the cluster certificate authority');
+ca.command('init')
+  .description('create a root CA (ECDSA P-256, 10 years) unless one exists')
+  .option('--pki-dir <dir>', 'PKI directory (the CA goes in <dir>/ca)', '.rampart/pki')
+  .option('--name <name>', 'cluster name for the CA subject', 'rampart')
+  .action(async (flags: { pkiDir: string; name: string }) => {
+    const { created } = await initAuthority(flags.pkiDir, flags.name).catch(fail);
+    print(created ? `created CA in ${path.join(flags.pkiDir, 'ca')}` : `a CA already exists in ${path.join(flags.pkiDir, 'ca')}`);
+  });
+
+const cert = program.command('cert').description('certificates issued by the cluster CA');
+cert
+  .command('issue <kind> <name>')
+  .description('issue a server, peer or client certificate (client: NAME is the identity, the CN)')
+  .option('--pki-dir <dir>', 'PKI directory', '.rampart/pki')
+  .option('--san <names...>', 'DNS names and IP addresses', [])
+  .option('--days <days>', 'lifetime in days', integer, leafValidityDaysDefault)
+  .option('--out <dir>', 'where to write NAME.crt and NAME.key (default: the PKI directory)')
+  .action(async (kind: string, name: string, flags: { pkiDir: string; san: string[]; days: number; out?: string }) => {
+    if (kind !== 'server' && kind !== 'peer' && kind !== 'client') fail(`kind must be server, peer or client, not ${kind}`);
+    if (flags.days < 1 || flags.days > 825) fail('--days must be between 1 and 825');
+    const authority = await readKeyPair(path.join(flags.pkiDir, 'ca'), 'ca').catch(() => fail(`no CA in ${path.join(flags.pkiDir, 'ca')}; run \`rampart ca init\` first`));
+    const pair = await issueCertificate(authority, { kind, commonName: name, subjectAltNames: flags.san, validityDays: flags.days });
+    const files = await writeKeyPair(flags.out ?? flags.pkiDir, name, pair);
+    print(`issued ${kind} certificate ${files.certificateFile} (key ${files.keyFile}, mode 0600)`);
+  });
+cert
+  .command('list')
+  .description('subject, SANs and expiry of every certificate in the PKI directory')
+  .option('--pki-dir <dir>', 'PKI directory', '.rampart/pki')
+  .action(async (flags: { pkiDir: string }) => {
+    for (const summary of await listCertificates(flags.pkiDir)) {
+      print(`${summary.file}\t${summary.subject}\t${summary.subjectAltNames || '-'}\texpires ${summary.notAfter.toISOString()}\tserial ${summary.serialNumber}`);
     }
   });
 

@@ -38,6 +38,8 @@ import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
 import { Transport, type LeaseAnswer } from './transport.js';
+import type { PeerCertificate } from 'node:tls';
+import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
 import { validateDeleteRange, validatePut, validateRange, validateTxn } from './validate.js';
 
@@ -65,6 +67,8 @@ export interface MemberOptions {
   readonly snapshotCatchUpEntries: number;
   readonly peerServerCredentials: grpc.ServerCredentials;
   readonly peerClientCredentials: grpc.ChannelCredentials;
+  /** TLS on the peer port: check that connecting certificates are peer certificates of members. */
+  readonly peerTls: boolean;
   readonly logger: Logger;
   readonly onRemoved?: () => void;
   readonly nowMs?: () => number;
@@ -199,6 +203,7 @@ export class Member {
       onUnreachable: (peer) => node.reportUnreachable(peer),
       onLeaseRenew: (id) => this.answerLease(id, true),
       onLeaseTimeToLive: (id) => this.answerLease(id, false),
+      ...(this.options.peerTls ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate) } : {}),
     });
     this.updatePeers();
     await this.transport.listen(this.options.listenPeerUrls);
@@ -218,6 +223,22 @@ export class Member {
     this.timers.push(setInterval(() => void this.publishAttributes(), 100));
     this.timers.push(setInterval(() => this.watchHub.notifyProgress(), this.options.watchProgressNotifyIntervalMs));
     for (const timer of this.timers) timer.unref();
+  }
+
+  /**
+   * A peer must present a certificate issued as a peer certificate (not a client or server one)
+   * whose SANs name the host of some member's peer URL.
+   */
+  private authorizePeer(certificate: PeerCertificate): string | undefined {
+    const unit = certificate.subject?.OU;
+    const units = Array.isArray(unit) ? unit : [unit];
+    if (!units.includes(organizationalUnit.peer)) return `certificate ${JSON.stringify(certificate.subject?.CN)} is not a peer certificate`;
+    const names = (certificate.subjectaltname ?? '').split(',').map((entry) => entry.trim().replace(/^(DNS|IP Address):/, ''));
+    const hosts = new Set<string>();
+    for (const member of this.options.initialCluster) for (const url of member.peerUrls) hosts.add(new URL(url).hostname);
+    for (const member of this.membership.list()) for (const url of member.peerUrls) hosts.add(new URL(url).hostname);
+    if (!names.some((name) => hosts.has(name))) return `certificate names ${names.join(',')} match no member's peer URL`;
+    return undefined;
   }
 
   /** A lone voter need not wait out an election timeout. */

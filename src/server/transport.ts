@@ -8,6 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
@@ -132,6 +133,11 @@ export interface LeaseAnswer {
 
 export interface TransportOptions {
   readonly selfId: NodeId;
+  /**
+   * With TLS: whether a connecting certificate may act as a member (checked on every peer call).
+   * Undefined: plaintext, no identity to check.
+   */
+  readonly authorizePeer?: (certificate: PeerCertificate) => string | undefined;
   readonly clusterId: string;
   readonly logger: Logger;
   readonly serverCredentials: grpc.ServerCredentials;
@@ -157,8 +163,12 @@ function hostPort(url: string): string {
   return `${parsed.hostname}:${parsed.port}`;
 }
 
+/** At most one warning per peer in this interval; the cause repeats with every reconnect. */
+const unreachableWarningIntervalMs = 10_000;
+
 class PeerSender {
   private client: PeerClient;
+  private lastWarningMs = 0;
   private stream: grpc.ClientWritableStream<object> | undefined;
   private queue: RaftMessageWire[] = [];
   private scheduled = false;
@@ -199,7 +209,11 @@ class PeerSender {
     const stream = this.client.Messages((error) => {
       if (this.stream === stream) this.stream = undefined;
       if (error !== null && error.code !== grpc.status.CANCELLED) {
-        this.options.logger.debug({ peer: this.id, err: error.details }, 'peer stream closed');
+        const now = Date.now();
+        if (now - this.lastWarningMs > unreachableWarningIntervalMs) {
+          this.lastWarningMs = now;
+          this.options.logger.warn({ peer: this.id, url: this.url, err: error.details }, 'cannot reach peer');
+        }
         this.options.onUnreachable(this.id);
       }
     });
@@ -266,8 +280,23 @@ export class Transport {
   constructor(private readonly options: TransportOptions) {
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
     const service = peerPackage.rampart.Peer.service;
+    /** Refuses a call whose TLS certificate may not act as a member; returns whether it was refused. */
+    const refuse = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, callback: grpc.sendUnaryData<object>): boolean => {
+      if (options.authorizePeer === undefined) return false;
+      const certificate = call.getAuthContext().sslPeerCertificate;
+      const problem = certificate === undefined ? 'no client certificate' : options.authorizePeer(certificate);
+      if (problem === undefined) return false;
+      options.logger.warn({ peer: call.getPeer(), reason: problem }, 'refused a peer connection');
+      callback({ code: grpc.status.PERMISSION_DENIED, details: `not a cluster peer: ${problem}` });
+      return true;
+    };
     this.server.addService(service, {
       Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) {
+          call.on('data', () => undefined);
+          call.on('error', () => undefined);
+          return;
+        }
         call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
           if (batch.cluster_id !== options.clusterId) {
             options.logger.warn({ clusterId: batch.cluster_id }, 'refused raft messages from another cluster');
@@ -283,6 +312,11 @@ export class Transport {
         call.on('error', () => undefined);
       },
       Snapshot: (call: grpc.ServerReadableStream<{ cluster_id: string; header?: RaftMessageWire; data: Buffer }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) {
+          call.on('data', () => undefined);
+          call.on('error', () => undefined);
+          return;
+        }
         let header: RaftMessageWire | undefined;
         const chunks: Buffer[] = [];
         let refused = false;
@@ -307,9 +341,11 @@ export class Transport {
         call.on('error', () => undefined);
       },
       LeaseRenew: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) return;
         respondLease(() => options.onLeaseRenew(BigInt(call.request.id)), callback);
       },
       LeaseTimeToLive: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) return;
         respondLease(() => options.onLeaseTimeToLive(BigInt(call.request.id)), callback);
       },
     });
@@ -357,7 +393,10 @@ export class Transport {
   async close(): Promise<void> {
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
+    // Peers keep their streams open; after a short grace, close them rather than wait.
+    const forced = setTimeout(() => this.server.forceShutdown(), 500);
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    clearTimeout(forced);
   }
 }
 

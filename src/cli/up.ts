@@ -1,0 +1,166 @@
+/**
+ * `rampart up` / `rampart down`: a secure local cluster in one command. `up` creates the CA (once),
+ * certificates for each member (server and peer) and for an admin client, starts the members on
+ * 127.0.0.1 with mutual TLS on client and peer ports, waits until the cluster has a leader and every
+ * member serves, and prints the etcdctl line to use. Running it again reuses what exists.
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { packageDefinition } from '../api/proto.js';
+import { initAuthority, issueCertificate, readKeyPair, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
+
+export interface UpOptions {
+  readonly directory: string;
+  readonly size: number;
+  readonly baseClientPort: number;
+  readonly timeoutMs: number;
+}
+
+interface ClusterFile {
+  readonly token: string;
+  readonly members: { name: string; clientPort: number; peerPort: number }[];
+}
+
+const binary = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/rampart.js');
+const localNames = ['127.0.0.1', 'localhost'];
+
+function portsFor(base: number, index: number): { clientPort: number; peerPort: number } {
+  // etcd's convention for local clusters: 2379/2380, 22379/22380, 32379/32380, ...
+  const clientPort = index === 0 ? base : base + index * 10_000;
+  return { clientPort, peerPort: clientPort + 1 };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function readPid(file: string): Promise<number | undefined> {
+  try {
+    const pid = Number((await readFile(file, 'utf8')).trim());
+    return Number.isSafeInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function issueOnce(authority: KeyPairPem, directory: string, name: string, kind: 'server' | 'peer' | 'client', commonName: string): Promise<void> {
+  try {
+    await readKeyPair(directory, name);
+  } catch {
+    await writeKeyPair(directory, name, await issueCertificate(authority, { kind, commonName, subjectAltNames: kind === 'client' ? [] : localNames }));
+  }
+}
+
+export function etcdctlLine(directory: string, endpoints: readonly string[]): string {
+  const pki = path.join(directory, 'pki');
+  return `ETCDCTL_API=3 etcdctl --endpoints ${endpoints.join(',')} --cacert ${path.join(pki, 'ca.crt')} --cert ${path.join(pki, 'admin.crt')} --key ${path.join(pki, 'admin.key')} endpoint status --cluster -w table`;
+}
+
+export async function up(options: UpOptions, print: (line: string) => void): Promise<string[]> {
+  const directory = path.resolve(options.directory);
+  await mkdir(directory, { recursive: true, mode: 0o700 });
+  const clusterFile = path.join(directory, 'cluster.json');
+  let cluster: ClusterFile;
+  try {
+    cluster = JSON.parse(await readFile(clusterFile, 'utf8')) as ClusterFile;
+    if (cluster.members.length !== options.size) print(`reusing the existing ${cluster.members.length}-member cluster in ${directory} (--size applies to a new one)`);
+  } catch {
+    cluster = {
+      token: `rampart-${randomBytes(6).toString('hex')}`,
+      members: Array.from({ length: options.size }, (_, index) => ({ name: `m${index + 1}`, ...portsFor(options.baseClientPort, index) })),
+    };
+    await writeFile(clusterFile, JSON.stringify(cluster, null, 2) + '\n', { mode: 0o600 });
+  }
+  const pki = path.join(directory, 'pki');
+  const { created, authority } = await initAuthority(pki, cluster.token);
+  print(created ? `created a cluster CA in ${path.join(pki, 'ca')} (keep that directory offline in production)` : `using the cluster CA in ${path.join(pki, 'ca')}`);
+  await issueOnce(authority, pki, 'admin', 'client', 'root');
+  const initialCluster = cluster.members.map((member) => `${member.name}=https://127.0.0.1:${member.peerPort}`).join(',');
+  const endpoints = cluster.members.map((member) => `https://127.0.0.1:${member.clientPort}`);
+  for (const member of cluster.members) {
+    const home = path.join(directory, member.name);
+    await mkdir(home, { recursive: true, mode: 0o700 });
+    await issueOnce(authority, home, 'server', 'server', member.name);
+    await issueOnce(authority, home, 'peer', 'peer', member.name);
+    await writeFile(path.join(home, 'ca.crt'), authority.certificatePem);
+    const pidFile = path.join(home, 'pid');
+    if ((await readPid(pidFile)) !== undefined) {
+      print(`${member.name} is already running`);
+      continue;
+    }
+    const log = await open(path.join(home, 'log'), 'a', 0o600);
+    const child = spawn(process.execPath, [
+      binary, 'serve',
+      '--name', member.name,
+      '--data-dir', path.join(home, 'data'),
+      '--listen-client-urls', `https://127.0.0.1:${member.clientPort}`,
+      '--listen-peer-urls', `https://127.0.0.1:${member.peerPort}`,
+      '--initial-cluster', initialCluster,
+      '--initial-cluster-token', cluster.token,
+      '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--trusted-ca-file', path.join(home, 'ca.crt'),
+      '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
+    ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
+    child.unref();
+    await log.close();
+    await writeFile(pidFile, `${child.pid}\n`);
+    print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, log ${path.join(home, 'log')}`);
+  }
+  await waitHealthy(directory, endpoints, options.timeoutMs);
+  print(`cluster is healthy; use it with:\n\n  ${etcdctlLine(directory, endpoints)}\n`);
+  return endpoints;
+}
+
+async function waitHealthy(directory: string, endpoints: readonly string[], timeoutMs: number): Promise<void> {
+  const pki = path.join(directory, 'pki');
+  const [ca, cert, key] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
+  const credentials = grpc.credentials.createSsl(ca as Buffer, key as Buffer, cert as Buffer);
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Maintenance: grpc.ServiceClientConstructor } };
+  const deadline = Date.now() + timeoutMs;
+  for (const endpoint of endpoints) {
+    const client = new loaded.etcdserverpb.Maintenance(new URL(endpoint).host, credentials) as unknown as grpc.Client & { Status(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { leader: string }) => void): void };
+    try {
+      for (;;) {
+        const leader = await new Promise<string | undefined>((resolve) => client.Status({}, { deadline: Date.now() + 1000 }, (error, response) => resolve(error === null ? response.leader : undefined)));
+        if (leader !== undefined && leader !== '0') break;
+        if (Date.now() > deadline) throw new Error(`${endpoint} did not become healthy within ${timeoutMs} ms; see the member logs under ${directory}`);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    } finally {
+      client.close();
+    }
+  }
+}
+
+export async function down(directoryOption: string, print: (line: string) => void): Promise<void> {
+  const directory = path.resolve(directoryOption);
+  let cluster: ClusterFile;
+  try {
+    cluster = JSON.parse(await readFile(path.join(directory, 'cluster.json'), 'utf8')) as ClusterFile;
+  } catch {
+    print(`no cluster in ${directory}`);
+    return;
+  }
+  for (const member of cluster.members) {
+    const pidFile = path.join(directory, member.name, 'pid');
+    const pid = await readPid(pidFile);
+    if (pid === undefined) {
+      print(`${member.name} is not running`);
+      continue;
+    }
+    process.kill(pid, 'SIGTERM');
+    const deadline = Date.now() + 10_000;
+    while (alive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+    if (alive(pid)) process.kill(pid, 'SIGKILL');
+    await rm(pidFile, { force: true });
+    print(`stopped ${member.name}`);
+  }
+}

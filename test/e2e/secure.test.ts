@@ -1,0 +1,160 @@
+/**
+ * `rampart up`: a secure cluster in one command, and mutual TLS that refuses everything else —
+ * plaintext, no certificate, another CA's certificate, an expired certificate, and a client
+ * certificate posing as a peer.
+ */
+import { existsSync } from 'node:fs';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createAuthority, issueCertificate, readKeyPair, writeKeyPair } from '../../src/pki/authority.js';
+import { cleanEnvironment, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+
+async function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/** A base port whose +0/+1, +10000/+10001 and +20000/+20001 neighbours are all free. */
+async function freeBasePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 9_000) * 1;
+    const ports = [0, 1, 10_000, 10_001, 20_000, 20_001].map((offset) => base + offset);
+    if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
+  }
+  throw new Error('no free base port');
+}
+
+describe('rampart up: a secure cluster in one command', () => {
+  let home: string;
+  let pki: string;
+  let endpoints: string;
+
+  const etcdctlAs = (credentials: string[], args: string[]) =>
+    run('etcdctl', ['--endpoints', endpoints, '--command-timeout=3s', '--dial-timeout=2s', ...credentials, ...args], { env: cleanEnvironment() });
+  const admin = (): string[] => ['--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key')];
+
+  beforeAll(async () => {
+    home = await temporaryDirectory('up');
+    const base = await freeBasePort();
+    const result = await run(process.execPath, [rampartBin, 'up', '--dir', path.join(home, '.rampart'), '--base-port', String(base)], { timeoutMs: 90_000 });
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    pki = path.join(home, '.rampart', 'pki');
+    const line = /etcdctl --endpoints (\S+) --cacert (\S+) --cert (\S+) --key (\S+)/.exec(result.stdout);
+    expect(line?.slice(2)).toEqual([path.join(pki, 'ca.crt'), path.join(pki, 'admin.crt'), path.join(pki, 'admin.key')]);
+    endpoints = line?.[1] ?? '';
+    expect(endpoints.split(',')).toHaveLength(3);
+  }, 120_000);
+
+  afterAll(async () => {
+    if (home !== undefined) {
+      const stopped = await run(process.execPath, [rampartBin, 'down', '--dir', path.join(home, '.rampart')], { timeoutMs: 50_000 });
+      expect(stopped.stdout).toBe('stopped m1\nstopped m2\nstopped m3\n');
+      await removeDirectory(home);
+    }
+  }, 60_000);
+
+  it('serves etcdctl with the admin certificate, including --cluster commands over TLS', async () => {
+    expect((await etcdctlAs(admin(), ['put', 'secure', 'yes'])).stdout).toBe('OK\n');
+    expect((await etcdctlAs(admin(), ['get', 'secure', '--print-value-only'])).stdout).toBe('yes\n');
+    const status = await etcdctlAs(admin(), ['endpoint', 'status', '--cluster', '-w', 'json']);
+    const members = JSON.parse(status.stdout) as { Endpoint: string; Status: { leader: number } }[];
+    expect(members).toHaveLength(3);
+    expect(new Set(members.map((member) => member.Status.leader)).size).toBe(1);
+    const health = await etcdctlAs(admin(), ['endpoint', 'health', '--cluster']);
+    expect(health.stderr.match(/is healthy/g)).toHaveLength(3);
+  });
+
+  it('keeps keys private: mode 0600 for keys, 0700 for directories, and no CA key near a member', async () => {
+    expect((await stat(path.join(pki, 'admin.key'))).mode & 0o777).toBe(0o600);
+    expect((await stat(path.join(pki, 'ca', 'ca.key'))).mode & 0o777).toBe(0o600);
+    expect((await stat(path.join(pki, 'ca'))).mode & 0o777).toBe(0o700);
+    expect((await stat(path.join(home, '.rampart', 'm1'))).mode & 0o777).toBe(0o700);
+    expect(existsSync(path.join(home, '.rampart', 'm1', 'ca.key'))).toBe(false);
+    const log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
+    expect(log).not.toContain('PRIVATE KEY');
+  });
+
+  it('refuses plaintext, no certificate, another CA and an expired certificate', async () => {
+    const plaintext = await run('etcdctl', ['--endpoints', endpoints.replace(/https:\/\//g, ''), '--command-timeout=2s', '--dial-timeout=1s', 'get', 'secure'], { env: cleanEnvironment() });
+    expect(plaintext.code).not.toBe(0);
+    const noCertificate = await etcdctlAs(['--cacert', path.join(pki, 'ca.crt')], ['get', 'secure']);
+    expect(noCertificate.code).not.toBe(0);
+    expect(noCertificate.stdout).toBe('');
+
+    const other = await createAuthority('another cluster');
+    const intruder = await writeKeyPair(path.join(home, 'other'), 'intruder', await issueCertificate(other, { kind: 'client', commonName: 'root' }));
+    const foreign = await etcdctlAs(['--cacert', path.join(pki, 'ca.crt'), '--cert', intruder.certificateFile, '--key', intruder.keyFile], ['get', 'secure']);
+    expect(foreign.code).not.toBe(0);
+    expect(foreign.stdout).toBe('');
+
+    const authority = await readKeyPair(path.join(pki, 'ca'), 'ca');
+    const expired = await writeKeyPair(path.join(home, 'other'), 'expired', await issueCertificate(authority, { kind: 'client', commonName: 'root', notBefore: new Date(Date.now() - 10 * 86_400_000), validityDays: 1 }));
+    const stale = await etcdctlAs(['--cacert', path.join(pki, 'ca.crt'), '--cert', expired.certificateFile, '--key', expired.keyFile], ['get', 'secure']);
+    expect(stale.code).not.toBe(0);
+    expect(stale.stdout).toBe('');
+  });
+
+  it('does not let a member with a client certificate as its peer certificate join', async () => {
+    const cluster = JSON.parse(await readFile(path.join(home, '.rampart', 'cluster.json'), 'utf8')) as { token: string; members: { name: string; peerPort: number }[] };
+    const { freePort } = await import('../helpers/processes.js');
+    const peerPort = await freePort();
+    const added = await etcdctlAs(admin(), ['member', 'add', 'rogue', `--peer-urls=https://127.0.0.1:${peerPort}`, '--learner']);
+    expect(added.stdout).toContain('added to cluster');
+    const authority = await readKeyPair(path.join(pki, 'ca'), 'ca');
+    const rogueHome = path.join(home, 'rogue');
+    const server = await writeKeyPair(rogueHome, 'server', await issueCertificate(authority, { kind: 'server', commonName: 'rogue', subjectAltNames: ['127.0.0.1'] }));
+    const client = await writeKeyPair(rogueHome, 'client', await issueCertificate(authority, { kind: 'client', commonName: 'rogue', subjectAltNames: ['127.0.0.1'] }));
+    await writeFile(path.join(rogueHome, 'ca.crt'), authority.certificatePem);
+    const initialCluster = [...cluster.members.map((member) => `${member.name}=https://127.0.0.1:${member.peerPort}`), `rogue=https://127.0.0.1:${peerPort}`].join(',');
+    const { spawn } = await import('node:child_process');
+    const { connect } = await import('node:net');
+    const clientPort = await freePort();
+    const rogue = spawn(process.execPath, [
+      rampartBin, 'serve', '--name', 'rogue', '--data-dir', path.join(rogueHome, 'data'),
+      '--listen-client-urls', `https://127.0.0.1:${clientPort}`, '--listen-peer-urls', `https://127.0.0.1:${peerPort}`,
+      '--initial-cluster', initialCluster, '--initial-cluster-state', 'existing', '--initial-cluster-token', cluster.token,
+      '--cert-file', server.certificateFile, '--key-file', server.keyFile, '--trusted-ca-file', path.join(rogueHome, 'ca.crt'),
+      '--peer-cert-file', client.certificateFile, '--peer-key-file', client.keyFile, '--peer-trusted-ca-file', path.join(rogueHome, 'ca.crt'),
+    ], { env: cleanEnvironment(), stdio: 'ignore' });
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 6000));
+      // A member serves clients only once it has joined; this one never may.
+      const serving = await new Promise<boolean>((resolve) => {
+        const socket = connect(clientPort, '127.0.0.1');
+        socket.once('connect', () => {
+          socket.destroy();
+          resolve(true);
+        });
+        socket.once('error', () => resolve(false));
+      });
+      expect(rogue.exitCode).toBe(null);
+      expect(serving).toBe(false);
+    } finally {
+      rogue.kill('SIGKILL');
+    }
+    const members = await etcdctlAs(admin(), ['member', 'list']);
+    expect(members.stdout).toMatch(/, unstarted, , https:\/\/127\.0\.0\.1:\d+, , true/);
+    // Members could not reach it (its peer port presents a certificate not made for serving) ...
+    const logs = await Promise.all(cluster.members.map((member) => readFile(path.join(home, '.rampart', member.name, 'log'), 'utf8')));
+    expect(logs.join('\n')).toMatch(new RegExp(`"url":"https://127.0.0.1:${peerPort}".*"msg":"cannot reach peer"`));
+    // ... and a client certificate calling a member's peer port is refused as not a peer.
+    const grpc = await import('@grpc/grpc-js');
+    const adminFiles = await Promise.all(['ca.crt', 'admin.key', 'admin.crt'].map((name) => readFile(path.join(pki, name))));
+    const peerClient = new grpc.Client(`127.0.0.1:${cluster.members[0]?.peerPort}`, grpc.credentials.createSsl(adminFiles[0], adminFiles[1], adminFiles[2]));
+    const refused = await new Promise<{ code: number; details: string } | null>((resolve) =>
+      peerClient.makeUnaryRequest('/rampart.Peer/LeaseRenew', (value: Buffer) => value, (value: Buffer) => value, Buffer.alloc(0), (error) => resolve(error === null ? null : { code: error.code, details: error.details })),
+    );
+    peerClient.close();
+    expect(refused).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'not a cluster peer: certificate "root" is not a peer certificate' });
+    const refusedLogs = await Promise.all(cluster.members.map((member) => readFile(path.join(home, '.rampart', member.name, 'log'), 'utf8')));
+    expect(refusedLogs.join('\n')).toMatch(/refused a peer connection/);
+    const memberId = /Member ([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
+    expect((await etcdctlAs(admin(), ['member', 'remove', memberId])).stdout).toContain('removed from cluster');
+  }, 60_000);
+});
