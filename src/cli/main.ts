@@ -10,6 +10,7 @@ import { createGrpcServer } from '../api/server.js';
 import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
+import { applyConfigFile } from './config-file.js';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, up } from './up.js';
@@ -24,6 +25,11 @@ process.on('warning', (warning: Error & { code?: string }) => {
 
 const program = new Command();
 program.name('rampart').description('An etcd-compatible key-value store, secure by default').showHelpAfterError();
+
+function fail(error: unknown): never {
+  process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+}
 
 function integer(value: string): number {
   const parsed = Number(value);
@@ -93,7 +99,11 @@ program
   .option('--trusted-ca-file <file>', 'CA bundle that client certificates must chain to (PEM)')
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
   .option('--log-level <level>', 'log level', 'info')
-  .action(async (flags: ServeFlags) => {
+  .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
+  .action(async (_flags: ServeFlags, command: Command) => {
+    const configFile = command.getOptionValue('configFile') as string | undefined;
+    if (configFile !== undefined) await applyConfigFile(command, configFile).catch(fail);
+    const flags = command.opts<ServeFlags>();
     const logger = pino({ level: flags.logLevel, base: { member: flags.name } }, pino.destination(2));
     try {
       await serve(flags, logger);
@@ -224,11 +234,6 @@ snapshot
       process.exit(1);
     }
   });
-
-function fail(error: unknown): never {
-  process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
-  process.exit(1);
-}
 
 const print = (line: string): void => {
   process.stdout.write(`${line}\n`);

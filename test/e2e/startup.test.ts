@@ -4,7 +4,7 @@ import { ClassicLevel } from 'classic-level';
 import { describe, expect, it } from 'vitest';
 import { encodeLogKey } from '../../src/storage/log.js';
 import { prefix } from '../../src/storage/schema.js';
-import { etcdctl, freePort, rampartBin, removeDirectory, run, startRampart, temporaryDirectory } from '../helpers/processes.js';
+import { cleanEnvironment, etcdctl, freePort, rampartBin, removeDirectory, run, startRampart, temporaryDirectory } from '../helpers/processes.js';
 
 describe('member start', () => {
   it('refuses to serve without TLS unless --insecure is given', async () => {
@@ -16,6 +16,51 @@ describe('member start', () => {
     const plaintextUrl = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `https://127.0.0.1:${port}`]);
     expect(plaintextUrl.code).toBe(1);
     expect(plaintextUrl.stderr).toContain('must use http://');
+    await removeDirectory(dataDir);
+  });
+
+  it('starts from a YAML config file, with command-line flags winning, and names the line of a bad setting', async () => {
+    const dataDir = await temporaryDirectory('config');
+    const port = await freePort();
+    const peerPort = await freePort();
+    const file = `${dataDir}.yaml`;
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(file, [
+      '# a member from a file',
+      'name: from-file',
+      `data-dir: ${dataDir}`,
+      `listen-client-urls: [http://127.0.0.1:${port}]`,
+      `listen-peer-urls: http://127.0.0.1:${peerPort}`,
+      'insecure: true',
+      'heartbeat-interval: 50',
+      'log-level: warn',
+      '',
+    ].join('\n'));
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', file, '--name', 'from-cli'], { env: cleanEnvironment(), stdio: 'ignore' });
+    try {
+      let listed = '';
+      for (let attempt = 0; attempt < 100 && !listed.includes('from-cli'); attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        listed = (await etcdctl(`127.0.0.1:${port}`, ['member', 'list'])).stdout;
+      }
+      // Everything else came from the file (data dir, URLs, plaintext); the name from the command line.
+      expect(listed).toContain(`, started, from-cli, http://127.0.0.1:${peerPort}, http://127.0.0.1:${port}, false`);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    }
+    await writeFile(file, `name: x\ninsecure: true\nbogus-setting: 1\n`);
+    const unknown = await run(process.execPath, [rampartBin, 'serve', '--config-file', file]);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toBe(`rampart: ${file}:3: unknown setting "bogus-setting"\n`);
+    await writeFile(file, `insecure: true\n\nsnapshot-count: many\n`);
+    const badNumber = await run(process.execPath, [rampartBin, 'serve', '--config-file', file]);
+    expect(badNumber.stderr).toBe(`rampart: ${file}:3: "snapshot-count": not a non-negative integer: many\n`);
+    await writeFile(file, `insecure: [true\n`);
+    const malformed = await run(process.execPath, [rampartBin, 'serve', '--config-file', file]);
+    expect(malformed.code).toBe(1);
+    expect(malformed.stderr).toMatch(new RegExp(`^rampart: ${file.replace(/[.]/g, '\\.')}:\\d+: `));
     await removeDirectory(dataDir);
   });
 
