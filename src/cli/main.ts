@@ -3,7 +3,6 @@
  * help text, validation and subcommands for free).
  */
 import { Command, InvalidArgumentError } from 'commander';
-import { readFile } from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/server.js';
@@ -11,6 +10,7 @@ import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../ser
 import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
 import { applyConfigFile } from './config-file.js';
+import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, up } from './up.js';
@@ -60,6 +60,7 @@ interface ServeFlags {
   peerCertFile?: string;
   peerKeyFile?: string;
   peerTrustedCaFile?: string;
+  certificateReloadIntervalMs: number;
   quotaBackendBytes: number;
   maxRequestBytes: number;
   watchProgressNotifyIntervalMs: number;
@@ -98,6 +99,7 @@ program
   .option('--key-file <file>', 'server private key (PEM)')
   .option('--trusted-ca-file <file>', 'CA bundle that client certificates must chain to (PEM)')
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
+  .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
   .action(async (_flags: ServeFlags, command: Command) => {
@@ -136,11 +138,14 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
   if (peerFlags.some((flag) => flag === undefined)) {
     throw new Error('peer TLS is required: pass --peer-cert-file, --peer-key-file and --peer-trusted-ca-file; --insecure serves plaintext for development');
   }
-  const [cert, key, ca, peerCert, peerKey, peerCa] = await Promise.all([...clientFlags, ...peerFlags].map((file) => readFile(file as string)));
+  // Certificates, keys and CA bundles reload when their files change (renewal, CA rotation).
+  const pollMs = flags.certificateReloadIntervalMs;
+  const client = await ReloadingCertificateProvider.open({ certificateFile: flags.certFile as string, keyFile: flags.keyFile as string, caFile: flags.trustedCaFile as string }, logger, 'client port', pollMs);
+  const peer = await ReloadingCertificateProvider.open({ certificateFile: flags.peerCertFile as string, keyFile: flags.peerKeyFile as string, caFile: flags.peerTrustedCaFile as string }, logger, 'peer port', pollMs);
   return {
-    client: grpc.ServerCredentials.createSsl(ca as Buffer, [{ cert_chain: cert as Buffer, private_key: key as Buffer }], true),
-    peerServer: grpc.ServerCredentials.createSsl(peerCa as Buffer, [{ cert_chain: peerCert as Buffer, private_key: peerKey as Buffer }], true),
-    peerClient: grpc.credentials.createSsl(peerCa as Buffer, peerKey as Buffer, peerCert as Buffer),
+    client: grpc.experimental.createCertificateProviderServerCredentials(client, client, true),
+    peerServer: grpc.experimental.createCertificateProviderServerCredentials(peer, peer, true),
+    peerClient: grpc.experimental.createCertificateProviderChannelCredentials(peer, peer),
   };
 }
 

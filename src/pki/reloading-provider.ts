@@ -1,0 +1,162 @@
+/**
+ * Certificates that reload without a restart: a gRPC certificate provider that polls its files and,
+ * when they change, validates the new set (key matches certificate, certificate chains to one of
+ * the trusted CAs, currently valid) before handing it to gRPC. New connections use the new
+ * material; open connections keep theirs, so nothing is dropped. An invalid update is refused with
+ * a log line and the previous material stays in use (fail closed, never half-configured).
+ *
+ * A CA bundle may hold several CA certificates: during a CA rotation it holds the old and the new.
+ */
+import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto';
+import { readFile, stat } from 'node:fs/promises';
+import type { experimental } from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+
+type CertificateProvider = experimental.CertificateProvider;
+type CaListener = experimental.CaCertificateUpdateListener;
+type IdentityListener = experimental.IdentityCertificateUpdateListener;
+
+export interface CertificateFiles {
+  readonly certificateFile: string;
+  readonly keyFile: string;
+  readonly caFile: string;
+}
+
+/** Warn when less than this share of a certificate's lifetime is left. */
+export const expiryWarningShare = 0.3;
+
+export function splitPemCertificates(bundle: string): string[] {
+  return bundle.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
+export interface LoadedMaterial {
+  readonly certificate: Buffer;
+  readonly privateKey: Buffer;
+  readonly caBundle: Buffer;
+  readonly leaf: X509Certificate;
+}
+
+/** Reads and checks a certificate set; throws with a clear message when it is not usable. */
+export async function loadMaterial(files: CertificateFiles, nowMs = Date.now()): Promise<LoadedMaterial> {
+  const [certificate, privateKey, caBundle] = await Promise.all([readFile(files.certificateFile), readFile(files.keyFile), readFile(files.caFile)]);
+  let leaf: X509Certificate;
+  try {
+    leaf = new X509Certificate(certificate);
+  } catch {
+    throw new Error(`${files.certificateFile}: not a PEM certificate`);
+  }
+  let key;
+  try {
+    key = createPrivateKey(privateKey);
+  } catch {
+    throw new Error(`${files.keyFile}: not a PEM private key`);
+  }
+  if (!leaf.checkPrivateKey(key)) {
+    throw new Error(`${files.keyFile} does not match ${files.certificateFile}`);
+  }
+  const authorities = splitPemCertificates(caBundle.toString('utf8')).map((pem) => new X509Certificate(pem));
+  if (authorities.length === 0) throw new Error(`${files.caFile}: no CA certificate`);
+  if (!authorities.some((authority) => leaf.checkIssued(authority) && leaf.verify(createPublicKey(authority.publicKey.export({ type: 'spki', format: 'pem' }))))) {
+    throw new Error(`${files.certificateFile} is not signed by a CA in ${files.caFile}`);
+  }
+  const notBefore = Date.parse(leaf.validFrom);
+  const notAfter = Date.parse(leaf.validTo);
+  if (nowMs < notBefore) throw new Error(`${files.certificateFile} is not valid before ${leaf.validFrom}`);
+  if (nowMs > notAfter) throw new Error(`${files.certificateFile} expired on ${leaf.validTo}`);
+  return { certificate, privateKey, caBundle, leaf };
+}
+
+export function expiresSoon(leaf: X509Certificate, nowMs = Date.now()): boolean {
+  const notBefore = Date.parse(leaf.validFrom);
+  const notAfter = Date.parse(leaf.validTo);
+  return notAfter - nowMs < (notAfter - notBefore) * expiryWarningShare;
+}
+
+export class ReloadingCertificateProvider implements CertificateProvider {
+  private material: LoadedMaterial;
+  private readonly caListeners = new Set<CaListener>();
+  private readonly identityListeners = new Set<IdentityListener>();
+  private timer: NodeJS.Timeout | undefined;
+  private lastSeen = '';
+  reloads = 0;
+
+  private constructor(
+    private readonly files: CertificateFiles,
+    private readonly logger: Logger,
+    private readonly label: string,
+    material: LoadedMaterial,
+  ) {
+    this.material = material;
+  }
+
+  static async open(files: CertificateFiles, logger: Logger, label: string, pollMs: number): Promise<ReloadingCertificateProvider> {
+    const provider = new ReloadingCertificateProvider(files, logger, label, await loadMaterial(files));
+    provider.lastSeen = await provider.fingerprint();
+    provider.warnIfExpiring();
+    provider.timer = setInterval(() => void provider.poll(), pollMs);
+    provider.timer.unref();
+    return provider;
+  }
+
+  get certificate(): X509Certificate {
+    return this.material.leaf;
+  }
+
+  private async fingerprint(): Promise<string> {
+    const stats = await Promise.all([this.files.certificateFile, this.files.keyFile, this.files.caFile].map((file) => stat(file).then((info) => `${info.mtimeMs}:${info.size}`, () => 'missing')));
+    return stats.join('|');
+  }
+
+  private warnIfExpiring(): void {
+    if (expiresSoon(this.material.leaf)) {
+      this.logger.warn({ certificate: this.files.certificateFile, expires: this.material.leaf.validTo, use: this.label }, 'certificate is in the last 30% of its lifetime; renew it');
+    }
+  }
+
+  private async poll(): Promise<void> {
+    const seen = await this.fingerprint();
+    if (seen === this.lastSeen) return;
+    try {
+      const material = await loadMaterial(this.files);
+      this.lastSeen = seen;
+      this.material = material;
+      this.reloads += 1;
+      this.logger.info({ certificate: this.files.certificateFile, serial: material.leaf.serialNumber, expires: material.leaf.validTo, use: this.label }, 'reloaded certificates');
+      this.warnIfExpiring();
+      for (const listener of this.caListeners) listener({ caCertificate: material.caBundle });
+      for (const listener of this.identityListeners) listener({ certificate: material.certificate, privateKey: material.privateKey });
+    } catch (error) {
+      // A half-written or wrong set: keep what works, and retry on the next change.
+      this.lastSeen = seen;
+      this.logger.error({ use: this.label, err: error instanceof Error ? error.message : String(error) }, 'refused new certificates; still using the previous ones');
+    }
+  }
+
+  // grpc-js starts watching for updates only after it adds its listener: the current material must
+  // arrive asynchronously, or nobody sees it.
+  addCaCertificateListener(listener: CaListener): void {
+    this.caListeners.add(listener);
+    setImmediate(() => {
+      if (this.caListeners.has(listener)) listener({ caCertificate: this.material.caBundle });
+    });
+  }
+
+  removeCaCertificateListener(listener: CaListener): void {
+    this.caListeners.delete(listener);
+  }
+
+  addIdentityCertificateListener(listener: IdentityListener): void {
+    this.identityListeners.add(listener);
+    setImmediate(() => {
+      if (this.identityListeners.has(listener)) listener({ certificate: this.material.certificate, privateKey: this.material.privateKey });
+    });
+  }
+
+  removeIdentityCertificateListener(listener: IdentityListener): void {
+    this.identityListeners.delete(listener);
+  }
+
+  close(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+  }
+}
