@@ -13,8 +13,8 @@ import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
-import { down, up } from './up.js';
-import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, writeKeyPair } from '../pki/authority.js';
+import { down, rotate, up } from './up.js';
+import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
 // still checked against the IP SAN); Node warns about that on every connection.
@@ -257,6 +257,16 @@ program
   });
 
 program
+  .command('rotate')
+  .description('renew every certificate of a `rampart up` cluster while it serves; --new-ca also rotates the CA')
+  .option('--dir <dir>', 'the cluster directory', '.rampart')
+  .option('--new-ca', 'create a new CA and move everything to it (old and new trusted during the change)', false)
+  .option('--reload-wait-ms <ms>', 'time for members to pick up each change', integer, 3000)
+  .action(async (flags: { dir: string; newCa: boolean; reloadWaitMs: number }) => {
+    await rotate(flags.dir, flags.newCa, flags.reloadWaitMs, print).catch(fail);
+  });
+
+program
   .command('down')
   .description('stop the local cluster started by `rampart up` (its data stays)')
   .option('--dir <dir>', 'the cluster directory', '.rampart')
@@ -289,6 +299,17 @@ cert
     const pair = await issueCertificate(authority, { kind, commonName: name, subjectAltNames: flags.san, validityDays: flags.days });
     const files = await writeKeyPair(flags.out ?? flags.pkiDir, name, pair);
     print(`issued ${kind} certificate ${files.certificateFile} (key ${files.keyFile}, mode 0600)`);
+  });
+cert
+  .command('renew <name>')
+  .description('issue NAME again (same purpose, subject and SANs) with a fresh key; members reload it')
+  .option('--pki-dir <dir>', 'PKI directory (the CA is read from <dir>/ca)', '.rampart/pki')
+  .option('--dir <dir>', 'where NAME.crt and NAME.key are (default: the PKI directory)')
+  .option('--days <days>', 'lifetime in days', integer, leafValidityDaysDefault)
+  .action(async (name: string, flags: { pkiDir: string; dir?: string; days: number }) => {
+    const authority = await readKeyPair(path.join(flags.pkiDir, 'ca'), 'ca').catch(() => fail(`no CA in ${path.join(flags.pkiDir, 'ca')}`));
+    await renewCertificate(authority, flags.dir ?? flags.pkiDir, name, flags.days).catch(fail);
+    print(`renewed ${path.join(flags.dir ?? flags.pkiDir, `${name}.crt`)}`);
   });
 cert
   .command('list')

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
-import { initAuthority, issueCertificate, readKeyPair, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
+import { createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
   readonly directory: string;
@@ -162,5 +162,45 @@ export async function down(directoryOption: string, print: (line: string) => voi
     if (alive(pid)) process.kill(pid, 'SIGKILL');
     await rm(pidFile, { force: true });
     print(`stopped ${member.name}`);
+  }
+}
+
+/**
+ * `rampart rotate`: renews every certificate of a `rampart up` cluster while it serves. With a new
+ * CA it goes in three phases, each waiting for members to reload: trust the old and the new CA,
+ * re-issue everything from the new one, then stop trusting the old one.
+ */
+export async function rotate(directoryOption: string, newAuthority: boolean, reloadWaitMs: number, print: (line: string) => void): Promise<void> {
+  const directory = path.resolve(directoryOption);
+  const cluster = JSON.parse(await readFile(path.join(directory, 'cluster.json'), 'utf8')) as ClusterFile;
+  const pki = path.join(directory, 'pki');
+  const caDirectory = path.join(pki, 'ca');
+  const bundleFiles = [path.join(pki, 'ca.crt'), ...cluster.members.map((member) => path.join(directory, member.name, 'ca.crt'))];
+  const writeBundles = async (bundle: string): Promise<void> => {
+    for (const file of bundleFiles) await writeFileAtomic(file, bundle, 0o644);
+  };
+  const settle = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, reloadWaitMs));
+  let authority = await readKeyPair(caDirectory, 'ca');
+  if (newAuthority) {
+    const previous = authority;
+    authority = await createAuthority(`${cluster.token} root CA ${new Date().toISOString().slice(0, 10)}`);
+    await writeKeyPair(caDirectory, 'previous', previous);
+    await writeKeyPair(caDirectory, 'ca', authority);
+    await writeBundles(authority.certificatePem + previous.certificatePem);
+    print('phase 1/3: members and clients trust the old and the new CA');
+    await settle();
+  }
+  for (const member of cluster.members) {
+    const home = path.join(directory, member.name);
+    await renewCertificate(authority, home, 'server');
+    await renewCertificate(authority, home, 'peer');
+  }
+  await renewCertificate(authority, pki, 'admin');
+  print(`${newAuthority ? 'phase 2/3: ' : ''}renewed the server and peer certificates of ${cluster.members.map((member) => member.name).join(', ')} and the admin certificate`);
+  await settle();
+  if (newAuthority) {
+    await writeBundles(authority.certificatePem);
+    print('phase 3/3: the old CA is no longer trusted (kept in pki/ca/previous.*)');
+    await settle();
   }
 }

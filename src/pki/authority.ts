@@ -7,7 +7,7 @@
  * CA key into a member — members get only their own certificate and key and the CA certificate.
  */
 import { webcrypto, randomBytes, X509Certificate as NodeX509Certificate } from 'node:crypto';
-import { chmod, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import * as x509 from '@peculiar/x509';
@@ -134,15 +134,35 @@ export async function issueCertificate(authority: KeyPairPem, options: IssueOpti
  *   <name>.crt, <name>.key      issued certificates
  *   ca.crt                      a copy of the CA certificate for members and clients
  */
+/** Replaces a file in one step (write aside, then rename), so a reader never sees half of it. */
+export async function writeFileAtomic(file: string, content: string, mode: number): Promise<void> {
+  const aside = `${file}.${randomBytes(4).toString('hex')}.tmp`;
+  await writeFile(aside, content, { mode });
+  await chmod(aside, mode);
+  await rename(aside, file);
+}
+
 export async function writeKeyPair(directory: string, name: string, pair: KeyPairPem): Promise<{ certificateFile: string; keyFile: string }> {
   await mkdir(directory, { recursive: true, mode: 0o700 });
   await chmod(directory, 0o700);
   const certificateFile = path.join(directory, `${name}.crt`);
   const keyFile = path.join(directory, `${name}.key`);
-  await writeFile(keyFile, pair.keyPem, { mode: 0o600 });
-  await chmod(keyFile, 0o600);
-  await writeFile(certificateFile, pair.certificatePem, { mode: 0o644 });
+  await writeFileAtomic(keyFile, pair.keyPem, 0o600);
+  await writeFileAtomic(certificateFile, pair.certificatePem, 0o644);
   return { certificateFile, keyFile };
+}
+
+/** Issues a fresh certificate with the same purpose, subject and SANs as an existing one. */
+export async function renewCertificate(authority: KeyPairPem, directory: string, name: string, validityDays = leafValidityDaysDefault): Promise<KeyPairPem> {
+  const current = new NodeX509Certificate(await readFile(path.join(directory, `${name}.crt`)));
+  const unit = /OU=([^\n,]+)/.exec(current.subject)?.[1];
+  const kind = (Object.keys(organizationalUnit) as CertificateKind[]).find((candidate) => organizationalUnit[candidate] === unit);
+  if (kind === undefined) throw new Error(`${name}.crt was not issued by rampart (organizational unit ${unit ?? 'missing'})`);
+  const commonName = /CN=([^\n]+)/.exec(current.subject)?.[1] ?? name;
+  const subjectAltNames = (current.subjectAltName ?? '').split(',').map((entry) => entry.trim().replace(/^(DNS|IP Address):/, '')).filter((entry) => entry.length > 0);
+  const renewed = await issueCertificate(authority, { kind, commonName, subjectAltNames, validityDays });
+  await writeKeyPair(directory, name, renewed);
+  return renewed;
 }
 
 export async function readKeyPair(directory: string, name: string): Promise<KeyPairPem> {

@@ -3,6 +3,7 @@
  * plaintext, no certificate, another CA's certificate, an expired certificate, and a client
  * certificate posing as a peer.
  */
+import * as grpc from '@grpc/grpc-js';
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -100,6 +101,65 @@ describe('rampart up: a secure cluster in one command', () => {
     expect(stale.stdout).toBe('');
   });
 
+  it('renews every certificate and rotates the CA under continuous writes with zero failed requests', async () => {
+    const { pino } = await import('pino');
+    const { copyFile } = await import('node:fs/promises');
+    const { ReloadingCertificateProvider } = await import('../../src/pki/reloading-provider.js');
+    const { packageDefinition } = await import('../../src/api/proto.js');
+    await copyFile(path.join(pki, 'ca.crt'), path.join(home, 'old-ca.crt'));
+    await copyFile(path.join(pki, 'admin.crt'), path.join(home, 'old-admin.crt'));
+    await copyFile(path.join(pki, 'admin.key'), path.join(home, 'old-admin.key'));
+    // A client that, like the members, picks up renewed certificates and CA bundles from its files.
+    const provider = await ReloadingCertificateProvider.open(
+      { certificateFile: path.join(pki, 'admin.crt'), keyFile: path.join(pki, 'admin.key'), caFile: path.join(pki, 'ca.crt') },
+      pino({ level: 'silent' }),
+      'test client',
+      250,
+    );
+    const credentials = grpc.experimental.createCertificateProviderChannelCredentials(provider, provider);
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor } };
+    const clients = endpoints.split(',').map((endpoint) => new loaded.etcdserverpb.KV(new URL(endpoint).host, credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as grpc.Client & { Put(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void });
+    let running = true;
+    let succeeded = 0;
+    const failures: string[] = [];
+    const writer = async (index: number): Promise<void> => {
+      const client = clients[index % clients.length];
+      for (let sequence = 0; running && client !== undefined; sequence++) {
+        await new Promise<void>((resolve) =>
+          client.Put({ key: Buffer.from(`rotate/${index}`), value: Buffer.from(String(sequence)) }, { deadline: Date.now() + 5000 }, (error) => {
+            if (error === null) succeeded += 1;
+            else failures.push(`${error.code} ${error.details}`);
+            resolve();
+          }),
+        );
+      }
+    };
+    const writers = Array.from({ length: 6 }, (_, index) => writer(index));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const rotated = await run(process.execPath, [rampartBin, 'rotate', '--dir', path.join(home, '.rampart'), '--new-ca', '--reload-wait-ms', '2500'], { timeoutMs: 60_000 });
+      expect(rotated.stderr).toBe('');
+      expect(rotated.stdout).toContain('phase 3/3');
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    } finally {
+      running = false;
+      await Promise.all(writers);
+      clients.forEach((client) => client.close());
+      provider.close();
+    }
+    expect(failures).toEqual([]);
+    expect(succeeded).toBeGreaterThan(100);
+
+    // Members now serve certificates from the new CA, and only the new CA is trusted.
+    expect((await etcdctlAs(admin(), ['get', 'rotate/0', '--print-value-only'])).code).toBe(0);
+    const oldTrust = await etcdctlAs(['--cacert', path.join(home, 'old-ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key')], ['get', 'rotate/0']);
+    expect(oldTrust.code).not.toBe(0);
+    const oldAdmin = await etcdctlAs(['--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(home, 'old-admin.crt'), '--key', path.join(home, 'old-admin.key')], ['get', 'rotate/0']);
+    expect(oldAdmin.code).not.toBe(0);
+    const log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
+    expect(log).toContain('reloaded certificates');
+  }, 90_000);
+
   it('does not let a member with a client certificate as its peer certificate join', async () => {
     const cluster = JSON.parse(await readFile(path.join(home, '.rampart', 'cluster.json'), 'utf8')) as { token: string; members: { name: string; peerPort: number }[] };
     const { freePort } = await import('../helpers/processes.js');
@@ -144,7 +204,6 @@ describe('rampart up: a secure cluster in one command', () => {
     const logs = await Promise.all(cluster.members.map((member) => readFile(path.join(home, '.rampart', member.name, 'log'), 'utf8')));
     expect(logs.join('\n')).toMatch(new RegExp(`"url":"https://127.0.0.1:${peerPort}".*"msg":"cannot reach peer"`));
     // ... and a client certificate calling a member's peer port is refused as not a peer.
-    const grpc = await import('@grpc/grpc-js');
     const adminFiles = await Promise.all(['ca.crt', 'admin.key', 'admin.crt'].map((name) => readFile(path.join(pki, name))));
     const peerClient = new grpc.Client(`127.0.0.1:${cluster.members[0]?.peerPort}`, grpc.credentials.createSsl(adminFiles[0], adminFiles[1], adminFiles[2]));
     const refused = await new Promise<{ code: number; details: string } | null>((resolve) =>
