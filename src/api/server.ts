@@ -3,6 +3,7 @@
  * mapping every error through `errors.ts`. Never: state of its own beyond a stream's lifetime.
  */
 import * as grpc from '@grpc/grpc-js';
+import type { PeerCertificate } from 'node:tls';
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import { RampartError, isRampartError } from '../errors.js';
@@ -44,6 +45,13 @@ export interface ApiServerOptions {
   readonly member: Member;
   readonly logger: Logger;
   readonly credentials: grpc.ServerCredentials;
+  /** With TLS: why a client certificate may not be used (revoked), or undefined when it may. */
+  readonly refuseCertificate?: (certificate: PeerCertificate) => string | undefined;
+}
+
+interface CallWithAuth {
+  getAuthContext(): { sslPeerCertificate?: PeerCertificate };
+  getPeer(): string;
 }
 
 export function createGrpcServer(options: ApiServerOptions): grpc.Server {
@@ -56,8 +64,30 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   });
   const services = loadServices();
 
+  /** A refused certificate is refused on every call, also on connections opened before. */
+  const refusal = (call: CallWithAuth, rpc: string): Partial<grpc.ServiceError> | undefined => {
+    const certificate = call.getAuthContext().sslPeerCertificate;
+    const problem = options.refuseCertificate === undefined || certificate === undefined ? undefined : options.refuseCertificate(certificate);
+    if (problem === undefined) return undefined;
+    logger.warn({ rpc, peer: call.getPeer(), subject: certificate?.subject?.CN, reason: problem }, 'refused a client certificate');
+    return { code: grpc.status.UNAUTHENTICATED, details: `rampart: ${problem}`, metadata: new grpc.Metadata() };
+  };
+  const guardStream = <Call extends CallWithAuth & { destroy(error?: Error): void }>(rpc: string, serve: (call: Call) => void): ((call: Call) => void) => (call) => {
+    const refused = refusal(call, rpc);
+    if (refused !== undefined) {
+      call.destroy(Object.assign(new Error(refused.details), refused));
+      return;
+    }
+    serve(call);
+  };
+
   const unary = <Request, Response>(name: string, handler: Handler<Request, Response>): grpc.handleUnaryCall<Request, Response> =>
     (call, callback) => {
+      const refused = refusal(call, name);
+      if (refused !== undefined) {
+        callback(refused);
+        return;
+      }
       Promise.resolve()
         .then(() => handler(call.request, call))
         .then(
@@ -86,7 +116,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   });
 
   server.addService(service(services, 'etcdserverpb.Watch'), {
-    Watch: (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call),
+    Watch: guardStream('Watch', (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call)),
   });
 
   server.addService(service(services, 'etcdserverpb.Lease'), {
@@ -99,7 +129,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       return { header: member.header(revision), ...response };
     }),
     LeaseRevoke: unary('LeaseRevoke', (request: { ID: Int64In }) => kv(member.leaseRevoke(parseBigInt64(request.ID)))),
-    LeaseKeepAlive: (call: grpc.ServerDuplexStream<{ ID: Int64In }, object>) => serveKeepAlive(member, call),
+    LeaseKeepAlive: guardStream('LeaseKeepAlive', (call: grpc.ServerDuplexStream<{ ID: Int64In }, object>) => serveKeepAlive(member, call)),
     LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }) => {
       const id = parseBigInt64(request.ID);
       const answer = await member.leaseTimeToLive(id);
@@ -182,7 +212,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       const result = await member.store.hashKv(parseInt64(request.revision));
       return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
     }),
-    Snapshot: (call: grpc.ServerWritableStream<object, object>) => void serveSnapshot(member, logger, call),
+    Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => void serveSnapshot(member, logger, call)),
     MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }) => {
       await member.moveLeader(hexId(request.targetID));
       return { header: member.headerWithoutRevision() };

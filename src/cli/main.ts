@@ -11,6 +11,9 @@ import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
+import { RevocationList, crlFileName, revoke } from '../pki/revocation.js';
+import type { PeerCertificate } from 'node:tls';
+import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
@@ -61,6 +64,7 @@ interface ServeFlags {
   peerKeyFile?: string;
   peerTrustedCaFile?: string;
   certificateReloadIntervalMs: number;
+  crlFile?: string;
   quotaBackendBytes: number;
   maxRequestBytes: number;
   watchProgressNotifyIntervalMs: number;
@@ -100,6 +104,7 @@ program
   .option('--trusted-ca-file <file>', 'CA bundle that client certificates must chain to (PEM)')
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
+  .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
   .action(async (_flags: ServeFlags, command: Command) => {
@@ -169,6 +174,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   if (flags.initialClusterState !== 'new' && flags.initialClusterState !== 'existing') {
     throw new Error('--initial-cluster-state must be new or existing');
   }
+  if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
+  const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);
   const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
   const member = await Member.open({
     dataDir: flags.dataDir,
@@ -190,6 +197,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     peerServerCredentials: credentials.peerServer,
     peerClientCredentials: credentials.peerClient,
     peerTls: !flags.insecure,
+    ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
     logger,
     onRemoved: () => {
       process.stderr.write('rampart: this member has been permanently removed from the cluster\n');
@@ -214,7 +222,12 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  const server = createGrpcServer({ member, logger, credentials: credentials.client });
+  const server = createGrpcServer({
+    member,
+    logger,
+    credentials: credentials.client,
+    ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'certificate revoked' : undefined) }),
+  });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   for (const url of flags.listenClientUrls) {
@@ -310,6 +323,25 @@ cert
     const authority = await readKeyPair(path.join(flags.pkiDir, 'ca'), 'ca').catch(() => fail(`no CA in ${path.join(flags.pkiDir, 'ca')}`));
     await renewCertificate(authority, flags.dir ?? flags.pkiDir, name, flags.days).catch(fail);
     print(`renewed ${path.join(flags.dir ?? flags.pkiDir, `${name}.crt`)}`);
+  });
+cert
+  .command('revoke <certificate>')
+  .description('revoke a certificate (NAME in the PKI directory, or a file); members refuse it from the next call')
+  .option('--pki-dir <dir>', 'PKI directory (the CA is read from <dir>/ca)', '.rampart/pki')
+  .option('--dir <dir>', 'a `rampart up` cluster directory: use its PKI and hand the CRL to its members')
+  .action(async (certificate: string, flags: { pkiDir: string; dir?: string }) => {
+    const pkiDir = flags.dir === undefined ? flags.pkiDir : path.join(flags.dir, 'pki');
+    const file = certificate.endsWith('.crt') || certificate.includes('/') ? certificate : path.join(pkiDir, `${certificate}.crt`);
+    const { serialNumber, crlFile } = await revoke(pkiDir, file).catch(fail);
+    print(`revoked serial ${serialNumber}; CRL written to ${crlFile}`);
+    if (flags.dir !== undefined) {
+      const cluster = JSON.parse(await readTextFile(path.join(flags.dir, 'cluster.json'), 'utf8')) as { members: { name: string }[] };
+      for (const member of cluster.members) {
+        await copyFile(crlFile, path.join(flags.dir, member.name, `${crlFileName}.tmp`));
+        await rename(path.join(flags.dir, member.name, `${crlFileName}.tmp`), path.join(flags.dir, member.name, crlFileName));
+      }
+      print(`handed the CRL to ${cluster.members.map((member) => member.name).join(', ')}`);
+    }
   });
 cert
   .command('list')

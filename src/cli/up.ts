@@ -108,6 +108,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--initial-cluster-token', cluster.token,
       '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--trusted-ca-file', path.join(home, 'ca.crt'),
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
+      '--crl-file', path.join(home, 'crl.pem'),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
     child.unref();
     await log.close();

@@ -69,6 +69,8 @@ export interface MemberOptions {
   readonly peerClientCredentials: grpc.ChannelCredentials;
   /** TLS on the peer port: check that connecting certificates are peer certificates of members. */
   readonly peerTls: boolean;
+  /** Revoked certificates, refused on the peer port as on the client port. */
+  readonly isRevoked?: (serialNumber: string) => boolean;
   readonly logger: Logger;
   readonly onRemoved?: () => void;
   readonly nowMs?: () => number;
@@ -230,6 +232,7 @@ export class Member {
    * whose SANs name the host of some member's peer URL.
    */
   private authorizePeer(certificate: PeerCertificate): string | undefined {
+    if (this.options.isRevoked?.(certificate.serialNumber) === true) return `certificate ${JSON.stringify(certificate.subject?.CN)} is revoked`;
     const unit = certificate.subject?.OU;
     const units = Array.isArray(unit) ? unit : [unit];
     if (!units.includes(organizationalUnit.peer)) return `certificate ${JSON.stringify(certificate.subject?.CN)} is not a peer certificate`;

@@ -160,6 +160,30 @@ describe('rampart up: a secure cluster in one command', () => {
     expect(log).toContain('reloaded certificates');
   }, 90_000);
 
+  it('revokes a client certificate: refused from the next call, on open connections too', async () => {
+    const issued = await run(process.execPath, [rampartBin, 'cert', 'issue', 'client', 'alice', '--pki-dir', pki]);
+    expect(issued.code).toBe(0);
+    const alice = ['--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'alice.crt'), '--key', path.join(pki, 'alice.key')];
+    expect((await etcdctlAs(alice, ['put', 'by', 'alice'])).stdout).toBe('OK\n');
+    const files = await Promise.all(['ca.crt', 'alice.key', 'alice.crt'].map((name) => readFile(path.join(pki, name))));
+    const open = new grpc.Client(new URL(endpoints.split(',')[0] as string).host, grpc.credentials.createSsl(files[0], files[1], files[2]));
+    const ping = (): Promise<{ code: number; details: string } | null> =>
+      new Promise((resolve) => open.makeUnaryRequest('/etcdserverpb.Maintenance/Status', (value: Buffer) => value, (value: Buffer) => value, Buffer.alloc(0), (error) => resolve(error === null ? null : { code: error.code, details: error.details })));
+    expect(await ping()).toBe(null);
+
+    const revoked = await run(process.execPath, [rampartBin, 'cert', 'revoke', 'alice', '--dir', path.join(home, '.rampart')]);
+    expect(revoked.stdout).toMatch(/^revoked serial [0-9A-F]+; CRL written to .*crl\.pem\nhanded the CRL to m1, m2, m3\n$/);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    const refused = await etcdctlAs(alice, ['get', 'by']);
+    expect(refused.stderr).toContain('Error: rpc error: code = Unauthenticated desc = rampart: certificate revoked');
+    expect(await ping()).toEqual({ code: grpc.status.UNAUTHENTICATED, details: 'rampart: certificate revoked' });
+    open.close();
+    expect((await etcdctlAs(admin(), ['get', 'by', '--print-value-only'])).stdout).toBe('alice\n');
+    const log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
+    expect(log).toContain('loaded certificate revocation list');
+    expect(log).toContain('refused a client certificate');
+  }, 60_000);
+
   it('does not let a member with a client certificate as its peer certificate join', async () => {
     const cluster = JSON.parse(await readFile(path.join(home, '.rampart', 'cluster.json'), 'utf8')) as { token: string; members: { name: string; peerPort: number }[] };
     const { freePort } = await import('../helpers/processes.js');
