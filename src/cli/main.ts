@@ -17,6 +17,7 @@ import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
+import { initBundles } from './init.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
@@ -277,6 +278,18 @@ program
   .option('--reload-wait-ms <ms>', 'time for members to pick up each change', integer, 3000)
   .action(async (flags: { dir: string; newCa: boolean; reloadWaitMs: number }) => {
     await rotate(flags.dir, flags.newCa, flags.reloadWaitMs, print).catch(fail);
+  });
+
+program
+  .command('init')
+  .description('per-host bundles (certificates and rampart.yaml) for a multi-host cluster')
+  .requiredOption('--member <name=host...>', 'a member and the host name or IP it is reached at (repeat)')
+  .option('--out <dir>', 'where to write the bundles', 'rampart-bundles')
+  .option('--client-port <port>', 'client port on every host', integer, 2379)
+  .option('--peer-port <port>', 'peer port on every host', integer, 2380)
+  .option('--data-dir <dir>', 'data directory on every host', '/var/lib/rampart')
+  .action(async (flags: { member: string[]; out: string; clientPort: number; peerPort: number; dataDir: string }) => {
+    await initBundles({ members: flags.member, outDirectory: flags.out, clientPort: flags.clientPort, peerPort: flags.peerPort, dataDir: flags.dataDir }, print).catch(fail);
   });
 
 program

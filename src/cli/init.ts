@@ -1,0 +1,66 @@
+/**
+ * `rampart init --member name=host ...`: per-host bundles for a real multi-host deployment. Each
+ * bundle holds the member's server and peer certificates (SANs: its host), the CA certificate and a
+ * `rampart.yaml` for `rampart serve --config-file`; an admin client certificate goes next to the
+ * CA. Copy `<out>/<name>/` to its host; keep `<out>/pki/ca/` offline.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import path from 'node:path';
+import { stringify } from 'yaml';
+import { initAuthority, issueCertificate, writeKeyPair } from '../pki/authority.js';
+
+export interface InitOptions {
+  readonly members: readonly string[];
+  readonly outDirectory: string;
+  readonly clientPort: number;
+  readonly peerPort: number;
+  readonly dataDir: string;
+}
+
+export function parseMemberSpec(spec: string): { name: string; host: string } {
+  const match = /^([A-Za-z0-9][A-Za-z0-9_.-]*)=([^\s=]+)$/.exec(spec);
+  if (match === null) throw new Error(`--member expects name=host, got "${spec}"`);
+  const host = match[2] as string;
+  if (isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`--member ${spec}: "${host}" is not a host name or IP address`);
+  return { name: match[1] as string, host };
+}
+
+export async function initBundles(options: InitOptions, print: (line: string) => void): Promise<void> {
+  const members = options.members.map(parseMemberSpec);
+  const names = new Set(members.map((member) => member.name));
+  if (names.size !== members.length) throw new Error('member names must be unique');
+  const pki = path.join(options.outDirectory, 'pki');
+  const token = `rampart-${randomBytes(6).toString('hex')}`;
+  const { authority } = await initAuthority(pki, token);
+  await writeKeyPair(pki, 'admin', await issueCertificate(authority, { kind: 'client', commonName: 'root' }));
+  const urlHost = (host: string): string => (isIP(host) === 6 ? `[${host}]` : host);
+  const initialCluster = members.map((member) => `${member.name}=https://${urlHost(member.host)}:${options.peerPort}`).join(',');
+  for (const member of members) {
+    const bundle = path.join(options.outDirectory, member.name);
+    await mkdir(bundle, { recursive: true, mode: 0o700 });
+    const sans = [member.host];
+    await writeKeyPair(bundle, 'server', await issueCertificate(authority, { kind: 'server', commonName: member.name, subjectAltNames: sans }));
+    await writeKeyPair(bundle, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: member.name, subjectAltNames: sans }));
+    await writeFile(path.join(bundle, 'ca.crt'), authority.certificatePem);
+    const config = {
+      name: member.name,
+      'data-dir': options.dataDir,
+      'listen-client-urls': [`https://${urlHost(member.host)}:${options.clientPort}`],
+      'listen-peer-urls': [`https://${urlHost(member.host)}:${options.peerPort}`],
+      'initial-cluster': initialCluster,
+      'initial-cluster-token': token,
+      'cert-file': 'server.crt',
+      'key-file': 'server.key',
+      'trusted-ca-file': 'ca.crt',
+      'peer-cert-file': 'peer.crt',
+      'peer-key-file': 'peer.key',
+      'peer-trusted-ca-file': 'ca.crt',
+      'crl-file': 'crl.pem',
+    };
+    await writeFile(path.join(bundle, 'rampart.yaml'), `# rampart serve --config-file rampart.yaml (run from this directory)\n${stringify(config)}`, { mode: 0o600 });
+    print(`bundle for ${member.name} (${member.host}): ${bundle}`);
+  }
+  print(`admin client certificate: ${path.join(pki, 'admin.crt')}; CA key: ${path.join(pki, 'ca')} (keep it offline)`);
+}

@@ -1,0 +1,71 @@
+/**
+ * `rampart init`: per-host bundles that start a TLS member from their own rampart.yaml, reachable
+ * with the admin certificate; bad member specs are refused before anything is written.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { cleanEnvironment, freePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+
+describe('rampart init', () => {
+  const directories: string[] = [];
+  afterAll(async () => {
+    for (const directory of directories) await removeDirectory(directory);
+  });
+
+  it('writes per-host bundles whose config starts a TLS member that the admin certificate can use', async () => {
+    const out = await temporaryDirectory('init');
+    directories.push(out);
+    const [clientPort, peerPort] = [await freePort(), await freePort()];
+    const result = await run(process.execPath, [rampartBin, 'init', '--member', 'a=127.0.0.1', '--member', 'b=db-2.example.internal', '--out', out,
+      '--client-port', String(clientPort), '--peer-port', String(peerPort), '--data-dir', path.join(out, 'data')]);
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    expect((await readdir(out)).sort()).toEqual(['a', 'b', 'pki']);
+    for (const name of ['a', 'b']) {
+      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
+      expect((await stat(path.join(out, name, 'server.key'))).mode & 0o777).toBe(0o600);
+      expect(existsSync(path.join(out, name, 'ca.key'))).toBe(false);
+    }
+    const config = await readFile(path.join(out, 'b', 'rampart.yaml'), 'utf8');
+    expect(config).toContain(`initial-cluster: a=https://127.0.0.1:${peerPort},b=https://db-2.example.internal:${peerPort}`);
+    expect(config).toContain(`- https://db-2.example.internal:${clientPort}`);
+
+    // Member "a" alone (its config names two members): start it as a one-member cluster from the
+    // bundle directory, overriding only the cluster list, and reach it with the admin certificate.
+    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--initial-cluster', `a=https://127.0.0.1:${peerPort}`, '--log-level', 'warn'],
+      { cwd: path.join(out, 'a'), env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    try {
+      const pki = path.join(out, 'pki');
+      const admin = ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'), '--dial-timeout=2s', '--command-timeout=3s'];
+      let put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
+      for (let attempt = 0; put.code !== 0 && attempt < 60 && child.exitCode === null; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
+      }
+      expect(put.stdout, output).toBe('OK\n');
+      expect((await run('etcdctl', [...admin, 'get', 'k', '--print-value-only'], { env: cleanEnvironment() })).stdout).toBe('v\n');
+      expect((await run('etcdctl', ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--dial-timeout=2s', 'get', 'k'], { env: cleanEnvironment() })).code).not.toBe(0);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+    }
+  }, 60_000);
+
+  it('refuses bad member specs and duplicate names without writing anything', async () => {
+    const out = await temporaryDirectory('init-bad');
+    directories.push(out);
+    for (const members of [['a'], ['a=host with space'], ['a=h1', 'a=h2']]) {
+      const result = await run(process.execPath, [rampartBin, 'init', ...members.flatMap((member) => ['--member', member]), '--out', path.join(out, 'bundles')]);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/--member expects name=host|is not a host name|member names must be unique/);
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+      expect(existsSync(path.join(out, 'bundles'))).toBe(false);
+    }
+  });
+});
