@@ -45,6 +45,27 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   Unhealthy: { code: status.UNAVAILABLE, message: 'etcdserver: unhealthy cluster' },
   InvalidArgument: { code: status.INVALID_ARGUMENT, message: 'etcdserver: invalid argument' },
   Unimplemented: { code: status.UNIMPLEMENTED, message: 'etcdserver: not implemented' },
+  RootUserNotExist: { code: status.FAILED_PRECONDITION, message: 'etcdserver: root user does not exist' },
+  RootRoleNotExist: { code: status.FAILED_PRECONDITION, message: 'etcdserver: root user does not have root role' },
+  UserAlreadyExist: { code: status.FAILED_PRECONDITION, message: 'etcdserver: user name already exists' },
+  UserEmpty: { code: status.INVALID_ARGUMENT, message: 'etcdserver: user name is empty' },
+  UserNotFound: { code: status.FAILED_PRECONDITION, message: 'etcdserver: user name not found' },
+  RoleAlreadyExist: { code: status.FAILED_PRECONDITION, message: 'etcdserver: role name already exists' },
+  RoleNotFound: { code: status.FAILED_PRECONDITION, message: 'etcdserver: role name not found' },
+  RoleEmpty: { code: status.INVALID_ARGUMENT, message: 'etcdserver: role name is empty' },
+  AuthFailed: { code: status.INVALID_ARGUMENT, message: 'etcdserver: authentication failed, invalid user ID or password' },
+  PermissionNotGiven: { code: status.INVALID_ARGUMENT, message: 'etcdserver: permission not given' },
+  PermissionDenied: { code: status.PERMISSION_DENIED, message: 'etcdserver: permission denied' },
+  RoleNotGranted: { code: status.FAILED_PRECONDITION, message: 'etcdserver: role is not granted to the user' },
+  PermissionNotGranted: { code: status.FAILED_PRECONDITION, message: 'etcdserver: permission is not granted to the role' },
+  AuthNotEnabled: { code: status.FAILED_PRECONDITION, message: 'etcdserver: authentication is not enabled' },
+  InvalidAuthToken: { code: status.UNAUTHENTICATED, message: 'etcdserver: invalid auth token' },
+  InvalidAuthMgmt: { code: status.INVALID_ARGUMENT, message: 'etcdserver: invalid auth management' },
+  AuthOldRevision: { code: status.INVALID_ARGUMENT, message: 'etcdserver: revision of auth store is old' },
+  // Rampart's own refusals (etcd accepts these): no empty passwords, and no client-side hashes,
+  // which could not be checked with Rampart's KDF.
+  PasswordEmpty: { code: status.INVALID_ARGUMENT, message: 'rampart: password is empty; give one, or --no-password for a certificate-only user' },
+  PasswordPreHashed: { code: status.INVALID_ARGUMENT, message: 'rampart: pre-hashed passwords are not accepted; send the password over TLS' },
 };
 
 /** Turns anything thrown inside a handler into a gRPC error a client can act on: never a stack trace. */

@@ -177,7 +177,7 @@ export interface WatchResponse {
 /** The payload of one replicated log entry (rampart.InternalRequest). */
 export interface InternalRequest {
   id: Int64In | Int64Out;
-  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update';
+  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change';
   put?: PutRequest;
   delete_range?: DeleteRangeRequest;
   txn?: TxnRequest;
@@ -187,4 +187,13 @@ export interface InternalRequest {
   alarm?: AlarmRequest;
   member_attributes?: { id: string; name: string; client_urls: string[] };
   member_update?: { ID: Int64In | Int64Out; peerURLs: string[] };
+  auth_change?: string | undefined;
+  caller?: Caller | null | undefined;
+}
+
+/** Who sent a client request (rampart.Caller); the user is empty when no identity was given. */
+export interface Caller {
+  user: string;
+  revision: number | string;
+  token: boolean;
 }

@@ -29,13 +29,17 @@ import type {
   WatchResponse,
 } from './messages.js';
 import { packageDefinition } from './proto.js';
+import { Authenticator, type CallContext } from './identity.js';
+import { authorizeRange, requireAdmin } from '../server/authorize.js';
+import { serveAuth } from './auth-service.js';
+import type { Caller } from './messages.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
 /** Snapshot stream chunk size. */
 const snapshotChunkBytes = 32 * 1024;
 
-type Handler<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response> | Response;
+export type Handler<Request, Response> = (request: Request, call: grpc.ServerUnaryCall<Request, Response>) => Promise<Response> | Response;
 
 interface ServiceDefinitionMap {
   [name: string]: grpc.ServiceDefinition;
@@ -47,6 +51,8 @@ export interface ApiServerOptions {
   readonly credentials: grpc.ServerCredentials;
   /** With TLS: why a client certificate may not be used (revoked), or undefined when it may. */
   readonly refuseCertificate?: (certificate: PeerCertificate) => string | undefined;
+  /** Lifetime of tokens from Authenticate. */
+  readonly tokenTtlSeconds?: number;
 }
 
 interface CallWithAuth {
@@ -63,6 +69,14 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     'grpc.http2.min_ping_interval_without_data_ms': 5000,
   });
   const services = loadServices();
+  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds);
+  const who = (call: CallContext): Promise<Caller> => authenticator.identify(call);
+  /** Root only (while auth is enabled): compaction, maintenance, membership and auth administration. */
+  const admin = async (call: CallContext): Promise<Caller> => {
+    const caller = await who(call);
+    requireAdmin(member.auth.decider, caller);
+    return caller;
+  };
 
   /** A refused certificate is refused on every call, also on connections opened before. */
   const refusal = (call: CallWithAuth, rpc: string): Partial<grpc.ServiceError> | undefined => {
@@ -105,18 +119,18 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     result.then(({ revision, response }) => ({ header: member.header(revision), ...response }));
 
   server.addService(service(services, 'etcdserverpb.KV'), {
-    Range: unary('Range', async (request: RangeRequest) => {
-      const { revision: _revision, ...result } = await member.range(request);
+    Range: unary('Range', async (request: RangeRequest, call) => {
+      const { revision: _revision, ...result } = await member.range(request, await who(call));
       return { header: member.header(), ...result };
     }),
-    Put: unary('Put', (request: PutRequest) => kv(member.put(request))),
-    DeleteRange: unary('DeleteRange', (request: DeleteRangeRequest) => kv(member.deleteRange(request))),
-    Txn: unary('Txn', (request: TxnRequest) => kv(member.txn(request))),
-    Compact: unary('Compact', (request: CompactionRequest) => kv(member.compact(request))),
+    Put: unary('Put', async (request: PutRequest, call) => kv(member.put(request, await who(call)))),
+    DeleteRange: unary('DeleteRange', async (request: DeleteRangeRequest, call) => kv(member.deleteRange(request, await who(call)))),
+    Txn: unary('Txn', async (request: TxnRequest, call) => kv(member.txn(request, await who(call)))),
+    Compact: unary('Compact', async (request: CompactionRequest, call) => kv(member.compact(request, await admin(call)))),
   });
 
   server.addService(service(services, 'etcdserverpb.Watch'), {
-    Watch: guardStream('Watch', (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call)),
+    Watch: guardStream('Watch', (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call, who)),
   });
 
   server.addService(service(services, 'etcdserverpb.Lease'), {
@@ -128,13 +142,17 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       const { revision, response } = await member.leaseGrant(ttl, parseBigInt64(request.ID));
       return { header: member.header(revision), ...response };
     }),
-    LeaseRevoke: unary('LeaseRevoke', (request: { ID: Int64In }) => kv(member.leaseRevoke(parseBigInt64(request.ID)))),
+    LeaseRevoke: unary('LeaseRevoke', async (request: { ID: Int64In }, call) => kv(member.leaseRevoke(parseBigInt64(request.ID), await who(call)))),
     LeaseKeepAlive: guardStream('LeaseKeepAlive', (call: grpc.ServerDuplexStream<{ ID: Int64In }, object>) => serveKeepAlive(member, call)),
-    LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }) => {
+    LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }, call) => {
       const id = parseBigInt64(request.ID);
+      const caller = await who(call);
       const answer = await member.leaseTimeToLive(id);
       if (!answer.found) {
         return { header: member.header(), ID: int64Out(id), TTL: -1, grantedTTL: 0, keys: [] };
+      }
+      if (request.keys) {
+        for (const key of answer.keys) authorizeRange(member.auth.decider, caller, { key, range_end: Buffer.alloc(0) });
       }
       return { header: member.header(), ID: int64Out(id), TTL: answer.ttl, grantedTTL: answer.grantedTtl, keys: request.keys ? answer.keys : [] };
     }),
@@ -161,7 +179,8 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       if (request.linearizable) await member.readBarrier();
       return { header: member.headerWithoutRevision(), members: memberMessages() };
     }),
-    MemberAdd: unary('MemberAdd', async (request: { peerURLs: string[]; isLearner: boolean }) => {
+    MemberAdd: unary('MemberAdd', async (request: { peerURLs: string[]; isLearner: boolean }, call) => {
+      await admin(call);
       const added = await member.memberAdd(request.peerURLs, request.isLearner);
       return {
         header: member.headerWithoutRevision(),
@@ -169,15 +188,18 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
         members: memberMessages(),
       };
     }),
-    MemberRemove: unary('MemberRemove', async (request: { ID: Int64In }) => {
+    MemberRemove: unary('MemberRemove', async (request: { ID: Int64In }, call) => {
+      await admin(call);
       await member.memberRemove(hexId(request.ID));
       return { header: member.headerWithoutRevision(), members: memberMessages() };
     }),
-    MemberUpdate: unary('MemberUpdate', async (request: { ID: Int64In; peerURLs: string[] }) => {
+    MemberUpdate: unary('MemberUpdate', async (request: { ID: Int64In; peerURLs: string[] }, call) => {
+      await admin(call);
       await member.memberUpdate(hexId(request.ID), request.peerURLs);
       return { header: member.headerWithoutRevision(), members: memberMessages() };
     }),
-    MemberPromote: unary('MemberPromote', async (request: { ID: Int64In }) => {
+    MemberPromote: unary('MemberPromote', async (request: { ID: Int64In }, call) => {
+      await admin(call);
       await member.memberPromote(hexId(request.ID));
       return { header: member.headerWithoutRevision(), members: memberMessages() };
     }),
@@ -196,29 +218,40 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       dbSizeInUse: member.dbSize,
       isLearner: member.isLearner,
     })),
-    Alarm: unary('Alarm', async (request: AlarmRequest) => {
-      const { response } = await member.alarm(request);
+    Alarm: unary('Alarm', async (request: AlarmRequest, call) => {
+      const { response } = await member.alarm(request, await who(call));
       return { header: member.headerWithoutRevision(), ...response };
     }),
-    Defragment: unary('Defragment', async () => {
+    Defragment: unary('Defragment', async (_request: object, call) => {
+      await admin(call);
       await member.defragment();
       return { header: member.headerWithoutRevision() };
     }),
-    Hash: unary('Hash', async () => {
+    Hash: unary('Hash', async (_request: object, call) => {
+      await admin(call);
       const { hash } = await member.store.hashKv(0);
       return { header: member.header(), hash };
     }),
-    HashKV: unary('HashKV', async (request: { revision: Int64In }) => {
+    HashKV: unary('HashKV', async (request: { revision: Int64In }, call) => {
+      await admin(call);
       const result = await member.store.hashKv(parseInt64(request.revision));
       return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
     }),
-    Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => void serveSnapshot(member, logger, call)),
-    MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }) => {
+    Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => {
+      admin(call).then(
+        () => serveSnapshot(member, logger, call),
+        (error: unknown) => call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error))),
+      );
+    }),
+    MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }, call) => {
+      await admin(call);
       await member.moveLeader(hexId(request.targetID));
       return { header: member.headerWithoutRevision() };
     }),
     Downgrade: unary('Downgrade', notYet),
   });
+
+  server.addService(service(services, 'etcdserverpb.Auth'), serveAuth({ member, authenticator, who, admin, unary }));
 
   return server;
 }
@@ -256,6 +289,9 @@ function describe(error: unknown): string {
 
 // ---- Watch ----
 
+/** etcd puts the whole gRPC error text into a watch's cancel_reason. */
+const permissionDeniedReason = 'rpc error: code = PermissionDenied desc = etcdserver: permission denied';
+
 function eventMessage(event: StoreEvent, withPrevKv: boolean): EventMessage {
   const message: EventMessage = { type: event.type === 'put' ? 0 : 1, kv: toKeyValueMessage(event.kv) };
   if (withPrevKv && event.prevKv !== undefined) {
@@ -268,7 +304,7 @@ function eventBytes(event: EventMessage): number {
   return event.kv.key.length + event.kv.value.length + (event.prev_kv === undefined ? 0 : event.prev_kv.key.length + event.prev_kv.value.length) + 64;
 }
 
-function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>): void {
+function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>, who: (call: CallContext) => Promise<Caller>): void {
   const watchers = new Map<number, Watcher>();
   const fragmentById = new Set<number>();
   let nextWatchId = 0;
@@ -329,7 +365,26 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
     },
   };
 
-  const create = (request: WatchCreateRequest): void => {
+  // Requests are handled in order; identifying the caller may wait (token verification).
+  let queue: Promise<void> = Promise.resolve();
+  let identity: Promise<Caller> | undefined;
+  const permitted = async (request: WatchCreateRequest): Promise<boolean> => {
+    if (!member.auth.state.enabled) return true;
+    try {
+      identity ??= who(call);
+      authorizeRange(member.auth.decider, await identity, { key: request.key, range_end: request.range_end });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  const create = async (request: WatchCreateRequest): Promise<void> => {
+    if (!(await permitted(request))) {
+      write({ header: member.header(), watch_id: parseInt64(request.watch_id), created: true, canceled: true, cancel_reason: permissionDeniedReason, events: [] });
+      return;
+    }
+    if (closed) return;
     let id = parseInt64(request.watch_id);
     if (id !== 0 && watchers.has(id)) {
       write({ header: member.header(), watch_id: -1, created: true, canceled: true, cancel_reason: 'mvcc: duplicate watch ID provided on the WatchStream', events: [] });
@@ -358,11 +413,11 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
     member.watchHub.add(watcher);
   };
 
-  call.on('data', (request: WatchRequest) => {
+  const handle = async (request: WatchRequest): Promise<void> => {
     try {
       switch (request.request_union) {
         case 'create_request':
-          if (request.create_request !== undefined) create(request.create_request);
+          if (request.create_request !== undefined) await create(request.create_request);
           break;
         case 'cancel_request': {
           const id = parseInt64(request.cancel_request?.watch_id);
@@ -391,6 +446,9 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
       logger.warn({ err: describe(error) }, 'watch request rejected');
       call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
     }
+  };
+  call.on('data', (request: WatchRequest) => {
+    queue = queue.then(() => handle(request));
   });
 
   const cleanup = (): void => {

@@ -29,6 +29,9 @@ import type {
 import { deleteResponse, evaluateCompare, executeRange, keyRangeOf, parseBigInt64, parseInt64, toKeyValueMessage, int64Out, type ReadView } from './kv.js';
 import { leaseTtlMaxSeconds, type Lessor } from './lessor.js';
 import type { Membership } from './membership.js';
+import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder } from '../auth/store.js';
+import { authStateKey } from '../storage/schema.js';
+import { authorizeRequest } from './authorize.js';
 
 export const alarmType = { none: 0, noSpace: 1, corrupt: 2 } as const;
 
@@ -84,7 +87,11 @@ export class Applier {
     private readonly lessor: Lessor,
     private readonly alarms: Alarms,
     private readonly membership: Membership,
+    private readonly auth: AuthHolder,
   ) {}
+
+  /** The keys attached to a lease (for permission checks). */
+  readonly leaseKeys = (id: bigint): Buffer[] => [...(this.lessor.get(id)?.keys ?? [])].map(fromIndexKey);
 
   takeEvents(): { revision: number; events: StoreEvent[] }[] {
     const events = this.events;
@@ -94,7 +101,16 @@ export class Applier {
 
   apply(request: InternalRequest, batch: BatchOperation[]): ApplyResult {
     try {
+      authorizeRequest(this.auth.decider, request, this.leaseKeys);
       switch (request.request) {
+        case 'auth_change': {
+          const next = applyAuthChange(this.auth.state, decodeAuthChange(required(request.auth_change ?? undefined)));
+          if (next !== this.auth.state) {
+            batch.push({ type: 'put', key: authStateKey, value: encodeAuthState(next) });
+            this.auth.set(next);
+          }
+          return { ok: true, revision: this.store.currentRevision, response: {} };
+        }
         case 'put':
           return this.applyPut(required(request.put), batch);
         case 'delete_range':

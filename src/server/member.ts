@@ -19,7 +19,7 @@ import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/r
 import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation, type Database } from '../storage/mvcc/store.js';
-import { isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
+import { authStateKey, isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
 import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
 import type {
@@ -42,6 +42,9 @@ import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
 import { validateDeleteRange, validatePut, validateRange, validateTxn } from './validate.js';
+import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
+import { authorizeRange, authorizeRequest } from './authorize.js';
+import type { Caller } from '../api/messages.js';
 
 export const serverVersion = '3.5.17';
 
@@ -94,6 +97,8 @@ export class Member {
   readonly lessor: Lessor;
   private readonly alarms = new Alarms();
   readonly membership = new Membership();
+  /** Users, roles, permissions and whether auth is on: replicated, applied like every other entry. */
+  readonly auth = new AuthHolder();
   private readonly applier: Applier;
   private loop!: RaftLoop;
   private transport!: Transport;
@@ -123,7 +128,7 @@ export class Member {
   ) {
     this.memberHex = memberId.toString(16);
     this.lessor = new Lessor(options.nowMs ?? (() => performance.now()));
-    this.applier = new Applier(store, this.lessor, this.alarms, this.membership);
+    this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth);
     this.watchHub = new WatchHub(store);
     // Request ids need only be unique among this process's waiters across the cluster's log.
     this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
@@ -159,6 +164,8 @@ export class Member {
       this.alarms.load(key);
     }
     await this.membership.load(this.db);
+    const authRecord = await this.db.get(authStateKey);
+    this.auth.set(authRecord === undefined ? emptyAuthState : decodeAuthState(authRecord));
     this.appliedIndexValue = await readMetaNumber(this.db, metaKey.consistentIndex);
   }
 
@@ -324,12 +331,13 @@ export class Member {
 
   // ---- reads ----
 
-  async range(request: RangeRequest): Promise<ReturnType<typeof executeRange>> {
+  async range(request: RangeRequest, caller?: Caller): Promise<ReturnType<typeof executeRange>> {
     validateRange(request);
     this.checkRunning();
     if (!request.serializable) {
       await this.loop.readBarrier();
     }
+    if (caller !== undefined) authorizeRange(this.auth.decider, caller, request);
     return executeRange(this.store, request);
   }
 
@@ -341,30 +349,35 @@ export class Member {
 
   // ---- writes ----
 
-  async put(request: PutRequest): Promise<{ revision: number; response: object }> {
+  async put(request: PutRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
     validatePut(request);
-    return this.propose({ request: 'put', put: request }, true);
+    return this.propose({ request: 'put', put: request, caller }, true);
   }
 
-  async deleteRange(request: DeleteRangeRequest): Promise<{ revision: number; response: object }> {
+  async deleteRange(request: DeleteRangeRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
     validateDeleteRange(request);
-    return this.propose({ request: 'delete_range', delete_range: request }, false);
+    return this.propose({ request: 'delete_range', delete_range: request, caller }, false);
   }
 
-  async txn(request: TxnRequest): Promise<{ revision: number; response: object }> {
+  async txn(request: TxnRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
     validateTxn(request);
     if (isReadOnlyTxn(request)) {
       // A read-only transaction needs no log entry: evaluate it against a linearizable read view.
       await this.loop.readBarrier();
-      const result = this.applier.apply({ id: 0, request: 'txn', txn: request }, []);
+      const result = this.applier.apply({ id: 0, request: 'txn', txn: request, caller }, []);
       if (!result.ok) throw result.error;
       return { revision: result.revision, response: result.response };
     }
-    return this.propose({ request: 'txn', txn: request }, true);
+    return this.propose({ request: 'txn', txn: request, caller }, true);
   }
 
-  async compact(request: CompactionRequest): Promise<{ revision: number; response: object }> {
-    const result = await this.propose({ request: 'compaction', compaction: request }, false);
+  /** An auth change (Auth service, policy apply), checked and replicated like any write. */
+  async authChange(change: AuthChange, caller?: Caller): Promise<void> {
+    await this.propose({ request: 'auth_change', auth_change: encodeAuthChange(change), caller }, false);
+  }
+
+  async compact(request: CompactionRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
+    const result = await this.propose({ request: 'compaction', compaction: request, caller }, false);
     if (request.physical) {
       await this.store.whenCompacted();
     }
@@ -379,11 +392,11 @@ export class Member {
     return this.propose({ request: 'lease_grant', lease_grant: { ID: id.toString(), TTL: String(ttlSeconds) } }, true);
   }
 
-  async leaseRevoke(id: bigint): Promise<{ revision: number; response: object }> {
+  async leaseRevoke(id: bigint, caller?: Caller): Promise<{ revision: number; response: object }> {
     if (!this.lessor.has(id)) {
       throw new RampartError('LeaseNotFound');
     }
-    return this.propose({ request: 'lease_revoke', lease_revoke: { ID: id.toString() } }, false);
+    return this.propose({ request: 'lease_revoke', lease_revoke: { ID: id.toString() }, caller }, false);
   }
 
   /** Keep-alive: the leader renews; a follower forwards to the leader. Returns 0 when the lease is gone. */
@@ -423,11 +436,11 @@ export class Member {
     return { found: true, ttl, grantedTtl: lease.grantedTtlSeconds, keys: [...lease.keys].sort().map(fromIndexKey) };
   }
 
-  async alarm(request: AlarmRequest): Promise<{ revision: number; response: object }> {
+  async alarm(request: AlarmRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
     if (request.action === 0) {
       return { revision: this.store.currentRevision, response: { alarms: this.alarms.list(request.alarm) } };
     }
-    return this.propose({ request: 'alarm', alarm: request }, false);
+    return this.propose({ request: 'alarm', alarm: request, caller }, false);
   }
 
   alarmList(): ReturnType<Alarms['list']> {
@@ -515,6 +528,8 @@ export class Member {
 
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
+    // Refused here, a request never reaches the log; applying it checks again against that moment's state.
+    authorizeRequest(this.auth.decider, { id: 0, ...body }, this.applier.leaseKeys);
     const id = (this.nextRequestId++).toString();
     const data = encodeInternalRequest({ id, ...body } as InternalRequest);
     if (data.length > this.options.maxRequestBytes) {

@@ -7,6 +7,7 @@
  *   'l' + leaseId(8)            → lease record (granted TTL)
  *   'a' + memberId(8) + type(1) → active alarm
  *   'n' + memberId(hex)         → cluster member record (JSON), see `server/membership.ts`
+ *   'u'                         → the auth state (JSON), see `auth/store.ts`
  *   'e' + index(8)              → log entry, see `log.ts`
  *   'h'                         → raft hard state, see `log.ts`
  */
@@ -18,7 +19,10 @@ export const prefix = {
   logEntry: 0x65,
   hardState: 0x68,
   member: 0x6e,
+  auth: 0x75,
 } as const;
+
+export const authStateKey = Buffer.of(prefix.auth);
 
 export const metaKey = {
   consistentIndex: metaName('consistentIndex'),

@@ -4,31 +4,9 @@
  * random lease ids, and where the client's retry log lines came from).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanEnvironment, etcdAvailable, etcdctl, removeDirectory, run, startEtcd, startRampart, type CommandResult, type ServerProcess } from '../helpers/processes.js';
+import { etcdAvailable, removeDirectory, startEtcd, startRampart, type ServerProcess } from '../helpers/processes.js';
+import { Session, compareSessions, step, type Step } from '../helpers/parity.js';
 
-class Session {
-  private lease = '';
-  constructor(private readonly endpoint: string) {}
-
-  async run(step: Step): Promise<CommandResult> {
-    const args = step.args.map((arg) => arg.replace('$LEASE', this.lease));
-    const result = step.watch
-      ? await run('timeout', ['-s', 'INT', '5', 'etcdctl', '--endpoints', this.endpoint, ...args], { env: cleanEnvironment() })
-      : await etcdctl(this.endpoint, args, step.input);
-    const granted = /lease ([0-9a-f]{16}) granted/.exec(result.stdout);
-    if (granted?.[1] !== undefined) this.lease = granted[1];
-    return result;
-  }
-}
-
-interface Step {
-  readonly args: readonly string[];
-  readonly input?: string;
-  /** Runs until interrupted: the output is what it printed in its first 5 s. */
-  readonly watch?: boolean;
-}
-
-const step = (line: string, input?: string): Step => ({ args: line.split(' '), ...(input === undefined ? {} : { input }) });
 
 const steps: Step[] = [
   step('put foo bar'),
@@ -111,27 +89,6 @@ const steps: Step[] = [
   { args: ['watch', 'foo', '--rev', '2'], watch: true },
 ];
 
-function normalize(text: string): string {
-  return text
-    .replace(/"ts":"[^"]*"/g, '"ts":TS')
-    .replace(/"target":"[^"]*"/g, '"target":TARGET')
-    .replace(/"cluster_id":\d+/g, '"cluster_id":ID')
-    .replace(/"member_id":\d+/g, '"member_id":ID')
-    .replace(/"raft_term":\d+/g, '"raft_term":T')
-    .replace(/"ClusterID" : \d+/g, '"ClusterID" : ID')
-    .replace(/"MemberID" : \d+/g, '"MemberID" : ID')
-    .replace(/"RaftTerm" : \d+/g, '"RaftTerm" : T')
-    .replace(/took = [\d.]+[µm]?s/g, 'took = X')
-    .replace(/127\.0\.0\.1:\d+/g, 'ENDPOINT')
-    .replace(/lease [0-9a-f]{16}/g, 'lease LEASE')
-    .replace(/"ID":\d+/g, '"ID":LEASE')
-    .replace(/"id":\d+/g, '"id":LEASE')
-    .replace(/"lease":\d+/g, '"lease":LEASE')
-    .replace(/^[0-9a-f]{16}$/gm, 'LEASE')
-    .replace(/remaining\(\d+s\)/g, 'remaining(Ns)')
-    .replace(/"ttl":\d+/g, '"ttl":N');
-}
-
 describe.skipIf(!etcdAvailable())('etcdctl output parity with etcd 3.4', () => {
   let etcd: ServerProcess;
   let rampart: ServerProcess;
@@ -146,20 +103,6 @@ describe.skipIf(!etcdAvailable())('etcdctl output parity with etcd 3.4', () => {
   });
 
   it('gives the same output, errors and exit codes for every command', async () => {
-    const differences: string[] = [];
-    const reference = new Session(etcd.endpoint);
-    const ours = new Session(rampart.endpoint);
-    for (const current of steps) {
-      const args = current.args;
-      const [expected, actual] = current.watch
-        ? await Promise.all([reference.run(current), ours.run(current)])
-        : [await reference.run(current), await ours.run(current)];
-      const want = { code: expected.code, stdout: normalize(expected.stdout), stderr: normalize(expected.stderr) };
-      const got = { code: actual.code, stdout: normalize(actual.stdout), stderr: normalize(actual.stderr) };
-      if (JSON.stringify(want) !== JSON.stringify(got)) {
-        differences.push(`etcdctl ${args.join(' ')}\n  etcd:    ${JSON.stringify(want)}\n  rampart: ${JSON.stringify(got)}`);
-      }
-    }
-    expect(differences.join('\n\n')).toBe('');
+    expect(await compareSessions(new Session(etcd.endpoint), new Session(rampart.endpoint), steps)).toBe('');
   });
 });

@@ -1,0 +1,66 @@
+/**
+ * Who is calling: a token from Authenticate in the `token` metadata wins; otherwise the CN of the
+ * verified client certificate (or the user a policy binds that CN to); otherwise nobody. As in etcd,
+ * identities only matter while auth is enabled, and a token is ignored while it is not.
+ */
+import type * as grpc from '@grpc/grpc-js';
+import type { PeerCertificate } from 'node:tls';
+import { RampartError } from '../errors.js';
+import type { AuthHolder } from '../auth/store.js';
+import { LoginLimiter } from '../auth/limiter.js';
+import { verifyPassword } from '../auth/password.js';
+import { TokenSigner, defaultTokenTtlSeconds } from '../auth/token.js';
+import type { Caller } from './messages.js';
+
+export interface CallContext {
+  readonly metadata: grpc.Metadata;
+  getAuthContext(): { sslPeerCertificate?: PeerCertificate };
+  getPeer(): string;
+}
+
+export class Authenticator {
+  private signer: TokenSigner | undefined;
+  readonly limiter: LoginLimiter;
+
+  constructor(private readonly auth: AuthHolder, private readonly tokenTtlSeconds = defaultTokenTtlSeconds, limiter = new LoginLimiter()) {
+    this.limiter = limiter;
+  }
+
+  private currentSigner(): TokenSigner {
+    const pem = this.auth.state.signingKey;
+    if (pem === '') throw new RampartError('AuthNotEnabled');
+    if (this.signer?.pem !== pem) this.signer = new TokenSigner(pem, this.tokenTtlSeconds);
+    return this.signer;
+  }
+
+  async identify(call: CallContext): Promise<Caller> {
+    const state = this.auth.state;
+    const token = call.metadata.get('token')[0];
+    if (state.enabled && typeof token === 'string' && token !== '') {
+      const claims = await this.currentSigner().verify(token);
+      if (claims === undefined) throw new RampartError('InvalidAuthToken');
+      return { user: claims.user, revision: claims.revision, token: true };
+    }
+    const commonName = call.getAuthContext().sslPeerCertificate?.subject?.CN;
+    const cn = Array.isArray(commonName) ? undefined : commonName;
+    if (typeof cn === 'string' && cn !== '') {
+      return { user: state.bindings.get(cn) ?? cn, revision: state.revision, token: false };
+    }
+    return { user: '', revision: 0, token: false };
+  }
+
+  /** Checks a password (rate limited per user and source) and mints a token for the current revision. */
+  async authenticate(name: string, password: string, source: string): Promise<string> {
+    if (!this.auth.state.enabled) throw new RampartError('AuthNotEnabled');
+    const address = source.replace(/:\d+$/, '');
+    if (this.limiter.blockedFor(name, address) > 0) throw new RampartError('TooManyRequests');
+    const user = this.auth.state.users.get(name);
+    const ok = await verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash);
+    if (!ok) {
+      this.limiter.failed(name, address);
+      throw new RampartError('AuthFailed');
+    }
+    this.limiter.succeeded(name, address);
+    return this.currentSigner().sign({ user: name, revision: this.auth.state.revision });
+  }
+}

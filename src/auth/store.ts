@@ -1,0 +1,311 @@
+/**
+ * The replicated auth state: users, roles, key-range permissions, certificate bindings, whether
+ * auth is enabled, its revision, and the cluster's token signing key. Changed only by applying
+ * `AuthChange`s from the log, identically on every member; every check runs before the first change.
+ *
+ * Semantics follow etcd: the `root` user with the `root` role must exist before auth is enabled, and
+ * neither can be removed while it is; every change bumps the auth revision (tokens minted before it
+ * are stale); granting a permission for an existing [key, range_end) replaces its type.
+ */
+import { RampartError } from '../errors.js';
+import { IntervalSet, grants, intervalOf, rootName, type Access, type Interval, type KeyPermission, type PermissionType } from './permissions.js';
+
+export interface UserRecord {
+  readonly name: string;
+  /** `scrypt$…` (see password.ts); empty for users without a password. */
+  readonly passwordHash: string;
+  readonly noPassword: boolean;
+  /** Sorted, unique. */
+  readonly roles: readonly string[];
+}
+
+export interface RoleRecord {
+  readonly name: string;
+  /** Sorted by key then range_end, as etcd keeps them. */
+  readonly permissions: readonly KeyPermission[];
+  /** Rampart's explicit denies (policy files only): they win over any grant. */
+  readonly denies: readonly KeyPermission[];
+}
+
+export interface AuthState {
+  readonly enabled: boolean;
+  readonly revision: number;
+  readonly users: ReadonlyMap<string, UserRecord>;
+  readonly roles: ReadonlyMap<string, RoleRecord>;
+  /** Client certificate CN → user name (Rampart; without a binding the CN is the user name). */
+  readonly bindings: ReadonlyMap<string, string>;
+  /** PKCS#8 PEM of the Ed25519 key that signs tokens; created with the first AuthEnable. */
+  readonly signingKey: string;
+}
+
+/** The policy part of the state: what `rampart policy apply` replaces as a whole. */
+export interface PolicyState {
+  readonly users: readonly { readonly name: string; readonly roles: readonly string[] }[];
+  readonly roles: readonly RoleRecord[];
+  readonly bindings: ReadonlyMap<string, string>;
+}
+
+export type AuthChange =
+  | { op: 'enable'; signingKey: string }
+  | { op: 'disable' }
+  | { op: 'userAdd'; name: string; passwordHash: string; noPassword: boolean }
+  | { op: 'userDelete'; name: string }
+  | { op: 'userChangePassword'; name: string; passwordHash: string }
+  | { op: 'userGrantRole'; user: string; role: string }
+  | { op: 'userRevokeRole'; name: string; role: string }
+  | { op: 'roleAdd'; name: string }
+  | { op: 'roleDelete'; name: string }
+  | { op: 'roleGrantPermission'; name: string; permission: KeyPermission }
+  | { op: 'roleRevokePermission'; name: string; key: Buffer; rangeEnd: Buffer }
+  | { op: 'policyApply'; policy: PolicyState; expectRevision: number };
+
+export const emptyAuthState: AuthState = { enabled: false, revision: 1, users: new Map(), roles: new Map(), bindings: new Map(), signingKey: '' };
+
+function comparePermissions(a: KeyPermission, b: KeyPermission): number {
+  return Buffer.compare(a.key, b.key) || Buffer.compare(a.rangeEnd, b.rangeEnd);
+}
+
+/** Applies one change; throws a RampartError (and changes nothing) when etcd would refuse it. */
+export function applyAuthChange(state: AuthState, change: AuthChange): AuthState {
+  const users = new Map(state.users);
+  const roles = new Map(state.roles);
+  const bump = (next: Partial<AuthState>): AuthState => ({ ...state, users, roles, ...next, revision: state.revision + 1 });
+  const user = (name: string): UserRecord => {
+    const found = users.get(name);
+    if (found === undefined) throw new RampartError('UserNotFound');
+    return found;
+  };
+  const role = (name: string): RoleRecord => {
+    const found = roles.get(name);
+    if (found === undefined) throw new RampartError('RoleNotFound');
+    return found;
+  };
+  switch (change.op) {
+    case 'enable': {
+      if (state.enabled) return state;
+      const root = users.get(rootName);
+      if (root === undefined) throw new RampartError('RootUserNotExist');
+      if (!root.roles.includes(rootName)) throw new RampartError('RootRoleNotExist');
+      return bump({ enabled: true, signingKey: state.signingKey === '' ? change.signingKey : state.signingKey });
+    }
+    case 'disable':
+      if (!state.enabled) return state;
+      return bump({ enabled: false });
+    case 'userAdd':
+      if (change.name === '') throw new RampartError('UserEmpty');
+      if (users.has(change.name)) throw new RampartError('UserAlreadyExist');
+      users.set(change.name, { name: change.name, passwordHash: change.noPassword ? '' : change.passwordHash, noPassword: change.noPassword, roles: [] });
+      return bump({});
+    case 'userDelete': {
+      if (state.enabled && change.name === rootName) throw new RampartError('InvalidAuthMgmt');
+      user(change.name);
+      users.delete(change.name);
+      const bindings = new Map([...state.bindings].filter(([, bound]) => bound !== change.name));
+      return bump({ bindings });
+    }
+    case 'userChangePassword': {
+      const found = user(change.name);
+      users.set(change.name, { ...found, passwordHash: change.passwordHash, noPassword: false });
+      return bump({});
+    }
+    case 'userGrantRole': {
+      const found = user(change.user);
+      if (change.role !== rootName) role(change.role);
+      if (found.roles.includes(change.role)) return state; // as etcd: ignored, no new revision
+      users.set(change.user, { ...found, roles: [...found.roles, change.role].sort() });
+      return bump({});
+    }
+    case 'userRevokeRole': {
+      if (state.enabled && change.name === rootName && change.role === rootName) throw new RampartError('InvalidAuthMgmt');
+      const found = user(change.name);
+      if (!found.roles.includes(change.role)) throw new RampartError('RoleNotGranted');
+      users.set(change.name, { ...found, roles: found.roles.filter((name) => name !== change.role) });
+      return bump({});
+    }
+    case 'roleAdd':
+      if (change.name === '') throw new RampartError('RoleEmpty');
+      if (roles.has(change.name)) throw new RampartError('RoleAlreadyExist');
+      roles.set(change.name, { name: change.name, permissions: [], denies: [] });
+      return bump({});
+    case 'roleDelete': {
+      if (state.enabled && change.name === rootName) throw new RampartError('InvalidAuthMgmt');
+      role(change.name);
+      roles.delete(change.name);
+      for (const [name, found] of users) {
+        if (found.roles.includes(change.name)) users.set(name, { ...found, roles: found.roles.filter((granted) => granted !== change.name) });
+      }
+      return bump({});
+    }
+    case 'roleGrantPermission': {
+      const found = role(change.name);
+      const others = found.permissions.filter((permission) => comparePermissions(permission, change.permission) !== 0);
+      roles.set(change.name, { ...found, permissions: [...others, change.permission].sort(comparePermissions) });
+      return bump({});
+    }
+    case 'roleRevokePermission': {
+      const found = role(change.name);
+      const target = { type: 0 as PermissionType, key: change.key, rangeEnd: change.rangeEnd };
+      const remaining = found.permissions.filter((permission) => comparePermissions(permission, target) !== 0);
+      if (remaining.length === found.permissions.length) throw new RampartError('PermissionNotGranted');
+      roles.set(change.name, { ...found, permissions: remaining });
+      return bump({});
+    }
+    case 'policyApply':
+      return applyPolicy(state, change.policy, change.expectRevision);
+  }
+}
+
+function applyPolicy(state: AuthState, policy: PolicyState, expectRevision: number): AuthState {
+  if (expectRevision !== 0 && expectRevision !== state.revision) throw new RampartError('AuthOldRevision');
+  const roles = new Map(policy.roles.map((role) => [role.name, { ...role, permissions: [...role.permissions].sort(comparePermissions), denies: [...role.denies].sort(comparePermissions) }]));
+  const users = new Map<string, UserRecord>();
+  for (const wanted of policy.users) {
+    if (wanted.name === '') throw new RampartError('UserEmpty');
+    for (const name of wanted.roles) {
+      if (name !== rootName && !roles.has(name)) throw new RampartError('RoleNotFound');
+    }
+    const existing = state.users.get(wanted.name);
+    users.set(wanted.name, {
+      name: wanted.name,
+      passwordHash: existing?.passwordHash ?? '',
+      noPassword: existing?.noPassword ?? true,
+      roles: [...new Set(wanted.roles)].sort(),
+    });
+  }
+  for (const bound of policy.bindings.values()) {
+    if (!users.has(bound)) throw new RampartError('UserNotFound');
+  }
+  if (state.enabled && !(users.get(rootName)?.roles.includes(rootName) ?? false)) throw new RampartError('InvalidAuthMgmt');
+  const next: AuthState = { ...state, users, roles, bindings: new Map(policy.bindings) };
+  if (sameAuth(state, next)) return state;
+  return { ...next, revision: state.revision + 1 };
+}
+
+/** Users (names, roles, password state), roles and bindings equal: applying `b` over `a` changes nothing. */
+export function sameAuth(a: AuthState, b: AuthState): boolean {
+  const passwords = (state: AuthState): string => JSON.stringify([...state.users.values()].map((user) => [user.name, user.passwordHash, user.noPassword]).sort());
+  return JSON.stringify(policyOf(a)) === JSON.stringify(policyOf(b)) && passwords(a) === passwords(b);
+}
+
+/** The state's policy in a canonical, comparable JSON shape (keys base64). */
+export function policyOf(state: AuthState): object {
+  const permission = (entry: KeyPermission): object => ({ type: entry.type, key: entry.key.toString('base64'), rangeEnd: entry.rangeEnd.toString('base64') });
+  return {
+    users: [...state.users.values()].sort((a, b) => a.name.localeCompare(b.name)).map((user) => ({ name: user.name, roles: [...user.roles] })),
+    roles: [...state.roles.values()].sort((a, b) => a.name.localeCompare(b.name)).map((role) => ({ name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) })),
+    bindings: [...state.bindings].sort(([a], [b]) => a.localeCompare(b)),
+  };
+}
+
+// ---- decisions ----
+
+interface AccessSets {
+  readonly allow: IntervalSet;
+  readonly deny: IntervalSet;
+}
+
+/** Permission decisions over one state, with each user's merged ranges computed once. */
+export class AuthDecider {
+  private readonly cache = new Map<string, Record<Access, AccessSets>>();
+
+  constructor(readonly state: AuthState) {}
+
+  isAdmin(userName: string): boolean {
+    return this.state.users.get(userName)?.roles.includes(rootName) ?? false;
+  }
+
+  /** Whether `userName` may `access` every key of [key, range_end) (etcd's conventions for range_end). */
+  isPermitted(userName: string, key: Buffer, rangeEnd: Buffer, access: Access): boolean {
+    if (!this.state.enabled) return true;
+    const user = this.state.users.get(userName);
+    if (user === undefined) return false;
+    if (user.roles.includes(rootName)) return true;
+    const sets = this.setsFor(user)[access];
+    const range: Interval = intervalOf(key, rangeEnd);
+    return sets.allow.covers(range) && !sets.deny.intersects(range);
+  }
+
+  private setsFor(user: UserRecord): Record<Access, AccessSets> {
+    const cached = this.cache.get(user.name);
+    if (cached !== undefined) return cached;
+    const roles = user.roles.map((name) => this.state.roles.get(name)).filter((role) => role !== undefined);
+    const build = (access: Access): AccessSets => ({
+      allow: new IntervalSet(roles.flatMap((role) => role.permissions.filter((entry) => grants(entry.type, access)).map((entry) => intervalOf(entry.key, entry.rangeEnd)))),
+      deny: new IntervalSet(roles.flatMap((role) => role.denies.filter((entry) => grants(entry.type, access)).map((entry) => intervalOf(entry.key, entry.rangeEnd)))),
+    });
+    const sets = { read: build('read'), write: build('write') };
+    this.cache.set(user.name, sets);
+    return sets;
+  }
+}
+
+// ---- persistence (one JSON record; keys and ranges base64) ----
+
+interface StoredPermission { type: PermissionType; key: string; rangeEnd: string }
+
+export function encodeAuthState(state: AuthState): Buffer {
+  const permission = (entry: KeyPermission): StoredPermission => ({ type: entry.type, key: entry.key.toString('base64'), rangeEnd: entry.rangeEnd.toString('base64') });
+  return Buffer.from(JSON.stringify({
+    enabled: state.enabled,
+    revision: state.revision,
+    users: [...state.users.values()],
+    roles: [...state.roles.values()].map((role) => ({ name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) })),
+    bindings: [...state.bindings],
+    signingKey: state.signingKey,
+  }));
+}
+
+export function decodeAuthState(data: Buffer): AuthState {
+  const raw = JSON.parse(data.toString('utf8')) as {
+    enabled: boolean; revision: number; users: UserRecord[]; signingKey: string; bindings: [string, string][];
+    roles: { name: string; permissions: StoredPermission[]; denies: StoredPermission[] }[];
+  };
+  const permission = (entry: StoredPermission): KeyPermission => ({ type: entry.type, key: Buffer.from(entry.key, 'base64'), rangeEnd: Buffer.from(entry.rangeEnd, 'base64') });
+  return {
+    enabled: raw.enabled,
+    revision: raw.revision,
+    users: new Map(raw.users.map((user) => [user.name, user])),
+    roles: new Map(raw.roles.map((role) => [role.name, { name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) }])),
+    bindings: new Map(raw.bindings),
+    signingKey: raw.signingKey,
+  };
+}
+
+// ---- log encoding of changes ----
+
+export function encodeAuthChange(change: AuthChange): string {
+  return JSON.stringify(change, (_key, value: unknown) => {
+    if (value instanceof Map) return { $map: [...(value as Map<unknown, unknown>)] };
+    if (typeof value === 'object' && value !== null && (value as { type?: string }).type === 'Buffer' && Array.isArray((value as { data?: unknown }).data)) {
+      return { $b64: Buffer.from((value as { data: number[] }).data).toString('base64') };
+    }
+    return value;
+  });
+}
+
+export function decodeAuthChange(text: string): AuthChange {
+  return JSON.parse(text, (_key, value: unknown) => {
+    if (typeof value === 'object' && value !== null) {
+      if ('$b64' in value) return Buffer.from((value as { $b64: string }).$b64, 'base64');
+      if ('$map' in value) return new Map((value as { $map: [unknown, unknown][] }).$map);
+    }
+    return value;
+  }) as AuthChange;
+}
+
+/** A member's current auth state and the decider over it (rebuilt on each change). */
+export class AuthHolder {
+  private deciderValue = new AuthDecider(emptyAuthState);
+
+  get state(): AuthState {
+    return this.deciderValue.state;
+  }
+
+  get decider(): AuthDecider {
+    return this.deciderValue;
+  }
+
+  set(state: AuthState): void {
+    if (state !== this.deciderValue.state) this.deciderValue = new AuthDecider(state);
+  }
+}
