@@ -33,6 +33,7 @@ import { Authenticator, type CallContext } from './identity.js';
 import { authorizeRange, requireAdmin } from '../server/authorize.js';
 import { serveAuth } from './auth-service.js';
 import type { Caller } from './messages.js';
+import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -253,6 +254,28 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
 
   server.addService(service(services, 'etcdserverpb.Auth'), serveAuth({ member, authenticator, who, admin, unary }));
 
+  server.addService(service(services, 'rampart.Policy'), {
+    Export: unary('PolicyExport', async (_request: object, call) => {
+      await admin(call);
+      await member.readBarrier();
+      const state = member.auth.state;
+      return { policy_json: encodePolicy(policyStateOf(state)), auth_revision: state.revision, auth_enabled: state.enabled };
+    }),
+    Apply: unary('PolicyApply', async (request: { policy_json: string; expect_revision: Int64In }, call) => {
+      const caller = await admin(call);
+      let policy;
+      try {
+        policy = decodePolicy(request.policy_json);
+      } catch {
+        throw new RampartError('InvalidArgument', 'malformed policy');
+      }
+      const before = member.auth.state.revision;
+      await member.authChange({ op: 'policyApply', policy, expectRevision: parseInt64(request.expect_revision) }, caller);
+      const after = member.auth.state.revision;
+      return { changed: after !== before, auth_revision: after };
+    }),
+  });
+
   return server;
 }
 
@@ -267,7 +290,7 @@ function alarmName(alarm: number): string {
 function loadServices(): ServiceDefinitionMap {
   const loaded = grpc.loadPackageDefinition(packageDefinition);
   const result: ServiceDefinitionMap = {};
-  for (const name of ['etcdserverpb.KV', 'etcdserverpb.Watch', 'etcdserverpb.Lease', 'etcdserverpb.Cluster', 'etcdserverpb.Maintenance', 'etcdserverpb.Auth', 'v3lockpb.Lock', 'v3electionpb.Election']) {
+  for (const name of ['etcdserverpb.KV', 'etcdserverpb.Watch', 'etcdserverpb.Lease', 'etcdserverpb.Cluster', 'etcdserverpb.Maintenance', 'etcdserverpb.Auth', 'v3lockpb.Lock', 'v3electionpb.Election', 'rampart.Policy']) {
     const [pkg, svc] = name.split('.') as [string, string];
     const constructor = (loaded[pkg] as grpc.GrpcObject)[svc] as grpc.ServiceClientConstructor;
     result[name] = constructor.service;

@@ -18,6 +18,8 @@ import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
+import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
+import { loadPolicy } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
@@ -265,9 +267,10 @@ program
   .option('--size <members>', 'members in a new cluster', integer, 3)
   .option('--base-port <port>', 'client port of the first member (others: +10000 each; peer port: +1)', integer, 2379)
   .option('--timeout-ms <ms>', 'how long to wait for the cluster to become healthy', integer, 60_000)
-  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number }) => {
+  .option('--no-auth', 'leave a new cluster without users and with auth disabled (not recommended)')
+  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean }) => {
     if (flags.size < 1 || flags.size > 7) fail('--size must be between 1 and 7');
-    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs }, print).catch(fail);
+    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth }, print).catch(fail);
   });
 
 program
@@ -364,6 +367,54 @@ cert
     for (const summary of await listCertificates(flags.pkiDir)) {
       print(`${summary.file}\t${summary.subject}\t${summary.subjectAltNames || '-'}\texpires ${summary.notAfter.toISOString()}\tserial ${summary.serialNumber}`);
     }
+  });
+
+const connectionOptions = (command: Command): Command =>
+  command
+    .option('--endpoints <url>', 'a client URL of the cluster (default: from the rampart up directory)')
+    .option('--cacert <file>', 'CA bundle (default: <dir>/pki/ca.crt)')
+    .option('--cert <file>', 'client certificate of a root user (default: <dir>/pki/admin.crt)')
+    .option('--key <file>', 'its key (default: <dir>/pki/admin.key)')
+    .option('--dir <dir>', 'a rampart up directory', '.rampart');
+
+const policy = program.command('policy').description('RBAC policy files (policies/*.yaml): validate, test, diff, apply, export');
+policy
+  .command('validate [dir]')
+  .description('check the policy files; problems are reported as file:line')
+  .action(async (directory: string | undefined) => {
+    const loaded = await loadPolicy(directory ?? 'policies').catch(fail);
+    print(`policy is valid: ${policySummary(loaded)}`);
+  });
+policy
+  .command('test [dir]')
+  .description('run the tests embedded in the policy files')
+  .action(async (directory: string | undefined) => {
+    const loaded = await checkedPolicy(directory ?? 'policies', print, true).catch(fail);
+    print(`all ${loaded.tests.length} policy tests passed`);
+  });
+connectionOptions(policy.command('diff [dir]').description('what applying the policy files would change in the live cluster'))
+  .action(async (directory: string | undefined, flags: ConnectionOptions) => {
+    await diffLive(directory ?? 'policies', flags, print).catch(fail);
+  });
+connectionOptions(policy.command('apply [dir]').description('make the live users, roles and bindings those of the policy files, as one atomic change'))
+  .option('--dry-run', 'show the changes without applying them', false)
+  .action(async (directory: string | undefined, flags: ConnectionOptions & { dryRun: boolean }) => {
+    await applyPolicy(directory ?? 'policies', flags, flags.dryRun, print).catch(fail);
+  });
+connectionOptions(policy.command('export').description('the live policy as a policy file'))
+  .action(async (flags: ConnectionOptions) => {
+    process.stdout.write(await exportLive(flags).catch(fail));
+  });
+
+const auth = program.command('auth').description('authorization questions');
+connectionOptions(auth.command('can-i <user> <operation> <key>').description('may USER read|write KEY? prints yes or no; exit status 0 or 1'))
+  .option('--prefix', 'every key with KEY as prefix', false)
+  .option('--range-end <end>', 'the range [KEY, END)')
+  .option('--policy <dir>', 'decide from policy files instead of the live cluster')
+  .action(async (user: string, operation: string, key: string, flags: ConnectionOptions & CanIOptions) => {
+    const allowed = await canI(user, operation, key, flags, flags).catch(fail);
+    print(allowed ? 'yes' : 'no');
+    process.exitCode = allowed ? 0 : 1;
   });
 
 await program.parseAsync(process.argv);

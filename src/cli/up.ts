@@ -11,6 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
+import { PolicyConnection, checkedPolicy } from './policy.js';
 import { createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
@@ -18,6 +19,8 @@ export interface UpOptions {
   readonly size: number;
   readonly baseClientPort: number;
   readonly timeoutMs: number;
+  /** Apply the default policies and enable auth on a new cluster (the default). */
+  readonly auth: boolean;
 }
 
 interface ClusterFile {
@@ -26,6 +29,7 @@ interface ClusterFile {
 }
 
 const binary = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/rampart.js');
+export const defaultPolicies = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../policies');
 const localNames = ['127.0.0.1', 'localhost'];
 
 function portsFor(base: number, index: number): { clientPort: number; peerPort: number } {
@@ -116,8 +120,27 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, log ${path.join(home, 'log')}`);
   }
   await waitHealthy(directory, endpoints, options.timeoutMs);
+  if (options.auth) await secureByDefault(directory, print);
   print(`cluster is healthy; use it with:\n\n  ${etcdctlLine(directory, endpoints)}\n`);
   return endpoints;
+}
+
+/** On a cluster without users: the default policies (root, auditor, kube-apiserver), then auth on. */
+async function secureByDefault(directory: string, print: (line: string) => void): Promise<void> {
+  const client = await PolicyConnection.open({ dir: directory });
+  try {
+    const live = await client.export();
+    if (live.state.users.length > 0 || live.enabled) {
+      print(`auth is ${live.enabled ? 'enabled' : 'disabled'}; the cluster has ${live.state.users.length} users (policies left as they are)`);
+      return;
+    }
+    const policy = await checkedPolicy(defaultPolicies, print, false);
+    await client.apply(policy.state, live.revision);
+    await client.enableAuth();
+    print(`applied the default policies (${policy.state.users.map((user) => user.name).join(', ')}) from ${defaultPolicies} and enabled auth; the admin certificate acts as root`);
+  } finally {
+    client.close();
+  }
 }
 
 async function waitHealthy(directory: string, endpoints: readonly string[], timeoutMs: number): Promise<void> {

@@ -6,29 +6,10 @@
 import * as grpc from '@grpc/grpc-js';
 import { existsSync } from 'node:fs';
 import { readFile, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAuthority, issueCertificate, readKeyPair, writeKeyPair } from '../../src/pki/authority.js';
-import { cleanEnvironment, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
-
-async function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-/** A base port whose +0/+1, +10000/+10001 and +20000/+20001 neighbours are all free. */
-async function freeBasePort(): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 9_000) * 1;
-    const ports = [0, 1, 10_000, 10_001, 20_000, 20_001].map((offset) => base + offset);
-    if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
-  }
-  throw new Error('no free base port');
-}
+import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
 
 describe('rampart up: a secure cluster in one command', () => {
   let home: string;
@@ -163,6 +144,10 @@ describe('rampart up: a secure cluster in one command', () => {
   it('revokes a client certificate: refused from the next call, on open connections too', async () => {
     const issued = await run(process.execPath, [rampartBin, 'cert', 'issue', 'client', 'alice', '--pki-dir', pki]);
     expect(issued.code).toBe(0);
+    // Auth is on in a `rampart up` cluster: alice (her certificate's CN) gets write access to "by".
+    for (const line of ['user add alice --no-password', 'role add by-writer', 'role grant-permission by-writer readwrite by', 'user grant-role alice by-writer']) {
+      expect((await etcdctlAs(admin(), line.split(' '))).code).toBe(0);
+    }
     const alice = ['--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'alice.crt'), '--key', path.join(pki, 'alice.key')];
     expect((await etcdctlAs(alice, ['put', 'by', 'alice'])).stdout).toBe('OK\n');
     const files = await Promise.all(['ca.crt', 'alice.key', 'alice.crt'].map((name) => readFile(path.join(pki, name))));

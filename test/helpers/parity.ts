@@ -46,7 +46,9 @@ export function normalize(text: string): string {
     .replace(/"lease":\d+/g, '"lease":LEASE')
     .replace(/^[0-9a-f]{16}$/gm, 'LEASE')
     .replace(/remaining\(\d+s\)/g, 'remaining(Ns)')
-    .replace(/"ttl":\d+/g, '"ttl":N');
+    .replace(/"ttl":\d+/g, '"ttl":N')
+    // etcd lists a lease's keys in Go map order, which varies from run to run.
+    .replace(/attached keys\(\[([^\]]*)\]\)/g, (_match, keys: string) => `attached keys([${keys.split(' ').sort().join(' ')}])`);
 }
 
 /** Runs every step on both sessions; returns the differences, one paragraph each ('' when none). */

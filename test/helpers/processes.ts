@@ -220,3 +220,21 @@ export async function startCluster(size: number, args: readonly string[] = []): 
     },
   };
 }
+
+async function portFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
+  });
+}
+
+/** A base port whose +0/+1, +10000/+10001 and +20000/+20001 neighbours are all free. */
+export async function freeBasePort(): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 9_000) * 1;
+    const ports = [0, 1, 10_000, 10_001, 20_000, 20_001].map((offset) => base + offset);
+    if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
+  }
+  throw new Error('no free base port');
+}

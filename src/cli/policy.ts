@@ -1,0 +1,182 @@
+/**
+ * `rampart policy validate|test|diff|apply|export` and `rampart auth can-i`: policy files as code,
+ * checked offline and applied to a live cluster as one atomic log entry.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { packageDefinition } from '../api/proto.js';
+import { AuthDecider, emptyAuthState } from '../auth/store.js';
+import { decodePolicy, diffPolicy, encodePolicy, exportPolicy, loadPolicy, prefixRangeEnd, runPolicyTests, stateWithPolicy, type Policy } from '../auth/policy.js';
+import type { PolicyState } from '../auth/store.js';
+
+export interface ConnectionOptions {
+  readonly endpoints?: string | undefined;
+  readonly cacert?: string | undefined;
+  readonly cert?: string | undefined;
+  readonly key?: string | undefined;
+  /** A `rampart up` directory: endpoints from its cluster.json, the admin certificate from its pki/. */
+  readonly dir: string;
+}
+
+interface PolicyClient extends grpc.Client {
+  Export(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { policy_json: string; auth_revision: string; auth_enabled: boolean }) => void): void;
+  Apply(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { changed: boolean; auth_revision: string }) => void): void;
+}
+
+export interface LivePolicy {
+  readonly state: PolicyState;
+  readonly revision: number;
+  readonly enabled: boolean;
+}
+
+interface AuthClient extends grpc.Client {
+  AuthEnable(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
+}
+
+export class PolicyConnection {
+  private constructor(private readonly client: PolicyClient, private readonly authClient: AuthClient) {}
+
+  static async open(options: ConnectionOptions): Promise<PolicyConnection> {
+    let endpoint = options.endpoints?.split(',')[0];
+    const pki = path.join(options.dir, 'pki');
+    if (endpoint === undefined) {
+      const cluster = JSON.parse(await readFile(path.join(options.dir, 'cluster.json'), 'utf8').catch(() => {
+        throw new Error(`no --endpoints given and no rampart up cluster in ${options.dir}`);
+      })) as { members: { clientPort: number }[] };
+      endpoint = `https://127.0.0.1:${cluster.members[0]?.clientPort}`;
+    }
+    const target = endpoint.includes('://') ? new URL(endpoint).host : endpoint;
+    const [ca, cert, key] = await Promise.all([
+      readFile(options.cacert ?? path.join(pki, 'ca.crt')),
+      readFile(options.cert ?? path.join(pki, 'admin.crt')),
+      readFile(options.key ?? path.join(pki, 'admin.key')),
+    ]);
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor }; etcdserverpb: { Auth: grpc.ServiceClientConstructor } };
+    const credentials = grpc.credentials.createSsl(ca, key, cert);
+    return new PolicyConnection(
+      new loaded.rampart.Policy(target, credentials) as unknown as PolicyClient,
+      new loaded.etcdserverpb.Auth(target, credentials) as unknown as AuthClient,
+    );
+  }
+
+  enableAuth(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.authClient.AuthEnable({}, { deadline: Date.now() + 10_000 }, (error) => (error === null ? resolve() : reject(new Error(error.details))));
+    });
+  }
+
+  export(): Promise<LivePolicy> {
+    return new Promise((resolve, reject) => {
+      this.client.Export({}, { deadline: Date.now() + 10_000 }, (error, response) => {
+        if (error !== null) return reject(new Error(error.details));
+        resolve({ state: decodePolicy(response.policy_json), revision: Number(response.auth_revision), enabled: response.auth_enabled });
+      });
+    });
+  }
+
+  apply(state: PolicyState, expectRevision: number): Promise<{ changed: boolean; revision: number }> {
+    return new Promise((resolve, reject) => {
+      this.client.Apply({ policy_json: encodePolicy(state), expect_revision: String(expectRevision) }, { deadline: Date.now() + 10_000 }, (error, response) => {
+        if (error !== null) {
+          return reject(new Error(error.details === 'etcdserver: revision of auth store is old' ? 'the live policy changed since it was read; run the command again' : error.details));
+        }
+        resolve({ changed: response.changed, revision: Number(response.auth_revision) });
+      });
+    });
+  }
+
+  close(): void {
+    this.client.close();
+    this.authClient.close();
+  }
+}
+
+/** Validates and runs the embedded tests; throws with every problem when either fails. */
+export async function checkedPolicy(directory: string, print: (line: string) => void, verbose: boolean): Promise<Policy> {
+  const policy = await loadPolicy(directory);
+  const results = runPolicyTests(policy);
+  const failures = results.filter((result) => !result.passed);
+  if (verbose) for (const result of results) print(`${result.passed ? 'ok  ' : 'FAIL'} ${result.test.where} ${result.test.description}`);
+  if (failures.length > 0) {
+    throw new Error(`${failures.length} of ${results.length} policy tests failed:\n${failures.map((failure) => `${failure.test.where}: ${failure.test.description}`).join('\n')}`);
+  }
+  return policy;
+}
+
+export function summary(policy: Policy): string {
+  return `${policy.files.length} files, ${policy.state.users.length} users, ${policy.state.roles.length} roles, ${policy.state.bindings.size} certificate bindings, ${policy.tests.length} tests`;
+}
+
+/** Applies a policy directory to the live cluster (or only shows what would change). */
+export async function applyPolicy(directory: string, connection: ConnectionOptions, dryRun: boolean, print: (line: string) => void): Promise<void> {
+  const policy = await checkedPolicy(directory, print, false);
+  const client = await PolicyConnection.open(connection);
+  try {
+    const live = await client.export();
+    const changes = diffPolicy(live.state, policy.state);
+    if (changes.length === 0) {
+      print(`no changes (auth revision ${live.revision})`);
+      return;
+    }
+    for (const line of changes) print(line);
+    if (dryRun) {
+      print(`dry run: ${changes.length} changes not applied`);
+      return;
+    }
+    const result = await client.apply(policy.state, live.revision);
+    print(result.changed ? `applied ${changes.length} changes as one entry; auth revision ${result.revision}` : `no changes (auth revision ${result.revision})`);
+  } finally {
+    client.close();
+  }
+}
+
+export async function diffLive(directory: string, connection: ConnectionOptions, print: (line: string) => void): Promise<number> {
+  const policy = await loadPolicy(directory);
+  const client = await PolicyConnection.open(connection);
+  try {
+    const changes = diffPolicy((await client.export()).state, policy.state);
+    for (const line of changes) print(line);
+    if (changes.length === 0) print('no changes');
+    return changes.length;
+  } finally {
+    client.close();
+  }
+}
+
+export async function exportLive(connection: ConnectionOptions): Promise<string> {
+  const client = await PolicyConnection.open(connection);
+  try {
+    return exportPolicy((await client.export()).state);
+  } finally {
+    client.close();
+  }
+}
+
+export interface CanIOptions {
+  readonly prefix: boolean;
+  readonly rangeEnd?: string | undefined;
+  /** Decide from policy files instead of the live cluster. */
+  readonly policy?: string | undefined;
+}
+
+/** Whether USER may OP (read|write) KEY (or the prefix, or [KEY, range-end)). */
+export async function canI(user: string, operation: string, key: string, options: CanIOptions, connection: ConnectionOptions): Promise<boolean> {
+  if (operation !== 'read' && operation !== 'write') throw new Error(`operation must be read or write, got "${operation}"`);
+  if (key === '') throw new Error('key must not be empty');
+  let state;
+  if (options.policy !== undefined) {
+    state = stateWithPolicy(emptyAuthState, (await loadPolicy(options.policy)).state);
+  } else {
+    const client = await PolicyConnection.open(connection);
+    try {
+      const live = await client.export();
+      state = stateWithPolicy(emptyAuthState, live.state, live.enabled);
+    } finally {
+      client.close();
+    }
+  }
+  const keyBytes = Buffer.from(key);
+  const rangeEnd = options.prefix ? prefixRangeEnd(keyBytes) : Buffer.from(options.rangeEnd ?? '');
+  return new AuthDecider(state).isPermitted(user, keyBytes, rangeEnd, operation);
+}

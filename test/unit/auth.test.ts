@@ -1,0 +1,130 @@
+import { describe, expect, it } from 'vitest';
+import type { RampartError } from '../../src/errors.js';
+import { LoginLimiter } from '../../src/auth/limiter.js';
+import { hashPassword, verifyPassword } from '../../src/auth/password.js';
+import { TokenSigner, newSigningKey } from '../../src/auth/token.js';
+import { applyAuthChange, decodeAuthChange, decodeAuthState, emptyAuthState, encodeAuthChange, encodeAuthState, type AuthChange, type AuthState } from '../../src/auth/store.js';
+import { exportPolicy, parsePolicy, policyStateOf, stateWithPolicy, describePermission, prefixRangeEnd } from '../../src/auth/policy.js';
+
+const apply = (state: AuthState, ...changes: AuthChange[]): AuthState => changes.reduce(applyAuthChange, state);
+const refusal = (state: AuthState, change: AuthChange): string => {
+  try {
+    applyAuthChange(state, change);
+    return 'accepted';
+  } catch (error) {
+    return (error as RampartError).code;
+  }
+};
+
+describe('auth state changes', () => {
+  const base = apply(emptyAuthState,
+    { op: 'userAdd', name: 'root', passwordHash: 'h', noPassword: false },
+    { op: 'roleAdd', name: 'app' },
+    { op: 'userAdd', name: 'alice', passwordHash: '', noPassword: true },
+    { op: 'userGrantRole', user: 'alice', role: 'app' });
+
+  it('follows etcd: root needs the root role before enabling, and stays while enabled', () => {
+    expect(refusal(emptyAuthState, { op: 'enable', signingKey: 'k' })).toBe('RootUserNotExist');
+    expect(refusal(base, { op: 'enable', signingKey: 'k' })).toBe('RootRoleNotExist');
+    const enabled = apply(base, { op: 'userGrantRole', user: 'root', role: 'root' }, { op: 'enable', signingKey: 'k' });
+    expect(enabled.enabled).toBe(true);
+    expect(enabled.signingKey).toBe('k');
+    expect(refusal(enabled, { op: 'userDelete', name: 'root' })).toBe('InvalidAuthMgmt');
+    expect(refusal(enabled, { op: 'userRevokeRole', name: 'root', role: 'root' })).toBe('InvalidAuthMgmt');
+    expect(applyAuthChange(enabled, { op: 'enable', signingKey: 'other' })).toBe(enabled);
+  });
+
+  it('refuses with etcd errors and changes nothing; every change bumps the revision', () => {
+    expect(refusal(base, { op: 'userAdd', name: 'alice', passwordHash: '', noPassword: true })).toBe('UserAlreadyExist');
+    expect(refusal(base, { op: 'userAdd', name: '', passwordHash: '', noPassword: true })).toBe('UserEmpty');
+    expect(refusal(base, { op: 'roleAdd', name: '' })).toBe('RoleEmpty');
+    expect(refusal(base, { op: 'userGrantRole', user: 'alice', role: 'ghost' })).toBe('RoleNotFound');
+    expect(refusal(base, { op: 'userRevokeRole', name: 'alice', role: 'other' })).toBe('RoleNotGranted');
+    expect(refusal(base, { op: 'roleRevokePermission', name: 'app', key: Buffer.from('k'), rangeEnd: Buffer.alloc(0) })).toBe('PermissionNotGranted');
+    expect(refusal(base, { op: 'userDelete', name: 'ghost' })).toBe('UserNotFound');
+    const granted = apply(base, { op: 'roleGrantPermission', name: 'app', permission: { type: 0, key: Buffer.from('b'), rangeEnd: Buffer.alloc(0) } },
+      { op: 'roleGrantPermission', name: 'app', permission: { type: 0, key: Buffer.from('a'), rangeEnd: Buffer.alloc(0) } },
+      { op: 'roleGrantPermission', name: 'app', permission: { type: 2, key: Buffer.from('b'), rangeEnd: Buffer.alloc(0) } });
+    expect(granted.roles.get('app')?.permissions.map((entry) => [entry.key.toString(), entry.type])).toEqual([['a', 0], ['b', 2]]);
+    expect(granted.revision).toBe(base.revision + 3);
+    const deleted = apply(granted, { op: 'roleDelete', name: 'app' });
+    expect(deleted.users.get('alice')?.roles).toEqual([]);
+  });
+
+  it('survives its encodings: the stored record and the log entry', () => {
+    const state = apply(base, { op: 'roleGrantPermission', name: 'app', permission: { type: 1, key: Buffer.from([0, 255]), rangeEnd: Buffer.of(0) } });
+    expect(decodeAuthState(encodeAuthState(state))).toEqual(state);
+    const change: AuthChange = { op: 'policyApply', policy: policyStateOf(state), expectRevision: 7 };
+    expect(decodeAuthChange(encodeAuthChange(change))).toEqual(change);
+  });
+
+  it('applies the same policy twice as one change, then as none', () => {
+    const policy = parsePolicy([{ file: 'p.yaml', text: 'users:\n  - { name: root, roles: [root] }\n  - { name: alice, roles: [app], certificates: [alice-cert] }\nroles:\n  - { name: root }\n  - name: app\n    grants: [{ prefix: /app/, access: readwrite }]\n' }]);
+    const once = applyAuthChange(base, { op: 'policyApply', policy: policy.state, expectRevision: base.revision });
+    expect(once.revision).toBe(base.revision + 1);
+    expect(applyAuthChange(once, { op: 'policyApply', policy: policy.state, expectRevision: 0 })).toBe(once);
+    expect(refusal(once, { op: 'policyApply', policy: policy.state, expectRevision: base.revision })).toBe('AuthOldRevision');
+    expect(once.users.get('root')?.passwordHash).toBe('h');
+    expect(once.bindings.get('alice-cert')).toBe('alice');
+  });
+});
+
+describe('policy files', () => {
+  it('round-trips through export', () => {
+    const text = 'users:\n  - { name: u, roles: [r] }\nroles:\n  - name: r\n    grants:\n      - { key: /k, access: read }\n      - { prefix: /p/, access: write }\n      - { fromKey: /f, access: readwrite }\n      - { from: /a, to: /b, access: read }\n      - { prefix: "", access: read }\n    deny:\n      - { prefix: /p/x/, access: write }\n';
+    const first = parsePolicy([{ file: 'a.yaml', text }]);
+    const second = parsePolicy([{ file: 'b.yaml', text: exportPolicy(first.state) }]);
+    expect(stateWithPolicy(emptyAuthState, second.state)).toEqual(stateWithPolicy(emptyAuthState, first.state));
+  });
+
+  it('computes prefix ends as etcd does', () => {
+    expect(prefixRangeEnd(Buffer.from('abc'))).toEqual(Buffer.from('abd'));
+    expect(prefixRangeEnd(Buffer.from([0x61, 0xff]))).toEqual(Buffer.from('b'));
+    expect(prefixRangeEnd(Buffer.from([0xff]))).toEqual(Buffer.of(0));
+    expect(describePermission({ type: 2, key: Buffer.from('/p/'), rangeEnd: Buffer.from('/p0') })).toEqual({ prefix: '/p/', access: 'readwrite' });
+  });
+
+  it('names file and line for every problem', () => {
+    expect(() => parsePolicy([{ file: 'x.yaml', text: 'roles:\n  - name: r\n    grants:\n      - { key: /k, access: all }\n' }])).toThrow(/^x\.yaml:4: /);
+    expect(() => parsePolicy([{ file: 'x.yaml', text: 'users:\n  - { name: u, roles: [ghost] }\n' }])).toThrow('x.yaml:2: role ghost is not defined');
+    expect(() => parsePolicy([{ file: 'a.yaml', text: 'roles: [{ name: r }]\n' }, { file: 'b.yaml', text: '\nroles: [{ name: r }]\n' }])).toThrow('b.yaml:2: role r is already defined at a.yaml:1');
+    expect(() => parsePolicy([{ file: 'x.yaml', text: 'users: [\n' }])).toThrow(/^x\.yaml:\d+: /);
+  });
+});
+
+describe('passwords, tokens and login limits', () => {
+  it('hashes with a salt and verifies only the right password', async () => {
+    const first = await hashPassword('correct horse');
+    expect(first).toMatch(/^scrypt\$32768\$8\$1\$/);
+    expect(await hashPassword('correct horse')).not.toBe(first);
+    expect(await verifyPassword('correct horse', first)).toBe(true);
+    expect(await verifyPassword('wrong', first)).toBe(false);
+    expect(await verifyPassword('', '')).toBe(false);
+  });
+
+  it('verifies its own tokens only, and not after they expire', async () => {
+    const signer = new TokenSigner(newSigningKey(), 1);
+    const token = await signer.sign({ user: 'alice', revision: 4 });
+    expect(await signer.verify(token)).toEqual({ user: 'alice', revision: 4 });
+    expect(await new TokenSigner(newSigningKey()).verify(token)).toBeUndefined();
+    expect(await signer.verify('not.a.token')).toBeUndefined();
+    await new Promise((resolve) => setTimeout(resolve, 2_100));
+    expect(await signer.verify(token)).toBeUndefined();
+  });
+
+  it('locks a user out per source after repeated failures, doubling the lockout', () => {
+    let now = 0;
+    const limiter = new LoginLimiter({ freeFailures: 3, baseLockoutMs: 1_000, maxLockoutMs: 60_000, now: () => now });
+    for (let failure = 0; failure < 2; failure++) limiter.failed('bob', '10.0.0.1');
+    expect(limiter.blockedFor('bob', '10.0.0.1')).toBe(0);
+    limiter.failed('bob', '10.0.0.1');
+    expect(limiter.blockedFor('bob', '10.0.0.1')).toBe(1_000);
+    expect(limiter.blockedFor('bob', '10.0.0.2')).toBe(0);
+    expect(limiter.blockedFor('carol', '10.0.0.1')).toBe(0);
+    now = 1_000;
+    limiter.failed('bob', '10.0.0.1');
+    expect(limiter.blockedFor('bob', '10.0.0.1')).toBe(2_000);
+    limiter.succeeded('bob', '10.0.0.1');
+    expect(limiter.blockedFor('bob', '10.0.0.1')).toBe(0);
+  });
+});
