@@ -67,6 +67,13 @@ describe('RBAC on a secure cluster', () => {
     const watched = await run('timeout', ['-s', 'INT', '3', 'etcdctl', '--endpoints', endpoint, '--cacert', path.join(pki(), 'ca.crt'), ...identity('alice'), 'watch', '/app/', '--prefix', '--rev', '1'], { env: cleanEnvironment() });
     expect(watched.stdout).toBe('PUT\n/app/1\none\nPUT\n/app/2\ntwo\n');
 
+    // Revoking a lease deletes its keys: it needs write on every one of them.
+    const lease = /lease ([0-9a-f]+) granted/.exec((await etcdctlAs('alice', ['lease', 'grant', '600'])).stdout)?.[1] ?? 'none';
+    expect((await etcdctlAs('admin', ['put', '/other-leased', 'x', `--lease=${lease}`])).stdout).toBe('OK\n');
+    expect(lastLine((await etcdctlAs('alice', ['lease', 'revoke', lease])).stderr)).toBe('Error: failed to revoke lease (etcdserver: permission denied)\n');
+    expect((await etcdctlAs('admin', ['get', '/other-leased', '--print-value-only'])).stdout).toBe('x\n');
+    expect((await etcdctlAs('admin', ['lease', 'revoke', lease])).stdout).toBe(`lease ${lease} revoked\n`);
+
     // The default auditor reads everything but secrets and writes nothing (an explicit deny wins).
     expect((await etcdctlAs('auditor', ['get', '/app/1', '--print-value-only'])).stdout).toBe('one\n');
     expect(lastLine((await etcdctlAs('auditor', ['get', '/registry/secrets/db'])).stderr)).toBe(denied);
