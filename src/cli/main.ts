@@ -18,6 +18,7 @@ import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
+import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { loadPolicy } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -238,6 +239,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       server.bindAsync(hostPort(url), credentials.client, (error) => (error === null ? resolve() : reject(error))),
     );
   }
+  if (!flags.insecure) logRefusedHandshakes(server, logger, 'client');
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }
 

@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
+import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
 
@@ -357,6 +358,7 @@ export class Transport {
         this.server.bindAsync(hostPort(url), this.options.serverCredentials, (error) => (error === null ? resolve() : reject(error))),
       );
     }
+    if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer');
   }
 
   /** Keeps one sender per other member, with its current peer URL. */

@@ -80,6 +80,14 @@ describe('rampart up: a secure cluster in one command', () => {
     const stale = await etcdctlAs(['--cacert', path.join(pki, 'ca.crt'), '--cert', expired.certificateFile, '--key', expired.keyFile], ['get', 'secure']);
     expect(stale.code).not.toBe(0);
     expect(stale.stdout).toBe('');
+
+    // Plaintext and a missing certificate leave a clear line in a member's log, with the reason.
+    // (A certificate that fails verification is dropped by Node's TLS layer after the handshake,
+    // without an event to log: the client gets the clear error there.)
+    const logs = (await Promise.all(['m1', 'm2', 'm3'].map((name) => readFile(path.join(home, '.rampart', name, 'log'), 'utf8')))).join('\n');
+    const reasons = new Set(logs.split('\n').filter((line) => line.includes('refused a TLS connection')).map((line) => (JSON.parse(line) as { reason: string }).reason));
+    expect(reasons).toContain('ERR_SSL_WRONG_VERSION_NUMBER');
+    expect(reasons).toContain('ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE');
   });
 
   it('renews every certificate and rotates the CA under continuous writes with zero failed requests', async () => {
