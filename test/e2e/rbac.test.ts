@@ -126,6 +126,48 @@ describe('RBAC on a secure cluster', () => {
     expect((await etcdctlAs('mallory', ['--user', 'bob:bob-pw', 'get', '/app/bob', '--print-value-only'])).stdout).toBe('b\n');
   }, 60_000);
 
+  it('serves the etcd3 npm client over mutual TLS with a password: KV, txn, watch, lease, lock; denials as etcd errors', async () => {
+    const { Etcd3, EtcdPermissionDeniedError } = await import('etcd3');
+    const { readFile } = await import('node:fs/promises');
+    for (const line of ['user add carol:carol-pw', 'role add js', 'role grant-permission js readwrite /js/ --prefix', 'user grant-role carol js']) {
+      expect((await etcdctlAs('admin', line.split(' '))).code).toBe(0);
+    }
+    const [rootCertificate, privateKey, certChain] = await Promise.all(['ca.crt', 'mallory.key', 'mallory.crt'].map((name) => readFile(path.join(pki(), name))));
+    const client = new Etcd3({
+      hosts: endpoint,
+      credentials: { rootCertificate: rootCertificate as Buffer, privateKey: privateKey as Buffer, certChain: certChain as Buffer },
+      auth: { username: 'carol', password: 'carol-pw' },
+    });
+    try {
+      await client.put('/js/a').value('1');
+      await client.put('/js/b').value('2');
+      expect(await client.get('/js/a').string()).toBe('1');
+      expect(await client.getAll().prefix('/js/').strings()).toEqual({ '/js/a': '1', '/js/b': '2' });
+      const txn = await client.if('/js/a', 'Value', '==', '1').then(client.put('/js/c').value('3')).else(client.put('/js/d').value('4')).commit();
+      expect(txn.succeeded).toBe(true);
+
+      const watcher = await client.watch().prefix('/js/').create();
+      const seen = new Promise<string>((resolve) => watcher.on('put', (kv) => resolve(`${kv.key.toString()}=${kv.value.toString()}`)));
+      await client.put('/js/w').value('watched');
+      expect(await seen).toBe('/js/w=watched');
+      await watcher.cancel();
+
+      const lease = client.lease(30);
+      await lease.put('/js/leased').value('x');
+      expect(await client.get('/js/leased').string()).toBe('x');
+      await lease.revoke();
+      expect(await client.get('/js/leased').string()).toBeNull();
+
+      const lock = client.lock('/js/lock');
+      await lock.acquire();
+      await lock.release();
+
+      await expect(client.put('/elsewhere').value('x')).rejects.toBeInstanceOf(EtcdPermissionDeniedError);
+    } finally {
+      client.close();
+    }
+  }, 60_000);
+
   it('applies policy files atomically and idempotently; a bad file changes nothing and names its line', async () => {
     const policies = await mkdtemp(path.join(home, '..', 'policies-'));
     await cp(path.join(projectRoot, 'policies'), policies, { recursive: true });
