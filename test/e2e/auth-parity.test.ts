@@ -3,9 +3,9 @@
  * explicit range), auth enable/disable, then allowed and denied gets, puts, txns and watches by
  * password — same output, same error text, same exit codes.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { etcdAvailable, removeDirectory, startEtcd, startRampart, type ServerProcess } from '../helpers/processes.js';
-import { Session, compareSessions, step, type Step } from '../helpers/parity.js';
+import { describe, expect, it } from 'vitest';
+import { etcdAvailable } from '../helpers/processes.js';
+import { referencePair, step, type Step } from '../helpers/parity.js';
 
 const alice = '--user alice:alice-pw';
 const root = '--user root:root-pw';
@@ -86,19 +86,9 @@ const steps: Step[] = [
 ];
 
 describe.skipIf(!etcdAvailable())('RBAC parity with etcd 3.4 (etcdctl, passwords)', () => {
-  let etcd: ServerProcess;
-  let rampart: ServerProcess;
-
-  beforeAll(async () => {
-    [etcd, rampart] = await Promise.all([startEtcd(), startRampart()]);
-  });
-
-  afterAll(async () => {
-    await Promise.all([etcd?.stop(), rampart?.stop()]);
-    await Promise.all([etcd && removeDirectory(etcd.dataDir), rampart && removeDirectory(rampart.dataDir)]);
-  });
+  const pair = referencePair();
 
   it('manages users, roles and grants, and allows and denies exactly as etcd', async () => {
-    expect(await compareSessions(new Session(etcd.endpoint), new Session(rampart.endpoint), steps)).toBe('');
+    expect(await pair.compare(steps)).toBe('');
   }, 120_000);
 });

@@ -3,9 +3,9 @@
  * Outputs must match after normalizing what legitimately differs (cluster/member ids, raft term,
  * random lease ids, and where the client's retry log lines came from).
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { etcdAvailable, removeDirectory, startEtcd, startRampart, type ServerProcess } from '../helpers/processes.js';
-import { Session, compareSessions, step, type Step } from '../helpers/parity.js';
+import { describe, expect, it } from 'vitest';
+import { etcdAvailable } from '../helpers/processes.js';
+import { referencePair, step, type Step } from '../helpers/parity.js';
 
 
 const steps: Step[] = [
@@ -90,19 +90,9 @@ const steps: Step[] = [
 ];
 
 describe.skipIf(!etcdAvailable())('etcdctl output parity with etcd 3.4', () => {
-  let etcd: ServerProcess;
-  let rampart: ServerProcess;
-
-  beforeAll(async () => {
-    [etcd, rampart] = await Promise.all([startEtcd(), startRampart()]);
-  });
-
-  afterAll(async () => {
-    await Promise.all([etcd?.stop(), rampart?.stop()]);
-    await Promise.all([etcd && removeDirectory(etcd.dataDir), rampart && removeDirectory(rampart.dataDir)]);
-  });
+  const pair = referencePair();
 
   it('gives the same output, errors and exit codes for every command', async () => {
-    expect(await compareSessions(new Session(etcd.endpoint), new Session(rampart.endpoint), steps)).toBe('');
+    expect(await pair.compare(steps)).toBe('');
   });
 });

@@ -2,7 +2,24 @@
  * Side-by-side runs of etcdctl against etcd and Rampart: the same steps, outputs compared after
  * normalizing what legitimately differs (ids, raft term, random lease ids, endpoints, timings).
  */
-import { cleanEnvironment, etcdctl, run, type CommandResult } from './processes.js';
+import { afterAll, beforeAll } from 'vitest';
+import { cleanEnvironment, etcdctl, removeDirectory, run, startEtcd, startRampart, type CommandResult, type ServerProcess } from './processes.js';
+
+/** A fresh etcd and a fresh Rampart member for the enclosing describe block; `compare` runs steps on both. */
+export function referencePair(): { compare(steps: readonly Step[]): Promise<string> } {
+  let etcd: ServerProcess | undefined;
+  let rampart: ServerProcess | undefined;
+  beforeAll(async () => {
+    [etcd, rampart] = await Promise.all([startEtcd(), startRampart()]);
+  });
+  afterAll(async () => {
+    await Promise.all([etcd?.stop(), rampart?.stop()]);
+    await Promise.all([etcd && removeDirectory(etcd.dataDir), rampart && removeDirectory(rampart.dataDir)]);
+  });
+  return {
+    compare: (steps) => compareSessions(new Session(etcd?.endpoint ?? ''), new Session(rampart?.endpoint ?? ''), steps),
+  };
+}
 
 export class Session {
   private lease = '';
