@@ -6,7 +6,7 @@
 import type * as grpc from '@grpc/grpc-js';
 import { RampartError } from '../errors.js';
 import type { Member } from '../server/member.js';
-import { requireAdmin } from '../server/authorize.js';
+import { checkCaller, requireAdmin } from '../server/authorize.js';
 import { hashPassword } from '../auth/password.js';
 import { newSigningKey } from '../auth/token.js';
 import { type PermissionType } from '../auth/permissions.js';
@@ -29,15 +29,24 @@ interface PermissionMessage {
   range_end: Buffer;
 }
 
-export function serveAuth({ member, authenticator, who, admin, unary }: AuthServiceDependencies): grpc.UntypedServiceImplementation {
+export function serveAuth({ member, authenticator, who, unary }: AuthServiceDependencies): grpc.UntypedServiceImplementation {
   const header = (): object => ({ header: member.header() });
   const change = async (call: CallContext, body: AuthChange): Promise<object> => {
     await member.authChange(body, await who(call));
     return header();
   };
-  /** Reads of users and roles: root only while auth is on, and current as of a read barrier. */
-  const read = async (call: CallContext): Promise<void> => {
-    await admin(call);
+  /**
+   * Reads of users and roles: root only while auth is on — except, as etcd, a user reading itself
+   * or a role it holds — and current as of a read barrier.
+   */
+  const read = async (call: CallContext, allowed: (caller: Caller) => boolean = () => false): Promise<void> => {
+    const caller = await who(call);
+    checkCaller(member.auth.decider, caller);
+    try {
+      requireAdmin(member.auth.decider, caller);
+    } catch (error) {
+      if (caller.user === '' || !member.auth.state.users.has(caller.user) || !allowed(caller)) throw error;
+    }
     await member.readBarrier();
   };
   const password = async (call: CallContext, request: { password: string; hashedPassword: string }): Promise<string> => {
@@ -68,7 +77,7 @@ export function serveAuth({ member, authenticator, who, admin, unary }: AuthServ
       return change(call, { op: 'userAdd', name: request.name, passwordHash, noPassword });
     }),
     UserGet: unary('UserGet', async (request: { name: string }, call) => {
-      await read(call);
+      await read(call, (caller) => caller.user === request.name);
       const user = member.auth.state.users.get(request.name);
       if (user === undefined) throw new RampartError('UserNotFound');
       return { ...header(), roles: [...user.roles] };
@@ -86,7 +95,7 @@ export function serveAuth({ member, authenticator, who, admin, unary }: AuthServ
     UserRevokeRole: unary('UserRevokeRole', (request: { name: string; role: string }, call) => change(call, { op: 'userRevokeRole', name: request.name, role: request.role })),
     RoleAdd: unary('RoleAdd', (request: { name: string }, call) => change(call, { op: 'roleAdd', name: request.name })),
     RoleGet: unary('RoleGet', async (request: { role: string }, call) => {
-      await read(call);
+      await read(call, (caller) => member.auth.state.users.get(caller.user)?.roles.includes(request.role) ?? false);
       const role = member.auth.state.roles.get(request.role);
       if (role === undefined) throw new RampartError('RoleNotFound');
       const perm: PermissionMessage[] = role.permissions.map((entry) => ({ permType: entry.type, key: entry.key, range_end: entry.rangeEnd }));

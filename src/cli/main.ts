@@ -78,6 +78,7 @@ interface ServeFlags {
   keyFile?: string;
   trustedCaFile?: string;
   logLevel: string;
+  authTokenTtl: number;
 }
 
 program
@@ -109,6 +110,7 @@ program
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
+  .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
   .action(async (_flags: ServeFlags, command: Command) => {
@@ -230,6 +232,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     member,
     logger,
     credentials: credentials.client,
+    tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
     ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'certificate revoked' : undefined) }),
   });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
