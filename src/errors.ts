@@ -56,6 +56,8 @@ export const errorCodes = [
   'AuthOldRevision',
   'PasswordEmpty',
   'PasswordPreHashed',
+  'ElectionNotLeader',
+  'ElectionNoLeader',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

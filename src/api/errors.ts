@@ -65,6 +65,9 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   // Rampart's own refusals (etcd accepts these): no empty passwords, and no client-side hashes,
   // which could not be checked with Rampart's KDF.
   PasswordEmpty: { code: status.INVALID_ARGUMENT, message: 'rampart: password is empty; give one, or --no-password for a certificate-only user' },
+  // etcd's election service returns these as plain errors (gRPC code Unknown).
+  ElectionNotLeader: { code: status.UNKNOWN, message: 'election: not leader' },
+  ElectionNoLeader: { code: status.UNKNOWN, message: 'election: no leader' },
   PasswordPreHashed: { code: status.INVALID_ARGUMENT, message: 'rampart: pre-hashed passwords are not accepted; send the password over TLS' },
 };
 

@@ -34,6 +34,7 @@ import { authorizeRange, requireAdmin } from '../server/authorize.js';
 import { serveAuth } from './auth-service.js';
 import type { Caller } from './messages.js';
 import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
+import { Concurrency, type LeaderKey } from '../server/concurrency.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -253,6 +254,59 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   });
 
   server.addService(service(services, 'etcdserverpb.Auth'), serveAuth({ member, authenticator, who, admin, unary }));
+
+  const concurrency = new Concurrency(member);
+  /** Aborted when the client goes away: waiting for a lock or leadership stops, and its key is removed. */
+  const cancellation = (call: { on(event: 'cancelled', listener: () => void): unknown }): AbortSignal => {
+    const controller = new AbortController();
+    call.on('cancelled', () => controller.abort());
+    return controller.signal;
+  };
+  type LeaderKeyMessage = { name: Buffer; key: Buffer; rev: Int64In; lease: Int64In };
+  const leaderKey = (message: LeaderKeyMessage | null | undefined): LeaderKey => {
+    if (message === null || message === undefined) throw new RampartError('ElectionNotLeader');
+    return { name: Buffer.from(message.name), key: Buffer.from(message.key), rev: parseInt64(message.rev), lease: parseBigInt64(message.lease) };
+  };
+  server.addService(service(services, 'v3lockpb.Lock'), {
+    Lock: unary('Lock', async (request: { name: Buffer; lease: Int64In }, call) => {
+      if (request.name.length === 0) throw new RampartError('EmptyKey');
+      const { key } = await concurrency.lock(Buffer.from(request.name), parseBigInt64(request.lease), await who(call), cancellation(call));
+      return { header: member.header(), key };
+    }),
+    Unlock: unary('Unlock', async (request: { key: Buffer }, call) => {
+      if (request.key.length === 0) throw new RampartError('EmptyKey');
+      return { header: member.header(await concurrency.unlock(Buffer.from(request.key), await who(call))) };
+    }),
+  });
+  server.addService(service(services, 'v3electionpb.Election'), {
+    Campaign: unary('Campaign', async (request: { name: Buffer; lease: Int64In; value: Buffer }, call) => {
+      if (request.name.length === 0) throw new RampartError('EmptyKey');
+      const leader = await concurrency.campaign(Buffer.from(request.name), parseBigInt64(request.lease), Buffer.from(request.value), await who(call), cancellation(call));
+      return { header: member.header(), leader: { name: leader.name, key: leader.key, rev: leader.rev, lease: int64Out(leader.lease) } };
+    }),
+    Proclaim: unary('Proclaim', async (request: { leader?: LeaderKeyMessage | null; value: Buffer }, call) => ({
+      header: member.header(await concurrency.proclaim(leaderKey(request.leader), Buffer.from(request.value), await who(call))),
+    })),
+    Resign: unary('Resign', async (request: { leader?: LeaderKeyMessage | null }, call) => ({
+      header: member.header(await concurrency.resign(leaderKey(request.leader), await who(call))),
+    })),
+    Leader: unary('Leader', async (request: { name: Buffer }, call) => {
+      const { kv } = await concurrency.leader(Buffer.from(request.name), await who(call));
+      if (kv === undefined) throw new RampartError('ElectionNoLeader');
+      return { header: member.header(), kv };
+    }),
+    Observe: guardStream('Observe', (call: grpc.ServerWritableStream<{ name: Buffer }, object>) => {
+      const signal = cancellation(call);
+      who(call)
+        .then((caller) => concurrency.observe(Buffer.from(call.request.name), caller, signal, (kv) => call.write({ header: member.header(), kv })))
+        .then(
+          () => call.end(),
+          (error: unknown) => {
+            if (!signal.aborted) call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+          },
+        );
+    }),
+  });
 
   server.addService(service(services, 'rampart.Policy'), {
     Export: unary('PolicyExport', async (_request: object, call) => {

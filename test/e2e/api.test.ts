@@ -286,3 +286,74 @@ describe('storage quota', () => {
     }
   });
 });
+
+describe('Lock and Election services', () => {
+  let server: ServerProcess;
+  let client: RawClient;
+  beforeAll(async () => {
+    server = await startRampart();
+    client = connect(server.endpoint);
+  });
+  afterAll(async () => {
+    client?.close();
+    await server?.stop();
+    if (server) await removeDirectory(server.dataDir);
+  });
+  const lease = async (): Promise<string> => String((await call(client.lease, 'LeaseGrant', { TTL: 60 })).ID);
+  const settled = async <T>(promise: Promise<T>, ms: number): Promise<boolean> => Promise.race([promise.then(() => true, () => true), new Promise<boolean>((resolve) => setTimeout(() => resolve(false), ms))]);
+  const keysUnder = async (prefix: string): Promise<string[]> => ((await call(client.kv, 'Range', { key: Buffer.from(prefix), range_end: Buffer.from(prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)) })).kvs as { key: Buffer }[]).map((kv) => kv.key.toString());
+
+  it('grants a lock to one holder at a time, in order; a waiter that gives up leaves no key', async () => {
+    const [first, second, third] = [await lease(), await lease(), await lease()];
+    const held = await call(client.lock, 'Lock', { name: Buffer.from('jobs'), lease: first });
+    expect((held.key as Buffer).toString()).toBe(`jobs/${BigInt(first).toString(16)}`);
+    const waiting = call(client.lock, 'Lock', { name: Buffer.from('jobs'), lease: second });
+    expect(await settled(waiting, 400)).toBe(false);
+
+    // A third caller gives up (deadline): its key is removed, the queue is unchanged.
+    const impatient = await new Promise<grpc.ServiceError | null>((resolve) =>
+      (client.lock.Lock as unknown as (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void) => void).call(client.lock, { name: Buffer.from('jobs'), lease: third }, { deadline: Date.now() + 300 }, resolve));
+    expect(impatient?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(await keysUnder('jobs/')).toEqual([`jobs/${BigInt(first).toString(16)}`, `jobs/${BigInt(second).toString(16)}`].sort());
+
+    await call(client.lock, 'Unlock', { key: held.key });
+    expect(((await waiting).key as Buffer).toString()).toBe(`jobs/${BigInt(second).toString(16)}`);
+    // Revoking the holder's lease releases the lock too.
+    const next = call(client.lock, 'Lock', { name: Buffer.from('jobs'), lease: first });
+    expect(await settled(next, 300)).toBe(false);
+    await call(client.lease, 'LeaseRevoke', { ID: second });
+    expect(((await next).key as Buffer).toString()).toBe(`jobs/${BigInt(first).toString(16)}`);
+  });
+
+  it('elects in order, proclaims, resigns, and streams leader changes to observers', async () => {
+    const [a, b] = [await lease(), await lease()];
+    expect(await callError(client.election, 'Leader', { name: Buffer.from('ballot') })).toEqual({ code: grpc.status.UNKNOWN, details: 'election: no leader' });
+    const first = await call(client.election, 'Campaign', { name: Buffer.from('ballot'), lease: a, value: Buffer.from('alpha') });
+    const leader = first.leader as { name: Buffer; key: Buffer; rev: string; lease: string };
+    expect(leader.key.toString()).toBe(`ballot/${BigInt(a).toString(16)}`);
+
+    const observed: string[] = [];
+    const observer = client.election.Observe({ name: Buffer.from('ballot') });
+    observer.on('data', (response: { kv: { value: Buffer } }) => observed.push(response.kv.value.toString()));
+    observer.on('error', () => undefined);
+    const waitObserved = async (count: number): Promise<void> => {
+      for (let attempt = 0; attempt < 100 && observed.length < count; attempt++) await new Promise((resolve) => setTimeout(resolve, 20));
+    };
+    await waitObserved(1);
+
+    const challenger = call(client.election, 'Campaign', { name: Buffer.from('ballot'), lease: b, value: Buffer.from('beta') });
+    expect(await settled(challenger, 300)).toBe(false);
+    await call(client.election, 'Proclaim', { leader, value: Buffer.from('alpha-2') });
+    await waitObserved(2);
+    expect((((await call(client.election, 'Leader', { name: Buffer.from('ballot') })).kv) as { value: Buffer }).value.toString()).toBe('alpha-2');
+    expect(await callError(client.election, 'Proclaim', { leader: { ...leader, rev: String(Number(leader.rev) + 1000) }, value: Buffer.from('x') })).toEqual({ code: grpc.status.UNKNOWN, details: 'election: not leader' });
+
+    await call(client.election, 'Resign', { leader });
+    const second = await challenger;
+    expect((second.leader as { key: Buffer }).key.toString()).toBe(`ballot/${BigInt(b).toString(16)}`);
+    await waitObserved(3);
+    observer.cancel();
+    expect(observed).toEqual(['alpha', 'alpha-2', 'beta']);
+  });
+});

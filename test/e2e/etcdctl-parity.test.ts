@@ -83,6 +83,8 @@ const steps: Step[] = [
   step('lease timetolive $LEASE'),
   step('lease grant 1'),
   step('lease grant 9000000001'),
+  // lock and elect are client-side recipes over KV, Watch and Lease.
+  step('lock mylock -- echo held'),
   // Watch replays history from a revision, then stops on SIGINT.
   { args: ['watch', '--prefix', '', '--rev', '5', '--prev-kv'], watch: true },
   { args: ['watch', 'k', '--prefix', '--rev', '6', '-w', 'json'], watch: true },

@@ -9,7 +9,7 @@ describe('error table', () => {
       const mapping = errorTable[code];
       expect(mapping, code).toBeDefined();
       // etcd's text, or (for the two refusals etcd does not make) Rampart's own.
-      expect(/^(etcdserver|rampart): /.test(mapping.message), code).toBe(true);
+      expect(/^(etcdserver|rampart|election): /.test(mapping.message), code).toBe(true);
       expect(mapping.code, code).not.toBe(status.OK);
     }
     expect(Object.keys(errorTable).sort()).toEqual([...errorCodes].sort());

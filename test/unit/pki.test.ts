@@ -68,10 +68,13 @@ describe('certificate material', () => {
       expect(expiresSoon(provider.certificate)).toBe(false);
       const serial = provider.certificate.serialNumber;
 
-      // A key from elsewhere: refused, logged, the working certificate stays.
+      // A key from elsewhere: refused, logged, the working certificate stays. (Counted from here: the
+      // poll may also have caught the renewal above half-written, and refused that moment too.)
+      const refusals = (): number => lines().filter((line) => line.msg === 'refused new certificates; still using the previous ones').length;
+      const before = refusals();
       await writeFile(files.keyFile, (await issueCertificate(authority, { kind: 'server', commonName: 'x' })).keyPem);
-      await waitFor(() => lines().some((line) => line.msg === 'refused new certificates; still using the previous ones'));
-      expect(lines().filter((line) => line.msg === 'refused new certificates; still using the previous ones')).toHaveLength(1);
+      await waitFor(() => refusals() > before);
+      expect(refusals()).toBeGreaterThan(before);
       expect(provider.certificate.serialNumber).toBe(serial);
       expect(provider.reloads).toBe(1);
       expect(JSON.stringify(lines())).not.toContain('PRIVATE KEY');
