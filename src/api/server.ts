@@ -35,6 +35,7 @@ import { serveAuth } from './auth-service.js';
 import type { Caller } from './messages.js';
 import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 import { Concurrency, type LeaderKey } from '../server/concurrency.js';
+import type { ServerMetrics } from '../server/metrics.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -55,6 +56,7 @@ export interface ApiServerOptions {
   readonly refuseCertificate?: (certificate: PeerCertificate) => string | undefined;
   /** Lifetime of tokens from Authenticate. */
   readonly tokenTtlSeconds?: number;
+  readonly metrics?: ServerMetrics;
 }
 
 interface CallWithAuth {
@@ -101,18 +103,26 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     (call, callback) => {
       const refused = refusal(call, name);
       if (refused !== undefined) {
+        options.metrics?.handled(name, 'UNAUTHENTICATED');
         callback(refused);
         return;
       }
       Promise.resolve()
         .then(() => handler(call.request, call))
         .then(
-          (response) => callback(null, response),
+          (response) => {
+            options.metrics?.handled(name, 'OK');
+            callback(null, response);
+          },
           (error: unknown) => {
             if (!isRampartError(error)) {
               logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
             }
-            callback(toServiceError(error));
+            const mapped = toServiceError(error);
+            options.metrics?.handled(name, grpc.status[mapped.code ?? grpc.status.UNKNOWN] ?? 'UNKNOWN');
+            if (mapped.code === grpc.status.PERMISSION_DENIED) options.metrics?.permissionDenied();
+            if (isRampartError(error) && (error.code === 'AuthFailed' || (error.code === 'TooManyRequests' && name === 'Authenticate'))) options.metrics?.loginFailed();
+            callback(mapped);
           },
         );
     };

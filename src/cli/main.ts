@@ -19,6 +19,7 @@ import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
+import { createMetrics, serveMetrics, type CertificateSource } from '../server/metrics.js';
 import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { loadPolicy } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -79,6 +80,7 @@ interface ServeFlags {
   trustedCaFile?: string;
   logLevel: string;
   authTokenTtl: number;
+  listenMetricsUrls?: string[];
 }
 
 program
@@ -110,6 +112,7 @@ program
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
+  .option('--listen-metrics-urls <urls>', 'http:// URLs serving /metrics (Prometheus), /health, /livez and /readyz', list)
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
@@ -131,6 +134,8 @@ interface Credentials {
   readonly client: grpc.ServerCredentials;
   readonly peerServer: grpc.ServerCredentials;
   readonly peerClient: grpc.ChannelCredentials;
+  /** The certificates in use, for expiry metrics (none over plaintext). */
+  readonly certificates: CertificateSource[];
 }
 
 async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Credentials> {
@@ -141,7 +146,7 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
       throw new Error('--insecure cannot be combined with certificate flags');
     }
     logger.warn('serving PLAINTEXT without client or peer authentication (--insecure): for development only');
-    return { client: grpc.ServerCredentials.createInsecure(), peerServer: grpc.ServerCredentials.createInsecure(), peerClient: grpc.credentials.createInsecure() };
+    return { client: grpc.ServerCredentials.createInsecure(), peerServer: grpc.ServerCredentials.createInsecure(), peerClient: grpc.credentials.createInsecure(), certificates: [] };
   }
   if (clientFlags.some((flag) => flag === undefined)) {
     throw new Error('TLS is required: pass --cert-file, --key-file and --trusted-ca-file (or run `rampart up`); --insecure serves plaintext for development');
@@ -157,6 +162,7 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
     client: grpc.experimental.createCertificateProviderServerCredentials(client, client, true),
     peerServer: grpc.experimental.createCertificateProviderServerCredentials(peer, peer, true),
     peerClient: grpc.experimental.createCertificateProviderChannelCredentials(peer, peer),
+    certificates: [{ use: 'client', certificate: () => client.certificate }, { use: 'peer', certificate: () => peer.certificate }],
   };
 }
 
@@ -228,9 +234,16 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  const metrics = createMetrics(member, credentials.certificates, flags.quotaBackendBytes);
+  let serving = false;
+  if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
+    await serveMetrics(flags.listenMetricsUrls, member, metrics, () => serving);
+    logger.info({ metricsUrls: flags.listenMetricsUrls }, 'serving metrics and health');
+  }
   const server = createGrpcServer({
     member,
     logger,
+    metrics,
     credentials: credentials.client,
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
     ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'certificate revoked' : undefined) }),
@@ -243,6 +256,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     );
   }
   if (!flags.insecure) logRefusedHandshakes(server, logger, 'client');
+  serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }
 

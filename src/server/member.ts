@@ -274,6 +274,9 @@ export class Member {
 
   // ---- status ----
 
+  /** Leaders this member has seen come to power (as etcd's etcd_server_leader_changes_seen_total). */
+  leaderChangesSeen = 0;
+
   get appliedIndex(): number {
     return this.appliedIndexValue;
   }
@@ -698,6 +701,7 @@ export class Member {
       this.options.logger.info({ term: this.loop.term }, 'became leader');
     }
     if (state.leader !== previous.leader) {
+      if (state.leader !== '') this.leaderChangesSeen += 1;
       this.options.logger.info({ leader: state.leader, term: this.loop.term }, 'leader changed');
     }
   }

@@ -35,7 +35,8 @@ describe('rampart init', () => {
 
     // Member "a" alone (its config names two members): start it as a one-member cluster from the
     // bundle directory, overriding only the cluster list, and reach it with the admin certificate.
-    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--initial-cluster', `a=https://127.0.0.1:${peerPort}`, '--log-level', 'warn'],
+    const metricsPort = await freePort();
+    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--initial-cluster', `a=https://127.0.0.1:${peerPort}`, '--log-level', 'warn', '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`],
       { cwd: path.join(out, 'a'), env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -51,6 +52,27 @@ describe('rampart init', () => {
       expect(put.stdout, output).toBe('OK\n');
       expect((await run('etcdctl', [...admin, 'get', 'k', '--print-value-only'], { env: cleanEnvironment() })).stdout).toBe('v\n');
       expect((await run('etcdctl', ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--dial-timeout=2s', 'get', 'k'], { env: cleanEnvironment() })).code).not.toBe(0);
+
+      // Metrics and health: etcd's names where etcd has one; certificate expiry for both ports.
+      const fetchText = async (route: string): Promise<{ status: number; body: string }> => {
+        const response = await fetch(`http://127.0.0.1:${metricsPort}${route}`);
+        return { status: response.status, body: await response.text() };
+      };
+      expect(await fetchText('/health')).toEqual({ status: 200, body: '{"health":"true","reason":""}\n' });
+      expect((await fetchText('/readyz')).status).toBe(200);
+      const metrics = (await fetchText('/metrics')).body;
+      expect(metrics).toMatch(/^etcd_server_has_leader 1$/m);
+      expect(metrics).toMatch(/^etcd_server_is_leader 1$/m);
+      expect(metrics).toMatch(/^etcd_server_leader_changes_seen_total 1$/m);
+      expect(metrics).toMatch(/^etcd_debugging_mvcc_current_revision 2$/m);
+      expect(metrics).toMatch(/^grpc_server_handled_total\{grpc_method="Put",grpc_code="OK"\} 1$/m);
+      for (const use of ['client', 'peer']) {
+        const seconds = Number(new RegExp(`^rampart_certificate_expiry_seconds\\{use="${use}"\\} (\\d+)$`, 'm').exec(metrics)?.[1]);
+        expect(seconds).toBeGreaterThan(89 * 86_400);
+        expect(seconds).toBeLessThanOrEqual(90 * 86_400);
+      }
+      expect(metrics).not.toContain('PRIVATE');
+      expect((await fetchText('/nothing')).status).toBe(404);
     } finally {
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
