@@ -233,4 +233,46 @@ describe('rampart up: a secure cluster in one command', () => {
     const memberId = /Member ([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
     expect((await etcdctlAs(admin(), ['member', 'remove', memberId])).stdout).toContain('removed from cluster');
   }, 60_000);
+
+  it('enables auth with the default policies, and honours a token from one member on every other', async () => {
+    const users = (await etcdctlAs(admin(), ['user', 'list'])).stdout.trim().split('\n');
+    expect(users).toEqual(expect.arrayContaining(['auditor', 'kube-apiserver', 'root']));
+    for (const line of ['user add token-user:token-pw', 'role add tokens', 'role grant-permission tokens readwrite token/ --prefix', 'user grant-role token-user tokens']) {
+      expect((await etcdctlAs(admin(), line.split(' '))).code).toBe(0);
+    }
+    const [ca, key, cert] = await Promise.all(['ca.crt', 'admin.key', 'admin.crt'].map((name) => readFile(path.join(pki, name))));
+    const credentials = grpc.credentials.createSsl(ca as Buffer, key as Buffer, cert as Buffer);
+    const { packageDefinition } = await import('../../src/api/proto.js');
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor; Auth: grpc.ServiceClientConstructor } };
+    const hosts = endpoints.split(',').map((endpoint) => new URL(endpoint).host);
+    type Callback = (error: grpc.ServiceError | null, response: { token?: string }) => void;
+    const auth = new loaded.etcdserverpb.Auth(hosts[0] as string, credentials) as unknown as grpc.Client & { Authenticate(request: object, callback: Callback): void };
+    const kvs = hosts.map((host) => new loaded.etcdserverpb.KV(host, credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as grpc.Client & { Put(request: object, metadata: grpc.Metadata, callback: Callback): void });
+    const putWith = (client: (typeof kvs)[number], token: string, key: string) => new Promise<string>((resolve) => {
+      const metadata = new grpc.Metadata();
+      metadata.set('token', token);
+      client.Put({ key: Buffer.from(key), value: Buffer.from('v') }, metadata, (error) => resolve(error === null ? 'OK' : error.details));
+    });
+    try {
+      const token = await new Promise<string>((resolve, reject) => auth.Authenticate({ name: 'token-user', password: 'token-pw' }, (error, response) => (error === null ? resolve(response.token ?? '') : reject(error))));
+      // The admin certificate would allow anything: these answers are the token's user's.
+      for (const [index, client] of kvs.entries()) {
+        expect(await putWith(client, token, `token/${index}`)).toBe('OK');
+        expect(await putWith(client, token, `elsewhere/${index}`)).toBe('etcdserver: permission denied');
+      }
+      expect((await etcdctlAs(admin(), ['role', 'add', 'bump'])).code).toBe(0);
+      for (const client of kvs) {
+        // Stale on every member once the change is applied there.
+        let answer = '';
+        for (let attempt = 0; attempt < 50 && answer !== 'etcdserver: revision of auth store is old'; attempt++) {
+          answer = await putWith(client, token, 'token/again');
+          if (answer !== 'etcdserver: revision of auth store is old') await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        expect(answer).toBe('etcdserver: revision of auth store is old');
+      }
+    } finally {
+      auth.close();
+      for (const client of kvs) client.close();
+    }
+  }, 60_000);
 });
