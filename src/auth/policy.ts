@@ -20,10 +20,14 @@
  */
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { LineCounter, parseDocument, stringify, type Document } from 'yaml';
 import { z } from 'zod';
 import { AuthDecider, emptyAuthState, policyOf, type AuthState, type PolicyState, type RoleRecord } from './store.js';
 import { permissionType, rootName, type Access, type KeyPermission, type PermissionType } from './permissions.js';
+
+/** The policies shipped with Rampart (root, auditor, kube-apiserver): `policies/` at the package root. */
+export const shippedPolicies = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../policies');
 
 const name = z.string().min(1, 'must not be empty').max(256).regex(/^[^\s]+$/, 'must not contain spaces');
 const accessName = z.enum(['read', 'write', 'readwrite']);

@@ -20,8 +20,9 @@ import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource } from '../server/metrics.js';
+import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
-import { loadPolicy } from '../auth/policy.js';
+import { loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
@@ -81,6 +82,8 @@ interface ServeFlags {
   logLevel: string;
   authTokenTtl: number;
   listenMetricsUrls?: string[];
+  bootstrapAuth: boolean;
+  bootstrapPolicies?: string;
 }
 
 program
@@ -113,6 +116,8 @@ program
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
   .option('--listen-metrics-urls <urls>', 'http:// URLs serving /metrics (Prometheus), /health, /livez and /readyz', list)
+  .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
+  .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
@@ -187,6 +192,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     throw new Error('--initial-cluster-state must be new or existing');
   }
   if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
+  // Checked before anything starts: a broken bootstrap policy is a configuration error.
+  const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
   const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);
   const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
   const member = await Member.open({
@@ -234,6 +241,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  if (bootstrapPolicy !== undefined) bootstrapAuth(member, bootstrapPolicy, logger);
   const metrics = createMetrics(member, credentials.certificates, flags.quotaBackendBytes);
   let serving = false;
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
-import { PolicyConnection, checkedPolicy } from './policy.js';
+import { PolicyConnection } from './policy.js';
 import { createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
@@ -29,7 +29,6 @@ interface ClusterFile {
 }
 
 const binary = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/rampart.js');
-export const defaultPolicies = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../policies');
 const localNames = ['127.0.0.1', 'localhost'];
 
 function portsFor(base: number, index: number): { clientPort: number; peerPort: number } {
@@ -113,6 +112,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--trusted-ca-file', path.join(home, 'ca.crt'),
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
       '--crl-file', path.join(home, 'crl.pem'),
+      ...(options.auth ? [] : ['--no-bootstrap-auth']),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
     child.unref();
     await log.close();
@@ -120,24 +120,29 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, log ${path.join(home, 'log')}`);
   }
   await waitHealthy(directory, endpoints, options.timeoutMs);
-  if (options.auth) await secureByDefault(directory, print);
+  if (options.auth) await secureByDefault(directory, options.timeoutMs, print);
   print(`cluster is healthy; use it with:\n\n  ${etcdctlLine(directory, endpoints)}\n`);
   return endpoints;
 }
 
-/** On a cluster without users: the default policies (root, auditor, kube-apiserver), then auth on. */
-async function secureByDefault(directory: string, print: (line: string) => void): Promise<void> {
+/** Members of a new cluster enable auth with the default policies themselves: wait for it, and say so. */
+async function secureByDefault(directory: string, timeoutMs: number, print: (line: string) => void): Promise<void> {
   const client = await PolicyConnection.open({ dir: directory });
   try {
-    const live = await client.export();
-    if (live.state.users.length > 0 || live.enabled) {
-      print(`auth is ${live.enabled ? 'enabled' : 'disabled'}; the cluster has ${live.state.users.length} users (policies left as they are)`);
-      return;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const live = await client.export();
+      if (live.enabled) {
+        print(`auth is enabled; users: ${live.state.users.map((user) => user.name).sort().join(', ')}; the admin certificate acts as root`);
+        return;
+      }
+      if (live.revision > 1) {
+        print(`auth is disabled on this cluster (it has been changed since it was created); enable it with etcdctl auth enable`);
+        return;
+      }
+      if (Date.now() > deadline) throw new Error(`auth was not enabled within ${timeoutMs} ms; see the member logs under ${directory}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
     }
-    const policy = await checkedPolicy(defaultPolicies, print, false);
-    await client.apply(policy.state, live.revision);
-    await client.enableAuth();
-    print(`applied the default policies (${policy.state.users.map((user) => user.name).join(', ')}) from ${defaultPolicies} and enabled auth; the admin certificate acts as root`);
   } finally {
     client.close();
   }

@@ -51,6 +51,12 @@ describe('rampart init', () => {
       }
       expect(put.stdout, output).toBe('OK\n');
       expect((await run('etcdctl', [...admin, 'get', 'k', '--print-value-only'], { env: cleanEnvironment() })).stdout).toBe('v\n');
+      // A new TLS cluster enables auth with the shipped policies on its own (not only under rampart up).
+      expect((await run('etcdctl', [...admin, 'user', 'list'], { env: cleanEnvironment() })).stdout).toBe('auditor\nkube-apiserver\nroot\n');
+      const { issueCertificate, readKeyPair, writeKeyPair } = await import('../../src/pki/authority.js');
+      const stranger = await writeKeyPair(out, 'stranger', await issueCertificate(await readKeyPair(path.join(pki, 'ca'), 'ca'), { kind: 'client', commonName: 'stranger' }));
+      const denied = await run('etcdctl', [...admin.slice(0, 4), '--cert', stranger.certificateFile, '--key', stranger.keyFile, '--command-timeout=3s', 'get', 'k'], { env: cleanEnvironment() });
+      expect(denied.stderr).toContain('Error: etcdserver: permission denied');
       expect((await run('etcdctl', ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--dial-timeout=2s', 'get', 'k'], { env: cleanEnvironment() })).code).not.toBe(0);
 
       // Metrics and health: etcd's names where etcd has one; certificate expiry for both ports.
@@ -73,6 +79,38 @@ describe('rampart init', () => {
       }
       expect(metrics).not.toContain('PRIVATE');
       expect((await fetchText('/nothing')).status).toBe(404);
+    } finally {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+    }
+  }, 60_000);
+
+  it('refuses to start with a broken bootstrap policy, naming its line; --no-bootstrap-auth skips it', async () => {
+    const out = await temporaryDirectory('init-policy');
+    directories.push(out);
+    const [clientPort, peerPort] = [await freePort(), await freePort()];
+    expect((await run(process.execPath, [rampartBin, 'init', '--member', 'a=127.0.0.1', '--out', out, '--client-port', String(clientPort), '--peer-port', String(peerPort), '--data-dir', path.join(out, 'data')])).code).toBe(0);
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(path.join(out, 'bad.yaml'), 'roles:\n  - name: r\n    grants:\n      - { prefix: /x/, access: sometimes }\n');
+    const config = path.join(out, 'a', 'rampart.yaml');
+    const bundle = (file: string): string => path.join(out, 'a', file);
+    const tls = ['--cert-file', bundle('server.crt'), '--key-file', bundle('server.key'), '--trusted-ca-file', bundle('ca.crt'), '--peer-cert-file', bundle('peer.crt'), '--peer-key-file', bundle('peer.key'), '--peer-trusted-ca-file', bundle('ca.crt'), '--crl-file', bundle('crl.pem')];
+    const refused = await run(process.execPath, [rampartBin, 'serve', '--config-file', config, ...tls, '--bootstrap-policies', path.join(out, 'bad.yaml')]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`${path.join(out, 'bad.yaml')}:4: `);
+    expect(refused.stderr).not.toMatch(/\n\s+at /);
+
+    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', config, ...tls, '--no-bootstrap-auth', '--log-level', 'warn'], { cwd: path.join(out, 'a'), env: cleanEnvironment(), stdio: 'ignore' });
+    try {
+      const admin = ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(out, 'pki', 'ca.crt'), '--cert', path.join(out, 'pki', 'admin.crt'), '--key', path.join(out, 'pki', 'admin.key'), '--dial-timeout=2s'];
+      let put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
+      for (let attempt = 0; attempt < 60 && put.code !== 0; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
+      }
+      expect(put.stdout).toBe('OK\n');
+      await new Promise((resolve) => setTimeout(resolve, 1_000)); // longer than a bootstrap attempt would take
+      expect((await run('etcdctl', [...admin, 'user', 'list'], { env: cleanEnvironment() })).stdout).toBe('');
     } finally {
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));

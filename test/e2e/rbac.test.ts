@@ -27,7 +27,7 @@ describe('RBAC on a secure cluster', () => {
     const base = await freeBasePort();
     const result = await run(process.execPath, [rampartBin, 'up', '--dir', home, '--size', '1', '--base-port', String(base)], { timeoutMs: 60_000 });
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toContain('applied the default policies (auditor, kube-apiserver, root)');
+    expect(result.stdout).toContain('auth is enabled; users: auditor, kube-apiserver, root');
     endpoint = `https://127.0.0.1:${base}`;
     for (const name of ['alice', 'auditor', 'kube-apiserver-etcd-client', 'mallory']) {
       expect((await rampart(['cert', 'issue', 'client', name, '--pki-dir', pki()])).code).toBe(0);
