@@ -36,6 +36,8 @@ import type { Caller } from './messages.js';
 import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 import { Concurrency, type LeaderKey } from '../server/concurrency.js';
 import type { ServerMetrics } from '../server/metrics.js';
+import type { AuditLog } from '../audit/log.js';
+import { outcomeOf, targetsOf } from './audit-events.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -57,6 +59,8 @@ export interface ApiServerOptions {
   /** Lifetime of tokens from Authenticate. */
   readonly tokenTtlSeconds?: number;
   readonly metrics?: ServerMetrics;
+  /** Where every client request and its decision is recorded (hash-chained). */
+  readonly audit?: AuditLog;
 }
 
 interface CallWithAuth {
@@ -74,7 +78,28 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   });
   const services = loadServices();
   const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds);
-  const who = (call: CallContext): Promise<Caller> => authenticator.identify(call);
+  /** The identity each call was served as, for its audit event. */
+  const callers = new WeakMap<object, Caller>();
+  const who = async (call: CallContext): Promise<Caller> => {
+    const caller = await authenticator.identify(call);
+    callers.set(call, caller);
+    return caller;
+  };
+  const audit = (call: CallContext, action: string, request: Record<string, unknown>, code: grpc.status, detail: string): void => {
+    if (options.audit === undefined) return;
+    const caller = callers.get(call);
+    const password = action === 'Authenticate';
+    options.audit.record({
+      action,
+      user: password ? String(request.name ?? '') : caller?.user ?? '',
+      via: password ? 'password' : caller === undefined || caller.user === '' ? 'none' : caller.token ? 'token' : 'certificate',
+      source: call.getPeer(),
+      targets: targetsOf(action, request),
+      outcome: outcomeOf(code, detail),
+      code: grpc.status[code] ?? String(code),
+      ...(detail === '' ? {} : { detail }),
+    });
+  };
   /** Root only (while auth is enabled): compaction, maintenance, membership and auth administration. */
   const admin = async (call: CallContext): Promise<Caller> => {
     const caller = await who(call);
@@ -93,6 +118,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   const guardStream = <Call extends CallWithAuth & { destroy(error?: Error): void }>(rpc: string, serve: (call: Call) => void): ((call: Call) => void) => (call) => {
     const refused = refusal(call, rpc);
     if (refused !== undefined) {
+      audit(call as unknown as CallContext, rpc, {}, grpc.status.UNAUTHENTICATED, refused.details ?? '');
       call.destroy(Object.assign(new Error(refused.details), refused));
       return;
     }
@@ -104,6 +130,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       const refused = refusal(call, name);
       if (refused !== undefined) {
         options.metrics?.handled(name, 'UNAUTHENTICATED');
+        audit(call, name, call.request as Record<string, unknown>, grpc.status.UNAUTHENTICATED, refused.details ?? '');
         callback(refused);
         return;
       }
@@ -112,6 +139,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
         .then(
           (response) => {
             options.metrics?.handled(name, 'OK');
+            audit(call, name, call.request as Record<string, unknown>, grpc.status.OK, '');
             callback(null, response);
           },
           (error: unknown) => {
@@ -122,6 +150,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
             options.metrics?.handled(name, grpc.status[mapped.code ?? grpc.status.UNKNOWN] ?? 'UNKNOWN');
             if (mapped.code === grpc.status.PERMISSION_DENIED) options.metrics?.permissionDenied();
             if (isRampartError(error) && (error.code === 'AuthFailed' || (error.code === 'TooManyRequests' && name === 'Authenticate'))) options.metrics?.loginFailed();
+            audit(call, name, call.request as Record<string, unknown>, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
             callback(mapped);
           },
         );
@@ -142,7 +171,8 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   });
 
   server.addService(service(services, 'etcdserverpb.Watch'), {
-    Watch: guardStream('Watch', (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call, who)),
+    Watch: guardStream('Watch', (call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>) => serveWatch(member, logger, call, who, (request, allowed) =>
+      audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? grpc.status.OK : grpc.status.PERMISSION_DENIED, allowed ? '' : 'etcdserver: permission denied'))),
   });
 
   server.addService(service(services, 'etcdserverpb.Lease'), {
@@ -251,8 +281,15 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     }),
     Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => {
       admin(call).then(
-        () => serveSnapshot(member, logger, call),
-        (error: unknown) => call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error))),
+        () => {
+          audit(call, 'Snapshot', {}, grpc.status.OK, '');
+          return serveSnapshot(member, logger, call);
+        },
+        (error: unknown) => {
+          const mapped = toServiceError(error);
+          audit(call, 'Snapshot', {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
+          call.destroy(Object.assign(new Error(mapped.details), mapped));
+        },
       );
     }),
     MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }, call) => {
@@ -391,7 +428,7 @@ function eventBytes(event: EventMessage): number {
   return event.kv.key.length + event.kv.value.length + (event.prev_kv === undefined ? 0 : event.prev_kv.key.length + event.prev_kv.value.length) + 64;
 }
 
-function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>, who: (call: CallContext) => Promise<Caller>): void {
+function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStream<WatchRequest, WatchResponse>, who: (call: CallContext) => Promise<Caller>, onCreate: (request: WatchCreateRequest, allowed: boolean) => void): void {
   const watchers = new Map<number, Watcher>();
   const fragmentById = new Set<number>();
   let nextWatchId = 0;
@@ -456,18 +493,20 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
   let queue: Promise<void> = Promise.resolve();
   let identity: Promise<Caller> | undefined;
   const permitted = async (request: WatchCreateRequest): Promise<boolean> => {
-    if (!member.auth.state.enabled) return true;
     try {
       identity ??= who(call);
-      authorizeRange(member.auth.decider, await identity, { key: request.key, range_end: request.range_end });
+      const caller = await identity;
+      authorizeRange(member.auth.decider, caller, { key: request.key, range_end: request.range_end });
       return true;
     } catch {
-      return false;
+      return !member.auth.state.enabled;
     }
   };
 
   const create = async (request: WatchCreateRequest): Promise<void> => {
-    if (!(await permitted(request))) {
+    const allowed = await permitted(request);
+    onCreate(request, allowed);
+    if (!allowed) {
       write({ header: member.header(), watch_id: parseInt64(request.watch_id), created: true, canceled: true, cancel_reason: permissionDeniedReason, events: [] });
       return;
     }

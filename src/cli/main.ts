@@ -21,6 +21,7 @@ import { initBundles } from './init.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
+import { AuditLog, readAudit, verifyAudit } from '../audit/log.js';
 import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -84,6 +85,8 @@ interface ServeFlags {
   listenMetricsUrls?: string[];
   bootstrapAuth: boolean;
   bootstrapPolicies?: string;
+  audit: boolean;
+  auditDir?: string;
 }
 
 program
@@ -116,6 +119,8 @@ program
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
   .option('--listen-metrics-urls <urls>', 'http:// URLs serving /metrics (Prometheus), /health, /livez and /readyz', list)
+  .option('--audit-dir <dir>', 'where the hash-chained audit trail of client requests is written (default: <data-dir>/audit)')
+  .option('--no-audit', 'keep no audit trail (not recommended)')
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
@@ -223,6 +228,13 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       void member.close().finally(() => process.exit(0));
     },
   });
+  // The audit trail: on unless turned off, and a member that cannot write it does not serve.
+  const audit = flags.audit
+    ? await AuditLog.open(flags.auditDir ?? path.join(flags.dataDir, 'audit'), member.memberHex, (error) => {
+      logger.fatal({ err: error instanceof Error ? error.message : String(error) }, 'cannot write the audit trail; stopping');
+      process.exit(1);
+    })
+    : undefined;
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
@@ -234,7 +246,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       logger.error('shutdown took too long; exiting');
       process.exit(1);
     }, 8000).unref();
-    void member.close().then(
+    void Promise.all([member.close(), audit?.close()]).then(
       () => process.exit(0),
       () => process.exit(1),
     );
@@ -252,6 +264,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     member,
     logger,
     metrics,
+    ...(audit === undefined ? {} : { audit }),
     credentials: credentials.client,
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
     ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'certificate revoked' : undefined) }),
@@ -431,6 +444,52 @@ connectionOptions(policy.command('apply [dir]').description('make the live users
 connectionOptions(policy.command('export').description('the live policy as a policy file'))
   .action(async (flags: ConnectionOptions) => {
     process.stdout.write(await exportLive(flags).catch(fail));
+  });
+
+const auditCommand = program.command('audit').description('the hash-chained audit trail of client requests');
+auditCommand
+  .command('verify <path>')
+  .description('check a member\'s audit directory (or one file): every hash, link and sequence number')
+  .action(async (target: string) => {
+    const result = await verifyAudit(target).catch(fail);
+    if (!result.ok) fail(`audit trail broken: ${result.problem}`);
+    print(`audit trail intact: ${result.events} events in ${result.files} files; head ${result.head}`);
+  });
+auditCommand
+  .command('export <dir>')
+  .description('events of a verified audit directory for compliance evidence, filtered')
+  .option('--since <time>', 'ISO 8601 time: events at or after it')
+  .option('--until <time>', 'ISO 8601 time: events before it')
+  .option('--user <name>', 'only this user')
+  .option('--outcome <outcome>', 'only allowed, denied or failed')
+  .option('--format <format>', 'jsonl or csv', 'jsonl')
+  .action(async (directory: string, flags: { since?: string; until?: string; user?: string; outcome?: string; format: string }) => {
+    const time = (value: string | undefined, name: string): number | undefined => {
+      if (value === undefined) return undefined;
+      const parsed = Date.parse(value);
+      if (Number.isNaN(parsed)) fail(`--${name}: not an ISO 8601 time: ${value}`);
+      return parsed;
+    };
+    const since = time(flags.since, 'since');
+    const until = time(flags.until, 'until');
+    if (flags.outcome !== undefined && !['allowed', 'denied', 'failed'].includes(flags.outcome)) fail('--outcome must be allowed, denied or failed');
+    if (flags.format !== 'jsonl' && flags.format !== 'csv') fail('--format must be jsonl or csv');
+    const events = (await readAudit(directory).catch(fail)).filter((event) =>
+      (since === undefined || Date.parse(event.time) >= since) && (until === undefined || Date.parse(event.time) < until) &&
+      (flags.user === undefined || event.user === flags.user) && (flags.outcome === undefined || event.outcome === flags.outcome));
+    if (flags.format === 'jsonl') {
+      for (const event of events) print(JSON.stringify(event));
+      return;
+    }
+    const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'hash'] as const;
+    const cell = (value: unknown): string => {
+      const raw = Array.isArray(value) ? value.join(' ') : String(value ?? '');
+      // A leading = + - @ would be a formula to a spreadsheet: neutralize it.
+      const text = /^[=+\-@]/.test(raw) ? `'${raw}` : raw;
+      return /[",\n\r']/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+    };
+    print(columns.join(','));
+    for (const event of events) print(columns.map((column) => cell((event as unknown as Record<string, unknown>)[column])).join(','));
   });
 
 const auth = program.command('auth').description('authorization questions');

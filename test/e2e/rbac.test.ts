@@ -224,4 +224,40 @@ describe('RBAC on a secure cluster', () => {
     expect(rootless.stderr).toContain('etcdserver: invalid auth management');
     expect((await rampart(['policy', 'export', ...connection])).stdout).toBe(exported);
   }, 90_000);
+
+  it('records every request and decision in a hash-chained audit trail that verifies, exports, and exposes tampering', async () => {
+    const audit = path.join(home, 'm1', 'data', 'audit');
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the trail is flushed every 100 ms
+    const verified = await rampart(['audit', 'verify', audit]);
+    expect(verified.stderr).toBe('');
+    expect(verified.stdout).toMatch(/^audit trail intact: \d+ events in 1 files; head [0-9a-f]{64}\n$/);
+
+    const denied = await rampart(['audit', 'export', audit, '--user', 'alice', '--outcome', 'denied']);
+    const events = denied.stdout.trim().split('\n').map((line) => JSON.parse(line) as { action: string; user: string; via: string; targets: string[]; outcome: string; detail: string; code: string });
+    expect(events).toContainEqual(expect.objectContaining({ action: 'Put', user: 'alice', via: 'certificate', targets: ['/other'], outcome: 'denied', code: 'PERMISSION_DENIED', detail: 'etcdserver: permission denied' }));
+    expect(events).toContainEqual(expect.objectContaining({ action: 'Watch.create', user: 'alice', targets: ['/other'], outcome: 'denied' }));
+    const everything = (await rampart(['audit', 'export', audit])).stdout;
+    expect(everything).toContain('"action":"Authenticate","user":"bob","via":"password"');
+    expect(everything).toContain('"action":"UserAdd"');
+    expect(everything).toContain('"outcome":"allowed"');
+    // Keys and names only: no values, passwords or tokens.
+    for (const secret of ['s3cret', 'bob-pw', 'carol-pw', 'eyJ']) expect(everything).not.toContain(secret);
+    const csv = (await rampart(['audit', 'export', audit, '--format', 'csv', '--outcome', 'denied'])).stdout.split('\n');
+    expect(csv[0]).toBe('time,member,seq,action,user,via,source,outcome,code,detail,targets,hash');
+    expect(csv.some((line) => /,Put,alice,certificate,.*,denied,PERMISSION_DENIED,etcdserver: permission denied,\/other,[0-9a-f]{64}$/.test(line))).toBe(true);
+
+    // Alter one decision in a copy: verification names the line, export refuses.
+    const copy = await mkdtemp(path.join(path.dirname(home), 'audit-copy-'));
+    await cp(audit, copy, { recursive: true });
+    const { readdir, readFile } = await import('node:fs/promises');
+    const file = path.join(copy, (await readdir(copy))[0] as string);
+    const lines = (await readFile(file, 'utf8')).split('\n');
+    const target = lines.findIndex((line) => line.includes('"outcome":"denied"'));
+    lines[target] = (lines[target] as string).replace('"outcome":"denied"', '"outcome":"allowed"');
+    await writeFile(file, lines.join('\n'));
+    const broken = await rampart(['audit', 'verify', copy]);
+    expect(broken.code).toBe(1);
+    expect(broken.stderr).toBe(`rampart: audit trail broken: ${file}:${target + 1}: hash does not match the event (altered)\n`);
+    expect((await rampart(['audit', 'export', copy])).code).toBe(1);
+  }, 30_000);
 });
