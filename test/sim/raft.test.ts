@@ -28,6 +28,8 @@ function optionsFor(seed: number, overrides: Partial<SimulationOptions> = {}): S
 }
 
 const seeds = onlySeed === undefined ? Array.from({ length: seedCount }, (_, index) => index + 1) : [onlySeed];
+/** The runs are synchronous: the test's time limit grows with the number of seeds asked for. */
+const timeoutMs = Math.max(60_000, seeds.length * 400);
 
 describe('Raft under simulated faults', () => {
   it(`keeps every safety invariant and recovers after healing (${seeds.length} seeds)`, () => {
@@ -52,7 +54,7 @@ describe('Raft under simulated faults', () => {
       expect(crashes).toBeGreaterThan(0);
       expect(snapshots).toBeGreaterThan(0);
     }
-  });
+  }, timeoutMs);
 
   it(`stays safe while members are added, promoted and removed (${Math.ceil(seeds.length / 4)} seeds)`, () => {
     let committed = 0;
@@ -60,7 +62,7 @@ describe('Raft under simulated faults', () => {
       committed += new Simulation(optionsFor(seed, { nodes: 5, membershipChanges: true })).run().committed;
     }
     expect(committed).toBeGreaterThan(0);
-  });
+  }, timeoutMs);
 
   it('replays a seed exactly', () => {
     const first = new Simulation(optionsFor(42)).run();
