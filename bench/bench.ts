@@ -3,7 +3,8 @@
  * `etcd` binary is installed), with the same load generator against both, reported as ratios.
  *
  * Load: 256-byte keys, 1 KiB values, BENCH_CONNECTIONS connections, BENCH_IN_FLIGHT requests in
- * flight, BENCH_SECONDS per phase. Both servers run plaintext, single member, on 127.0.0.1.
+ * flight, BENCH_SECONDS per phase; BENCH_RAMPART_ARGS adds flags to every Rampart member (e.g.
+ * `--no-audit` to see what the audit trail costs). Both servers run plaintext, single member, on 127.0.0.1.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -140,7 +141,7 @@ function targetFor(name: string, command: (member: string, dataDir: string, clie
 
 const rampart = targetFor('rampart', (member, dataDir, client, peer, initialCluster) => ({
   file: process.execPath,
-  args: [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error'],
+  args: [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error', ...(process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean)],
 }));
 
 const etcd = targetFor('etcd', (member, dataDir, client, peer, initialCluster) => ({
