@@ -2,6 +2,7 @@
  * Multi-member clusters of real processes on 127.0.0.1: failover, pauses, membership changes with a
  * joining process, catch-up by snapshot, leadership transfer — driven by etcdctl where it can.
  */
+import { status as grpcStatus } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { call, connect } from '../helpers/client.js';
 import { etcdctl, startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
@@ -164,7 +165,16 @@ describe('three-member cluster', () => {
         if (client === undefined) return;
         while (next < writes) {
           const index = next++;
-          await call(client.kv, 'Put', { key: Buffer.from(`bulk/${index}`), value: Buffer.from(String(index)) });
+          // Like any etcd client, retry when the cluster is briefly unavailable (a starved machine can
+          // see an election mid-load); the claim here is the catch-up, not uninterrupted service.
+          for (let attempt = 0; ; attempt++) {
+            try {
+              await call(client.kv, 'Put', { key: Buffer.from(`bulk/${index}`), value: Buffer.from(String(index)) });
+              break;
+            } catch (error) {
+              if ((error as { code?: number }).code !== grpcStatus.UNAVAILABLE || attempt >= 5) throw error;
+            }
+          }
         }
       }),
     );
