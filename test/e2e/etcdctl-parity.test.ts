@@ -89,6 +89,7 @@ const steps: Step[] = [
   { args: ['watch', '--prefix', '', '--rev', '5', '--prev-kv'], watch: true },
   { args: ['watch', 'k', '--prefix', '--rev', '6', '-w', 'json'], watch: true },
   { args: ['watch', 'foo', '--rev', '2'], watch: true },
+  { args: ['elect', 'myelection', 'proposal-1'], watch: true },
 ];
 
 describe.skipIf(!etcdAvailable())('etcdctl output parity with etcd 3.4', () => {

@@ -64,7 +64,7 @@ export function normalize(text: string): string {
     .replace(/^[0-9a-f]{16}$/gm, 'LEASE')
     .replace(/remaining\(\d+s\)/g, 'remaining(Ns)')
     .replace(/"ttl":\d+/g, '"ttl":N')
-    .replace(/mylock\/[0-9a-f]+/g, 'mylock/LEASE')
+    .replace(/(mylock|myelection)\/[0-9a-f]+/g, '$1/LEASE')
     // etcd lists a lease's keys in Go map order, which varies from run to run.
     .replace(/attached keys\(\[([^\]]*)\]\)/g, (_match, keys: string) => `attached keys([${keys.split(' ').sort().join(' ')}])`);
 }
