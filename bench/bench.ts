@@ -4,7 +4,8 @@
  *
  * Load: 256-byte keys, 1 KiB values, BENCH_CONNECTIONS connections, BENCH_IN_FLIGHT requests in
  * flight, BENCH_SECONDS per phase; BENCH_RAMPART_ARGS adds flags to every Rampart member (e.g.
- * `--no-audit` to see what the audit trail costs). Both servers run plaintext, single member, on 127.0.0.1.
+ * `--no-audit` to see what the audit trail costs), BENCH_NODE_ARGS adds Node flags to them (e.g.
+ * `--cpu-prof --cpu-prof-dir=/tmp/prof`). Both run plaintext on 127.0.0.1, with 1 and then 3 members.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -141,7 +142,7 @@ function targetFor(name: string, command: (member: string, dataDir: string, clie
 
 const rampart = targetFor('rampart', (member, dataDir, client, peer, initialCluster) => ({
   file: process.execPath,
-  args: [path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error', ...(process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean)],
+  args: [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error', ...(process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean)],
 }));
 
 const etcd = targetFor('etcd', (member, dataDir, client, peer, initialCluster) => ({
