@@ -115,11 +115,11 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     logger.warn({ rpc, peer: call.getPeer(), subject: certificate?.subject?.CN, reason: problem }, 'refused a client certificate');
     return { code: grpc.status.UNAUTHENTICATED, details: `rampart: ${problem}`, metadata: new grpc.Metadata() };
   };
-  const guardStream = <Call extends CallWithAuth & { destroy(error?: Error): void }>(rpc: string, serve: (call: Call) => void): ((call: Call) => void) => (call) => {
+  const guardStream = <Call extends CallWithAuth & { emit(event: 'error', error: Error): boolean }>(rpc: string, serve: (call: Call) => void): ((call: Call) => void) => (call) => {
     const refused = refusal(call, rpc);
     if (refused !== undefined) {
       audit(call as unknown as CallContext, rpc, {}, grpc.status.UNAUTHENTICATED, refused.details ?? '');
-      call.destroy(Object.assign(new Error(refused.details), refused));
+      failStream(call, Object.assign(new Error(refused.details), refused));
       return;
     }
     serve(call);
@@ -288,7 +288,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
         (error: unknown) => {
           const mapped = toServiceError(error);
           audit(call, 'Snapshot', {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
-          call.destroy(Object.assign(new Error(mapped.details), mapped));
+          failStream(call, Object.assign(new Error(mapped.details), mapped));
         },
       );
     }),
@@ -349,9 +349,53 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
         .then(
           () => call.end(),
           (error: unknown) => {
-            if (!signal.aborted) call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+            if (!signal.aborted) failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
           },
         );
+    }),
+  });
+
+  /** Events a slow audit subscriber may fall behind by before its stream is ended. */
+  const auditBacklogMax = 10_000;
+  server.addService(service(services, 'rampart.Audit'), {
+    Stream: guardStream('AuditStream', (call: grpc.ServerWritableStream<object, { json: string }>) => {
+      admin(call).then(
+        () => {
+          const trail = options.audit;
+          if (trail === undefined) throw new RampartError('Unimplemented', 'this member keeps no audit trail');
+          audit(call, 'Audit.Stream', {}, grpc.status.OK, '');
+          let backlog = 0;
+          let congested = false;
+          let ended = false;
+          const unsubscribe = trail.subscribe((json) => {
+            if (ended) return;
+            if (backlog >= auditBacklogMax) {
+              ended = true;
+              unsubscribe();
+              failStream(call, Object.assign(new Error('rampart: audit stream fell too far behind; reconnect and read the trail files for the gap'), { code: grpc.status.RESOURCE_EXHAUSTED }));
+              return;
+            }
+            if (congested) backlog += 1;
+            if (!call.write({ json }) && !congested) {
+              congested = true;
+              call.once('drain', () => {
+                congested = false;
+                backlog = 0;
+              });
+            }
+          });
+          const stop = (): void => {
+            ended = true;
+            unsubscribe();
+          };
+          call.on('cancelled', stop);
+          call.on('close', stop);
+        },
+      ).catch((error: unknown) => {
+        const mapped = toServiceError(error);
+        audit(call, 'Audit.Stream', {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
+        failStream(call, Object.assign(new Error(mapped.details), mapped));
+      });
     }),
   });
 
@@ -380,6 +424,14 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   return server;
 }
 
+/**
+ * Ends a server stream with an error status. (`destroy(error)` would tear the stream down before
+ * grpc-js sends the status, leaving the client waiting.)
+ */
+function failStream(call: { emit(event: 'error', error: Error): boolean }, error: Error): void {
+  call.emit('error', error);
+}
+
 function serverVersionString(): string {
   return '3.5.17';
 }
@@ -391,7 +443,7 @@ function alarmName(alarm: number): string {
 function loadServices(): ServiceDefinitionMap {
   const loaded = grpc.loadPackageDefinition(packageDefinition);
   const result: ServiceDefinitionMap = {};
-  for (const name of ['etcdserverpb.KV', 'etcdserverpb.Watch', 'etcdserverpb.Lease', 'etcdserverpb.Cluster', 'etcdserverpb.Maintenance', 'etcdserverpb.Auth', 'v3lockpb.Lock', 'v3electionpb.Election', 'rampart.Policy']) {
+  for (const name of ['etcdserverpb.KV', 'etcdserverpb.Watch', 'etcdserverpb.Lease', 'etcdserverpb.Cluster', 'etcdserverpb.Maintenance', 'etcdserverpb.Auth', 'v3lockpb.Lock', 'v3electionpb.Election', 'rampart.Policy', 'rampart.Audit']) {
     const [pkg, svc] = name.split('.') as [string, string];
     const constructor = (loaded[pkg] as grpc.GrpcObject)[svc] as grpc.ServiceClientConstructor;
     result[name] = constructor.service;
@@ -570,7 +622,7 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
       }
     } catch (error) {
       logger.warn({ err: describe(error) }, 'watch request rejected');
-      call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+      failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
     }
   };
   call.on('data', (request: WatchRequest) => {
@@ -607,7 +659,7 @@ function serveKeepAlive(member: Member, call: grpc.ServerDuplexStream<{ ID: Int6
         const ttl = await answer;
         call.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
       } catch (error) {
-        call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+        failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
       }
     });
   });
@@ -674,7 +726,7 @@ async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWr
     call.end();
   } catch (error) {
     logger.error({ err: describe(error) }, 'snapshot stream failed');
-    call.destroy(Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+    failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
   }
 }
 

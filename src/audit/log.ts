@@ -115,6 +115,7 @@ export class AuditLog {
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> = Promise.resolve();
   private closed = false;
+  private readonly listeners = new Set<(line: string) => void>();
 
   private constructor(private readonly file: FileHandle, private readonly member: string, private prev: string, private readonly onError: (error: unknown) => void) {}
 
@@ -168,8 +169,18 @@ export class AuditLog {
     this.writing = this.writing.then(async () => {
       await this.file.write(lines);
       await this.file.datasync();
+      if (this.listeners.size > 0) {
+        const written = lines.slice(0, -1).split('\n');
+        for (const listener of this.listeners) for (const line of written) listener(line);
+      }
     }).catch(this.onError);
     return this.writing;
+  }
+
+  /** Calls `listener` with each event's line once it is durably written; returns the unsubscribe. */
+  subscribe(listener: (line: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   async close(): Promise<void> {

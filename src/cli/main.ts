@@ -22,7 +22,7 @@ import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { AuditLog, readAudit, verifyAudit } from '../audit/log.js';
-import { applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
+import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
@@ -490,6 +490,13 @@ auditCommand
     };
     print(columns.join(','));
     for (const event of events) print(columns.map((column) => cell((event as unknown as Record<string, unknown>)[column])).join(','));
+  });
+
+connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))
+  .action(async (flags: ConnectionOptions) => {
+    const connection = await PolicyConnection.open(flags).catch(fail);
+    await connection.tailAudit(print).catch(fail);
+    connection.close();
   });
 
 const auth = program.command('auth').description('authorization questions');

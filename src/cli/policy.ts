@@ -34,8 +34,13 @@ interface AuthClient extends grpc.Client {
   AuthEnable(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
 }
 
+interface AuditClient extends grpc.Client {
+  Stream(request: object): grpc.ClientReadableStream<{ json: string }>;
+}
+
+/** A root connection to a cluster for Rampart's own services (policy, audit) and AuthEnable. */
 export class PolicyConnection {
-  private constructor(private readonly client: PolicyClient, private readonly authClient: AuthClient) {}
+  private constructor(private readonly client: PolicyClient, private readonly authClient: AuthClient, private readonly auditClient: AuditClient) {}
 
   static async open(options: ConnectionOptions): Promise<PolicyConnection> {
     let endpoint = options.endpoints?.split(',')[0];
@@ -52,11 +57,12 @@ export class PolicyConnection {
       readFile(options.cert ?? path.join(pki, 'admin.crt')),
       readFile(options.key ?? path.join(pki, 'admin.key')),
     ]);
-    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor }; etcdserverpb: { Auth: grpc.ServiceClientConstructor } };
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor; Audit: grpc.ServiceClientConstructor }; etcdserverpb: { Auth: grpc.ServiceClientConstructor } };
     const credentials = grpc.credentials.createSsl(ca, key, cert);
     return new PolicyConnection(
       new loaded.rampart.Policy(target, credentials) as unknown as PolicyClient,
       new loaded.etcdserverpb.Auth(target, credentials) as unknown as AuthClient,
+      new loaded.rampart.Audit(target, credentials) as unknown as AuditClient,
     );
   }
 
@@ -86,9 +92,20 @@ export class PolicyConnection {
     });
   }
 
+  /** Prints the member's audit events as they are written, until the stream ends. */
+  tailAudit(print: (line: string) => void): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const stream = this.auditClient.Stream({});
+      stream.on('data', (event: { json: string }) => print(event.json));
+      stream.on('error', (error: grpc.ServiceError) => reject(new Error(error.details)));
+      stream.on('end', () => resolve());
+    });
+  }
+
   close(): void {
     this.client.close();
     this.authClient.close();
+    this.auditClient.close();
   }
 }
 

@@ -259,5 +259,33 @@ describe('RBAC on a secure cluster', () => {
     expect(broken.code).toBe(1);
     expect(broken.stderr).toBe(`rampart: audit trail broken: ${file}:${target + 1}: hash does not match the event (altered)\n`);
     expect((await rampart(['audit', 'export', copy])).code).toBe(1);
+
+    // Live: root can tail the events as they are written; others may not.
+    const { spawn } = await import('node:child_process');
+    const { hashEvent } = await import('../../src/audit/log.js');
+    const tail = spawn(process.execPath, [rampartBin, 'audit', 'tail', '--dir', home], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let streamed = '';
+    tail.stdout.on('data', (chunk: Buffer) => (streamed += chunk.toString()));
+    try {
+      // The stream's first event is its own opening: after it, every event reaches the tail.
+      for (let attempt = 0; attempt < 100 && !streamed.includes('"action":"Audit.Stream"'); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(streamed).toContain('"action":"Audit.Stream","user":"root"');
+      expect(lastLine((await etcdctlAs('alice', ['put', '/stream-check', 'x'])).stderr)).toBe('Error: etcdserver: permission denied\n');
+      for (let attempt = 0; attempt < 50 && !streamed.includes('/stream-check'); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+      const line = streamed.split('\n').find((entry) => entry.includes('/stream-check')) ?? '{}';
+      const event = JSON.parse(line) as { hash: string; action: string; user: string; outcome: string };
+      expect(event).toMatchObject({ action: 'Put', user: 'alice', outcome: 'denied' });
+      const { hash, ...rest } = event;
+      expect(hashEvent(rest as Parameters<typeof hashEvent>[0])).toBe(hash);
+    } finally {
+      tail.kill('SIGTERM');
+    }
+    const refusedTail = await rampart(['audit', 'tail', '--dir', home, '--cert', path.join(pki(), 'alice.crt'), '--key', path.join(pki(), 'alice.key')]);
+    expect(refusedTail.code).toBe(1);
+    expect(refusedTail.stderr).toBe('rampart: etcdserver: permission denied\n');
+    // Refused streams end with their status, not a hang (snapshot needs root too).
+    const snapshot = await etcdctlAs('alice', ['snapshot', 'save', path.join(path.dirname(home), 'alice.db')]);
+    expect(snapshot.code).not.toBe(0);
+    expect(lastLine(snapshot.stderr)).toBe('Error: etcdserver: permission denied\n');
   }, 30_000);
 });
