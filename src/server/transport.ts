@@ -298,10 +298,13 @@ export class Transport {
           call.on('error', () => undefined);
           return;
         }
+        let answered = false;
         call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
+          if (answered) return;
           if (batch.cluster_id !== options.clusterId) {
             options.logger.warn({ clusterId: batch.cluster_id }, 'refused raft messages from another cluster');
-            call.destroy(new Error('cluster id mismatch'));
+            answered = true;
+            callback({ code: grpc.status.FAILED_PRECONDITION, details: 'rampart: cluster id mismatch' });
             return;
           }
           for (const wire of batch.messages) {
@@ -309,7 +312,10 @@ export class Transport {
             if (message !== undefined && message.to === options.selfId) options.onMessage(message);
           }
         });
-        call.on('end', () => callback(null, {}));
+        call.on('end', () => {
+          if (!answered) callback(null, {});
+          answered = true;
+        });
         call.on('error', () => undefined);
       },
       Snapshot: (call: grpc.ServerReadableStream<{ cluster_id: string; header?: RaftMessageWire; data: Buffer }, object>, callback: grpc.sendUnaryData<object>) => {

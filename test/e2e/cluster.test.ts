@@ -229,3 +229,27 @@ describe('three-member cluster', () => {
     expect(notLeader.code).not.toBe(0);
   });
 });
+
+describe('members of different clusters', () => {
+  it('refuse each other’s Raft messages and keep serving their own cluster', async () => {
+    const { spawn } = await import('node:child_process');
+    const { cleanEnvironment, freePort, rampartBin, removeDirectory, startRampart, temporaryDirectory } = await import('../helpers/processes.js');
+    const [aPeer, bPeer, aClient] = [await freePort(), await freePort(), await freePort()];
+    const b = await startRampart({ name: 'b', peerPort: bPeer, args: ['--initial-cluster-token', 'cluster-b'] });
+    // "a" believes b's peer URL belongs to its own two-member cluster: it campaigns there, and never
+    // gets a quorum (so it never opens its client port: it is started by hand, not by the helper).
+    const aData = await temporaryDirectory('data');
+    const a = spawn(process.execPath, [rampartBin, 'serve', '--insecure', '--name', 'a', '--data-dir', aData, '--listen-client-urls', `http://127.0.0.1:${aClient}`,
+      '--listen-peer-urls', `http://127.0.0.1:${aPeer}`, '--initial-cluster-token', 'cluster-a', '--initial-cluster', `a=http://127.0.0.1:${aPeer},b=http://127.0.0.1:${bPeer}`, '--log-level', 'warn'],
+    { env: cleanEnvironment(), stdio: 'ignore' });
+    try {
+      for (let attempt = 0; attempt < 100 && !b.output().includes('refused raft messages from another cluster'); attempt++) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(b.output()).toContain('refused raft messages from another cluster');
+      expect((await etcdctl(b.endpoint, ['put', 'still', 'serving'])).stdout).toBe('OK\n');
+    } finally {
+      a.kill('SIGKILL');
+      await b.stop();
+      await Promise.all([removeDirectory(aData), removeDirectory(b.dataDir)]);
+    }
+  }, 30_000);
+});
