@@ -65,10 +65,11 @@ export interface VerifyResult {
 }
 
 /** Checks every file of a directory (or one file) in order: hashes, links and sequence numbers. */
-export async function verifyAudit(target: string): Promise<VerifyResult> {
+export async function verifyAudit(target: string, anchor?: string): Promise<VerifyResult> {
   const files = target.endsWith('.jsonl') ? [target] : await chainFiles(target);
   let previous: string | undefined;
   let events = 0;
+  let anchorSeen = false;
   for (const file of files) {
     const lines = (await readFile(file, 'utf8')).split('\n');
     if (lines[lines.length - 1] === '') lines.pop();
@@ -93,7 +94,11 @@ export async function verifyAudit(target: string): Promise<VerifyResult> {
       seq += 1;
       previous = hash;
       events += 1;
+      if (hash === anchor) anchorSeen = true;
     }
+  }
+  if (anchor !== undefined && !anchorSeen) {
+    return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `the anchored event ${anchor} is not in the trail (lines were removed from its end, or it belongs to another trail)` };
   }
   return { ok: true, events, files: files.length, head: previous ?? genesisHash };
 }
@@ -175,6 +180,11 @@ export class AuditLog {
       }
     }).catch(this.onError);
     return this.writing;
+  }
+
+  /** The hash and sequence number of the last recorded event: an anchor to keep elsewhere. */
+  get head(): { hash: string; seq: number } {
+    return { hash: this.prev, seq: this.seq - 1 };
   }
 
   /** Calls `listener` with each event's line once it is durably written; returns the unsubscribe. */

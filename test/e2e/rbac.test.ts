@@ -260,6 +260,22 @@ describe('RBAC on a secure cluster', () => {
     expect(broken.stderr).toBe(`rampart: audit trail broken: ${file}:${target + 1}: hash does not match the event (altered)\n`);
     expect((await rampart(['audit', 'export', copy])).code).toBe(1);
 
+    // The member writes the chain head to its log: with that anchor, cutting the trail's end shows.
+    const memberLog = await readFile(path.join(home, 'm1', 'log'), 'utf8');
+    const anchors = memberLog.split('\n').filter((line) => line.includes('"msg":"audit chain head"')).map((line) => (JSON.parse(line) as { auditHead: string }).auditHead);
+    const anchor = anchors[anchors.length - 1] ?? 'none';
+    expect(anchor).toMatch(/^[0-9a-f]{64}$/);
+    expect((await rampart(['audit', 'verify', audit, '--anchor', anchor])).code).toBe(0);
+    const cut = await mkdtemp(path.join(path.dirname(home), 'audit-cut-'));
+    await cp(audit, cut, { recursive: true });
+    const cutFile = path.join(cut, (await readdir(cut))[0] as string);
+    const kept = (await readFile(cutFile, 'utf8')).split('\n');
+    await writeFile(cutFile, `${kept.slice(0, kept.findIndex((line) => line.includes(anchor))).join('\n')}\n`);
+    expect((await rampart(['audit', 'verify', cut])).code).toBe(0); // without the anchor, a shorter trail looks whole
+    const cutVerify = await rampart(['audit', 'verify', cut, '--anchor', anchor]);
+    expect(cutVerify.code).toBe(1);
+    expect(cutVerify.stderr).toContain(`the anchored event ${anchor} is not in the trail`);
+
     // Live: root can tail the events as they are written; others may not.
     const { spawn } = await import('node:child_process');
     const { hashEvent } = await import('../../src/audit/log.js');
