@@ -24,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { LineCounter, parseDocument, stringify, type Document } from 'yaml';
 import { z } from 'zod';
 import { AuthDecider, emptyAuthState, policyOf, type AuthState, type PolicyState, type RoleRecord } from './store.js';
+import { prefixRangeEnd } from '../storage/mvcc/range.js';
 import { permissionType, rootName, type Access, type KeyPermission, type PermissionType } from './permissions.js';
 
 /** The policies shipped with Rampart (root, auditor, kube-apiserver): `policies/` at the package root. */
@@ -87,17 +88,7 @@ export class PolicyError extends Error {
   }
 }
 
-/** etcd's prefix end: the key with its last byte below 0xff incremented; "\0" (every key) when none is. */
-export function prefixRangeEnd(key: Buffer): Buffer {
-  for (let index = key.length - 1; index >= 0; index--) {
-    if ((key[index] as number) < 0xff) {
-      const end = Buffer.from(key.subarray(0, index + 1));
-      end[index] = (end[index] as number) + 1;
-      return end;
-    }
-  }
-  return Buffer.of(0);
-}
+export { prefixRangeEnd };
 
 const typeOf: Record<z.infer<typeof accessName>, PermissionType> = { read: permissionType.read, write: permissionType.write, readwrite: permissionType.readwrite };
 

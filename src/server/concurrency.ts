@@ -10,22 +10,12 @@ import type { Caller, Compare, KeyValueMessage, RangeRequest, RequestOp, TxnRequ
 import type { StoreEvent } from '../storage/mvcc/store.js';
 import type { Member } from './member.js';
 import type { Watcher } from './watch-hub.js';
+import { prefixRangeEnd } from '../storage/mvcc/range.js';
 
 const none = Buffer.alloc(0);
 const sortByCreate = 2;
 const ascend = 1;
 const descend = 2;
-
-function prefixEnd(prefix: Buffer): Buffer {
-  const end = Buffer.from(prefix);
-  for (let index = end.length - 1; index >= 0; index--) {
-    if ((end[index] as number) < 0xff) {
-      end[index] = (end[index] as number) + 1;
-      return end.subarray(0, index + 1);
-    }
-  }
-  return Buffer.of(0);
-}
 
 function rangeOf(key: Buffer, options: Partial<RangeRequest> = {}): RangeRequest {
   return {
@@ -96,7 +86,7 @@ export class Concurrency {
   /** Waits until no key under `prefix` was created before `ownRevision`. */
   private async waitForOlder(prefix: Buffer, ownRevision: number, caller: Caller, signal: AbortSignal): Promise<void> {
     for (;;) {
-      const { kvs, revision } = await this.member.range(rangeOf(prefix, { range_end: prefixEnd(prefix), sort_target: sortByCreate, sort_order: descend, limit: '1', max_create_revision: String(ownRevision - 1) }), caller);
+      const { kvs, revision } = await this.member.range(rangeOf(prefix, { range_end: prefixRangeEnd(prefix), sort_target: sortByCreate, sort_order: descend, limit: '1', max_create_revision: String(ownRevision - 1) }), caller);
       const older = kvs[0];
       if (older === undefined) return;
       await this.nextEvent(older.key, none, revision, (event) => event.type === 'delete', signal);
@@ -171,7 +161,7 @@ export class Concurrency {
 
   async leader(name: Buffer, caller: Caller): Promise<{ kv: KeyValueMessage | undefined; revision: number }> {
     const prefix = Buffer.concat([name, Buffer.from('/')]);
-    const { kvs, revision } = await this.member.range(rangeOf(prefix, { range_end: prefixEnd(prefix), sort_target: sortByCreate, sort_order: ascend, limit: '1' }), caller);
+    const { kvs, revision } = await this.member.range(rangeOf(prefix, { range_end: prefixRangeEnd(prefix), sort_target: sortByCreate, sort_order: ascend, limit: '1' }), caller);
     return { kv: kvs[0], revision };
   }
 
@@ -187,7 +177,7 @@ export class Concurrency {
         send(kv);
       }
       // Any change under the prefix may change the leader: look again after it.
-      await this.nextEvent(prefix, prefixEnd(prefix), revision, () => true, signal);
+      await this.nextEvent(prefix, prefixRangeEnd(prefix), revision, () => true, signal);
     }
   }
 }
