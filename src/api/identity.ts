@@ -18,9 +18,14 @@ export interface CallContext {
   getPeer(): string;
 }
 
+/** Password checks (scrypt, ~50 ms of CPU each) running at once, and waiting, at most. */
+export const passwordChecksMax = { running: 4, waiting: 64 } as const;
+
 export class Authenticator {
   private signer: TokenSigner | undefined;
   readonly limiter: LoginLimiter;
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
 
   constructor(private readonly auth: AuthHolder, private readonly tokenTtlSeconds = defaultTokenTtlSeconds, limiter = new LoginLimiter()) {
     this.limiter = limiter;
@@ -55,12 +60,32 @@ export class Authenticator {
     const address = source.replace(/:\d+$/, '');
     if (this.limiter.blockedFor(name, address) > 0) throw new RampartError('TooManyRequests');
     const user = this.auth.state.users.get(name);
-    const ok = await verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash);
+    const ok = await this.bounded(() => verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash));
     if (!ok) {
       this.limiter.failed(name, address);
       throw new RampartError('AuthFailed');
     }
     this.limiter.succeeded(name, address);
     return this.currentSigner().sign({ user: name, revision: this.auth.state.revision });
+  }
+
+  /**
+   * Runs a password check when one of the few slots is free. Guessing across many user names
+   * escapes the per-user lockout, but not this: beyond the queue, logins are refused outright.
+   */
+  private async bounded<T>(check: () => Promise<T>): Promise<T> {
+    if (this.running >= passwordChecksMax.running) {
+      if (this.waiting.length >= passwordChecksMax.waiting) throw new RampartError('TooManyRequests');
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+    } else {
+      this.running += 1;
+    }
+    try {
+      return await check();
+    } finally {
+      const next = this.waiting.shift();
+      if (next !== undefined) next(); // the slot passes on to the next waiter
+      else this.running -= 1;
+    }
   }
 }

@@ -128,3 +128,22 @@ describe('passwords, tokens and login limits', () => {
     expect(limiter.blockedFor('bob', '10.0.0.1')).toBe(0);
   });
 });
+
+describe('password checks under a flood', () => {
+  it('run a few at a time, queue a bounded number, and refuse the rest without hashing', async () => {
+    const { Authenticator, passwordChecksMax } = await import('../../src/api/identity.js');
+    const { AuthHolder } = await import('../../src/auth/store.js');
+    const { LoginLimiter: Limiter } = await import('../../src/auth/limiter.js');
+    const holder = new AuthHolder();
+    holder.set({ ...emptyAuthState, enabled: true, signingKey: newSigningKey(), users: new Map([['root', { name: 'root', passwordHash: await hashPassword('pw'), noPassword: false, roles: ['root'] }]]) });
+    const authenticator = new Authenticator(holder, 300, new Limiter({ freeFailures: 1_000 }));
+    // Guesses for many different users from one source: the per-user lockout does not apply.
+    const attempts = passwordChecksMax.running + passwordChecksMax.waiting + 20;
+    const outcomes = await Promise.all(Array.from({ length: attempts }, (_, index) =>
+      authenticator.authenticate(`user-${index}`, 'guess', '10.0.0.9:5000').then(() => 'ok', (error: RampartError) => error.code)));
+    expect(outcomes.filter((outcome) => outcome === 'TooManyRequests')).toHaveLength(20);
+    expect(outcomes.filter((outcome) => outcome === 'AuthFailed')).toHaveLength(passwordChecksMax.running + passwordChecksMax.waiting);
+    // Once the flood has passed, a right password works.
+    expect(await authenticator.authenticate('root', 'pw', '10.0.0.9:5000')).toMatch(/^ey/);
+  }, 30_000);
+});
