@@ -32,7 +32,7 @@ const binary = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..
 const localNames = ['127.0.0.1', 'localhost'];
 
 function portsFor(base: number, index: number): { clientPort: number; peerPort: number } {
-  // etcd's convention for local clusters: 2379/2380, 22379/22380, 32379/32380, ...
+  // Local members: base, base+10000, base+20000, ... (2379, 12379, 22379 by default); peer port +1.
   const clientPort = index === 0 ? base : base + index * 10_000;
   return { clientPort, peerPort: clientPort + 1 };
 }
