@@ -23,7 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LineCounter, parseDocument, stringify, type Document } from 'yaml';
 import { z } from 'zod';
-import { AuthDecider, emptyAuthState, policyOf, type AuthState, type PolicyState, type RoleRecord } from './store.js';
+import { AuthDecider, decodePermission, emptyAuthState, policyOf, usersOfPolicy, type AuthState, type EncodedPermission, type PolicyState, type RoleRecord } from './store.js';
 import { prefixRangeEnd } from '../storage/mvcc/range.js';
 import { permissionType, rootName, type Access, type KeyPermission, type PermissionType } from './permissions.js';
 
@@ -236,7 +236,7 @@ export function stateWithPolicy(base: AuthState, policy: PolicyState, enabled = 
   return {
     ...base,
     enabled,
-    users: new Map(policy.users.map((user) => [user.name, { name: user.name, passwordHash: base.users.get(user.name)?.passwordHash ?? '', noPassword: base.users.get(user.name)?.noPassword ?? true, roles: [...new Set(user.roles)].sort() }])),
+    users: usersOfPolicy(base, policy.users),
     roles: new Map(policy.roles.map((role) => [role.name, role])),
     bindings: new Map(policy.bindings),
   };
@@ -315,16 +315,12 @@ export function encodePolicy(state: PolicyState): string {
 export function decodePolicy(text: string): PolicyState {
   const raw = JSON.parse(text) as {
     users: { name: string; roles: string[] }[];
-    roles: { name: string; permissions: { type: PermissionType; key: string; rangeEnd: string }[]; denies: { type: PermissionType; key: string; rangeEnd: string }[] }[];
+    roles: { name: string; permissions: EncodedPermission[]; denies: EncodedPermission[] }[];
     bindings: [string, string][];
-  };
-  const permission = (entry: { type: PermissionType; key: string; rangeEnd: string }): KeyPermission => {
-    if (![0, 1, 2].includes(entry.type)) throw new Error('bad permission type');
-    return { type: entry.type, key: Buffer.from(entry.key, 'base64'), rangeEnd: Buffer.from(entry.rangeEnd, 'base64') };
   };
   return {
     users: raw.users.map((user) => ({ name: String(user.name), roles: user.roles.map(String) })),
-    roles: raw.roles.map((role) => ({ name: String(role.name), permissions: role.permissions.map(permission), denies: role.denies.map(permission) })),
+    roles: raw.roles.map((role) => ({ name: String(role.name), permissions: role.permissions.map(decodePermission), denies: role.denies.map(decodePermission) })),
     bindings: new Map(raw.bindings.map(([cn, user]) => [String(cn), String(user)])),
   };
 }

@@ -158,20 +158,13 @@ export function applyAuthChange(state: AuthState, change: AuthChange): AuthState
 function applyPolicy(state: AuthState, policy: PolicyState, expectRevision: number): AuthState {
   if (expectRevision !== 0 && expectRevision !== state.revision) throw new RampartError('AuthOldRevision');
   const roles = new Map(policy.roles.map((role) => [role.name, { ...role, permissions: [...role.permissions].sort(comparePermissions), denies: [...role.denies].sort(comparePermissions) }]));
-  const users = new Map<string, UserRecord>();
   for (const wanted of policy.users) {
     if (wanted.name === '') throw new RampartError('UserEmpty');
     for (const name of wanted.roles) {
       if (name !== rootName && !roles.has(name)) throw new RampartError('RoleNotFound');
     }
-    const existing = state.users.get(wanted.name);
-    users.set(wanted.name, {
-      name: wanted.name,
-      passwordHash: existing?.passwordHash ?? '',
-      noPassword: existing?.noPassword ?? true,
-      roles: [...new Set(wanted.roles)].sort(),
-    });
   }
+  const users = usersOfPolicy(state, policy.users);
   for (const bound of policy.bindings.values()) {
     if (!users.has(bound)) throw new RampartError('UserNotFound');
   }
@@ -179,6 +172,17 @@ function applyPolicy(state: AuthState, policy: PolicyState, expectRevision: numb
   const next: AuthState = { ...state, users, roles, bindings: new Map(policy.bindings) };
   if (sameAuth(state, next)) return state;
   return { ...next, revision: state.revision + 1 };
+}
+
+/**
+ * The users a policy names, over a base state: a user that exists keeps its password (policy files
+ * never carry one); a new one has none. Roles sorted and unique.
+ */
+export function usersOfPolicy(base: AuthState, users: PolicyState['users']): Map<string, UserRecord> {
+  return new Map(users.map((user) => {
+    const existing = base.users.get(user.name);
+    return [user.name, { name: user.name, passwordHash: existing?.passwordHash ?? '', noPassword: existing?.noPassword ?? true, roles: [...new Set(user.roles)].sort() }];
+  }));
 }
 
 /** Users (names, roles, password state), roles and bindings equal: applying `b` over `a` changes nothing. */
@@ -189,10 +193,9 @@ export function sameAuth(a: AuthState, b: AuthState): boolean {
 
 /** The state's policy in a canonical, comparable JSON shape (keys base64). */
 export function policyOf(state: AuthState): object {
-  const permission = (entry: KeyPermission): object => ({ type: entry.type, key: entry.key.toString('base64'), rangeEnd: entry.rangeEnd.toString('base64') });
   return {
     users: [...state.users.values()].sort((a, b) => a.name.localeCompare(b.name)).map((user) => ({ name: user.name, roles: [...user.roles] })),
-    roles: [...state.roles.values()].sort((a, b) => a.name.localeCompare(b.name)).map((role) => ({ name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) })),
+    roles: [...state.roles.values()].sort((a, b) => a.name.localeCompare(b.name)).map((role) => ({ name: role.name, permissions: role.permissions.map(encodePermission), denies: role.denies.map(encodePermission) })),
     bindings: [...state.bindings].sort(([a], [b]) => a.localeCompare(b)),
   };
 }
@@ -241,15 +244,24 @@ export class AuthDecider {
 
 // ---- persistence (one JSON record; keys and ranges base64) ----
 
-interface StoredPermission { type: PermissionType; key: string; rangeEnd: string }
+/** A permission in JSON: its key and range end in base64. */
+export interface EncodedPermission { type: PermissionType; key: string; rangeEnd: string }
+
+export function encodePermission(entry: KeyPermission): EncodedPermission {
+  return { type: entry.type, key: entry.key.toString('base64'), rangeEnd: entry.rangeEnd.toString('base64') };
+}
+
+export function decodePermission(entry: EncodedPermission): KeyPermission {
+  if (![0, 1, 2].includes(entry.type)) throw new Error('bad permission type');
+  return { type: entry.type, key: Buffer.from(entry.key, 'base64'), rangeEnd: Buffer.from(entry.rangeEnd, 'base64') };
+}
 
 export function encodeAuthState(state: AuthState): Buffer {
-  const permission = (entry: KeyPermission): StoredPermission => ({ type: entry.type, key: entry.key.toString('base64'), rangeEnd: entry.rangeEnd.toString('base64') });
   return Buffer.from(JSON.stringify({
     enabled: state.enabled,
     revision: state.revision,
     users: [...state.users.values()],
-    roles: [...state.roles.values()].map((role) => ({ name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) })),
+    roles: [...state.roles.values()].map((role) => ({ name: role.name, permissions: role.permissions.map(encodePermission), denies: role.denies.map(encodePermission) })),
     bindings: [...state.bindings],
     signingKey: state.signingKey,
   }));
@@ -258,14 +270,13 @@ export function encodeAuthState(state: AuthState): Buffer {
 export function decodeAuthState(data: Buffer): AuthState {
   const raw = JSON.parse(data.toString('utf8')) as {
     enabled: boolean; revision: number; users: UserRecord[]; signingKey: string; bindings: [string, string][];
-    roles: { name: string; permissions: StoredPermission[]; denies: StoredPermission[] }[];
+    roles: { name: string; permissions: EncodedPermission[]; denies: EncodedPermission[] }[];
   };
-  const permission = (entry: StoredPermission): KeyPermission => ({ type: entry.type, key: Buffer.from(entry.key, 'base64'), rangeEnd: Buffer.from(entry.rangeEnd, 'base64') });
   return {
     enabled: raw.enabled,
     revision: raw.revision,
     users: new Map(raw.users.map((user) => [user.name, user])),
-    roles: new Map(raw.roles.map((role) => [role.name, { name: role.name, permissions: role.permissions.map(permission), denies: role.denies.map(permission) }])),
+    roles: new Map(raw.roles.map((role) => [role.name, { name: role.name, permissions: role.permissions.map(decodePermission), denies: role.denies.map(decodePermission) }])),
     bindings: new Map(raw.bindings),
     signingKey: raw.signingKey,
   };
