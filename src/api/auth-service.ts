@@ -31,8 +31,9 @@ interface PermissionMessage {
 
 export function serveAuth({ member, authenticator, who, unary }: AuthServiceDependencies): grpc.UntypedServiceImplementation {
   const header = (): object => ({ header: member.header() });
-  const change = async (call: CallContext, body: AuthChange): Promise<object> => {
-    await member.authChange(body, await who(call));
+  /** Proposes an auth change as the caller (identified here unless the handler already did). */
+  const change = async (call: CallContext, body: AuthChange, caller?: Caller): Promise<object> => {
+    await member.authChange(body, caller ?? (await who(call)));
     return header();
   };
   /**
@@ -49,11 +50,11 @@ export function serveAuth({ member, authenticator, who, unary }: AuthServiceDepe
     }
     await member.readBarrier();
   };
-  const password = async (call: CallContext, request: { password: string; hashedPassword: string }): Promise<string> => {
+  const password = async (caller: Caller, request: { password: string; hashedPassword: string }): Promise<string> => {
     if (request.hashedPassword !== '') throw new RampartError('PasswordPreHashed');
     if (request.password === '') throw new RampartError('PasswordEmpty');
     // Root check before the expensive hash: nobody else gets to make this member spend CPU.
-    requireAdmin(member.auth.decider, await who(call));
+    requireAdmin(member.auth.decider, caller);
     return hashPassword(request.password);
   };
 
@@ -73,8 +74,9 @@ export function serveAuth({ member, authenticator, who, unary }: AuthServiceDepe
     UserAdd: unary('UserAdd', async (request: { name: string; password: string; hashedPassword: string; options?: { no_password: boolean } | null }, call) => {
       if (request.name === '') throw new RampartError('UserEmpty');
       const noPassword = request.options?.no_password ?? false;
-      const passwordHash = noPassword ? '' : await password(call, request);
-      return change(call, { op: 'userAdd', name: request.name, passwordHash, noPassword });
+      const caller = await who(call);
+      const passwordHash = noPassword ? '' : await password(caller, request);
+      return change(call, { op: 'userAdd', name: request.name, passwordHash, noPassword }, caller);
     }),
     UserGet: unary('UserGet', async (request: { name: string }, call) => {
       await read(call, (caller) => caller.user === request.name);
@@ -89,7 +91,8 @@ export function serveAuth({ member, authenticator, who, unary }: AuthServiceDepe
     UserDelete: unary('UserDelete', (request: { name: string }, call) => change(call, { op: 'userDelete', name: request.name })),
     UserChangePassword: unary('UserChangePassword', async (request: { name: string; password: string; hashedPassword: string }, call) => {
       if (!member.auth.state.users.has(request.name)) throw new RampartError('UserNotFound');
-      return change(call, { op: 'userChangePassword', name: request.name, passwordHash: await password(call, request) });
+      const caller = await who(call);
+      return change(call, { op: 'userChangePassword', name: request.name, passwordHash: await password(caller, request) }, caller);
     }),
     UserGrantRole: unary('UserGrantRole', (request: { user: string; role: string }, call) => change(call, { op: 'userGrantRole', user: request.user, role: request.role })),
     UserRevokeRole: unary('UserRevokeRole', (request: { name: string; role: string }, call) => change(call, { op: 'userRevokeRole', name: request.name, role: request.role })),

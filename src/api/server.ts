@@ -107,6 +107,23 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     return caller;
   };
 
+  /**
+   * A root-only server stream: the check, then its audit event, then `serve`; a refusal (or a
+   * failure to start) is audited and ends the stream with its status.
+   */
+  const adminStream = (call: CallContext & { emit(event: 'error', error: Error): boolean }, action: string, serve: () => unknown): void => {
+    admin(call)
+      .then(() => {
+        audit(call, action, {}, grpc.status.OK, '');
+        return serve();
+      })
+      .catch((error: unknown) => {
+        const mapped = toServiceError(error);
+        audit(call, action, {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
+        failStream(call, mapped);
+      });
+  };
+
   /** A refused certificate is refused on every call, also on connections opened before. */
   const refusal = (call: CallWithAuth, rpc: string): Partial<grpc.ServiceError> | undefined => {
     const certificate = call.getAuthContext().sslPeerCertificate;
@@ -119,7 +136,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
     const refused = refusal(call, rpc);
     if (refused !== undefined) {
       audit(call as unknown as CallContext, rpc, {}, grpc.status.UNAUTHENTICATED, refused.details ?? '');
-      failStream(call, Object.assign(new Error(refused.details), refused));
+      failStream(call, refused);
       return;
     }
     serve(call);
@@ -279,19 +296,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
       const result = await member.store.hashKv(parseInt64(request.revision));
       return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
     }),
-    Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => {
-      admin(call).then(
-        () => {
-          audit(call, 'Snapshot', {}, grpc.status.OK, '');
-          return serveSnapshot(member, logger, call);
-        },
-        (error: unknown) => {
-          const mapped = toServiceError(error);
-          audit(call, 'Snapshot', {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
-          failStream(call, Object.assign(new Error(mapped.details), mapped));
-        },
-      );
-    }),
+    Snapshot: guardStream('Snapshot', (call: grpc.ServerWritableStream<object, object>) => adminStream(call, 'Snapshot', () => serveSnapshot(member, logger, call))),
     MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }, call) => {
       await admin(call);
       await member.moveLeader(hexId(request.targetID));
@@ -317,7 +322,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   server.addService(service(services, 'v3lockpb.Lock'), {
     Lock: unary('Lock', async (request: { name: Buffer; lease: Int64In }, call) => {
       if (request.name.length === 0) throw new RampartError('EmptyKey');
-      const { key } = await concurrency.lock(Buffer.from(request.name), parseBigInt64(request.lease), await who(call), cancellation(call));
+      const key = await concurrency.lock(Buffer.from(request.name), parseBigInt64(request.lease), await who(call), cancellation(call));
       return { header: member.header(), key };
     }),
     Unlock: unary('Unlock', async (request: { key: Buffer }, call) => {
@@ -349,7 +354,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
         .then(
           () => call.end(),
           (error: unknown) => {
-            if (!signal.aborted) failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+            if (!signal.aborted) failStream(call, toServiceError(error));
           },
         );
     }),
@@ -359,42 +364,35 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   const auditBacklogMax = 10_000;
   server.addService(service(services, 'rampart.Audit'), {
     Stream: guardStream('AuditStream', (call: grpc.ServerWritableStream<object, { json: string }>) => {
-      admin(call).then(
-        () => {
-          const trail = options.audit;
-          if (trail === undefined) throw new RampartError('Unimplemented', 'this member keeps no audit trail');
-          audit(call, 'Audit.Stream', {}, grpc.status.OK, '');
-          let backlog = 0;
-          let congested = false;
-          let ended = false;
-          const unsubscribe = trail.subscribe((json) => {
-            if (ended) return;
-            if (backlog >= auditBacklogMax) {
-              ended = true;
-              unsubscribe();
-              failStream(call, Object.assign(new Error('rampart: audit stream fell too far behind; reconnect and read the trail files for the gap'), { code: grpc.status.RESOURCE_EXHAUSTED }));
-              return;
-            }
-            if (congested) backlog += 1;
-            if (!call.write({ json }) && !congested) {
-              congested = true;
-              call.once('drain', () => {
-                congested = false;
-                backlog = 0;
-              });
-            }
-          });
-          const stop = (): void => {
+      const trail = options.audit;
+      adminStream(call, 'Audit.Stream', () => {
+        if (trail === undefined) throw new RampartError('Unimplemented', 'this member keeps no audit trail');
+        let backlog = 0;
+        let congested = false;
+        let ended = false;
+        const unsubscribe = trail.subscribe((json) => {
+          if (ended) return;
+          if (backlog >= auditBacklogMax) {
             ended = true;
             unsubscribe();
-          };
-          call.on('cancelled', stop);
-          call.on('close', stop);
-        },
-      ).catch((error: unknown) => {
-        const mapped = toServiceError(error);
-        audit(call, 'Audit.Stream', {}, mapped.code ?? grpc.status.UNKNOWN, mapped.details ?? '');
-        failStream(call, Object.assign(new Error(mapped.details), mapped));
+            failStream(call, { code: grpc.status.RESOURCE_EXHAUSTED, details: 'rampart: audit stream fell too far behind; reconnect and read the trail files for the gap' });
+            return;
+          }
+          if (congested) backlog += 1;
+          if (!call.write({ json }) && !congested) {
+            congested = true;
+            call.once('drain', () => {
+              congested = false;
+              backlog = 0;
+            });
+          }
+        });
+        const stop = (): void => {
+          ended = true;
+          unsubscribe();
+        };
+        call.on('cancelled', stop);
+        call.on('close', stop);
       });
     }),
   });
@@ -428,8 +426,8 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
  * Ends a server stream with an error status. (`destroy(error)` would tear the stream down before
  * grpc-js sends the status, leaving the client waiting.)
  */
-function failStream(call: { emit(event: 'error', error: Error): boolean }, error: Error): void {
-  call.emit('error', error);
+function failStream(call: { emit(event: 'error', error: Error): boolean }, status: Partial<grpc.ServiceError>): void {
+  call.emit('error', Object.assign(new Error(status.details), status));
 }
 
 function serverVersionString(): string {
@@ -622,7 +620,7 @@ function serveWatch(member: Member, logger: Logger, call: grpc.ServerDuplexStrea
       }
     } catch (error) {
       logger.warn({ err: describe(error) }, 'watch request rejected');
-      failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+      failStream(call, toServiceError(error));
     }
   };
   call.on('data', (request: WatchRequest) => {
@@ -659,7 +657,7 @@ function serveKeepAlive(member: Member, call: grpc.ServerDuplexStream<{ ID: Int6
         const ttl = await answer;
         call.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
       } catch (error) {
-        failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+        failStream(call, toServiceError(error));
       }
     });
   });
@@ -726,7 +724,7 @@ async function serveSnapshot(member: Member, logger: Logger, call: grpc.ServerWr
     call.end();
   } catch (error) {
     logger.error({ err: describe(error) }, 'snapshot stream failed');
-    failStream(call, Object.assign(new Error(toServiceError(error).details), toServiceError(error)));
+    failStream(call, toServiceError(error));
   }
 }
 

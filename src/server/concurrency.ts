@@ -116,7 +116,8 @@ export class Concurrency {
     return kvs[0] !== undefined && Number(kvs[0].create_revision) === revision;
   }
 
-  async lock(name: Buffer, lease: bigint, caller: Caller, signal: AbortSignal): Promise<{ key: Buffer; revision: number }> {
+  /** Waits until the lock is held; returns its key. */
+  async lock(name: Buffer, lease: bigint, caller: Caller, signal: AbortSignal): Promise<Buffer> {
     const prefix = Buffer.concat([name, Buffer.from('/')]);
     const claimed = await this.claim(prefix, lease, none, caller);
     try {
@@ -126,7 +127,7 @@ export class Concurrency {
       if (claimed.created) await this.release(claimed.key, claimed.revision, caller).catch(() => undefined);
       throw error;
     }
-    return { key: claimed.key, revision: this.member.store.currentRevision };
+    return claimed.key;
   }
 
   async unlock(key: Buffer, caller: Caller): Promise<number> {
