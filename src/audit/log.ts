@@ -64,12 +64,16 @@ export interface VerifyResult {
   readonly problem?: string;
 }
 
-/** Checks every file of a directory (or one file) in order: hashes, links and sequence numbers. */
-export async function verifyAudit(target: string, anchor?: string): Promise<VerifyResult> {
+/**
+ * Checks every file of a directory (or one file) in order: hashes, links and sequence numbers, and
+ * that the anchored event (if given) is there. `onEvent` sees each event that checked out.
+ */
+export async function verifyAudit(target: string, anchor?: string, onEvent?: (event: AuditEvent) => void): Promise<VerifyResult> {
   const files = target.endsWith('.jsonl') ? [target] : await chainFiles(target);
   let previous: string | undefined;
   let events = 0;
   let anchorSeen = false;
+  const broken = (problem: string): VerifyResult => ({ ok: false, events, files: files.length, head: previous ?? genesisHash, problem });
   for (const file of files) {
     const lines = (await readFile(file, 'utf8')).split('\n');
     if (lines[lines.length - 1] === '') lines.pop();
@@ -80,37 +84,35 @@ export async function verifyAudit(target: string, anchor?: string): Promise<Veri
       try {
         event = JSON.parse(line) as AuditEvent;
       } catch {
-        return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `${where}: not a JSON event (torn or altered)` };
+        return broken(`${where}: not a JSON event (torn or altered)`);
       }
       const { hash, ...rest } = event;
-      if (hashEvent(rest) !== hash) return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `${where}: hash does not match the event (altered)` };
+      if (hashEvent(rest) !== hash) return broken(`${where}: hash does not match the event (altered)`);
       if (index === 0) {
-        if (event.action !== 'audit.start') return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `${where}: a file must begin with audit.start` };
-        if (previous !== undefined && event.prev !== previous) return { ok: false, events, files: files.length, head: previous, problem: `${where}: does not continue the previous file (a file was removed or altered)` };
+        if (event.action !== 'audit.start') return broken(`${where}: a file must begin with audit.start`);
+        if (previous !== undefined && event.prev !== previous) return broken(`${where}: does not continue the previous file (a file was removed or altered)`);
       } else if (event.prev !== previous) {
-        return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `${where}: does not follow the line before it (a line was removed, inserted or moved)` };
+        return broken(`${where}: does not follow the line before it (a line was removed, inserted or moved)`);
       }
-      if (event.seq !== seq) return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `${where}: sequence ${event.seq}, expected ${seq}` };
+      if (event.seq !== seq) return broken(`${where}: sequence ${event.seq}, expected ${seq}`);
       seq += 1;
       previous = hash;
       events += 1;
       if (hash === anchor) anchorSeen = true;
+      onEvent?.(event);
     }
   }
   if (anchor !== undefined && !anchorSeen) {
-    return { ok: false, events, files: files.length, head: previous ?? genesisHash, problem: `the anchored event ${anchor} is not in the trail (lines were removed from its end, or it belongs to another trail)` };
+    return broken(`the anchored event ${anchor} is not in the trail (lines were removed from its end, or it belongs to another trail)`);
   }
   return { ok: true, events, files: files.length, head: previous ?? genesisHash };
 }
 
-/** Every event of a directory, oldest first (after verifying the chain: a broken one throws). */
+/** Every event of a directory, oldest first, read once while verifying the chain (a broken one throws). */
 export async function readAudit(directory: string): Promise<AuditEvent[]> {
-  const verified = await verifyAudit(directory);
-  if (!verified.ok) throw new Error(`the audit trail is broken: ${verified.problem}`);
   const events: AuditEvent[] = [];
-  for (const file of await chainFiles(directory)) {
-    for (const line of (await readFile(file, 'utf8')).split('\n')) if (line !== '') events.push(JSON.parse(line) as AuditEvent);
-  }
+  const verified = await verifyAudit(directory, undefined, (event) => events.push(event));
+  if (!verified.ok) throw new Error(`the audit trail is broken: ${verified.problem}`);
   return events;
 }
 

@@ -19,7 +19,7 @@ import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
-import { createMetrics, serveMetrics, type CertificateSource } from '../server/metrics.js';
+import { createMetrics, serveMetrics, type CertificateSource, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { AuditLog, readAudit, verifyAudit } from '../audit/log.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
@@ -268,16 +268,18 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   if (bootstrapPolicy !== undefined) bootstrapAuth(member, bootstrapPolicy, logger);
-  const metrics = createMetrics(member, credentials.certificates, flags.quotaBackendBytes);
+  // Metrics are kept only when something serves them: no counting on the request path for nobody.
   let serving = false;
+  let metrics: ServerMetrics | undefined;
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
+    metrics = createMetrics(member, credentials.certificates, flags.quotaBackendBytes);
     await serveMetrics(flags.listenMetricsUrls, member, metrics, () => serving);
     logger.info({ metricsUrls: flags.listenMetricsUrls }, 'serving metrics and health');
   }
   const server = createGrpcServer({
     member,
     logger,
-    metrics,
+    ...(metrics === undefined ? {} : { metrics }),
     ...(audit === undefined ? {} : { audit }),
     credentials: credentials.client,
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
@@ -510,9 +512,7 @@ auditCommand
 
 connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))
   .action(async (flags: ConnectionOptions) => {
-    const connection = await PolicyConnection.open(flags).catch(fail);
-    await connection.tailAudit(print).catch(fail);
-    connection.close();
+    await PolicyConnection.using(flags, (connection) => connection.tailAudit(print)).catch(fail);
   });
 
 const auth = program.command('auth').description('authorization questions');

@@ -30,19 +30,25 @@ export interface LivePolicy {
   readonly enabled: boolean;
 }
 
-interface AuthClient extends grpc.Client {
-  AuthEnable(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
-}
-
 interface AuditClient extends grpc.Client {
   Stream(request: object): grpc.ClientReadableStream<{ json: string }>;
 }
 
-/** A root connection to a cluster for Rampart's own services (policy, audit) and AuthEnable. */
+/** A root connection to a cluster for Rampart's own services (policy, audit). */
 export class PolicyConnection {
-  private constructor(private readonly client: PolicyClient, private readonly authClient: AuthClient, private readonly auditClient: AuditClient) {}
+  private constructor(private readonly client: PolicyClient, private readonly auditClient: AuditClient) {}
 
-  static async open(options: ConnectionOptions): Promise<PolicyConnection> {
+  /** Opens a connection, runs `work` with it, and closes it however `work` ends. */
+  static async using<T>(options: ConnectionOptions, work: (connection: PolicyConnection) => Promise<T>): Promise<T> {
+    const connection = await PolicyConnection.open(options);
+    try {
+      return await work(connection);
+    } finally {
+      connection.close();
+    }
+  }
+
+  private static async open(options: ConnectionOptions): Promise<PolicyConnection> {
     let endpoint = options.endpoints?.split(',')[0];
     const pki = path.join(options.dir, 'pki');
     if (endpoint === undefined) {
@@ -57,20 +63,14 @@ export class PolicyConnection {
       readFile(options.cert ?? path.join(pki, 'admin.crt')),
       readFile(options.key ?? path.join(pki, 'admin.key')),
     ]);
-    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor; Audit: grpc.ServiceClientConstructor }; etcdserverpb: { Auth: grpc.ServiceClientConstructor } };
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor; Audit: grpc.ServiceClientConstructor } };
     const credentials = grpc.credentials.createSsl(ca, key, cert);
     return new PolicyConnection(
       new loaded.rampart.Policy(target, credentials) as unknown as PolicyClient,
-      new loaded.etcdserverpb.Auth(target, credentials) as unknown as AuthClient,
       new loaded.rampart.Audit(target, credentials) as unknown as AuditClient,
     );
   }
 
-  enableAuth(): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.authClient.AuthEnable({}, { deadline: Date.now() + 10_000 }, (error) => (error === null ? resolve() : reject(new Error(error.details))));
-    });
-  }
 
   export(): Promise<LivePolicy> {
     return new Promise((resolve, reject) => {
@@ -104,7 +104,6 @@ export class PolicyConnection {
 
   close(): void {
     this.client.close();
-    this.authClient.close();
     this.auditClient.close();
   }
 }
@@ -128,8 +127,7 @@ export function summary(policy: Policy): string {
 /** Applies a policy directory to the live cluster (or only shows what would change). */
 export async function applyPolicy(directory: string, connection: ConnectionOptions, dryRun: boolean, print: (line: string) => void): Promise<void> {
   const policy = await checkedPolicy(directory, print, false);
-  const client = await PolicyConnection.open(connection);
-  try {
+  await PolicyConnection.using(connection, async (client) => {
     const live = await client.export();
     const changes = diffPolicy(live.state, policy.state);
     if (changes.length === 0) {
@@ -143,31 +141,19 @@ export async function applyPolicy(directory: string, connection: ConnectionOptio
     }
     const result = await client.apply(policy.state, live.revision);
     print(result.changed ? `applied ${changes.length} changes as one entry; auth revision ${result.revision}` : `no changes (auth revision ${result.revision})`);
-  } finally {
-    client.close();
-  }
+  });
 }
 
 export async function diffLive(directory: string, connection: ConnectionOptions, print: (line: string) => void): Promise<number> {
   const policy = await loadPolicy(directory);
-  const client = await PolicyConnection.open(connection);
-  try {
-    const changes = diffPolicy((await client.export()).state, policy.state);
-    for (const line of changes) print(line);
-    if (changes.length === 0) print('no changes');
-    return changes.length;
-  } finally {
-    client.close();
-  }
+  const changes = await PolicyConnection.using(connection, async (client) => diffPolicy((await client.export()).state, policy.state));
+  for (const line of changes) print(line);
+  if (changes.length === 0) print('no changes');
+  return changes.length;
 }
 
 export async function exportLive(connection: ConnectionOptions): Promise<string> {
-  const client = await PolicyConnection.open(connection);
-  try {
-    return exportPolicy((await client.export()).state);
-  } finally {
-    client.close();
-  }
+  return PolicyConnection.using(connection, async (client) => exportPolicy((await client.export()).state));
 }
 
 export interface CanIOptions {
@@ -185,13 +171,8 @@ export async function canI(user: string, operation: string, key: string, options
   if (options.policy !== undefined) {
     state = stateWithPolicy(emptyAuthState, (await loadPolicy(options.policy)).state);
   } else {
-    const client = await PolicyConnection.open(connection);
-    try {
-      const live = await client.export();
-      state = stateWithPolicy(emptyAuthState, live.state, live.enabled);
-    } finally {
-      client.close();
-    }
+    const live = await PolicyConnection.using(connection, (client) => client.export());
+    state = stateWithPolicy(emptyAuthState, live.state, live.enabled);
   }
   const keyBytes = Buffer.from(key);
   const rangeEnd = options.prefix ? prefixRangeEnd(keyBytes) : Buffer.from(options.rangeEnd ?? '');

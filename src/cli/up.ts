@@ -127,8 +127,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
 
 /** Members of a new cluster enable auth with the default policies themselves: wait for it, and say so. */
 async function secureByDefault(directory: string, timeoutMs: number, print: (line: string) => void): Promise<void> {
-  const client = await PolicyConnection.open({ dir: directory });
-  try {
+  await PolicyConnection.using({ dir: directory }, async (client) => {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const live = await client.export();
@@ -143,9 +142,7 @@ async function secureByDefault(directory: string, timeoutMs: number, print: (lin
       if (Date.now() > deadline) throw new Error(`auth was not enabled within ${timeoutMs} ms; see the member logs under ${directory}`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
-  } finally {
-    client.close();
-  }
+  });
 }
 
 async function waitHealthy(directory: string, endpoints: readonly string[], timeoutMs: number): Promise<void> {
