@@ -2,12 +2,27 @@
  * `rampart init`: per-host bundles that start a TLS member from their own rampart.yaml, reachable
  * with the admin certificate; bad member specs are refused before anything is written.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { cleanEnvironment, freePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { cleanEnvironment, freePort, rampartBin, removeDirectory, run, temporaryDirectory, type CommandResult } from '../helpers/processes.js';
+
+/** Retries `etcdctl put k v` with these flags until the member serves it (or exits); the last result. */
+async function putWhenServing(flags: readonly string[], child: ChildProcess): Promise<CommandResult> {
+  let put = await run('etcdctl', [...flags, 'put', 'k', 'v'], { env: cleanEnvironment() });
+  for (let attempt = 0; put.code !== 0 && attempt < 60 && child.exitCode === null; attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 250));
+    put = await run('etcdctl', [...flags, 'put', 'k', 'v'], { env: cleanEnvironment() });
+  }
+  return put;
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  child.kill('SIGTERM');
+  await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+}
 
 describe('rampart init', () => {
   const directories: string[] = [];
@@ -44,12 +59,7 @@ describe('rampart init', () => {
     try {
       const pki = path.join(out, 'pki');
       const admin = ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'), '--dial-timeout=2s', '--command-timeout=3s'];
-      let put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
-      for (let attempt = 0; put.code !== 0 && attempt < 60 && child.exitCode === null; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 250));
-        put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
-      }
-      expect(put.stdout, output).toBe('OK\n');
+      expect((await putWhenServing(admin, child)).stdout, output).toBe('OK\n');
       expect((await run('etcdctl', [...admin, 'get', 'k', '--print-value-only'], { env: cleanEnvironment() })).stdout).toBe('v\n');
       // A new TLS cluster enables auth with the shipped policies on its own (not only under rampart up).
       expect((await run('etcdctl', [...admin, 'user', 'list'], { env: cleanEnvironment() })).stdout).toBe('auditor\nkube-apiserver\nroot\n');
@@ -80,8 +90,7 @@ describe('rampart init', () => {
       expect(metrics).not.toContain('PRIVATE');
       expect((await fetchText('/nothing')).status).toBe(404);
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+      await stopChild(child);
     }
   }, 60_000);
 
@@ -103,17 +112,11 @@ describe('rampart init', () => {
     const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', config, ...tls, '--no-bootstrap-auth', '--log-level', 'warn'], { cwd: path.join(out, 'a'), env: cleanEnvironment(), stdio: 'ignore' });
     try {
       const admin = ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(out, 'pki', 'ca.crt'), '--cert', path.join(out, 'pki', 'admin.crt'), '--key', path.join(out, 'pki', 'admin.key'), '--dial-timeout=2s'];
-      let put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
-      for (let attempt = 0; attempt < 60 && put.code !== 0; attempt++) {
-        await new Promise((resolve) => setTimeout(resolve, 250));
-        put = await run('etcdctl', [...admin, 'put', 'k', 'v'], { env: cleanEnvironment() });
-      }
-      expect(put.stdout).toBe('OK\n');
+      expect((await putWhenServing(admin, child)).stdout).toBe('OK\n');
       await new Promise((resolve) => setTimeout(resolve, 1_000)); // longer than a bootstrap attempt would take
       expect((await run('etcdctl', [...admin, 'user', 'list'], { env: cleanEnvironment() })).stdout).toBe('');
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+      await stopChild(child);
     }
   }, 60_000);
 
