@@ -38,15 +38,16 @@ export class Authenticator {
     return this.signer;
   }
 
-  async identify(call: CallContext): Promise<Caller> {
+  /** `certificate`: the call's verified client certificate, if any (the caller reads it once per call). */
+  async identify(metadata: grpc.Metadata, certificate: PeerCertificate | undefined): Promise<Caller> {
     const state = this.auth.state;
-    const token = call.metadata.get('token')[0];
+    const token = metadata.get('token')[0];
     if (state.enabled && typeof token === 'string' && token !== '') {
       const claims = await this.currentSigner().verify(token);
       if (claims === undefined) throw new RampartError('InvalidAuthToken');
       return { user: claims.user, revision: claims.revision, token: true };
     }
-    const commonName = call.getAuthContext().sslPeerCertificate?.subject?.CN;
+    const commonName = certificate?.subject?.CN;
     const cn = Array.isArray(commonName) ? undefined : commonName;
     if (typeof cn === 'string' && cn !== '') {
       return { user: state.bindings.get(cn) ?? cn, revision: state.revision, token: false };

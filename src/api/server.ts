@@ -80,8 +80,14 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
   const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds);
   /** The identity each call was served as, for its audit event. */
   const callers = new WeakMap<object, Caller>();
+  /** A call's client certificate, read once: both the revocation check and the identity need it. */
+  const certificates = new WeakMap<object, PeerCertificate | undefined>();
+  const certificateOf = (call: CallWithAuth): PeerCertificate | undefined => {
+    if (!certificates.has(call)) certificates.set(call, call.getAuthContext().sslPeerCertificate);
+    return certificates.get(call);
+  };
   const who = async (call: CallContext): Promise<Caller> => {
-    const caller = await authenticator.identify(call);
+    const caller = await authenticator.identify(call.metadata, certificateOf(call));
     callers.set(call, caller);
     return caller;
   };
@@ -126,7 +132,7 @@ export function createGrpcServer(options: ApiServerOptions): grpc.Server {
 
   /** A refused certificate is refused on every call, also on connections opened before. */
   const refusal = (call: CallWithAuth, rpc: string): Partial<grpc.ServiceError> | undefined => {
-    const certificate = call.getAuthContext().sslPeerCertificate;
+    const certificate = certificateOf(call);
     const problem = options.refuseCertificate === undefined || certificate === undefined ? undefined : options.refuseCertificate(certificate);
     if (problem === undefined) return undefined;
     logger.warn({ rpc, peer: call.getPeer(), subject: certificate?.subject?.CN, reason: problem }, 'refused a client certificate');
