@@ -22,10 +22,7 @@ export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 
   let windowStart = 0;
   let logged = 0;
   let suppressed = 0;
-  const seen = new WeakSet<object>();
   for (const http2Server of servers.keys() as IterableIterator<EventEmitter>) {
-    if (seen.has(http2Server)) continue;
-    seen.add(http2Server);
     http2Server.on('tlsClientError', (error: Error & { code?: string }, socket: TLSSocket) => {
       const now = Date.now();
       if (now - windowStart > windowMs) {
