@@ -66,10 +66,15 @@ export async function loadMaterial(files: CertificateFiles, nowMs = Date.now()):
   return { certificate, privateKey, caBundle, leaf };
 }
 
-export function expiresSoon(leaf: X509Certificate, nowMs = Date.now()): boolean {
+/** What is left of a certificate's validity: seconds, and the share of its whole lifetime. */
+export function remainingLifetime(leaf: X509Certificate, nowMs = Date.now()): { seconds: number; share: number } {
   const notBefore = Date.parse(leaf.validFrom);
   const notAfter = Date.parse(leaf.validTo);
-  return notAfter - nowMs < (notAfter - notBefore) * expiryWarningShare;
+  return { seconds: Math.round((notAfter - nowMs) / 1000), share: (notAfter - nowMs) / (notAfter - notBefore) };
+}
+
+export function expiresSoon(leaf: X509Certificate, nowMs = Date.now()): boolean {
+  return remainingLifetime(leaf, nowMs).share < expiryWarningShare;
 }
 
 export class ReloadingCertificateProvider implements CertificateProvider {

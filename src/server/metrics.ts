@@ -10,6 +10,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { X509Certificate } from 'node:crypto';
+import { remainingLifetime } from '../pki/reloading-provider.js';
 import type { Member } from './member.js';
 
 export interface CertificateSource {
@@ -48,18 +49,13 @@ export function createMetrics(member: Member, certificates: readonly Certificate
     name: 'etcd_server_leader_changes_seen_total', help: 'Leader changes seen by this member.', registers: [registry],
     collect() { this.reset(); this.inc(member.leaderChangesSeen); },
   });
-  const lifetime = (leaf: X509Certificate): { seconds: number; ratio: number } => {
-    const notBefore = Date.parse(leaf.validFrom);
-    const notAfter = Date.parse(leaf.validTo);
-    return { seconds: Math.round((notAfter - Date.now()) / 1000), ratio: Math.max(0, (notAfter - Date.now()) / (notAfter - notBefore)) };
-  };
   new Gauge({
     name: 'rampart_certificate_expiry_seconds', help: 'Seconds until the certificate in use expires.', labelNames: ['use'], registers: [registry],
-    collect() { for (const source of certificates) this.set({ use: source.use }, lifetime(source.certificate()).seconds); },
+    collect() { for (const source of certificates) this.set({ use: source.use }, remainingLifetime(source.certificate()).seconds); },
   });
   new Gauge({
     name: 'rampart_certificate_lifetime_remaining_ratio', help: 'Share of the certificate lifetime left (renew below 0.3).', labelNames: ['use'], registers: [registry],
-    collect() { for (const source of certificates) this.set({ use: source.use }, lifetime(source.certificate()).ratio); },
+    collect() { for (const source of certificates) this.set({ use: source.use }, Math.max(0, remainingLifetime(source.certificate()).share)); },
   });
   const handled = new Counter({ name: 'grpc_server_handled_total', help: 'gRPC calls completed, by method and status code.', labelNames: ['grpc_method', 'grpc_code'], registers: [registry] });
   const loginFailures = new Counter({ name: 'rampart_auth_failed_logins_total', help: 'Authenticate calls refused (wrong password, unknown user, or locked out).', registers: [registry] });
