@@ -32,6 +32,19 @@ function put(key: Buffer, value: Buffer, lease: bigint): RequestOp {
   return { request: 'request_put', request_put: { key, value, lease: lease.toString(), prev_kv: false, ignore_value: false, ignore_lease: false } };
 }
 
+/** The keys of lock or election `name` live under `name/`. */
+function prefixOf(name: Buffer): Buffer {
+  return Buffer.concat([name, Buffer.from('/')]);
+}
+
+/** A key claimed under a lock or election: its create revision, whether this call created it, and what it held. */
+interface Claim {
+  readonly key: Buffer;
+  readonly revision: number;
+  readonly created: boolean;
+  readonly current?: KeyValueMessage;
+}
+
 export interface LeaderKey {
   readonly name: Buffer;
   readonly key: Buffer;
@@ -94,7 +107,7 @@ export class Concurrency {
   }
 
   /** Creates `name/<lease>` (or finds it) and returns its create revision and whether it was new. */
-  private async claim(prefix: Buffer, lease: bigint, value: Buffer, caller: Caller): Promise<{ key: Buffer; revision: number; created: boolean; current?: KeyValueMessage }> {
+  private async claim(prefix: Buffer, lease: bigint, value: Buffer, caller: Caller): Promise<Claim> {
     if (lease === 0n) throw new RampartError('LeaseNotFound');
     const key = Buffer.concat([prefix, Buffer.from(lease.toString(16))]);
     const txn: TxnRequest = { compare: [createdAt(key, 0)], success: [put(key, value, lease)], failure: [{ request: 'request_range', request_range: rangeOf(key) }] };
@@ -116,18 +129,28 @@ export class Concurrency {
     return kvs[0] !== undefined && Number(kvs[0].create_revision) === revision;
   }
 
-  /** Waits until the lock is held; returns its key. */
-  async lock(name: Buffer, lease: bigint, caller: Caller, signal: AbortSignal): Promise<Buffer> {
-    const prefix = Buffer.concat([name, Buffer.from('/')]);
-    const claimed = await this.claim(prefix, lease, none, caller);
+  /**
+   * Claims `name/<lease>` and waits until it is the oldest key under `name/` (its lease still alive).
+   * `claimed` runs first (a campaign updates its value there). A claim this call made is removed
+   * again when it gives up or fails.
+   */
+  private async acquire(name: Buffer, lease: bigint, value: Buffer, caller: Caller, signal: AbortSignal, claimed: (claim: Claim) => Promise<unknown> = async () => undefined): Promise<Claim> {
+    const prefix = prefixOf(name);
+    const claim = await this.claim(prefix, lease, value, caller);
     try {
-      await this.waitForOlder(prefix, claimed.revision, caller, signal);
-      if (!(await this.held(claimed.key, claimed.revision, caller))) throw new RampartError('LeaseNotFound');
+      await claimed(claim);
+      await this.waitForOlder(prefix, claim.revision, caller, signal);
+      if (!(await this.held(claim.key, claim.revision, caller))) throw new RampartError('LeaseNotFound');
     } catch (error) {
-      if (claimed.created) await this.release(claimed.key, claimed.revision, caller).catch(() => undefined);
+      if (claim.created) await this.release(claim.key, claim.revision, caller).catch(() => undefined);
       throw error;
     }
-    return claimed.key;
+    return claim;
+  }
+
+  /** Waits until the lock is held; returns its key. */
+  async lock(name: Buffer, lease: bigint, caller: Caller, signal: AbortSignal): Promise<Buffer> {
+    return (await this.acquire(name, lease, none, caller, signal)).key;
   }
 
   async unlock(key: Buffer, caller: Caller): Promise<number> {
@@ -135,18 +158,12 @@ export class Concurrency {
   }
 
   async campaign(name: Buffer, lease: bigint, value: Buffer, caller: Caller, signal: AbortSignal): Promise<LeaderKey> {
-    const prefix = Buffer.concat([name, Buffer.from('/')]);
-    const claimed = await this.claim(prefix, lease, value, caller);
-    const leader: LeaderKey = { name, key: claimed.key, rev: claimed.revision, lease };
-    try {
-      if (claimed.current !== undefined && !Buffer.from(claimed.current.value).equals(value)) await this.proclaim(leader, value, caller);
-      await this.waitForOlder(prefix, claimed.revision, caller, signal);
-      if (!(await this.held(claimed.key, claimed.revision, caller))) throw new RampartError('LeaseNotFound');
-    } catch (error) {
-      if (claimed.created) await this.release(claimed.key, claimed.revision, caller).catch(() => undefined);
-      throw error;
-    }
-    return leader;
+    const leaderOf = (claim: Claim): LeaderKey => ({ name, key: claim.key, rev: claim.revision, lease });
+    const claim = await this.acquire(name, lease, value, caller, signal, async (found) => {
+      // Campaigning again with the same lease and a new value proclaims it, as etcd does.
+      if (found.current !== undefined && !Buffer.from(found.current.value).equals(value)) await this.proclaim(leaderOf(found), value, caller);
+    });
+    return leaderOf(claim);
   }
 
   async proclaim(leader: LeaderKey, value: Buffer, caller: Caller): Promise<number> {
@@ -161,14 +178,14 @@ export class Concurrency {
   }
 
   async leader(name: Buffer, caller: Caller): Promise<{ kv: KeyValueMessage | undefined; revision: number }> {
-    const prefix = Buffer.concat([name, Buffer.from('/')]);
+    const prefix = prefixOf(name);
     const { kvs, revision } = await this.member.range(rangeOf(prefix, { range_end: prefixRangeEnd(prefix), sort_target: sortByCreate, sort_order: ascend, limit: '1' }), caller);
     return { kv: kvs[0], revision };
   }
 
   /** Calls `send` with the leader each time it changes (another key, or a new value), until aborted. */
   async observe(name: Buffer, caller: Caller, signal: AbortSignal, send: (kv: KeyValueMessage) => void): Promise<void> {
-    const prefix = Buffer.concat([name, Buffer.from('/')]);
+    const prefix = prefixOf(name);
     let last = '';
     while (!signal.aborted) {
       const { kv, revision } = await this.leader(name, caller);
