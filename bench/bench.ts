@@ -6,10 +6,18 @@
  * flight, BENCH_SECONDS per phase; BENCH_RAMPART_ARGS adds flags to every Rampart member (e.g.
  * `--no-audit` to see what the audit trail costs), BENCH_NODE_ARGS adds Node flags to them (e.g.
  * `--cpu-prof --cpu-prof-dir=/tmp/prof`). Both run plaintext on 127.0.0.1, with 1 and then 3 members.
+ *
+ * The headline phase is the secure one: a 3-member cluster as `rampart up` ships it (mutual TLS on
+ * client and peer ports, auth on, audit on) against 3 etcd members with the same certificates,
+ * client and peer certificate auth and auth enabled; closed-loop puts and ranges, a fixed-rate put
+ * phase (BENCH_FIXED_RATE puts/s, default 1,000, over BENCH_FIXED_CLIENTS connections, default 200;
+ * latency from each request's scheduled start, so a stall counts against every request it delays),
+ * and `etcdctl check perf --load m` against both (BENCH_CHECK_PERF=0 skips it: it takes a minute each).
+ * BENCH_PHASES=secure (or plain) runs only that part.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -30,6 +38,7 @@ interface PhaseResult {
   readonly perSecond: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
+  readonly p999Ms: number;
 }
 
 type KvClient = grpc.Client & Record<string, (request: object, callback: (error: grpc.ServiceError | null) => void) => void>;
@@ -45,6 +54,14 @@ async function freePort(): Promise<number> {
       const address = server.address();
       server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
     });
+  });
+}
+
+async function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
 }
 
@@ -73,12 +90,23 @@ function key(index: number): Buffer {
 }
 
 /** Connections spread over the members, as a client with several endpoints would. */
-function clients(endpoints: readonly string[]): KvClient[] {
+function clients(endpoints: readonly string[], credentials: grpc.ChannelCredentials, count: number = connections): KvClient[] {
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor } };
   // A local subchannel pool per client gives each its own TCP connection.
-  return Array.from({ length: connections }, (_, index) => new loaded.etcdserverpb.KV(endpoints[index % endpoints.length] as string, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
+  return Array.from({ length: count }, (_, index) => new loaded.etcdserverpb.KV(endpoints[index % endpoints.length] as string, credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
 }
 
+function summarize(latencies: number[], errors: number, elapsedSeconds: number): PhaseResult {
+  latencies.sort((a, b) => a - b);
+  const quantile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))] ?? Number.NaN;
+  return { requests: latencies.length, errors, perSecond: latencies.length / elapsedSeconds, p50Ms: quantile(0.5), p99Ms: quantile(0.99), p999Ms: quantile(0.999) };
+}
+
+function call(client: KvClient, method: 'Put' | 'Range', request: object): Promise<boolean> {
+  return new Promise((resolve) => client[method]?.call(client, request, (error) => resolve(error === null)));
+}
+
+/** Closed loop: `inFlight` requests always outstanding. */
 async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSeconds: number): Promise<PhaseResult> {
   const value = Buffer.alloc(valueBytes, 'v');
   const latencies: number[] = [];
@@ -90,32 +118,56 @@ async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSec
     if (client === undefined) return;
     while (performance.now() < deadline) {
       const index = sequence++ % keySpace;
-      const request = method === 'Put' ? { key: key(index), value } : { key: key(index) };
       const started = performance.now();
-      await new Promise<void>((resolve) =>
-        client[method]?.call(client, request, (error) => {
-          if (error === null) latencies.push(performance.now() - started);
-          else errors += 1;
-          resolve();
-        }),
-      );
+      if (await call(client, method, method === 'Put' ? { key: key(index), value } : { key: key(index) })) latencies.push(performance.now() - started);
+      else errors += 1;
     }
   };
   const started = performance.now();
   await Promise.all(Array.from({ length: inFlight }, (_, slot) => worker(slot)));
-  const elapsedSeconds = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  const quantile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))] ?? Number.NaN;
-  return { requests: latencies.length, errors, perSecond: latencies.length / elapsedSeconds, p50Ms: quantile(0.5), p99Ms: quantile(0.99) };
+  return summarize(latencies, errors, (performance.now() - started) / 1000);
 }
 
-interface Target {
-  readonly name: string;
-  /** Starts `size` members; returns their client endpoints and processes. */
-  start(size: number): Promise<{ endpoints: string[]; children: ChildProcess[]; dataDirs: string[] }>;
+/**
+ * Open loop: puts scheduled at a fixed rate, taken by `workers` clients. A request's latency runs
+ * from its scheduled start, so when the server stalls, every request the stall delays counts it
+ * (no coordinated omission). Throughput is what completed in the scheduled window.
+ */
+async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number): Promise<PhaseResult> {
+  const value = Buffer.alloc(valueBytes, 'v');
+  const latencies: number[] = [];
+  let errors = 0;
+  let next = 0;
+  const total = Math.round(rate * durationSeconds);
+  const started = performance.now();
+  const worker = async (slot: number): Promise<void> => {
+    const client = kvClients[slot % kvClients.length];
+    if (client === undefined) return;
+    for (;;) {
+      const index = next++;
+      if (index >= total) return;
+      const scheduled = started + (index * 1000) / rate;
+      const wait = scheduled - performance.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (await call(client, 'Put', { key: key(index % keySpace), value })) latencies.push(performance.now() - scheduled);
+      else errors += 1;
+    }
+  };
+  await Promise.all(Array.from({ length: workers }, (_, slot) => worker(slot)));
+  // Held throughput: requests over the time it took to complete all of them (≥ the scheduled window).
+  return summarize(latencies, errors, Math.max(durationSeconds, (performance.now() - started) / 1000));
+}
+
+interface Cluster {
+  readonly endpoints: string[];
+  readonly credentials: grpc.ChannelCredentials;
+  /** etcdctl flags that reach this cluster as its administrator. */
+  readonly etcdctlFlags: string[];
+  stop(): Promise<void>;
 }
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const rampartBin = path.join(projectRoot, 'bin/rampart.js');
 
 async function ports(size: number): Promise<{ client: number; peer: number }[]> {
   const result: { client: number; peer: number }[] = [];
@@ -123,63 +175,222 @@ async function ports(size: number): Promise<{ client: number; peer: number }[]> 
   return result;
 }
 
-function targetFor(name: string, command: (member: string, dataDir: string, client: number, peer: number, initialCluster: string) => { file: string; args: string[] }): Target {
+function stopChildren(children: readonly ChildProcess[], dataDirs: readonly string[]): () => Promise<void> {
+  return async () => {
+    for (const child of children) child.kill('SIGTERM');
+    await Promise.all(children.map((child) => new Promise((resolve) => (child.exitCode !== null ? resolve(undefined) : child.once('exit', resolve)))));
+    await Promise.all(dataDirs.map((dataDir) => rm(dataDir, { recursive: true, force: true })));
+  };
+}
+
+type MemberCommand = (member: string, dataDir: string, client: number, peer: number, initialCluster: string) => { file: string; args: string[] };
+
+async function startPlain(name: string, size: number, command: MemberCommand): Promise<Cluster> {
+  const assigned = await ports(size);
+  const initialCluster = assigned.map((port, index) => `b${index}=http://127.0.0.1:${port.peer}`).join(',');
+  const dataDirs = await Promise.all(assigned.map(() => mkdtemp(path.join(tmpdir(), `bench-${name}-`))));
+  const children = assigned.map((port, index) => {
+    const { file, args } = command(`b${index}`, dataDirs[index] as string, port.client, port.peer, initialCluster);
+    return spawn(file, args, { env: environment(), stdio: 'ignore' });
+  });
+  await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
+  const endpoints = assigned.map((port) => `127.0.0.1:${port.client}`);
+  return { endpoints, credentials: grpc.credentials.createInsecure(), etcdctlFlags: [`--endpoints=${endpoints.join(',')}`], stop: stopChildren(children, dataDirs) };
+}
+
+const rampartPlain: MemberCommand = (member, dataDir, client, peer, initialCluster) => ({
+  file: process.execPath,
+  args: [...nodeArgs(), rampartBin, 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error', ...(process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean)],
+});
+
+const etcdPlain: MemberCommand = (member, dataDir, client, peer, initialCluster) => ({
+  file: 'etcd',
+  args: ['--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error'],
+});
+
+function nodeArgs(): string[] {
+  return (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+}
+
+function execute(file: string, args: readonly string[], timeoutMs: number): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile(file, args, { env: environment(), timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+      resolve({ code, output: `${stdout}${stderr}` });
+    });
+  });
+}
+
+/** A base port whose member ports (`rampart up`: base, +10000, +20000, each with peer +1) are all free. */
+async function freeBasePort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 5_000) * 2;
+    const all = [0, 10_000, 20_000].flatMap((offset) => [base + offset, base + offset + 1]);
+    if ((await Promise.all(all.map(portIsFree))).every(Boolean)) return base;
+  }
+  throw new Error('no free base port for rampart up');
+}
+
+/** A secure 3-member cluster exactly as `rampart up` starts it; its directory's certificates serve etcd too. */
+async function startRampartSecure(directory: string): Promise<Cluster> {
+  const base = await freeBasePort();
+  const result = await execute(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', '3', '--base-port', String(base)], 120_000);
+  if (result.code !== 0) throw new Error(`rampart up failed:\n${result.output}`);
+  const endpoints = [base, base + 10_000, base + 20_000].map((port) => `127.0.0.1:${port}`);
+  const pki = path.join(directory, 'pki');
   return {
-    name,
-    start: async (size) => {
-      const assigned = await ports(size);
-      const initialCluster = assigned.map((port, index) => `b${index}=http://127.0.0.1:${port.peer}`).join(',');
-      const dataDirs = await Promise.all(assigned.map(() => mkdtemp(path.join(tmpdir(), `bench-${name}-`))));
-      const children = assigned.map((port, index) => {
-        const { file, args } = command(`b${index}`, dataDirs[index] as string, port.client, port.peer, initialCluster);
-        return spawn(file, args, { env: environment(), stdio: 'ignore' });
-      });
-      await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
-      return { endpoints: assigned.map((port) => `127.0.0.1:${port.client}`), children, dataDirs };
+    endpoints,
+    credentials: await adminCredentials(pki),
+    etcdctlFlags: [`--endpoints=${endpoints.join(',')}`, `--cacert=${path.join(pki, 'ca.crt')}`, `--cert=${path.join(pki, 'admin.crt')}`, `--key=${path.join(pki, 'admin.key')}`],
+    stop: async () => {
+      await execute(process.execPath, [rampartBin, 'down', '--dir', directory], 60_000);
     },
   };
 }
 
-const rampart = targetFor('rampart', (member, dataDir, client, peer, initialCluster) => ({
-  file: process.execPath,
-  args: [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(projectRoot, 'bin/rampart.js'), 'serve', '--insecure', '--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error', ...(process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean)],
-}));
+async function adminCredentials(pki: string): Promise<grpc.ChannelCredentials> {
+  const [ca, cert, privateKey] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
+  return grpc.credentials.createSsl(ca as Buffer, privateKey as Buffer, cert as Buffer);
+}
 
-const etcd = targetFor('etcd', (member, dataDir, client, peer, initialCluster) => ({
-  file: 'etcd',
-  args: ['--name', member, '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', initialCluster, '--log-level', 'error'],
-}));
-
-async function measure(target: Target, size: number): Promise<{ put: PhaseResult; range: PhaseResult }> {
-  const { endpoints, children, dataDirs } = await target.start(size);
+/**
+ * etcd set up as securely as Rampart's default: the same server and peer certificates, client and
+ * peer certificate auth, and auth enabled with a certificate-only root (the admin certificate's CN).
+ */
+async function startEtcdSecure(directory: string): Promise<Cluster> {
+  const assigned = await ports(3);
+  const names = ['m1', 'm2', 'm3'];
+  const initialCluster = assigned.map((port, index) => `${names[index]}=https://127.0.0.1:${port.peer}`).join(',');
+  const dataDirs = await Promise.all(assigned.map(() => mkdtemp(path.join(tmpdir(), 'bench-etcd-secure-'))));
+  const children = assigned.map((port, index) => {
+    const home = path.join(directory, names[index] as string);
+    return spawn('etcd', [
+      '--name', names[index] as string, '--data-dir', dataDirs[index] as string,
+      '--listen-client-urls', `https://127.0.0.1:${port.client}`, '--advertise-client-urls', `https://127.0.0.1:${port.client}`,
+      '--listen-peer-urls', `https://127.0.0.1:${port.peer}`, '--initial-advertise-peer-urls', `https://127.0.0.1:${port.peer}`,
+      '--initial-cluster', initialCluster, '--initial-cluster-token', 'bench-secure', '--log-level', 'error',
+      '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--client-cert-auth', '--trusted-ca-file', path.join(home, 'ca.crt'),
+      '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-client-cert-auth', '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
+    ], { env: environment(), stdio: 'ignore' });
+  });
+  const stop = stopChildren(children, dataDirs);
   try {
-    const kvClients = clients(endpoints);
+    await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
+    const pki = path.join(directory, 'pki');
+    const endpoints = assigned.map((port) => `127.0.0.1:${port.client}`);
+    const etcdctlFlags = [`--endpoints=${assigned.map((port) => `https://127.0.0.1:${port.client}`).join(',')}`, `--cacert=${path.join(pki, 'ca.crt')}`, `--cert=${path.join(pki, 'admin.crt')}`, `--key=${path.join(pki, 'admin.key')}`];
+    for (const args of [['user', 'add', 'root', '--no-password'], ['role', 'add', 'root'], ['user', 'grant-role', 'root', 'root'], ['auth', 'enable']]) {
+      const result = await executeRetrying('etcdctl', [...etcdctlFlags, ...args]);
+      if (result.code !== 0 && !/already exists|already granted/.test(result.output)) throw new Error(`etcdctl ${args.join(' ')}: ${result.output}`);
+    }
+    return { endpoints, credentials: await adminCredentials(pki), etcdctlFlags, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+async function executeRetrying(file: string, args: readonly string[]): Promise<{ code: number; output: string }> {
+  let result = await execute(file, args, 20_000);
+  for (let attempt = 0; attempt < 20 && result.code !== 0 && /no leader|unavailable|deadline|connection refused/i.test(result.output); attempt++) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    result = await execute(file, args, 20_000);
+  }
+  return result;
+}
+
+async function closedLoop(cluster: Cluster): Promise<{ put: PhaseResult; range: PhaseResult }> {
+  const kvClients = clients(cluster.endpoints, cluster.credentials);
+  try {
     await phase(kvClients, 'Put', 1); // warm-up; also fills the key space for ranges
     const put = await phase(kvClients, 'Put', seconds);
     const range = await phase(kvClients, 'Range', seconds);
-    kvClients.forEach((client) => client.close());
     return { put, range };
   } finally {
-    for (const child of children) child.kill('SIGTERM');
-    await Promise.all(children.map((child) => new Promise((resolve) => (child.exitCode !== null ? resolve(undefined) : child.once('exit', resolve)))));
-    await Promise.all(dataDirs.map((dataDir) => rm(dataDir, { recursive: true, force: true })));
+    kvClients.forEach((client) => client.close());
   }
+}
+
+async function fixedRate(cluster: Cluster): Promise<PhaseResult> {
+  const kvClients = clients(cluster.endpoints, cluster.credentials);
+  try {
+    return await fixedRatePhase(kvClients, fixedRatePerSecond, fixedRateClients, seconds * 2);
+  } finally {
+    kvClients.forEach((client) => client.close());
+  }
+}
+
+/** `etcdctl check perf --load m`: PASS or FAIL, with etcdctl's own summary lines. */
+async function checkPerf(cluster: Cluster): Promise<{ pass: boolean; summary: string }> {
+  const result = await execute('etcdctl', [...cluster.etcdctlFlags, 'check', 'perf', '--load', 'm', '--auto-compact', '--auto-defrag'], 180_000);
+  const lines = result.output.split('\n').filter((line) => /PASS|FAIL|Slowest|Stddev|Throughput/i.test(line)).map((line) => line.trim());
+  return { pass: result.code === 0 && !/FAIL/.test(result.output), summary: lines.join('; ') || result.output.trim().split('\n').slice(-3).join('; ') };
 }
 
 function row(name: string, result: PhaseResult): string {
-  return `${name.padEnd(18)} ${result.perSecond.toFixed(0).padStart(8)}/s   p50 ${result.p50Ms.toFixed(1).padStart(6)} ms   p99 ${result.p99Ms.toFixed(1).padStart(6)} ms   errors ${result.errors}`;
+  return `${name.padEnd(22)} ${result.perSecond.toFixed(0).padStart(8)}/s   p50 ${result.p50Ms.toFixed(1).padStart(6)} ms   p99 ${result.p99Ms.toFixed(1).padStart(6)} ms   p99.9 ${result.p999Ms.toFixed(1).padStart(7)} ms   errors ${result.errors}`;
 }
 
+function ratio(ours: number, theirs: number): string {
+  return (ours / theirs).toFixed(2);
+}
+
+const fixedRatePerSecond = Number(process.env.BENCH_FIXED_RATE ?? 1000);
+const fixedRateClients = Number(process.env.BENCH_FIXED_CLIENTS ?? 200);
+const runCheckPerf = process.env.BENCH_CHECK_PERF !== '0';
+const phases = process.env.BENCH_PHASES ?? 'secure,plain';
 const etcdInstalled = existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd');
-process.stdout.write(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per phase, plaintext\n`);
-for (const size of [1, 3]) {
-  const ours = await measure(rampart, size);
-  process.stdout.write(`\n${size} member${size === 1 ? '' : 's'}\n${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
-  if (etcdInstalled) {
-    const reference = await measure(etcd, size);
-    process.stdout.write(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n`);
-    process.stdout.write(`ratio (rampart / etcd): put throughput ${(ours.put.perSecond / reference.put.perSecond).toFixed(2)}, p99 ${(ours.put.p99Ms / reference.put.p99Ms).toFixed(2)}; `);
-    process.stdout.write(`range throughput ${(ours.range.perSecond / reference.range.perSecond).toFixed(2)}, p99 ${(ours.range.p99Ms / reference.range.p99Ms).toFixed(2)}\n`);
+const print = (text: string): void => {
+  process.stdout.write(text);
+};
+
+print(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per closed-loop phase\n`);
+
+if (phases.includes('secure')) {
+  const directory = await mkdtemp(path.join(tmpdir(), 'bench-secure-'));
+  try {
+    print(`\nsecure, 3 members (Rampart as \`rampart up\` ships it; etcd with the same certificates, client+peer certificate auth, auth on)\n`);
+    const results: Record<string, { closed: { put: PhaseResult; range: PhaseResult }; fixed: PhaseResult; perf?: { pass: boolean; summary: string } }> = {};
+    const targets: [string, () => Promise<Cluster>][] = [['rampart', () => startRampartSecure(directory)]];
+    if (etcdInstalled) targets.push(['etcd', () => startEtcdSecure(directory)]);
+    for (const [name, start] of targets) {
+      const cluster = await start();
+      try {
+        const closed = await closedLoop(cluster);
+        const fixed = await fixedRate(cluster);
+        const perf = runCheckPerf ? await checkPerf(cluster) : undefined;
+        results[name] = { closed, fixed, ...(perf === undefined ? {} : { perf }) };
+        print(`${row(`${name} put`, closed.put)}\n${row(`${name} range`, closed.range)}\n${row(`${name} put ${fixedRatePerSecond}/s`, fixed)}\n`);
+        if (perf !== undefined) print(`${name} check perf --load m: ${perf.pass ? 'PASS' : 'FAIL'} (${perf.summary})\n`);
+      } finally {
+        await cluster.stop();
+      }
+    }
+    const ours = results.rampart;
+    const reference = results.etcd;
+    if (ours !== undefined && reference !== undefined) {
+      print(`ratio (rampart / etcd), secure: put throughput ${ratio(ours.closed.put.perSecond, reference.closed.put.perSecond)}, p99 ${ratio(ours.closed.put.p99Ms, reference.closed.put.p99Ms)}; `);
+      print(`range throughput ${ratio(ours.closed.range.perSecond, reference.closed.range.perSecond)}, p99 ${ratio(ours.closed.range.p99Ms, reference.closed.range.p99Ms)}; `);
+      print(`fixed ${fixedRatePerSecond}/s held ${ratio(ours.fixed.perSecond, reference.fixed.perSecond)}, p99 ${ratio(ours.fixed.p99Ms, reference.fixed.p99Ms)}, p99.9 ${ratio(ours.fixed.p999Ms, reference.fixed.p999Ms)}\n`);
+    }
+  } finally {
+    await rm(directory, { recursive: true, force: true });
   }
 }
-if (!etcdInstalled) process.stdout.write('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
+
+if (phases.includes('plain')) {
+  for (const size of [1, 3]) {
+    print(`\nplaintext, ${size} member${size === 1 ? '' : 's'}\n`);
+    const ourCluster = await startPlain('rampart', size, rampartPlain);
+    const ours = await closedLoop(ourCluster).finally(() => ourCluster.stop());
+    print(`${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
+    if (etcdInstalled) {
+      const theirCluster = await startPlain('etcd', size, etcdPlain);
+      const reference = await closedLoop(theirCluster).finally(() => theirCluster.stop());
+      print(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n`);
+      print(`ratio (rampart / etcd): put throughput ${ratio(ours.put.perSecond, reference.put.perSecond)}, p99 ${ratio(ours.put.p99Ms, reference.put.p99Ms)}; `);
+      print(`range throughput ${ratio(ours.range.perSecond, reference.range.perSecond)}, p99 ${ratio(ours.range.p99Ms, reference.range.p99Ms)}\n`);
+    }
+  }
+}
+if (!etcdInstalled) print('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
