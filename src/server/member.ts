@@ -37,7 +37,7 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
-import { Transport, type LeaseAnswer } from './transport.js';
+import { Transport, fetchCluster, type ClusterView, type LeaseAnswer } from './transport.js';
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
@@ -117,6 +117,8 @@ export class Member {
     this.markReady = resolve;
   });
   readonly memberHex: string;
+  /** The members an existing member named when this one joined: its first peers, before the log names them. */
+  private joinedFrom: ClusterView | undefined;
 
   private constructor(
     readonly options: MemberOptions,
@@ -139,10 +141,11 @@ export class Member {
     const db: Database = new ClassicLevel<Buffer, Buffer>(path.join(options.dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await db.open();
     try {
-      const { clusterId, memberId } = await loadIdentity(db, options);
+      const { clusterId, memberId, joinedFrom } = await loadIdentity(db, options);
       const store = await MvccStore.open(db);
       const { store: logStore, loaded } = await LogStore.open(db);
       const member = new Member(options, db, store, logStore, clusterId, memberId);
+      member.joinedFrom = joinedFrom;
       await member.recover(loaded);
       return member;
     } catch (error) {
@@ -212,6 +215,7 @@ export class Member {
       onUnreachable: (peer) => node.reportUnreachable(peer),
       onLeaseRenew: (id) => this.answerLease(id, true),
       onLeaseTimeToLive: (id) => this.answerLease(id, false),
+      onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
       ...(this.options.peerTls ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate) } : {}),
     });
     this.updatePeers();
@@ -267,7 +271,11 @@ export class Member {
 
   private updatePeers(): void {
     const known = new Map<string, readonly string[]>();
-    for (const member of this.options.initialCluster) known.set(memberIdFor(member.peerUrls, this.options.initialClusterToken), member.peerUrls);
+    if (this.joinedFrom === undefined) {
+      for (const member of this.options.initialCluster) known.set(memberIdFor(member.peerUrls, this.options.initialClusterToken), member.peerUrls);
+    } else {
+      for (const member of this.joinedFrom.members) known.set(member.id, member.peerUrls);
+    }
     for (const member of this.membership.list()) known.set(member.id, member.peerUrls);
     this.transport.setPeers([...known].filter(([id]) => !this.membership.isRemoved(id)).map(([id, peerUrls]) => ({ id, peerUrls })));
   }
@@ -820,16 +828,33 @@ function isReadOnlyTxn(request: TxnRequest): boolean {
   );
 }
 
-async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clusterId: bigint; memberId: bigint }> {
+async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clusterId: bigint; memberId: bigint; joinedFrom?: ClusterView }> {
   const storedMember = await db.get(metaKey.memberId);
   const storedCluster = await db.get(metaKey.clusterId);
   if (storedMember !== undefined && storedCluster !== undefined) {
     return { memberId: storedMember.readBigUInt64BE(0), clusterId: storedCluster.readBigUInt64BE(0) };
   }
-  // As etcd: the member id comes from its peer URLs and the cluster token; every member of a
-  // cluster shares the token, so they share the cluster id.
-  const memberId = BigInt(`0x${memberIdFor(options.peerUrls, options.initialClusterToken)}`);
-  const clusterId = hash64(`cluster/${options.initialClusterToken}`);
+  let memberId: bigint;
+  let clusterId: bigint;
+  let joinedFrom: ClusterView | undefined;
+  if (options.initialClusterState === 'existing') {
+    // As etcd: a member joining an existing cluster takes its id and the cluster's from the
+    // cluster itself (the ids were chosen by `member add` under the cluster's token, which the
+    // settings etcdctl prints do not carry).
+    joinedFrom = await learnCluster(options);
+    const own = [...options.peerUrls].sort().join(',');
+    const record = joinedFrom.members.find((member) => [...member.peerUrls].sort().join(',') === own);
+    if (record === undefined) {
+      throw new Error(`the cluster has no member with peer URLs ${options.peerUrls.join(',')}: add it first (etcdctl member add ${options.name} --peer-urls=${options.peerUrls.join(',')})`);
+    }
+    memberId = BigInt(`0x${record.id}`);
+    clusterId = BigInt(`0x${joinedFrom.clusterId}`);
+  } else {
+    // As etcd: the member id comes from its peer URLs and the cluster token; every member of a
+    // cluster shares the token, so they share the cluster id.
+    memberId = BigInt(`0x${memberIdFor(options.peerUrls, options.initialClusterToken)}`);
+    clusterId = hash64(`cluster/${options.initialClusterToken}`);
+  }
   const memberBytes = Buffer.alloc(8);
   memberBytes.writeBigUInt64BE(memberId);
   const clusterBytes = Buffer.alloc(8);
@@ -838,7 +863,37 @@ async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clu
     { type: 'put', key: metaKey.memberId, value: memberBytes },
     { type: 'put', key: metaKey.clusterId, value: clusterBytes },
   ], { sync: true });
-  return { memberId, clusterId };
+  return joinedFrom === undefined ? { memberId, clusterId } : { memberId, clusterId, joinedFrom };
+}
+
+/** How long a joining member keeps asking the members of `--initial-cluster` about the cluster. */
+const joinDeadlineMs = 30_000;
+
+/** Asks the other members of `--initial-cluster`, in turn, until one answers with a well-formed view. */
+async function learnCluster(options: MemberOptions): Promise<ClusterView> {
+  const own = new Set(options.peerUrls);
+  const urls = options.initialCluster.flatMap((member) => member.peerUrls).filter((url) => !own.has(url));
+  if (urls.length === 0) throw new Error('--initial-cluster-state existing: --initial-cluster names no other member to join');
+  const deadline = Date.now() + joinDeadlineMs;
+  const problems = new Map<string, string>();
+  for (;;) {
+    for (const url of urls) {
+      try {
+        const view = await fetchCluster(url, options.peerClientCredentials);
+        if (/^[0-9a-f]{1,16}$/.test(view.clusterId) && view.members.every((member) => /^[0-9a-f]{1,16}$/.test(member.id))) {
+          options.logger.info({ peer: url, clusterId: view.clusterId }, 'learned the cluster to join');
+          return view;
+        }
+        problems.set(url, 'malformed answer');
+      } catch (error) {
+        problems.set(url, error instanceof Error ? error.message : String(error));
+      }
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`cannot learn the cluster to join from ${[...problems].map(([url, problem]) => `${url} (${problem})`).join(', ')}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
 }
 
 async function directoryBytes(directory: string): Promise<number> {

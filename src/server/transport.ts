@@ -132,6 +132,39 @@ export interface LeaseAnswer {
   readonly keys: Buffer[];
 }
 
+/** What a member tells a joining member about the cluster (Peer.Cluster). */
+export interface ClusterView {
+  readonly clusterId: string;
+  readonly members: readonly { readonly id: string; readonly name: string; readonly peerUrls: readonly string[]; readonly isLearner: boolean }[];
+}
+
+/** How long a joining member waits for one existing member's answer. */
+const clusterFetchTimeoutMs = 3_000;
+
+/**
+ * Asks the member at `url` for the cluster's id and members, over the peer credentials: with TLS
+ * the answer comes only from a server whose certificate the peer CA signed for that host, and the
+ * server answers only a certificate it accepts as a member's (so neither side learns anything from
+ * a stranger). Rejects when the member cannot be reached or refuses.
+ */
+export function fetchCluster(url: string, credentials: grpc.ChannelCredentials): Promise<ClusterView> {
+  const client = new peerPackage.rampart.Peer(hostPort(url), credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as PeerClient;
+  return new Promise<ClusterView>((resolve, reject) => {
+    client.Cluster({}, { deadline: Date.now() + clusterFetchTimeoutMs }, (error, reply) => {
+      client.close();
+      if (error !== null) {
+        reject(error);
+        return;
+      }
+      const members = (reply.members as { id?: string; name?: string; peer_urls?: string[]; is_learner?: boolean }[] | undefined) ?? [];
+      resolve({
+        clusterId: String(reply.cluster_id ?? ''),
+        members: members.map((member) => ({ id: member.id ?? '', name: member.name ?? '', peerUrls: member.peer_urls ?? [], isLearner: member.is_learner === true })),
+      });
+    });
+  });
+}
+
 export interface TransportOptions {
   readonly selfId: NodeId;
   /**
@@ -147,6 +180,7 @@ export interface TransportOptions {
   readonly onUnreachable: (peer: NodeId) => void;
   readonly onLeaseRenew: (id: bigint) => LeaseAnswer;
   readonly onLeaseTimeToLive: (id: bigint) => LeaseAnswer;
+  readonly onCluster: () => ClusterView;
 }
 
 type PeerClient = grpc.Client & {
@@ -154,6 +188,7 @@ type PeerClient = grpc.Client & {
   Snapshot(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object>;
   LeaseRenew(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
   LeaseTimeToLive(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
+  Cluster(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
 };
 
 const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
@@ -354,6 +389,14 @@ export class Transport {
       LeaseTimeToLive: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) return;
         respondLease(() => options.onLeaseTimeToLive(BigInt(call.request.id)), callback);
+      },
+      Cluster: (call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) return;
+        const view = options.onCluster();
+        callback(null, {
+          cluster_id: view.clusterId,
+          members: view.members.map((member) => ({ id: member.id, name: member.name, peer_urls: [...member.peerUrls], is_learner: member.isLearner })),
+        });
       },
     });
   }
