@@ -12,6 +12,7 @@ import { restoreSnapshot } from './snapshot.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { RevocationList, crlFileName, revoke } from '../pki/revocation.js';
+import { checkPrivate, ensurePrivateDirectory } from '../storage/private-files.js';
 import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
 import { parseInitialCluster } from '../server/membership.js';
@@ -186,6 +187,15 @@ function hostPort(url: string): string {
   return `${parsed.hostname}:${parsed.port}`;
 }
 
+/** Private keys, and the directories holding them, must be the member's alone (as ssh requires). */
+async function checkPrivateKeys(flags: ServeFlags): Promise<void> {
+  for (const keyFile of new Set([flags.keyFile, flags.peerKeyFile])) {
+    if (keyFile === undefined) continue;
+    await checkPrivate(path.dirname(path.resolve(keyFile)), 'key directory', 'chmod 700');
+    await checkPrivate(keyFile, 'private key', 'chmod 600');
+  }
+}
+
 async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const credentials = await credentialsFor(flags, logger);
   const scheme = flags.insecure ? 'http:' : 'https:';
@@ -199,6 +209,9 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     throw new Error('--initial-cluster-state must be new or existing');
   }
   if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
+  // Everything this process creates (LevelDB files, audit files) is for its owner only.
+  process.umask(0o077);
+  await checkPrivateKeys(flags);
   // Checked before anything starts: a broken bootstrap policy is a configuration error.
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
   const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);
@@ -231,8 +244,10 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     },
   });
   // The audit trail: on unless turned off, and a member that cannot write it does not serve.
+  const auditDir = flags.auditDir ?? path.join(flags.dataDir, 'audit');
+  if (flags.audit) await ensurePrivateDirectory(auditDir, 'audit directory');
   const audit = flags.audit
-    ? await AuditLog.open(flags.auditDir ?? path.join(flags.dataDir, 'audit'), member.memberHex, (error) => {
+    ? await AuditLog.open(auditDir, member.memberHex, (error) => {
       logger.fatal({ err: error instanceof Error ? error.message : String(error) }, 'cannot write the audit trail; stopping');
       process.exit(1);
     })
@@ -304,6 +319,7 @@ snapshot
   .requiredOption('--data-dir <dir>', 'the data directory to create (must not exist)')
   .action(async (file: string, flags: { dataDir: string }) => {
     try {
+      process.umask(0o077);
       const records = await restoreSnapshot(file, flags.dataDir);
       process.stdout.write(`restored ${records} records into ${flags.dataDir}\n`);
     } catch (error) {

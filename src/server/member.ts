@@ -9,7 +9,7 @@
  * applier does).
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import { mkdir, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { ClassicLevel } from 'classic-level';
@@ -18,6 +18,7 @@ import { RampartError, assert } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
 import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
+import { ensurePrivateDirectory } from '../storage/private-files.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation, type Database } from '../storage/mvcc/store.js';
 import { authStateKey, isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
@@ -137,7 +138,7 @@ export class Member {
   }
 
   static async open(options: MemberOptions): Promise<Member> {
-    await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    await ensurePrivateDirectory(options.dataDir, 'data directory');
     const db: Database = new ClassicLevel<Buffer, Buffer>(path.join(options.dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await db.open();
     try {

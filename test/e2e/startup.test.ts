@@ -64,6 +64,64 @@ describe('member start', () => {
     await removeDirectory(dataDir);
   });
 
+  it('creates its data 0700/0600 and refuses a data or key directory open to group or others, naming the fix', async () => {
+    const { chmod, mkdir, readdir, stat } = await import('node:fs/promises');
+    const home = await temporaryDirectory('modes');
+    const dataDir = path.join(home, 'data');
+    await mkdir(dataDir, { mode: 0o755 });
+    await chmod(dataDir, 0o755);
+    const port = await freePort();
+    const serveArgs = ['serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--listen-peer-urls', `http://127.0.0.1:${await freePort()}`];
+    const refused = await run(process.execPath, [rampartBin, ...serveArgs], { timeoutMs: 10_000 });
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain(`rampart: data directory ${dataDir} is accessible by group or others (mode 0755); run: chmod 700 ${dataDir}`);
+
+    // Fixed as told, it starts; what it creates is its owner's only, whatever the umask (022 here).
+    await chmod(dataDir, 0o700);
+    const server = await startRampart({ dataDir, port });
+    try {
+      expect((await etcdctl(server.endpoint, ['put', 'private', 'yes'])).stdout).toBe('OK\n');
+    } finally {
+      await server.stop();
+    }
+    const modes: Record<string, string> = {};
+    const walk = async (directory: string): Promise<void> => {
+      for (const entry of await readdir(directory, { withFileTypes: true })) {
+        const file = path.join(directory, entry.name);
+        modes[path.relative(dataDir, file)] = ((await stat(file)).mode & 0o777).toString(8);
+        if (entry.isDirectory()) await walk(file);
+      }
+    };
+    await walk(dataDir);
+    expect(Object.keys(modes)).toContain('db');
+    expect(Object.keys(modes).filter((file) => file.startsWith('db/')).length).toBeGreaterThan(3);
+    for (const [file, mode] of Object.entries(modes)) expect(`${file} ${mode}`).toMatch(/ (600|700)$/);
+
+    // TLS: a private key, or the directory holding it, open to others stops the start too.
+    const { createAuthority, issueCertificate, writeKeyPair } = await import('../../src/pki/authority.js');
+    const authority = await createAuthority('modes');
+    const pki = path.join(home, 'pki');
+    const server1 = await writeKeyPair(pki, 'server', await issueCertificate(authority, { kind: 'server', commonName: 'm1', subjectAltNames: ['127.0.0.1'] }));
+    const peer = await writeKeyPair(pki, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: 'm1', subjectAltNames: ['127.0.0.1'] }));
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(path.join(pki, 'ca.crt'), authority.certificatePem);
+    const tlsArgs = [
+      'serve', '--data-dir', dataDir, '--listen-client-urls', `https://127.0.0.1:${port}`, '--listen-peer-urls', `https://127.0.0.1:${await freePort()}`,
+      '--cert-file', server1.certificateFile, '--key-file', server1.keyFile, '--trusted-ca-file', path.join(pki, 'ca.crt'),
+      '--peer-cert-file', peer.certificateFile, '--peer-key-file', peer.keyFile, '--peer-trusted-ca-file', path.join(pki, 'ca.crt'), '--no-bootstrap-auth',
+    ];
+    await chmod(pki, 0o750);
+    const openDirectory = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 10_000 });
+    expect(openDirectory.code).toBe(1);
+    expect(openDirectory.stderr).toContain(`key directory ${pki} is accessible by group or others (mode 0750); run: chmod 700 ${pki}`);
+    await chmod(pki, 0o700);
+    await chmod(peer.keyFile, 0o644);
+    const openKey = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 10_000 });
+    expect(openKey.code).toBe(1);
+    expect(openKey.stderr).toContain(`private key ${peer.keyFile} is accessible by group or others (mode 0644); run: chmod 600 ${peer.keyFile}`);
+    await removeDirectory(home);
+  }, 60_000);
+
   it('keeps data across a clean restart', async () => {
     const first = await startRampart();
     expect((await etcdctl(first.endpoint, ['put', 'durable', 'yes'])).stdout).toBe('OK\n');
