@@ -58,6 +58,9 @@ export const errorCodes = [
   'PasswordPreHashed',
   'ElectionNotLeader',
   'ElectionNoLeader',
+  'CertificateRevoked',
+  'CertificateExpired',
+  'AuditBacklog',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

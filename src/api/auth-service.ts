@@ -3,25 +3,15 @@
  * reads answer from the member's state after a read barrier. While auth is enabled, everything but
  * AuthStatus and Authenticate needs root — checked here and again when the change is applied.
  */
-import type * as grpc from '@grpc/grpc-js';
 import { RampartError } from '../errors.js';
-import type { Member } from '../server/member.js';
 import { checkCaller, requireAdmin } from '../server/authorize.js';
 import { hashPassword } from '../auth/password.js';
 import { newSigningKey } from '../auth/token.js';
 import { type PermissionType } from '../auth/permissions.js';
 import type { AuthChange } from '../auth/store.js';
-import type { Authenticator, CallContext } from './identity.js';
 import type { Caller } from './messages.js';
-import type { Handler } from './server.js';
-
-export interface AuthServiceDependencies {
-  readonly member: Member;
-  readonly authenticator: Authenticator;
-  readonly who: (call: CallContext) => Promise<Caller>;
-  readonly admin: (call: CallContext) => Promise<Caller>;
-  readonly unary: <Request, Response>(name: string, handler: Handler<Request, Response>) => grpc.handleUnaryCall<Request, Response>;
-}
+import type { CallContext, Rpc } from './rpc.js';
+import type { ServiceKit } from './services.js';
 
 interface PermissionMessage {
   permType: number;
@@ -29,7 +19,7 @@ interface PermissionMessage {
   range_end: Buffer;
 }
 
-export function serveAuth({ member, authenticator, who, unary }: AuthServiceDependencies): grpc.UntypedServiceImplementation {
+export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Record<string, Rpc> {
   const header = (): object => ({ header: member.header() });
   /** Proposes an auth change as the caller (identified here unless the handler already did). */
   const change = async (call: CallContext, body: AuthChange, caller?: Caller): Promise<object> => {
@@ -68,7 +58,7 @@ export function serveAuth({ member, authenticator, who, unary }: AuthServiceDepe
     }),
     Authenticate: unary('Authenticate', async (request: { name: string; password: string }, call) => {
       await member.readBarrier();
-      const token = await authenticator.authenticate(request.name, request.password, call.getPeer());
+      const token = await authenticator.authenticate(request.name, request.password, call.peer);
       return { ...header(), token };
     }),
     UserAdd: unary('UserAdd', async (request: { name: string; password: string; hashedPassword: string; options?: { no_password: boolean } | null }, call) => {

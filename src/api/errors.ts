@@ -69,13 +69,24 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   ElectionNotLeader: { code: status.UNKNOWN, message: 'election: not leader' },
   ElectionNoLeader: { code: status.UNKNOWN, message: 'election: no leader' },
   PasswordPreHashed: { code: status.INVALID_ARGUMENT, message: 'rampart: pre-hashed passwords are not accepted; send the password over TLS' },
+  // A connection's certificate that became unusable after the handshake: every call on it is refused.
+  CertificateRevoked: { code: status.UNAUTHENTICATED, message: 'rampart: certificate revoked' },
+  CertificateExpired: { code: status.UNAUTHENTICATED, message: 'rampart: certificate expired' },
+  AuditBacklog: { code: status.RESOURCE_EXHAUSTED, message: 'rampart: audit stream fell too far behind; reconnect and read the trail files for the gap' },
 };
 
-/** Turns anything thrown inside a handler into a gRPC error a client can act on: never a stack trace. */
+/** The status of anything thrown inside a handler: its code and the exact text, never a stack trace. */
+export function statusOf(error: unknown): GrpcErrorMapping {
+  return isRampartError(error) ? errorTable[error.code] : { code: status.INTERNAL, message: 'etcdserver: internal error' };
+}
+
+/** `PERMISSION_DENIED` for 7: the name metrics and audit events use. */
+export function statusName(code: status): string {
+  return status[code] ?? String(code);
+}
+
+/** Turns anything thrown inside a handler into a gRPC error a client can act on. */
 export function toServiceError(error: unknown): Partial<ServiceError> {
-  if (isRampartError(error)) {
-    const mapping = errorTable[error.code];
-    return { code: mapping.code, details: mapping.message, metadata: new Metadata() };
-  }
-  return { code: status.INTERNAL, details: 'etcdserver: internal error', metadata: new Metadata() };
+  const { code, message } = statusOf(error);
+  return { code, details: message, metadata: new Metadata() };
 }

@@ -3,7 +3,6 @@
  * verified client certificate (or the user a policy binds that CN to); otherwise nobody. As in etcd,
  * identities only matter while auth is enabled, and a token is ignored while it is not.
  */
-import type * as grpc from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
 import { RampartError } from '../errors.js';
 import type { AuthHolder } from '../auth/store.js';
@@ -11,12 +10,6 @@ import { LoginLimiter } from '../auth/limiter.js';
 import { verifyPassword } from '../auth/password.js';
 import { TokenSigner, defaultTokenTtlSeconds } from '../auth/token.js';
 import type { Caller } from './messages.js';
-
-export interface CallContext {
-  readonly metadata: grpc.Metadata;
-  getAuthContext(): { sslPeerCertificate?: PeerCertificate };
-  getPeer(): string;
-}
 
 /** Password checks (scrypt, ~50 ms of CPU each) running at once, and waiting, at most. */
 export const passwordChecksMax = { running: 4, waiting: 64 } as const;
@@ -38,11 +31,10 @@ export class Authenticator {
     return this.signer;
   }
 
-  /** `certificate`: the call's verified client certificate, if any (the caller reads it once per call). */
-  async identify(metadata: grpc.Metadata, certificate: PeerCertificate | undefined): Promise<Caller> {
+  /** `token`: the call's token credential; `certificate`: its verified client certificate, if any. */
+  async identify(token: string | undefined, certificate: PeerCertificate | undefined): Promise<Caller> {
     const state = this.auth.state;
-    const token = metadata.get('token')[0];
-    if (state.enabled && typeof token === 'string' && token !== '') {
+    if (state.enabled && token !== undefined && token !== '') {
       const claims = await this.currentSigner().verify(token);
       if (claims === undefined) throw new RampartError('InvalidAuthToken');
       return { user: claims.user, revision: claims.revision, token: true };

@@ -5,7 +5,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
-import { createGrpcServer } from '../api/server.js';
+import { createGrpcServer } from '../api/grpc-server.js';
+import { createServices } from '../api/services.js';
 import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { restoreSnapshot } from './snapshot.js';
@@ -291,15 +292,15 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     await serveMetrics(flags.listenMetricsUrls, member, metrics, () => serving);
     logger.info({ metricsUrls: flags.listenMetricsUrls }, 'serving metrics and health');
   }
-  const server = createGrpcServer({
+  const services = createServices({
     member,
     logger,
     ...(metrics === undefined ? {} : { metrics }),
     ...(audit === undefined ? {} : { audit }),
-    credentials: credentials.client,
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
-    ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'certificate revoked' : undefined) }),
+    ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'CertificateRevoked' as const : undefined) }),
   });
+  const server = createGrpcServer({ services, maxRequestBytes: member.options.maxRequestBytes });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   for (const url of flags.listenClientUrls) {

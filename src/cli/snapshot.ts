@@ -1,5 +1,5 @@
 /**
- * Restores a snapshot stream (format in `api/server.ts`) into a new data directory.
+ * Restores a snapshot stream (format in `api/snapshot-stream.ts`) into a new data directory.
  * The file is verified whole (magic, record framing, SHA-256) before anything is written.
  * Like `etcdctl snapshot restore`, this keeps the data (keys, history, leases) and founds a new
  * cluster: membership and the applied log position are dropped, and the restored member bootstraps
@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { access, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
-import { snapshotAlignmentBytes, snapshotMagic } from '../api/server.js';
+import { snapshotAlignmentBytes, snapshotMagic } from '../api/snapshot-stream.js';
 import { isMemberLocalKey, metaKey, prefix } from '../storage/schema.js';
 
 export async function restoreSnapshot(file: string, dataDir: string): Promise<number> {

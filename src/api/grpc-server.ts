@@ -1,0 +1,119 @@
+/**
+ * The gRPC adapter: serves the transport-neutral services (services.ts) over grpc-js. Owns: the
+ * call context of a gRPC call (token metadata, client certificate, peer, deadline, cancellation)
+ * and gRPC stream plumbing. Never: the semantics of any RPC.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { PeerCertificate } from 'node:tls';
+import { toServiceError } from './errors.js';
+import { packageDefinition } from './proto.js';
+import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
+
+/** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
+const grpcOverheadBytes = 512 * 1024;
+
+export interface GrpcServerOptions {
+  readonly services: ServiceTable;
+  /** The largest request a client may send (etcd's --max-request-bytes). */
+  readonly maxRequestBytes: number;
+}
+
+export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': options.maxRequestBytes + grpcOverheadBytes,
+    'grpc.max_send_message_length': -1,
+    'grpc.keepalive_permit_without_calls': 1,
+    'grpc.http2.min_ping_interval_without_data_ms': 5000,
+  });
+  const loaded = grpc.loadPackageDefinition(packageDefinition);
+  for (const [name, rpcs] of options.services) {
+    const [pkg, svc] = name.split('.') as [string, string];
+    const constructor = (loaded[pkg] as grpc.GrpcObject | undefined)?.[svc] as grpc.ServiceClientConstructor | undefined;
+    if (constructor === undefined) throw new Error(`unknown service ${name}`);
+    const implementation: grpc.UntypedServiceImplementation = {};
+    for (const [method, rpc] of Object.entries(rpcs)) implementation[method] = adapt(rpc);
+    server.addService(constructor.service, implementation);
+  }
+  return server;
+}
+
+type AnyCall = grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>;
+
+function adapt(rpc: Rpc): grpc.UntypedHandleCall {
+  switch (rpc.kind) {
+    case 'unary':
+      return ((call: grpc.ServerUnaryCall<unknown, unknown>, callback: grpc.sendUnaryData<unknown>) => {
+        rpc.handle(call.request, contextOf(call)).then(
+          (response) => callback(null, response),
+          (error: unknown) => callback(toServiceError(error)),
+        );
+      }) as grpc.handleUnaryCall<unknown, unknown>;
+    case 'serverStream':
+      return ((call: grpc.ServerWritableStream<unknown, unknown>) => {
+        rpc.handle(call.request, contextOf(call), responseStream(call));
+      }) as grpc.handleServerStreamingCall<unknown, unknown>;
+    case 'duplex':
+      return ((call: grpc.ServerDuplexStream<unknown, unknown>) => {
+        const stream: DuplexStream<unknown, unknown> = {
+          ...responseStream(call),
+          onRequest: (listener) => call.on('data', listener),
+          onRequestsEnd: (listener) => call.on('end', listener),
+        };
+        rpc.handle(contextOf(call), stream);
+      }) as grpc.handleBidiStreamingCall<unknown, unknown>;
+  }
+}
+
+function contextOf(call: AnyCall): CallContext {
+  const controller = new AbortController();
+  (call as grpc.ServerUnaryCall<unknown, unknown>).on('cancelled', () => controller.abort());
+  const deadline = call.getDeadline();
+  const token = call.metadata.get('token')[0];
+  const certificate: PeerCertificate | undefined = call.getAuthContext().sslPeerCertificate;
+  return {
+    token: typeof token === 'string' ? token : undefined,
+    certificate,
+    peer: call.getPeer(),
+    deadlineMs: deadline instanceof Date ? deadline.getTime() : deadline,
+    signal: controller.signal,
+    caller: undefined,
+  };
+}
+
+function responseStream(call: grpc.ServerWritableStream<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>): ResponseStream<unknown> {
+  let closed = false;
+  const closeListeners = new Set<() => void>();
+  const close = (): void => {
+    if (closed) return;
+    closed = true;
+    for (const listener of closeListeners) listener();
+    closeListeners.clear();
+  };
+  call.on('error', close);
+  call.on('cancelled', close);
+  call.on('close', close);
+  return {
+    write: (response) => call.write(response),
+    drained: () => new Promise<void>((resolve) => {
+      if (closed) return resolve();
+      const done = (): void => {
+        call.off('drain', done);
+        closeListeners.delete(done);
+        resolve();
+      };
+      call.once('drain', done);
+      closeListeners.add(done);
+    }),
+    end: () => call.end(),
+    // `destroy(error)` would tear the stream down before grpc-js sends the status, leaving the
+    // client waiting: emitting 'error' makes grpc-js end the call with that status.
+    fail: (error) => {
+      const status = toServiceError(error);
+      call.emit('error', Object.assign(new Error(status.details), status));
+    },
+    onClose: (listener) => {
+      if (closed) listener();
+      else closeListeners.add(listener);
+    },
+  };
+}

@@ -1,0 +1,435 @@
+/**
+ * The etcd v3 services (and Rampart's Policy and Audit) as transport-neutral handlers, one per RPC,
+ * over a call context. Owns: the checks every call goes through whatever carried it — certificate
+ * refusal, identity, metrics, the audit event — and the translation between messages and the
+ * member. Never: anything of a transport (grpc-server.ts and http-gateway.ts adapt these), state of
+ * its own beyond a stream's lifetime.
+ */
+import type { Logger } from 'pino';
+import type { PeerCertificate } from 'node:tls';
+import { RampartError, isRampartError, type ErrorCode } from '../errors.js';
+import type { Member } from '../server/member.js';
+import { int64Out, parseBigInt64, parseInt64 } from '../server/kv.js';
+import { alarmType } from '../server/applier.js';
+import { leaseTtlMaxSeconds } from '../server/lessor.js';
+import { authorizeRange, requireAdmin } from '../server/authorize.js';
+import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
+import { Concurrency, type LeaderKey } from '../server/concurrency.js';
+import type { ServerMetrics } from '../server/metrics.js';
+import type { AuditLog } from '../audit/log.js';
+import { statusOf, statusName } from './errors.js';
+import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
+import { Authenticator } from './identity.js';
+import { serveAuth } from './auth-service.js';
+import { outcomeOf, targetsOf } from './audit-events.js';
+import { serveWatch } from './watch-service.js';
+import { serveSnapshot } from './snapshot-stream.js';
+import type { CallContext, DuplexRpc, DuplexStream, ResponseStream, Rpc, ServerStreamRpc, ServiceTable, UnaryRpc } from './rpc.js';
+
+/** The version Status and snapshots report (the etcd API level Rampart answers as). */
+export const serverVersion = '3.5.17';
+
+/** Events a slow audit subscriber may fall behind by before its stream is ended. */
+const auditBacklogMax = 10_000;
+
+export type Handler<Request, Response> = (request: Request, call: CallContext) => Promise<Response> | Response;
+
+export interface ServicesOptions {
+  readonly member: Member;
+  readonly logger: Logger;
+  /** With TLS: why a client certificate may not be used any more, or undefined when it may. */
+  readonly refuseCertificate?: (certificate: PeerCertificate) => ErrorCode | undefined;
+  /** Lifetime of tokens from Authenticate. */
+  readonly tokenTtlSeconds?: number;
+  readonly metrics?: ServerMetrics;
+  /** Where every client request and its decision is recorded (hash-chained). */
+  readonly audit?: AuditLog;
+}
+
+/** What the handlers share: the member, identity, the audit trail, and the RPC wrappers. */
+export interface ServiceKit {
+  readonly member: Member;
+  readonly authenticator: Authenticator;
+  /** The caller of this call (and remembered on it for the audit event). */
+  readonly who: (call: CallContext) => Promise<Caller>;
+  /** Root only (while auth is enabled): compaction, maintenance, membership, auth administration. */
+  readonly admin: (call: CallContext) => Promise<Caller>;
+  readonly unary: <Request, Response>(name: string, handler: Handler<Request, Response>) => UnaryRpc;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? `${error.name}: ${error.message}` : String(error);
+}
+
+export function createServices(options: ServicesOptions): ServiceTable {
+  const { member, logger } = options;
+  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds);
+  const who = async (call: CallContext): Promise<Caller> => {
+    const caller = await authenticator.identify(call.token, call.certificate);
+    call.caller = caller;
+    return caller;
+  };
+  const admin = async (call: CallContext): Promise<Caller> => {
+    const caller = await who(call);
+    requireAdmin(member.auth.decider, caller);
+    return caller;
+  };
+  const audit = (call: CallContext, action: string, request: Record<string, unknown>, error: unknown): void => {
+    if (options.audit === undefined) return;
+    const { code, message } = error === undefined ? { code: 0, message: '' } : statusOf(error);
+    const caller = call.caller;
+    const password = action === 'Authenticate';
+    options.audit.record({
+      action,
+      user: password ? String(request.name ?? '') : caller?.user ?? '',
+      via: password ? 'password' : caller === undefined || caller.user === '' ? 'none' : caller.token ? 'token' : 'certificate',
+      source: call.peer,
+      targets: targetsOf(action, request),
+      outcome: outcomeOf(code, message),
+      code: statusName(code),
+      ...(message === '' ? {} : { detail: message }),
+    });
+  };
+  /** A refused certificate is refused on every call, also on connections opened before. */
+  const refusal = (call: CallContext, rpc: string): RampartError | undefined => {
+    const certificate = call.certificate;
+    const problem = options.refuseCertificate === undefined || certificate === undefined ? undefined : options.refuseCertificate(certificate);
+    if (problem === undefined) return undefined;
+    logger.warn({ rpc, peer: call.peer, subject: certificate?.subject?.CN, reason: problem }, 'refused a client certificate');
+    return new RampartError(problem);
+  };
+
+  const unary = <Request, Response>(name: string, handler: Handler<Request, Response>): UnaryRpc => ({
+    kind: 'unary',
+    async handle(request, call) {
+      const refused = refusal(call, name);
+      if (refused !== undefined) {
+        options.metrics?.handled(name, 'UNAUTHENTICATED');
+        audit(call, name, request as Record<string, unknown>, refused);
+        throw refused;
+      }
+      try {
+        const response = await handler(request as Request, call);
+        options.metrics?.handled(name, 'OK');
+        audit(call, name, request as Record<string, unknown>, undefined);
+        return response;
+      } catch (error) {
+        if (!isRampartError(error)) logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
+        const { code } = statusOf(error);
+        options.metrics?.handled(name, statusName(code));
+        if (isRampartError(error)) {
+          if (error.code === 'PermissionDenied') options.metrics?.permissionDenied();
+          if (error.code === 'AuthFailed' || (error.code === 'TooManyRequests' && name === 'Authenticate')) options.metrics?.loginFailed();
+        }
+        audit(call, name, request as Record<string, unknown>, error);
+        throw error;
+      }
+    },
+  });
+  const duplex = <Request, Response>(name: string, serve: (call: CallContext, stream: DuplexStream<Request, Response>) => void): DuplexRpc => ({
+    kind: 'duplex',
+    handle(call, stream) {
+      const refused = refusal(call, name);
+      if (refused !== undefined) {
+        audit(call, name, {}, refused);
+        stream.fail(refused);
+        return;
+      }
+      serve(call, stream as DuplexStream<Request, Response>);
+    },
+  });
+  const serverStream = <Request, Response>(name: string, serve: (request: Request, call: CallContext, stream: ResponseStream<Response>) => void): ServerStreamRpc => ({
+    kind: 'serverStream',
+    handle(request, call, stream) {
+      const refused = refusal(call, name);
+      if (refused !== undefined) {
+        audit(call, name, {}, refused);
+        stream.fail(refused);
+        return;
+      }
+      serve(request as Request, call, stream as ResponseStream<Response>);
+    },
+  });
+  /**
+   * A root-only server stream: the check, then its audit event, then `serve`; a refusal (or a
+   * failure to start) is audited and ends the stream with its status.
+   */
+  const adminStream = <Response>(name: string, action: string, serve: (call: CallContext, stream: ResponseStream<Response>) => unknown): ServerStreamRpc =>
+    serverStream<object, Response>(name, (_request, call, stream) => {
+      admin(call)
+        .then(() => {
+          audit(call, action, {}, undefined);
+          return serve(call, stream);
+        })
+        .catch((error: unknown) => {
+          audit(call, action, {}, error);
+          stream.fail(error);
+        });
+    });
+
+  const kv = (result: Promise<{ revision: number; response: object }>): Promise<object> =>
+    result.then(({ revision, response }) => ({ header: member.header(revision), ...response }));
+
+  const services = new Map<string, Record<string, Rpc>>();
+
+  services.set('etcdserverpb.KV', {
+    Range: unary('Range', async (request: RangeRequest, call) => {
+      const { revision: _revision, ...result } = await member.range(request, await who(call));
+      return { header: member.header(), ...result };
+    }),
+    Put: unary('Put', async (request: PutRequest, call) => kv(member.put(request, await who(call)))),
+    DeleteRange: unary('DeleteRange', async (request: DeleteRangeRequest, call) => kv(member.deleteRange(request, await who(call)))),
+    Txn: unary('Txn', async (request: TxnRequest, call) => kv(member.txn(request, await who(call)))),
+    Compact: unary('Compact', async (request: CompactionRequest, call) => kv(member.compact(request, await admin(call)))),
+  });
+
+  services.set('etcdserverpb.Watch', {
+    Watch: duplex<WatchRequest, WatchResponse>('Watch', (call, stream) =>
+      serveWatch({
+        member,
+        logger,
+        stream,
+        identify: () => who(call),
+        onCreate: (request, allowed) => audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? undefined : new RampartError('PermissionDenied')),
+      })),
+  });
+
+  services.set('etcdserverpb.Lease', {
+    LeaseGrant: unary('LeaseGrant', async (request: { TTL: Int64In; ID: Int64In }) => {
+      const ttl = parseInt64(request.TTL);
+      if (ttl > leaseTtlMaxSeconds) {
+        throw new RampartError('LeaseTtlTooLarge');
+      }
+      const { revision, response } = await member.leaseGrant(ttl, parseBigInt64(request.ID));
+      return { header: member.header(revision), ...response };
+    }),
+    LeaseRevoke: unary('LeaseRevoke', async (request: { ID: Int64In }, call) => kv(member.leaseRevoke(parseBigInt64(request.ID), await who(call)))),
+    LeaseKeepAlive: duplex<{ ID: Int64In }, object>('LeaseKeepAlive', (_call, stream) => serveKeepAlive(member, stream)),
+    LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }, call) => {
+      const id = parseBigInt64(request.ID);
+      const caller = await who(call);
+      const answer = await member.leaseTimeToLive(id);
+      if (!answer.found) {
+        return { header: member.header(), ID: int64Out(id), TTL: -1, grantedTTL: 0, keys: [] };
+      }
+      if (request.keys) {
+        for (const key of answer.keys) authorizeRange(member.auth.decider, caller, { key, range_end: Buffer.alloc(0) });
+      }
+      return { header: member.header(), ID: int64Out(id), TTL: answer.ttl, grantedTTL: answer.grantedTtl, keys: request.keys ? answer.keys : [] };
+    }),
+    LeaseLeases: unary('LeaseLeases', () => ({
+      header: member.header(),
+      leases: member.lessor.ids().map((id) => ({ ID: int64Out(id) })),
+    })),
+  });
+
+  const memberMessage = (info: { id: bigint; name: string; peerUrls: readonly string[]; clientUrls: readonly string[]; isLearner: boolean }): object => ({
+    ID: int64Out(info.id),
+    name: info.name,
+    peerURLs: info.peerUrls,
+    clientURLs: info.clientUrls,
+    isLearner: info.isLearner,
+  });
+  const memberMessages = (): object[] => member.members().map(memberMessage);
+  const hexId = (id: Int64In): string => BigInt(id || '0').toString(16);
+  const notYet = (): never => {
+    throw new RampartError('Unimplemented');
+  };
+  services.set('etcdserverpb.Cluster', {
+    MemberList: unary('MemberList', async (request: { linearizable: boolean }) => {
+      if (request.linearizable) await member.readBarrier();
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberAdd: unary('MemberAdd', async (request: { peerURLs: string[]; isLearner: boolean }, call) => {
+      await admin(call);
+      const added = await member.memberAdd(request.peerURLs, request.isLearner);
+      return {
+        header: member.headerWithoutRevision(),
+        member: memberMessage({ ...added, id: BigInt(`0x${added.id}`) }),
+        members: memberMessages(),
+      };
+    }),
+    MemberRemove: unary('MemberRemove', async (request: { ID: Int64In }, call) => {
+      await admin(call);
+      await member.memberRemove(hexId(request.ID));
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberUpdate: unary('MemberUpdate', async (request: { ID: Int64In; peerURLs: string[] }, call) => {
+      await admin(call);
+      await member.memberUpdate(hexId(request.ID), request.peerURLs);
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+    MemberPromote: unary('MemberPromote', async (request: { ID: Int64In }, call) => {
+      await admin(call);
+      await member.memberPromote(hexId(request.ID));
+      return { header: member.headerWithoutRevision(), members: memberMessages() };
+    }),
+  });
+
+  services.set('etcdserverpb.Maintenance', {
+    Status: unary('Status', () => ({
+      header: member.header(),
+      version: serverVersion,
+      dbSize: member.dbSize,
+      leader: int64Out(member.leaderId),
+      raftIndex: member.raftIndex,
+      raftTerm: member.term,
+      raftAppliedIndex: member.appliedIndex,
+      errors: member.alarmList().map((alarm) => `memberID:${BigInt(alarm.memberID).toString()} alarm:${alarmName(alarm.alarm)} `),
+      dbSizeInUse: member.dbSize,
+      isLearner: member.isLearner,
+    })),
+    Alarm: unary('Alarm', async (request: AlarmRequest, call) => {
+      const { response } = await member.alarm(request, await who(call));
+      return { header: member.headerWithoutRevision(), ...response };
+    }),
+    Defragment: unary('Defragment', async (_request: object, call) => {
+      await admin(call);
+      await member.defragment();
+      return { header: member.headerWithoutRevision() };
+    }),
+    Hash: unary('Hash', async (_request: object, call) => {
+      await admin(call);
+      const { hash } = await member.store.hashKv(0);
+      return { header: member.header(), hash };
+    }),
+    HashKV: unary('HashKV', async (request: { revision: Int64In }, call) => {
+      await admin(call);
+      const result = await member.store.hashKv(parseInt64(request.revision));
+      return { header: member.header(), hash: result.hash, compact_revision: result.compactRevision, hash_revision: result.hashRevision };
+    }),
+    Snapshot: adminStream<object>('Snapshot', 'Snapshot', (_call, stream) => serveSnapshot(member, logger, stream, serverVersion)),
+    MoveLeader: unary('MoveLeader', async (request: { targetID: Int64In }, call) => {
+      await admin(call);
+      await member.moveLeader(hexId(request.targetID));
+      return { header: member.headerWithoutRevision() };
+    }),
+    Downgrade: unary('Downgrade', notYet),
+  });
+
+  services.set('etcdserverpb.Auth', serveAuth({ member, authenticator, who, admin, unary }));
+
+  const concurrency = new Concurrency(member);
+  type LeaderKeyMessage = { name: Buffer; key: Buffer; rev: Int64In; lease: Int64In };
+  const leaderKey = (message: LeaderKeyMessage | null | undefined): LeaderKey => {
+    if (message === null || message === undefined) throw new RampartError('ElectionNotLeader');
+    return { name: Buffer.from(message.name), key: Buffer.from(message.key), rev: parseInt64(message.rev), lease: parseBigInt64(message.lease) };
+  };
+  services.set('v3lockpb.Lock', {
+    Lock: unary('Lock', async (request: { name: Buffer; lease: Int64In }, call) => {
+      if (request.name.length === 0) throw new RampartError('EmptyKey');
+      const key = await concurrency.lock(Buffer.from(request.name), parseBigInt64(request.lease), await who(call), call.signal);
+      return { header: member.header(), key };
+    }),
+    Unlock: unary('Unlock', async (request: { key: Buffer }, call) => {
+      if (request.key.length === 0) throw new RampartError('EmptyKey');
+      return { header: member.header(await concurrency.unlock(Buffer.from(request.key), await who(call))) };
+    }),
+  });
+  services.set('v3electionpb.Election', {
+    Campaign: unary('Campaign', async (request: { name: Buffer; lease: Int64In; value: Buffer }, call) => {
+      if (request.name.length === 0) throw new RampartError('EmptyKey');
+      const leader = await concurrency.campaign(Buffer.from(request.name), parseBigInt64(request.lease), Buffer.from(request.value), await who(call), call.signal);
+      return { header: member.header(), leader: { name: leader.name, key: leader.key, rev: leader.rev, lease: int64Out(leader.lease) } };
+    }),
+    Proclaim: unary('Proclaim', async (request: { leader?: LeaderKeyMessage | null; value: Buffer }, call) => ({
+      header: member.header(await concurrency.proclaim(leaderKey(request.leader), Buffer.from(request.value), await who(call))),
+    })),
+    Resign: unary('Resign', async (request: { leader?: LeaderKeyMessage | null }, call) => ({
+      header: member.header(await concurrency.resign(leaderKey(request.leader), await who(call))),
+    })),
+    Leader: unary('Leader', async (request: { name: Buffer }, call) => {
+      const { kv } = await concurrency.leader(Buffer.from(request.name), await who(call));
+      if (kv === undefined) throw new RampartError('ElectionNoLeader');
+      return { header: member.header(), kv };
+    }),
+    Observe: serverStream<{ name: Buffer }, object>('Observe', (request, call, stream) => {
+      who(call)
+        .then((caller) => concurrency.observe(Buffer.from(request.name), caller, call.signal, (kv) => stream.write({ header: member.header(), kv })))
+        .then(
+          () => stream.end(),
+          (error: unknown) => {
+            if (!call.signal.aborted) stream.fail(error);
+          },
+        );
+    }),
+  });
+
+  services.set('rampart.Audit', {
+    Stream: adminStream<{ json: string }>('AuditStream', 'Audit.Stream', (_call, stream) => {
+      const trail = options.audit;
+      if (trail === undefined) throw new RampartError('Unimplemented', 'this member keeps no audit trail');
+      let backlog = 0;
+      let congested = false;
+      let ended = false;
+      const unsubscribe = trail.subscribe((json) => {
+        if (ended) return;
+        if (backlog >= auditBacklogMax) {
+          ended = true;
+          unsubscribe();
+          stream.fail(new RampartError('AuditBacklog'));
+          return;
+        }
+        if (congested) backlog += 1;
+        if (!stream.write({ json }) && !congested) {
+          congested = true;
+          void stream.drained().then(() => {
+            congested = false;
+            backlog = 0;
+          });
+        }
+      });
+      stream.onClose(() => {
+        ended = true;
+        unsubscribe();
+      });
+    }),
+  });
+
+  services.set('rampart.Policy', {
+    Export: unary('PolicyExport', async (_request: object, call) => {
+      await admin(call);
+      await member.readBarrier();
+      const state = member.auth.state;
+      return { policy_json: encodePolicy(policyStateOf(state)), auth_revision: state.revision, auth_enabled: state.enabled };
+    }),
+    Apply: unary('PolicyApply', async (request: { policy_json: string; expect_revision: Int64In }, call) => {
+      const caller = await admin(call);
+      let policy;
+      try {
+        policy = decodePolicy(request.policy_json);
+      } catch {
+        throw new RampartError('InvalidArgument', 'malformed policy');
+      }
+      const before = member.auth.state.revision;
+      await member.authChange({ op: 'policyApply', policy, expectRevision: parseInt64(request.expect_revision) }, caller);
+      const after = member.auth.state.revision;
+      return { changed: after !== before, auth_revision: after };
+    }),
+  });
+
+  return services;
+}
+
+function alarmName(alarm: number): string {
+  return alarm === alarmType.noSpace ? 'NOSPACE' : alarm === alarmType.corrupt ? 'CORRUPT' : 'NONE';
+}
+
+/** LeaseKeepAlive: answers go out in request order even when some are forwarded to the leader. */
+function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, object>): void {
+  let previous: Promise<void> = Promise.resolve();
+  stream.onRequest((request) => {
+    const id = parseBigInt64(request.ID);
+    const answer = member.leaseKeepAlive(id);
+    answer.catch(() => undefined); // handled in order below
+    previous = previous.then(async () => {
+      try {
+        const ttl = await answer;
+        stream.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
+      } catch (error) {
+        stream.fail(error);
+      }
+    });
+  });
+  stream.onRequestsEnd(() => stream.end());
+}

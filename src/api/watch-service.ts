@@ -1,0 +1,203 @@
+/**
+ * etcd's Watch stream over any transport: creates and cancels watchers on the member's watch hub,
+ * writes their events in order, honours transport backpressure, and removes every watcher when the
+ * stream ends. Never: keeps anything beyond the stream's lifetime.
+ */
+import type { Logger } from 'pino';
+import type { Member } from '../server/member.js';
+import { parseInt64, toKeyValueMessage } from '../server/kv.js';
+import type { StoreEvent } from '../storage/mvcc/store.js';
+import type { Watcher, WatchSink } from '../server/watch-hub.js';
+import { authorizeRange } from '../server/authorize.js';
+import type { Caller, EventMessage, WatchCreateRequest, WatchRequest, WatchResponse } from './messages.js';
+import type { DuplexStream } from './rpc.js';
+
+/** etcd puts the whole gRPC error text into a watch's cancel_reason. */
+const permissionDeniedReason = 'rpc error: code = PermissionDenied desc = etcdserver: permission denied';
+
+function eventMessage(event: StoreEvent, withPrevKv: boolean): EventMessage {
+  const message: EventMessage = { type: event.type === 'put' ? 0 : 1, kv: toKeyValueMessage(event.kv) };
+  if (withPrevKv && event.prevKv !== undefined) {
+    message.prev_kv = toKeyValueMessage(event.prevKv);
+  }
+  return message;
+}
+
+function eventBytes(event: EventMessage): number {
+  return event.kv.key.length + event.kv.value.length + (event.prev_kv === undefined ? 0 : event.prev_kv.key.length + event.prev_kv.value.length) + 64;
+}
+
+export interface WatchStreamOptions {
+  readonly member: Member;
+  readonly logger: Logger;
+  readonly stream: DuplexStream<WatchRequest, WatchResponse>;
+  /** The caller, identified again for every new watch (a token may expire while the stream lives). */
+  readonly identify: () => Promise<Caller>;
+  /** Called for every create request with its authorization decision (the audit event). */
+  readonly onCreate: (request: WatchCreateRequest, allowed: boolean) => void;
+}
+
+export function serveWatch({ member, logger, stream, identify, onCreate }: WatchStreamOptions): void {
+  const watchers = new Map<number, Watcher>();
+  const fragmentById = new Set<number>();
+  let nextWatchId = 0;
+  let congested = false;
+  let closed = false;
+  let drainWaiters: (() => void)[] = [];
+
+  const releaseDrainWaiters = (): void => {
+    const waiting = drainWaiters;
+    drainWaiters = [];
+    for (const resolve of waiting) resolve();
+  };
+  const write = (response: WatchResponse): boolean => {
+    if (closed) return true;
+    const accepted = stream.write(response);
+    if (!accepted && !congested) {
+      congested = true;
+      void stream.drained().then(() => {
+        congested = false;
+        releaseDrainWaiters();
+      });
+    }
+    return accepted;
+  };
+
+  const sink: WatchSink = {
+    sendEvents(watchId, events, withPrevKv) {
+      const messages = events.map((event) => eventMessage(event, withPrevKv));
+      const limit = member.options.maxRequestBytes;
+      if (!fragmentById.has(watchId) || messages.reduce((sum, message) => sum + eventBytes(message), 0) <= limit) {
+        return write({ header: member.header(), watch_id: watchId, events: messages });
+      }
+      let accepted = true;
+      let chunk: EventMessage[] = [];
+      let chunkBytes = 0;
+      for (const message of messages) {
+        if (chunk.length > 0 && chunkBytes + eventBytes(message) > limit) {
+          accepted = write({ header: member.header(), watch_id: watchId, events: chunk, fragment: true }) && accepted;
+          chunk = [];
+          chunkBytes = 0;
+        }
+        chunk.push(message);
+        chunkBytes += eventBytes(message);
+      }
+      return write({ header: member.header(), watch_id: watchId, events: chunk }) && accepted;
+    },
+    sendCompacted(watchId, compactRevision) {
+      watchers.delete(watchId);
+      write({ header: member.header(), watch_id: watchId, canceled: true, compact_revision: compactRevision, events: [] });
+    },
+    sendProgress(watchId) {
+      write({ header: member.header(), watch_id: watchId, events: [] });
+    },
+    drained() {
+      if (!congested || closed) return Promise.resolve();
+      return new Promise((resolve) => drainWaiters.push(resolve));
+    },
+    get closed() {
+      return closed;
+    },
+  };
+
+  // Requests are handled in order; identifying the caller may wait (token verification).
+  let queue: Promise<void> = Promise.resolve();
+  let identity: Promise<Caller> | undefined;
+  const permitted = async (request: WatchCreateRequest): Promise<boolean> => {
+    try {
+      identity ??= identify();
+      const caller = await identity;
+      authorizeRange(member.auth.decider, caller, { key: request.key, range_end: request.range_end });
+      return true;
+    } catch {
+      return !member.auth.state.enabled;
+    }
+  };
+
+  const create = async (request: WatchCreateRequest): Promise<void> => {
+    const allowed = await permitted(request);
+    onCreate(request, allowed);
+    if (!allowed) {
+      write({ header: member.header(), watch_id: parseInt64(request.watch_id), created: true, canceled: true, cancel_reason: permissionDeniedReason, events: [] });
+      return;
+    }
+    if (closed) return;
+    let id = parseInt64(request.watch_id);
+    if (id !== 0 && watchers.has(id)) {
+      write({ header: member.header(), watch_id: -1, created: true, canceled: true, cancel_reason: 'mvcc: duplicate watch ID provided on the WatchStream', events: [] });
+      return;
+    }
+    if (id === 0) {
+      while (watchers.has(nextWatchId)) nextWatchId += 1;
+      id = nextWatchId++;
+    }
+    const currentRevision = member.store.currentRevision;
+    const start = parseInt64(request.start_revision);
+    const watcher: Watcher = {
+      id,
+      range: { key: request.key, rangeEnd: request.range_end },
+      filters: { noPut: request.filters.includes(0), noDelete: request.filters.includes(1) },
+      prevKv: request.prev_kv,
+      progressNotify: request.progress_notify,
+      sink,
+      nextRevision: start > 0 ? start : currentRevision + 1,
+      synced: false,
+      canceled: false,
+    };
+    watchers.set(id, watcher);
+    if (request.fragment) fragmentById.add(id);
+    write({ header: member.header(currentRevision), watch_id: id, created: true, events: [] });
+    member.watchHub.add(watcher);
+  };
+
+  const handle = async (request: WatchRequest): Promise<void> => {
+    try {
+      switch (request.request_union) {
+        case 'create_request':
+          if (request.create_request !== undefined) await create(request.create_request);
+          break;
+        case 'cancel_request': {
+          const id = parseInt64(request.cancel_request?.watch_id);
+          const watcher = watchers.get(id);
+          if (watcher !== undefined) {
+            watchers.delete(id);
+            fragmentById.delete(id);
+            member.watchHub.remove(watcher);
+            write({ header: member.header(), watch_id: id, canceled: true, events: [] });
+          }
+          break;
+        }
+        case 'progress_request': {
+          // Every event up to the reported revision has been sent to every watcher of this stream.
+          let revision = member.store.currentRevision;
+          for (const watcher of watchers.values()) {
+            if (!watcher.synced) revision = Math.min(revision, watcher.nextRevision - 1);
+          }
+          write({ header: member.header(revision), watch_id: -1, events: [] });
+          break;
+        }
+        default:
+          break;
+      }
+    } catch (error) {
+      logger.warn({ err: error instanceof Error ? `${error.name}: ${error.message}` : String(error) }, 'watch request rejected');
+      stream.fail(error);
+    }
+  };
+  stream.onRequest((request) => {
+    queue = queue.then(() => handle(request));
+  });
+
+  const cleanup = (): void => {
+    if (closed) return;
+    closed = true;
+    for (const watcher of watchers.values()) member.watchHub.remove(watcher);
+    watchers.clear();
+    releaseDrainWaiters();
+  };
+  stream.onRequestsEnd(() => {
+    cleanup();
+    stream.end();
+  });
+  stream.onClose(cleanup);
+}
