@@ -8,6 +8,7 @@ export const errorCodes = [
   'ValueProvided',
   'LeaseProvided',
   'TooManyOps',
+  'RequestTooComplex',
   'DuplicateKey',
   'RequestTooLarge',
   'InvalidSortOption',

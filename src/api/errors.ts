@@ -64,6 +64,8 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   AuthOldRevision: { code: status.INVALID_ARGUMENT, message: 'etcdserver: revision of auth store is old' },
   // Rampart's own refusals (etcd accepts these): no empty passwords, and no client-side hashes,
   // which could not be checked with Rampart's KDF.
+  // A request whose permission checks would exceed authorizationRangesMax (src/server/authorize.ts).
+  RequestTooComplex: { code: status.INVALID_ARGUMENT, message: 'rampart: request needs too many permission checks' },
   PasswordEmpty: { code: status.INVALID_ARGUMENT, message: 'rampart: password is empty; give one, or --no-password for a certificate-only user' },
   // etcd's election service returns these as plain errors (gRPC code Unknown).
   ElectionNotLeader: { code: status.UNKNOWN, message: 'election: not leader' },

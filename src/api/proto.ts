@@ -6,7 +6,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
-import type { InternalRequest } from './messages.js';
+import type { InternalRequest, TxnRequest } from './messages.js';
+import { oversizedTxn } from '../server/validate.js';
+import { txnWithinLimits } from './txn-scan.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
 
@@ -22,6 +24,19 @@ export const packageDefinition = protoLoader.loadSync(['rpc.proto', 'v3lock.prot
   ...decodeOptions,
   includeDirs: [protoDirectory],
 });
+
+/**
+ * A Txn past the size limits is refused before it is decoded (see txn-scan.ts): the service's
+ * deserializer hands over `oversizedTxn`, which validation refuses with etcd's error.
+ */
+function guardTxnDecoding(): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<TxnRequest, object>> | undefined;
+  const method = service?.Txn;
+  if (method === undefined) throw new Error('rpc.proto: no KV.Txn');
+  const decode = method.requestDeserialize;
+  method.requestDeserialize = (bytes: Buffer): TxnRequest => (txnWithinLimits(bytes) ? decode(bytes) : oversizedTxn);
+}
+guardTxnDecoding();
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);

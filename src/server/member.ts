@@ -42,7 +42,7 @@ import { Transport, fetchCluster, type ClusterView, type LeaseAnswer } from './t
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
-import { validateDeleteRange, validatePut, validateRange, validateTxn } from './validate.js';
+import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
 import { authorizeRange, authorizeRequest } from './authorize.js';
 import type { Caller } from '../api/messages.js';
@@ -372,7 +372,12 @@ export class Member {
   }
 
   async txn(request: TxnRequest, caller?: Caller): Promise<{ revision: number; response: object }> {
-    validateTxn(request);
+    // Cheapest first: the linear checks (size bound, then each op's, etcd's error order), then
+    // authorization (a caller without permission costs no more), then the duplicate-key check.
+    validateTxnShape(request);
+    this.checkRunning();
+    authorizeRequest(this.auth.decider, { id: 0, request: 'txn', txn: request, caller }, this.applier.leaseKeys);
+    checkTxnDuplicates(request);
     if (isReadOnlyTxn(request)) {
       // A read-only transaction needs no log entry: evaluate it against a linearizable read view.
       await this.loop.readBarrier();

@@ -14,9 +14,9 @@ export interface RawClient {
   close(): void;
 }
 
-export function connect(endpoint: string, options: grpc.ChannelOptions = {}): RawClient {
+/** Plaintext by default; pass TLS credentials (grpc.credentials.createSsl) for a TLS member. */
+export function connect(endpoint: string, options: grpc.ChannelOptions = {}, credentials: grpc.ChannelCredentials = grpc.credentials.createInsecure()): RawClient {
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as Record<string, Record<string, grpc.ServiceClientConstructor>>;
-  const credentials = grpc.credentials.createInsecure();
   const make = (name: string, pkg = 'etcdserverpb'): grpc.Client => {
     const constructor = loaded[pkg]?.[name];
     if (constructor === undefined) throw new Error(`no service ${name}`);
