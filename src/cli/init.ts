@@ -1,6 +1,7 @@
 /**
  * `rampart init --member name=host ...`: per-host bundles for a real multi-host deployment. Each
- * bundle holds the member's server and peer certificates (SANs: its host), the CA certificate and a
+ * bundle holds the member's server and peer certificates (SANs: its host), the CA certificate, the
+ * member's encryption key file (its data at rest is sealed under it) and a
  * `rampart.yaml` for `rampart serve --config-file`; an admin client certificate goes next to the
  * CA. Copy `<out>/<name>/` to its host; keep `<out>/pki/ca/` offline.
  */
@@ -10,6 +11,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { initAuthority, issueCertificate, writeKeyPair } from '../pki/authority.js';
+import { FileKekProvider } from '../encryption/kek-file.js';
 
 export interface InitOptions {
   readonly members: readonly string[];
@@ -44,6 +46,8 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
     await writeKeyPair(bundle, 'server', await issueCertificate(authority, { kind: 'server', commonName: member.name, subjectAltNames: sans }));
     await writeKeyPair(bundle, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: member.name, subjectAltNames: sans }));
     await writeFile(path.join(bundle, 'ca.crt'), authority.certificatePem);
+    // The member's key-encryption key: keep it with the certificates, outside the data directory.
+    await FileKekProvider.ensure(path.join(bundle, 'encryption.key'));
     const config = {
       name: member.name,
       'data-dir': options.dataDir,
@@ -58,6 +62,7 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
       'peer-key-file': 'peer.key',
       'peer-trusted-ca-file': 'ca.crt',
       'crl-file': 'crl.pem',
+      'encryption-key-file': 'encryption.key',
     };
     await writeFile(path.join(bundle, 'rampart.yaml'), `# rampart serve --config-file rampart.yaml (run from this directory)\n${stringify(config)}`, { mode: 0o600 });
     print(`bundle for ${member.name} (${member.host}): ${bundle}`);

@@ -9,6 +9,8 @@ import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
 import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
+import { databaseExists } from '../storage/database.js';
+import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
 import { restoreSnapshot } from './snapshot.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
@@ -16,6 +18,7 @@ import { RevocationList, crlFileName, revoke } from '../pki/revocation.js';
 import { checkPrivate, ensurePrivateDirectory } from '../storage/private-files.js';
 import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
@@ -90,6 +93,8 @@ interface ServeFlags {
   audit: boolean;
   auditDir?: string;
   auditAnchorIntervalMs: number;
+  encryption: boolean;
+  encryptionKeyFile?: string;
 }
 
 program
@@ -128,6 +133,8 @@ program
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
+  .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
+  .option('--no-encryption', 'keep the member\'s data in plaintext on disk (not recommended)')
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
   .action(async (_flags: ServeFlags, command: Command) => {
@@ -180,6 +187,28 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
   };
 }
 
+/**
+ * Encryption at rest: on for every TLS member unless --no-encryption; with --insecure only when a
+ * key file is named. The key file is checked (and created for a new member) before the database is
+ * opened, so a missing or unreadable key stops the member having touched nothing.
+ */
+async function keyProviderFor(flags: ServeFlags, logger: Logger): Promise<FileKekProvider | undefined> {
+  if (!flags.encryption) {
+    if (flags.encryptionKeyFile !== undefined) throw new Error('--no-encryption cannot be combined with --encryption-key-file');
+    logger.warn('encryption at rest is OFF (--no-encryption): keys, values, users and password hashes are stored in plaintext');
+    return undefined;
+  }
+  const keyFile = path.resolve(flags.encryptionKeyFile ?? defaultKeyFile(flags.dataDir));
+  // Development members (--insecure) encrypt when asked to, or when their data already is (a restore).
+  if (flags.insecure && flags.encryptionKeyFile === undefined && !existsSync(keyFile)) return undefined;
+  if (!databaseExists(flags.dataDir) && (await FileKekProvider.ensure(keyFile))) {
+    logger.info({ keyFile }, 'created the encryption key file of a new member');
+  }
+  const provider = await FileKekProvider.open(keyFile);
+  logger.info({ keyFile, kekId: provider.kekId }, 'encryption at rest is on');
+  return provider;
+}
+
 function hostPort(url: string): string {
   const parsed = new URL(url);
   if (parsed.port === '') {
@@ -217,6 +246,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
   const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);
   const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
+  const keyProvider = await keyProviderFor(flags, logger);
   const member = await Member.open({
     dataDir: flags.dataDir,
     name: flags.name,
@@ -239,6 +269,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     peerTls: !flags.insecure,
     ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
     logger,
+    keyProvider,
     onRemoved: () => {
       process.stderr.write('rampart: this member has been permanently removed from the cluster\n');
       void member.close().finally(() => process.exit(0));
@@ -318,10 +349,21 @@ snapshot
   .command('restore <file>')
   .description('create a new data directory from a snapshot saved with `etcdctl snapshot save`')
   .requiredOption('--data-dir <dir>', 'the data directory to create (must not exist)')
-  .action(async (file: string, flags: { dataDir: string }) => {
+  .option('--encryption-key-file <file>', 'seal the restored data under this key file, created if missing (default: <data-dir>.encryption-key)')
+  .option('--no-encryption', 'restore in plaintext (not recommended)')
+  .action(async (file: string, flags: { dataDir: string; encryptionKeyFile?: string; encryption: boolean }) => {
     try {
       process.umask(0o077);
-      const records = await restoreSnapshot(file, flags.dataDir);
+      if (databaseExists(flags.dataDir)) throw new Error(`data directory ${flags.dataDir} already exists; restore needs a new one`);
+      let keyProvider: FileKekProvider | undefined;
+      if (flags.encryption) {
+        const keyFile = path.resolve(flags.encryptionKeyFile ?? defaultKeyFile(flags.dataDir));
+        await FileKekProvider.ensure(keyFile);
+        keyProvider = await FileKekProvider.open(keyFile);
+      } else if (flags.encryptionKeyFile !== undefined) {
+        throw new Error('--no-encryption cannot be combined with --encryption-key-file');
+      }
+      const records = await restoreSnapshot(file, flags.dataDir, keyProvider);
       process.stdout.write(`restored ${records} records into ${flags.dataDir}\n`);
     } catch (error) {
       process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -341,9 +383,10 @@ program
   .option('--base-port <port>', 'client port of the first member (others: +10000 each; peer port: +1)', integer, 2379)
   .option('--timeout-ms <ms>', 'how long to wait for the cluster to become healthy', integer, 60_000)
   .option('--no-auth', 'leave a new cluster without users and with auth disabled (not recommended)')
-  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean }) => {
+  .option('--no-encryption', 'keep the members\' data in plaintext on disk (not recommended)')
+  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean; encryption: boolean }) => {
     if (flags.size < 1 || flags.size > 7) fail('--size must be between 1 and 7');
-    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth }, print).catch(fail);
+    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth, encryption: flags.encryption }, print).catch(fail);
   });
 
 program

@@ -7,12 +7,12 @@
  */
 import { createHash } from 'node:crypto';
 import { access, mkdir, readFile } from 'node:fs/promises';
-import path from 'node:path';
-import { ClassicLevel } from 'classic-level';
 import { snapshotAlignmentBytes, snapshotMagic } from '../api/snapshot-stream.js';
 import { isMemberLocalKey, metaKey, prefix } from '../storage/schema.js';
+import { SealedDatabase, type KekProvider } from '../storage/database.js';
 
-export async function restoreSnapshot(file: string, dataDir: string): Promise<number> {
+/** With a key provider the restored records are sealed under the new member's own keys. */
+export async function restoreSnapshot(file: string, dataDir: string, keyProvider: KekProvider | undefined): Promise<number> {
   const exists = await access(dataDir).then(() => true, () => false);
   if (exists) {
     throw new Error(`data directory ${dataDir} already exists; restore needs a new one`);
@@ -49,8 +49,7 @@ export async function restoreSnapshot(file: string, dataDir: string): Promise<nu
     throw new Error(`${file}: malformed padding after the end marker`);
   }
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const db = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-  await db.open();
+  const db = await SealedDatabase.open(dataDir, keyProvider);
   try {
     await db.batch(records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })), { sync: true });
   } finally {

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
 import { PolicyConnection } from './policy.js';
+import { FileKekProvider } from '../encryption/kek-file.js';
 import { createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
@@ -21,6 +22,8 @@ export interface UpOptions {
   readonly timeoutMs: number;
   /** Apply the default policies and enable auth on a new cluster (the default). */
   readonly auth: boolean;
+  /** Seal each member's data at rest under its own key file (the default). */
+  readonly encryption: boolean;
 }
 
 interface ClusterFile {
@@ -95,6 +98,9 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     await issueOnce(authority, home, 'server', 'server', member.name);
     await issueOnce(authority, home, 'peer', 'peer', member.name);
     await writeFile(path.join(home, 'ca.crt'), authority.certificatePem);
+    // Each member's key-encryption key sits beside its data directory, not in it.
+    const keyFile = path.join(home, 'encryption.key');
+    if (options.encryption) await FileKekProvider.ensure(keyFile);
     const pidFile = path.join(home, 'pid');
     if ((await readPid(pidFile)) !== undefined) {
       print(`${member.name} is already running`);
@@ -113,6 +119,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
       '--crl-file', path.join(home, 'crl.pem'),
       ...(options.auth ? [] : ['--no-bootstrap-auth']),
+      ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
     child.unref();
     await log.close();

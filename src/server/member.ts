@@ -12,14 +12,14 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { ClassicLevel } from 'classic-level';
 import type { Logger } from 'pino';
 import { RampartError, assert } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
 import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
-import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation, type Database } from '../storage/mvcc/store.js';
+import { SealedDatabase, type KekProvider, type KeyringStatus } from '../storage/database.js';
+import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
 import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
@@ -76,6 +76,8 @@ export interface MemberOptions {
   /** Revoked certificates, refused on the peer port as on the client port. */
   readonly isRevoked?: (serialNumber: string) => boolean;
   readonly logger: Logger;
+  /** Seal the member's records at rest under DEKs wrapped by this provider's KEK; absent: plaintext. */
+  readonly keyProvider?: KekProvider | undefined;
   readonly onRemoved?: () => void;
   readonly nowMs?: () => number;
 }
@@ -123,7 +125,7 @@ export class Member {
 
   private constructor(
     readonly options: MemberOptions,
-    private readonly db: Database,
+    private readonly db: SealedDatabase,
     readonly store: MvccStore,
     private readonly logStore: LogStore,
     readonly clusterId: bigint,
@@ -139,8 +141,7 @@ export class Member {
 
   static async open(options: MemberOptions): Promise<Member> {
     await ensurePrivateDirectory(options.dataDir, 'data directory');
-    const db: Database = new ClassicLevel<Buffer, Buffer>(path.join(options.dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-    await db.open();
+    const db = await SealedDatabase.open(options.dataDir, options.keyProvider);
     try {
       const { clusterId, memberId, joinedFrom } = await loadIdentity(db, options);
       const store = await MvccStore.open(db);
@@ -767,6 +768,11 @@ export class Member {
     return this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })[Symbol.asyncIterator]() as AsyncIterableIterator<[Buffer, Buffer]>;
   }
 
+  /** Encryption at rest on this member: undefined when it does not encrypt. */
+  encryptionStatus(): KeyringStatus | undefined {
+    return this.db.encryptionStatus();
+  }
+
   private checkRunning(): void {
     if (this.stopped) {
       throw new RampartError('Stopped');
@@ -834,7 +840,7 @@ function isReadOnlyTxn(request: TxnRequest): boolean {
   );
 }
 
-async function loadIdentity(db: Database, options: MemberOptions): Promise<{ clusterId: bigint; memberId: bigint; joinedFrom?: ClusterView }> {
+async function loadIdentity(db: SealedDatabase, options: MemberOptions): Promise<{ clusterId: bigint; memberId: bigint; joinedFrom?: ClusterView }> {
   const storedMember = await db.get(metaKey.memberId);
   const storedCluster = await db.get(metaKey.clusterId);
   if (storedMember !== undefined && storedCluster !== undefined) {

@@ -10,7 +10,14 @@
  *   'u'                         → the auth state (JSON), see `auth/store.ts`
  *   'e' + index(8)              → log entry, see `log.ts`
  *   'h'                         → raft hard state, see `log.ts`
+ *   'x' + name                  → encryption key store (wrapped data keys), see `encryption/keyring.ts`;
+ *                                 owned by the sealing layer (`database.ts`), invisible above it
+ *
+ * Keys hold revisions, indexes, lease and member ids and fixed names, never client bytes: with
+ * encryption at rest every value is sealed and nothing a client wrote is left readable.
  */
+import { keyStorePrefix } from '../encryption/keyring.js';
+
 export const prefix = {
   keyValue: 0x6b,
   meta: 0x6d,
@@ -20,6 +27,7 @@ export const prefix = {
   hardState: 0x68,
   member: 0x6e,
   auth: 0x75,
+  keyStore: keyStorePrefix,
 } as const;
 
 export const authStateKey = Buffer.of(prefix.auth);
@@ -43,7 +51,7 @@ function metaName(name: string): Buffer {
  */
 export function isMemberLocalKey(key: Buffer): boolean {
   const first = key[0];
-  if (first === prefix.logEntry || first === prefix.hardState) return true;
+  if (first === prefix.logEntry || first === prefix.hardState || first === prefix.keyStore) return true;
   return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId);
 }
 

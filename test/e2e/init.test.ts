@@ -40,13 +40,15 @@ describe('rampart init', () => {
     expect(result.code).toBe(0);
     expect((await readdir(out)).sort()).toEqual(['a', 'b', 'pki']);
     for (const name of ['a', 'b']) {
-      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
+      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
       expect((await stat(path.join(out, name, 'server.key'))).mode & 0o777).toBe(0o600);
+      expect((await stat(path.join(out, name, 'encryption.key'))).mode & 0o777).toBe(0o600);
       expect(existsSync(path.join(out, name, 'ca.key'))).toBe(false);
     }
     const config = await readFile(path.join(out, 'b', 'rampart.yaml'), 'utf8');
     expect(config).toContain(`initial-cluster: a=https://127.0.0.1:${peerPort},b=https://db-2.example.internal:${peerPort}`);
     expect(config).toContain(`- https://db-2.example.internal:${clientPort}`);
+    expect(config).toContain('encryption-key-file: encryption.key');
 
     // Member "a" alone (its config names two members): start it as a one-member cluster from the
     // bundle directory, overriding only the cluster list, and reach it with the admin certificate.

@@ -2,14 +2,13 @@ import { ClassicLevel } from 'classic-level';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { Entry } from '../../src/raft/types.js';
 import { LogCorruptionError, LogStore, encodeLogKey, hardStateKey } from '../../src/storage/log.js';
-import type { Database } from '../../src/storage/mvcc/store.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
 const entry = (index: number, term = 1, data = `entry-${index}`): Entry => ({ index, term, type: 'normal', data: Buffer.from(data) });
 
 describe('LogStore', () => {
   let directory: string;
-  let db: Database;
+  let db: ClassicLevel<Buffer, Buffer>;
 
   beforeEach(async () => {
     directory = await temporaryDirectory('log');

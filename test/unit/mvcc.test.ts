@@ -1,7 +1,7 @@
 import { ClassicLevel } from 'classic-level';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RampartError } from '../../src/errors.js';
-import { MvccStore, type BatchOperation, type Database } from '../../src/storage/mvcc/store.js';
+import { MvccStore, type BatchOperation } from '../../src/storage/mvcc/store.js';
 import { prefixRangeEnd } from '../../src/storage/mvcc/range.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
@@ -11,7 +11,7 @@ const all = { key: Buffer.of(0), rangeEnd: Buffer.of(0) };
 
 describe('MvccStore', () => {
   let directory: string;
-  let db: Database;
+  let db: ClassicLevel<Buffer, Buffer>;
   let store: MvccStore;
 
   const write = async (change: (transaction: ReturnType<MvccStore['beginWrite']>) => void): Promise<number> => {

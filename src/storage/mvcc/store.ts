@@ -9,7 +9,6 @@
  * a crash re-applies entries after the persisted consistent index).
  */
 import sortedBtree from 'sorted-btree';
-import type { ClassicLevel } from 'classic-level';
 import { RampartError, assert } from '../../errors.js';
 import {
   type KeyValue,
@@ -23,8 +22,9 @@ import {
 } from '../encoding.js';
 import { metaKey, prefix, prefixEnd } from '../schema.js';
 import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './range.js';
+import type { Database } from '../database.js';
 
-export type Database = ClassicLevel<Buffer, Buffer>;
+export type { Database } from '../database.js';
 
 // sorted-btree is CommonJS with the class on `default`; Node's ESM loader hands over the module
 // object, bundler-style loaders (vitest) the class itself.

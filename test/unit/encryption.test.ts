@@ -1,0 +1,142 @@
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { ClassicLevel } from 'classic-level';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FileKekProvider } from '../../src/encryption/kek-file.js';
+import { Keyring, activeRecordKey, dekRecordKey, encryptionReservationBlock } from '../../src/encryption/keyring.js';
+import { SealedRecordError, sealedOverheadBytes } from '../../src/encryption/sealed-record.js';
+import { SealedDatabase } from '../../src/storage/database.js';
+import { LogStore, encodeLogKey } from '../../src/storage/log.js';
+import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+
+describe('sealing layer', () => {
+  let directory: string;
+  let keyFile: string;
+
+  beforeEach(async () => {
+    directory = await temporaryDirectory('sealing');
+    keyFile = path.join(directory, 'kek');
+    await FileKekProvider.create(keyFile);
+  });
+
+  afterEach(async () => {
+    await removeDirectory(directory);
+  });
+
+  const dataDir = (): string => path.join(directory, 'data');
+  const openSealed = async (file = keyFile): Promise<SealedDatabase> => SealedDatabase.open(dataDir(), await FileKekProvider.open(file));
+  const raw = async <T>(use: (level: ClassicLevel<Buffer, Buffer>) => Promise<T>): Promise<T> => {
+    const level = new ClassicLevel<Buffer, Buffer>(path.join(dataDir(), 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    await level.open();
+    try {
+      return await use(level);
+    } finally {
+      await level.close();
+    }
+  };
+
+  it('stores only sealed values, reads back plaintext after a reopen, and hides the key store', async () => {
+    const db = await openSealed();
+    const key = Buffer.from('k\x00\x01');
+    await db.batch([{ type: 'put', key, value: Buffer.from('secret value') }, { type: 'put', key: Buffer.from('m-name'), value: Buffer.from('meta') }], { sync: true });
+    expect(db.getSync(key)?.toString()).toBe('secret value');
+    await db.close();
+    await raw(async (level) => {
+      const stored = await level.get(key);
+      expect(stored?.length).toBe('secret value'.length + sealedOverheadBytes);
+      expect(stored?.includes(Buffer.from('secret'))).toBe(false);
+      expect(await level.get(activeRecordKey)).toBeDefined();
+    });
+    const reopened = await openSealed();
+    expect((await reopened.get(key))?.toString()).toBe('secret value');
+    const seen: string[] = [];
+    for await (const [seenKey, value] of reopened.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) seen.push(`${seenKey.toString('latin1')}=${value.toString()}`);
+    expect(seen).toEqual(['k\x00\x01=secret value', 'm-name=meta']);
+    const keys: string[] = [];
+    for await (const seenKey of reopened.keys({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) keys.push(seenKey.toString('latin1'));
+    expect(keys).toEqual(['k\x00\x01', 'm-name']);
+    await reopened.close();
+  });
+
+  it('fails to open a flipped byte or a record moved to another key, naming the key', async () => {
+    const db = await openSealed();
+    const { store } = await LogStore.open(db);
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [1, 2].map((index) => ({ index, term: 1, type: 'normal' as const, data: Buffer.from(`entry ${index}`) })) });
+    await db.close();
+    const stored = await raw(async (level) => (await level.get(encodeLogKey(1))) as Buffer);
+    for (let offset = 0; offset < stored.length; offset += 5) {
+      const damaged = Buffer.from(stored);
+      damaged[offset] = (damaged[offset] ?? 0) ^ 0x01;
+      await raw((level) => level.put(encodeLogKey(1), damaged));
+      const reopened = await openSealed();
+      try {
+        await expect(reopened.get(encodeLogKey(1))).rejects.toThrow(SealedRecordError);
+        expect(() => reopened.getSync(encodeLogKey(1))).toThrow(/record 'e'\+0000000000000001/);
+        await expect(LogStore.open(reopened)).rejects.toThrow(SealedRecordError);
+      } finally {
+        await reopened.close();
+      }
+    }
+    await raw((level) => level.put(encodeLogKey(1), stored));
+    // A valid record copied into another slot does not open there.
+    await raw(async (level) => {
+      await level.put(encodeLogKey(2), (await level.get(encodeLogKey(1))) as Buffer);
+    });
+    const reopened = await openSealed();
+    expect((await reopened.get(encodeLogKey(1)))?.length).toBeGreaterThan(0);
+    await expect(reopened.get(encodeLogKey(2))).rejects.toThrow(/record 'e'\+0000000000000002: authentication failed/);
+    await reopened.close();
+  });
+
+  it('refuses a wrong key file, a plaintext database with a key, and an encrypted one without', async () => {
+    const db = await openSealed();
+    await db.put(Buffer.from('k1'), Buffer.from('v'));
+    await db.close();
+    const wrong = path.join(directory, 'wrong');
+    await writeFile(wrong, randomBytes(32), { mode: 0o600 });
+    await expect(openSealed(wrong)).rejects.toThrow(`encryption key file ${wrong} holds KEK`);
+    await expect(SealedDatabase.open(dataDir(), undefined)).rejects.toThrow('is encrypted');
+    const loose = path.join(directory, 'loose');
+    await writeFile(loose, randomBytes(32), { mode: 0o644 });
+    await expect(FileKekProvider.open(loose)).rejects.toThrow(`encryption key file ${loose} is accessible to other users (mode 644)`);
+
+    const plainDir = path.join(directory, 'plain');
+    const plain = await SealedDatabase.open(plainDir, undefined);
+    await plain.put(Buffer.from('k1'), Buffer.from('v'));
+    await plain.close();
+    await expect(SealedDatabase.open(plainDir, await FileKekProvider.open(keyFile))).rejects.toThrow('is not encrypted');
+  });
+
+  it('never reuses a seal count across restarts, and keeps old records readable after a rotation', async () => {
+    const db = await openSealed();
+    await db.put(Buffer.from('k1'), Buffer.from('before'));
+    await db.close();
+    const reserved = async (id: number): Promise<number> => raw(async (level) => Number(((await level.get(dekRecordKey(id))) as Buffer).readBigUInt64BE(9)));
+    expect(await reserved(1)).toBe(encryptionReservationBlock);
+    const again = await openSealed();
+    // The first seal after a restart starts past everything reserved before it.
+    await again.put(Buffer.from('k2'), Buffer.from('after'));
+    await again.close();
+    expect(await reserved(1)).toBe(2 * encryptionReservationBlock);
+
+    const provider = await FileKekProvider.open(keyFile);
+    const keyring = await raw(async (level) => {
+      const loaded = await Keyring.load(level, provider);
+      expect(await loaded.rotate()).toBe(2);
+      return loaded.status();
+    });
+    expect(keyring.activeDekId).toBe(2);
+    expect(keyring.deks.map((dek) => dek.id)).toEqual([1, 2]);
+    const rotated = await openSealed();
+    await rotated.put(Buffer.from('k3'), Buffer.from('new key'));
+    expect((await rotated.get(Buffer.from('k1')))?.toString()).toBe('before');
+    expect((await rotated.get(Buffer.from('k3')))?.toString()).toBe('new key');
+    expect(rotated.encryptionStatus()?.activeDekId).toBe(2);
+    await rotated.close();
+    await raw(async (level) => {
+      expect(((await level.get(Buffer.from('k3'))) as Buffer).readUInt32BE(2)).toBe(2);
+      expect(((await level.get(Buffer.from('k1'))) as Buffer).readUInt32BE(2)).toBe(1);
+    });
+  });
+});
