@@ -62,6 +62,7 @@ export const errorCodes = [
   'CertificateRevoked',
   'CertificateExpired',
   'AuditBacklog',
+  'AuditUnavailable',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

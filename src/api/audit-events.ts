@@ -1,49 +1,91 @@
 /**
  * What an audit event says about a request: its targets (keys, ranges, leases, user and role
  * names — never values, passwords or tokens) and how its result reads to an auditor.
+ *
+ * A Txn names every key and range of its compares and of both branches, however many: past the
+ * trail's bound the rest is summarised by count and hash, but keys under a sensitive prefix (and
+ * ranges that reach into one) come first and are always named, so decoys cannot hide them.
  */
 import * as grpc from '@grpc/grpc-js';
-import { auditKey } from '../audit/log.js';
+import { auditKey } from '../audit/event.js';
 import type { Compare, RequestOp, TxnRequest } from './messages.js';
 
-const maxTargets = 32;
+/** Keys whose every access is named in the trail, whatever else a request touches. */
+export const sensitiveKeyPrefixes: readonly Buffer[] = [Buffer.from('/registry/secrets/')];
 
-function range(key: unknown, rangeEnd: unknown): string {
-  const start = Buffer.isBuffer(key) ? key : Buffer.alloc(0);
-  const end = Buffer.isBuffer(rangeEnd) ? rangeEnd : Buffer.alloc(0);
-  if (end.length === 0) return auditKey(start);
-  if (end.length === 1 && end[0] === 0) return `${auditKey(start)}..`;
-  return `${auditKey(start)}..${auditKey(end)}`;
+interface Target {
+  readonly text: string;
+  readonly sensitive: boolean;
 }
 
-function txnTargets(txn: TxnRequest, into: Set<string>): void {
-  for (const compare of txn.compare as Compare[]) into.add(range(compare.key, compare.range_end));
+const asKey = (value: unknown): Buffer => (Buffer.isBuffer(value) ? value : typeof value === 'string' ? Buffer.from(value) : Buffer.alloc(0));
+
+/** Whether [start, end) (a single key when end is empty; to the end of the keyspace when end is \0) meets a sensitive prefix. */
+function touchesSensitive(start: Buffer, end: Buffer): boolean {
+  for (const sensitive of sensitiveKeyPrefixes) {
+    if (end.length === 0) {
+      if (start.subarray(0, sensitive.length).equals(sensitive)) return true;
+      continue;
+    }
+    // The prefix's keys are [sensitive, sensitive + 0xff...): overlap when start < its end and end > sensitive.
+    const startsBeforePrefixEnd = start.subarray(0, sensitive.length).compare(sensitive) <= 0;
+    const endsAfterPrefix = (end.length === 1 && end[0] === 0) || Buffer.compare(end, sensitive) > 0;
+    if (startsBeforePrefixEnd && endsAfterPrefix) return true;
+  }
+  return false;
+}
+
+function range(key: unknown, rangeEnd: unknown): Target {
+  const start = asKey(key);
+  const end = asKey(rangeEnd);
+  const sensitive = touchesSensitive(start, end);
+  if (end.length === 0) return { text: auditKey(start), sensitive };
+  if (end.length === 1 && end[0] === 0) return { text: `${auditKey(start)}..`, sensitive };
+  return { text: `${auditKey(start)}..${auditKey(end)}`, sensitive };
+}
+
+const plain = (text: string): Target => ({ text, sensitive: false });
+
+function txnTargets(txn: TxnRequest, into: Target[]): void {
+  for (const compare of (txn.compare ?? []) as Compare[]) into.push(range(compare.key, compare.range_end));
   const op = (entry: RequestOp): void => {
     switch (entry.request) {
       case 'request_range':
-        into.add(range(entry.request_range.key, entry.request_range.range_end));
+        into.push(range(entry.request_range.key, entry.request_range.range_end));
         break;
       case 'request_put':
-        into.add(range(entry.request_put.key, undefined));
+        into.push(range(entry.request_put.key, undefined));
         break;
       case 'request_delete_range':
-        into.add(range(entry.request_delete_range.key, entry.request_delete_range.range_end));
+        into.push(range(entry.request_delete_range.key, entry.request_delete_range.range_end));
         break;
       case 'request_txn':
         txnTargets(entry.request_txn, into);
         break;
     }
   };
-  txn.success.forEach(op);
-  txn.failure.forEach(op);
+  (txn.success ?? []).forEach(op);
+  (txn.failure ?? []).forEach(op);
 }
 
-const lease = (id: unknown): string => `lease:${BigInt(String(id || '0')).toString(16)}`;
+/** An int64 id as hex; anything that is not one (a malformed request) as `?`. */
+function hexId(id: unknown): string {
+  try {
+    return BigInt.asUintN(64, BigInt(String(id || '0'))).toString(16);
+  } catch {
+    return '?';
+  }
+}
+const lease = (id: unknown): string => `lease:${hexId(id)}`;
+const member = (id: unknown): string => `member:${hexId(id)}`;
 
-/** The targets of a unary request, by RPC name. */
-export function targetsOf(rpc: string, request: Record<string, unknown>): string[] {
-  const text = (value: unknown): string => (Buffer.isBuffer(value) ? auditKey(value) : String(value ?? ''));
-  let targets: string[];
+/**
+ * The targets of a request, by RPC name, distinct, sensitive ones first; `named` of them must
+ * never be summarised away.
+ */
+export function targetsOf(rpc: string, request: Record<string, unknown>): { targets: string[]; named: number } {
+  const text = (value: unknown): string => (Buffer.isBuffer(value) ? auditKey(value) : typeof value === 'string' ? value : String(value ?? ''));
+  let targets: Target[];
   switch (rpc) {
     case 'Range':
     case 'DeleteRange':
@@ -51,21 +93,20 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): string
       targets = [range(request.key, request.range_end)];
       break;
     case 'Put':
-      targets = [range(request.key, undefined), ...(String(request.lease ?? '0') !== '0' ? [lease(request.lease)] : [])];
+      targets = [range(request.key, undefined), ...(String(request.lease ?? '0') !== '0' ? [plain(lease(request.lease))] : [])];
       break;
     case 'Txn': {
-      const into = new Set<string>();
-      txnTargets(request as unknown as TxnRequest, into);
-      targets = [...into];
+      targets = [];
+      txnTargets(request as unknown as TxnRequest, targets);
       break;
     }
     case 'Compact':
-      targets = [`revision:${String(request.revision)}`];
+      targets = [plain(`revision:${String(request.revision)}`)];
       break;
     case 'LeaseGrant':
     case 'LeaseRevoke':
     case 'LeaseTimeToLive':
-      targets = [lease(request.ID)];
+      targets = [plain(lease(request.ID))];
       break;
     case 'Authenticate':
     case 'UserAdd':
@@ -73,49 +114,53 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): string
     case 'UserDelete':
     case 'UserChangePassword':
     case 'RoleAdd':
-      targets = [text(request.name)];
+      targets = [plain(text(request.name))];
       break;
     case 'UserGrantRole':
-      targets = [text(request.user), `role:${text(request.role)}`];
+      targets = [plain(text(request.user)), plain(`role:${text(request.role)}`)];
       break;
     case 'UserRevokeRole':
-      targets = [text(request.name), `role:${text(request.role)}`];
+      targets = [plain(text(request.name)), plain(`role:${text(request.role)}`)];
       break;
     case 'RoleGet':
     case 'RoleDelete':
-      targets = [`role:${text(request.role)}`];
+      targets = [plain(`role:${text(request.role)}`)];
       break;
     case 'RoleGrantPermission': {
       const perm = (request.perm ?? {}) as { key?: unknown; range_end?: unknown; permType?: number };
-      targets = [`role:${text(request.name)}`, range(perm.key, perm.range_end), `permission:${['read', 'write', 'readwrite'][perm.permType ?? 0] ?? 'unknown'}`];
+      targets = [plain(`role:${text(request.name)}`), range(perm.key, perm.range_end), plain(`permission:${['read', 'write', 'readwrite'][perm.permType ?? 0] ?? 'unknown'}`)];
       break;
     }
     case 'RoleRevokePermission':
-      targets = [`role:${text(request.role)}`, range(request.key, request.range_end)];
+      targets = [plain(`role:${text(request.role)}`), range(request.key, request.range_end)];
       break;
     case 'MemberAdd':
     case 'MemberUpdate':
-      targets = ((request.peerURLs as string[] | undefined) ?? []).map((url) => `peer:${url}`);
+      targets = ((request.peerURLs as unknown[] | undefined) ?? []).slice(0, 16).map((url) => plain(`peer:${String(url)}`));
       break;
     case 'MemberRemove':
     case 'MemberPromote':
-      targets = [`member:${BigInt(String(request.ID || '0')).toString(16)}`];
+      targets = [plain(member(request.ID))];
       break;
     case 'MoveLeader':
-      targets = [`member:${BigInt(String(request.targetID || '0')).toString(16)}`];
+      targets = [plain(member(request.targetID))];
       break;
     case 'Lock':
     case 'Campaign':
     case 'Leader':
-      targets = [text(request.name)];
+      targets = [plain(text(request.name))];
       break;
     case 'Unlock':
-      targets = [text(request.key)];
+      targets = [range(request.key, undefined)];
       break;
     default:
       targets = [];
   }
-  return targets.slice(0, maxTargets);
+  const sensitive = new Set<string>();
+  const others = new Set<string>();
+  for (const target of targets) (target.sensitive ? sensitive : others).add(target.text);
+  for (const text of sensitive) others.delete(text);
+  return { targets: [...sensitive, ...others], named: sensitive.size };
 }
 
 const deniedCodes = new Set([grpc.status.PERMISSION_DENIED, grpc.status.UNAUTHENTICATED]);

@@ -74,6 +74,7 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   // A connection's certificate that became unusable after the handshake: every call on it is refused.
   CertificateRevoked: { code: status.UNAUTHENTICATED, message: 'rampart: certificate revoked' },
   CertificateExpired: { code: status.UNAUTHENTICATED, message: 'rampart: certificate expired' },
+  AuditUnavailable: { code: status.UNAVAILABLE, message: 'rampart: the audit trail cannot be written; the request may have been applied' },
   AuditBacklog: { code: status.RESOURCE_EXHAUSTED, message: 'rampart: audit stream fell too far behind; reconnect and read the trail files for the gap' },
 };
 

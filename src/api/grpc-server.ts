@@ -8,6 +8,8 @@ import type { PeerCertificate } from 'node:tls';
 import { toServiceError } from './errors.js';
 import { packageDefinition } from './proto.js';
 import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
+import { refusalInterceptor, serveUnknownMethods } from './audit-transport.js';
+import type { TransportRefusal } from './refusal-audit.js';
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -16,6 +18,8 @@ export interface GrpcServerOptions {
   readonly services: ServiceTable;
   /** The largest request a client may send (etcd's --max-request-bytes). */
   readonly maxRequestBytes: number;
+  /** Hears of each call gRPC refuses itself (malformed, oversized, unknown method), for the audit trail. */
+  readonly onRefusal?: (refusal: TransportRefusal) => void;
 }
 
 export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
@@ -24,7 +28,11 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     'grpc.max_send_message_length': -1,
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': 5000,
+    ...(options.onRefusal === undefined ? {} : { interceptors: [refusalInterceptor(options.onRefusal)] }),
   });
+  if (options.onRefusal !== undefined && !serveUnknownMethods(server)) {
+    throw new Error('this gRPC library offers no hook for unknown methods: calls to them could not be audited');
+  }
   const loaded = grpc.loadPackageDefinition(packageDefinition);
   for (const [name, rpcs] of options.services) {
     const [pkg, svc] = name.split('.') as [string, string];

@@ -32,6 +32,9 @@ export const serverVersion = '3.5.17';
 /** Events a slow audit subscriber may fall behind by before its stream is ended. */
 const auditBacklogMax = 10_000;
 
+/** Calls whose answer is not held until their audit event is durable: they change nothing. */
+const readOnlyActions = new Set(['Range', 'LeaseTimeToLive', 'LeaseLeases', 'MemberList', 'Status', 'Hash', 'HashKV', 'Leader', 'PolicyExport', 'AuthStatus', 'UserGet', 'UserList', 'RoleGet', 'RoleList']);
+
 export type Handler<Request, Response> = (request: Request, call: CallContext) => Promise<Response> | Response;
 
 export interface ServicesOptions {
@@ -74,20 +77,37 @@ export function createServices(options: ServicesOptions): ServiceTable {
     requireAdmin(member.auth.decider, caller);
     return caller;
   };
-  const audit = (call: CallContext, action: string, request: Record<string, unknown>, error: unknown): void => {
-    if (options.audit === undefined) return;
+  /**
+   * Records a call and its decision; resolves once the event is durable (a trail that cannot be
+   * written rejects, after stopping the member through the trail's error handler).
+   */
+  const audit = (call: CallContext, action: string, request: Record<string, unknown>, error: unknown): Promise<void> => {
+    if (options.audit === undefined) return Promise.resolve();
     const { code, message } = error === undefined ? { code: 0, message: '' } : statusOf(error);
     const caller = call.caller;
     const password = action === 'Authenticate';
-    options.audit.record({
+    const { targets, named } = targetsOf(action, request);
+    return options.audit.record({
       action,
       user: password ? String(request.name ?? '') : caller?.user ?? '',
       via: password ? 'password' : caller === undefined || caller.user === '' ? 'none' : caller.token ? 'token' : 'certificate',
       source: call.peer,
-      targets: targetsOf(action, request),
+      targets,
       outcome: outcomeOf(code, message),
       code: statusName(code),
       ...(message === '' ? {} : { detail: message }),
+    }, named);
+  };
+  /**
+   * A unary call's event, before its answer: a call that may change something is answered only
+   * once its event is durable (reads are not held for it). An event that cannot be written fails
+   * the call rather than acknowledging it unrecorded.
+   */
+  const auditBeforeAnswer = async (call: CallContext, action: string, request: Record<string, unknown>, error: unknown): Promise<void> => {
+    const recorded = audit(call, action, request, error);
+    if (readOnlyActions.has(action)) return;
+    await recorded.catch(() => {
+      throw new RampartError('AuditUnavailable');
     });
   };
   /** A refused certificate is refused on every call, also on connections opened before. */
@@ -102,17 +122,15 @@ export function createServices(options: ServicesOptions): ServiceTable {
   const unary = <Request, Response>(name: string, handler: Handler<Request, Response>): UnaryRpc => ({
     kind: 'unary',
     async handle(request, call) {
+      let response: Response;
       const refused = refusal(call, name);
       if (refused !== undefined) {
         options.metrics?.handled(name, 'UNAUTHENTICATED');
-        audit(call, name, request as Record<string, unknown>, refused);
+        await auditBeforeAnswer(call, name, request as Record<string, unknown>, refused);
         throw refused;
       }
       try {
-        const response = await handler(request as Request, call);
-        options.metrics?.handled(name, 'OK');
-        audit(call, name, request as Record<string, unknown>, undefined);
-        return response;
+        response = await handler(request as Request, call);
       } catch (error) {
         if (!isRampartError(error)) logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
         const { code } = statusOf(error);
@@ -121,9 +139,14 @@ export function createServices(options: ServicesOptions): ServiceTable {
           if (error.code === 'PermissionDenied') options.metrics?.permissionDenied();
           if (error.code === 'AuthFailed' || (error.code === 'TooManyRequests' && name === 'Authenticate')) options.metrics?.loginFailed();
         }
-        audit(call, name, request as Record<string, unknown>, error);
+        await auditBeforeAnswer(call, name, request as Record<string, unknown>, error);
         throw error;
       }
+      options.metrics?.handled(name, 'OK');
+      // LeaseGrant is recorded with the id it granted (the request's is usually 0).
+      const subject = name === 'LeaseGrant' ? { ...(request as Record<string, unknown>), ID: (response as { ID?: unknown }).ID } : request as Record<string, unknown>;
+      await auditBeforeAnswer(call, name, subject, undefined);
+      return response;
     },
   });
   const duplex = <Request, Response>(name: string, serve: (call: CallContext, stream: DuplexStream<Request, Response>) => void): DuplexRpc => ({
@@ -131,7 +154,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
     handle(call, stream) {
       const refused = refusal(call, name);
       if (refused !== undefined) {
-        audit(call, name, {}, refused);
+        void audit(call, name, {}, refused);
         stream.fail(refused);
         return;
       }
@@ -143,7 +166,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
     handle(request, call, stream) {
       const refused = refusal(call, name);
       if (refused !== undefined) {
-        audit(call, name, {}, refused);
+        void audit(call, name, {}, refused);
         stream.fail(refused);
         return;
       }
@@ -158,11 +181,11 @@ export function createServices(options: ServicesOptions): ServiceTable {
     serverStream<object, Response>(name, (_request, call, stream) => {
       admin(call)
         .then(() => {
-          audit(call, action, {}, undefined);
+          void audit(call, action, {}, undefined);
           return serve(call, stream);
         })
         .catch((error: unknown) => {
-          audit(call, action, {}, error);
+          void audit(call, action, {}, error);
           stream.fail(error);
         });
     });
@@ -190,12 +213,13 @@ export function createServices(options: ServicesOptions): ServiceTable {
         logger,
         stream,
         identify: () => who(call),
-        onCreate: (request, allowed) => audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? undefined : new RampartError('PermissionDenied')),
+        onCreate: (request, allowed) => void audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? undefined : new RampartError('PermissionDenied')),
       })),
   });
 
   services.set('etcdserverpb.Lease', {
-    LeaseGrant: unary('LeaseGrant', async (request: { TTL: Int64In; ID: Int64In }) => {
+    LeaseGrant: unary('LeaseGrant', async (request: { TTL: Int64In; ID: Int64In }, call) => {
+      await who(call).catch(() => undefined); // for its audit event: who was granted the lease
       const ttl = parseInt64(request.TTL);
       if (ttl > leaseTtlMaxSeconds) {
         throw new RampartError('LeaseTtlTooLarge');

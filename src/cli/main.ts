@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
+import { recordRefusal, type TransportRefusal } from '../api/refusal-audit.js';
 import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists } from '../storage/database.js';
@@ -26,7 +27,9 @@ import { initBundles } from './init.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
-import { AuditLog, readAudit, verifyAudit } from '../audit/log.js';
+import { AuditLog, describeAuditWriteError } from '../audit/log.js';
+import { readAudit, verifyAudit } from '../audit/verify.js';
+import { csvCell } from '../audit/csv.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -276,13 +279,16 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     },
   });
   // The audit trail: on unless turned off, and a member that cannot write it does not serve.
-  const auditDir = flags.auditDir ?? path.join(flags.dataDir, 'audit');
-  if (flags.audit) await ensurePrivateDirectory(auditDir, 'audit directory');
+  const auditDirectory = flags.auditDir ?? path.join(flags.dataDir, 'audit');
+  const auditWriteFailed = (error: unknown): never => {
+    const message = describeAuditWriteError(error, auditDirectory);
+    logger.fatal({ err: message }, 'cannot write the audit trail; stopping');
+    process.stderr.write(`rampart: ${message}\n`);
+    process.exit(1);
+  };
+  if (flags.audit) await ensurePrivateDirectory(auditDirectory, 'audit directory');
   const audit = flags.audit
-    ? await AuditLog.open(auditDir, member.memberHex, (error) => {
-      logger.fatal({ err: error instanceof Error ? error.message : String(error) }, 'cannot write the audit trail; stopping');
-      process.exit(1);
-    })
+    ? await AuditLog.open(auditDirectory, member.memberHex, auditWriteFailed).catch(auditWriteFailed)
     : undefined;
   if (audit !== undefined) {
     // Anchors outside the trail: the chain head goes to the structured log (shipped elsewhere in
@@ -292,7 +298,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       const head = audit.head;
       if (head.hash === anchored) return;
       anchored = head.hash;
-      logger.info({ auditHead: head.hash, auditSeq: head.seq }, 'audit chain head');
+      logger.info({ auditHead: head.hash, auditSeq: head.seq, auditFile: head.file }, 'audit chain head');
     };
     setInterval(anchor, flags.auditAnchorIntervalMs).unref();
   }
@@ -331,7 +337,11 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
     ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'CertificateRevoked' as const : undefined) }),
   });
-  const server = createGrpcServer({ services, maxRequestBytes: member.options.maxRequestBytes });
+  const server = createGrpcServer({
+    services,
+    maxRequestBytes: member.options.maxRequestBytes,
+    ...(audit === undefined ? {} : { onRefusal: (refusal: TransportRefusal) => void recordRefusal(audit, member.auth, refusal) }),
+  });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   for (const url of flags.listenClientUrls) {
@@ -529,7 +539,7 @@ auditCommand
   .option('--anchor <hash>', 'an "audit chain head" hash from the member\'s log: it must be in the trail (detects removed trailing lines)')
   .action(async (target: string, flags: { anchor?: string }) => {
     if (flags.anchor !== undefined && !/^[0-9a-f]{64}$/.test(flags.anchor)) fail('--anchor must be a 64-digit hex hash');
-    const result = await verifyAudit(target, flags.anchor).catch(fail);
+    const result = await verifyAudit(target, flags.anchor === undefined ? {} : { anchor: flags.anchor }).catch(fail);
     if (!result.ok) fail(`audit trail broken: ${result.problem}`);
     print(`audit trail intact: ${result.events} events in ${result.files} files; head ${result.head}`);
   });
@@ -552,22 +562,16 @@ auditCommand
     const until = time(flags.until, 'until');
     if (flags.outcome !== undefined && !['allowed', 'denied', 'failed'].includes(flags.outcome)) fail('--outcome must be allowed, denied or failed');
     if (flags.format !== 'jsonl' && flags.format !== 'csv') fail('--format must be jsonl or csv');
-    const events = (await readAudit(directory).catch(fail)).filter((event) =>
-      (since === undefined || Date.parse(event.time) >= since) && (until === undefined || Date.parse(event.time) < until) &&
-      (flags.user === undefined || event.user === flags.user) && (flags.outcome === undefined || event.outcome === flags.outcome));
-    if (flags.format === 'jsonl') {
-      for (const event of events) print(JSON.stringify(event));
-      return;
-    }
     const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'hash'] as const;
-    const cell = (value: unknown): string => {
-      const raw = Array.isArray(value) ? value.join(' ') : String(value ?? '');
-      // A leading = + - @ would be a formula to a spreadsheet: neutralize it.
-      const text = /^[=+\-@]/.test(raw) ? `'${raw}` : raw;
-      return /[",\n\r']/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-    };
-    print(columns.join(','));
-    for (const event of events) print(columns.map((column) => cell((event as unknown as Record<string, unknown>)[column])).join(','));
+    if (flags.format === 'csv') print(columns.join(','));
+    // Streamed: the trail is verified whole first, then read again event by event.
+    await readAudit(directory, (event) => {
+      const selected = (since === undefined || Date.parse(event.time) >= since) && (until === undefined || Date.parse(event.time) < until) &&
+        (flags.user === undefined || event.user === flags.user) && (flags.outcome === undefined || event.outcome === flags.outcome);
+      if (!selected) return;
+      if (flags.format === 'jsonl') print(JSON.stringify(event));
+      else print(columns.map((column) => csvCell((event as unknown as Record<string, unknown>)[column])).join(','));
+    }).catch(fail);
   });
 
 connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))

@@ -227,7 +227,10 @@ describe('RBAC on a secure cluster', () => {
 
   it('records every request and decision in a hash-chained audit trail that verifies, exports, and exposes tampering', async () => {
     const audit = path.join(home, 'm1', 'data', 'audit');
-    await new Promise((resolve) => setTimeout(resolve, 300)); // the trail is flushed every 100 ms
+    // LeaseGrant is recorded with its caller and the id it granted.
+    const granted = /^lease ([0-9a-f]+) granted/.exec((await etcdctlAs('alice', ['lease', 'grant', '60'])).stdout)?.[1];
+    expect(granted).toMatch(/^[0-9a-f]+$/);
+    // Every answered request's event is already durable: nothing to wait for.
     const verified = await rampart(['audit', 'verify', audit]);
     expect(verified.stderr).toBe('');
     expect(verified.stdout).toMatch(/^audit trail intact: \d+ events in 1 files; head [0-9a-f]{64}\n$/);
@@ -239,6 +242,8 @@ describe('RBAC on a secure cluster', () => {
     const everything = (await rampart(['audit', 'export', audit])).stdout;
     expect(everything).toContain('"action":"Authenticate","user":"bob","via":"password"');
     expect(everything).toContain('"action":"UserAdd"');
+    expect(everything).toContain(`"action":"LeaseGrant","user":"alice","via":"certificate","source":`);
+    expect(everything).toContain(`"targets":["lease:${granted ?? 'none'}"]`);
     expect(everything).toContain('"outcome":"allowed"');
     // Keys and names only: no values, passwords or tokens.
     for (const secret of ['s3cret', 'bob-pw', 'carol-pw', 'eyJ']) expect(everything).not.toContain(secret);
@@ -278,7 +283,7 @@ describe('RBAC on a secure cluster', () => {
 
     // Live: root can tail the events as they are written; others may not.
     const { spawn } = await import('node:child_process');
-    const { hashEvent } = await import('../../src/audit/log.js');
+    const { hashEvent } = await import('../../src/audit/event.js');
     const tail = spawn(process.execPath, [rampartBin, 'audit', 'tail', '--dir', home], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let streamed = '';
     tail.stdout.on('data', (chunk: Buffer) => (streamed += chunk.toString()));
@@ -303,5 +308,5 @@ describe('RBAC on a secure cluster', () => {
     const snapshot = await etcdctlAs('alice', ['snapshot', 'save', path.join(path.dirname(home), 'alice.db')]);
     expect(snapshot.code).not.toBe(0);
     expect(lastLine(snapshot.stderr)).toBe('Error: etcdserver: permission denied\n');
-  }, 30_000);
+  }, 60_000);
 });

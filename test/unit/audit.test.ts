@@ -1,7 +1,13 @@
-import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { appendFile, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AuditLog, auditKey, genesisHash, readAudit, verifyAudit } from '../../src/audit/log.js';
+import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent } from '../../src/audit/event.js';
+import { AuditLog, describeAuditWriteError } from '../../src/audit/log.js';
+import { readRecords, recordBytesMax } from '../../src/audit/records.js';
+import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
+import { csvCell } from '../../src/audit/csv.js';
+import { targetsOf } from '../../src/api/audit-events.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
 describe('audit trail', () => {
@@ -12,25 +18,34 @@ describe('audit trail', () => {
   const fail = (error: unknown): never => {
     throw error;
   };
-
-  async function trail(): Promise<{ directory: string; files: string[] }> {
+  const newDirectory = async (): Promise<string> => {
     const directory = await temporaryDirectory('audit');
     directories.push(directory);
-    for (let run = 0; run < 2; run++) {
+    return directory;
+  };
+  const eventsOf = async (directory: string): Promise<AuditEvent[]> => {
+    const events: AuditEvent[] = [];
+    await readAudit(directory, (event) => events.push(event));
+    return events;
+  };
+
+  async function trail(runs = 2): Promise<{ directory: string; files: string[] }> {
+    const directory = await newDirectory();
+    for (let run = 0; run < runs; run++) {
       const log = await AuditLog.open(directory, 'abc', fail);
-      log.record({ action: 'Put', user: 'alice', via: 'certificate', targets: ['/app/1'], outcome: 'allowed', code: 'OK' });
-      log.record({ action: 'Put', user: 'alice', via: 'certificate', targets: ['/other'], outcome: 'denied', code: 'PERMISSION_DENIED', detail: 'etcdserver: permission denied' });
+      await log.record({ action: 'Put', user: 'alice', via: 'certificate', targets: ['/app/1'], outcome: 'allowed', code: 'OK' });
+      await log.record({ action: 'Put', user: 'alice', via: 'certificate', targets: ['/other'], outcome: 'denied', code: 'PERMISSION_DENIED', detail: 'etcdserver: permission denied' });
       await log.close();
     }
     return { directory, files: (await readdir(directory)).sort().map((name) => path.join(directory, name)) };
   }
 
-  it('chains every event, across files, and verifies', async () => {
+  it('chains every event, across files, from the genesis hash, and verifies', async () => {
     const { directory, files } = await trail();
     expect(files).toHaveLength(2);
     const result = await verifyAudit(directory);
-    expect(result).toMatchObject({ ok: true, events: 6, files: 2 });
-    const events = await readAudit(directory);
+    expect(result).toMatchObject({ ok: true, events: 6, files: 2, member: 'abc' });
+    const events = await eventsOf(directory);
     expect(events.map((event) => [event.seq, event.action, event.outcome])).toEqual([
       [0, 'audit.start', 'allowed'], [1, 'Put', 'allowed'], [2, 'Put', 'denied'],
       [0, 'audit.start', 'allowed'], [1, 'Put', 'allowed'], [2, 'Put', 'denied'],
@@ -41,7 +56,7 @@ describe('audit trail', () => {
     expect(result.head).toBe(events[5]?.hash);
   });
 
-  it('detects an altered, removed or moved line, and a removed file', async () => {
+  it('detects an altered, removed or moved line, a removed file, and a trail whose oldest file was removed', async () => {
     const check = async (change: (lines: string[]) => string[], expected: RegExp): Promise<void> => {
       const { directory, files } = await trail();
       const file = files[0] as string;
@@ -54,16 +69,171 @@ describe('audit trail', () => {
     await check((lines) => lines.filter((_line, index) => index !== 1), /:2: does not follow the line before it/);
     await check((lines) => [lines[0] as string, lines[2] as string, lines[1] as string], /:2: does not follow/);
     await check((lines) => [...lines, '{"torn'], /:4: not a JSON event/);
-    const { directory, files } = await trail();
-    const third = await AuditLog.open(directory, 'abc', fail);
-    await third.close();
+    const { directory, files } = await trail(3);
     await rm(files[1] as string);
     expect((await verifyAudit(directory)).problem).toMatch(/does not continue the previous file/);
-    await expect(readAudit(directory)).rejects.toThrow('the audit trail is broken');
+    await expect(eventsOf(directory)).rejects.toThrow('the audit trail is broken');
+    // Removing the oldest file leaves a chain that links well but does not start at the genesis.
+    const second = await trail(2);
+    await rm(second.files[0] as string);
+    expect((await verifyAudit(second.directory)).problem).toMatch(/does not start at the member's genesis \(its oldest files were removed/);
+    // One file on its own is checked without that requirement.
+    expect((await verifyAudit(second.files[1] as string)).ok).toBe(true);
   });
 
-  it('writes keys as text when printable, base64 otherwise', () => {
+  it('accepts only canonical lines: a user spelled with \\u escapes, reordered or extra fields are refused', async () => {
+    const { directory, files } = await trail(1);
+    const file = files[0] as string;
+    const lines = (await readFile(file, 'utf8')).trim().split('\n');
+    const original = lines[1] as string;
+    expect(original).toContain('"user":"alice"');
+    const variants = [
+      original.replace('"user":"alice"', '"user":"\\u0061lice"'),
+      original.replace('"user":"alice","via":"certificate"', '"via":"certificate","user":"alice"'),
+      original.replace('"action":"Put"', '"action":"Put","extra":1'),
+      original.replace('{"action"', '{ "action"'),
+    ];
+    for (const variant of variants) {
+      // The same event, so the same hash: only the canonical check can refuse it.
+      const parsed = JSON.parse(variant) as AuditEvent;
+      if (!variant.includes('extra')) expect(hashEvent({ ...parsed, hash: undefined } as unknown as AuditEvent)).toBeDefined();
+      await writeFile(file, `${[lines[0], variant, ...lines.slice(2)].join('\n')}\n`);
+      const result = await verifyAudit(directory);
+      expect(result.ok, variant).toBe(false);
+      expect(result.problem, variant).toMatch(/:2: (not in canonical form|unknown field)/);
+    }
+    expect(parseEventLine(original)).toMatchObject({ user: 'alice' });
+  });
+
+  it('bounds every field: a 1 MB user name, key and detail become a marker with length and hash', async () => {
+    const directory = await newDirectory();
+    const log = await AuditLog.open(directory, 'abc', fail);
+    const huge = 'u'.repeat(1024 * 1024);
+    await log.record({ action: 'Authenticate', user: huge, via: 'password', source: huge, targets: [huge, auditKey(Buffer.alloc(1024 * 1024, 0x41))], outcome: 'denied', detail: huge });
+    await log.close();
+    const events = await eventsOf(directory);
+    const event = events[1] as AuditEvent;
+    const line = eventLine(event);
+    expect(Buffer.byteLength(line)).toBeLessThan(8 * 1024);
+    expect(event.user).toMatch(new RegExp(`^u{${auditFieldCharactersMax}}…\\[cut: 1048576 chars sha256:[0-9a-f]{64}\\]$`));
+    expect(event.targets?.[1]).toMatch(/^A{512}…\[cut: 1048576 bytes sha256:[0-9a-f]{64}\]$/);
     expect(auditKey(Buffer.from('/registry/pods/a'))).toBe('/registry/pods/a');
     expect(auditKey(Buffer.from([0, 1, 0xff]))).toBe('base64:AAH/');
+  });
+
+  it('reads files as streams: an oversized line is reported, never loaded, and a member still starts after it', async () => {
+    const { directory, files } = await trail(1);
+    const file = files[0] as string;
+    // A 6 MB line with no end (as a pre-bounds trail or an attacker could leave it).
+    const handle = await open(file, 'a');
+    for (let chunk = 0; chunk < 6; chunk++) await handle.write(Buffer.alloc(1024 * 1024, 0x78));
+    await handle.close();
+    const kinds: string[] = [];
+    for await (const record of readRecords(file)) kinds.push(record.kind === 'record' ? 'record' : `${record.kind}:${record.bytes}`);
+    expect(kinds).toEqual(['record', 'record', 'record', `torn:${6 * 1024 * 1024}`]);
+    await appendFile(file, '\n{"after":1}\n');
+    kinds.length = 0;
+    for await (const record of readRecords(file)) kinds.push(record.kind === 'record' ? 'record' : `${record.kind}:${record.bytes}`);
+    expect(kinds).toEqual(['record', 'record', 'record', `oversized:${6 * 1024 * 1024}`, 'record']);
+    expect(recordBytesMax).toBeLessThan(6 * 1024 * 1024);
+    expect((await verifyAudit(directory)).problem).toMatch(/:4: a line of 6291456 bytes, longer than any event/);
+    // The member opens a new file, linked to "unreadable": verification keeps naming the bad line.
+    const next = await AuditLog.open(directory, 'abc', fail);
+    await next.close();
+    const [, newest] = (await readdir(directory)).sort();
+    const start = parseEventLine((await readFile(path.join(directory, newest as string), 'utf8')).trim()) as AuditEvent;
+    expect(start.prev).toBe('unreadable');
+  });
+
+  it('answers record() once the event is on disk, sharing one write among events recorded together', async () => {
+    const directory = await newDirectory();
+    const log = await AuditLog.open(directory, 'abc', fail);
+    const file = path.join(directory, log.file);
+    await Promise.all(Array.from({ length: 200 }, (_unused, index) => log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' })));
+    const lines = (await readFile(file, 'utf8')).trim().split('\n');
+    expect(lines).toHaveLength(201);
+    expect(log.head).toEqual({ file: log.file, seq: 200, hash: (JSON.parse(lines[200] as string) as AuditEvent).hash });
+    const one = log.record({ action: 'Put', targets: ['/one'], outcome: 'allowed' });
+    expect(readFileSync(file, 'utf8').includes('/one')).toBe(false); // not yet: the answer waits for it
+    await one;
+    expect((await readFile(file, 'utf8')).includes('/one')).toBe(true);
+    await log.close();
+    await expect(log.record({ action: 'Put', outcome: 'allowed' })).rejects.toThrow('closed');
+  });
+
+  it('says how to recover when the audit disk is full', () => {
+    const full = Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+    expect(describeAuditWriteError(full, '/data/audit')).toBe(
+      'the audit disk is full (ENOSPC) at /data/audit: this member stops rather than serve unaudited. To recover: verify and archive old audit files ' +
+      'elsewhere (rampart audit verify /data/audit), free space on that file system (or move the trail with --audit-dir), then start the member again');
+  });
+
+  it('checks a trail against checkpoints: a cut end, a rewritten chain and a deleted file are each caught', async () => {
+    const { directory, files } = await trail(2);
+    const events = await eventsOf(directory);
+    const names = files.map((file) => path.basename(file));
+    const checkpoint = (file: number, seq: number): TrailCheckpoint => ({ member: 'abc', file: names[file] as string, seq, hash: events[file * 3 + seq]?.hash as string, time: '2026-01-01T00:00:00.000Z' });
+    const all = [checkpoint(0, 2), checkpoint(1, 2)];
+    expect(await verifyAudit(directory, { checkpoints: all })).toMatchObject({ ok: true, checkpointsMatched: 2 });
+    // Checkpoints of another member are not this trail's.
+    expect(await verifyAudit(directory, { checkpoints: [{ ...checkpoint(1, 2), member: 'other', seq: 9 }] })).toMatchObject({ ok: true, checkpointsMatched: 0 });
+
+    const lines = (await readFile(files[1] as string, 'utf8')).trim().split('\n');
+    await writeFile(files[1] as string, `${lines.slice(0, 2).join('\n')}\n`);
+    expect((await verifyAudit(directory)).ok).toBe(true); // without a witness, a shorter trail looks whole
+    expect((await verifyAudit(directory, { checkpoints: all })).problem).toMatch(/ends at event 1, but the checkpoint of .* saw event 2 .*events were removed from its end/);
+
+    // Rewritten with a recomputed chain: every hash checks out, but not against the witness.
+    const rewritten: string[] = [];
+    let prev = events[2]?.hash as string;
+    for (const line of lines) {
+      const { hash: _hash, ...rest } = JSON.parse(line) as AuditEvent;
+      const changed = { ...rest, prev, ...(rest.outcome === 'denied' ? { outcome: 'allowed' as const } : {}) };
+      const hash = hashEvent(changed);
+      rewritten.push(eventLine({ ...changed, hash }));
+      prev = hash;
+    }
+    await writeFile(files[1] as string, `${rewritten.join('\n')}\n`);
+    expect((await verifyAudit(directory)).ok).toBe(true);
+    expect((await verifyAudit(directory, { checkpoints: all })).problem).toMatch(/:3: differs from the checkpoint .*the trail was rewritten/);
+
+    await rm(files[1] as string);
+    expect((await verifyAudit(directory)).ok).toBe(true);
+    expect((await verifyAudit(directory, { checkpoints: all })).problem).toBe(`${names[1]}: missing, but the checkpoint of 2026-01-01T00:00:00.000Z saw its event 2 (the file was deleted)`);
+  });
+
+  it('names every key of a Txn, and always the sensitive ones, however many decoys come first', () => {
+    const key = (text: string): Buffer => Buffer.from(text);
+    const decoys = Array.from({ length: 300 }, (_unused, index) => ({ key: key(`/decoy/${'d'.repeat(100)}/${index}`), range_end: Buffer.alloc(0) }));
+    const txn = {
+      compare: decoys,
+      success: [{ request: 'request_put', request_put: { key: key('/registry/secrets/db'), value: key('v') } }],
+      failure: [{ request: 'request_range', request_range: { key: key('/registry/secrets/'), range_end: key('/registry/secrets0') } }, { request: 'request_range', request_range: { key: key('/a'), range_end: Buffer.of(0) } }],
+    };
+    const { targets, named } = targetsOf('Txn', txn as unknown as Record<string, unknown>);
+    expect(named).toBe(3);
+    expect(targets.slice(0, 3)).toEqual(['/registry/secrets/db', '/registry/secrets/../registry/secrets0', '/a..']);
+    expect(targets).toHaveLength(303);
+    // Bounded in the trail: the sensitive ones first and kept, the rest summarised by count and hash.
+    expect(targets.join('').length).toBeGreaterThan(auditTargetsCharactersMax);
+  });
+
+  it('keeps sensitive targets and summarises the rest within the line bound', async () => {
+    const directory = await newDirectory();
+    const log = await AuditLog.open(directory, 'abc', fail);
+    const targets = ['/registry/secrets/a', ...Array.from({ length: 500 }, (_unused, index) => `/decoy/${'d'.repeat(100)}/${index}`)];
+    await log.record({ action: 'Txn', targets, outcome: 'allowed' }, 1);
+    await log.close();
+    const event = (await eventsOf(directory))[1] as AuditEvent;
+    expect(event.targets?.[0]).toBe('/registry/secrets/a');
+    expect(event.targets?.[event.targets.length - 1]).toMatch(/^…\[\d+ more targets sha256:[0-9a-f]{64}\]$/);
+    expect(Buffer.byteLength(eventLine(event))).toBeLessThan(auditLineBytesMax);
+  });
+
+  it('writes CSV cells no spreadsheet runs as formulas', () => {
+    for (const value of ['=1+1', '+1', '-1', '@SUM(A1)', '\t=1', '\r=1', ' =1', '|calc', 'a|b']) expect(csvCell(value).replace(/^"/, '')).toMatch(/^'/);
+    expect(csvCell('/registry/pods/a')).toBe('/registry/pods/a');
+    expect(csvCell('a,b')).toBe('"a,b"');
+    expect(csvCell(['/a', '/b'])).toBe('/a /b');
   });
 });

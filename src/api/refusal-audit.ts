@@ -1,0 +1,37 @@
+/**
+ * The audit event of a call a transport refused before any handler ran (malformed, oversized, an
+ * unknown method): the transport reports it, this records it with the identity the connection's
+ * certificate gives (no token is read: the call never got that far). Transport-neutral.
+ */
+import type { PeerCertificate } from 'node:tls';
+import type { AuditLog } from '../audit/log.js';
+import type { AuthHolder } from '../auth/store.js';
+
+export interface TransportRefusal {
+  /** The method path, e.g. `/etcdserverpb.KV/Put`. */
+  readonly method: string;
+  readonly peer: string;
+  readonly certificate: PeerCertificate | undefined;
+  /** The status name, e.g. `RESOURCE_EXHAUSTED`. */
+  readonly code: string;
+  readonly details: string;
+  /** The method is not one this server has. */
+  readonly unknownMethod: boolean;
+}
+
+export function recordRefusal(audit: AuditLog, auth: AuthHolder, refusal: TransportRefusal): Promise<void> {
+  const commonName = refusal.certificate?.subject?.CN;
+  const cn = typeof commonName === 'string' ? commonName : '';
+  const user = cn === '' ? '' : auth.state.bindings.get(cn) ?? cn;
+  return audit.record({
+    // A known method by its RPC name, as its handled calls are; an unknown one by its whole path.
+    action: refusal.unknownMethod ? refusal.method : refusal.method.slice(refusal.method.lastIndexOf('/') + 1),
+    user,
+    via: user === '' ? 'none' : 'certificate',
+    source: refusal.peer,
+    targets: [],
+    outcome: 'failed',
+    code: refusal.code,
+    ...(refusal.details === '' ? {} : { detail: refusal.details }),
+  });
+}

@@ -1,0 +1,154 @@
+/**
+ * One audit event: its fields, their bounds, its canonical line and its hash.
+ *
+ * Every text that reaches the trail comes from a caller (names, keys, peer addresses, error
+ * details) and is bounded here, whatever the API layer already refused: a field longer than its
+ * bound keeps its start and ends with a marker naming its full length and SHA-256, so an auditor can
+ * still match it against a known name without the trail (or a member's memory) holding megabytes.
+ *
+ * A line is canonical when it is exactly what `eventLine` writes for the event it parses to: fields
+ * in one fixed order, nothing else, JSON escapes only where JSON.stringify puts them. Verification
+ * refuses any other spelling of the same event (a user written with `\u` escapes would hide it from
+ * grep while hashing the same).
+ */
+import { createHash } from 'node:crypto';
+
+export const genesisHash = '0'.repeat(64);
+
+/** Characters kept of one name, key, address or detail before it is cut with a marker. */
+export const auditFieldCharactersMax = 512;
+/** Characters of all targets of one event before the rest is summarised (sensitive keys are always named). */
+export const auditTargetsCharactersMax = 16 * 1024;
+/** The longest line a writer produces; readers refuse longer ones without holding them. */
+export const auditLineBytesMax = 256 * 1024;
+
+export type AuditOutcome = 'allowed' | 'denied' | 'failed';
+
+export interface AuditFields {
+  /** e.g. `Put`, `Authenticate`, `Watch.create`, `audit.start`. */
+  readonly action: string;
+  readonly user?: string;
+  /** How the user was identified: `token`, `certificate`, `password`, or `none`. */
+  readonly via?: string;
+  readonly source?: string;
+  /** Keys and ranges touched (printable text, or `base64:` for other bytes), names of users or roles. */
+  readonly targets?: readonly string[];
+  /** `allowed`, `denied` (permission or authentication) or `failed` (any other error). */
+  readonly outcome: AuditOutcome;
+  /** The gRPC status name. */
+  readonly code?: string;
+  readonly detail?: string;
+}
+
+export interface AuditEvent extends AuditFields {
+  readonly seq: number;
+  readonly time: string;
+  readonly member: string;
+  readonly prev: string;
+  readonly hash: string;
+}
+
+/** The order of fields in a written line; no other field may appear. */
+const fieldOrder = ['action', 'user', 'via', 'source', 'targets', 'outcome', 'code', 'detail', 'seq', 'time', 'member', 'prev', 'hash'] as const;
+const fieldNames = new Set<string>(fieldOrder);
+
+const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
+
+/** Room left for a cut marker, so that a text already cut (a key) is not cut again. */
+const markerCharactersMax = 128;
+
+/** `text` when short enough; otherwise its start and `…[cut: N chars sha256:H]`. */
+export function boundText(text: string, charactersMax = auditFieldCharactersMax): string {
+  if (text.length <= charactersMax + markerCharactersMax) return text;
+  return `${text.slice(0, charactersMax)}…[cut: ${text.length} chars sha256:${sha256(text)}]`;
+}
+
+/** A key as audit text: printable ASCII as is, anything else as base64; bounded either way. */
+export function auditKey(key: Buffer): string {
+  // Only the part that can be kept is decoded: a 1.5 MiB key never becomes a 2 MiB string.
+  const keptBytes = auditFieldCharactersMax;
+  const head = key.subarray(0, keptBytes);
+  const marker = key.length > keptBytes ? `…[cut: ${key.length} bytes sha256:${createHash('sha256').update(key).digest('hex')}]` : '';
+  let printable = true;
+  for (const byte of head) {
+    if (byte < 0x20 || byte > 0x7e) {
+      printable = false;
+      break;
+    }
+  }
+  return printable ? `${head.toString('latin1')}${marker}` : `base64:${head.toString('base64')}${marker}`;
+}
+
+/**
+ * The fields of an event with every caller-supplied text bounded; the first `alwaysNamed` targets
+ * (sensitive keys) are kept whatever the targets' bound.
+ */
+export function boundFields(fields: AuditFields, alwaysNamed = 0): AuditFields {
+  const bounded: { -readonly [K in keyof AuditFields]: AuditFields[K] } = { action: boundText(fields.action, 128), outcome: fields.outcome };
+  if (fields.user !== undefined) bounded.user = boundText(fields.user);
+  if (fields.via !== undefined) bounded.via = boundText(fields.via, 32);
+  if (fields.source !== undefined) bounded.source = boundText(fields.source, 256);
+  if (fields.targets !== undefined) bounded.targets = boundTargets(fields.targets, alwaysNamed);
+  if (fields.code !== undefined) bounded.code = boundText(fields.code, 64);
+  if (fields.detail !== undefined) bounded.detail = boundText(fields.detail);
+  return bounded;
+}
+
+/**
+ * Targets within `auditTargetsCharactersMax`: each one bounded, then as many as fit, then one
+ * `…[N more targets sha256:H]` entry over all of them. Callers put the targets that must never be
+ * summarised (sensitive keys) first; those are kept even past the bound.
+ */
+export function boundTargets(targets: readonly string[], alwaysNamed = 0): string[] {
+  const kept: string[] = [];
+  let characters = 0;
+  for (const [index, raw] of targets.entries()) {
+    const target = boundText(raw);
+    if (index >= alwaysNamed && characters + target.length > auditTargetsCharactersMax) {
+      const rest = targets.slice(index);
+      kept.push(`…[${rest.length} more targets sha256:${sha256(rest.join('\n'))}]`);
+      return kept;
+    }
+    characters += target.length;
+    kept.push(target);
+  }
+  return kept;
+}
+
+/** The hash of an event: SHA-256 over its previous hash and its canonical JSON without `hash`. */
+export function hashEvent(event: Omit<AuditEvent, 'hash'>): string {
+  const { prev, ...rest } = event;
+  const canonical = JSON.stringify(rest, Object.keys(rest).sort());
+  return createHash('sha256').update(prev).update('\n').update(canonical).digest('hex');
+}
+
+/** The one way an event is written: fields in `fieldOrder`, absent ones left out. */
+export function eventLine(event: AuditEvent): string {
+  const ordered: Record<string, unknown> = {};
+  const source = event as unknown as Record<string, unknown>;
+  for (const name of fieldOrder) if (source[name] !== undefined) ordered[name] = source[name];
+  return JSON.stringify(ordered);
+}
+
+/** A line as an event, or why it is not one written by Rampart (shape and canonical spelling). */
+export function parseEventLine(line: string): AuditEvent | string {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    return 'not a JSON event (torn or altered)';
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return 'not a JSON event (torn or altered)';
+  const record = parsed as Record<string, unknown>;
+  for (const name of Object.keys(record)) if (!fieldNames.has(name)) return `unknown field ${JSON.stringify(boundText(name, 64))} (altered)`;
+  const text = (name: string, required: boolean): boolean => (record[name] === undefined ? !required : typeof record[name] === 'string');
+  const shaped = text('action', true) && text('user', false) && text('via', false) && text('source', false) && text('code', false) && text('detail', false)
+    && text('time', true) && text('member', true) && text('prev', true) && text('hash', true)
+    && ['allowed', 'denied', 'failed'].includes(record.outcome as string)
+    && Number.isSafeInteger(record.seq) && (record.seq as number) >= 0
+    && (record.targets === undefined || (Array.isArray(record.targets) && record.targets.every((target) => typeof target === 'string')));
+  if (!shaped) return 'not an audit event (a field is missing or of the wrong type; altered)';
+  const event = record as unknown as AuditEvent;
+  if (eventLine(event) !== line) return 'not in canonical form (the same event spelled differently, e.g. with \\u escapes or reordered fields; altered)';
+  return event;
+}
