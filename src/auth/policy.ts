@@ -41,25 +41,28 @@ const rangeSchema = z.union([
   z.strictObject({ from: keyText.min(1, 'must not be empty'), to: keyText.min(1, 'must not be empty'), access: accessName }),
 ], { error: 'expected exactly one of key, prefix, fromKey, or from+to, with access: read, write or readwrite' });
 
+const userSchema = z.strictObject({
+  name,
+  roles: z.array(name).default([]),
+  certificates: z.array(name).default([]),
+});
+const roleSchema = z.strictObject({
+  name,
+  grants: z.array(rangeSchema).default([]),
+  deny: z.array(rangeSchema).default([]),
+});
+const testSchema = z.strictObject({
+  as: name,
+  access: z.enum(['read', 'write']),
+  key: keyText.min(1, 'must not be empty'),
+  rangeEnd: keyText.optional(),
+  prefix: z.boolean().optional(),
+  expect: z.enum(['allow', 'deny']),
+});
 const fileSchema = z.strictObject({
-  users: z.array(z.strictObject({
-    name,
-    roles: z.array(name).default([]),
-    certificates: z.array(name).default([]),
-  })).default([]),
-  roles: z.array(z.strictObject({
-    name,
-    grants: z.array(rangeSchema).default([]),
-    deny: z.array(rangeSchema).default([]),
-  })).default([]),
-  tests: z.array(z.strictObject({
-    as: name,
-    access: z.enum(['read', 'write']),
-    key: keyText.min(1, 'must not be empty'),
-    rangeEnd: keyText.optional(),
-    prefix: z.boolean().optional(),
-    expect: z.enum(['allow', 'deny']),
-  })).default([]),
+  users: z.array(userSchema).default([]),
+  roles: z.array(roleSchema).default([]),
+  tests: z.array(testSchema).default([]),
 });
 
 type PolicyFile = z.infer<typeof fileSchema>;
@@ -130,8 +133,30 @@ function lineOf(located: Located, pathParts: readonly PropertyKey[]): number {
   return 1;
 }
 
-/** Reads and checks one file: its parsed content, or problems as `file:line: message`. */
-function readPolicyText(file: string, text: string): { parsed?: PolicyFile; located: Located; problems: string[] } {
+/**
+ * The entries of a file that failed the schema which pass it one by one, at their original indexes
+ * (a sparse array: forEach skips the holes and reports lines by the right index), so the checks
+ * across entries (undefined roles, duplicates, test users) still run and every problem is listed
+ * at once. Names of broken entries are kept: a reference to them is not reported a second time.
+ */
+function salvage(raw: unknown): { parsed: PolicyFile; brokenNames: string[] } {
+  const brokenNames: string[] = [];
+  const section = <T>(key: string, schema: z.ZodType<T>): T[] => {
+    const entries = typeof raw === 'object' && raw !== null ? (raw as Record<string, unknown>)[key] : undefined;
+    const kept: T[] = [];
+    if (!Array.isArray(entries)) return kept;
+    entries.forEach((entry: unknown, index) => {
+      const result = schema.safeParse(entry);
+      if (result.success) kept[index] = result.data;
+      else if (typeof entry === 'object' && entry !== null && typeof (entry as { name?: unknown }).name === 'string') brokenNames.push((entry as { name: string }).name);
+    });
+    return kept;
+  };
+  return { parsed: { users: section('users', userSchema), roles: section('roles', roleSchema), tests: section('tests', testSchema) }, brokenNames };
+}
+
+/** Reads and checks one file: its parsed content (what of it is valid), and problems as `file:line: message`. */
+function readPolicyText(file: string, text: string): { parsed?: PolicyFile; brokenNames?: string[]; located: Located; problems: string[] } {
   const lines = new LineCounter();
   const document = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true });
   const located = { document, lines, file };
@@ -145,7 +170,7 @@ function readPolicyText(file: string, text: string): { parsed?: PolicyFile; loca
       const where = at.length === 0 ? '' : ` (${at.join('.')})`;
       problems.push(`${file}:${lineOf(located, at)}: ${issue.message}${where}`);
     }
-    return { located, problems };
+    return { ...salvage(document.toJS()), located, problems };
   }
   return { parsed: result.data, located, problems };
 }
@@ -167,9 +192,11 @@ export function parsePolicy(texts: readonly { file: string; text: string }[]): P
   const bindings = new Map<string, { user: string; where: string }>();
   const roleReferences: { role: string; where: string }[] = [];
   const tests: PolicyTest[] = [];
+  const broken = new Set<string>();
   for (const { file, text } of texts) {
-    const { parsed, located, problems: fileProblems } = readPolicyText(file, text);
+    const { parsed, brokenNames, located, problems: fileProblems } = readPolicyText(file, text);
     problems.push(...fileProblems);
+    for (const brokenName of brokenNames ?? []) broken.add(brokenName);
     if (parsed === undefined) continue;
     const at = (...parts: (string | number)[]): string => `${file}:${lineOf(located, parts)}`;
     parsed.users.forEach((user, index) => {
@@ -201,13 +228,13 @@ export function parsePolicy(texts: readonly { file: string; text: string }[]): P
     });
   }
   for (const reference of roleReferences) {
-    if (reference.role !== rootName && !roles.has(reference.role)) problems.push(`${reference.where}: role ${reference.role} is not defined`);
+    if (reference.role !== rootName && !roles.has(reference.role) && !broken.has(reference.role)) problems.push(`${reference.where}: role ${reference.role} is not defined`);
   }
   for (const [cn, binding] of bindings) {
     if (users.has(cn)) problems.push(`${binding.where}: certificate CN ${cn} is also a user name; a binding would hide that user`);
   }
   for (const test of tests) {
-    if (!users.has(test.as)) problems.push(`${test.where}: test user ${test.as} is not defined`);
+    if (!users.has(test.as) && !broken.has(test.as)) problems.push(`${test.where}: test user ${test.as} is not defined`);
   }
   if (problems.length > 0) throw new PolicyError(problems);
   return {

@@ -13,17 +13,19 @@ import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
 import { restoreSnapshot } from './snapshot.js';
+import { startProgress } from './progress.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { RevocationList, crlFileName, revoke } from '../pki/revocation.js';
 import { checkPrivate, ensurePrivateDirectory } from '../storage/private-files.js';
 import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { parseInitialCluster } from '../server/membership.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
+import { bashCompletion } from './completion.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
@@ -31,7 +33,7 @@ import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { csvCell } from '../audit/csv.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
-import { loadPolicy, shippedPolicies } from '../auth/policy.js';
+import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
@@ -41,8 +43,19 @@ process.on('warning', (warning: Error & { code?: string }) => {
   if (warning.code !== 'DEP0123') process.stderr.write(`${warning.name}: ${warning.message}\n`);
 });
 
+// `rampart … | head` closes the pipe early: that ends the command quietly (status 0), as for any
+// Unix tool, instead of an EPIPE stack trace.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(0);
+    throw error;
+  });
+}
+
+const packageJson = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
+
 const program = new Command();
-program.name('rampart').description('An etcd-compatible key-value store, secure by default').showHelpAfterError();
+program.name('rampart').description('An etcd-compatible key-value store, secure by default').version(packageJson.version, '-V, --version', 'the Rampart version').showHelpAfterError();
 
 function fail(error: unknown): never {
   process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -373,7 +386,7 @@ snapshot
       } else if (flags.encryptionKeyFile !== undefined) {
         throw new Error('--no-encryption cannot be combined with --encryption-key-file');
       }
-      const records = await restoreSnapshot(file, flags.dataDir, keyProvider);
+      const records = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'));
       process.stdout.write(`restored ${records} records into ${flags.dataDir}\n`);
     } catch (error) {
       process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -508,7 +521,11 @@ policy
   .command('validate [dir]')
   .description('check the policy files; problems are reported as file:line')
   .action(async (directory: string | undefined) => {
-    const loaded = await loadPolicy(directory ?? 'policies').catch(fail);
+    const loaded = await loadPolicy(directory ?? 'policies').catch((error: unknown) => {
+      // Every problem at once, one per line, so a review fixes them in one pass.
+      if (error instanceof PolicyError) fail(`${error.problems.length} problem${error.problems.length === 1 ? '' : 's'} in the policy:\n${error.problems.join('\n')}`);
+      return fail(error);
+    });
     print(`policy is valid: ${policySummary(loaded)}`);
   });
 policy
@@ -565,13 +582,17 @@ auditCommand
     const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'hash'] as const;
     if (flags.format === 'csv') print(columns.join(','));
     // Streamed: the trail is verified whole first, then read again event by event.
+    const progress = startProgress(`exporting ${directory}`, 'records');
+    let read = 0;
     await readAudit(directory, (event) => {
+      progress.update(++read);
       const selected = (since === undefined || Date.parse(event.time) >= since) && (until === undefined || Date.parse(event.time) < until) &&
         (flags.user === undefined || event.user === flags.user) && (flags.outcome === undefined || event.outcome === flags.outcome);
       if (!selected) return;
       if (flags.format === 'jsonl') print(JSON.stringify(event));
       else print(columns.map((column) => csvCell((event as unknown as Record<string, unknown>)[column])).join(','));
     }).catch(fail);
+    progress.finish();
   });
 
 connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))
@@ -588,6 +609,14 @@ connectionOptions(auth.command('can-i <user> <operation> <key>').description('ma
     const allowed = await canI(user, operation, key, flags, flags).catch(fail);
     print(allowed ? 'yes' : 'no');
     process.exitCode = allowed ? 0 : 1;
+  });
+
+program
+  .command('completion [shell]')
+  .description('a shell completion script: source <(rampart completion bash)')
+  .action((shell: string | undefined) => {
+    if ((shell ?? 'bash') !== 'bash') fail(`only bash completion is generated (got ${shell}); zsh can load it with bashcompinit`);
+    process.stdout.write(bashCompletion(program));
   });
 
 await program.parseAsync(process.argv);

@@ -6,8 +6,9 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
-import { AuthDecider, emptyAuthState } from '../auth/store.js';
-import { decodePolicy, diffPolicy, encodePolicy, exportPolicy, loadPolicy, prefixRangeEnd, runPolicyTests, stateWithPolicy, type Policy } from '../auth/policy.js';
+import { AuthDecider, applyAuthChange, emptyAuthState } from '../auth/store.js';
+import { RampartError } from '../errors.js';
+import { decodePolicy, diffPolicy, encodePolicy, exportPolicy, loadPolicy, prefixRangeEnd, runPolicyTests, stateWithPolicy, type Policy, type TestResult } from '../auth/policy.js';
 import type { PolicyState } from '../auth/store.js';
 
 export interface ConnectionOptions {
@@ -113,9 +114,11 @@ export async function checkedPolicy(directory: string, print: (line: string) => 
   const policy = await loadPolicy(directory);
   const results = runPolicyTests(policy);
   const failures = results.filter((result) => !result.passed);
-  if (verbose) for (const result of results) print(`${result.passed ? 'ok  ' : 'FAIL'} ${result.test.where} ${result.test.description}`);
+  // A failure says what the test expected and what the policy decides instead.
+  const outcome = (result: TestResult): string => (result.passed ? '' : ` — expected ${result.test.expect}, got ${result.test.expect === 'allow' ? 'deny' : 'allow'}`);
+  if (verbose) for (const result of results) print(`${result.passed ? 'ok  ' : 'FAIL'} ${result.test.where} ${result.test.description}${outcome(result)}`);
   if (failures.length > 0) {
-    throw new Error(`${failures.length} of ${results.length} policy tests failed:\n${failures.map((failure) => `${failure.test.where}: ${failure.test.description}`).join('\n')}`);
+    throw new Error(`${failures.length} of ${results.length} policy tests failed:\n${failures.map((failure) => `${failure.test.where}: ${failure.test.description}${outcome(failure)}`).join('\n')}`);
   }
   return policy;
 }
@@ -136,12 +139,31 @@ export async function applyPolicy(directory: string, connection: ConnectionOptio
     }
     for (const line of changes) print(line);
     if (dryRun) {
+      // The cluster's own check, run here on the live state: a dry run fails where the apply would.
+      const refusal = refusalOf(live, policy.state);
+      if (refusal !== undefined) throw new Error(`dry run: the cluster would refuse this policy: ${refusal}`);
       print(`dry run: ${changes.length} changes not applied`);
       return;
     }
     const result = await client.apply(policy.state, live.revision);
     print(result.changed ? `applied ${changes.length} changes as one entry; auth revision ${result.revision}` : `no changes (auth revision ${result.revision})`);
   });
+}
+
+/** Why the cluster would refuse to apply `wanted` over the live policy, or undefined when it would not. */
+export function refusalOf(live: LivePolicy, wanted: PolicyState): string | undefined {
+  try {
+    applyAuthChange(stateWithPolicy({ ...emptyAuthState, revision: live.revision }, live.state, live.enabled), { op: 'policyApply', policy: wanted, expectRevision: live.revision });
+    return undefined;
+  } catch (error) {
+    if (!(error instanceof RampartError)) throw error;
+    switch (error.code) {
+      case 'InvalidAuthMgmt': return 'auth is enabled and the policy has no root user with the root role (it would lock every administrator out)';
+      case 'RoleNotFound': return 'a user is granted a role the policy does not define';
+      case 'UserNotFound': return 'a certificate is bound to a user the policy does not define';
+      default: return error.message;
+    }
+  }
 }
 
 export async function diffLive(directory: string, connection: ConnectionOptions, print: (line: string) => void): Promise<number> {
@@ -174,7 +196,11 @@ export async function canI(user: string, operation: string, key: string, options
     const live = await PolicyConnection.using(connection, (client) => client.export());
     state = stateWithPolicy(emptyAuthState, live.state, live.enabled);
   }
+  // An unknown user is denied everything; say so rather than a bare "no" that reads like a missing
+  // grant. A certificate CN bound to a user stands for that user, as on the cluster.
+  const subject = state.users.has(user) ? user : state.bindings.get(user);
+  if (subject === undefined) throw new Error(`user ${user} does not exist ${options.policy !== undefined ? `in ${options.policy}` : 'in the cluster'} (nor is it a certificate CN bound to a user)`);
   const keyBytes = Buffer.from(key);
   const rangeEnd = options.prefix ? prefixRangeEnd(keyBytes) : Buffer.from(options.rangeEnd ?? '');
-  return new AuthDecider(state).isPermitted(user, keyBytes, rangeEnd, operation);
+  return new AuthDecider(state).isPermitted(subject, keyBytes, rangeEnd, operation);
 }

@@ -92,6 +92,9 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
   await issueOnce(authority, pki, 'admin', 'client', 'root');
   const initialCluster = cluster.members.map((member) => `${member.name}=https://127.0.0.1:${member.peerPort}`).join(',');
   const endpoints = cluster.members.map((member) => `https://127.0.0.1:${member.clientPort}`);
+  // Members started by this run: one that exits while the cluster forms (a port in use, a bad data
+  // directory) fails `up` at once with the end of its log, instead of a wait for the timeout.
+  const started: StartedMember[] = [];
   for (const member of cluster.members) {
     const home = path.join(directory, member.name);
     await mkdir(home, { recursive: true, mode: 0o700 });
@@ -121,16 +124,51 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       ...(options.auth ? [] : ['--no-bootstrap-auth']),
       ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
+    const startedMember: StartedMember = { name: member.name, pid: child.pid ?? 0, pidFile, logFile: path.join(home, 'log') };
+    child.once('exit', (code, signal) => {
+      startedMember.exit = signal === null ? `exited with status ${code}` : `was killed by ${signal}`;
+    });
+    started.push(startedMember);
     child.unref();
     await log.close();
     await writeFile(pidFile, `${child.pid}\n`);
     print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, log ${path.join(home, 'log')}`);
   }
-  await waitHealthy(directory, endpoints, options.timeoutMs);
+  try {
+    await waitHealthy(directory, endpoints, options.timeoutMs, () => checkStarted(started));
+  } catch (error) {
+    // Leave nothing half-started behind: the members this run started are stopped again.
+    for (const member of started) {
+      if (member.exit === undefined && alive(member.pid)) process.kill(member.pid, 'SIGTERM');
+      await rm(member.pidFile, { force: true });
+    }
+    throw error;
+  }
   if (options.auth) await secureByDefault(directory, options.timeoutMs, print);
   print(`cluster is healthy; use it with:\n\n  ${etcdctlLine(directory, endpoints)}\n`);
   return endpoints;
 }
+
+interface StartedMember {
+  readonly name: string;
+  readonly pid: number;
+  readonly pidFile: string;
+  readonly logFile: string;
+  /** How it ended, once it has. */
+  exit?: string;
+}
+
+/** Throws, naming the member and quoting the end of its log, when a member started by `up` has exited. */
+async function checkStarted(started: readonly StartedMember[]): Promise<void> {
+  const ended = started.find((member) => member.exit !== undefined);
+  if (ended === undefined) return;
+  const log = await readFile(ended.logFile, 'utf8').catch(() => '');
+  const tail = log.trimEnd().split('\n').slice(-logTailLines).map((line) => `  ${line}`).join('\n');
+  throw new Error(`${ended.name} ${ended.exit} while the cluster was starting; the end of ${ended.logFile}:\n${tail}`);
+}
+
+/** Lines of a failed member's log quoted by `up`. */
+const logTailLines = 5;
 
 /** Members of a new cluster enable auth with the default policies themselves: wait for it, and say so. */
 async function secureByDefault(directory: string, timeoutMs: number, print: (line: string) => void): Promise<void> {
@@ -152,7 +190,7 @@ async function secureByDefault(directory: string, timeoutMs: number, print: (lin
   });
 }
 
-async function waitHealthy(directory: string, endpoints: readonly string[], timeoutMs: number): Promise<void> {
+async function waitHealthy(directory: string, endpoints: readonly string[], timeoutMs: number, check: () => Promise<void>): Promise<void> {
   const pki = path.join(directory, 'pki');
   const [ca, cert, key] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
   const credentials = grpc.credentials.createSsl(ca as Buffer, key as Buffer, cert as Buffer);
@@ -164,6 +202,7 @@ async function waitHealthy(directory: string, endpoints: readonly string[], time
       for (;;) {
         const leader = await new Promise<string | undefined>((resolve) => client.Status({}, { deadline: Date.now() + 1000 }, (error, response) => resolve(error === null ? response.leader : undefined)));
         if (leader !== undefined && leader !== '0') break;
+        await check();
         if (Date.now() > deadline) throw new Error(`${endpoint} did not become healthy within ${timeoutMs} ms; see the member logs under ${directory}`);
         await new Promise((resolve) => setTimeout(resolve, 200));
       }

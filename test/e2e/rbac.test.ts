@@ -208,6 +208,9 @@ describe('RBAC on a secure cluster', () => {
     expect(await rampart(['auth', 'can-i', 'alice', 'write', '/app/x', ...connection])).toMatchObject({ code: 0, stdout: 'yes\n' });
     expect(await rampart(['auth', 'can-i', 'alice', 'write', '/app/frozen', ...connection])).toMatchObject({ code: 1, stdout: 'no\n' });
     expect(await rampart(['auth', 'can-i', 'auditor', 'read', '/registry/', '--prefix', '--policy', policies])).toMatchObject({ code: 1, stdout: 'no\n' });
+    // An unknown user is named as such, not answered with a bare "no"; a bound certificate CN stands for its user.
+    expect(await rampart(['auth', 'can-i', 'nobody', 'read', '/app/x', ...connection])).toMatchObject({ code: 1, stdout: '', stderr: 'rampart: user nobody does not exist in the cluster (nor is it a certificate CN bound to a user)\n' });
+    expect(await rampart(['auth', 'can-i', 'kube-apiserver-etcd-client', 'write', '/registry/pods/p', ...connection])).toMatchObject({ code: 0, stdout: 'yes\n' });
 
     // A broken file: the whole apply is refused with file:line, and the live policy stays.
     const exported = (await rampart(['policy', 'export', ...connection])).stdout;
@@ -219,6 +222,11 @@ describe('RBAC on a secure cluster', () => {
     // A policy without the root user would lock everyone out: refused by the cluster.
     await writeFile(path.join(policies, 'broken.yaml'), '# nothing\n');
     await writeFile(path.join(policies, 'root.yaml'), 'users: []\n');
+    // The dry run reports that refusal too, instead of "N changes not applied".
+    const rootlessDryRun = await rampart(['policy', 'apply', policies, '--dry-run', ...connection]);
+    expect(rootlessDryRun.code).toBe(1);
+    expect(rootlessDryRun.stderr).toContain('dry run: the cluster would refuse this policy: auth is enabled and the policy has no root user with the root role');
+    expect(rootlessDryRun.stdout).not.toContain('not applied');
     const rootless = await rampart(['policy', 'apply', policies, ...connection]);
     expect(rootless.code).toBe(1);
     expect(rootless.stderr).toContain('etcdserver: invalid auth management');

@@ -1,0 +1,130 @@
+/**
+ * The `rampart` command as a user meets it: --version, output cut short by `head`, `up` when a member
+ * cannot start, every policy problem at once, failing policy tests that say why, and bash completion.
+ * All through the real binary.
+ */
+import { spawn } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AuditLog } from '../../src/audit/log.js';
+import { cleanEnvironment, freeBasePort, projectRoot, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+
+const rampart = (args: string[]) => run(process.execPath, [rampartBin, ...args], { timeoutMs: 30_000 });
+
+describe('the rampart command', () => {
+  let home: string;
+
+  beforeAll(async () => {
+    home = await temporaryDirectory('cli');
+  });
+
+  afterAll(async () => {
+    await removeDirectory(home);
+  });
+
+  it('prints its version', async () => {
+    const { version } = JSON.parse(await readFile(path.join(projectRoot, 'package.json'), 'utf8')) as { version: string };
+    expect(await rampart(['--version'])).toMatchObject({ code: 0, stdout: `${version}\n`, stderr: '' });
+  });
+
+  it('ends quietly when its reader goes away (rampart … | head)', async () => {
+    // A trail large enough that the export is still writing when the pipe closes.
+    const trail = path.join(home, 'audit');
+    const log = await AuditLog.open(trail, 'abc', (error) => {
+      throw error;
+    });
+    for (let index = 0; index < 20_000; index++) log.record({ action: 'Put', user: 'alice', via: 'certificate', targets: [`/app/${index}`], outcome: 'allowed', code: 'OK' });
+    await log.close();
+    const child = spawn(process.execPath, [rampartBin, 'audit', 'export', trail], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const firstLine = await new Promise<string>((resolve) => child.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString().split('\n')[0] ?? '')));
+    child.stdout.destroy(); // what `head -1` does after its line
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    expect(JSON.parse(firstLine)).toHaveProperty('hash');
+    expect(stderr).not.toContain('EPIPE');
+    expect(stderr).not.toMatch(/\n\s+at /);
+    expect(code).toBe(0);
+  });
+
+  it('up fails at once, with the member\'s own words, when a member cannot start', async () => {
+    const base = await freeBasePort();
+    // Someone else holds the peer port of m1.
+    const squatter: Server = createServer();
+    await new Promise<void>((resolve) => squatter.listen(base + 1, '127.0.0.1', resolve));
+    try {
+      const started = Date.now();
+      const result = await run(process.execPath, [rampartBin, 'up', '--dir', path.join(home, 'up'), '--size', '1', '--base-port', String(base)], { timeoutMs: 60_000 });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toContain('rampart: m1 exited with status 1 while the cluster was starting');
+      expect(result.stderr).toContain('EADDRINUSE');
+      expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s health timeout
+      expect((await rampart(['down', '--dir', path.join(home, 'up')])).stdout).toBe('m1 is not running\n');
+    } finally {
+      squatter.close();
+    }
+  }, 60_000);
+
+  it('policy validate lists every problem; a failing policy test shows what it expected and got', async () => {
+    const broken = path.join(home, 'broken');
+    await run('mkdir', ['-p', broken]);
+    await writeFile(path.join(broken, 'a.yaml'), [
+      'users:',
+      '  - { name: alice, roles: [nosuchrole] }',
+      '  - { name: bob, roles: [r1], colour: blue }',
+      'roles:',
+      '  - name: r1',
+      '    grants:',
+      '      - { from: /z, to: /a, access: read }',
+      'tests:',
+      '  - { as: carol, access: read, key: /a/x, expect: allow }',
+      '',
+    ].join('\n'));
+    await writeFile(path.join(broken, 'b.yaml'), 'roles:\n  - name: r2\n    grants:\n      - { prefix: /q/, access: sideways }\n');
+    const result = await rampart(['policy', 'validate', broken]);
+    expect(result.code).toBe(1);
+    const file = (name: string): string => path.join(broken, name);
+    // The schema problems, and the checks across entries that a schema problem used to hide.
+    expect(result.stderr.split('\n').filter((line) => line !== '').sort()).toEqual([
+      `${file('a.yaml')}:2: role nosuchrole is not defined`,
+      `${file('a.yaml')}:3: Unrecognized key: "colour" (users.1.colour)`,
+      `${file('a.yaml')}:7: "to" must sort after "from"`,
+      `${file('a.yaml')}:9: test user carol is not defined`,
+      `${file('b.yaml')}:4: expected exactly one of key, prefix, fromKey, or from+to, with access: read, write or readwrite (roles.0.grants.0)`,
+      'rampart: 5 problems in the policy:',
+    ]);
+
+    const failing = path.join(home, 'failing');
+    await run('mkdir', ['-p', failing]);
+    await writeFile(path.join(failing, 'p.yaml'), 'users:\n  - { name: app, roles: [app] }\nroles:\n  - name: app\n    grants:\n      - { prefix: /app/, access: read }\ntests:\n  - { as: app, access: write, key: /app/1, expect: allow }\n  - { as: app, access: read, key: /app/1, expect: allow }\n');
+    const tested = await rampart(['policy', 'test', failing]);
+    expect(tested.code).toBe(1);
+    expect(tested.stdout).toContain(`FAIL ${path.join(failing, 'p.yaml')}:8 as app, write /app/1: allow — expected allow, got deny\n`);
+    expect(tested.stdout).toContain(`ok   ${path.join(failing, 'p.yaml')}:9 as app, read /app/1: allow\n`);
+    expect(tested.stderr).toContain('1 of 2 policy tests failed');
+    expect(tested.stderr).toContain('expected allow, got deny');
+  });
+
+  it('completes commands and flags in bash', async () => {
+    const generated = await rampart(['completion', 'bash']);
+    expect(generated.code).toBe(0);
+    const scriptFile = path.join(home, 'rampart.bash');
+    await writeFile(scriptFile, generated.stdout);
+    const complete = async (words: string[]): Promise<string[]> => {
+      const script = `source ${JSON.stringify(scriptFile)}
+COMP_WORDS=(${words.map((word) => `'${word}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _rampart; printf '%s\\n' "\${COMPREPLY[@]}"`;
+      const result = await run('bash', ['-c', script]);
+      expect(result.stderr).toBe('');
+      return result.stdout.split('\n').filter((line) => line !== '');
+    };
+    expect(await complete(['rampart', 'po'])).toEqual(['policy']);
+    expect(await complete(['rampart', 'policy', ''])).toEqual(expect.arrayContaining(['validate', 'test', 'diff', 'apply', 'export']));
+    expect(await complete(['rampart', 'policy', 'apply', '--dr'])).toEqual(['--dry-run']);
+    expect(await complete(['rampart', 'up', '--dir', 'x', '--base'])).toEqual(['--base-port']);
+    expect(await complete(['rampart', 'snapshot', 'restore', '--data'])).toEqual(['--data-dir']);
+  });
+});
