@@ -195,6 +195,14 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
   const pollMs = flags.certificateReloadIntervalMs;
   const client = await ReloadingCertificateProvider.open({ certificateFile: flags.certFile as string, keyFile: flags.keyFile as string, caFile: flags.trustedCaFile as string }, logger, 'client port', pollMs);
   const peer = await ReloadingCertificateProvider.open({ certificateFile: flags.peerCertFile as string, keyFile: flags.peerKeyFile as string, caFile: flags.peerTrustedCaFile as string }, logger, 'peer port', pollMs);
+  // Members bind each peer connection to the member its certificate's CN names: a certificate
+  // naming another member would have every message of this one dropped, so say so now.
+  const peerCommonName = /(?:^|\n)CN=([^\n]*)/.exec(peer.certificate.subject)?.[1];
+  if (peerCommonName !== flags.name) {
+    client.close();
+    peer.close();
+    throw new Error(`the peer certificate ${flags.peerCertFile as string} names ${JSON.stringify(peerCommonName ?? '')}, not this member (--name ${JSON.stringify(flags.name)}): issue it with \`rampart cert issue peer ${flags.name}\``);
+  }
   return {
     client: grpc.experimental.createCertificateProviderServerCredentials(client, client, true),
     peerServer: grpc.experimental.createCertificateProviderServerCredentials(peer, peer, true),
@@ -243,6 +251,9 @@ async function checkPrivateKeys(flags: ServeFlags): Promise<void> {
 }
 
 async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
+  // Everything this process creates (LevelDB files, audit files) is for its owner only.
+  process.umask(0o077);
+  await checkPrivateKeys(flags);
   const credentials = await credentialsFor(flags, logger);
   const scheme = flags.insecure ? 'http:' : 'https:';
   const peerUrls = flags.initialAdvertisePeerUrls ?? flags.listenPeerUrls;
@@ -255,9 +266,6 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     throw new Error('--initial-cluster-state must be new or existing');
   }
   if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
-  // Everything this process creates (LevelDB files, audit files) is for its owner only.
-  process.umask(0o077);
-  await checkPrivateKeys(flags);
   // Checked before anything starts: a broken bootstrap policy is a configuration error.
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
   const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);

@@ -218,7 +218,9 @@ export class Member {
       onLeaseRenew: (id) => this.answerLease(id, true),
       onLeaseTimeToLive: (id) => this.answerLease(id, false),
       onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
-      ...(this.options.peerTls ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate) } : {}),
+      ...(this.options.peerTls
+        ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate), mayActAs: (certificate: PeerCertificate, from: string) => this.peerMayActAs(certificate, from) }
+        : {}),
     });
     this.updatePeers();
     await this.transport.listen(this.options.listenPeerUrls);
@@ -255,6 +257,28 @@ export class Member {
     for (const member of this.membership.list()) for (const url of member.peerUrls) hosts.add(new URL(url).hostname);
     if (!names.some((name) => hosts.has(name))) return `certificate names ${names.join(',')} match no member's peer URL`;
     return undefined;
+  }
+
+  /**
+   * The member a peer certificate speaks for: the one whose name is its CN (`rampart up`, `rampart
+   * init` and `rampart cert issue peer NAME` issue a member's peer certificate with CN = its
+   * --name). A member added but not started yet has no name: until it publishes one, a certificate
+   * whose SANs name its peer host speaks for it.
+   */
+  private peerMayActAs(certificate: PeerCertificate, from: string): boolean {
+    const commonName = certificate.subject?.CN;
+    if (this.membership.isRemoved(from)) return false;
+    // The replicated records, or, before this member has applied them, what it started from (the
+    // founders from its flags, or the view it joined with), as updatePeers does.
+    let record: { name: string; peerUrls: readonly string[] } | undefined = this.membership.get(from);
+    if (record === undefined && this.joinedFrom !== undefined) record = this.joinedFrom.members.find((member) => member.id === from);
+    if (record === undefined && this.options.initialClusterState === 'new') {
+      record = this.options.initialCluster.find((member) => memberIdFor(member.peerUrls, this.options.initialClusterToken) === from);
+    }
+    if (record === undefined) return false;
+    if (record.name !== '') return typeof commonName === 'string' && record.name === commonName;
+    const names = (certificate.subjectaltname ?? '').split(',').map((entry) => entry.trim().replace(/^(DNS|IP Address):/, ''));
+    return record.peerUrls.some((url) => names.includes(new URL(url).hostname));
   }
 
   /** A lone voter need not wait out an election timeout. */

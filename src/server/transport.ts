@@ -172,6 +172,11 @@ export interface TransportOptions {
    * Undefined: plaintext, no identity to check.
    */
   readonly authorizePeer?: (certificate: PeerCertificate) => string | undefined;
+  /**
+   * With TLS: whether a connection with this certificate may carry messages from member `from`.
+   * A message claiming another sender is dropped: one member's certificate must not speak for another.
+   */
+  readonly mayActAs?: (certificate: PeerCertificate, from: NodeId) => boolean;
   readonly clusterId: string;
   readonly logger: Logger;
   readonly serverCredentials: grpc.ServerCredentials;
@@ -201,6 +206,8 @@ function hostPort(url: string): string {
 
 /** At most one warning per peer in this interval; the cause repeats with every reconnect. */
 const unreachableWarningIntervalMs = 10_000;
+/** At most one warning about messages with a forged sender in this interval (the rest are counted). */
+const forgedSenderWarningIntervalMs = 10_000;
 
 class PeerSender {
   private client: PeerClient;
@@ -312,6 +319,10 @@ export class Transport {
   private readonly peers = new Map<NodeId, PeerSender>();
   snapshotsSent = 0;
   snapshotsReceived = 0;
+  /** Messages dropped because their sender is not the member the connection's certificate names. */
+  forgedSenderDrops = 0;
+  private forgedSenderWarnedMs = 0;
+  private forgedSenderUnreported = 0;
 
   constructor(private readonly options: TransportOptions) {
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
@@ -325,6 +336,24 @@ export class Transport {
       options.logger.warn({ peer: call.getPeer(), reason: problem }, 'refused a peer connection');
       callback({ code: grpc.status.PERMISSION_DENIED, details: `not a cluster peer: ${problem}` });
       return true;
+    };
+    /** Whether `message` may be taken from this call; a forged sender is dropped and (rate-limited) logged. */
+    const senderBound = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, message: Message): boolean => {
+      if (options.mayActAs === undefined) return true;
+      const certificate = call.getAuthContext().sslPeerCertificate;
+      if (certificate !== undefined && options.mayActAs(certificate, message.from)) return true;
+      this.forgedSenderDrops += 1;
+      this.forgedSenderUnreported += 1;
+      const now = Date.now();
+      if (now - this.forgedSenderWarnedMs >= forgedSenderWarningIntervalMs) {
+        this.forgedSenderWarnedMs = now;
+        options.logger.warn(
+          { peer: call.getPeer(), certificate: certificate?.subject?.CN, claimedSender: message.from, type: message.type, dropped: this.forgedSenderUnreported },
+          'dropped raft messages whose sender is not the member named by the peer certificate',
+        );
+        this.forgedSenderUnreported = 0;
+      }
+      return false;
     };
     this.server.addService(service, {
       Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
@@ -344,7 +373,7 @@ export class Transport {
           }
           for (const wire of batch.messages) {
             const message = fromWire(wire);
-            if (message !== undefined && message.to === options.selfId) options.onMessage(message);
+            if (message !== undefined && message.to === options.selfId && senderBound(call, message)) options.onMessage(message);
           }
         });
         call.on('end', () => {
@@ -374,6 +403,10 @@ export class Transport {
           const message = header === undefined || refused ? undefined : fromWire(header, Buffer.concat(chunks));
           if (message === undefined || message.to !== options.selfId) {
             callback({ code: grpc.status.INVALID_ARGUMENT, details: 'malformed snapshot' });
+            return;
+          }
+          if (!senderBound(call, message)) {
+            callback({ code: grpc.status.PERMISSION_DENIED, details: 'rampart: snapshot sender is not the member named by the peer certificate' });
             return;
           }
           this.snapshotsReceived += 1;

@@ -39,8 +39,10 @@ describe('member add, then start the new member with the printed settings', () =
   /** Starts `rampart serve` with TLS for the new member; the cluster settings come from `settings`. */
   const startFourth = async (name: string, settings: Map<string, string>, clientPort: number, peerPort: number): Promise<{ output: () => string; exited: () => boolean }> => {
     const directory = path.join(home, name);
+    // Each certificate is issued for the member's name (a peer certificate speaks for the member
+    // its CN names), one directory per kind.
     for (const kind of ['server', 'peer'] as const) {
-      const issued = await run(process.execPath, [rampartBin, 'cert', 'issue', kind, `${name}-${kind}`, '--pki-dir', pki, '--san', '127.0.0.1', 'localhost', '--out', directory]);
+      const issued = await run(process.execPath, [rampartBin, 'cert', 'issue', kind, name, '--pki-dir', pki, '--san', '127.0.0.1', 'localhost', '--out', path.join(directory, kind)]);
       expect(issued.code).toBe(0);
     }
     const child = spawn(process.execPath, [
@@ -52,8 +54,8 @@ describe('member add, then start the new member with the printed settings', () =
       '--data-dir', path.join(directory, 'data'),
       '--listen-client-urls', `https://127.0.0.1:${clientPort}`,
       '--listen-peer-urls', `https://127.0.0.1:${peerPort}`,
-      '--cert-file', path.join(directory, `${name}-server.crt`), '--key-file', path.join(directory, `${name}-server.key`), '--trusted-ca-file', path.join(pki, 'ca.crt'),
-      '--peer-cert-file', path.join(directory, `${name}-peer.crt`), '--peer-key-file', path.join(directory, `${name}-peer.key`), '--peer-trusted-ca-file', path.join(pki, 'ca.crt'),
+      '--cert-file', path.join(directory, 'server', `${name}.crt`), '--key-file', path.join(directory, 'server', `${name}.key`), '--trusted-ca-file', path.join(pki, 'ca.crt'),
+      '--peer-cert-file', path.join(directory, 'peer', `${name}.crt`), '--peer-key-file', path.join(directory, 'peer', `${name}.key`), '--peer-trusted-ca-file', path.join(pki, 'ca.crt'),
       '--log-level', 'info',
     ], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';

@@ -275,4 +275,69 @@ describe('rampart up: a secure cluster in one command', () => {
       for (const client of kvs) client.close();
     }
   }, 60_000);
+  it('binds each peer connection to the member its certificate names: a forged sender is dropped', async () => {
+    const cluster = JSON.parse(await readFile(path.join(home, '.rampart', 'cluster.json'), 'utf8')) as { members: { name: string; clientPort: number; peerPort: number }[] };
+    interface Status { Endpoint: string; Status: { header: { cluster_id: string; member_id: string; raft_term: number }; leader: string } }
+    const status = async (): Promise<Status[]> => {
+      const text = (await etcdctlAs(admin(), ['endpoint', 'status', '--cluster', '-w', 'json'])).stdout;
+      // uint64 ids do not fit a JSON number: read them as strings.
+      return JSON.parse(text.replace(/:(\d{10,})/g, ':"$1"')) as Status[];
+    };
+    const byName = async (): Promise<{ leader: string; term: number; clusterId: string; ids: Map<string, string> }> => {
+      const all = await status();
+      const ids = new Map<string, string>();
+      for (const member of cluster.members) {
+        const entry = all.find((candidate) => new URL(candidate.Endpoint).port === String(member.clientPort));
+        ids.set(member.name, BigInt(entry?.Status.header.member_id ?? '0').toString(16));
+      }
+      const first = all[0] as Status;
+      const leaderId = BigInt(first.Status.leader).toString(16);
+      const leader = [...ids].find(([, id]) => id === leaderId)?.[0] ?? '';
+      return { leader, term: Math.max(...all.map((entry) => entry.Status.header.raft_term)), clusterId: BigInt(first.Status.header.cluster_id).toString(16), ids };
+    };
+    const before = await byName();
+    expect(before.leader).not.toBe('');
+    const [follower, third] = cluster.members.filter((member) => member.name !== before.leader);
+    if (follower === undefined || third === undefined) throw new Error('expected three members');
+    const protoLoader = await import('@grpc/proto-loader');
+    const { decodeOptions, protoDirectory } = await import('../../src/api/proto.js');
+    const definition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
+    const Peer = (grpc.loadPackageDefinition(definition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } }).rampart.Peer;
+    // The third member's own peer certificate: valid, a peer certificate, but it names `third`.
+    const thirdHome = path.join(home, '.rampart', third.name);
+    const [ca, key, certificate] = await Promise.all(['ca.crt', 'peer.key', 'peer.crt'].map((name) => readFile(path.join(thirdHome, name))));
+    const peer = new Peer(`127.0.0.1:${follower.peerPort}`, grpc.credentials.createSsl(ca as Buffer, key as Buffer, certificate as Buffer), { 'grpc.use_local_subchannel_pool': 1 }) as unknown as grpc.Client & {
+      Messages(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object>;
+    };
+    const sendTimeoutNow = (from: string, term: number): Promise<string | null> =>
+      new Promise((resolve) => {
+        const stream = peer.Messages((error) => resolve(error === null ? null : error.details));
+        stream.write({ cluster_id: before.clusterId, messages: [{ type: 'timeoutNow', from, to: before.ids.get(follower.name), term }] });
+        stream.end();
+      });
+    const leaderAfter = async (wanted: string, timeoutMs: number): Promise<string> => {
+      const deadline = Date.now() + timeoutMs;
+      let current = '';
+      while (Date.now() < deadline) {
+        current = (await byName()).leader;
+        if (current === wanted) break;
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      }
+      return current;
+    };
+    try {
+      // Claiming to be the leader (a leadership transfer order): dropped, leadership stays.
+      expect(await sendTimeoutNow(before.ids.get(before.leader) ?? '', before.term)).toBe(null);
+      expect(await leaderAfter(follower.name, 3000)).toBe(before.leader);
+      const log = await readFile(path.join(home, '.rampart', follower.name, 'log'), 'utf8');
+      const dropped = log.split('\n').filter((line) => line.includes('dropped raft messages whose sender is not the member named by the peer certificate')).map((line) => JSON.parse(line) as { certificate: string; claimedSender: string; type: string });
+      expect(dropped).toContainEqual(expect.objectContaining({ certificate: third.name, claimedSender: before.ids.get(before.leader), type: 'timeoutNow' }));
+      // The same connection speaking as its own member is heard (so the drop above was the binding).
+      const now = await byName();
+      expect(await sendTimeoutNow(now.ids.get(third.name) ?? '', now.term)).toBe(null);
+      expect(await leaderAfter(follower.name, 10_000)).toBe(follower.name);
+    } finally {
+      peer.close();
+    }
+  }, 60_000);
 });

@@ -119,6 +119,11 @@ describe('member start', () => {
     const openKey = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 10_000 });
     expect(openKey.code).toBe(1);
     expect(openKey.stderr).toContain(`private key ${peer.keyFile} is accessible by group or others (mode 0644); run: chmod 600 ${peer.keyFile}`);
+    // A peer certificate speaks for the member its CN names: one naming another member is refused.
+    await chmod(peer.keyFile, 0o600);
+    const otherName = await run(process.execPath, [rampartBin, ...tlsArgs, '--name', 'm2'], { timeoutMs: 10_000 });
+    expect(otherName.code).toBe(1);
+    expect(otherName.stderr).toContain(`the peer certificate ${peer.certificateFile} names "m1", not this member (--name "m2")`);
     await removeDirectory(home);
   }, 60_000);
 
