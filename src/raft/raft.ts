@@ -355,16 +355,20 @@ export class RaftNode {
   }
 
   /**
-   * The caller took a snapshot of its state at `snapshot.metadata.index` (≤ applied). Entries up to
-   * `compactIndex` (default: the snapshot's index) are dropped; keeping some lets slightly lagging
-   * followers catch up from the log instead of a snapshot.
+   * The caller took a snapshot of its state at `snapshot.metadata.index` (≤ committed). Entries up
+   * to `compactIndex` (default: the snapshot's index) are dropped; keeping some lets slightly
+   * lagging followers catch up from the log instead of a snapshot. The caller may snapshot while it
+   * applies a Ready's entries, before `advance` tells Raft they are applied: entries Raft does not
+   * yet know applied stay (a later compaction drops them), whatever the batch's length.
    */
   compact(snapshot: Snapshot, compactIndex = snapshot.metadata.index): void {
     assert(compactIndex <= snapshot.metadata.index, 'cannot compact past the snapshot');
+    assert(snapshot.metadata.index <= this.log.committed, 'cannot snapshot uncommitted entries');
     if (this.latestSnapshot === undefined || snapshot.metadata.index > this.latestSnapshot.metadata.index) {
       this.latestSnapshot = snapshot;
     }
-    if (compactIndex > this.log.snapshotBoundary.index) this.log.compact(compactIndex);
+    const through = Math.min(compactIndex, this.log.applied);
+    if (through > this.log.snapshotBoundary.index) this.log.compact(through);
   }
 
   /** Index and term of the entry just before the first one in the log. */

@@ -708,11 +708,12 @@ export class Member {
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
     const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: await this.stateRecords() };
-    const compactIndex = Math.max(0, index - this.options.snapshotCatchUpEntries);
-    const compactTerm = this.loop.node.entryTerm(compactIndex);
-    this.loop.node.compact(snapshot, compactIndex);
+    // Raft keeps what it does not yet know applied (this batch, when it is longer than the
+    // catch-up tail); the stored log is compacted exactly as far as Raft's.
+    this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
     this.snapshotIndex = index;
-    if (compactTerm !== undefined && compactIndex > this.logStore.logStart.index) {
+    const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
+    if (compactIndex > this.logStore.logStart.index) {
       await this.logStore.compactThrough(compactIndex, compactTerm);
     }
     this.options.logger.info({ index, compactIndex, bytes: snapshot.data.length }, 'snapshot taken; log compacted');
