@@ -1,11 +1,15 @@
 /**
  * Leases: a TTL that, when it runs out, deletes every key attached to it.
  *
- * Grant and revoke are replicated (applied from the log); keep-alives are not: the leader keeps
- * expiry times in memory and refreshes every lease to its full TTL when it becomes leader (or
- * restarts), as etcd does, so a lease never expires early because of a leader change.
- * Owns: the lease table and key attachments. Never: deletes keys itself (the applier does, in one
- * revision, when a revoke is applied).
+ * Grant and revoke are replicated (applied from the log); keep-alives are not: expiry times live in
+ * the memory of one member, the *primary* lessor. As etcd's lessor: a member becomes primary only
+ * once it leads and has applied every entry committed before its term (so it knows every lease the
+ * previous leader granted), and promotion gives every lease its full TTL plus an election timeout
+ * (a keep-alive the previous leader acknowledged is always covered). Any other lessor keeps no
+ * deadline at all: it never expires a lease and answers no keep-alive. The Raft role alone is not
+ * enough: it flips before the new leader has caught up, and a follower's deadlines are stale.
+ * Owns: the lease table, key attachments, and the primary's deadlines. Never: deletes keys itself
+ * (the applier does, in one revision, when a revoke is applied).
  */
 import { RampartError } from '../errors.js';
 
@@ -20,8 +24,18 @@ export interface Lease {
 export const leaseTtlMinSeconds = 2;
 export const leaseTtlMaxSeconds = 9_000_000_000;
 
+/** What decides whether this member's lessor is primary; see `Lessor.followLeadership`. */
+export interface Leadership {
+  /** The Raft term this member leads, or undefined when it does not lead. */
+  readonly leaderTerm: number | undefined;
+  /** This member has applied an entry of its own leader term (hence everything committed before it). */
+  readonly appliedOwnTerm: boolean;
+}
+
 export class Lessor {
   private readonly leases = new Map<bigint, Lease>();
+  /** The term whose leader promoted this lessor; undefined while not primary. */
+  private primaryTerm: number | undefined;
 
   constructor(private readonly nowMs: () => number) {}
 
@@ -38,7 +52,9 @@ export class Lessor {
       throw new RampartError('LeaseExists');
     }
     const grantedTtlSeconds = Math.max(ttlSeconds, leaseTtlMinSeconds);
-    const lease: Lease = { id, grantedTtlSeconds, expiresAtMs: this.nowMs() + grantedTtlSeconds * 1000, keys: new Set() };
+    // Only the primary keeps deadlines; it starts a new lease's TTL at the grant.
+    const expiresAtMs = this.isPrimary ? this.nowMs() + grantedTtlSeconds * 1000 : Infinity;
+    const lease: Lease = { id, grantedTtlSeconds, expiresAtMs, keys: new Set() };
     this.leases.set(id, lease);
     return lease;
   }
@@ -61,10 +77,41 @@ export class Lessor {
     this.leases.get(id)?.keys.delete(indexKey);
   }
 
-  /** Keep-alive: restarts the lease's full TTL. Returns the TTL in seconds. */
+  get isPrimary(): boolean {
+    return this.primaryTerm !== undefined;
+  }
+
+  /**
+   * Called whenever the Raft role or the applied index may have changed. Demotes when this member
+   * no longer leads the term it was promoted in; promotes once it leads and has caught up.
+   * `extensionMs` (an election timeout) covers keep-alives the previous primary answered until it
+   * learned it was deposed.
+   */
+  followLeadership(leadership: Leadership, extensionMs: number): void {
+    if (this.primaryTerm !== undefined && this.primaryTerm !== leadership.leaderTerm) {
+      this.primaryTerm = undefined;
+      for (const lease of this.leases.values()) lease.expiresAtMs = Infinity;
+    }
+    if (this.primaryTerm === undefined && leadership.leaderTerm !== undefined && leadership.appliedOwnTerm) {
+      this.primaryTerm = leadership.leaderTerm;
+      const now = this.nowMs();
+      for (const lease of this.leases.values()) {
+        lease.expiresAtMs = now + lease.grantedTtlSeconds * 1000 + extensionMs;
+      }
+    }
+  }
+
+  /**
+   * Keep-alive: restarts the lease's full TTL. Returns the TTL in seconds. Only the primary
+   * answers (NoLeader otherwise: the caller retries at the leader); an expired lease is gone, as
+   * in etcd, even before its revoke is applied.
+   */
   renew(id: bigint): number {
+    if (!this.isPrimary) {
+      throw new RampartError('NoLeader');
+    }
     const lease = this.leases.get(id);
-    if (lease === undefined) {
+    if (lease === undefined || lease.expiresAtMs <= this.nowMs()) {
       throw new RampartError('LeaseNotFound');
     }
     lease.expiresAtMs = this.nowMs() + lease.grantedTtlSeconds * 1000;
@@ -77,18 +124,17 @@ export class Lessor {
     if (lease === undefined) {
       return -1;
     }
+    if (lease.expiresAtMs === Infinity) {
+      return lease.grantedTtlSeconds;
+    }
     return Math.max(0, Math.ceil((lease.expiresAtMs - this.nowMs()) / 1000));
   }
 
-  /** On becoming leader: every lease gets its full TTL again. */
-  refreshAll(): void {
-    const now = this.nowMs();
-    for (const lease of this.leases.values()) {
-      lease.expiresAtMs = now + lease.grantedTtlSeconds * 1000;
-    }
-  }
-
+  /** Leases past their deadline; always none unless primary. */
   expired(): bigint[] {
+    if (!this.isPrimary) {
+      return [];
+    }
     const now = this.nowMs();
     const ids: bigint[] = [];
     for (const lease of this.leases.values()) {

@@ -122,6 +122,7 @@ export class Member {
   readonly memberHex: string;
   /** The members an existing member named when this one joined: its first peers, before the log names them. */
   private joinedFrom: ClusterView | undefined;
+  private readonly nowMs: () => number;
 
   private constructor(
     readonly options: MemberOptions,
@@ -132,7 +133,8 @@ export class Member {
     readonly memberId: bigint,
   ) {
     this.memberHex = memberId.toString(16);
-    this.lessor = new Lessor(options.nowMs ?? (() => performance.now()));
+    this.nowMs = options.nowMs ?? (() => performance.now());
+    this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth);
     this.watchHub = new WatchHub(store);
     // Request ids need only be unique among this process's waiters across the cluster's log.
@@ -215,8 +217,8 @@ export class Member {
       clientCredentials: this.options.peerClientCredentials,
       onMessage: (message) => this.loop.step(message),
       onUnreachable: (peer) => node.reportUnreachable(peer),
-      onLeaseRenew: (id) => this.answerLease(id, true),
-      onLeaseTimeToLive: (id) => this.answerLease(id, false),
+      onLeaseRenew: (id) => this.answerLeaseConfirmed(id, true),
+      onLeaseTimeToLive: (id) => this.answerLeaseConfirmed(id, false),
       onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
       ...(this.options.peerTls
         ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate), mayActAs: (certificate: PeerCertificate, from: string) => this.peerMayActAs(certificate, from) }
@@ -456,9 +458,16 @@ export class Member {
     const deadline = Date.now() + this.options.requestTimeoutMs;
     for (;;) {
       this.checkRunning();
-      if (this.loop.isLeader) return this.answerLease(id, renew);
+      this.followLeadership();
       const leader = this.loop.leader;
-      if (leader !== '') {
+      if (this.lessor.isPrimary) {
+        try {
+          return await this.answerLeaseConfirmed(id, renew);
+        } catch (error) {
+          if (!(error instanceof RampartError && (error.code === 'NoLeader' || error.code === 'LeaderChanged'))) throw error;
+        }
+      } else if (leader !== '' && leader !== this.memberHex) {
+        // (A leader still applying its predecessor's entries is not primary yet: wait for it.)
         try {
           return await this.transport.lease(leader, renew ? 'LeaseRenew' : 'LeaseTimeToLive', id, Math.max(100, deadline - Date.now()));
         } catch {
@@ -470,11 +479,36 @@ export class Member {
     }
   }
 
+  /**
+   * As etcd's LeaseRenew: a leader answers only once a quorum has confirmed it still leads (a
+   * ReadIndex round, which also waits until it has applied all it had committed). A deposed leader
+   * that has not heard of its successor (paused, partitioned) would otherwise acknowledge a
+   * keep-alive the new primary never sees, and the lease could expire inside the TTL just promised.
+   * The confirmation covers the answer only while fresh: a successor is elected no sooner than
+   * an election timeout after the quorum last answered, and its deadlines run a further one.
+   */
+  private async answerLeaseConfirmed(id: bigint, renew: boolean): Promise<LeaseAnswer> {
+    this.followLeadership();
+    if (!this.lessor.isPrimary) throw new RampartError('NoLeader');
+    const askedAtMs = this.nowMs();
+    await this.loop.readBarrier();
+    if (this.nowMs() - askedAtMs > this.options.electionMs / 2) throw new RampartError('NoLeader', 'leadership confirmation too old');
+    return this.answerLease(id, renew);
+  }
+
+  /** Only the primary lessor answers (see Lessor); a leader still catching up answers NoLeader, and the caller retries. */
   private answerLease(id: bigint, renew: boolean): LeaseAnswer {
-    if (!this.loop.isLeader) throw new RampartError('NoLeader');
+    this.followLeadership();
+    if (!this.lessor.isPrimary) throw new RampartError('NoLeader');
     const lease = this.lessor.get(id);
     if (lease === undefined) return { found: false, ttl: -1, grantedTtl: 0, keys: [] };
-    const ttl = renew ? this.lessor.renew(id) : this.lessor.remainingSeconds(id);
+    let ttl: number;
+    try {
+      ttl = renew ? this.lessor.renew(id) : this.lessor.remainingSeconds(id);
+    } catch (error) {
+      if (error instanceof RampartError && error.code === 'LeaseNotFound') return { found: false, ttl: -1, grantedTtl: 0, keys: [] };
+      throw error;
+    }
     return { found: true, ttl, grantedTtl: lease.grantedTtlSeconds, keys: [...lease.keys].sort().map(fromIndexKey) };
   }
 
@@ -697,6 +731,7 @@ export class Member {
       this.options.logger.warn('this member has been removed from the cluster; stopping');
       setTimeout(() => this.options.onRemoved?.(), 200).unref();
     }
+    this.followLeadership();
     if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
       await this.takeSnapshot();
     }
@@ -736,10 +771,9 @@ export class Member {
 
   private onSoftState(state: SoftState, previous: SoftState): void {
     if (state.role === 'leader' && previous.role !== 'leader') {
-      // A new leader gives every lease its full TTL: none may expire because leadership moved.
-      this.lessor.refreshAll();
       this.options.logger.info({ term: this.loop.term }, 'became leader');
     }
+    this.followLeadership();
     if (state.leader !== previous.leader) {
       if (state.leader !== '') this.leaderChangesSeen += 1;
       this.options.logger.info({ leader: state.leader, term: this.loop.term }, 'leader changed');
@@ -765,8 +799,20 @@ export class Member {
     }
   }
 
+  /** Promotes or demotes the lessor from the Raft role, term and applied index of this instant. */
+  private followLeadership(): void {
+    const node = this.loop.node;
+    const leaderTerm = node.role === 'leader' ? node.term : undefined;
+    const appliedOwnTerm = leaderTerm !== undefined && node.entryTerm(this.appliedIndexValue) === leaderTerm;
+    this.lessor.followLeadership({ leaderTerm, appliedOwnTerm }, this.options.electionMs);
+  }
+
   private revokeExpiredLeases(): void {
-    if (this.stopped || !this.loop.isLeader) {
+    if (this.stopped) {
+      return;
+    }
+    this.followLeadership();
+    if (!this.lessor.isPrimary) {
       return;
     }
     for (const id of this.lessor.expired()) {

@@ -183,8 +183,8 @@ export interface TransportOptions {
   readonly clientCredentials: grpc.ChannelCredentials;
   readonly onMessage: (message: Message) => void;
   readonly onUnreachable: (peer: NodeId) => void;
-  readonly onLeaseRenew: (id: bigint) => LeaseAnswer;
-  readonly onLeaseTimeToLive: (id: bigint) => LeaseAnswer;
+  readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
+  readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
 }
 
@@ -484,11 +484,9 @@ export class Transport {
   }
 }
 
-function respondLease(answer: () => LeaseAnswer, callback: grpc.sendUnaryData<object>): void {
-  try {
-    const result = answer();
-    callback(null, { found: result.found, ttl: result.ttl, granted_ttl: result.grantedTtl, keys: result.keys });
-  } catch {
-    callback({ code: grpc.status.UNAVAILABLE, details: 'etcdserver: not leader' });
-  }
+function respondLease(answer: () => Promise<LeaseAnswer>, callback: grpc.sendUnaryData<object>): void {
+  answer().then(
+    (result) => callback(null, { found: result.found, ttl: result.ttl, granted_ttl: result.grantedTtl, keys: result.keys }),
+    () => callback({ code: grpc.status.UNAVAILABLE, details: 'etcdserver: not leader' }),
+  );
 }

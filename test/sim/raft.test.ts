@@ -1,5 +1,6 @@
 /**
- * Seeded simulation runs of the Raft core. `RAMPART_SIM_SEEDS=5000 npx vitest run test/sim` runs
+ * Seeded simulation runs of the Raft core, with leases kept alive through leader changes on slow
+ * and stalled disks, and snapshots taken mid-batch with a catch-up tail. `RAMPART_SIM_SEEDS=5000 npx vitest run test/sim` runs
  * more seeds; `RAMPART_SIM_SEED=1234` replays one exactly.
  */
 import { describe, expect, it } from 'vitest';
@@ -22,14 +23,18 @@ function optionsFor(seed: number, overrides: Partial<SimulationOptions> = {}): S
     proposalRate: 0.4,
     readRate: 0.1,
     compactEveryEntries: 40,
+    // 0 compacts right up to the snapshot; more keeps a tail, so a follower may apply a batch longer than it.
+    catchUpEntries: (seed % 3) * 6,
     membershipChanges: false,
+    leaseRate: 0.05,
+    slowDiskRate: (seed % 4) * 0.002,
     ...overrides,
   };
 }
 
 const seeds = onlySeed === undefined ? Array.from({ length: seedCount }, (_, index) => index + 1) : [onlySeed];
 /** The runs are synchronous: the test's time limit grows with the number of seeds asked for. */
-const timeoutMs = Math.max(60_000, seeds.length * 400);
+const timeoutMs = Math.max(120_000, seeds.length * 1000);
 
 describe('Raft under simulated faults', () => {
   it(`keeps every safety invariant and recovers after healing (${seeds.length} seeds)`, () => {
@@ -38,6 +43,7 @@ describe('Raft under simulated faults', () => {
     let reads = 0;
     let crashes = 0;
     let snapshots = 0;
+    const leases = { granted: 0, keepAlives: 0, expired: 0, leaderChanges: 0, slowDisks: 0, longBatchSnapshots: 0 };
     for (const seed of seeds) {
       const result = new Simulation(optionsFor(seed)).run();
       committed += result.committed;
@@ -45,6 +51,12 @@ describe('Raft under simulated faults', () => {
       reads += result.readsServed;
       crashes += result.crashes;
       snapshots += result.snapshotsSent;
+      leases.granted += result.leasesGranted;
+      leases.keepAlives += result.keepAlivesAcknowledged;
+      leases.expired += result.leasesExpired;
+      leases.leaderChanges += result.leaderChangesUnderLeases;
+      leases.slowDisks += result.slowDisks;
+      leases.longBatchSnapshots += result.longBatchSnapshots;
     }
     // The runs must have exercised what they claim to.
     expect(committed).toBeGreaterThan(seeds.length * 50);
@@ -53,7 +65,15 @@ describe('Raft under simulated faults', () => {
     if (seeds.length >= 20) {
       expect(crashes).toBeGreaterThan(0);
       expect(snapshots).toBeGreaterThan(0);
+      // Each fault the lease and catch-up invariants are about was met, many times.
+      expect(leases.leaderChanges).toBeGreaterThan(seeds.length);
+      expect(leases.keepAlives).toBeGreaterThan(seeds.length * 10);
+      expect(leases.expired).toBeGreaterThan(0);
+      expect(leases.slowDisks).toBeGreaterThan(seeds.length / 4);
+      expect(leases.longBatchSnapshots).toBeGreaterThan(0);
     }
+    expect(leases.granted).toBeGreaterThan(seeds.length);
+    console.log(`simulation: ${JSON.stringify({ seeds: seeds.length, committed, leaders, reads, crashes, snapshots, ...leases })}`);
   }, timeoutMs);
 
   it(`stays safe while members are added, promoted and removed (${Math.ceil(seeds.length / 4)} seeds)`, () => {

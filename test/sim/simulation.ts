@@ -1,10 +1,20 @@
 /**
  * A deterministic simulation of a Raft cluster: the real core (`src/raft`) over a simulated network
  * that drops, duplicates, delays, reorders and partitions messages, and simulated disks that keep
- * only what a Ready said to persist when a node crashes. Everything random comes from one seed, so a
- * failing seed replays exactly. Safety invariants are checked after every step.
+ * only what a Ready said to persist when a node crashes, and that turn slow or stall for a while
+ * (a follower then falls far behind; a leader's role flips long before its fsync returns).
+ * Everything random comes from one seed, so a failing seed replays exactly. Safety invariants are
+ * checked after every step.
+ *
+ * The state machine holds leases too, with the member's real `Lessor` on each node: clients grant
+ * leases, keep them alive at whichever node leads, and the primary lessor proposes revokes when
+ * deadlines pass. The lease invariant: no lease is revoked while a keep-alive acknowledged within
+ * its TTL still covers it, and a primary never answers "not found" for a live lease. Snapshots are
+ * taken while a batch is being applied and keep `catchUpEntries` behind them, as the member does.
  */
+import { RampartError } from '../../src/errors.js';
 import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
+import { Lessor } from '../../src/server/lessor.js';
 import type { ConfigurationChange, ConfigurationState, Entry, HardState, Message, NodeId, Ready, Snapshot } from '../../src/raft/types.js';
 
 /** mulberry32: small, fast, and good enough for fault schedules. */
@@ -32,12 +42,27 @@ export interface SimulationOptions {
   readonly proposalRate: number;
   readonly readRate: number;
   readonly compactEveryEntries: number;
+  /** Entries a snapshot keeps in the log behind it (the member's --snapshot-catch-up-entries). */
+  readonly catchUpEntries: number;
   readonly membershipChanges: boolean;
+  /** Per step: a client grants a lease (at most `leasesMax` live). */
+  readonly leaseRate: number;
+  /** Per step: one node's disk turns slow (every write takes many steps) for a while. */
+  readonly slowDiskRate: number;
 }
+
+/** One tick is 100 ms of a node's clock: an election timeout of 10 ticks is the member's 1 s. */
+const tickMs = 100;
+const leasesMax = 6;
+const leaseTtlSeconds = 2;
+/** A lease's TTL in steps; a node's clock runs at most one tick per step, never faster. */
+const leaseTtlSteps = (leaseTtlSeconds * 1000) / tickMs;
 
 interface Disk {
   hardState: HardState;
   snapshot: Snapshot | undefined;
+  /** Index and term just before `entries` (a snapshot may keep a tail of entries behind it). */
+  logStart: { index: number; term: number };
   entries: Entry[];
 }
 
@@ -46,6 +71,20 @@ interface StateMachine {
   /** Applied data, in order (index → data), since the beginning of time. */
   values: Map<number, string>;
   configuration: ConfigurationState;
+  /** Live leases: id → TTL in seconds (replicated like the member's lease records). */
+  leases: Map<string, number>;
+  /** Index of the latest snapshot taken. */
+  snapshotIndex: number;
+}
+
+/** What the clients know of one lease. */
+interface ClientLease {
+  /** The last step a keep-alive (or the grant) was acknowledged. */
+  lastAck: number;
+  /** Who acknowledged it (a grant: the first node to apply it). */
+  lastAckBy: string;
+  nextKeepAlive: number;
+  gone: boolean;
 }
 
 interface SimNode {
@@ -54,12 +93,22 @@ interface SimNode {
   readonly tickRate: number;
   /** Paused (as by SIGSTOP) until this step: no ticks, no messages handled. */
   pausedUntil: number;
-  /** A leader's Ready whose messages went out while its fsync is still in flight. */
-  inFlightReady: { ready: Ready; completeAt: number } | undefined;
+  /** A Ready whose fsync is still in flight (a leader's messages already went out). */
+  inFlightReady: { ready: Ready; completeAt: number; sent: boolean } | undefined;
+  /** While the disk is slow, each write takes up to `slowWriteStepsMax` steps. */
+  diskSlowUntil: number;
+  slowWriteStepsMax: number;
+  /** The node's clock (it runs while paused, as a process's clock does under SIGSTOP). */
+  readonly clockRate: number;
+  lessor: Lessor;
+  /** Revokes this node proposed: lease id → step, so a lease is not proposed every step. */
+  readonly revoking: Map<string, number>;
   raft: RaftNode | undefined;
   readonly disk: Disk;
   machine: StateMachine;
   readonly pendingReads: Map<string, number>;
+  /** Keep-alives waiting for the quorum to confirm this node still leads: context → lease and step asked. */
+  readonly pendingKeepAlives: Map<string, { lease: string; askedAt: number }>;
 }
 
 interface InFlight {
@@ -80,6 +129,14 @@ export interface SimulationResult {
   readonly readsServed: number;
   readonly crashes: number;
   readonly snapshotsSent: number;
+  readonly leasesGranted: number;
+  readonly keepAlivesAcknowledged: number;
+  readonly leasesExpired: number;
+  readonly slowDisks: number;
+  /** Elections won while clients kept leases alive. */
+  readonly leaderChangesUnderLeases: number;
+  /** Snapshots taken while applying a batch longer than the catch-up tail (what crashed bug 2). */
+  readonly longBatchSnapshots: number;
 }
 
 export class Simulation {
@@ -101,22 +158,32 @@ export class Simulation {
   /** Where each proposed value was applied (the same index everywhere, by state machine safety). */
   private readonly indexOfValue = new Map<string, number>();
   private highestCommitted = 0;
-  private readonly stats = { leadersElected: 0, readsServed: 0, crashes: 0, snapshotsSent: 0 };
+  private readonly stats = { leadersElected: 0, readsServed: 0, crashes: 0, snapshotsSent: 0, leasesGranted: 0, keepAlivesAcknowledged: 0, leasesExpired: 0, slowDisks: 0, leaderChangesUnderLeases: 0, longBatchSnapshots: 0 };
+  private leaseSequence = 0;
+  private readonly clientLeases = new Map<string, ClientLease>();
+  private readonly revokedLeases = new Set<string>();
 
   constructor(private readonly options: SimulationOptions) {
     this.random = seededRandom(options.seed);
     const ids = Array.from({ length: options.nodes }, (_, index) => `n${index + 1}`);
     const configuration: ConfigurationState = { voters: options.membershipChanges ? ids.slice(0, 3) : ids, learners: [] };
     for (const id of ids) {
+      const tickRate = 0.5 + this.random() * 0.5;
       const node: SimNode = {
         id,
-        tickRate: 0.5 + this.random() * 0.5,
+        tickRate,
         pausedUntil: 0,
         inFlightReady: undefined,
+        diskSlowUntil: 0,
+        slowWriteStepsMax: 0,
+        clockRate: tickRate,
+        lessor: new Lessor(() => 0),
+        revoking: new Map(),
         raft: undefined,
-        disk: { hardState: { term: 0, vote: '', commit: 0 }, snapshot: undefined, entries: [] },
-        machine: { applied: 0, values: new Map(), configuration },
+        disk: { hardState: { term: 0, vote: '', commit: 0 }, snapshot: undefined, logStart: { index: 0, term: 0 }, entries: [] },
+        machine: { applied: 0, values: new Map(), configuration, leases: new Map(), snapshotIndex: 0 },
         pendingReads: new Map(),
+        pendingKeepAlives: new Map(),
       };
       this.nodes.push(node);
       this.start(node);
@@ -133,13 +200,24 @@ export class Simulation {
       {
         hardState: node.disk.hardState,
         snapshot: node.disk.snapshot,
+        logStart: node.disk.logStart,
         entries: node.disk.entries,
         configuration: node.machine.configuration,
         applied: node.machine.applied,
       },
     );
     node.pendingReads.clear();
+    node.pendingKeepAlives.clear();
     node.inFlightReady = undefined;
+    node.revoking.clear();
+    node.lessor = this.lessorFor(node);
+  }
+
+  /** A fresh process's lessor, loaded from the state machine (as the member loads its leases). */
+  private lessorFor(node: SimNode): Lessor {
+    const lessor = new Lessor(() => this.now * node.clockRate * tickMs);
+    for (const [id, ttl] of node.machine.leases) lessor.grant(BigInt(id), ttl);
+    return lessor;
   }
 
   private chance(probability: number): boolean {
@@ -173,8 +251,9 @@ export class Simulation {
     for (const node of this.nodes) {
       if (node.raft === undefined) this.start(node);
       node.pausedUntil = 0;
+      node.diskSlowUntil = 0;
     }
-    const healed = { ...this.options, dropRate: 0, duplicateRate: 0, crashRate: 0 };
+    const healed = { ...this.options, dropRate: 0, duplicateRate: 0, crashRate: 0, slowDiskRate: 0, leaseRate: 0 };
     // Like a client, retry the probe write until it is applied: an uncommitted entry may be lost
     // to a leader change, which Raft allows.
     let probe: string | undefined;
@@ -224,6 +303,15 @@ export class Simulation {
       const victim = this.pick(this.live());
       if (victim !== undefined) victim.pausedUntil = this.now + 10 + Math.floor(this.random() * 50);
     }
+    if (this.chance(this.options.slowDiskRate)) {
+      const victim = this.pick(this.nodes);
+      if (victim !== undefined) {
+        // Mostly slow (an fsync of tens of steps: a few seconds), sometimes stalled for much longer.
+        victim.diskSlowUntil = this.now + 50 + Math.floor(this.random() * 250);
+        victim.slowWriteStepsMax = this.chance(0.2) ? 150 : 5 + Math.floor(this.random() * 30);
+        this.stats.slowDisks += 1;
+      }
+    }
     if (this.chance(this.options.partitionRate)) {
       if (this.partition === undefined) {
         const side = new Set(this.nodes.filter(() => this.chance(0.5)).map((node) => node.id));
@@ -264,6 +352,7 @@ export class Simulation {
       if (node?.raft?.readIndex(context)) node.pendingReads.set(context, this.highestCommitted);
     }
     if (options.membershipChanges && this.chance(0.01)) this.changeMembership();
+    this.leaseTraffic(running, options);
     for (const node of this.live()) if (running(node.id)) this.handleReady(node, options);
     this.checkInvariants();
   }
@@ -289,30 +378,36 @@ export class Simulation {
     for (;;) {
       let ready: Ready;
       if (node.inFlightReady !== undefined) {
-        // The leader's fsync finishes some steps after its messages left; messages keep arriving meanwhile.
+        // The fsync finishes some steps later; messages keep arriving (and the role may flip) meanwhile.
         if (node.inFlightReady.completeAt > this.now) return;
         ready = node.inFlightReady.ready;
+        const sent = node.inFlightReady.sent;
         node.inFlightReady = undefined;
         this.persist(node, ready);
+        if (!sent) for (const message of ready.messages) this.sendMessage(message, options);
       } else {
         if (!raft.hasReady()) return;
         ready = raft.ready();
-        if (ready.softState.role === 'leader' && ready.entries.length > 0) {
-          for (const message of ready.messages) this.sendMessage(message, options);
-          node.inFlightReady = { ready, completeAt: this.now + Math.floor(this.random() * 3) };
+        const leading = ready.softState.role === 'leader';
+        // A leader's messages go out before its own fsync; anyone else's only after it.
+        if (leading) for (const message of ready.messages) this.sendMessage(message, options);
+        const writeSteps = this.writeSteps(node, ready);
+        if (writeSteps > 0) {
+          node.inFlightReady = { ready, completeAt: this.now + writeSteps, sent: leading };
           continue;
         }
-        if (ready.softState.role === 'leader') {
-          for (const message of ready.messages) this.sendMessage(message, options);
-          this.persist(node, ready);
-        } else {
-          this.persist(node, ready);
-          for (const message of ready.messages) this.sendMessage(message, options);
-        }
+        this.persist(node, ready);
+        if (!leading) for (const message of ready.messages) this.sendMessage(message, options);
       }
       this.apply(node, ready);
       raft.advance(ready);
       for (const read of ready.readStates) {
+        const keepAlive = node.pendingKeepAlives.get(read.context);
+        if (keepAlive !== undefined) {
+          node.pendingKeepAlives.delete(read.context);
+          this.answerKeepAlive(node, keepAlive.lease, keepAlive.askedAt, read.index);
+          continue;
+        }
         const required = node.pendingReads.get(read.context);
         if (required === undefined) continue;
         node.pendingReads.delete(read.context);
@@ -323,13 +418,21 @@ export class Simulation {
       if (raft.role === 'leader' && this.leaderOfTerm.get(raft.term) !== node.id) {
         this.onLeader(node);
       }
-      this.maybeCompact(node);
     }
+  }
+
+  /** Steps a Ready's fsync takes: a leader's log write a few; anything while the disk is slow, many. */
+  private writeSteps(node: SimNode, ready: Ready): number {
+    let steps = ready.softState.role === 'leader' && ready.entries.length > 0 ? Math.floor(this.random() * 3) : 0;
+    const writes = ready.entries.length > 0 || ready.hardState !== undefined || ready.snapshot !== undefined;
+    if (writes && node.diskSlowUntil > this.now) steps += 1 + Math.floor(this.random() * node.slowWriteStepsMax);
+    return steps;
   }
 
   private persist(node: SimNode, ready: Ready): void {
     if (ready.snapshot !== undefined) {
       node.disk.snapshot = ready.snapshot;
+      node.disk.logStart = { index: ready.snapshot.metadata.index, term: ready.snapshot.metadata.term };
       node.disk.entries = [];
     }
     if (ready.entries.length > 0) {
@@ -351,8 +454,12 @@ export class Simulation {
     const raft = node.raft;
     if (raft === undefined) return;
     if (ready.snapshot !== undefined) {
-      const restored = JSON.parse(ready.snapshot.data.toString()) as { values: [number, string][]; configuration: ConfigurationState };
-      node.machine = { applied: ready.snapshot.metadata.index, values: new Map(restored.values), configuration: restored.configuration };
+      const restored = JSON.parse(ready.snapshot.data.toString()) as { values: [number, string][]; configuration: ConfigurationState; leases: [string, number][] };
+      const index = ready.snapshot.metadata.index;
+      node.machine = { applied: index, values: new Map(restored.values), configuration: restored.configuration, leases: new Map(restored.leases), snapshotIndex: index };
+      // As the member reloads its state machine: the same lessor, its leases replaced.
+      node.lessor.clear();
+      for (const [id, ttl] of node.machine.leases) node.lessor.grant(BigInt(id), ttl);
     }
     for (const entry of ready.committedEntries) {
       if (entry.index !== node.machine.applied + 1) throw this.violation(`${node.id} applies ${entry.index} after ${node.machine.applied}`);
@@ -365,24 +472,125 @@ export class Simulation {
       node.machine.applied = entry.index;
       if (entry.type === 'configurationChange') {
         node.machine.configuration = raft.applyConfigurationChange(JSON.parse(entry.data.toString()) as ConfigurationChange);
+      } else {
+        this.applyLeaseEntry(node, data);
+      }
+    }
+    // As the member: a snapshot is taken while the batch is applied, before Raft hears of it.
+    if (ready.committedEntries.length > 0 && node.machine.applied - node.machine.snapshotIndex >= this.options.compactEveryEntries) {
+      if (this.options.catchUpEntries > 0 && ready.committedEntries.length > this.options.catchUpEntries) this.stats.longBatchSnapshots += 1;
+      this.takeSnapshot(node);
+    }
+  }
+
+  private applyLeaseEntry(node: SimNode, data: string): void {
+    const [kind, id = '', argument = '', proposer = ''] = data.split(':');
+    if (kind === 'g') {
+      // A forwarded proposal duplicated by the network commits twice; the applier refuses the second.
+      if (node.machine.leases.has(id) || this.revokedLeases.has(id)) return;
+      const ttl = Number(argument);
+      node.machine.leases.set(id, ttl);
+      node.lessor.grant(BigInt(id), ttl);
+      if (!this.clientLeases.has(id)) {
+        // The client's TTL starts at the first answer to its grant.
+        this.clientLeases.set(id, { lastAck: this.now, lastAckBy: node.id, nextKeepAlive: this.now + 1, gone: false });
+        this.stats.leasesGranted += 1;
+      }
+    } else if (kind === 'v') {
+      if (node.machine.leases.delete(id)) node.lessor.revoke(BigInt(id));
+      this.revokedLeases.add(id);
+      const client = this.clientLeases.get(id);
+      if (client !== undefined && !client.gone) {
+        const proposedAt = Number(argument);
+        if (client.lastAck + leaseTtlSteps > proposedAt) {
+          throw this.violation(`lease ${id} revoked (proposed at step ${proposedAt} by ${proposer}, applied by ${node.id} at term ${node.raft?.term}) though a keep-alive at step ${client.lastAck} by ${client.lastAckBy} covers it for ${leaseTtlSteps} steps`);
+        }
+        client.gone = true;
+        this.stats.leasesExpired += 1;
       }
     }
   }
 
-  private maybeCompact(node: SimNode): void {
+  private takeSnapshot(node: SimNode): void {
     const raft = node.raft;
     if (raft === undefined) return;
     const applied = node.machine.applied;
-    if (applied - raft.firstIndex + 1 < this.options.compactEveryEntries) return;
     const term = raft.entryTerm(applied);
     if (term === undefined) return;
     const snapshot: Snapshot = {
       metadata: { index: applied, term, configuration: node.machine.configuration },
-      data: Buffer.from(JSON.stringify({ values: [...node.machine.values], configuration: node.machine.configuration })),
+      data: Buffer.from(JSON.stringify({ values: [...node.machine.values], configuration: node.machine.configuration, leases: [...node.machine.leases] })),
     };
-    raft.compact(snapshot);
+    raft.compact(snapshot, Math.max(0, applied - this.options.catchUpEntries));
+    node.machine.snapshotIndex = applied;
     node.disk.snapshot = snapshot;
-    node.disk.entries = node.disk.entries.filter((entry) => entry.index > applied);
+    node.disk.logStart = raft.logStart;
+    node.disk.entries = node.disk.entries.filter((entry) => entry.index > node.disk.logStart.index);
+  }
+
+  /** The member's rule (`Member.followLeadership`): primary once leading and caught up with its own term. */
+  private followLeadership(node: SimNode): void {
+    const raft = node.raft;
+    if (raft === undefined) return;
+    const leaderTerm = raft.role === 'leader' ? raft.term : undefined;
+    const appliedOwnTerm = leaderTerm !== undefined && raft.entryTerm(node.machine.applied) === leaderTerm;
+    node.lessor.followLeadership({ leaderTerm, appliedOwnTerm }, defaultRaftConfig.electionTicks * tickMs);
+  }
+
+  /** `Member.answerLease` once the quorum confirmed the leadership: `readIndex` was committed when the keep-alive was asked. */
+  private answerKeepAlive(node: SimNode, id: string, askedAt: number, readIndex: number): void {
+    const raft = node.raft;
+    const lease = this.clientLeases.get(id);
+    if (raft === undefined || lease === undefined || lease.gone) return;
+    this.followLeadership(node);
+    // Confirmed leadership covers an answer only for a while (the member's leaseConfirmationAgeMax).
+    const confirmedAgeMs = (this.now - askedAt) * node.clockRate * tickMs;
+    if (!node.lessor.isPrimary || node.machine.applied < readIndex || confirmedAgeMs > (defaultRaftConfig.electionTicks * tickMs) / 2) return;
+    if (!node.lessor.has(BigInt(id))) {
+      throw this.violation(`primary ${node.id} (term ${raft.term}, applied ${node.machine.applied}) does not know live lease ${id}`);
+    }
+    try {
+      node.lessor.renew(BigInt(id));
+      lease.lastAck = this.now;
+      lease.lastAckBy = `${node.id} (term ${raft.term})`;
+      lease.nextKeepAlive = this.now + Math.floor(leaseTtlSteps / 4);
+      this.stats.keepAlivesAcknowledged += 1;
+    } catch (error) {
+      if (!(error instanceof RampartError && error.code === 'LeaseNotFound')) throw error;
+      lease.gone = true;
+    }
+  }
+
+  /** Clients grant leases and keep them alive at the leader; primaries revoke what expired. */
+  private leaseTraffic(running: (id: NodeId) => boolean, options: SimulationOptions): void {
+    const runningNodes = this.live().filter((node) => running(node.id));
+    const liveLeases = [...this.clientLeases.values()].filter((lease) => !lease.gone).length;
+    if (liveLeases < leasesMax && this.chance(options.leaseRate)) {
+      const node = this.pick(runningNodes);
+      if (node?.raft?.propose(Buffer.from(`g:${this.leaseSequence + 1}:${leaseTtlSeconds}`))) this.leaseSequence += 1;
+    }
+    for (const [id, lease] of this.clientLeases) {
+      if (lease.gone || lease.nextKeepAlive > this.now) continue;
+      // Retried every few steps until acknowledged.
+      lease.nextKeepAlive = this.now + 3;
+      // A follower forwards a keep-alive to the node it believes leads.
+      const leader = this.pick(runningNodes.filter((node) => node.raft?.role === 'leader'));
+      if (leader === undefined || leader.raft === undefined) continue;
+      this.followLeadership(leader);
+      if (!leader.lessor.isPrimary) continue;
+      // As the member (and etcd's LeaseRenew): the quorum first confirms this node still leads.
+      const context = `k${++this.readSequence}`;
+      if (leader.raft.readIndex(context)) leader.pendingKeepAlives.set(context, { lease: id, askedAt: this.now });
+    }
+    for (const node of runningNodes) {
+      this.followLeadership(node);
+      for (const id of node.lessor.expired()) {
+        const key = id.toString();
+        const proposed = node.revoking.get(key);
+        if (proposed !== undefined && this.now - proposed < 20) continue;
+        if (node.raft?.propose(Buffer.from(`v:${key}:${this.now}:${node.id}`))) node.revoking.set(key, this.now);
+      }
+    }
   }
 
   private onLeader(node: SimNode): void {
@@ -392,6 +600,7 @@ export class Simulation {
     if (existing !== undefined && existing !== node.id) throw this.violation(`election safety: ${existing} and ${node.id} both lead term ${raft.term}`);
     this.leaderOfTerm.set(raft.term, node.id);
     this.stats.leadersElected += 1;
+    if ([...this.clientLeases.values()].some((lease) => !lease.gone)) this.stats.leaderChangesUnderLeases += 1;
     // Leader completeness: a new leader holds every committed entry.
     for (const [index, committed] of this.committedAt) {
       if (index < raft.firstIndex) continue;
