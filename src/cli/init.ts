@@ -6,11 +6,12 @@
  * CA. Copy `<out>/<name>/` to its host; keep `<out>/pki/ca/` offline.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { initAuthority, issueCertificate, writeKeyPair } from '../pki/authority.js';
+import { crlFileName, writeRevocationList } from '../pki/revocation.js';
 import { FileKekProvider } from '../encryption/kek-file.js';
 
 export interface InitOptions {
@@ -37,6 +38,9 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
   const token = `rampart-${randomBytes(6).toString('hex')}`;
   const { authority } = await initAuthority(pki, token);
   await writeKeyPair(pki, 'admin', await issueCertificate(authority, { kind: 'client', commonName: 'root' }));
+  // Each bundle's rampart.yaml names crl.pem: it starts as the CA's empty CRL (number 1);
+  // `rampart cert revoke --pki-dir <out>/pki` writes the next one, to copy to every host.
+  const crlFile = await writeRevocationList(pki);
   const urlHost = (host: string): string => (isIP(host) === 6 ? `[${host}]` : host);
   const initialCluster = members.map((member) => `${member.name}=https://${urlHost(member.host)}:${options.peerPort}`).join(',');
   for (const member of members) {
@@ -46,6 +50,7 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
     await writeKeyPair(bundle, 'server', await issueCertificate(authority, { kind: 'server', commonName: member.name, subjectAltNames: sans }));
     await writeKeyPair(bundle, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: member.name, subjectAltNames: sans }));
     await writeFile(path.join(bundle, 'ca.crt'), authority.certificatePem);
+    await copyFile(crlFile, path.join(bundle, crlFileName));
     // The member's key-encryption key: keep it with the certificates, outside the data directory.
     await FileKekProvider.ensure(path.join(bundle, 'encryption.key'));
     const config = {

@@ -16,7 +16,7 @@ import { restoreSnapshot } from './snapshot.js';
 import { startProgress } from './progress.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
-import { RevocationList, crlFileName, revoke } from '../pki/revocation.js';
+import { RevocationList, crlFileName, crlNumberFileName, revoke } from '../pki/revocation.js';
 import { checkPrivate, ensurePrivateDirectory } from '../storage/private-files.js';
 import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
@@ -268,7 +268,12 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
   // Checked before anything starts: a broken bootstrap policy is a configuration error.
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
-  const revocations = flags.crlFile === undefined ? undefined : await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs);
+  let revocations: RevocationList | undefined;
+  if (flags.crlFile !== undefined) {
+    // The highest CRL number accepted lives with the member's data, so a restart keeps refusing older CRLs.
+    await ensurePrivateDirectory(flags.dataDir, 'data directory');
+    revocations = await RevocationList.open(flags.crlFile, [flags.trustedCaFile as string, flags.peerTrustedCaFile as string], logger, flags.certificateReloadIntervalMs, path.join(flags.dataDir, crlNumberFileName));
+  }
   const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
   const keyProvider = await keyProviderFor(flags, logger);
   const member = await Member.open({
@@ -491,19 +496,23 @@ cert
   .command('revoke <certificate>')
   .description('revoke a certificate (NAME in the PKI directory, or a file); members refuse it from the next call')
   .option('--pki-dir <dir>', 'PKI directory (the CA is read from <dir>/ca)', '.rampart/pki')
-  .option('--dir <dir>', 'a `rampart up` cluster directory: use its PKI and hand the CRL to its members')
+  .option('--dir <dir>', 'a `rampart up` cluster directory: use its PKI and hand the CRL to its members (the default when the PKI directory is one\'s pki/)')
   .action(async (certificate: string, flags: { pkiDir: string; dir?: string }) => {
     const pkiDir = flags.dir === undefined ? flags.pkiDir : path.join(flags.dir, 'pki');
+    // A PKI directory inside a `rampart up` directory: its members read <dir>/mN/crl.pem, so they get it too.
+    const clusterDir = flags.dir ?? (existsSync(path.join(pkiDir, '..', 'cluster.json')) ? path.dirname(path.resolve(pkiDir)) : undefined);
     const file = certificate.endsWith('.crt') || certificate.includes('/') ? certificate : path.join(pkiDir, `${certificate}.crt`);
     const { serialNumber, crlFile } = await revoke(pkiDir, file).catch(fail);
     print(`revoked serial ${serialNumber}; CRL written to ${crlFile}`);
-    if (flags.dir !== undefined) {
-      const cluster = JSON.parse(await readTextFile(path.join(flags.dir, 'cluster.json'), 'utf8')) as { members: { name: string }[] };
+    if (clusterDir !== undefined) {
+      const cluster = JSON.parse(await readTextFile(path.join(clusterDir, 'cluster.json'), 'utf8')) as { members: { name: string }[] };
       for (const member of cluster.members) {
-        await copyFile(crlFile, path.join(flags.dir, member.name, `${crlFileName}.tmp`));
-        await rename(path.join(flags.dir, member.name, `${crlFileName}.tmp`), path.join(flags.dir, member.name, crlFileName));
+        await copyFile(crlFile, path.join(clusterDir, member.name, `${crlFileName}.tmp`));
+        await rename(path.join(clusterDir, member.name, `${crlFileName}.tmp`), path.join(clusterDir, member.name, crlFileName));
       }
       print(`handed the CRL to ${cluster.members.map((member) => member.name).join(', ')}`);
+    } else {
+      print(`copy ${crlFile} to every member's --crl-file`);
     }
   });
 cert

@@ -51,6 +51,11 @@ function pem(label: string, der: ArrayBuffer): string {
   return `-----BEGIN ${label}-----\n${base64}${base64.endsWith('\n') ? '' : '\n'}-----END ${label}-----\n`;
 }
 
+/** Normalized serial: upper-case hex without leading zeros (Node and x509 print them differently); printed so everywhere. */
+export function normalizeSerial(serial: string): string {
+  return serial.replace(/[^0-9a-f]/gi, '').toUpperCase().replace(/^0+(?=.)/, '');
+}
+
 function serialNumber(): string {
   const bytes = randomBytes(16);
   bytes[0] = (bytes[0] ?? 0) & 0x7f; // positive
@@ -203,7 +208,7 @@ export async function listCertificates(pkiDirectory: string): Promise<Certificat
       const file = path.join(directory, name);
       if (directory === pkiDirectory && name === 'ca.crt') continue;
       const certificate = new NodeX509Certificate(await readFile(file));
-      summaries.push({ file, subject: certificate.subject.replace(/\n/g, ', '), subjectAltNames: certificate.subjectAltName ?? '', notAfter: new Date(certificate.validTo), serialNumber: certificate.serialNumber });
+      summaries.push({ file, subject: certificate.subject.replace(/\n/g, ', '), subjectAltNames: certificate.subjectAltName ?? '', notAfter: new Date(certificate.validTo), serialNumber: normalizeSerial(certificate.serialNumber) });
     }
   }
   return summaries;

@@ -11,6 +11,7 @@ import { X509Certificate, createPrivateKey, createPublicKey } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises';
 import type { experimental } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { normalizeSerial } from './authority.js';
 
 type CertificateProvider = experimental.CertificateProvider;
 type CaListener = experimental.CaCertificateUpdateListener;
@@ -126,7 +127,7 @@ export class ReloadingCertificateProvider implements CertificateProvider {
       this.lastSeen = seen;
       this.material = material;
       this.reloads += 1;
-      this.logger.info({ certificate: this.files.certificateFile, serial: material.leaf.serialNumber, expires: material.leaf.validTo, use: this.label }, 'reloaded certificates');
+      this.logger.info({ certificate: this.files.certificateFile, serial: normalizeSerial(material.leaf.serialNumber), expires: material.leaf.validTo, use: this.label }, 'reloaded certificates');
       this.warnIfExpiring();
       for (const listener of this.caListeners) listener({ caCertificate: material.caBundle });
       for (const listener of this.identityListeners) listener({ certificate: material.certificate, privateKey: material.privateKey });

@@ -40,7 +40,7 @@ describe('rampart init', () => {
     expect(result.code).toBe(0);
     expect((await readdir(out)).sort()).toEqual(['a', 'b', 'pki']);
     for (const name of ['a', 'b']) {
-      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
+      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'crl.pem', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
       expect((await stat(path.join(out, name, 'server.key'))).mode & 0o777).toBe(0o600);
       expect((await stat(path.join(out, name, 'encryption.key'))).mode & 0o777).toBe(0o600);
       expect(existsSync(path.join(out, name, 'ca.key'))).toBe(false);
@@ -105,6 +105,10 @@ describe('rampart init', () => {
     await writeFile(path.join(out, 'bad.yaml'), 'roles:\n  - name: r\n    grants:\n      - { prefix: /x/, access: sometimes }\n');
     const config = path.join(out, 'a', 'rampart.yaml');
     const bundle = (file: string): string => path.join(out, 'a', file);
+    // Each bundle holds the crl.pem its rampart.yaml names: the CA's CRL, readable by OpenSSL.
+    const crl = await run('openssl', ['crl', '-in', bundle('crl.pem'), '-noout', '-text']);
+    expect(crl.code, crl.stderr).toBe(0);
+    expect(crl.stdout).toContain('No Revoked Certificates');
     const tls = ['--cert-file', bundle('server.crt'), '--key-file', bundle('server.key'), '--trusted-ca-file', bundle('ca.crt'), '--peer-cert-file', bundle('peer.crt'), '--peer-key-file', bundle('peer.key'), '--peer-trusted-ca-file', bundle('ca.crt'), '--crl-file', bundle('crl.pem')];
     const refused = await run(process.execPath, [rampartBin, 'serve', '--config-file', config, ...tls, '--bootstrap-policies', path.join(out, 'bad.yaml')]);
     expect(refused.code).toBe(1);

@@ -164,17 +164,46 @@ describe('rampart up: a secure cluster in one command', () => {
       new Promise((resolve) => open.makeUnaryRequest('/etcdserverpb.Maintenance/Status', (value: Buffer) => value, (value: Buffer) => value, Buffer.alloc(0), (error) => resolve(error === null ? null : { code: error.code, details: error.details })));
     expect(await ping()).toBe(null);
 
-    const revoked = await run(process.execPath, [rampartBin, 'cert', 'revoke', 'alice', '--dir', path.join(home, '.rampart')]);
+    // Only the PKI directory is named: it is a `rampart up` one, so the members get the CRL too.
+    const revoked = await run(process.execPath, [rampartBin, 'cert', 'revoke', 'alice', '--pki-dir', pki]);
     expect(revoked.stdout).toMatch(/^revoked serial [0-9A-F]+; CRL written to .*crl\.pem\nhanded the CRL to m1, m2, m3\n$/);
+    const serial = /revoked serial ([0-9A-F]+)/.exec(revoked.stdout)?.[1] ?? '';
+    const listed = await run(process.execPath, [rampartBin, 'cert', 'list', '--pki-dir', pki]);
+    expect(listed.stdout).toContain(`serial ${serial}\n`);
+    // The standard PEM label: OpenSSL reads the members' CRL, numbered, with the serial printed as we do.
+    const openssl = await run('openssl', ['crl', '-in', path.join(home, '.rampart', 'm1', 'crl.pem'), '-noout', '-text']);
+    expect(openssl.code).toBe(0);
+    expect(openssl.stdout).toMatch(/X509v3 CRL Number: \n\s+\d+/);
+    expect(openssl.stdout.replace(/:/g, '')).toMatch(new RegExp(`Serial Number 0*${serial}\\b`));
     await new Promise((resolve) => setTimeout(resolve, 2500));
     const refused = await etcdctlAs(alice, ['get', 'by']);
     expect(refused.stderr).toContain('Error: rpc error: code = Unauthenticated desc = rampart: certificate revoked');
     expect(await ping()).toEqual({ code: grpc.status.UNAUTHENTICATED, details: 'rampart: certificate revoked' });
     open.close();
     expect((await etcdctlAs(admin(), ['get', 'by', '--print-value-only'])).stdout).toBe('alice\n');
-    const log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
+    let log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
     expect(log).toContain('loaded certificate revocation list');
     expect(log).toContain('refused a client certificate');
+
+    // Rollback: the CRL from before root's revocation, validly signed, copied over the current one.
+    const { copyFile, utimes } = await import('node:fs/promises');
+    const memberCrl = path.join(home, '.rampart', 'm1', 'crl.pem');
+    await copyFile(memberCrl, path.join(home, 'older-crl.pem'));
+    const rootIssued = await run(process.execPath, [rampartBin, 'cert', 'issue', 'client', 'root', '--pki-dir', pki, '--out', path.join(home, 'second-root')]);
+    expect(rootIssued.code).toBe(0);
+    const secondRoot = ['--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(home, 'second-root', 'root.crt'), '--key', path.join(home, 'second-root', 'root.key')];
+    const m1 = ['--endpoints', endpoints.split(',')[0] as string];
+    expect((await etcdctlAs(secondRoot, [...m1, 'get', 'by', '--print-value-only'])).stdout).toBe('alice\n');
+    expect((await run(process.execPath, [rampartBin, 'cert', 'revoke', path.join(home, 'second-root', 'root.crt'), '--pki-dir', pki])).code).toBe(0);
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect((await etcdctlAs(secondRoot, [...m1, 'get', 'by'])).stderr).toContain('rampart: certificate revoked');
+    await copyFile(path.join(home, 'older-crl.pem'), memberCrl);
+    await utimes(memberCrl, new Date(), new Date(Date.now() + 10_000));
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    expect((await etcdctlAs(secondRoot, [...m1, 'get', 'by'])).stderr).toContain('rampart: certificate revoked');
+    log = await readFile(path.join(home, '.rampart', 'm1', 'log'), 'utf8');
+    expect(log).toMatch(/refused CRL .*older than \d+, already enforced/);
+    await copyFile(path.join(pki, 'crl.pem'), memberCrl);
   }, 60_000);
 
   it('does not let a member with a client certificate as its peer certificate join', async () => {

@@ -83,3 +83,45 @@ describe('certificate material', () => {
     }
   });
 });
+
+describe('certificate revocation lists', () => {
+  it('numbers each CRL one above the last, and a member refuses an older one, after a restart too', async () => {
+    const { copyFile, readFile, utimes } = await import('node:fs/promises');
+    const { initAuthority } = await import('../../src/pki/authority.js');
+    const { RevocationList, crlNumberOf, revoke, writeRevocationList } = await import('../../src/pki/revocation.js');
+    const x509 = await import('@peculiar/x509');
+    const home = await temporaryDirectory('crl');
+    const pki = path.join(home, 'pki');
+    const { authority } = await initAuthority(pki, 'crl');
+    const member = await writeKeyPair(pki, 'member', await issueCertificate(authority, { kind: 'client', commonName: 'member' }));
+    const root = await writeKeyPair(pki, 'root', await issueCertificate(authority, { kind: 'client', commonName: 'root' }));
+    const crlFile = await writeRevocationList(pki);
+    const first = await readFile(crlFile, 'utf8');
+    expect(first.startsWith('-----BEGIN X509 CRL-----\n')).toBe(true);
+    expect(crlNumberOf(new x509.X509Crl(first))).toBe(1n);
+    const numberFile = path.join(home, 'crl-number');
+    const caFile = path.join(pki, 'ca.crt');
+    const { serialNumber } = await revoke(pki, root.certificateFile);
+    await revoke(pki, member.certificateFile);
+    expect(crlNumberOf(new x509.X509Crl(await readFile(crlFile, 'utf8')))).toBe(3n);
+
+    const { logger, lines } = capture();
+    const list = await RevocationList.open(crlFile, [caFile], logger, 20, numberFile);
+    expect(list.isRevoked(serialNumber)).toBe(true);
+    expect((await readFile(numberFile, 'utf8')).trim()).toBe('3');
+    // The first CRL (validly signed, nothing revoked) copied over the current one: refused, root stays revoked.
+    await writeFile(crlFile, first);
+    await utimes(crlFile, new Date(), new Date(Date.now() + 5000));
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(list.isRevoked(serialNumber)).toBe(true);
+    expect(lines().map((line) => line.msg)).toContainEqual(expect.stringContaining('its CRL number 1 is older than 3, already enforced'));
+    list.close();
+    // A restart remembers the number: the older CRL stops the start, and so does a removed one.
+    await expect(RevocationList.open(crlFile, [caFile], logger, 20, numberFile)).rejects.toThrow('its CRL number 1 is older than 3');
+    await copyFile(crlFile, `${crlFile}.old`);
+    const { rm } = await import('node:fs/promises');
+    await rm(crlFile);
+    await expect(RevocationList.open(crlFile, [caFile], logger, 20, numberFile)).rejects.toThrow('is missing, but this member has enforced CRL number 3');
+    await removeDirectory(home);
+  });
+});
