@@ -12,7 +12,7 @@ import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../ser
 import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
-import { restoreSnapshot } from './snapshot.js';
+import { restoreSnapshot, saveSnapshot } from './snapshot.js';
 import { startProgress } from './progress.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
@@ -383,7 +383,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
 const snapshot = program.command('snapshot').description('snapshot files');
 snapshot
   .command('restore <file>')
-  .description('create a new data directory from a snapshot saved with `etcdctl snapshot save`')
+  .description('create a new data directory from a snapshot: Rampart\'s (`etcdctl snapshot save` against Rampart) or etcd\'s (against etcd 3.4)')
   .requiredOption('--data-dir <dir>', 'the data directory to create (must not exist)')
   .option('--encryption-key-file <file>', 'seal the restored data under this key file, created if missing (default: <data-dir>.encryption-key)')
   .option('--no-encryption', 'restore in plaintext (not recommended)')
@@ -391,22 +391,21 @@ snapshot
     try {
       process.umask(0o077);
       if (databaseExists(flags.dataDir)) throw new Error(`data directory ${flags.dataDir} already exists; restore needs a new one`);
-      let keyProvider: FileKekProvider | undefined;
-      if (flags.encryption) {
+      if (!flags.encryption && flags.encryptionKeyFile !== undefined) throw new Error('--no-encryption cannot be combined with --encryption-key-file');
+      // The key file is made only once the snapshot has been verified: a refused file leaves nothing.
+      const keyProvider = async (): Promise<FileKekProvider | undefined> => {
+        if (!flags.encryption) return undefined;
         const keyFile = path.resolve(flags.encryptionKeyFile ?? defaultKeyFile(flags.dataDir));
         await FileKekProvider.ensure(keyFile);
-        keyProvider = await FileKekProvider.open(keyFile);
-      } else if (flags.encryptionKeyFile !== undefined) {
-        throw new Error('--no-encryption cannot be combined with --encryption-key-file');
-      }
-      const records = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'));
-      process.stdout.write(`restored ${records} records into ${flags.dataDir}\n`);
+        return FileKekProvider.open(keyFile);
+      };
+      const restored = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'));
+      process.stdout.write(`restored ${restored.records} records from ${restored.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot into ${flags.dataDir}\n`);
     } catch (error) {
       process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
       process.exit(1);
     }
   });
-
 const print = (line: string): void => {
   process.stdout.write(`${line}\n`);
 };
@@ -532,6 +531,14 @@ const connectionOptions = (command: Command): Command =>
     .option('--cert <file>', 'client certificate of a root user (default: <dir>/pki/admin.crt)')
     .option('--key <file>', 'its key (default: <dir>/pki/admin.key)')
     .option('--dir <dir>', 'a rampart up directory', '.rampart');
+
+connectionOptions(snapshot.command('save <file>').description('save a member\'s snapshot; --format etcd writes one that `etcdctl snapshot restore` accepts'))
+  .option('--format <format>', 'rampart or etcd', 'rampart')
+  .action(async (file: string, flags: ConnectionOptions & { format: string }) => {
+    if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
+    const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart').catch(fail);
+    print(`saved a ${flags.format} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
+  });
 
 const policy = program.command('policy').description('RBAC policy files (policies/*.yaml): validate, test, diff, apply, export');
 policy

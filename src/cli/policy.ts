@@ -35,6 +35,25 @@ interface AuditClient extends grpc.Client {
   Stream(request: object): grpc.ClientReadableStream<{ json: string }>;
 }
 
+/** The first endpoint and the TLS credentials of a root connection (flags, or a `rampart up` directory). */
+export async function connectionTarget(options: ConnectionOptions): Promise<{ target: string; credentials: grpc.ChannelCredentials }> {
+  let endpoint = options.endpoints?.split(',')[0];
+  const pki = path.join(options.dir, 'pki');
+  if (endpoint === undefined) {
+    const cluster = JSON.parse(await readFile(path.join(options.dir, 'cluster.json'), 'utf8').catch(() => {
+      throw new Error(`no --endpoints given and no rampart up cluster in ${options.dir}`);
+    })) as { members: { clientPort: number }[] };
+    endpoint = `https://127.0.0.1:${cluster.members[0]?.clientPort}`;
+  }
+  const target = endpoint.includes('://') ? new URL(endpoint).host : endpoint;
+  const [ca, cert, key] = await Promise.all([
+    readFile(options.cacert ?? path.join(pki, 'ca.crt')),
+    readFile(options.cert ?? path.join(pki, 'admin.crt')),
+    readFile(options.key ?? path.join(pki, 'admin.key')),
+  ]);
+  return { target, credentials: grpc.credentials.createSsl(ca, key, cert) };
+}
+
 /** A root connection to a cluster for Rampart's own services (policy, audit). */
 export class PolicyConnection {
   private constructor(private readonly client: PolicyClient, private readonly auditClient: AuditClient) {}
@@ -50,28 +69,13 @@ export class PolicyConnection {
   }
 
   private static async open(options: ConnectionOptions): Promise<PolicyConnection> {
-    let endpoint = options.endpoints?.split(',')[0];
-    const pki = path.join(options.dir, 'pki');
-    if (endpoint === undefined) {
-      const cluster = JSON.parse(await readFile(path.join(options.dir, 'cluster.json'), 'utf8').catch(() => {
-        throw new Error(`no --endpoints given and no rampart up cluster in ${options.dir}`);
-      })) as { members: { clientPort: number }[] };
-      endpoint = `https://127.0.0.1:${cluster.members[0]?.clientPort}`;
-    }
-    const target = endpoint.includes('://') ? new URL(endpoint).host : endpoint;
-    const [ca, cert, key] = await Promise.all([
-      readFile(options.cacert ?? path.join(pki, 'ca.crt')),
-      readFile(options.cert ?? path.join(pki, 'admin.crt')),
-      readFile(options.key ?? path.join(pki, 'admin.key')),
-    ]);
+    const { target, credentials } = await connectionTarget(options);
     const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Policy: grpc.ServiceClientConstructor; Audit: grpc.ServiceClientConstructor } };
-    const credentials = grpc.credentials.createSsl(ca, key, cert);
     return new PolicyConnection(
       new loaded.rampart.Policy(target, credentials) as unknown as PolicyClient,
       new loaded.rampart.Audit(target, credentials) as unknown as AuditClient,
     );
   }
-
 
   export(): Promise<LivePolicy> {
     return new Promise((resolve, reject) => {

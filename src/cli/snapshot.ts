@@ -1,19 +1,36 @@
 /**
- * Snapshot files (format in `api/snapshot-stream.ts`): read and verified whole (magic, record
- * framing, SHA-256) before anything is written, then restored into a new data directory or, for
- * `rampart backup verify`, summarised.
- * Like `etcdctl snapshot restore`, restoring keeps the data (keys, history, leases) and founds a new
- * cluster: membership and the applied log position are dropped, and the restored member bootstraps
- * its membership from its own flags (`--initial-cluster`).
+ * Snapshot files: `rampart snapshot restore` and `rampart snapshot save`, and reading Rampart's
+ * own snapshots whole for `rampart backup verify`.
+ *
+ * Restore reads either format and founds a new cluster from it, like `etcdctl snapshot restore`:
+ * - Rampart's own (format in `api/snapshot-stream.ts`: magic, length-framed state records,
+ *   SHA-256), as `etcdctl snapshot save` against Rampart writes it;
+ * - etcd's (a bbolt database and its SHA-256, `storage/etcd-snapshot.ts`), as `etcdctl snapshot
+ *   save` against etcd writes it: the migration path from etcd.
+ * The whole file is verified and converted in memory before anything is written (and before the
+ * new member's key is made); a failed write removes the new data directory, so there is never a
+ * partial restore. Membership and the applied log position are dropped; the restored member
+ * bootstraps its membership from its own flags (`--initial-cluster`).
+ *
+ * Save streams a member's snapshot (Maintenance.Snapshot, as etcdctl does) and writes it in
+ * Rampart's format or, with `--format etcd`, in etcd's, which `etcdctl snapshot restore` accepts.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { access, mkdir, stat } from 'node:fs/promises';
+import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import * as grpc from '@grpc/grpc-js';
+import { packageDefinition } from '../api/proto.js';
 import { SealedDatabase, type KekProvider } from '../storage/database.js';
 import { snapshotAlignmentBytes, snapshotMagic } from '../api/snapshot-stream.js';
 import { decodeKeyValueRecord, decodeRevisionKey, recordKind } from '../storage/encoding.js';
+import { looksLikeBbolt, readEtcdSnapshot, writeEtcdSnapshot } from '../storage/etcd-snapshot.js';
 import { isMemberLocalKey, metaKey, prefix } from '../storage/schema.js';
+import { etcdFromRecords, recordsFromEtcd } from './etcd-conversion.js';
+import { connectionTarget, type ConnectionOptions } from './policy.js';
 import type { Progress } from './progress.js';
+
+/** Snapshots are verified and converted in memory; Node buffers stop short of 4 GiB. */
+export const snapshotFileBytesMax = 4 * 1024 * 1024 * 1024 - 1;
 
 export interface SnapshotRecord {
   readonly key: Buffer;
@@ -34,9 +51,10 @@ export interface SnapshotSummary {
   readonly sha256: string;
 }
 
-/** Reads a whole snapshot file and checks it; throws naming the problem when it is not intact. */
-export async function readSnapshot(file: string, progress?: Progress): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
+/** Reads a whole file (at most `snapshotFileBytesMax`), reporting progress. */
+async function readWhole(file: string, progress?: Progress): Promise<Buffer> {
   const total = (await stat(file)).size;
+  if (total > snapshotFileBytesMax) throw new Error(`${file}: ${total} bytes is more than a snapshot may hold here (${snapshotFileBytesMax})`);
   const chunks: Buffer[] = [];
   let read = 0;
   for await (const chunk of createReadStream(file)) {
@@ -45,7 +63,16 @@ export async function readSnapshot(file: string, progress?: Progress): Promise<{
     progress?.update(read, total);
   }
   progress?.finish();
-  const content = Buffer.concat(chunks);
+  return Buffer.concat(chunks);
+}
+
+/** Reads a whole Rampart snapshot file and checks it; throws naming the problem when it is not intact. */
+export async function readSnapshot(file: string, progress?: Progress): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
+  return parseSnapshot(await readWhole(file, progress), file);
+}
+
+/** Checks a Rampart snapshot's bytes whole (magic, framing, padding, SHA-256, records) and summarises it. */
+export function parseSnapshot(content: Buffer, file: string): { records: SnapshotRecord[]; summary: SnapshotSummary } {
   const digestBytes = 32;
   if (content.length < snapshotMagic.length + digestBytes || !content.subarray(0, snapshotMagic.length).equals(snapshotMagic)) {
     throw new Error(`${file} is not a Rampart snapshot`);
@@ -98,21 +125,94 @@ export async function readSnapshot(file: string, progress?: Progress): Promise<{
   return { records, summary: { bytes: content.length, records: records.length, keys, keyRevisions, leases, revision, sha256: digest.toString('hex') } };
 }
 
-/** With a key provider the restored records are sealed under the new member's own keys. */
-export async function restoreSnapshot(file: string, dataDir: string, keyProvider: KekProvider | undefined, progress?: Progress): Promise<number> {
+export type SnapshotFormat = 'rampart' | 'etcd';
+
+export interface RestoreResult {
+  readonly format: SnapshotFormat;
+  readonly records: number;
+}
+
+/**
+ * `keyProvider` is asked only once the snapshot has been verified; with a provider the restored
+ * records are sealed under the new member's own keys.
+ */
+export async function restoreSnapshot(file: string, dataDir: string, keyProvider: () => Promise<KekProvider | undefined>, progress?: Progress): Promise<RestoreResult> {
   const exists = await access(dataDir).then(() => true, () => false);
   if (exists) {
     throw new Error(`data directory ${dataDir} already exists; restore needs a new one`);
   }
-  const { records: all } = await readSnapshot(file, progress);
-  const records = all.filter(({ key }) => !(isMemberLocalKey(key) || key[0] === prefix.member || key.equals(metaKey.consistentIndex)));
-  await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const db = await SealedDatabase.open(dataDir, keyProvider);
-  try {
-    // One batch: a restore that stops half-way leaves no half-filled database that could start.
-    await db.batch(records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })), { sync: true });
-  } finally {
-    await db.close();
+  const content = await readWhole(file, progress);
+  let format: SnapshotFormat;
+  let records: SnapshotRecord[];
+  if (content.subarray(0, snapshotMagic.length).equals(snapshotMagic)) {
+    format = 'rampart';
+    records = parseSnapshot(content, file).records.filter(({ key }) => !(isMemberLocalKey(key) || key[0] === prefix.member || key.equals(metaKey.consistentIndex)));
+  } else if (looksLikeBbolt(content)) {
+    format = 'etcd';
+    try {
+      records = recordsFromEtcd(readEtcdSnapshot(content)).map(([key, value]) => ({ key, value }));
+    } catch (error) {
+      throw new Error(`${file}: not a usable etcd snapshot: ${error instanceof Error ? error.message : String(error)}`);
+    }
+  } else {
+    throw new Error(`${file} is neither a Rampart snapshot nor an etcd snapshot (bbolt database)`);
   }
-  return records.length;
+  await writeRecords(dataDir, records, await keyProvider());
+  return { format, records: records.length };
+}
+
+/** A new member database holding `records`, written in one synced batch; nothing is left on failure. */
+async function writeRecords(dataDir: string, records: readonly SnapshotRecord[], keyProvider: KekProvider | undefined): Promise<void> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  try {
+    const db = await SealedDatabase.open(dataDir, keyProvider);
+    try {
+      // One batch: a restore that stops half-way leaves no half-filled database that could start.
+      await db.batch(records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })), { sync: true });
+    } finally {
+      await db.close();
+    }
+  } catch (error) {
+    await rm(dataDir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+interface MaintenanceClient extends grpc.Client {
+  Snapshot(request: object, options: grpc.CallOptions): grpc.ClientReadableStream<{ blob: Buffer; remaining_bytes: string }>;
+}
+
+/** Streams a member's snapshot and writes it to `file` (via a temporary file, renamed when complete). */
+export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat): Promise<{ bytes: number; keys: number }> {
+  const { target, credentials } = await connectionTarget(connection);
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Maintenance: grpc.ServiceClientConstructor } };
+  const client = new loaded.etcdserverpb.Maintenance(target, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 }) as unknown as MaintenanceClient;
+  const chunks: Buffer[] = [];
+  let received = 0;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const stream = client.Snapshot({}, {});
+      stream.on('data', (response: { blob: Buffer }) => {
+        received += response.blob.length;
+        if (received > snapshotFileBytesMax) {
+          stream.cancel();
+          reject(new Error(`the snapshot exceeds ${snapshotFileBytesMax} bytes`));
+          return;
+        }
+        chunks.push(Buffer.from(response.blob));
+      });
+      stream.on('error', (error: grpc.ServiceError) => reject(new Error(error.details)));
+      stream.on('end', () => resolve());
+    });
+  } finally {
+    client.close();
+  }
+  const content = Buffer.concat(chunks);
+  const { records, summary } = parseSnapshot(content, 'the received snapshot');
+  const output: Buffer = format === 'etcd' ? writeEtcdSnapshot(etcdFromRecords(records.map((record) => [record.key, record.value] as const))) : content;
+  const keys = summary.keyRevisions;
+  const partial = `${file}.part`;
+  await writeFile(partial, output, { mode: 0o600 });
+  await rename(partial, file);
+  return { bytes: output.length, keys };
 }
