@@ -9,7 +9,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAuthority, issueCertificate, writeKeyPair } from '../../src/pki/authority.js';
@@ -149,6 +149,10 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     const restored = await run(process.execPath, [rampartBin, 'snapshot', 'restore', etcdSnapshot, '--data-dir', dataDir]);
     expect(restored.stderr).toBe('');
     expect(restored.stdout).toMatch(/^restored \d+ records from an etcd snapshot into /);
+    // Restored through the storage layer: sealed under the new member's key, no value in plaintext.
+    for (const name of await readdir(path.join(dataDir, 'db'))) {
+      expect((await readFile(path.join(dataDir, 'db', name))).includes('overwritten-'), name).toBe(false);
+    }
     await startRampart(dataDir);
     const endpoint = etcd?.endpoint ?? '';
 
@@ -256,6 +260,7 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
       expect(result.stderr, name).toMatch(message);
       expect(result.stderr, name).not.toMatch(/\n\s+at /); // no stack trace
       expect(existsSync(dataDir), name).toBe(false);
+      expect(existsSync(`${dataDir}.encryption-key`), name).toBe(false);
     }
   });
 });
