@@ -56,7 +56,7 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     const pki = path.join(home, 'pki');
     await writeFile(path.join(home, 'ca.crt'), authority.certificatePem);
     await writeKeyPair(pki, 'server', await issueCertificate(authority, { kind: 'server', commonName: 'member', subjectAltNames: ['127.0.0.1'] }));
-    await writeKeyPair(pki, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: 'member', subjectAltNames: ['127.0.0.1'] }));
+    await writeKeyPair(pki, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: 'migrated', subjectAltNames: ['127.0.0.1'] }));
     await writeKeyPair(pki, 'root', await issueCertificate(authority, { kind: 'client', commonName: 'root' }));
     await writeKeyPair(pki, 'alice', await issueCertificate(authority, { kind: 'client', commonName: 'alice' }));
     tls = ['--cacert', path.join(home, 'ca.crt'), '--cert', path.join(pki, 'root.crt'), '--key', path.join(pki, 'root.key')];
