@@ -101,7 +101,8 @@ function responseStream(call: grpc.ServerWritableStream<unknown, unknown> | grpc
   call.on('cancelled', close);
   call.on('close', close);
   return {
-    write: (response) => call.write(response),
+    // grpc-js calls back once HTTP/2 has taken the framed message (flow control permitting).
+    write: (response, onFlushed) => call.write(response, onFlushed === undefined ? undefined : () => onFlushed()),
     drained: () => new Promise<void>((resolve) => {
       if (closed) return resolve();
       const done = (): void => {

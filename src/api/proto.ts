@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
-import type { InternalRequest, TxnRequest } from './messages.js';
+import type { EventMessage, InternalRequest, TxnRequest, WatchResponse } from './messages.js';
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
 
@@ -51,3 +51,37 @@ export function encodeInternalRequest(request: InternalRequest): Buffer {
 export function decodeInternalRequest(data: Buffer): InternalRequest {
   return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
 }
+
+/** WatchResponse.events is field 11, length-delimited: tag byte (11 << 3) | 2. */
+const watchEventsTag = 0x5a;
+const eventType = root.lookupType('mvccpb.Event');
+/** An event message's encoding as a WatchResponse.events field, kept as long as the message is. */
+const encodedEvents = new WeakMap<EventMessage, Buffer>();
+
+function encodedEventField(event: EventMessage): Buffer {
+  let field = encodedEvents.get(event);
+  if (field === undefined) {
+    const body = eventType.encode(eventType.fromObject(event as unknown as Record<string, unknown>)).finish();
+    const length = protobuf.Writer.create().uint32(body.length).finish();
+    field = Buffer.concat([Buffer.of(watchEventsTag), length, body]);
+    encodedEvents.set(event, field);
+  }
+  return field;
+}
+
+/**
+ * Watch responses carry events shared among watchers (watch-service.ts): each event is encoded
+ * once and its bytes appended to every response that carries it (protobuf fields may come in any
+ * order and concatenate), instead of encoding a 1 MiB value again for each of 2,000 watchers.
+ */
+function shareWatchEventEncoding(): void {
+  const service = packageDefinition['etcdserverpb.Watch'] as Record<string, protoLoader.MethodDefinition<object, WatchResponse>> | undefined;
+  const method = service?.Watch;
+  if (method === undefined) throw new Error('rpc.proto: no Watch.Watch');
+  const encode = method.responseSerialize;
+  method.responseSerialize = (response: WatchResponse): Buffer => {
+    if (response.events.length === 0) return encode(response);
+    return Buffer.concat([encode({ ...response, events: [] }), ...response.events.map(encodedEventField)]);
+  };
+}
+shareWatchEventEncoding();

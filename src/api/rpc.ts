@@ -24,8 +24,12 @@ export interface CallContext {
 
 /** Responses of a streaming call. */
 export interface ResponseStream<Response> {
-  /** False when the transport is congested: wait for `drained()` before writing more. */
-  write(response: Response): boolean;
+  /**
+   * False when the transport is congested: wait for `drained()` before writing more. A transport
+   * calls `onFlushed` once the response has left it (sent, or dropped with the stream): the watch
+   * budget (src/server/watch-budget.ts) counts bytes as queued until then, or until the stream closes.
+   */
+  write(response: Response, onFlushed?: () => void): boolean;
   /** Resolves once the transport takes writes again, or the stream closed. */
   drained(): Promise<void>;
   /** Ends the stream successfully. */

@@ -213,6 +213,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
         logger,
         stream,
         identify: () => who(call),
+        peer: call.peer,
         onCreate: (request, allowed) => void audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? undefined : new RampartError('PermissionDenied')),
       })),
   });

@@ -15,10 +15,27 @@ import type { DuplexStream } from './rpc.js';
 /** etcd puts the whole gRPC error text into a watch's cancel_reason. */
 const permissionDeniedReason = 'rpc error: code = PermissionDenied desc = etcdserver: permission denied';
 
+/**
+ * One message per event (with and without prev_kv), shared by every watcher it goes to: the
+ * Watch serializer (proto.ts) encodes a shared message once, whatever the number of watchers.
+ */
+const eventMessages = new WeakMap<StoreEvent, { plain?: EventMessage; withPrevKv?: EventMessage }>();
+
 function eventMessage(event: StoreEvent, withPrevKv: boolean): EventMessage {
+  let cached = eventMessages.get(event);
+  if (cached === undefined) {
+    cached = {};
+    eventMessages.set(event, cached);
+  }
+  const wantPrevKv = withPrevKv && event.prevKv !== undefined;
+  const existing = wantPrevKv ? cached.withPrevKv : cached.plain;
+  if (existing !== undefined) return existing;
   const message: EventMessage = { type: event.type === 'put' ? 0 : 1, kv: toKeyValueMessage(event.kv) };
-  if (withPrevKv && event.prevKv !== undefined) {
+  if (wantPrevKv && event.prevKv !== undefined) {
     message.prev_kv = toKeyValueMessage(event.prevKv);
+    cached.withPrevKv = message;
+  } else {
+    cached.plain = message;
   }
   return message;
 }
@@ -33,26 +50,33 @@ export interface WatchStreamOptions {
   readonly stream: DuplexStream<WatchRequest, WatchResponse>;
   /** The caller, identified again for every new watch (a token may expire while the stream lives). */
   readonly identify: () => Promise<Caller>;
+  /** The client's address (`host:port`): without auth, the watch budget is shared per address. */
+  readonly peer: string;
   /** Called for every create request with its authorization decision (the audit event). */
   readonly onCreate: (request: WatchCreateRequest, allowed: boolean) => void;
 }
 
-export function serveWatch({ member, logger, stream, identify, onCreate }: WatchStreamOptions): void {
+export function serveWatch({ member, logger, stream, identify, peer, onCreate }: WatchStreamOptions): void {
   const watchers = new Map<number, Watcher>();
   const fragmentById = new Set<number>();
   let nextWatchId = 0;
   let congested = false;
   let closed = false;
   let drainWaiters: (() => void)[] = [];
+  /** Bytes this stream holds of the member's watch budget (released as they flush, or on close). */
+  let budgetHeldBytes = 0;
+  const budget = member.watchHub.budget;
+  /** Whose share of the budget this stream uses: its user once known, else its client address. */
+  let owner = `address:${peer.replace(/:\d+$/, '')}`;
 
   const releaseDrainWaiters = (): void => {
     const waiting = drainWaiters;
     drainWaiters = [];
     for (const resolve of waiting) resolve();
   };
-  const write = (response: WatchResponse): boolean => {
+  const write = (response: WatchResponse, onFlushed?: () => void): boolean => {
     if (closed) return true;
-    const accepted = stream.write(response);
+    const accepted = stream.write(response, onFlushed);
     if (!accepted && !congested) {
       congested = true;
       void stream.drained().then(() => {
@@ -63,37 +87,64 @@ export function serveWatch({ member, logger, stream, identify, onCreate }: Watch
     return accepted;
   };
 
+  /** Writes events counted against the budget (taken by the caller); they are released as each response flushes. */
+  const writeEvents = (response: WatchResponse, bytes: number): void => {
+    let released = false;
+    write(response, () => {
+      if (released || closed) return;
+      released = true;
+      budgetHeldBytes -= bytes;
+      budget.give(bytes, owner);
+    });
+  };
+
   const sink: WatchSink = {
     sendEvents(watchId, events, withPrevKv) {
+      if (closed) return true;
+      // A congested stream gets no more: its watchers catch up from history once it drains.
+      if (congested) return false;
       const messages = events.map((event) => eventMessage(event, withPrevKv));
+      const sizes = messages.map(eventBytes);
+      const totalBytes = sizes.reduce((sum, size) => sum + size, 0);
+      if (!budget.tryTake(totalBytes, owner)) return false;
+      budgetHeldBytes += totalBytes;
       const limit = member.options.maxRequestBytes;
-      if (!fragmentById.has(watchId) || messages.reduce((sum, message) => sum + eventBytes(message), 0) <= limit) {
-        return write({ header: member.header(), watch_id: watchId, events: messages });
+      if (!fragmentById.has(watchId) || totalBytes <= limit) {
+        writeEvents({ header: member.header(), watch_id: watchId, events: messages }, totalBytes);
+        return true;
       }
-      let accepted = true;
       let chunk: EventMessage[] = [];
       let chunkBytes = 0;
-      for (const message of messages) {
-        if (chunk.length > 0 && chunkBytes + eventBytes(message) > limit) {
-          accepted = write({ header: member.header(), watch_id: watchId, events: chunk, fragment: true }) && accepted;
+      messages.forEach((message, index) => {
+        const size = sizes[index] ?? 0;
+        if (chunk.length > 0 && chunkBytes + size > limit) {
+          writeEvents({ header: member.header(), watch_id: watchId, events: chunk, fragment: true }, chunkBytes);
           chunk = [];
           chunkBytes = 0;
         }
         chunk.push(message);
-        chunkBytes += eventBytes(message);
-      }
-      return write({ header: member.header(), watch_id: watchId, events: chunk }) && accepted;
+        chunkBytes += size;
+      });
+      writeEvents({ header: member.header(), watch_id: watchId, events: chunk }, chunkBytes);
+      return true;
     },
     sendCompacted(watchId, compactRevision) {
       watchers.delete(watchId);
       write({ header: member.header(), watch_id: watchId, canceled: true, compact_revision: compactRevision, events: [] });
     },
     sendProgress(watchId) {
+      if (congested) return; // the next one will do; a congested stream gets no more writes
       write({ header: member.header(), watch_id: watchId, events: [] });
     },
     drained() {
       if (!congested || closed) return Promise.resolve();
       return new Promise((resolve) => drainWaiters.push(resolve));
+    },
+    get congested() {
+      return congested;
+    },
+    get owner() {
+      return owner;
     },
     get closed() {
       return closed;
@@ -107,6 +158,8 @@ export function serveWatch({ member, logger, stream, identify, onCreate }: Watch
     try {
       identity ??= identify();
       const caller = await identity;
+      // Set before any watcher of this stream holds budget: a stream has one identity.
+      if (caller.user !== '' && budgetHeldBytes === 0) owner = `user:${caller.user}`;
       authorizeRange(member.auth.decider, caller, { key: request.key, range_end: request.range_end });
       return true;
     } catch {
@@ -193,6 +246,9 @@ export function serveWatch({ member, logger, stream, identify, onCreate }: Watch
     closed = true;
     for (const watcher of watchers.values()) member.watchHub.remove(watcher);
     watchers.clear();
+    // What was not flushed is dropped with the stream.
+    budget.give(budgetHeldBytes, owner);
+    budgetHeldBytes = 0;
     releaseDrainWaiters();
   };
   stream.onRequestsEnd(() => {

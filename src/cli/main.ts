@@ -22,6 +22,7 @@ import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
 import { parseInitialCluster } from '../server/membership.js';
+import { watchQueuedBytesMaxDefault } from '../server/watch-hub.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
@@ -96,6 +97,7 @@ interface ServeFlags {
   quotaBackendBytes: number;
   maxRequestBytes: number;
   watchProgressNotifyIntervalMs: number;
+  watchQueuedBytesMax: number;
   requestTimeoutMs: number;
   insecure: boolean;
   certFile?: string;
@@ -135,6 +137,7 @@ program
   .option('--quota-backend-bytes <bytes>', 'raise the NOSPACE alarm past this database size', integer, defaultQuotaBackendBytes)
   .option('--max-request-bytes <bytes>', 'largest request accepted', integer, defaultMaxRequestBytes)
   .option('--watch-progress-notify-interval-ms <ms>', 'interval of watch progress notifications', integer, 10 * 60 * 1000)
+  .option('--watch-queued-bytes-max <bytes>', 'watch responses queued for all streams before watchers fall back to catching up from history', integer, watchQueuedBytesMaxDefault)
   .option('--request-timeout-ms <ms>', 'how long a write may wait to be applied', integer, 7000)
   .option('--cert-file <file>', 'server certificate (PEM)')
   .option('--key-file <file>', 'server private key (PEM)')
@@ -288,6 +291,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     quotaBackendBytes: flags.quotaBackendBytes,
     maxRequestBytes: flags.maxRequestBytes,
     watchProgressNotifyIntervalMs: flags.watchProgressNotifyIntervalMs,
+    watchQueuedBytesMax: flags.watchQueuedBytesMax,
     requestTimeoutMs: flags.requestTimeoutMs,
     heartbeatMs: flags.heartbeatInterval,
     electionMs: flags.electionTimeout,

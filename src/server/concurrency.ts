@@ -84,6 +84,8 @@ export class Concurrency {
           sendCompacted: () => finish(() => resolve('compacted')),
           sendProgress: () => undefined,
           drained: () => Promise.resolve(),
+          congested: false, // in-process: nothing is queued for a network stream
+          owner: 'member',
           get closed() {
             return done;
           },

@@ -62,6 +62,8 @@ export interface MemberOptions {
   readonly quotaBackendBytes: number;
   readonly maxRequestBytes: number;
   readonly watchProgressNotifyIntervalMs: number;
+  /** Bytes of watch responses queued for all streams, not yet flushed (WatchQueueBudget); default watchQueuedBytesMaxDefault. */
+  readonly watchQueuedBytesMax?: number;
   readonly requestTimeoutMs: number;
   readonly heartbeatMs: number;
   readonly electionMs: number;
@@ -136,7 +138,7 @@ export class Member {
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth);
-    this.watchHub = new WatchHub(store);
+    this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
     // Request ids need only be unique among this process's waiters across the cluster's log.
     this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
   }

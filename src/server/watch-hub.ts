@@ -7,9 +7,16 @@
  * history from the store, one bounded batch at a time, and only while its stream drains. So a slow
  * watcher costs a bounded amount of memory; if the history it needs gets compacted meanwhile it is
  * canceled with the compact revision, as etcd does.
+ *
+ * Fan-out is bounded member-wide (issue 8, item 3): a sink takes a batch only while its stream is
+ * not congested and the member's WatchQueueBudget has room; a batch not taken leaves its watcher
+ * unsynced at that revision, to catch up from history later. At most catchUpsConcurrentMax
+ * watchers read history at once, each read bounded by catchUpBytesMax: thousands of watchers
+ * falling behind together cost a bounded amount of memory, not one copy of history each.
  */
 import type { MvccStore, StoreEvent } from '../storage/mvcc/store.js';
 import { rangeContains, type KeyRange } from '../storage/mvcc/range.js';
+import { WatchQueueBudget } from './watch-budget.js';
 
 export interface WatchFilters {
   readonly noPut: boolean;
@@ -17,12 +24,19 @@ export interface WatchFilters {
 }
 
 export interface WatchSink {
-  /** Hands a batch to the stream; false when the stream is congested (the batch is still taken). */
+  /**
+   * Hands a batch to the stream if it takes it: false (nothing written) while the stream is
+   * congested or the member's watch budget has no room for it.
+   */
   sendEvents(watchId: number, events: StoreEvent[], withPrevKv: boolean): boolean;
   sendCompacted(watchId: number, compactRevision: number): void;
   sendProgress(watchId: number): void;
   /** Resolves when the stream can take more, or is closed. */
   drained(): Promise<void>;
+  /** Whether the stream's transport is congested (it takes no batch until drained). */
+  readonly congested: boolean;
+  /** Whose share of the member's watch budget the stream uses. */
+  readonly owner: string;
   readonly closed: boolean;
 }
 
@@ -40,12 +54,23 @@ export interface Watcher {
 
 /** Events read from history per catch-up step. */
 export const catchUpEventsMax = 1000;
+/** Bytes of keys and values read from history per catch-up step (past it, the step ends at a revision boundary). */
+export const catchUpBytesMax = 4 * 1024 * 1024;
+/** Watchers reading history at the same time, member-wide. */
+export const catchUpsConcurrentMax = 4;
+/** Default of --watch-queued-bytes-max. */
+export const watchQueuedBytesMaxDefault = 64 * 1024 * 1024;
 
 export class WatchHub {
   private readonly synced = new Set<Watcher>();
   private readonly all = new Set<Watcher>();
+  readonly budget: WatchQueueBudget;
+  private catchUpsRunning = 0;
+  private catchUpWaiters: (() => void)[] = [];
 
-  constructor(private readonly store: MvccStore) {}
+  constructor(private readonly store: MvccStore, queuedBytesMax: number = watchQueuedBytesMaxDefault) {
+    this.budget = new WatchQueueBudget(queuedBytesMax);
+  }
 
   get watcherCount(): number {
     return this.all.size;
@@ -73,14 +98,13 @@ export class WatchHub {
         continue;
       }
       const selected = select(watcher, events);
-      watcher.nextRevision = revision + 1;
-      if (selected.length === 0) {
+      if (selected.length > 0 && !watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv)) {
+        // Not taken: this revision is read again from history once the stream and budget allow.
+        watcher.nextRevision = revision;
+        this.unsync(watcher);
         continue;
       }
-      const accepted = watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv);
-      if (!accepted) {
-        this.unsync(watcher);
-      }
+      watcher.nextRevision = revision + 1;
     }
   }
 
@@ -129,6 +153,11 @@ export class WatchHub {
       if (watcher.canceled || watcher.sink.closed) {
         return;
       }
+      if (!watcher.sink.congested && !this.budget.hasRoom(watcher.sink.owner)) {
+        // Read no history while its owner's budget is used up: wait for bytes to be released.
+        await this.budget.released();
+        continue;
+      }
       const target = this.store.currentRevision;
       if (watcher.nextRevision > target) {
         // No await between this check and joining the synced set: no event can slip in between.
@@ -140,25 +169,50 @@ export class WatchHub {
         watcher.sink.sendCompacted(watcher.id, this.store.compactRevision);
         return;
       }
-      await this.store.whenFlushed(target);
-      const from = watcher.nextRevision;
-      const { events, revisions } = await this.store.history(from, target, catchUpEventsMax, watcher.prevKv);
-      if (watcher.canceled || watcher.sink.closed) {
-        return;
+      await this.acquireCatchUp();
+      let taken: boolean;
+      try {
+        if (watcher.canceled || watcher.sink.closed) return;
+        taken = await this.catchUpStep(watcher, target);
+      } finally {
+        this.releaseCatchUp();
       }
-      if (from < this.store.compactRevision) {
-        // Compacted while reading: what was read may be incomplete.
-        continue;
-      }
-      const complete = events.length < catchUpEventsMax;
-      const lastRevision = complete ? target : (revisions[revisions.length - 1] ?? target);
-      // History goes out as one response per catch-up batch, as etcd does when it syncs a watcher.
-      const selected = select(watcher, events);
-      if (selected.length > 0) {
-        watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv);
-      }
-      watcher.nextRevision = lastRevision + 1;
+      // Refused for lack of budget: wait for bytes to be released rather than read history again at once.
+      if (!taken && !watcher.sink.congested && !watcher.sink.closed) await this.budget.released();
     }
+  }
+
+  /** Reads one bounded batch of history for `watcher` and sends it if its stream and the budget take it; false if they did not. */
+  private async catchUpStep(watcher: Watcher, target: number): Promise<boolean> {
+    await this.store.whenFlushed(target);
+    const from = watcher.nextRevision;
+    const { events, revisions, complete } = await this.store.history(from, target, catchUpEventsMax, watcher.prevKv, catchUpBytesMax);
+    if (watcher.canceled || watcher.sink.closed || from < this.store.compactRevision) {
+      // Compacted while reading: what was read may be incomplete; the loop checks again.
+      return true;
+    }
+    const lastRevision = complete ? target : (revisions[revisions.length - 1] ?? target);
+    // History goes out as one response per catch-up batch, as etcd does when it syncs a watcher.
+    const selected = select(watcher, events);
+    if (selected.length > 0 && !watcher.sink.sendEvents(watcher.id, selected, watcher.prevKv)) {
+      return false; // not taken: the same batch is read again once the stream and budget allow
+    }
+    watcher.nextRevision = lastRevision + 1;
+    return true;
+  }
+
+  private acquireCatchUp(): Promise<void> {
+    if (this.catchUpsRunning < catchUpsConcurrentMax) {
+      this.catchUpsRunning += 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.catchUpWaiters.push(resolve));
+  }
+
+  private releaseCatchUp(): void {
+    const next = this.catchUpWaiters.shift();
+    if (next === undefined) this.catchUpsRunning -= 1;
+    else next(); // the slot passes on
   }
 }
 

@@ -4,6 +4,8 @@
  * (prom-client's nodejs_eventloop_lag_max_seconds: the largest delay since the previous scrape)
  * is measured, and a cheap request from another client samples what a legitimate user sees.
  */
+import { readFile } from 'node:fs/promises';
+import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { call, type RawClient } from '../helpers/client.js';
 import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
@@ -25,6 +27,19 @@ async function sampleLatency(client: RawClient, during: Promise<unknown>): Promi
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   return slowestMs;
+}
+
+/** README, Security: the member's default --watch-queued-bytes-max. */
+const watchQueuedBytesMax = 64 * 1024 * 1024;
+/**
+ * README, Security: RSS grows by at most twice the budget (grpc-js copies each encoded message once
+ * more when framing it; the first copy is garbage) plus this (history reads, GC slack).
+ */
+const watchRssAllowanceBytes = 128 * 1024 * 1024;
+
+async function residentBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) * 1024;
 }
 
 describe('availability under attack (TLS member, a certificate that is no user)', () => {
@@ -62,5 +77,83 @@ describe('availability under attack (TLS member, a certificate that is no user)'
     expect(errors).toContain('etcdserver: permission denied');
     expect(lagMs).toBeLessThan(eventLoopBlockMaxMs + schedulingAllowanceMs);
     expect(member.child.exitCode).toBeNull();
+  }, 120_000);
+
+  it('2,000 watchers of one key that never read, and large writes, stay within the watch memory bound', async () => {
+    const watcherClient = await member.client('auditor');
+    // The stream that later resumes reading has a connection of its own: unread data of the other
+    // streams holds their shared HTTP/2 connection window on the client side.
+    const resumingClient = await member.client('auditor', { 'grpc.primary_user_agent': 'resuming' });
+    // One watcher per stream: each stream queues its own encoded copy of an event (as reported).
+    const streamsCount = 2000;
+    const watchersPerStream = 1;
+    const valueBytes = 300 * 1024;
+    const streams: grpc.ClientDuplexStream<object, Record<string, unknown>>[] = [];
+    try {
+      for (let index = 0; index < streamsCount; index++) {
+        const stream = (index === 0 ? resumingClient : watcherClient).watch.Watch();
+        stream.on('error', () => undefined);
+        for (let watcher = 0; watcher < watchersPerStream; watcher++) stream.write({ create_request: { key: Buffer.from('/fan/out') } });
+        streams.push(stream);
+      }
+      // Let every create land (the streams are not read: created answers stay queued on the client side).
+      const pid = member.child.pid ?? 0;
+      const watcherTotal = (): Promise<number> => member.metric('etcd_debugging_mvcc_watcher_total').catch((error: unknown) => {
+        throw new Error(`metrics unavailable (${String(error)}); member exit ${String(member.child.exitCode)} ${String(member.child.signalCode)} output:\n${member.output().slice(-2000)}`);
+      });
+      for (let attempt = 0; attempt < 100 && (await watcherTotal()) < streamsCount * watchersPerStream; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      expect(await member.metric('etcd_debugging_mvcc_watcher_total')).toBeGreaterThanOrEqual(streamsCount * watchersPerStream);
+      // A legitimate watcher on a stream that reads.
+      const reader = bystander.watch.Watch();
+      reader.on('error', () => undefined);
+      const seen: number[] = [];
+      reader.on('data', (response: { events?: { kv: { value: Buffer } }[] }) => {
+        for (const event of response.events ?? []) seen.push(event.kv.value.length);
+      });
+      reader.write({ create_request: { key: Buffer.from('/fan/out') } });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const before = await residentBytes(pid);
+      let peak = before;
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          peak = Math.max(peak, await residentBytes(pid).catch(() => 0));
+          await new Promise((resolve) => setTimeout(resolve, 25));
+        }
+      })();
+      for (const fill of ['a', 'b']) await call(bystander.kv, 'Put', { key: Buffer.from('/fan/out'), value: Buffer.alloc(valueBytes, fill) });
+      const deadline = Date.now() + 15_000;
+      while (seen.length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      sampling = false;
+      await sampler;
+      const growth = peak - before;
+      console.log(`watch fan-out: RSS ${(before / 2 ** 20).toFixed(0)} MiB before, peak ${(peak / 2 ** 20).toFixed(0)} MiB (+${(growth / 2 ** 20).toFixed(0)} MiB)`);
+      // The reading watcher got both values, in order, while the others were held back.
+      expect(seen).toEqual([valueBytes, valueBytes]);
+      expect(growth).toBeLessThan(2 * watchQueuedBytesMax + watchRssAllowanceBytes);
+      expect(member.child.exitCode).toBeNull();
+
+      // A held-back stream that starts reading catches up from history: every watcher gets both
+      // values (its user's other streams, which hold that user's share of the budget, end first).
+      for (const stream of streams.slice(1)) stream.cancel();
+      const resumed = streams[0];
+      const perWatcher = new Map<string, number>();
+      resumed?.on('data', (response: { watch_id?: string | number; events?: unknown[] }) => {
+        const id = String(response.watch_id);
+        perWatcher.set(id, (perWatcher.get(id) ?? 0) + (response.events?.length ?? 0));
+      });
+      const caughtUp = (): boolean => perWatcher.size >= watchersPerStream && [...perWatcher.values()].every((count) => count === 2);
+      const catchUpDeadline = Date.now() + 30_000;
+      while (!caughtUp() && Date.now() < catchUpDeadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect([...perWatcher.values()].filter((count) => count === 2)).toHaveLength(watchersPerStream);
+      reader.cancel();
+    } finally {
+      for (const stream of streams) stream.cancel();
+      watcherClient.close();
+      resumingClient.close();
+    }
   }, 120_000);
 });

@@ -274,15 +274,23 @@ export class MvccStore {
    * database (call after `whenFlushed(toRevision)`). At most `eventsMax` events; the caller resumes after
    * the last one returned.
    */
-  async history(fromRevision: number, toRevision: number, eventsMax: number, withPrevKv: boolean): Promise<{ events: StoreEvent[]; revisions: number[] }> {
+  /**
+   * Events of revisions [from, to], whole revisions only: reading stops before a revision once
+   * `eventsMax` events or `bytesMax` bytes of keys and values are read. `complete` says whether
+   * every revision up to `to` was read.
+   */
+  async history(fromRevision: number, toRevision: number, eventsMax: number, withPrevKv: boolean, bytesMax = Number.POSITIVE_INFINITY): Promise<{ events: StoreEvent[]; revisions: number[]; complete: boolean }> {
     const events: StoreEvent[] = [];
     const revisions: number[] = [];
+    let bytes = 0;
+    let complete = true;
     const iterator = this.db.iterator({ gte: encodeRevisionKey(fromRevision, 0), lt: encodeRevisionKey(toRevision + 1, 0) });
     try {
       let lastMain = -1;
       for await (const [key, value] of iterator) {
         const revision = decodeRevisionKey(key);
-        if (events.length >= eventsMax && revision.main !== lastMain) {
+        if ((events.length >= eventsMax || bytes >= bytesMax) && revision.main !== lastMain) {
+          complete = false;
           break;
         }
         lastMain = revision.main;
@@ -290,11 +298,12 @@ export class MvccStore {
         const prevKv = withPrevKv ? this.previousValue(kv.key, revision.main, revision.sub) : undefined;
         events.push({ type: kind === recordKind.tombstone ? 'delete' : 'put', kv, prevKv });
         revisions.push(revision.main);
+        bytes += kv.key.length + kv.value.length + (prevKv === undefined ? 0 : prevKv.key.length + prevKv.value.length);
       }
     } finally {
       await iterator.close();
     }
-    return { events, revisions };
+    return { events, revisions, complete };
   }
 
   /** The value a key had just before (main, sub), if it is still in history. */
