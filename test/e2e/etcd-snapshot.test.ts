@@ -186,6 +186,11 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     const asAlice = (args: string[]) => run('etcdctl', ['--endpoints', rampart?.endpoint ?? '', '--cacert', path.join(home, 'ca.crt'), '--cert', path.join(home, 'pki', 'alice.crt'), '--key', path.join(home, 'pki', 'alice.key'), ...args], { env: cleanEnvironment() });
     expect((await asAlice(['get', '/registry/items/00001', '--print-value-only'])).stdout).toBe('value-1\n');
     expect((await asAlice(['put', '/registry/items/00001', 'changed'])).stderr).toContain('etcdserver: permission denied');
+    // etcd's password hashes came along: alice logs in with her etcd password (it wins over the certificate).
+    const withPassword = (password: string, args: string[]) => etcdctlRampart(['--user', `alice:${password}`, ...args]);
+    expect((await withPassword('alice-pass-1', ['get', '/registry/items/00002', '--print-value-only'])).stdout).toBe('value-2\n');
+    expect((await withPassword('alice-pass-1', ['put', '/registry/items/00002', 'changed'])).stderr).toContain('etcdserver: permission denied');
+    expect((await withPassword('wrong-password', ['get', '/registry/items/00002'])).stderr).toContain('etcdserver: authentication failed, invalid user ID or password');
   }, 120_000);
 
   it('saves a Rampart snapshot in etcd\'s format that etcdctl checks and restores, and etcd 3.4 serves the same data', async () => {
