@@ -177,7 +177,7 @@ export interface WatchResponse {
 /** The payload of one replicated log entry (rampart.InternalRequest). */
 export interface InternalRequest {
   id: Int64In | Int64Out;
-  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change';
+  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change' | 'audit_checkpoint';
   put?: PutRequest;
   delete_range?: DeleteRangeRequest;
   txn?: TxnRequest;
@@ -188,6 +188,8 @@ export interface InternalRequest {
   member_attributes?: { id: string; name: string; client_urls: string[] };
   member_update?: { ID: Int64In | Int64Out; peerURLs: string[] };
   auth_change?: string | undefined;
+  /** A member's audit chain head (src/audit/checkpoint.ts), JSON. */
+  audit_checkpoint?: string | undefined;
   caller?: Caller | null | undefined;
 }
 

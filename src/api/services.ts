@@ -17,6 +17,7 @@ import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 import { Concurrency, type LeaderKey } from '../server/concurrency.js';
 import type { ServerMetrics } from '../server/metrics.js';
 import type { AuditLog } from '../audit/log.js';
+import { encodeCheckpoint } from '../audit/checkpoint.js';
 import { statusOf, statusName } from './errors.js';
 import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
 import { Authenticator } from './identity.js';
@@ -33,7 +34,7 @@ export const serverVersion = '3.5.17';
 const auditBacklogMax = 10_000;
 
 /** Calls whose answer is not held until their audit event is durable: they change nothing. */
-const readOnlyActions = new Set(['Range', 'LeaseTimeToLive', 'LeaseLeases', 'MemberList', 'Status', 'Hash', 'HashKV', 'Leader', 'PolicyExport', 'AuthStatus', 'UserGet', 'UserList', 'RoleGet', 'RoleList']);
+const readOnlyActions = new Set(['Audit.Checkpoints', 'Range', 'LeaseTimeToLive', 'LeaseLeases', 'MemberList', 'Status', 'Hash', 'HashKV', 'Leader', 'PolicyExport', 'AuthStatus', 'UserGet', 'UserList', 'RoleGet', 'RoleList']);
 
 export type Handler<Request, Response> = (request: Request, call: CallContext) => Promise<Response> | Response;
 
@@ -408,6 +409,11 @@ export function createServices(options: ServicesOptions): ServiceTable {
         ended = true;
         unsubscribe();
       });
+    }),
+    Checkpoints: unary('Audit.Checkpoints', async (_request: object, call) => {
+      await admin(call);
+      await member.readBarrier();
+      return { checkpoints: (await member.auditCheckpointRecords()).map(encodeCheckpoint) };
     }),
   });
 

@@ -32,6 +32,7 @@ import { createMetrics, serveMetrics, type CertificateSource, type ServerMetrics
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
+import { decodeCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
@@ -148,7 +149,7 @@ program
   .option('--listen-metrics-urls <urls>', 'http:// URLs serving /metrics (Prometheus), /health, /livez and /readyz', list)
   .option('--audit-dir <dir>', 'where the hash-chained audit trail of client requests is written (default: <data-dir>/audit)')
   .option('--no-audit', 'keep no audit trail (not recommended)')
-  .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log', integer, 5000)
+  .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
@@ -320,17 +321,27 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const audit = flags.audit
     ? await AuditLog.open(auditDirectory, member.memberHex, auditWriteFailed).catch(auditWriteFailed)
     : undefined;
+  // Anchors outside the trail: every few seconds the durable chain head goes to the structured log
+  // and, through Raft, into the replicated state (a checkpoint a quorum witnesses), so a trail cut
+  // short, rewritten or missing a file no longer matches; and once more on shutdown.
+  let witnessed = '';
+  const checkpointHead = async (): Promise<void> => {
+    if (audit === undefined) return;
+    const head = audit.head;
+    if (head.seq < 0 || head.hash === witnessed) return;
+    logger.info({ auditHead: head.hash, auditSeq: head.seq, auditFile: head.file }, 'audit chain head');
+    await member.proposeAuditCheckpoint({ file: head.file, seq: head.seq, hash: head.hash, time: new Date().toISOString() });
+    witnessed = head.hash;
+  };
   if (audit !== undefined) {
-    // Anchors outside the trail: the chain head goes to the structured log (shipped elsewhere in
-    // production) every few seconds, so removing the trail's last lines is detectable too.
-    let anchored = '';
-    const anchor = (): void => {
-      const head = audit.head;
-      if (head.hash === anchored) return;
-      anchored = head.hash;
-      logger.info({ auditHead: head.hash, auditSeq: head.seq, auditFile: head.file }, 'audit chain head');
-    };
-    setInterval(anchor, flags.auditAnchorIntervalMs).unref();
+    let proposing = false;
+    setInterval(() => {
+      if (proposing) return;
+      proposing = true;
+      checkpointHead()
+        .catch((error: unknown) => logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'audit checkpoint not committed; retrying'))
+        .finally(() => (proposing = false));
+    }, flags.auditAnchorIntervalMs).unref();
   }
   let stopping = false;
   const stop = (signal: string): void => {
@@ -343,7 +354,9 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       logger.error('shutdown took too long; exiting');
       process.exit(1);
     }, 8000).unref();
-    void Promise.all([member.close(), audit?.close()]).then(
+    const lastCheckpoint = audit === undefined ? Promise.resolve() : audit.flush().then(checkpointHead);
+    void Promise.race([lastCheckpoint.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000))])
+      .then(() => Promise.all([member.close(), audit?.close()])).then(
       () => process.exit(0),
       () => process.exit(1),
     );
@@ -578,15 +591,32 @@ connectionOptions(policy.command('export').description('the live policy as a pol
   });
 
 const auditCommand = program.command('audit').description('the hash-chained audit trail of client requests');
-auditCommand
-  .command('verify <path>')
-  .description('check a member\'s audit directory (or one file): every hash, link and sequence number')
+connectionOptions(auditCommand.command('verify <path>'))
+  .description('check a member\'s audit directory (or one file): every hash, link and sequence number, from the genesis; with --dir/--endpoints or --checkpoints, also against the checkpoints the cluster witnessed')
   .option('--anchor <hash>', 'an "audit chain head" hash from the member\'s log: it must be in the trail (detects removed trailing lines)')
-  .action(async (target: string, flags: { anchor?: string }) => {
+  .option('--checkpoints <file>', 'checkpoints saved with `rampart audit checkpoints` (offline)')
+  .action(async (target: string, flags: ConnectionOptions & { anchor?: string; checkpoints?: string }, command: Command) => {
     if (flags.anchor !== undefined && !/^[0-9a-f]{64}$/.test(flags.anchor)) fail('--anchor must be a 64-digit hex hash');
-    const result = await verifyAudit(target, flags.anchor === undefined ? {} : { anchor: flags.anchor }).catch(fail);
+    const fromCluster = flags.endpoints !== undefined || command.getOptionValueSource('dir') === 'cli';
+    const encoded = flags.checkpoints !== undefined
+      ? (await readTextFile(flags.checkpoints, 'utf8').catch(fail)).split('\n').filter((line) => line.trim() !== '')
+      : fromCluster ? await PolicyConnection.using(flags, (connection) => connection.auditCheckpoints()).catch(fail) : undefined;
+    const checkpoints = (encoded ?? []).map((line, index) => {
+      const checkpoint = decodeCheckpoint(line);
+      if (typeof checkpoint === 'string') fail(`checkpoint ${index + 1}: ${checkpoint}`);
+      return checkpoint;
+    });
+    const result = await verifyAudit(target, { ...(flags.anchor === undefined ? {} : { anchor: flags.anchor }), checkpoints }).catch(fail);
     if (!result.ok) fail(`audit trail broken: ${result.problem}`);
-    print(`audit trail intact: ${result.events} events in ${result.files} files; head ${result.head}`);
+    if (encoded !== undefined && result.checkpointsMatched === 0) {
+      fail(`audit trail not witnessed: the checkpoints hold none of member ${result.member ?? '(none)'}'s events in this trail`);
+    }
+    const witness = encoded === undefined ? ' (no checkpoints given: a trail cut short at its end looks whole; pass --dir or --endpoints)' : `; ${result.checkpointsMatched} checkpoints matched`;
+    print(`audit trail intact: ${result.events} events in ${result.files} files; head ${result.head}${witness}`);
+  });
+connectionOptions(auditCommand.command('checkpoints').description('the audit checkpoints the cluster witnessed, one JSON per line (for `audit verify --checkpoints`)'))
+  .action(async (flags: ConnectionOptions) => {
+    for (const line of await PolicyConnection.using(flags, (connection) => connection.auditCheckpoints()).catch(fail)) print(line);
   });
 auditCommand
   .command('export <dir>')

@@ -33,6 +33,7 @@ export interface LivePolicy {
 
 interface AuditClient extends grpc.Client {
   Stream(request: object): grpc.ClientReadableStream<{ json: string }>;
+  Checkpoints(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { checkpoints: string[] }) => void): void;
 }
 
 /** The first endpoint and the TLS credentials of a root connection (flags, or a `rampart up` directory). */
@@ -104,6 +105,16 @@ export class PolicyConnection {
       stream.on('data', (event: { json: string }) => print(event.json));
       stream.on('error', (error: grpc.ServiceError) => reject(new Error(error.details)));
       stream.on('end', () => resolve());
+    });
+  }
+
+  /** Every audit checkpoint the cluster holds, as stored (JSON each). */
+  auditCheckpoints(): Promise<string[]> {
+    return new Promise((resolve, reject) => {
+      this.auditClient.Checkpoints({}, { deadline: Date.now() + 10_000 }, (error, response) => {
+        if (error !== null) return reject(new Error(error.details));
+        resolve(response.checkpoints);
+      });
     });
   }
 

@@ -32,6 +32,7 @@ import type { Membership } from './membership.js';
 import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder } from '../auth/store.js';
 import { authStateKey } from '../storage/schema.js';
 import { authorizeRequest } from './authorize.js';
+import type { AuditCheckpoints } from './audit-checkpoints.js';
 
 export const alarmType = { none: 0, noSpace: 1, corrupt: 2 } as const;
 
@@ -88,6 +89,7 @@ export class Applier {
     private readonly alarms: Alarms,
     private readonly membership: Membership,
     private readonly auth: AuthHolder,
+    private readonly checkpoints: AuditCheckpoints,
   ) {}
 
   /** The keys attached to a lease (for permission checks). */
@@ -130,6 +132,9 @@ export class Applier {
           batch.push(...this.membership.updateAttributes(attributes.id, attributes.name, attributes.client_urls));
           return { ok: true, revision: this.store.currentRevision, response: {} };
         }
+        case 'audit_checkpoint':
+          this.checkpoints.apply(required(request.audit_checkpoint ?? undefined), batch);
+          return { ok: true, revision: this.store.currentRevision, response: {} };
         case 'member_update': {
           const update = required(request.member_update);
           const id = BigInt(update.ID).toString(16);

@@ -125,6 +125,7 @@ export function authorizeRequest(decider: AuthDecider, request: InternalRequest,
       return;
     case 'lease_grant':
     case 'member_attributes':
+    case 'audit_checkpoint':
     case undefined:
       return;
   }

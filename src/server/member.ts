@@ -42,6 +42,8 @@ import { Transport, fetchCluster, type ClusterView, type LeaseAnswer } from './t
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
+import { AuditCheckpoints, checkpointsOf } from './audit-checkpoints.js';
+import { encodeCheckpoint, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
 import { authorizeRange, authorizeRequest } from './authorize.js';
@@ -101,6 +103,7 @@ export class Member {
   readonly watchHub: WatchHub;
   readonly lessor: Lessor;
   private readonly alarms = new Alarms();
+  private readonly auditCheckpoints = new AuditCheckpoints();
   readonly membership = new Membership();
   /** Users, roles, permissions and whether auth is on: replicated, applied like every other entry. */
   readonly auth = new AuthHolder();
@@ -137,7 +140,7 @@ export class Member {
     this.memberHex = memberId.toString(16);
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
-    this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth);
+    this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints);
     this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
     // Request ids need only be unique among this process's waiters across the cluster's log.
     this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
@@ -171,6 +174,10 @@ export class Member {
     this.alarms.clear();
     for await (const key of this.db.keys({ gte: Buffer.of(prefix.alarm), lt: prefixEnd(prefix.alarm) })) {
       this.alarms.load(key);
+    }
+    this.auditCheckpoints.clear();
+    for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) {
+      this.auditCheckpoints.load(key, value);
     }
     await this.membership.load(this.db);
     const authRecord = await this.db.get(authStateKey);
@@ -418,6 +425,18 @@ export class Member {
   }
 
   /** An auth change (Auth service, policy apply), checked and replicated like any write. */
+  /** Proposes this member's audit chain head for the cluster to witness; resolves once applied. */
+  async proposeAuditCheckpoint(checkpoint: Omit<TrailCheckpoint, 'member'>): Promise<void> {
+    await this.propose({ request: 'audit_checkpoint', audit_checkpoint: encodeCheckpoint({ ...checkpoint, member: this.memberHex }) }, false);
+  }
+
+  /** Every audit checkpoint this member has applied (each member's, every kept window and latest). */
+  async auditCheckpointRecords(): Promise<TrailCheckpoint[]> {
+    const values: Buffer[] = [];
+    for await (const [, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) values.push(value);
+    return checkpointsOf(values);
+  }
+
   async authChange(change: AuthChange, caller?: Caller): Promise<void> {
     await this.propose({ request: 'auth_change', auth_change: encodeAuthChange(change), caller }, false);
   }

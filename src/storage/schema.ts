@@ -10,6 +10,8 @@
  *   'u'                         → the auth state (JSON), see `auth/store.ts`
  *   'e' + index(8)              → log entry, see `log.ts`
  *   'h'                         → raft hard state, see `log.ts`
+ *   'c' + member(hex) + 0 + file + 0 + slot → a quorum-witnessed audit checkpoint (JSON), slot `latest`
+ *                                 or a window number, see `server/audit-checkpoints.ts`
  *   'x' + name                  → encryption key store (wrapped data keys), see `encryption/keyring.ts`;
  *                                 owned by the sealing layer (`database.ts`), invisible above it
  *
@@ -27,6 +29,7 @@ export const prefix = {
   hardState: 0x68,
   member: 0x6e,
   auth: 0x75,
+  auditCheckpoint: 0x63,
   keyStore: keyStorePrefix,
 } as const;
 

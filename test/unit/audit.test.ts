@@ -8,6 +8,9 @@ import { readRecords, recordBytesMax } from '../../src/audit/records.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
 import { csvCell } from '../../src/audit/csv.js';
 import { targetsOf } from '../../src/api/audit-events.js';
+import { checkpointBucketMs, decodeCheckpoint, encodeCheckpoint } from '../../src/audit/checkpoint.js';
+import { AuditCheckpoints } from '../../src/server/audit-checkpoints.js';
+import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
 describe('audit trail', () => {
@@ -235,5 +238,38 @@ describe('audit trail', () => {
     expect(csvCell('/registry/pods/a')).toBe('/registry/pods/a');
     expect(csvCell('a,b')).toBe('"a,b"');
     expect(csvCell(['/a', '/b'])).toBe('/a /b');
+  });
+});
+
+describe('audit checkpoints in the replicated state', () => {
+  const checkpoint = (seq: number, time = '2026-01-01T00:00:00.000Z', file = 'audit-2026-01-01T00-00-00-000Z.jsonl'): string =>
+    encodeCheckpoint({ member: 'a1', file, seq, hash: seq.toString(16).padStart(64, '0'), time });
+
+  it('keeps the latest per file (growing only) and the first of each window, never replaced', () => {
+    const kept = new AuditCheckpoints();
+    const apply = (encoded: string): string[] => {
+      const batch: BatchOperation[] = [];
+      kept.apply(encoded, batch);
+      return batch.map((operation) => operation.key.subarray(1).toString('utf8').split('\0')[2] as string);
+    };
+    const window = String(Math.floor(Date.parse('2026-01-01T00:00:00.000Z') / checkpointBucketMs)).padStart(12, '0');
+    expect(apply(checkpoint(5))).toEqual(['latest', window]);
+    expect(apply(checkpoint(9, '2026-01-01T00:01:00.000Z'))).toEqual(['latest']); // same window: its first stays
+    expect(apply(checkpoint(7, '2026-01-01T00:02:00.000Z'))).toEqual([]); // backwards: ignored
+    expect(apply(checkpoint(12, '2026-01-01T00:11:00.000Z'))).toHaveLength(2); // a new window
+    // Rebuilt from its records (a restart, a snapshot), it decides the same.
+    const reloaded = new AuditCheckpoints();
+    reloaded.load(Buffer.from(`ca1\0audit-2026-01-01T00-00-00-000Z.jsonl\0latest`), Buffer.from(checkpoint(12)));
+    const batch: BatchOperation[] = [];
+    reloaded.apply(checkpoint(11, '2026-01-01T00:21:00.000Z'), batch);
+    expect(batch.map((operation) => operation.key.toString('utf8').split('\0')[2])).not.toContain('latest');
+  });
+
+  it('refuses what is not a canonical checkpoint', () => {
+    const kept = new AuditCheckpoints();
+    for (const bad of ['{}', 'x', checkpoint(1).replace('"seq":1', '"seq":-1'), checkpoint(1).replace('"member":"a1"', '"member":"A1"'), checkpoint(1).replace('audit-', '../'), ` ${checkpoint(1)}`]) {
+      expect(() => kept.apply(bad, []), bad).toThrow(/audit checkpoint/);
+      expect(typeof decodeCheckpoint(bad)).toBe('string');
+    }
   });
 });
