@@ -554,7 +554,7 @@ connectionOptions(snapshot.command('save <file>').description('save a member\'s 
   .action(async (file: string, flags: ConnectionOptions & { format: string }) => {
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
     const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart').catch(fail);
-    print(`saved a ${flags.format} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
+    print(`saved ${flags.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
   });
 
 const policy = program.command('policy').description('RBAC policy files (policies/*.yaml): validate, test, diff, apply, export');

@@ -936,7 +936,13 @@ async function loadIdentity(db: SealedDatabase, options: MemberOptions): Promise
   const storedMember = await db.get(metaKey.memberId);
   const storedCluster = await db.get(metaKey.clusterId);
   if (storedMember !== undefined && storedCluster !== undefined) {
-    return { memberId: storedMember.readBigUInt64BE(0), clusterId: storedCluster.readBigUInt64BE(0) };
+    const stored = { memberId: storedMember.readBigUInt64BE(0), clusterId: storedCluster.readBigUInt64BE(0) };
+    if (options.initialClusterState === 'existing' && !(await hasMemberRecords(db))) {
+      // Joined, then stopped before the log named any member: ask again for the peers to answer.
+      const view = await learnCluster(options).catch(() => undefined);
+      if (view !== undefined && BigInt(`0x${view.clusterId}`) === stored.clusterId) return { ...stored, joinedFrom: view };
+    }
+    return stored;
   }
   let memberId: bigint;
   let clusterId: bigint;
@@ -968,6 +974,13 @@ async function loadIdentity(db: SealedDatabase, options: MemberOptions): Promise
     { type: 'put', key: metaKey.clusterId, value: clusterBytes },
   ], { sync: true });
   return joinedFrom === undefined ? { memberId, clusterId } : { memberId, clusterId, joinedFrom };
+}
+
+async function hasMemberRecords(db: SealedDatabase): Promise<boolean> {
+  for await (const key of db.keys({ gte: Buffer.of(prefix.member), lt: prefixEnd(prefix.member) })) {
+    if (key.length > 0) return true;
+  }
+  return false;
 }
 
 /** How long a joining member keeps asking the members of `--initial-cluster` about the cluster. */

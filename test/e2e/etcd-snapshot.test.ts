@@ -198,7 +198,7 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     const file = path.join(home, 'rampart-as-etcd.db');
     const saved = await run(process.execPath, [rampartBin, 'snapshot', 'save', file, '--format', 'etcd', '--endpoints', rampart?.endpoint ?? '', ...tls]);
     expect(saved.stderr).toBe('');
-    expect(saved.stdout).toMatch(/^saved a etcd snapshot of \d+ key revisions/);
+    expect(saved.stdout).toMatch(/^saved an etcd snapshot of \d+ key revisions/);
     const status = await run('etcdctl', ['snapshot', 'status', file, '-w', 'json'], { env: cleanEnvironment() });
     expect(status.code, status.stderr).toBe(0);
     expect(Number(/"revision":(\d+)/.exec(status.stdout)?.[1])).toBe(revisionAfterLoad);
