@@ -124,9 +124,11 @@ export function createServices(options: ServicesOptions): ServiceTable {
     kind: 'unary',
     async handle(request, call) {
       let response: Response;
+      const started = performance.now();
+      const seconds = (): number => (performance.now() - started) / 1000;
       const refused = refusal(call, name);
       if (refused !== undefined) {
-        options.metrics?.handled(name, 'UNAUTHENTICATED');
+        options.metrics?.handled(name, 'UNAUTHENTICATED', seconds());
         await auditBeforeAnswer(call, name, request as Record<string, unknown>, refused);
         throw refused;
       }
@@ -135,7 +137,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
       } catch (error) {
         if (!isRampartError(error)) logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
         const { code } = statusOf(error);
-        options.metrics?.handled(name, statusName(code));
+        options.metrics?.handled(name, statusName(code), seconds());
         if (isRampartError(error)) {
           if (error.code === 'PermissionDenied') options.metrics?.permissionDenied();
           if (error.code === 'AuthFailed' || (error.code === 'TooManyRequests' && name === 'Authenticate')) options.metrics?.loginFailed();
@@ -143,7 +145,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
         await auditBeforeAnswer(call, name, request as Record<string, unknown>, error);
         throw error;
       }
-      options.metrics?.handled(name, 'OK');
+      options.metrics?.handled(name, 'OK', seconds());
       // LeaseGrant is recorded with the id it granted (the request's is usually 0).
       const subject = name === 'LeaseGrant' ? { ...(request as Record<string, unknown>), ID: (response as { ID?: unknown }).ID } : request as Record<string, unknown>;
       await auditBeforeAnswer(call, name, subject, undefined);

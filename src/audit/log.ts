@@ -73,6 +73,11 @@ export class AuditLog {
   private durable: ChainHead;
   private readonly listeners = new Set<(line: string) => void>();
 
+  /** Events recorded and not yet handed to the writer (the metrics' audit queue). */
+  get queuedEvents(): number {
+    return this.pending?.lines.length ?? 0;
+  }
+
   private constructor(
     private readonly writer: RecordWriter,
     readonly file: string,

@@ -19,6 +19,7 @@ export interface InitOptions {
   readonly outDirectory: string;
   readonly clientPort: number;
   readonly peerPort: number;
+  readonly metricsPort: number;
   readonly dataDir: string;
 }
 
@@ -67,6 +68,8 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
       'peer-key-file': 'peer.key',
       'peer-trusted-ca-file': 'ca.crt',
       'crl-file': 'crl.pem',
+      // Metrics and health over TLS with the server certificate; scrapers need a client certificate.
+      'listen-metrics-urls': [`https://${urlHost(member.host)}:${options.metricsPort}`],
       'encryption-key-file': 'encryption.key',
     };
     await writeFile(path.join(bundle, 'rampart.yaml'), `# rampart serve --config-file rampart.yaml (run from this directory)\n${stringify(config)}`, { mode: 0o600 });

@@ -28,7 +28,7 @@ import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
-import { createMetrics, serveMetrics, type CertificateSource, type ServerMetrics } from '../server/metrics.js';
+import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
@@ -146,7 +146,7 @@ program
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
-  .option('--listen-metrics-urls <urls>', 'http:// URLs serving /metrics (Prometheus), /health, /livez and /readyz', list)
+  .option('--listen-metrics-urls <urls>', 'URLs serving /metrics (Prometheus), /health, /livez and /readyz: https:// with the client port\'s certificate, a client certificate required; http:// for plaintext', list)
   .option('--audit-dir <dir>', 'where the hash-chained audit trail of client requests is written (default: <data-dir>/audit)')
   .option('--no-audit', 'keep no audit trail (not recommended)')
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
@@ -177,6 +177,8 @@ interface Credentials {
   readonly peerClient: grpc.ChannelCredentials;
   /** The certificates in use, for expiry metrics (none over plaintext). */
   readonly certificates: CertificateSource[];
+  /** The client port's material, which https:// metrics URLs serve with (none over plaintext). */
+  readonly clientTls?: MetricsTls;
 }
 
 async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Credentials> {
@@ -212,6 +214,7 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
     peerServer: grpc.experimental.createCertificateProviderServerCredentials(peer, peer, true),
     peerClient: grpc.experimental.createCertificateProviderChannelCredentials(peer, peer),
     certificates: [{ use: 'client', certificate: () => client.certificate }, { use: 'peer', certificate: () => peer.certificate }],
+    clientTls: client,
   };
 }
 
@@ -368,8 +371,18 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   let serving = false;
   let metrics: ServerMetrics | undefined;
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
-    metrics = createMetrics(member, credentials.certificates, flags.quotaBackendBytes);
-    await serveMetrics(flags.listenMetricsUrls, member, metrics, () => serving);
+    metrics = createMetrics(member, {
+      certificates: credentials.certificates,
+      quotaBytes: flags.quotaBackendBytes,
+      ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents }),
+    });
+    await serveMetrics({
+      urls: flags.listenMetricsUrls,
+      ...(credentials.clientTls === undefined ? {} : { tls: credentials.clientTls }),
+      ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
+    }, member, metrics, () => serving);
+    const plaintext = flags.listenMetricsUrls.filter((url) => url.startsWith('http://'));
+    if (plaintext.length > 0 && !flags.insecure) logger.warn({ metricsUrls: plaintext }, 'metrics and health served in plaintext without client certificates (explicit http:// URL)');
     logger.info({ metricsUrls: flags.listenMetricsUrls }, 'serving metrics and health');
   }
   const services = createServices({
@@ -458,9 +471,10 @@ program
   .option('--out <dir>', 'where to write the bundles', 'rampart-bundles')
   .option('--client-port <port>', 'client port on every host', integer, 2379)
   .option('--peer-port <port>', 'peer port on every host', integer, 2380)
+  .option('--metrics-port <port>', 'metrics and health port on every host (https, client certificate required)', integer, 2381)
   .option('--data-dir <dir>', 'data directory on every host', '/var/lib/rampart')
-  .action(async (flags: { member: string[]; out: string; clientPort: number; peerPort: number; dataDir: string }) => {
-    await initBundles({ members: flags.member, outDirectory: flags.out, clientPort: flags.clientPort, peerPort: flags.peerPort, dataDir: flags.dataDir }, print).catch(fail);
+  .action(async (flags: { member: string[]; out: string; clientPort: number; peerPort: number; metricsPort: number; dataDir: string }) => {
+    await initBundles({ members: flags.member, outDirectory: flags.out, clientPort: flags.clientPort, peerPort: flags.peerPort, metricsPort: flags.metricsPort, dataDir: flags.dataDir }, print).catch(fail);
   });
 
 program

@@ -40,6 +40,11 @@ function portsFor(base: number, index: number): { clientPort: number; peerPort: 
   return { clientPort, peerPort: clientPort + 1 };
 }
 
+/** Metrics and health of a local member: client port + 2 (2381 for the first, as etcd's usual port), over TLS. */
+export function metricsUrl(clientPort: number): string {
+  return `https://127.0.0.1:${clientPort + 2}`;
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -121,6 +126,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--trusted-ca-file', path.join(home, 'ca.crt'),
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
       '--crl-file', path.join(home, 'crl.pem'),
+      '--listen-metrics-urls', metricsUrl(member.clientPort),
       ...(options.auth ? [] : ['--no-bootstrap-auth']),
       ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
@@ -132,7 +138,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     child.unref();
     await log.close();
     await writeFile(pidFile, `${child.pid}\n`);
-    print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, log ${path.join(home, 'log')}`);
+    print(`started ${member.name} (pid ${child.pid}): client https://127.0.0.1:${member.clientPort}, peer https://127.0.0.1:${member.peerPort}, metrics ${metricsUrl(member.clientPort)}/metrics, log ${path.join(home, 'log')}`);
   }
   try {
     await waitHealthy(directory, endpoints, options.timeoutMs, () => checkStarted(started));

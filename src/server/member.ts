@@ -48,6 +48,7 @@ import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, va
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
 import { authorizeRange, authorizeRequest } from './authorize.js';
 import type { Caller } from '../api/messages.js';
+import { instruments, slowApplyMs } from '../instruments.js';
 
 export const serverVersion = '3.5.17';
 
@@ -340,6 +341,11 @@ export class Member {
 
   get raftIndex(): number {
     return this.loop.lastIndex;
+  }
+
+  /** Proposals waiting to be applied (etcd_server_proposals_pending). */
+  get pendingProposals(): number {
+    return this.waiters.size;
   }
 
   get dbSize(): number {
@@ -639,6 +645,7 @@ export class Member {
     const result = await new Promise<ApplyResult>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiters.delete(id);
+        instruments.proposalFailed.record(1);
         reject(new RampartError('Timeout'));
       }, this.options.requestTimeoutMs);
       this.waiters.set(id, (applied) => {
@@ -650,6 +657,7 @@ export class Member {
       } catch (error) {
         clearTimeout(timer);
         this.waiters.delete(id);
+        instruments.proposalFailed.record(1);
         reject(error);
       }
     });
@@ -698,6 +706,7 @@ export class Member {
 
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
+    const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
     const appliedChanges: string[] = [];
@@ -731,7 +740,10 @@ export class Member {
       this.watchHub.notify(revision, events);
     }
     const revision = this.store.currentRevision;
+    const commitStarted = performance.now();
     await this.db.batch(batch);
+    instruments.backendCommitSeconds.recordSince(commitStarted);
+    if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
     this.store.markFlushed(batch, revision);
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);

@@ -1,17 +1,24 @@
 /**
- * Prometheus metrics and health endpoints on their own HTTP listener (`--listen-metrics-urls`, as
- * etcd's flag). Metric names follow etcd's where etcd has one, so existing dashboards and alerts
- * work; Rampart's own are prefixed `rampart_`. Nothing here carries keys, values or secrets.
+ * Prometheus metrics and health endpoints on their own listener (`--listen-metrics-urls`, as etcd's
+ * flag). Metric names, labels and histogram buckets follow etcd's where etcd has one, so existing
+ * dashboards and alerts (the etcd mixin, deploy/prometheus/alerts.yaml) work; Rampart's own are
+ * prefixed `rampart_`. Nothing here carries keys, values or secrets, but metrics still describe the
+ * cluster: an https:// URL is served with the client port's certificate and requires a client
+ * certificate from the cluster CA; plaintext needs an explicit http:// URL.
  *
  *   /metrics  Prometheus text format
  *   /health   {"health":"true"} with 200 when the member has a leader and no alarm, else 503 (as etcd)
  *   /livez    200 while the process serves; /readyz 200 once it serves clients and has a leader
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { createServer as createTlsServer } from 'node:https';
+import type { TLSSocket } from 'node:tls';
+import type { experimental } from '@grpc/grpc-js';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, exponentialBuckets } from 'prom-client';
 import type { X509Certificate } from 'node:crypto';
 import { remainingLifetime } from '../pki/reloading-provider.js';
 import type { Member } from './member.js';
+import { instruments, type Instrument } from '../instruments.js';
 
 export interface CertificateSource {
   readonly use: 'client' | 'peer';
@@ -20,15 +27,52 @@ export interface CertificateSource {
 
 export interface ServerMetrics {
   readonly registry: Registry;
-  /** Counts a finished gRPC call (method and status code name, as grpc-prometheus). */
-  handled(method: string, code: string): void;
+  /** Counts a finished unary gRPC call and its duration (method, status code name as in gRPC's spec). */
+  handled(method: string, code: string, seconds?: number): void;
   loginFailed(): void;
   permissionDenied(): void;
 }
 
-export function createMetrics(member: Member, certificates: readonly CertificateSource[], quotaBytes: number): ServerMetrics {
+/** What the metrics read from the rest of the member, beyond the Member itself. */
+export interface MetricsSources {
+  readonly certificates: readonly CertificateSource[];
+  readonly quotaBytes: number;
+  /** Audit events recorded and not yet written (undefined: no audit trail). */
+  readonly auditQueue?: () => number;
+  /**
+   * Hook for the audit sinks (shipping the trail elsewhere): failed deliveries so far, by sink name.
+   * Until sinks exist nothing is passed and the metric stays absent.
+   */
+  readonly auditSinkFailures?: () => ReadonlyMap<string, number>;
+}
+
+/** grpc-prometheus' code names (Go's codes.Code.String()), which the etcd mixin's alerts match. */
+export function grpcCodeName(statusName: string): string {
+  if (statusName === 'OK') return 'OK';
+  if (statusName === 'CANCELLED') return 'Canceled';
+  return statusName.toLowerCase().split('_').map((word) => word.charAt(0).toUpperCase() + word.slice(1)).join('');
+}
+
+export function createMetrics(member: Member, sources: MetricsSources): ServerMetrics {
+  const { certificates, quotaBytes } = sources;
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
+  const bindHistogram = (instrument: Instrument, histogram: Histogram<string>, label?: string): void => {
+    instrument.bind(label === undefined ? (value) => histogram.observe(value) : (value, peer) => histogram.observe({ [label]: peer ?? '' }, value));
+  };
+  const bindCounter = (instrument: Instrument, counter: Counter<string>, label?: string): void => {
+    if (label === undefined) return instrument.bind((value) => counter.inc(value));
+    instrument.bind((value, peer) => counter.inc({ [label]: peer ?? '' }, value), (peer) => counter.inc({ [label]: peer }, 0));
+  };
+  // etcd's buckets: 1 ms doubling 14 times for disk latencies, 0.1 ms doubling 16 times for peer round trips.
+  const diskBuckets = exponentialBuckets(0.001, 2, 14);
+  bindHistogram(instruments.walFsyncSeconds, new Histogram({ name: 'etcd_disk_wal_fsync_duration_seconds', help: 'Latency of fsynced Raft log writes.', buckets: diskBuckets, registers: [registry] }));
+  bindHistogram(instruments.backendCommitSeconds, new Histogram({ name: 'etcd_disk_backend_commit_duration_seconds', help: 'Latency of writing an applied batch to the database.', buckets: diskBuckets, registers: [registry] }));
+  bindHistogram(instruments.peerRoundTripSeconds, new Histogram({ name: 'etcd_network_peer_round_trip_time_seconds', help: 'Heartbeat round-trip time to each peer.', labelNames: ['To'], buckets: exponentialBuckets(0.0001, 2, 16), registers: [registry] }), 'To');
+  bindCounter(instruments.peerSendFailed, new Counter({ name: 'etcd_network_peer_sent_failures_total', help: 'Messages to a peer that could not be sent.', labelNames: ['To'], registers: [registry] }), 'To');
+  bindCounter(instruments.heartbeatSendFailed, new Counter({ name: 'etcd_server_heartbeat_send_failures_total', help: 'Heartbeats the leader could not send.', registers: [registry] }));
+  bindCounter(instruments.slowApply, new Counter({ name: 'etcd_server_slow_apply_total', help: 'Applies of committed entries that took longer than 100 ms.', registers: [registry] }));
+  bindCounter(instruments.proposalFailed, new Counter({ name: 'etcd_server_proposals_failed_total', help: 'Proposals that failed to commit (timed out or no leader).', registers: [registry] }));
   const gauge = (name: string, help: string, read: () => number): void => {
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
   };
@@ -38,7 +82,11 @@ export function createMetrics(member: Member, certificates: readonly Certificate
   gauge('etcd_server_proposals_committed_total', 'The last log index this member knows of.', () => member.raftIndex);
   gauge('etcd_server_proposals_applied_total', 'The last log index applied to the state machine.', () => member.appliedIndex);
   gauge('etcd_server_term', 'The current Raft term.', () => member.term);
+  gauge('etcd_server_proposals_pending', 'Proposals waiting to be applied.', () => member.pendingProposals);
   gauge('etcd_mvcc_db_total_size_in_bytes', 'Size of the database on disk.', () => member.dbSize);
+  // The database keeps no free pages to reuse (compaction deletes records), so all of it is in use.
+  gauge('etcd_mvcc_db_total_size_in_use_in_bytes', 'Size of the database in use.', () => member.dbSize);
+  gauge('etcd_debugging_mvcc_keys_total', 'Keys in the store index.', () => member.store.keyCount);
   gauge('etcd_server_quota_backend_bytes', 'The storage quota (NOSPACE past it).', () => quotaBytes);
   gauge('etcd_debugging_mvcc_current_revision', 'The current store revision.', () => member.store.currentRevision);
   gauge('etcd_debugging_mvcc_watcher_total', 'Active watchers.', () => member.watchHub.watcherCount);
@@ -57,12 +105,29 @@ export function createMetrics(member: Member, certificates: readonly Certificate
     name: 'rampart_certificate_lifetime_remaining_ratio', help: 'Share of the certificate lifetime left (renew below 0.3).', labelNames: ['use'], registers: [registry],
     collect() { for (const source of certificates) this.set({ use: source.use }, Math.max(0, remainingLifetime(source.certificate()).share)); },
   });
-  const handled = new Counter({ name: 'grpc_server_handled_total', help: 'gRPC calls completed, by method and status code.', labelNames: ['grpc_method', 'grpc_code'], registers: [registry] });
+  gauge('rampart_encryption_enabled', 'Whether this member encrypts its data at rest.', () => (member.encryptionStatus() === undefined ? 0 : 1));
+  gauge('rampart_encryption_last_rotation_timestamp_seconds', 'When the data key in use was created or rotated (0 without encryption).', () => (member.encryptionStatus()?.lastRotationMs ?? 0) / 1000);
+  if (sources.auditQueue !== undefined) {
+    const queue = sources.auditQueue;
+    gauge('rampart_audit_queue_events', 'Audit events recorded and not yet written.', () => queue());
+  }
+  if (sources.auditSinkFailures !== undefined) {
+    const failures = sources.auditSinkFailures;
+    new Counter({
+      name: 'rampart_audit_sink_failures_total', help: 'Failed deliveries of audit events to a sink.', labelNames: ['sink'], registers: [registry],
+      collect() { this.reset(); for (const [sink, count] of failures()) this.inc({ sink }, count); },
+    });
+  }
+  const handled = new Counter({ name: 'grpc_server_handled_total', help: 'gRPC calls completed, by method and status code.', labelNames: ['grpc_type', 'grpc_method', 'grpc_code'], registers: [registry] });
+  const handling = new Histogram({ name: 'grpc_server_handling_seconds', help: 'Time to answer a unary gRPC call.', labelNames: ['grpc_type', 'grpc_method'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [registry] });
   const loginFailures = new Counter({ name: 'rampart_auth_failed_logins_total', help: 'Authenticate calls refused (wrong password, unknown user, or locked out).', registers: [registry] });
   const denied = new Counter({ name: 'rampart_auth_permission_denied_total', help: 'Requests refused for lack of permission.', registers: [registry] });
   return {
     registry,
-    handled: (method, code) => handled.inc({ grpc_method: method, grpc_code: code }),
+    handled: (method, code, seconds) => {
+      handled.inc({ grpc_type: 'unary', grpc_method: method, grpc_code: grpcCodeName(code) });
+      if (seconds !== undefined) handling.observe({ grpc_type: 'unary', grpc_method: method }, seconds);
+    },
     loginFailed: () => loginFailures.inc(),
     permissionDenied: () => denied.inc(),
   };
@@ -75,12 +140,28 @@ function healthOf(member: Member): { healthy: boolean; reason: string } {
   return { healthy: true, reason: '' };
 }
 
-export async function serveMetrics(urls: readonly string[], member: Member, metrics: ServerMetrics, ready: () => boolean): Promise<Server[]> {
+/** The client port's certificate material, reloaded as it changes (the reloading provider). */
+export type MetricsTls = experimental.CertificateProvider;
+
+export interface MetricsServing {
+  readonly urls: readonly string[];
+  /** Required for https:// URLs: the server certificate and the CA client certificates must chain to. */
+  readonly tls?: MetricsTls;
+  /** A revoked client certificate is refused (the CRL of the client port). */
+  readonly isRevoked?: (serialNumber: string) => boolean;
+}
+
+export async function serveMetrics(serving: MetricsServing, member: Member, metrics: ServerMetrics, ready: () => boolean): Promise<Server[]> {
   const handler = (request: IncomingMessage, response: ServerResponse): void => {
     const reply = (status: number, type: string, body: string): void => {
       response.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       response.end(body);
     };
+    const socket = request.socket as Partial<TLSSocket>;
+    if (socket.encrypted === true && serving.isRevoked !== undefined) {
+      const serial = socket.getPeerCertificate?.().serialNumber;
+      if (serial === undefined || serving.isRevoked(serial)) return reply(403, 'text/plain', 'certificate revoked\n');
+    }
     const path = (request.url ?? '/').split('?')[0];
     if (request.method !== 'GET') return reply(405, 'text/plain', 'method not allowed\n');
     switch (path) {
@@ -100,10 +181,18 @@ export async function serveMetrics(urls: readonly string[], member: Member, metr
     }
   };
   const servers: Server[] = [];
-  for (const url of urls) {
+  for (const url of serving.urls) {
     const parsed = new URL(url);
-    if (parsed.protocol !== 'http:') throw new Error(`--listen-metrics-urls: only http:// is served (got ${url}); metrics carry no secrets, keep the port local or firewalled`);
-    const server = createServer(handler);
+    let server: Server;
+    if (parsed.protocol === 'https:') {
+      if (serving.tls === undefined) throw new Error(`--listen-metrics-urls ${url}: https needs the client port's TLS (not with --insecure); give an explicit http:// URL for plaintext`);
+      server = await tlsServer(serving.tls, handler);
+    } else if (parsed.protocol === 'http:') {
+      server = createServer(handler);
+    } else {
+      throw new Error(`--listen-metrics-urls: ${url} is neither https:// (client certificate required) nor http:// (plaintext)`);
+    }
+    if (parsed.port === '') throw new Error(`--listen-metrics-urls: ${url} needs a port`);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(Number(parsed.port), parsed.hostname.replace(/^\[|\]$/g, ''), () => resolve());
@@ -111,4 +200,40 @@ export async function serveMetrics(urls: readonly string[], member: Member, metr
     servers.push(server);
   }
   return servers;
+}
+
+/**
+ * An HTTPS server with the client port's certificate that requires a client certificate from the
+ * same CA; both follow the provider's reloads (renewal, CA rotation) without a restart.
+ */
+async function tlsServer(tls: MetricsTls, handler: (request: IncomingMessage, response: ServerResponse) => void): Promise<Server> {
+  let ca: Buffer | undefined;
+  let identity: { certificate: Buffer; privateKey: Buffer } | undefined;
+  let server: ReturnType<typeof createTlsServer> | undefined;
+  let first: () => void = () => undefined;
+  const loaded = new Promise<void>((resolve) => {
+    first = resolve;
+  });
+  const update = (): void => {
+    if (ca === undefined || identity === undefined) return;
+    const context = { ca, cert: identity.certificate, key: identity.privateKey };
+    if (server === undefined) {
+      server = createTlsServer({ ...context, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, handler);
+      first();
+    } else {
+      server.setSecureContext(context);
+    }
+  };
+  tls.addCaCertificateListener((caUpdate) => {
+    if (caUpdate === null) return;
+    ca = caUpdate.caCertificate;
+    update();
+  });
+  tls.addIdentityCertificateListener((identityUpdate) => {
+    if (identityUpdate === null) return;
+    identity = identityUpdate;
+    update();
+  });
+  await loaded;
+  return server as unknown as Server;
 }

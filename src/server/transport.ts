@@ -12,6 +12,7 @@ import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
+import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
 
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
@@ -238,9 +239,12 @@ class PeerSender {
       return;
     }
     if (this.congested || this.queue.length >= peerQueueMessagesMax) {
+      instruments.peerSendFailed.record(1, String(this.id));
+      if (message.type === 'heartbeat') instruments.heartbeatSendFailed.record(1);
       this.options.onUnreachable(this.id);
       return;
     }
+    if (message.type === 'heartbeat') this.transport.heartbeatSent(this.id);
     this.queue.push(toWire(message));
     if (!this.scheduled) {
       this.scheduled = true;
@@ -257,6 +261,7 @@ class PeerSender {
           this.lastWarningMs = now;
           this.options.logger.warn({ peer: this.id, url: this.url, err: error.details }, 'cannot reach peer');
         }
+        instruments.peerSendFailed.record(1, String(this.id));
         this.options.onUnreachable(this.id);
       }
     });
@@ -373,7 +378,9 @@ export class Transport {
           }
           for (const wire of batch.messages) {
             const message = fromWire(wire);
-            if (message !== undefined && message.to === options.selfId && senderBound(call, message)) options.onMessage(message);
+            if (message === undefined || message.to !== options.selfId || !senderBound(call, message)) continue;
+            if (message.type === 'heartbeatResponse') this.heartbeatAnswered(message.from);
+            options.onMessage(message);
           }
         });
         call.on('end', () => {
@@ -453,8 +460,25 @@ export class Transport {
       }
     }
     for (const [id, url] of wanted) {
-      if (!this.peers.has(id)) this.peers.set(id, new PeerSender(id, url, this, this.options));
+      if (this.peers.has(id)) continue;
+      this.peers.set(id, new PeerSender(id, url, this, this.options));
+      instruments.peerSendFailed.declare(String(id)); // the peer's series exists (at 0) before any failure
     }
+  }
+
+  /** When the oldest unanswered heartbeat to each peer left: its response gives the round trip. */
+  private readonly heartbeatsSentMs = new Map<NodeId, number>();
+
+  /** @internal A heartbeat to `peer` is on its way (PeerSender). */
+  heartbeatSent(peer: NodeId): void {
+    if (!this.heartbeatsSentMs.has(peer)) this.heartbeatsSentMs.set(peer, performance.now());
+  }
+
+  private heartbeatAnswered(peer: NodeId): void {
+    const sent = this.heartbeatsSentMs.get(peer);
+    if (sent === undefined) return;
+    this.heartbeatsSentMs.delete(peer);
+    instruments.peerRoundTripSeconds.recordSince(sent, String(peer));
   }
 
   send(messages: readonly Message[]): void {

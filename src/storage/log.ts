@@ -22,6 +22,7 @@ import type { Entry, EntryType, HardState } from '../raft/types.js';
 import { readUint64, writeUint64 } from './encoding.js';
 import type { BatchOperation, Database } from './mvcc/store.js';
 import { metaKey, prefix } from './schema.js';
+import { instruments } from '../instruments.js';
 
 export class LogCorruptionError extends Error {
   constructor(message: string) {
@@ -199,7 +200,9 @@ export class LogStore {
     const hard = update.hardState;
     const mustSync = update.entries.length > 0 || update.resetTo !== undefined || (update.extra ?? []).length > 0 ||
       (hard !== undefined && (hard.term !== this.syncedHardState.term || hard.vote !== this.syncedHardState.vote));
+    const started = performance.now();
     await this.db.batch(operations, { sync: mustSync });
+    if (mustSync) instruments.walFsyncSeconds.recordSince(started);
     if (hard !== undefined && mustSync) this.syncedHardState = hard;
     if (update.resetTo !== undefined) {
       this.startValue = update.resetTo;

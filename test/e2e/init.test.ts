@@ -83,7 +83,7 @@ describe('rampart init', () => {
       expect(metrics).toMatch(/^etcd_server_is_leader 1$/m);
       expect(metrics).toMatch(/^etcd_server_leader_changes_seen_total 1$/m);
       expect(metrics).toMatch(/^etcd_debugging_mvcc_current_revision 2$/m);
-      expect(metrics).toMatch(/^grpc_server_handled_total\{grpc_method="Put",grpc_code="OK"\} 1$/m);
+      expect(metrics).toMatch(/^grpc_server_handled_total\{grpc_type="unary",grpc_method="Put",grpc_code="OK"\} 1$/m);
       for (const use of ['client', 'peer']) {
         const seconds = Number(new RegExp(`^rampart_certificate_expiry_seconds\\{use="${use}"\\} (\\d+)$`, 'm').exec(metrics)?.[1]);
         expect(seconds).toBeGreaterThan(89 * 86_400);

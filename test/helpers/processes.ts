@@ -229,11 +229,11 @@ async function portFree(port: number): Promise<boolean> {
   });
 }
 
-/** A base port whose +0/+1, +10000/+10001 and +20000/+20001 neighbours are all free. */
+/** A base port whose +0/+1/+2, +10000/+10001/+10002 and +20000/+20001/+20002 neighbours (client, peer, metrics) are all free. */
 export async function freeBasePort(): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {
     const base = 20_000 + Math.floor(Math.random() * 9_000) * 1;
-    const ports = [0, 1, 10_000, 10_001, 20_000, 20_001].map((offset) => base + offset);
+    const ports = [0, 1, 2, 10_000, 10_001, 10_002, 20_000, 20_001, 20_002].map((offset) => base + offset);
     if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
   }
   throw new Error('no free base port');
