@@ -177,7 +177,7 @@ export interface WatchResponse {
 /** The payload of one replicated log entry (rampart.InternalRequest). */
 export interface InternalRequest {
   id: Int64In | Int64Out;
-  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change' | 'audit_checkpoint';
+  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change' | 'audit_checkpoint' | 'encryption_rotate';
   put?: PutRequest;
   delete_range?: DeleteRangeRequest;
   txn?: TxnRequest;
@@ -190,6 +190,7 @@ export interface InternalRequest {
   auth_change?: string | undefined;
   /** A member's audit chain head (src/audit/checkpoint.ts), JSON. */
   audit_checkpoint?: string | undefined;
+  encryption_rotate?: { kek: boolean };
   caller?: Caller | null | undefined;
 }
 

@@ -419,6 +419,18 @@ export function createServices(options: ServicesOptions): ServiceTable {
     }),
   });
 
+  services.set('rampart.Encryption', {
+    Status: unary('EncryptionStatus', async (_request: object, call) => {
+      await admin(call);
+      return encryptionStatusOf(member);
+    }),
+    Rotate: unary('EncryptionRotate', async (request: { kek: boolean }, call) => {
+      const caller = await admin(call);
+      await member.rotateEncryption(request.kek, caller);
+      return {};
+    }),
+  });
+
   services.set('rampart.Policy', {
     Export: unary('PolicyExport', async (_request: object, call) => {
       await admin(call);
@@ -442,6 +454,30 @@ export function createServices(options: ServicesOptions): ServiceTable {
   });
 
   return services;
+}
+
+/** One member's encryption at rest, as `rampart encryption status` shows it. */
+async function encryptionStatusOf(member: Member): Promise<object> {
+  const status = member.encryptionStatus();
+  if (status === undefined) return { member: member.options.name, encrypted: false };
+  const [counts, health] = await Promise.all([member.encryptionRecordCounts(), member.encryptionProviderHealth()]);
+  const total = [...counts.values()].reduce((sum, count) => sum + count, 0);
+  const known = new Set(status.deks.map((dek) => dek.id));
+  const other = [...counts].reduce((sum, [id, count]) => sum + (known.has(id) ? 0 : count), 0);
+  return {
+    member: member.options.name,
+    encrypted: true,
+    provider: status.provider,
+    provider_source: status.providerSource,
+    provider_reachable: health?.reachable ?? false,
+    kek_id: status.kekId,
+    active_dek: status.activeDekId,
+    deks: status.deks.map((dek) => ({ id: dek.id, records: counts.get(dek.id) ?? 0, kek_id: dek.kekId, created_unix_ms: dek.createdAtMs })),
+    percent_resealed: total === 0 ? 100 : (100 * (counts.get(status.activeDekId) ?? 0)) / total,
+    reseal_running: member.encryptionProgress.running,
+    last_rotation_unix_ms: status.lastRotationMs,
+    records_other: other,
+  };
 }
 
 function alarmName(alarm: number): string {

@@ -8,12 +8,13 @@ import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
 import { recordRefusal, type TransportRefusal } from '../api/refusal-audit.js';
-import { Member, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
+import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
-import { databaseExists } from '../storage/database.js';
+import { databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
 import { restoreSnapshot, saveSnapshot } from './snapshot.js';
 import { startProgress } from './progress.js';
+import { encryptionRotate, encryptionStatus, formatStatus } from './encryption.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { RevocationList, crlFileName, crlNumberFileName, revoke } from '../pki/revocation.js';
@@ -72,6 +73,16 @@ function integer(value: string): number {
   return parsed;
 }
 
+/** A duration such as 7d, 12h, 30m or 45s, in milliseconds. */
+function duration(value: string): number {
+  const match = /^(\d+)(s|m|h|d)$/.exec(value.trim());
+  const units = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+  if (match === null) throw new InvalidArgumentError(`not a duration (like 7d, 12h, 30m, 45s): ${value}`);
+  const milliseconds = Number(match[1]) * units[match[2] as keyof typeof units];
+  if (milliseconds < 1000) throw new InvalidArgumentError(`at least 1s: ${value}`);
+  return milliseconds;
+}
+
 function list(value: string): string[] {
   return value.split(',').map((item) => item.trim()).filter((item) => item.length > 0);
 }
@@ -114,6 +125,8 @@ interface ServeFlags {
   auditAnchorIntervalMs: number;
   encryption: boolean;
   encryptionKeyFile?: string;
+  encryptionRotationInterval: number;
+  encryptionResealRate: number;
 }
 
 program
@@ -155,6 +168,8 @@ program
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
   .option('--no-encryption', 'keep the member\'s data in plaintext on disk (not recommended)')
+  .option('--encryption-rotation-interval <duration>', 'automatic data key rotation: a new key once the active one is this old (e.g. 7d, 12h, 30m)', duration, defaultEncryptionRotationIntervalMs)
+  .option('--encryption-reseal-rate <records>', 'records per second a re-seal pass rewrites after a rotation (bounds its cost to the member)', integer, resealRecordsPerSecondDefault)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
   .action(async (_flags: ServeFlags, command: Command) => {
@@ -307,6 +322,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
     logger,
     keyProvider,
+    encryptionRotationIntervalMs: flags.encryptionRotationInterval,
+    encryptionResealRecordsPerSecond: Math.max(1, flags.encryptionResealRate),
     onRemoved: () => {
       process.stderr.write('rampart: this member has been permanently removed from the cluster\n');
       void member.close().finally(() => process.exit(0));
@@ -569,6 +586,20 @@ connectionOptions(snapshot.command('save <file>').description('save a member\'s 
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
     const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart').catch(fail);
     print(`saved ${flags.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
+  });
+
+const encryptionCommand = program.command('encryption').description('encryption at rest: status and key rotation across the cluster (root only)');
+connectionOptions(encryptionCommand.command('status').description('per member: provider, KEK, active DEK, records per DEK, percent re-sealed, last rotation'))
+  .option('--json', 'one JSON object per member', false)
+  .action(async (flags: ConnectionOptions & { json: boolean }) => {
+    const statuses = await encryptionStatus(flags).catch(fail);
+    for (const status of statuses) print(flags.json ? JSON.stringify(status) : formatStatus(status));
+  });
+connectionOptions(encryptionCommand.command('rotate').description('a new data key on every member (older records are re-sealed in the background); --kek: re-wrap the data keys under a new key-encryption key'))
+  .option('--kek', 'rotate the key-encryption key instead', false)
+  .action(async (flags: ConnectionOptions & { kek: boolean }) => {
+    await encryptionRotate(flags, flags.kek).catch(fail);
+    print(flags.kek ? 'every member re-wraps its data keys under a new key-encryption key' : 'every member rotated its data key; `rampart encryption status` shows the re-seal progress');
   });
 
 const policy = program.command('policy').description('RBAC policy files (policies/*.yaml): validate, test, diff, apply, export');

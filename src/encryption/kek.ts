@@ -33,6 +33,15 @@ export interface KekProvider {
   unwrap(wrapped: WrappedKey): Promise<Buffer>;
   /** Asks the provider whether it works and which KEK it uses now. */
   health(): Promise<KekHealth>;
+  /**
+   * KEK rotation, in three steps around the re-wrap of every DEK: `beginRotation` makes `wrap` use
+   * the new KEK (file: a new key in `<file>.next`; kms: the plugin's current key_id),
+   * `completeRotation` makes it the only one (file: renames it over the old file).
+   */
+  beginRotation(): Promise<void>;
+  completeRotation(): Promise<void>;
+  /** After the key store was loaded: finishes or discards a rotation a crash interrupted. */
+  settle(): Promise<void>;
   close(): void;
 }
 

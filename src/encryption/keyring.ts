@@ -73,6 +73,7 @@ export interface DekStatus {
 export interface KeyringStatus {
   readonly provider: string;
   readonly providerSource: string;
+  readonly kekId: string;
   readonly activeDekId: number;
   readonly lastRotationMs: number;
   readonly deks: DekStatus[];
@@ -149,6 +150,8 @@ function wrapPlaintext(id: number, key: Buffer): Buffer {
 
 export class Keyring implements RecordSealer {
   private readonly deks = new Map<number, Dek>();
+  /** Retired DEKs: gone from the key store, kept in memory for iterators opened before (never seal). */
+  private readonly retired = new Map<number, Buffer>();
   private active!: Dek;
   private activeSinceMs = 0;
   private reserving: Promise<void> | undefined;
@@ -201,6 +204,7 @@ export class Keyring implements RecordSealer {
     const active = keyring.deks.get(activeId);
     if (active === undefined) throw new KeyProviderError(`the active data key ${activeId} is missing from the key store`);
     keyring.active = active;
+    await provider.settle();
     return keyring;
   }
 
@@ -258,9 +262,9 @@ export class Keyring implements RecordSealer {
       throw new SealedRecordError(`record ${describeKey(key)}: not a sealed record (the member encrypts every record)`);
     }
     const id = sealedDekId(record);
-    const dek = this.deks.get(id);
+    const dek = this.deks.get(id)?.key ?? this.retired.get(id);
     if (dek === undefined) throw new SealedRecordError(`record ${describeKey(key)}: sealed under data key ${id}, which this member does not have`);
-    return openRecord(dek.key, key, record);
+    return openRecord(dek, key, record);
   }
 
   /** Makes a new DEK active at once; records sealed under older ones stay readable. */
@@ -278,8 +282,9 @@ export class Keyring implements RecordSealer {
     return id;
   }
 
-  /** Re-wraps every DEK under the provider's current KEK. */
+  /** Re-wraps every DEK under a new KEK (file) or the provider's current one (kms). */
   async rewrap(): Promise<void> {
+    await this.provider.beginRotation();
     const operations: KeyStoreOperation[] = [];
     const rewrapped = new Map<number, WrappedKey>();
     for (const dek of this.deks.values()) {
@@ -292,20 +297,23 @@ export class Keyring implements RecordSealer {
       const dek = this.deks.get(id);
       if (dek !== undefined) dek.wrapped = wrapped;
     }
+    await this.provider.completeRotation();
   }
 
-  /** Forgets a DEK that no record uses any more. */
+  /** Deletes a DEK that no record uses any more from the key store. */
   async retire(id: number): Promise<void> {
-    if (id === this.active.id || !this.deks.has(id)) return;
+    const dek = this.deks.get(id);
+    if (id === this.active.id || dek === undefined) return;
     await this.store.batch([{ type: 'del', key: dekRecordKey(id) }], { sync: true });
-    this.deks.get(id)?.key.fill(0);
     this.deks.delete(id);
+    this.retired.set(id, dek.key);
   }
 
   status(): KeyringStatus {
     return {
       provider: this.provider.kind,
       providerSource: this.provider.source,
+      kekId: this.active.wrapped.kekId,
       activeDekId: this.active.id,
       lastRotationMs: this.activeSinceMs,
       deks: [...this.deks.values()].map((dek) => ({ id: dek.id, createdAtMs: dek.createdAtMs, kekId: dek.wrapped.kekId, sealsReserved: dek.reserved })),
@@ -314,6 +322,7 @@ export class Keyring implements RecordSealer {
 
   close(): void {
     for (const dek of this.deks.values()) dek.key.fill(0);
+    for (const key of this.retired.values()) key.fill(0);
     this.provider.close();
   }
 }

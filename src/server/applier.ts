@@ -142,6 +142,9 @@ export class Applier {
           batch.push(...this.membership.updatePeerUrls(id, update.peerURLs));
           return { ok: true, revision: this.store.currentRevision, response: {} };
         }
+        case 'encryption_rotate':
+          // No replicated state changes: each member rotates its own keys (see Member.applyEntries).
+          return { ok: true, revision: this.store.currentRevision, response: {} };
         case undefined:
           throw new RampartError('InvalidArgument', 'empty internal request');
       }

@@ -121,6 +121,7 @@ export function authorizeRequest(decider: AuthDecider, request: InternalRequest,
     case 'alarm':
     case 'auth_change':
     case 'member_update':
+    case 'encryption_rotate':
       requireAdmin(decider, caller);
       return;
     case 'lease_grant':

@@ -18,7 +18,7 @@ import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/r
 import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
-import { SealedDatabase, type KekProvider, type KeyringStatus } from '../storage/database.js';
+import { SealedDatabase, type KekProvider, type KeyringStatus, type ResealProgress } from '../storage/database.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
@@ -83,10 +83,17 @@ export interface MemberOptions {
   readonly logger: Logger;
   /** Seal the member's records at rest under DEKs wrapped by this provider's KEK; absent: plaintext. */
   readonly keyProvider?: KekProvider | undefined;
+  /** Automatic DEK rotation: a new DEK once the active one is this old. */
+  readonly encryptionRotationIntervalMs?: number;
+  /** Records per second a re-seal pass rewrites. */
+  readonly encryptionResealRecordsPerSecond?: number;
   readonly onRemoved?: () => void;
   readonly nowMs?: () => number;
 }
 
+export const defaultEncryptionRotationIntervalMs = 7 * 24 * 3600 * 1000;
+/** How often a member checks its rotation schedule and whether a re-seal pass is due. */
+const encryptionCheckIntervalMs = 30_000;
 export const defaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024;
 export const defaultMaxRequestBytes = 1.5 * 1024 * 1024;
 
@@ -150,6 +157,7 @@ export class Member {
   static async open(options: MemberOptions): Promise<Member> {
     await ensurePrivateDirectory(options.dataDir, 'data directory');
     const db = await SealedDatabase.open(options.dataDir, options.keyProvider);
+    if (options.encryptionResealRecordsPerSecond !== undefined) db.resealRecordsPerSecond = options.encryptionResealRecordsPerSecond;
     try {
       const { clusterId, memberId, joinedFrom } = await loadIdentity(db, options);
       const store = await MvccStore.open(db);
@@ -251,6 +259,12 @@ export class Member {
     this.timers.push(setInterval(() => void this.refreshDbSize(), 1000));
     this.timers.push(setInterval(() => void this.publishAttributes(), 100));
     this.timers.push(setInterval(() => this.watchHub.notifyProgress(), this.options.watchProgressNotifyIntervalMs));
+    if (this.db.encrypted) {
+      const rotationIntervalMs = this.options.encryptionRotationIntervalMs ?? defaultEncryptionRotationIntervalMs;
+      this.timers.push(setInterval(() => this.encryptionMaintenance(rotationIntervalMs), Math.min(rotationIntervalMs, encryptionCheckIntervalMs)));
+      // A re-seal pass a crash or a restart interrupted resumes at once.
+      if (this.db.resealDue) this.startReseal();
+    }
     for (const timer of this.timers) timer.unref();
   }
 
@@ -728,7 +742,9 @@ export class Member {
       if (entry.data.length === 0) continue;
       const request = decodeInternalRequest(entry.data);
       if (request.request === 'member_attributes' || request.request === 'member_update') membershipChanged = true;
-      results.push([String(request.id), this.applier.apply(request, batch)]);
+      const applied = this.applier.apply(request, batch);
+      if (request.request === 'encryption_rotate' && applied.ok) this.rotateKeys(request.encryption_rotate?.kek === true);
+      results.push([String(request.id), applied]);
     }
     const last = entries[entries.length - 1];
     if (last === undefined || last.index <= this.appliedIndexValue) {
@@ -875,6 +891,78 @@ export class Member {
   /** Encryption at rest on this member: undefined when it does not encrypt. */
   encryptionStatus(): KeyringStatus | undefined {
     return this.db.encryptionStatus();
+  }
+
+  /** Re-seal progress of this member's records (counts from the last full scan). */
+  get encryptionProgress(): ResealProgress {
+    return this.db.resealProgress;
+  }
+
+  /** Counts this member's records per DEK now (a scan of the database). */
+  encryptionRecordCounts(): Promise<Map<number, number>> {
+    return this.db.countRecords();
+  }
+
+  /** Whether the KEK provider answers, and the KEK it uses now (undefined: no encryption). */
+  async encryptionProviderHealth(): Promise<{ reachable: boolean; kekId: string } | undefined> {
+    const provider = this.options.keyProvider;
+    if (provider === undefined || !this.db.encrypted) return undefined;
+    return provider.health().catch(() => ({ reachable: false, kekId: '' }));
+  }
+
+  /** Rotates every member's DEK (or with `kek`, re-wraps under a new KEK) through the log. */
+  async rotateEncryption(kek: boolean, caller?: Caller): Promise<void> {
+    this.checkRunning();
+    if (!this.db.encrypted) throw new RampartError('NotCapable', 'this member does not encrypt at rest');
+    await this.propose({ request: 'encryption_rotate', encryption_rotate: { kek }, caller }, false);
+    await this.keyRotation;
+  }
+
+  private keyRotation: Promise<void> = Promise.resolve();
+  /** The KEK provider's last health check (a KMS plugin may go away while the member serves). */
+  kekProviderReachable = true;
+
+  get encryptionResealDue(): boolean {
+    return this.db.resealDue;
+  }
+
+  /** This member's part of a rotation: one at a time, never blocking the apply path. */
+  private rotateKeys(kek: boolean): void {
+    if (!this.db.encrypted) return;
+    this.keyRotation = this.keyRotation.then(async () => {
+      if (this.stopped) return;
+      if (kek) {
+        await this.db.rewrap();
+        this.options.logger.info({ kekId: this.db.encryptionStatus()?.kekId }, 'data keys re-wrapped under a new key-encryption key');
+        return;
+      }
+      const id = await this.db.rotate();
+      this.options.logger.info({ dek: id }, 'rotated the data encryption key; re-sealing older records in the background');
+      this.startReseal();
+    }).catch((error: unknown) => this.options.logger.error({ err: String(error) }, 'key rotation failed'));
+  }
+
+  private startReseal(): void {
+    void this.db.startReseal((error) => this.options.logger.error({ err: String(error) }, 're-seal pass failed; it resumes at the next check'));
+  }
+
+  /** The automatic DEK rotation schedule, and a re-seal pass that is due. */
+  private encryptionMaintenance(rotationIntervalMs: number): void {
+    if (this.stopped) return;
+    const status = this.db.encryptionStatus();
+    if (status === undefined) return;
+    void this.encryptionProviderHealth().then((health) => {
+      const reachable = health?.reachable ?? true;
+      if (reachable !== this.kekProviderReachable) {
+        this.options.logger[reachable ? 'info' : 'warn']({ provider: status.providerSource }, reachable ? 'key-encryption key provider reachable again' : 'key-encryption key provider unreachable; serving with the data keys already unwrapped');
+      }
+      this.kekProviderReachable = reachable;
+    });
+    if (Date.now() - status.lastRotationMs >= rotationIntervalMs) {
+      this.rotateKeys(false);
+    } else if (this.db.resealDue) {
+      this.startReseal();
+    }
   }
 
   private checkRunning(): void {

@@ -93,6 +93,21 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   gauge('etcd_server_alarms', 'Active alarms.', () => member.alarmList().length);
   gauge('rampart_auth_enabled', 'Whether authentication is enabled.', () => (member.auth.state.enabled ? 1 : 0));
   gauge('rampart_auth_revision', 'The auth revision (bumped by every user, role or policy change).', () => member.auth.state.revision);
+  gauge('rampart_encryption_enabled', 'Whether this member seals its data at rest.', () => (member.encryptionStatus() === undefined ? 0 : 1));
+  gauge('rampart_encryption_active_dek', 'The id of the data key new records are sealed under.', () => member.encryptionStatus()?.activeDekId ?? 0);
+  gauge('rampart_encryption_last_rotation_timestamp_seconds', 'When the active data key became active.', () => (member.encryptionStatus()?.lastRotationMs ?? 0) / 1000);
+  gauge('rampart_encryption_kek_provider_reachable', 'Whether the key-encryption key provider answered its last health check.', () => (member.kekProviderReachable ? 1 : 0));
+  gauge('rampart_encryption_resealed_ratio', 'Share of the records a re-seal pass had to rewrite that it has rewritten (1 when none is due).', () => {
+    const progress = member.encryptionProgress;
+    return progress.running && progress.toReseal > 0 ? progress.resealed / progress.toReseal : member.encryptionResealDue ? 0 : 1;
+  });
+  new Gauge({
+    name: 'rampart_encryption_records', help: 'Sealed records per data key, as of the last full scan.', labelNames: ['dek'], registers: [registry],
+    collect() {
+      this.reset();
+      for (const [dek, count] of member.encryptionProgress.recordsByDek) this.set({ dek: String(dek) }, count);
+    },
+  });
   new Counter({
     name: 'etcd_server_leader_changes_seen_total', help: 'Leader changes seen by this member.', registers: [registry],
     collect() { this.reset(); this.inc(member.leaderChangesSeen); },

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
 import { Keyring, keyStorePrefix, type KeyringStatus, type KeyStoreBackend, type RecordSealer } from '../encryption/keyring.js';
 import type { KekProvider } from '../encryption/kek.js';
-import { SealedRecordError } from '../encryption/sealed-record.js';
+import { SealedRecordError, looksSealed, sealedDekId } from '../encryption/sealed-record.js';
 import type { BatchOperation } from './mvcc/store.js';
 
 export type { KekProvider } from '../encryption/kek.js';
@@ -22,6 +22,7 @@ export { SealedRecordError };
 
 export interface IteratorRange {
   readonly gte?: Buffer;
+  readonly gt?: Buffer;
   readonly lt?: Buffer;
   readonly lte?: Buffer;
 }
@@ -67,7 +68,48 @@ class SealedIterator implements DatabaseIterator {
   }
 }
 
+/** Records examined per re-seal step; the pass yields to the member between steps. */
+const resealChunkRecordsMax = 256;
+/** Default re-seal rate: records rewritten per second, so a rotation never starves the member. */
+export const resealRecordsPerSecondDefault = 2_000;
+
+export interface ResealProgress {
+  /** Sealed records per DEK id, as of the last full scan. */
+  readonly recordsByDek: ReadonlyMap<number, number>;
+  /** Records re-sealed by the running (or last) pass, and how many it had to do. */
+  readonly resealed: number;
+  readonly toReseal: number;
+  readonly running: boolean;
+}
+
+interface PendingWrite {
+  readonly keys: readonly string[];
+  readonly range?: IteratorRange;
+  /** Resolves when the write has finished (either way). */
+  settled?: Promise<void>;
+  finish?: () => void;
+}
+
+function inRange(key: Buffer, range: IteratorRange): boolean {
+  if (range.gte !== undefined && Buffer.compare(key, range.gte) < 0) return false;
+  if (range.gt !== undefined && Buffer.compare(key, range.gt) <= 0) return false;
+  if (range.lt !== undefined && Buffer.compare(key, range.lt) >= 0) return false;
+  if (range.lte !== undefined && Buffer.compare(key, range.lte) > 0) return false;
+  return true;
+}
+
 export class SealedDatabase implements Database {
+  /** Writes submitted and not yet finished. */
+  private readonly pending = new Set<PendingWrite>();
+  /** While a re-seal step reads: keys and ranges written since, which it must leave alone. */
+  private tracking: { keys: Set<string>; ranges: IteratorRange[] } | undefined;
+  /** A re-seal batch being written: writes to its keys wait for it, so they land after it. */
+  private resealing: { keys: Set<string>; done: Promise<void> } | undefined;
+  private resealPass: Promise<void> | undefined;
+  private closed = false;
+  private progress: ResealProgress = { recordsByDek: new Map(), resealed: 0, toReseal: 0, running: false };
+  resealRecordsPerSecond = resealRecordsPerSecondDefault;
+
   private constructor(
     private readonly level: Level,
     private readonly keyring: Keyring | undefined,
@@ -112,6 +154,10 @@ export class SealedDatabase implements Database {
     return this.keyring?.status();
   }
 
+  get resealProgress(): ResealProgress {
+    return this.progress;
+  }
+
   async get(key: Buffer): Promise<Buffer | undefined> {
     const value = await this.level.get(key);
     return value === undefined || this.keyring === undefined ? value : this.keyring.open(key, value);
@@ -132,15 +178,165 @@ export class SealedDatabase implements Database {
       await this.level.batch(operations, { sync: options.sync ?? false });
       return;
     }
-    const puts = operations.reduce((count, operation) => count + (operation.type === 'put' ? 1 : 0), 0);
-    // Room is checked and the records sealed in one synchronous stretch: no other batch can take
-    // the reserved nonces in between.
-    while (!keyring.hasRoom(puts)) await keyring.reserve(puts);
-    const sealed = operations.map((operation): BatchOperation => {
-      if (isKeyStoreKey(operation.key)) throw new Error('assertion failed: a write into the key store through the sealing layer');
-      return operation.type === 'put' ? { type: 'put', key: operation.key, value: keyring.seal(operation.key, operation.value) } : operation;
+    const write: PendingWrite = { keys: operations.map((operation) => operation.key.toString('latin1')) };
+    await this.beginWrite(write);
+    try {
+      const puts = operations.reduce((count, operation) => count + (operation.type === 'put' ? 1 : 0), 0);
+      // Room is checked and the records sealed in one synchronous stretch: no other batch can take
+      // the reserved nonces in between.
+      while (!keyring.hasRoom(puts)) await keyring.reserve(puts);
+      const sealed = operations.map((operation): BatchOperation => {
+        if (isKeyStoreKey(operation.key)) throw new Error('assertion failed: a write into the key store through the sealing layer');
+        return operation.type === 'put' ? { type: 'put', key: operation.key, value: keyring.seal(operation.key, operation.value) } : operation;
+      });
+      await this.level.batch(sealed, { sync: options.sync ?? false });
+    } finally {
+      this.endWrite(write);
+    }
+  }
+
+  private endWrite(write: PendingWrite): void {
+    this.pending.delete(write);
+    write.finish?.();
+  }
+
+  /** Waits until every write submitted before now has finished. */
+  private async settlePending(): Promise<void> {
+    await Promise.all([...this.pending].map((write) => write.settled));
+  }
+
+  /** Registers a write before it is made, and waits for a re-seal batch it overlaps. */
+  private async beginWrite(write: PendingWrite): Promise<void> {
+    write.settled = new Promise((resolve) => {
+      write.finish = resolve;
     });
-    await this.level.batch(sealed, { sync: options.sync ?? false });
+    this.pending.add(write);
+    const tracking = this.tracking;
+    if (tracking !== undefined) {
+      for (const key of write.keys) tracking.keys.add(key);
+      if (write.range !== undefined) tracking.ranges.push(write.range);
+    }
+    const resealing = this.resealing;
+    if (resealing === undefined) return;
+    const overlaps = write.keys.some((key) => resealing.keys.has(key)) ||
+      (write.range !== undefined && [...resealing.keys].some((key) => inRange(Buffer.from(key, 'latin1'), write.range as IteratorRange)));
+    if (overlaps) await resealing.done;
+  }
+
+  /** Makes a new DEK active for new writes and starts re-sealing older records in the background. */
+  async rotate(): Promise<number> {
+    const keyring = this.requireKeyring();
+    const id = await keyring.rotate();
+    this.startReseal();
+    return id;
+  }
+
+  /** Re-wraps every DEK under the provider's current (or a new) KEK. */
+  async rewrap(): Promise<void> {
+    await this.requireKeyring().rewrap();
+  }
+
+  private requireKeyring(): Keyring {
+    if (this.keyring === undefined) throw new Error('this member does not encrypt at rest');
+    return this.keyring;
+  }
+
+  /**
+   * Starts the background re-seal pass unless one runs: it rewrites every record not sealed under
+   * the active DEK, rate-limited, then retires the DEKs nothing uses any more. After a crash it is
+   * started again at open and rescans (records already re-sealed are skipped), so it resumes.
+   */
+  startReseal(onError: (error: unknown) => void = () => undefined): Promise<void> {
+    if (this.keyring === undefined) return Promise.resolve();
+    this.resealPass ??= this.runReseal().catch(onError).finally(() => {
+      this.resealPass = undefined;
+      this.progress = { ...this.progress, running: false };
+    });
+    return this.resealPass;
+  }
+
+  /** Whether the key store holds DEKs other than the active one (a re-seal pass is due). */
+  get resealDue(): boolean {
+    return this.keyring !== undefined && this.keyring.dekIds().length > 1;
+  }
+
+  private async runReseal(): Promise<void> {
+    const keyring = this.requireKeyring();
+    for (;;) {
+      const active = keyring.activeDekId;
+      // Writes sealed under an older DEK just before a rotation may still be on their way to disk.
+      await this.settlePending();
+      const counts = await this.countRecords();
+      const toReseal = [...counts].reduce((total, [id, count]) => total + (id === active ? 0 : count), 0);
+      this.progress = { recordsByDek: counts, resealed: 0, toReseal, running: true };
+      if (toReseal === 0) {
+        if (keyring.activeDekId !== active) continue;
+        for (const id of keyring.dekIds()) if (id !== active) await keyring.retire(id);
+        return;
+      }
+      let cursor: Buffer | undefined;
+      while (!this.closed) {
+        const step = await this.resealStep(cursor);
+        this.progress = { ...this.progress, resealed: this.progress.resealed + step.resealed };
+        if (step.last === undefined) break;
+        cursor = step.last;
+        const pauseMs = (step.resealed / this.resealRecordsPerSecond) * 1000;
+        await new Promise((resolve) => setTimeout(resolve, Math.max(1, pauseMs)));
+      }
+      if (this.closed) return;
+    }
+  }
+
+  /** Sealed records per DEK id (headers only). */
+  async countRecords(): Promise<Map<number, number>> {
+    const counts = new Map<number, number>();
+    for await (const [key, value] of this.level.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) {
+      if (this.closed) break;
+      if (isKeyStoreKey(key)) continue;
+      const id = looksSealed(value) ? sealedDekId(value) : 0;
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    return counts;
+  }
+
+  /** Re-seals up to a chunk of records after `cursor`; `last` is undefined at the end. */
+  private async resealStep(cursor: Buffer | undefined): Promise<{ resealed: number; last: Buffer | undefined }> {
+    const keyring = this.requireKeyring();
+    this.tracking = { keys: new Set([...this.pending].flatMap((write) => write.keys)), ranges: [...this.pending].flatMap((write) => (write.range === undefined ? [] : [write.range])) };
+    try {
+      const candidates: [Buffer, Buffer][] = [];
+      let last: Buffer | undefined;
+      let examined = 0;
+      const iterator = this.level.iterator(cursor === undefined ? { gte: Buffer.of(0), lt: Buffer.of(0xff) } : { gt: cursor, lt: Buffer.of(0xff) });
+      try {
+        for await (const [key, value] of iterator) {
+          examined += 1;
+          last = key;
+          if (!isKeyStoreKey(key) && (!looksSealed(value) || sealedDekId(value) !== keyring.activeDekId)) candidates.push([key, value]);
+          if (examined >= resealChunkRecordsMax) break;
+        }
+      } finally {
+        await iterator.close();
+      }
+      if (examined < resealChunkRecordsMax) last = undefined;
+      while (!keyring.hasRoom(candidates.length)) await keyring.reserve(candidates.length);
+      // From here to the write, synchronously: leave alone whatever was written since the read.
+      const tracking = this.tracking;
+      const fresh = candidates.filter(([key]) => !tracking.keys.has(key.toString('latin1')) && !tracking.ranges.some((range) => inRange(key, range)));
+      const operations = fresh.map(([key, value]): BatchOperation => ({ type: 'put', key, value: keyring.seal(key, keyring.open(key, value)) }));
+      this.tracking = undefined;
+      if (operations.length === 0) return { resealed: 0, last };
+      const done = this.level.batch(operations, { sync: false });
+      this.resealing = { keys: new Set(fresh.map(([key]) => key.toString('latin1'))), done: done.catch(() => undefined) };
+      try {
+        await done;
+      } finally {
+        this.resealing = undefined;
+      }
+      return { resealed: operations.length, last };
+    } finally {
+      this.tracking = undefined;
+    }
   }
 
   iterator(range: IteratorRange): DatabaseIterator {
@@ -157,7 +353,13 @@ export class SealedDatabase implements Database {
     const start = range.gte?.[0] ?? 0;
     const end = range.lt?.[0] ?? range.lte?.[0] ?? 0xff;
     if (start <= keyStorePrefix && end >= keyStorePrefix) throw new Error('assertion failed: a clear over the key store');
-    await this.level.clear(range);
+    const write: PendingWrite = { keys: [], range };
+    await this.beginWrite(write);
+    try {
+      await this.level.clear(range);
+    } finally {
+      this.endWrite(write);
+    }
   }
 
   compactRange(start: Buffer, end: Buffer): Promise<void> {
@@ -165,6 +367,8 @@ export class SealedDatabase implements Database {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    await this.resealPass;
     await this.level.close();
     this.keyring?.close();
   }

@@ -188,8 +188,11 @@ export interface Cluster {
   remove(): Promise<void>;
 }
 
-/** Starts `size` members on 127.0.0.1 as one new cluster and waits until every one serves clients. */
-export async function startCluster(size: number, args: readonly string[] = []): Promise<Cluster> {
+/**
+ * Starts `size` members on 127.0.0.1 as one new cluster and waits until every one serves clients.
+ * `argsOf` adds flags of one member's own (a key file of its own, say).
+ */
+export async function startCluster(size: number, args: readonly string[] = [], argsOf: (member: ClusterMember) => readonly string[] = () => []): Promise<Cluster> {
   const members: ClusterMember[] = [];
   for (let index = 1; index <= size; index++) {
     members.push({ name: `m${index}`, port: await freePort(), peerPort: await freePort(), dataDir: await temporaryDirectory(`m${index}`), process: undefined });
@@ -201,7 +204,7 @@ export async function startCluster(size: number, args: readonly string[] = []): 
       port: member.port,
       peerPort: member.peerPort,
       dataDir: member.dataDir,
-      args: ['--initial-cluster', initialCluster, ...args, ...extraArgs],
+      args: ['--initial-cluster', initialCluster, ...args, ...argsOf(member), ...extraArgs],
     });
     return member.process;
   };

@@ -1,0 +1,87 @@
+/**
+ * `rampart encryption status|rotate`: encryption at rest across a cluster, as root. Status asks
+ * every member (each has its own keys); a rotation goes through the log once and every member
+ * rotates its own keys when it applies it.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { packageDefinition } from '../api/proto.js';
+import type { ConnectionOptions } from './policy.js';
+
+export interface MemberEncryptionStatus {
+  readonly member: string;
+  readonly encrypted: boolean;
+  readonly provider: string;
+  readonly provider_source: string;
+  readonly provider_reachable: boolean;
+  readonly kek_id: string;
+  readonly active_dek: number;
+  readonly deks: { id: number; records: string; kek_id: string; created_unix_ms: string }[];
+  readonly percent_resealed: number;
+  readonly reseal_running: boolean;
+  readonly last_rotation_unix_ms: string;
+  readonly records_other: string;
+}
+
+interface EncryptionClient extends grpc.Client {
+  Status(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: MemberEncryptionStatus) => void): void;
+  Rotate(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
+}
+
+async function clients(options: ConnectionOptions): Promise<EncryptionClient[]> {
+  const pki = path.join(options.dir, 'pki');
+  let endpoints = options.endpoints?.split(',').map((endpoint) => endpoint.trim()).filter((endpoint) => endpoint !== '');
+  if (endpoints === undefined || endpoints.length === 0) {
+    const cluster = JSON.parse(await readFile(path.join(options.dir, 'cluster.json'), 'utf8').catch(() => {
+      throw new Error(`no --endpoints given and no rampart up cluster in ${options.dir}`);
+    })) as { members: { clientPort: number }[] };
+    endpoints = cluster.members.map((member) => `https://127.0.0.1:${member.clientPort}`);
+  }
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { Encryption: grpc.ServiceClientConstructor } };
+  // http:// endpoints are development members (--insecure); everything else is mutual TLS.
+  const plaintext = endpoints.every((endpoint) => endpoint.startsWith('http://'));
+  const credentials = plaintext ? grpc.credentials.createInsecure() : await tlsCredentials(options, pki);
+  return endpoints.map((endpoint) => new loaded.rampart.Encryption(endpoint.includes('://') ? new URL(endpoint).host : endpoint, credentials) as unknown as EncryptionClient);
+}
+
+async function tlsCredentials(options: ConnectionOptions, pki: string): Promise<grpc.ChannelCredentials> {
+  const [ca, cert, key] = await Promise.all([
+    readFile(options.cacert ?? path.join(pki, 'ca.crt')),
+    readFile(options.cert ?? path.join(pki, 'admin.crt')),
+    readFile(options.key ?? path.join(pki, 'admin.key')),
+  ]);
+  return grpc.credentials.createSsl(ca, key, cert);
+}
+
+export async function encryptionStatus(options: ConnectionOptions): Promise<MemberEncryptionStatus[]> {
+  const connected = await clients(options);
+  try {
+    return await Promise.all(connected.map((client) => new Promise<MemberEncryptionStatus>((resolve, reject) => {
+      client.Status({}, { deadline: Date.now() + 30_000 }, (error, response) => (error === null ? resolve(response) : reject(new Error(error.details))));
+    })));
+  } finally {
+    for (const client of connected) client.close();
+  }
+}
+
+export async function encryptionRotate(options: ConnectionOptions, kek: boolean): Promise<void> {
+  const connected = await clients(options);
+  try {
+    const first = connected[0];
+    if (first === undefined) throw new Error('no endpoint');
+    await new Promise<void>((resolve, reject) => {
+      first.Rotate({ kek }, { deadline: Date.now() + 30_000 }, (error) => (error === null ? resolve() : reject(new Error(error.details))));
+    });
+  } finally {
+    for (const client of connected) client.close();
+  }
+}
+
+export function formatStatus(status: MemberEncryptionStatus): string {
+  if (!status.encrypted) return `${status.member}: NOT encrypted at rest`;
+  const deks = status.deks.map((dek) => `dek ${dek.id}: ${dek.records} records`).join(', ');
+  return `${status.member}: provider ${status.provider} (${status.provider_source}, ${status.provider_reachable ? 'reachable' : 'UNREACHABLE'}), kek ${status.kek_id}, active dek ${status.active_dek}; ${deks}; ` +
+    `${status.percent_resealed.toFixed(1)}% under the active dek${status.reseal_running ? ' (re-sealing)' : ''}; last rotation ${new Date(Number(status.last_rotation_unix_ms)).toISOString()}` +
+    (status.records_other !== '0' ? `; ${status.records_other} records under no known dek` : '');
+}
