@@ -57,9 +57,19 @@ export type AuthChange =
   | { op: 'roleDelete'; name: string }
   | { op: 'roleGrantPermission'; name: string; permission: KeyPermission }
   | { op: 'roleRevokePermission'; name: string; key: Buffer; rangeEnd: Buffer }
-  | { op: 'policyApply'; policy: PolicyState; expectRevision: number };
+  | { op: 'policyApply'; policy: PolicyState; expectRevision: number }
+  /**
+   * A new cluster's first auth entry: its policies and auth enabled in one step, so no entry ever
+   * sees them applied but auth off. Only on a pristine store (see isPristineAuth); else AuthOldRevision.
+   */
+  | { op: 'bootstrap'; policy: PolicyState; signingKey: string };
 
 export const emptyAuthState: AuthState = { enabled: false, revision: 1, users: new Map(), roles: new Map(), bindings: new Map(), signingKey: '' };
+
+/** Auth never touched since the cluster was created: what a new cluster's bootstrap secures. */
+export function isPristineAuth(state: AuthState): boolean {
+  return !state.enabled && state.revision === emptyAuthState.revision && state.users.size === 0 && state.roles.size === 0;
+}
 
 function comparePermissions(a: KeyPermission, b: KeyPermission): number {
   return Buffer.compare(a.key, b.key) || Buffer.compare(a.rangeEnd, b.rangeEnd);
@@ -152,6 +162,10 @@ export function applyAuthChange(state: AuthState, change: AuthChange): AuthState
     }
     case 'policyApply':
       return applyPolicy(state, change.policy, change.expectRevision);
+    case 'bootstrap': {
+      if (!isPristineAuth(state)) throw new RampartError('AuthOldRevision');
+      return applyAuthChange(applyPolicy(state, change.policy, state.revision), { op: 'enable', signingKey: change.signingKey });
+    }
   }
 }
 

@@ -383,7 +383,13 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  if (bootstrapPolicy !== undefined) bootstrapAuth(member, bootstrapPolicy, logger);
+  const bootstrap = bootstrapPolicy === undefined
+    ? undefined
+    : bootstrapAuth(member, bootstrapPolicy, logger, (error) => {
+      logger.fatal({ err: error.message }, 'cannot secure the new cluster; stopping');
+      process.stderr.write(`rampart: ${error.message}\n`);
+      process.exit(1);
+    });
   // Metrics are kept only when something serves them: no counting on the request path for nobody.
   let serving = false;
   let metrics: ServerMetrics | undefined;
@@ -417,6 +423,12 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
+  if (bootstrap !== undefined) {
+    // A new cluster serves no client before its policies and auth are in force (see bootstrap-auth.ts).
+    const waiting = setInterval(() => logger.warn('not serving clients yet: waiting for this new cluster\'s leader to enable auth (members started with --no-bootstrap-auth never do)'), 10_000);
+    await bootstrap.secured;
+    clearInterval(waiting);
+  }
   for (const url of flags.listenClientUrls) {
     await new Promise<void>((resolve, reject) =>
       server.bindAsync(hostPort(url), credentials.client, (error) => (error === null ? resolve() : reject(error))),

@@ -81,10 +81,12 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
   await mkdir(directory, { recursive: true, mode: 0o700 });
   const clusterFile = path.join(directory, 'cluster.json');
   let cluster: ClusterFile;
+  let newCluster = false;
   try {
     cluster = JSON.parse(await readFile(clusterFile, 'utf8')) as ClusterFile;
     if (cluster.members.length !== options.size) print(`reusing the existing ${cluster.members.length}-member cluster in ${directory} (--size applies to a new one)`);
   } catch {
+    newCluster = true;
     cluster = {
       token: `rampart-${randomBytes(6).toString('hex')}`,
       members: Array.from({ length: options.size }, (_, index) => ({ name: `m${index + 1}`, ...portsFor(options.baseClientPort, index) })),
@@ -150,7 +152,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     }
     throw error;
   }
-  if (options.auth) await secureByDefault(directory, options.timeoutMs, print);
+  if (options.auth) await secureByDefault(directory, options.timeoutMs, newCluster, print);
   print(`cluster is healthy; use it with:\n\n  ${etcdctlLine(directory, endpoints)}\n`);
   return endpoints;
 }
@@ -177,7 +179,7 @@ async function checkStarted(started: readonly StartedMember[]): Promise<void> {
 const logTailLines = 5;
 
 /** Members of a new cluster enable auth with the default policies themselves: wait for it, and say so. */
-async function secureByDefault(directory: string, timeoutMs: number, print: (line: string) => void): Promise<void> {
+async function secureByDefault(directory: string, timeoutMs: number, created: boolean, print: (line: string) => void): Promise<void> {
   await PolicyConnection.using({ dir: directory }, async (client) => {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -187,6 +189,8 @@ async function secureByDefault(directory: string, timeoutMs: number, print: (lin
         return;
       }
       if (live.revision > 1) {
+        // A cluster this command just created must come up secure: anything else is an attack or a bug.
+        if (created) throw new Error(`auth is DISABLED on the new cluster (auth revision ${live.revision}): it was changed before it could be secured; see the member logs under ${directory}`);
         print(`auth is disabled on this cluster (it has been changed since it was created); enable it with etcdctl auth enable`);
         return;
       }

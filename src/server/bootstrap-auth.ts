@@ -1,35 +1,49 @@
 /**
  * Secure by default for every way of starting a cluster, not only `rampart up`: on a brand-new
- * cluster (auth never touched: revision 1, no users), its first leader applies the default policies
- * and enables auth. The policy change is guarded by that revision, so two members racing, or an
- * operator who got there first, can only make it a no-op. `--no-bootstrap-auth` turns it off.
+ * cluster (auth never touched: revision 1, no users or roles), its first leader proposes one entry
+ * that applies the default policies and enables auth together (`bootstrap`, refused on anything but
+ * a pristine store, so two members racing make the second a no-op).
+ *
+ * Until that entry is applied, a member started with bootstrap auth serves no client (the caller
+ * waits for `secured` before opening its client port): nobody holding a certificate can get a
+ * request in first and leave the cluster with auth off. A bootstrap the cluster refuses for any
+ * reason but a lost race is fatal (`onFatal`). `--no-bootstrap-auth` turns all of this off.
  */
 import type { Logger } from 'pino';
 import { isRampartError } from '../errors.js';
-import type { PolicyState } from '../auth/store.js';
+import { isPristineAuth, type PolicyState } from '../auth/store.js';
 import { newSigningKey } from '../auth/token.js';
 import type { Member } from './member.js';
 
-const pristineRevision = 1;
+export interface BootstrapAuth {
+  /** Resolves once auth is no longer pristine here (normally: enabled with the policies). */
+  readonly secured: Promise<void>;
+  stop(): void;
+}
 
-export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logger, intervalMs = 250): () => void {
+export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logger, onFatal: (error: Error) => void, intervalMs = 250): BootstrapAuth {
   let stopped = false;
   let running = false;
+  let markSecured!: () => void;
+  const secured = new Promise<void>((resolve) => {
+    markSecured = resolve;
+  });
   const attempt = async (): Promise<void> => {
     const state = member.auth.state;
-    if (state.enabled || state.revision !== pristineRevision || state.users.size > 0) {
-      stop();
+    if (!isPristineAuth(state)) {
+      if (!state.enabled) logger.error({ revision: state.revision }, 'auth is DISABLED on this cluster: it was changed before it could be secured (etcdctl auth enable secures it)');
+      finish();
       return;
     }
     if (!member.isLeader) return;
     try {
-      await member.authChange({ op: 'policyApply', policy, expectRevision: pristineRevision });
-      await member.authChange({ op: 'enable', signingKey: newSigningKey() });
+      await member.authChange({ op: 'bootstrap', policy, signingKey: newSigningKey() });
       logger.info({ users: policy.users.map((user) => user.name) }, 'new cluster: applied the default policies and enabled auth');
-      stop();
     } catch (error) {
-      if (isRampartError(error) && error.code === 'AuthOldRevision') {
-        stop(); // someone else changed auth first: theirs stands
+      if (isRampartError(error) && error.code === 'AuthOldRevision') return; // another member's bootstrap won: the next attempt sees it
+      if (isRampartError(error)) {
+        finish();
+        onFatal(new Error(`cannot secure the new cluster: the bootstrap policies were refused (${error.message})`));
         return;
       }
       logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'could not enable auth yet; retrying');
@@ -41,9 +55,10 @@ export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logge
     void attempt().finally(() => (running = false));
   }, intervalMs);
   timer.unref();
-  const stop = (): void => {
+  const finish = (): void => {
     stopped = true;
     clearInterval(timer);
+    markSecured();
   };
-  return stop;
+  return { secured, stop: finish };
 }

@@ -147,3 +147,17 @@ describe('password checks under a flood', () => {
     expect(await authenticator.authenticate('root', 'pw', '10.0.0.9:5000')).toMatch(/^ey/);
   }, 30_000);
 });
+
+describe('bootstrap of a new cluster', () => {
+  const policy = { users: [{ name: 'root', roles: ['root'] }], roles: [], bindings: new Map([['root', 'root']]) };
+  it('applies the policies and enables auth in one entry, only on a pristine store', () => {
+    const secured = applyAuthChange(emptyAuthState, { op: 'bootstrap', policy, signingKey: newSigningKey() });
+    expect(secured.enabled).toBe(true);
+    expect([...secured.users.keys()]).toEqual(['root']);
+    // Anything applied first (a racing RoleAdd) makes the bootstrap refuse, never half-apply.
+    const touched = applyAuthChange(emptyAuthState, { op: 'roleAdd', name: 'mallory' });
+    expect(refusal(touched, { op: 'bootstrap', policy, signingKey: newSigningKey() })).toBe('AuthOldRevision');
+    expect(refusal(secured, { op: 'bootstrap', policy, signingKey: newSigningKey() })).toBe('AuthOldRevision');
+    expect(decodeAuthChange(encodeAuthChange({ op: 'bootstrap', policy, signingKey: 'k' }))).toEqual({ op: 'bootstrap', policy, signingKey: 'k' });
+  });
+});
