@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages the tests drive, only those missing: etcdctl (and etcd as the
-# reference the parity test and the benchmark compare against), promtool (the alert rules test)
-# and systemd-analyze (the systemd unit test). Runs as root without sudo, as a user through sudo
-# when there is one; nothing to do (and no privilege needed) when everything is installed.
+# reference the parity test and the benchmark compare against), promtool (the alert rules test),
+# systemd-analyze (the systemd unit test) and python3-etcd3 (a third-party client over TLS). Runs
+# as root without sudo, as a user through sudo when there is one; nothing to do (and no privilege
+# needed) when everything is installed.
 set -eu
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
@@ -10,6 +11,8 @@ need etcdctl etcd-client
 need etcd etcd-server
 need promtool prometheus
 need systemd-analyze systemd
+# python3-etcd3: a client nobody here wrote, with a password over server TLS (test/e2e/client-tls).
+/usr/bin/python3 -c 'import etcd3' >/dev/null 2>&1 || missing="$missing python3-etcd3"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   as_root=""

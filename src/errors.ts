@@ -63,6 +63,7 @@ export const errorCodes = [
   'CertificateExpired',
   'AuditBacklog',
   'AuditUnavailable',
+  'TokenRequired',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

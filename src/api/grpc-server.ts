@@ -76,10 +76,12 @@ function contextOf(call: AnyCall): CallContext {
   const controller = new AbortController();
   (call as grpc.ServerUnaryCall<unknown, unknown>).on('cancelled', () => controller.abort());
   const deadline = call.getDeadline();
-  const token = call.metadata.get('token')[0];
+  // etcd reads `token` (or `authorization`), and its first value when a client repeats it:
+  // python-etcd3 sends it twice, and Node joins repeated headers with ", ".
+  const token = call.metadata.get('token')[0] ?? call.metadata.get('authorization')[0];
   const certificate: PeerCertificate | undefined = call.getAuthContext().sslPeerCertificate;
   return {
-    token: typeof token === 'string' ? token : undefined,
+    token: typeof token === 'string' ? token.split(',')[0]?.trim() : undefined,
     certificate,
     peer: call.getPeer(),
     deadlineMs: deadline instanceof Date ? deadline.getTime() : deadline,

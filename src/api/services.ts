@@ -30,6 +30,9 @@ import type { CallContext, DuplexRpc, DuplexStream, ResponseStream, Rpc, ServerS
 /** The version Status and snapshots report (the etcd API level Rampart answers as). */
 export const serverVersion = '3.5.17';
 
+/** What a caller without certificate or token may still do (--client-cert-auth=false). */
+const anonymousRpcs: ReadonlySet<string> = new Set(['Authenticate', 'Status']);
+
 /** Events a slow audit subscriber may fall behind by before its stream is ended. */
 const auditBacklogMax = 10_000;
 
@@ -45,6 +48,12 @@ export interface ServicesOptions {
   readonly refuseCertificate?: (certificate: PeerCertificate) => ErrorCode | undefined;
   /** Lifetime of tokens from Authenticate. */
   readonly tokenTtlSeconds?: number;
+  /**
+   * Whether a caller with neither a client certificate nor a token may call (plaintext development
+   * mode only). Otherwise — TLS with --client-cert-auth=false — such a caller may only Authenticate
+   * and ask for Status.
+   */
+  readonly anonymousAllowed?: boolean;
   readonly metrics?: ServerMetrics;
   /** Where every client request and its decision is recorded (hash-chained). */
   readonly audit?: AuditLog;
@@ -120,6 +129,16 @@ export function createServices(options: ServicesOptions): ServiceTable {
     return new RampartError(problem);
   };
 
+  /**
+   * Without a client certificate (TLS with --client-cert-auth=false), only a valid token
+   * identifies a caller: everything but logging in and Status needs one.
+   */
+  const authenticated = async (call: CallContext, rpc: string): Promise<void> => {
+    if (options.anonymousAllowed === true || call.certificate !== undefined || anonymousRpcs.has(rpc)) return;
+    const caller = await who(call);
+    if (!caller.token) throw new RampartError('TokenRequired');
+  };
+
   const unary = <Request, Response>(name: string, handler: Handler<Request, Response>): UnaryRpc => ({
     kind: 'unary',
     async handle(request, call) {
@@ -133,6 +152,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
         throw refused;
       }
       try {
+        await authenticated(call, name);
         response = await handler(request as Request, call);
       } catch (error) {
         if (!isRampartError(error)) logger.error({ rpc: name, err: describe(error) }, 'request failed unexpectedly');
@@ -161,7 +181,17 @@ export function createServices(options: ServicesOptions): ServiceTable {
         stream.fail(refused);
         return;
       }
-      serve(call, stream as DuplexStream<Request, Response>);
+      if (options.anonymousAllowed === true || call.certificate !== undefined) {
+        serve(call, stream as DuplexStream<Request, Response>);
+        return;
+      }
+      authenticated(call, name).then(
+        () => serve(call, stream as DuplexStream<Request, Response>),
+        (error: unknown) => {
+          void audit(call, name, {}, error);
+          stream.fail(error);
+        },
+      );
     },
   });
   const serverStream = <Request, Response>(name: string, serve: (request: Request, call: CallContext, stream: ResponseStream<Response>) => void): ServerStreamRpc => ({
@@ -173,7 +203,13 @@ export function createServices(options: ServicesOptions): ServiceTable {
         stream.fail(refused);
         return;
       }
-      serve(request as Request, call, stream as ResponseStream<Response>);
+      authenticated(call, name).then(
+        () => serve(request as Request, call, stream as ResponseStream<Response>),
+        (error: unknown) => {
+          void audit(call, name, {}, error);
+          stream.fail(error);
+        },
+      );
     },
   });
   /**
@@ -307,14 +343,15 @@ export function createServices(options: ServicesOptions): ServiceTable {
       dbSizeInUse: member.dbSize,
       isLearner: member.isLearner,
     })),
+    // etcd answers Alarm and Defragment without a header.
     Alarm: unary('Alarm', async (request: AlarmRequest, call) => {
       const { response } = await member.alarm(request, await who(call));
-      return { header: member.headerWithoutRevision(), ...response };
+      return response;
     }),
     Defragment: unary('Defragment', async (_request: object, call) => {
       await admin(call);
       await member.defragment();
-      return { header: member.headerWithoutRevision() };
+      return {};
     }),
     Hash: unary('Hash', async (_request: object, call) => {
       await admin(call);
@@ -484,7 +521,10 @@ function alarmName(alarm: number): string {
   return alarm === alarmType.noSpace ? 'NOSPACE' : alarm === alarmType.corrupt ? 'CORRUPT' : 'NONE';
 }
 
-/** LeaseKeepAlive: answers go out in request order even when some are forwarded to the leader. */
+/**
+ * LeaseKeepAlive: answers go out in request order even when some are forwarded to the leader, and
+ * all of them before the stream ends. As etcd, a lease that does not exist is answered with TTL 0.
+ */
 function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, object>): void {
   let previous: Promise<void> = Promise.resolve();
   stream.onRequest((request) => {
@@ -496,9 +536,12 @@ function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, ob
         const ttl = await answer;
         stream.write({ header: member.header(), ID: int64Out(id), TTL: ttl });
       } catch (error) {
-        stream.fail(error);
+        if (isRampartError(error) && error.code === 'LeaseNotFound') stream.write({ header: member.header(), ID: int64Out(id), TTL: 0 });
+        else stream.fail(error);
       }
     });
   });
-  stream.onRequestsEnd(() => stream.end());
+  stream.onRequestsEnd(() => {
+    void previous.then(() => stream.end());
+  });
 }

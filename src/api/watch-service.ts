@@ -130,7 +130,8 @@ export function serveWatch({ member, logger, stream, identify, peer, onCreate }:
     },
     sendCompacted(watchId, compactRevision) {
       watchers.delete(watchId);
-      write({ header: member.header(), watch_id: watchId, canceled: true, compact_revision: compactRevision, events: [] });
+      // etcd reports no revision on a compaction cancel.
+      write({ header: member.headerWithoutRevision(), watch_id: watchId, canceled: true, compact_revision: compactRevision, events: [] });
     },
     sendProgress(watchId) {
       if (congested) return; // the next one will do; a congested stream gets no more writes
@@ -151,13 +152,12 @@ export function serveWatch({ member, logger, stream, identify, peer, onCreate }:
     },
   };
 
-  // Requests are handled in order; identifying the caller may wait (token verification).
+  // Requests are handled in order; identifying the caller may wait (token verification). The
+  // caller is identified again for every new watch: a token may expire while the stream lives.
   let queue: Promise<void> = Promise.resolve();
-  let identity: Promise<Caller> | undefined;
   const permitted = async (request: WatchCreateRequest): Promise<boolean> => {
     try {
-      identity ??= identify();
-      const caller = await identity;
+      const caller = await identify();
       // Set before any watcher of this stream holds budget: a stream has one identity.
       if (caller.user !== '' && budgetHeldBytes === 0) owner = `user:${caller.user}`;
       authorizeRange(member.auth.decider, caller, { key: request.key, range_end: request.range_end });

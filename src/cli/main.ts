@@ -8,6 +8,8 @@ import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
 import { recordRefusal, type TransportRefusal } from '../api/refusal-audit.js';
+import { createHttpGateway } from '../api/http-gateway.js';
+import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
@@ -28,7 +30,6 @@ import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
-import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { AuditLog, describeAuditWriteError } from '../audit/log.js';
@@ -83,6 +84,12 @@ function duration(value: string): number {
   return milliseconds;
 }
 
+function booleanFlag(value: string | boolean): boolean {
+  if (value === true || value === 'true') return true;
+  if (value === false || value === 'false') return false;
+  throw new InvalidArgumentError('must be true or false');
+}
+
 function list(value: string): string[] {
   return value.split(',').map((item) => item.trim()).filter((item) => item.length > 0);
 }
@@ -112,6 +119,7 @@ interface ServeFlags {
   watchQueuedBytesMax: number;
   requestTimeoutMs: number;
   insecure: boolean;
+  clientCertAuth: boolean;
   certFile?: string;
   keyFile?: string;
   trustedCaFile?: string;
@@ -157,6 +165,7 @@ program
   .option('--key-file <file>', 'server private key (PEM)')
   .option('--trusted-ca-file <file>', 'CA bundle that client certificates must chain to (PEM)')
   .option('--insecure', 'serve plaintext without client certificates (development only)', false)
+  .option('--client-cert-auth <bool>', 'require a client certificate (mutual TLS); false: TLS still, and a caller without one must log in with a password', booleanFlag, true)
   .option('--certificate-reload-interval-ms <ms>', 'how often certificate files are checked for changes', integer, 1000)
   .option('--crl-file <file>', 'certificate revocation list (PEM) from `rampart cert revoke`; reloaded when it changes')
   .option('--listen-metrics-urls <urls>', 'URLs serving /metrics (Prometheus), /health, /livez and /readyz: https:// with the client port\'s certificate, a client certificate required; http:// for plaintext', list)
@@ -194,6 +203,8 @@ interface Credentials {
   readonly certificates: CertificateSource[];
   /** The client port's material, which https:// metrics URLs serve with (none over plaintext). */
   readonly clientTls?: MetricsTls;
+  /** The client port's certificates (none over plaintext): its TLS is ours (gRPC and HTTP share it). */
+  readonly clientProvider?: ReloadingCertificateProvider;
 }
 
 async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Credentials> {
@@ -230,6 +241,7 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
     peerClient: grpc.experimental.createCertificateProviderChannelCredentials(peer, peer),
     certificates: [{ use: 'client', certificate: () => client.certificate }, { use: 'peer', certificate: () => peer.certificate }],
     clientTls: client,
+    clientProvider: client,
   };
 }
 
@@ -253,14 +265,6 @@ async function keyProviderFor(flags: ServeFlags, logger: Logger): Promise<FileKe
   const provider = await FileKekProvider.open(keyFile);
   logger.info({ keyFile, kekId: provider.kekId }, 'encryption at rest is on');
   return provider;
-}
-
-function hostPort(url: string): string {
-  const parsed = new URL(url);
-  if (parsed.port === '') {
-    throw new Error(`listen URL needs a port: ${url}`);
-  }
-  return `${parsed.hostname}:${parsed.port}`;
 }
 
 /** Private keys, and the directories holding them, must be the member's alone (as ssh requires). */
@@ -288,6 +292,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     throw new Error('--initial-cluster-state must be new or existing');
   }
   if (flags.crlFile !== undefined && flags.insecure) throw new Error('--crl-file needs TLS');
+  if (!flags.clientCertAuth && flags.insecure) throw new Error('--client-cert-auth=false needs TLS: passwords never travel in plaintext');
+  if (!flags.clientCertAuth) logger.warn('client certificates are optional (--client-cert-auth=false): callers without one must log in with a password');
   // Checked before anything starts: a broken bootstrap policy is a configuration error.
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
   let revocations: RevocationList | undefined;
@@ -364,10 +370,12 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     }, flags.auditAnchorIntervalMs).unref();
   }
   let stopping = false;
+  const listeners: ClientListener[] = [];
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'stopping');
+    for (const listener of listeners) listener.close();
     server.tryShutdown(() => undefined);
     setTimeout(() => server.forceShutdown(), 2000).unref();
     setTimeout(() => {
@@ -390,15 +398,14 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       process.stderr.write(`rampart: ${error.message}\n`);
       process.exit(1);
     });
-  // Metrics are kept only when something serves them: no counting on the request path for nobody.
+  // Metrics are counted always: the client port serves /metrics as etcd's does.
   let serving = false;
-  let metrics: ServerMetrics | undefined;
+  const metrics: ServerMetrics = createMetrics(member, {
+    certificates: credentials.certificates,
+    quotaBytes: flags.quotaBackendBytes,
+    ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents }),
+  });
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
-    metrics = createMetrics(member, {
-      certificates: credentials.certificates,
-      quotaBytes: flags.quotaBackendBytes,
-      ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents }),
-    });
     await serveMetrics({
       urls: flags.listenMetricsUrls,
       ...(credentials.clientTls === undefined ? {} : { tls: credentials.clientTls }),
@@ -408,19 +415,28 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     if (plaintext.length > 0 && !flags.insecure) logger.warn({ metricsUrls: plaintext }, 'metrics and health served in plaintext without client certificates (explicit http:// URL)');
     logger.info({ metricsUrls: flags.listenMetricsUrls }, 'serving metrics and health');
   }
+  // A certificate revoked or expired after its connection's handshake: refused on every call, and
+  // its connections (and so their streams) closed within a reload interval.
+  const refuseCertificate = (certificate: PeerCertificate): 'CertificateRevoked' | 'CertificateExpired' | undefined => {
+    if (revocations?.isRevoked(certificate.serialNumber) === true) return 'CertificateRevoked';
+    if (Date.parse(certificate.valid_to) <= Date.now()) return 'CertificateExpired';
+    return undefined;
+  };
   const services = createServices({
     member,
     logger,
-    ...(metrics === undefined ? {} : { metrics }),
+    metrics,
     ...(audit === undefined ? {} : { audit }),
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
-    ...(revocations === undefined ? {} : { refuseCertificate: (certificate: PeerCertificate) => (revocations.isRevoked(certificate.serialNumber) ? 'CertificateRevoked' as const : undefined) }),
+    refuseCertificate,
+    anonymousAllowed: flags.insecure,
   });
   const server = createGrpcServer({
     services,
     maxRequestBytes: member.options.maxRequestBytes,
     ...(audit === undefined ? {} : { onRefusal: (refusal: TransportRefusal) => void recordRefusal(audit, member.auth, refusal) }),
   });
+  const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   if (bootstrap !== undefined) {
@@ -430,11 +446,11 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     clearInterval(waiting);
   }
   for (const url of flags.listenClientUrls) {
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(hostPort(url), credentials.client, (error) => (error === null ? resolve() : reject(error))),
-    );
+    const parsed = new URL(url);
+    if (parsed.port === '') throw new Error(`listen URL needs a port: ${url}`);
+    const tls = credentials.clientProvider === undefined ? undefined : { provider: credentials.clientProvider, requireClientCertificate: flags.clientCertAuth, refuseCertificate, sweepIntervalMs: flags.certificateReloadIntervalMs };
+    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger }));
   }
-  if (!flags.insecure) logRefusedHandshakes(server, logger, 'client');
   serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }

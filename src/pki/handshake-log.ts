@@ -19,10 +19,15 @@ export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 
     logger.warn({ port }, 'this gRPC version hides its HTTP/2 servers: refused TLS handshakes will not be logged');
     return;
   }
+  logRefusedTlsHandshakes(servers.keys() as IterableIterator<EventEmitter>, logger, port);
+}
+
+/** The same for TLS servers of our own (the client port's, which shares TLS between gRPC and HTTP). */
+export function logRefusedTlsHandshakes(servers: Iterable<EventEmitter>, logger: Logger, port: 'client' | 'peer'): void {
   let windowStart = 0;
   let logged = 0;
   let suppressed = 0;
-  for (const http2Server of servers.keys() as IterableIterator<EventEmitter>) {
+  for (const http2Server of servers) {
     http2Server.on('tlsClientError', (error: Error & { code?: string }, socket: TLSSocket) => {
       const now = Date.now();
       if (now - windowStart > windowMs) {

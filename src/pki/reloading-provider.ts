@@ -108,6 +108,11 @@ export class ReloadingCertificateProvider implements CertificateProvider {
     return this.material.leaf;
   }
 
+  /** The current key, certificate and CA bundle, for a TLS server of our own. */
+  get secureContextOptions(): { key: Buffer; cert: Buffer; ca: Buffer } {
+    return { key: this.material.privateKey, cert: this.material.certificate, ca: this.material.caBundle };
+  }
+
   private async fingerprint(): Promise<string> {
     const stats = await Promise.all([this.files.certificateFile, this.files.keyFile, this.files.caFile].map((file) => stat(file).then((info) => `${info.mtimeMs}:${info.size}`, () => 'missing')));
     return stats.join('|');

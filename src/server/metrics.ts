@@ -148,7 +148,8 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   };
 }
 
-function healthOf(member: Member): { healthy: boolean; reason: string } {
+/** etcd's health verdict: a leader and no alarm. */
+export function healthOf(member: Member): { healthy: boolean; reason: string } {
   if (member.leaderId === 0n) return { healthy: false, reason: 'RAFT NO LEADER' };
   const alarms = member.alarmList();
   if (alarms.length > 0) return { healthy: false, reason: 'ALARM ACTIVE' };

@@ -1,0 +1,133 @@
+/**
+ * The client port: one listener for gRPC (HTTP/2) and etcd's JSON gateway (HTTP/1.1), as etcd
+ * serves both on one port. With TLS we terminate it ourselves and pick the protocol by ALPN (`h2`
+ * goes to grpc-js through its connection injector, anything else to the HTTP server); in plaintext
+ * (--insecure) the first bytes tell (the HTTP/2 preface). Owns: accepting, the TLS settings and
+ * their reload, and closing every connection on shutdown. Never: a request's semantics.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { createServer as createHttpServer } from 'node:http';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { createServer as createTlsServer, type PeerCertificate, type TLSSocket } from 'node:tls';
+import type { Logger } from 'pino';
+import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
+import { logRefusedTlsHandshakes } from '../pki/handshake-log.js';
+import type { HttpHandler } from './http-gateway.js';
+
+/** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
+const http2Preface = Buffer.from('PRI * HTTP/2.0');
+/** An HTTP/1.1 connection idle this long between requests is closed. */
+const httpKeepAliveTimeoutMs = 30_000;
+/** A client must send its request headers within this time. */
+const httpHeadersTimeoutMs = 20_000;
+
+export interface ClientTls {
+  readonly provider: ReloadingCertificateProvider;
+  /** Mutual TLS (the default): a connection without a certificate of our CA is refused. */
+  readonly requireClientCertificate: boolean;
+  /** Why a client certificate may no longer be used (revoked, expired), or undefined. */
+  readonly refuseCertificate: (certificate: PeerCertificate) => string | undefined;
+  /** How often open connections are checked against `refuseCertificate`. */
+  readonly sweepIntervalMs: number;
+}
+
+export interface ClientListenerOptions {
+  readonly grpcServer: grpc.Server;
+  readonly http: HttpHandler;
+  /** Undefined: plaintext (--insecure). */
+  readonly tls: ClientTls | undefined;
+  readonly logger: Logger;
+}
+
+export interface ClientListener {
+  /** Every connection on the port, for ending those of a certificate that is no longer valid. */
+  readonly connections: ReadonlySet<Socket>;
+  close(): void;
+}
+
+export async function listenClients(host: string, port: number, options: ClientListenerOptions): Promise<ClientListener> {
+  const injector = options.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  const http = createHttpServer({ keepAliveTimeout: httpKeepAliveTimeoutMs, headersTimeout: httpHeadersTimeoutMs, requestTimeout: 0 }, options.http);
+  const connections = new Set<Socket>();
+  const track = (socket: Socket): void => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+  };
+  const dispatch = (socket: Socket, http2: boolean): void => {
+    if (http2) injector.injectConnection(socket);
+    else http.emit('connection', socket);
+  };
+
+  let server: NetServer;
+  let sweeper: NodeJS.Timeout | undefined;
+  const tls = options.tls;
+  if (tls !== undefined) {
+    // A certificate revoked or expired after the handshake: every connection it opened is closed,
+    // ending its streams (a Watch or a keep-alive would otherwise go on as long as the connection).
+    const certificates = new WeakMap<Socket, PeerCertificate | undefined>();
+    sweeper = setInterval(() => {
+      for (const socket of connections) {
+        const tlsSocket = socket as TLSSocket;
+        if (!tlsSocket.authorized) continue;
+        if (!certificates.has(socket)) {
+          const peer = tlsSocket.getPeerCertificate();
+          certificates.set(socket, peer.raw === undefined ? undefined : peer);
+        }
+        const certificate = certificates.get(socket);
+        const problem = certificate === undefined ? undefined : tls.refuseCertificate(certificate);
+        if (problem === undefined) continue;
+        options.logger.warn({ remote: socket.remoteAddress, subject: certificate?.subject?.CN, reason: problem }, 'closed a client connection: its certificate is no longer valid');
+        socket.destroy();
+      }
+    }, tls.sweepIntervalMs);
+    sweeper.unref();
+    const tlsServer = createTlsServer({
+      ...tls.provider.secureContextOptions,
+      requestCert: true,
+      rejectUnauthorized: tls.requireClientCertificate,
+      ALPNProtocols: ['h2', 'http/1.1'],
+      minVersion: 'TLSv1.2',
+    });
+    const reload = (): void => tlsServer.setSecureContext({ ...tls.provider.secureContextOptions, minVersion: 'TLSv1.2' });
+    tls.provider.addIdentityCertificateListener(reload);
+    tls.provider.addCaCertificateListener(reload);
+    tlsServer.on('secureConnection', (socket: TLSSocket) => {
+      socket.on('error', () => undefined); // a reset connection is the client's business
+      track(socket);
+      dispatch(socket, socket.alpnProtocol === 'h2');
+    });
+    logRefusedTlsHandshakes([tlsServer], options.logger, 'client');
+    server = tlsServer;
+  } else {
+    server = createNetServer((socket) => {
+      socket.on('error', () => undefined);
+      track(socket);
+      socket.once('readable', () => {
+        const head = socket.read(http2Preface.length) as Buffer | null ?? (socket.read() as Buffer | null);
+        if (head === null) {
+          socket.destroy();
+          return;
+        }
+        socket.unshift(head);
+        dispatch(socket, head.subarray(0, 3).equals(http2Preface.subarray(0, 3)));
+      });
+    });
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return {
+    connections,
+    close: () => {
+      if (sweeper !== undefined) clearInterval(sweeper);
+      server.close();
+      injector.destroy();
+      http.close();
+      for (const socket of connections) socket.destroy();
+    },
+  };
+}
