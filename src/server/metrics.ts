@@ -120,8 +120,6 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
     name: 'rampart_certificate_lifetime_remaining_ratio', help: 'Share of the certificate lifetime left (renew below 0.3).', labelNames: ['use'], registers: [registry],
     collect() { for (const source of certificates) this.set({ use: source.use }, Math.max(0, remainingLifetime(source.certificate()).share)); },
   });
-  gauge('rampart_encryption_enabled', 'Whether this member encrypts its data at rest.', () => (member.encryptionStatus() === undefined ? 0 : 1));
-  gauge('rampart_encryption_last_rotation_timestamp_seconds', 'When the data key in use was created or rotated (0 without encryption).', () => (member.encryptionStatus()?.lastRotationMs ?? 0) / 1000);
   if (sources.auditQueue !== undefined) {
     const queue = sources.auditQueue;
     gauge('rampart_audit_queue_events', 'Audit events recorded and not yet written.', () => queue());
