@@ -11,6 +11,7 @@ import { recordRefusal, type TransportRefusal } from '../api/refusal-audit.js';
 import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
+import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
@@ -108,6 +109,7 @@ interface ServeFlags {
   electionTimeout: number;
   snapshotCount: number;
   snapshotCatchUpEntries: number;
+  snapshotChunkBytes: number;
   peerCertFile?: string;
   peerKeyFile?: string;
   peerTrustedCaFile?: string;
@@ -153,6 +155,7 @@ program
   .option('--election-timeout <ms>', 'time without a leader before an election', integer, 1000)
   .option('--snapshot-count <entries>', 'applied entries between state snapshots (log compaction)', integer, 10_000)
   .option('--snapshot-catch-up-entries <entries>', 'entries kept after a snapshot for slightly lagging members', integer, 5_000)
+  .option('--snapshot-chunk-bytes <bytes>', 'size of the chunks a snapshot is sent and staged in (memory per transfer)', integer, snapshotChunkBytesDefault)
   .option('--peer-cert-file <file>', 'peer certificate (PEM)')
   .option('--peer-key-file <file>', 'peer private key (PEM)')
   .option('--peer-trusted-ca-file <file>', 'CA bundle that peer certificates must chain to (PEM)')
@@ -322,6 +325,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     electionMs: flags.electionTimeout,
     snapshotCount: flags.snapshotCount,
     snapshotCatchUpEntries: flags.snapshotCatchUpEntries,
+    snapshotChunkBytes: Math.max(1, flags.snapshotChunkBytes),
     peerServerCredentials: credentials.peerServer,
     peerClientCredentials: credentials.peerClient,
     peerTls: !flags.insecure,

@@ -15,12 +15,12 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { RampartError, assert } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
-import type { ConfigurationChange, Entry, Ready, Snapshot, SoftState } from '../raft/types.js';
+import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
-import { SealedDatabase, type KekProvider, type KeyringStatus, type ResealProgress } from '../storage/database.js';
+import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress } from '../storage/database.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
-import { authStateKey, isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
+import { authStateKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
 import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
 import type {
@@ -38,6 +38,7 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
+import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
 import { Transport, fetchCluster, type ClusterView, type LeaseAnswer } from './transport.js';
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
@@ -49,6 +50,13 @@ import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type Aut
 import { authorizeRange, authorizeRequest } from './authorize.js';
 import type { Caller } from '../api/messages.js';
 import { instruments, slowApplyMs } from '../instruments.js';
+
+interface StateView {
+  readonly index: number;
+  readonly view: DatabaseSnapshot;
+  readers: number;
+  retired: boolean;
+}
 
 export const serverVersion = '3.5.17';
 
@@ -74,6 +82,8 @@ export interface MemberOptions {
   readonly snapshotCount: number;
   /** Entries kept in the log after a snapshot, for followers that are only a little behind. */
   readonly snapshotCatchUpEntries: number;
+  /** Bytes per chunk a snapshot is sent and staged in (default snapshotChunkBytesDefault). */
+  readonly snapshotChunkBytes?: number;
   readonly peerServerCredentials: grpc.ServerCredentials;
   readonly peerClientCredentials: grpc.ChannelCredentials;
   /** TLS on the peer port: check that connecting certificates are peer certificates of members. */
@@ -133,6 +143,9 @@ export class Member {
     this.markReady = resolve;
   });
   readonly memberHex: string;
+  /** The database view a snapshot at its index is streamed from, while Raft may send it. */
+  private stateView: StateView | undefined;
+  private receivingSnapshot = false;
   /** The members an existing member named when this one joined: its first peers, before the log names them. */
   private joinedFrom: ClusterView | undefined;
   private readonly nowMs: () => number;
@@ -160,8 +173,14 @@ export class Member {
     if (options.encryptionResealRecordsPerSecond !== undefined) db.resealRecordsPerSecond = options.encryptionResealRecordsPerSecond;
     try {
       const { clusterId, memberId, joinedFrom } = await loadIdentity(db, options);
+      let opened = await LogStore.open(db);
+      // A snapshot install that a crash interrupted is finished before anything reads the state.
+      if (await finishInterruptedInstall(db, opened.store)) {
+        options.logger.warn('finished installing a snapshot that a restart interrupted');
+        opened = await LogStore.open(db);
+      }
+      const { store: logStore, loaded } = opened;
       const store = await MvccStore.open(db);
-      const { store: logStore, loaded } = await LogStore.open(db);
       const member = new Member(options, db, store, logStore, clusterId, memberId);
       member.joinedFrom = joinedFrom;
       await member.recover(loaded);
@@ -214,7 +233,9 @@ export class Member {
     let snapshot: Snapshot | undefined;
     if (loaded.logStart.index > 0) {
       assert(applied >= loaded.logStart.index, 'applied state is behind the compacted log');
-      snapshot = { metadata: { index: applied, term: termAt(applied), configuration: this.membership.configuration() }, data: await this.stateRecords() };
+      // Raft carries only the metadata; the records are streamed from a view of the database now.
+      snapshot = { metadata: { index: applied, term: termAt(applied), configuration: this.membership.configuration() }, data: Buffer.alloc(0) };
+      this.holdStateView(applied);
       this.snapshotIndex = applied;
     }
     const node = new RaftNode(
@@ -235,6 +256,8 @@ export class Member {
       clientCredentials: this.options.peerClientCredentials,
       onMessage: (message) => this.loop.step(message),
       onUnreachable: (peer) => node.reportUnreachable(peer),
+      snapshotChunks: (message) => this.outgoingSnapshot(message.snapshot.metadata.index),
+      receiveSnapshot: (message, chunks) => this.receiveSnapshot(message, chunks),
       onLeaseRenew: (id) => this.answerLeaseConfirmed(id, true),
       onLeaseTimeToLive: (id) => this.answerLeaseConfirmed(id, false),
       onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
@@ -696,21 +719,62 @@ export class Member {
       await this.logStore.save({ hardState: ready.hardState, entries: ready.entries });
       return;
     }
-    // Installing a snapshot replaces the state machine and the log in one atomic, fsynced batch.
-    const { metadata, data } = ready.snapshot;
-    const extra: BatchOperation[] = [];
-    for await (const key of this.db.keys({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) {
-      if (!isMemberLocalKey(key)) extra.push({ type: 'del', key });
+    // The records were staged as they arrived (receiveSnapshot); they move into place in bounded,
+    // crash-safe steps, and the log restarts after the snapshot.
+    const { index, term } = ready.snapshot.metadata;
+    await installStaged(this.db, this.logStore, index, term, ready.hardState);
+    if (ready.entries.length > 0) await this.logStore.save({ entries: ready.entries });
+  }
+
+  /**
+   * A snapshot from the leader, streamed in chunks: staged on disk as it arrives, then handed to
+   * Raft, whose Ready installs it. One at a time; one Raft already has is refused.
+   */
+  private async receiveSnapshot(message: Extract<Message, { type: 'snapshot' }>, chunks: AsyncIterable<Buffer>): Promise<void> {
+    this.checkRunning();
+    const { index, term } = message.snapshot.metadata;
+    if (index <= this.appliedIndexValue) throw new Error(`snapshot at ${index} is behind this member (applied ${this.appliedIndexValue})`);
+    if (this.receivingSnapshot) throw new Error('another snapshot is being received');
+    this.receivingSnapshot = true;
+    try {
+      const startedMs = performance.now();
+      const staged = await stageSnapshot(this.db, message.snapshot.metadata, chunks);
+      this.options.logger.info({ index, term, ...staged, ms: Math.round(performance.now() - startedMs) }, 'snapshot from leader staged');
+      this.loop.step(message);
+      // Raft's Ready for it is persisted (installed) before another transfer may replace the staging.
+      await this.loop.settled();
+    } finally {
+      this.receivingSnapshot = false;
     }
-    for (const [key, value] of decodeStateRecords(data)) {
-      if (!isMemberLocalKey(key)) extra.push({ type: 'put', key, value });
+  }
+
+  /** Keeps a view of the database at `index` for the followers a snapshot at `index` is sent to. */
+  private holdStateView(index: number): void {
+    const previous = this.stateView;
+    this.stateView = { index, view: this.db.snapshot(), readers: 0, retired: false };
+    if (previous !== undefined) this.retireStateView(previous);
+  }
+
+  private retireStateView(state: StateView): void {
+    state.retired = true;
+    if (state.readers === 0) void state.view.close().catch(() => undefined);
+  }
+
+  /** The records of the snapshot Raft is sending (the view taken at its index), in chunks. */
+  private async *outgoingSnapshot(index: number): AsyncGenerator<Buffer> {
+    const state = this.stateView;
+    if (state === undefined || state.index !== index) throw new Error(`snapshot at ${index} is no longer held`);
+    state.readers += 1;
+    try {
+      yield* snapshotChunks(this.db, state.view, this.options.snapshotChunkBytes ?? snapshotChunkBytesDefault);
+    } finally {
+      state.readers -= 1;
+      if (state.retired) this.retireStateView(state);
     }
-    extra.push({ type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(metadata.index) });
-    await this.logStore.save({ hardState: ready.hardState, entries: ready.entries, resetTo: { index: metadata.index, term: metadata.term }, extra });
   }
 
   private async installSnapshot(snapshot: Snapshot): Promise<void> {
-    this.options.logger.info({ index: snapshot.metadata.index, bytes: snapshot.data.length }, 'installed snapshot from leader');
+    this.options.logger.info({ index: snapshot.metadata.index }, 'installed snapshot from leader');
     await this.store.reload();
     await this.loadStateMachine();
     this.snapshotIndex = snapshot.metadata.index;
@@ -791,7 +855,9 @@ export class Member {
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
-    const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: await this.stateRecords() };
+    // The database is at exactly `index` now (this batch is written): the view streamed to followers.
+    this.holdStateView(index);
+    const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: Buffer.alloc(0) };
     // Raft keeps what it does not yet know applied (this batch, when it is longer than the
     // catch-up tail); the stored log is compacted exactly as far as Raft's.
     this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
@@ -800,22 +866,7 @@ export class Member {
     if (compactIndex > this.logStore.logStart.index) {
       await this.logStore.compactThrough(compactIndex, compactTerm);
     }
-    this.options.logger.info({ index, compactIndex, bytes: snapshot.data.length }, 'snapshot taken; log compacted');
-  }
-
-  /** Every replicated record of the state machine, framed as (u32 length, key, u32 length, value). */
-  private async stateRecords(): Promise<Buffer> {
-    await this.store.whenCompacted();
-    const parts: Buffer[] = [];
-    for await (const [key, value] of this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })) {
-      if (isMemberLocalKey(key)) continue;
-      const header = Buffer.allocUnsafe(4);
-      header.writeUInt32BE(key.length);
-      const valueHeader = Buffer.allocUnsafe(4);
-      valueHeader.writeUInt32BE(value.length);
-      parts.push(header, key, valueHeader, value);
-    }
-    return Buffer.concat(parts);
+    this.options.logger.info({ index, compactIndex }, 'snapshot taken; log compacted');
   }
 
   private onSoftState(state: SoftState, previous: SoftState): void {
@@ -986,26 +1037,9 @@ export class Member {
     await this.loop.close();
     await this.transport.close();
     await this.store.whenCompacted().catch(() => undefined);
+    if (this.stateView !== undefined) this.retireStateView(this.stateView);
     await this.db.close();
   }
-}
-
-export function decodeStateRecords(data: Buffer): [Buffer, Buffer][] {
-  const records: [Buffer, Buffer][] = [];
-  let offset = 0;
-  const read = (): Buffer => {
-    assert(offset + 4 <= data.length, 'truncated snapshot record');
-    const length = data.readUInt32BE(offset);
-    offset += 4;
-    assert(offset + length <= data.length, 'truncated snapshot record');
-    const bytes = Buffer.from(data.subarray(offset, offset + length));
-    offset += length;
-    return bytes;
-  };
-  while (offset < data.length) {
-    records.push([read(), read()]);
-  }
-  return records;
 }
 
 function parseChangeContext(text: string): ChangeContext | undefined {

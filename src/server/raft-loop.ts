@@ -120,6 +120,12 @@ export class RaftLoop implements Consensus {
     });
   }
 
+  /** Resolves once every Ready pending now has been handled (persisted, applied, advanced). */
+  async settled(): Promise<void> {
+    this.kick();
+    while (this.running) await this.idle;
+  }
+
   /** Processes Ready batches until there are none; never two at once. */
   kick(): void {
     if (this.running || this.closed) return;

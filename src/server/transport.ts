@@ -17,8 +17,7 @@ import { decodeOptions, protoDirectory } from '../api/proto.js';
 
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
 export const peerQueueMessagesMax = 4096;
-export const snapshotChunkBytes = 1024 * 1024;
-/** Peer messages can carry many entries; snapshots are chunked. */
+/** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
 const peerMessageBytesMax = 64 * 1024 * 1024;
 
 interface RaftMessageWire {
@@ -126,6 +125,24 @@ export function fromWire(wire: RaftMessageWire, snapshotData?: Buffer): Message 
   }
 }
 
+type SnapshotMessage = Extract<Message, { type: 'snapshot' }>;
+
+interface SnapshotChunkWire {
+  cluster_id: string;
+  header?: RaftMessageWire | null;
+  data: Buffer;
+}
+
+/** A refusal with the gRPC status the sender sees. */
+class PeerCallError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
 export interface LeaseAnswer {
   readonly found: boolean;
   readonly ttl: number;
@@ -184,6 +201,10 @@ export interface TransportOptions {
   readonly clientCredentials: grpc.ChannelCredentials;
   readonly onMessage: (message: Message) => void;
   readonly onUnreachable: (peer: NodeId) => void;
+  /** The records of a snapshot Raft sends, in chunks, read while they are sent. */
+  readonly snapshotChunks: (message: SnapshotMessage) => AsyncIterable<Buffer>;
+  /** Takes a snapshot's chunks as they arrive; resolves once it is staged and handed to Raft. */
+  readonly receiveSnapshot: (message: SnapshotMessage, chunks: AsyncIterable<Buffer>) => Promise<void>;
   readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
@@ -281,24 +302,41 @@ class PeerSender {
     if (!accepted) this.congested = true;
   }
 
-  private async sendSnapshot(message: Extract<Message, { type: 'snapshot' }>): Promise<void> {
-    const data = message.snapshot.data;
-    await new Promise<void>((resolve) => {
+  /** Streams a snapshot's records chunk by chunk, waiting for the peer to take each (flow control). */
+  private async sendSnapshot(message: SnapshotMessage): Promise<void> {
+    let finished = false;
+    let wake: () => void = () => undefined;
+    const delivered = await new Promise<boolean>((resolve) => {
       const call = this.client.Snapshot((error) => {
+        finished = true;
+        wake();
         if (error !== null) {
           this.options.logger.warn({ peer: this.id, err: error.details }, 'sending snapshot failed');
           this.options.onUnreachable(this.id);
         }
-        resolve();
+        resolve(error === null);
       });
-      const header = toWire(message);
-      call.write({ cluster_id: this.options.clusterId, header, data: Buffer.alloc(0) });
-      for (let offset = 0; offset < data.length; offset += snapshotChunkBytes) {
-        call.write({ cluster_id: this.options.clusterId, data: data.subarray(offset, offset + snapshotChunkBytes) });
-      }
-      call.end();
+      void (async () => {
+        try {
+          call.write({ cluster_id: this.options.clusterId, header: toWire(message), data: Buffer.alloc(0) });
+          for await (const chunk of this.options.snapshotChunks(message)) {
+            if (finished) return;
+            if (!call.write({ cluster_id: this.options.clusterId, data: chunk })) {
+              await new Promise<void>((drained) => {
+                wake = drained;
+                call.once('drain', drained);
+              });
+              call.removeAllListeners('drain');
+            }
+          }
+          call.end();
+        } catch (error) {
+          this.options.logger.warn({ peer: this.id, err: String(error) }, 'reading snapshot to send failed');
+          call.cancel();
+        }
+      })();
     });
-    this.transport.snapshotsSent += 1;
+    if (delivered) this.transport.snapshotsSent += 1;
   }
 
   lease(method: 'LeaseRenew' | 'LeaseTimeToLive', id: bigint, timeoutMs: number): Promise<LeaseAnswer> {
@@ -389,38 +427,22 @@ export class Transport {
         });
         call.on('error', () => undefined);
       },
-      Snapshot: (call: grpc.ServerReadableStream<{ cluster_id: string; header?: RaftMessageWire; data: Buffer }, object>, callback: grpc.sendUnaryData<object>) => {
+      Snapshot: (call: grpc.ServerReadableStream<SnapshotChunkWire, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) {
           call.on('data', () => undefined);
           call.on('error', () => undefined);
           return;
         }
-        let header: RaftMessageWire | undefined;
-        const chunks: Buffer[] = [];
-        let refused = false;
-        call.on('data', (chunk: { cluster_id: string; header?: RaftMessageWire | null; data: Buffer }) => {
-          if (chunk.cluster_id !== options.clusterId) {
-            refused = true;
-            return;
-          }
-          if (chunk.header !== undefined && chunk.header !== null && header === undefined) header = chunk.header;
-          else chunks.push(Buffer.from(chunk.data));
-        });
-        call.on('end', () => {
-          const message = header === undefined || refused ? undefined : fromWire(header, Buffer.concat(chunks));
-          if (message === undefined || message.to !== options.selfId) {
-            callback({ code: grpc.status.INVALID_ARGUMENT, details: 'malformed snapshot' });
-            return;
-          }
-          if (!senderBound(call, message)) {
-            callback({ code: grpc.status.PERMISSION_DENIED, details: 'rampart: snapshot sender is not the member named by the peer certificate' });
-            return;
-          }
-          this.snapshotsReceived += 1;
-          options.onMessage(message);
-          callback(null, {});
-        });
         call.on('error', () => undefined);
+        this.receiveSnapshot(call, (message) => senderBound(call, message)).then(
+          () => callback(null, {}),
+          (error: unknown) => {
+            if (error instanceof PeerCallError) callback({ code: error.code, details: error.message });
+            else callback({ code: grpc.status.UNAVAILABLE, details: `rampart: snapshot not taken: ${error instanceof Error ? error.message : String(error)}` });
+            // Stop reading: the rest of the stream is not wanted.
+            call.destroy();
+          },
+        );
       },
       LeaseRenew: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) return;
@@ -496,6 +518,29 @@ export class Transport {
     const peer = this.peers.get(leader);
     if (peer === undefined) return Promise.reject(new Error(`no connection to leader ${leader}`));
     return peer.lease(method, id, timeoutMs);
+  }
+
+  /** Reads a snapshot stream: the header first, then chunks handed on as they arrive (never all at once). */
+  private async receiveSnapshot(call: AsyncIterable<SnapshotChunkWire>, senderBound: (message: Message) => boolean): Promise<void> {
+    const stream = call[Symbol.asyncIterator]();
+    const first = await stream.next();
+    const clusterId = this.options.clusterId;
+    if (first.done === true) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot');
+    if (first.value.cluster_id !== clusterId) throw new PeerCallError(grpc.status.FAILED_PRECONDITION, 'rampart: cluster id mismatch');
+    const header = first.value.header;
+    const message = header === undefined || header === null ? undefined : fromWire(header, Buffer.alloc(0));
+    if (message === undefined || message.type !== 'snapshot' || message.to !== this.options.selfId) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot');
+    if (!senderBound(message)) throw new PeerCallError(grpc.status.PERMISSION_DENIED, 'rampart: snapshot sender is not the member named by the peer certificate');
+    async function* chunks(): AsyncGenerator<Buffer> {
+      for (;;) {
+        const next = await stream.next();
+        if (next.done === true) return;
+        if (next.value.cluster_id !== clusterId) throw new PeerCallError(grpc.status.FAILED_PRECONDITION, 'rampart: cluster id mismatch');
+        yield Buffer.from(next.value.data);
+      }
+    }
+    await this.options.receiveSnapshot(message, chunks());
+    this.snapshotsReceived += 1;
   }
 
   async close(): Promise<void> {

@@ -20,11 +20,16 @@ export type { KekProvider } from '../encryption/kek.js';
 export type { KeyringStatus } from '../encryption/keyring.js';
 export { SealedRecordError };
 
+/** A consistent, point-in-time view of the database (LevelDB's snapshot); close it when done. */
+export type DatabaseSnapshot = ReturnType<ClassicLevel<Buffer, Buffer>['snapshot']>;
+
 export interface IteratorRange {
   readonly gte?: Buffer;
   readonly gt?: Buffer;
   readonly lt?: Buffer;
   readonly lte?: Buffer;
+  /** Read from this view instead of the current state. */
+  readonly snapshot?: DatabaseSnapshot;
 }
 
 export interface DatabaseIterator extends AsyncIterable<[Buffer, Buffer]> {
@@ -39,6 +44,8 @@ export interface Database {
   batch(operations: BatchOperation[], options?: { sync?: boolean }): Promise<void>;
   iterator(range: IteratorRange): DatabaseIterator;
   keys(range: IteratorRange): AsyncIterable<Buffer>;
+  /** A view that later writes do not change (a state snapshot streamed to a follower reads it). */
+  snapshot(): DatabaseSnapshot;
   clear(range: IteratorRange): Promise<void>;
   compactRange(start: Buffer, end: Buffer): Promise<void>;
   close(): Promise<void>;
@@ -341,6 +348,10 @@ export class SealedDatabase implements Database {
 
   iterator(range: IteratorRange): DatabaseIterator {
     return new SealedIterator(this.level.iterator(range), this.keyring);
+  }
+
+  snapshot(): DatabaseSnapshot {
+    return this.level.snapshot();
   }
 
   async *keys(range: IteratorRange): AsyncGenerator<Buffer> {

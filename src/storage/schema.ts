@@ -30,6 +30,8 @@ export const prefix = {
   member: 0x6e,
   auth: 0x75,
   auditCheckpoint: 0x63,
+  /** A snapshot being received: the leader's records, each under this prefix, until installed. */
+  snapshotStaging: 0x73,
   keyStore: keyStorePrefix,
 } as const;
 
@@ -42,6 +44,10 @@ export const metaKey = {
   clusterId: metaName('clusterId'),
   memberId: metaName('memberId'),
   logStart: metaName('logStart'),
+  /** (index, term) of the snapshot whose records are all staged and durable. */
+  snapshotStaged: metaName('snapshotStaged'),
+  /** (index, term) of the staged snapshot being moved into place; a restart finishes the move. */
+  snapshotInstalling: metaName('snapshotInstalling'),
 } as const;
 
 function metaName(name: string): Buffer {
@@ -54,8 +60,9 @@ function metaName(name: string): Buffer {
  */
 export function isMemberLocalKey(key: Buffer): boolean {
   const first = key[0];
-  if (first === prefix.logEntry || first === prefix.hardState || first === prefix.keyStore) return true;
-  return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId);
+  if (first === prefix.logEntry || first === prefix.hardState || first === prefix.keyStore || first === prefix.snapshotStaging) return true;
+  return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId) ||
+    key.equals(metaKey.snapshotStaged) || key.equals(metaKey.snapshotInstalling);
 }
 
 /** The smallest key strictly greater than every key that starts with `start`'s prefix byte. */
