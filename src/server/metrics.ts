@@ -93,9 +93,7 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   gauge('etcd_server_alarms', 'Active alarms.', () => member.alarmList().length);
   gauge('rampart_auth_enabled', 'Whether authentication is enabled.', () => (member.auth.state.enabled ? 1 : 0));
   gauge('rampart_auth_revision', 'The auth revision (bumped by every user, role or policy change).', () => member.auth.state.revision);
-  gauge('rampart_encryption_enabled', 'Whether this member seals its data at rest.', () => (member.encryptionStatus() === undefined ? 0 : 1));
   gauge('rampart_encryption_active_dek', 'The id of the data key new records are sealed under.', () => member.encryptionStatus()?.activeDekId ?? 0);
-  gauge('rampart_encryption_last_rotation_timestamp_seconds', 'When the active data key became active.', () => (member.encryptionStatus()?.lastRotationMs ?? 0) / 1000);
   gauge('rampart_encryption_kek_provider_reachable', 'Whether the key-encryption key provider answered its last health check.', () => (member.kekProviderReachable ? 1 : 0));
   gauge('rampart_encryption_resealed_ratio', 'Share of the records a re-seal pass had to rewrite that it has rewritten (1 when none is due).', () => {
     const progress = member.encryptionProgress;
@@ -189,6 +187,9 @@ export async function serveMetrics(serving: MetricsServing, member: Member, metr
       case '/livez':
         return reply(200, 'text/plain', 'ok\n');
       case '/readyz':
+        // As kube-apiserver's kms-providers check: a member whose KEK provider is gone still serves
+        // (its data keys are unwrapped) but cannot rotate or restart; readiness says so.
+        if (!member.kekProviderReachable) return reply(503, 'text/plain', 'not ready: key-encryption key provider unreachable\n');
         return ready() && member.leaderId !== 0n ? reply(200, 'text/plain', 'ok\n') : reply(503, 'text/plain', 'not ready\n');
       default:
         return reply(404, 'text/plain', 'not found\n');
