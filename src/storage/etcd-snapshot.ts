@@ -81,6 +81,8 @@ const checksumAlignmentBytes = 512;
 const revisionKeyBytes = 17;
 const tombstoneMark = 0x74; // 't'
 const revisionSeparator = 0x5f; // '_'
+/** Decoded records are views into the file (it stays in memory while it is restored); never written to. */
+const emptyBytes: Buffer = Buffer.alloc(0);
 
 /** Whether `file` starts like a bbolt database (meta page magic at offset 16). */
 export function looksLikeBbolt(file: Buffer): boolean {
@@ -170,26 +172,27 @@ function decodeRevisionKey(key: Buffer, where: string): { main: number; sub: num
 function decodeKeyValueEntry(revisionKey: Buffer, value: Buffer): EtcdKeyValue {
   const revision = decodeRevisionKey(revisionKey, 'key bucket');
   let key: Buffer | undefined;
-  let data = Buffer.alloc(0);
+  let data = emptyBytes;
   let createRevision = 0;
   let modRevision = 0;
   let version = 0;
   let lease = 0n;
   for (const field of protobufFields(value, `key record at revision ${revision.main}`)) {
-    if (field.number === 1 && field.bytes !== undefined) key = Buffer.from(field.bytes);
+    if (field.number === 1 && field.bytes !== undefined) key = field.bytes;
     else if (field.number === 2 && field.varint !== undefined) createRevision = safeNumber(field.varint, 'create_revision');
     else if (field.number === 3 && field.varint !== undefined) modRevision = safeNumber(field.varint, 'mod_revision');
     else if (field.number === 4 && field.varint !== undefined) version = safeNumber(field.varint, 'version');
-    else if (field.number === 5 && field.bytes !== undefined) data = Buffer.from(field.bytes);
+    else if (field.number === 5 && field.bytes !== undefined) data = field.bytes;
     else if (field.number === 6 && field.varint !== undefined) lease = BigInt.asIntN(64, field.varint);
   }
   if (key === undefined || key.length === 0) throw new BboltFormatError(`key record at revision ${revision.main}: no key`);
   if (!revision.tombstone && (modRevision !== revision.main || createRevision < 1 || createRevision > modRevision || version < 1)) {
     throw new BboltFormatError(`key record at revision ${revision.main}: revisions disagree with its position`);
   }
-  return revision.tombstone
-    ? { ...revision, key, value: Buffer.alloc(0), createRevision: 0, modRevision: revision.main, version: 0, lease: 0n }
-    : { ...revision, key, value: data, createRevision, modRevision, version, lease };
+  const { main, sub, tombstone } = revision;
+  return tombstone
+    ? { main, sub, tombstone, key, value: emptyBytes, createRevision: 0, modRevision: main, version: 0, lease: 0n }
+    : { main, sub, tombstone, key, value: data, createRevision, modRevision, version, lease };
 }
 
 function encodeKeyValue(kv: EtcdKeyValue): Buffer {
@@ -265,12 +268,12 @@ function decodeRole(value: Buffer): EtcdRole {
     if (field.number === 1 && field.bytes !== undefined) name = field.bytes.toString('utf8');
     else if (field.number === 2 && field.bytes !== undefined) {
       let type = 0n;
-      let key = Buffer.alloc(0);
-      let rangeEnd = Buffer.alloc(0);
+      let key = emptyBytes;
+      let rangeEnd = emptyBytes;
       for (const part of protobufFields(field.bytes, 'role permission')) {
         if (part.number === 1 && part.varint !== undefined) type = part.varint;
-        else if (part.number === 2 && part.bytes !== undefined) key = Buffer.from(part.bytes);
-        else if (part.number === 3 && part.bytes !== undefined) rangeEnd = Buffer.from(part.bytes);
+        else if (part.number === 2 && part.bytes !== undefined) key = part.bytes;
+        else if (part.number === 3 && part.bytes !== undefined) rangeEnd = part.bytes;
       }
       if (type !== 0n && type !== 1n && type !== 2n) throw new BboltFormatError(`role "${name}": unknown permission type ${type}`);
       permissions.push({ type: Number(type) as 0 | 1 | 2, key, rangeEnd });
@@ -300,6 +303,16 @@ function protobufFields(buffer: Buffer, where: string): ProtobufField[] {
   const fields: ProtobufField[] = [];
   let offset = 0;
   const varint = (): bigint => {
+    // Fast path: up to 7 bytes (49 bits) fit a double exactly; BigInt arithmetic per byte is slow.
+    let small = 0;
+    for (let index = 0; index < 7 && offset + index < buffer.length; index++) {
+      const byte = buffer[offset + index] as number;
+      small += (byte & 0x7f) * 2 ** (7 * index);
+      if ((byte & 0x80) === 0) {
+        offset += index + 1;
+        return BigInt(small);
+      }
+    }
     let result = 0n;
     for (let shift = 0n; shift < 70n; shift += 7n) {
       if (offset >= buffer.length) throw new BboltFormatError(`${where}: truncated protobuf`);

@@ -81,3 +81,34 @@ describe('bbolt', () => {
     expect(() => readEtcdSnapshot(damaged)).toThrow(/SHA-256 mismatch/);
   });
 });
+
+describe('bbolt reader on damaged input', () => {
+  it('throws an Error or reads something for every random damage, never hangs or crashes', () => {
+    const state: EtcdState = {
+      keyValues: Array.from({ length: 500 }, (_, index) => ({
+        main: index + 2, sub: 0, tombstone: false, key: key(index % 97), value: Buffer.from(`v${index}`),
+        createRevision: index + 2, modRevision: index + 2, version: 1, lease: 0n,
+      })).map((kv, index, all) => ({ ...kv, createRevision: all.findIndex((other) => other.key.equals(kv.key)) + 2, version: all.slice(0, index + 1).filter((other) => other.key.equals(kv.key)).length })),
+      leases: [], scheduledCompactRevision: 0, finishedCompactRevision: 0, authEnabled: false, authRevision: 0, users: [], roles: [],
+    };
+    const database = writeEtcdSnapshot(state).subarray(0, -32); // without the checksum, so damage reaches the parser
+    expect(readEtcdSnapshot(database).keyValues).toHaveLength(500);
+    let seed = 12345;
+    const random = (limit: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % limit;
+    };
+    let refused = 0;
+    for (let round = 0; round < 400; round++) {
+      const damaged = Buffer.from(database);
+      for (let flips = 1 + random(8); flips > 0; flips--) damaged.writeUInt8(random(256), random(damaged.length));
+      try {
+        readEtcdSnapshot(damaged);
+      } catch (error) {
+        expect(error).toBeInstanceOf(Error);
+        refused += 1;
+      }
+    }
+    expect(refused).toBeGreaterThan(0);
+  });
+});
