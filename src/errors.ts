@@ -64,6 +64,7 @@ export const errorCodes = [
   'AuditBacklog',
   'AuditUnavailable',
   'TokenRequired',
+  'NotSupportedForLearner',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

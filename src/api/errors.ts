@@ -75,6 +75,7 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   CertificateRevoked: { code: status.UNAUTHENTICATED, message: 'rampart: certificate revoked' },
   CertificateExpired: { code: status.UNAUTHENTICATED, message: 'rampart: certificate expired' },
   AuditUnavailable: { code: status.UNAVAILABLE, message: 'rampart: the audit trail cannot be written; the request may have been applied' },
+  NotSupportedForLearner: { code: status.UNAVAILABLE, message: 'etcdserver: rpc not supported for learner' },
   // --client-cert-auth=false: a caller without a client certificate must log in with a password.
   TokenRequired: { code: status.UNAUTHENTICATED, message: 'rampart: no client certificate; authenticate with a user name and password first' },
   AuditBacklog: { code: status.RESOURCE_EXHAUSTED, message: 'rampart: audit stream fell too far behind; reconnect and read the trail files for the gap' },

@@ -33,6 +33,15 @@ export const serverVersion = '3.5.17';
 /** What a caller without certificate or token may still do (--client-cert-auth=false). */
 const anonymousRpcs: ReadonlySet<string> = new Set(['Authenticate', 'Status']);
 
+/**
+ * What a learner answers, as in etcd: Status and serializable reads (and, among streams, Snapshot);
+ * everything else is refused so that clients go to a voting member.
+ */
+function learnerServes(rpc: string, request: unknown): boolean {
+  if (rpc === 'Status') return true;
+  return rpc === 'Range' && (request as { serializable?: boolean } | null)?.serializable === true;
+}
+
 /** Events a slow audit subscriber may fall behind by before its stream is ended. */
 const auditBacklogMax = 10_000;
 
@@ -152,6 +161,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
         throw refused;
       }
       try {
+        if (member.isLearner && !learnerServes(name, request)) throw new RampartError('NotSupportedForLearner');
         await authenticated(call, name);
         response = await handler(request as Request, call);
       } catch (error) {
@@ -175,7 +185,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
   const duplex = <Request, Response>(name: string, serve: (call: CallContext, stream: DuplexStream<Request, Response>) => void): DuplexRpc => ({
     kind: 'duplex',
     handle(call, stream) {
-      const refused = refusal(call, name);
+      const refused = refusal(call, name) ?? (member.isLearner ? new RampartError('NotSupportedForLearner') : undefined);
       if (refused !== undefined) {
         void audit(call, name, {}, refused);
         stream.fail(refused);
@@ -197,7 +207,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
   const serverStream = <Request, Response>(name: string, serve: (request: Request, call: CallContext, stream: ResponseStream<Response>) => void): ServerStreamRpc => ({
     kind: 'serverStream',
     handle(request, call, stream) {
-      const refused = refusal(call, name);
+      const refused = refusal(call, name) ?? (member.isLearner && name !== 'Snapshot' ? new RampartError('NotSupportedForLearner') : undefined);
       if (refused !== undefined) {
         void audit(call, name, {}, refused);
         stream.fail(refused);

@@ -2,9 +2,10 @@
  * Multi-member clusters of real processes on 127.0.0.1: failover, pauses, membership changes with a
  * joining process, catch-up by snapshot, leadership transfer — driven by etcdctl where it can.
  */
-import { status as grpcStatus } from '@grpc/grpc-js';
+import { status as grpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { call, connect } from '../helpers/client.js';
+import { call, callError, connect } from '../helpers/client.js';
+import { httpCall } from '../helpers/http-gateway.js';
 import { etcdctl, startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
 
 const electionTimeoutMs = 1000;
@@ -127,6 +128,24 @@ describe('three-member cluster', () => {
     });
     try {
       await waitFor(async () => (await etcdctl(joined.endpoint, ['get', 'x', '--consistency=s'])).code === 0, 10_000, 'the learner to serve');
+      // A learner answers Status and serializable reads only, as etcd: the rest is refused.
+      const learner = connect(joined.endpoint);
+      try {
+        const refused = { code: grpcStatus.UNAVAILABLE, details: 'etcdserver: rpc not supported for learner' };
+        expect(await callError(learner.kv, 'Put', { key: Buffer.from('x'), value: Buffer.from('y') })).toEqual(refused);
+        expect(await callError(learner.kv, 'Range', { key: Buffer.from('x') })).toEqual(refused);
+        expect(await callError(learner.lease, 'LeaseGrant', { TTL: 10 })).toEqual(refused);
+        expect(await call(learner.kv, 'Range', { key: Buffer.from('x'), serializable: true })).toHaveProperty('kvs');
+        expect(await call(learner.maintenance, 'Status', {})).toMatchObject({ isLearner: true });
+        const watch = learner.watch.Watch();
+        watch.write({ create_request: { key: Buffer.from('x') } });
+        const watchError = await new Promise<ServiceError>((resolve) => watch.on('error', resolve));
+        expect([watchError.code, watchError.details]).toEqual([refused.code, refused.details]);
+        const overHttp = await httpCall({ port: joined.port }, '/v3/kv/put', { body: JSON.stringify({ key: 'eA==', value: 'eQ==' }) });
+        expect([overHttp.status, overHttp.body]).toEqual([503, JSON.stringify({ error: refused.details, message: refused.details, code: 14 })]);
+      } finally {
+        learner.close();
+      }
       const learnerList = await etcdctl(cluster.endpoints, ['member', 'list']);
       expect(learnerList.stdout).toContain(`${memberId}, started, m4, ${peerUrl}, http://${joined.endpoint}, true`);
 
