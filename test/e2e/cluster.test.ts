@@ -112,9 +112,10 @@ describe('three-member cluster', () => {
     const peerPort = await freePort();
     const peerUrl = `http://127.0.0.1:${peerPort}`;
     const added = await etcdctl(cluster.endpoints, ['member', 'add', 'm4', `--peer-urls=${peerUrl}`, '--learner']);
-    expect(added.stdout).toMatch(/^Member [0-9a-f]+ added to cluster [0-9a-f]+\n/);
-    const memberId = /^Member ([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
-    const clusterId = /added to cluster ([0-9a-f]+)/.exec(added.stdout)?.[1] ?? '';
+    expect(added.stdout).toMatch(/^Member +[0-9a-f]+ added to cluster +[0-9a-f]+\n/);
+    // etcdctl prints ids with %16x: a short id is padded with spaces.
+    const memberId = /^Member +([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
+    const clusterId = /added to cluster +([0-9a-f]+)/.exec(added.stdout)?.[1] ?? '';
     // etcdctl prints the environment the new member needs, listing every member's peer URL.
     expect(added.stdout).toContain('ETCD_NAME="m4"');
     expect(added.stdout).toContain(`m4=${peerUrl}`);
@@ -149,13 +150,13 @@ describe('three-member cluster', () => {
       const learnerList = await etcdctl(cluster.endpoints, ['member', 'list']);
       expect(learnerList.stdout).toContain(`${memberId}, started, m4, ${peerUrl}, http://${joined.endpoint}, true`);
 
-      expect((await etcdctl(cluster.endpoints, ['member', 'promote', memberId])).stdout).toBe(`Member ${memberId} promoted in cluster ${clusterId}\n`);
+      expect((await etcdctl(cluster.endpoints, ['member', 'promote', memberId])).stdout).toBe(`Member ${memberId.padStart(16)} promoted in cluster ${clusterId.padStart(16)}\n`);
       const promoted = await etcdctl(cluster.endpoints, ['member', 'list']);
       expect(promoted.stdout).toContain(`${memberId}, started, m4, ${peerUrl}, http://${joined.endpoint}, false`);
       expect((await etcdctl(joined.endpoint, ['put', 'from', 'm4'])).stdout).toBe('OK\n');
 
       const removed = await etcdctl(cluster.endpoints, ['member', 'remove', memberId]);
-      expect(removed.stdout).toMatch(new RegExp(`^Member ${memberId} removed from cluster [0-9a-f]+\\n$`));
+      expect(removed.stdout).toMatch(new RegExp(`^Member ${memberId.padStart(16)} removed from cluster +[0-9a-f]+\\n$`));
       const exitCode = await new Promise<number | null>((resolve) => {
         if (joined.child.exitCode !== null) resolve(joined.child.exitCode);
         else joined.child.once('exit', (code) => resolve(code));

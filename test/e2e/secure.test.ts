@@ -259,7 +259,7 @@ describe('rampart up: a secure cluster in one command', () => {
     expect(refused).toEqual({ code: grpc.status.PERMISSION_DENIED, details: 'not a cluster peer: certificate "root" is not a peer certificate' });
     const refusedLogs = await Promise.all(cluster.members.map((member) => readFile(path.join(home, '.rampart', member.name, 'log'), 'utf8')));
     expect(refusedLogs.join('\n')).toMatch(/refused a peer connection/);
-    const memberId = /Member ([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
+    const memberId = /Member +([0-9a-f]+) added/.exec(added.stdout)?.[1] ?? '';
     expect((await etcdctlAs(admin(), ['member', 'remove', memberId])).stdout).toContain('removed from cluster');
   }, 60_000);
 
