@@ -57,6 +57,7 @@ export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Re
       return { ...header(), enabled: member.auth.state.enabled, authRevision: member.auth.state.revision };
     }),
     Authenticate: unary('Authenticate', async (request: { name: string; password: string }, call) => {
+      authenticator.admit(call.peer);
       await member.readBarrier();
       const token = await authenticator.authenticate(request.name, request.password, call.peer);
       return { ...header(), token };

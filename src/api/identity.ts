@@ -11,17 +11,44 @@ import { verifyPassword } from '../auth/password.js';
 import { TokenSigner, defaultTokenTtlSeconds } from '../auth/token.js';
 import type { Caller } from './messages.js';
 
-/** Password checks (scrypt, ~50 ms of CPU each) running at once, and waiting, at most. */
-export const passwordChecksMax = { running: 4, waiting: 64 } as const;
+/**
+ * Password checks (scrypt, ~50 ms of CPU each) running at once, waiting in all, and waiting per
+ * source address, at most. Waiting checks are served round-robin across sources: a flood from one
+ * address delays another address's login by at most one check per busy source.
+ */
+export const passwordChecksMax = { running: 4, waiting: 64, waitingPerSource: 8 } as const;
+/** Longest user name a login is checked for (longer ones fail without a check or a record). */
+export const loginNameBytesMax = 256;
+
+/**
+ * Where failed logins are counted and lockouts decided. A member's gate asks the leader, so the
+ * limit holds for the cluster (src/server/member.ts); alone, a LoginLimiter in this process.
+ */
+export interface LoginGate {
+  /** Milliseconds the (user, source) pair is locked out for; 0 when it may try now. */
+  check(user: string, source: string): Promise<number>;
+  failed(user: string, source: string, known: boolean): Promise<void>;
+  succeeded(user: string, source: string): Promise<void>;
+}
+
+export function localLoginGate(limiter: LoginLimiter): LoginGate {
+  return {
+    check: (user, source) => Promise.resolve(limiter.blockedFor(user, source)),
+    failed: (user, source, known) => Promise.resolve(limiter.failed(user, source, known)),
+    succeeded: (user, source) => Promise.resolve(limiter.succeeded(user, source)),
+  };
+}
 
 export class Authenticator {
   private signer: TokenSigner | undefined;
-  readonly limiter: LoginLimiter;
+  private readonly gate: LoginGate;
   private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  /** Waiting checks by source address, served round-robin (Map order is the rotation). */
+  private readonly waiting = new Map<string, (() => void)[]>();
+  private waitingCount = 0;
 
-  constructor(private readonly auth: AuthHolder, private readonly tokenTtlSeconds = defaultTokenTtlSeconds, limiter = new LoginLimiter()) {
-    this.limiter = limiter;
+  constructor(private readonly auth: AuthHolder, private readonly tokenTtlSeconds = defaultTokenTtlSeconds, gate: LoginGate | LoginLimiter = new LoginLimiter()) {
+    this.gate = gate instanceof LoginLimiter ? localLoginGate(gate) : gate;
   }
 
   private currentSigner(): TokenSigner {
@@ -47,38 +74,68 @@ export class Authenticator {
     return { user: '', revision: 0, token: false };
   }
 
+  /**
+   * Refuses at once a login from a source that already has its share of password checks waiting:
+   * called before anything else is spent on the request (a read barrier, the leader's records).
+   */
+  admit(source: string): void {
+    const address = source.replace(/:\d+$/, '');
+    if (this.running >= passwordChecksMax.running && (this.waiting.get(address)?.length ?? 0) >= passwordChecksMax.waitingPerSource) {
+      throw new RampartError('TooManyRequests');
+    }
+  }
+
   /** Checks a password (rate limited per user and source) and mints a token for the current revision. */
   async authenticate(name: string, password: string, source: string): Promise<string> {
     if (!this.auth.state.enabled) throw new RampartError('AuthNotEnabled');
+    // No user has such a name (names are bounded where they are created): nothing to check or record.
+    if (Buffer.byteLength(name) > loginNameBytesMax) throw new RampartError('AuthFailed');
     const address = source.replace(/:\d+$/, '');
-    if (this.limiter.blockedFor(name, address) > 0) throw new RampartError('TooManyRequests');
+    if ((await this.gate.check(name, address)) > 0) throw new RampartError('TooManyRequests');
     const user = this.auth.state.users.get(name);
-    const ok = await this.bounded(() => verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash));
+    const ok = await this.bounded(address, () => verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash));
     if (!ok) {
-      this.limiter.failed(name, address);
+      await this.gate.failed(name, address, user !== undefined);
       throw new RampartError('AuthFailed');
     }
-    this.limiter.succeeded(name, address);
+    await this.gate.succeeded(name, address);
     return this.currentSigner().sign({ user: name, revision: this.auth.state.revision });
   }
 
   /**
    * Runs a password check when one of the few slots is free. Guessing across many user names
-   * escapes the per-user lockout, but not this: beyond the queue, logins are refused outright.
+   * escapes the per-user lockout, but not this: beyond the queue, logins are refused outright —
+   * first those of a source that already has its share waiting, so one source cannot fill it.
    */
-  private async bounded<T>(check: () => Promise<T>): Promise<T> {
+  private async bounded<T>(source: string, check: () => Promise<T>): Promise<T> {
     if (this.running >= passwordChecksMax.running) {
-      if (this.waiting.length >= passwordChecksMax.waiting) throw new RampartError('TooManyRequests');
-      await new Promise<void>((resolve) => this.waiting.push(resolve));
+      const queue = this.waiting.get(source) ?? [];
+      if (queue.length >= passwordChecksMax.waitingPerSource || this.waitingCount >= passwordChecksMax.waiting) throw new RampartError('TooManyRequests');
+      this.waiting.set(source, queue);
+      this.waitingCount += 1;
+      await new Promise<void>((resolve) => queue.push(resolve));
     } else {
       this.running += 1;
     }
     try {
       return await check();
     } finally {
-      const next = this.waiting.shift();
-      if (next !== undefined) next(); // the slot passes on to the next waiter
-      else this.running -= 1;
+      this.passSlot();
     }
+  }
+
+  /** Hands a finished check's slot to the first waiter of the next source in rotation. */
+  private passSlot(): void {
+    const next = this.waiting.entries().next();
+    if (next.done === true) {
+      this.running -= 1;
+      return;
+    }
+    const [source, queue] = next.value;
+    const resolve = queue.shift();
+    this.waiting.delete(source);
+    if (queue.length > 0) this.waiting.set(source, queue); // to the back of the rotation
+    this.waitingCount -= 1;
+    resolve?.();
   }
 }

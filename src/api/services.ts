@@ -20,7 +20,7 @@ import type { AuditLog } from '../audit/log.js';
 import { encodeCheckpoint } from '../audit/checkpoint.js';
 import { statusOf, statusName } from './errors.js';
 import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
-import { Authenticator } from './identity.js';
+import { Authenticator, type LoginGate } from './identity.js';
 import { serveAuth } from './auth-service.js';
 import { outcomeOf, targetsOf } from './audit-events.js';
 import { serveWatch } from './watch-service.js';
@@ -85,7 +85,13 @@ function describe(error: unknown): string {
 
 export function createServices(options: ServicesOptions): ServiceTable {
   const { member, logger } = options;
-  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds);
+  // Failed logins are counted where the member's leader sees them all (member.loginAttempt).
+  const loginGate: LoginGate = {
+    check: (user, source) => member.loginAttempt({ user, source, outcome: 'check', known: member.auth.state.users.has(user) }),
+    failed: async (user, source, known) => void (await member.loginAttempt({ user, source, outcome: 'failed', known })),
+    succeeded: async (user, source) => void (await member.loginAttempt({ user, source, outcome: 'succeeded', known: true })),
+  };
+  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds, loginGate);
   const who = async (call: CallContext): Promise<Caller> => {
     const caller = await authenticator.identify(call.token, call.certificate);
     call.caller = caller;

@@ -39,12 +39,13 @@ import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
-import { Transport, fetchCluster, type ClusterView, type LeaseAnswer } from './transport.js';
+import { Transport, fetchCluster, type ClusterView, type LeaseAnswer, type LoginAttempt } from './transport.js';
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
 import { AuditCheckpoints, checkpointsOf } from './audit-checkpoints.js';
 import { encodeCheckpoint, type TrailCheckpoint } from '../audit/checkpoint.js';
+import { LoginLimiter } from '../auth/limiter.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
 import { authorizeRange, authorizeRequest } from './authorize.js';
@@ -119,6 +120,8 @@ export interface MemberInfo {
 
 export class Member {
   readonly watchHub: WatchHub;
+  /** Failed-login records: the leader's decide for the cluster (loginAttempt). */
+  readonly loginLimiter = new LoginLimiter();
   readonly lessor: Lessor;
   private readonly alarms = new Alarms();
   private readonly auditCheckpoints = new AuditCheckpoints();
@@ -261,6 +264,7 @@ export class Member {
       onLeaseRenew: (id) => this.answerLeaseConfirmed(id, true),
       onLeaseTimeToLive: (id) => this.answerLeaseConfirmed(id, false),
       onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
+      onLoginAttempt: (attempt) => this.leaderLoginAttempt(attempt),
       ...(this.options.peerTls
         ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate), mayActAs: (certificate: PeerCertificate, from: string) => this.peerMayActAs(certificate, from) }
         : {}),
@@ -505,6 +509,41 @@ export class Member {
       throw new RampartError('LeaseNotFound');
     }
     return this.propose({ request: 'lease_revoke', lease_revoke: { ID: id.toString() }, caller }, false);
+  }
+
+  // ---- failed logins ----
+
+  /**
+   * A login event, decided by the leader's records so that guessing limits hold for the cluster (a
+   * follower asks the leader; three members no longer mean three times the guesses). The records
+   * are not replicated through the log: a failed login must not become a Raft write an attacker
+   * controls. This member's own records count too (the stricter answer wins), so a follower cut
+   * off from the leader still limits, and it refuses logins while it knows no leader (fail closed).
+   * Returns the milliseconds the (user, source) pair is locked out for.
+   */
+  async loginAttempt(attempt: LoginAttempt): Promise<number> {
+    const local = this.recordLoginAttempt(attempt);
+    this.checkRunning();
+    const leader = this.loop.leader;
+    if (leader === this.memberHex) return local;
+    if (leader === '') throw new RampartError('NoLeader');
+    try {
+      return Math.max(local, await this.transport.loginAttempt(leader, attempt, this.options.requestTimeoutMs));
+    } catch {
+      if (attempt.outcome === 'check') throw new RampartError('NoLeader');
+      return local;
+    }
+  }
+
+  private leaderLoginAttempt(attempt: LoginAttempt): Promise<number> {
+    if (this.loop.leader !== this.memberHex) return Promise.reject(new RampartError('NoLeader'));
+    return Promise.resolve(this.recordLoginAttempt(attempt));
+  }
+
+  private recordLoginAttempt({ user, source, outcome, known }: LoginAttempt): number {
+    if (outcome === 'failed') this.loginLimiter.failed(user, source, known);
+    else if (outcome === 'succeeded') this.loginLimiter.succeeded(user, source);
+    return this.loginLimiter.blockedFor(user, source);
   }
 
   /** Keep-alive: the leader renews; a follower forwards to the leader. Returns 0 when the lease is gone. */

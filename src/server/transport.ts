@@ -208,7 +208,18 @@ export interface TransportOptions {
   readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
+  readonly onLoginAttempt: (attempt: LoginAttempt) => Promise<number>;
 }
+
+/** A login event a follower reports to the leader, whose records decide lockouts (member.ts). */
+export interface LoginAttempt {
+  readonly user: string;
+  readonly source: string;
+  readonly outcome: 'check' | 'failed' | 'succeeded';
+  readonly known: boolean;
+}
+
+const loginOutcomes = ['check', 'failed', 'succeeded'] as const;
 
 type PeerClient = grpc.Client & {
   Messages(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<object>;
@@ -216,6 +227,7 @@ type PeerClient = grpc.Client & {
   LeaseRenew(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
   LeaseTimeToLive(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
   Cluster(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
+  LoginAttempt(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, reply: Record<string, unknown>) => void): void;
 };
 
 const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
@@ -351,6 +363,16 @@ class PeerSender {
     });
   }
 
+  loginAttempt(attempt: LoginAttempt, timeoutMs: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const request = { user: attempt.user, source: attempt.source, outcome: loginOutcomes.indexOf(attempt.outcome), known: attempt.known };
+      this.client.LoginAttempt(request, { deadline: Date.now() + timeoutMs }, (error, reply) => {
+        if (error !== null) reject(error);
+        else resolve(Number(reply.blocked_ms ?? 0));
+      });
+    });
+  }
+
   close(): void {
     this.stream?.end();
     this.client.close();
@@ -452,6 +474,18 @@ export class Transport {
         if (refuse(call, callback)) return;
         respondLease(() => options.onLeaseTimeToLive(BigInt(call.request.id)), callback);
       },
+      LoginAttempt: (call: grpc.ServerUnaryCall<{ user: string; source: string; outcome: number; known: boolean }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (refuse(call, callback)) return;
+        const outcome = loginOutcomes[call.request.outcome];
+        if (outcome === undefined) {
+          callback({ code: grpc.status.INVALID_ARGUMENT, details: 'unknown login outcome' });
+          return;
+        }
+        options.onLoginAttempt({ user: call.request.user, source: call.request.source, outcome, known: call.request.known }).then(
+          (blockedMs) => callback(null, { blocked_ms: blockedMs }),
+          () => callback({ code: grpc.status.UNAVAILABLE, details: 'etcdserver: not leader' }),
+        );
+      },
       Cluster: (call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) return;
         const view = options.onCluster();
@@ -518,6 +552,12 @@ export class Transport {
     const peer = this.peers.get(leader);
     if (peer === undefined) return Promise.reject(new Error(`no connection to leader ${leader}`));
     return peer.lease(method, id, timeoutMs);
+  }
+
+  loginAttempt(leader: NodeId, attempt: LoginAttempt, timeoutMs: number): Promise<number> {
+    const peer = this.peers.get(leader);
+    if (peer === undefined) return Promise.reject(new Error(`no connection to leader ${leader}`));
+    return peer.loginAttempt(attempt, timeoutMs);
   }
 
   /** Reads a snapshot stream: the header first, then chunks handed on as they arrive (never all at once). */

@@ -130,22 +130,42 @@ describe('passwords, tokens and login limits', () => {
 });
 
 describe('password checks under a flood', () => {
-  it('run a few at a time, queue a bounded number, and refuse the rest without hashing', async () => {
+  it('run a few at a time, queue a bounded number per source, and refuse the rest without hashing; another source still logs in', async () => {
     const { Authenticator, passwordChecksMax } = await import('../../src/api/identity.js');
     const { AuthHolder } = await import('../../src/auth/store.js');
     const { LoginLimiter: Limiter } = await import('../../src/auth/limiter.js');
     const holder = new AuthHolder();
     holder.set({ ...emptyAuthState, enabled: true, signingKey: newSigningKey(), users: new Map([['root', { name: 'root', passwordHash: await hashPassword('pw'), noPassword: false, roles: ['root'] }]]) });
     const authenticator = new Authenticator(holder, 300, new Limiter({ freeFailures: 1_000 }));
-    // Guesses for many different users from one source: the per-user lockout does not apply.
-    const attempts = passwordChecksMax.running + passwordChecksMax.waiting + 20;
-    const outcomes = await Promise.all(Array.from({ length: attempts }, (_, index) =>
+    // 80 concurrent guesses for many different users from one source: the per-user lockout does
+    // not apply, the per-source share of the queue does.
+    const flood = Promise.all(Array.from({ length: 80 }, (_, index) =>
       authenticator.authenticate(`user-${index}`, 'guess', '10.0.0.9:5000').then(() => 'ok', (error: RampartError) => error.code)));
-    expect(outcomes.filter((outcome) => outcome === 'TooManyRequests')).toHaveLength(20);
-    expect(outcomes.filter((outcome) => outcome === 'AuthFailed')).toHaveLength(passwordChecksMax.running + passwordChecksMax.waiting);
-    // Once the flood has passed, a right password works.
-    expect(await authenticator.authenticate('root', 'pw', '10.0.0.9:5000')).toMatch(/^ey/);
-  }, 30_000);
+    // A real login from another address during the flood gets the next free slot.
+    const real = authenticator.authenticate('root', 'pw', '10.0.0.7:6000');
+    const outcomes = await flood;
+    expect(await real).toMatch(/^ey/);
+    const checked = passwordChecksMax.running + passwordChecksMax.waitingPerSource;
+    expect(outcomes.filter((outcome) => outcome === 'AuthFailed')).toHaveLength(checked);
+    expect(outcomes.filter((outcome) => outcome === 'TooManyRequests')).toHaveLength(80 - checked);
+    // Many sources together still queue at most passwordChecksMax.waiting.
+    const spread = await Promise.all(Array.from({ length: 120 }, (_, index) =>
+      authenticator.authenticate(`user-${index}`, 'guess', `10.1.${index % 20}.1:5000`).then(() => 'ok', (error: RampartError) => error.code)));
+    expect(spread.filter((outcome) => outcome === 'AuthFailed')).toHaveLength(passwordChecksMax.running + passwordChecksMax.waiting);
+  }, 60_000);
+
+  it('keeps the records of real users when junk names flood the limiter, and never clears them all', async () => {
+    const { loginRecordsMax } = await import('../../src/auth/limiter.js');
+    const limiter = new LoginLimiter({ freeFailures: 1, now: () => 1_000 });
+    limiter.failed('root', '10.0.0.1', true);
+    expect(limiter.blockedFor('root', '10.0.0.1')).toBeGreaterThan(0);
+    for (let index = 0; index < loginRecordsMax.unknownNames + 10; index++) limiter.failed(`junk-${index}`, '10.0.0.2', false);
+    expect(limiter.blockedFor('root', '10.0.0.1')).toBeGreaterThan(0);
+    expect(limiter.recordCount).toBe(loginRecordsMax.unknownNames + 1);
+    // The oldest junk record went first, one at a time; the newest are kept.
+    expect(limiter.blockedFor('junk-0', '10.0.0.2')).toBe(0);
+    expect(limiter.blockedFor(`junk-${loginRecordsMax.unknownNames + 9}`, '10.0.0.2')).toBeGreaterThan(0);
+  });
 });
 
 describe('bootstrap of a new cluster', () => {
