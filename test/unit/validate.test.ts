@@ -41,7 +41,7 @@ describe('txn work bounds (issue 8, item 1)', () => {
     const reported = attack(128, 128);
     const started = performance.now();
     expect(() => validateTxn(reported)).toThrow(new RampartError('TooManyOps'));
-    expect(performance.now() - started).toBeLessThan(100);
+    expect(performance.now() - started).toBeLessThan(1_000);
     expect(() => validateTxn(attack(7, 128))).not.toThrow();
     expect(() => validateTxn(txn([...attack(7, 128).success, nested(branchOf(128, (index) => put(`x${index}`)))]))).toThrow(new RampartError('TooManyOps'));
     // A flat Txn at etcd's limits passes: 128 compares, 128 success and 128 failure ops.
@@ -59,7 +59,7 @@ describe('txn work bounds (issue 8, item 1)', () => {
     const large = attack(512, 128);
     const started = performance.now();
     expect(() => checkTxnDuplicates(large)).not.toThrow();
-    expect(performance.now() - started).toBeLessThan(1500);
+    expect(performance.now() - started).toBeLessThan(10_000); // quadratic: minutes
     expect(() => checkTxnDuplicates(txn([...large.success, put('300/d1')]))).toThrow(new RampartError('DuplicateKey'));
     expect(() => checkTxnDuplicates(txn([...large.success, put('300/d1z')]))).not.toThrow();
   });
@@ -86,7 +86,7 @@ describe('txn wire scan', () => {
     expect(txnWithinLimits(huge)).toBe(false);
     const started = performance.now();
     expect(method?.requestDeserialize(huge)).toBe(oversizedTxn);
-    expect(performance.now() - started).toBeLessThan(50);
+    expect(performance.now() - started).toBeLessThan(1_000); // decoding it: seconds
     const fine = wire({ compare: [{ key: Buffer.from('c') }], success: [{ request_txn: { success: ops(100, 'a') } }], failure: ops(5, 'b') });
     expect(txnWithinLimits(fine)).toBe(true);
     expect(method?.requestDeserialize(fine).success[0]).toMatchObject({ request: 'request_txn' });
