@@ -15,6 +15,9 @@ import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
 import { databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
+import { KmsKekProvider } from '../encryption/kms.js';
+import { rotateDevKey, serveDevPlugin } from '../encryption/kms-dev-plugin.js';
+import type { KekProvider } from '../encryption/kek.js';
 import { restoreSnapshot, saveSnapshot } from './snapshot.js';
 import { startProgress } from './progress.js';
 import { encryptionRotate, encryptionStatus, formatStatus } from './encryption.js';
@@ -137,6 +140,7 @@ interface ServeFlags {
   encryptionKeyFile?: string;
   encryptionRotationInterval: number;
   encryptionResealRate: number;
+  encryptionKmsSocket?: string;
 }
 
 program
@@ -179,6 +183,7 @@ program
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
+  .option('--encryption-kms-socket <path>', 'wrap the data keys with a Kubernetes KMS v2 plugin on this unix socket instead of a key file')
   .option('--no-encryption', 'keep the member\'s data in plaintext on disk (not recommended)')
   .option('--encryption-rotation-interval <duration>', 'automatic data key rotation: a new key once the active one is this old (e.g. 7d, 12h, 30m)', duration, defaultEncryptionRotationIntervalMs)
   .option('--encryption-reseal-rate <records>', 'records per second a re-seal pass rewrites after a rotation (bounds its cost to the member)', integer, resealRecordsPerSecondDefault)
@@ -253,7 +258,13 @@ async function credentialsFor(flags: ServeFlags, logger: Logger): Promise<Creden
  * key file is named. The key file is checked (and created for a new member) before the database is
  * opened, so a missing or unreadable key stops the member having touched nothing.
  */
-async function keyProviderFor(flags: ServeFlags, logger: Logger): Promise<FileKekProvider | undefined> {
+async function keyProviderFor(flags: ServeFlags, logger: Logger): Promise<KekProvider | undefined> {
+  if (flags.encryptionKmsSocket !== undefined) {
+    if (!flags.encryption || flags.encryptionKeyFile !== undefined) throw new Error('--encryption-kms-socket cannot be combined with --no-encryption or --encryption-key-file');
+    const provider = await KmsKekProvider.open(flags.encryptionKmsSocket);
+    logger.info({ socket: provider.source, kekId: (await provider.health()).kekId }, 'encryption at rest is on (KMS v2 plugin)');
+    return provider;
+  }
   if (!flags.encryption) {
     if (flags.encryptionKeyFile !== undefined) throw new Error('--no-encryption cannot be combined with --encryption-key-file');
     logger.warn('encryption at rest is OFF (--no-encryption): keys, values, users and password hashes are stored in plaintext');
@@ -618,6 +629,29 @@ connectionOptions(snapshot.command('save <file>').description('save a member\'s 
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
     const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart').catch(fail);
     print(`saved ${flags.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
+  });
+
+const kms = program.command('kms').description('Kubernetes KMS v2 plugins');
+kms
+  .command('dev-plugin')
+  .description('serve a development KMS v2 plugin on a unix socket (keys in a plain file: not for production)')
+  .requiredOption('--socket <path>', 'the unix socket to serve on')
+  .option('--key-file <file>', 'its keys (created when missing; default: <socket>.keys.json)')
+  .action(async (flags: { socket: string; keyFile?: string }) => {
+    const keyFile = flags.keyFile ?? `${flags.socket}.keys.json`;
+    process.umask(0o077);
+    const stop = await serveDevPlugin(path.resolve(flags.socket), path.resolve(keyFile)).catch(fail);
+    print(`KMS v2 dev plugin serving on ${path.resolve(flags.socket)} (keys in ${path.resolve(keyFile)})`);
+    const shutdown = (): void => void stop().finally(() => process.exit(0));
+    process.on('SIGTERM', shutdown);
+    process.on('SIGINT', shutdown);
+  });
+kms
+  .command('dev-rotate')
+  .description('give the development plugin a new current key (members re-wrap their data keys under it by themselves)')
+  .requiredOption('--key-file <file>', 'the dev plugin\'s key file')
+  .action(async (flags: { keyFile: string }) => {
+    print(`current key_id: ${await rotateDevKey(path.resolve(flags.keyFile)).catch(fail)}`);
   });
 
 const encryptionCommand = program.command('encryption').description('encryption at rest: status and key rotation across the cluster (root only)');

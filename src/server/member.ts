@@ -104,7 +104,7 @@ export interface MemberOptions {
 
 export const defaultEncryptionRotationIntervalMs = 7 * 24 * 3600 * 1000;
 /** How often a member checks its rotation schedule and whether a re-seal pass is due. */
-const encryptionCheckIntervalMs = 30_000;
+const encryptionCheckIntervalMs = 2_000;
 export const defaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024;
 export const defaultMaxRequestBytes = 1.5 * 1024 * 1024;
 
@@ -1011,6 +1011,8 @@ export class Member {
   private keyRotation: Promise<void> = Promise.resolve();
   /** The KEK provider's last health check (a KMS plugin may go away while the member serves). */
   kekProviderReachable = true;
+  private healthChecking = false;
+  private rewrapping = false;
 
   get encryptionResealDue(): boolean {
     return this.db.resealDue;
@@ -1041,13 +1043,28 @@ export class Member {
     if (this.stopped) return;
     const status = this.db.encryptionStatus();
     if (status === undefined) return;
-    void this.encryptionProviderHealth().then((health) => {
-      const reachable = health?.reachable ?? true;
-      if (reachable !== this.kekProviderReachable) {
-        this.options.logger[reachable ? 'info' : 'warn']({ provider: status.providerSource }, reachable ? 'key-encryption key provider reachable again' : 'key-encryption key provider unreachable; serving with the data keys already unwrapped');
-      }
-      this.kekProviderReachable = reachable;
-    });
+    if (!this.healthChecking) {
+      this.healthChecking = true;
+      void this.encryptionProviderHealth().then((health) => {
+        const reachable = health?.reachable ?? true;
+        if (reachable !== this.kekProviderReachable) {
+          this.options.logger[reachable ? 'info' : 'warn']({ provider: status.providerSource }, reachable ? 'key-encryption key provider reachable again' : 'key-encryption key provider unreachable; serving with the data keys already unwrapped');
+        }
+        this.kekProviderReachable = reachable;
+        // A KMS that rotated its key reports a new key_id: re-wrap the data keys under it.
+        const current = this.db.encryptionStatus();
+        if (reachable && status.provider === 'kms' && health !== undefined && health.kekId !== '' && current !== undefined && current.deks.some((dek) => dek.kekId !== health.kekId) && !this.rewrapping) {
+          this.rewrapping = true;
+          this.options.logger.info({ kekId: health.kekId }, 'the KMS reports a new key_id; re-wrapping the data keys');
+          this.rotateKeys(true);
+          void this.keyRotation.finally(() => {
+            this.rewrapping = false;
+          });
+        }
+      }).finally(() => {
+        this.healthChecking = false;
+      });
+    }
     if (Date.now() - status.lastRotationMs >= rotationIntervalMs) {
       this.rotateKeys(false);
     } else if (this.db.resealDue) {
