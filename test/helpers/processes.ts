@@ -113,6 +113,8 @@ export interface RampartOptions {
   readonly peerPort?: number;
   readonly name?: string;
   readonly args?: readonly string[];
+  /** How long to wait for the client port (default 15 s); a member needs a leader before it serves. */
+  readonly startTimeoutMs?: number;
 }
 
 /** Starts `rampart serve --insecure` (plaintext; TLS has its own tests). */
@@ -133,7 +135,7 @@ export async function startRampart(options: RampartOptions = {}): Promise<Server
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output = track(child);
-  await waitForPort(port, child, output, 15_000);
+  await waitForPort(port, child, output, options.startTimeoutMs ?? 15_000);
   // Per-endpoint etcdctl commands send the whole URL as :authority over plaintext, which HTTP/2
   // servers other than Go's refuse; host:port endpoints avoid that (TLS endpoints are unaffected).
   return { endpoint: `127.0.0.1:${port}`, port, peerPort, dataDir, child, output, stop: stopper(child) };
