@@ -1,11 +1,13 @@
 /**
  * `rampart init --member name=host ...`: per-host bundles for a real multi-host deployment. Each
  * bundle holds the member's server and peer certificates (SANs: its host), the CA certificate, the
- * member's encryption key file (its data at rest is sealed under it) and a
- * `rampart.yaml` for `rampart serve --config-file`; an admin client certificate goes next to the
+ * member's encryption key file (its data at rest is sealed under it), a `rampart.yaml` for
+ * `rampart serve --config-file`, and `rampart.service`, the hardened systemd unit that runs it; an admin client certificate goes next to the
  * CA. Copy `<out>/<name>/` to its host; keep `<out>/pki/ca/` offline.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -29,6 +31,24 @@ export function parseMemberSpec(spec: string): { name: string; host: string } {
   const host = match[2] as string;
   if (isIP(host) === 0 && !/^[A-Za-z0-9.-]+$/.test(host)) throw new Error(`--member ${spec}: "${host}" is not a host name or IP address`);
   return { name: match[1] as string, host };
+}
+
+/** The hardened unit shipped in deploy/systemd/, whose state directory is the bundle's data directory. */
+const unitTemplate = fileURLToPath(new URL('../../../deploy/systemd/rampart.service', import.meta.url));
+let unitText: string | undefined;
+
+/**
+ * The systemd unit for a bundle: the shipped one, with StateDirectory= naming the data directory
+ * (systemd creates it 0700 for the service user; ProtectSystem=strict leaves nothing else writable).
+ */
+export function systemdUnit(dataDir: string): string {
+  unitText ??= readFileSync(unitTemplate, 'utf8');
+  const state = /^\/var\/lib\/([^/]+(?:\/[^/]+)*)$/.exec(path.posix.normalize(dataDir));
+  if (state === null) {
+    // Outside /var/lib systemd cannot own the directory: the unit names it writable instead.
+    return unitText.replace(/^StateDirectory=.*$/m, `ReadWritePaths=${dataDir}`).replace(/^StateDirectoryMode=.*\n/m, '');
+  }
+  return unitText.replace(/^StateDirectory=.*$/m, `StateDirectory=${state[1] as string}`);
 }
 
 export async function initBundles(options: InitOptions, print: (line: string) => void): Promise<void> {
@@ -73,6 +93,7 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
       'encryption-key-file': 'encryption.key',
     };
     await writeFile(path.join(bundle, 'rampart.yaml'), `# rampart serve --config-file rampart.yaml (run from this directory)\n${stringify(config)}`, { mode: 0o600 });
+    await writeFile(path.join(bundle, 'rampart.service'), systemdUnit(options.dataDir), { mode: 0o600 });
     print(`bundle for ${member.name} (${member.host}): ${bundle}`);
   }
   print(`admin client certificate: ${path.join(pki, 'admin.crt')}; CA key: ${path.join(pki, 'ca')} (keep it offline)`);

@@ -4,7 +4,8 @@
  * dashboards and alerts (the etcd mixin, deploy/prometheus/alerts.yaml) work; Rampart's own are
  * prefixed `rampart_`. Nothing here carries keys, values or secrets, but metrics still describe the
  * cluster: an https:// URL is served with the client port's certificate and requires a client
- * certificate from the cluster CA; plaintext needs an explicit http:// URL.
+ * certificate from the cluster CA for /metrics and /health (/livez and /readyz answer probes without
+ * one); plaintext needs an explicit http:// URL.
  *
  *   /metrics  Prometheus text format
  *   /health   {"health":"true"} with 200 when the member has a leader and no alarm, else 503 (as etcd)
@@ -93,6 +94,8 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   gauge('etcd_server_alarms', 'Active alarms.', () => member.alarmList().length);
   gauge('rampart_auth_enabled', 'Whether authentication is enabled.', () => (member.auth.state.enabled ? 1 : 0));
   gauge('rampart_auth_revision', 'The auth revision (bumped by every user, role or policy change).', () => member.auth.state.revision);
+  gauge('rampart_encryption_enabled', 'Whether this member seals its data at rest.', () => (member.encryptionStatus() === undefined ? 0 : 1));
+  gauge('rampart_encryption_last_rotation_timestamp_seconds', 'When the active data key became active.', () => (member.encryptionStatus()?.lastRotationMs ?? 0) / 1000);
   gauge('rampart_encryption_active_dek', 'The id of the data key new records are sealed under.', () => member.encryptionStatus()?.activeDekId ?? 0);
   gauge('rampart_encryption_kek_provider_reachable', 'Whether the key-encryption key provider answered its last health check.', () => (member.kekProviderReachable ? 1 : 0));
   gauge('rampart_encryption_resealed_ratio', 'Share of the records a re-seal pass had to rewrite that it has rewritten (1 when none is due).', () => {
@@ -169,12 +172,15 @@ export async function serveMetrics(serving: MetricsServing, member: Member, metr
       response.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       response.end(body);
     };
-    const socket = request.socket as Partial<TLSSocket>;
-    if (socket.encrypted === true && serving.isRevoked !== undefined) {
-      const serial = socket.getPeerCertificate?.().serialNumber;
-      if (serial === undefined || serving.isRevoked(serial)) return reply(403, 'text/plain', 'certificate revoked\n');
-    }
     const path = (request.url ?? '/').split('?')[0];
+    const socket = request.socket as Partial<TLSSocket>;
+    // Over TLS, /livez and /readyz answer anyone (orchestrators probe without client certificates;
+    // they say only "ok" or "not ready"); /metrics and /health need a valid, unrevoked certificate.
+    if (socket.encrypted === true && path !== '/livez' && path !== '/readyz') {
+      if (socket.authorized !== true) return reply(401, 'text/plain', 'a client certificate from the cluster CA is required\n');
+      const serial = socket.getPeerCertificate?.().serialNumber;
+      if (serving.isRevoked !== undefined && (serial === undefined || serving.isRevoked(serial))) return reply(403, 'text/plain', 'certificate revoked\n');
+    }
     if (request.method !== 'GET') return reply(405, 'text/plain', 'method not allowed\n');
     switch (path) {
       case '/metrics':
@@ -233,7 +239,8 @@ async function tlsServer(tls: MetricsTls, handler: (request: IncomingMessage, re
     if (ca === undefined || identity === undefined) return;
     const context = { ca, cert: identity.certificate, key: identity.privateKey };
     if (server === undefined) {
-      server = createTlsServer({ ...context, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, handler);
+      // The certificate is checked per path (health probes carry none), so the handshake lets it through.
+      server = createTlsServer({ ...context, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.2' }, handler);
       first();
     } else {
       server.setSecureContext(context);

@@ -40,7 +40,7 @@ describe('rampart init', () => {
     expect(result.code).toBe(0);
     expect((await readdir(out)).sort()).toEqual(['a', 'b', 'pki']);
     for (const name of ['a', 'b']) {
-      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'crl.pem', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.yaml', 'server.crt', 'server.key']);
+      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'crl.pem', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.service', 'rampart.yaml', 'server.crt', 'server.key']);
       expect((await stat(path.join(out, name, 'server.key'))).mode & 0o777).toBe(0o600);
       expect((await stat(path.join(out, name, 'encryption.key'))).mode & 0o777).toBe(0o600);
       expect(existsSync(path.join(out, name, 'ca.key'))).toBe(false);
