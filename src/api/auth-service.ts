@@ -50,8 +50,8 @@ export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Re
 
   return {
     AuthEnable: unary('AuthEnable', (_request: object, call) =>
-      change(call, { op: 'enable', signingKey: member.auth.state.signingKey === '' ? newSigningKey() : '' })),
-    AuthDisable: unary('AuthDisable', (_request: object, call) => change(call, { op: 'disable' })),
+      change(call, { op: 'enable', signingKey: newSigningKey() })),
+    AuthDisable: unary('AuthDisable', (_request: object, call) => change(call, { op: 'disable', signingKey: newSigningKey() })),
     AuthStatus: unary('AuthStatus', async () => {
       await member.readBarrier();
       return { ...header(), enabled: member.auth.state.enabled, authRevision: member.auth.state.revision };

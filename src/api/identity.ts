@@ -8,7 +8,7 @@ import { RampartError } from '../errors.js';
 import type { AuthHolder } from '../auth/store.js';
 import { LoginLimiter } from '../auth/limiter.js';
 import { verifyPassword } from '../auth/password.js';
-import { TokenSigner, defaultTokenTtlSeconds } from '../auth/token.js';
+import { TokenSigner, defaultTokenTtlSeconds, type VerifiedClaims } from '../auth/token.js';
 import type { Caller } from './messages.js';
 
 /**
@@ -47,23 +47,48 @@ export class Authenticator {
   private readonly waiting = new Map<string, (() => void)[]>();
   private waitingCount = 0;
 
-  constructor(private readonly auth: AuthHolder, private readonly tokenTtlSeconds = defaultTokenTtlSeconds, gate: LoginGate | LoginLimiter = new LoginLimiter()) {
+  private previous: { signer: TokenSigner; replacedAtMs: number } | undefined;
+
+  /** `catchUp`: waits until this member has applied what the leader has committed (a read barrier). */
+  constructor(
+    private readonly auth: AuthHolder,
+    private readonly tokenTtlSeconds = defaultTokenTtlSeconds,
+    gate: LoginGate | LoginLimiter = new LoginLimiter(),
+    private readonly catchUp: () => Promise<void> = () => Promise.resolve(),
+  ) {
     this.gate = gate instanceof LoginLimiter ? localLoginGate(gate) : gate;
   }
 
   private currentSigner(): TokenSigner {
     const pem = this.auth.state.signingKey;
     if (pem === '') throw new RampartError('AuthNotEnabled');
-    if (this.signer?.pem !== pem) this.signer = new TokenSigner(pem, this.tokenTtlSeconds);
+    if (this.signer?.pem !== pem) {
+      // The key was rotated: tokens it signed before now stay good for one TTL at most.
+      if (this.signer !== undefined) this.previous = { signer: this.signer, replacedAtMs: Date.now() };
+      this.signer = new TokenSigner(pem, this.tokenTtlSeconds);
+    }
     return this.signer;
+  }
+
+  /** A token of the previous key, minted before it was replaced and within one TTL of that. */
+  private async verifyWithPrevious(token: string): Promise<VerifiedClaims | undefined> {
+    const previous = this.previous;
+    if (previous === undefined || Date.now() > previous.replacedAtMs + this.tokenTtlSeconds * 1000) return undefined;
+    const claims = await previous.signer.verify(token);
+    return claims !== undefined && claims.issuedAtSeconds * 1000 <= previous.replacedAtMs ? claims : undefined;
   }
 
   /** `token`: the call's token credential; `certificate`: its verified client certificate, if any. */
   async identify(token: string | undefined, certificate: PeerCertificate | undefined): Promise<Caller> {
     const state = this.auth.state;
     if (state.enabled && token !== undefined && token !== '') {
-      const claims = await this.currentSigner().verify(token);
+      const claims = (await this.currentSigner().verify(token)) ?? (await this.verifyWithPrevious(token));
       if (claims === undefined) throw new RampartError('InvalidAuthToken');
+      if (claims.revision > state.revision) {
+        // Minted at a revision this member has not applied yet (it lags), or forged: catch up once.
+        await this.catchUp();
+        if (claims.revision > this.auth.state.revision) throw new RampartError('InvalidAuthToken');
+      }
       return { user: claims.user, revision: claims.revision, token: true };
     }
     const commonName = certificate?.subject?.CN;

@@ -91,7 +91,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
     failed: async (user, source, known) => void (await member.loginAttempt({ user, source, outcome: 'failed', known })),
     succeeded: async (user, source) => void (await member.loginAttempt({ user, source, outcome: 'succeeded', known: true })),
   };
-  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds, loginGate);
+  const authenticator = new Authenticator(member.auth, options.tokenTtlSeconds, loginGate, () => member.readBarrier());
   const who = async (call: CallContext): Promise<Caller> => {
     const caller = await authenticator.identify(call.token, call.certificate);
     call.caller = caller;

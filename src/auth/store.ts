@@ -34,8 +34,14 @@ export interface AuthState {
   readonly roles: ReadonlyMap<string, RoleRecord>;
   /** Client certificate CN → user name (Rampart; without a binding the CN is the user name). */
   readonly bindings: ReadonlyMap<string, string>;
-  /** PKCS#8 PEM of the Ed25519 key that signs tokens; created with the first AuthEnable. */
+  /**
+   * PKCS#8 PEM of the Ed25519 key that signs tokens. Replaced on every auth enable and disable and
+   * by the leader on a schedule (rotateSigningKey), so a key read from one disk or snapshot stops
+   * minting tokens (members accept the previous key for one token TTL only: see api/identity.ts).
+   */
   readonly signingKey: string;
+  /** When the leader last rotated the key on schedule (its clock, ms since the epoch); 0 or absent: never. */
+  readonly signingKeyRotatedAtMs?: number;
 }
 
 /** The policy part of the state: what `rampart policy apply` replaces as a whole. */
@@ -47,7 +53,10 @@ export interface PolicyState {
 
 export type AuthChange =
   | { op: 'enable'; signingKey: string }
-  | { op: 'disable' }
+  /** signingKey: the next key (absent in entries written before keys rotated on disable). */
+  | { op: 'disable'; signingKey?: string }
+  /** The leader's scheduled key rotation; not an auth change for tokens (no revision bump). */
+  | { op: 'rotateSigningKey'; signingKey: string; atMs: number }
   | { op: 'userAdd'; name: string; passwordHash: string; noPassword: boolean }
   | { op: 'userDelete'; name: string }
   | { op: 'userChangePassword'; name: string; passwordHash: string }
@@ -96,11 +105,15 @@ export function applyAuthChange(state: AuthState, change: AuthChange): AuthState
       const root = users.get(rootName);
       if (root === undefined) throw new RampartError('RootUserNotExist');
       if (!root.roles.includes(rootName)) throw new RampartError('RootRoleNotExist');
-      return bump({ enabled: true, signingKey: state.signingKey === '' ? change.signingKey : state.signingKey });
+      // A fresh key with every enable (entries from before keys rotated may carry none: keep the key).
+      return bump({ enabled: true, signingKey: change.signingKey !== '' ? change.signingKey : state.signingKey });
     }
     case 'disable':
       if (!state.enabled) return state;
-      return bump({ enabled: false });
+      return bump({ enabled: false, signingKey: change.signingKey !== undefined && change.signingKey !== '' ? change.signingKey : state.signingKey });
+    case 'rotateSigningKey':
+      if (!state.enabled || change.signingKey === '') return state;
+      return { ...state, signingKey: change.signingKey, signingKeyRotatedAtMs: change.atMs };
     case 'userAdd':
       if (change.name === '') throw new RampartError('UserEmpty');
       if (users.has(change.name)) throw new RampartError('UserAlreadyExist');
@@ -278,12 +291,13 @@ export function encodeAuthState(state: AuthState): Buffer {
     roles: [...state.roles.values()].map((role) => ({ name: role.name, permissions: role.permissions.map(encodePermission), denies: role.denies.map(encodePermission) })),
     bindings: [...state.bindings],
     signingKey: state.signingKey,
+    ...(state.signingKeyRotatedAtMs === undefined ? {} : { signingKeyRotatedAtMs: state.signingKeyRotatedAtMs }),
   }));
 }
 
 export function decodeAuthState(data: Buffer): AuthState {
   const raw = JSON.parse(data.toString('utf8')) as {
-    enabled: boolean; revision: number; users: UserRecord[]; signingKey: string; bindings: [string, string][];
+    enabled: boolean; revision: number; users: UserRecord[]; signingKey: string; signingKeyRotatedAtMs?: number; bindings: [string, string][];
     roles: { name: string; permissions: EncodedPermission[]; denies: EncodedPermission[] }[];
   };
   return {
@@ -293,6 +307,7 @@ export function decodeAuthState(data: Buffer): AuthState {
     roles: new Map(raw.roles.map((role) => [role.name, { name: role.name, permissions: role.permissions.map(decodePermission), denies: role.denies.map(decodePermission) }])),
     bindings: new Map(raw.bindings),
     signingKey: raw.signingKey,
+    ...(raw.signingKeyRotatedAtMs === undefined ? {} : { signingKeyRotatedAtMs: raw.signingKeyRotatedAtMs }),
   };
 }
 

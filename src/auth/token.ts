@@ -18,6 +18,13 @@ export interface TokenClaims {
   readonly revision: number;
 }
 
+export interface VerifiedClaims extends TokenClaims {
+  readonly issuedAtSeconds: number;
+}
+
+/** Members' clocks may differ by this much (a token minted on one is checked on another). */
+const clockSkewSeconds = 5;
+
 export class TokenSigner {
   private readonly privateKey: KeyObject;
   private readonly publicKey: KeyObject;
@@ -37,12 +44,20 @@ export class TokenSigner {
       .sign(this.privateKey);
   }
 
-  /** The claims of a valid, unexpired token signed by this key; undefined for anything else. */
-  async verify(token: string): Promise<TokenClaims | undefined> {
+  /**
+   * The claims of a valid, unexpired token signed by this key; undefined for anything else. A token
+   * must also be one this cluster could have minted: issued (not in the future) and lasting no
+   * longer than the configured TTL, so one forged with a stolen key lasts no longer than a real one.
+   */
+  async verify(token: string): Promise<VerifiedClaims | undefined> {
     try {
-      const { payload } = await jwtVerify(token, this.publicKey, { issuer, algorithms: ['EdDSA'] });
-      if (typeof payload.sub !== 'string' || typeof payload.revision !== 'number') return undefined;
-      return { user: payload.sub, revision: payload.revision };
+      const { payload } = await jwtVerify(token, this.publicKey, { issuer, algorithms: ['EdDSA'], maxTokenAge: this.ttlSeconds + clockSkewSeconds });
+      if (typeof payload.sub !== 'string' || typeof payload.revision !== 'number' || !Number.isSafeInteger(payload.revision)) return undefined;
+      const issuedAt = payload.iat;
+      const expires = payload.exp;
+      if (issuedAt === undefined || expires === undefined) return undefined;
+      if (issuedAt > Date.now() / 1000 + clockSkewSeconds || expires - issuedAt > this.ttlSeconds) return undefined;
+      return { user: payload.sub, revision: payload.revision, issuedAtSeconds: issuedAt };
     } catch {
       return undefined;
     }

@@ -36,6 +36,7 @@ import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
+import { rotateSigningKeys } from '../server/signing-key-rotation.js';
 import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { decodeCheckpoint } from '../audit/checkpoint.js';
@@ -132,6 +133,7 @@ interface ServeFlags {
   authTokenTtl: number;
   listenMetricsUrls?: string[];
   bootstrapAuth: boolean;
+  authSigningKeyRotationInterval: number;
   bootstrapPolicies?: string;
   audit: boolean;
   auditDir?: string;
@@ -182,6 +184,7 @@ program
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
+  .option('--auth-signing-key-rotation-interval <seconds>', 'the leader replaces the token signing key this often (also on every auth enable and disable)', integer, 86_400)
   .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
   .option('--encryption-kms-socket <path>', 'wrap the data keys with a Kubernetes KMS v2 plugin on this unix socket instead of a key file')
   .option('--no-encryption', 'keep the member\'s data in plaintext on disk (not recommended)')
@@ -406,6 +409,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  rotateSigningKeys(member, Math.max(1, flags.authSigningKeyRotationInterval) * 1000, logger);
   const bootstrap = bootstrapPolicy === undefined
     ? undefined
     : bootstrapAuth(member, bootstrapPolicy, logger, (error) => {

@@ -1,3 +1,5 @@
+import { createPrivateKey } from 'node:crypto';
+import { SignJWT } from 'jose';
 import { describe, expect, it } from 'vitest';
 import type { RampartError } from '../../src/errors.js';
 import { LoginLimiter } from '../../src/auth/limiter.js';
@@ -105,7 +107,7 @@ describe('passwords, tokens and login limits', () => {
   it('verifies its own tokens only, and not after they expire', async () => {
     const signer = new TokenSigner(newSigningKey(), 1);
     const token = await signer.sign({ user: 'alice', revision: 4 });
-    expect(await signer.verify(token)).toEqual({ user: 'alice', revision: 4 });
+    expect(await signer.verify(token)).toMatchObject({ user: 'alice', revision: 4 });
     expect(await new TokenSigner(newSigningKey()).verify(token)).toBeUndefined();
     expect(await signer.verify('not.a.token')).toBeUndefined();
     await new Promise((resolve) => setTimeout(resolve, 2_100));
@@ -181,3 +183,61 @@ describe('bootstrap of a new cluster', () => {
     expect(decodeAuthChange(encodeAuthChange({ op: 'bootstrap', policy, signingKey: 'k' }))).toEqual({ op: 'bootstrap', policy, signingKey: 'k' });
   });
 });
+
+describe('token signing key: a stolen key does not make a root token', () => {
+  /** What someone holding the key can sign, with every claim of their choosing. */
+  async function forge(pem: string, claims: { revision: number; lifetimeSeconds: number; issuedAtSeconds?: number }): Promise<string> {
+    const issuedAt = claims.issuedAtSeconds ?? Math.floor(Date.now() / 1000);
+    return new SignJWT({ revision: claims.revision }).setProtectedHeader({ alg: 'EdDSA', typ: 'JWT' }).setSubject('root').setIssuer('rampart')
+      .setIssuedAt(issuedAt).setExpirationTime(issuedAt + claims.lifetimeSeconds).sign(createPrivateKey(pem));
+  }
+  const rootUser = { name: 'root', passwordHash: '', noPassword: true, roles: ['root'] };
+
+  it('refuses a token whose revision is ahead of the store or whose lifetime exceeds the TTL', async () => {
+    const { Authenticator } = await import('../../src/api/identity.js');
+    const { AuthHolder } = await import('../../src/auth/store.js');
+    const holder = new AuthHolder();
+    const key = newSigningKey();
+    holder.set({ ...emptyAuthState, enabled: true, revision: 7, signingKey: key, users: new Map([['root', rootUser]]) });
+    let caughtUp = 0;
+    const authenticator = new Authenticator(holder, 300, undefined, () => {
+      caughtUp += 1;
+      return Promise.resolve();
+    });
+    const identify = (token: string) => authenticator.identify(token, undefined).then((caller) => caller.user, (error: RampartError) => error.code);
+    // What the attacker made with the key from one data directory: revision 2^40, ten years.
+    expect(await identify(await forge(key, { revision: 2 ** 40, lifetimeSeconds: 10 * 365 * 86_400 }))).toBe('InvalidAuthToken');
+    expect(await identify(await forge(key, { revision: 2 ** 40, lifetimeSeconds: 300 }))).toBe('InvalidAuthToken');
+    expect(caughtUp).toBe(1); // ahead: the member catches up once before refusing
+    expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 301 }))).toBe('InvalidAuthToken');
+    expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 300, issuedAtSeconds: Math.floor(Date.now() / 1000) + 600 }))).toBe('InvalidAuthToken');
+    expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 300 }))).toBe('root');
+  });
+
+  it('rotates the key on enable, disable and schedule; the previous key only for tokens minted before, for one TTL', async () => {
+    const { Authenticator } = await import('../../src/api/identity.js');
+    const { AuthHolder } = await import('../../src/auth/store.js');
+    const holder = new AuthHolder();
+    const first = newSigningKey();
+    holder.set({ ...emptyAuthState, enabled: true, revision: 3, signingKey: first, users: new Map([['root', rootUser]]) });
+    const authenticator = new Authenticator(holder, 300);
+    const identify = (token: string) => authenticator.identify(token, undefined).then((caller) => caller.user, (error: RampartError) => error.code);
+    const minted = await forge(first, { revision: 3, lifetimeSeconds: 300, issuedAtSeconds: Math.floor(Date.now() / 1000) - 1 });
+    expect(await identify(minted)).toBe('root');
+    const rotated = applyAuthChange(holder.state, { op: 'rotateSigningKey', signingKey: newSigningKey(), atMs: Date.now() });
+    expect(rotated.revision).toBe(3);
+    expect(rotated.signingKey).not.toBe(first);
+    holder.set(rotated);
+    expect(await identify(minted)).toBe('root'); // minted before the rotation: good until it expires
+    // Minted with the old key after the rotation: a stolen key, refused.
+    expect(await identify(await forge(first, { revision: 3, lifetimeSeconds: 300, issuedAtSeconds: Math.floor(Date.now() / 1000) + 2 }))).toBe('InvalidAuthToken');
+    // Disable and enable each bring a new key.
+    const disabled = applyAuthChange(rotated, { op: 'disable', signingKey: newSigningKey() });
+    const enabled = applyAuthChange(disabled, { op: 'enable', signingKey: newSigningKey() });
+    expect(new Set([rotated.signingKey, disabled.signingKey, enabled.signingKey]).size).toBe(3);
+    // Replayed entries from before rotation existed carry no key: the key stays.
+    expect(applyAuthChange(disabled, { op: 'enable', signingKey: '' }).signingKey).toBe(disabled.signingKey);
+    expect(decodeAuthState(encodeAuthState(rotated)).signingKeyRotatedAtMs).toBe(rotated.signingKeyRotatedAtMs);
+  });
+});
+
