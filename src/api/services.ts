@@ -17,7 +17,7 @@ import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 import { Concurrency, type LeaderKey } from '../server/concurrency.js';
 import type { ServerMetrics } from '../server/metrics.js';
 import type { AuditLog } from '../audit/log.js';
-import { encodeCheckpoint } from '../audit/checkpoint.js';
+import { encodeCheckpoint, encodeSigner } from '../audit/checkpoint.js';
 import { statusOf, statusName } from './errors.js';
 import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
 import { Authenticator, type LoginGate } from './identity.js';
@@ -468,7 +468,8 @@ export function createServices(options: ServicesOptions): ServiceTable {
     Checkpoints: unary('Audit.Checkpoints', async (_request: object, call) => {
       await admin(call);
       await member.readBarrier();
-      return { checkpoints: (await member.auditCheckpointRecords()).map(encodeCheckpoint) };
+      const { checkpoints, signers } = await member.auditCheckpointRecords();
+      return { checkpoints: [...signers.map(encodeSigner), ...checkpoints.map(encodeCheckpoint)] };
     }),
   });
 

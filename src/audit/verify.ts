@@ -20,6 +20,10 @@ export interface TrailCheckpoint {
   readonly seq: number;
   readonly hash: string;
   readonly time: string;
+  /** SHA-256 fingerprint of the member's audit signing certificate (see `checkpoint.ts`). */
+  readonly signer?: string;
+  /** Base64 ECDSA signature over the fields above. */
+  readonly signature?: string;
 }
 
 export interface VerifyOptions {

@@ -39,7 +39,7 @@ import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { rotateSigningKeys } from '../server/signing-key-rotation.js';
 import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
-import { decodeCheckpoint } from '../audit/checkpoint.js';
+import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
@@ -138,6 +138,8 @@ interface ServeFlags {
   audit: boolean;
   auditDir?: string;
   auditAnchorIntervalMs: number;
+  auditSigningCertFile?: string;
+  auditSigningKeyFile?: string;
   encryption: boolean;
   encryptionKeyFile?: string;
   encryptionRotationInterval: number;
@@ -180,6 +182,8 @@ program
   .option('--listen-metrics-urls <urls>', 'URLs serving /metrics (Prometheus), /health, /livez and /readyz: https:// with the client port\'s certificate, a client certificate required; http:// for plaintext', list)
   .option('--audit-dir <dir>', 'where the hash-chained audit trail of client requests is written (default: <data-dir>/audit)')
   .option('--no-audit', 'keep no audit trail (not recommended)')
+  .option('--audit-signing-cert-file <file>', 'certificate (kind audit, from the cluster CA) of the key that signs this member\'s audit checkpoints')
+  .option('--audit-signing-key-file <file>', 'the key that signs this member\'s audit checkpoints')
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
@@ -368,13 +372,27 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   // Anchors outside the trail: every few seconds the durable chain head goes to the structured log
   // and, through Raft, into the replicated state (a checkpoint a quorum witnesses), so a trail cut
   // short, rewritten or missing a file no longer matches; and once more on shutdown.
+  const signingKey = flags.auditSigningCertFile === undefined || flags.auditSigningKeyFile === undefined || audit === undefined
+    ? undefined
+    : new CheckpointSigningKey(await readTextFile(flags.auditSigningCertFile, 'utf8'), await readTextFile(flags.auditSigningKeyFile, 'utf8'));
+  if ((flags.auditSigningCertFile === undefined) !== (flags.auditSigningKeyFile === undefined)) {
+    throw new Error('--audit-signing-cert-file and --audit-signing-key-file go together');
+  }
   let witnessed = '';
+  let signerCommitted = false;
   const checkpointHead = async (): Promise<void> => {
     if (audit === undefined) return;
     const head = audit.head;
     if (head.seq < 0 || head.hash === witnessed) return;
     logger.info({ auditHead: head.hash, auditSeq: head.seq, auditFile: head.file }, 'audit chain head');
-    await member.proposeAuditCheckpoint({ file: head.file, seq: head.seq, hash: head.hash, time: new Date().toISOString() });
+    const checkpoint = { member: member.memberHex, file: head.file, seq: head.seq, hash: head.hash, time: new Date().toISOString() };
+    if (signingKey === undefined) {
+      await member.proposeAuditCheckpoint(checkpoint);
+    } else {
+      // The certificate travels with the first checkpoint of this process (until one commits).
+      await member.proposeAuditCheckpoint({ ...signingKey.sign(checkpoint), ...(signerCommitted ? {} : { certificate: signingKey.certificate }) });
+      signerCommitted = true;
+    }
     witnessed = head.hash;
   };
   if (audit !== undefined) {
@@ -716,17 +734,29 @@ connectionOptions(auditCommand.command('verify <path>'))
     const encoded = flags.checkpoints !== undefined
       ? (await readTextFile(flags.checkpoints, 'utf8').catch(fail)).split('\n').filter((line) => line.trim() !== '')
       : fromCluster ? await PolicyConnection.using(flags, (connection) => connection.auditCheckpoints()).catch(fail) : undefined;
-    const checkpoints = (encoded ?? []).map((line, index) => {
+    const checkpoints: TrailCheckpoint[] = [];
+    const signers: CheckpointSigner[] = [];
+    for (const [index, line] of (encoded ?? []).entries()) {
       const checkpoint = decodeCheckpoint(line);
-      if (typeof checkpoint === 'string') fail(`checkpoint ${index + 1}: ${checkpoint}`);
-      return checkpoint;
-    });
+      const signer = typeof checkpoint === 'string' ? decodeSigner(line) : undefined;
+      if (typeof checkpoint !== 'string') checkpoints.push(checkpoint);
+      else if (signer !== undefined && typeof signer !== 'string') signers.push(signer);
+      else fail(`checkpoint ${index + 1}: ${checkpoint}`);
+    }
     const result = await verifyAudit(target, { ...(flags.anchor === undefined ? {} : { anchor: flags.anchor }), checkpoints }).catch(fail);
     if (!result.ok) fail(`audit trail broken: ${result.problem}`);
     if (encoded !== undefined && result.checkpointsMatched === 0) {
       fail(`audit trail not witnessed: the checkpoints hold none of member ${result.member ?? '(none)'}'s events in this trail`);
     }
-    const witness = encoded === undefined ? ' (no checkpoints given: a trail cut short at its end looks whole; pass --dir or --endpoints)' : `; ${result.checkpointsMatched} checkpoints matched`;
+    // Signatures, when a CA is at hand (--cacert, or the rampart up directory's) and the member signs.
+    const caFile = flags.cacert ?? (command.getOptionValueSource('dir') === 'cli' ? path.join(flags.dir, 'pki', 'ca.crt') : undefined);
+    let signed = '';
+    if (encoded !== undefined && caFile !== undefined && result.member !== undefined) {
+      const problem = checkSignatures(checkpoints, signers, await readTextFile(caFile, 'utf8').catch(fail), result.member);
+      if (problem !== undefined) fail(`audit checkpoints not trusted: ${problem}`);
+      signed = ', each signed by the member\'s audit key (CA-issued)';
+    }
+    const witness = encoded === undefined ? ' (no checkpoints given: a trail cut short at its end looks whole; pass --dir or --endpoints)' : `; ${result.checkpointsMatched} checkpoints matched${signed}`;
     print(`audit trail intact: ${result.events} events in ${result.files} files; head ${result.head}${witness}`);
   });
 connectionOptions(auditCommand.command('checkpoints').description('the audit checkpoints the cluster witnessed, one JSON per line (for `audit verify --checkpoints`)'))

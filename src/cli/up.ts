@@ -13,7 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
 import { PolicyConnection } from './policy.js';
 import { FileKekProvider } from '../encryption/kek-file.js';
-import { createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
+import { type CertificateKind, caValidityDays, createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
   readonly directory: string;
@@ -63,11 +63,15 @@ async function readPid(file: string): Promise<number | undefined> {
   }
 }
 
-async function issueOnce(authority: KeyPairPem, directory: string, name: string, kind: 'server' | 'peer' | 'client', commonName: string): Promise<void> {
+async function issueOnce(authority: KeyPairPem, directory: string, name: string, kind: CertificateKind, commonName: string): Promise<void> {
   try {
     await readKeyPair(directory, name);
   } catch {
-    await writeKeyPair(directory, name, await issueCertificate(authority, { kind, commonName, subjectAltNames: kind === 'client' ? [] : localNames }));
+    // An audit signing certificate must stay checkable for as long as the trail is kept (members
+    // do not reload it): it lives as long as the CA.
+    await writeKeyPair(directory, name, await issueCertificate(authority, {
+      kind, commonName, subjectAltNames: kind === 'client' || kind === 'audit' ? [] : localNames, ...(kind === 'audit' ? { validityDays: caValidityDays } : {}),
+    }));
   }
 }
 
@@ -107,6 +111,8 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     await mkdir(home, { recursive: true, mode: 0o700 });
     await issueOnce(authority, home, 'server', 'server', member.name);
     await issueOnce(authority, home, 'peer', 'peer', member.name);
+    // The key each member signs its audit checkpoints with (issue 12): the CA vouches for it offline.
+    await issueOnce(authority, home, 'audit', 'audit', member.name);
     await writeFile(path.join(home, 'ca.crt'), authority.certificatePem);
     // Each member's key-encryption key sits beside its data directory, not in it.
     const keyFile = path.join(home, 'encryption.key');
@@ -129,6 +135,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
       '--crl-file', path.join(home, 'crl.pem'),
       '--listen-metrics-urls', metricsUrl(member.clientPort),
+      '--audit-signing-cert-file', path.join(home, 'audit.crt'), '--audit-signing-key-file', path.join(home, 'audit.key'),
       ...(options.auth ? [] : ['--no-bootstrap-auth']),
       ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });

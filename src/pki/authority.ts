@@ -26,10 +26,11 @@ const dayMs = 24 * 60 * 60 * 1000;
 export const caValidityDays = 3650;
 export const leafValidityDaysDefault = 90;
 
-export type CertificateKind = 'server' | 'peer' | 'client';
+/** `audit`: a member's key for signing its audit checkpoints (never for TLS: code-signing usage only). */
+export type CertificateKind = 'server' | 'peer' | 'client' | 'audit';
 
 /** The organizational unit marks what a certificate is for; peers check it on each other. */
-export const organizationalUnit: Record<CertificateKind, string> = { server: 'rampart-server', peer: 'rampart-peer', client: 'rampart-client' };
+export const organizationalUnit: Record<CertificateKind, string> = { server: 'rampart-server', peer: 'rampart-peer', client: 'rampart-client', audit: 'rampart-audit' };
 
 export interface KeyPairPem {
   readonly certificatePem: string;
@@ -104,11 +105,17 @@ export async function issueCertificate(authority: KeyPairPem, options: IssueOpti
   const keys = await generateKeys();
   const notBefore = options.notBefore ?? new Date(Date.now() - 60_000);
   const validityDays = options.validityDays ?? leafValidityDaysDefault;
-  const usages: string[] =
-    options.kind === 'server' ? [x509.ExtendedKeyUsage.serverAuth] : options.kind === 'client' ? [x509.ExtendedKeyUsage.clientAuth] : [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth];
+  const usagesByKind: Record<CertificateKind, string[]> = {
+    server: [x509.ExtendedKeyUsage.serverAuth],
+    client: [x509.ExtendedKeyUsage.clientAuth],
+    peer: [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
+    // Signs data, never a TLS handshake: a TLS peer checking usages refuses it.
+    audit: [x509.ExtendedKeyUsage.codeSigning],
+  };
+  const usages = usagesByKind[options.kind];
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
-    new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
+    new x509.KeyUsagesExtension(options.kind === 'audit' ? x509.KeyUsageFlags.digitalSignature : x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
     new x509.ExtendedKeyUsageExtension(usages, false),
     await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
     await x509.AuthorityKeyIdentifierExtension.create(caCertificate, false),

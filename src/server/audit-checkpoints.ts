@@ -7,7 +7,7 @@
  * checkpoint of each window (never replaced). A checkpoint that would go backwards is ignored, not
  * an error: a member re-proposing after a leader change must not fail.
  */
-import { checkpointBucket, decodeCheckpoint, encodeCheckpoint, type TrailCheckpoint } from '../audit/checkpoint.js';
+import { certificateFingerprint, checkpointBucket, decodeCheckpoint, decodeSigner, encodeCheckpoint, encodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { RampartError } from '../errors.js';
 import type { BatchOperation } from '../storage/mvcc/store.js';
 import { prefix } from '../storage/schema.js';
@@ -33,6 +33,7 @@ export class AuditCheckpoints {
   /** Rebuilds the index from a stored record (start, snapshot install). */
   load(key: Buffer, value: Buffer): void {
     const [member, file, slot] = key.subarray(1).toString('utf8').split('\0') as [string, string, string];
+    if (file === '') return; // a signer record
     if (slot === 'latest') {
       const checkpoint = decodeCheckpoint(value.toString('utf8'));
       if (typeof checkpoint !== 'string') this.latest.set(`${member}\0${file}`, checkpoint.seq);
@@ -45,7 +46,19 @@ export class AuditCheckpoints {
   apply(encoded: string, batch: BatchOperation[]): void {
     const checkpoint = decodeCheckpoint(encoded);
     if (typeof checkpoint === 'string') throw new RampartError('InvalidArgument', `audit checkpoint: ${checkpoint}`);
-    const value = Buffer.from(encodeCheckpoint(checkpoint), 'utf8');
+    const { certificate, ...stored } = checkpoint;
+    if (certificate !== undefined) {
+      // The member's signing certificate, kept once under its fingerprint (which it must match).
+      let fingerprint: string;
+      try {
+        fingerprint = certificateFingerprint(certificate);
+      } catch {
+        throw new RampartError('InvalidArgument', 'audit checkpoint: the certificate is not a PEM certificate');
+      }
+      if (fingerprint !== checkpoint.signer) throw new RampartError('InvalidArgument', 'audit checkpoint: the certificate is not the signer');
+      batch.push({ type: 'put', key: keyOf(checkpoint.member, '', `signer-${fingerprint}`), value: Buffer.from(encodeSigner({ member: checkpoint.member, certificate }), 'utf8') });
+    }
+    const value = Buffer.from(encodeCheckpoint(stored), 'utf8');
     const fileKey = `${checkpoint.member}\0${checkpoint.file}`;
     const previous = this.latest.get(fileKey);
     if (previous === undefined && this.latest.size >= checkpointFilesMax) return;
@@ -62,12 +75,19 @@ export class AuditCheckpoints {
   }
 }
 
-/** Every stored checkpoint from the records of the `c` prefix. */
-export function checkpointsOf(records: Iterable<Buffer>): TrailCheckpoint[] {
-  const result: TrailCheckpoint[] = [];
+/** Every stored checkpoint and signer from the records of the `c` prefix. */
+export function checkpointsOf(records: Iterable<Buffer>): { checkpoints: TrailCheckpoint[]; signers: CheckpointSigner[] } {
+  const checkpoints: TrailCheckpoint[] = [];
+  const signers: CheckpointSigner[] = [];
   for (const value of records) {
-    const checkpoint = decodeCheckpoint(value.toString('utf8'));
-    if (typeof checkpoint !== 'string') result.push(checkpoint);
+    const text = value.toString('utf8');
+    const checkpoint = decodeCheckpoint(text);
+    if (typeof checkpoint !== 'string') {
+      checkpoints.push(checkpoint);
+      continue;
+    }
+    const signer = decodeSigner(text);
+    if (typeof signer !== 'string') signers.push(signer);
   }
-  return result;
+  return { checkpoints, signers };
 }

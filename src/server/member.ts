@@ -44,7 +44,7 @@ import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
 import { AuditCheckpoints, checkpointsOf } from './audit-checkpoints.js';
-import { encodeCheckpoint, type TrailCheckpoint } from '../audit/checkpoint.js';
+import { encodeCheckpoint, type ProposedCheckpoint } from '../audit/checkpoint.js';
 import { LoginLimiter } from '../auth/limiter.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
@@ -473,12 +473,12 @@ export class Member {
 
   /** An auth change (Auth service, policy apply), checked and replicated like any write. */
   /** Proposes this member's audit chain head for the cluster to witness; resolves once applied. */
-  async proposeAuditCheckpoint(checkpoint: Omit<TrailCheckpoint, 'member'>): Promise<void> {
-    await this.propose({ request: 'audit_checkpoint', audit_checkpoint: encodeCheckpoint({ ...checkpoint, member: this.memberHex }) }, false);
+  async proposeAuditCheckpoint(checkpoint: ProposedCheckpoint): Promise<void> {
+    await this.propose({ request: 'audit_checkpoint', audit_checkpoint: encodeCheckpoint(checkpoint) }, false);
   }
 
-  /** Every audit checkpoint this member has applied (each member's, every kept window and latest). */
-  async auditCheckpointRecords(): Promise<TrailCheckpoint[]> {
+  /** Every audit checkpoint this member has applied (each member's, every kept window and latest) and the signers' certificates. */
+  async auditCheckpointRecords(): Promise<ReturnType<typeof checkpointsOf>> {
     const values: Buffer[] = [];
     for await (const [, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) values.push(value);
     return checkpointsOf(values);

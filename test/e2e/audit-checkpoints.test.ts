@@ -71,13 +71,16 @@ describe('audit checkpoints witnessed by the cluster', () => {
     const member = (JSON.parse((await readFile(path.join(m1Trail(), files[0] as string), 'utf8')).split('\n')[0] as string) as AuditEvent).member;
     // Every member witnesses its trail; m1's checkpoints name both of its files.
     expect(new Set(checkpoints.map((checkpoint) => checkpoint.member)).size).toBe(3);
-    expect(new Set(checkpoints.filter((checkpoint) => checkpoint.member === member).map((checkpoint) => checkpoint.file))).toEqual(new Set(files));
+    expect(new Set(checkpoints.filter((checkpoint) => checkpoint.member === member && checkpoint.file !== undefined).map((checkpoint) => checkpoint.file))).toEqual(new Set(files));
     const exported = path.join(path.dirname(home), 'checkpoints.jsonl');
     await writeFile(exported, saved);
 
     const intact = await rampart(['audit', 'verify', m1Trail(), ...viaM2()]);
     expect(intact.stderr).toBe('');
-    expect(intact.stdout).toMatch(/^audit trail intact: \d+ events in 2 files; head [0-9a-f]{64}; [1-9]\d* checkpoints matched\n$/);
+    expect(intact.stdout).toMatch(/^audit trail intact: \d+ events in 2 files; head [0-9a-f]{64}; [1-9]\d* checkpoints matched, each signed by the member's audit key \(CA-issued\)\n$/);
+    // Offline: the saved export and the CA certificate are enough.
+    const offlineIntact = await rampart(['audit', 'verify', m1Trail(), '--checkpoints', exported, '--cacert', path.join(pki(), 'ca.crt')]);
+    expect(offlineIntact.stdout, offlineIntact.stderr).toMatch(/checkpoints matched, each signed/);
 
     // Cut short: the last events of the newest file removed. Whole without a witness; caught with one.
     const cut = await copyOfTrail();
@@ -116,6 +119,25 @@ describe('audit checkpoints witnessed by the cluster', () => {
     const offline = await rampart(['audit', 'verify', rewritten.directory, '--checkpoints', exported]);
     expect(offline.code).toBe(1);
     expect(offline.stderr).toMatch(/the trail was rewritten/);
+
+    // A forged export: m1's checkpoints rewritten to match the rewritten trail. The chain matches,
+    // the signatures do not.
+    const rewrittenHashes = new Map<string, string>();
+    for (const file of rewritten.files) {
+      for (const line of (await readFile(file, 'utf8')).trim().split('\n')) {
+        const event = JSON.parse(line) as AuditEvent;
+        rewrittenHashes.set(`${path.basename(file)}:${event.seq}`, event.hash);
+      }
+    }
+    const forged = path.join(path.dirname(home), 'forged.jsonl');
+    await writeFile(forged, saved.trim().split('\n').map((line) => {
+      const record = JSON.parse(line) as { member: string; file?: string; seq?: number; hash?: string };
+      if (record.member !== member || record.hash === undefined) return line;
+      return line.replace(record.hash, rewrittenHashes.get(`${record.file}:${record.seq}`) ?? record.hash);
+    }).join('\n'));
+    expect((await rampart(['audit', 'verify', rewritten.directory, '--checkpoints', forged])).code).toBe(0); // unsigned check: fooled
+    const forgedVerify = await rampart(['audit', 'verify', rewritten.directory, '--checkpoints', forged, '--cacert', path.join(pki(), 'ca.crt')]);
+    expect(forgedVerify.stderr).toMatch(/^rampart: audit checkpoints not trusted: the checkpoint of .* has a signature that does not verify \(forged or altered\)\n$/);
 
     // A deleted file: the newest (nothing links to it) is named by its checkpoint; the oldest breaks the genesis.
     const withoutNewest = await copyOfTrail();
