@@ -54,8 +54,14 @@ export async function listenClients(host: string, port: number, options: ClientL
     socket.once('close', () => connections.delete(socket));
   };
   const dispatch = (socket: Socket, http2: boolean): void => {
-    if (http2) injector.injectConnection(socket);
-    else http.emit('connection', socket);
+    if (http2) {
+      // HTTP/2 never half-closes: a peer that ends its side is gone, and a socket left open
+      // would stay in CLOSE-WAIT for as long as the process lives.
+      socket.once('end', () => socket.destroy());
+      injector.injectConnection(socket);
+    } else {
+      http.emit('connection', socket);
+    }
   };
 
   let server: NetServer;
