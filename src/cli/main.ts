@@ -13,7 +13,7 @@ import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
-import { databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
+import { databaseEncrypted, databaseExists, resealRecordsPerSecondDefault } from '../storage/database.js';
 import { FileKekProvider, defaultKeyFile } from '../encryption/kek-file.js';
 import { KmsKekProvider } from '../encryption/kms.js';
 import { rotateDevKey, serveDevPlugin } from '../encryption/kms-dev-plugin.js';
@@ -280,8 +280,10 @@ async function keyProviderFor(flags: ServeFlags, logger: Logger): Promise<KekPro
   const keyFile = path.resolve(flags.encryptionKeyFile ?? defaultKeyFile(flags.dataDir));
   // Development members (--insecure) encrypt when asked to, or when their data already is (a restore).
   if (flags.insecure && flags.encryptionKeyFile === undefined && !existsSync(keyFile)) return undefined;
-  if (!databaseExists(flags.dataDir) && (await FileKekProvider.ensure(keyFile))) {
-    logger.info({ keyFile }, 'created the encryption key file of a new member');
+  // A new member, or one that kept plaintext until now (it is sealed online), gets a new key file;
+  // an encrypted member's key file is never created anew: its absence stops the member.
+  if (!(await databaseEncrypted(flags.dataDir)) && (await FileKekProvider.ensure(keyFile))) {
+    logger.info({ keyFile }, databaseExists(flags.dataDir) ? 'created an encryption key file: sealing this member\'s plaintext data online' : 'created the encryption key file of a new member');
   }
   const provider = await FileKekProvider.open(keyFile);
   logger.info({ keyFile, kekId: provider.kekId }, 'encryption at rest is on');

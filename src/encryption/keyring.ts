@@ -13,6 +13,10 @@
  *       u32  W, then W bytes: the provider's ciphertext of (u32 DEK id ‖ 32-byte DEK)
  *   'x' + "active"         → u8 version (1), u32 the DEK new records are sealed under,
  *                            u64 when it became active (ms since the epoch)
+ *   'x' + "migrating"      → empty; present while a member that kept plaintext is being sealed:
+ *                            until the re-seal pass has sealed every record, a record without a
+ *                            sealed header (or naming a DEK this member never had) is read as
+ *                            plaintext. A record naming a known DEK must open, migrating or not.
  * The DEK id inside the wrapped plaintext binds a wrapped key to its record: swapping two DEK
  * records fails to unwrap. Integrity of the other fields is LevelDB's block CRC; editing them can
  * only make a member refuse to start or retire a DEK early.
@@ -29,6 +33,8 @@ import { SealedRecordError, dekBytes, describeKey, looksSealed, openRecord, seal
 export const keyStorePrefix = 0x78;
 const dekRecordName = Buffer.from('dek', 'latin1');
 export const activeRecordKey = Buffer.concat([Buffer.of(keyStorePrefix), Buffer.from('active', 'latin1')]);
+/** Present while a plaintext member's records are being sealed (migration); see `open`. */
+export const migratingRecordKey = Buffer.concat([Buffer.of(keyStorePrefix), Buffer.from('migrating', 'latin1')]);
 const keyStoreVersion = 1;
 
 export const dekEncryptionsMax = 2 ** 30;
@@ -155,6 +161,7 @@ export class Keyring implements RecordSealer {
   private active!: Dek;
   private activeSinceMs = 0;
   private reserving: Promise<void> | undefined;
+  private migratingValue = false;
 
   private constructor(
     private readonly store: KeyStoreBackend,
@@ -167,14 +174,19 @@ export class Keyring implements RecordSealer {
     return (await store.get(activeRecordKey)) !== undefined;
   }
 
-  /** Creates the key store of a new member: one DEK, active. */
-  static async create(store: KeyStoreBackend, provider: KekProvider, nowMs: () => number = Date.now): Promise<Keyring> {
+  /**
+   * Creates the key store: one DEK, active. `migrating`: the database holds plaintext records,
+   * readable as such until the re-seal pass has sealed them all (`finishMigration`).
+   */
+  static async create(store: KeyStoreBackend, provider: KekProvider, migrating = false, nowMs: () => number = Date.now): Promise<Keyring> {
     const keyring = new Keyring(store, provider, nowMs);
     const dek = await keyring.newDek(1);
     await store.batch([
       { type: 'put', key: dekRecordKey(dek.id), value: encodeDekRecord(dek) },
+      ...(migrating ? [{ type: 'put' as const, key: migratingRecordKey, value: Buffer.alloc(0) }] : []),
       { type: 'put', key: activeRecordKey, value: encodeActive(dek.id, nowMs()) },
     ], { sync: true });
+    keyring.migratingValue = migrating;
     keyring.deks.set(dek.id, dek);
     keyring.active = dek;
     keyring.activeSinceMs = nowMs();
@@ -188,6 +200,7 @@ export class Keyring implements RecordSealer {
     if (activeRecord === undefined || activeRecord.length < 13) throw new KeyProviderError('the key store has no active data key');
     const activeId = activeRecord.readUInt32BE(1);
     keyring.activeSinceMs = Number(activeRecord.readBigUInt64BE(5));
+    keyring.migratingValue = (await store.get(migratingRecordKey)) !== undefined;
     const start = Buffer.concat([Buffer.of(keyStorePrefix), dekRecordName]);
     for await (const [key, value] of store.iterator({ gte: start, lt: Buffer.concat([start, Buffer.of(0xff, 0xff, 0xff, 0xff, 0xff)]) })) {
       const id = key.readUInt32BE(1 + dekRecordName.length);
@@ -259,12 +272,28 @@ export class Keyring implements RecordSealer {
 
   open(key: Buffer, record: Buffer): Buffer {
     if (!looksSealed(record)) {
+      if (this.migratingValue) return record;
       throw new SealedRecordError(`record ${describeKey(key)}: not a sealed record (the member encrypts every record)`);
     }
     const id = sealedDekId(record);
     const dek = this.deks.get(id)?.key ?? this.retired.get(id);
-    if (dek === undefined) throw new SealedRecordError(`record ${describeKey(key)}: sealed under data key ${id}, which this member does not have`);
+    if (dek === undefined) {
+      // While migrating, a plaintext record may begin with the header bytes by chance.
+      if (this.migratingValue) return record;
+      throw new SealedRecordError(`record ${describeKey(key)}: sealed under data key ${id}, which this member does not have`);
+    }
     return openRecord(dek, key, record);
+  }
+
+  /** Whether plaintext records may still be in the database (a migration is under way). */
+  get migrating(): boolean {
+    return this.migratingValue;
+  }
+
+  /** Every record is sealed now: from here on a plaintext record is damage. */
+  async finishMigration(): Promise<void> {
+    await this.store.batch([{ type: 'del', key: migratingRecordKey }], { sync: true });
+    this.migratingValue = false;
   }
 
   /** Makes a new DEK active at once; records sealed under older ones stay readable. */

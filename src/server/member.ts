@@ -289,7 +289,8 @@ export class Member {
     if (this.db.encrypted) {
       const rotationIntervalMs = this.options.encryptionRotationIntervalMs ?? defaultEncryptionRotationIntervalMs;
       this.timers.push(setInterval(() => this.encryptionMaintenance(rotationIntervalMs), Math.min(rotationIntervalMs, encryptionCheckIntervalMs)));
-      // A re-seal pass a crash or a restart interrupted resumes at once.
+      // A re-seal pass a crash or a restart interrupted resumes at once; so does a migration.
+      if (this.db.migrating) this.options.logger.warn('this member kept its data in plaintext: sealing every record online (rampart encryption status shows the progress)');
       if (this.db.resealDue) this.startReseal();
     }
     for (const timer of this.timers) timer.unref();

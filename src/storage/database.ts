@@ -142,10 +142,9 @@ export class SealedDatabase implements Database {
         return new SealedDatabase(level, undefined);
       }
       if (encrypted) return new SealedDatabase(level, await Keyring.load(backend, provider));
-      if (!isNew && !(await isEmpty(level))) {
-        throw new Error(`the data in ${dataDir} is not encrypted; start it with --no-encryption`);
-      }
-      return new SealedDatabase(level, await Keyring.create(backend, provider));
+      // A member that kept plaintext is sealed online: new writes at once, the rest by the pass.
+      const migrating = !isNew && !(await isEmpty(level));
+      return new SealedDatabase(level, await Keyring.create(backend, provider, migrating));
     } catch (error) {
       await level.close();
       throw error;
@@ -262,9 +261,14 @@ export class SealedDatabase implements Database {
     return this.resealPass;
   }
 
-  /** Whether the key store holds DEKs other than the active one (a re-seal pass is due). */
+  /** Whether the key store holds DEKs other than the active one, or plaintext (a re-seal pass is due). */
   get resealDue(): boolean {
-    return this.keyring !== undefined && this.keyring.dekIds().length > 1;
+    return this.keyring !== undefined && (this.keyring.dekIds().length > 1 || this.keyring.migrating);
+  }
+
+  /** Whether plaintext records of a member that did not encrypt are still being sealed. */
+  get migrating(): boolean {
+    return this.keyring?.migrating ?? false;
   }
 
   private async runReseal(): Promise<void> {
@@ -279,6 +283,12 @@ export class SealedDatabase implements Database {
       if (toReseal === 0) {
         if (keyring.activeDekId !== active) continue;
         for (const id of keyring.dekIds()) if (id !== active) await keyring.retire(id);
+        if (keyring.migrating) {
+          await keyring.finishMigration();
+          // Older plaintext versions of the records linger in LevelDB's files until they are
+          // compacted: compact everything now, so no plaintext is left on disk.
+          await this.level.compactRange(Buffer.of(0), Buffer.of(0xff));
+        }
         return;
       }
       let cursor: Buffer | undefined;
@@ -388,6 +398,18 @@ export class SealedDatabase implements Database {
 async function isEmpty(level: Level): Promise<boolean> {
   for await (const _key of level.keys({ limit: 1 })) return false;
   return true;
+}
+
+/** Whether a data directory's database holds a key store (opens and closes the database). */
+export async function databaseEncrypted(dataDir: string): Promise<boolean> {
+  if (!databaseExists(dataDir)) return false;
+  const level: Level = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await level.open();
+  try {
+    return await Keyring.exists(level);
+  } finally {
+    await level.close();
+  }
 }
 
 /** Whether a data directory holds a database already. */

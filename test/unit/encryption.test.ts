@@ -101,11 +101,37 @@ describe('sealing layer', () => {
     await writeFile(loose, randomBytes(32), { mode: 0o644 });
     await expect(FileKekProvider.open(loose)).rejects.toThrow(`encryption key file ${loose} is accessible to other users (mode 644)`);
 
-    const plainDir = path.join(directory, 'plain');
-    const plain = await SealedDatabase.open(plainDir, undefined);
-    await plain.put(Buffer.from('k1'), Buffer.from('v'));
+  });
+
+  it('seals a plaintext database online: plaintext reads until the pass has sealed everything, then only sealed records', async () => {
+    const plain = await SealedDatabase.open(dataDir(), undefined);
+    const records = Array.from({ length: 600 }, (_, index) => ({ type: 'put' as const, key: Buffer.from(`k${String(index).padStart(4, '0')}`), value: Buffer.from(`plaintext-value-${index}`) }));
+    await plain.batch(records, { sync: true });
     await plain.close();
-    await expect(SealedDatabase.open(plainDir, await FileKekProvider.open(keyFile))).rejects.toThrow('is not encrypted');
+    const migrating = await openSealed();
+    expect(migrating.migrating).toBe(true);
+    expect(migrating.resealDue).toBe(true);
+    expect((await migrating.get(Buffer.from('k0007')))?.toString()).toBe('plaintext-value-7');
+    await migrating.put(Buffer.from('k0008'), Buffer.from('written-during-migration'));
+    migrating.resealRecordsPerSecond = 100_000;
+    await migrating.startReseal((error) => {
+      throw error;
+    });
+    expect(migrating.migrating).toBe(false);
+    expect((await migrating.countRecords()).get(0)).toBeUndefined();
+    expect((await migrating.get(Buffer.from('k0008')))?.toString()).toBe('written-during-migration');
+    expect((await migrating.get(Buffer.from('k0599')))?.toString()).toBe('plaintext-value-599');
+    await migrating.close();
+    await raw(async (level) => {
+      for await (const [key, value] of level.iterator({ gte: Buffer.from('k'), lt: Buffer.from('l') })) {
+        expect(value.includes(Buffer.from('plaintext-value')), key.toString()).toBe(false);
+      }
+      // After the migration a plaintext record is damage, not data.
+      await level.put(Buffer.from('k0001'), Buffer.from('planted plaintext'));
+    });
+    const strict = await openSealed();
+    expect(() => strict.getSync(Buffer.from('k0001'))).toThrow(SealedRecordError);
+    await strict.close();
   });
 
   it('never reuses a seal count across restarts, and keeps old records readable after a rotation', async () => {
