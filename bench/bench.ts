@@ -13,7 +13,8 @@
  * phase (BENCH_FIXED_RATE puts/s, default 1,000, over BENCH_FIXED_CLIENTS connections, default 200;
  * latency from each request's scheduled start, so a stall counts against every request it delays),
  * and `etcdctl check perf --load m` against both (BENCH_CHECK_PERF=0 skips it: it takes a minute each).
- * BENCH_PHASES=secure (or plain) runs only that part.
+ * An encryption phase runs the secure 3-member cluster with encryption at rest on and off (ratio).
+ * BENCH_PHASES=secure (or encryption, or plain) runs only that part.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -232,9 +233,9 @@ async function freeBasePort(): Promise<number> {
 }
 
 /** A secure 3-member cluster exactly as `rampart up` starts it; its directory's certificates serve etcd too. */
-async function startRampartSecure(directory: string): Promise<Cluster> {
+async function startRampartSecure(directory: string, upArgs: readonly string[] = []): Promise<Cluster> {
   const base = await freeBasePort();
-  const result = await execute(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', '3', '--base-port', String(base)], 120_000);
+  const result = await execute(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', '3', '--base-port', String(base), ...upArgs], 120_000);
   if (result.code !== 0) throw new Error(`rampart up failed:\n${result.output}`);
   const endpoints = [base, base + 10_000, base + 20_000].map((port) => `127.0.0.1:${port}`);
   const pki = path.join(directory, 'pki');
@@ -338,7 +339,7 @@ function ratio(ours: number, theirs: number): string {
 const fixedRatePerSecond = Number(process.env.BENCH_FIXED_RATE ?? 1000);
 const fixedRateClients = Number(process.env.BENCH_FIXED_CLIENTS ?? 200);
 const runCheckPerf = process.env.BENCH_CHECK_PERF !== '0';
-const phases = process.env.BENCH_PHASES ?? 'secure,plain';
+const phases = process.env.BENCH_PHASES ?? 'secure,encryption,plain';
 const etcdInstalled = existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd');
 const print = (text: string): void => {
   process.stdout.write(text);
@@ -375,6 +376,31 @@ if (phases.includes('secure')) {
     }
   } finally {
     await rm(directory, { recursive: true, force: true });
+  }
+}
+
+if (phases.includes('encryption')) {
+  // The cost of encryption at rest: the same secure 3-member cluster with and without it.
+  print(`\nencryption at rest, secure 3 members: on (the default) vs --no-encryption\n`);
+  const measured: Record<string, { put: PhaseResult; range: PhaseResult }> = {};
+  for (const [name, upArgs] of [['encryption on', []], ['encryption off', ['--no-encryption']]] as const) {
+    const directory = await mkdtemp(path.join(tmpdir(), 'bench-encryption-'));
+    try {
+      const cluster = await startRampartSecure(directory, upArgs);
+      try {
+        measured[name] = await closedLoop(cluster);
+        print(`${row(`rampart ${name} put`, measured[name].put)}\n${row(`rampart ${name} range`, measured[name].range)}\n`);
+      } finally {
+        await cluster.stop();
+      }
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+    }
+  }
+  const on = measured['encryption on'];
+  const off = measured['encryption off'];
+  if (on !== undefined && off !== undefined) {
+    print(`ratio (on / off): put throughput ${ratio(on.put.perSecond, off.put.perSecond)}, p99 ${ratio(on.put.p99Ms, off.put.p99Ms)}; range throughput ${ratio(on.range.perSecond, off.range.perSecond)}, p99 ${ratio(on.range.p99Ms, off.range.p99Ms)}\n`);
   }
 }
 
