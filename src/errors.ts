@@ -9,6 +9,7 @@ export const errorCodes = [
   'LeaseProvided',
   'TooManyOps',
   'RequestTooComplex',
+  'NameInvalid',
   'DuplicateKey',
   'RequestTooLarge',
   'InvalidSortOption',

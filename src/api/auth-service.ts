@@ -7,6 +7,7 @@ import { RampartError } from '../errors.js';
 import { checkCaller, requireAdmin } from '../server/authorize.js';
 import { hashPassword } from '../auth/password.js';
 import { newSigningKey } from '../auth/token.js';
+import { checkName } from '../auth/names.js';
 import { type PermissionType } from '../auth/permissions.js';
 import type { AuthChange } from '../auth/store.js';
 import type { Caller } from './messages.js';
@@ -64,6 +65,7 @@ export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Re
     }),
     UserAdd: unary('UserAdd', async (request: { name: string; password: string; hashedPassword: string; options?: { no_password: boolean } | null }, call) => {
       if (request.name === '') throw new RampartError('UserEmpty');
+      checkName(request.name);
       const noPassword = request.options?.no_password ?? false;
       const caller = await who(call);
       const passwordHash = noPassword ? '' : await password(caller, request);
@@ -81,13 +83,18 @@ export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Re
     }),
     UserDelete: unary('UserDelete', (request: { name: string }, call) => change(call, { op: 'userDelete', name: request.name })),
     UserChangePassword: unary('UserChangePassword', async (request: { name: string; password: string; hashedPassword: string }, call) => {
-      if (!member.auth.state.users.has(request.name)) throw new RampartError('UserNotFound');
+      // As etcd: a caller without permission is refused before anything tells whether the user exists.
       const caller = await who(call);
+      requireAdmin(member.auth.decider, caller);
+      if (!member.auth.state.users.has(request.name)) throw new RampartError('UserNotFound');
       return change(call, { op: 'userChangePassword', name: request.name, passwordHash: await password(caller, request) }, caller);
     }),
     UserGrantRole: unary('UserGrantRole', (request: { user: string; role: string }, call) => change(call, { op: 'userGrantRole', user: request.user, role: request.role })),
     UserRevokeRole: unary('UserRevokeRole', (request: { name: string; role: string }, call) => change(call, { op: 'userRevokeRole', name: request.name, role: request.role })),
-    RoleAdd: unary('RoleAdd', (request: { name: string }, call) => change(call, { op: 'roleAdd', name: request.name })),
+    RoleAdd: unary('RoleAdd', (request: { name: string }, call) => {
+      checkName(request.name);
+      return change(call, { op: 'roleAdd', name: request.name });
+    }),
     RoleGet: unary('RoleGet', async (request: { role: string }, call) => {
       await read(call, (caller) => member.auth.state.users.get(caller.user)?.roles.includes(request.role) ?? false);
       const role = member.auth.state.roles.get(request.role);

@@ -65,6 +65,8 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   // Rampart's own refusals (etcd accepts these): no empty passwords, and no client-side hashes,
   // which could not be checked with Rampart's KDF.
   // A request whose permission checks would exceed authorizationRangesMax (src/server/authorize.ts).
+  // User and role names (src/auth/names.ts; etcd accepts any).
+  NameInvalid: { code: status.INVALID_ARGUMENT, message: 'rampart: user and role names are at most 256 bytes and contain no control characters' },
   RequestTooComplex: { code: status.INVALID_ARGUMENT, message: 'rampart: request needs too many permission checks' },
   PasswordEmpty: { code: status.INVALID_ARGUMENT, message: 'rampart: password is empty; give one, or --no-password for a certificate-only user' },
   // etcd's election service returns these as plain errors (gRPC code Unknown).

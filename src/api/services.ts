@@ -21,6 +21,8 @@ import { encodeCheckpoint, encodeSigner } from '../audit/checkpoint.js';
 import { statusOf, statusName } from './errors.js';
 import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
 import { Authenticator, type LoginGate } from './identity.js';
+import { rateLimitedWarning } from '../pki/handshake-log.js';
+import { checkName } from '../auth/names.js';
 import { serveAuth } from './auth-service.js';
 import { outcomeOf, targetsOf } from './audit-events.js';
 import { serveWatch } from './watch-service.js';
@@ -135,12 +137,13 @@ export function createServices(options: ServicesOptions): ServiceTable {
       throw new RampartError('AuditUnavailable');
     });
   };
+  const warnRefusedCertificate = rateLimitedWarning(logger, 'refused a client certificate');
   /** A refused certificate is refused on every call, also on connections opened before. */
   const refusal = (call: CallContext, rpc: string): RampartError | undefined => {
     const certificate = call.certificate;
     const problem = options.refuseCertificate === undefined || certificate === undefined ? undefined : options.refuseCertificate(certificate);
     if (problem === undefined) return undefined;
-    logger.warn({ rpc, peer: call.peer, subject: certificate?.subject?.CN, reason: problem }, 'refused a client certificate');
+    warnRefusedCertificate({ rpc, peer: call.peer, subject: certificate?.subject?.CN, reason: problem });
     return new RampartError(problem);
   };
 
@@ -500,6 +503,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
       } catch {
         throw new RampartError('InvalidArgument', 'malformed policy');
       }
+      for (const name of [...policy.users.map((user) => user.name), ...policy.roles.map((role) => role.name)]) checkName(name);
       const before = member.auth.state.revision;
       await member.authChange({ op: 'policyApply', policy, expectRevision: parseInt64(request.expect_revision) }, caller);
       const after = member.auth.state.revision;

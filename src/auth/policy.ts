@@ -23,6 +23,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LineCounter, parseDocument, stringify, type Document } from 'yaml';
 import { z } from 'zod';
+import { nameProblem } from './names.js';
 import { AuthDecider, decodePermission, emptyAuthState, policyOf, usersOfPolicy, type AuthState, type EncodedPermission, type PolicyState, type RoleRecord } from './store.js';
 import { prefixRangeEnd } from '../storage/mvcc/range.js';
 import { permissionType, rootName, type Access, type KeyPermission, type PermissionType } from './permissions.js';
@@ -30,7 +31,8 @@ import { permissionType, rootName, type Access, type KeyPermission, type Permiss
 /** The policies shipped with Rampart (root, auditor, kube-apiserver): `policies/` at the package root. */
 export const shippedPolicies = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../policies');
 
-const name = z.string().min(1, 'must not be empty').max(256).regex(/^[^\s]+$/, 'must not contain spaces');
+const name = z.string().min(1, 'must not be empty').regex(/^[^\s]+$/, 'must not contain spaces')
+  .refine((value) => nameProblem(value) === undefined, 'must be at most 256 bytes with no control characters');
 const accessName = z.enum(['read', 'write', 'readwrite']);
 const keyText = z.string();
 

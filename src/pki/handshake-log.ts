@@ -1,17 +1,47 @@
 /**
  * A clear log line for every refused TLS handshake (no certificate, another CA, an expired
- * certificate, plaintext on a TLS port), which grpc-js otherwise drops silently. grpc-js keeps its
+ * certificate, plaintext on a TLS port), which grpc-js otherwise drops silently. Each names the
+ * peer's address and the reason: a refused client certificate shows up as a reset connection
+ * ("socket hang up", the socket already closed), so the certificate's verification error and the
+ * address noted when the connection was accepted are reported instead. grpc-js keeps its
  * HTTP/2 servers in a private map; when a future version moves it, this logs once that handshake
  * refusals cannot be reported, and everything else keeps working. Lines are rate limited: a scanner
  * cannot flood the log.
  */
 import type { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 
 const windowMs = 10_000;
 const linesPerWindow = 20;
+
+/**
+ * A warning that an outsider can trigger at will (a refused handshake, certificate or peer),
+ * rate limited: at most linesPerWindow lines per windowMs, then one line saying how many were not
+ * logged. Each refusal site gets its own limiter, so one flood does not hide another kind.
+ */
+export function rateLimitedWarning(logger: Logger, message: string): (fields: object) => void {
+  let windowStart = 0;
+  let logged = 0;
+  let suppressed = 0;
+  return (fields) => {
+    const now = Date.now();
+    if (now - windowStart > windowMs) {
+      if (suppressed > 0) logger.warn({ suppressed }, `${message}: more than logged`);
+      windowStart = now;
+      logged = 0;
+      suppressed = 0;
+    }
+    if (logged >= linesPerWindow) {
+      suppressed += 1;
+      return;
+    }
+    logged += 1;
+    logger.warn(fields, message);
+  };
+}
 
 export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 'client' | 'peer'): void {
   const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
@@ -24,24 +54,20 @@ export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 
 
 /** The same for TLS servers of our own (the client port's, which shares TLS between gRPC and HTTP). */
 export function logRefusedTlsHandshakes(servers: Iterable<EventEmitter>, logger: Logger, port: 'client' | 'peer'): void {
-  let windowStart = 0;
-  let logged = 0;
-  let suppressed = 0;
+  const warn = rateLimitedWarning(logger, 'refused a TLS connection');
+  /** Each accepted TCP connection's peer, noted before TLS could destroy the socket. */
+  const peers = new WeakMap<object, string>();
   for (const http2Server of servers) {
+    http2Server.on('connection', (raw: Socket) => {
+      if (raw.remoteAddress !== undefined) peers.set(raw, `${raw.remoteAddress}:${raw.remotePort ?? ''}`);
+    });
     http2Server.on('tlsClientError', (error: Error & { code?: string }, socket: TLSSocket) => {
-      const now = Date.now();
-      if (now - windowStart > windowMs) {
-        if (suppressed > 0) logger.warn({ port, suppressed }, 'more TLS handshakes were refused than logged');
-        windowStart = now;
-        logged = 0;
-        suppressed = 0;
-      }
-      if (logged >= linesPerWindow) {
-        suppressed += 1;
-        return;
-      }
-      logged += 1;
-      logger.warn({ port, remote: socket?.remoteAddress, reason: error.code ?? 'unknown', detail: error.message }, 'refused a TLS connection');
+      const tlsSocket = socket as TLSSocket & { _parent?: object | null };
+      const remote = (tlsSocket._parent === undefined || tlsSocket._parent === null ? undefined : peers.get(tlsSocket._parent)) ?? (socket?.remoteAddress === undefined ? 'unknown' : `${socket.remoteAddress}:${socket.remotePort ?? ''}`);
+      // A refused certificate: its verification error (CERT_HAS_EXPIRED, UNABLE_TO_VERIFY_LEAF_SIGNATURE, ...) says why.
+      const certificateError = typeof socket?.authorizationError === 'string' ? socket.authorizationError : socket?.authorizationError?.message;
+      const reason = certificateError ?? error.code ?? 'unknown';
+      warn({ port, remote, reason, detail: certificateError === undefined ? error.message : 'client certificate refused' });
     });
   }
 }

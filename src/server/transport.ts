@@ -10,6 +10,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
+import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
@@ -392,13 +393,15 @@ export class Transport {
   constructor(private readonly options: TransportOptions) {
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
     const service = peerPackage.rampart.Peer.service;
+    const warnRefusedPeer = rateLimitedWarning(options.logger, 'refused a peer connection');
+    const warnOtherCluster = rateLimitedWarning(options.logger, 'refused raft messages from another cluster');
     /** Refuses a call whose TLS certificate may not act as a member; returns whether it was refused. */
     const refuse = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, callback: grpc.sendUnaryData<object>): boolean => {
       if (options.authorizePeer === undefined) return false;
       const certificate = call.getAuthContext().sslPeerCertificate;
       const problem = certificate === undefined ? 'no client certificate' : options.authorizePeer(certificate);
       if (problem === undefined) return false;
-      options.logger.warn({ peer: call.getPeer(), reason: problem }, 'refused a peer connection');
+      warnRefusedPeer({ peer: call.getPeer(), reason: problem });
       callback({ code: grpc.status.PERMISSION_DENIED, details: `not a cluster peer: ${problem}` });
       return true;
     };
@@ -431,7 +434,7 @@ export class Transport {
         call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
           if (answered) return;
           if (batch.cluster_id !== options.clusterId) {
-            options.logger.warn({ clusterId: batch.cluster_id }, 'refused raft messages from another cluster');
+            warnOtherCluster({ clusterId: batch.cluster_id });
             answered = true;
             callback({ code: grpc.status.FAILED_PRECONDITION, details: 'rampart: cluster id mismatch' });
             return;

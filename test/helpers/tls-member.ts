@@ -20,6 +20,8 @@ export interface TlsMember {
   client(commonName: string, options?: grpc.ChannelOptions): Promise<RawClient>;
   /** etcdctl flags for the admin certificate (CN root). */
   readonly adminFlags: readonly string[];
+  /** etcdctl flags for a certificate issued to `commonName`. */
+  flagsFor(commonName: string): Promise<string[]>;
   metric(name: string): Promise<number>;
   stop(): Promise<void>;
 }
@@ -61,16 +63,29 @@ export async function startTlsMember(extraArgs: readonly string[] = []): Promise
   const authority = await readKeyPair(path.join(pki, 'ca'), 'ca');
   const caCertificate = await readFile(path.join(pki, 'ca.crt'));
   const issued = new Map<string, { key: Buffer; certificate: Buffer }>();
+  const files = new Map<string, { certificateFile: string; keyFile: string }>();
+  const filesFor = async (commonName: string): Promise<{ certificateFile: string; keyFile: string }> => {
+    let pair = files.get(commonName);
+    if (pair === undefined) {
+      pair = commonName === 'root'
+        ? { certificateFile: path.join(pki, 'admin.crt'), keyFile: path.join(pki, 'admin.key') }
+        : await writeKeyPair(directory, `client-${commonName}`, await issueCertificate(authority, { kind: 'client', commonName }));
+      files.set(commonName, pair);
+    }
+    return pair;
+  };
   return {
     directory, clientPort, metricsPort, child, adminFlags,
     output: () => text,
+    flagsFor: async (commonName) => {
+      const written = await filesFor(commonName);
+      return ['--endpoints', `https://127.0.0.1:${clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', written.certificateFile, '--key', written.keyFile, '--dial-timeout=2s', '--command-timeout=5s'];
+    },
     client: async (commonName, options = {}) => {
       let pair = issued.get(commonName);
       if (pair === undefined) {
-        const files = commonName === 'root'
-          ? { certificateFile: path.join(pki, 'admin.crt'), keyFile: path.join(pki, 'admin.key') }
-          : await writeKeyPair(directory, `client-${commonName}`, await issueCertificate(authority, { kind: 'client', commonName }));
-        pair = { key: await readFile(files.keyFile), certificate: await readFile(files.certificateFile) };
+        const written = await filesFor(commonName);
+        pair = { key: await readFile(written.keyFile), certificate: await readFile(written.certificateFile) };
         issued.set(commonName, pair);
       }
       return connect(`127.0.0.1:${clientPort}`, options, grpc.credentials.createSsl(caCertificate, pair.key, pair.certificate));
