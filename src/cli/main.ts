@@ -34,6 +34,7 @@ import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
+import { backupEvery, backupOnce, describeSummary, parseInterval, verifyBackup } from './backup.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { rotateSigningKeys } from '../server/signing-key-rotation.js';
@@ -651,8 +652,37 @@ connectionOptions(snapshot.command('save <file>').description('save a member\'s 
   .option('--format <format>', 'rampart or etcd', 'rampart')
   .action(async (file: string, flags: ConnectionOptions & { format: string }) => {
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
-    const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart').catch(fail);
+    const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes')).catch(fail);
     print(`saved ${flags.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
+  });
+
+const backup = connectionOptions(program.command('backup').description('snapshot the cluster into a backup directory, verify it, keep the newest --retention; --every repeats it'))
+  .option('--out-dir <dir>', 'the backup directory (created 0700)', 'rampart-backups')
+  .option('--retention <count>', 'backups kept (older ones removed once a new one is verified)', integer, 24)
+  .option('--every <interval>', 'repeat every interval (90s, 30m, 1h, 1d) until stopped')
+  .action(async (flags: ConnectionOptions & { outDir: string; retention: number; every?: string }) => {
+    if (flags.retention < 1) fail('--retention must be at least 1');
+    const options = { outDirectory: flags.outDir, retention: flags.retention, connection: flags };
+    if (flags.every === undefined) {
+      await backupOnce(options, print).catch(fail);
+      return;
+    }
+    let intervalMs = 0;
+    try {
+      intervalMs = parseInterval(flags.every);
+    } catch (error) {
+      fail(error);
+    }
+    let stopped = false;
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, () => { stopped = true; });
+    await backupEvery(options, intervalMs, print, (line) => process.stderr.write(`rampart: ${line}\n`), () => stopped);
+  });
+backup
+  .command('verify <file>')
+  .description('open a backup, check its framing and SHA-256, count its keys; exit status 1 if it is damaged')
+  .action(async (file: string) => {
+    const summary = await verifyBackup(file).catch(fail);
+    print(`backup ${file} is intact: ${describeSummary(summary)}`);
   });
 
 const kms = program.command('kms').description('Kubernetes KMS v2 plugins');

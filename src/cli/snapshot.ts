@@ -183,7 +183,7 @@ interface MaintenanceClient extends grpc.Client {
 }
 
 /** Streams a member's snapshot and writes it to `file` (via a temporary file, renamed when complete). */
-export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat): Promise<{ bytes: number; keys: number }> {
+export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat, progress?: Progress): Promise<{ bytes: number; keys: number }> {
   const { target, credentials } = await connectionTarget(connection);
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Maintenance: grpc.ServiceClientConstructor } };
   const client = new loaded.etcdserverpb.Maintenance(target, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 }) as unknown as MaintenanceClient;
@@ -200,6 +200,7 @@ export async function saveSnapshot(connection: ConnectionOptions, file: string, 
           return;
         }
         chunks.push(Buffer.from(response.blob));
+        progress?.update(received);
       });
       stream.on('error', (error: grpc.ServiceError) => reject(new Error(error.details)));
       stream.on('end', () => resolve());
@@ -207,6 +208,7 @@ export async function saveSnapshot(connection: ConnectionOptions, file: string, 
   } finally {
     client.close();
   }
+  progress?.finish();
   const content = Buffer.concat(chunks);
   const { records, summary } = parseSnapshot(content, 'the received snapshot');
   const output: Buffer = format === 'etcd' ? writeEtcdSnapshot(etcdFromRecords(records.map((record) => [record.key, record.value] as const))) : content;

@@ -67,6 +67,12 @@ describe('deployment', () => {
     const exposure = Number(/Overall exposure level for rampart\.service: ([\d.]+)/.exec(security.stdout)?.[1]);
     expect(exposure).toBeLessThanOrEqual(2);
 
+    // The backup service and its timer verify too (the timer needs its service beside it).
+    for (const name of ['rampart-backup.service', 'rampart-backup.timer']) {
+      await writeFile(path.join(home, 'unit', name), (await readFile(path.join(projectRoot, 'deploy/systemd', name), 'utf8')).replace('/usr/local/bin/rampart', rampartBin));
+    }
+    expect(await run('systemd-analyze', ['verify', path.join(home, 'unit', 'rampart-backup.service'), path.join(home, 'unit', 'rampart-backup.timer')])).toMatchObject({ code: 0, stderr: '' });
+
     // A data directory elsewhere: systemd cannot own it, so the unit makes exactly it writable.
     const elsewhere = path.join(home, 'elsewhere');
     expect((await rampart(['init', '--out', elsewhere, '--member', 'm1=10.0.0.1', '--data-dir', '/srv/rampart'])).code).toBe(0);
