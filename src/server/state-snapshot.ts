@@ -65,7 +65,8 @@ export function decodeChunk(chunk: Buffer): [Buffer, Buffer][] {
     const length = chunk.readUInt32BE(offset);
     offset += 4;
     if (offset + length > chunk.length) throw new Error('truncated snapshot chunk');
-    const bytes = Buffer.from(chunk.subarray(offset, offset + length));
+    // Views into the chunk, not copies: the records are written before the chunk is dropped.
+    const bytes = chunk.subarray(offset, offset + length);
     offset += length;
     return bytes;
   };

@@ -135,7 +135,13 @@ export async function startRampart(options: RampartOptions = {}): Promise<Server
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output = track(child);
-  await waitForPort(port, child, output, options.startTimeoutMs ?? 15_000);
+  try {
+    await waitForPort(port, child, output, options.startTimeoutMs ?? 15_000);
+  } catch (error) {
+    // Not left running behind a failed test.
+    child.kill('SIGKILL');
+    throw error;
+  }
   // Per-endpoint etcdctl commands send the whole URL as :authority over plaintext, which HTTP/2
   // servers other than Go's refuse; host:port endpoints avoid that (TLS endpoints are unaffected).
   return { endpoint: `127.0.0.1:${port}`, port, peerPort, dataDir, child, output, stop: stopper(child) };
