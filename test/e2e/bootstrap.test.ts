@@ -89,7 +89,7 @@ describe('bootstrap auth', () => {
     // leader, so the cluster stays pristine: m1 must not serve (before the fix it served with auth off).
     const out = await temporaryDirectory('bootstrap-two');
     directories.push(out);
-    const ports = { c1: await freePort(), p1: await freePort(), c2: await freePort(), p2: await freePort() };
+    const ports = { c1: await freePort(), p1: await freePort(), c2: await freePort(), p2: await freePort(), metrics1: await freePort(), metrics2: await freePort() };
     expect((await run(process.execPath, [rampartBin, 'init', '--member', 'm1=127.0.0.1', '--member', 'm2=127.0.0.1', '--out', out])).code).toBe(0);
     const { readKeyPair, issueCertificate, writeKeyPair } = await import('../../src/pki/authority.js');
     const authority = await readKeyPair(path.join(out, 'pki', 'ca'), 'ca');
@@ -97,12 +97,13 @@ describe('bootstrap auth', () => {
     const { readFile } = await import('node:fs/promises');
     const credentials = grpc.credentials.createSsl(Buffer.from(authority.certificatePem), await readFile(mallory.keyFile), await readFile(mallory.certificateFile));
     const initialCluster = `m1=https://127.0.0.1:${ports.p1},m2=https://127.0.0.1:${ports.p2}`;
-    const start = (name: string, client: number, peer: number, extra: string[]) =>
+    const start = (name: string, client: number, peer: number, metrics: number, extra: string[]) =>
       spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--data-dir', path.join(out, name, 'data'), '--initial-cluster', initialCluster,
-        '--listen-client-urls', `https://127.0.0.1:${client}`, '--listen-peer-urls', `https://127.0.0.1:${peer}`, '--log-level', 'warn', ...extra], { cwd: path.join(out, name), env: cleanEnvironment(), stdio: 'ignore' });
-    const m2 = start('m2', ports.c2, ports.p2, ['--no-bootstrap-auth', '--election-timeout', '300', '--heartbeat-interval', '50']);
+        '--listen-client-urls', `https://127.0.0.1:${client}`, '--listen-peer-urls', `https://127.0.0.1:${peer}`, '--listen-metrics-urls', `https://127.0.0.1:${metrics}`,
+        '--log-level', 'warn', ...extra], { cwd: path.join(out, name), env: cleanEnvironment(), stdio: 'ignore' });
+    const m2 = start('m2', ports.c2, ports.p2, ports.metrics2, ['--no-bootstrap-auth', '--election-timeout', '300', '--heartbeat-interval', '50']);
     await new Promise((resolve) => setTimeout(resolve, 1500));
-    const m1 = start('m1', ports.c1, ports.p1, ['--election-timeout', '10000', '--heartbeat-interval', '50']);
+    const m1 = start('m1', ports.c1, ports.p1, ports.metrics1, ['--election-timeout', '10000', '--heartbeat-interval', '50']);
     const racing = raceRoleAdds([`127.0.0.1:${ports.c1}`], credentials);
     try {
       const admin = ['--cacert', path.join(out, 'pki', 'ca.crt'), '--cert', path.join(out, 'pki', 'admin.crt'), '--key', path.join(out, 'pki', 'admin.key'), '--dial-timeout=1s', '--command-timeout=2s'];
