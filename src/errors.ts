@@ -20,6 +20,7 @@ export const errorCodes = [
   'LeaseNotFound',
   'LeaseExists',
   'LeaseTtlTooLarge',
+  'TooManyLeases',
   'NoLeader',
   'LeaderChanged',
   'Timeout',

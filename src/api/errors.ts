@@ -26,6 +26,7 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   LeaseNotFound: { code: status.NOT_FOUND, message: 'etcdserver: requested lease not found' },
   LeaseExists: { code: status.FAILED_PRECONDITION, message: 'etcdserver: lease already exists' },
   LeaseTtlTooLarge: { code: status.OUT_OF_RANGE, message: 'etcdserver: too large lease TTL' },
+  TooManyLeases: { code: status.RESOURCE_EXHAUSTED, message: 'rampart: too many leases for this user' },
   NoLeader: { code: status.UNAVAILABLE, message: 'etcdserver: no leader' },
   LeaderChanged: { code: status.UNAVAILABLE, message: 'etcdserver: leader changed' },
   Timeout: { code: status.UNAVAILABLE, message: 'etcdserver: request timed out' },

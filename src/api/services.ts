@@ -12,6 +12,7 @@ import type { Member } from '../server/member.js';
 import { int64Out, parseBigInt64, parseInt64 } from '../server/kv.js';
 import { alarmType } from '../server/applier.js';
 import { leaseTtlMaxSeconds } from '../server/lessor.js';
+import { mayUseLease } from '../server/lease-ownership.js';
 import { authorizeRange, requireAdmin } from '../server/authorize.js';
 import { decodePolicy, encodePolicy, policyStateOf } from '../auth/policy.js';
 import { Concurrency, type LeaderKey } from '../server/concurrency.js';
@@ -278,19 +279,21 @@ export function createServices(options: ServicesOptions): ServiceTable {
 
   services.set('etcdserverpb.Lease', {
     LeaseGrant: unary('LeaseGrant', async (request: { TTL: Int64In; ID: Int64In }, call) => {
-      await who(call).catch(() => undefined); // for its audit event: who was granted the lease
+      const caller = await who(call); // the lease's owner (and who its audit event names)
       const ttl = parseInt64(request.TTL);
       if (ttl > leaseTtlMaxSeconds) {
         throw new RampartError('LeaseTtlTooLarge');
       }
-      const { revision, response } = await member.leaseGrant(ttl, parseBigInt64(request.ID));
+      const { revision, response } = await member.leaseGrant(ttl, parseBigInt64(request.ID), caller);
       return { header: member.header(revision), ...response };
     }),
     LeaseRevoke: unary('LeaseRevoke', async (request: { ID: Int64In }, call) => kv(member.leaseRevoke(parseBigInt64(request.ID), await who(call)))),
-    LeaseKeepAlive: duplex<{ ID: Int64In }, object>('LeaseKeepAlive', (_call, stream) => serveKeepAlive(member, stream)),
+    LeaseKeepAlive: duplex<{ ID: Int64In }, object>('LeaseKeepAlive', (call, stream) => serveKeepAlive(member, stream, () => who(call))),
     LeaseTimeToLive: unary('LeaseTimeToLive', async (request: { ID: Int64In; keys: boolean }, call) => {
       const id = parseBigInt64(request.ID);
       const caller = await who(call);
+      const owner = member.lessor.get(id)?.owner;
+      if (owner !== undefined && !mayUseLease(member.auth.decider, caller, owner)) throw new RampartError('PermissionDenied');
       const answer = await member.leaseTimeToLive(id);
       if (!answer.found) {
         return { header: member.header(), ID: int64Out(id), TTL: -1, grantedTTL: 0, keys: [] };
@@ -300,10 +303,12 @@ export function createServices(options: ServicesOptions): ServiceTable {
       }
       return { header: member.header(), ID: int64Out(id), TTL: answer.ttl, grantedTTL: answer.grantedTtl, keys: request.keys ? answer.keys : [] };
     }),
-    LeaseLeases: unary('LeaseLeases', () => ({
-      header: member.header(),
-      leases: member.lessor.ids().map((id) => ({ ID: int64Out(id) })),
-    })),
+    LeaseLeases: unary('LeaseLeases', async (_request: object, call) => {
+      // Only the caller's own leases (all of them for root): others' are not theirs to see.
+      const caller = await who(call);
+      const visible = member.lessor.ids().filter((id) => mayUseLease(member.auth.decider, caller, member.lessor.get(id)?.owner ?? ''));
+      return { header: member.header(), leases: visible.map((id) => ({ ID: int64Out(id) })) };
+    }),
   });
 
   const memberMessage = (info: { id: bigint; name: string; peerUrls: readonly string[]; clientUrls: readonly string[]; isLearner: boolean }): object => ({
@@ -546,11 +551,17 @@ function alarmName(alarm: number): string {
  * LeaseKeepAlive: answers go out in request order even when some are forwarded to the leader, and
  * all of them before the stream ends. As etcd, a lease that does not exist is answered with TTL 0.
  */
-function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, object>): void {
+function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, object>, identify: () => Promise<Caller>): void {
   let previous: Promise<void> = Promise.resolve();
   stream.onRequest((request) => {
     const id = parseBigInt64(request.ID);
-    const answer = member.leaseKeepAlive(id);
+    // Someone else's lease is answered as etcd answers a missing one (TTL 0): the stream, shared by
+    // the caller's own leases, goes on.
+    const answer = identify().then((caller) => {
+      const owner = member.lessor.get(id)?.owner;
+      if (owner !== undefined && !mayUseLease(member.auth.decider, caller, owner)) throw new RampartError('LeaseNotFound');
+      return member.leaseKeepAlive(id);
+    });
     answer.catch(() => undefined); // handled in order below
     previous = previous.then(async () => {
       try {

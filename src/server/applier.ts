@@ -28,6 +28,7 @@ import type {
 } from '../api/messages.js';
 import { deleteResponse, evaluateCompare, executeRange, keyRangeOf, parseBigInt64, parseInt64, toKeyValueMessage, int64Out, type ReadView } from './kv.js';
 import { leaseTtlMaxSeconds, type Lessor } from './lessor.js';
+import { authorizeLeaseUse } from './lease-ownership.js';
 import type { Membership } from './membership.js';
 import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder } from '../auth/store.js';
 import { authStateKey } from '../storage/schema.js';
@@ -92,6 +93,15 @@ export class Applier {
     private readonly checkpoints: AuditCheckpoints,
   ) {}
 
+  /** Who granted a lease ('' for nobody), undefined when there is no such lease. */
+  readonly leaseOwner = (id: bigint): string | undefined => this.lessor.get(id)?.owner;
+
+  /** Every check a request needs against the current auth state: key permissions, then lease ownership. */
+  authorize(request: InternalRequest): void {
+    authorizeRequest(this.auth.decider, request, this.leaseKeys);
+    authorizeLeaseUse(this.auth.decider, request, this.leaseOwner, (user) => this.lessor.ownedBy(user));
+  }
+
   /** The keys attached to a lease (for permission checks). */
   readonly leaseKeys = (id: bigint): Buffer[] => [...(this.lessor.get(id)?.keys ?? [])].map(fromIndexKey);
 
@@ -103,7 +113,7 @@ export class Applier {
 
   apply(request: InternalRequest, batch: BatchOperation[]): ApplyResult {
     try {
-      authorizeRequest(this.auth.decider, request, this.leaseKeys);
+      this.authorize(request);
       switch (request.request) {
         case 'auth_change': {
           const next = applyAuthChange(this.auth.state, decodeAuthChange(required(request.auth_change ?? undefined)));
@@ -122,7 +132,7 @@ export class Applier {
         case 'compaction':
           return this.applyCompaction(required(request.compaction), batch);
         case 'lease_grant':
-          return this.applyLeaseGrant(required(request.lease_grant), batch);
+          return this.applyLeaseGrant(required(request.lease_grant), this.auth.state.enabled ? (request.caller?.user ?? '') : '', batch);
         case 'lease_revoke':
           return this.applyLeaseRevoke(required(request.lease_revoke), batch);
         case 'alarm':
@@ -295,15 +305,15 @@ export class Applier {
     return { ok: true, revision: this.store.currentRevision, response: {} };
   }
 
-  private applyLeaseGrant(request: LeaseGrantRequest, batch: BatchOperation[]): ApplyResult {
+  private applyLeaseGrant(request: LeaseGrantRequest, owner: string, batch: BatchOperation[]): ApplyResult {
     this.rejectWhenNoSpace();
     const id = parseBigInt64(request.ID);
     const ttl = parseInt64(request.TTL);
     if (ttl > leaseTtlMaxSeconds) {
       throw new RampartError('LeaseTtlTooLarge');
     }
-    const lease = this.lessor.grant(id, ttl);
-    batch.push({ type: 'put', key: leaseKey(id), value: encodeBigUint64(BigInt(lease.grantedTtlSeconds)) });
+    const lease = this.lessor.grant(id, ttl, owner);
+    batch.push({ type: 'put', key: leaseKey(id), value: encodeLeaseRecord(lease.grantedTtlSeconds, owner) });
     return { ok: true, revision: this.store.currentRevision, response: { ID: int64Out(id), TTL: lease.grantedTtlSeconds, error: '' } };
   }
 
@@ -373,6 +383,15 @@ function txnHasPut(request: TxnRequest): boolean {
 
 function headerOf(revision: number): { cluster_id: number; member_id: number; revision: number; raft_term: number } {
   return { cluster_id: 0, member_id: 0, revision, raft_term: 0 };
+}
+
+/** A lease record: granted TTL (8 bytes, big-endian), then its owner's name in UTF-8 (none before owners were kept). */
+export function encodeLeaseRecord(grantedTtlSeconds: number, owner: string): Buffer {
+  return Buffer.concat([encodeBigUint64(BigInt(grantedTtlSeconds)), Buffer.from(owner, 'utf8')]);
+}
+
+export function decodeLeaseRecord(value: Buffer): { grantedTtlSeconds: number; owner: string } {
+  return { grantedTtlSeconds: Number(value.readBigUInt64BE(0)), owner: value.subarray(8).toString('utf8') };
 }
 
 export function leaseKey(id: bigint): Buffer {

@@ -16,13 +16,21 @@ import { RampartError } from '../errors.js';
 export interface Lease {
   readonly id: bigint;
   readonly grantedTtlSeconds: number;
+  /** The user who granted it ('' when auth was off): only they or root may use it (lease-ownership.ts). */
+  readonly owner: string;
   expiresAtMs: number;
   readonly keys: Set<string>;
 }
 
 /** etcd's floor for a lease TTL with a 1 s election timeout: shorter leases could expire across an election. */
 export const leaseTtlMinSeconds = 2;
-export const leaseTtlMaxSeconds = 9_000_000_000;
+/**
+ * Rampart's ceiling (etcd's is 9e9 s, ~285 years): a lease outliving its holder keeps its keys for
+ * this long at most. Kubernetes' leases last seconds to an hour (--event-ttl, 1 h by default).
+ */
+export const leaseTtlMaxSeconds = 30 * 86_400;
+/** Leases one user may hold at once (Rampart's limit; etcd has none). */
+export const leasesPerUserMax = 10_000;
 
 /** What decides whether this member's lessor is primary; see `Lessor.followLeadership`. */
 export interface Leadership {
@@ -34,6 +42,7 @@ export interface Leadership {
 
 export class Lessor {
   private readonly leases = new Map<bigint, Lease>();
+  private readonly ownedCounts = new Map<string, number>();
   /** The term whose leader promoted this lessor; undefined while not primary. */
   private primaryTerm: number | undefined;
 
@@ -47,15 +56,21 @@ export class Lessor {
     return this.leases.get(id);
   }
 
-  grant(id: bigint, ttlSeconds: number): Lease {
+  /** Leases `owner` holds now. */
+  ownedBy(owner: string): number {
+    return this.ownedCounts.get(owner) ?? 0;
+  }
+
+  grant(id: bigint, ttlSeconds: number, owner = ''): Lease {
     if (this.leases.has(id)) {
       throw new RampartError('LeaseExists');
     }
     const grantedTtlSeconds = Math.max(ttlSeconds, leaseTtlMinSeconds);
     // Only the primary keeps deadlines; it starts a new lease's TTL at the grant.
     const expiresAtMs = this.isPrimary ? this.nowMs() + grantedTtlSeconds * 1000 : Infinity;
-    const lease: Lease = { id, grantedTtlSeconds, expiresAtMs, keys: new Set() };
+    const lease: Lease = { id, grantedTtlSeconds, owner, expiresAtMs, keys: new Set() };
     this.leases.set(id, lease);
+    this.ownedCounts.set(owner, this.ownedBy(owner) + 1);
     return lease;
   }
 
@@ -66,6 +81,9 @@ export class Lessor {
       throw new RampartError('LeaseNotFound');
     }
     this.leases.delete(id);
+    const owned = this.ownedBy(lease.owner) - 1;
+    if (owned > 0) this.ownedCounts.set(lease.owner, owned);
+    else this.ownedCounts.delete(lease.owner);
     return [...lease.keys];
   }
 
@@ -147,6 +165,7 @@ export class Lessor {
 
   clear(): void {
     this.leases.clear();
+    this.ownedCounts.clear();
   }
 
   ids(): bigint[] {

@@ -33,7 +33,7 @@ import type {
   ResponseHeader,
   TxnRequest,
 } from '../api/messages.js';
-import { Alarms, Applier, alarmType, type ApplyResult } from './applier.js';
+import { Alarms, Applier, alarmType, decodeLeaseRecord, type ApplyResult } from './applier.js';
 import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
@@ -48,7 +48,7 @@ import { encodeCheckpoint, type ProposedCheckpoint } from '../audit/checkpoint.j
 import { LoginLimiter } from '../auth/limiter.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
-import { authorizeRange, authorizeRequest } from './authorize.js';
+import { authorizeRange } from './authorize.js';
 import type { Caller } from '../api/messages.js';
 import { instruments, slowApplyMs } from '../instruments.js';
 
@@ -197,7 +197,8 @@ export class Member {
   private async loadStateMachine(): Promise<void> {
     this.lessor.clear();
     for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.lease), lt: prefixEnd(prefix.lease) })) {
-      this.lessor.grant(key.readBigInt64BE(1), Number(value.readBigUInt64BE(0)));
+      const record = decodeLeaseRecord(value);
+      this.lessor.grant(key.readBigInt64BE(1), record.grantedTtlSeconds, record.owner);
     }
     this.store.forEachLive((kv) => {
       if (kv.lease !== 0n) this.lessor.attach(kv.lease, toIndexKey(kv.key));
@@ -460,7 +461,7 @@ export class Member {
     // authorization (a caller without permission costs no more), then the duplicate-key check.
     validateTxnShape(request);
     this.checkRunning();
-    authorizeRequest(this.auth.decider, { id: 0, request: 'txn', txn: request, caller }, this.applier.leaseKeys);
+    this.applier.authorize({ id: 0, request: 'txn', txn: request, caller });
     checkTxnDuplicates(request);
     if (isReadOnlyTxn(request)) {
       // A read-only transaction needs no log entry: evaluate it against a linearizable read view.
@@ -497,12 +498,13 @@ export class Member {
     return result;
   }
 
-  async leaseGrant(ttlSeconds: number, requestedId: bigint): Promise<{ revision: number; response: object }> {
+  async leaseGrant(ttlSeconds: number, requestedId: bigint, caller?: Caller): Promise<{ revision: number; response: object }> {
     let id = requestedId;
     while (id === 0n) {
       id = randomBytes(8).readBigInt64BE(0) & 0x7fff_ffff_ffff_ffffn;
     }
-    return this.propose({ request: 'lease_grant', lease_grant: { ID: id.toString(), TTL: String(ttlSeconds) } }, true);
+    // The caller goes into the entry: the lease's owner is recorded where every member applies it.
+    return this.propose({ request: 'lease_grant', lease_grant: { ID: id.toString(), TTL: String(ttlSeconds) }, caller }, true);
   }
 
   async leaseRevoke(id: bigint, caller?: Caller): Promise<{ revision: number; response: object }> {
@@ -709,7 +711,7 @@ export class Member {
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
-    authorizeRequest(this.auth.decider, { id: 0, ...body }, this.applier.leaseKeys);
+    this.applier.authorize({ id: 0, ...body } as InternalRequest);
     const id = (this.nextRequestId++).toString();
     const data = encodeInternalRequest({ id, ...body } as InternalRequest);
     if (data.length > this.options.maxRequestBytes) {

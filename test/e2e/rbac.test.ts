@@ -74,6 +74,24 @@ describe('RBAC on a secure cluster', () => {
     expect((await etcdctlAs('admin', ['get', '/other-leased', '--print-value-only'])).stdout).toBe('x\n');
     expect((await etcdctlAs('admin', ['lease', 'revoke', lease])).stdout).toBe(`lease ${lease} revoked\n`);
 
+    // Leases belong to who granted them (Rampart, stricter than etcd): only they or root use them.
+    expect(lastLine((await etcdctlAs('mallory', ['lease', 'grant', '60'])).stderr)).toBe('Error: failed to grant lease (etcdserver: user name not found)\n');
+    expect(lastLine((await etcdctlAs('alice', ['lease', 'grant', String(31 * 86_400)])).stderr)).toBe('Error: failed to grant lease (etcdserver: too large lease TTL)\n');
+    const alices = /lease ([0-9a-f]+) granted/.exec((await etcdctlAs('alice', ['lease', 'grant', '60'])).stdout)?.[1] ?? 'none';
+    const auditors = /lease ([0-9a-f]+) granted/.exec((await etcdctlAs('auditor', ['lease', 'grant', '60'])).stdout)?.[1] ?? 'none';
+    expect(lastLine((await etcdctlAs('alice', ['put', '/app/leased', 'x', `--lease=${auditors}`])).stderr)).toBe(denied);
+    expect(lastLine((await etcdctlAs('alice', ['lease', 'revoke', auditors])).stderr)).toBe('Error: failed to revoke lease (etcdserver: permission denied)\n');
+    expect(lastLine((await etcdctlAs('alice', ['lease', 'timetolive', auditors])).stderr)).toBe(denied);
+    expect((await etcdctlAs('alice', ['lease', 'keep-alive', '--once', auditors])).stdout).not.toContain('keepalived');
+    expect((await etcdctlAs('auditor', ['lease', 'keep-alive', '--once', auditors])).stdout).toBe(`lease ${auditors} keepalived with TTL(60)\n`);
+    const listed = (await etcdctlAs('alice', ['lease', 'list'])).stdout;
+    expect(listed).toContain(alices);
+    expect(listed).not.toContain(auditors);
+    expect((await etcdctlAs('admin', ['lease', 'list'])).stdout).toContain(auditors);
+    expect((await etcdctlAs('alice', ['put', '/app/leased', 'x', `--lease=${alices}`])).stdout).toBe('OK\n');
+    expect((await etcdctlAs('alice', ['lease', 'revoke', alices])).stdout).toBe(`lease ${alices} revoked\n`);
+    expect((await etcdctlAs('admin', ['lease', 'revoke', auditors])).stdout).toBe(`lease ${auditors} revoked\n`);
+
     // The default auditor reads everything but secrets and writes nothing (an explicit deny wins).
     expect((await etcdctlAs('auditor', ['get', '/app/1', '--print-value-only'])).stdout).toBe('one\n');
     expect(lastLine((await etcdctlAs('auditor', ['get', '/registry/secrets/db'])).stderr)).toBe(denied);
