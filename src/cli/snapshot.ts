@@ -168,7 +168,10 @@ async function writeRecords(dataDir: string, records: readonly SnapshotRecord[],
     const db = await SealedDatabase.open(dataDir, keyProvider);
     try {
       // One batch: a restore that stops half-way leaves no half-filled database that could start.
-      await db.batch(records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })), { sync: true });
+      await db.batch([
+        ...records.map((record) => ({ type: 'put' as const, key: record.key, value: record.value })),
+        { type: 'put' as const, key: metaKey.restoredState, value: Buffer.of(1) },
+      ], { sync: true });
     } finally {
       await db.close();
     }

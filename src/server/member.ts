@@ -136,6 +136,8 @@ export class Member {
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
   private snapshotIndex = 0;
+  /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
+  private restoredState = false;
   private dbSizeBytes = 0;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly revoking = new Set<bigint>();
@@ -231,6 +233,7 @@ export class Member {
       await this.logStore.save({ hardState, entries });
       loaded = { hardState, logStart: { index: 0, term: 0 }, entries };
     }
+    this.restoredState = (await this.db.get(metaKey.restoredState)) !== undefined;
     const applied = this.appliedIndexValue;
     const termAt = (index: number): number =>
       index === loaded.logStart.index ? loaded.logStart.term : (loaded.entries.find((entry) => entry.index === index)?.term ?? 0);
@@ -887,13 +890,22 @@ export class Member {
       setTimeout(() => this.options.onRemoved?.(), 200).unref();
     }
     this.followLeadership();
-    if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
+    if (this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined) {
+      // Everything up to here (the founding members) is in the snapshot too; keep no entry behind it.
+      await this.takeSnapshot(0);
+      // Raft compacts only what it knows applied (not yet this batch): until the log really starts
+      // behind the restored state, try again after the next batch (the member's own attributes follow).
+      if (this.logStore.logStart.index > 0) {
+        await this.db.batch([{ type: 'del', key: metaKey.restoredState }], { sync: true });
+        this.restoredState = false;
+      }
+    } else if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
       await this.takeSnapshot();
     }
   }
 
   /** Snapshots the state machine at the applied index and compacts the log behind it. */
-  private async takeSnapshot(): Promise<void> {
+  private async takeSnapshot(catchUpEntries: number = this.options.snapshotCatchUpEntries): Promise<void> {
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -902,7 +914,7 @@ export class Member {
     const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: Buffer.alloc(0) };
     // Raft keeps what it does not yet know applied (this batch, when it is longer than the
     // catch-up tail); the stored log is compacted exactly as far as Raft's.
-    this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
+    this.loop.node.compact(snapshot, Math.max(0, index - catchUpEntries));
     this.snapshotIndex = index;
     const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
     if (compactIndex > this.logStore.logStart.index) {

@@ -48,6 +48,12 @@ export const metaKey = {
   snapshotStaged: metaName('snapshotStaged'),
   /** (index, term) of the staged snapshot being moved into place; a restart finishes the move. */
   snapshotInstalling: metaName('snapshotInstalling'),
+  /**
+   * Written by `rampart snapshot restore`: the state did not come from this member's log, so once
+   * the new cluster's first entries are applied the member compacts its log behind a snapshot, and
+   * members added later receive the state instead of replaying a log that lacks it.
+   */
+  restoredState: metaName('restoredState'),
 } as const;
 
 function metaName(name: string): Buffer {
@@ -62,7 +68,7 @@ export function isMemberLocalKey(key: Buffer): boolean {
   const first = key[0];
   if (first === prefix.logEntry || first === prefix.hardState || first === prefix.keyStore || first === prefix.snapshotStaging) return true;
   return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId) ||
-    key.equals(metaKey.snapshotStaged) || key.equals(metaKey.snapshotInstalling);
+    key.equals(metaKey.snapshotStaged) || key.equals(metaKey.snapshotInstalling) || key.equals(metaKey.restoredState);
 }
 
 /** The smallest key strictly greater than every key that starts with `start`'s prefix byte. */

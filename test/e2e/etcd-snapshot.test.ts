@@ -58,6 +58,7 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     await writeKeyPair(pki, 'server', await issueCertificate(authority, { kind: 'server', commonName: 'member', subjectAltNames: ['127.0.0.1'] }));
     await writeKeyPair(pki, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: 'migrated', subjectAltNames: ['127.0.0.1'] }));
     await writeKeyPair(pki, 'root', await issueCertificate(authority, { kind: 'client', commonName: 'root' }));
+    await writeKeyPair(pki, 'm2', await issueCertificate(authority, { kind: 'peer', commonName: 'm2', subjectAltNames: ['127.0.0.1'] }));
     await writeKeyPair(pki, 'alice', await issueCertificate(authority, { kind: 'client', commonName: 'alice' }));
     tls = ['--cacert', path.join(home, 'ca.crt'), '--cert', path.join(pki, 'root.crt'), '--key', path.join(pki, 'root.key')];
 
@@ -109,26 +110,31 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
   }, 120_000);
 
   afterAll(async () => {
-    await rampart?.stop();
+    for (const member of members) await member.stop();
     await etcd?.stop();
     await restoredEtcd?.stop();
     if (home !== undefined) await removeDirectory(home);
   }, 60_000);
 
-  const startRampart = async (dataDir: string): Promise<void> => {
+  interface Member { readonly endpoint: string; stop(): Promise<void> }
+  const members: Member[] = [];
+
+  /** A TLS Rampart member named `name` (its peer certificate names it), serving once it answers a read. */
+  const startMember = async (name: string, dataDir: string, args: readonly string[] = [], peerPort?: number): Promise<Member> => {
     const clientPort = await freePort();
-    const peerPort = await freePort();
+    const listenPeerPort = peerPort ?? (await freePort());
     const pki = path.join(home, 'pki');
+    const peer = name === 'migrated' ? 'peer' : name;
     const child = spawn(process.execPath, [
-      rampartBin, 'serve', '--name', 'migrated', '--data-dir', dataDir,
-      '--listen-client-urls', `https://127.0.0.1:${clientPort}`, '--listen-peer-urls', `https://127.0.0.1:${peerPort}`,
+      rampartBin, 'serve', '--name', name, '--data-dir', dataDir,
+      '--listen-client-urls', `https://127.0.0.1:${clientPort}`, '--listen-peer-urls', `https://127.0.0.1:${listenPeerPort}`,
       '--cert-file', path.join(pki, 'server.crt'), '--key-file', path.join(pki, 'server.key'), '--trusted-ca-file', path.join(home, 'ca.crt'),
-      '--peer-cert-file', path.join(pki, 'peer.crt'), '--peer-key-file', path.join(pki, 'peer.key'), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
-      '--log-level', 'warn',
+      '--peer-cert-file', path.join(pki, `${peer}.crt`), '--peer-key-file', path.join(pki, `${peer}.key`), '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
+      '--log-level', process.env.RAMPART_TEST_LOG_LEVEL ?? 'warn', ...args,
     ], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    rampart = {
+    const member: Member = {
       endpoint: `https://127.0.0.1:${clientPort}`,
       stop: async () => {
         if (child.exitCode !== null) return;
@@ -137,11 +143,16 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
         await exited;
       },
     };
+    members.push(member);
     const deadline = Date.now() + 30_000;
-    while ((await etcdctlRampart(['get', 'probe'])).code !== 0) {
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`rampart did not serve:\n${output}`);
+    while ((await run('etcdctl', ['--endpoints', member.endpoint, ...tls, 'get', 'probe', '--consistency=s'], { env: cleanEnvironment() })).code !== 0) {
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`${name} did not serve:\n${output}`);
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
+    return member;
+  };
+  const startRampart = async (dataDir: string): Promise<void> => {
+    rampart = await startMember('migrated', dataDir);
   };
 
   it('restores an etcd 3.4 snapshot into Rampart: keys, revisions, history, leases and auth as etcd serves them', async () => {
@@ -247,6 +258,27 @@ describe.skipIf(!etcdAvailable())('etcd snapshot format: migration from etcd 3.4
     expect((await etcdctlEtcd(endpoint, ['lease', 'list'])).stdout).toContain(leaseHex);
     expect((await etcdctlEtcd(endpoint, ['put', 'after-migration', 'yes'])).stdout).toBe('OK\n');
   }, 120_000);
+
+  it('grows the migrated member into a cluster: member add, then a second member started with the printed settings gets the data', async () => {
+    expect(rampart).toBeDefined();
+    const peerPort = await freePort();
+    const added = await etcdctlRampart(['member', 'add', 'm2', `--peer-urls=https://127.0.0.1:${peerPort}`]);
+    expect(added.stderr).toBe('');
+    const settings = new Map([...added.stdout.matchAll(/^(ETCD_[A-Z_]+)="(.*)"$/gm)].map((match) => [match[1] ?? '', match[2] ?? '']));
+    const second = await startMember('m2', path.join(home, 'm2-data'), [
+      '--initial-cluster', settings.get('ETCD_INITIAL_CLUSTER') ?? '',
+      '--initial-advertise-peer-urls', settings.get('ETCD_INITIAL_ADVERTISE_PEER_URLS') ?? '',
+      '--initial-cluster-state', settings.get('ETCD_INITIAL_CLUSTER_STATE') ?? '',
+    ], peerPort);
+    const onSecond = (args: string[]) => run('etcdctl', ['--endpoints', second.endpoint, ...tls, ...args], { env: cleanEnvironment() });
+    const deadline = Date.now() + 30_000;
+    while ((await onSecond(['get', '/registry/items/00001', '--print-value-only'])).stdout !== 'value-1\n') {
+      if (Date.now() > deadline) throw new Error('the second member never served the migrated data');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    expect(withoutHeader(await onSecond(['get', '/registry/', '--prefix', '--keys-only', '-w', 'json']))).toBe(withoutHeader(await etcdctlRampart(['get', '/registry/', '--prefix', '--keys-only', '-w', 'json'])));
+    expect((await onSecond(['put', 'grown', 'yes'])).stdout).toBe('OK\n');
+  }, 90_000);
 
   it('refuses truncated and corrupt files with a clear error and leaves no data directory', async () => {
     const content = await readFile(etcdSnapshot);
