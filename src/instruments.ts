@@ -55,4 +55,12 @@ export const instruments = {
   peerSendFailed: new Instrument(),
   /** A heartbeat the leader could not send (etcd_server_heartbeat_send_failures_total). */
   heartbeatSendFailed: new Instrument(),
+  /**
+   * Where the time of a write goes, by stage (rampart_write_stage_duration_seconds{stage}):
+   * `authorize` (check and encode before proposing), `commit` (proposed until its entry is applied:
+   * waiting for the loop, persisting, replicating), `persist` (one Ready's log write and fsync),
+   * `apply` (one batch applied in memory), `answer` (proposed until the caller is answered),
+   * `audit` (the call's event made durable before its answer).
+   */
+  writeStageSeconds: new Instrument(),
 } as const;

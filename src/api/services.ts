@@ -20,6 +20,7 @@ import type { ServerMetrics } from '../server/metrics.js';
 import type { AuditLog } from '../audit/log.js';
 import { encodeCheckpoint, encodeSigner } from '../audit/checkpoint.js';
 import { statusOf, statusName } from './errors.js';
+import { instruments } from '../instruments.js';
 import type { AlarmRequest, Caller, CompactionRequest, DeleteRangeRequest, Int64In, PutRequest, RangeRequest, TxnRequest, WatchRequest, WatchResponse } from './messages.js';
 import { Authenticator, type LoginGate } from './identity.js';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
@@ -132,11 +133,13 @@ export function createServices(options: ServicesOptions): ServiceTable {
    * the call rather than acknowledging it unrecorded.
    */
   const auditBeforeAnswer = async (call: CallContext, action: string, request: Record<string, unknown>, error: unknown): Promise<void> => {
+    const started = performance.now();
     const recorded = audit(call, action, request, error);
     if (readOnlyActions.has(action)) return;
     await recorded.catch(() => {
       throw new RampartError('AuditUnavailable');
     });
+    instruments.writeStageSeconds.recordSince(started, 'audit');
   };
   const warnRefusedCertificate = rateLimitedWarning(logger, 'refused a client certificate');
   /** A refused certificate is refused on every call, also on connections opened before. */

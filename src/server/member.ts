@@ -131,7 +131,8 @@ export class Member {
   private readonly applier: Applier;
   private loop!: RaftLoop;
   private transport!: Transport;
-  private readonly waiters = new Map<string, (result: ApplyResult) => void>();
+  /** Proposals waiting for their entry to be applied, with when each was proposed (performance.now()). */
+  private readonly waiters = new Map<string, { readonly proposedMs: number; readonly resolve: (result: ApplyResult) => void }>();
   private readonly changeWaiters = new Map<string, () => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
@@ -713,6 +714,7 @@ export class Member {
 
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
+    const receivedMs = performance.now();
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
     this.applier.authorize({ id: 0, ...body } as InternalRequest);
     const id = (this.nextRequestId++).toString();
@@ -730,9 +732,15 @@ export class Member {
         instruments.proposalFailed.record(1);
         reject(new RampartError('Timeout'));
       }, this.options.requestTimeoutMs);
-      this.waiters.set(id, (applied) => {
-        clearTimeout(timer);
-        resolve(applied);
+      const proposedMs = performance.now();
+      instruments.writeStageSeconds.record((proposedMs - receivedMs) / 1000, 'authorize');
+      this.waiters.set(id, {
+        proposedMs,
+        resolve: (applied) => {
+          clearTimeout(timer);
+          instruments.writeStageSeconds.recordSince(proposedMs, 'answer');
+          resolve(applied);
+        },
       });
       try {
         this.loop.propose(data);
@@ -866,6 +874,11 @@ export class Member {
     }
     const revision = this.store.currentRevision;
     const commitStarted = performance.now();
+    instruments.writeStageSeconds.record((commitStarted - applyStarted) / 1000, 'apply');
+    for (const [id] of results) {
+      const waiter = this.waiters.get(id);
+      if (waiter !== undefined) instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
+    }
     await this.db.batch(batch);
     instruments.backendCommitSeconds.recordSince(commitStarted);
     if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
@@ -874,7 +887,7 @@ export class Member {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
         this.waiters.delete(id);
-        waiter(result);
+        waiter.resolve(result);
       }
     }
     for (const requestId of appliedChanges) {

@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { RampartError } from '../errors.js';
+import { instruments } from '../instruments.js';
 import type { RaftNode } from '../raft/raft.js';
 import type { ConfigurationChange, Entry, Message, NodeId, Ready, Snapshot, SoftState } from '../raft/types.js';
 import type { Consensus } from './consensus.js';
@@ -137,6 +138,7 @@ export class RaftLoop implements Consensus {
     try {
       while (!this.closed && this.node.hasReady()) {
         const ready = this.node.ready();
+        const persistStarted = performance.now();
         if (ready.softState.role === 'leader') {
           // Overlap the leader's fsync with the followers' (see Ready).
           this.host.send(ready.messages);
@@ -145,6 +147,7 @@ export class RaftLoop implements Consensus {
           await this.host.persist(ready);
           this.host.send(ready.messages);
         }
+        if (ready.entries.length > 0) instruments.writeStageSeconds.recordSince(persistStarted, 'persist');
         if (ready.snapshot !== undefined) await this.host.installSnapshot(ready.snapshot);
         if (ready.committedEntries.length > 0) await this.host.applyEntries(ready.committedEntries);
         for (const state of ready.readStates) {

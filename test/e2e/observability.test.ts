@@ -111,5 +111,9 @@ describe('metrics, alerts and dashboard', () => {
       expect(answer.body).not.toContain('/observed');
     }
     expect(scraped.map((answer) => answer.body).join('')).toMatch(/^grpc_server_handled_total\{grpc_type="unary",grpc_method="Put",grpc_code="OK"\} 1$/m);
+    // The put's time by stage (the member that took it proposed, answered and audited it).
+    for (const stage of ['authorize', 'commit', 'persist', 'apply', 'answer', 'audit']) {
+      expect(scraped.map((answer) => answer.body).join(''), stage).toMatch(new RegExp(`^rampart_write_stage_duration_seconds_count\\{stage="${stage}"\\} [1-9]`, 'm'));
+    }
   });
 });
