@@ -495,6 +495,14 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }
 
+/** A snapshot key file: 32 bytes, mode 0600 (the checks of a KEK file). */
+async function readSnapshotKey(file: string): Promise<Buffer> {
+  const checked = await FileKekProvider.open(file);
+  checked.close();
+  const key = await readTextFile(path.resolve(file));
+  return key;
+}
+
 const snapshot = program.command('snapshot').description('snapshot files');
 snapshot
   .command('restore <file>')
@@ -502,7 +510,8 @@ snapshot
   .requiredOption('--data-dir <dir>', 'the data directory to create (must not exist)')
   .option('--encryption-key-file <file>', 'seal the restored data under this key file, created if missing (default: <data-dir>.encryption-key)')
   .option('--no-encryption', 'restore in plaintext (not recommended)')
-  .action(async (file: string, flags: { dataDir: string; encryptionKeyFile?: string; encryption: boolean }) => {
+  .option('--snapshot-key-file <file>', 'the key a sealed snapshot (rampart snapshot save --seal-key-file) was sealed under')
+  .action(async (file: string, flags: { dataDir: string; encryptionKeyFile?: string; encryption: boolean; snapshotKeyFile?: string }) => {
     try {
       process.umask(0o077);
       if (databaseExists(flags.dataDir)) throw new Error(`data directory ${flags.dataDir} already exists; restore needs a new one`);
@@ -514,7 +523,8 @@ snapshot
         await FileKekProvider.ensure(keyFile);
         return FileKekProvider.open(keyFile);
       };
-      const restored = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'));
+      const snapshotKey = flags.snapshotKeyFile === undefined ? undefined : async (): Promise<Buffer> => readSnapshotKey(flags.snapshotKeyFile as string);
+      const restored = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'), snapshotKey);
       process.stdout.write(`restored ${restored.records} records from ${restored.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot into ${flags.dataDir}\n`);
     } catch (error) {
       process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
@@ -650,9 +660,15 @@ const connectionOptions = (command: Command): Command =>
 
 connectionOptions(snapshot.command('save <file>').description('save a member\'s snapshot; --format etcd writes one that `etcdctl snapshot restore` accepts'))
   .option('--format <format>', 'rampart or etcd', 'rampart')
-  .action(async (file: string, flags: ConnectionOptions & { format: string }) => {
+  .option('--seal-key-file <file>', 'seal the file under this 32-byte snapshot key (created, mode 0600, when missing); restore with --snapshot-key-file')
+  .action(async (file: string, flags: ConnectionOptions & { format: string; sealKeyFile?: string }) => {
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
-    const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes')).catch(fail);
+    let sealKey: Buffer | undefined;
+    if (flags.sealKeyFile !== undefined) {
+      await FileKekProvider.ensure(flags.sealKeyFile).catch(fail);
+      sealKey = await readSnapshotKey(flags.sealKeyFile).catch(fail);
+    }
+    const saved = await saveSnapshot(flags, file, flags.format === 'etcd' ? 'etcd' : 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes'), sealKey).catch(fail);
     print(`saved ${flags.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot of ${saved.keys} key revisions (${saved.bytes} bytes) to ${file}`);
   });
 

@@ -15,6 +15,7 @@
  * Save streams a member's snapshot (Maintenance.Snapshot, as etcdctl does) and writes it in
  * Rampart's format or, with `--format etcd`, in etcd's, which `etcdctl snapshot restore` accepts.
  */
+import { isSealedFile, openFile, sealFile } from '../encryption/sealed-file.js';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -136,12 +137,16 @@ export interface RestoreResult {
  * `keyProvider` is asked only once the snapshot has been verified; with a provider the restored
  * records are sealed under the new member's own keys.
  */
-export async function restoreSnapshot(file: string, dataDir: string, keyProvider: () => Promise<KekProvider | undefined>, progress?: Progress): Promise<RestoreResult> {
+export async function restoreSnapshot(file: string, dataDir: string, keyProvider: () => Promise<KekProvider | undefined>, progress?: Progress, snapshotKey?: () => Promise<Buffer>): Promise<RestoreResult> {
   const exists = await access(dataDir).then(() => true, () => false);
   if (exists) {
     throw new Error(`data directory ${dataDir} already exists; restore needs a new one`);
   }
-  const content = await readWhole(file, progress);
+  let content = await readWhole(file, progress);
+  if (isSealedFile(content)) {
+    if (snapshotKey === undefined) throw new Error(`${file} is a sealed snapshot: pass its --snapshot-key-file`);
+    content = openFile(await snapshotKey(), content, file);
+  }
   let format: SnapshotFormat;
   let records: SnapshotRecord[];
   if (content.subarray(0, snapshotMagic.length).equals(snapshotMagic)) {
@@ -186,7 +191,7 @@ interface MaintenanceClient extends grpc.Client {
 }
 
 /** Streams a member's snapshot and writes it to `file` (via a temporary file, renamed when complete). */
-export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat, progress?: Progress): Promise<{ bytes: number; keys: number }> {
+export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat, progress?: Progress, snapshotKey?: Buffer): Promise<{ bytes: number; keys: number }> {
   const { target, credentials } = await connectionTarget(connection);
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Maintenance: grpc.ServiceClientConstructor } };
   const client = new loaded.etcdserverpb.Maintenance(target, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 }) as unknown as MaintenanceClient;
@@ -214,7 +219,8 @@ export async function saveSnapshot(connection: ConnectionOptions, file: string, 
   progress?.finish();
   const content = Buffer.concat(chunks);
   const { records, summary } = parseSnapshot(content, 'the received snapshot');
-  const output: Buffer = format === 'etcd' ? writeEtcdSnapshot(etcdFromRecords(records.map((record) => [record.key, record.value] as const))) : content;
+  const plain: Buffer = format === 'etcd' ? writeEtcdSnapshot(etcdFromRecords(records.map((record) => [record.key, record.value] as const))) : content;
+  const output = snapshotKey === undefined ? plain : sealFile(snapshotKey, plain);
   const keys = summary.keyRevisions;
   const partial = `${file}.part`;
   await writeFile(partial, output, { mode: 0o600 });

@@ -8,6 +8,9 @@ import { randomBytes } from 'node:crypto';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FileKekProvider, defaultKeyFile } from '../../src/encryption/kek-file.js';
+import { SealedDatabase } from '../../src/storage/database.js';
+import { MvccStore } from '../../src/storage/mvcc/store.js';
 import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
 
 /** Every file under `directory` (recursively) whose bytes contain `needle`. */
@@ -118,6 +121,48 @@ describe('encryption at rest on a rampart up cluster', () => {
     expect(await ok(['--user', `${secrets.user}:${secrets.password}`, 'get', secrets.key, '--print-value-only'])).toBe(`${secrets.value}\n`);
     expect(await leaks()).toEqual([]);
   }, 180_000);
+
+  it('saves a sealed snapshot that opens only with its key, and restores it re-sealed under the new member\'s key', async () => {
+    const work = await temporaryDirectory('sealed-snapshot');
+    try {
+      const plainFile = path.join(work, 'plain.snap');
+      const sealedFile = path.join(work, 'sealed.snap');
+      const snapshotKey = path.join(work, 'snapshot.key');
+      expect((await rampart(['snapshot', 'save', plainFile, '--dir', home])).code).toBe(0);
+      expect((await readFile(plainFile)).includes(Buffer.from(secrets.value))).toBe(true);
+      const saved = await rampart(['snapshot', 'save', sealedFile, '--dir', home, '--seal-key-file', snapshotKey]);
+      expect(saved.code, saved.stderr).toBe(0);
+      expect((await stat(snapshotKey)).mode & 0o777).toBe(0o600);
+      expect(await filesContaining(work, Buffer.from(secrets.value), (file) => file !== sealedFile)).toEqual([]);
+      expect(await filesContaining(work, Buffer.from(secrets.key), (file) => file !== sealedFile)).toEqual([]);
+
+      const withoutKey = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', path.join(work, 'r1')]);
+      expect(withoutKey.stderr).toContain('is a sealed snapshot: pass its --snapshot-key-file');
+      const otherKey = path.join(work, 'other.key');
+      await writeFile(otherKey, randomBytes(32), { mode: 0o600 });
+      const wrongKey = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', path.join(work, 'r2'), '--snapshot-key-file', otherKey]);
+      expect(wrongKey.stderr).toMatch(/is sealed under snapshot key [0-9a-f]{16}, not under the one given/);
+      const damaged = Buffer.from(await readFile(sealedFile));
+      damaged[damaged.length - 40] = (damaged[damaged.length - 40] ?? 0) ^ 1;
+      await writeFile(path.join(work, 'damaged.snap'), damaged);
+      const altered = await rampart(['snapshot', 'restore', path.join(work, 'damaged.snap'), '--data-dir', path.join(work, 'r3'), '--snapshot-key-file', snapshotKey]);
+      expect(altered.stderr).toContain('was altered or damaged');
+
+      const restoredDir = path.join(work, 'restored');
+      const restored = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', restoredDir, '--snapshot-key-file', snapshotKey]);
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(await filesContaining(restoredDir, Buffer.from(secrets.value))).toEqual([]);
+      const db = await SealedDatabase.open(restoredDir, await FileKekProvider.open(defaultKeyFile(restoredDir)));
+      try {
+        const store = await MvccStore.open(db);
+        expect(store.get(Buffer.from(secrets.key))?.value.toString()).toBe(secrets.value);
+      } finally {
+        await db.close();
+      }
+    } finally {
+      await removeDirectory(work);
+    }
+  }, 60_000);
 
   it('refuses to start with a wrong, missing or unreadable key file, naming it, and starts again with the right one', async () => {
     const member = 'm3';
