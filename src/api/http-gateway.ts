@@ -285,10 +285,14 @@ function jsonLines(response: ServerResponse, type: protobuf.Type, onClose: (list
     if (!response.headersSent) response.writeHead(200, { 'content-type': 'application/json' });
   };
   return {
-    write: (message) => {
-      if (ended) return true;
+    // onFlushed once Node has handed the line to the socket: the watch budget counts it until then.
+    write: (message, onFlushed) => {
+      if (ended) {
+        onFlushed?.();
+        return true;
+      }
       start();
-      return response.write(`${JSON.stringify({ result: encodeResponse(type, message) })}\n`);
+      return response.write(`${JSON.stringify({ result: encodeResponse(type, message) })}\n`, () => onFlushed?.());
     },
     drained: () => new Promise<void>((resolve) => {
       if (ended || response.destroyed) return resolve();

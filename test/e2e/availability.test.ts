@@ -156,4 +156,39 @@ describe('availability under attack (TLS member, a certificate that is no user)'
       resumingClient.close();
     }
   }, 120_000);
+
+  it('a JSON gateway watch keeps flowing past its user\'s share of the watch budget (its bytes are released as they flush)', async () => {
+    const flags = await member.flagsFor('auditor');
+    const file = (flag: string): string => flags[flags.indexOf(flag) + 1] ?? '';
+    const { request } = await import('node:https');
+    const valueBytes = 1_400_000;
+    const writes = 14; // ~19 MiB in all: past the 16 MiB a user may hold queued
+    let received = 0;
+    const watch = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/watch', method: 'POST', ca: await readFile(file('--cacert')), cert: await readFile(file('--cert')), key: await readFile(file('--key')) });
+    let buffered = '';
+    watch.on('response', (response) => {
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => {
+        buffered += chunk;
+        let newline = buffered.indexOf('\n');
+        while (newline >= 0) {
+          const line = JSON.parse(buffered.slice(0, newline)) as { result?: { events?: unknown[] } };
+          received += line.result?.events?.length ?? 0;
+          buffered = buffered.slice(newline + 1);
+          newline = buffered.indexOf('\n');
+        }
+      });
+    });
+    watch.on('error', () => undefined);
+    watch.write(JSON.stringify({ create_request: { key: Buffer.from('/gateway/watched').toString('base64') } }));
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      for (let index = 0; index < writes; index++) await call(bystander.kv, 'Put', { key: Buffer.from('/gateway/watched'), value: Buffer.alloc(valueBytes, index) });
+      const deadline = Date.now() + 30_000;
+      while (received < writes && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
+      expect(received).toBe(writes);
+    } finally {
+      watch.destroy();
+    }
+  }, 90_000);
 });
