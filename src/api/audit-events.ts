@@ -76,7 +76,11 @@ function hexId(id: unknown): string {
     return '?';
   }
 }
-const lease = (id: unknown): string => `lease:${hexId(id)}`;
+/** Lease ids as etcdctl prints them (%016x), so the id a client saw greps in the trail. */
+const lease = (id: unknown): string => {
+  const hex = hexId(id);
+  return `lease:${hex === '?' ? hex : hex.padStart(16, '0')}`;
+};
 const member = (id: unknown): string => `member:${hexId(id)}`;
 
 /**
