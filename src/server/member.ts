@@ -944,7 +944,20 @@ export class Member {
     if (state.leader !== previous.leader) {
       if (state.leader !== '') this.leaderChangesSeen += 1;
       this.options.logger.info({ leader: state.leader, term: this.loop.term }, 'leader changed');
+      if (previous.leader !== '') this.failPendingProposals();
     }
+  }
+
+  /**
+   * As etcd: when the leader a proposal went to is gone, its waiter fails at once with the
+   * retryable 'etcdserver: leader changed' (Unavailable) instead of waiting out the request
+   * timeout. The outcome is unknown to the client (the entry may still commit), as after a timeout.
+   */
+  private failPendingProposals(): void {
+    if (this.waiters.size === 0) return;
+    const pending = [...this.waiters.values()];
+    this.waiters.clear();
+    for (const waiter of pending) waiter({ ok: false, error: new RampartError('LeaderChanged') });
   }
 
   /** Publishes this member's name and client URLs through the log, once a leader exists. */
