@@ -2,6 +2,7 @@
  * Migration of a member that kept plaintext: restarted with a key file, it serves at once (reads of
  * plaintext records, writes sealed) while a background pass seals the rest under a steady load with
  * zero failed requests; at 100% no file under its data directory holds a value in plaintext.
+ * And the automatic rotation schedule.
  */
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
@@ -82,4 +83,26 @@ describe('migrating a plaintext member to encryption at rest', () => {
     }
     expect(leaks).toEqual([]);
   }, 120_000);
+
+  it('rotates its data key on the schedule (--encryption-rotation-interval) and deletes the old one', async () => {
+    const scheduled = await temporaryDirectory('schedule');
+    const server = await startRampart({ dataDir: path.join(scheduled, 'data'), args: ['--encryption-key-file', path.join(scheduled, 'kek'), '--encryption-rotation-interval', '3s'] });
+    try {
+      expect((await etcdctl(server.endpoint, ['put', 'scheduled', 'value'])).stdout).toBe('OK\n');
+      const deadline = Date.now() + 30_000;
+      let seen: MemberEncryptionStatus | undefined;
+      for (;;) {
+        const result = await run(process.execPath, [rampartBin, 'encryption', 'status', '--json', '--endpoints', `http://${server.endpoint}`]);
+        seen = JSON.parse(result.stdout) as MemberEncryptionStatus;
+        if (seen.active_dek >= 3 && seen.deks.length === 1 && seen.percent_resealed === 100) break;
+        if (Date.now() > deadline) throw new Error(`no scheduled rotation: ${result.stdout}`);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      expect(Number(seen.last_rotation_unix_ms)).toBeGreaterThan(Date.now() - 10_000);
+      expect((await etcdctl(server.endpoint, ['get', 'scheduled', '--print-value-only'])).stdout).toBe('value\n');
+    } finally {
+      await server.stop();
+      await removeDirectory(scheduled);
+    }
+  }, 60_000);
 });
