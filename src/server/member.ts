@@ -957,7 +957,7 @@ export class Member {
     if (this.waiters.size === 0) return;
     const pending = [...this.waiters.values()];
     this.waiters.clear();
-    for (const waiter of pending) waiter({ ok: false, error: new RampartError('LeaderChanged') });
+    for (const waiter of pending) waiter.resolve({ ok: false, error: new RampartError('LeaderChanged') });
   }
 
   /** Publishes this member's name and client URLs through the log, once a leader exists. */
