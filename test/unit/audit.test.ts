@@ -8,7 +8,7 @@ import { readRecords, recordBytesMax } from '../../src/audit/records.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
 import { csvCell } from '../../src/audit/csv.js';
 import { targetsOf } from '../../src/api/audit-events.js';
-import { checkpointBucketMs, decodeCheckpoint, encodeCheckpoint } from '../../src/audit/checkpoint.js';
+import { CheckpointSigningKey, checkSignatures, checkpointBucketMs, decodeCheckpoint, encodeCheckpoint } from '../../src/audit/checkpoint.js';
 import { AuditCheckpoints } from '../../src/server/audit-checkpoints.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
@@ -271,5 +271,35 @@ describe('audit checkpoints in the replicated state', () => {
       expect(() => kept.apply(bad, []), bad).toThrow(/audit checkpoint/);
       expect(typeof decodeCheckpoint(bad)).toBe('string');
     }
+  });
+});
+
+describe('signed audit checkpoints', () => {
+  it('verify only under a CA-issued audit certificate: unsigned, altered, foreign-CA and non-audit signers are refused', async () => {
+    const { createAuthority, issueCertificate } = await import('../../src/pki/authority.js');
+    const authority = await createAuthority('test-ca');
+    const audit = await issueCertificate(authority, { kind: 'audit', commonName: 'm1' });
+    const key = new CheckpointSigningKey(audit.certificatePem, audit.keyPem);
+    const base = { member: 'a1', file: 'audit-2026-01-01T00-00-00-000Z.jsonl', seq: 3, hash: 'ab'.repeat(32), time: new Date().toISOString() };
+    const signed = key.sign(base);
+    const signers = [{ member: 'a1', certificate: audit.certificatePem }];
+    expect(checkSignatures([signed], signers, authority.certificatePem, 'a1')).toBeUndefined();
+    // What a forger changes in an export: the hash. The signature no longer verifies.
+    expect(checkSignatures([{ ...signed, hash: 'cd'.repeat(32) }], signers, authority.certificatePem, 'a1')).toMatch(/signature that does not verify \(forged or altered\)/);
+    expect(checkSignatures([base], signers, authority.certificatePem, 'a1')).toMatch(/is not signed/);
+    expect(checkSignatures([signed], [], authority.certificatePem, 'a1')).toMatch(/names a signing certificate the cluster does not hold/);
+    const otherAuthority = await createAuthority('other-ca');
+    expect(checkSignatures([signed], signers, otherAuthority.certificatePem, 'a1')).toMatch(/was not issued by this CA/);
+    const peer = await issueCertificate(authority, { kind: 'peer', commonName: 'm1' });
+    const peerKey = new CheckpointSigningKey(peer.certificatePem, peer.keyPem);
+    expect(checkSignatures([peerKey.sign(base)], [{ member: 'a1', certificate: peer.certificatePem }], authority.certificatePem, 'a1')).toMatch(/not an audit certificate/);
+    // A key that is not the certificate's is refused when the member starts.
+    expect(() => new CheckpointSigningKey(audit.certificatePem, peer.keyPem)).toThrow('does not belong to its certificate');
+    // The certificate travels with a checkpoint once and must be the signer's.
+    const kept = new AuditCheckpoints();
+    const batch: BatchOperation[] = [];
+    kept.apply(encodeCheckpoint({ ...signed, certificate: audit.certificatePem }), batch);
+    expect(batch).toHaveLength(3); // the signer record, latest, and the window's first
+    expect(() => kept.apply(encodeCheckpoint({ ...signed, seq: 4, certificate: peer.certificatePem }), [])).toThrow('the certificate is not the signer');
   });
 });
