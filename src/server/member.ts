@@ -134,7 +134,7 @@ export class Member {
   /** The last applied batch's database write (see applyEntries). */
   private applyFlush: Promise<void> = Promise.resolve();
   /** Proposals waiting for their entry to be applied, with when each was proposed (performance.now()). */
-  private readonly waiters = new Map<string, { readonly proposedMs: number; readonly resolve: (result: ApplyResult) => void }>();
+  private readonly waiters = new Map<string, Waiter>();
   private readonly changeWaiters = new Map<string, () => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
@@ -881,9 +881,15 @@ export class Member {
     const revision = this.store.currentRevision;
     const commitStarted = performance.now();
     instruments.writeStageSeconds.record((commitStarted - applyStarted) / 1000, 'apply');
-    for (const [id] of results) {
+    // Applied entries' callers wait only for the write below: a leader change meanwhile no longer
+    // concerns them (failPendingProposals), their outcome is known.
+    const answered: [Waiter, ApplyResult][] = [];
+    for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
-      if (waiter !== undefined) instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
+      if (waiter === undefined) continue;
+      this.waiters.delete(id);
+      instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
+      answered.push([waiter, result]);
     }
     // Written in the background: the Raft loop persists and sends the next Ready meanwhile. Callers
     // are answered only once their batch is in the database, as before, so whatever reads the
@@ -892,7 +898,7 @@ export class Member {
       instruments.backendCommitSeconds.recordSince(commitStarted);
       if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
       this.store.markFlushed(batch, revision);
-      this.afterFlush(results, appliedChanges, membershipChanged, removedSelf);
+      this.afterFlush(answered, appliedChanges, membershipChanged, removedSelf);
     });
     // A failed write leaves the member in an unknown state: stop (the next apply rethrows it too).
     flushed.catch((error: unknown) => this.fail(error));
@@ -915,14 +921,8 @@ export class Member {
   }
 
   /** What follows an applied batch's database write: answers, membership, leadership. */
-  private afterFlush(results: readonly [string, ApplyResult][], appliedChanges: readonly string[], membershipChanged: boolean, removedSelf: boolean): void {
-    for (const [id, result] of results) {
-      const waiter = this.waiters.get(id);
-      if (waiter !== undefined) {
-        this.waiters.delete(id);
-        waiter.resolve(result);
-      }
-    }
+  private afterFlush(answered: readonly [Waiter, ApplyResult][], appliedChanges: readonly string[], membershipChanged: boolean, removedSelf: boolean): void {
+    for (const [waiter, result] of answered) waiter.resolve(result);
     for (const requestId of appliedChanges) {
       this.changeWaiters.get(requestId)?.();
       this.changeWaiters.delete(requestId);
@@ -1159,6 +1159,12 @@ export class Member {
     if (this.stateView !== undefined) this.retireStateView(this.stateView);
     await this.db.close();
   }
+}
+
+/** A proposal's caller: when it was proposed (performance.now()) and how to answer it. */
+interface Waiter {
+  readonly proposedMs: number;
+  readonly resolve: (result: ApplyResult) => void;
 }
 
 function parseChangeContext(text: string): ChangeContext | undefined {
