@@ -308,9 +308,14 @@ describe('rampart up: a secure cluster in one command', () => {
     const cluster = JSON.parse(await readFile(path.join(home, '.rampart', 'cluster.json'), 'utf8')) as { members: { name: string; clientPort: number; peerPort: number }[] };
     interface Status { Endpoint: string; Status: { header: { cluster_id: string; member_id: string; raft_term: number }; leader: string } }
     const status = async (): Promise<Status[]> => {
-      const text = (await etcdctlAs(admin(), ['endpoint', 'status', '--cluster', '-w', 'json'])).stdout;
-      // uint64 ids do not fit a JSON number: read them as strings.
-      return JSON.parse(text.replace(/:(\d{10,})/g, ':"$1"')) as Status[];
+      // During the leader change this test provokes, etcdctl may miss a member or fail: ask again.
+      for (let attempt = 0; ; attempt++) {
+        const result = await etcdctlAs(admin(), ['endpoint', 'status', '--cluster', '-w', 'json']);
+        // uint64 ids do not fit a JSON number: read them as strings.
+        const parsed = result.code === 0 ? (JSON.parse(result.stdout.replace(/:(\d{10,})/g, ':"$1"')) as Status[]) : [];
+        if (parsed.length === cluster.members.length || attempt === 20) return parsed;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
     };
     const byName = async (): Promise<{ leader: string; term: number; clusterId: string; ids: Map<string, string> }> => {
       const all = await status();
@@ -319,7 +324,8 @@ describe('rampart up: a secure cluster in one command', () => {
         const entry = all.find((candidate) => new URL(candidate.Endpoint).port === String(member.clientPort));
         ids.set(member.name, BigInt(entry?.Status.header.member_id ?? '0').toString(16));
       }
-      const first = all[0] as Status;
+      const first = all[0];
+      if (first === undefined) throw new Error('etcdctl endpoint status answered for no member');
       const leaderId = BigInt(first.Status.leader).toString(16);
       const leader = [...ids].find(([, id]) => id === leaderId)?.[0] ?? '';
       return { leader, term: Math.max(...all.map((entry) => entry.Status.header.raft_term)), clusterId: BigInt(first.Status.header.cluster_id).toString(16), ids };
