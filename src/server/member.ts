@@ -131,10 +131,8 @@ export class Member {
   private readonly applier: Applier;
   private loop!: RaftLoop;
   private transport!: Transport;
-  /** The last applied batch's database write (see applyEntries). */
-  private applyFlush: Promise<void> = Promise.resolve();
   /** Proposals waiting for their entry to be applied, with when each was proposed (performance.now()). */
-  private readonly waiters = new Map<string, Waiter>();
+  private readonly waiters = new Map<string, { readonly proposedMs: number; readonly resolve: (result: ApplyResult) => void }>();
   private readonly changeWaiters = new Map<string, () => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
@@ -829,7 +827,6 @@ export class Member {
   }
 
   private async installSnapshot(snapshot: Snapshot): Promise<void> {
-    await this.applyFlush; // the state is replaced: no write of the previous one may land after
     this.options.logger.info({ index: snapshot.metadata.index }, 'installed snapshot from leader');
     await this.store.reload();
     await this.loadStateMachine();
@@ -840,9 +837,6 @@ export class Member {
 
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
-    // The previous batch's database write ran while the loop persisted this Ready: at most one is
-    // in flight, so batches reach the database in log order and each applies on a flushed store.
-    await this.applyFlush;
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
@@ -881,48 +875,21 @@ export class Member {
     const revision = this.store.currentRevision;
     const commitStarted = performance.now();
     instruments.writeStageSeconds.record((commitStarted - applyStarted) / 1000, 'apply');
-    // Applied entries' callers wait only for the write below: a leader change meanwhile no longer
-    // concerns them (failPendingProposals), their outcome is known.
-    const answered: [Waiter, ApplyResult][] = [];
+    for (const [id] of results) {
+      const waiter = this.waiters.get(id);
+      if (waiter !== undefined) instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
+    }
+    await this.db.batch(batch);
+    instruments.backendCommitSeconds.recordSince(commitStarted);
+    if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
+    this.store.markFlushed(batch, revision);
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
-      if (waiter === undefined) continue;
-      this.waiters.delete(id);
-      instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
-      answered.push([waiter, result]);
-    }
-    // Written in the background: the Raft loop persists and sends the next Ready meanwhile. Callers
-    // are answered only once their batch is in the database, as before, so whatever reads the
-    // database after an answer (snapshot saves, audit checkpoints) sees the answered write.
-    const flushed = this.db.batch(batch).then(() => {
-      instruments.backendCommitSeconds.recordSince(commitStarted);
-      if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
-      this.store.markFlushed(batch, revision);
-      this.afterFlush(answered, appliedChanges, membershipChanged, removedSelf);
-    });
-    // A failed write leaves the member in an unknown state: stop (the next apply rethrows it too).
-    flushed.catch((error: unknown) => this.fail(error));
-    this.applyFlush = flushed;
-    if (!this.restoredState && this.appliedIndexValue - this.snapshotIndex < this.options.snapshotCount) return;
-    // A snapshot needs the database at exactly the applied index.
-    await flushed;
-    if (this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined) {
-      // Everything up to here (the founding members) is in the snapshot too; keep no entry behind it.
-      await this.takeSnapshot(0);
-      // Raft compacts only what it knows applied (not yet this batch): until the log really starts
-      // behind the restored state, try again after the next batch (the member's own attributes follow).
-      if (this.logStore.logStart.index > 0) {
-        await this.db.batch([{ type: 'del', key: metaKey.restoredState }], { sync: true });
-        this.restoredState = false;
+      if (waiter !== undefined) {
+        this.waiters.delete(id);
+        waiter.resolve(result);
       }
-    } else if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
-      await this.takeSnapshot();
     }
-  }
-
-  /** What follows an applied batch's database write: answers, membership, leadership. */
-  private afterFlush(answered: readonly [Waiter, ApplyResult][], appliedChanges: readonly string[], membershipChanged: boolean, removedSelf: boolean): void {
-    for (const [waiter, result] of answered) waiter.resolve(result);
     for (const requestId of appliedChanges) {
       this.changeWaiters.get(requestId)?.();
       this.changeWaiters.delete(requestId);
@@ -936,6 +903,18 @@ export class Member {
       setTimeout(() => this.options.onRemoved?.(), 200).unref();
     }
     this.followLeadership();
+    if (this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined) {
+      // Everything up to here (the founding members) is in the snapshot too; keep no entry behind it.
+      await this.takeSnapshot(0);
+      // Raft compacts only what it knows applied (not yet this batch): until the log really starts
+      // behind the restored state, try again after the next batch (the member's own attributes follow).
+      if (this.logStore.logStart.index > 0) {
+        await this.db.batch([{ type: 'del', key: metaKey.restoredState }], { sync: true });
+        this.restoredState = false;
+      }
+    } else if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
+      await this.takeSnapshot();
+    }
   }
 
   /** Snapshots the state machine at the applied index and compacts the log behind it. */
@@ -1153,18 +1132,11 @@ export class Member {
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     await this.loop.close();
-    await this.applyFlush.catch(() => undefined);
     await this.transport.close();
     await this.store.whenCompacted().catch(() => undefined);
     if (this.stateView !== undefined) this.retireStateView(this.stateView);
     await this.db.close();
   }
-}
-
-/** A proposal's caller: when it was proposed (performance.now()) and how to answer it. */
-interface Waiter {
-  readonly proposedMs: number;
-  readonly resolve: (result: ApplyResult) => void;
 }
 
 function parseChangeContext(text: string): ChangeContext | undefined {
