@@ -3,8 +3,10 @@
  * `rampart-<UTC time>.snapshot` (0600 in a 0700 directory), read back and checked before it counts,
  * then only the newest `--retention` kept. `--every` repeats it for as long as the command runs (a
  * failed round is reported and the next one still runs); deploy/systemd/rampart-backup.timer runs
- * it hourly instead. `rampart backup verify FILE` opens a backup, checks its framing and SHA-256, and
- * counts its keys.
+ * it hourly instead. Backups are sealed (AES-256-GCM, src/encryption/sealed-file.ts) under a snapshot
+ * key file, by default `<dir>/pki/backup.key` (0600), kept apart from the backup directory;
+ * `--no-seal` writes plaintext. `rampart backup verify FILE` opens a backup (with its
+ * `--snapshot-key-file` when sealed), checks its framing and SHA-256, and counts its keys.
  */
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -19,6 +21,8 @@ export interface BackupOptions {
   /** Backups kept, newest first; older ones are removed after a new one is verified. */
   readonly retention: number;
   readonly connection: ConnectionOptions;
+  /** The snapshot key backups are sealed under; absent only with an explicit --no-seal. */
+  readonly sealKey?: Buffer;
 }
 
 /** The backup file name for a moment: sortable UTC time, milliseconds included. */
@@ -34,10 +38,10 @@ export function describeSummary(summary: SnapshotSummary): string {
 export async function backupOnce(options: BackupOptions, print: (line: string) => void, now = new Date()): Promise<string> {
   await mkdir(options.outDirectory, { recursive: true, mode: 0o700 });
   const file = path.join(options.outDirectory, backupName(now));
-  await saveSnapshot(options.connection, file, 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes'));
-  // A backup counts only once it reads back whole: only then may older ones go.
-  const { summary } = await readSnapshot(file);
-  print(`backup ${file}: ${describeSummary(summary)}`);
+  await saveSnapshot(options.connection, file, 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes'), options.sealKey);
+  // A backup counts only once it reads back whole (opened with its key): only then may older ones go.
+  const { summary } = await readSnapshot(file, undefined, options.sealKey);
+  print(`backup ${file}${options.sealKey === undefined ? ' (not sealed)' : ' (sealed)'}: ${describeSummary(summary)}`);
   const backups = (await readdir(options.outDirectory)).filter((name) => backupPattern.test(name)).sort();
   for (const old of backups.slice(0, Math.max(0, backups.length - options.retention))) {
     await rm(path.join(options.outDirectory, old), { force: true });
@@ -69,6 +73,6 @@ export function parseInterval(text: string): number {
   return value;
 }
 
-export async function verifyBackup(file: string): Promise<SnapshotSummary> {
-  return (await readSnapshot(file, startProgress(`reading ${file}`, 'bytes'))).summary;
+export async function verifyBackup(file: string, snapshotKey?: Buffer): Promise<SnapshotSummary> {
+  return (await readSnapshot(file, startProgress(`reading ${file}`, 'bytes'), snapshotKey)).summary;
 }

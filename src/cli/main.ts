@@ -676,9 +676,19 @@ const backup = connectionOptions(program.command('backup').description('snapshot
   .option('--out-dir <dir>', 'the backup directory (created 0700)', 'rampart-backups')
   .option('--retention <count>', 'backups kept (older ones removed once a new one is verified)', integer, 24)
   .option('--every <interval>', 'repeat every interval (90s, 30m, 1h, 1d) until stopped')
-  .action(async (flags: ConnectionOptions & { outDir: string; retention: number; every?: string }) => {
+  .option('--seal-key-file <file>', 'seal backups under this 32-byte snapshot key, created (0600) when missing (default: <dir>/pki/backup.key)')
+  .option('--no-seal', 'write backups in plaintext (anyone who reads them reads every key and value)')
+  .action(async (flags: ConnectionOptions & { outDir: string; retention: number; every?: string; sealKeyFile?: string; seal: boolean }) => {
     if (flags.retention < 1) fail('--retention must be at least 1');
-    const options = { outDirectory: flags.outDir, retention: flags.retention, connection: flags };
+    let sealKey: Buffer | undefined;
+    if (flags.seal) {
+      const keyFile = flags.sealKeyFile ?? path.join(flags.dir, 'pki', 'backup.key');
+      if (await FileKekProvider.ensure(keyFile).catch(fail)) print(`created the backup key ${path.resolve(keyFile)} (keep it apart from the backups: it opens them)`);
+      sealKey = await readSnapshotKey(keyFile).catch(fail);
+    } else {
+      process.stderr.write('rampart: warning: --no-seal: backups are written in plaintext\n');
+    }
+    const options = { outDirectory: flags.outDir, retention: flags.retention, connection: flags, ...(sealKey === undefined ? {} : { sealKey }) };
     if (flags.every === undefined) {
       await backupOnce(options, print).catch(fail);
       return;
@@ -696,8 +706,9 @@ const backup = connectionOptions(program.command('backup').description('snapshot
 backup
   .command('verify <file>')
   .description('open a backup, check its framing and SHA-256, count its keys; exit status 1 if it is damaged')
-  .action(async (file: string) => {
-    const summary = await verifyBackup(file).catch(fail);
+  .option('--snapshot-key-file <file>', 'the key a sealed backup was sealed under (rampart backup --seal-key-file; by default it created <dir>/pki/backup.key)')
+  .action(async (file: string, flags: { snapshotKeyFile?: string }) => {
+    const summary = await (flags.snapshotKeyFile === undefined ? verifyBackup(file) : readSnapshotKey(flags.snapshotKeyFile).then((key) => verifyBackup(file, key))).catch(fail);
     print(`backup ${file} is intact: ${describeSummary(summary)}`);
   });
 

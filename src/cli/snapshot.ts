@@ -67,9 +67,17 @@ async function readWhole(file: string, progress?: Progress): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** Reads a whole Rampart snapshot file and checks it; throws naming the problem when it is not intact. */
-export async function readSnapshot(file: string, progress?: Progress): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
-  return parseSnapshot(await readWhole(file, progress), file);
+/**
+ * Reads a whole Rampart snapshot file, opening it first when it is sealed, and checks it; throws
+ * naming the problem when it is not intact.
+ */
+export async function readSnapshot(file: string, progress?: Progress, snapshotKey?: Buffer): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
+  let content = await readWhole(file, progress);
+  if (isSealedFile(content)) {
+    if (snapshotKey === undefined) throw new Error(`${file} is a sealed snapshot: pass its --snapshot-key-file`);
+    content = openFile(snapshotKey, content, file);
+  }
+  return parseSnapshot(content, file);
 }
 
 /** Checks a Rampart snapshot's bytes whole (magic, framing, padding, SHA-256, records) and summarises it. */

@@ -1,7 +1,8 @@
 /**
  * Backups and the multi-member restore, on a real 3-member `rampart up` cluster: `rampart backup`
- * saves, verifies and prunes to --retention; --every runs it on a schedule until stopped;
- * `rampart backup verify` counts keys and refuses a damaged file; and the README's restore steps
+ * saves sealed backups (no value readable in the file; --no-seal only when asked), verifies and
+ * prunes to --retention; --every runs it on a schedule until stopped; `rampart backup verify`
+ * counts keys with the backup key and refuses a damaged file or a missing key; and the README's restore steps
  * bring back all three members from one backup, with the data and a working quorum.
  */
 import { spawn } from 'node:child_process';
@@ -17,6 +18,7 @@ describe('backups and multi-member restore', () => {
   let cluster: string;
   let basePort: number;
   const backups = (): string => path.join(home, 'backups');
+  const backupKey = (): string => path.join(cluster, 'pki', 'backup.key');
   const etcdctl = (port: number, args: string[]) => run('etcdctl', ['--endpoints', `https://127.0.0.1:${port}`, '--cacert', path.join(cluster, 'pki', 'ca.crt'), '--cert', path.join(cluster, 'pki', 'admin.crt'), '--key', path.join(cluster, 'pki', 'admin.key'), '--command-timeout=10s', ...args], { env: cleanEnvironment() });
 
   beforeAll(async () => {
@@ -39,22 +41,39 @@ describe('backups and multi-member restore', () => {
     for (let round = 0; round < 3; round++) {
       const result = await rampart(['backup', '--dir', cluster, '--out-dir', backups(), '--retention', '2']);
       expect(result.code, result.stderr).toBe(0);
-      const file = /^backup (\S+): 19 keys /m.exec(result.stdout)?.[1];
+      const file = /^backup (\S+) \(sealed\): 19 keys /m.exec(result.stdout)?.[1];
       expect(file, result.stdout).toBeDefined();
       made.push(file as string);
       if (round === 2) expect(result.stdout).toContain(`removed ${made[0]} (--retention 2)`);
     }
     expect((await readdir(backups())).sort()).toEqual(made.slice(1).map((file) => path.basename(file)).sort());
 
-    const verified = await rampart(['backup', 'verify', made[2] as string]);
-    expect(verified.stdout).toMatch(/^backup \S+ is intact: 19 keys \(\d+ key revisions, 0 leases\) at revision \d+, \d+ bytes, sha256 [0-9a-f]{64}\n$/);
+    // Sealed: no key or value of the cluster is readable in the file.
     const content = await readFile(made[2] as string);
+    // (Key names, not the two-byte values: random ciphertext holds a given two-byte run in ~1 file of 10.)
+    for (let index = 0; index < 19; index++) expect(content.includes(Buffer.from(`/app/${index}`))).toBe(false);
+    const withoutKey = await rampart(['backup', 'verify', made[2] as string]);
+    expect(withoutKey.code).toBe(1);
+    expect(withoutKey.stderr).toContain('is a sealed snapshot: pass its --snapshot-key-file');
+    const verified = await rampart(['backup', 'verify', made[2] as string, '--snapshot-key-file', backupKey()]);
+    expect(verified.stdout).toMatch(/^backup \S+ is intact: 19 keys \(\d+ key revisions, 0 leases\) at revision \d+, \d+ bytes, sha256 [0-9a-f]{64}\n$/);
     content[100] = (content[100] ?? 0) ^ 0xff;
     const damaged = path.join(home, 'damaged.snapshot');
     await writeFile(damaged, content);
-    const refused = await rampart(['backup', 'verify', damaged]);
+    const refused = await rampart(['backup', 'verify', damaged, '--snapshot-key-file', backupKey()]);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toContain('SHA-256 mismatch');
+    expect(refused.stderr).toContain('altered or damaged');
+    // Plaintext only when asked for, with a warning; its framing checks still catch damage.
+    const plain = await rampart(['backup', '--dir', cluster, '--out-dir', path.join(home, 'plain-backups'), '--no-seal']);
+    expect(plain.stderr).toContain('--no-seal: backups are written in plaintext');
+    const plainFile = /^backup (\S+) \(not sealed\): 19 keys /m.exec(plain.stdout)?.[1] as string;
+    const plainContent = await readFile(plainFile);
+    expect(plainContent.includes(Buffer.from('/app/5'))).toBe(true);
+    plainContent[100] = (plainContent[100] ?? 0) ^ 0xff;
+    await writeFile(damaged, plainContent);
+    const plainRefused = await rampart(['backup', 'verify', damaged]);
+    expect(plainRefused.code).toBe(1);
+    expect(plainRefused.stderr).toContain('SHA-256 mismatch');
   });
 
   it('--every backs up on a schedule until stopped', async () => {
@@ -68,7 +87,7 @@ describe('backups and multi-member restore', () => {
     while (!output.includes('backup ') && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
-    expect(output).toMatch(/^backup \S+: 19 keys/m);
+    expect(output).toMatch(/^backup \S+ \(sealed\): 19 keys/m);
     expect(code).toBe(0);
     expect(await readdir(scheduled)).toHaveLength(1);
   });
@@ -81,7 +100,7 @@ describe('backups and multi-member restore', () => {
     expect((await rampart(['down', '--dir', cluster])).code).toBe(0);
     for (const member of ['m1', 'm2', 'm3']) {
       await rename(path.join(cluster, member, 'data'), path.join(cluster, member, 'data.before-restore'));
-      const restored = await rampart(['snapshot', 'restore', file, '--data-dir', path.join(cluster, member, 'data'), '--encryption-key-file', path.join(cluster, member, 'encryption.key')]);
+      const restored = await rampart(['snapshot', 'restore', file, '--snapshot-key-file', backupKey(), '--data-dir', path.join(cluster, member, 'data'), '--encryption-key-file', path.join(cluster, member, 'encryption.key')]);
       expect(restored.code, restored.stderr).toBe(0);
     }
     const upAgain = await rampart(['up', '--dir', cluster], 90_000);
