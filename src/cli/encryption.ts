@@ -78,6 +78,36 @@ export async function encryptionRotate(options: ConnectionOptions, kek: boolean)
   }
 }
 
+/**
+ * After a rotation: polls every member until each has finished it — a DEK rotation when every member
+ * has a new active DEK, everything re-sealed under it and the old DEKs deleted; a KEK rotation when
+ * every member's DEKs are wrapped under a new KEK — printing a progress line every interval.
+ */
+export async function waitForRotation(options: ConnectionOptions, before: readonly MemberEncryptionStatus[], kek: boolean, timeoutMs: number, progress: (line: string) => void, intervalMs = 2000): Promise<MemberEncryptionStatus[]> {
+  const started = Date.now();
+  const previous = new Map(before.map((status) => [status.member, status]));
+  const finished = (status: MemberEncryptionStatus): boolean => {
+    const was = previous.get(status.member);
+    if (was === undefined) return false;
+    return kek
+      ? status.kek_id !== was.kek_id && status.deks.every((dek) => dek.kek_id === status.kek_id)
+      : status.active_dek !== was.active_dek && status.percent_resealed >= 100 && !status.reseal_running && status.deks.length === 1;
+  };
+  let lastLine = started;
+  for (;;) {
+    // A member that restarts during the pass answers again later: keep asking until the deadline.
+    const statuses = await encryptionStatus(options).catch(() => [] as MemberEncryptionStatus[]);
+    if (statuses.length === before.length && statuses.every(finished)) return statuses;
+    if (Date.now() - started > timeoutMs) throw new Error(`the rotation did not finish on every member within ${Math.round(timeoutMs / 1000)} s; \`rampart encryption status\` shows where it stands`);
+    if (Date.now() - lastLine >= intervalMs) {
+      lastLine = Date.now();
+      const members = statuses.length === 0 ? 'no member answered' : statuses.map((status) => `${status.member} ${kek ? (finished(status) ? 're-wrapped' : 'pending') : `${status.percent_resealed.toFixed(1)}%`}`).join(', ');
+      progress(`${kek ? 're-wrapping' : 're-sealing'}: ${members}, ${((Date.now() - started) / 1000).toFixed(0)} s`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 500));
+  }
+}
+
 export function formatStatus(status: MemberEncryptionStatus): string {
   if (!status.encrypted) return `${status.member}: NOT encrypted at rest`;
   const deks = status.deks.map((dek) => `dek ${dek.id}: ${dek.records} records`).join(', ');

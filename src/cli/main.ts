@@ -20,7 +20,7 @@ import { rotateDevKey, serveDevPlugin } from '../encryption/kms-dev-plugin.js';
 import type { KekProvider } from '../encryption/kek.js';
 import { restoreSnapshot, saveSnapshot } from './snapshot.js';
 import { startProgress } from './progress.js';
-import { encryptionRotate, encryptionStatus, formatStatus } from './encryption.js';
+import { encryptionRotate, encryptionStatus, formatStatus, waitForRotation } from './encryption.js';
 import { applyConfigFile } from './config-file.js';
 import { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { RevocationList, crlFileName, crlNumberFileName, revoke } from '../pki/revocation.js';
@@ -744,9 +744,17 @@ connectionOptions(encryptionCommand.command('status').description('per member: p
   });
 connectionOptions(encryptionCommand.command('rotate').description('a new data key on every member (older records are re-sealed in the background); --kek: re-wrap the data keys under a new key-encryption key'))
   .option('--kek', 'rotate the key-encryption key instead', false)
-  .action(async (flags: ConnectionOptions & { kek: boolean }) => {
+  .option('--wait', 'wait until every member has finished (re-sealed everything, deleted the old data key), with progress lines', false)
+  .option('--wait-timeout <seconds>', 'give up waiting after this long', integer, 3600)
+  .action(async (flags: ConnectionOptions & { kek: boolean; wait: boolean; waitTimeout: number }) => {
+    const before = flags.wait ? await encryptionStatus(flags).catch(fail) : [];
     await encryptionRotate(flags, flags.kek).catch(fail);
-    print(flags.kek ? 'every member re-wraps its data keys under a new key-encryption key' : 'every member rotated its data key; `rampart encryption status` shows the re-seal progress');
+    if (!flags.wait) {
+      print(flags.kek ? 'every member re-wraps its data keys under a new key-encryption key' : 'every member rotated its data key; `rampart encryption status` shows the re-seal progress (or rotate --wait)');
+      return;
+    }
+    const after = await waitForRotation(flags, before, flags.kek, flags.waitTimeout * 1000, (line) => process.stderr.write(`${line}\n`)).catch(fail);
+    for (const status of after) print(formatStatus(status));
   });
 
 const policy = program.command('policy').description('RBAC policy files (policies/*.yaml): validate, test, diff, apply, export');

@@ -166,4 +166,19 @@ describe('online DEK rotation', () => {
     expect(read.code).toBe(0);
     expect(read.stdout.length).toBeGreaterThan(0);
   }, 60_000);
+
+  it('rotate --wait returns once every member has re-sealed everything and deleted the old DEK, with progress lines', async () => {
+    const before = await status();
+    const waited = await run(process.execPath, [rampartBin, 'encryption', 'rotate', '--wait', '--endpoints', endpoints()], { timeoutMs: 90_000 });
+    expect(waited.code, waited.stderr).toBe(0);
+    // Thousands of records at 400 a second: the pass takes seconds, so progress lines were printed.
+    expect(waited.stderr).toMatch(/^re-sealing: m\d [\d.]+%, m\d [\d.]+%, m\d [\d.]+%, \d+ s$/m);
+    const lines = waited.stdout.trim().split('\n');
+    expect(lines).toHaveLength(3);
+    const dek = (before[0]?.active_dek ?? 0) + 1;
+    for (const line of lines) expect(line).toContain(`active dek ${dek}; dek ${dek}: `);
+    // Done means done: asked right after, every member is finished, nothing to poll for.
+    const after = await status();
+    expect(after.every((member) => member.active_dek === dek && member.percent_resealed === 100 && !member.reseal_running && member.deks.map((entry) => entry.id).join() === String(dek))).toBe(true);
+  }, 120_000);
 });
