@@ -5,31 +5,12 @@
  * the client's next put lands with the new leader. The longest put and the write gap are reported.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { call, connect } from '../helpers/client.js';
+import { call, connect, leaderOf } from '../helpers/client.js';
 import { startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
 
 const endpointOf = (member: ClusterMember): string => `127.0.0.1:${member.port}`;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function leaderOf(cluster: Cluster): Promise<ClusterMember> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    for (const member of cluster.members) {
-      const client = connect(endpointOf(member));
-      try {
-        const response = await call(client.maintenance, 'Status', {});
-        const header = response.header as Record<string, string>;
-        if (String(response.leader) !== '0' && String(response.leader) === String(header.member_id)) return member;
-      } catch {
-        // not serving
-      } finally {
-        client.close();
-      }
-    }
-    if (Date.now() > deadline) throw new Error('no leader');
-    await sleep(100);
-  }
-}
 
 describe('failover', () => {
   let cluster: Cluster | undefined;

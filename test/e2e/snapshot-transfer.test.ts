@@ -10,7 +10,7 @@
 import { readFileSync } from 'node:fs';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { call, connect, type RawClient } from '../helpers/client.js';
+import { call, connect, leaderOf, type RawClient } from '../helpers/client.js';
 import { etcdctl, startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
 
 const big = process.env.RAMPART_BIG_SNAPSHOT === '1';
@@ -21,26 +21,6 @@ const putsPerTxn = 128;
 
 const endpointOf = (member: ClusterMember): string => `127.0.0.1:${member.port}`;
 
-async function leaderOf(cluster: Cluster): Promise<ClusterMember> {
-  const deadline = Date.now() + 15_000;
-  for (;;) {
-    for (const member of cluster.members) {
-      if (member.process === undefined) continue;
-      const client = connect(endpointOf(member));
-      try {
-        const response = await call(client.maintenance, 'Status', {});
-        const header = response.header as Record<string, string>;
-        if (String(response.leader) !== '0' && String(response.leader) === String(header.member_id)) return member;
-      } catch {
-        // not serving yet
-      } finally {
-        client.close();
-      }
-    }
-    if (Date.now() > deadline) throw new Error('no leader');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 /** Writes keys in transactions of `putsPerTxn` puts, several in flight, retrying when briefly unavailable. */
 async function load(client: RawClient, count: number): Promise<void> {

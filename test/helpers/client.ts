@@ -1,6 +1,7 @@
 /** A raw gRPC client over Rampart's own proto definitions, for what etcdctl cannot exercise. */
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../../src/api/proto.js';
+import type { Cluster, ClusterMember } from './processes.js';
 
 type Unary = (request: object, callback: (error: grpc.ServiceError | null, response: Record<string, unknown>) => void) => void;
 
@@ -79,5 +80,27 @@ export class WatchRecorder {
         resolve();
       } });
     });
+  }
+}
+
+/** The member that reports itself leader (members not running are skipped); waits up to 15 s for one. */
+export async function leaderOf(cluster: Cluster): Promise<ClusterMember> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    for (const member of cluster.members) {
+      if (member.process === undefined) continue;
+      const client = connect(`127.0.0.1:${member.port}`);
+      try {
+        const response = await call(client.maintenance, 'Status', {});
+        const header = response.header as Record<string, string>;
+        if (String(response.leader) !== '0' && String(response.leader) === String(header.member_id)) return member;
+      } catch {
+        // not serving (yet)
+      } finally {
+        client.close();
+      }
+    }
+    if (Date.now() > deadline) throw new Error('no leader');
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
