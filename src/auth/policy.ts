@@ -177,10 +177,13 @@ function readPolicyText(file: string, text: string): { parsed?: PolicyFile; brok
   return { parsed: result.data, located, problems };
 }
 
-/** Loads every `*.yaml`/`*.yml` in a directory (or one file) into one validated policy. */
+/** The audit policy lives next to the RBAC files (`policies/audit.yaml`) but is not one of them. */
+const auditPolicyName = /^audit\.ya?ml$/;
+
+/** Loads every `*.yaml`/`*.yml` in a directory (or one file) into one validated policy; `audit.yaml` is the audit policy's (audit/policy.ts). */
 export async function loadPolicy(target: string): Promise<Policy> {
   const entries = await readdir(target).then(
-    (names) => names.filter((entry) => /\.ya?ml$/.test(entry)).sort().map((entry) => path.join(target, entry)),
+    (names) => names.filter((entry) => /\.ya?ml$/.test(entry) && !auditPolicyName.test(entry)).sort().map((entry) => path.join(target, entry)),
     () => [target],
   );
   const texts = await Promise.all(entries.map(async (file) => ({ file, text: await readFile(file, 'utf8') })));
