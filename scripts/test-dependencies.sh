@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the tests drive, only those missing: etcdctl (and etcd as the
 # reference the parity test and the benchmark compare against), promtool (the alert rules test),
-# systemd-analyze (the systemd unit test) and python3-etcd3 (a third-party client over TLS). Runs
+# systemd-analyze (the systemd unit test), python3-etcd3 (a third-party client over TLS) and
+# patroni with PostgreSQL 15 (PostgreSQL HA over the JSON gateway, test/e2e/patroni). Runs
 # as root without sudo, as a user through sudo when there is one; nothing to do (and no privilege
 # needed) when everything is installed.
 set -eu
@@ -13,6 +14,9 @@ need promtool prometheus
 need systemd-analyze systemd
 # python3-etcd3: a client nobody here wrote, with a password over server TLS (test/e2e/client-tls).
 /usr/bin/python3 -c 'import etcd3' >/dev/null 2>&1 || missing="$missing python3-etcd3"
+# patroni's package does not pull in a server; the e2e runs PostgreSQL 15 from its Debian path.
+need patroni patroni
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$missing postgresql-15"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
   as_root=""

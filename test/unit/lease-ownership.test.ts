@@ -29,6 +29,8 @@ describe('lease ownership', () => {
     const owners = (id: bigint): string | undefined => (id === 7n ? 'alice' : undefined);
     expect(outcome({ id: 0, request: 'lease_revoke', lease_revoke: { ID: '7' }, caller: as('bob') } as InternalRequest, owners)).toBe('PermissionDenied');
     expect(outcome({ id: 0, request: 'lease_revoke', lease_revoke: { ID: '7' }, caller: as('alice') } as InternalRequest, owners)).toBe('allowed');
+    // The leader's own revoke of an expired lease carries no caller: it must pass, or no lease expires.
+    expect(outcome({ id: 0, request: 'lease_revoke', lease_revoke: { ID: '7' } } as InternalRequest, owners)).toBe('allowed');
     const put = (caller: string): InternalRequest => ({ id: 0, request: 'txn', caller: as(caller), txn: { compare: [], success: [], failure: [{ request: 'request_put', request_put: { key: Buffer.from('k'), value: Buffer.from('v'), lease: '7' } }] } } as unknown as InternalRequest);
     expect(outcome(put('bob'), owners)).toBe('PermissionDenied'); // in a Txn's other branch too
     expect(outcome(put('alice'), owners)).toBe('allowed');
