@@ -501,7 +501,8 @@ export function createServices(options: ServicesOptions): ServiceTable {
       await admin(call);
       await member.readBarrier();
       const state = member.auth.state;
-      return { policy_json: encodePolicy(policyStateOf(state)), auth_revision: state.revision, auth_enabled: state.enabled };
+      const passwordUsers = [...state.users.values()].filter((user) => user.passwordHash !== '').map((user) => user.name).sort();
+      return { policy_json: encodePolicy(policyStateOf(state)), auth_revision: state.revision, auth_enabled: state.enabled, password_users: passwordUsers };
     }),
     Apply: unary('PolicyApply', async (request: { policy_json: string; expect_revision: Int64In }, call) => {
       const caller = await admin(call);

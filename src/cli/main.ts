@@ -34,6 +34,7 @@ import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
+import { registerCompliance } from './compliance.js';
 import { backupEvery, backupOnce, describeSummary, parseInterval, verifyBackup } from './backup.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
@@ -599,7 +600,7 @@ cert
   .option('--days <days>', 'lifetime in days', integer, leafValidityDaysDefault)
   .option('--out <dir>', 'where to write NAME.crt and NAME.key (default: the PKI directory)')
   .action(async (kind: string, name: string, flags: { pkiDir: string; san: string[]; days: number; out?: string }) => {
-    if (kind !== 'server' && kind !== 'peer' && kind !== 'client') fail(`kind must be server, peer or client, not ${kind}`);
+    if (kind !== 'server' && kind !== 'peer' && kind !== 'client' && kind !== 'audit') fail(`kind must be server, peer, client or audit, not ${kind}`);
     if (flags.days < 1 || flags.days > 825) fail('--days must be between 1 and 825');
     const authority = await readKeyPair(path.join(flags.pkiDir, 'ca'), 'ca').catch(() => fail(`no CA in ${path.join(flags.pkiDir, 'ca')}; run \`rampart ca init\` first`));
     const pair = await issueCertificate(authority, { kind, commonName: name, subjectAltNames: flags.san, validityDays: flags.days });
@@ -888,5 +889,7 @@ program
     if ((shell ?? 'bash') !== 'bash') fail(`only bash completion is generated (got ${shell}); zsh can load it with bashcompinit`);
     process.stdout.write(bashCompletion(program));
   });
+
+registerCompliance(program, connectionOptions);
 
 await program.parseAsync(process.argv);

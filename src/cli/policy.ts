@@ -21,7 +21,7 @@ export interface ConnectionOptions {
 }
 
 interface PolicyClient extends grpc.Client {
-  Export(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { policy_json: string; auth_revision: string; auth_enabled: boolean }) => void): void;
+  Export(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { policy_json: string; auth_revision: string; auth_enabled: boolean; password_users?: string[] }) => void): void;
   Apply(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { changed: boolean; auth_revision: string }) => void): void;
 }
 
@@ -29,6 +29,8 @@ export interface LivePolicy {
   readonly state: PolicyState;
   readonly revision: number;
   readonly enabled: boolean;
+  /** Users who can log in with a password (names only). */
+  readonly passwordUsers: readonly string[];
 }
 
 interface AuditClient extends grpc.Client {
@@ -82,7 +84,7 @@ export class PolicyConnection {
     return new Promise((resolve, reject) => {
       this.client.Export({}, { deadline: Date.now() + 10_000 }, (error, response) => {
         if (error !== null) return reject(new Error(error.details));
-        resolve({ state: decodePolicy(response.policy_json), revision: Number(response.auth_revision), enabled: response.auth_enabled });
+        resolve({ state: decodePolicy(response.policy_json), revision: Number(response.auth_revision), enabled: response.auth_enabled, passwordUsers: response.password_users ?? [] });
       });
     });
   }
@@ -166,7 +168,7 @@ export async function applyPolicy(directory: string, connection: ConnectionOptio
 }
 
 /** Why the cluster would refuse to apply `wanted` over the live policy, or undefined when it would not. */
-export function refusalOf(live: LivePolicy, wanted: PolicyState): string | undefined {
+export function refusalOf(live: Omit<LivePolicy, 'passwordUsers'>, wanted: PolicyState): string | undefined {
   try {
     applyAuthChange(stateWithPolicy({ ...emptyAuthState, revision: live.revision }, live.state, live.enabled), { op: 'policyApply', policy: wanted, expectRevision: live.revision });
     return undefined;
