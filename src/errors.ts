@@ -65,6 +65,7 @@ export const errorCodes = [
   'CertificateExpired',
   'AuditBacklog',
   'AuditUnavailable',
+  'AuditSinksDown',
   'TokenRequired',
   'NotSupportedForLearner',
 ] as const;

@@ -78,6 +78,8 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   CertificateRevoked: { code: status.UNAUTHENTICATED, message: 'rampart: certificate revoked' },
   CertificateExpired: { code: status.UNAUTHENTICATED, message: 'rampart: certificate expired' },
   AuditUnavailable: { code: status.UNAVAILABLE, message: 'rampart: the audit trail cannot be written; the request may have been applied' },
+  // --audit-fail-closed: refused before anything was applied, until a sink takes events again.
+  AuditSinksDown: { code: status.UNAVAILABLE, message: 'rampart: no audit sink takes events (--audit-fail-closed); the request was not applied, retry when a sink is back' },
   NotSupportedForLearner: { code: status.UNAVAILABLE, message: 'etcdserver: rpc not supported for learner' },
   // --client-cert-auth=false: a caller without a client certificate must log in with a password.
   TokenRequired: { code: status.UNAUTHENTICATED, message: 'rampart: no client certificate; authenticate with a user name and password first' },

@@ -70,6 +70,8 @@ export interface ServicesOptions {
   readonly metrics?: ServerMetrics;
   /** Where every client request and its decision is recorded (hash-chained). */
   readonly audit?: AuditLog;
+  /** --audit-fail-closed: false while no audit sink takes events; requests (but Status) are then refused. */
+  readonly auditSinksAccepting?: () => boolean;
 }
 
 /** What the handlers share: the member, identity, the audit trail, and the RPC wrappers. */
@@ -144,6 +146,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
   const warnRefusedCertificate = rateLimitedWarning(logger, 'refused a client certificate');
   /** A refused certificate is refused on every call, also on connections opened before. */
   const refusal = (call: CallContext, rpc: string): RampartError | undefined => {
+    if (rpc !== 'Status' && options.auditSinksAccepting?.() === false) return new RampartError('AuditSinksDown');
     const certificate = call.certificate;
     const problem = options.refuseCertificate === undefined || certificate === undefined ? undefined : options.refuseCertificate(certificate);
     if (problem === undefined) return undefined;
@@ -169,7 +172,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
       const seconds = (): number => (performance.now() - started) / 1000;
       const refused = refusal(call, name);
       if (refused !== undefined) {
-        options.metrics?.handled(name, 'UNAUTHENTICATED', seconds());
+        options.metrics?.handled(name, statusName(statusOf(refused).code), seconds());
         await auditBeforeAnswer(call, name, request as Record<string, unknown>, refused);
         throw refused;
       }

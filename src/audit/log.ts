@@ -71,7 +71,7 @@ export class AuditLog {
   private failed: unknown;
   private closed = false;
   private durable: ChainHead;
-  private readonly listeners = new Set<(line: string) => void>();
+  private readonly listeners = new Set<(line: string, file: string) => void>();
 
   /** Events recorded and not yet handed to the writer (the metrics' audit queue). */
   get queuedEvents(): number {
@@ -169,7 +169,7 @@ export class AuditLog {
       }
       if (batch.head !== undefined) this.durable = batch.head;
       batch.resolve();
-      for (const listener of this.listeners) for (const line of batch.lines) listener(line);
+      for (const listener of this.listeners) for (const line of batch.lines) listener(line, this.file);
     }
     this.draining = false;
   }
@@ -186,8 +186,8 @@ export class AuditLog {
     return this.durable;
   }
 
-  /** Calls `listener` with each event's line once it is durably written; returns the unsubscribe. */
-  subscribe(listener: (line: string) => void): () => void {
+  /** Calls `listener` with each event's line (and its file) once it is durably written; returns the unsubscribe. */
+  subscribe(listener: (line: string, file: string) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
   }

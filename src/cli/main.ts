@@ -43,6 +43,7 @@ import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
+import { startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -142,6 +143,8 @@ interface ServeFlags {
   auditAnchorIntervalMs: number;
   auditSigningCertFile?: string;
   auditSigningKeyFile?: string;
+  auditSink: string[];
+  auditFailClosed: boolean;
   encryption: boolean;
   encryptionKeyFile?: string;
   encryptionRotationInterval: number;
@@ -186,6 +189,8 @@ program
   .option('--no-audit', 'keep no audit trail (not recommended)')
   .option('--audit-signing-cert-file <file>', 'certificate (kind audit, from the cluster CA) of the key that signs this member\'s audit checkpoints')
   .option('--audit-signing-key-file <file>', 'the key that signs this member\'s audit checkpoints')
+  .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', (value: string, previous: string[]) => [...previous, value], [] as string[])
+  .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
@@ -373,6 +378,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const audit = flags.audit
     ? await AuditLog.open(auditDirectory, member.memberHex, auditWriteFailed).catch(auditWriteFailed)
     : undefined;
+  const sinks = await startAuditSinks(flags satisfies AuditSinkFlags, audit, auditDirectory, member.memberHex, packageJson.version, logger);
   // Anchors outside the trail: every few seconds the durable chain head goes to the structured log
   // and, through Raft, into the replicated state (a checkpoint a quorum witnesses), so a trail cut
   // short, rewritten or missing a file no longer matches; and once more on shutdown.
@@ -424,7 +430,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     }, 8000).unref();
     const lastCheckpoint = audit === undefined ? Promise.resolve() : audit.flush().then(checkpointHead);
     void Promise.race([lastCheckpoint.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000))])
-      .then(() => Promise.all([member.close(), audit?.close()])).then(
+      .then(() => Promise.all([member.close(), sinks?.stop(), audit?.close()])).then(
       () => process.exit(0),
       () => process.exit(1),
     );
@@ -445,6 +451,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     certificates: credentials.certificates,
     quotaBytes: flags.quotaBackendBytes,
     ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents }),
+    ...(sinks === undefined ? {} : { auditSinks: () => sinks.statuses() }),
   });
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
     await serveMetrics({
@@ -468,6 +475,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     logger,
     metrics,
     ...(audit === undefined ? {} : { audit }),
+    ...(sinks !== undefined && flags.auditFailClosed ? { auditSinksAccepting: () => sinks.accepting() } : {}),
     tokenTtlSeconds: Math.max(1, flags.authTokenTtl),
     refuseCertificate,
     anonymousAllowed: flags.insecure,

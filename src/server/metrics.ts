@@ -20,6 +20,7 @@ import type { X509Certificate } from 'node:crypto';
 import { remainingLifetime } from '../pki/reloading-provider.js';
 import type { Member } from './member.js';
 import { instruments, type Instrument } from '../instruments.js';
+import type { SinkStatus } from '../audit/sinks/sink.js';
 
 export interface CertificateSource {
   readonly use: 'client' | 'peer';
@@ -40,11 +41,8 @@ export interface MetricsSources {
   readonly quotaBytes: number;
   /** Audit events recorded and not yet written (undefined: no audit trail). */
   readonly auditQueue?: () => number;
-  /**
-   * Hook for the audit sinks (shipping the trail elsewhere): failed deliveries so far, by sink name.
-   * Until sinks exist nothing is passed and the metric stays absent.
-   */
-  readonly auditSinkFailures?: () => ReadonlyMap<string, number>;
+  /** The streaming audit sinks (`--audit-sink`), when any: their state, by sink name. */
+  readonly auditSinks?: () => readonly SinkStatus[];
 }
 
 /** grpc-prometheus' code names (Go's codes.Code.String()), which the etcd mixin's alerts match. */
@@ -126,12 +124,25 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
     const queue = sources.auditQueue;
     gauge('rampart_audit_queue_events', 'Audit events recorded and not yet written.', () => queue());
   }
-  if (sources.auditSinkFailures !== undefined) {
-    const failures = sources.auditSinkFailures;
-    new Counter({
-      name: 'rampart_audit_sink_failures_total', help: 'Failed deliveries of audit events to a sink.', labelNames: ['sink'], registers: [registry],
-      collect() { this.reset(); for (const [sink, count] of failures()) this.inc({ sink }, count); },
-    });
+  if (sources.auditSinks !== undefined) {
+    const sinks = sources.auditSinks;
+    const perSink = (name: string, help: string, type: 'gauge' | 'counter', read: (status: SinkStatus) => number): void => {
+      const collect = function (this: Gauge | Counter): void {
+        this.reset();
+        for (const status of sinks()) {
+          if (this instanceof Gauge) this.set({ sink: status.name }, read(status));
+          else this.inc({ sink: status.name }, read(status));
+        }
+      };
+      if (type === 'gauge') new Gauge({ name, help, labelNames: ['sink'], registers: [registry], collect });
+      else new Counter({ name, help, labelNames: ['sink'], registers: [registry], collect });
+    };
+    perSink('rampart_audit_sink_up', 'Whether the audit sink\'s receiver took the last delivery (1) or is failing (0).', 'gauge', (status) => (status.up ? 1 : 0));
+    perSink('rampart_audit_sink_pending_events', 'Audit events durable in the trail that the sink\'s receiver does not hold yet (they are delivered when it can take them).', 'gauge', (status) => status.pending);
+    perSink('rampart_audit_sink_events_delivered_total', 'Audit events the sink\'s receiver acknowledged (or confirmed).', 'counter', (status) => status.delivered);
+    perSink('rampart_audit_sink_failures_total', 'Failed deliveries to the sink\'s receiver (each is retried).', 'counter', (status) => status.failures);
+    perSink('rampart_audit_sink_catch_ups_total', 'Times the sink read the trail files to catch up (start, receiver outage, queue full).', 'counter', (status) => status.catchUps);
+    perSink('rampart_audit_sink_down_seconds', 'How long the sink\'s receiver has been failing (0 while up).', 'gauge', (status) => (status.downSinceMs === undefined ? 0 : (Date.now() - status.downSinceMs) / 1000));
   }
   const handled = new Counter({ name: 'grpc_server_handled_total', help: 'gRPC calls completed, by method and status code.', labelNames: ['grpc_type', 'grpc_method', 'grpc_code'], registers: [registry] });
   const handling = new Histogram({ name: 'grpc_server_handling_seconds', help: 'Time to answer a unary gRPC call.', labelNames: ['grpc_type', 'grpc_method'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [registry] });

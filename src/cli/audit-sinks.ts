@@ -1,0 +1,28 @@
+/**
+ * `rampart serve --audit-sink … [--audit-fail-closed]`: checks the flags and starts the member's
+ * streaming audit sinks (src/audit/sinks/). Sinks stream the trail, so they need one; failing
+ * closed needs a sink to fail on.
+ */
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/log.js';
+import { AuditSinks } from '../audit/sinks/fleet.js';
+import { parseSinkSpecs } from '../audit/sinks/spec.js';
+
+export interface AuditSinkFlags {
+  readonly dataDir: string;
+  readonly auditSink: readonly string[];
+  readonly auditFailClosed: boolean;
+}
+
+export async function startAuditSinks(flags: AuditSinkFlags, trail: AuditLog | undefined, trailDirectory: string, member: string, productVersion: string, logger: Logger): Promise<AuditSinks | undefined> {
+  const specs = parseSinkSpecs(flags.auditSink);
+  if (specs.length === 0) {
+    if (flags.auditFailClosed) throw new Error('--audit-fail-closed needs at least one --audit-sink to fail on');
+    return undefined;
+  }
+  if (trail === undefined) throw new Error('--audit-sink streams the audit trail: not with --no-audit');
+  const sinks = await AuditSinks.start({ specs, trail, trailDirectory, stateDirectory: path.join(flags.dataDir, 'audit-sinks'), member, productVersion, logger });
+  if (flags.auditFailClosed) logger.info({ sinks: specs.map((spec) => spec.name) }, 'audit fails closed: client requests are refused while no audit sink takes events');
+  return sinks;
+}

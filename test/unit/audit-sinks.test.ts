@@ -1,0 +1,302 @@
+/**
+ * Streaming audit sinks, without a network: RFC 5424/5425 framing, `--audit-sink` parsing, the
+ * OCSF mapping validated against the API Activity schema fixture, and the delivery loop (queue
+ * bound, catch-up from the trail files, durable cursor, retries, confirmation) against a real
+ * trail and a scripted receiver.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { AuditEvent } from '../../src/audit/event.js';
+import { AuditLog } from '../../src/audit/log.js';
+import { activityOf, endpointOf, ocsfApiActivity } from '../../src/audit/ocsf.js';
+import { readRecords } from '../../src/audit/records.js';
+import { SinkCursor } from '../../src/audit/sinks/cursor.js';
+import { formatEvent } from '../../src/audit/sinks/format.js';
+import { AuditSink, type SinkLimits } from '../../src/audit/sinks/sink.js';
+import { parseSinkSpec, parseSinkSpecs } from '../../src/audit/sinks/spec.js';
+import { octetCountedFrame, parseOctetCountedFrames, syslogMessage } from '../../src/audit/sinks/syslog-message.js';
+import type { SinkRecord, SinkTransport } from '../../src/audit/sinks/transport.js';
+import { trailFiles } from '../../src/audit/verify.js';
+import { projectRoot, removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+
+const event = (fields: Partial<AuditEvent> = {}): AuditEvent => ({
+  action: 'Put', user: 'alice', via: 'certificate', source: '127.0.0.1:50312', targets: ['/registry/secrets/a', '/app/x..'], outcome: 'allowed', code: 'OK',
+  seq: 7, time: '2026-11-26T07:00:00.123Z', member: '8e9e05c52164694d', prev: '0'.repeat(64), hash: 'a'.repeat(64), ...fields,
+});
+
+describe('syslog framing (RFC 5424 message, RFC 5425 octet counting)', () => {
+  it('frames by byte length, so newlines and multibyte text survive, and splits a stream back', () => {
+    const messages = ['<109>1 - - - - - - one\nline two', 'ünïcödé ✓', 'x'];
+    const stream = Buffer.concat(messages.map(octetCountedFrame));
+    expect(stream.subarray(0, 3).toString()).toBe('31 ');
+    const half = parseOctetCountedFrames(stream.subarray(0, stream.length - 1));
+    expect(half.messages).toEqual(messages.slice(0, 2));
+    expect(half.rest.length).toBeGreaterThan(0);
+    expect(parseOctetCountedFrames(stream).messages).toEqual(messages);
+    expect(() => parseOctetCountedFrames(Buffer.from('abc def'))).toThrow(/not an octet-counted frame/);
+  });
+
+  it('writes PRI, version, time, host, app, procid, msgid, the event id as structured data, then the payload', () => {
+    const message = syslogMessage(event({ user: 'x"]\\' }), { file: 'audit-1.jsonl', seq: 7 }, '{"a":1}', { hostname: 'host one', procId: '42' });
+    expect(message).toBe('<109>1 2026-11-26T07:00:00.123Z host_one rampart 42 Put [rampart@32473 member="8e9e05c52164694d" file="audit-1.jsonl" seq="7"] {"a":1}');
+    const denied = syslogMessage(event({ outcome: 'denied', action: 'Watch create', member: 'a"b]' }), { file: 'f', seq: 1 }, '{}', { hostname: '', procId: '1' });
+    expect(denied).toBe('<108>1 2026-11-26T07:00:00.123Z - rampart 1 Watch_create [rampart@32473 member="a\\"b\\]" file="f" seq="1"] {}');
+  });
+});
+
+describe('--audit-sink', () => {
+  it('parses stdout, syslog+tls and https with their options; https keeps the receiver\'s own query', () => {
+    expect(parseSinkSpec('stdout')).toMatchObject({ kind: 'stdout', name: 'stdout', format: 'rampart' });
+    expect(parseSinkSpec('stdout?format=ocsf&name=collector')).toMatchObject({ kind: 'stdout', name: 'collector', format: 'ocsf' });
+    expect(parseSinkSpec('syslog+tls://siem.example:10514?format=ocsf&ca=/etc/ca.pem&cert=/c.pem&key=/k.pem')).toMatchObject({
+      kind: 'syslog', host: 'siem.example', port: 10514, format: 'ocsf', caFile: '/etc/ca.pem', certFile: '/c.pem', keyFile: '/k.pem', name: 'syslog+tls://siem.example:10514',
+    });
+    expect(parseSinkSpec('syslog+tls://[::1]')).toMatchObject({ host: '::1', port: 6514 });
+    const webhook = parseSinkSpec('https://hec.example/services/collector?channel=abc&token-file=/t&format=ocsf');
+    expect(webhook).toMatchObject({ kind: 'webhook', tokenFile: '/t', format: 'ocsf', name: 'https://hec.example/services/collector' });
+    expect(webhook.kind === 'webhook' ? webhook.url.href : '').toBe('https://hec.example/services/collector?channel=abc');
+    // The cursor id follows the destination, not the options: changing the format resumes where it was.
+    expect(parseSinkSpec('syslog+tls://h:1?format=ocsf').id).toBe(parseSinkSpec('syslog+tls://h:1').id);
+    expect(parseSinkSpec('syslog+tls://h:1').id).not.toBe(parseSinkSpec('syslog+tls://h:2').id);
+  });
+
+  it('refuses what would leak or cannot work, naming the flag and why', () => {
+    expect(() => parseSinkSpec('http://hook.example/x')).toThrow(/--audit-sink http:\/\/hook.example\/x: a webhook must be https/);
+    expect(() => parseSinkSpec('syslog://h:514')).toThrow(/over TLS only/);
+    expect(() => parseSinkSpec('syslog+tls://h:1?formt=ocsf')).toThrow(/unknown option formt=/);
+    expect(() => parseSinkSpec('syslog+tls://h:1?format=cef')).toThrow(/format=cef: one of rampart, ocsf/);
+    expect(() => parseSinkSpec('syslog+tls://h:1?cert=/c.pem')).toThrow(/cert= and key=/);
+    expect(() => parseSinkSpec('https://user:secret@h/x')).toThrow(/credentials do not go in the URL/);
+    expect(() => parseSinkSpec('kafka://h')).toThrow(/unknown sink kafka/);
+    expect(() => parseSinkSpecs(['stdout', 'stdout?format=ocsf'])).toThrow(/two sinks named stdout/);
+    expect(() => parseSinkSpecs(['syslog+tls://h:1', 'syslog+tls://h:1?name=b'])).toThrow(/same destination/);
+  });
+});
+
+describe('OCSF API Activity', () => {
+  const schema = JSON.parse(readFileSync(path.join(projectRoot, 'test/fixtures/ocsf/api_activity-1.3.0.schema.json'), 'utf8')) as object;
+  const ajv = new Ajv2020({ allErrors: true, strict: true, strictRequired: false });
+  addFormats.default(ajv);
+  const validate = ajv.compile(schema);
+  const valid = (value: unknown): string => (validate(value) ? 'valid' : ajv.errorsText(validate.errors));
+
+  it('maps every kind of event to an object the schema accepts', () => {
+    const events = [
+      event(),
+      event({ action: 'Range', outcome: 'denied', code: 'PERMISSION_DENIED', detail: 'etcdserver: permission denied', user: '', via: 'none' }),
+      event({ action: 'Authenticate', outcome: 'failed', code: 'INVALID_ARGUMENT', detail: 'etcdserver: authentication failed', via: 'password', source: '[::1]:4000' }),
+      event({ action: 'LeaseGrant', targets: ['lease:694d7a1f2e3c4b5a'] }),
+      event({ action: 'DeleteRange', targets: ['/a..', '…[90 more targets sha256:ab]'] }),
+      { action: 'audit.start', targets: [], outcome: 'allowed' as const, seq: 0, time: '2026-11-26T07:00:00.000Z', member: 'ab', prev: '0'.repeat(64), hash: 'b'.repeat(64) },
+      event({ action: 'MysteryCall', source: 'unix:/run/x.sock' }),
+    ];
+    for (const input of events) {
+      const mapped = ocsfApiActivity(input, { file: 'audit-2026.jsonl', productVersion: '0.1.0' });
+      expect(valid(mapped), `${input.action}: ${JSON.stringify(mapped)}`).toBe('valid');
+      expect(mapped.metadata).toMatchObject({ uid: `${input.member}:audit-2026.jsonl:${input.seq}`, sequence: input.seq, version: '1.3.0' });
+      // The event as a sink writes it parses back to the same object (one JSON text, one line).
+      const text = formatEvent('ocsf', input, '', 'audit-2026.jsonl', '0.1.0');
+      expect(text).not.toContain('\n');
+      expect(JSON.parse(text)).toEqual(mapped);
+    }
+  });
+
+  it('carries the facts an auditor reads: who, what, which keys, from where, the outcome', () => {
+    const mapped = ocsfApiActivity(event({ outcome: 'denied', code: 'PERMISSION_DENIED' }), { file: 'f', productVersion: '1' });
+    expect(mapped).toMatchObject({
+      class_uid: 6003, category_uid: 6, activity_id: 3, type_uid: 600303, status_id: 2, status: 'Failure', status_code: 'PERMISSION_DENIED', severity_id: 3, time: Date.parse('2026-11-26T07:00:00.123Z'),
+      actor: { user: { name: 'alice' } }, api: { operation: 'Put', service: { name: 'etcdserverpb' } }, src_endpoint: { ip: '127.0.0.1', port: 50312 },
+      resources: [{ name: '/registry/secrets/a', type: 'etcd key' }, { name: '/app/x..', type: 'etcd key range' }],
+    });
+    expect([activityOf('Range'), activityOf('LeaseGrant'), activityOf('DeleteRange'), activityOf('Txn'), activityOf('Nope')]).toEqual([2, 1, 4, 3, 99]);
+    expect(endpointOf('ipv6:[::1]:9')).toEqual({ ip: '::1', port: 9 });
+    expect(endpointOf(undefined)).toEqual({ name: 'unknown' });
+  });
+
+  it('the schema is not vacuous: it refuses what the class forbids', () => {
+    const good = ocsfApiActivity(event(), { file: 'f', productVersion: '1' });
+    expect(valid(good)).toBe('valid');
+    const { actor: _actor, ...noActor } = good;
+    expect(valid(noActor)).toMatch(/must have required property 'actor'/);
+    expect(valid({ ...good, type_uid: 600302 })).toMatch(/oneOf/);
+    expect(valid({ ...good, class_uid: 3002 })).toMatch(/class_uid must be equal to constant/);
+    expect(valid({ ...good, time: '2026-11-26' })).toMatch(/time must be integer/);
+    expect(valid({ ...good, actor: { user: { name: '' } } })).not.toBe('valid');
+    expect(valid({ ...good, src_endpoint: { port: 1 } })).not.toBe('valid');
+    expect(valid({ ...good, value: 'secret' })).toMatch(/must NOT have additional properties/);
+  });
+});
+
+/** A receiver scripted by the test: it records what it acknowledged, and can be down. */
+class ScriptedReceiver implements SinkTransport {
+  down = false;
+  /** Without acknowledgement (syslog-like): sent events are held until `confirm`. */
+  constructor(private readonly acknowledges = true, private readonly delayMs = 0) {}
+  readonly received: SinkRecord[] = [];
+  readonly batches: string[] = [];
+  private unconfirmed: SinkRecord[] = [];
+  /** Lose the unconfirmed part when the connection breaks (what a receiver had not read). */
+  async send(batch: readonly SinkRecord[]): Promise<boolean> {
+    if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    if (this.down) throw new Error('connection refused');
+    this.batches.push(`${batch[0]?.position.seq}-${batch[batch.length - 1]?.position.seq}`);
+    if (this.acknowledges) {
+      this.received.push(...batch);
+      return true;
+    }
+    this.unconfirmed.push(...batch);
+    return false;
+  }
+  holdConfirm = false;
+  async confirm(): Promise<void> {
+    while (this.holdConfirm) await new Promise((resolve) => setTimeout(resolve, 5));
+    if (this.down) throw new Error('connection reset');
+    this.received.push(...this.unconfirmed);
+    this.unconfirmed = [];
+  }
+  close(): void {
+    // Half of what was sent unconfirmed did arrive (the receiver read it before the break): duplicates, never loss.
+    this.received.push(...this.unconfirmed.slice(0, Math.floor(this.unconfirmed.length / 2)));
+    this.unconfirmed = [];
+  }
+}
+
+describe('audit sink delivery', () => {
+  const directories: string[] = [];
+  afterAll(async () => {
+    for (const directory of directories) await removeDirectory(directory);
+  });
+  const fail = (error: unknown): never => {
+    throw error;
+  };
+  const fast: Partial<SinkLimits> = { retryDelayMinMs: 5, retryDelayMaxMs: 20, confirmIdleMs: 20 };
+
+  async function setup(): Promise<{ trailDirectory: string; stateDirectory: string }> {
+    const root = await temporaryDirectory('sinks');
+    directories.push(root);
+    return { trailDirectory: path.join(root, 'audit'), stateDirectory: path.join(root, 'state') };
+  }
+
+  async function sinkOn(log: AuditLog, directories: { trailDirectory: string; stateDirectory: string }, receiver: SinkTransport, limits: Partial<SinkLimits> = {}, logLines: string[] = []): Promise<AuditSink> {
+    const cursor = await SinkCursor.open(directories.stateDirectory, 'test', 'test', fail);
+    const sink = new AuditSink({
+      name: 'test', transport: receiver, cursor, format: (_event, line) => line,
+      trail: { files: () => trailFiles(directories.trailDirectory), records: (file) => readRecords(file), head: () => log.head },
+      log: { warn: (_fields, message) => logLines.push(`warn ${message}`), info: (_fields, message) => logLines.push(`info ${message}`) },
+      limits: { ...fast, ...limits },
+    });
+    log.subscribe((line, file) => sink.offer(line, file));
+    sink.start();
+    return sink;
+  }
+
+  const until = async (condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> => {
+    const deadline = Date.now() + timeoutMs;
+    while (!condition()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  };
+  /** Every event of the trail, as file#seq, in order. */
+  const trailOrder = async (directory: string): Promise<string[]> => {
+    const order: string[] = [];
+    for (const file of await trailFiles(directory)) {
+      for await (const record of readRecords(file)) if (record.kind === 'record') order.push(`${path.basename(file)}#${(JSON.parse(record.text) as AuditEvent).seq}`);
+    }
+    return order;
+  };
+  const seen = (receiver: ScriptedReceiver): string[] => receiver.received.map((record) => `${record.position.file}#${record.position.seq}`);
+  const distinctInOrder = (ids: string[]): string[] => ids.filter((id, index) => ids.indexOf(id) === index);
+
+  it('delivers every durable event once, in order, and resumes after its cursor when the member restarts', async () => {
+    const places = await setup();
+    const receiver = new ScriptedReceiver();
+    const first = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const sink = await sinkOn(first, places, receiver);
+    for (let index = 0; index < 50; index++) await first.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' });
+    await until(() => receiver.received.length === 51, '51 events');
+    await sink.stop();
+    // While the sink is stopped (the member restarting), events are written that only the trail holds.
+    for (let index = 0; index < 20; index++) await first.record({ action: 'Put', targets: [`/late/${index}`], outcome: 'allowed' });
+    await first.close();
+    const second = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const again = await sinkOn(second, places, receiver);
+    for (let index = 0; index < 30; index++) await second.record({ action: 'Put', targets: [`/after/${index}`], outcome: 'allowed' });
+    const expected = await trailOrder(places.trailDirectory);
+    expect(expected).toHaveLength(51 + 20 + 31);
+    await until(() => receiver.received.length >= expected.length, 'every event');
+    await again.stop();
+    expect(seen(receiver)).toEqual(expected);
+    expect(again.status()).toMatchObject({ up: true, pending: 0, failures: 0 });
+    await second.close();
+  });
+
+  it('keeps its queue bounded when the receiver is slow: it falls back to the trail and still loses nothing', async () => {
+    const places = await setup();
+    const receiver = new ScriptedReceiver(true, 2);
+    const log = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const sink = await sinkOn(log, places, receiver, { queueEventsMax: 8, batchEventsMax: 3 });
+    let queuedMax = 0;
+    const sampler = setInterval(() => (queuedMax = Math.max(queuedMax, sink.status().queued)), 1);
+    await Promise.all(Array.from({ length: 300 }, (_unused, index) => log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' })));
+    const expected = await trailOrder(places.trailDirectory);
+    await until(() => receiver.received.length >= expected.length, 'every event');
+    clearInterval(sampler);
+    await sink.stop();
+    expect(seen(receiver)).toEqual(expected);
+    expect(queuedMax).toBeLessThanOrEqual(8);
+    expect(sink.status().catchUps).toBeGreaterThan(1); // fell behind at least once after the start
+    await log.close();
+  });
+
+  it('while the receiver is down: counts, logs once, retries the same batch, and delivers everything when it returns', async () => {
+    const places = await setup();
+    const receiver = new ScriptedReceiver();
+    const log = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const lines: string[] = [];
+    const sink = await sinkOn(log, places, receiver, {}, lines);
+    await until(() => receiver.received.length === 1, 'the start event');
+    receiver.down = true;
+    for (let index = 0; index < 40; index++) await log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' });
+    await until(() => !sink.status().up && sink.status().failures >= 3, 'failures');
+    expect(sink.status()).toMatchObject({ up: false, pending: 40 });
+    expect(sink.accepting(60_000)).toBe(true);
+    expect(sink.accepting(0)).toBe(false);
+    expect(lines.filter((line) => line.startsWith('warn audit sink down'))).toHaveLength(1); // rate-limited
+    receiver.down = false;
+    const expected = await trailOrder(places.trailDirectory);
+    await until(() => receiver.received.length >= expected.length && sink.status().up, 'recovery');
+    await sink.stop();
+    expect(seen(receiver)).toEqual(expected);
+    expect(lines).toContain('info audit sink recovered; delivering the events that waited in the trail');
+    expect(sink.status()).toMatchObject({ up: true, pending: 0 });
+    await log.close();
+  });
+
+  it('without acknowledgements (syslog): the cursor moves only on confirmation; a break resends from it, in order', async () => {
+    const places = await setup();
+    const receiver = new ScriptedReceiver(false);
+    receiver.holdConfirm = true;
+    const log = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const sink = await sinkOn(log, places, receiver);
+    for (let index = 0; index < 30; index++) await log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' });
+    await until(() => sink.status().delivering?.seq === 30, 'all sent');
+    expect(sink.status()).toMatchObject({ delivered: 0, pending: 31 }); // sent, not confirmed: the cursor has not moved
+    receiver.down = true; // the connection breaks before the receiver confirms: half of it had arrived
+    receiver.holdConfirm = false;
+    await until(() => sink.status().failures > 0, 'the break');
+    receiver.down = false;
+    await log.record({ action: 'Put', targets: ['/after'], outcome: 'allowed' });
+    const expected = await trailOrder(places.trailDirectory);
+    await until(() => sink.status().delivered === expected.length, 'every event confirmed');
+    await sink.stop();
+    const ids = seen(receiver);
+    expect(distinctInOrder(ids)).toEqual(expected);
+    // The copies are a replay from the cursor: the first 15 events twice, then the rest.
+    expect(ids).toEqual([...expected.slice(0, 15), ...expected]);
+    await log.close();
+  });
+});
