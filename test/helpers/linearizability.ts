@@ -30,22 +30,59 @@ export interface CheckResult {
   readonly operations: number;
   /** The key whose history has no linearization, if any. */
   readonly failedKey?: string;
+  /** A key whose search ran out of steps before deciding (reported, never taken as a pass). */
+  readonly undecidedKey?: string;
 }
 
-export function checkHistory(history: readonly Operation[]): CheckResult {
+/** Search steps per key before giving up as undecided: a bound, so a check can never hang a run. */
+export const searchStepsPerKeyMax = 20_000_000;
+
+export function checkHistory(history: readonly Operation[], stepsMax = searchStepsPerKeyMax): CheckResult {
   const byKey = new Map<string, Operation[]>();
   for (const operation of history) {
-    // A read that failed tells nothing.
-    if (operation.kind === 'get' && !Number.isFinite(operation.returnMs)) continue;
-    byKey.set(operation.key, [...(byKey.get(operation.key) ?? []), operation]);
+    const operations = byKey.get(operation.key);
+    if (operations === undefined) byKey.set(operation.key, [operation]);
+    else operations.push(operation);
   }
   for (const [key, operations] of byKey) {
-    if (!checkKey(operations)) return { ok: false, keys: byKey.size, operations: history.length, failedKey: key };
+    const verdict = checkKey(prune(operations), stepsMax);
+    if (verdict === 'undecided') return { ok: false, keys: byKey.size, operations: history.length, undecidedKey: key };
+    if (!verdict) return { ok: false, keys: byKey.size, operations: history.length, failedKey: key };
   }
   return { ok: true, keys: byKey.size, operations: history.length };
 }
 
-function checkKey(operations: readonly Operation[]): boolean {
+/**
+ * Narrows one key's history without changing its verdict (values written are unique):
+ * - a read that failed tells nothing;
+ * - a put with an unknown outcome whose value no read returned may be taken to have never
+ *   happened: placed anywhere, it only sets a value no later read asks for;
+ * - a put with an unknown outcome whose value a read returned took effect before that read
+ *   returned: its return is bounded by the earliest such read.
+ * Without this, every unknown put stays concurrent with everything after it and the search is
+ * exponential in their number (a soak's fault windows leave dozens per key).
+ */
+function prune(operations: readonly Operation[]): Operation[] {
+  const firstReadReturn = new Map<string | null, number>();
+  for (const operation of operations) {
+    if (operation.kind !== 'get' || !Number.isFinite(operation.returnMs)) continue;
+    firstReadReturn.set(operation.value, Math.min(firstReadReturn.get(operation.value) ?? Infinity, operation.returnMs));
+  }
+  const kept: Operation[] = [];
+  for (const operation of operations) {
+    if (Number.isFinite(operation.returnMs)) {
+      kept.push(operation);
+    } else if (operation.kind === 'put') {
+      const readBy = firstReadReturn.get(operation.value);
+      if (readBy === undefined) continue;
+      // A read that returned before the put was called keeps it unbounded: the search rejects it.
+      kept.push(readBy >= operation.callMs ? { ...operation, returnMs: readBy } : operation);
+    }
+  }
+  return kept;
+}
+
+function checkKey(operations: readonly Operation[], stepsMax: number): boolean | 'undecided' {
   const events: Node[] = [];
   operations.forEach((operation, index) => {
     const call: Node = { operation: index, isCall: true, time: operation.callMs, match: undefined, previous: undefined, next: undefined };
@@ -83,7 +120,9 @@ function checkKey(operations: readonly Operation[]): boolean {
   const seen = new Set<string>();
   const stack: { call: Node; state: string | null }[] = [];
   let entry = head.next;
+  let steps = 0;
   while (head.next !== undefined) {
+    if (++steps > stepsMax) return 'undecided';
     if (entry === undefined) return false;
     const operation = operations[entry.operation] as Operation;
     if (entry.isCall) {

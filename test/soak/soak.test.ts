@@ -10,6 +10,9 @@
  * Anomalies are printed with history excerpts. Not simulated here: slow or full disks, clock jumps,
  * power loss (fsync lies), membership changes.
  */
+import { createWriteStream } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type * as grpc from '@grpc/grpc-js';
 import { memberIdFor } from '../../src/server/membership.js';
@@ -134,12 +137,34 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         peerPort: member.peerPort,
         dataDir: member.dataDir,
         startTimeoutMs: 90_000,
-        args: ['--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster, '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500'],
+        args: ['--log-level', 'info', '--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster, '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500'],
       });
+      const log = createWriteStream(path.join(logDir, `${member.name}.log`), { flags: 'a' });
+      log.write(`--- ${stamp()} started pid ${member.process.child.pid}\n`);
+      member.process.child.stdout?.pipe(log, { end: false });
+      member.process.child.stderr?.pipe(log, { end: false });
     };
-
     const startedAt = now();
     const stamp = (): string => `${((now() - startedAt) / 1000).toFixed(1)}s`;
+    const logDir = await temporaryDirectory('soak-logs');
+    console.log(`soak member logs: ${logDir}`);
+    const phase = (text: string): void => console.log(`soak ${stamp()}: ${text}`);
+    /** What each worker is doing right now, to show where a stall is. */
+    const inFlight = new Map<string, { what: string; since: number }>();
+    const track = async <T>(who: string, what: string, promise: Promise<T>): Promise<T> => {
+      inFlight.set(who, { what, since: now() });
+      try {
+        return await promise;
+      } finally {
+        inFlight.delete(who);
+      }
+    };
+    const watchdog = setInterval(() => {
+      // A fault takes seconds (its own sleeps and restarts); a client call is bounded by its deadline.
+      const stuck = [...inFlight.entries()].filter(([who, entry]) => now() - entry.since > (who === 'nemesis' ? 120_000 : 5000));
+      if (stuck.length > 0) phase(`in flight > 5 s: ${stuck.map(([who, entry]) => `${who} ${entry.what} ${Math.round((now() - entry.since) / 1000)}s`).join('; ')}`);
+    }, 5000);
+
     const events: string[] = [];
     const anomalies: string[] = [];
     const anomaly = (text: string): void => {
@@ -163,7 +188,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         const value = `w${workerIndex}-${sequence++}`;
         const callMs = now();
         try {
-          const response = await withDeadline(isPut ? call(client.kv, 'Put', { key: Buffer.from(key), value: Buffer.from(value) }) : call(client.kv, 'Range', { key: Buffer.from(key) }));
+          const response = await track(`kv${workerIndex}`, `${isPut ? 'put' : 'get'} ${key} via s${memberIndex + 1}`, withDeadline(isPut ? call(client.kv, 'Put', { key: Buffer.from(key), value: Buffer.from(value) }) : call(client.kv, 'Range', { key: Buffer.from(key) })));
           const returnMs = now();
           if (isPut) {
             counts.acknowledgedPuts += 1;
@@ -186,11 +211,11 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         const client = anyClient();
         try {
           const grantCall = now();
-          const granted = await withDeadline(call(client.lease, 'LeaseGrant', { TTL: leaseTtlSeconds }));
+          const granted = await track(key, 'grant', withDeadline(call(client.lease, 'LeaseGrant', { TTL: leaseTtlSeconds })));
           const lease = new KeptLease(String(granted.ID), grantCall, anyClient, anomaly);
           counts.leases += 1;
           try {
-            await withDeadline(call(client.kv, 'Put', { key: Buffer.from(key), value: Buffer.from(lease.id), lease: lease.id }));
+            await track(key, 'put with lease', withDeadline(call(client.kv, 'Put', { key: Buffer.from(key), value: Buffer.from(lease.id), lease: lease.id })));
             return lease;
           } catch {
             lease.stop();
@@ -210,7 +235,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         while (running && !lease.gone) {
           await sleep(400);
           try {
-            const response = await withDeadline(call(anyClient().kv, 'Range', { key: Buffer.from(key) }));
+            const response = await track(key, 'lease key read', withDeadline(call(anyClient().kv, 'Range', { key: Buffer.from(key) })));
             const returnMs = now();
             const kv = (response.kvs as { value: Buffer }[])[0];
             if (kv === undefined || kv.value.toString() !== lease.id) {
@@ -232,14 +257,14 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         const lease = await grantKept(`lock-owner/${workerIndex}`);
         if (lease === undefined) return;
         try {
-          const locked = await withDeadline(call(anyClient().lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000);
+          const locked = await track(`lock${workerIndex}`, 'lock', withDeadline(call(anyClient().lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000));
           const acquired = now();
           counts.locks += 1;
           await sleep(100 + Math.random() * 300);
           const releaseCall = now();
           // Held until the unlock was asked, or until the lease was no longer guaranteed.
           holds.push({ worker: workerIndex, acquired, end: Math.min(releaseCall, lease.coveredUntil) });
-          await withDeadline(call(anyClient().lock, 'Unlock', { key: locked.key })).catch(() => undefined);
+          await track(`lock${workerIndex}`, 'unlock', withDeadline(call(anyClient().lock, 'Unlock', { key: locked.key }))).catch(() => undefined);
         } catch {
           await sleep(100);
         } finally {
@@ -266,7 +291,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const nemesis = async (): Promise<void> => {
       while (running) {
         try {
-          await fault();
+          await track('nemesis', 'fault', fault());
         } catch (error) {
           // A member that did not come back is a finding too; it is restarted at the next fault.
           anomaly(`nemesis: ${String(error).split('\n')[0]}`);
@@ -326,8 +351,11 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       const chaos = nemesis();
       await sleep(minutes * 60_000);
       running = false;
+      phase('stopping');
       await chaos;
+      phase('nemesis stopped');
       await Promise.all(work);
+      phase('workers stopped');
 
       // Final linearizable reads through every member, of every key ever written.
       const keys = [...new Set(history.map((operation) => operation.key))];
@@ -336,7 +364,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
           for (let attempt = 0; attempt < 50; attempt++) {
             const callMs = now();
             try {
-              const response = await withDeadline(call((clients[index] as RawClient).kv, 'Range', { key: Buffer.from(key) }));
+              const response = await track('final', `get ${key} via s${index + 1} attempt ${attempt}`, withDeadline(call((clients[index] as RawClient).kv, 'Range', { key: Buffer.from(key) })));
               const kv = (response.kvs as { value: Buffer }[])[0];
               history.push({ key, kind: 'get', value: kv === undefined ? null : kv.value.toString(), callMs, returnMs: now() });
               break;
@@ -347,7 +375,10 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         }
       }
 
+      phase(`final reads done (${keys.length} keys)`);
       const result = checkHistory(history);
+      phase('history checked');
+      if (result.undecidedKey !== undefined) anomaly(`KV history of key ${result.undecidedKey} undecided: the checker ran out of search steps`);
       if (!result.ok && result.failedKey !== undefined) {
         const excerpt = history.filter((operation) => operation.key === result.failedKey).sort((a, b) => a.callMs - b.callMs).slice(-30);
         anomaly(`KV history not linearizable on key ${result.failedKey}; last operations:\n${excerpt.map((operation) => `  ${operation.kind} ${operation.value} [${Math.round(operation.callMs - startedAt)}, ${Number.isFinite(operation.returnMs) ? Math.round(operation.returnMs - startedAt) : '?'}] ms`).join('\n')}`);
@@ -363,13 +394,19 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       const completed = history.filter((operation) => Number.isFinite(operation.returnMs)).length;
       const summary = { minutes, operations: history.length, completed, ...counts, linearizable: result.ok, anomalies: anomalies.length };
       console.log(`soak summary: ${JSON.stringify(summary)}`);
-      if (anomalies.length > 0) console.log(`anomalies:\n${anomalies.join('\n')}\nnemesis:\n${events.join('\n')}`);
+      if (anomalies.length > 0) {
+        await writeFile(path.join(logDir, 'history.json'), JSON.stringify(history.map((operation) => ({ ...operation, returnMs: Number.isFinite(operation.returnMs) ? operation.returnMs : null }))));
+        console.log(`anomalies:\n${anomalies.join('\n')}\nnemesis:\n${events.join('\n')}\nmember logs and history.json kept in ${logDir}`);
+      } else {
+        await removeDirectory(logDir);
+      }
       expect(anomalies).toEqual([]);
       expect(counts.acknowledgedPuts).toBeGreaterThan(minutes * 100);
       expect(counts.locks).toBeGreaterThan(0);
       expect(counts.keepAlives).toBeGreaterThan(0);
     } finally {
       running = false;
+      clearInterval(watchdog);
       clients.forEach((client) => client.close());
       for (const member of members) member.process?.child.kill('SIGCONT');
       await Promise.all(members.map((member) => member.process?.stop()));
