@@ -8,6 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { auditKey } from '../audit/event.js';
+import { auditPolicyDigest, encodeAuditPolicy, parseAuditPolicy } from '../audit/policy.js';
 import type { Compare, RequestOp, TxnRequest } from './messages.js';
 
 /** Keys whose every access is named in the trail, whatever else a request touches. */
@@ -16,6 +17,14 @@ export const sensitiveKeyPrefixes: readonly Buffer[] = [Buffer.from('/registry/s
 interface Target {
   readonly text: string;
   readonly sensitive: boolean;
+  /** The key or range itself (what the audit policy's key selectors match); absent for names and ids. */
+  readonly range?: KeyRange;
+}
+
+/** A key or range in etcd's convention: an empty rangeEnd is the single key, `\0` every key from `key` on. */
+export interface KeyRange {
+  readonly key: Buffer;
+  readonly rangeEnd: Buffer;
 }
 
 const asKey = (value: unknown): Buffer => (Buffer.isBuffer(value) ? value : typeof value === 'string' ? Buffer.from(value) : Buffer.alloc(0));
@@ -39,9 +48,10 @@ function range(key: unknown, rangeEnd: unknown): Target {
   const start = asKey(key);
   const end = asKey(rangeEnd);
   const sensitive = touchesSensitive(start, end);
-  if (end.length === 0) return { text: auditKey(start), sensitive };
-  if (end.length === 1 && end[0] === 0) return { text: `${auditKey(start)}..`, sensitive };
-  return { text: `${auditKey(start)}..${auditKey(end)}`, sensitive };
+  const keyRange = { key: start, rangeEnd: end };
+  if (end.length === 0) return { text: auditKey(start), sensitive, range: keyRange };
+  if (end.length === 1 && end[0] === 0) return { text: `${auditKey(start)}..`, sensitive, range: keyRange };
+  return { text: `${auditKey(start)}..${auditKey(end)}`, sensitive, range: keyRange };
 }
 
 const plain = (text: string): Target => ({ text, sensitive: false });
@@ -83,11 +93,26 @@ const lease = (id: unknown): string => {
 };
 const member = (id: unknown): string => `member:${hexId(id)}`;
 
+/** The policy an apply puts in force, by the digest of its canonical JSON (as `rampart audit policy show` prints it). */
+function auditPolicyTarget(text: unknown): string {
+  try {
+    return `audit-policy:sha256:${auditPolicyDigest(encodeAuditPolicy(parseAuditPolicy('(applied audit policy)', String(text ?? ''))))}`;
+  } catch {
+    return 'audit-policy:malformed';
+  }
+}
+
+/** Whether a Txn has a put or a delete in either branch, nested ones too. */
+export function txnWrites(txn: TxnRequest): boolean {
+  return [...(txn.success ?? []), ...(txn.failure ?? [])].some((op: RequestOp) =>
+    op.request === 'request_put' || op.request === 'request_delete_range' || (op.request === 'request_txn' && txnWrites(op.request_txn)));
+}
+
 /**
  * The targets of a request, by RPC name, distinct, sensitive ones first; `named` of them must
- * never be summarised away.
+ * never be summarised away. `ranges`: every key and range among them, for the audit policy.
  */
-export function targetsOf(rpc: string, request: Record<string, unknown>): { targets: string[]; named: number } {
+export function targetsOf(rpc: string, request: Record<string, unknown>): { targets: string[]; named: number; ranges: KeyRange[] } {
   const text = (value: unknown): string => (Buffer.isBuffer(value) ? auditKey(value) : typeof value === 'string' ? value : String(value ?? ''));
   let targets: Target[];
   switch (rpc) {
@@ -157,14 +182,21 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): { targ
     case 'Unlock':
       targets = [range(request.key, undefined)];
       break;
+    case 'AuditPolicyApply':
+      targets = [plain(auditPolicyTarget(request.policy_json))];
+      break;
     default:
       targets = [];
   }
   const sensitive = new Set<string>();
   const others = new Set<string>();
-  for (const target of targets) (target.sensitive ? sensitive : others).add(target.text);
+  const ranges: KeyRange[] = [];
+  for (const target of targets) {
+    (target.sensitive ? sensitive : others).add(target.text);
+    if (target.range !== undefined) ranges.push(target.range);
+  }
   for (const text of sensitive) others.delete(text);
-  return { targets: [...sensitive, ...others], named: sensitive.size };
+  return { targets: [...sensitive, ...others], named: sensitive.size, ranges };
 }
 
 const deniedCodes = new Set([grpc.status.PERMISSION_DENIED, grpc.status.UNAUTHENTICATED]);

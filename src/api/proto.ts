@@ -20,7 +20,7 @@ export const decodeOptions = {
   oneofs: true,
 } as const;
 
-export const packageDefinition = protoLoader.loadSync(['rpc.proto', 'v3lock.proto', 'v3election.proto', 'policy.proto', 'audit.proto', 'encryption.proto'], {
+export const packageDefinition = protoLoader.loadSync(['rpc.proto', 'v3lock.proto', 'v3election.proto', 'policy.proto', 'audit.proto', 'audit-policy.proto', 'encryption.proto'], {
   ...decodeOptions,
   includeDirs: [protoDirectory],
 });

@@ -6,6 +6,7 @@
 import type { PeerCertificate } from 'node:tls';
 import type { AuditLog } from '../audit/log.js';
 import type { AuthHolder } from '../auth/store.js';
+import { auditDecision } from './audit-decision.js';
 
 export interface TransportRefusal {
   /** The method path, e.g. `/etcdserverpb.KV/Put`. */
@@ -23,9 +24,12 @@ export function recordRefusal(audit: AuditLog, auth: AuthHolder, refusal: Transp
   const commonName = refusal.certificate?.subject?.CN;
   const cn = typeof commonName === 'string' ? commonName : '';
   const user = cn === '' ? '' : auth.state.bindings.get(cn) ?? cn;
+  // A known method by its RPC name, as its handled calls are; an unknown one by its whole path.
+  const action = refusal.unknownMethod ? refusal.method : refusal.method.slice(refusal.method.lastIndexOf('/') + 1);
+  // The request was never decoded: no keys, no request fields; the policy decides on the rest.
+  if (auditDecision(auth.state, { action, user, outcome: 'failed', ranges: [] }).level === 'none') return Promise.resolve();
   return audit.record({
-    // A known method by its RPC name, as its handled calls are; an unknown one by its whole path.
-    action: refusal.unknownMethod ? refusal.method : refusal.method.slice(refusal.method.lastIndexOf('/') + 1),
+    action,
     user,
     via: user === '' ? 'none' : 'certificate',
     source: refusal.peer,

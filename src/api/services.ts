@@ -26,7 +26,11 @@ import { Authenticator, type LoginGate } from './identity.js';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { checkName } from '../auth/names.js';
 import { serveAuth } from './auth-service.js';
-import { outcomeOf, targetsOf } from './audit-events.js';
+import { outcomeOf, targetsOf, txnWrites } from './audit-events.js';
+import { auditDecision, valueRecorder } from './audit-decision.js';
+import { requestFieldsOf } from './audit-request.js';
+import { shippedAuditPolicy } from '../audit/policy.js';
+import { serveAuditPolicy } from './audit-policy-service.js';
 import { serveWatch } from './watch-service.js';
 import { serveSnapshot } from './snapshot-stream.js';
 import type { CallContext, DuplexRpc, DuplexStream, ResponseStream, Rpc, ServerStreamRpc, ServiceTable, UnaryRpc } from './rpc.js';
@@ -91,6 +95,7 @@ function describe(error: unknown): string {
 
 export function createServices(options: ServicesOptions): ServiceTable {
   const { member, logger } = options;
+  shippedAuditPolicy(); // a broken shipped audit policy stops the member here, not at its first event
   // Failed logins are counted where the member's leader sees them all (member.loginAttempt).
   const loginGate: LoginGate = {
     check: (user, source) => member.loginAttempt({ user, source, outcome: 'check', known: member.auth.state.users.has(user) }),
@@ -117,16 +122,23 @@ export function createServices(options: ServicesOptions): ServiceTable {
     const { code, message } = error === undefined ? { code: 0, message: '' } : statusOf(error);
     const caller = call.caller;
     const password = action === 'Authenticate';
-    const { targets, named } = targetsOf(action, request);
+    const { targets, named, ranges } = targetsOf(action, request);
+    const user = password ? String(request.name ?? '') : caller?.user ?? '';
+    const outcome = outcomeOf(code, message);
+    // The audit policy in force decides whether (and how much of) this event is recorded.
+    const state = member.auth.state;
+    const decision = auditDecision(state, { action, writes: action === 'Txn' && txnWrites(request as unknown as TxnRequest), user, outcome, ranges });
+    if (decision.level === 'none') return Promise.resolve();
     return options.audit.record({
       action,
-      user: password ? String(request.name ?? '') : caller?.user ?? '',
+      user,
       via: password ? 'password' : caller === undefined || caller.user === '' ? 'none' : caller.token ? 'token' : 'certificate',
       source: call.peer,
       targets,
-      outcome: outcomeOf(code, message),
+      outcome,
       code: statusName(code),
       ...(message === '' ? {} : { detail: message }),
+      ...(decision.level === 'request' ? { request: requestFieldsOf(action, request, valueRecorder(state, decision)) } : {}),
     }, named);
   };
   /**
@@ -279,7 +291,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
         stream,
         identify: () => who(call),
         peer: call.peer,
-        onCreate: (request, allowed) => void audit(call, 'Watch.create', { key: request.key, range_end: request.range_end }, allowed ? undefined : new RampartError('PermissionDenied')),
+        onCreate: (request, allowed) => void audit(call, 'Watch.create', request as unknown as Record<string, unknown>, allowed ? undefined : new RampartError('PermissionDenied')),
       })),
   });
 
@@ -498,6 +510,8 @@ export function createServices(options: ServicesOptions): ServiceTable {
       return {};
     }),
   });
+
+  services.set('rampart.AuditPolicy', serveAuditPolicy({ member, admin, unary }));
 
   services.set('rampart.Policy', {
     Export: unary('PolicyExport', async (_request: object, call) => {

@@ -17,6 +17,8 @@ export const genesisHash = '0'.repeat(64);
 
 /** Characters kept of one name, key, address or detail before it is cut with a marker. */
 export const auditFieldCharactersMax = 512;
+/** Request fields kept in one event before the rest is summarised by count and hash. */
+export const auditRequestFieldsMax = 128;
 /** Characters of all targets of one event before the rest is summarised (sensitive keys are always named). */
 export const auditTargetsCharactersMax = 16 * 1024;
 /** The longest line a writer produces; readers refuse longer ones without holding them. */
@@ -38,6 +40,11 @@ export interface AuditFields {
   /** The gRPC status name. */
   readonly code?: string;
   readonly detail?: string;
+  /**
+   * The request's fields (`name=value`), only when the audit policy's level for the event is
+   * `request` (audit/policy.ts): never a value, unless as `hmac-sha256:…` (audit/value-hmac.ts).
+   */
+  readonly request?: readonly string[];
 }
 
 export interface AuditEvent extends AuditFields {
@@ -49,7 +56,7 @@ export interface AuditEvent extends AuditFields {
 }
 
 /** The order of fields in a written line; no other field may appear. */
-const fieldOrder = ['action', 'user', 'via', 'source', 'targets', 'outcome', 'code', 'detail', 'seq', 'time', 'member', 'prev', 'hash'] as const;
+const fieldOrder = ['action', 'user', 'via', 'source', 'targets', 'outcome', 'code', 'detail', 'request', 'seq', 'time', 'member', 'prev', 'hash'] as const;
 const fieldNames = new Set<string>(fieldOrder);
 
 const sha256 = (text: string): string => createHash('sha256').update(text).digest('hex');
@@ -91,6 +98,7 @@ export function boundFields(fields: AuditFields, alwaysNamed = 0): AuditFields {
   if (fields.targets !== undefined) bounded.targets = boundTargets(fields.targets, alwaysNamed);
   if (fields.code !== undefined) bounded.code = boundText(fields.code, 64);
   if (fields.detail !== undefined) bounded.detail = boundText(fields.detail);
+  if (fields.request !== undefined) bounded.request = boundRequestFields(fields.request);
   return bounded;
 }
 
@@ -111,6 +119,16 @@ export function boundTargets(targets: readonly string[], alwaysNamed = 0): strin
     }
     characters += target.length;
     kept.push(target);
+  }
+  return kept;
+}
+
+/** At most `auditRequestFieldsMax` request fields, each bounded; past it one `…[N more fields sha256:H]`. */
+function boundRequestFields(fields: readonly string[]): string[] {
+  const kept = fields.slice(0, auditRequestFieldsMax).map((field) => boundText(field));
+  if (fields.length > auditRequestFieldsMax) {
+    const rest = fields.slice(auditRequestFieldsMax);
+    kept.push(`…[${rest.length} more fields sha256:${sha256(rest.join('\n'))}]`);
   }
   return kept;
 }
@@ -146,7 +164,8 @@ export function parseEventLine(line: string): AuditEvent | string {
     && text('time', true) && text('member', true) && text('prev', true) && text('hash', true)
     && ['allowed', 'denied', 'failed'].includes(record.outcome as string)
     && Number.isSafeInteger(record.seq) && (record.seq as number) >= 0
-    && (record.targets === undefined || (Array.isArray(record.targets) && record.targets.every((target) => typeof target === 'string')));
+    && (record.targets === undefined || (Array.isArray(record.targets) && record.targets.every((target) => typeof target === 'string')))
+    && (record.request === undefined || (Array.isArray(record.request) && record.request.every((field) => typeof field === 'string')));
   if (!shaped) return 'not an audit event (a field is missing or of the wrong type; altered)';
   const event = record as unknown as AuditEvent;
   if (eventLine(event) !== line) return 'not in canonical form (the same event spelled differently, e.g. with \\u escapes or reordered fields; altered)';

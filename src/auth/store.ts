@@ -42,6 +42,17 @@ export interface AuthState {
   readonly signingKey: string;
   /** When the leader last rotated the key on schedule (its clock, ms since the epoch); 0 or absent: never. */
   readonly signingKeyRotatedAtMs?: number;
+  /**
+   * The audit policy in force, as its canonical JSON (audit/policy.ts), the same on every member;
+   * absent: the shipped default. Kept here so that it is replicated, snapshotted and sealed at
+   * rest with the rest of the auth state; changing it is not an auth change (no revision bump).
+   */
+  readonly auditPolicy?: string;
+  /**
+   * The cluster's audit HMAC key (32 random bytes, base64; audit/value-hmac.ts), made at bootstrap
+   * or with the first audit policy applied. Never logged, never in an event or an export.
+   */
+  readonly auditHmacKey?: string;
 }
 
 /** The policy part of the state: what `rampart policy apply` replaces as a whole. */
@@ -71,7 +82,12 @@ export type AuthChange =
    * A new cluster's first auth entry: its policies and auth enabled in one step, so no entry ever
    * sees them applied but auth off. Only on a pristine store (see isPristineAuth); else AuthOldRevision.
    */
-  | { op: 'bootstrap'; policy: PolicyState; signingKey: string };
+  | { op: 'bootstrap'; policy: PolicyState; signingKey: string; auditPolicy?: string; auditHmacKey?: string }
+  /**
+   * Puts an audit policy (canonical JSON, checked before it is proposed) in force; `hmacKey` becomes
+   * the audit HMAC key only when the cluster has none yet (one made before keys existed).
+   */
+  | { op: 'auditPolicy'; policy: string; hmacKey: string };
 
 export const emptyAuthState: AuthState = { enabled: false, revision: 1, users: new Map(), roles: new Map(), bindings: new Map(), signingKey: '' };
 
@@ -177,8 +193,16 @@ export function applyAuthChange(state: AuthState, change: AuthChange): AuthState
       return applyPolicy(state, change.policy, change.expectRevision);
     case 'bootstrap': {
       if (!isPristineAuth(state)) throw new RampartError('AuthOldRevision');
-      return applyAuthChange(applyPolicy(state, change.policy, state.revision), { op: 'enable', signingKey: change.signingKey });
+      const secured = applyAuthChange(applyPolicy(state, change.policy, state.revision), { op: 'enable', signingKey: change.signingKey });
+      return {
+        ...secured,
+        ...(change.auditPolicy === undefined ? {} : { auditPolicy: change.auditPolicy }),
+        ...(change.auditHmacKey === undefined ? {} : { auditHmacKey: change.auditHmacKey }),
+      };
     }
+    case 'auditPolicy':
+      if (change.policy === state.auditPolicy && state.auditHmacKey !== undefined) return state;
+      return { ...state, auditPolicy: change.policy, auditHmacKey: state.auditHmacKey ?? change.hmacKey };
   }
 }
 
@@ -292,12 +316,15 @@ export function encodeAuthState(state: AuthState): Buffer {
     bindings: [...state.bindings],
     signingKey: state.signingKey,
     ...(state.signingKeyRotatedAtMs === undefined ? {} : { signingKeyRotatedAtMs: state.signingKeyRotatedAtMs }),
+    ...(state.auditPolicy === undefined ? {} : { auditPolicy: state.auditPolicy }),
+    ...(state.auditHmacKey === undefined ? {} : { auditHmacKey: state.auditHmacKey }),
   }));
 }
 
 export function decodeAuthState(data: Buffer): AuthState {
   const raw = JSON.parse(data.toString('utf8')) as {
     enabled: boolean; revision: number; users: UserRecord[]; signingKey: string; signingKeyRotatedAtMs?: number; bindings: [string, string][];
+    auditPolicy?: string; auditHmacKey?: string;
     roles: { name: string; permissions: EncodedPermission[]; denies: EncodedPermission[] }[];
   };
   return {
@@ -308,6 +335,8 @@ export function decodeAuthState(data: Buffer): AuthState {
     bindings: new Map(raw.bindings),
     signingKey: raw.signingKey,
     ...(raw.signingKeyRotatedAtMs === undefined ? {} : { signingKeyRotatedAtMs: raw.signingKeyRotatedAtMs }),
+    ...(raw.auditPolicy === undefined ? {} : { auditPolicy: raw.auditPolicy }),
+    ...(raw.auditHmacKey === undefined ? {} : { auditHmacKey: raw.auditHmacKey }),
   };
 }
 

@@ -44,6 +44,7 @@ import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
 import { startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
+import { registerAuditPolicyCommands } from './audit-policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -873,6 +874,8 @@ auditCommand
     }).catch(fail);
     progress.finish();
   });
+
+registerAuditPolicyCommands(auditCommand, connectionOptions, print, fail);
 
 connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))
   .action(async (flags: ConnectionOptions) => {

@@ -1,7 +1,8 @@
 /**
  * Secure by default for every way of starting a cluster, not only `rampart up`: on a brand-new
  * cluster (auth never touched: revision 1, no users or roles), its first leader proposes one entry
- * that applies the default policies and enables auth together (`bootstrap`, refused on anything but
+ * that applies the default policies and enables auth together, with the shipped audit policy and a
+ * new audit HMAC key in force from that entry on (`bootstrap`, refused on anything but
  * a pristine store, so two members racing make the second a no-op).
  *
  * Until that entry is applied, a member started with bootstrap auth serves no client (the caller
@@ -13,6 +14,8 @@ import type { Logger } from 'pino';
 import { isRampartError } from '../errors.js';
 import { isPristineAuth, type PolicyState } from '../auth/store.js';
 import { newSigningKey } from '../auth/token.js';
+import { shippedAuditPolicy } from '../audit/policy.js';
+import { newAuditHmacKey } from '../audit/value-hmac.js';
 import type { Member } from './member.js';
 
 export interface BootstrapAuth {
@@ -37,7 +40,7 @@ export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logge
     }
     if (!member.isLeader) return;
     try {
-      await member.authChange({ op: 'bootstrap', policy, signingKey: newSigningKey() });
+      await member.authChange({ op: 'bootstrap', policy, signingKey: newSigningKey(), auditPolicy: shippedAuditPolicy(), auditHmacKey: newAuditHmacKey() });
       logger.info({ users: policy.users.map((user) => user.name) }, 'new cluster: applied the default policies and enabled auth');
     } catch (error) {
       if (isRampartError(error) && error.code === 'AuthOldRevision') return; // another member's bootstrap won: the next attempt sees it

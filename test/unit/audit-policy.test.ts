@@ -7,6 +7,9 @@ import {
 } from '../../src/audit/policy.js';
 import { auditHmacKeyOf, hmacValue, newAuditHmacKey } from '../../src/audit/value-hmac.js';
 import { loadPolicy } from '../../src/auth/policy.js';
+import { requestFieldsOf } from '../../src/api/audit-request.js';
+import { auditRequestFieldsMax, boundFields, eventLine, hashEvent, parseEventLine } from '../../src/audit/event.js';
+import { applyAuthChange, decodeAuthState, emptyAuthState, encodeAuthState } from '../../src/auth/store.js';
 
 const key = (text: string): { key: Buffer; rangeEnd: Buffer } => ({ key: Buffer.from(text), rangeEnd: Buffer.alloc(0) });
 const subject = (fields: Partial<AuditSubject> & { action: string }): AuditSubject => ({ user: 'alice', outcome: 'allowed', ranges: [], ...fields });
@@ -145,5 +148,74 @@ describe('audit value HMACs', () => {
     expect(hmacValue(Buffer.alloc(32, 0x0b), Buffer.from('Hi There'))).toBe('hmac-sha256:198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7');
     expect(auditHmacKeyOf(undefined)).toBeUndefined();
     expect(auditHmacKeyOf(Buffer.alloc(16).toString('base64'))).toBeUndefined();
+  });
+});
+
+describe('request fields of an event', () => {
+  const macKey = Buffer.alloc(32, 7);
+  const values = { inScope: (target: Buffer) => target.toString().startsWith('/app/'), hmac: (value: Buffer) => hmacValue(macKey, value) };
+
+  it('names how a request was asked, never a value unless as an HMAC in scope', () => {
+    expect(requestFieldsOf('Range', { key: Buffer.from('/a'), limit: '10', revision: '0', sort_order: 2, sort_target: 3, keys_only: true, serializable: false }, values))
+      .toEqual(['limit=10', 'sort=MOD/DESCEND', 'keys_only']);
+    expect(requestFieldsOf('Put', { key: Buffer.from('/app/k'), value: Buffer.from('clear'), lease: '255', prev_kv: true }, values))
+      .toEqual(['lease=00000000000000ff', 'prev_kv', `value=${hmacValue(macKey, Buffer.from('clear'))}`]);
+    expect(requestFieldsOf('Put', { key: Buffer.from('/other'), value: Buffer.from('clear') }, values)).toEqual([]);
+    expect(requestFieldsOf('Put', { key: Buffer.from('/app/k'), value: Buffer.from('clear') }, undefined)).toEqual([]);
+    const txn = {
+      compare: [
+        { key: Buffer.from('/app/k'), range_end: Buffer.alloc(0), target: 3, result: 0, value: Buffer.from('clear') },
+        { key: Buffer.from('/x'), range_end: Buffer.alloc(0), target: 3, result: 3, value: Buffer.from('clear') },
+        { key: Buffer.from('/x'), range_end: Buffer.alloc(0), target: 2, result: 2, mod_revision: '5' },
+      ],
+      success: [{ request: 'request_put', request_put: { key: Buffer.from('/app/k'), value: Buffer.from('new'), lease: '0' } }],
+      failure: [{ request: 'request_txn', request_txn: { compare: [], success: [{ request: 'request_delete_range', request_delete_range: { key: Buffer.from('/d'), range_end: Buffer.of(0), prev_kv: true } }], failure: [] } }],
+    };
+    const fields = requestFieldsOf('Txn', txn, values);
+    expect(fields).toEqual([
+      `compare=/app/k VALUE = ${hmacValue(macKey, Buffer.from('clear'))}`,
+      'compare=/x VALUE != value',
+      'compare=/x MOD < 5',
+      'success.put=/app/k',
+      `success.value=${hmacValue(macKey, Buffer.from('new'))}`,
+      'failure.txn=0 compares',
+      'failure.txn.success.delete=/d..',
+      'failure.txn.success.prev_kv',
+    ]);
+    expect(fields.join('\n')).not.toContain('clear');
+    expect(requestFieldsOf('UserAdd', { name: 'u', password: 'pw-clear', options: { no_password: false } }, values)).toEqual([]);
+    expect(requestFieldsOf('Authenticate', { name: 'u', password: 'pw-clear' }, values)).toEqual([]);
+  });
+
+  it('keeps the trail canonical and hash-chained with request fields, bounded', async () => {
+    const fields = Array.from({ length: auditRequestFieldsMax + 5 }, (_, index) => `f${index}=${'x'.repeat(700)}`);
+    const bounded = boundFields({ action: 'Txn', outcome: 'allowed', request: fields });
+    expect(bounded.request).toHaveLength(auditRequestFieldsMax + 1);
+    expect(bounded.request?.[auditRequestFieldsMax]).toMatch(/^…\[5 more fields sha256:[0-9a-f]{64}\]$/);
+    const base = { action: 'Put', outcome: 'allowed' as const, request: ['limit=1'], seq: 1, time: '2026-01-01T00:00:00.000Z', member: 'm', prev: '0'.repeat(64) };
+    const event = { ...base, hash: hashEvent(base) };
+    expect(parseEventLine(eventLine(event))).toEqual(event);
+    // The hash covers the request fields: changing one changes the hash.
+    expect(hashEvent({ ...base, request: ['limit=2'] })).not.toBe(event.hash);
+    expect(typeof parseEventLine(eventLine(event).replace('"request":["limit=1"]', '"request":[1]'))).toBe('string');
+  });
+});
+
+describe('the audit policy in the replicated auth state', () => {
+  it('changes without an auth revision bump, keeps its first HMAC key, and survives encoding', () => {
+    const first = newAuditHmacKey();
+    const bootstrapped = applyAuthChange(emptyAuthState, { op: 'bootstrap', policy: { users: [{ name: 'root', roles: ['root'] }], roles: [], bindings: new Map() }, signingKey: 'k', auditPolicy: shippedAuditPolicy(), auditHmacKey: first });
+    expect(bootstrapped.auditPolicy).toBe(shippedAuditPolicy());
+    expect(bootstrapped.auditHmacKey).toBe(first);
+    const encoded = encodeAuditPolicy(parseAuditPolicy('p', 'rules:\n  - { level: none }\n'));
+    const changed = applyAuthChange(bootstrapped, { op: 'auditPolicy', policy: encoded, hmacKey: newAuditHmacKey() });
+    expect(changed.auditPolicy).toBe(encoded);
+    expect(changed.auditHmacKey).toBe(first);
+    expect(changed.revision).toBe(bootstrapped.revision);
+    expect(decodeAuthState(encodeAuthState(changed))).toMatchObject({ auditPolicy: encoded, auditHmacKey: first });
+    // A cluster made without a key gets one with its first policy.
+    const keyed = applyAuthChange(emptyAuthState, { op: 'auditPolicy', policy: encoded, hmacKey: first });
+    expect(keyed.auditHmacKey).toBe(first);
+    expect(decodeAuthState(encodeAuthState(emptyAuthState)).auditPolicy).toBeUndefined();
   });
 });
