@@ -15,6 +15,15 @@ export interface AuditSinkFlags {
   readonly auditFailClosed: boolean;
 }
 
+/**
+ * The repeatable flag's parser. From `--config-file` a list arrives joined by commas with no
+ * previous value: it is split before each sink's scheme.
+ */
+export function collectSinks(value: string, previous: readonly string[] | undefined): string[] {
+  if (previous === undefined) return value.split(/,(?=stdout(?:$|[?,])|syslog\+tls:\/\/|https:\/\/)/);
+  return [...previous, value];
+}
+
 export async function startAuditSinks(flags: AuditSinkFlags, trail: AuditLog | undefined, trailDirectory: string, member: string, productVersion: string, logger: Logger): Promise<AuditSinks | undefined> {
   const specs = parseSinkSpecs(flags.auditSink);
   if (specs.length === 0) {

@@ -43,7 +43,7 @@ import { AuditLog, describeAuditWriteError } from '../audit/log.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
-import { startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
+import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
@@ -190,7 +190,7 @@ program
   .option('--no-audit', 'keep no audit trail (not recommended)')
   .option('--audit-signing-cert-file <file>', 'certificate (kind audit, from the cluster CA) of the key that signs this member\'s audit checkpoints')
   .option('--audit-signing-key-file <file>', 'the key that signs this member\'s audit checkpoints')
-  .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', (value: string, previous: string[]) => [...previous, value], [] as string[])
+  .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', collectSinks, [] as string[])
   .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')

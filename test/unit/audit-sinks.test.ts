@@ -20,6 +20,7 @@ import { parseSinkSpec, parseSinkSpecs } from '../../src/audit/sinks/spec.js';
 import { octetCountedFrame, parseOctetCountedFrames, syslogMessage } from '../../src/audit/sinks/syslog-message.js';
 import type { SinkRecord, SinkTransport } from '../../src/audit/sinks/transport.js';
 import { trailFiles } from '../../src/audit/verify.js';
+import { collectSinks } from '../../src/cli/audit-sinks.js';
 import { projectRoot, removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
 const event = (fields: Partial<AuditEvent> = {}): AuditEvent => ({
@@ -61,6 +62,11 @@ describe('--audit-sink', () => {
     // The cursor id follows the destination, not the options: changing the format resumes where it was.
     expect(parseSinkSpec('syslog+tls://h:1?format=ocsf').id).toBe(parseSinkSpec('syslog+tls://h:1').id);
     expect(parseSinkSpec('syslog+tls://h:1').id).not.toBe(parseSinkSpec('syslog+tls://h:2').id);
+  });
+
+  it('collects repeated flags, and a --config-file list (joined by commas) split per sink', () => {
+    expect(collectSinks('https://h/x?a=1,2', ['stdout'])).toEqual(['stdout', 'https://h/x?a=1,2']);
+    expect(collectSinks('stdout?format=ocsf,syslog+tls://h:1?ca=/c,https://h/p?q=a,b', undefined)).toEqual(['stdout?format=ocsf', 'syslog+tls://h:1?ca=/c', 'https://h/p?q=a,b']);
   });
 
   it('refuses what would leak or cannot work, naming the flag and why', () => {
