@@ -208,6 +208,23 @@ export async function loadAuditPolicy(file: string): Promise<AuditPolicy> {
   return parseAuditPolicy(file, await readFile(file, 'utf8'));
 }
 
+/**
+ * The audit policy of a policies directory (its `audit.yaml`, as `--bootstrap-policies` names one),
+ * as canonical JSON; the shipped default when it has none (or is one RBAC file). Throws an
+ * AuditPolicyError when the file is malformed.
+ */
+export async function auditPolicyOfDirectory(directory: string): Promise<string> {
+  for (const name of ['audit.yaml', 'audit.yml']) {
+    const file = path.join(directory, name);
+    const text = await readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
+      if (error.code === 'ENOENT' || error.code === 'ENOTDIR') return undefined;
+      throw error;
+    });
+    if (text !== undefined) return encodeAuditPolicy(parseAuditPolicy(file, text));
+  }
+  return shippedAuditPolicy();
+}
+
 let shipped: { text: string; policy: AuditPolicy } | undefined;
 
 /** The shipped default policy's canonical JSON (read and checked once; a broken file stops the caller). */

@@ -45,6 +45,7 @@ import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, 
 import { csvCell } from '../audit/csv.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
+import { auditPolicyOfDirectory } from '../audit/policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
 import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
@@ -194,7 +195,7 @@ program
   .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
-  .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with (default: the shipped policies/)')
+  .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with, its audit.yaml the audit policy (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
   .option('--auth-signing-key-rotation-interval <seconds>', 'the leader replaces the token signing key this often (also on every auth enable and disable)', integer, 86_400)
   .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
@@ -327,6 +328,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   if (!flags.clientCertAuth) logger.warn('client certificates are optional (--client-cert-auth=false): callers without one must log in with a password');
   // Checked before anything starts: a broken bootstrap policy is a configuration error.
   const bootstrapPolicy = flags.bootstrapAuth && !flags.insecure ? (await checkedPolicy(flags.bootstrapPolicies ?? shippedPolicies, () => undefined, false)).state : undefined;
+  const bootstrapAuditPolicy = bootstrapPolicy === undefined ? undefined : await auditPolicyOfDirectory(flags.bootstrapPolicies ?? shippedPolicies);
   let revocations: RevocationList | undefined;
   if (flags.crlFile !== undefined) {
     // The highest CRL number accepted lives with the member's data, so a restart keeps refusing older CRLs.
@@ -445,7 +447,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       logger.fatal({ err: error.message }, 'cannot secure the new cluster; stopping');
       process.stderr.write(`rampart: ${error.message}\n`);
       process.exit(1);
-    });
+    }, undefined, bootstrapAuditPolicy);
   // Metrics are counted always: the client port serves /metrics as etcd's does.
   let serving = false;
   const metrics: ServerMetrics = createMetrics(member, {

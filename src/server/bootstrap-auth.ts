@@ -24,7 +24,8 @@ export interface BootstrapAuth {
   stop(): void;
 }
 
-export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logger, onFatal: (error: Error) => void, intervalMs = 250): BootstrapAuth {
+/** `auditPolicy`: the audit policy's canonical JSON (audit/policy.ts) the cluster starts with. */
+export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logger, onFatal: (error: Error) => void, intervalMs = 250, auditPolicy = shippedAuditPolicy()): BootstrapAuth {
   let stopped = false;
   let running = false;
   let markSecured!: () => void;
@@ -40,7 +41,7 @@ export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logge
     }
     if (!member.isLeader) return;
     try {
-      await member.authChange({ op: 'bootstrap', policy, signingKey: newSigningKey(), auditPolicy: shippedAuditPolicy(), auditHmacKey: newAuditHmacKey() });
+      await member.authChange({ op: 'bootstrap', policy, signingKey: newSigningKey(), auditPolicy, auditHmacKey: newAuditHmacKey() });
       logger.info({ users: policy.users.map((user) => user.name) }, 'new cluster: applied the default policies and enabled auth');
     } catch (error) {
       if (isRampartError(error) && error.code === 'AuthOldRevision') return; // another member's bootstrap won: the next attempt sees it

@@ -1,8 +1,10 @@
 import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
-  AuditPolicyError, CompiledAuditPolicy, auditPolicyFile, auditRulesMax, compiledAuditPolicy, encodeAuditPolicy, parseAuditPolicy,
+  AuditPolicyError, CompiledAuditPolicy, auditPolicyFile, auditPolicyOfDirectory, auditRulesMax, compiledAuditPolicy, encodeAuditPolicy, parseAuditPolicy,
   shippedAuditPolicy, shippedAuditPolicyFile, type AuditSubject,
 } from '../../src/audit/policy.js';
 import { auditHmacKeyOf, hmacValue, newAuditHmacKey } from '../../src/audit/value-hmac.js';
@@ -217,5 +219,22 @@ describe('the audit policy in the replicated auth state', () => {
     const keyed = applyAuthChange(emptyAuthState, { op: 'auditPolicy', policy: encoded, hmacKey: first });
     expect(keyed.auditHmacKey).toBe(first);
     expect(decodeAuthState(encodeAuthState(emptyAuthState)).auditPolicy).toBeUndefined();
+  });
+});
+
+describe('the audit policy of a bootstrap policies directory', () => {
+  it('is its audit.yaml, the shipped default without one, and refused with file:line when malformed', async () => {
+    const directory = await mkdtemp(path.join(tmpdir(), 'audit-policy-'));
+    try {
+      expect(await auditPolicyOfDirectory(directory)).toBe(shippedAuditPolicy());
+      await writeFile(path.join(directory, 'root.yaml'), 'users: []\n');
+      expect(await auditPolicyOfDirectory(path.join(directory, 'root.yaml'))).toBe(shippedAuditPolicy()); // one RBAC file
+      await writeFile(path.join(directory, 'audit.yaml'), 'rules:\n  - { level: none }\n');
+      expect(await auditPolicyOfDirectory(directory)).toBe('{"rules":[{"level":"none"}]}');
+      await writeFile(path.join(directory, 'audit.yaml'), 'rules:\n  - { level: none }\n  - { level: metadata, users: [a] }\n');
+      await expect(auditPolicyOfDirectory(directory)).rejects.toThrow(`${path.join(directory, 'audit.yaml')}:3: rule 2 can never apply`);
+    } finally {
+      await rm(directory, { recursive: true, force: true });
+    }
   });
 });
