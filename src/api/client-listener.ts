@@ -7,12 +7,14 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { createServer as createHttpServer } from 'node:http';
+import type { ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { logRefusedTlsHandshakes } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
+import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
 
 /** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
 const http2Preface = Buffer.from('PRI * HTTP/2.0');
@@ -46,7 +48,12 @@ export interface ClientListener {
 }
 
 export async function listenClients(host: string, port: number, options: ClientListenerOptions): Promise<ClientListener> {
+  const before = http2ServersOf(options.grpcServer);
   const injector = options.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+  // The HTTP/2 server grpc-js just made for the injector: its connections get a reset allowance.
+  const injected = [...(http2ServersOf(options.grpcServer) ?? [])].filter((server) => before?.has(server) !== true);
+  for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));
+  if (injected.length === 0) options.logger.warn('this gRPC library hides its HTTP/2 server: grpc-js clients before 1.10.4 will see calls fail under load (RST_STREAM code 2)');
   const http = createHttpServer({ keepAliveTimeout: httpKeepAliveTimeoutMs, headersTimeout: httpHeadersTimeoutMs, requestTimeout: 0 }, options.http);
   const connections = new Set<Socket>();
   const track = (socket: Socket): void => {
