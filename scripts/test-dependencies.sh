@@ -16,6 +16,8 @@ need systemd-analyze systemd
 [ -x /usr/sbin/rsyslogd ] || missing="$missing rsyslog"
 # rsyslog-gnutls: rsyslog's TLS driver (test/e2e/audit-sinks).
 dpkg-query -W -f '${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'install ok installed' || missing="$missing rsyslog-gnutls"
+# cc: the soak's slow-disk fault compiles a test-only fsync shim (test/soak/slow-fsync.c).
+need cc gcc
 # python3-etcd3: a client nobody here wrote, with a password over server TLS (test/e2e/client-tls).
 /usr/bin/python3 -c 'import etcd3' >/dev/null 2>&1 || missing="$missing python3-etcd3"
 # patroni's package does not pull in a server; the e2e runs PostgreSQL 15 from its Debian path.

@@ -115,6 +115,8 @@ export interface RampartOptions {
   readonly args?: readonly string[];
   /** How long to wait for the client port (default 15 s); a member needs a leader before it serves. */
   readonly startTimeoutMs?: number;
+  /** Extra environment variables (the soak's fsync shim). */
+  readonly env?: Record<string, string>;
 }
 
 /** Starts `rampart serve --insecure` (plaintext; TLS has its own tests). */
@@ -131,7 +133,7 @@ export async function startRampart(options: RampartOptions = {}): Promise<Server
     '--log-level', process.env.RAMPART_TEST_LOG_LEVEL ?? 'warn',
     ...(options.args ?? []),
   ], {
-    env: cleanEnvironment(),
+    env: cleanEnvironment(options.env),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output = track(child);

@@ -1,36 +1,51 @@
 /**
  * A bounded nemesis soak against a real 3-member cluster (`npm run soak -- --minutes N`; skipped
- * unless RAMPART_SOAK_MINUTES is set). Faults, one every few seconds: SIGKILL and restart of a
- * member, SIGSTOP/SIGCONT of the leader or a follower, a partition isolating one member (fault
- * proxies between members), a restart of the whole cluster. Checked:
+ * unless RAMPART_SOAK_MINUTES is set). One fault every few seconds, healed before the next:
+ * - kill: SIGKILL of a member (or of the leader), restarted 0.5-3 s later;
+ * - pause: SIGSTOP/SIGCONT of a member (or of the leader) for 1-4 s;
+ * - partition: one member (or the leader) cut off from the others by the fault proxies between
+ *   members, for 2-5 s;
+ * - restart-all: SIGKILL of every member, then all restarted;
+ * - slow-disk: every fsync of one member (or of the leader) delayed by 200-500 ms for 4-8 s, by a
+ *   test-only LD_PRELOAD shim (disk-faults.ts);
+ * - disk-full: one member's data directory (its own small tmpfs) filled until the kernel answers
+ *   ENOSPC, for 3-6 s; a member that stops on it is restarted once space is back.
+ * The workload: KV puts and gets on rotating keys, leases kept alive, the Lock service, the Election
+ * service (Campaign/Proclaim/Resign), and a compaction every few seconds. Checked:
  * - the KV history is linearizable (which also means no acknowledged write is lost);
  * - leases: no lease whose keep-alive was acknowledged is gone (its key absent, or a keep-alive
  *   answered "not found") before the acknowledged TTL, counted from when that keep-alive was sent;
- * - locks: two holders never overlap while the earlier holder's lease is still covered.
- * Anomalies are printed with history excerpts. Not simulated here: slow or full disks, clock jumps,
- * power loss (fsync lies), membership changes.
+ * - locks and elections: two holders never overlap while the earlier holder's lease is covered;
+ * - no member exits unless the nemesis killed it or filled its disk;
+ * - at the end, every member has the same HashKV at the same revision (replicas identical).
+ * Anomalies are printed with history excerpts and the faults just before them. Not covered here:
+ * power loss (fsync lies, torn writes: SIGKILL keeps the page cache), clock jumps, membership
+ * changes, auth and certificate changes (the cluster is plaintext).
  */
 import { createWriteStream } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type * as grpc from '@grpc/grpc-js';
 import { memberIdFor } from '../../src/server/membership.js';
 import { call, connect, type RawClient } from '../helpers/client.js';
 import { FaultProxy, PeerNetwork } from '../helpers/fault-proxy.js';
 import { checkHistory, type Operation } from '../helpers/linearizability.js';
 import { freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import { drainDisk, fillDisk, mountSmallDisk, prepareSlowDisk, setFsyncDelay, unmountSmallDisk, type SlowDisk } from './disk-faults.js';
+import { KeptLease } from './kept-lease.js';
 
 const minutes = Number(process.env.RAMPART_SOAK_MINUTES ?? 0);
 const keysPerEpoch = 6;
 /**
  * Workers move to fresh keys every epoch: a put whose outcome is unknown stays concurrent with
- * everything after it on its key, and the checker's search grows with them; per-epoch keys keep
- * each key's history short however long the soak runs.
+ * everything after it on its key; per-epoch keys keep each key's history short however long the
+ * soak runs.
  */
 const epochMs = 20_000;
 const requestDeadlineMs = 3000;
 const leaseTtlSeconds = 3;
+/** Each member's tmpfs: room for its data with a margin, small enough to fill in a moment. */
+const smallDiskMiB = 384;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const now = (): number => performance.now();
 
@@ -40,89 +55,76 @@ interface SoakMember {
   readonly port: number;
   readonly peerPort: number;
   readonly proxyPort: number;
+  /** The directory the disk-full fault fills: a tmpfs mount when mounts are allowed. */
+  readonly diskDir: string;
   readonly dataDir: string;
+  readonly delayFile: string;
   process: ServerProcess | undefined;
   paused: boolean;
+  /** The nemesis is about to stop it (kill, restart-all) or may make it stop (disk-full). */
+  exitExpected: boolean;
+}
+
+interface Hold {
+  readonly worker: number;
+  readonly acquired: number;
+  readonly end: number;
 }
 
 function withDeadline<T>(promise: Promise<T>, ms = requestDeadlineMs): Promise<T> {
   return Promise.race([promise, sleep(ms).then(() => Promise.reject(new Error('client deadline')))]);
 }
 
-/** One lease kept alive over a keep-alive stream, reconnecting to another member when one fails. */
-class KeptLease {
-  /** Until when the acknowledged keep-alives (and the grant) guarantee the lease. */
-  coveredUntil = 0;
-  gone = false;
-  acknowledged = 0;
-  private stream: grpc.ClientDuplexStream<object, Record<string, unknown>> | undefined;
-  private readonly sent: number[] = [];
-  private timer: NodeJS.Timeout | undefined;
-
-  constructor(
-    readonly id: string,
-    grantedAt: number,
-    private readonly clients: () => RawClient,
-    private readonly anomaly: (text: string) => void,
-  ) {
-    this.coveredUntil = grantedAt + leaseTtlSeconds * 1000;
-    this.timer = setInterval(() => this.keepAlive(), 700);
-  }
-
-  private keepAlive(): void {
-    if (this.gone) return;
-    if (this.stream === undefined) {
-      const stream = this.clients().lease.LeaseKeepAlive();
-      this.sent.length = 0;
-      stream.on('data', (reply: Record<string, unknown>) => {
-        const sentAt = this.sent.shift();
-        if (sentAt === undefined) return;
-        const ttl = Number(reply.TTL);
-        if (ttl > 0) {
-          this.acknowledged += 1;
-          this.coveredUntil = Math.max(this.coveredUntil, sentAt + ttl * 1000);
-        } else if (!this.gone) {
-          this.gone = true;
-          if (now() < this.coveredUntil) this.anomaly(`lease ${this.id}: keep-alive answered "not found" ${Math.round(this.coveredUntil - now())} ms before its acknowledged TTL ran out`);
-        }
-      });
-      stream.on('error', () => {
-        if (this.stream === stream) this.stream = undefined;
-      });
-      stream.on('end', () => {
-        if (this.stream === stream) this.stream = undefined;
-      });
-      this.stream = stream;
-    }
-    this.sent.push(now());
-    this.stream.write({ ID: this.id });
-  }
-
-  stop(): void {
-    this.gone = true;
-    if (this.timer !== undefined) clearInterval(this.timer);
-    this.timer = undefined;
-    this.stream?.cancel();
-  }
-}
-
 describe.skipIf(!(minutes > 0))('soak', () => {
-  it(`keeps KV linearizable and leases and locks safe under a nemesis for ${minutes} min`, async () => {
+  it(`keeps KV linearizable, leases, locks and elections safe, and replicas equal under a nemesis for ${minutes} min`, async () => {
+    const startedAt = now();
+    const at = (ms: number): string => `${((ms - startedAt) / 1000).toFixed(1)}s`;
+    const stamp = (): string => at(now());
+    const logDir = await temporaryDirectory('soak-logs');
+    const diskRoot = await temporaryDirectory('soak-disks');
+    console.log(`soak member logs: ${logDir}`);
+    const phase = (text: string): void => console.log(`soak ${stamp()}: ${text}`);
+
+    const slowDisk: SlowDisk | string = await prepareSlowDisk(diskRoot);
     const network = new PeerNetwork();
     const members: SoakMember[] = [];
+    const mountProblems: string[] = [];
     for (let index = 1; index <= 3; index++) {
       const proxyPort = await freePort();
+      const diskDir = path.join(diskRoot, `s${index}`);
+      const problem = await mountSmallDisk(diskDir, smallDiskMiB);
+      if (problem !== undefined) mountProblems.push(problem);
       members.push({
         name: `s${index}`,
         id: memberIdFor([`http://127.0.0.1:${proxyPort}`], 'rampart-cluster'),
         port: await freePort(),
         peerPort: await freePort(),
         proxyPort,
-        dataDir: await temporaryDirectory(`soak${index}`),
+        diskDir,
+        dataDir: path.join(diskDir, 'data'),
+        delayFile: path.join(diskRoot, `s${index}.fsync-delay`),
         process: undefined,
         paused: false,
+        exitExpected: false,
       });
     }
+    const diskFullAvailable = mountProblems.length === 0;
+    const unavailable = [
+      ...(typeof slowDisk === 'string' ? [`slow-disk (${slowDisk})`] : []),
+      ...(diskFullAvailable ? [] : [`disk-full (${mountProblems[0] ?? ''})`]),
+    ];
+    if (unavailable.length > 0) phase(`faults not available on this machine: ${unavailable.join('; ')}`);
+
+    const events: { ms: number; text: string }[] = [];
+    const event = (text: string): void => {
+      events.push({ ms: now(), text });
+    };
+    const anomalies: { ms: number; text: string }[] = [];
+    const anomaly = (text: string): void => {
+      anomalies.push({ ms: now(), text });
+      phase(`ANOMALY ${text.split('\n')[0] ?? ''}`);
+    };
+
     const ids = members.map((member) => member.id);
     for (const member of members) {
       const proxy = new FaultProxy(member.id, member.peerPort, ids, network.rule);
@@ -131,24 +133,31 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     }
     const initialCluster = members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
     const start = async (member: SoakMember): Promise<void> => {
-      member.process = await startRampart({
+      await setFsyncDelay(member.delayFile, 0);
+      const started = await startRampart({
         name: member.name,
         port: member.port,
         peerPort: member.peerPort,
         dataDir: member.dataDir,
         startTimeoutMs: 90_000,
+        env: typeof slowDisk === 'string' ? {} : slowDisk.env(member.delayFile),
         args: ['--log-level', 'info', '--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster, '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500'],
       });
+      member.process = started;
+      member.exitExpected = false;
       const log = createWriteStream(path.join(logDir, `${member.name}.log`), { flags: 'a' });
-      log.write(`--- ${stamp()} started pid ${member.process.child.pid}\n`);
-      member.process.child.stdout?.pipe(log, { end: false });
-      member.process.child.stderr?.pipe(log, { end: false });
+      log.write(`--- ${stamp()} started pid ${started.child.pid}\n`);
+      started.child.stdout?.pipe(log, { end: false });
+      started.child.stderr?.pipe(log, { end: false });
+      started.child.once('exit', (code, signal) => {
+        if (member.process === started) member.process = undefined;
+        if (!member.exitExpected) {
+          const tail = started.output().trim().split('\n').slice(-8).join('\n  ');
+          anomaly(`member ${member.name} exited on its own (code ${code}, signal ${signal}); its last lines:\n  ${tail}`);
+        }
+      });
     };
-    const startedAt = now();
-    const stamp = (): string => `${((now() - startedAt) / 1000).toFixed(1)}s`;
-    const logDir = await temporaryDirectory('soak-logs');
-    console.log(`soak member logs: ${logDir}`);
-    const phase = (text: string): void => console.log(`soak ${stamp()}: ${text}`);
+
     /** What each worker is doing right now, to show where a stall is. */
     const inFlight = new Map<string, { what: string; since: number }>();
     const track = async <T>(who: string, what: string, promise: Promise<T>): Promise<T> => {
@@ -161,17 +170,13 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     };
     const watchdog = setInterval(() => {
       // A fault takes seconds (its own sleeps and restarts); a client call is bounded by its deadline.
-      const stuck = [...inFlight.entries()].filter(([who, entry]) => now() - entry.since > (who === 'nemesis' ? 120_000 : 5000));
-      if (stuck.length > 0) phase(`in flight > 5 s: ${stuck.map(([who, entry]) => `${who} ${entry.what} ${Math.round((now() - entry.since) / 1000)}s`).join('; ')}`);
+      const stuck = [...inFlight.entries()].filter(([who, entry]) => now() - entry.since > (who === 'nemesis' ? 120_000 : 10_000));
+      if (stuck.length > 0) phase(`in flight too long: ${stuck.map(([who, entry]) => `${who} ${entry.what} ${Math.round((now() - entry.since) / 1000)}s`).join('; ')}`);
     }, 5000);
 
-    const events: string[] = [];
-    const anomalies: string[] = [];
-    const anomaly = (text: string): void => {
-      anomalies.push(`${stamp()} ${text}`);
-    };
     const history: Operation[] = [];
-    const counts = { kills: 0, pauses: 0, partitions: 0, restartAll: 0, acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0 };
+    const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0 };
+    const faults: Record<string, number> = {};
     let running = true;
     const channelOptions = { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 500 } as object;
     const clients: RawClient[] = members.map((member) => connect(`127.0.0.1:${member.port}`, channelOptions));
@@ -212,7 +217,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         try {
           const grantCall = now();
           const granted = await track(key, 'grant', withDeadline(call(client.lease, 'LeaseGrant', { TTL: leaseTtlSeconds })));
-          const lease = new KeptLease(String(granted.ID), grantCall, anyClient, anomaly);
+          const lease = new KeptLease(String(granted.ID), grantCall, leaseTtlSeconds, anyClient, anomaly);
           counts.leases += 1;
           try {
             await track(key, 'put with lease', withDeadline(call(client.kv, 'Put', { key: Buffer.from(key), value: Buffer.from(lease.id), lease: lease.id })));
@@ -239,7 +244,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
             const returnMs = now();
             const kv = (response.kvs as { value: Buffer }[])[0];
             if (kv === undefined || kv.value.toString() !== lease.id) {
-              if (returnMs < lease.coveredUntil) anomaly(`lease ${lease.id}: key ${key} gone at ${Math.round(returnMs - startedAt)} ms though keep-alives cover it until ${Math.round(lease.coveredUntil - startedAt)} ms`);
+              if (returnMs < lease.coveredUntil) anomaly(`lease ${lease.id}: key ${key} gone at ${at(returnMs)} though keep-alives cover it until ${at(lease.coveredUntil)} (${lease.acknowledged} keep-alives acknowledged)`);
               lease.stop();
             }
           } catch {
@@ -251,25 +256,55 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       }
     };
 
-    const holds: { worker: number; acquired: number; end: number }[] = [];
-    const lockWorker = async (workerIndex: number): Promise<void> => {
+    /** Lock and Election share one shape: acquire with a kept lease, hold a moment, release. */
+    const lockHolds: Hold[] = [];
+    const electionHolds: Hold[] = [];
+    const mutexWorker = async (kind: 'lock' | 'election', workerIndex: number): Promise<void> => {
       while (running) {
-        const lease = await grantKept(`lock-owner/${workerIndex}`);
+        const lease = await grantKept(`${kind}-owner/${workerIndex}`);
         if (lease === undefined) return;
+        const who = `${kind}${workerIndex}`;
         try {
-          const locked = await track(`lock${workerIndex}`, 'lock', withDeadline(call(anyClient().lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000));
-          const acquired = now();
-          counts.locks += 1;
-          await sleep(100 + Math.random() * 300);
-          const releaseCall = now();
-          // Held until the unlock was asked, or until the lease was no longer guaranteed.
-          holds.push({ worker: workerIndex, acquired, end: Math.min(releaseCall, lease.coveredUntil) });
-          await track(`lock${workerIndex}`, 'unlock', withDeadline(call(anyClient().lock, 'Unlock', { key: locked.key }))).catch(() => undefined);
+          if (kind === 'lock') {
+            const locked = await track(who, 'lock', withDeadline(call(anyClient().lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000));
+            const acquired = now();
+            counts.locks += 1;
+            await sleep(100 + Math.random() * 300);
+            // Held until the unlock was asked, or until the lease was no longer guaranteed.
+            lockHolds.push({ worker: workerIndex, acquired, end: Math.min(now(), lease.coveredUntil) });
+            await track(who, 'unlock', withDeadline(call(anyClient().lock, 'Unlock', { key: locked.key }))).catch(() => undefined);
+          } else {
+            const campaigned = await track(who, 'campaign', withDeadline(call(anyClient().election, 'Campaign', { name: Buffer.from('soak-election'), lease: lease.id, value: Buffer.from(`w${workerIndex}`) }), 8000));
+            const acquired = now();
+            counts.elections += 1;
+            await sleep(50 + Math.random() * 150);
+            const proclaimed = await track(who, 'proclaim', withDeadline(call(anyClient().election, 'Proclaim', { leader: campaigned.leader, value: Buffer.from(`w${workerIndex}-proclaimed`) }))).then(() => true, () => false);
+            if (proclaimed) counts.proclaims += 1;
+            await sleep(50 + Math.random() * 150);
+            electionHolds.push({ worker: workerIndex, acquired, end: Math.min(now(), lease.coveredUntil) });
+            await track(who, 'resign', withDeadline(call(anyClient().election, 'Resign', { leader: campaigned.leader }))).catch(() => undefined);
+          }
         } catch {
           await sleep(100);
         } finally {
           counts.keepAlives += lease.acknowledged;
           lease.stop();
+        }
+      }
+    };
+
+    /** Compacts to a little behind the head every few seconds: compaction under every fault. */
+    const compactor = async (): Promise<void> => {
+      while (running) {
+        await sleep(4000 + Math.random() * 2000);
+        try {
+          const response = await track('compactor', 'range', withDeadline(call(anyClient().kv, 'Range', { key: Buffer.from('e0/k0') })));
+          const revision = Number((response.header as { revision: string }).revision) - 300;
+          if (revision <= 1) continue;
+          await track('compactor', `compact ${revision}`, withDeadline(call(anyClient().kv, 'Compact', { revision })));
+          counts.compactions += 1;
+        } catch {
+          // a compaction refused or lost is retried at the next one
         }
       }
     };
@@ -287,56 +322,95 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       return undefined;
     };
     const pick = <T>(items: readonly T[]): T => items[Math.floor(Math.random() * items.length)] as T;
+    const stopMember = async (member: SoakMember): Promise<void> => {
+      member.exitExpected = true;
+      await member.process?.stop('SIGKILL');
+      member.process = undefined;
+    };
+    /** Brings back whatever a fault left down (a member that stopped on a full disk, one that failed to start). */
+    const restartDown = async (): Promise<void> => {
+      for (const member of members) {
+        if (member.process === undefined) await start(member);
+      }
+    };
 
+    const available = [
+      'kill', 'kill-leader', 'pause', 'pause-leader', 'partition', 'partition-leader', 'restart-all',
+      ...(typeof slowDisk === 'string' ? [] : ['slow-disk', 'slow-disk-leader']),
+      ...(diskFullAvailable ? ['disk-full'] : []),
+    ];
+    // RAMPART_SOAK_FAULTS=disk-full,kill-leader narrows the nemesis to those faults (to chase one).
+    const only = process.env.RAMPART_SOAK_FAULTS?.split(',').filter((name) => name !== '');
+    const actions = only === undefined ? available : available.filter((name) => only.includes(name));
+    if (actions.length === 0) throw new Error(`RAMPART_SOAK_FAULTS names no available fault (available: ${available.join(', ')})`);
+    const fault = async (): Promise<void> => {
+      await sleep(3000 + Math.random() * 4000);
+      if (!running) return;
+      await restartDown();
+      const action = pick(actions);
+      const leader = await leaderOf();
+      const victim = action.endsWith('-leader') && leader !== undefined ? leader : pick(members);
+      event(`${action} ${victim.name}${leader === victim ? ' (leader)' : ''}`);
+      faults[action] = (faults[action] ?? 0) + 1;
+      if (action.startsWith('kill')) {
+        await stopMember(victim);
+        await sleep(500 + Math.random() * 2500);
+        await start(victim);
+      } else if (action.startsWith('pause')) {
+        victim.paused = true;
+        victim.process?.child.kill('SIGSTOP');
+        await sleep(1000 + Math.random() * 3000);
+        victim.process?.child.kill('SIGCONT');
+        victim.paused = false;
+      } else if (action.startsWith('partition')) {
+        network.isolate(victim.id, ids);
+        await sleep(2000 + Math.random() * 3000);
+        network.heal();
+      } else if (action.startsWith('slow-disk')) {
+        const delayMs = 200 + Math.floor(Math.random() * 300);
+        await setFsyncDelay(victim.delayFile, delayMs);
+        await sleep(4000 + Math.random() * 4000);
+        await setFsyncDelay(victim.delayFile, 0);
+      } else if (action === 'disk-full') {
+        victim.exitExpected = true;
+        const filled = await fillDisk(victim.diskDir);
+        await sleep(3000 + Math.random() * 3000);
+        await drainDisk(victim.diskDir);
+        if (victim.process === undefined) {
+          counts.diskFullExits += 1;
+          event(`disk-full ${victim.name}: stopped on ENOSPC (${Math.round(filled / 1048576)} MiB ballast); restarting`);
+          await start(victim);
+        } else {
+          victim.exitExpected = false;
+        }
+      } else {
+        await Promise.all(members.map((member) => stopMember(member)));
+        await sleep(500);
+        await Promise.all(members.map((member) => start(member)));
+      }
+      event(`healed ${action} ${victim.name}`);
+      // Progress as it goes: a run that stalls shows where.
+      phase(`${action} ${victim.name} done; ${JSON.stringify({ ...counts, operations: history.length })}`);
+    };
     const nemesis = async (): Promise<void> => {
       while (running) {
         try {
           await track('nemesis', 'fault', fault());
         } catch (error) {
           // A member that did not come back is a finding too; it is restarted at the next fault.
-          anomaly(`nemesis: ${String(error).split('\n')[0]}`);
-          for (const member of members) if (member.process === undefined) await start(member).catch(() => undefined);
+          anomaly(`nemesis: ${String(error).split('\n')[0] ?? ''}`);
         }
       }
     };
-    const fault = async (): Promise<void> => {
-      {
-        await sleep(3000 + Math.random() * 4000);
-        if (!running) return;
-        const action = pick(['kill', 'kill', 'pause-leader', 'pause', 'partition', 'partition', 'restart-all']);
-        const leader = await leaderOf();
-        const victim = action === 'pause-leader' && leader !== undefined ? leader : pick(members);
-        events.push(`${stamp()} ${action} ${victim.name}${leader === victim ? ' (leader)' : ''}`);
-        if (action === 'kill') {
-          counts.kills += 1;
-          await victim.process?.stop('SIGKILL');
-          victim.process = undefined;
-          await sleep(500 + Math.random() * 2500);
-          await start(victim);
-        } else if (action === 'pause' || action === 'pause-leader') {
-          counts.pauses += 1;
-          victim.paused = true;
-          victim.process?.child.kill('SIGSTOP');
-          await sleep(1000 + Math.random() * 3000);
-          victim.process?.child.kill('SIGCONT');
-          victim.paused = false;
-        } else if (action === 'partition') {
-          counts.partitions += 1;
-          network.isolate(victim.id, ids);
-          await sleep(2000 + Math.random() * 3000);
-          network.heal();
-        } else {
-          counts.restartAll += 1;
-          await Promise.all(members.map(async (member) => {
-            await member.process?.stop('SIGKILL');
-            member.process = undefined;
-          }));
-          await sleep(500);
-          await Promise.all(members.map((member) => start(member)));
+
+    const overlaps = (kind: string, holds: Hold[]): void => {
+      holds.sort((a, b) => a.acquired - b.acquired);
+      for (let index = 1; index < holds.length; index++) {
+        const previous = holds[index - 1];
+        const current = holds[index];
+        if (previous !== undefined && current !== undefined && current.worker !== previous.worker && current.acquired < previous.end) {
+          anomaly(`${kind}: worker ${current.worker} acquired at ${at(current.acquired)} while worker ${previous.worker} held it (acquired ${at(previous.acquired)}, held until ${at(previous.end)})`);
         }
-        events.push(`${stamp()} healed`);
-        // Progress as it goes: a run that stalls shows where.
-        console.log(`soak ${stamp()}: ${action} ${victim.name} done; ${JSON.stringify(counts)}`);
       }
     };
 
@@ -346,14 +420,17 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       const work = [
         ...Array.from({ length: 4 }, (_, index) => kvWorker(index)),
         ...Array.from({ length: 2 }, (_, index) => leaseWorker(index)),
-        ...Array.from({ length: 2 }, (_, index) => lockWorker(index)),
+        ...Array.from({ length: 2 }, (_, index) => mutexWorker('lock', index)),
+        ...Array.from({ length: 2 }, (_, index) => mutexWorker('election', index)),
+        compactor(),
       ];
       const chaos = nemesis();
       await sleep(minutes * 60_000);
       running = false;
       phase('stopping');
       await chaos;
-      phase('nemesis stopped');
+      await restartDown();
+      phase('nemesis stopped; every member up');
       await Promise.all(work);
       phase('workers stopped');
 
@@ -374,44 +451,71 @@ describe.skipIf(!(minutes > 0))('soak', () => {
           }
         }
       }
-
       phase(`final reads done (${keys.length} keys)`);
+
+      // Replicas identical: the same HashKV at one revision every member has applied.
+      const barrier = await withDeadline(call(anyClient().kv, 'Put', { key: Buffer.from('soak/barrier'), value: Buffer.from('end') }), 30_000);
+      const barrierRevision = Number((barrier.header as { revision: string }).revision);
+      const hashes: string[] = [];
+      for (const [index, member] of members.entries()) {
+        for (let attempt = 0; attempt < 100; attempt++) {
+          try {
+            const hashed = await withDeadline(call((clients[index] as RawClient).maintenance, 'HashKV', { revision: barrierRevision }));
+            hashes.push(`${member.name}: hash ${String(hashed.hash)} compacted at ${String(hashed.compact_revision)}`);
+            break;
+          } catch {
+            await sleep(300);
+          }
+        }
+      }
+      if (hashes.length !== members.length || new Set(hashes.map((line) => line.split(': ')[1])).size !== 1) {
+        anomaly(`replicas differ at revision ${barrierRevision}:\n  ${hashes.join('\n  ')}`);
+      }
+      phase(`HashKV at revision ${barrierRevision}: ${hashes.join('; ')}`);
+
       const result = checkHistory(history);
       phase('history checked');
       if (result.undecidedKey !== undefined) anomaly(`KV history of key ${result.undecidedKey} undecided: the checker ran out of search steps`);
       if (!result.ok && result.failedKey !== undefined) {
         const excerpt = history.filter((operation) => operation.key === result.failedKey).sort((a, b) => a.callMs - b.callMs).slice(-30);
-        anomaly(`KV history not linearizable on key ${result.failedKey}; last operations:\n${excerpt.map((operation) => `  ${operation.kind} ${operation.value} [${Math.round(operation.callMs - startedAt)}, ${Number.isFinite(operation.returnMs) ? Math.round(operation.returnMs - startedAt) : '?'}] ms`).join('\n')}`);
+        anomaly(`KV history not linearizable on key ${result.failedKey}; last operations:\n${excerpt.map((operation) => `  ${operation.kind} ${operation.value} [${at(operation.callMs)}, ${Number.isFinite(operation.returnMs) ? at(operation.returnMs) : '?'}]`).join('\n')}`);
       }
-      holds.sort((a, b) => a.acquired - b.acquired);
-      for (let index = 1; index < holds.length; index++) {
-        const previous = holds[index - 1];
-        const current = holds[index];
-        if (previous !== undefined && current !== undefined && current.worker !== previous.worker && current.acquired < previous.end) {
-          anomaly(`lock: worker ${current.worker} acquired at ${Math.round(current.acquired - startedAt)} ms while worker ${previous.worker} held it (acquired ${Math.round(previous.acquired - startedAt)} ms, held until ${Math.round(previous.end - startedAt)} ms)`);
-        }
-      }
+      overlaps('lock', lockHolds);
+      overlaps('election', electionHolds);
+
       const completed = history.filter((operation) => Number.isFinite(operation.returnMs)).length;
-      const summary = { minutes, operations: history.length, completed, ...counts, linearizable: result.ok, anomalies: anomalies.length };
+      const summary = { minutes, operations: history.length, completed, ...counts, faults, unavailable, linearizable: result.ok, anomalies: anomalies.length };
       console.log(`soak summary: ${JSON.stringify(summary)}`);
       if (anomalies.length > 0) {
         await writeFile(path.join(logDir, 'history.json'), JSON.stringify(history.map((operation) => ({ ...operation, returnMs: Number.isFinite(operation.returnMs) ? operation.returnMs : null }))));
-        console.log(`anomalies:\n${anomalies.join('\n')}\nnemesis:\n${events.join('\n')}\nmember logs and history.json kept in ${logDir}`);
+        const report = anomalies.map((found) => {
+          const before = events.filter((entry) => entry.ms <= found.ms && entry.ms > found.ms - 15_000).map((entry) => `    ${at(entry.ms)} ${entry.text}`);
+          return `${at(found.ms)} ${found.text}\n  faults in the 15 s before:\n${before.join('\n') || '    none'}`;
+        });
+        console.log(`anomalies:\n${report.join('\n')}\nmember logs and history.json kept in ${logDir}`);
       } else {
         await removeDirectory(logDir);
       }
-      expect(anomalies).toEqual([]);
+      expect(anomalies.map((found) => found.text)).toEqual([]);
       expect(counts.acknowledgedPuts).toBeGreaterThan(minutes * 100);
       expect(counts.locks).toBeGreaterThan(0);
+      expect(counts.elections).toBeGreaterThan(0);
       expect(counts.keepAlives).toBeGreaterThan(0);
     } finally {
       running = false;
       clearInterval(watchdog);
       clients.forEach((client) => client.close());
-      for (const member of members) member.process?.child.kill('SIGCONT');
+      for (const member of members) {
+        member.exitExpected = true;
+        member.process?.child.kill('SIGCONT');
+      }
       await Promise.all(members.map((member) => member.process?.stop()));
       await network.close();
-      await Promise.all(members.map((member) => removeDirectory(member.dataDir)));
+      for (const member of members) {
+        await drainDisk(member.diskDir).catch(() => undefined);
+        if (diskFullAvailable) await unmountSmallDisk(member.diskDir);
+      }
+      await removeDirectory(diskRoot);
     }
-  }, (minutes + 3) * 60_000);
+  }, (minutes + 5) * 60_000);
 });
