@@ -177,7 +177,7 @@ export interface WatchResponse {
 /** The payload of one replicated log entry (rampart.InternalRequest). */
 export interface InternalRequest {
   id: Int64In | Int64Out;
-  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change' | 'audit_checkpoint' | 'encryption_rotate';
+  request?: 'put' | 'delete_range' | 'txn' | 'compaction' | 'lease_grant' | 'lease_revoke' | 'alarm' | 'member_attributes' | 'member_update' | 'auth_change' | 'audit_checkpoint' | 'encryption_rotate' | 'login_records';
   put?: PutRequest;
   delete_range?: DeleteRangeRequest;
   txn?: TxnRequest;
@@ -191,6 +191,8 @@ export interface InternalRequest {
   /** A member's audit chain head (src/audit/checkpoint.ts), JSON. */
   audit_checkpoint?: string | undefined;
   encryption_rotate?: { kek: boolean };
+  /** Failed-login records (src/server/login-records.ts), JSON. */
+  login_records?: string | undefined;
   caller?: Caller | null | undefined;
 }
 

@@ -34,6 +34,7 @@ import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder } f
 import { authStateKey } from '../storage/schema.js';
 import { authorizeRequest } from './authorize.js';
 import type { AuditCheckpoints } from './audit-checkpoints.js';
+import type { LoginRecords } from './login-records.js';
 
 export const alarmType = { none: 0, noSpace: 1, corrupt: 2 } as const;
 
@@ -91,6 +92,7 @@ export class Applier {
     private readonly membership: Membership,
     private readonly auth: AuthHolder,
     private readonly checkpoints: AuditCheckpoints,
+    private readonly loginRecords: LoginRecords,
   ) {}
 
   /** Who granted a lease ('' for nobody), undefined when there is no such lease. */
@@ -152,6 +154,9 @@ export class Applier {
           batch.push(...this.membership.updatePeerUrls(id, update.peerURLs));
           return { ok: true, revision: this.store.currentRevision, response: {} };
         }
+        case 'login_records':
+          this.loginRecords.apply(required(request.login_records ?? undefined), batch);
+          return { ok: true, revision: this.store.currentRevision, response: {} };
         case 'encryption_rotate':
           // No replicated state changes: each member rotates its own keys (see Member.applyEntries).
           return { ok: true, revision: this.store.currentRevision, response: {} };

@@ -127,6 +127,7 @@ export function authorizeRequest(decider: AuthDecider, request: InternalRequest,
     case 'lease_grant':
     case 'member_attributes':
     case 'audit_checkpoint':
+    case 'login_records':
     case undefined:
       return;
   }

@@ -44,6 +44,7 @@ import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
 import { WatchHub } from './watch-hub.js';
 import { AuditCheckpoints, checkpointsOf } from './audit-checkpoints.js';
+import { LoginRecords, encodeLoginRecords, loginRecordsFlushIntervalMs, loginRecordsPerEntryMax } from './login-records.js';
 import { encodeCheckpoint, type ProposedCheckpoint } from '../audit/checkpoint.js';
 import { LoginLimiter } from '../auth/limiter.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
@@ -122,6 +123,9 @@ export class Member {
   readonly watchHub: WatchHub;
   /** Failed-login records: the leader's decide for the cluster (loginAttempt). */
   readonly loginLimiter = new LoginLimiter();
+  /** The replicated copy of existing users' failed-login records, merged into loginLimiter. */
+  private readonly loginRecords = new LoginRecords((record) => this.loginLimiter.merge(record));
+  private flushingLoginRecords = false;
   readonly lessor: Lessor;
   private readonly alarms = new Alarms();
   private readonly auditCheckpoints = new AuditCheckpoints();
@@ -167,7 +171,7 @@ export class Member {
     this.memberHex = memberId.toString(16);
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
-    this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints);
+    this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints, this.loginRecords);
     this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
     // Request ids need only be unique among this process's waiters across the cluster's log.
     this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
@@ -213,6 +217,10 @@ export class Member {
     this.auditCheckpoints.clear();
     for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) {
       this.auditCheckpoints.load(key, value);
+    }
+    this.loginRecords.clear();
+    for await (const [, value] of this.db.iterator({ gte: Buffer.of(prefix.loginRecord), lt: prefixEnd(prefix.loginRecord) })) {
+      this.loginRecords.load(value);
     }
     await this.membership.load(this.db);
     const authRecord = await this.db.get(authStateKey);
@@ -291,6 +299,7 @@ export class Member {
     this.timers.push(setInterval(() => void this.refreshDbSize(), 1000));
     this.timers.push(setInterval(() => void this.publishAttributes(), 100));
     this.timers.push(setInterval(() => this.watchHub.notifyProgress(), this.options.watchProgressNotifyIntervalMs));
+    this.timers.push(setInterval(() => this.flushLoginRecords(), loginRecordsFlushIntervalMs));
     if (this.db.encrypted) {
       const rotationIntervalMs = this.options.encryptionRotationIntervalMs ?? defaultEncryptionRotationIntervalMs;
       this.timers.push(setInterval(() => this.encryptionMaintenance(rotationIntervalMs), Math.min(rotationIntervalMs, encryptionCheckIntervalMs)));
@@ -545,6 +554,26 @@ export class Member {
   private leaderLoginAttempt(attempt: LoginAttempt): Promise<number> {
     if (this.loop.leader !== this.memberHex) return Promise.reject(new RampartError('NoLeader'));
     return Promise.resolve(this.recordLoginAttempt(attempt));
+  }
+
+  /**
+   * The leader replicates the login records that changed since its last flush (and clears those
+   * whose window is over), one bounded entry at a time: see src/server/login-records.ts.
+   */
+  private flushLoginRecords(): void {
+    if (this.flushingLoginRecords || this.stopped || this.loop.leader !== this.memberHex) return;
+    const changes = this.loginLimiter.takeChanges(loginRecordsPerEntryMax);
+    const expired = this.loginRecords.expired(Date.now(), this.loginLimiter.windowMs, loginRecordsPerEntryMax - changes.length);
+    if (changes.length === 0 && expired.length === 0) return;
+    this.flushingLoginRecords = true;
+    this.propose({ request: 'login_records', login_records: encodeLoginRecords([...expired, ...changes]) }, false)
+      .catch((error: unknown) => {
+        this.loginLimiter.returnChanges(changes);
+        this.options.logger.debug({ err: error instanceof Error ? error.message : String(error) }, 'could not replicate failed-login records; retrying');
+      })
+      .finally(() => {
+        this.flushingLoginRecords = false;
+      });
   }
 
   private recordLoginAttempt({ user, source, outcome, known }: LoginAttempt): number {

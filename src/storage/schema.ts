@@ -12,6 +12,7 @@
  *   'h'                         → raft hard state, see `log.ts`
  *   'c' + member(hex) + 0 + file + 0 + slot → a quorum-witnessed audit checkpoint (JSON), slot `latest`
  *                                 or a window number, see `server/audit-checkpoints.ts`
+ *   'f' + hash(16)              → a failed-login record (JSON), see `server/login-records.ts`
  *   'x' + name                  → encryption key store (wrapped data keys), see `encryption/keyring.ts`;
  *                                 owned by the sealing layer (`database.ts`), invisible above it
  *
@@ -30,6 +31,7 @@ export const prefix = {
   member: 0x6e,
   auth: 0x75,
   auditCheckpoint: 0x63,
+  loginRecord: 0x66,
   /** A snapshot being received: the leader's records, each under this prefix, until installed. */
   snapshotStaging: 0x73,
   keyStore: keyStorePrefix,

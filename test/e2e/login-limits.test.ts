@@ -1,10 +1,12 @@
 /**
  * Issue 8, item 4: login floods on a `rampart up` cluster (3 TLS members). Guessing limits hold
  * for the cluster, not per member; a flood of junk logins from one address does not starve a real
- * login from another; one address's lockout does not lock another address out.
+ * login from another; one address's lockout does not lock another address out; the count survives
+ * the leader's SIGKILL and a restart of every member (the records are replicated, in batches).
  */
 import { createServer, connect as connectTcp, type Server } from 'node:net';
 import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -42,6 +44,20 @@ describe('login limits on a 3-member cluster', () => {
     client.Authenticate({ name, password }, { deadline: Date.now() + 20_000 }, (error, reply) => resolve(error === null ? `token:${String(reply.token).slice(0, 2)}` : error.details));
   });
 
+  /** The index (0–2) of the member that leads, as the members answering say. */
+  const leaderIndex = async (indexes: readonly number[]): Promise<number> => {
+    for (let attempt = 0; attempt < 100; attempt++) {
+      const result = await run('etcdctl', ['--endpoints', indexes.map(endpoint).join(','), ...tls(), 'endpoint', 'status', '-w', 'json'], { env: cleanEnvironment() });
+      if (result.code === 0) {
+        const statuses = JSON.parse(result.stdout) as { Endpoint: string; Status: { header: { member_id: string | number }; leader: string | number } }[];
+        const leader = statuses.find((status) => String(status.Status.leader) !== '0' && String(status.Status.header.member_id) === String(status.Status.leader));
+        if (leader !== undefined) return indexes.find((index) => endpoint(index) === leader.Endpoint) ?? -1;
+      }
+      await sleep(200);
+    }
+    throw new Error('no leader');
+  };
+
   beforeAll(async () => {
     home = path.join(await temporaryDirectory('login-limits'), 'cluster');
     base = await freeBasePort();
@@ -49,7 +65,7 @@ describe('login limits on a 3-member cluster', () => {
     expect(result.code, result.stderr).toBe(0);
     const pki = path.join(home, 'pki');
     credentials = grpc.credentials.createSsl(await readFile(path.join(pki, 'ca.crt')), await readFile(path.join(pki, 'admin.key')), await readFile(path.join(pki, 'admin.crt')));
-    for (const user of ['alice', 'bob']) {
+    for (const user of ['alice', 'bob', 'carol']) {
       expect((await etcdctl(0, ['user', 'add', `${user}:${user}-pw`])).code).toBe(0);
     }
   }, 120_000);
@@ -110,4 +126,46 @@ describe('login limits on a 3-member cluster', () => {
       for (const client of clients) client.close();
     }
   }, 90_000);
+
+  it('a lockout and its count survive the leader\'s SIGKILL and a restart of every member', async () => {
+    const failed = 'etcdserver: authentication failed, invalid user ID or password';
+    const locked = 'etcdserver: too many requests';
+    const leader = await leaderIndex([0, 1, 2]);
+    const atLeader = authClient(base + leader * 10_000);
+    const answers: string[] = [];
+    for (let attempt = 0; attempt < 6; attempt++) answers.push(await login(atLeader, 'carol', `wrong-${attempt}`));
+    atLeader.close();
+    expect(answers).toEqual([...Array(5).fill(failed), locked]);
+    const lockedAt = Date.now();
+    await sleep(1_000); // the leader replicates its records every 250 ms
+
+    // Only the leader saw the guesses (it decides for the cluster): kill it, and let another lead.
+    const pid = Number((await readFile(path.join(home, `m${leader + 1}`, 'pid'), 'utf8')).trim());
+    process.kill(pid, 'SIGKILL');
+    const others = [0, 1, 2].filter((index) => index !== leader);
+    await leaderIndex(others);
+    await sleep(Math.max(0, lockedAt + 1_200 - Date.now())); // the first lockout (1 s) is over
+    const survivor = authClient(base + (others[0] as number) * 10_000);
+    try {
+      // The sixth failure, counted from five: locked out again at once (a fresh count would allow five).
+      expect(await login(survivor, 'carol', 'wrong-6')).toBe(failed);
+      expect(await login(survivor, 'carol', 'carol-pw')).toBe(locked);
+    } finally {
+      survivor.close();
+    }
+    await sleep(1_000);
+
+    // Every member restarted: the records come back from disk.
+    expect((await rampart(['down', '--dir', home])).code).toBe(0);
+    const restarted = await rampart(['up', '--dir', home, '--base-port', String(base)], 90_000);
+    expect(restarted.code, restarted.stderr).toBe(0);
+    await leaderIndex([0, 1, 2]);
+    const client = authClient(base);
+    try {
+      expect(await login(client, 'carol', 'wrong-7')).toBe(failed);
+      expect(await login(client, 'carol', 'carol-pw')).toBe(locked);
+    } finally {
+      client.close();
+    }
+  }, 120_000);
 });
