@@ -861,7 +861,7 @@ auditCommand
     const until = time(flags.until, 'until');
     if (flags.outcome !== undefined && !['allowed', 'denied', 'failed'].includes(flags.outcome)) fail('--outcome must be allowed, denied or failed');
     if (flags.format !== 'jsonl' && flags.format !== 'csv') fail('--format must be jsonl or csv');
-    const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'hash'] as const;
+    const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'request', 'hash'] as const;
     if (flags.format === 'csv') print(columns.join(','));
     // Streamed: the trail is verified whole first, then read again event by event.
     const progress = startProgress(`exporting ${directory}`, 'records');

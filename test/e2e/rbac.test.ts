@@ -274,8 +274,8 @@ describe('RBAC on a secure cluster', () => {
     // Keys and names only: no values, passwords or tokens.
     for (const secret of ['s3cret', 'bob-pw', 'carol-pw', 'eyJ']) expect(everything).not.toContain(secret);
     const csv = (await rampart(['audit', 'export', audit, '--format', 'csv', '--outcome', 'denied'])).stdout.split('\n');
-    expect(csv[0]).toBe('time,member,seq,action,user,via,source,outcome,code,detail,targets,hash');
-    expect(csv.some((line) => /,Put,alice,certificate,.*,denied,PERMISSION_DENIED,etcdserver: permission denied,\/other,[0-9a-f]{64}$/.test(line))).toBe(true);
+    expect(csv[0]).toBe('time,member,seq,action,user,via,source,outcome,code,detail,targets,request,hash');
+    expect(csv.some((line) => /,Put,alice,certificate,.*,denied,PERMISSION_DENIED,etcdserver: permission denied,\/other,,[0-9a-f]{64}$/.test(line))).toBe(true);
 
     // Alter one decision in a copy: verification names the line, export refuses.
     const copy = await mkdtemp(path.join(path.dirname(home), 'audit-copy-'));
