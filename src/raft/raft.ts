@@ -777,6 +777,25 @@ export class RaftNode {
     this.messages.push({ ...message, from: this.id } as Message);
   }
 
+  /**
+   * Removes and returns the pending messages that depend on nothing a Ready persists, which the
+   * caller may send at once instead of after the next Ready's fsync and apply:
+   * - a leader's appends and heartbeats: a leader may send entries before writing them itself
+   *   (Raft thesis 10.2.1; its own copy counts toward commit only once persisted, see `advance`),
+   *   and a heartbeat carries a commit index the follower already holds;
+   * - heartbeat responses: they confirm the sender's current term and leader, which holds when
+   *   sent whether or not the term is on disk yet (a vote, which must be, is never sent early);
+   * - forwarded proposals and read requests, and read answers: they carry no persisted state.
+   * So a member busy persisting or applying a large batch keeps the others informed within the
+   * election timeout, and replication of the next batch overlaps applying the previous one.
+   */
+  takeUrgentMessages(): Message[] {
+    if (!this.messages.some(isUrgent)) return [];
+    const urgent = this.messages.filter(isUrgent);
+    this.messages = this.messages.filter((message) => !isUrgent(message));
+    return urgent;
+  }
+
   // ---- Ready ----
 
   private hardState(): HardState {
@@ -831,6 +850,12 @@ export class RaftNode {
       this.log.applied = Math.max(this.log.applied, lastApplied.index);
     }
   }
+}
+
+const urgentTypes: ReadonlySet<Message['type']> = new Set(['append', 'heartbeat', 'heartbeatResponse', 'propose', 'readIndex', 'readIndexResponse']);
+
+function isUrgent(message: Message): boolean {
+  return urgentTypes.has(message.type);
 }
 
 export function parseConfigurationChange(data: Buffer): ConfigurationChange | undefined {

@@ -50,6 +50,7 @@ export class RaftLoop implements Consensus {
   start(): void {
     this.ticker = setInterval(() => {
       this.node.tick();
+      this.sendUrgent();
       this.kick();
     }, this.tickMs);
     this.kick();
@@ -78,12 +79,25 @@ export class RaftLoop implements Consensus {
   step(message: Message): void {
     if (this.closed) return;
     this.node.step(message);
+    this.sendUrgent();
     this.kick();
+  }
+
+  /**
+   * Heartbeats, their responses, a leader's appends and forwarded requests go out now, not after
+   * the Ready being persisted or applied (see RaftNode.takeUrgentMessages): a long fsync or a
+   * large apply must not look like a dead leader or a lost quorum to the other members, and
+   * followers persist the next entries while this member still applies the previous ones.
+   */
+  private sendUrgent(): void {
+    const urgent = this.node.takeUrgentMessages();
+    if (urgent.length > 0) this.host.send(urgent);
   }
 
   propose(data: Buffer): void {
     if (this.closed) throw new RampartError('Stopped');
     if (!this.node.propose(data)) throw new RampartError('NoLeader');
+    this.sendUrgent();
     this.kick();
   }
 
@@ -97,6 +111,7 @@ export class RaftLoop implements Consensus {
 
   transferLeadership(target: NodeId): boolean {
     const accepted = this.node.transferLeadership(target);
+    this.sendUrgent();
     this.kick();
     return accepted;
   }
@@ -117,6 +132,7 @@ export class RaftLoop implements Consensus {
         reject(new RampartError('NoLeader'));
         return;
       }
+      this.sendUrgent();
       this.kick();
     });
   }

@@ -406,9 +406,9 @@ export class Transport {
       return true;
     };
     /** Whether `message` may be taken from this call; a forged sender is dropped and (rate-limited) logged. */
-    const senderBound = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, message: Message): boolean => {
+    const senderBound = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, message: Message, certificateOf?: () => PeerCertificate | undefined): boolean => {
       if (options.mayActAs === undefined) return true;
-      const certificate = call.getAuthContext().sslPeerCertificate;
+      const certificate = certificateOf === undefined ? call.getAuthContext().sslPeerCertificate : certificateOf();
       if (certificate !== undefined && options.mayActAs(certificate, message.from)) return true;
       this.forgedSenderDrops += 1;
       this.forgedSenderUnreported += 1;
@@ -431,6 +431,10 @@ export class Transport {
           return;
         }
         let answered = false;
+        // A stream's certificate never changes, and reading it parses it again: read it once per stream
+        // (whether it may speak for the sender is still decided for every message: membership changes).
+        let certificate: { value: PeerCertificate | undefined } | undefined;
+        const certificateOf = (): PeerCertificate | undefined => (certificate ??= { value: call.getAuthContext().sslPeerCertificate }).value;
         call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
           if (answered) return;
           if (batch.cluster_id !== options.clusterId) {
@@ -441,7 +445,7 @@ export class Transport {
           }
           for (const wire of batch.messages) {
             const message = fromWire(wire);
-            if (message === undefined || message.to !== options.selfId || !senderBound(call, message)) continue;
+            if (message === undefined || message.to !== options.selfId || !senderBound(call, message, certificateOf)) continue;
             if (message.type === 'heartbeatResponse') this.heartbeatAnswered(message.from);
             options.onMessage(message);
           }

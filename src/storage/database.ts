@@ -97,6 +97,13 @@ interface PendingWrite {
   finish?: () => void;
 }
 
+/** Operations of one batch handed to LevelDB in one synchronous stretch; larger batches go in steps. */
+const batchStepOperationsMax = 512;
+
+function countPuts(operations: readonly BatchOperation[]): number {
+  return operations.reduce((count, operation) => count + (operation.type === 'put' ? 1 : 0), 0);
+}
+
 function inRange(key: Buffer, range: IteratorRange): boolean {
   if (range.gte !== undefined && Buffer.compare(key, range.gte) < 0) return false;
   if (range.gt !== undefined && Buffer.compare(key, range.gt) <= 0) return false;
@@ -113,6 +120,8 @@ export class SealedDatabase implements Database {
   /** A re-seal batch being written: writes to its keys wait for it, so they land after it. */
   private resealing: { keys: Set<string>; done: Promise<void> } | undefined;
   private resealPass: Promise<void> | undefined;
+  /** A large batch sealing in steps (`writeInSteps`); other seals wait for it. */
+  private steppedSeal: Promise<void> | undefined;
   private closed = false;
   private progress: ResealProgress = { recordsByDek: new Map(), resealed: 0, toReseal: 0, running: false };
   resealRecordsPerSecond = resealRecordsPerSecondDefault;
@@ -181,16 +190,21 @@ export class SealedDatabase implements Database {
   async batch(operations: BatchOperation[], options: { sync?: boolean } = {}): Promise<void> {
     const keyring = this.keyring;
     if (keyring === undefined) {
-      await this.level.batch(operations, { sync: options.sync ?? false });
+      if (operations.length > batchStepOperationsMax) await this.writeInSteps(operations, undefined, options);
+      else await this.level.batch(operations, { sync: options.sync ?? false });
       return;
     }
     const write: PendingWrite = { keys: operations.map((operation) => operation.key.toString('latin1')) };
     await this.beginWrite(write);
     try {
-      const puts = operations.reduce((count, operation) => count + (operation.type === 'put' ? 1 : 0), 0);
+      if (operations.length > batchStepOperationsMax) {
+        await this.writeInSteps(operations, keyring, options);
+        return;
+      }
+      const puts = countPuts(operations);
       // Room is checked and the records sealed in one synchronous stretch: no other batch can take
       // the reserved nonces in between.
-      while (!keyring.hasRoom(puts)) await keyring.reserve(puts);
+      while (!this.maySeal(keyring, puts)) await this.sealTurn(keyring, puts);
       const sealed = operations.map((operation): BatchOperation => {
         if (isKeyStoreKey(operation.key)) throw new Error('assertion failed: a write into the key store through the sealing layer');
         return operation.type === 'put' ? { type: 'put', key: operation.key, value: keyring.seal(operation.key, operation.value) } : operation;
@@ -199,6 +213,58 @@ export class SealedDatabase implements Database {
     } finally {
       this.endWrite(write);
     }
+  }
+
+  /** Whether `count` seals may happen now: room reserved, and no batch sealing in steps. */
+  private maySeal(keyring: Keyring, count: number): boolean {
+    return this.steppedSeal === undefined && keyring.hasRoom(count);
+  }
+
+  /** What to wait for before `maySeal` can hold. */
+  private sealTurn(keyring: Keyring, count: number): Promise<void> {
+    return this.steppedSeal ?? keyring.reserve(count);
+  }
+
+  /**
+   * A large batch (a delete of many keys, a big transaction) is sealed and handed to LevelDB in
+   * steps, yielding to the event loop between them, so heartbeats and client calls keep flowing;
+   * it stays one atomic LevelDB write. While it seals, other seals wait (none may take its nonces).
+   */
+  private async writeInSteps(operations: readonly BatchOperation[], keyring: Keyring | undefined, options: { sync?: boolean }): Promise<void> {
+    if (keyring !== undefined) while (this.steppedSeal !== undefined) await this.steppedSeal;
+    let release = (): void => undefined;
+    if (keyring !== undefined) this.steppedSeal = new Promise((resolve) => (release = resolve));
+    const chained = this.level.batch();
+    try {
+      for (let start = 0; start < operations.length; start += batchStepOperationsMax) {
+        if (start > 0) await new Promise((resolve) => setImmediate(resolve));
+        const step = operations.slice(start, start + batchStepOperationsMax);
+        if (keyring !== undefined) {
+          const puts = countPuts(step);
+          // Only this batch seals now, but a rotation may have made a new DEK active.
+          while (!keyring.hasRoom(puts)) await keyring.reserve(puts);
+        }
+        for (const operation of step) {
+          if (operation.type === 'del') {
+            chained.del(operation.key);
+          } else if (keyring === undefined) {
+            chained.put(operation.key, operation.value);
+          } else {
+            if (isKeyStoreKey(operation.key)) throw new Error('assertion failed: a write into the key store through the sealing layer');
+            chained.put(operation.key, keyring.seal(operation.key, operation.value));
+          }
+        }
+      }
+    } catch (error) {
+      await chained.close();
+      throw error;
+    } finally {
+      if (keyring !== undefined) {
+        this.steppedSeal = undefined;
+        release();
+      }
+    }
+    await chained.write({ sync: options.sync ?? false });
   }
 
   private endWrite(write: PendingWrite): void {
@@ -336,7 +402,7 @@ export class SealedDatabase implements Database {
         await iterator.close();
       }
       if (examined < resealChunkRecordsMax) last = undefined;
-      while (!keyring.hasRoom(candidates.length)) await keyring.reserve(candidates.length);
+      while (!this.maySeal(keyring, candidates.length)) await this.sealTurn(keyring, candidates.length);
       // From here to the write, synchronously: leave alone whatever was written since the read.
       const tracking = this.tracking;
       const fresh = candidates.filter(([key]) => !tracking.keys.has(key.toString('latin1')) && !tracking.ranges.some((range) => inRange(key, range)));

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
 import { Keyring, activeRecordKey, dekRecordKey, encryptionReservationBlock } from '../../src/encryption/keyring.js';
 import { SealedRecordError, sealedOverheadBytes } from '../../src/encryption/sealed-record.js';
@@ -164,5 +164,27 @@ describe('sealing layer', () => {
       expect(((await level.get(Buffer.from('k3'))) as Buffer).readUInt32BE(2)).toBe(2);
       expect(((await level.get(Buffer.from('k1'))) as Buffer).readUInt32BE(2)).toBe(1);
     });
+  });
+
+  it('seals and hands a large batch to LevelDB in steps (the event loop runs between them), as one write', async () => {
+    const db = await openSealed();
+    const seal = vi.spyOn(Keyring.prototype, 'seal');
+    try {
+      const big = Array.from({ length: 5_000 }, (_, index) => ({ type: 'put' as const, key: Buffer.from(`big-${String(index).padStart(5, '0')}`), value: Buffer.from(`value ${index}`) }));
+      const written = db.batch(big, { sync: true });
+      // A small batch from elsewhere meanwhile waits for the large one's seals, then lands too.
+      const small = db.batch([{ type: 'put', key: Buffer.from('small'), value: Buffer.from('small value') }]);
+      await new Promise((resolve) => setImmediate(resolve));
+      const sealedByNextTurn = seal.mock.calls.length;
+      await Promise.all([written, small]);
+      expect(sealedByNextTurn).toBeGreaterThan(0);
+      expect(sealedByNextTurn).toBeLessThan(big.length);
+      expect(seal.mock.calls.length).toBe(big.length + 1);
+      expect(db.getSync(Buffer.from('big-04999'))?.toString()).toBe('value 4999');
+      expect(db.getSync(Buffer.from('small'))?.toString()).toBe('small value');
+    } finally {
+      seal.mockRestore();
+      await db.close();
+    }
   });
 });

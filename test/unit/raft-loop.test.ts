@@ -1,0 +1,108 @@
+/**
+ * The Raft loop's timing: heartbeats and a leader's appends must not wait behind a Ready that is
+ * still being persisted or applied (a slow fsync, a delete of many keys), or followers and the
+ * leader's quorum check see a dead leader and elect another one under load.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
+import type { Message, NodeId } from '../../src/raft/types.js';
+import { RaftLoop, type RaftLoopHost } from '../../src/server/raft-loop.js';
+
+function node(id: NodeId, voters: NodeId[], learners: NodeId[] = []): RaftNode {
+  return new RaftNode(
+    { ...defaultRaftConfig, id, random: () => 0.5 },
+    { hardState: { term: 0, vote: '', commit: 0 }, snapshot: undefined, entries: [], configuration: { voters, learners }, applied: 0 },
+  );
+}
+
+/** A host whose persist hangs while `hang` is set: the loop is stuck inside one Ready. */
+class StuckHost implements RaftLoopHost {
+  readonly sent: Message[] = [];
+  hang = false;
+  private release: (() => void)[] = [];
+
+  persist(): Promise<void> {
+    if (!this.hang) return Promise.resolve();
+    return new Promise((resolve) => this.release.push(resolve));
+  }
+
+  send(messages: readonly Message[]): void {
+    this.sent.push(...messages);
+  }
+
+  installSnapshot(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  applyEntries(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  onSoftState(): void {}
+
+  onFatal(error: unknown): void {
+    throw error;
+  }
+
+  unstick(): void {
+    this.hang = false;
+    for (const resolve of this.release.splice(0)) resolve();
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('raft loop', () => {
+  const loops: { loop: RaftLoop; host: StuckHost }[] = [];
+  afterEach(async () => {
+    for (const { loop, host } of loops.splice(0)) {
+      host.unstick();
+      await loop.close();
+    }
+  });
+
+  it('a leader stuck persisting a Ready keeps sending heartbeats and new appends', async () => {
+    // A lone voter leads at once; its learner receives what a follower would.
+    const raft = node('a', ['a'], ['b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 5, 10_000);
+    loops.push({ loop, host });
+    raft.campaignNow();
+    loop.start();
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+    // The learner acknowledges the leader's first entry: it is replicated to from now on.
+    loop.step({ type: 'appendResponse', from: 'b', to: 'a', term: loop.term, reject: false, index: loop.lastIndex, rejectHint: 0 });
+    await loop.settled();
+
+    host.hang = true;
+    loop.propose(Buffer.from('first')); // its Ready's persist hangs
+    await sleep(20);
+    const before = host.sent.length;
+    loop.propose(Buffer.from('second'));
+    await sleep(100); // ~20 heartbeat ticks
+    const during = host.sent.slice(before);
+    expect(during.filter((message) => message.type === 'heartbeat').length).toBeGreaterThanOrEqual(5);
+    expect(during.some((message) => message.type === 'append' && message.entries.some((entry) => entry.data.toString() === 'second'))).toBe(true);
+    host.unstick();
+  });
+
+  it('a follower stuck persisting a Ready answers heartbeats at once (but not appends)', async () => {
+    const raft = node('b', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    loop.start();
+    host.hang = true;
+    loop.step({ type: 'append', from: 'a', to: 'b', term: 1, prevIndex: 0, prevTerm: 0, commit: 0, entries: [{ index: 1, term: 1, type: 'normal', data: Buffer.from('x') }] });
+    await sleep(20);
+    loop.step({ type: 'heartbeat', from: 'a', to: 'b', term: 1, commit: 0, context: 'c1' });
+    await sleep(20);
+    expect(host.sent.some((message) => message.type === 'heartbeatResponse' && message.context === 'c1')).toBe(true);
+    // The append's acknowledgement waits for the entry to be on disk.
+    expect(host.sent.some((message) => message.type === 'appendResponse')).toBe(false);
+    host.unstick();
+    await loop.settled();
+    expect(host.sent.some((message) => message.type === 'appendResponse' && !message.reject && message.index === 1)).toBe(true);
+  });
+});
