@@ -2,16 +2,20 @@
  * `rampart compliance check|export|verify`: CIS and Rampart controls against a live cluster and its
  * hosts' files, and the evidence bundle an auditor can check offline.
  *
- * Exit status: 0 when no control failed (warnings and skips do not fail a gate), 1 when one did,
- * 2 when the check could not run at all (no CA, no cluster reachable for anything).
+ * Exit status of check: 0 when no control failed (warnings and skips do not fail a gate), 1 when
+ * one did, 2 when the check could not run at all (no CA, no cluster reachable for anything).
+ * Of verify: 0 intact and signed under the CA the auditor gave; 1 refused (named); 2 intact only
+ * against the CA the bundle carries (not authenticated: compare its fingerprint, then pin it).
  */
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { InvalidArgumentError } from 'commander';
 import { anyFailed } from '../compliance/control.js';
 import { evaluateControls, expiryWarningDaysDefault } from '../compliance/check.js';
 import { formatReport, reportFormats, type ReportFormat } from '../compliance/report.js';
 import { gatherFacts, type GatherOptions } from './compliance-facts.js';
+import { exportBundle } from './compliance-export.js';
+import { verifyBundle } from '../compliance/bundle-verify.js';
 import type { ConnectionOptions } from './policy.js';
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
@@ -65,6 +69,12 @@ export function gatherOptions(flags: CheckFlags, command: Command): GatherOption
   };
 }
 
+function time(value: string): Date {
+  const parsed = Date.parse(value);
+  if (Number.isNaN(parsed) || !/^\d{4}-\d{2}-\d{2}/.test(value)) throw new InvalidArgumentError(`not an ISO 8601 time (2026-01-31 or 2026-01-31T12:00:00Z): ${value}`);
+  return new Date(parsed);
+}
+
 function cannotRun(error: unknown): never {
   process.stderr.write(`rampart: compliance: ${error instanceof Error ? error.message : String(error)}\n`);
   process.exit(2);
@@ -83,5 +93,40 @@ export function registerCompliance(program: Command, connectionOptions: (command
       if (flags.out === undefined) process.stdout.write(report);
       else await writeFile(flags.out, report).catch(cannotRun);
       process.exitCode = anyFailed(results) ? 1 : 0;
+    });
+
+  checkOptions(connectionOptions(compliance.command('export')))
+    .description('an evidence bundle (ustar archive): verified audit events of the window (JSON lines and AU-3 CSV), checkpoints, policies, certificates, encryption status, check results, an HTML summary, and a manifest of SHA-256s signed with a key the cluster CA issued')
+    .requiredOption('--from <time>', 'ISO 8601 time: events at or after it', time)
+    .requiredOption('--to <time>', 'ISO 8601 time: events before it', time)
+    .requiredOption('--out <file>', 'the bundle to write (never over an existing file)')
+    .option('--signing-cert <file>', 'certificate of kind audit from the cluster CA that signs the manifest (default, with --dir: <dir>/pki/compliance-signing.crt, issued on first use)')
+    .option('--signing-key <file>', 'its key')
+    .action(async (flags: CheckFlags & { from: Date; to: Date; out: string; signingCert?: string; signingKey?: string }, command: Command) => {
+      const result = await exportBundle({
+        gather: gatherOptions(flags, command), from: flags.from, to: flags.to, out: flags.out, signingCertificate: flags.signingCert, signingKey: flags.signingKey,
+      }, (line) => process.stderr.write(`rampart: ${line}\n`)).catch(cannotRun);
+      process.stdout.write(`wrote ${result.file}: ${result.events} audit events of ${result.members} members, ${result.files} files; cluster CA SHA-256 ${result.caFingerprint}\n`);
+    });
+
+  compliance.command('verify <file>')
+    .description('check an evidence bundle offline: structure, manifest signature, every file\'s SHA-256, every event\'s hash chain, checkpoint signatures; exit 1 if refused, 2 if the CA was not pinned')
+    .option('--cacert <file>', 'the cluster CA certificate you hold (trusting the one inside the bundle proves nothing: a forger ships their own)')
+    .option('--ca-fingerprint <sha256>', 'or the SHA-256 fingerprint of the cluster CA (openssl x509 -noout -fingerprint -sha256 -in ca.crt)')
+    .action(async (file: string, flags: { cacert?: string; caFingerprint?: string }) => {
+      const caPem = flags.cacert === undefined ? undefined : await readFile(flags.cacert, 'utf8').catch(cannotRun);
+      const result = await verifyBundle(file, { ...(caPem === undefined ? {} : { caPem }), ...(flags.caFingerprint === undefined ? {} : { caFingerprint: flags.caFingerprint }) });
+      if (!result.ok) {
+        process.stderr.write(`rampart: compliance: bundle REFUSED: ${result.problem ?? 'unknown problem'}\n`);
+        process.exit(1);
+      }
+      const manifest = result.manifest;
+      const described = `${result.files} files, ${result.events} audit events from ${manifest?.window.from ?? '?'} to ${manifest?.window.to ?? '?'}, made ${manifest?.created ?? '?'}`;
+      if (!result.pinned) {
+        process.stdout.write(`bundle intact: ${described}; signed under the CA it carries, SHA-256 ${result.caFingerprint ?? '?'}\n`);
+        process.stderr.write('rampart: compliance: NOT authenticated: anyone can make a bundle that verifies against a CA of their own. Compare that fingerprint with your cluster\'s CA, then pass --ca-fingerprint or --cacert\n');
+        process.exit(2);
+      }
+      process.stdout.write(`bundle verified: ${described}; signed by a key the cluster CA (SHA-256 ${result.caFingerprint ?? '?'}) issued\n`);
     });
 }

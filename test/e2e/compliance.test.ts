@@ -2,9 +2,11 @@
  * `rampart compliance check` on one 3-member `rampart up` cluster: it passes on the default
  * cluster, and fails naming the control when auth is disabled, when a data directory is made
  * world-readable (after start: members refuse to start on one), and when a member serves a
- * certificate close to expiry (renewed with the CA for 10 days, reloaded while serving).
+ * certificate close to expiry (renewed with the CA for 10 days, reloaded while serving). And the
+ * evidence bundle: `compliance export` then `compliance verify` offline, and a byte changed in a
+ * member file, the manifest or the signature refused, naming it.
  */
-import { chmod } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
@@ -94,6 +96,73 @@ describe('rampart compliance', () => {
       expect((await etcdctl(['auth', 'enable'])).code).toBe(0);
     }
   }, 60_000);
+
+  it('exports an evidence bundle that verifies offline, and refuses one byte changed in it', async () => {
+    const bundle = path.join(path.dirname(home), 'evidence.tar');
+    const from = new Date(Date.now() - 3_600_000).toISOString();
+    const to = new Date(Date.now() + 3_600_000).toISOString();
+    const exported = await rampart(['compliance', 'export', '--dir', home, '--from', from, '--to', to, '--out', bundle]);
+    expect(exported.stderr).toMatch(/reading the audit trail of m1/);
+    expect(exported.code, exported.stderr).toBe(0);
+    const summary = /^wrote .*evidence\.tar: (\d+) audit events of 3 members, 15 files; cluster CA SHA-256 ([0-9A-F:]{95})$/m.exec(exported.stdout);
+    expect(summary, exported.stdout).not.toBeNull();
+    const fingerprint = summary?.[2] as string;
+    const openssl = await run('openssl', ['x509', '-noout', '-fingerprint', '-sha256', '-in', path.join(pki(), 'ca.crt')]);
+    expect(openssl.stdout.trim()).toBe(`sha256 Fingerprint=${fingerprint}`);
+    const listing = await run('tar', ['-tf', bundle]);
+    expect(listing.stdout.split('\n').filter((line) => line !== '').sort()).toEqual([
+      'audit/checkpoints.jsonl', 'audit/events.csv', 'audit/events.jsonl', 'audit/trails.json', 'ca.crt', 'certificates.json', 'cluster.json',
+      'compliance/check.json', 'compliance/check.junit.xml', 'compliance/check.txt', 'encryption.json', 'index.html', 'manifest.json', 'manifest.sig', 'policies/rbac.yaml',
+    ]);
+
+    const verified = await rampart(['compliance', 'verify', bundle, '--cacert', path.join(pki(), 'ca.crt')]);
+    expect(verified.stderr).toBe('');
+    expect(verified.code).toBe(0);
+    expect(verified.stdout).toMatch(new RegExp(`^bundle verified: 15 files, ${summary?.[1] ?? ''} audit events from ${from.replace(/\./g, '\\.')} to .*; signed by a key the cluster CA \\(SHA-256 ${fingerprint}\\) issued$`, 'm'));
+    // Without the auditor's CA: intact, but not authenticated (exit 2) until its fingerprint is pinned.
+    const unpinned = await rampart(['compliance', 'verify', bundle]);
+    expect(unpinned.code).toBe(2);
+    expect(unpinned.stdout).toContain(`signed under the CA it carries, SHA-256 ${fingerprint}`);
+    expect(unpinned.stderr).toMatch(/NOT authenticated/);
+    expect((await rampart(['compliance', 'verify', bundle, '--ca-fingerprint', fingerprint])).code).toBe(0);
+
+    // What an auditor reads: the AU-3 CSV and the HTML page, with the auth change of the test before.
+    const extracted = path.join(path.dirname(home), 'extracted');
+    await mkdir(extracted);
+    expect((await run('tar', ['-xf', bundle, '-C', extracted])).code).toBe(0);
+    const csv = await readFile(path.join(extracted, 'audit', 'events.csv'), 'utf8');
+    expect(csv.split('\n')[0]).toBe('date_time,user,identified_by,event_type,success_or_failure,outcome,code,origin,member,affected_data,detail,seq,hash');
+    expect(csv).toMatch(/^[^,]+,root,certificate,AuthDisable,success,allowed,OK,127\.0\.0\.1:\d+,[0-9a-f]+,/m);
+    expect(csv).toMatch(/^[^,]+,root,certificate,Put,success,allowed,OK,127\.0\.0\.1:\d+,[0-9a-f]+,\/compliance\/k,/m);
+    const html = await readFile(path.join(extracted, 'index.html'), 'utf8');
+    expect(html).toMatch(/<h2>Administrative actions: [2-9]/);
+    expect(html).toMatch(/<td>AuthDisable<\/td>/);
+    expect(html).not.toMatch(/<script|\ssrc=|\shref=/);
+
+    // One byte changed in a member file, the manifest or the signature: refused, naming it.
+    const original = await readFile(bundle);
+    const flipAt = async (offset: number): Promise<{ code: number; stderr: string }> => {
+      const copy = Buffer.from(original);
+      copy[offset] = (copy[offset] ?? 0) ^ 0x01;
+      const altered = path.join(path.dirname(home), 'altered.tar');
+      await writeFile(altered, copy);
+      return rampart(['compliance', 'verify', altered, '--cacert', path.join(pki(), 'ca.crt')]);
+    };
+    const putEvent = original.indexOf('"action":"Put"');
+    expect((await flipAt(putEvent + 11)).stderr).toMatch(/^rampart: compliance: bundle REFUSED: audit\/events\.jsonl: its SHA-256 does not match the manifest \(altered\)$/m);
+    const inManifest = original.indexOf('"sha256"');
+    expect((await flipAt(inManifest + 12)).stderr).toMatch(/bundle REFUSED: manifest\.json is not in canonical form|bundle REFUSED: manifest\.sig: the signature does not match manifest\.json/);
+    const inSignature = original.indexOf('"signature": "') + 20;
+    const refusedSignature = await flipAt(inSignature);
+    expect(refusedSignature.code).toBe(1);
+    expect(refusedSignature.stderr).toMatch(/bundle REFUSED: manifest\.sig/);
+    expect((await flipAt(original.length - 1)).stderr).toMatch(/bundle REFUSED: not an intact bundle: the end-of-archive blocks are altered/);
+
+    // Never over an existing file.
+    const again = await rampart(['compliance', 'export', '--dir', home, '--from', from, '--to', to, '--out', bundle]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/exists/);
+  }, 90_000);
 
   it('fails CIS-1.1.11, naming the member and mode, on a world-readable data directory', async () => {
     const data = path.join(home, 'm2', 'data');
