@@ -8,7 +8,7 @@
  * length (a tampered or pre-bounds file), is read in constant memory, and a record longer than
  * `recordBytesMax` is reported as such, never loaded.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, unlink, type FileHandle } from 'node:fs/promises';
 import { auditLineBytesMax } from './event.js';
 
 /** Records longer than this are reported as oversized, not read (writers stay well below). */
@@ -91,7 +91,10 @@ export async function readLastRecord(file: string): Promise<string | undefined> 
 
 /** Appends records to a new file; `append` + `sync` make them durable in one write and one fdatasync. */
 export class RecordWriter {
-  private constructor(private readonly handle: FileHandle) {}
+  /** Bytes of whole records in the file: a failed append is cut back to it. */
+  private bytes = 0;
+
+  private constructor(private readonly handle: FileHandle, private readonly file: string) {}
 
   /** Creates `file` (never an existing one), mode 0600; undefined when it exists. */
   static async create(file: string): Promise<RecordWriter | undefined> {
@@ -99,12 +102,28 @@ export class RecordWriter {
       if (error.code === 'EEXIST') return undefined;
       throw error;
     });
-    return handle === undefined ? undefined : new RecordWriter(handle);
+    return handle === undefined ? undefined : new RecordWriter(handle, file);
   }
 
   async append(records: readonly string[]): Promise<void> {
-    await this.handle.write(`${records.join('\n')}\n`);
-    await this.handle.datasync();
+    // A nearly full disk takes part of a write without an error: the rest is written again, and
+    // only then does the kernel answer ENOSPC (one unchecked write acknowledged a torn record).
+    // If it fails, the part written is cut off again, so the file still ends with a whole record.
+    const bytes = Buffer.from(`${records.join('\n')}\n`, 'utf8');
+    try {
+      for (let offset = 0; offset < bytes.length;) {
+        const { bytesWritten } = await this.handle.write(bytes, offset, bytes.length - offset, this.bytes + offset);
+        if (bytesWritten <= 0) throw new Error('the audit file took no more bytes');
+        offset += bytesWritten;
+      }
+      await this.handle.datasync();
+    } catch (error) {
+      await this.handle.truncate(this.bytes).then(() => this.handle.datasync()).catch(() => undefined);
+      // A file that never held a whole record (a start on a full disk) is no link of the chain.
+      if (this.bytes === 0) await unlink(this.file).catch(() => undefined);
+      throw error;
+    }
+    this.bytes += bytes.length;
   }
 
   close(): Promise<void> {
