@@ -5,7 +5,8 @@
  * shared by handled calls (services.ts) and calls a transport refused (refusal-audit.ts).
  */
 import type { AuthState } from '../auth/store.js';
-import { compiledAuditPolicy, shippedAuditPolicy, type AuditDecision, type AuditSubject } from '../audit/policy.js';
+import type { AuditLog } from '../audit/log.js';
+import { auditPolicyDigest, compiledAuditPolicy, shippedAuditPolicy, type AuditDecision, type AuditSubject } from '../audit/policy.js';
 import { auditHmacKeyOf, hmacValue } from '../audit/value-hmac.js';
 import type { ValueRecorder } from './audit-request.js';
 
@@ -27,4 +28,24 @@ export function valueRecorder(state: AuthState, decision: AuditDecision): ValueR
   const key = auditHmacKeyOf(state.auditHmacKey);
   if (key === undefined) return undefined;
   return { inScope: decision.valueInScope, hmac: (value) => hmacValue(key, value) };
+}
+
+/** The policy each trail last named (see `namePolicyInForce`). */
+const namedPolicies = new WeakMap<AuditLog, string>();
+
+/**
+ * Before the first event a policy selects, the trail names that policy (`audit.policy`, target
+ * `audit-policy:sha256:DIGEST`, as `rampart audit policy show` prints it): every member's trail says
+ * which policy chose what follows it — after each start and each change, whichever member applied it.
+ */
+export function namePolicyInForce(trail: AuditLog, state: AuthState): void {
+  const encoded = state.auditPolicy ?? shippedAuditPolicy();
+  if (namedPolicies.get(trail) === encoded) return;
+  namedPolicies.set(trail, encoded);
+  trail.record({
+    action: 'audit.policy',
+    targets: [`audit-policy:sha256:${auditPolicyDigest(encoded)}`],
+    outcome: 'allowed',
+    ...(state.auditPolicy === undefined ? { detail: 'the shipped default (no policy applied)' } : {}),
+  }).catch(() => undefined); // a trail that cannot be written stops the member through its own error handler
 }

@@ -6,7 +6,7 @@
 import type { PeerCertificate } from 'node:tls';
 import type { AuditLog } from '../audit/log.js';
 import type { AuthHolder } from '../auth/store.js';
-import { auditDecision } from './audit-decision.js';
+import { auditDecision, namePolicyInForce } from './audit-decision.js';
 
 export interface TransportRefusal {
   /** The method path, e.g. `/etcdserverpb.KV/Put`. */
@@ -28,6 +28,7 @@ export function recordRefusal(audit: AuditLog, auth: AuthHolder, refusal: Transp
   const action = refusal.unknownMethod ? refusal.method : refusal.method.slice(refusal.method.lastIndexOf('/') + 1);
   // The request was never decoded: no keys, no request fields; the policy decides on the rest.
   if (auditDecision(auth.state, { action, user, outcome: 'failed', ranges: [] }).level === 'none') return Promise.resolve();
+  namePolicyInForce(audit, auth.state);
   return audit.record({
     action,
     user,

@@ -27,7 +27,7 @@ import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { checkName } from '../auth/names.js';
 import { serveAuth } from './auth-service.js';
 import { outcomeOf, targetsOf, txnWrites } from './audit-events.js';
-import { auditDecision, valueRecorder } from './audit-decision.js';
+import { auditDecision, namePolicyInForce, valueRecorder } from './audit-decision.js';
 import { requestFieldsOf } from './audit-request.js';
 import { shippedAuditPolicy } from '../audit/policy.js';
 import { serveAuditPolicy } from './audit-policy-service.js';
@@ -129,6 +129,7 @@ export function createServices(options: ServicesOptions): ServiceTable {
     const state = member.auth.state;
     const decision = auditDecision(state, { action, writes: action === 'Txn' && txnWrites(request as unknown as TxnRequest), user, outcome, ranges });
     if (decision.level === 'none') return Promise.resolve();
+    namePolicyInForce(options.audit, state);
     return options.audit.record({
       action,
       user,

@@ -2,7 +2,8 @@
  * The audit policy on a 3-member `rampart up` cluster: the shipped default is in force from the
  * first entries (writes, denials and secret reads recorded, ordinary reads not); a malformed file is
  * refused with file:line and changes nothing; a policy with `request` + `values: hmac` on a prefix,
- * applied once, is used by every member: their events carry the value's HMAC, which
+ * applied once, is used by every member (each trail names the policy before the events it selected):
+ * their events carry the value's HMAC, which
  * `rampart audit hmac` reproduces, and no audit file holds the value; the change itself is in the
  * trail, and the trails still verify.
  */
@@ -63,6 +64,10 @@ describe('the audit policy of a cluster', () => {
     expect(trail).toContainEqual(expect.objectContaining({ action: 'Authenticate', user: 'ghost', outcome: 'denied' }));
     expect(trail.filter((event) => event.action === 'Range' && event.targets?.[0] === '/pods/p1')).toEqual([]);
     expect(trail.some((event) => event.request !== undefined)).toBe(false); // metadata only
+    // The trail names the policy in force before the first event it selected.
+    const named = trail.findIndex((event) => event.action === 'audit.policy');
+    expect(trail[named]?.targets?.[0]).toMatch(/^audit-policy:sha256:[0-9a-f]{64}$/);
+    expect(named).toBeLessThan(trail.findIndex((event) => event.action === 'Put'));
   }, 60_000);
 
   it('refuses a malformed policy with file:line and keeps the one in force', async () => {
@@ -109,7 +114,12 @@ describe('the audit policy of a cluster', () => {
 
     const put = (await eventually(1, (event) => event.action === 'Range' && event.targets?.[0] === '/app/db-password')).find((event) => event.action === 'Put' && event.targets?.[0] === '/app/db-password');
     expect(put?.request).toEqual(['prev_kv', `value=${mac}`]);
-    const range = (await events(1)).find((event) => event.action === 'Range' && event.targets?.[0] === '/app/db-password');
+    // m2 applied the entry it did not handle: its trail names the new policy before the events it selected.
+    const m2 = await events(1);
+    const namedAt = m2.findIndex((event) => event.action === 'audit.policy' && event.targets?.[0] === `audit-policy:sha256:${digest}`);
+    expect(namedAt).toBeGreaterThan(0);
+    expect(namedAt).toBeLessThan(m2.findIndex((event) => event.action === 'Put' && event.targets?.[0] === '/app/db-password'));
+    const range = m2.find((event) => event.action === 'Range' && event.targets?.[0] === '/app/db-password');
     expect(range?.request).toEqual(['limit=5']);
     const txn = (await events(2)).find((event) => event.action === 'Txn');
     expect(txn?.request).toEqual([`compare=/app/db-password VALUE = ${mac}`, 'success.put=/app/other', expect.stringMatching(/^success\.value=hmac-sha256:[0-9a-f]{64}$/)]);
