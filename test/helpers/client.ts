@@ -10,6 +10,7 @@ export interface RawClient {
   readonly watch: grpc.Client & { Watch(): grpc.ClientDuplexStream<object, Record<string, unknown>> };
   readonly lease: grpc.Client & Record<string, Unary> & { LeaseKeepAlive(): grpc.ClientDuplexStream<object, Record<string, unknown>> };
   readonly maintenance: grpc.Client & Record<string, Unary>;
+  readonly cluster: grpc.Client & Record<string, Unary>;
   readonly lock: grpc.Client & Record<string, Unary>;
   readonly election: grpc.Client & Record<string, Unary> & { Observe(request: object): grpc.ClientReadableStream<Record<string, unknown>> };
   close(): void;
@@ -23,7 +24,7 @@ export function connect(endpoint: string, options: grpc.ChannelOptions = {}, cre
     if (constructor === undefined) throw new Error(`no service ${name}`);
     return new constructor(endpoint, credentials, { 'grpc.max_receive_message_length': -1, ...options });
   };
-  const clients = { kv: make('KV'), watch: make('Watch'), lease: make('Lease'), maintenance: make('Maintenance'), lock: make('Lock', 'v3lockpb'), election: make('Election', 'v3electionpb') };
+  const clients = { kv: make('KV'), watch: make('Watch'), lease: make('Lease'), maintenance: make('Maintenance'), cluster: make('Cluster'), lock: make('Lock', 'v3lockpb'), election: make('Election', 'v3electionpb') };
   return {
     ...(clients as unknown as Omit<RawClient, 'close'>),
     close: () => Object.values(clients).forEach((client) => client.close()),

@@ -10,6 +10,8 @@
  *   test-only LD_PRELOAD shim (disk-faults.ts);
  * - disk-full: one member's data directory (its own small tmpfs) filled until the kernel answers
  *   ENOSPC, for 3-6 s; a member that stops on it is restarted once space is back.
+ * - replace: a membership change: a member removed, its data wiped, added back under a new peer URL
+ *   and id, joining the running cluster (it catches up by snapshot).
  * The workload: KV puts and gets on rotating keys, leases kept alive, the Lock service, the Election
  * service (Campaign/Proclaim/Resign), and a compaction every few seconds. Checked:
  * - the KV history is linearizable (which also means no acknowledged write is lost);
@@ -19,8 +21,8 @@
  * - no member exits unless the nemesis killed it or filled its disk;
  * - at the end, every member has the same HashKV at the same revision (replicas identical).
  * Anomalies are printed with history excerpts and the faults just before them. Not covered here:
- * power loss (fsync lies, torn writes: SIGKILL keeps the page cache), clock jumps, membership
- * changes, auth and certificate changes (the cluster is plaintext).
+ * power loss (fsync lies, torn writes: SIGKILL keeps the page cache), clock jumps, auth and
+ * certificate changes (the cluster is plaintext), more than one fault at a time.
  */
 import { createWriteStream } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -51,10 +53,13 @@ const now = (): number => performance.now();
 
 interface SoakMember {
   readonly name: string;
-  readonly id: string;
+  /** Changes when the member is replaced (removed, then added back with an empty data directory). */
+  id: string;
   readonly port: number;
   readonly peerPort: number;
-  readonly proxyPort: number;
+  proxyPort: number;
+  /** Set for a replacement's first start: it joins the running cluster. */
+  joining: boolean;
   /** The directory the disk-full fault fills: a tmpfs mount when mounts are allowed. */
   readonly diskDir: string;
   readonly dataDir: string;
@@ -105,6 +110,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         delayFile: path.join(diskRoot, `s${index}.fsync-delay`),
         process: undefined,
         paused: false,
+        joining: false,
         exitExpected: false,
       });
     }
@@ -131,7 +137,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       await proxy.listen(member.proxyPort);
       network.proxies.push(proxy);
     }
-    const initialCluster = members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
+    const initialCluster = (): string => members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
     const start = async (member: SoakMember): Promise<void> => {
       await setFsyncDelay(member.delayFile, 0);
       const started = await startRampart({
@@ -141,7 +147,11 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         dataDir: member.dataDir,
         startTimeoutMs: 90_000,
         env: typeof slowDisk === 'string' ? {} : slowDisk.env(member.delayFile),
-        args: ['--log-level', 'info', '--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster, '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500'],
+        args: [
+          '--log-level', 'info', '--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster(),
+          ...(member.joining ? ['--initial-cluster-state', 'existing'] : []),
+          '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500',
+        ],
       });
       member.process = started;
       member.exitExpected = false;
@@ -175,7 +185,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     }, 5000);
 
     const history: Operation[] = [];
-    const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0 };
+    const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0, replacements: 0 };
     const faults: Record<string, number> = {};
     let running = true;
     const channelOptions = { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 500 } as object;
@@ -338,6 +348,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       'kill', 'kill-leader', 'pause', 'pause-leader', 'partition', 'partition-leader', 'restart-all',
       ...(typeof slowDisk === 'string' ? [] : ['slow-disk', 'slow-disk-leader']),
       ...(diskFullAvailable ? ['disk-full'] : []),
+      'replace',
     ];
     // RAMPART_SOAK_FAULTS=disk-full,kill-leader narrows the nemesis to those faults (to chase one).
     const only = process.env.RAMPART_SOAK_FAULTS?.split(',').filter((name) => name !== '');
@@ -383,6 +394,8 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         } else {
           victim.exitExpected = false;
         }
+      } else if (action === 'replace') {
+        await replace(victim);
       } else {
         await Promise.all(members.map((member) => stopMember(member)));
         await sleep(500);
@@ -391,6 +404,48 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       event(`healed ${action} ${victim.name}`);
       // Progress as it goes: a run that stalls shows where.
       phase(`${action} ${victim.name} done; ${JSON.stringify({ ...counts, operations: history.length })}`);
+    };
+    /**
+     * A membership change under the workload: the member is removed (MemberRemove through another
+     * member), its data wiped, and added back as a new member (MemberAdd: a new peer URL, hence a
+     * new id and a new fault proxy) that joins with --initial-cluster-state existing and catches up
+     * by snapshot. The other faults keep hitting it afterwards under its new id.
+     */
+    const replace = async (victim: SoakMember): Promise<void> => {
+      const others = members.filter((member) => member !== victim);
+      const via = (): RawClient => clients[members.indexOf(pick(others))] as RawClient;
+      const retry = async (what: string, attempt: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
+        for (let tries = 0; ; tries++) {
+          try {
+            return await attempt();
+          } catch (error) {
+            if (tries >= 30) throw new Error(`replace ${victim.name}: ${what} kept failing: ${String(error)}`);
+            await sleep(500);
+          }
+        }
+      };
+      await retry('MemberRemove', () => withDeadline(call(via().cluster, 'MemberRemove', { ID: BigInt(`0x${victim.id}`).toString() }), 5000));
+      await stopMember(victim);
+      await removeDirectory(victim.dataDir);
+      const proxyPort = await freePort();
+      const added = await retry('MemberAdd', () => withDeadline(call(via().cluster, 'MemberAdd', { peerURLs: [`http://127.0.0.1:${proxyPort}`], isLearner: false }), 5000));
+      const newId = BigInt((added.member as { ID: string }).ID).toString(16);
+      const oldProxy = network.proxies.find((proxy) => proxy.memberId === victim.id);
+      ids.splice(ids.indexOf(victim.id), 1, newId);
+      const proxy = new FaultProxy(newId, victim.peerPort, ids, network.rule);
+      await proxy.listen(proxyPort);
+      network.proxies.splice(network.proxies.indexOf(oldProxy as FaultProxy), 1, proxy);
+      await oldProxy?.close();
+      event(`replace ${victim.name}: ${victim.id} removed, ${newId} added at port ${proxyPort}`);
+      victim.id = newId;
+      victim.proxyPort = proxyPort;
+      victim.joining = true;
+      try {
+        await start(victim);
+      } finally {
+        victim.joining = false;
+      }
+      counts.replacements += 1;
     };
     const nemesis = async (): Promise<void> => {
       while (running) {
