@@ -16,7 +16,8 @@
  *                   a denial, Low for another failure
  *   metadata.uid    `<member>:<file>:<seq>`, unique per event: a receiver that sees an event twice
  *                   (at-least-once transports) drops the copy by it; metadata.sequence = seq
- *   unmapped.rampart  the chain fields (file, seq, prev, hash) so the trail can be re-verified
+ *   unmapped.rampart  the chain fields (file, seq, prev, hash) so the trail can be re-verified,
+ *                   and the request fields when the audit policy records them
  *
  * Only what the trail holds is mapped: keys and names, never values.
  */
@@ -110,7 +111,12 @@ export function ocsfApiActivity(event: AuditEvent, context: OcsfContext): Record
     src_endpoint: endpointOf(event.source),
     dst_endpoint: { uid: event.member, svc_name: 'rampart' },
     unmapped: {
-      rampart: { member: event.member, file: context.file, seq: event.seq, prev: event.prev, hash: event.hash, ...(event.via === undefined ? {} : { via: event.via }) },
+      rampart: {
+        member: event.member, file: context.file, seq: event.seq, prev: event.prev, hash: event.hash,
+        ...(event.via === undefined ? {} : { via: event.via }),
+        // The audit policy's `request` level: name=value texts, values only as HMACs.
+        ...(event.request === undefined ? {} : { request: event.request }),
+      },
     },
   };
   if (event.targets !== undefined && event.targets.length > 0) result.resources = event.targets.map((target) => ({ name: target, type: resourceType(target) }));

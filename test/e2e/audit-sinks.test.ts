@@ -214,13 +214,13 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     // one member restarts meanwhile (its sinks resume from their cursors, across its trail files).
     let loading = true;
     let acknowledged = 0;
-    const load = (async () => {
+    const load = Promise.all(clients.map(async (client, member) => {
       for (let index = 0; loading; index++) {
-        const answered = await call((clients[index % 3] as RawClient).kv, 'Put', { key: Buffer.from(`/load/${index}`), value: Buffer.from('never-in-the-trail') }).then(() => true, () => false);
+        const answered = await call(client.kv, 'Put', { key: Buffer.from(`/load/${member}/${index}`), value: Buffer.from('never-in-the-trail') }).then(() => true, () => false);
         if (answered) acknowledged += 1;
         else await sleep(50); // the restarting member
       }
-    })();
+    }));
     await sleep(1_500);
     await Promise.all([rsyslog.stop(), webhook.stop()]);
     const whileDown = acknowledged;

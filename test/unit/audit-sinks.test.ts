@@ -5,10 +5,14 @@
  * trail and a scripted receiver.
  */
 import { readFileSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
-import { afterAll, describe, expect, it } from 'vitest';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { activityOf, endpointOf, ocsfApiActivity } from '../../src/audit/ocsf.js';
@@ -18,7 +22,10 @@ import { formatEvent } from '../../src/audit/sinks/format.js';
 import { AuditSink, type SinkLimits } from '../../src/audit/sinks/sink.js';
 import { parseSinkSpec, parseSinkSpecs } from '../../src/audit/sinks/spec.js';
 import { octetCountedFrame, parseOctetCountedFrames, syslogMessage } from '../../src/audit/sinks/syslog-message.js';
+import { SyslogTlsTransport } from '../../src/audit/sinks/syslog.js';
 import type { SinkRecord, SinkTransport } from '../../src/audit/sinks/transport.js';
+import { WebhookTransport } from '../../src/audit/sinks/webhook.js';
+import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
 import { trailFiles } from '../../src/audit/verify.js';
 import { collectSinks } from '../../src/cli/audit-sinks.js';
 import { projectRoot, removeDirectory, temporaryDirectory } from '../helpers/processes.js';
@@ -282,6 +289,34 @@ describe('audit sink delivery', () => {
     await log.close();
   });
 
+  it('skips a tampered trail line once, saying so, instead of reading it again forever', async () => {
+    const places = await setup();
+    const first = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    for (let index = 0; index < 5; index++) await first.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' });
+    await first.close();
+    const [file] = await trailFiles(places.trailDirectory);
+    const lines = (await readFile(file as string, 'utf8')).split('\n');
+    lines[3] = '{"tampered": true}';
+    await writeFile(file as string, lines.join('\n'));
+    const second = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const receiver = new ScriptedReceiver();
+    const logLines: string[] = [];
+    const sink = await sinkOn(second, places, receiver, {}, logLines);
+    for (let index = 0; index < 5; index++) await second.record({ action: 'Put', targets: [`/after/${index}`], outcome: 'allowed' });
+    await until(() => receiver.received.length >= 4 + 6, 'the readable events');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await second.record({ action: 'Put', targets: ['/last'], outcome: 'allowed' });
+    const expected = (await trailOrder(places.trailDirectory)).filter((id) => !id.endsWith('#undefined'));
+    expect(expected).toHaveLength(5 + 7);
+    await until(() => receiver.received.length >= expected.length, 'the last event');
+    await sink.stop();
+    expect(seen(receiver)).toEqual(expected);
+    expect(seen(receiver)).not.toContain(`${path.basename(file as string)}#3`);
+    expect(logLines.filter((line) => line.includes('not an event') || line.includes('unreadable'))).toHaveLength(1);
+    expect(sink.status().catchUps).toBeLessThanOrEqual(3);
+    await second.close();
+  });
+
   it('without acknowledgements (syslog): the cursor moves only on confirmation; a break resends from it, in order', async () => {
     const places = await setup();
     const receiver = new ScriptedReceiver(false);
@@ -304,5 +339,100 @@ describe('audit sink delivery', () => {
     // The copies are a replay from the cursor: the first 15 events twice, then the rest.
     expect(ids).toEqual([...expected.slice(0, 15), ...expected]);
     await log.close();
+  });
+});
+
+describe('sink transports over real TLS on 127.0.0.1', () => {
+  const records = (count: number): SinkRecord[] => Array.from({ length: count }, (_unused, seq) => {
+    const input = event({ seq });
+    return { position: { file: 'audit-1.jsonl', seq }, event: input, payload: JSON.stringify({ seq }) };
+  });
+  let pki: { ca: Buffer; otherCa: Buffer; cert: Buffer; key: Buffer; clientCert: Buffer; clientKey: Buffer };
+  const servers: { close(): unknown }[] = [];
+  beforeAll(async () => {
+    const authority = await createAuthority('receivers');
+    const other = await createAuthority('someone else');
+    const server = await issueCertificate(authority, { kind: 'server', commonName: 'receiver', subjectAltNames: ['127.0.0.1'] });
+    const client = await issueCertificate(authority, { kind: 'client', commonName: 'member' });
+    pki = {
+      ca: Buffer.from(authority.certificatePem), otherCa: Buffer.from(other.certificatePem), cert: Buffer.from(server.certificatePem), key: Buffer.from(server.keyPem),
+      clientCert: Buffer.from(client.certificatePem), clientKey: Buffer.from(client.keyPem),
+    };
+  });
+  afterAll(() => {
+    for (const server of servers) server.close();
+  });
+  const listening = async <T extends HttpsServer | TlsServer>(server: T): Promise<number> => {
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return (server.address() as AddressInfo).port;
+  };
+
+  it('webhook: one JSON array a batch, the idempotency key and bearer token; non-2xx and an untrusted certificate fail', async () => {
+    const seen: { headers: Record<string, unknown>; body: string }[] = [];
+    let status = 200;
+    const port = await listening(createHttpsServer({ cert: pki.cert, key: pki.key }, (request, response) => {
+      let body = '';
+      request.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      request.on('end', () => {
+        seen.push({ headers: request.headers, body });
+        response.writeHead(status).end('x'.repeat(200_000)); // an answer is read and dropped, bounded
+      });
+    }));
+    const webhook = (ca: Buffer): WebhookTransport => new WebhookTransport({ url: new URL(`https://127.0.0.1:${port}/hook?channel=1`), ca, token: 'sekrit', member: 'm1', userAgent: 'rampart/test', timeoutMs: 5_000 });
+    const good = webhook(pki.ca);
+    expect(await good.send(records(3))).toBe(true);
+    expect(JSON.parse(seen[0]?.body ?? '')).toEqual([{ seq: 0 }, { seq: 1 }, { seq: 2 }]);
+    expect(seen[0]?.headers).toMatchObject({ 'idempotency-key': 'm1:audit-1.jsonl:0:audit-1.jsonl:2', authorization: 'Bearer sekrit', 'content-type': 'application/json' });
+    status = 503;
+    await expect(good.send(records(1))).rejects.toThrow('the receiver answered HTTP 503');
+    good.close();
+    const untrusted = webhook(pki.otherCa);
+    const refused = await untrusted.send(records(1)).then(() => 'sent', (error: Error) => error.message);
+    expect(refused).toMatch(/certificate/);
+    expect(refused).not.toContain('sekrit');
+    untrusted.close();
+    expect(seen).toHaveLength(2); // the untrusted connection never reached the receiver
+  });
+
+  it('syslog: octet-counted RFC 5424 frames, confirmed by an orderly close; a reset is a failure; mutual TLS when asked', async () => {
+    const received: string[] = [];
+    let goAway = false;
+    const port = await listening(createTlsServer({ cert: pki.cert, key: pki.key, ca: pki.ca, requestCert: true, rejectUnauthorized: true }, (socket) => {
+      let buffered: Buffer = Buffer.alloc(0);
+      socket.on('data', (chunk: Buffer) => {
+        if (goAway) {
+          socket.end(); // a receiver shutting down: it ends the session before the member asked
+          return;
+        }
+        const { messages, rest } = parseOctetCountedFrames(Buffer.concat([buffered, chunk]));
+        received.push(...messages);
+        buffered = rest;
+      });
+      socket.on('end', () => socket.end()); // as rsyslog: end of stream, end of session
+      socket.on('error', () => undefined);
+    }));
+    const syslog = (withCertificate: boolean, confirmEventsMax = 100): SyslogTlsTransport => new SyslogTlsTransport({
+      host: '127.0.0.1', port, ca: pki.ca, timeoutMs: 5_000, confirmEventsMax, confirmIntervalMs: 60_000,
+      ...(withCertificate ? { cert: pki.clientCert, key: pki.clientKey } : {}),
+    });
+    const transport = syslog(true);
+    expect(await transport.send(records(3))).toBe(false); // written, not yet confirmed
+    await transport.confirm();
+    expect(received).toHaveLength(3);
+    expect(received[2]).toMatch(/^<109>1 2026-11-26T07:00:00\.123Z \S+ rampart \d+ Put \[rampart@32473 member="8e9e05c52164694d" file="audit-1\.jsonl" seq="2"\] \{"seq":2\}$/);
+    expect(await syslog(true, 2).send(records(2))).toBe(true); // confirmed at once past confirmEventsMax
+    expect(received).toHaveLength(5);
+    goAway = true;
+    const leaving = syslog(true);
+    await leaving.send(records(2));
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await expect(leaving.confirm()).rejects.toThrow('the receiver ended the connection');
+    leaving.close();
+    goAway = false;
+    const anonymous = syslog(false);
+    await expect(anonymous.send(records(1)).then(() => anonymous.confirm())).rejects.toThrow();
+    anonymous.close();
+    expect(received).toHaveLength(5);
   });
 });

@@ -304,19 +304,26 @@ export class AuditSink {
       const name = path.basename(file);
       if (name > head.file) break;
       if (from !== undefined && name < from.file) continue;
+      let previousSeq = -1;
       for await (const stored of this.options.trail.records(file)) {
         if (this.stopped) return;
-        if (stored.kind !== 'record') {
-          if (name !== head.file) this.options.log.warn({ sink: this.name, file: name, line: stored.number }, 'audit sink: an unreadable trail line (rampart audit verify names it); continuing with the next file');
-          break;
-        }
-        const seq = seqOf(stored.text);
-        if (seq === undefined) continue;
-        const position = { file: name, seq };
+        if (stored.kind === 'torn' && name === head.file) break; // a write in flight
+        const seq = stored.kind === 'record' ? seqOf(stored.text) : undefined;
+        previousSeq = seq ?? previousSeq + 1;
+        const position = { file: name, seq: previousSeq };
         if (from !== undefined && comparePositions(position, from) <= 0) continue;
-        if (name === head.file && seq > head.seq) break; // not durable yet: the queue brings it
-        const record = this.record(stored.text, name);
-        if (record === undefined) continue;
+        if (name === head.file && previousSeq > head.seq) break; // not durable yet: the queue brings it
+        const record = stored.kind === 'record' && seq !== undefined ? this.record(stored.text, name) : undefined;
+        if (record === undefined) {
+          // A torn, oversized or altered line (verify names it): it takes its position and is
+          // skipped — said in the log, and the sink moves past it rather than reading it again.
+          if (stored.kind !== 'record' || seq === undefined) this.options.log.warn({ sink: this.name, file: name, line: stored.number }, 'audit sink: skipping an unreadable trail line (rampart audit verify names it)');
+          if (batch.length > 0) await this.deliver(batch);
+          batch = [];
+          bytes = 0;
+          if (this.sent === undefined || comparePositions(position, this.sent) > 0) this.sent = position;
+          continue;
+        }
         batch.push(record);
         bytes += record.payload.length;
         if (batch.length >= this.limits.batchEventsMax || bytes >= this.limits.batchBytesMax) {

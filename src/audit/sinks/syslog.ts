@@ -31,55 +31,64 @@ export interface SyslogOptions {
   readonly confirmIntervalMs: number;
 }
 
+/** One connection and what is known of it. */
+interface Connection {
+  readonly socket: TLSSocket;
+  error?: Error;
+  /** The receiver ended its side (after ours: a confirmation; before: it went away). */
+  peerEnded: boolean;
+  weEnded: boolean;
+  closed: boolean;
+}
+
 export class SyslogTlsTransport implements SinkTransport {
-  private socket: TLSSocket | undefined;
-  private broken: Error | undefined;
-  private ended = false;
+  private connection: Connection | undefined;
   private unconfirmed = 0;
   private openedAtMs = 0;
   private readonly origin: SyslogOrigin = { hostname: hostname(), procId: String(process.pid) };
 
   constructor(private readonly options: SyslogOptions) {}
 
-  private async open(): Promise<TLSSocket> {
+  private async open(): Promise<Connection> {
     const { host, port, ca, cert, key, timeoutMs } = this.options;
     const socket = connect({
       host, port, minVersion: 'TLSv1.2',
       ...(isIP(host) === 0 ? { servername: host } : {}),
       ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
     });
-    this.socket = socket;
-    this.broken = undefined;
-    this.ended = false;
-    socket.on('error', (error) => (this.broken ??= error));
-    socket.on('end', () => (this.ended = true));
-    socket.on('close', () => (this.broken ??= new Error('the receiver closed the connection')));
+    const connection: Connection = { socket, peerEnded: false, weEnded: false, closed: false };
+    this.connection = connection;
+    socket.on('error', (error) => (connection.error ??= error));
+    socket.on('end', () => {
+      connection.peerEnded = true;
+      if (!connection.weEnded) connection.error ??= new Error('the receiver ended the connection');
+    });
+    socket.on('close', () => (connection.closed = true));
     socket.setTimeout(timeoutMs, () => socket.destroy(new Error(`no progress within ${timeoutMs} ms`)));
     await new Promise<void>((resolve, reject) => {
       socket.once('secureConnect', resolve);
-      socket.once('error', reject);
-      socket.once('close', () => reject(this.broken ?? new Error('connection closed during the TLS handshake')));
+      socket.once('close', () => reject(connection.error ?? new Error('connection closed during the TLS handshake')));
     });
     this.openedAtMs = Date.now();
-    return socket;
+    return connection;
   }
 
   async send(batch: readonly SinkRecord[]): Promise<boolean> {
-    if (this.socket !== undefined && this.broken !== undefined) {
+    const current = this.connection;
+    if (current !== undefined && (current.error !== undefined || current.closed)) {
       // Events written on a connection that broke may not have been read: they are sent again.
-      const broken = this.broken;
       this.close();
-      throw broken;
+      throw current.error ?? new Error('the connection closed');
     }
-    const socket = this.socket ?? await this.open();
+    const connection = current ?? await this.open();
     const frames = Buffer.concat(batch.map((record) => octetCountedFrame(syslogMessage(record.event, record.position, record.payload, this.origin))));
     await new Promise<void>((resolve, reject) => {
-      const onClose = (): void => reject(this.broken ?? new Error('the receiver closed the connection'));
-      socket.once('close', onClose);
-      socket.write(frames, (error) => {
-        socket.off('close', onClose);
+      const onClose = (): void => reject(connection.error ?? new Error('the connection closed'));
+      connection.socket.once('close', onClose);
+      connection.socket.write(frames, (error) => {
+        connection.socket.off('close', onClose);
         if (error !== null && error !== undefined) reject(error);
-        else if (this.broken !== undefined) reject(this.broken);
+        else if (connection.error !== undefined) reject(connection.error);
         else resolve();
       });
     });
@@ -91,26 +100,27 @@ export class SyslogTlsTransport implements SinkTransport {
     return false;
   }
 
-  /** Ends the connection and waits for the receiver to end its side after reading everything. */
+  /** Ends our side and waits for the receiver to end its own, which it does after reading everything. */
   async confirm(): Promise<void> {
-    const socket = this.socket;
-    if (socket === undefined) return;
+    const connection = this.connection;
+    if (connection === undefined) return;
     await new Promise<void>((resolve, reject) => {
       const finish = (): void => {
-        this.socket = undefined;
+        this.connection = undefined;
         this.unconfirmed = 0;
-        if (this.ended && this.broken?.message === 'the receiver closed the connection') resolve();
-        else reject(this.broken ?? new Error('the connection ended without the receiver\'s close'));
+        if (connection.peerEnded && connection.error === undefined) resolve();
+        else reject(connection.error ?? new Error('the connection closed without the receiver ending its side'));
       };
-      if (socket.closed) finish();
-      else socket.once('close', finish);
-      socket.end();
+      if (connection.closed) finish();
+      else connection.socket.once('close', finish);
+      connection.weEnded = true;
+      connection.socket.end();
     });
   }
 
   close(): void {
-    this.socket?.destroy();
-    this.socket = undefined;
+    this.connection?.socket.destroy();
+    this.connection = undefined;
     this.unconfirmed = 0;
   }
 }
