@@ -46,6 +46,17 @@ async function checkedFile(file: string): Promise<AuditPolicy> {
   });
 }
 
+/** The audit policy in force on a cluster, as a policy file with a header naming its digest (what `show` prints; for evidence bundles too). */
+export async function liveAuditPolicy(options: ConnectionOptions): Promise<{ file: string; digest: string; shippedDefault: boolean; hmacKey: boolean }> {
+  const answer = await withClient(options, (client) => ask(client.Show.bind(client), {}));
+  const live = parseAuditPolicy('(live audit policy)', answer.policy_json);
+  const header = [
+    `# The audit policy in force${answer.shipped_default ? ' (the shipped default: none applied)' : ''}: sha256:${answer.digest}`,
+    ...(answer.hmac_key ? [] : ['# The cluster has no audit HMAC key yet: applying a policy makes one.']),
+  ];
+  return { file: `${header.join('\n')}\n${auditPolicyFile(live)}`, digest: answer.digest, shippedDefault: answer.shipped_default, hmacKey: answer.hmac_key };
+}
+
 const describe = (policy: AuditPolicy): string => `${policy.rules.length} rule${policy.rules.length === 1 ? '' : 's'}, sha256:${auditPolicyDigest(encodeAuditPolicy(policy))}`;
 
 export function registerAuditPolicyCommands(audit: Command, connectionOptions: (command: Command) => Command, print: (line: string) => void, fail: (error: unknown) => never): void {
@@ -64,11 +75,7 @@ export function registerAuditPolicyCommands(audit: Command, connectionOptions: (
     });
   connectionOptions(policy.command('show').description('the audit policy in force, as a policy file'))
     .action(async (flags: ConnectionOptions) => {
-      const answer = await withClient(flags, (client) => ask(client.Show.bind(client), {})).catch(fail);
-      const live = parseAuditPolicy('(live audit policy)', answer.policy_json);
-      print(`# The audit policy in force${answer.shipped_default ? ' (the shipped default: none applied)' : ''}: sha256:${answer.digest}`);
-      if (!answer.hmac_key) print('# The cluster has no audit HMAC key yet: applying a policy makes one.');
-      process.stdout.write(auditPolicyFile(live));
+      process.stdout.write((await liveAuditPolicy(flags).catch(fail)).file);
     });
   connectionOptions(audit.command('hmac <value>').description('the HMAC the trail records for VALUE under `values: hmac` rules (`-`: read the value from stdin), to grep for it'))
     .action(async (value: string, flags: ConnectionOptions) => {
