@@ -12,8 +12,9 @@ import type protobuf from 'protobufjs';
 import { RampartError } from '../errors.js';
 import type { Member } from '../server/member.js';
 import { healthOf, type ServerMetrics } from '../server/metrics.js';
-import { statusOf } from './errors.js';
+import { statusName, statusOf } from './errors.js';
 import { JsonRequestError, decodeRequest, encodeResponse, jsonValueEnd, methodTypes, parseJson } from './json-codec.js';
+import type { TransportRefusal } from './refusal-audit.js';
 import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
 import { serverVersion } from './services.js';
 
@@ -87,9 +88,13 @@ export interface HttpGatewayOptions {
   readonly logger: Logger;
   readonly maxRequestBytes: number;
   readonly metrics?: ServerMetrics;
+  /** Hears of each request refused before a handler had its message (unknown path or method, bad JSON, oversized), for the audit trail. */
+  readonly onRefusal?: (refusal: TransportRefusal) => void;
 }
 
 interface Route {
+  /** The gRPC method path, e.g. `/etcdserverpb.KV/Put`: a refusal is audited under the RPC's name, as over gRPC. */
+  readonly method: string;
   readonly rpc: Rpc;
   readonly request: protobuf.Type;
   readonly response: protobuf.Type;
@@ -102,7 +107,7 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
   for (const [path, [service, method]] of Object.entries(routes)) {
     const rpc = options.services.get(service)?.[method];
     if (rpc === undefined) throw new Error(`no handler for ${service}/${method}`);
-    resolved.set(path, { rpc, ...methodTypes(service, method) });
+    resolved.set(path, { method: `/${service}/${method}`, rpc, ...methodTypes(service, method) });
   }
   const maxMessageBytes = options.maxRequestBytes + messageOverheadBytes;
   // JSON carries bytes as base64 (4/3) and escapes: a body up to twice the message limit may still fit.
@@ -114,8 +119,16 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
       response.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'x-content-type-options': 'nosniff' });
       response.end(body);
     };
+    const refuse = (method: string, known: boolean, code: number, details: string): void => {
+      options.onRefusal?.({ method, peer: peerOf(request), certificate: certificateOf(request), code: statusName(code), details, unknownMethod: !known });
+    };
+    /** An answer before any handler: the route does not exist, or not for this HTTP method. */
+    const refusePlain = (method: string, known: boolean, status: number, body: string): void => {
+      refuse(method, known, unimplementedCode, `HTTP ${status} ${body.trim()}: ${request.method ?? ''} ${url}`);
+      plain(status, body);
+    };
     if (url === '/version' || url === '/health' || url === '/metrics') {
-      if (request.method !== 'GET' && request.method !== 'HEAD') return plain(405, 'Method Not Allowed\n');
+      if (request.method !== 'GET' && request.method !== 'HEAD') return refusePlain(url, true, 405, 'Method Not Allowed\n');
       request.resume();
       if (url === '/version') return json(response, 200, { etcdserver: serverVersion, etcdcluster: `${serverVersion.split('.').slice(0, 2).join('.')}.0` });
       if (url === '/health') {
@@ -136,10 +149,19 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
       return;
     }
     const match = /^\/v3(?:beta)?\/(.+)$/.exec(url);
-    if (match === null) return plain(404, '404 page not found\n');
+    if (match === null) return refusePlain(url, false, 404, '404 page not found\n');
     const route = resolved.get(match[1] ?? '');
-    if (route === undefined) return plain(404, 'Not Found\n');
-    if (request.method !== 'POST') return plain(405, 'Method Not Allowed\n');
+    if (route === undefined) return refusePlain(url, false, 404, 'Not Found\n');
+    if (request.method !== 'POST') return refusePlain(route.method, true, 405, 'Method Not Allowed\n');
+    /** A request message that never reached the handler: audited as gRPC's own refusals are. */
+    const refuseMessage = (error: unknown): void => {
+      const { body } = errorBody(error);
+      refuse(route.method, true, body.code, body.message);
+    };
+    const readRequestBody = (): Promise<string> => readBody(request, bodyBytesMax).catch((error: unknown) => {
+      if (error instanceof BodyTooLarge) refuseMessage(error);
+      throw error;
+    });
     const call = contextOf(request);
     response.on('close', () => {
       if (!response.writableFinished) call.abort();
@@ -147,9 +169,9 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
     switch (route.rpc.kind) {
       case 'unary': {
         const rpc = route.rpc;
-        readBody(request, bodyBytesMax).then(
+        readRequestBody().then(
           async (body) => {
-            const message = decodeOne(route.request, body, maxMessageBytes);
+            const message = decodeOrRefuse(route.request, body, maxMessageBytes, refuseMessage);
             const answer = await rpc.handle(message, call.context);
             json(response, 200, encodeResponse(route.response, answer));
           },
@@ -158,16 +180,16 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
       }
       case 'serverStream': {
         const rpc = route.rpc;
-        readBody(request, bodyBytesMax).then(
+        readRequestBody().then(
           (body) => {
-            const message = decodeOne(route.request, body, maxMessageBytes);
+            const message = decodeOrRefuse(route.request, body, maxMessageBytes, refuseMessage);
             rpc.handle(message, call.context, jsonLines(response, route.response, call.onClose));
           },
         ).catch((error: unknown) => failUnary(response, error, options.logger));
         return;
       }
       case 'duplex':
-        serveDuplex(route, route.rpc.handle.bind(route.rpc), request, response, call, maxMessageBytes);
+        serveDuplex(route, route.rpc.handle.bind(route.rpc), request, response, call, maxMessageBytes, refuseMessage);
         return;
     }
   };
@@ -202,6 +224,31 @@ function failUnary(response: ServerResponse, error: unknown, logger: Logger): vo
 
 class BodyTooLarge extends Error {}
 class StreamRequestError extends Error {}
+
+/** No such method: gRPC's code for an unknown method, which a wrong path or HTTP method is here. */
+const unimplementedCode = 12;
+
+/** decodeOne, reporting a body that cannot be a request before rethrowing. */
+function decodeOrRefuse(type: protobuf.Type, body: string, maxMessageBytes: number, refuse: (error: unknown) => void): unknown {
+  try {
+    return decodeOne(type, body, maxMessageBytes);
+  } catch (error) {
+    refuse(error);
+    throw error;
+  }
+}
+
+function peerOf(request: IncomingMessage): string {
+  return `${request.socket.remoteAddress ?? ''}:${request.socket.remotePort ?? 0}`;
+}
+
+/** The client certificate of the connection, when it presented one our CA signed. */
+function certificateOf(request: IncomingMessage): PeerCertificate | undefined {
+  const socket = request.socket as Partial<TLSSocket>;
+  if (socket.authorized !== true || typeof socket.getPeerCertificate !== 'function') return undefined;
+  const peerCertificate = socket.getPeerCertificate();
+  return peerCertificate.raw === undefined ? undefined : peerCertificate;
+}
 
 /** The whole request body, or BodyTooLarge once it passes `limitBytes` (the rest is not read). */
 function readBody(request: IncomingMessage, limitBytes: number): Promise<string> {
@@ -246,12 +293,7 @@ function contextOf(request: IncomingMessage): HttpCall {
   const controller = new AbortController();
   const listeners = new Set<() => void>();
   let closed = false;
-  const socket = request.socket as Partial<TLSSocket>;
-  let certificate: PeerCertificate | undefined;
-  if (socket.authorized === true && typeof socket.getPeerCertificate === 'function') {
-    const peerCertificate = socket.getPeerCertificate();
-    certificate = peerCertificate.raw === undefined ? undefined : peerCertificate;
-  }
+  const certificate = certificateOf(request);
   // etcd's gateway passes `Authorization` on as the token; grpc-gateway also forwards Grpc-Metadata-*.
   const header = request.headers.authorization ?? request.headers['grpc-metadata-token'];
   const token = Array.isArray(header) ? header[0] : header;
@@ -259,7 +301,7 @@ function contextOf(request: IncomingMessage): HttpCall {
     context: {
       token,
       certificate,
-      peer: `${request.socket.remoteAddress ?? ''}:${request.socket.remotePort ?? 0}`,
+      peer: peerOf(request),
       deadlineMs: Infinity,
       signal: controller.signal,
       caller: undefined,
@@ -331,7 +373,7 @@ function jsonLines(response: ServerResponse, type: protobuf.Type, onClose: (list
  * A bidirectional stream over one request: JSON values are read from the body as they arrive,
  * each one request. As in etcd, the end of the body ends a keep-alive stream but not a watch.
  */
-function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStream<unknown, unknown>) => void, request: IncomingMessage, response: ServerResponse, call: HttpCall, maxMessageBytes: number): void {
+function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStream<unknown, unknown>) => void, request: IncomingMessage, response: ServerResponse, call: HttpCall, maxMessageBytes: number, refuse: (error: unknown) => void): void {
   const requestListeners: ((message: unknown) => void)[] = [];
   const endListeners: (() => void)[] = [];
   const lines = jsonLines(response, route.response, call.onClose);
@@ -344,9 +386,12 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
   const endsWithBody = route.request.name === 'LeaseKeepAliveRequest';
   let pending = '';
   let failed = false;
+  let delivered = false;
   const pendingBytesMax = pendingJsonBytesFactor * maxMessageBytes;
   const fail = (error: unknown): void => {
     failed = true;
+    // As over gRPC: a stream whose first message never reached its handler was refused by the transport.
+    if (!delivered) refuse(error);
     request.removeAllListeners('data');
     request.resume();
     lines.fail(error);
@@ -362,6 +407,7 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
         const text = pending.slice(0, end);
         pending = pending.slice(end);
         const message = checkedSize(route.request, decodeRequest(route.request, parseJson(text)), maxMessageBytes);
+        delivered = true;
         for (const listener of requestListeners) listener(message);
       }
       if (pending.length > pendingBytesMax) throw new BodyTooLarge(`grpc: received message larger than max (${pending.length} vs. ${maxMessageBytes})`);
@@ -374,6 +420,7 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
     if (pending.trim() !== '') {
       try {
         const message = checkedSize(route.request, decodeRequest(route.request, parseJson(pending)), maxMessageBytes);
+        delivered = true;
         for (const listener of requestListeners) listener(message);
       } catch (error) {
         fail(error instanceof JsonRequestError ? new StreamRequestError(error.message) : error);

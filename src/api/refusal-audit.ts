@@ -1,12 +1,14 @@
 /**
  * The audit event of a call a transport refused before any handler ran (malformed, oversized, an
- * unknown method): the transport reports it, this records it with the identity the connection's
- * certificate gives (no token is read: the call never got that far). Transport-neutral.
+ * unknown method or gateway path): the transport reports it, this records it with the identity the
+ * connection's certificate gives (no token is read: the call never got that far). Transport-neutral.
+ * How many are recorded one by one is refusal-limit.ts's business.
  */
 import type { PeerCertificate } from 'node:tls';
 import type { AuditLog } from '../audit/log.js';
 import type { AuthHolder } from '../auth/store.js';
 import { auditDecision, namePolicyInForce } from './audit-decision.js';
+import { refusalEventsPerSecond, type UnrecordedRefusals } from './refusal-limit.js';
 
 export interface TransportRefusal {
   /** The method path, e.g. `/etcdserverpb.KV/Put`. */
@@ -38,5 +40,20 @@ export function recordRefusal(audit: AuditLog, auth: AuthHolder, refusal: Transp
     outcome: 'failed',
     code: refusal.code,
     ...(refusal.details === '' ? {} : { detail: refusal.details }),
+  });
+}
+
+/**
+ * The event for refusals the rate limit left out of the trail (refusal-limit.ts): how many, of
+ * which codes, from which sources. Recorded whatever the audit policy says: a flood is never silent.
+ */
+export function recordUnrecordedRefusals(audit: AuditLog, summary: UnrecordedRefusals): Promise<void> {
+  const codes = [...summary.codes].map(([code, count]) => `${code}=${count}`).join(' ');
+  return audit.record({
+    action: 'refusals.unrecorded',
+    targets: [],
+    outcome: 'failed',
+    code: 'RESOURCE_EXHAUSTED',
+    detail: `${summary.count} refused requests past ${refusalEventsPerSecond}/s not recorded one by one: ${codes}; sources ${summary.sources.join(' ')}`,
   });
 }

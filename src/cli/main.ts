@@ -7,7 +7,8 @@ import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
-import { recordRefusal, type TransportRefusal } from '../api/refusal-audit.js';
+import { recordRefusal, recordUnrecordedRefusals } from '../api/refusal-audit.js';
+import { RefusalLimiter } from '../api/refusal-limit.js';
 import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
@@ -425,6 +426,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'stopping');
     for (const listener of listeners) listener.close();
+    refusals?.close(); // refusals left out of the trail get their summary before it closes
     server.tryShutdown(() => undefined);
     setTimeout(() => server.forceShutdown(), 2000).unref();
     setTimeout(() => {
@@ -483,12 +485,17 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     refuseCertificate,
     anonymousAllowed: flags.insecure,
   });
+  // Requests gRPC or the gateway refuse before a handler: audited, one rate for both transports.
+  const refusals = audit === undefined ? undefined : new RefusalLimiter({
+    record: (refusal) => void recordRefusal(audit, member.auth, refusal),
+    recordUnrecorded: (summary) => void recordUnrecordedRefusals(audit, summary),
+  });
   const server = createGrpcServer({
     services,
     maxRequestBytes: member.options.maxRequestBytes,
-    ...(audit === undefined ? {} : { onRefusal: (refusal: TransportRefusal) => void recordRefusal(audit, member.auth, refusal) }),
+    ...(refusals === undefined ? {} : { onRefusal: refusals.offer }),
   });
-  const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes });
+  const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   if (bootstrap !== undefined) {
