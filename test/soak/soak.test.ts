@@ -18,6 +18,8 @@
  * - leases: no lease whose keep-alive was acknowledged is gone (its key absent, or a keep-alive
  *   answered "not found") before the acknowledged TTL, counted from when that keep-alive was sent;
  * - locks and elections: two holders never overlap while the earlier holder's lease is covered;
+ * - watch: a watcher resuming across failures gets every acknowledged put once, in order
+ *   (except revisions compacted before it could resume, which etcd reports);
  * - no member exits unless the nemesis killed it or filled its disk;
  * - at the end, every member has the same HashKV at the same revision (replicas identical).
  * Anomalies are printed with history excerpts and the faults just before them. Not covered here:
@@ -35,6 +37,7 @@ import { checkHistory, type Operation } from '../helpers/linearizability.js';
 import { freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
 import { drainDisk, fillDisk, mountSmallDisk, prepareSlowDisk, setFsyncDelay, unmountSmallDisk, type SlowDisk } from './disk-faults.js';
 import { KeptLease } from './kept-lease.js';
+import { SoakWatcher, type AcknowledgedPut } from './watch-check.js';
 
 const minutes = Number(process.env.RAMPART_SOAK_MINUTES ?? 0);
 const keysPerEpoch = 6;
@@ -185,6 +188,8 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     }, 5000);
 
     const history: Operation[] = [];
+    const acknowledged: AcknowledgedPut[] = [];
+    let watcher: SoakWatcher | undefined;
     const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0, replacements: 0 };
     const faults: Record<string, number> = {};
     let running = true;
@@ -208,6 +213,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
           if (isPut) {
             counts.acknowledgedPuts += 1;
             history.push({ key, kind: 'put', value, callMs, returnMs });
+            acknowledged.push({ key, value, revision: Number((response.header as { revision: string }).revision) });
           } else {
             const kv = (response.kvs as { value: Buffer }[])[0];
             history.push({ key, kind: 'get', value: kv === undefined ? null : kv.value.toString(), callMs, returnMs });
@@ -472,6 +478,8 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     try {
       await Promise.all(members.map((member) => start(member)));
       while ((await leaderOf()) === undefined) await sleep(200);
+      // The KV workers' keys are e0/..., e1/...: the watcher sees all of them from the start.
+      watcher = new SoakWatcher(anyClient, anomaly, 'e', 'f', 1);
       const work = [
         ...Array.from({ length: 4 }, (_, index) => kvWorker(index)),
         ...Array.from({ length: 2 }, (_, index) => leaseWorker(index)),
@@ -528,6 +536,14 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       }
       phase(`HashKV at revision ${barrierRevision}: ${hashes.join('; ')}`);
 
+      // Every acknowledged put reached the watcher, in order, once.
+      const lastPut = acknowledged.reduce((highest, put) => Math.max(highest, put.revision), 0);
+      for (let waited = 0; watcher.next <= lastPut && waited < 120; waited++) await sleep(500);
+      if (watcher.next <= lastPut) anomaly(`watch: stuck at revision ${watcher.next}, the last acknowledged put is at ${lastPut}`);
+      for (const problem of watcher.check(acknowledged).slice(0, 20)) anomaly(problem);
+      watcher.stop();
+      phase(`watch checked: ${watcher.events} events, ${watcher.resumes} resumes, ${watcher.gaps.length} compaction gaps`);
+
       const result = checkHistory(history);
       phase('history checked');
       if (result.undecidedKey !== undefined) anomaly(`KV history of key ${result.undecidedKey} undecided: the checker ran out of search steps`);
@@ -539,7 +555,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       overlaps('election', electionHolds);
 
       const completed = history.filter((operation) => Number.isFinite(operation.returnMs)).length;
-      const summary = { minutes, operations: history.length, completed, ...counts, faults, unavailable, linearizable: result.ok, anomalies: anomalies.length };
+      const summary = { minutes, operations: history.length, completed, ...counts, watchEvents: watcher.events, watchResumes: watcher.resumes, watchGaps: watcher.gaps.length, faults, unavailable, linearizable: result.ok, anomalies: anomalies.length };
       console.log(`soak summary: ${JSON.stringify(summary)}`);
       if (anomalies.length > 0) {
         await writeFile(path.join(logDir, 'history.json'), JSON.stringify(history.map((operation) => ({ ...operation, returnMs: Number.isFinite(operation.returnMs) ? operation.returnMs : null }))));
@@ -559,6 +575,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     } finally {
       running = false;
       clearInterval(watchdog);
+      watcher?.stop();
       clients.forEach((client) => client.close());
       for (const member of members) {
         member.exitExpected = true;
