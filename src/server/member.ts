@@ -140,6 +140,8 @@ export class Member {
   private readonly changeWaiters = new Map<string, () => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
+  /** The last applied batch's LevelDB write (see applyEntries); it never rejects (a failure stops the member). */
+  private applyWrite: Promise<void> = Promise.resolve();
   private snapshotIndex = 0;
   /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
   private restoredState = false;
@@ -802,7 +804,8 @@ export class Member {
       return;
     }
     // The records were staged as they arrived (receiveSnapshot); they move into place in bounded,
-    // crash-safe steps, and the log restarts after the snapshot.
+    // crash-safe steps, and the log restarts after the snapshot. The last applied batch lands first.
+    await this.applyWrite;
     const { index, term } = ready.snapshot.metadata;
     await installStaged(this.db, this.logStore, index, term, ready.hardState);
     if (ready.entries.length > 0) await this.logStore.save({ entries: ready.entries });
@@ -856,6 +859,7 @@ export class Member {
   }
 
   private async installSnapshot(snapshot: Snapshot): Promise<void> {
+    await this.applyWrite;
     this.options.logger.info({ index: snapshot.metadata.index }, 'installed snapshot from leader');
     await this.store.reload();
     await this.loadStateMachine();
@@ -866,6 +870,8 @@ export class Member {
 
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
+    // At most one applied batch on its way to LevelDB: batches land in order, consistent index last.
+    await this.applyWrite;
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
@@ -908,10 +914,19 @@ export class Member {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
     }
-    await this.db.batch(batch);
-    instruments.backendCommitSeconds.recordSince(commitStarted);
-    if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
-    this.store.markFlushed(batch, revision);
+    // Callers are answered once the batch is applied in memory, as etcd does: its entries are
+    // durable in the Raft log, and after a crash every entry past the consistent index (written in
+    // this batch) is applied again. The write overlaps the next Ready's log write; until it lands,
+    // reads find the new records through the store (`markFlushed`), and the next apply, a snapshot
+    // and close wait for it.
+    this.applyWrite = this.db.batch(batch).then(
+      () => {
+        instruments.backendCommitSeconds.recordSince(commitStarted);
+        if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
+        this.store.markFlushed(batch, revision);
+      },
+      (error: unknown) => this.fail(error),
+    );
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
@@ -948,6 +963,7 @@ export class Member {
 
   /** Snapshots the state machine at the applied index and compacts the log behind it. */
   private async takeSnapshot(catchUpEntries: number = this.options.snapshotCatchUpEntries): Promise<void> {
+    await this.applyWrite;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -1161,6 +1177,7 @@ export class Member {
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     await this.loop.close();
+    await this.applyWrite;
     await this.transport.close();
     await this.store.whenCompacted().catch(() => undefined);
     if (this.stateView !== undefined) this.retireStateView(this.stateView);
