@@ -17,6 +17,7 @@ import path from 'node:path';
 import { eventLine, parseEventLine } from '../audit/event.js';
 import { readAudit } from '../audit/verify.js';
 import { readRecords } from '../audit/records.js';
+import { auditPolicyFile, parseAuditPolicy } from '../audit/policy.js';
 import { evaluateControls } from '../compliance/check.js';
 import { daysLeft, fingerprintOf } from '../compliance/certificates.js';
 import { bundleCaName, bundleCheckpointsName, bundleEventsName } from '../compliance/bundle-verify.js';
@@ -182,6 +183,11 @@ export async function exportBundle(options: ExportOptions, progress: (line: stri
       ['index.html', renderSummary({ created: created.toISOString(), window, caFingerprint, controls: results, trails: trailReport, summary })],
     ];
     if (gathered.policyYaml !== undefined) memory.push(['policies/rbac.yaml', gathered.policyYaml]);
+    const auditPolicy = gathered.facts.auditPolicy;
+    if ('value' in auditPolicy) {
+      const header = `# The audit policy in force when this bundle was made${auditPolicy.value.shippedDefault ? ' (the shipped default: none applied)' : ''}: sha256:${auditPolicy.value.digest}\n`;
+      memory.push(['policies/audit.yaml', header + auditPolicyFile(parseAuditPolicy('(audit policy in force)', auditPolicy.value.json))]);
+    }
     const written = await writeBundle({
       out: options.out, created, window, caPem: gathered.caPem, signing,
       files: [

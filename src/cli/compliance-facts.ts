@@ -17,7 +17,7 @@ import { verifyAudit } from '../audit/verify.js';
 import { crlNumberOf } from '../pki/revocation.js';
 import { describeCertificate, fingerprintOf } from '../compliance/certificates.js';
 import { observed, unavailable, type Observed } from '../compliance/control.js';
-import type { AuthFacts, CertificateFileFacts, CheckpointSummary, ComplianceFacts, CrlFacts, DataDirectoryFacts, EncryptionFacts, EndpointFacts, MemberFacts, MetricsFacts, OtherAuthority, TrailFacts } from '../compliance/facts.js';
+import type { AuditPolicyFacts, AuthFacts, CertificateFileFacts, CheckpointSummary, ComplianceFacts, CrlFacts, DataDirectoryFacts, EncryptionFacts, EndpointFacts, MemberFacts, MetricsFacts, OtherAuthority, TrailFacts } from '../compliance/facts.js';
 import { accountNames, inspectDataDirectory, processUid, type ExpectedOwner } from '../compliance/host-files.js';
 import { metricsBodyBytesMax, parseMetrics } from '../compliance/metrics-text.js';
 import { presentedCertificate, probePlaintext, probeWithoutClientCertificate, probeTimeoutMs, type TlsMaterial } from '../compliance/probe.js';
@@ -79,6 +79,25 @@ async function memberList(connection: ConnectionOptions): Promise<Observed<Membe
     }
   } catch (error) {
     return unavailable(`MemberList failed: ${errorText(error)}`);
+  }
+}
+
+async function liveAuditPolicy(connection: ConnectionOptions): Promise<Observed<AuditPolicyFacts>> {
+  try {
+    const { target, credentials } = await connectionTarget(connection);
+    const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { AuditPolicy: grpc.ServiceClientConstructor } };
+    type ShowResponse = { policy_json: string; digest: string; shipped_default: boolean; hmac_key: boolean };
+    const client = new loaded.rampart.AuditPolicy(target, credentials) as unknown as grpc.Client & { Show(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: ShowResponse) => void): void };
+    try {
+      const answer = await new Promise<ShowResponse>((resolve, reject) => {
+        client.Show({}, { deadline: Date.now() + 10_000 }, (error, response) => (error === null ? resolve(response) : reject(new Error(error.details))));
+      });
+      return observed({ json: answer.policy_json, digest: answer.digest, shippedDefault: answer.shipped_default, hmacKey: answer.hmac_key });
+    } finally {
+      client.close();
+    }
+  } catch (error) {
+    return unavailable(`AuditPolicy.Show failed: ${errorText(error)}`);
   }
 }
 
@@ -259,6 +278,7 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
     })));
   }, (error: unknown) => unavailable<EncryptionFacts[]>(`encryption status failed: ${errorText(error)}`));
 
+  const auditPolicy = await liveAuditPolicy(connection);
   const checkpointAnswer = await PolicyConnection.using(connection, (client) => client.auditCheckpoints()).then(observed, (error: unknown) => unavailable<string[]>(`audit checkpoints failed: ${errorText(error)}`));
   const checkpointLines = 'value' in checkpointAnswer ? checkpointAnswer.value : [];
   const { checkpoints, signers } = parseCheckpointLines(checkpointLines);
@@ -344,6 +364,7 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
     auth,
     encryption,
     checkpoints: 'value' in checkpointAnswer ? observed(summarise(checkpoints)) : checkpointAnswer,
+    auditPolicy,
     dataDirectories,
     trails: trailFacts,
     crls,

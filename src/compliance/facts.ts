@@ -97,6 +97,16 @@ export interface TrailFacts {
   readonly outcome: Observed<{ readonly ok: boolean; readonly events: number; readonly files: number; readonly checkpointsMatched: number; readonly problem?: string; readonly memberId?: string; readonly signatures: string }>;
 }
 
+/** The audit policy in force, as the cluster answers `AuditPolicy.Show`. */
+export interface AuditPolicyFacts {
+  /** Its canonical JSON (src/audit/policy.ts). */
+  readonly json: string;
+  readonly digest: string;
+  /** No policy was applied: the shipped default is in force. */
+  readonly shippedDefault: boolean;
+  readonly hmacKey: boolean;
+}
+
 export interface CrlFacts {
   /** Which copy: `pki` or a member's name. */
   readonly holder: string;
@@ -128,6 +138,7 @@ export interface ComplianceFacts {
   readonly auth: Observed<AuthFacts>;
   readonly encryption: Observed<readonly EncryptionFacts[]>;
   readonly checkpoints: Observed<readonly CheckpointSummary[]>;
+  readonly auditPolicy: Observed<AuditPolicyFacts>;
   readonly dataDirectories: readonly DataDirectoryFacts[];
   readonly trails: readonly TrailFacts[];
   readonly crls: readonly CrlFacts[];

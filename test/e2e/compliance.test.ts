@@ -61,7 +61,7 @@ describe('rampart compliance', () => {
     expect(result.code).toBe(0);
     expect(result.controls.map((entry) => entry.id)).toEqual([
       'CIS-2.1', 'CIS-2.2', 'CIS-2.3', 'CIS-2.4', 'CIS-2.5', 'CIS-2.6', 'CIS-2.7', 'CIS-1.1.11', 'CIS-1.1.12',
-      'RAMPART-AUTH', 'RAMPART-ROOT-CERT', 'RAMPART-ENCRYPTION', 'RAMPART-AUDIT', 'RAMPART-AUDIT-VERIFY', 'RAMPART-CERT-EXPIRY', 'RAMPART-CRL', 'RAMPART-NO-PLAINTEXT',
+      'RAMPART-AUTH', 'RAMPART-ROOT-CERT', 'RAMPART-ENCRYPTION', 'RAMPART-AUDIT', 'RAMPART-AUDIT-POLICY', 'RAMPART-AUDIT-VERIFY', 'RAMPART-CERT-EXPIRY', 'RAMPART-CRL', 'RAMPART-NO-PLAINTEXT',
     ]);
     // Everything that can be seen here passes; the only warning is the CRL no revoke has written yet.
     for (const entry of result.controls) expect(entry.status, `${entry.id}: ${entry.evidence.join('; ')}`).toBe(entry.id === 'RAMPART-CRL' ? 'warn' : 'pass');
@@ -73,10 +73,10 @@ describe('rampart compliance', () => {
     const table = await rampart(['compliance', 'check', '--dir', home]);
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/^PASS {2}CIS-2\.1 +Ensure that the --cert-file and --key-file arguments are set as appropriate$/m);
-    expect(table.stdout).toMatch(/^17 controls: 16 pass, 0 fail, 1 warn, 0 skip$/m);
+    expect(table.stdout).toMatch(/^18 controls: 17 pass, 0 fail, 1 warn, 0 skip$/m);
     const junit = await rampart(['compliance', 'check', '--dir', home, '--output', 'junit']);
     expect(junit.code).toBe(0);
-    expect(junit.stdout).toContain('<testsuites name="rampart compliance check" tests="17" failures="0" skipped="0">');
+    expect(junit.stdout).toContain('<testsuites name="rampart compliance check" tests="18" failures="0" skipped="0">');
     expect(junit.stdout).not.toContain('<failure');
   }, 60_000);
 
@@ -104,7 +104,7 @@ describe('rampart compliance', () => {
     const exported = await rampart(['compliance', 'export', '--dir', home, '--from', from, '--to', to, '--out', bundle]);
     expect(exported.stderr).toMatch(/reading the audit trail of m1/);
     expect(exported.code, exported.stderr).toBe(0);
-    const summary = /^wrote .*evidence\.tar: (\d+) audit events of 3 members, 15 files; cluster CA SHA-256 ([0-9A-F:]{95})$/m.exec(exported.stdout);
+    const summary = /^wrote .*evidence\.tar: (\d+) audit events of 3 members, 16 files; cluster CA SHA-256 ([0-9A-F:]{95})$/m.exec(exported.stdout);
     expect(summary, exported.stdout).not.toBeNull();
     const fingerprint = summary?.[2] as string;
     const openssl = await run('openssl', ['x509', '-noout', '-fingerprint', '-sha256', '-in', path.join(pki(), 'ca.crt')]);
@@ -112,13 +112,13 @@ describe('rampart compliance', () => {
     const listing = await run('tar', ['-tf', bundle]);
     expect(listing.stdout.split('\n').filter((line) => line !== '').sort()).toEqual([
       'audit/checkpoints.jsonl', 'audit/events.csv', 'audit/events.jsonl', 'audit/trails.json', 'ca.crt', 'certificates.json', 'cluster.json',
-      'compliance/check.json', 'compliance/check.junit.xml', 'compliance/check.txt', 'encryption.json', 'index.html', 'manifest.json', 'manifest.sig', 'policies/rbac.yaml',
+      'compliance/check.json', 'compliance/check.junit.xml', 'compliance/check.txt', 'encryption.json', 'index.html', 'manifest.json', 'manifest.sig', 'policies/audit.yaml', 'policies/rbac.yaml',
     ]);
 
     const verified = await rampart(['compliance', 'verify', bundle, '--cacert', path.join(pki(), 'ca.crt')]);
     expect(verified.stderr).toBe('');
     expect(verified.code).toBe(0);
-    expect(verified.stdout).toMatch(new RegExp(`^bundle verified: 15 files, ${summary?.[1] ?? ''} audit events from ${from.replace(/\./g, '\\.')} to .*; signed by a key the cluster CA \\(SHA-256 ${fingerprint}\\) issued$`, 'm'));
+    expect(verified.stdout).toMatch(new RegExp(`^bundle verified: 16 files, ${summary?.[1] ?? ''} audit events from ${from.replace(/\./g, '\\.')} to .*; signed by a key the cluster CA \\(SHA-256 ${fingerprint}\\) issued$`, 'm'));
     // Without the auditor's CA: intact, but not authenticated (exit 2) until its fingerprint is pinned.
     const unpinned = await rampart(['compliance', 'verify', bundle]);
     expect(unpinned.code).toBe(2);
@@ -134,6 +134,7 @@ describe('rampart compliance', () => {
     expect(csv.split('\n')[0]).toBe('date_time,user,identified_by,event_type,success_or_failure,outcome,code,origin,member,affected_data,detail,seq,hash');
     expect(csv).toMatch(/^[^,]+,root,certificate,AuthDisable,success,allowed,OK,127\.0\.0\.1:\d+,[0-9a-f]+,/m);
     expect(csv).toMatch(/^[^,]+,root,certificate,Put,success,allowed,OK,127\.0\.0\.1:\d+,[0-9a-f]+,\/compliance\/k,/m);
+    expect(await readFile(path.join(extracted, 'policies', 'audit.yaml'), 'utf8')).toMatch(/^# The audit policy in force when this bundle was made( \(the shipped default: none applied\))?: sha256:[0-9a-f]{64}\nrules:\n/);
     const html = await readFile(path.join(extracted, 'index.html'), 'utf8');
     expect(html).toMatch(/<h2>Administrative actions: [2-9]/);
     expect(html).toMatch(/<td>AuthDisable<\/td>/);

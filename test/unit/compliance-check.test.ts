@@ -16,6 +16,7 @@ import type { ComplianceFacts, EndpointFacts } from '../../src/compliance/facts.
 import { presentedCertificate, probePlaintext, probeWithoutClientCertificate } from '../../src/compliance/probe.js';
 import { escapeXml, formatJunit, formatTable } from '../../src/compliance/report.js';
 import { parseMetrics } from '../../src/compliance/metrics-text.js';
+import { auditPolicyDigest, encodeAuditPolicy, parseAuditPolicy, shippedAuditPolicy } from '../../src/audit/policy.js';
 
 let authority: KeyPairPem;
 let server: KeyPairPem;
@@ -77,9 +78,10 @@ describe('controls', () => {
       otherAuthorities: [],
       members: observed([{ name: 'm1', id: 'abc', clientUrls: ['https://127.0.0.1:1'], peerUrls: ['https://127.0.0.1:2'], metrics: observed({ auditOn: true, authEnabled: true, encryptionEnabled: true, certificateExpirySeconds: { client: 80 * 86_400 } }) }]),
       endpoints: [endpoint('client', 'https://127.0.0.1:1'), endpoint('peer', 'https://127.0.0.1:2')],
-      auth: observed({ enabled: true, revision: 3, users: ['root'], passwordUsers: [], rootBindings: [] }),
+      auth: observed({ enabled: true, revision: 3, users: ['kube-apiserver', 'root'], passwordUsers: [], rootBindings: [] }),
       encryption: observed([{ member: 'm1', encrypted: true, provider: 'file', providerReachable: true, kekId: 'k', activeDek: 1, percentResealed: 100 }]),
       checkpoints: observed([{ member: 'abc', count: 3, signed: 3, latestTime: new Date().toISOString() }]),
+      auditPolicy: observed({ json: shippedAuditPolicy(), digest: auditPolicyDigest(shippedAuditPolicy()), shippedDefault: true, hmacKey: true }),
       dataDirectories: [{ member: 'm1', directory: '/data', stat: observed({ mode: 0o700, uid: 10, gid: 10, user: 'rampart', group: 'rampart' }), looseEntries: [], expectedOwner: observed({ user: 'rampart', uid: 10, source: 'test' }) }],
       trails: [{ member: 'm1', directory: '/data/audit', outcome: observed({ ok: true, events: 5, files: 1, checkpointsMatched: 3, signatures: 'signatures verified against the cluster CA' }) }],
       crls: [{ holder: 'pki', file: 'crl.pem', crl: observed({ number: '2', thisUpdate: new Date().toISOString(), nextUpdate: new Date(Date.now() + 86_400_000).toISOString(), revoked: 1, verified: true }) }],
@@ -118,6 +120,12 @@ describe('controls', () => {
     const [fresh] = base.crls;
     if (fresh === undefined || !('value' in fresh.crl)) throw new Error('fixture');
     expect(statusOf({ crls: [fresh, { holder: 'm1', file: 'm1/crl.pem', crl: observed({ ...fresh.crl.value, number: '1' }) }] }, 'RAMPART-CRL')).toBe('fail');
+    // A policy that exempts one user's writes (a rule before the defaults) no longer records what PCI DSS 10.2 asks.
+    const exempting = encodeAuditPolicy(parseAuditPolicy('exempt.yaml', `rules:\n  - name: quiet-apiserver\n    operations: [write]\n    users: [kube-apiserver]\n    level: none\n${shippedAuditPolicy() === '' ? '' : JSON.parse(shippedAuditPolicy()).rules.map((rule: object) => `  - ${JSON.stringify(rule)}\n`).join('')}`));
+    const quiet = evaluateControls(facts({ auditPolicy: observed({ json: exempting, digest: auditPolicyDigest(exempting), shippedDefault: false, hmacKey: true }) })).find((result) => result.id === 'RAMPART-AUDIT-POLICY');
+    expect(quiet?.status).toBe('fail');
+    expect(quiet?.evidence).toContain('a put is NOT recorded for kube-apiserver (quiet-apiserver)');
+    expect(quiet?.evidence.join('\n')).not.toMatch(/failed login is NOT/);
     // Facts that could not be gathered skip, with the reason as evidence; they never pass.
     const skipped = evaluateControls(facts({ members: unavailable('MemberList failed: unreachable'), endpoints: [], dataDirectories: [], trails: [], crls: [] }));
     expect(skipped.find((result) => result.id === 'CIS-2.2')).toMatchObject({ status: 'skip', evidence: ['no member list: MemberList failed: unreachable'] });
