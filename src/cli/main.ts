@@ -563,9 +563,11 @@ program
   .option('--timeout-ms <ms>', 'how long to wait for the cluster to become healthy', integer, 60_000)
   .option('--no-auth', 'leave a new cluster without users and with auth disabled (not recommended)')
   .option('--no-encryption', 'keep the members\' data in plaintext on disk (not recommended)')
-  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean; encryption: boolean }) => {
+  .option('--audit-sink <sink>', 'stream every member\'s audit trail to SINK too (repeatable; as `rampart serve --audit-sink`); applies to the members this run starts', collectSinks, [] as string[])
+  .option('--audit-fail-closed', 'members refuse requests while no --audit-sink takes events (as `rampart serve --audit-fail-closed`)', false)
+  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean; encryption: boolean; auditSink: string[]; auditFailClosed: boolean }) => {
     if (flags.size < 1 || flags.size > 7) fail('--size must be between 1 and 7');
-    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth, encryption: flags.encryption }, print).catch(fail);
+    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth, encryption: flags.encryption, auditSinks: flags.auditSink, auditFailClosed: flags.auditFailClosed }, print).catch(fail);
   });
 
 program

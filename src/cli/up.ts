@@ -24,6 +24,9 @@ export interface UpOptions {
   readonly auth: boolean;
   /** Seal each member's data at rest under its own key file (the default). */
   readonly encryption: boolean;
+  /** `--audit-sink` values given to every member this run starts (and `--audit-fail-closed`). */
+  readonly auditSinks?: readonly string[];
+  readonly auditFailClosed?: boolean;
 }
 
 interface ClusterFile {
@@ -138,6 +141,8 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       '--audit-signing-cert-file', path.join(home, 'audit.crt'), '--audit-signing-key-file', path.join(home, 'audit.key'),
       ...(options.auth ? [] : ['--no-bootstrap-auth']),
       ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
+      ...(options.auditSinks ?? []).flatMap((sink) => ['--audit-sink', sink]),
+      ...(options.auditFailClosed === true ? ['--audit-fail-closed'] : []),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
     const startedMember: StartedMember = { name: member.name, pid: child.pid ?? 0, pidFile, logFile: path.join(home, 'log') };
     child.once('exit', (code, signal) => {

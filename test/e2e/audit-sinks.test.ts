@@ -1,6 +1,7 @@
 /**
  * Streaming the audit trail to real receivers: rsyslog listening on TLS (mutual TLS, RFC 5425
- * framing) and an HTTPS webhook, both restarted under a put load on a 3-member cluster; then every
+ * framing) and an HTTPS webhook, both restarted under a put load on a 3-member `rampart up`
+ * cluster (TLS, auth, encryption at rest) while one member restarts; then every
  * event of every member's trail is at each receiver, in order — once at the webhook (2xx acks and
  * idempotency keys), once after dropping the copies that a broken syslog connection resends. And
  * `--audit-fail-closed`: refused while no sink takes events, served again when one returns, and
@@ -15,11 +16,10 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseEventLine, type AuditEvent } from '../../src/audit/event.js';
-import { readRecords } from '../../src/audit/records.js';
-import { trailFiles } from '../../src/audit/verify.js';
+import { verifyAudit } from '../../src/audit/verify.js';
 import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
 import { call, callError, connect, type RawClient } from '../helpers/client.js';
-import { freePort, projectRoot, removeDirectory, startCluster, startRampart, temporaryDirectory, type Cluster, type ClusterMember, type ServerProcess } from '../helpers/processes.js';
+import { freeBasePort, freePort, projectRoot, rampartBin, removeDirectory, run, startRampart, temporaryDirectory, type CommandResult, type ServerProcess } from '../helpers/processes.js';
 
 const rsyslogd = ['/usr/sbin/rsyslogd', '/sbin/rsyslogd'].find((file) => existsSync(file));
 const gnutlsDriver = ['/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so', '/usr/lib/aarch64-linux-gnu/rsyslog/lmnsd_gtls.so', '/usr/lib/rsyslog/lmnsd_gtls.so'].some((file) => existsSync(file));
@@ -117,7 +117,7 @@ class Rsyslog {
       const event = parseEventLine(match[4] as string);
       if (typeof event === 'string') throw new Error(`not a canonical event (${event}): ${line.slice(0, 200)}`);
       expect(String(event.seq)).toBe(match[3]);
-      messages.push({ id: `${match[1]}:${match[2]}:${match[3]}`, event });
+      messages.push({ id: `${event.member}:${event.hash}`, event });
     }
     return messages;
   }
@@ -161,25 +161,37 @@ class Webhook {
     await new Promise((resolve) => server.close(resolve));
   }
 
-  /** Event ids (member:file:seq) in the order received. */
+  /** Event ids (member:hash) in the order received. */
   ids(): string[] {
-    return this.events.map((event) => String((event.metadata as { uid: string }).uid));
+    return this.events.map((event) => {
+      const chain = (event.unmapped as { rampart: { member: string; hash: string } }).rampart;
+      return `${chain.member}:${chain.hash}`;
+    });
   }
 }
 
-/** Every event of a member's trail, as member:file:seq, in trail order. */
-async function trailIds(dataDir: string): Promise<string[]> {
+/** Every event of a member's trail (verified), as member:hash, in trail order, and how many files hold it. */
+async function trailOf(directory: string): Promise<{ member: string; ids: string[]; files: number }> {
   const ids: string[] = [];
-  for (const file of await trailFiles(path.join(dataDir, 'audit'))) {
-    for await (const record of readRecords(file)) {
-      if (record.kind !== 'record') continue;
-      const event = JSON.parse(record.text) as AuditEvent;
-      ids.push(`${event.member}:${path.basename(file)}:${event.seq}`);
-    }
-  }
-  return ids;
+  let member = '';
+  const result = await verifyAudit(directory, {
+    onEvent: (event) => {
+      member = event.member;
+      ids.push(`${event.member}:${event.hash}`);
+    },
+  });
+  expect(result.ok, result.problem).toBe(true);
+  return { member, ids, files: result.files };
 }
 
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 const byMember = (ids: readonly string[], member: string): string[] => ids.filter((id) => id.startsWith(`${member}:`));
 const distinct = (ids: readonly string[]): string[] => [...new Set(ids)];
 
@@ -197,7 +209,7 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     await removeDirectory(directory);
   });
 
-  it('every event of every member arrives in order after both receivers restart under load; copies only where syslog must resend', async () => {
+  it('every event of every member of a `rampart up` cluster arrives in order after both receivers restart under load; copies only where syslog must resend', async () => {
     const rsyslog = new Rsyslog(directory, await freePort(), pki);
     const webhook = new Webhook(await freePort(), pki);
     await rsyslog.start();
@@ -205,13 +217,19 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     cleanups.push(() => rsyslog.stop(), () => webhook.stop());
     const syslogSink = `syslog+tls://127.0.0.1:${rsyslog.port}?ca=${pki.caFile}&cert=${pki.clientCert}&key=${pki.clientKey}`;
     const webhookSink = `https://127.0.0.1:${webhook.port}/audit?format=ocsf&ca=${pki.caFile}&token-file=${path.join(directory, 'token')}`;
-    const cluster: Cluster = await startCluster(3, ['--audit-sink', syslogSink, '--audit-sink', webhookSink]);
-    cleanups.push(() => cluster.remove());
-    const clients: RawClient[] = cluster.members.map((member) => connect(`127.0.0.1:${member.port}`));
+    const home = path.join(directory, 'cluster');
+    const basePort = await freeBasePort();
+    const up = (): Promise<CommandResult> => run(process.execPath, [rampartBin, 'up', '--dir', home, '--base-port', String(basePort), '--audit-sink', syslogSink, '--audit-sink', webhookSink], { timeoutMs: 90_000 });
+    const started = await up();
+    expect(started.code, started.stderr).toBe(0);
+    cleanups.push(() => run(process.execPath, [rampartBin, 'down', '--dir', home], { timeoutMs: 30_000 }));
+    const [ca, cert, key] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(home, 'pki', name))));
+    const credentials = grpc.credentials.createSsl(ca, key, cert);
+    const clients: RawClient[] = [0, 1, 2].map((index) => connect(`127.0.0.1:${basePort + index * 10_000}`, {}, credentials));
     cleanups.push(async () => clients.forEach((client) => client.close()));
 
-    // A put load spread over the members; the receivers go away and come back in the middle, and
-    // one member restarts meanwhile (its sinks resume from their cursors, across its trail files).
+    // A put load on every member; the receivers go away and come back in the middle, and one
+    // member restarts meanwhile (its sinks resume from their cursors, across its trail files).
     let loading = true;
     let acknowledged = 0;
     const load = Promise.all(clients.map(async (client, member) => {
@@ -224,23 +242,21 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     await sleep(1_500);
     await Promise.all([rsyslog.stop(), webhook.stop()]);
     const whileDown = acknowledged;
-    const restarting = cluster.members[2] as ClusterMember;
-    await restarting.process?.stop();
-    await cluster.start(restarting);
-    await sleep(1_000);
+    const pid = Number(await readFile(path.join(home, 'm3', 'pid'), 'utf8'));
+    process.kill(pid, 'SIGTERM');
+    await until(() => !alive(pid), 'm3 to stop', 15_000);
+    const restarted = await up();
+    expect(restarted.code, restarted.stderr).toBe(0);
     expect(acknowledged, 'the members kept serving while no sink took events (fail-open is the default)').toBeGreaterThan(whileDown);
     await Promise.all([rsyslog.start(), webhook.start()]);
     await sleep(1_500);
     loading = false;
     await load;
 
-    const members = await Promise.all(cluster.members.map(async (member) => {
-      const ids = await trailIds(member.dataDir);
-      return { member: (ids[0] as string).split(':')[0] as string, ids };
-    }));
-    const total = members.reduce((sum, { ids }) => sum + ids.length, 0);
+    const members = await Promise.all(['m1', 'm2', 'm3'].map((name) => trailOf(path.join(home, name, 'data', 'audit'))));
+    const total = members.reduce((sum, trail) => sum + trail.ids.length, 0);
     expect(total).toBeGreaterThan(acknowledged);
-    expect(new Set(members[2]?.ids.map((id) => id.split(':')[1])).size, 'the restarted member has two trail files').toBe(2);
+    expect(members[2]?.files, 'the restarted member has two trail files').toBe(2);
     await until(async () => distinct(webhook.ids()).length >= total && distinct((await rsyslog.messages()).map((message) => message.id)).length >= total, `${total} events at both receivers`, 30_000);
     const syslogIds = (await rsyslog.messages()).map((message) => message.id);
     for (const { member, ids } of members) {
@@ -261,16 +277,26 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     const everything = `${await readFile(rsyslog.received, 'utf8')}${JSON.stringify(webhook.events)}`;
     expect(everything).not.toContain('never-in-the-trail');
     expect(everything).not.toContain('test-bearer-token');
-    for (const member of cluster.members) expect(member.process?.output() ?? '').not.toContain('test-bearer-token');
+    for (const name of ['m1', 'm2', 'm3']) expect(await readFile(path.join(home, name, 'log'), 'utf8')).not.toContain('test-bearer-token');
   }, 90_000);
 
   it('--audit-fail-closed: refuses requests while no sink takes events, serves again when one returns, and loses nothing', async () => {
     const webhook = new Webhook(await freePort(), pki);
     await webhook.start();
     cleanups.push(() => webhook.stop());
+    const rsyslogDirectory = path.join(directory, 'fail-closed-rsyslog');
+    await mkdir(rsyslogDirectory);
+    const rsyslog = new Rsyslog(rsyslogDirectory, await freePort(), pki);
+    await rsyslog.start();
+    cleanups.push(() => rsyslog.stop());
     const metricsPort = await freePort();
     const server: ServerProcess = await startRampart({
-      args: ['--audit-fail-closed', '--audit-sink', `https://127.0.0.1:${webhook.port}/audit?format=ocsf&ca=${pki.caFile}&name=siem`, '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`, '--log-level', 'info'],
+      args: [
+        '--audit-fail-closed',
+        '--audit-sink', `https://127.0.0.1:${webhook.port}/audit?format=ocsf&ca=${pki.caFile}&name=siem`,
+        '--audit-sink', `syslog+tls://127.0.0.1:${rsyslog.port}?ca=${pki.caFile}&cert=${pki.clientCert}&key=${pki.clientKey}&name=syslog`,
+        '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`, '--log-level', 'info',
+      ],
     });
     const metrics = async (): Promise<Map<string, number>> => {
       const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
@@ -284,7 +310,8 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     cleanups.push(async () => client.close());
     await call(client.kv, 'Put', { key: Buffer.from('/before'), value: Buffer.from('v') });
 
-    await webhook.stop();
+    // Every sink down: refused (one down is not enough, see below).
+    await Promise.all([webhook.stop(), rsyslog.stop()]);
     let refused: { code: number; details: string } | undefined;
     let attempt = 0;
     await until(async () => {
@@ -307,14 +334,19 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     for (const name of new Set(rules.match(/rampart_audit_sink_[a-z_]+/g))) expect(down.has(name), name).toBe(true);
     expect(server.output()).toMatch(/"sink":"siem".*"msg":"audit sink down: events wait in the trail and are delivered when it returns"/);
 
-    await webhook.start();
+    // One sink back (syslog) is enough to serve again, while the other (the webhook) is still down.
+    await rsyslog.start();
     await until(() => call(client.kv, 'Put', { key: Buffer.from('/after'), value: Buffer.from('v') }).then(() => true, () => false), 'serving again', 20_000);
+    expect((await metrics()).get('rampart_audit_sink_up')).toBe(0);
+    await webhook.start();
     const range = await call(client.kv, 'Range', { key: Buffer.from('/during/'), range_end: Buffer.from('/during0') });
     expect((range.kvs as { key: Buffer }[]).map((kv) => kv.key.toString())).not.toContain(refusedKey);
 
-    const ids = await trailIds(server.dataDir);
+    const { ids } = await trailOf(path.join(server.dataDir, 'audit'));
     await until(() => webhook.ids().length >= ids.length, 'every event at the webhook', 20_000);
-    expect(webhook.ids()).toEqual(await trailIds(server.dataDir));
+    expect(webhook.ids()).toEqual((await trailOf(path.join(server.dataDir, 'audit'))).ids);
+    await until(async () => distinct((await rsyslog.messages()).map((message) => message.id)).length >= ids.length, 'every event at rsyslog', 20_000);
+    expect(distinct((await rsyslog.messages()).map((message) => message.id))).toEqual(webhook.ids());
     const refusals = webhook.events.filter((event) => (event.status_detail as string | undefined)?.startsWith('rampart: no audit sink takes events') === true);
     expect(refusals.length).toBeGreaterThan(0); // the refusals themselves are audited, and delivered afterwards
     await until(async () => (await metrics()).get('rampart_audit_sink_pending_events') === 0, 'nothing pending', 10_000);
