@@ -138,7 +138,7 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
       else new Counter({ name, help, labelNames: ['sink'], registers: [registry], collect });
     };
     perSink('rampart_audit_sink_up', 'Whether the audit sink\'s receiver took the last delivery (1) or is failing (0).', 'gauge', (status) => (status.up ? 1 : 0));
-    perSink('rampart_audit_sink_pending_events', 'Audit events durable in the trail that the sink\'s receiver does not hold yet (they are delivered when it can take them).', 'gauge', (status) => status.pending);
+    perSink('rampart_audit_sink_pending_events', 'Audit events durable in the trail that the sink\'s receiver does not hold yet (delivered when it can take them; a lower bound while the sink lags across trail files).', 'gauge', (status) => status.pending);
     perSink('rampart_audit_sink_events_delivered_total', 'Audit events the sink\'s receiver acknowledged (or confirmed).', 'counter', (status) => status.delivered);
     perSink('rampart_audit_sink_failures_total', 'Failed deliveries to the sink\'s receiver (each is retried).', 'counter', (status) => status.failures);
     perSink('rampart_audit_sink_catch_ups_total', 'Times the sink read the trail files to catch up (start, receiver outage, queue full).', 'counter', (status) => status.catchUps);
