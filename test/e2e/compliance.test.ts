@@ -4,12 +4,14 @@
  * world-readable (after start: members refuse to start on one), and when a member serves a
  * certificate close to expiry (renewed with the CA for 10 days, reloaded while serving). And the
  * evidence bundle: `compliance export` then `compliance verify` offline, and a byte changed in a
- * member file, the manifest or the signature refused, naming it.
+ * member file, the manifest or the signature refused, naming it. Then one member started with
+ * --client-cert-auth false: CIS-2.2 fails from what its listener does.
  */
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { startTlsMember } from '../helpers/tls-member.js';
 
 interface Control {
   id: string;
@@ -202,5 +204,29 @@ describe('rampart compliance', () => {
     // A lower threshold passes the same certificate.
     const lenient = await check(['--expiry-warning-days', '5']);
     expect(control(lenient.controls, 'RAMPART-CERT-EXPIRY').status).toBe('pass');
+  }, 60_000);
+});
+
+describe('rampart compliance check on a member that takes clients without a certificate', () => {
+  it('fails CIS-2.2 from what the listener does, and warns about its plaintext metrics URL', async () => {
+    const member = await startTlsMember(['--client-cert-auth', 'false']);
+    try {
+      const pki = path.join(member.directory, 'pki');
+      const result = await run(process.execPath, [rampartBin, 'compliance', 'check', '--output', 'json',
+        '--endpoints', `https://127.0.0.1:${member.clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'),
+        '--metrics-url', `a=http://127.0.0.1:${member.metricsPort}`], { timeoutMs: 60_000 });
+      expect(result.code, result.stderr).toBe(1);
+      const controls = (JSON.parse(result.stdout) as { controls: Control[] }).controls;
+      const byId = new Map(controls.map((entry) => [entry.id, entry]));
+      expect(byId.get('CIS-2.2')).toMatchObject({ status: 'fail', evidence: [`a client https://127.0.0.1:${member.clientPort}: a TLS connection offering no client certificate was ACCEPTED (it answered HTTP/2)`] });
+      // Its peer port still requires one; its metrics URL is plaintext (metrics only: a warning).
+      expect(byId.get('CIS-2.5')?.status).toBe('pass');
+      expect(byId.get('RAMPART-NO-PLAINTEXT')?.status).toBe('warn');
+      expect(byId.get('RAMPART-NO-PLAINTEXT')?.evidence).toContain(`a metrics http://127.0.0.1:${member.metricsPort}: a plaintext URL (metrics and health only)`);
+      // No host files were named: those controls skip, with the reason.
+      expect(byId.get('CIS-1.1.11')).toMatchObject({ status: 'skip', evidence: ['no data directory given (--dir of a rampart up cluster on this host, or --data-dir)'] });
+    } finally {
+      await member.stop();
+    }
   }, 60_000);
 });
