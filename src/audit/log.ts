@@ -2,10 +2,17 @@
  * The audit trail writer: every client request and its decision as one event, hash-chained so that
  * changing, removing or reordering any event is detectable (`rampart audit verify`).
  *
- * Each member writes its own files under the audit directory, one per process start
- * (`audit-<start time>.jsonl`, mode 0600). Every event carries the hash of the one before it; the
- * first event of a file (`audit.start`) carries the hash of the last event of the previous file and
- * names it, and the first file starts at the genesis hash, so the files form one chain.
+ * Each member writes its own files under the audit directory (`audit-<start time>.jsonl`, mode
+ * 0600): a new one at each process start, and when the current one reaches `maxFileBytes` or
+ * `maxFileAgeMs` (rotation). Every event carries the hash of the one before it; the first event of
+ * a file (`audit.start`) carries the hash of the last event of the previous file and names it, and
+ * the first file starts at the genesis hash, so the files form one chain. How a file is stored
+ * (plain, sealed under the trail key, compressed once closed) is `records.ts`'s concern.
+ *
+ * Retention: closed files are compressed in the background (never on the write path). A file whose
+ * successor was opened more than `retentionMs` ago is deleted, oldest first, after an
+ * `audit.retention` event naming the oldest file kept and the files deleted is durable, so that
+ * `verify` accepts a trail that starts there (and the quorum checkpoints witness that event).
  *
  * Durability: `record` answers once the event is on disk. Events recorded while a write is in
  * flight go out together in the next write, with one fdatasync for the batch (group commit, as the
@@ -17,11 +24,44 @@
  * starting. A write that fails (a full disk) stops the member: `onError` says how to recover.
  * Events never contain values, passwords or tokens — keys and names only.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { auditLineBytesMax, boundFields, boundTargets, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
-import { RecordWriter, readLastRecord } from './records.js';
-import { trailFiles } from './verify.js';
+import { RecordWriter, compressTrailFile, listTrailFiles, readLastRecord, tidyTrailDirectory, type TrailFile } from './records.js';
+import type { TrailKey } from './sealed-trail.js';
+import { retentionAction } from './verify.js';
+
+/** Rotation and retention defaults: ~64 MiB files, a new file a day, kept 400 days (PCI DSS 10.5.1's year plus margin). */
+export const auditMaxFileBytesDefault = 64 * 1024 * 1024;
+export const auditMaxFileAgeMsDefault = 24 * 60 * 60 * 1000;
+export const auditRetentionMsDefault = 400 * 24 * 60 * 60 * 1000;
+/** Files deleted per retention event (each is named in it). */
+const retentionFilesPerEventMax = 100;
+/** How often an idle member looks for files past their retention. */
+const retentionCheckIntervalMs = 60 * 60 * 1000;
+
+export interface AuditLogOptions {
+  /** Seal every file under this trail key (`trail-key.ts`); plaintext without it. */
+  readonly key?: TrailKey;
+  readonly maxFileBytes?: number;
+  readonly maxFileAgeMs?: number;
+  readonly retentionMs?: number;
+  /** A background compression or retention pass failed (the trail itself is unharmed). */
+  readonly onMaintenanceError?: (error: unknown) => void;
+  /** The clock (tests). */
+  readonly nowMs?: () => number;
+}
+
+/** The file name of a file opened at `ms`. */
+export function trailFileNameAt(ms: number): string {
+  return `audit-${new Date(ms).toISOString().replace(/[:.]/g, '-')}.jsonl`;
+}
+
+/** When a file was opened, from its name (NaN for a name not written by `trailFileNameAt`). */
+export function trailFileTimeMs(name: string): number {
+  const match = /^audit-(\d{4}-\d{2}-\d{2})T(\d{2})-(\d{2})-(\d{2})-(\d{3})Z\.jsonl$/.exec(name);
+  return match === null ? Number.NaN : Date.parse(`${match[1]}T${match[2]}:${match[3]}:${match[4]}.${match[5]}Z`);
+}
 
 /** Where a member's chain stands: event `seq` of `file` has hash `hash`. */
 export interface ChainHead {
@@ -31,6 +71,8 @@ export interface ChainHead {
 }
 
 interface Batch {
+  /** The file the batch goes to. */
+  readonly file: string;
   readonly lines: string[];
   /** The chain head after the batch's last event. */
   head?: ChainHead;
@@ -39,7 +81,7 @@ interface Batch {
   reject(error: unknown): void;
 }
 
-function newBatch(): Batch {
+function newBatch(file: string): Batch {
   let resolve!: () => void;
   let reject!: (error: unknown) => void;
   const done = new Promise<void>((yes, no) => {
@@ -47,7 +89,7 @@ function newBatch(): Batch {
     reject = no;
   });
   done.catch(() => undefined); // the failure is reported through onError; callers may ignore it
-  return { lines: [], done, resolve, reject };
+  return { file, lines: [], done, resolve, reject };
 }
 
 /** What an operator reads when the trail cannot be written: the cause and the way out. */
@@ -66,52 +108,88 @@ export function describeAuditWriteError(error: unknown, directory: string): stri
 
 export class AuditLog {
   private seq = 0;
-  private pending: Batch | undefined;
+  private fileBytes = 0;
+  private fileOpenedMs: number;
+  /** Batches not yet handed to the writer, in order; only the last one takes new events. */
+  private readonly queue: Batch[] = [];
   private draining = false;
   private failed: unknown;
   private closed = false;
   private durable: ChainHead;
   private readonly listeners = new Set<(line: string, file: string) => void>();
+  /** The file the writer writes (the chain may already be in a newer one, queued). */
+  private writerFile: string;
+  /** Compression and retention, one at a time, off the write path. */
+  private maintenance: Promise<void> = Promise.resolve();
+  private retentionTimer: NodeJS.Timeout | undefined;
+  private readonly maxFileBytes: number;
+  private readonly maxFileAgeMs: number;
+  private readonly retentionMs: number;
+  private readonly now: () => number;
 
   /** Events recorded and not yet handed to the writer (the metrics' audit queue). */
   get queuedEvents(): number {
-    return this.pending?.lines.length ?? 0;
+    return this.queue.reduce((sum, batch) => sum + batch.lines.length, 0);
+  }
+
+  /** The trail key the files are sealed under (readers of this trail need it), if any. */
+  get key(): TrailKey | undefined {
+    return this.options.key;
+  }
+
+  /** The file events are chained into now. */
+  get file(): string {
+    return this.currentFile;
   }
 
   private constructor(
-    private readonly writer: RecordWriter,
-    readonly file: string,
+    private writer: RecordWriter,
+    private currentFile: string,
+    private readonly directory: string,
     private readonly member: string,
     private prev: string,
     private readonly onError: (error: unknown) => void,
+    private readonly options: AuditLogOptions,
   ) {
-    this.durable = { file, seq: -1, hash: prev };
+    this.durable = { file: currentFile, seq: -1, hash: prev };
+    this.writerFile = currentFile;
+    this.maxFileBytes = Math.max(1, options.maxFileBytes ?? auditMaxFileBytesDefault);
+    this.maxFileAgeMs = Math.max(1, options.maxFileAgeMs ?? auditMaxFileAgeMsDefault);
+    this.retentionMs = Math.max(1, options.retentionMs ?? auditRetentionMsDefault);
+    this.now = options.nowMs ?? Date.now;
+    this.fileOpenedMs = this.now();
   }
 
   /** Opens a new file in `directory`, linked to the last event of the newest earlier file. */
-  static async open(directory: string, member: string, onError: (error: unknown) => void): Promise<AuditLog> {
+  static async open(directory: string, member: string, onError: (error: unknown) => void, options: AuditLogOptions = {}): Promise<AuditLog> {
     await mkdir(directory, { recursive: true, mode: 0o700 });
-    const earlier = await trailFiles(directory);
+    await tidyTrailDirectory(directory);
+    const earlier = await listTrailFiles(directory);
     let prev = genesisHash;
     let previousFile = '';
     const last = earlier[earlier.length - 1];
     if (last !== undefined) {
-      previousFile = path.basename(last);
-      const record = await readLastRecord(last);
+      previousFile = last.name;
+      const record = await readLastRecord(last, options.key).catch(() => undefined);
       const event = record === undefined ? 'none' : parseEventLine(record);
       // A torn, oversized or altered last line: verify reports it, and the new file says so.
       prev = typeof event === 'string' ? 'unreadable' : event.hash;
     }
     // Names sort in creation order; a name is never reused (a clash waits for the next millisecond).
+    const now = options.nowMs ?? Date.now;
     let writer: RecordWriter | undefined;
     let name = '';
     while (writer === undefined) {
-      name = `audit-${new Date().toISOString().replace(/[:.]/g, '-')}.jsonl`;
-      writer = await RecordWriter.create(path.join(directory, name));
+      name = trailFileNameAt(now());
+      if (name > previousFile) writer = await RecordWriter.create(path.join(directory, name), options.key);
       if (writer === undefined) await new Promise((resolve) => setTimeout(resolve, 2));
     }
-    const log = new AuditLog(writer, name, member, prev, onError);
+    const log = new AuditLog(writer, name, directory, member, prev, onError, options);
     await log.record({ action: 'audit.start', targets: previousFile === '' ? [] : [previousFile], outcome: 'allowed' });
+    // Files the previous process closed are compressed, and old ones deleted, in the background.
+    for (const file of earlier) if (!file.compressed) log.compressLater(file);
+    log.retainLater();
+    log.retentionTimer = setInterval(() => log.retainLater(), retentionCheckIntervalMs).unref();
     return log;
   }
 
@@ -123,10 +201,33 @@ export class AuditLog {
   record(fields: AuditFields, alwaysNamed = 0): Promise<void> {
     if (this.closed) return Promise.reject(new Error('the audit trail is closed'));
     if (this.failed !== undefined) return Promise.reject(this.failed);
-    const line = this.chain(boundFields(fields, alwaysNamed));
-    const batch = (this.pending ??= newBatch());
+    if (this.seq > 0) {
+      const reason = this.fileBytes >= this.maxFileBytes ? 'size' : this.now() - this.fileOpenedMs >= this.maxFileAgeMs ? 'age' : undefined;
+      if (reason !== undefined) this.rotate(reason);
+    }
+    return this.enqueue(this.chain(boundFields(fields, alwaysNamed)));
+  }
+
+  /** Starts the next file: its `audit.start` links to the last event chained. */
+  private rotate(reason: string): void {
+    const previousFile = this.currentFile;
+    // Names sort in creation order: the next one is at least a millisecond after the previous.
+    const previousMs = trailFileTimeMs(previousFile);
+    this.currentFile = trailFileNameAt(Number.isNaN(previousMs) ? this.now() : Math.max(this.now(), previousMs + 1));
+    this.fileOpenedMs = this.now();
+    this.seq = 0;
+    this.fileBytes = 0;
+    void this.enqueue(this.chain({ action: 'audit.start', targets: [previousFile], outcome: 'allowed', detail: `rotated (${reason})` }));
+  }
+
+  private enqueue(line: string): Promise<void> {
+    let batch = this.queue[this.queue.length - 1];
+    if (batch === undefined || batch.file !== this.currentFile) {
+      batch = newBatch(this.currentFile);
+      this.queue.push(batch);
+    }
     batch.lines.push(line);
-    batch.head = { file: this.file, seq: this.seq - 1, hash: this.prev };
+    batch.head = { file: this.currentFile, seq: this.seq - 1, hash: this.prev };
     if (!this.draining) {
       this.draining = true;
       // Events recorded in the same turn of the event loop share the write.
@@ -137,7 +238,7 @@ export class AuditLog {
 
   private chain(fields: AuditFields): string {
     const build = (bounded: AuditFields): { line: string; hash: string } => {
-      const base = { ...bounded, seq: this.seq, time: new Date().toISOString(), member: this.member, prev: this.prev };
+      const base = { ...bounded, seq: this.seq, time: new Date(this.now()).toISOString(), member: this.member, prev: this.prev };
       const hash = hashEvent(base);
       return { line: eventLine({ ...base, hash }), hash };
     };
@@ -148,37 +249,104 @@ export class AuditLog {
     }
     this.seq += 1;
     this.prev = built.hash;
+    this.fileBytes += built.line.length + 1;
     return built.line;
   }
 
   private async drain(): Promise<void> {
-    while (this.pending !== undefined) {
-      const batch = this.pending;
-      this.pending = undefined;
+    for (let batch = this.queue.shift(); batch !== undefined; batch = this.queue.shift()) {
       try {
+        if (batch.file !== this.writerFile) await this.switchWriter(batch.file);
         await this.writer.append(batch.lines);
       } catch (error) {
         this.failed = error;
         batch.reject(error);
-        const queued = this.pending as Batch | undefined; // recorded while the write was failing
-        queued?.reject(error);
-        this.pending = undefined;
+        for (const queued of this.queue.splice(0)) queued.reject(error); // recorded while the write was failing
         this.draining = false;
         this.onError(error);
         return;
       }
       if (batch.head !== undefined) this.durable = batch.head;
       batch.resolve();
-      for (const listener of this.listeners) for (const line of batch.lines) listener(line, this.file);
+      for (const listener of this.listeners) for (const line of batch.lines) listener(line, batch.file);
     }
     this.draining = false;
   }
 
+  /** Closes the full file (compressed later, in the background) and creates the next one. */
+  private async switchWriter(file: string): Promise<void> {
+    const next = await RecordWriter.create(path.join(this.directory, file), this.options.key);
+    if (next === undefined) throw new Error(`audit file ${file} exists already: another process writes this audit directory`);
+    const closing = this.writer;
+    const closed = this.writerFile;
+    this.writer = next;
+    this.writerFile = file;
+    await closing.close();
+    this.compressLater({ name: closed, path: path.join(this.directory, closed), compressed: false });
+    this.retainLater();
+  }
+
+  private inBackground(task: () => Promise<void>): void {
+    this.maintenance = this.maintenance.then(async () => {
+      if (this.closed || this.failed !== undefined) return;
+      await task().catch((error: unknown) => {
+        if (!this.closed) this.options.onMaintenanceError?.(error);
+      });
+    });
+  }
+
+  private compressLater(file: TrailFile): void {
+    this.inBackground(() => compressTrailFile(file, this.options.key));
+  }
+
+  /** Deletes files past their retention, oldest first, after recording so (see the file comment). */
+  private retainLater(): void {
+    this.inBackground(async () => {
+      for (;;) {
+        const files = await listTrailFiles(this.directory);
+        const cutoffMs = this.now() - this.retentionMs;
+        const expired: TrailFile[] = [];
+        for (const [index, file] of files.entries()) {
+          const next = files[index + 1];
+          // A file was closed when its successor was opened; the file being written is never deleted.
+          if (next === undefined || file.name >= this.writerFile || !(trailFileTimeMs(next.name) <= cutoffMs)) break;
+          expired.push(file);
+          if (expired.length === retentionFilesPerEventMax) break;
+        }
+        const firstKept = files[expired.length];
+        if (expired.length === 0 || firstKept === undefined) return;
+        await this.record({
+          action: retentionAction,
+          targets: [firstKept.name, ...expired.map((file) => file.name)],
+          outcome: 'allowed',
+          detail: `deleted ${expired.length} files closed before ${new Date(cutoffMs).toISOString()} (retention ${Math.round(this.retentionMs / 1000)} s)`,
+        });
+        for (const file of expired) await rm(file.path, { force: true });
+        const handle = await open(this.directory, 'r');
+        try {
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        if (expired.length < retentionFilesPerEventMax) return;
+      }
+    });
+  }
+
   /** Resolves once every event recorded so far is durable. */
   async flush(): Promise<void> {
-    while (this.pending !== undefined || this.draining) {
-      await (this.pending?.done ?? new Promise((resolve) => setImmediate(resolve)));
+    while (this.queue.length > 0 || this.draining) {
+      await (this.queue[this.queue.length - 1]?.done ?? new Promise((resolve) => setImmediate(resolve)));
     }
+  }
+
+  /** Resolves once the background compression and retention queued so far are done (tests, shutdown). */
+  async settled(): Promise<void> {
+    let current: Promise<void>;
+    do {
+      current = this.maintenance;
+      await current;
+    } while (current !== this.maintenance);
   }
 
   /** The last durably written event: an anchor to keep elsewhere (checkpoints). */
@@ -195,7 +363,10 @@ export class AuditLog {
   async close(): Promise<void> {
     if (this.closed) return;
     await this.flush().catch(() => undefined);
+    if (this.retentionTimer !== undefined) clearInterval(this.retentionTimer);
     this.closed = true;
+    // A compression under way finishes (its original stays until the copy is complete anyway).
+    await this.maintenance;
     await this.writer.close();
   }
 }

@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { eventLine, parseEventLine } from '../audit/event.js';
 import { readAudit } from '../audit/verify.js';
+import { trailKeyForReading } from './audit-keys.js';
 import { readRecords } from '../audit/records.js';
 import { auditPolicyFile, parseAuditPolicy } from '../audit/policy.js';
 import { evaluateControls } from '../compliance/check.js';
@@ -126,13 +127,14 @@ export async function exportBundle(options: ExportOptions, progress: (line: stri
       const segment = LineFile.create(path.join(work, `member-${index}.jsonl`));
       let keepBytes = 0;
       try {
+        const key = await trailKeyForReading(trail.directory, {});
         await readAudit(trail.directory, (event) => {
           const at = Date.parse(event.time);
           const inside = at >= from && at < to;
           if (segment.bytes === 0 && !inside) return;
           segment.append(eventLine(event));
           if (inside) keepBytes = segment.bytes;
-        }, gathered.checkpoints);
+        }, gathered.checkpoints, key);
       } finally {
         segment.close();
       }

@@ -14,6 +14,7 @@ import * as x509 from '@peculiar/x509';
 import { packageDefinition } from '../api/proto.js';
 import { checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { verifyAudit } from '../audit/verify.js';
+import { trailKeyForReading } from './audit-keys.js';
 import { crlNumberOf } from '../pki/revocation.js';
 import { describeCertificate, fingerprintOf } from '../compliance/certificates.js';
 import { observed, unavailable, type Observed } from '../compliance/control.js';
@@ -329,7 +330,8 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
       continue;
     }
     try {
-      const result = await verifyAudit(trail.directory, { checkpoints });
+      const key = await trailKeyForReading(trail.directory, {}); // a sealed trail: the member's KEK beside its data directory
+      const result = await verifyAudit(trail.directory, { checkpoints, ...(key === undefined ? {} : { key }) });
       let signatures = 'no checkpoints to check';
       if (result.member !== undefined && checkpoints.some((checkpoint) => checkpoint.member === result.member)) {
         const problem = checkSignatures(checkpoints, signers, caPem, result.member);

@@ -40,7 +40,8 @@ import { backupEvery, backupOnce, describeSummary, parseInterval, verifyBackup }
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { rotateSigningKeys } from '../server/signing-key-rotation.js';
-import { AuditLog, describeAuditWriteError } from '../audit/log.js';
+import { AuditLog, auditMaxFileAgeMsDefault, auditMaxFileBytesDefault, auditRetentionMsDefault, describeAuditWriteError } from '../audit/log.js';
+import { servingTrailKey, trailKeyForReading, type TrailKeyFlags } from './audit-keys.js';
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
@@ -148,6 +149,9 @@ interface ServeFlags {
   auditSigningKeyFile?: string;
   auditSink: string[];
   auditFailClosed: boolean;
+  auditMaxFileBytes: number;
+  auditMaxFileAge: number;
+  auditRetention: number;
   encryption: boolean;
   encryptionKeyFile?: string;
   encryptionRotationInterval: number;
@@ -195,6 +199,9 @@ program
   .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', collectSinks, [] as string[])
   .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
+  .option('--audit-max-file-bytes <bytes>', 'start a new audit file once the current one holds this much (closed files are compressed)', integer, auditMaxFileBytesDefault)
+  .option('--audit-max-file-age <duration>', 'start a new audit file once the current one is this old (e.g. 1d, 12h)', duration, auditMaxFileAgeMsDefault)
+  .option('--audit-retention <duration>', 'delete audit files closed longer ago than this (recorded in the trail first; default 400d: PCI DSS 10.5.1\'s year plus margin)', duration, auditRetentionMsDefault)
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with, its audit.yaml the audit policy (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
@@ -379,8 +386,14 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     process.exit(1);
   };
   if (flags.audit) await ensurePrivateDirectory(auditDirectory, 'audit directory');
+  // Sealed under a trail key wrapped by the member's KEK when it encrypts at rest (audit-keys.ts).
+  const trailKey = flags.audit && keyProvider !== undefined ? await servingTrailKey(auditDirectory, keyProvider, (hook) => member.onKekRewrap(hook)) : undefined;
   const audit = flags.audit
-    ? await AuditLog.open(auditDirectory, member.memberHex, auditWriteFailed).catch(auditWriteFailed)
+    ? await AuditLog.open(auditDirectory, member.memberHex, auditWriteFailed, {
+      ...(trailKey === undefined ? {} : { key: trailKey }),
+      maxFileBytes: flags.auditMaxFileBytes, maxFileAgeMs: flags.auditMaxFileAge, retentionMs: flags.auditRetention,
+      onMaintenanceError: (error) => logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'audit file compression or retention failed; retried later'),
+    }).catch(auditWriteFailed)
     : undefined;
   const sinks = await startAuditSinks(flags satisfies AuditSinkFlags, audit, auditDirectory, member.memberHex, packageJson.version, logger);
   // Anchors outside the trail: every few seconds the durable chain head goes to the structured log
@@ -565,9 +578,14 @@ program
   .option('--no-encryption', 'keep the members\' data in plaintext on disk (not recommended)')
   .option('--audit-sink <sink>', 'stream every member\'s audit trail to SINK too (repeatable; as `rampart serve --audit-sink`); applies to the members this run starts', collectSinks, [] as string[])
   .option('--audit-fail-closed', 'members refuse requests while no --audit-sink takes events (as `rampart serve --audit-fail-closed`)', false)
-  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean; encryption: boolean; auditSink: string[]; auditFailClosed: boolean }) => {
+  .option('--audit-max-file-bytes <bytes>', 'each member starts a new audit file once the current one holds this much (serve\'s flag)', integer)
+  .action(async (flags: { dir: string; size: number; basePort: number; timeoutMs: number; auth: boolean; encryption: boolean; auditSink: string[]; auditFailClosed: boolean; auditMaxFileBytes?: number }) => {
     if (flags.size < 1 || flags.size > 7) fail('--size must be between 1 and 7');
-    await up({ directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth, encryption: flags.encryption, auditSinks: flags.auditSink, auditFailClosed: flags.auditFailClosed }, print).catch(fail);
+    await up({
+      directory: flags.dir, size: flags.size, baseClientPort: flags.basePort, timeoutMs: flags.timeoutMs, auth: flags.auth, encryption: flags.encryption,
+      auditSinks: flags.auditSink, auditFailClosed: flags.auditFailClosed,
+      ...(flags.auditMaxFileBytes === undefined ? {} : { auditMaxFileBytes: flags.auditMaxFileBytes }),
+    }, print).catch(fail);
   });
 
 program
@@ -816,7 +834,9 @@ connectionOptions(auditCommand.command('verify <path>'))
   .description('check a member\'s audit directory (or one file): every hash, link and sequence number, from the genesis; with --dir/--endpoints or --checkpoints, also against the checkpoints the cluster witnessed')
   .option('--anchor <hash>', 'an "audit chain head" hash from the member\'s log: it must be in the trail (detects removed trailing lines)')
   .option('--checkpoints <file>', 'checkpoints saved with `rampart audit checkpoints` (offline)')
-  .action(async (target: string, flags: ConnectionOptions & { anchor?: string; checkpoints?: string }, command: Command) => {
+  .option('--encryption-key-file <file>', 'the member\'s key-encryption key, to open a sealed trail (default: beside its data directory, where serve or rampart up keep it)')
+  .option('--encryption-kms-socket <path>', 'the member\'s KMS v2 plugin, to open a sealed trail')
+  .action(async (target: string, flags: ConnectionOptions & TrailKeyFlags & { anchor?: string; checkpoints?: string }, command: Command) => {
     if (flags.anchor !== undefined && !/^[0-9a-f]{64}$/.test(flags.anchor)) fail('--anchor must be a 64-digit hex hash');
     const fromCluster = flags.endpoints !== undefined || command.getOptionValueSource('dir') === 'cli';
     const encoded = flags.checkpoints !== undefined
@@ -831,7 +851,8 @@ connectionOptions(auditCommand.command('verify <path>'))
       else if (signer !== undefined && typeof signer !== 'string') signers.push(signer);
       else fail(`checkpoint ${index + 1}: ${checkpoint}`);
     }
-    const result = await verifyAudit(target, { ...(flags.anchor === undefined ? {} : { anchor: flags.anchor }), checkpoints }).catch(fail);
+    const key = await trailKeyForReading(target, flags).catch(fail);
+    const result = await verifyAudit(target, { ...(flags.anchor === undefined ? {} : { anchor: flags.anchor }), checkpoints, ...(key === undefined ? {} : { key }) }).catch(fail);
     if (!result.ok) fail(`audit trail broken: ${result.problem}`);
     if (encoded !== undefined && result.checkpointsMatched === 0) {
       fail(`audit trail not witnessed: the checkpoints hold none of member ${result.member ?? '(none)'}'s events in this trail`);
@@ -859,7 +880,9 @@ auditCommand
   .option('--user <name>', 'only this user')
   .option('--outcome <outcome>', 'only allowed, denied or failed')
   .option('--format <format>', 'jsonl or csv', 'jsonl')
-  .action(async (directory: string, flags: { since?: string; until?: string; user?: string; outcome?: string; format: string }) => {
+  .option('--encryption-key-file <file>', 'the member\'s key-encryption key, to open a sealed trail (default: beside its data directory)')
+  .option('--encryption-kms-socket <path>', 'the member\'s KMS v2 plugin, to open a sealed trail')
+  .action(async (directory: string, flags: TrailKeyFlags & { since?: string; until?: string; user?: string; outcome?: string; format: string }) => {
     const time = (value: string | undefined, name: string): number | undefined => {
       if (value === undefined) return undefined;
       const parsed = Date.parse(value);
@@ -873,6 +896,7 @@ auditCommand
     const columns = ['time', 'member', 'seq', 'action', 'user', 'via', 'source', 'outcome', 'code', 'detail', 'targets', 'request', 'hash'] as const;
     if (flags.format === 'csv') print(columns.join(','));
     // Streamed: the trail is verified whole first, then read again event by event.
+    const key = await trailKeyForReading(directory, flags).catch(fail);
     const progress = startProgress(`exporting ${directory}`, 'records');
     let read = 0;
     await readAudit(directory, (event) => {
@@ -882,7 +906,7 @@ auditCommand
       if (!selected) return;
       if (flags.format === 'jsonl') print(JSON.stringify(event));
       else print(columns.map((column) => csvCell((event as unknown as Record<string, unknown>)[column])).join(','));
-    }).catch(fail);
+    }, [], key).catch(fail);
     progress.finish();
   });
 

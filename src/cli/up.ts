@@ -27,6 +27,8 @@ export interface UpOptions {
   /** `--audit-sink` values given to every member this run starts (and `--audit-fail-closed`). */
   readonly auditSinks?: readonly string[];
   readonly auditFailClosed?: boolean;
+  /** `serve --audit-max-file-bytes` for every member (small values show rotation at once). */
+  readonly auditMaxFileBytes?: number;
 }
 
 interface ClusterFile {
@@ -143,6 +145,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
       ...(options.encryption ? ['--encryption-key-file', keyFile] : ['--no-encryption']),
       ...(options.auditSinks ?? []).flatMap((sink) => ['--audit-sink', sink]),
       ...(options.auditFailClosed === true ? ['--audit-fail-closed'] : []),
+      ...(options.auditMaxFileBytes === undefined ? [] : ['--audit-max-file-bytes', String(options.auditMaxFileBytes)]),
     ], { detached: true, stdio: ['ignore', log.fd, log.fd], env: Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD'))) });
     const startedMember: StartedMember = { name: member.name, pid: child.pid ?? 0, pidFile, logFile: path.join(home, 'log') };
     child.once('exit', (code, signal) => {

@@ -51,6 +51,9 @@ export interface RecordSealer {
   open(key: Buffer, record: Buffer): Buffer;
 }
 
+/** Re-wraps a key kept elsewhere with `wrap` (the new KEK during a rotation). */
+export type RewrapHook = (wrap: (plaintext: Buffer) => Promise<WrappedKey>) => Promise<void>;
+
 export type KeyStoreOperation = { readonly type: 'put'; readonly key: Buffer; readonly value: Buffer } | { readonly type: 'del'; readonly key: Buffer };
 
 /** The raw database under the sealing layer, as the key store uses it. */
@@ -162,6 +165,8 @@ export class Keyring implements RecordSealer {
   private activeSinceMs = 0;
   private reserving: Promise<void> | undefined;
   private migratingValue = false;
+  /** Keys kept outside the key store under the same KEK (the audit trail key): re-wrapped with the DEKs. */
+  private readonly rewrapHooks = new Set<RewrapHook>();
 
   private constructor(
     private readonly store: KeyStoreBackend,
@@ -311,9 +316,19 @@ export class Keyring implements RecordSealer {
     return id;
   }
 
+  /**
+   * Calls `hook` during every KEK rotation, after the new KEK is ready and before it replaces the
+   * old one, with the provider's `wrap` (which uses the new KEK then). Returns the unregister.
+   */
+  onRewrap(hook: RewrapHook): () => void {
+    this.rewrapHooks.add(hook);
+    return () => this.rewrapHooks.delete(hook);
+  }
+
   /** Re-wraps every DEK under a new KEK (file) or the provider's current one (kms). */
   async rewrap(): Promise<void> {
     await this.provider.beginRotation();
+    for (const hook of this.rewrapHooks) await hook((plaintext) => this.provider.wrap(plaintext));
     const operations: KeyStoreOperation[] = [];
     const rewrapped = new Map<number, WrappedKey>();
     for (const dek of this.deks.values()) {

@@ -18,7 +18,7 @@ import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/r
 import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
-import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress } from '../storage/database.js';
+import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress, type RewrapHook } from '../storage/database.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
@@ -1099,6 +1099,11 @@ export class Member {
   kekProviderReachable = true;
   private healthChecking = false;
   private rewrapping = false;
+
+  /** A key wrapped by this member's KEK outside its database (the audit trail key): re-wrapped at each KEK rotation. */
+  onKekRewrap(hook: RewrapHook): () => void {
+    return this.db.onKekRewrap(hook);
+  }
 
   get encryptionResealDue(): boolean {
     return this.db.resealDue;

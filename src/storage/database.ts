@@ -11,13 +11,13 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
-import { Keyring, keyStorePrefix, type KeyringStatus, type KeyStoreBackend, type RecordSealer } from '../encryption/keyring.js';
+import { Keyring, keyStorePrefix, type KeyringStatus, type KeyStoreBackend, type RecordSealer, type RewrapHook } from '../encryption/keyring.js';
 import type { KekProvider } from '../encryption/kek.js';
 import { SealedRecordError, looksSealed, sealedDekId } from '../encryption/sealed-record.js';
 import type { BatchOperation } from './mvcc/store.js';
 
 export type { KekProvider } from '../encryption/kek.js';
-export type { KeyringStatus } from '../encryption/keyring.js';
+export type { KeyringStatus, RewrapHook } from '../encryption/keyring.js';
 export { SealedRecordError };
 
 /** A consistent, point-in-time view of the database (LevelDB's snapshot); close it when done. */
@@ -301,6 +301,11 @@ export class SealedDatabase implements Database {
     const id = await keyring.rotate();
     this.startReseal();
     return id;
+  }
+
+  /** See `Keyring.onRewrap`: a key kept outside the database, re-wrapped with the DEKs. */
+  onKekRewrap(hook: RewrapHook): () => void {
+    return this.requireKeyring().onRewrap(hook);
   }
 
   /** Re-wraps every DEK under the provider's current (or a new) KEK. */

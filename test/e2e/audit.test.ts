@@ -10,6 +10,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { packageDefinition } from '../../src/api/proto.js';
 import type { AuditEvent } from '../../src/audit/event.js';
+import { listTrailFiles, readRecords } from '../../src/audit/records.js';
 import { call, connect } from '../helpers/client.js';
 import { rampartBin, removeDirectory, run, startRampart, type ServerProcess } from '../helpers/processes.js';
 
@@ -23,8 +24,9 @@ async function residentBytes(pid: number): Promise<number> {
 
 async function trailEvents(directory: string): Promise<AuditEvent[]> {
   const events: AuditEvent[] = [];
-  for (const name of (await readdir(directory)).sort()) {
-    for (const line of (await readFile(path.join(directory, name), 'utf8')).split('\n')) if (line !== '') events.push(JSON.parse(line) as AuditEvent);
+  // Closed files are compressed in the background: read through the trail's reader.
+  for (const file of await listTrailFiles(directory)) {
+    for await (const record of readRecords(file)) if (record.kind === 'record') events.push(JSON.parse(record.text) as AuditEvent);
   }
   return events;
 }

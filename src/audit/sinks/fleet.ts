@@ -88,7 +88,7 @@ export class AuditSinks {
         format: (event, line, file) => formatEvent(spec.format, event, line, file, options.productVersion),
         trail: {
           files: () => trailFiles(options.trailDirectory),
-          records: (file) => readRecords(file),
+          records: (file) => readRecords(file, trail.key), // sealed files open with the trail's key
           head: () => ({ file: trail.head.file, seq: trail.head.seq }),
         },
         log: logger,
