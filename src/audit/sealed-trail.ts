@@ -71,7 +71,8 @@ export class SealedTrailFile {
     readonly header: Buffer,
     readonly content: SealedContent,
     private readonly fileKey: Buffer,
-    private readonly name: string,
+    /** Where the file is, for messages. */
+    private readonly where: string,
   ) {}
 
   /** A new file's header and key: `name` is the file's trail name (`audit-….jsonl`). */
@@ -97,7 +98,7 @@ export class SealedTrailFile {
     }
     if (keyId !== trailKey.id) throw new SealedTrailError(`${where} is sealed under trail key ${keyId}, not under the one given (${trailKey.id}): another member's key, or the file was altered`);
     const copy = Buffer.from(header.subarray(0, sealedTrailHeaderBytes));
-    return new SealedTrailFile(copy, contentCode === 1 ? 'gzip' : 'lines', fileKeyOf(trailKey, copy, name), name);
+    return new SealedTrailFile(copy, contentCode === 1 ? 'gzip' : 'lines', fileKeyOf(trailKey, copy, name), where);
   }
 
   /** Frames holding `plaintext`, numbered from `firstIndex`, ready to append in one write. */
@@ -122,7 +123,7 @@ export class SealedTrailFile {
 
   /** Opens one frame (`head` its first 24 bytes, `body` ciphertext ‖ tag ‖ trailer) expected at `index`. */
   openFrame(index: number, head: Buffer, body: Buffer): Buffer {
-    const where = `${this.name} frame ${index}`;
+    const where = `${this.where} frame ${index}`;
     const found = Number(head.readBigUInt64BE(4));
     if (found !== index) {
       throw new SealedTrailError(`${where}: holds frame ${found} (frames were removed, inserted or reordered)`);

@@ -5,11 +5,30 @@
  * applied, re-applied, dry-run, diffed, exported and refused.
  */
 import * as grpc from '@grpc/grpc-js';
-import { cp, mkdtemp, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { packageDefinition } from '../../src/api/proto.js';
+import { RecordWriter, listTrailFiles, readRecords, type TrailFile } from '../../src/audit/records.js';
+import type { TrailKey } from '../../src/audit/sealed-trail.js';
+import { TrailKeyStore } from '../../src/audit/trail-key.js';
+import { FileKekProvider } from '../../src/encryption/kek-file.js';
 import { cleanEnvironment, freeBasePort, projectRoot, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+
+/** The records of a (sealed) trail file. */
+async function linesOf(file: TrailFile, key: TrailKey): Promise<string[]> {
+  const lines: string[] = [];
+  for await (const record of readRecords(file, key)) if (record.kind === 'record') lines.push(record.text);
+  return lines;
+}
+
+/** What root with the member's KEK can do: a trail file's records replaced, resealed. */
+async function rewrite(file: string, lines: readonly string[], key: TrailKey): Promise<void> {
+  await rm(file);
+  const writer = await RecordWriter.create(file, key);
+  await writer?.append(lines);
+  await writer?.close();
+}
 
 describe('RBAC on a secure cluster', () => {
   let home: string;
@@ -277,19 +296,29 @@ describe('RBAC on a secure cluster', () => {
     expect(csv[0]).toBe('time,member,seq,action,user,via,source,outcome,code,detail,targets,request,hash');
     expect(csv.some((line) => /,Put,alice,certificate,.*,denied,PERMISSION_DENIED,etcdserver: permission denied,\/other,,[0-9a-f]{64}$/.test(line))).toBe(true);
 
-    // Alter one decision in a copy: verification names the line, export refuses.
+    // Alter one decision in a copy: verification names the line, export refuses. The trail is
+    // sealed: without the member's KEK a flipped byte fails to open; with it (root on the host) the
+    // edit is resealed, and the chain names the line.
     const copy = await mkdtemp(path.join(path.dirname(home), 'audit-copy-'));
     await cp(audit, copy, { recursive: true });
-    const { readdir, readFile } = await import('node:fs/promises');
-    const file = path.join(copy, (await readdir(copy))[0] as string);
-    const lines = (await readFile(file, 'utf8')).split('\n');
+    const kek = ['--encryption-key-file', path.join(home, 'm1', 'encryption.key')];
+    const key = (await TrailKeyStore.open(copy, await FileKekProvider.open(kek[1] as string))).key;
+    const [trailFile] = await listTrailFiles(copy);
+    const file = (trailFile as TrailFile).path;
+    const sealedBytes = await readFile(file);
+    const flipped = Buffer.from(sealedBytes);
+    flipped.writeUInt8(flipped.readUInt8(flipped.length - 30) ^ 1, flipped.length - 30);
+    await writeFile(file, flipped);
+    expect((await rampart(['audit', 'verify', copy, ...kek])).stderr).toMatch(/frame \d+: authentication failed \(altered/);
+    await writeFile(file, sealedBytes);
+    const lines = await linesOf(trailFile as TrailFile, key);
     const target = lines.findIndex((line) => line.includes('"outcome":"denied"'));
     lines[target] = (lines[target] as string).replace('"outcome":"denied"', '"outcome":"allowed"');
-    await writeFile(file, lines.join('\n'));
-    const broken = await rampart(['audit', 'verify', copy]);
+    await rewrite(file, lines, key);
+    const broken = await rampart(['audit', 'verify', copy, ...kek]);
     expect(broken.code).toBe(1);
     expect(broken.stderr).toBe(`rampart: audit trail broken: ${file}:${target + 1}: hash does not match the event (altered)\n`);
-    expect((await rampart(['audit', 'export', copy])).code).toBe(1);
+    expect((await rampart(['audit', 'export', copy, ...kek])).code).toBe(1);
 
     // The member writes the chain head to its log: with that anchor, cutting the trail's end shows.
     const memberLog = await readFile(path.join(home, 'm1', 'log'), 'utf8');
@@ -299,11 +328,11 @@ describe('RBAC on a secure cluster', () => {
     expect((await rampart(['audit', 'verify', audit, '--anchor', anchor])).code).toBe(0);
     const cut = await mkdtemp(path.join(path.dirname(home), 'audit-cut-'));
     await cp(audit, cut, { recursive: true });
-    const cutFile = path.join(cut, (await readdir(cut))[0] as string);
-    const kept = (await readFile(cutFile, 'utf8')).split('\n');
-    await writeFile(cutFile, `${kept.slice(0, kept.findIndex((line) => line.includes(anchor))).join('\n')}\n`);
-    expect((await rampart(['audit', 'verify', cut])).code).toBe(0); // without the anchor, a shorter trail looks whole
-    const cutVerify = await rampart(['audit', 'verify', cut, '--anchor', anchor]);
+    const [cutFile] = await listTrailFiles(cut);
+    const kept = await linesOf(cutFile as TrailFile, key);
+    await rewrite((cutFile as TrailFile).path, kept.slice(0, kept.findIndex((line) => line.includes(anchor))), key);
+    expect((await rampart(['audit', 'verify', cut, ...kek])).code).toBe(0); // without the anchor, a shorter trail looks whole
+    const cutVerify = await rampart(['audit', 'verify', cut, '--anchor', anchor, ...kek]);
     expect(cutVerify.code).toBe(1);
     expect(cutVerify.stderr).toContain(`the anchored event ${anchor} is not in the trail`);
 
@@ -334,5 +363,5 @@ describe('RBAC on a secure cluster', () => {
     const snapshot = await etcdctlAs('alice', ['snapshot', 'save', path.join(path.dirname(home), 'alice.db')]);
     expect(snapshot.code).not.toBe(0);
     expect(lastLine(snapshot.stderr)).toBe('Error: etcdserver: permission denied\n');
-  }, 60_000);
+  }, 120_000);
 });

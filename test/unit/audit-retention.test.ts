@@ -7,6 +7,7 @@ import { open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
+import { readEventsAfter } from '../../src/audit/cursor.js';
 import { AuditLog } from '../../src/audit/log.js';
 import { compressTrailFile, listTrailFiles, readRecords } from '../../src/audit/records.js';
 import { sealedTrailHeaderBytes, type TrailKey } from '../../src/audit/sealed-trail.js';
@@ -244,6 +245,23 @@ describe('audit trail at rest', () => {
     await expect(TrailKeyStore.open(directory, await FileKekProvider.open(otherFile))).rejects.toThrow(/does not unwrap with the file KEK provider .*other\.kek/);
     await rm(path.join(directory, 'trail-key'));
     await expect(TrailKeyStore.open(directory, afterCrash)).rejects.toThrow(/trail-key is missing: without it the sealed audit files/);
+  });
+
+  it('reads events after a cursor across rotated, compressed and sealed files (for sinks catching up)', async () => {
+    const directory = await newDirectory();
+    const { key } = await newKey(directory);
+    const log = await AuditLog.open(directory, 'abc', fail, { key, maxFileBytes: 1500 });
+    for (let index = 0; index < 20; index++) await log.record({ action: 'Put', targets: [`/c/${index}`], outcome: 'allowed' });
+    await log.close();
+    const all: Array<{ file: string; event: AuditEvent }> = [];
+    for await (const item of readEventsAfter(directory, undefined, key)) all.push(item);
+    expect(all.filter((item) => item.event.action === 'Put').map((item) => item.event.targets?.[0])).toEqual(Array.from({ length: 20 }, (_unused, index) => `/c/${index}`));
+    expect(new Set(all.map((item) => item.file)).size).toBeGreaterThan(2);
+    const middle = all[Math.floor(all.length / 2)] as { file: string; event: AuditEvent };
+    const rest: AuditEvent[] = [];
+    for await (const item of readEventsAfter(directory, { file: middle.file, seq: middle.event.seq }, key)) rest.push(item.event);
+    expect(rest.map((event) => event.hash)).toEqual(all.slice(Math.floor(all.length / 2) + 1).map((item) => item.event.hash));
+    await expect(readEventsAfter(directory).next()).rejects.toThrow(/is sealed/);
   });
 
   it('writes one frame per batch with one fdatasync, whatever the batch holds', async () => {
