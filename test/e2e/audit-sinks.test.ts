@@ -17,6 +17,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseEventLine, type AuditEvent } from '../../src/audit/event.js';
 import { verifyAudit } from '../../src/audit/verify.js';
+import { trailKeyForReading } from '../../src/cli/audit-keys.js';
 import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
 import { call, callError, connect, type RawClient } from '../helpers/client.js';
 import { freeBasePort, freePort, projectRoot, rampartBin, removeDirectory, run, startRampart, temporaryDirectory, type CommandResult, type ServerProcess } from '../helpers/processes.js';
@@ -174,7 +175,10 @@ class Webhook {
 async function trailOf(directory: string): Promise<{ member: string; ids: string[]; files: number }> {
   const ids: string[] = [];
   let member = '';
+  // Sealed at rest: opened with the member's KEK, found beside its data directory.
+  const key = await trailKeyForReading(directory, {});
   const result = await verifyAudit(directory, {
+    ...(key === undefined ? {} : { key }),
     onEvent: (event) => {
       member = event.member;
       ids.push(`${event.member}:${event.hash}`);
