@@ -4,15 +4,20 @@
  * then only the newest `--retention` kept. `--every` repeats it for as long as the command runs (a
  * failed round is reported and the next one still runs); deploy/systemd/rampart-backup.timer runs
  * it hourly instead. Backups are sealed (AES-256-GCM, src/encryption/sealed-file.ts) under a snapshot
- * key file, by default `<dir>/pki/backup.key` (0600), kept apart from the backup directory;
+ * key file, by default `<dir>/pki/backup.key` (0600), kept apart from the backup directory, or
+ * to a recipient's public key (`--recipient-cert`): then the backup host cannot read them back,
+ * and a backup counts once the snapshot checked before sealing is on disk byte for byte.
  * `--no-seal` writes plaintext. `rampart backup verify FILE` opens a backup (with its
- * `--snapshot-key-file` when sealed), checks its framing and SHA-256, and counts its keys.
+ * `--snapshot-key-file` or `--recipient-key` when sealed), checks its framing and SHA-256, and
+ * counts its keys.
  */
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { createHash, type KeyObject } from 'node:crypto';
+import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { ConnectionOptions } from './policy.js';
 import { startProgress } from './progress.js';
 import { readSnapshot, saveSnapshot, type SnapshotSummary } from './snapshot.js';
+import type { SnapshotOpenKey } from '../encryption/sealed-file.js';
 
 const backupPattern = /^rampart-\d{8}T\d{6}(\d{3})?Z\.snapshot$/;
 
@@ -21,8 +26,8 @@ export interface BackupOptions {
   /** Backups kept, newest first; older ones are removed after a new one is verified. */
   readonly retention: number;
   readonly connection: ConnectionOptions;
-  /** The snapshot key backups are sealed under; absent only with an explicit --no-seal. */
-  readonly sealKey?: Buffer;
+  /** The snapshot key, or recipient public key, backups are sealed to; absent only with an explicit --no-seal. */
+  readonly sealKey?: Buffer | KeyObject;
 }
 
 /** The backup file name for a moment: sortable UTC time, milliseconds included. */
@@ -38,10 +43,19 @@ export function describeSummary(summary: SnapshotSummary): string {
 export async function backupOnce(options: BackupOptions, print: (line: string) => void, now = new Date()): Promise<string> {
   await mkdir(options.outDirectory, { recursive: true, mode: 0o700 });
   const file = path.join(options.outDirectory, backupName(now));
-  await saveSnapshot(options.connection, file, 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes'), options.sealKey);
+  const saved = await saveSnapshot(options.connection, file, 'rampart', startProgress(`receiving the snapshot for ${file}`, 'bytes'), options.sealKey);
   // A backup counts only once it reads back whole (opened with its key): only then may older ones go.
-  const { summary } = await readSnapshot(file, undefined, options.sealKey);
-  print(`backup ${file}${options.sealKey === undefined ? ' (not sealed)' : ' (sealed)'}: ${describeSummary(summary)}`);
+  // Sealed to a recipient, this host cannot open it: what it checked before sealing must be on disk unchanged.
+  let summary: SnapshotSummary;
+  if (options.sealKey === undefined || Buffer.isBuffer(options.sealKey)) {
+    summary = (await readSnapshot(file, undefined, options.sealKey)).summary;
+  } else {
+    const onDisk = createHash('sha256').update(await readFile(file)).digest('hex');
+    if (onDisk !== saved.writtenSha256) throw new Error(`${file} does not read back as written (SHA-256 ${onDisk}, wrote ${saved.writtenSha256})`);
+    summary = saved.summary;
+  }
+  const sealing = options.sealKey === undefined ? 'not sealed' : Buffer.isBuffer(options.sealKey) ? 'sealed' : 'sealed to a recipient';
+  print(`backup ${file} (${sealing}): ${describeSummary(summary)}`);
   const backups = (await readdir(options.outDirectory)).filter((name) => backupPattern.test(name)).sort();
   for (const old of backups.slice(0, Math.max(0, backups.length - options.retention))) {
     await rm(path.join(options.outDirectory, old), { force: true });
@@ -73,6 +87,6 @@ export function parseInterval(text: string): number {
   return value;
 }
 
-export async function verifyBackup(file: string, snapshotKey?: Buffer): Promise<SnapshotSummary> {
+export async function verifyBackup(file: string, snapshotKey?: SnapshotOpenKey): Promise<SnapshotSummary> {
   return (await readSnapshot(file, startProgress(`reading ${file}`, 'bytes'), snapshotKey)).summary;
 }

@@ -28,6 +28,8 @@ import { RevocationList, crlFileName, crlNumberFileName, revoke } from '../pki/r
 import { checkPrivate, ensurePrivateDirectory } from '../storage/private-files.js';
 import type { PeerCertificate } from 'node:tls';
 import { copyFile, readFile as readTextFile, rename } from 'node:fs/promises';
+import type { KeyObject } from 'node:crypto';
+import { recipientPrivateKey, recipientPublicKey } from '../encryption/sealed-file.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { parseInitialCluster } from '../server/membership.js';
 import { watchQueuedBytesMaxDefault } from '../server/watch-hub.js';
@@ -535,6 +537,10 @@ async function readSnapshotKey(file: string): Promise<Buffer> {
   return key;
 }
 
+/** A snapshot recipient: a certificate or public key (to seal to), or its private key (to open). */
+const readRecipientCert = async (file: string) => recipientPublicKey(await readTextFile(file, 'utf8'), file);
+const readRecipientKey = async (file: string) => recipientPrivateKey(await readTextFile(file, 'utf8'), file);
+
 const snapshot = program.command('snapshot').description('snapshot files');
 snapshot
   .command('restore <file>')
@@ -543,7 +549,8 @@ snapshot
   .option('--encryption-key-file <file>', 'seal the restored data under this key file, created if missing (default: <data-dir>.encryption-key)')
   .option('--no-encryption', 'restore in plaintext (not recommended)')
   .option('--snapshot-key-file <file>', 'the key a sealed snapshot (rampart snapshot save --seal-key-file) was sealed under')
-  .action(async (file: string, flags: { dataDir: string; encryptionKeyFile?: string; encryption: boolean; snapshotKeyFile?: string }) => {
+  .option('--recipient-key <file>', 'the private key (PEM) that opens a snapshot sealed to its certificate (--recipient-cert)')
+  .action(async (file: string, flags: { dataDir: string; encryptionKeyFile?: string; encryption: boolean; snapshotKeyFile?: string; recipientKey?: string }) => {
     try {
       process.umask(0o077);
       if (databaseExists(flags.dataDir)) throw new Error(`data directory ${flags.dataDir} already exists; restore needs a new one`);
@@ -555,7 +562,8 @@ snapshot
         await FileKekProvider.ensure(keyFile);
         return FileKekProvider.open(keyFile);
       };
-      const snapshotKey = flags.snapshotKeyFile === undefined ? undefined : async (): Promise<Buffer> => readSnapshotKey(flags.snapshotKeyFile as string);
+      const snapshotKey = flags.recipientKey !== undefined ? async () => readRecipientKey(flags.recipientKey as string)
+        : flags.snapshotKeyFile === undefined ? undefined : async (): Promise<Buffer> => readSnapshotKey(flags.snapshotKeyFile as string);
       const restored = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'), snapshotKey);
       process.stdout.write(`restored ${restored.records} records from ${restored.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot into ${flags.dataDir}\n`);
     } catch (error) {
@@ -700,9 +708,12 @@ const connectionOptions = (command: Command): Command =>
 connectionOptions(snapshot.command('save <file>').description('save a member\'s snapshot; --format etcd writes one that `etcdctl snapshot restore` accepts'))
   .option('--format <format>', 'rampart or etcd', 'rampart')
   .option('--seal-key-file <file>', 'seal the file under this 32-byte snapshot key (created, mode 0600, when missing); restore with --snapshot-key-file')
-  .action(async (file: string, flags: ConnectionOptions & { format: string; sealKeyFile?: string }) => {
+  .option('--recipient-cert <file>', 'seal the file to this certificate\'s (or PEM public key\'s) RSA, EC or X25519 key: only its private key opens it (restore with --recipient-key)')
+  .action(async (file: string, flags: ConnectionOptions & { format: string; sealKeyFile?: string; recipientCert?: string }) => {
     if (flags.format !== 'rampart' && flags.format !== 'etcd') fail(`--format must be rampart or etcd, not ${flags.format}`);
-    let sealKey: Buffer | undefined;
+    if (flags.sealKeyFile !== undefined && flags.recipientCert !== undefined) fail('--seal-key-file and --recipient-cert exclude each other');
+    let sealKey: Buffer | KeyObject | undefined;
+    if (flags.recipientCert !== undefined) sealKey = await readRecipientCert(flags.recipientCert).catch(fail);
     if (flags.sealKeyFile !== undefined) {
       await FileKekProvider.ensure(flags.sealKeyFile).catch(fail);
       sealKey = await readSnapshotKey(flags.sealKeyFile).catch(fail);
@@ -716,11 +727,15 @@ const backup = connectionOptions(program.command('backup').description('snapshot
   .option('--retention <count>', 'backups kept (older ones removed once a new one is verified)', integer, 24)
   .option('--every <interval>', 'repeat every interval (90s, 30m, 1h, 1d) until stopped')
   .option('--seal-key-file <file>', 'seal backups under this 32-byte snapshot key, created (0600) when missing (default: <dir>/pki/backup.key)')
+  .option('--recipient-cert <file>', 'seal backups to this certificate\'s (or PEM public key\'s) key instead: this host cannot read them (restore with --recipient-key)')
   .option('--no-seal', 'write backups in plaintext (anyone who reads them reads every key and value)')
-  .action(async (flags: ConnectionOptions & { outDir: string; retention: number; every?: string; sealKeyFile?: string; seal: boolean }) => {
+  .action(async (flags: ConnectionOptions & { outDir: string; retention: number; every?: string; sealKeyFile?: string; recipientCert?: string; seal: boolean }) => {
     if (flags.retention < 1) fail('--retention must be at least 1');
-    let sealKey: Buffer | undefined;
-    if (flags.seal) {
+    if (flags.recipientCert !== undefined && (flags.sealKeyFile !== undefined || !flags.seal)) fail('--recipient-cert excludes --seal-key-file and --no-seal');
+    let sealKey: Buffer | KeyObject | undefined;
+    if (flags.recipientCert !== undefined) {
+      sealKey = await readRecipientCert(flags.recipientCert).catch(fail);
+    } else if (flags.seal) {
       const keyFile = flags.sealKeyFile ?? path.join(flags.dir, 'pki', 'backup.key');
       if (await FileKekProvider.ensure(keyFile).catch(fail)) print(`created the backup key ${path.resolve(keyFile)} (keep it apart from the backups: it opens them)`);
       sealKey = await readSnapshotKey(keyFile).catch(fail);
@@ -746,8 +761,10 @@ backup
   .command('verify <file>')
   .description('open a backup, check its framing and SHA-256, count its keys; exit status 1 if it is damaged')
   .option('--snapshot-key-file <file>', 'the key a sealed backup was sealed under (rampart backup --seal-key-file; by default it created <dir>/pki/backup.key)')
-  .action(async (file: string, flags: { snapshotKeyFile?: string }) => {
-    const summary = await (flags.snapshotKeyFile === undefined ? verifyBackup(file) : readSnapshotKey(flags.snapshotKeyFile).then((key) => verifyBackup(file, key))).catch(fail);
+  .option('--recipient-key <file>', 'the private key (PEM) that opens a backup sealed to its certificate (rampart backup --recipient-cert)')
+  .action(async (file: string, flags: { snapshotKeyFile?: string; recipientKey?: string }) => {
+    const key = flags.recipientKey !== undefined ? readRecipientKey(flags.recipientKey) : flags.snapshotKeyFile === undefined ? Promise.resolve(undefined) : readSnapshotKey(flags.snapshotKeyFile);
+    const summary = await key.then((opener) => verifyBackup(file, opener)).catch(fail);
     print(`backup ${file} is intact: ${describeSummary(summary)}`);
   });
 

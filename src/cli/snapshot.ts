@@ -15,8 +15,8 @@
  * Save streams a member's snapshot (Maintenance.Snapshot, as etcdctl does) and writes it in
  * Rampart's format or, with `--format etcd`, in etcd's, which `etcdctl snapshot restore` accepts.
  */
-import { isSealedFile, openFile, sealFile } from '../encryption/sealed-file.js';
-import { createHash } from 'node:crypto';
+import { isSealedFile, openSealedFile, sealFile, sealFileTo, sealedFileNeeds, type SnapshotOpenKey } from '../encryption/sealed-file.js';
+import { createHash, KeyObject } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { access, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import * as grpc from '@grpc/grpc-js';
@@ -71,11 +71,11 @@ async function readWhole(file: string, progress?: Progress): Promise<Buffer> {
  * Reads a whole Rampart snapshot file, opening it first when it is sealed, and checks it; throws
  * naming the problem when it is not intact.
  */
-export async function readSnapshot(file: string, progress?: Progress, snapshotKey?: Buffer): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
+export async function readSnapshot(file: string, progress?: Progress, snapshotKey?: SnapshotOpenKey): Promise<{ records: SnapshotRecord[]; summary: SnapshotSummary }> {
   let content = await readWhole(file, progress);
   if (isSealedFile(content)) {
-    if (snapshotKey === undefined) throw new Error(`${file} is a sealed snapshot: pass its --snapshot-key-file`);
-    content = openFile(snapshotKey, content, file);
+    if (snapshotKey === undefined) throw new Error(sealedFileNeeds(content, file));
+    content = openSealedFile(snapshotKey, content, file);
   }
   return parseSnapshot(content, file);
 }
@@ -145,15 +145,15 @@ export interface RestoreResult {
  * `keyProvider` is asked only once the snapshot has been verified; with a provider the restored
  * records are sealed under the new member's own keys.
  */
-export async function restoreSnapshot(file: string, dataDir: string, keyProvider: () => Promise<KekProvider | undefined>, progress?: Progress, snapshotKey?: () => Promise<Buffer>): Promise<RestoreResult> {
+export async function restoreSnapshot(file: string, dataDir: string, keyProvider: () => Promise<KekProvider | undefined>, progress?: Progress, snapshotKey?: () => Promise<SnapshotOpenKey>): Promise<RestoreResult> {
   const exists = await access(dataDir).then(() => true, () => false);
   if (exists) {
     throw new Error(`data directory ${dataDir} already exists; restore needs a new one`);
   }
   let content = await readWhole(file, progress);
   if (isSealedFile(content)) {
-    if (snapshotKey === undefined) throw new Error(`${file} is a sealed snapshot: pass its --snapshot-key-file`);
-    content = openFile(await snapshotKey(), content, file);
+    if (snapshotKey === undefined) throw new Error(sealedFileNeeds(content, file));
+    content = openSealedFile(await snapshotKey(), content, file);
   }
   let format: SnapshotFormat;
   let records: SnapshotRecord[];
@@ -198,8 +198,12 @@ interface MaintenanceClient extends grpc.Client {
   Snapshot(request: object, options: grpc.CallOptions): grpc.ClientReadableStream<{ blob: Buffer; remaining_bytes: string }>;
 }
 
-/** Streams a member's snapshot and writes it to `file` (via a temporary file, renamed when complete). */
-export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat, progress?: Progress, snapshotKey?: Buffer): Promise<{ bytes: number; keys: number }> {
+/**
+ * Streams a member's snapshot and writes it to `file` (via a temporary file, renamed when
+ * complete). `sealTo`: a snapshot key, or a recipient's public key (then only its private key
+ * opens the file). Returns the checked snapshot's summary and the SHA-256 of the bytes written.
+ */
+export async function saveSnapshot(connection: ConnectionOptions, file: string, format: SnapshotFormat, progress?: Progress, sealTo?: Buffer | KeyObject): Promise<{ bytes: number; keys: number; summary: SnapshotSummary; writtenSha256: string }> {
   const { target, credentials } = await connectionTarget(connection);
   const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Maintenance: grpc.ServiceClientConstructor } };
   const client = new loaded.etcdserverpb.Maintenance(target, credentials, { 'grpc.max_receive_message_length': 64 * 1024 * 1024 }) as unknown as MaintenanceClient;
@@ -228,10 +232,10 @@ export async function saveSnapshot(connection: ConnectionOptions, file: string, 
   const content = Buffer.concat(chunks);
   const { records, summary } = parseSnapshot(content, 'the received snapshot');
   const plain: Buffer = format === 'etcd' ? writeEtcdSnapshot(etcdFromRecords(records.map((record) => [record.key, record.value] as const))) : content;
-  const output = snapshotKey === undefined ? plain : sealFile(snapshotKey, plain);
+  const output = sealTo === undefined ? plain : sealTo instanceof KeyObject ? sealFileTo(sealTo, plain) : sealFile(sealTo, plain);
   const keys = summary.keyRevisions;
   const partial = `${file}.part`;
   await writeFile(partial, output, { mode: 0o600 });
   await rename(partial, file);
-  return { bytes: output.length, keys };
+  return { bytes: output.length, keys, summary, writtenSha256: createHash('sha256').update(output).digest('hex') };
 }

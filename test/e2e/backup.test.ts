@@ -74,6 +74,19 @@ describe('backups and multi-member restore', () => {
     const plainRefused = await rampart(['backup', 'verify', damaged]);
     expect(plainRefused.code).toBe(1);
     expect(plainRefused.stderr).toContain('SHA-256 mismatch');
+
+    // Sealed to a recipient (an RSA certificate): this host writes it and cannot read it back; the private key verifies it.
+    const recipientKey = path.join(home, 'recipient.key');
+    const recipientCert = path.join(home, 'recipient.crt');
+    expect((await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', recipientKey, '-out', recipientCert, '-subj', '/CN=backup recipient', '-days', '30'])).code).toBe(0);
+    const toRecipient = await rampart(['backup', '--dir', cluster, '--out-dir', path.join(home, 'recipient-backups'), '--recipient-cert', recipientCert]);
+    expect(toRecipient.code, toRecipient.stderr).toBe(0);
+    const recipientFile = /^backup (\S+) \(sealed to a recipient\): 19 keys /m.exec(toRecipient.stdout)?.[1] as string;
+    expect(recipientFile, toRecipient.stdout).toBeDefined();
+    expect((await readFile(recipientFile)).includes(Buffer.from('/app/5'))).toBe(false);
+    expect((await rampart(['backup', 'verify', recipientFile, '--snapshot-key-file', backupKey()])).stderr).toContain('pass its private key with --recipient-key');
+    const recipientVerified = await rampart(['backup', 'verify', recipientFile, '--recipient-key', recipientKey]);
+    expect(recipientVerified.stdout, recipientVerified.stderr).toMatch(/^backup \S+ is intact: 19 keys /);
   });
 
   it('--every backs up on a schedule until stopped', async () => {

@@ -174,6 +174,49 @@ describe('encryption at rest on a rampart up cluster', () => {
     }
   }, 60_000);
 
+  it('seals a snapshot to a recipient certificate: the saving host cannot open it; its private key restores it', async () => {
+    const work = await temporaryDirectory('recipient-snapshot');
+    try {
+      // The recipient's key pair lives elsewhere (an offline backup key); the saving host gets only the certificate.
+      const recipientKey = path.join(work, 'recipient.key');
+      const recipientCert = path.join(work, 'recipient.crt');
+      const made = await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', recipientKey, '-out', recipientCert, '-subj', '/CN=backup recipient', '-days', '30']);
+      expect(made.code, made.stderr).toBe(0);
+      const sealedFile = path.join(work, 'to-recipient.snap');
+      const saved = await rampart(['snapshot', 'save', sealedFile, '--dir', home, '--recipient-cert', recipientCert]);
+      expect(saved.code, saved.stderr).toBe(0);
+      expect(await filesContaining(work, Buffer.from(secrets.value), (file) => file !== sealedFile)).toEqual([]);
+      expect(await filesContaining(work, Buffer.from(secrets.key), (file) => file !== sealedFile)).toEqual([]);
+
+      const withoutKey = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', path.join(work, 'r1')]);
+      expect(withoutKey.stderr).toMatch(/is sealed to recipient key [0-9a-f]{16}: pass its private key with --recipient-key/);
+      const otherKey = path.join(work, 'other.key');
+      expect((await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', otherKey])).code).toBe(0);
+      const wrongKey = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', path.join(work, 'r2'), '--recipient-key', otherKey]);
+      expect(wrongKey.stderr).toMatch(/is sealed to recipient key [0-9a-f]{16}, not to the one given/);
+      const damaged = Buffer.from(await readFile(sealedFile));
+      damaged[damaged.length - 40] = (damaged[damaged.length - 40] ?? 0) ^ 1;
+      await writeFile(path.join(work, 'damaged.snap'), damaged);
+      const altered = await rampart(['snapshot', 'restore', path.join(work, 'damaged.snap'), '--data-dir', path.join(work, 'r3'), '--recipient-key', recipientKey]);
+      expect(altered.stderr).toContain('was altered or damaged');
+      for (const refused of ['r1', 'r2', 'r3']) expect(await stat(path.join(work, refused)).then(() => true, () => false)).toBe(false);
+
+      const restoredDir = path.join(work, 'restored');
+      const restored = await rampart(['snapshot', 'restore', sealedFile, '--data-dir', restoredDir, '--recipient-key', recipientKey]);
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(await filesContaining(restoredDir, Buffer.from(secrets.value))).toEqual([]);
+      const db = await SealedDatabase.open(restoredDir, await FileKekProvider.open(defaultKeyFile(restoredDir)));
+      try {
+        const store = await MvccStore.open(db);
+        expect(store.get(Buffer.from(secrets.key))?.value.toString()).toBe(secrets.value);
+      } finally {
+        await db.close();
+      }
+    } finally {
+      await removeDirectory(work);
+    }
+  }, 60_000);
+
   it('refuses to start with a wrong, missing or unreadable key file, naming it, and starts again with the right one', async () => {
     const member = 'm3';
     const pid = Number((await readFile(path.join(home, member, 'pid'), 'utf8')).trim());
