@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { logRefusedTlsHandshakes } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
+import type { TransportRefusal } from './refusal-audit.js';
 import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
 
 /** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
@@ -39,6 +40,8 @@ export interface ClientListenerOptions {
   /** Undefined: plaintext (--insecure). */
   readonly tls: ClientTls | undefined;
   readonly logger: Logger;
+  /** Hears of each HTTP/1.1 request too malformed to reach the gateway (bad request line, headers too large), for the audit trail. */
+  readonly onRefusal?: (refusal: TransportRefusal) => void;
 }
 
 export interface ClientListener {
@@ -55,6 +58,7 @@ export async function listenClients(host: string, port: number, options: ClientL
   for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));
   if (injected.length === 0) options.logger.warn('this gRPC library hides its HTTP/2 server: grpc-js clients before 1.10.4 will see calls fail under load (RST_STREAM code 2)');
   const http = createHttpServer({ keepAliveTimeout: httpKeepAliveTimeoutMs, headersTimeout: httpHeadersTimeoutMs, requestTimeout: 0 }, options.http);
+  http.on('clientError', (error: Error & { code?: string }, socket: Socket) => refuseMalformedHttp(error, socket, options.onRefusal));
   const connections = new Set<Socket>();
   const track = (socket: Socket): void => {
     connections.add(socket);
@@ -143,4 +147,35 @@ export async function listenClients(host: string, port: number, options: ClientL
       for (const socket of connections) socket.destroy();
     },
   };
+}
+
+/** Node's answer to a request it cannot parse, and for which the gateway never sees a request. */
+function malformedHttpStatus(code: string | undefined): readonly [status: number, text: string] {
+  if (code === 'HPE_HEADER_OVERFLOW') return [431, 'Request Header Fields Too Large'];
+  if (code === 'ERR_HTTP_REQUEST_TIMEOUT') return [408, 'Request Timeout'];
+  return [400, 'Bad Request'];
+}
+
+/**
+ * What Node does without a 'clientError' listener (answer 400, 408 or 431 and close), plus an audit
+ * refusal: a malformed request is a request refused before any handler, like a malformed gRPC call.
+ * A connection reset by its client is not a request: it is closed without a word.
+ */
+function refuseMalformedHttp(error: Error & { code?: string }, socket: Socket, onRefusal: ((refusal: TransportRefusal) => void) | undefined): void {
+  if (error.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, text] = malformedHttpStatus(error.code);
+  const tlsSocket = socket as Partial<TLSSocket>;
+  const peerCertificate = tlsSocket.authorized === true && typeof tlsSocket.getPeerCertificate === 'function' ? tlsSocket.getPeerCertificate() : undefined;
+  onRefusal?.({
+    method: 'HTTP',
+    peer: `${socket.remoteAddress ?? ''}:${socket.remotePort ?? 0}`,
+    certificate: peerCertificate?.raw === undefined ? undefined : peerCertificate,
+    code: status === 408 ? 'DEADLINE_EXCEEDED' : 'INVALID_ARGUMENT',
+    details: `HTTP ${status} ${text}: ${error.code ?? 'malformed request'}`,
+    unknownMethod: true,
+  });
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
 }

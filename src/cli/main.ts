@@ -523,7 +523,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     const parsed = new URL(url);
     if (parsed.port === '') throw new Error(`listen URL needs a port: ${url}`);
     const tls = credentials.clientProvider === undefined ? undefined : { provider: credentials.clientProvider, requireClientCertificate: flags.clientCertAuth, refuseCertificate, sweepIntervalMs: flags.certificateReloadIntervalMs };
-    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger }));
+    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
   }
   serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');

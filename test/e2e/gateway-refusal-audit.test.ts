@@ -1,6 +1,7 @@
 /**
  * Requests the JSON gateway refuses before any handler has them — unknown paths, wrong HTTP
- * methods, bad JSON or base64, oversized bodies, a stream whose first message is bad — are in the
+ * methods, bad JSON or base64, oversized bodies, a stream whose first message is bad, HTTP too
+ * malformed to parse — are in the
  * audit trail, as gRPC's own refusals are; authentication failures (which reach the handler) are
  * too. A flood of them is recorded one by one only up to a burst and then at a steady rate, the
  * rest counted in summary events: every refusal is accounted for, the trail does not grow with the
@@ -8,6 +9,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { Agent, request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { refusalEventsBurst, refusalEventsPerSecond } from '../../src/api/refusal-limit.js';
@@ -25,6 +27,18 @@ async function trailEvents(directory: string): Promise<AuditEvent[]> {
 
 const base64 = (text: string): string => Buffer.from(text).toString('base64');
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Bytes written as they are on a raw connection: the status line of the answer. */
+function rawRequest(port: number, bytes: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    socket.on('close', () => resolve(answer.split('\r\n')[0] ?? ''));
+    socket.on('error', () => undefined);
+    socket.end(bytes);
+  });
+}
 
 describe('gateway refusals in the audit trail', () => {
   let server: ServerProcess;
@@ -51,6 +65,9 @@ describe('gateway refusals in the audit trail', () => {
       await httpCall(target, '/v3/watch', { body: '{"create_request": {"key": 5}}', lines: 1, timeoutMs: 3000 }),
     ];
     expect(answers.map((answer) => answer.status)).toEqual([400, 400, 404, 404, 405, 429, 500]);
+    // Too malformed for the gateway to see a request at all.
+    expect(await rawRequest(server.port, 'BREW /v3/kv/range HTCPCP/1.0\r\n\r\n')).toBe('HTTP/1.1 400 Bad Request');
+    expect(await rawRequest(server.port, `POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nX-Padding: ${'p'.repeat(20_000)}\r\n\r\n`)).toBe('HTTP/1.1 431 Request Header Fields Too Large');
     await sleep(300); // refusals are audited without holding their answer
     const refused = (await trail()).filter((event) => event.outcome === 'failed').map((event) => [event.action, event.code, event.detail]);
     expect(refused).toEqual([
@@ -61,6 +78,8 @@ describe('gateway refusals in the audit trail', () => {
       ['Range', 'UNIMPLEMENTED', 'HTTP 405 Method Not Allowed: GET /v3/kv/range'],
       ['Range', 'RESOURCE_EXHAUSTED', expect.stringMatching(/^grpc: received message larger than max/)],
       ['Watch', 'UNKNOWN', expect.stringMatching(/cannot unmarshal number/)],
+      ['HTTP', 'INVALID_ARGUMENT', 'HTTP 400 Bad Request: HPE_INVALID_METHOD'],
+      ['HTTP', 'INVALID_ARGUMENT', 'HTTP 431 Request Header Fields Too Large: HPE_HEADER_OVERFLOW'],
     ]);
     for (const event of (await trail()).filter((entry) => entry.outcome === 'failed')) expect(event.source).toMatch(/^127\.0\.0\.1:\d+$/);
 
