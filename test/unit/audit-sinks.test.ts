@@ -5,7 +5,7 @@
  * trail and a scripted receiver.
  */
 import { readFileSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
@@ -160,12 +160,16 @@ class ScriptedReceiver implements SinkTransport {
       this.received.push(...batch);
       return true;
     }
+    if (this.confirmsOnSend) {
+      this.received.push(...this.unconfirmed, ...batch);
+      this.unconfirmed = [];
+      return true;
+    }
     this.unconfirmed.push(...batch);
     return false;
   }
-  holdConfirm = false;
+  confirmsOnSend = false;
   async confirm(): Promise<void> {
-    while (this.holdConfirm) await new Promise((resolve) => setTimeout(resolve, 5));
     if (this.down) throw new Error('connection reset');
     this.received.push(...this.unconfirmed);
     this.unconfirmed = [];
@@ -317,20 +321,42 @@ describe('audit sink delivery', () => {
     await second.close();
   });
 
+  it('a cursor that cannot be saved (full disk) is a failure: said, retried with the same batch, nothing lost', async () => {
+    const places = await setup();
+    const receiver = new ScriptedReceiver();
+    const log = await AuditLog.open(places.trailDirectory, 'm1', fail);
+    const lines: string[] = [];
+    const sink = await sinkOn(log, places, receiver, {}, lines);
+    await until(() => sink.status().delivered === 1, 'the start event');
+    const obstacle = path.join(places.stateDirectory, 'test.cursor.tmp');
+    await mkdir(obstacle); // the cursor's temporary file cannot be written
+    await Promise.all(Array.from({ length: 5 }, (_unused, index) => log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' })));
+    await until(() => sink.status().failures >= 2, 'failed saves');
+    expect(sink.status()).toMatchObject({ up: false, delivered: 1 });
+    expect(lines.some((line) => line.startsWith('warn audit sink down'))).toBe(true);
+    await rm(obstacle, { recursive: true });
+    const expected = await trailOrder(places.trailDirectory);
+    await until(() => sink.status().delivered === expected.length, 'every event');
+    await sink.stop();
+    expect(distinctInOrder(seen(receiver))).toEqual(expected);
+    // The receiver saw the unsaved batch again byte for byte (same idempotency key for a webhook).
+    expect(receiver.batches.slice(1).every((batch) => batch === receiver.batches[1])).toBe(true);
+    await log.close();
+  });
+
   it('without acknowledgements (syslog): the cursor moves only on confirmation; a break resends from it, in order', async () => {
     const places = await setup();
     const receiver = new ScriptedReceiver(false);
-    receiver.holdConfirm = true;
     const log = await AuditLog.open(places.trailDirectory, 'm1', fail);
-    const sink = await sinkOn(log, places, receiver);
+    const sink = await sinkOn(log, places, receiver, { confirmIdleMs: 60_000 });
     for (let index = 0; index < 30; index++) await log.record({ action: 'Put', targets: [`/k/${index}`], outcome: 'allowed' });
     await until(() => sink.status().delivering?.seq === 30, 'all sent');
     expect(sink.status()).toMatchObject({ delivered: 0, pending: 31 }); // sent, not confirmed: the cursor has not moved
-    receiver.down = true; // the connection breaks before the receiver confirms: half of it had arrived
-    receiver.holdConfirm = false;
+    receiver.down = true; // the connection breaks: half of what it carried had arrived
+    await log.record({ action: 'Put', targets: ['/break'], outcome: 'allowed' });
     await until(() => sink.status().failures > 0, 'the break');
+    receiver.confirmsOnSend = true; // as a transport past its confirmEventsMax
     receiver.down = false;
-    await log.record({ action: 'Put', targets: ['/after'], outcome: 'allowed' });
     const expected = await trailOrder(places.trailDirectory);
     await until(() => sink.status().delivered === expected.length, 'every event confirmed');
     await sink.stop();

@@ -339,10 +339,11 @@ export class AuditSink {
   private async deliver(batch: SinkRecord[]): Promise<void> {
     this.retry = batch;
     const acknowledged = await this.options.transport.send(batch);
-    this.retry = undefined;
     this.sent = (batch[batch.length - 1] as SinkRecord).position;
     this.unconfirmed += batch.length;
+    // Until the cursor holds it (its disk may be full), the batch is the one to send again, as is.
     if (acknowledged) await this.confirmed();
+    this.retry = undefined;
     this.recovered();
   }
 
