@@ -92,6 +92,8 @@ export function registerCompliance(program: Command, connectionOptions: (command
       const report = formatReport(results, flags.output, new Date(gathered.facts.now).toISOString());
       if (flags.out === undefined) process.stdout.write(report);
       else await writeFile(flags.out, report).catch(cannotRun);
+      // A cluster that cannot be reached leaves nearly every control skipped: never a passing gate.
+      if ('unavailable' in gathered.facts.members) cannotRun(`the cluster could not be checked: ${gathered.facts.members.unavailable}`);
       process.exitCode = anyFailed(results) ? 1 : 0;
     });
 

@@ -7,7 +7,7 @@
  * member file, the manifest or the signature refused, naming it. Then one member started with
  * --client-cert-auth false: CIS-2.2 fails from what its listener does.
  */
-import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
@@ -210,7 +210,9 @@ describe('rampart compliance', () => {
 describe('rampart compliance check on a member that takes clients without a certificate', () => {
   it('fails CIS-2.2 from what the listener does, and warns about its plaintext metrics URL', async () => {
     const member = await startTlsMember(['--client-cert-auth', 'false']);
+    const kept = await temporaryDirectory('compliance-pki');
     try {
+      await cp(path.join(member.directory, 'pki'), kept, { recursive: true });
       const pki = path.join(member.directory, 'pki');
       const result = await run(process.execPath, [rampartBin, 'compliance', 'check', '--output', 'json',
         '--endpoints', `https://127.0.0.1:${member.clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'),
@@ -228,5 +230,12 @@ describe('rampart compliance check on a member that takes clients without a cert
     } finally {
       await member.stop();
     }
+    // A cluster that cannot be reached is no passing gate, however few controls could fail.
+    const pki = kept;
+    const unreachable = await run(process.execPath, [rampartBin, 'compliance', 'check', '--endpoints', `https://127.0.0.1:${member.clientPort}`,
+      '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key')], { timeoutMs: 60_000 });
+    expect(unreachable.code).toBe(2);
+    expect(unreachable.stderr).toMatch(/^rampart: compliance: the cluster could not be checked: MemberList failed/m);
+    await removeDirectory(kept);
   }, 60_000);
 });
