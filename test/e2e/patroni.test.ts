@@ -7,8 +7,8 @@
  * keep its leader key through the surviving members (same key, lease still renewed, never demoted).
  * Last, pg1 itself dies: its lease expires on the 2 surviving members and pg2 takes the leader key.
  *
- * PostgreSQL refuses to run as root: the Patroni processes run as the `postgres` user of Debian's
- * postgresql package. scripts/test-dependencies.sh installs patroni and postgresql when missing;
+ * PostgreSQL refuses to run as root: when the tests run as root, the Patroni processes run as the
+ * `postgres` user of Debian's postgresql package (otherwise as the user running the tests). scripts/test-dependencies.sh installs patroni and postgresql when missing;
  * without them this test is skipped with a message saying so.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -175,9 +175,14 @@ describe.skipIf(!installed)('Patroni on a Rampart cluster', () => {
 
   beforeAll(async () => {
     home = await temporaryDirectory('patroni');
-    const ids = await Promise.all(['-u', '-g'].map((flag) => run('id', [flag, 'postgres'])));
-    expect(ids.map((id) => id.code), 'no postgres user: install Debian\'s postgresql package').toEqual([0, 0]);
-    [postgresUid, postgresGid] = ids.map((id) => Number(id.stdout.trim())) as [number, number];
+    if (process.getuid?.() === 0) {
+      const ids = await Promise.all(['-u', '-g'].map((flag) => run('id', [flag, 'postgres'])));
+      expect(ids.map((id) => id.code), 'no postgres user: install Debian\'s postgresql package').toEqual([0, 0]);
+      [postgresUid, postgresGid] = ids.map((id) => Number(id.stdout.trim())) as [number, number];
+    } else {
+      // Not root: PostgreSQL runs as whoever runs the tests.
+      [postgresUid, postgresGid] = [process.getuid?.() ?? 0, process.getgid?.() ?? 0];
+    }
     basePort = await freeBasePort();
     const up = await run(process.execPath, [rampartBin, 'up', '--dir', rampartDir(), '--size', '3', '--base-port', String(basePort)], { timeoutMs: 120_000 });
     expect(up.code, up.stderr).toBe(0);
