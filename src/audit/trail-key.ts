@@ -18,7 +18,7 @@
  * SHA-256("rampart audit trail key id" ‖ key): it names the key in headers and errors.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { KekProvider, WrappedKey } from '../encryption/kek.js';
 import type { TrailKey } from './sealed-trail.js';
@@ -82,6 +82,7 @@ export class TrailKeyStore {
    */
   static async openOrCreate(directory: string, provider: KekProvider): Promise<TrailKeyStore> {
     const file = path.join(directory, trailKeyFileName);
+    await mkdir(directory, { recursive: true, mode: 0o700 });
     if (!(await TrailKeyStore.exists(directory))) {
       const key = randomBytes(keyBytes);
       const store = new TrailKeyStore(file, { id: idOf(key), key }, [await provider.wrap(Buffer.concat([wrapPrefix, key]))]);
