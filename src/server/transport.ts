@@ -132,6 +132,8 @@ interface SnapshotChunkWire {
   cluster_id: string;
   header?: RaftMessageWire | null;
   data: Buffer;
+  /** Sent once, after the last chunk: the sender read the whole snapshot. */
+  last?: boolean;
 }
 
 /** A refusal with the gRPC status the sender sees. */
@@ -342,6 +344,8 @@ class PeerSender {
               call.removeAllListeners('drain');
             }
           }
+          if (finished) return;
+          call.write({ cluster_id: this.options.clusterId, data: Buffer.alloc(0), last: true });
           call.end();
         } catch (error) {
           this.options.logger.warn({ peer: this.id, err: String(error) }, 'reading snapshot to send failed');
@@ -579,10 +583,22 @@ export class Transport {
     if (message === undefined || message.type !== 'snapshot' || message.to !== this.options.selfId) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot');
     if (!senderBound(message)) throw new PeerCallError(grpc.status.PERMISSION_DENIED, 'rampart: snapshot sender is not the member named by the peer certificate');
     async function* chunks(): AsyncGenerator<Buffer> {
+      let last = false;
       for (;;) {
         const next = await stream.next();
-        if (next.done === true) return;
+        if (next.done === true) {
+          // A call the sender cancelled (its read failed: the leader took a newer snapshot) ends
+          // here just as a complete one does (gRPC reports the end before the cancel): without
+          // the sender's last marker, the records so far are only part of the snapshot.
+          if (!last) throw new PeerCallError(grpc.status.CANCELLED, 'rampart: snapshot stream ended before its last chunk');
+          return;
+        }
         if (next.value.cluster_id !== clusterId) throw new PeerCallError(grpc.status.FAILED_PRECONDITION, 'rampart: cluster id mismatch');
+        if (last) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot: data after the last chunk');
+        if (next.value.last === true) {
+          last = true;
+          continue;
+        }
         yield Buffer.from(next.value.data);
       }
     }

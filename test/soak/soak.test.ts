@@ -459,7 +459,9 @@ describe.skipIf(!(minutes > 0))('soak', () => {
           await track('nemesis', 'fault', fault());
         } catch (error) {
           // A member that did not come back is a finding too; it is restarted at the next fault.
-          anomaly(`nemesis: ${String(error).split('\n')[0] ?? ''}`);
+          // A start that timed out carries the member's output: its last lines say why.
+          const lines = String(error).split('\n');
+          anomaly(`nemesis: ${lines[0] ?? ''}${lines.length > 1 ? `\n  ${lines.slice(-12).join('\n  ')}` : ''}`);
         }
       }
     };

@@ -1,0 +1,101 @@
+/**
+ * Snapshot transfer between two real Transports over loopback gRPC: a transfer the sender gives up
+ * on midway must never look complete to the receiver. gRPC reports a cancelled client stream's end
+ * to the server just like a complete one's (the cancel arrives after), so without the sender's last
+ * marker the receiver would stage part of a snapshot as the whole. Seen in the 30-minute soak: a
+ * leader took a newer snapshot while sending an older one, cancelled, and the joining member never
+ * caught up.
+ */
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Message } from '../../src/raft/types.js';
+import { Transport, type TransportOptions } from '../../src/server/transport.js';
+import { freePort } from '../helpers/processes.js';
+
+type SnapshotMessage = Extract<Message, { type: 'snapshot' }>;
+
+const snapshotMessage: SnapshotMessage = {
+  type: 'snapshot',
+  from: 'a1',
+  to: 'b2',
+  term: 3,
+  snapshot: { metadata: { index: 40, term: 3, configuration: { voters: ['a1', 'b2'], learners: [] } }, data: Buffer.alloc(0) },
+};
+
+interface Received {
+  readonly chunks: string[];
+  readonly outcome: 'complete' | string;
+}
+
+function options(selfId: string, overrides: Partial<TransportOptions>): TransportOptions {
+  const unused = (): Promise<never> => Promise.reject(new Error('not used here'));
+  return {
+    selfId,
+    clusterId: 'c1',
+    logger: pino({ level: 'silent' }),
+    serverCredentials: grpc.ServerCredentials.createInsecure(),
+    clientCredentials: grpc.credentials.createInsecure(),
+    onMessage: () => undefined,
+    onUnreachable: () => undefined,
+    snapshotChunks: async function* () {},
+    receiveSnapshot: unused,
+    onLeaseRenew: unused,
+    onLeaseTimeToLive: unused,
+    onCluster: () => ({ clusterId: 'c1', members: [] }),
+    onLoginAttempt: unused,
+    ...overrides,
+  };
+}
+
+describe('snapshot transfer between transports', () => {
+  const transports: Transport[] = [];
+  afterEach(async () => {
+    await Promise.all(transports.splice(0).map((transport) => transport.close()));
+  });
+
+  /** Sends one snapshot from a1 to b2 whose chunks come from `chunks`; resolves with what b2 saw. */
+  const transfer = async (chunks: () => AsyncIterable<Buffer>): Promise<Received> => {
+    let settle: (received: Received) => void = () => undefined;
+    const done = new Promise<Received>((resolve) => (settle = resolve));
+    const receiverPort = await freePort();
+    const receiver = new Transport(options('b2', {
+      receiveSnapshot: async (_message, incoming) => {
+        const seen: string[] = [];
+        try {
+          for await (const chunk of incoming) seen.push(chunk.toString());
+          settle({ chunks: seen, outcome: 'complete' });
+        } catch (error) {
+          settle({ chunks: seen, outcome: String(error) });
+          throw error;
+        }
+      },
+    }));
+    await receiver.listen([`http://127.0.0.1:${receiverPort}`]);
+    const sender = new Transport(options('a1', { snapshotChunks: chunks }));
+    await sender.listen([`http://127.0.0.1:${await freePort()}`]);
+    transports.push(receiver, sender);
+    sender.setPeers([{ id: 'b2', peerUrls: [`http://127.0.0.1:${receiverPort}`] }]);
+    sender.send([snapshotMessage]);
+    return done;
+  };
+
+  it('delivers every chunk of a complete snapshot and completes', async () => {
+    const received = await transfer(async function* () {
+      for (const part of ['one', 'two', 'three']) yield Buffer.from(part);
+    });
+    expect(received).toEqual({ chunks: ['one', 'two', 'three'], outcome: 'complete' });
+  });
+
+  it('fails the transfer the sender cancels midway instead of completing it with part of the snapshot', async () => {
+    const received = await transfer(async function* () {
+      yield Buffer.from('one');
+      yield Buffer.from('two');
+      // The leader's view of the snapshot was released (a newer snapshot replaced it).
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      throw new Error('snapshot at 40 is no longer held');
+    });
+    expect(received.outcome).not.toBe('complete');
+    expect(received.outcome).toContain('ended before its last chunk');
+  });
+});
