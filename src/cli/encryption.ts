@@ -1,7 +1,8 @@
 /**
  * `rampart encryption status|rotate`: encryption at rest across a cluster, as root. Status asks
- * every member (each has its own keys); a rotation goes through the log once and every member
- * rotates its own keys when it applies it.
+ * every member (each has its own keys): the members the cluster lists (MemberList from the first
+ * endpoint that answers), so one endpoint is enough; a rotation goes through the log once and
+ * every member rotates its own keys when it applies it.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -24,6 +25,38 @@ export interface MemberEncryptionStatus {
   readonly records_other: string;
 }
 
+interface ClusterClient extends grpc.Client {
+  MemberList(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { members?: { clientURLs?: string[] }[] }) => void): void;
+}
+
+/** Every member's first client URL as the cluster lists them; the endpoints as given when none answers. */
+async function memberEndpoints(endpoints: readonly string[], credentials: grpc.ChannelCredentials): Promise<string[]> {
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Cluster: grpc.ServiceClientConstructor } };
+  for (const endpoint of endpoints) {
+    const client = new loaded.etcdserverpb.Cluster(hostOf(endpoint), credentials) as unknown as ClusterClient;
+    try {
+      const members = await new Promise<{ clientURLs?: string[] }[]>((resolve, reject) => {
+        client.MemberList({}, { deadline: Date.now() + 10_000 }, (error, response) => (error === null ? resolve(response.members ?? []) : reject(error)));
+      });
+      const listed = members.flatMap((member) => member.clientURLs?.slice(0, 1) ?? []).map(hostOf);
+      const given = endpoints.map(hostOf);
+      // The endpoints given come first, in their order; a member not yet publishing its URLs is
+      // reached only if given (it is listed without them).
+      const ordered = [...given.filter((endpoint) => listed.includes(endpoint) || listed.length < members.length), ...listed.filter((endpoint) => !given.includes(endpoint))];
+      if (ordered.length > 0) return [...new Set(ordered)];
+    } catch {
+      // Down or unreachable: try the next endpoint.
+    } finally {
+      client.close();
+    }
+  }
+  return [...endpoints];
+}
+
+function hostOf(endpoint: string): string {
+  return endpoint.includes('://') ? new URL(endpoint).host : endpoint;
+}
+
 interface EncryptionClient extends grpc.Client {
   Status(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: MemberEncryptionStatus) => void): void;
   Rotate(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void): void;
@@ -42,7 +75,8 @@ async function clients(options: ConnectionOptions): Promise<EncryptionClient[]> 
   // http:// endpoints are development members (--insecure); everything else is mutual TLS.
   const plaintext = endpoints.every((endpoint) => endpoint.startsWith('http://'));
   const credentials = plaintext ? grpc.credentials.createInsecure() : await tlsCredentials(options, pki);
-  return endpoints.map((endpoint) => new loaded.rampart.Encryption(endpoint.includes('://') ? new URL(endpoint).host : endpoint, credentials) as unknown as EncryptionClient);
+  const members = await memberEndpoints(endpoints, credentials);
+  return members.map((endpoint) => new loaded.rampart.Encryption(hostOf(endpoint), credentials) as unknown as EncryptionClient);
 }
 
 async function tlsCredentials(options: ConnectionOptions, pki: string): Promise<grpc.ChannelCredentials> {
