@@ -331,7 +331,19 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
     }
     try {
       const key = await trailKeyForReading(trail.directory, {}); // a sealed trail: the member's KEK beside its data directory
-      const result = await verifyAudit(trail.directory, { checkpoints, ...(key === undefined ? {} : { key }) });
+      // Logins as root with a password, counted as the trail is verified (root should use its certificate).
+      let rootPasswordLogins = 0;
+      let lastRootPasswordLogin: string | undefined;
+      const result = await verifyAudit(trail.directory, {
+        checkpoints,
+        ...(key === undefined ? {} : { key }),
+        onEvent: (event) => {
+          if (event.action === 'Authenticate' && event.user === 'root' && event.outcome === 'allowed') {
+            rootPasswordLogins += 1;
+            lastRootPasswordLogin = event.time;
+          }
+        },
+      });
       let signatures = 'no checkpoints to check';
       if (result.member !== undefined && checkpoints.some((checkpoint) => checkpoint.member === result.member)) {
         const problem = checkSignatures(checkpoints, signers, caPem, result.member);
@@ -340,7 +352,7 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
       trailDirectories.push({ ...trail, ok: result.ok, ...(result.member === undefined ? {} : { memberId: result.member }) });
       trailFacts.push({
         ...trail,
-        outcome: observed({ ok: result.ok, events: result.events, files: result.files, checkpointsMatched: result.checkpointsMatched, signatures, ...(result.problem === undefined ? {} : { problem: result.problem }), ...(result.member === undefined ? {} : { memberId: result.member }) }),
+        outcome: observed({ ok: result.ok, events: result.events, files: result.files, checkpointsMatched: result.checkpointsMatched, signatures, rootPasswordLogins, ...(lastRootPasswordLogin === undefined ? {} : { lastRootPasswordLogin }), ...(result.problem === undefined ? {} : { problem: result.problem }), ...(result.member === undefined ? {} : { memberId: result.member }) }),
       });
     } catch (error) {
       trailFacts.push({ ...trail, outcome: unavailable(`cannot read: ${errorText(error)}`) });

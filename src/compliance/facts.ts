@@ -94,7 +94,7 @@ export interface TrailFacts {
   readonly member: string;
   readonly directory: string;
   /** Verified against the cluster's checkpoints (and their signatures when a CA is at hand). */
-  readonly outcome: Observed<{ readonly ok: boolean; readonly events: number; readonly files: number; readonly checkpointsMatched: number; readonly problem?: string; readonly memberId?: string; readonly signatures: string }>;
+  readonly outcome: Observed<{ readonly ok: boolean; readonly events: number; readonly files: number; readonly checkpointsMatched: number; readonly problem?: string; readonly memberId?: string; readonly signatures: string; readonly rootPasswordLogins: number; readonly lastRootPasswordLogin?: string }>;
 }
 
 /** The audit policy in force, as the cluster answers `AuditPolicy.Show`. */

@@ -49,9 +49,15 @@ function rootControl(facts: ComplianceFacts): ControlResult {
   if (auth.passwordUsers === undefined) return { id: 'RAMPART-ROOT-CERT', title, status: 'skip', evidence: ['the cluster does not say which users have a password (an older member)'], fix };
   if (!auth.users.includes('root')) return { id: 'RAMPART-ROOT-CERT', title, status: auth.enabled ? 'fail' : 'skip', evidence: ['there is no root user'], fix };
   const certificates = ['CN root', ...auth.rootBindings.map((cn) => `CN ${cn} (bound)`)].join(', ');
-  return auth.passwordUsers.includes('root')
-    ? { id: 'RAMPART-ROOT-CERT', title, status: 'fail', evidence: [`root has a PASSWORD: anyone who learns it administers the cluster from any client certificate of the CA; certificates acting as root: ${certificates}`], fix }
-    : { id: 'RAMPART-ROOT-CERT', title, status: 'pass', evidence: [`root has no password; certificates acting as root: ${certificates}; users with a password: ${auth.passwordUsers.length === 0 ? 'none' : auth.passwordUsers.join(', ')}`], fix };
+  // Past password logins as root, from the trails verified on this host: a password removed since still warrants a look.
+  const logins = facts.trails.flatMap((trail) => ('value' in trail.outcome && trail.outcome.value.rootPasswordLogins > 0
+    ? [`${trail.member}'s trail: root logged in with a password ${trail.outcome.value.rootPasswordLogins} times, the last at ${trail.outcome.value.lastRootPasswordLogin ?? '?'}`]
+    : []));
+  if (auth.passwordUsers.includes('root')) {
+    return { id: 'RAMPART-ROOT-CERT', title, status: 'fail', evidence: [`root has a PASSWORD: anyone who learns it administers the cluster from any client certificate of the CA; certificates acting as root: ${certificates}`, ...logins], fix };
+  }
+  const seen = `root has no password; certificates acting as root: ${certificates}; users with a password: ${auth.passwordUsers.length === 0 ? 'none' : auth.passwordUsers.join(', ')}`;
+  return { id: 'RAMPART-ROOT-CERT', title, status: logins.length > 0 ? 'warn' : 'pass', evidence: [seen, ...logins], fix };
 }
 
 function encryptionControl(facts: ComplianceFacts): ControlResult {

@@ -83,7 +83,7 @@ describe('controls', () => {
       checkpoints: observed([{ member: 'abc', count: 3, signed: 3, latestTime: new Date().toISOString() }]),
       auditPolicy: observed({ json: shippedAuditPolicy(), digest: auditPolicyDigest(shippedAuditPolicy()), shippedDefault: true, hmacKey: true }),
       dataDirectories: [{ member: 'm1', directory: '/data', stat: observed({ mode: 0o700, uid: 10, gid: 10, user: 'rampart', group: 'rampart' }), looseEntries: [], expectedOwner: observed({ user: 'rampart', uid: 10, source: 'test' }) }],
-      trails: [{ member: 'm1', directory: '/data/audit', outcome: observed({ ok: true, events: 5, files: 1, checkpointsMatched: 3, signatures: 'signatures verified against the cluster CA' }) }],
+      trails: [{ member: 'm1', directory: '/data/audit', outcome: observed({ ok: true, events: 5, files: 1, checkpointsMatched: 3, signatures: 'signatures verified against the cluster CA', rootPasswordLogins: 0 }) }],
       crls: [{ holder: 'pki', file: 'crl.pem', crl: observed({ number: '2', thisUpdate: new Date().toISOString(), nextUpdate: new Date(Date.now() + 86_400_000).toISOString(), revoked: 1, verified: true }) }],
       certificateFiles: [],
       ...changes,
@@ -113,7 +113,10 @@ describe('controls', () => {
     expect(statusOf({ auth: observed({ enabled: true, revision: 4, users: ['root'], passwordUsers: ['root'], rootBindings: [] }) }, 'RAMPART-ROOT-CERT')).toBe('fail');
     expect(statusOf({ encryption: observed([{ member: 'm1', encrypted: false, provider: '', providerReachable: false, kekId: '', activeDek: 0, percentResealed: 0 }]) }, 'RAMPART-ENCRYPTION')).toBe('fail');
     expect(statusOf({ checkpoints: observed([]), members: observed([{ name: 'm1', id: 'abc', clientUrls: [], peerUrls: [], metrics: observed({ auditOn: false, authEnabled: true, encryptionEnabled: true, certificateExpirySeconds: {} }) }]) }, 'RAMPART-AUDIT')).toBe('fail');
-    expect(statusOf({ trails: [{ member: 'm1', directory: '/a', outcome: observed({ ok: false, events: 2, files: 1, checkpointsMatched: 0, problem: 'hash does not match', signatures: '' }) }] }, 'RAMPART-AUDIT-VERIFY')).toBe('fail');
+    expect(statusOf({ trails: [{ member: 'm1', directory: '/a', outcome: observed({ ok: false, events: 2, files: 1, checkpointsMatched: 0, problem: 'hash does not match', signatures: '', rootPasswordLogins: 0 }) }] }, 'RAMPART-AUDIT-VERIFY')).toBe('fail');
+    const loggedIn = evaluateControls(facts({ trails: [{ member: 'm1', directory: '/a', outcome: observed({ ok: true, events: 9, files: 1, checkpointsMatched: 2, signatures: 'signatures verified against the cluster CA', rootPasswordLogins: 2, lastRootPasswordLogin: '2026-11-01T00:00:00.000Z' }) }] })).find((result) => result.id === 'RAMPART-ROOT-CERT');
+    expect(loggedIn?.status).toBe('warn');
+    expect(loggedIn?.evidence).toContain("m1's trail: root logged in with a password 2 times, the last at 2026-11-01T00:00:00.000Z");
     expect(statusOf({ expiryWarningDays: 100 }, 'RAMPART-CERT-EXPIRY')).toBe('fail');
     const stale = { holder: 'pki', file: 'crl.pem', crl: observed({ number: '2', thisUpdate: '2020-01-01T00:00:00.000Z', nextUpdate: '2020-02-01T00:00:00.000Z', revoked: 0, verified: true }) };
     expect(statusOf({ crls: [stale] }, 'RAMPART-CRL')).toBe('fail');
