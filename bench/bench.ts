@@ -13,8 +13,10 @@
  * phase (BENCH_FIXED_RATE puts/s, default 1,000, over BENCH_FIXED_CLIENTS connections, default 200;
  * latency from each request's scheduled start, so a stall counts against every request it delays),
  * and `etcdctl check perf --load m` against both (BENCH_CHECK_PERF=0 skips it: it takes a minute each).
- * An encryption phase runs the secure 3-member cluster with encryption at rest on and off (ratio).
- * BENCH_PHASES=secure (or encryption, or plain) runs only that part.
+ * An encryption phase runs the secure 3-member cluster with encryption at rest on and off (ratio), an
+ * audit phase the same cluster with its default audit trail and with `--no-audit` (ratio).
+ * BENCH_PHASES=secure (or encryption, audit, plain, scale) runs only that part; the scale phase
+ * (bench/scale.ts: 500,000 keys against etcd, minutes) runs only when asked, or with BENCH_SCALE=1.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -25,6 +27,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../src/api/proto.js';
+import { auditCost } from './audit-cost.js';
+import { scale } from './scale.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -339,7 +343,7 @@ function ratio(ours: number, theirs: number): string {
 const fixedRatePerSecond = Number(process.env.BENCH_FIXED_RATE ?? 1000);
 const fixedRateClients = Number(process.env.BENCH_FIXED_CLIENTS ?? 200);
 const runCheckPerf = process.env.BENCH_CHECK_PERF !== '0';
-const phases = process.env.BENCH_PHASES ?? 'secure,encryption,plain';
+const phases = process.env.BENCH_PHASES ?? `secure,encryption,audit,plain${process.env.BENCH_SCALE === '1' ? ',scale' : ''}`;
 const etcdInstalled = existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd');
 const print = (text: string): void => {
   process.stdout.write(text);
@@ -404,6 +408,8 @@ if (phases.includes('encryption')) {
   }
 }
 
+if (phases.includes('audit')) await auditCost(closedLoop, row, print);
+
 if (phases.includes('plain')) {
   for (const size of [1, 3]) {
     print(`\nplaintext, ${size} member${size === 1 ? '' : 's'}\n`);
@@ -419,4 +425,5 @@ if (phases.includes('plain')) {
     }
   }
 }
+if (phases.includes('scale')) await scale(print);
 if (!etcdInstalled) print('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
