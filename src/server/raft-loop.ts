@@ -23,12 +23,25 @@ export interface RaftLoopHost {
   onFatal(error: unknown): void;
 }
 
-interface PendingRead {
+interface ReadWaiter {
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
-  readonly timer: NodeJS.Timeout;
+  timer?: NodeJS.Timeout;
+}
+
+/** Reads that share one ReadIndex request: all of them began before it was asked. */
+interface ReadGroup {
+  readonly context: string;
+  readonly waiters: Set<ReadWaiter>;
+  /** The read index, once the leader confirmed it. */
   index?: number;
 }
+
+/**
+ * After this long without an answer, the next ReadIndex request is asked anyway (the answer to the
+ * one in flight may have been lost with its heartbeat); its reads keep waiting for it.
+ */
+const readIndexRetryMs = 500;
 
 export class RaftLoop implements Consensus {
   private running = false;
@@ -36,7 +49,11 @@ export class RaftLoop implements Consensus {
   private idle: Promise<void> = Promise.resolve();
   private ticker: NodeJS.Timeout | undefined;
   private softState: SoftState = { leader: '', role: 'follower' };
-  private readonly reads = new Map<string, PendingRead>();
+  /** Read groups asked of Raft, by context, until their index is applied. */
+  private readonly reads = new Map<string, ReadGroup>();
+  /** The ReadIndex request in flight: reads arriving meanwhile wait in `nextReads` for the next one. */
+  private readInFlight: { group: ReadGroup; retry: NodeJS.Timeout } | undefined;
+  private nextReads: ReadGroup | undefined;
   private readonly readContextPrefix = randomBytes(6).toString('hex');
   private readSequence = 0;
 
@@ -116,25 +133,53 @@ export class RaftLoop implements Consensus {
     return accepted;
   }
 
-  /** ReadIndex: resolves once this member has applied everything committed when the read began. */
+  /**
+   * ReadIndex: resolves once this member has applied everything committed when the read began.
+   * As etcd does, one request is in flight at a time and every read arriving meanwhile shares the
+   * next one (asked after they all began, so its index covers each of them): under load one
+   * heartbeat round confirms many reads instead of one round each.
+   */
   readBarrier(): Promise<void> {
     if (this.closed) return Promise.reject(new RampartError('Stopped'));
-    const context = `${this.readContextPrefix}:${++this.readSequence}`;
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.reads.delete(context);
+      const group = (this.nextReads ??= { context: `${this.readContextPrefix}:${++this.readSequence}`, waiters: new Set() });
+      const waiter: ReadWaiter = { resolve, reject };
+      waiter.timer = setTimeout(() => {
+        group.waiters.delete(waiter);
         reject(new RampartError('Timeout'));
       }, this.requestTimeoutMs);
-      this.reads.set(context, { resolve, reject, timer });
-      if (!this.node.readIndex(context)) {
-        clearTimeout(timer);
-        this.reads.delete(context);
-        reject(new RampartError('NoLeader'));
-        return;
-      }
-      this.sendUrgent();
-      this.kick();
+      group.waiters.add(waiter);
+      this.askReadIndex();
     });
+  }
+
+  /** Asks Raft for the next read group's index unless a request is in flight. */
+  private askReadIndex(): void {
+    const group = this.nextReads;
+    if (this.readInFlight !== undefined || group === undefined) return;
+    this.nextReads = undefined;
+    if (group.waiters.size === 0) return;
+    if (!this.node.readIndex(group.context)) {
+      rejectAll(group, new RampartError('NoLeader'));
+      return;
+    }
+    this.reads.set(group.context, group);
+    const retry = setTimeout(() => {
+      if (this.readInFlight?.group !== group) return;
+      this.readInFlight = undefined;
+      this.askReadIndex();
+    }, readIndexRetryMs);
+    this.readInFlight = { group, retry };
+    this.sendUrgent();
+    this.kick();
+  }
+
+  /** The read group in flight got its index (or was failed): the next one may be asked. */
+  private readAnswered(group: ReadGroup): void {
+    if (this.readInFlight?.group !== group) return;
+    clearTimeout(this.readInFlight.retry);
+    this.readInFlight = undefined;
+    this.askReadIndex();
   }
 
   /** Resolves once every Ready pending now has been handled (persisted, applied, advanced). */
@@ -167,8 +212,10 @@ export class RaftLoop implements Consensus {
         if (ready.snapshot !== undefined) await this.host.installSnapshot(ready.snapshot);
         if (ready.committedEntries.length > 0) await this.host.applyEntries(ready.committedEntries);
         for (const state of ready.readStates) {
-          const read = this.reads.get(state.context);
-          if (read !== undefined) read.index = state.index;
+          const group = this.reads.get(state.context);
+          if (group === undefined) continue;
+          group.index = state.index;
+          this.readAnswered(group);
         }
         this.node.advance(ready);
         this.releaseReads();
@@ -190,33 +237,43 @@ export class RaftLoop implements Consensus {
 
   private releaseReads(): void {
     const applied = this.node.appliedIndex;
-    for (const [context, read] of this.reads) {
-      if (read.index !== undefined && read.index <= applied) {
-        clearTimeout(read.timer);
+    for (const [context, group] of this.reads) {
+      if (group.index !== undefined && group.index <= applied) {
         this.reads.delete(context);
-        read.resolve();
+        for (const waiter of group.waiters) {
+          clearTimeout(waiter.timer);
+          waiter.resolve();
+        }
       }
     }
   }
 
   private failReads(error: RampartError): void {
-    for (const [context, read] of this.reads) {
-      if (read.index !== undefined) continue; // already confirmed; only waiting for apply
-      clearTimeout(read.timer);
-      this.reads.delete(context);
-      read.reject(error);
+    // Already confirmed groups only wait for apply; the others fail (then the next group is asked).
+    const unconfirmed = [...this.reads.values()].filter((group) => group.index === undefined);
+    for (const group of unconfirmed) {
+      this.reads.delete(group.context);
+      rejectAll(group, error);
     }
+    for (const group of unconfirmed) this.readAnswered(group);
   }
 
   async close(): Promise<void> {
     this.closed = true;
     if (this.ticker !== undefined) clearInterval(this.ticker);
-    this.failReads(new RampartError('Stopped'));
-    for (const read of this.reads.values()) {
-      clearTimeout(read.timer);
-      read.reject(new RampartError('Stopped'));
-    }
+    if (this.readInFlight !== undefined) clearTimeout(this.readInFlight.retry);
+    this.readInFlight = undefined;
+    for (const group of [...this.reads.values(), ...(this.nextReads === undefined ? [] : [this.nextReads])]) rejectAll(group, new RampartError('Stopped'));
     this.reads.clear();
+    this.nextReads = undefined;
     await this.idle;
   }
+}
+
+function rejectAll(group: ReadGroup, error: RampartError): void {
+  for (const waiter of group.waiters) {
+    clearTimeout(waiter.timer);
+    waiter.reject(error);
+  }
+  group.waiters.clear();
 }

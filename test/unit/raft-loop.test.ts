@@ -105,4 +105,37 @@ describe('raft loop', () => {
     await loop.settled();
     expect(host.sent.some((message) => message.type === 'appendResponse' && !message.reject && message.index === 1)).toBe(true);
   });
+
+  it('reads arriving while a ReadIndex request is in flight share the next one: one heartbeat round for many reads', async () => {
+    const raft = node('a', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    loop.start();
+    // Elected with b's votes; b then holds the leader's first entry, so reads may be served.
+    raft.campaignNow();
+    loop.step({ type: 'preVoteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    loop.step({ type: 'voteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    await loop.settled();
+    loop.step({ type: 'appendResponse', from: 'b', to: 'a', term: 1, reject: false, index: loop.lastIndex, rejectHint: 0 });
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+
+    let resolved = 0;
+    const reads = Array.from({ length: 20 }, () => loop.readBarrier().then(() => (resolved += 1)));
+    // b answers every confirmation heartbeat it is sent.
+    const answered = new Set<string>();
+    for (let round = 0; round < 50 && resolved < reads.length; round++) {
+      for (const message of host.sent) {
+        if (message.type !== 'heartbeat' || message.context === '' || answered.has(message.context)) continue;
+        answered.add(message.context);
+        loop.step({ type: 'heartbeatResponse', from: 'b', to: 'a', term: 1, context: message.context });
+      }
+      await sleep(5);
+    }
+    await Promise.all(reads);
+    expect(resolved).toBe(20);
+    // The first read asked at once; the 19 that arrived while it was in flight shared the next request.
+    expect(answered.size).toBe(2);
+  });
 });
