@@ -9,6 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { auditKey } from '../audit/event.js';
 import { auditPolicyDigest, encodeAuditPolicy, parseAuditPolicy } from '../audit/policy.js';
+import { prefixRangeEnd } from '../storage/mvcc/range.js';
 import type { Compare, RequestOp, TxnRequest } from './messages.js';
 
 /** Keys whose every access is named in the trail, whatever else a request touches. */
@@ -55,6 +56,21 @@ function range(key: unknown, rangeEnd: unknown): Target {
 }
 
 const plain = (text: string): Target => ({ text, sensitive: false });
+
+/**
+ * A lock or election name: named as given, but its range is every key under `name/` (where
+ * src/server/concurrency.ts reads and writes), so key rules see it. Leader and Observe return a
+ * key's value: without its range, a read of /registry/secrets/ through the election API escaped
+ * the shipped policy's secret-reads rule.
+ */
+function underName(name: unknown): Target {
+  const prefix = Buffer.concat([asKey(name), Buffer.from('/')]);
+  const end = prefixRangeEnd(prefix);
+  return { text: auditKey(asKey(name)), sensitive: touchesSensitive(prefix, end), range: { key: prefix, rangeEnd: end } };
+}
+
+/** The leader key of a Proclaim or Resign (a LeaderKey message). */
+const leaderKeyOf = (leader: unknown): unknown => (typeof leader === 'object' && leader !== null ? (leader as { key?: unknown }).key : undefined);
 
 function txnTargets(txn: TxnRequest, into: Target[]): void {
   for (const compare of (txn.compare ?? []) as Compare[]) into.push(range(compare.key, compare.range_end));
@@ -177,7 +193,12 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): { targ
     case 'Lock':
     case 'Campaign':
     case 'Leader':
-      targets = [plain(text(request.name))];
+    case 'Observe':
+      targets = [underName(request.name)];
+      break;
+    case 'Proclaim':
+    case 'Resign':
+      targets = [range(leaderKeyOf(request.leader), undefined)];
       break;
     case 'Unlock':
       targets = [range(request.key, undefined)];

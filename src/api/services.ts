@@ -452,12 +452,26 @@ export function createServices(options: ServicesOptions): ServiceTable {
       return { header: member.header(), kv };
     }),
     Observe: serverStream<{ name: Buffer }, object>('Observe', (request, call, stream) => {
+      // Recorded once: at the first leader sent (its value is a read under name/) or at a refusal.
+      let recorded = false;
+      const record = (error: unknown): void => {
+        if (recorded) return;
+        recorded = true;
+        void audit(call, 'Observe', request, error);
+      };
       who(call)
-        .then((caller) => concurrency.observe(Buffer.from(request.name), caller, call.signal, (kv) => stream.write({ header: member.header(), kv })))
+        .then((caller) =>
+          concurrency.observe(Buffer.from(request.name), caller, call.signal, (kv) => {
+            record(undefined);
+            stream.write({ header: member.header(), kv });
+          }),
+        )
         .then(
           () => stream.end(),
           (error: unknown) => {
-            if (!call.signal.aborted) stream.fail(error);
+            if (call.signal.aborted) return;
+            record(error);
+            stream.fail(error);
           },
         );
     }),
