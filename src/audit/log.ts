@@ -122,6 +122,8 @@ export class AuditLog {
   /** Compression and retention, one at a time, off the write path. */
   private maintenance: Promise<void> = Promise.resolve();
   private retentionTimer: NodeJS.Timeout | undefined;
+  /** Aborted by `close`: a compression under way stops rather than hold up a shutdown. */
+  private readonly stopping = new AbortController();
   private readonly maxFileBytes: number;
   private readonly maxFileAgeMs: number;
   private readonly retentionMs: number;
@@ -296,7 +298,7 @@ export class AuditLog {
   }
 
   private compressLater(file: TrailFile): void {
-    this.inBackground(() => compressTrailFile(file, this.options.key));
+    this.inBackground(() => compressTrailFile(file, this.options.key, this.stopping.signal));
   }
 
   /** Deletes files past their retention, oldest first, after recording so (see the file comment). */
@@ -365,7 +367,8 @@ export class AuditLog {
     await this.flush().catch(() => undefined);
     if (this.retentionTimer !== undefined) clearInterval(this.retentionTimer);
     this.closed = true;
-    // A compression under way finishes (its original stays until the copy is complete anyway).
+    // A compression under way stops (its original stays; the next start compresses it again).
+    this.stopping.abort();
     await this.maintenance;
     await this.writer.close();
   }

@@ -318,9 +318,10 @@ async function syncDirectory(directory: string): Promise<void> {
  * Compresses a closed trail file to `<name>.gz` (sealed under `key` when given, whatever the
  * original was: a plaintext trail of a member that now encrypts is sealed this way), then removes
  * the original. Streams in bounded memory; zlib works off the event loop's thread. The result is
- * read back and compared record by record before the original goes.
+ * read back and compared record by record before the original goes. `signal` stops it early
+ * (the half-written copy is removed; the original stays).
  */
-export async function compressTrailFile(file: TrailFile, key: TrailKey | undefined): Promise<void> {
+export async function compressTrailFile(file: TrailFile, key: TrailKey | undefined, signal?: AbortSignal): Promise<void> {
   if (file.compressed) return;
   const target = `${file.path}${compressedSuffix}`;
   const temporary = `${target}.tmp`;
@@ -332,6 +333,8 @@ export async function compressTrailFile(file: TrailFile, key: TrailKey | undefin
     if (sealed !== undefined) await handle.write(sealed.header);
     async function* lines(): AsyncGenerator<Buffer> {
       for await (const record of readRecords(file, key)) {
+        // A member stopping does not wait for a long compression: the original stays, redone next start.
+        if (signal?.aborted === true) throw new Error(`${file.path}: compression stopped (the member is stopping)`);
         if (record.kind !== 'record') throw new Error(`${file.path}: not compressed, it does not read whole (${record.kind})`);
         yield Buffer.from(`${record.text}\n`, 'utf8');
       }

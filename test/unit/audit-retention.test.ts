@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
 import { readEventsAfter } from '../../src/audit/cursor.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { compressTrailFile, listTrailFiles, readRecords } from '../../src/audit/records.js';
+import { compressTrailFile, listTrailFiles, readRecords, type TrailFile } from '../../src/audit/records.js';
 import { sealedTrailHeaderBytes, type TrailKey } from '../../src/audit/sealed-trail.js';
 import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
@@ -189,6 +189,7 @@ describe('audit trail at rest', () => {
     for (let run = 0; run < 2; run++) {
       const log = await AuditLog.open(directory, 'abc', fail);
       await log.record({ action: 'Put', outcome: 'allowed' });
+      await log.settled();
       await log.close();
     }
     const files = await listTrailFiles(directory);
@@ -211,6 +212,17 @@ describe('audit trail at rest', () => {
     expect(names.filter((name) => name.endsWith('.tmp'))).toEqual([]);
     expect(names.filter((name) => name.endsWith('.jsonl.gz'))).toHaveLength(1);
     expect(await verifyAudit(directory, { key })).toMatchObject({ ok: true, files: 2, events: 4 });
+    // A member stopping aborts a compression: the original stays whole, no copy is left.
+    const plainDirectory = await newDirectory();
+    const plainLog = await AuditLog.open(plainDirectory, 'abc', fail);
+    await plainLog.record({ action: 'Put', outcome: 'allowed' });
+    await plainLog.close();
+    const [plainFile] = await listTrailFiles(plainDirectory);
+    const stopped = new AbortController();
+    stopped.abort();
+    await expect(compressTrailFile(plainFile as TrailFile, undefined, stopped.signal)).rejects.toThrow(/compression stopped \(the member is stopping\)/);
+    expect(await readdir(plainDirectory)).toEqual([plainFile?.name]);
+    expect(await verifyAudit(plainDirectory)).toMatchObject({ ok: true, events: 2 });
     // A damaged file is not compressed (it would hide where it was damaged).
     const damaged = await newDirectory();
     const broken = path.join(damaged, 'audit-2026-01-01T00-00-00-000Z.jsonl');
