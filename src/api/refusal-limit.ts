@@ -22,7 +22,7 @@ export interface UnrecordedRefusals {
   readonly count: number;
   /** Refusals per status name (at most refusalSummaryNamesMax names, the first seen). */
   readonly codes: ReadonlyMap<string, number>;
-  /** Distinct sources (address:port), at most refusalSummaryNamesMax. */
+  /** Distinct source addresses (without the port), at most refusalSummaryNamesMax. */
   readonly sources: readonly string[];
 }
 
@@ -55,7 +55,8 @@ export class RefusalLimiter {
     }
     this.count++;
     if (this.codes.has(refusal.code) || this.codes.size < refusalSummaryNamesMax) this.codes.set(refusal.code, (this.codes.get(refusal.code) ?? 0) + 1);
-    if (this.sources.size < refusalSummaryNamesMax) this.sources.add(refusal.peer);
+    // By address, not address:port: one client opening many connections must not fill the list and hide another source.
+    if (this.sources.size < refusalSummaryNamesMax) this.sources.add(refusal.peer.replace(/:\d+$/, ''));
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.summarise(), 1000);
       this.timer.unref();

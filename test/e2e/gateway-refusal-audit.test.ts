@@ -125,7 +125,7 @@ describe('gateway refusals in the audit trail', () => {
     const summarised = summaries.map((event) => Number(/^(\d+) refused requests/.exec(event.detail ?? '')?.[1]));
     console.log(`refusal flood: ${JSON.stringify({ flood, seconds: Math.round(elapsedSeconds * 10) / 10, oneByOne: oneByOne.length, summaries: summarised })}`);
     expect(summaries.length).toBeGreaterThan(0);
-    expect(summaries[0]?.detail).toMatch(/INVALID_ARGUMENT=\d+; sources 127\.0\.0\.1:\d+/);
+    expect(summaries[0]?.detail).toMatch(/INVALID_ARGUMENT=\d+; sources 127\.0\.0\.1(?![:\d])/);
     expect(oneByOne.length + summarised.reduce((total, count) => total + count, 0)).toBe(flood);
     expect(oneByOne.length + summaries.length).toBeLessThanOrEqual(refusalEventsBurst + Math.ceil((elapsedSeconds + 3) * refusalEventsPerSecond));
     // Still serving: a put over the gateway (auth is on since the test before: as root).

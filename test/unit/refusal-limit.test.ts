@@ -29,7 +29,7 @@ describe('refusal limit', () => {
     expect(summaries.length).toBeGreaterThanOrEqual(9);
     expect(recorded.length + summaries.reduce((total, summary) => total + summary.count, 0)).toBe(sent);
     expect([...(summaries[0]?.codes.keys() ?? [])].sort()).toEqual(['INVALID_ARGUMENT', 'RESOURCE_EXHAUSTED']);
-    expect([...(summaries[0]?.sources ?? [])].sort()).toEqual(['10.0.0.1:1', '10.0.0.2:2']);
+    expect([...(summaries[0]?.sources ?? [])].sort()).toEqual(['10.0.0.1', '10.0.0.2']);
     limiter.close();
   });
 
@@ -42,6 +42,19 @@ describe('refusal limit', () => {
       limiter.offer(refusal('10.0.0.1:1'));
     }
     expect(recorded).toBe(5000);
+    limiter.close();
+  });
+
+  it('names a second source in the summary however many connections a flooding source opens', () => {
+    let now = 0;
+    const summaries: UnrecordedRefusals[] = [];
+    const limiter = new RefusalLimiter({ record: () => undefined, recordUnrecorded: (summary) => summaries.push(summary), nowMs: () => now });
+    for (let port = 1; port <= refusalEventsBurst + 50; port++) limiter.offer(refusal(`10.0.0.1:${port}`));
+    limiter.offer(refusal('[2001:db8::7]:4242'));
+    now = 1000;
+    limiter.summarise(); // what the one-second timer does
+    expect(summaries).toHaveLength(1);
+    expect(summaries[0]?.sources).toEqual(['10.0.0.1', '[2001:db8::7]']);
     limiter.close();
   });
 });
