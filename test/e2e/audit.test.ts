@@ -125,7 +125,7 @@ describe('audit trail of a running member', () => {
       const granted = await call(client.lease, 'LeaseGrant', { TTL: 60, ID: 0 });
       await new Promise((resolve) => setTimeout(resolve, 100));
       const grant = (await trailEvents(path.join(server.dataDir, 'audit'))).find((event) => event.action === 'LeaseGrant');
-      expect(grant?.targets).toEqual([`lease:${BigInt(String(granted.ID)).toString(16)}`]);
+      expect(grant?.targets).toEqual([`lease:${BigInt(String(granted.ID)).toString(16).padStart(16, '0')}`]);
     } finally {
       client.close();
     }
