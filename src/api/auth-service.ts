@@ -60,7 +60,7 @@ export function serveAuth({ member, authenticator, who, unary }: ServiceKit): Re
     Authenticate: unary('Authenticate', async (request: { name: string; password: string }, call) => {
       authenticator.admit(call.peer);
       await member.readBarrier();
-      const token = await authenticator.authenticate(request.name, request.password, call.peer);
+      const token = await authenticator.authenticate(request.name, request.password, call.peer, call.certificate?.fingerprint256);
       return { ...header(), token };
     }),
     UserAdd: unary('UserAdd', async (request: { name: string; password: string; hashedPassword: string; options?: { no_password: boolean } | null }, call) => {

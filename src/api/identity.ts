@@ -110,20 +110,29 @@ export class Authenticator {
     }
   }
 
-  /** Checks a password (rate limited per user and source) and mints a token for the current revision. */
-  async authenticate(name: string, password: string, source: string): Promise<string> {
+  /**
+   * Checks a password (rate limited per user and source) and mints a token for the current revision.
+   * `certificateFingerprint`: the connection's verified client certificate, when it has one. The
+   * lockout then counts per (user, address, certificate): clients behind one address (a host, a NAT,
+   * a load balancer) hold different certificates, and one of them guessing a user's password must
+   * not lock that user out for all the others (seen: a certificate whose CN is no user locked out
+   * `auditor` from 127.0.0.1 with six wrong passwords). Certificates come only from the cluster CA,
+   * so they do not multiply guesses; the password-check queue stays per address.
+   */
+  async authenticate(name: string, password: string, source: string, certificateFingerprint?: string): Promise<string> {
     if (!this.auth.state.enabled) throw new RampartError('AuthNotEnabled');
     // No user has such a name (names are bounded where they are created): nothing to check or record.
     if (Buffer.byteLength(name) > loginNameBytesMax) throw new RampartError('AuthFailed');
     const address = source.replace(/:\d+$/, '');
-    if ((await this.gate.check(name, address)) > 0) throw new RampartError('TooManyRequests');
+    const guesser = certificateFingerprint === undefined ? address : `${address} cert:${certificateFingerprint.replace(/[^0-9A-Fa-f]/g, '').slice(0, 32)}`;
+    if ((await this.gate.check(name, guesser)) > 0) throw new RampartError('TooManyRequests');
     const user = this.auth.state.users.get(name);
     const ok = await this.bounded(address, () => verifyPassword(password, user === undefined || user.noPassword ? '' : user.passwordHash));
     if (!ok) {
-      await this.gate.failed(name, address, user !== undefined);
+      await this.gate.failed(name, guesser, user !== undefined);
       throw new RampartError('AuthFailed');
     }
-    await this.gate.succeeded(name, address);
+    await this.gate.succeeded(name, guesser);
     return this.currentSigner().sign({ user: name, revision: this.auth.state.revision });
   }
 
