@@ -159,7 +159,8 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       member.process = started;
       member.exitExpected = false;
       const log = createWriteStream(path.join(logDir, `${member.name}.log`), { flags: 'a' });
-      log.write(`--- ${stamp()} started pid ${started.child.pid}\n`);
+      // What it printed before it served (a joining member's snapshot install) is in memory only.
+      log.write(`--- ${stamp()} started pid ${started.child.pid}\n${started.output()}`);
       started.child.stdout?.pipe(log, { end: false });
       started.child.stderr?.pipe(log, { end: false });
       started.child.once('exit', (code, signal) => {
