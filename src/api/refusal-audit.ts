@@ -44,16 +44,19 @@ export function recordRefusal(audit: AuditLog, auth: AuthHolder, refusal: Transp
 }
 
 /**
- * The event for refusals the rate limit left out of the trail (refusal-limit.ts): how many, of
- * which codes, from which sources. Recorded whatever the audit policy says: a flood is never silent.
+ * The event for requests the rate limit left out of the trail (refusal-limit.ts): how many, of
+ * which codes, from which sources — `refusals` refused by a transport before any handler,
+ * `denials` denied to callers that are no user. Recorded whatever the audit policy says: a flood is
+ * never silent.
  */
-export function recordUnrecordedRefusals(audit: AuditLog, summary: UnrecordedRefusals): Promise<void> {
+export function recordUnrecordedRefusals(audit: AuditLog, summary: UnrecordedRefusals, kind: 'refusals' | 'denials' = 'refusals'): Promise<void> {
   const codes = [...summary.codes].map(([code, count]) => `${code}=${count}`).join(' ');
+  const what = kind === 'refusals' ? 'refused requests' : 'requests denied to callers that are no user';
   return audit.record({
-    action: 'refusals.unrecorded',
+    action: `${kind}.unrecorded`,
     targets: [],
     outcome: 'failed',
     code: 'RESOURCE_EXHAUSTED',
-    detail: `${summary.count} refused requests past ${refusalEventsPerSecond}/s not recorded one by one: ${codes}; sources ${summary.sources.join(' ')}`,
+    detail: `${summary.count} ${what} past ${refusalEventsPerSecond}/s not recorded one by one: ${codes}; sources ${summary.sources.join(' ')}`,
   });
 }

@@ -9,7 +9,12 @@
  *
  * Owns: the rate and the summary. Never: what an event says about one refusal.
  */
-import type { TransportRefusal } from './refusal-audit.js';
+/** What the limiter needs of a refused or denied request: its status name and its source. */
+export interface LimitedRequest {
+  readonly code: string;
+  /** The source as `address:port`; summaries name the address only. */
+  readonly peer: string;
+}
 
 /** Refusals recorded one by one before the rate applies. */
 export const refusalEventsBurst = 100;
@@ -26,13 +31,14 @@ export interface UnrecordedRefusals {
   readonly sources: readonly string[];
 }
 
-export interface RefusalLimiterOptions {
-  readonly record: (refusal: TransportRefusal) => void;
+export interface RefusalLimiterOptions<T extends LimitedRequest> {
+  /** Records one admitted by `offer` (callers of `admit` record it themselves). */
+  readonly record?: (refusal: T) => void;
   readonly recordUnrecorded: (summary: UnrecordedRefusals) => void;
   readonly nowMs?: () => number;
 }
 
-export class RefusalLimiter {
+export class RefusalLimiter<T extends LimitedRequest = LimitedRequest> {
   private tokens = refusalEventsBurst;
   private updatedMs: number;
   private count = 0;
@@ -41,18 +47,23 @@ export class RefusalLimiter {
   private timer: NodeJS.Timeout | undefined;
   private readonly nowMs: () => number;
 
-  constructor(private readonly options: RefusalLimiterOptions) {
+  constructor(private readonly options: RefusalLimiterOptions<T>) {
     this.nowMs = options.nowMs ?? Date.now;
     this.updatedMs = this.nowMs();
   }
 
   /** Records `refusal` now if the rate allows, or counts it for the next summary. */
-  readonly offer = (refusal: TransportRefusal): void => {
+  readonly offer = (refusal: T): void => {
+    if (this.admit(refusal)) this.options.record?.(refusal);
+  };
+
+  /**
+   * Whether `refusal` may be recorded one by one now (the caller then records it); otherwise it is
+   * counted for the next summary.
+   */
+  admit(refusal: LimitedRequest): boolean {
     // While some are left out, the next token goes to their summary, not to a newer refusal.
-    if (this.count === 0 && this.take()) {
-      this.options.record(refusal);
-      return;
-    }
+    if (this.count === 0 && this.take()) return true;
     this.count++;
     if (this.codes.has(refusal.code) || this.codes.size < refusalSummaryNamesMax) this.codes.set(refusal.code, (this.codes.get(refusal.code) ?? 0) + 1);
     // By address, not address:port: one client opening many connections must not fill the list and hide another source.
@@ -61,7 +72,8 @@ export class RefusalLimiter {
       this.timer = setInterval(() => this.summarise(), 1000);
       this.timer.unref();
     }
-  };
+    return false;
+  }
 
   /** Writes the summary of what was left out, if the rate allows one now (else at the next tick). */
   summarise(): void {

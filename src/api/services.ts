@@ -31,6 +31,8 @@ import { auditDecision, namePolicyInForce, valueRecorder } from './audit-decisio
 import { requestFieldsOf } from './audit-request.js';
 import { shippedAuditPolicy } from '../audit/policy.js';
 import { serveAuditPolicy } from './audit-policy-service.js';
+import { RefusalLimiter } from './refusal-limit.js';
+import { recordUnrecordedRefusals } from './refusal-audit.js';
 import { serveWatch } from './watch-service.js';
 import { serveSnapshot } from './snapshot-stream.js';
 import type { CallContext, DuplexRpc, DuplexStream, ResponseStream, Rpc, ServerStreamRpc, ServiceTable, UnaryRpc } from './rpc.js';
@@ -114,6 +116,16 @@ export function createServices(options: ServicesOptions): ServiceTable {
     return caller;
   };
   /**
+   * Denials to callers that are no user (a certificate bound to no user, no or a bad token) share
+   * the transport refusals' rate: any holder of a CA-signed certificate could otherwise write
+   * durable events as fast as it can send, and a full audit disk stops the member. Past the rate
+   * they are counted in a summary event; a user's own denials are always recorded one by one.
+   */
+  const trail = options.audit;
+  const unidentifiedDenials = trail === undefined ? undefined : new RefusalLimiter({
+    recordUnrecorded: (summary) => void recordUnrecordedRefusals(trail, summary, 'denials'),
+  });
+  /**
    * Records a call and its decision; resolves once the event is durable (a trail that cannot be
    * written rejects, after stopping the member through the trail's error handler).
    */
@@ -129,6 +141,8 @@ export function createServices(options: ServicesOptions): ServiceTable {
     const state = member.auth.state;
     const decision = auditDecision(state, { action, writes: action === 'Txn' && txnWrites(request as unknown as TxnRequest), user, outcome, ranges });
     if (decision.level === 'none') return Promise.resolve();
+    const unidentified = !password && (caller === undefined || caller.user === '');
+    if (unidentified && outcome !== 'allowed' && unidentifiedDenials?.admit({ code: statusName(code), peer: call.peer }) === false) return Promise.resolve();
     namePolicyInForce(options.audit, state);
     return options.audit.record({
       action,

@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
 import { createServices } from '../api/services.js';
-import { recordRefusal, recordUnrecordedRefusals } from '../api/refusal-audit.js';
+import { recordRefusal, recordUnrecordedRefusals, type TransportRefusal } from '../api/refusal-audit.js';
 import { RefusalLimiter } from '../api/refusal-limit.js';
 import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
@@ -501,7 +501,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     anonymousAllowed: flags.insecure,
   });
   // Requests gRPC or the gateway refuse before a handler: audited, one rate for both transports.
-  const refusals = audit === undefined ? undefined : new RefusalLimiter({
+  const refusals = audit === undefined ? undefined : new RefusalLimiter<TransportRefusal>({
     record: (refusal) => void recordRefusal(audit, member.auth, refusal),
     recordUnrecorded: (summary) => void recordUnrecordedRefusals(audit, summary),
   });

@@ -134,4 +134,36 @@ describe('gateway refusals in the audit trail', () => {
     const put = await httpCall({ port: server.port }, '/v3/kv/put', { body: JSON.stringify({ key: base64('after'), value: base64('flood') }), headers: { authorization: token } });
     expect(put.status).toBe(200);
   }, 60_000);
+  it('records a flood of denials to a caller that is no user at the same bounded rate, counting every one', async () => {
+    const before = (await trail()).length;
+    const agent = new Agent({ keepAlive: true, maxSockets: 8 });
+    const flood = 1500;
+    const send = (): Promise<number> => new Promise((resolve) => {
+      const request = httpRequest({ host: '127.0.0.1', port: server.port, path: '/v3/kv/range', method: 'POST', agent, headers: { 'content-type': 'application/json' } }, (response) => {
+        response.resume();
+        response.on('end', () => resolve(response.statusCode ?? 0));
+      });
+      request.on('error', () => resolve(0));
+      request.end(JSON.stringify({ key: base64('/registry/secrets/x') })); // no token: auth is on, so denied
+    });
+    const startedMs = Date.now();
+    const statuses: number[] = [];
+    let next = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (next++ < flood) statuses.push(await send());
+    }));
+    const elapsedSeconds = (Date.now() - startedMs) / 1000;
+    agent.destroy();
+    expect(statuses).toHaveLength(flood);
+    expect(statuses.filter((status) => status === 200)).toHaveLength(0);
+    await sleep(2500);
+    const added = (await trail()).slice(before);
+    const oneByOne = added.filter((event) => event.action === 'Range' && event.outcome !== 'allowed');
+    const summaries = added.filter((event) => event.action === 'denials.unrecorded');
+    const summarised = summaries.map((event) => Number(/^(\d+) requests denied to callers that are no user/.exec(event.detail ?? '')?.[1]));
+    console.log(`denial flood: ${JSON.stringify({ flood, seconds: Math.round(elapsedSeconds * 10) / 10, oneByOne: oneByOne.length, summaries: summarised })}`);
+    expect(summaries.length).toBeGreaterThan(0);
+    expect(oneByOne.length + summarised.reduce((total, count) => total + count, 0)).toBe(flood);
+    expect(oneByOne.length + summaries.length).toBeLessThanOrEqual(100 + Math.ceil((elapsedSeconds + 3) * refusalEventsPerSecond));
+  }, 60_000);
 });

@@ -10,7 +10,7 @@ describe('refusal limit', () => {
     let now = 0;
     const recorded: TransportRefusal[] = [];
     const summaries: UnrecordedRefusals[] = [];
-    const limiter = new RefusalLimiter({ record: (entry) => recorded.push(entry), recordUnrecorded: (summary) => summaries.push(summary), nowMs: () => now });
+    const limiter = new RefusalLimiter<TransportRefusal>({ record: (entry) => recorded.push(entry), recordUnrecorded: (summary) => summaries.push(summary), nowMs: () => now });
     let sent = 0;
     // A flood of 1,000 a second for 10 seconds from two sources.
     for (let second = 0; second < 10; second++) {
