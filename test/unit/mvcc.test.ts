@@ -3,6 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RampartError } from '../../src/errors.js';
 import { MvccStore, type BatchOperation } from '../../src/storage/mvcc/store.js';
 import { prefixRangeEnd } from '../../src/storage/mvcc/range.js';
+import { prefix, prefixEnd } from '../../src/storage/schema.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
 const key = (text: string): Buffer => Buffer.from(text);
@@ -102,6 +103,32 @@ describe('MvccStore', () => {
     expect(reopened.currentRevision).toBe(5);
     expect(reopened.compactRevision).toBe(3);
     expect(reopened.range(single('a'), { revision: 3 }).kvs[0]).toMatchObject({ lease: 7n, version: 2 });
+  });
+
+  it('deletes compacted records only once the apply write holding them has landed', async () => {
+    // A member answers once a batch is applied in memory and writes it to LevelDB afterwards; a
+    // compaction applied in that same batch must not delete its records before they land, or the
+    // write puts them back: records the index no longer has, a HashKV that differs from the other
+    // members' (seen in the soak) until the next start compacts them again.
+    await write((t) => t.put(key('a'), key('1'), 0n));
+    const batch: BatchOperation[] = [];
+    const put = store.beginWrite();
+    put.put(key('a'), key('2'), 0n);
+    put.commit();
+    batch.push(...put.batch);
+    const remove = store.beginWrite();
+    remove.deleteRange(single('a'));
+    const revision = remove.commit();
+    batch.push(...remove.batch);
+    store.compact(revision, batch);
+    await new Promise((resolve) => setTimeout(resolve, 50)); // the apply write is still on its way
+    await db.batch(batch);
+    store.markFlushed(batch, revision);
+    await store.whenCompacted();
+    const left: Buffer[] = [];
+    for await (const stored of db.keys({ gte: Buffer.of(prefix.keyValue), lt: prefixEnd(prefix.keyValue) })) left.push(stored);
+    expect(left).toEqual([]);
+    expect(store.range(all).kvs).toEqual([]);
   });
 
   it('reports history in revision order with previous values', async () => {

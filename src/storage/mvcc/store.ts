@@ -378,6 +378,9 @@ export class MvccStore {
     const previous = this.compactionRunning;
     this.compactionRunning = (async () => {
       await previous;
+      // The apply batch that scheduled this compaction (and holds some of the records it removes)
+      // may still be on its way to the database: deleting first would let that write put them back.
+      await this.whenFlushed(revision);
       for (let start = 0; start < removed.length; start += compactionBatchRecordsMax) {
         const chunk = removed.slice(start, start + compactionBatchRecordsMax);
         await this.db.batch(chunk.map((key) => ({ type: 'del' as const, key })));
