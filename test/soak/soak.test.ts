@@ -17,7 +17,8 @@
  * - the KV history is linearizable (which also means no acknowledged write is lost);
  * - leases: no lease whose keep-alive was acknowledged is gone (its key absent, or a keep-alive
  *   answered "not found") before the acknowledged TTL, counted from when that keep-alive was sent;
- * - locks and elections: two holders never overlap while the earlier holder's lease is covered;
+ * - locks and elections: two holders never overlap while the earlier holder's lease is covered
+ *   (holds.ts; an answer that arrives after its own lease's coverage ended is no hold);
  * - watch: a watcher resuming across failures gets every acknowledged put once, in order
  *   (except revisions compacted before it could resume, which etcd reports);
  * - no member exits unless the nemesis killed it or filled its disk;
@@ -36,6 +37,7 @@ import { FaultProxy, PeerNetwork } from '../helpers/fault-proxy.js';
 import { checkHistory, type Operation } from '../helpers/linearizability.js';
 import { freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
 import { drainDisk, fillDisk, mountSmallDisk, prepareSlowDisk, setFsyncDelay, unmountSmallDisk, type SlowDisk } from './disk-faults.js';
+import { emptyHolds, overlappingHolds, type Hold } from './holds.js';
 import { KeptLease } from './kept-lease.js';
 import { SoakWatcher, type AcknowledgedPut } from './watch-check.js';
 
@@ -71,12 +73,6 @@ interface SoakMember {
   paused: boolean;
   /** The nemesis is about to stop it (kill, restart-all) or may make it stop (disk-full). */
   exitExpected: boolean;
-}
-
-interface Hold {
-  readonly worker: number;
-  readonly acquired: number;
-  readonly end: number;
 }
 
 function withDeadline<T>(promise: Promise<T>, ms = requestDeadlineMs): Promise<T> {
@@ -128,9 +124,10 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const event = (text: string): void => {
       events.push({ ms: now(), text });
     };
-    const anomalies: { ms: number; text: string }[] = [];
-    const anomaly = (text: string): void => {
-      anomalies.push({ ms: now(), text });
+    /** `ms`: when it happened (the faults before it are shown), which a check at the end finds later. */
+    const anomalies: { ms: number; detectedMs: number; text: string }[] = [];
+    const anomaly = (text: string, happenedMs: number = now()): void => {
+      anomalies.push({ ms: happenedMs, detectedMs: now(), text });
       phase(`ANOMALY ${text.split('\n')[0] ?? ''}`);
     };
 
@@ -198,6 +195,11 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const clients: RawClient[] = members.map((member) => connect(`127.0.0.1:${member.port}`, channelOptions));
     let rotation = 0;
     const anyClient = (): RawClient => clients[rotation++ % clients.length] as RawClient;
+    /** The next client in the rotation and the member it talks to (for the holds' report). */
+    const anyMember = (): { client: RawClient; name: string } => {
+      const index = rotation++ % clients.length;
+      return { client: clients[index] as RawClient, name: members[index]?.name ?? '?' };
+    };
 
     const kvWorker = async (workerIndex: number): Promise<void> => {
       let memberIndex = workerIndex % members.length;
@@ -261,7 +263,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
             const returnMs = now();
             const kv = (response.kvs as { value: Buffer }[])[0];
             if (kv === undefined || kv.value.toString() !== lease.id) {
-              if (returnMs < lease.coveredUntil) anomaly(`lease ${lease.id}: key ${key} gone at ${at(returnMs)} though keep-alives cover it until ${at(lease.coveredUntil)} (${lease.acknowledged} keep-alives acknowledged)`);
+              if (returnMs < lease.coveredUntil) anomaly(`lease ${lease.id}: key ${key} gone at ${at(returnMs)} though keep-alives cover it until ${at(lease.coveredUntil)} (${lease.acknowledged} keep-alives acknowledged)`, returnMs);
               lease.stop();
             }
           } catch {
@@ -282,23 +284,30 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         if (lease === undefined) return;
         const who = `${kind}${workerIndex}`;
         try {
+          const via = anyMember();
+          const asked = now();
+          // What a report needs to tell a server fault from a late answer: the lease and its coverage, the key, who answered.
+          const detail = (key: string, end: number): string => `lease ${lease.id} covered until ${at(lease.coveredUntil)}, key ${key}, asked ${at(asked)} via ${via.name}, ended ${at(end)}`;
           if (kind === 'lock') {
-            const locked = await track(who, 'lock', withDeadline(call(anyClient().lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000));
+            const locked = await track(who, 'lock', withDeadline(call(via.client.lock, 'Lock', { name: Buffer.from('soak-lock'), lease: lease.id }), 8000));
             const acquired = now();
             counts.locks += 1;
             await sleep(100 + Math.random() * 300);
             // Held until the unlock was asked, or until the lease was no longer guaranteed.
-            lockHolds.push({ worker: workerIndex, acquired, end: Math.min(now(), lease.coveredUntil) });
+            const end = Math.min(now(), lease.coveredUntil);
+            lockHolds.push({ worker: workerIndex, acquired, end, detail: detail(Buffer.from(locked.key as Buffer).toString(), end) });
             await track(who, 'unlock', withDeadline(call(anyClient().lock, 'Unlock', { key: locked.key }))).catch(() => undefined);
           } else {
-            const campaigned = await track(who, 'campaign', withDeadline(call(anyClient().election, 'Campaign', { name: Buffer.from('soak-election'), lease: lease.id, value: Buffer.from(`w${workerIndex}`) }), 8000));
+            const campaigned = await track(who, 'campaign', withDeadline(call(via.client.election, 'Campaign', { name: Buffer.from('soak-election'), lease: lease.id, value: Buffer.from(`w${workerIndex}`) }), 8000));
             const acquired = now();
             counts.elections += 1;
             await sleep(50 + Math.random() * 150);
             const proclaimed = await track(who, 'proclaim', withDeadline(call(anyClient().election, 'Proclaim', { leader: campaigned.leader, value: Buffer.from(`w${workerIndex}-proclaimed`) }))).then(() => true, () => false);
             if (proclaimed) counts.proclaims += 1;
             await sleep(50 + Math.random() * 150);
-            electionHolds.push({ worker: workerIndex, acquired, end: Math.min(now(), lease.coveredUntil) });
+            const end = Math.min(now(), lease.coveredUntil);
+            const leader = campaigned.leader as { key: Buffer; rev: string };
+            electionHolds.push({ worker: workerIndex, acquired, end, detail: detail(`${Buffer.from(leader.key).toString()} (created at ${leader.rev})`, end) });
             await track(who, 'resign', withDeadline(call(anyClient().election, 'Resign', { leader: campaigned.leader }))).catch(() => undefined);
           }
         } catch {
@@ -468,14 +477,12 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     };
 
     const overlaps = (kind: string, holds: Hold[]): void => {
-      holds.sort((a, b) => a.acquired - b.acquired);
-      for (let index = 1; index < holds.length; index++) {
-        const previous = holds[index - 1];
-        const current = holds[index];
-        if (previous !== undefined && current !== undefined && current.worker !== previous.worker && current.acquired < previous.end) {
-          anomaly(`${kind}: worker ${current.worker} acquired at ${at(current.acquired)} while worker ${previous.worker} held it (acquired ${at(previous.acquired)}, held until ${at(previous.end)})`);
-        }
+      for (const { current, previous } of overlappingHolds(holds)) {
+        anomaly(`${kind}: worker ${current.worker} acquired at ${at(current.acquired)} while worker ${previous.worker} held it (acquired ${at(previous.acquired)}, held until ${at(previous.end)})\n  worker ${current.worker}: ${current.detail}\n  worker ${previous.worker}: ${previous.detail}`, current.acquired);
       }
+      // Not a hold: the answer came after the lease's coverage ended (a successor may be elected meanwhile).
+      const late = emptyHolds(holds);
+      if (late.length > 0) phase(`${kind}: ${late.length} answers arrived after their lease's coverage ended (no hold): ${late.slice(0, 5).map((hold) => `worker ${hold.worker} at ${at(hold.acquired)} (${hold.detail})`).join('; ')}`);
     };
 
     try {
@@ -563,8 +570,10 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       if (anomalies.length > 0) {
         await writeFile(path.join(logDir, 'history.json'), JSON.stringify(history.map((operation) => ({ ...operation, returnMs: Number.isFinite(operation.returnMs) ? operation.returnMs : null }))));
         const report = anomalies.map((found) => {
+          // Around when it happened, not when a check at the end found it.
           const before = events.filter((entry) => entry.ms <= found.ms && entry.ms > found.ms - 15_000).map((entry) => `    ${at(entry.ms)} ${entry.text}`);
-          return `${at(found.ms)} ${found.text}\n  faults in the 15 s before:\n${before.join('\n') || '    none'}`;
+          const foundLater = found.detectedMs - found.ms > 1000 ? ` (found at ${at(found.detectedMs)})` : '';
+          return `${at(found.ms)}${foundLater} ${found.text}\n  faults in the 15 s before ${at(found.ms)}:\n${before.join('\n') || '    none'}`;
         });
         console.log(`anomalies:\n${report.join('\n')}\nmember logs and history.json kept in ${logDir}`);
       } else {
