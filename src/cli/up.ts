@@ -5,14 +5,16 @@
  * member serves, and prints the etcdctl line to use. Running it again reuses what exists.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
 import { PolicyConnection } from './policy.js';
 import { FileKekProvider } from '../encryption/kek-file.js';
+import { crlFileName, freshRevocationList } from '../pki/revocation.js';
 import { type CertificateKind, caValidityDays, createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
 
 export interface UpOptions {
@@ -106,6 +108,8 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
   const { created, authority } = await initAuthority(pki, cluster.token);
   print(created ? `created a cluster CA in ${path.join(pki, 'ca')} (keep that directory offline in production)` : `using the cluster CA in ${path.join(pki, 'ca')}`);
   await issueOnce(authority, pki, 'admin', 'client', 'root');
+  // The CA's CRL (number 1 on a new cluster, as `init` bundles ship it), handed to every member below.
+  const crl = await freshRevocationList(pki);
   const initialCluster = cluster.members.map((member) => `${member.name}=https://127.0.0.1:${member.peerPort}`).join(',');
   const endpoints = cluster.members.map((member) => `https://127.0.0.1:${member.clientPort}`);
   // Members started by this run: one that exits while the cluster forms (a port in use, a bad data
@@ -119,6 +123,12 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     // The key each member signs its audit checkpoints with (issue 12): the CA vouches for it offline.
     await issueOnce(authority, home, 'audit', 'audit', member.name);
     await writeFile(path.join(home, 'ca.crt'), authority.certificatePem);
+    const memberCrl = path.join(home, crlFileName);
+    if (crl.written || !existsSync(memberCrl)) {
+      // Replaced whole (a running member reloads it): never a half-written CRL to read.
+      await copyFile(crl.file, `${memberCrl}.tmp`);
+      await rename(`${memberCrl}.tmp`, memberCrl);
+    }
     // Each member's key-encryption key sits beside its data directory, not in it.
     const keyFile = path.join(home, 'encryption.key');
     if (options.encryption) await FileKekProvider.ensure(keyFile);

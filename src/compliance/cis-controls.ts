@@ -87,12 +87,20 @@ export function cisControls(facts: ComplianceFacts): ControlResult[] {
     return { id: 'CIS-2.7', title, status: worst(findings.map((finding) => finding.status)), evidence: findings.map((finding) => finding.line), fix };
   };
 
-  const permissions = facts.dataDirectories.map((directory): Finding => {
-    if ('unavailable' in directory.stat) return { status: 'skip', line: `${directory.member}: ${directory.stat.unavailable}` };
+  // The directory, and every file and directory in it: keys (audit/trail-key), sealed trails and
+  // LevelDB files that group or others may read fail too, even under a 700 directory (the next
+  // chmod of the directory, or a copy of the tree, exposes them as they are).
+  const permissions = facts.dataDirectories.flatMap((directory): Finding[] => {
+    if ('unavailable' in directory.stat) return [{ status: 'skip', line: `${directory.member}: ${directory.stat.unavailable}` }];
     const mode = directory.stat.value.mode.toString(8).padStart(3, '0');
-    if ((directory.stat.value.mode & 0o077) !== 0) return { status: 'fail', line: `${directory.member} ${directory.directory}: mode ${mode}, group or others may access it` };
-    if (directory.looseEntries.length > 0) return { status: 'warn', line: `${directory.member} ${directory.directory}: mode ${mode}, but inside it group or others may access ${directory.looseEntries.join(', ')}` };
-    return { status: 'pass', line: `${directory.member} ${directory.directory}: mode ${mode}` };
+    const findings: Finding[] = [(directory.stat.value.mode & 0o077) !== 0
+      ? { status: 'fail', line: `${directory.member} ${directory.directory}: mode ${mode}, group or others may access it` }
+      : { status: 'pass', line: `${directory.member} ${directory.directory}: mode ${mode}` }];
+    if (directory.looseEntriesTotal > 0) {
+      const more = directory.looseEntriesTotal - directory.looseEntries.length;
+      findings.push({ status: 'fail', line: `${directory.member} ${directory.directory}: group or others may access ${directory.looseEntriesTotal} entries inside it: ${directory.looseEntries.join(', ')}${more > 0 ? ` and ${more} more` : ''}` });
+    }
+    return findings;
   });
   const ownership = facts.dataDirectories.map((directory): Finding => {
     if ('unavailable' in directory.stat) return { status: 'skip', line: `${directory.member}: ${directory.stat.unavailable}` };
@@ -121,7 +129,7 @@ export function cisControls(facts: ComplianceFacts): ControlResult[] {
       'serve a peer certificate issued by the cluster CA (`rampart cert issue peer NAME`), never a self-signed one', noEndpoints(facts, 'peer')),
     uniqueCa(),
     result('CIS-1.1.11', 'Ensure that the etcd data directory permissions are set to 700 or more restrictive', permissions,
-      'chmod 700 DATA-DIR (and chmod -R go-rwx DATA-DIR for anything inside); members refuse to start on a directory others may access', noDirectories),
+      'chmod -R go-rwx DATA-DIR (the directory 700, everything inside it open to its owner only); members refuse to start on a directory others may access', noDirectories),
     result('CIS-1.1.12', 'Ensure that the etcd data directory ownership is set to etcd:etcd', ownership,
       'chown -R USER:GROUP DATA-DIR with the user the member runs as (the systemd unit\'s `rampart` user; in Rampart the member\'s user plays etcd:etcd\'s part)', noDirectories),
   ];

@@ -84,8 +84,10 @@ export interface DataDirectoryFacts {
   readonly directory: string;
   /** Mode bits (0o777 part) and owner of the directory. */
   readonly stat: Observed<{ readonly mode: number } & FileOwner>;
-  /** Entries inside that group or others may access (bounded list). */
+  /** Entries inside that group or others may access (the first few, with their modes)... */
   readonly looseEntries: readonly string[];
+  /** ...and how many there are (within the bounded walk). */
+  readonly looseEntriesTotal: number;
   /** Whom the directory should belong to: the member's process user, or the one given. */
   readonly expectedOwner: Observed<{ readonly user: string; readonly uid: number; readonly source: string }>;
 }

@@ -40,9 +40,13 @@ export async function processUid(pid: number): Promise<Observed<number>> {
   return uid === undefined ? unavailable(`process ${pid} is not running (or /proc is not readable)`) : observed(Number(uid));
 }
 
-/** Entries under `directory` that group or others may access (mode & 0o077), depth first, bounded. */
-async function looseEntries(directory: string): Promise<string[]> {
+/**
+ * Entries under `directory` that group or others may access (mode & 0o077: what `chmod -R o+r` or
+ * a copy made with a loose umask leaves), depth first, bounded: the first ones and how many.
+ */
+async function looseEntries(directory: string): Promise<{ reported: string[]; total: number }> {
   const loose: string[] = [];
+  let total = 0;
   const pending = [directory];
   let seen = 0;
   while (pending.length > 0 && seen < dataDirectoryEntriesMax) {
@@ -53,11 +57,14 @@ async function looseEntries(directory: string): Promise<string[]> {
       const entry = path.join(current, name);
       const info = await lstat(entry).catch(() => undefined);
       if (info === undefined || info.isSymbolicLink()) continue;
-      if ((info.mode & 0o077) !== 0 && loose.length < looseEntriesReportedMax) loose.push(`${entry} (${(info.mode & 0o777).toString(8).padStart(3, '0')})`);
+      if ((info.mode & 0o077) !== 0) {
+        total += 1;
+        if (loose.length < looseEntriesReportedMax) loose.push(`${entry} (${(info.mode & 0o777).toString(8).padStart(3, '0')})`);
+      }
       if (info.isDirectory()) pending.push(entry);
     }
   }
-  return loose;
+  return { reported: loose, total };
 }
 
 export interface ExpectedOwner {
@@ -70,9 +77,10 @@ export async function inspectDataDirectory(member: string, directory: string, ex
   const names = await accountNames();
   const info = await lstat(directory).catch((error: NodeJS.ErrnoException) => error);
   if (info instanceof Error) {
-    return { member, directory, stat: unavailable(`cannot read ${directory}: ${info.code ?? info.message}`), looseEntries: [], expectedOwner };
+    return { member, directory, stat: unavailable(`cannot read ${directory}: ${info.code ?? info.message}`), looseEntries: [], looseEntriesTotal: 0, expectedOwner };
   }
-  if (!info.isDirectory()) return { member, directory, stat: unavailable(`${directory} is not a directory`), looseEntries: [], expectedOwner };
+  if (!info.isDirectory()) return { member, directory, stat: unavailable(`${directory} is not a directory`), looseEntries: [], looseEntriesTotal: 0, expectedOwner };
   const owner: FileOwner = { uid: info.uid, gid: info.gid, user: names.user(info.uid), group: names.group(info.gid) };
-  return { member, directory, stat: observed({ mode: info.mode & 0o777, ...owner }), looseEntries: await looseEntries(directory), expectedOwner };
+  const loose = await looseEntries(directory);
+  return { member, directory, stat: observed({ mode: info.mode & 0o777, ...owner }), looseEntries: loose.reported, looseEntriesTotal: loose.total, expectedOwner };
 }

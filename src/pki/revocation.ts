@@ -96,6 +96,19 @@ export async function writeRevocationList(pkiDirectory: string): Promise<string>
   return crlFile;
 }
 
+/**
+ * The PKI directory's CRL, signed anew (same revoked list, next number) when there is none yet or
+ * when less than half of its validity is left: a local cluster's members enforce the CA's CRL
+ * from their first start, and a cluster started again weeks later does not serve a stale one.
+ * Returns the CRL file and whether it was written.
+ */
+export async function freshRevocationList(pkiDirectory: string): Promise<{ file: string; written: boolean }> {
+  const file = path.join(pkiDirectory, crlFileName);
+  const nextUpdateMs = await readFile(file, 'utf8').then((text) => new x509.X509Crl(text).nextUpdate?.getTime() ?? 0, () => 0);
+  if (nextUpdateMs - Date.now() > crlValidityMs / 2) return { file, written: false };
+  return { file: await writeRevocationList(pkiDirectory), written: true };
+}
+
 /** Revokes the certificate in `certificateFile` and rewrites the CRL in the PKI directory. */
 export async function revoke(pkiDirectory: string, certificateFile: string): Promise<{ serialNumber: string; crlFile: string }> {
   const certificate = new NodeX509Certificate(await readFile(certificateFile));

@@ -7,10 +7,11 @@
  * member file, the manifest or the signature refused, naming it. Then one member started with
  * --client-cert-auth false: CIS-2.2 fails from what its listener does.
  */
-import { chmod, cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { rampartCli, startUpCluster, type UpCluster } from '../helpers/up-cluster.js';
 import { startTlsMember } from '../helpers/tls-member.js';
 
 interface Control {
@@ -20,36 +21,36 @@ interface Control {
   fix: string;
 }
 
+/** `rampart compliance check --dir HOME --output json`: its exit status, controls and stderr. */
+async function checkCluster(home: string, extra: readonly string[] = []): Promise<{ code: number; controls: Control[]; stderr: string }> {
+  const result = await rampartCli(['compliance', 'check', '--dir', home, '--output', 'json', ...extra]);
+  const controls = result.stdout === '' ? [] : (JSON.parse(result.stdout) as { controls: Control[] }).controls;
+  return { code: result.code, controls, stderr: result.stderr };
+}
+
+function control(controls: readonly Control[], id: string): Control {
+  const found = controls.find((candidate) => candidate.id === id);
+  if (found === undefined) throw new Error(`no control ${id}`);
+  return found;
+}
+
 describe('rampart compliance', () => {
+  let cluster: UpCluster;
   let home: string;
   let base: number;
-  const rampart = (args: string[]) => run(process.execPath, [rampartBin, ...args], { timeoutMs: 60_000 });
-  const pki = (): string => path.join(home, 'pki');
-  const etcdctl = (args: string[]) => run('etcdctl', ['--endpoints', `https://127.0.0.1:${base}`, '--cacert', path.join(pki(), 'ca.crt'), '--cert', path.join(pki(), 'admin.crt'), '--key', path.join(pki(), 'admin.key'), '--command-timeout=5s', ...args], { env: cleanEnvironment() });
-  const check = async (extra: string[] = []): Promise<{ code: number; controls: Control[]; stderr: string }> => {
-    const result = await rampart(['compliance', 'check', '--dir', home, '--output', 'json', ...extra]);
-    const controls = result.stdout === '' ? [] : (JSON.parse(result.stdout) as { controls: Control[] }).controls;
-    return { code: result.code, controls, stderr: result.stderr };
-  };
-  const control = (controls: Control[], id: string): Control => {
-    const found = controls.find((candidate) => candidate.id === id);
-    if (found === undefined) throw new Error(`no control ${id}`);
-    return found;
-  };
+  const rampart = rampartCli;
+  const pki = (): string => cluster.pki;
+  const etcdctl = (args: string[]) => cluster.etcdctl(args);
+  const check = (extra: string[] = []) => checkCluster(home, extra);
 
   beforeAll(async () => {
-    home = path.join(await temporaryDirectory('compliance'), 'cluster');
-    base = await freeBasePort();
-    const result = await rampart(['up', '--dir', home, '--size', '3', '--base-port', String(base)]);
-    expect(result.code, result.stderr).toBe(0);
+    cluster = await startUpCluster('compliance', 3);
+    ({ home, base } = cluster);
     expect((await etcdctl(['put', '/compliance/k', 'v'])).code).toBe(0);
   }, 90_000);
 
   afterAll(async () => {
-    if (home !== undefined) {
-      await rampart(['down', '--dir', home]);
-      await removeDirectory(path.dirname(home));
-    }
+    await cluster?.down();
   }, 30_000);
 
   it('passes on a default rampart up cluster, in every format', async () => {
@@ -65,8 +66,10 @@ describe('rampart compliance', () => {
       'CIS-2.1', 'CIS-2.2', 'CIS-2.3', 'CIS-2.4', 'CIS-2.5', 'CIS-2.6', 'CIS-2.7', 'CIS-1.1.11', 'CIS-1.1.12',
       'RAMPART-AUTH', 'RAMPART-ROOT-CERT', 'RAMPART-ENCRYPTION', 'RAMPART-AUDIT', 'RAMPART-AUDIT-POLICY', 'RAMPART-AUDIT-VERIFY', 'RAMPART-CERT-EXPIRY', 'RAMPART-CRL', 'RAMPART-NO-PLAINTEXT',
     ]);
-    // Everything that can be seen here passes; the only warning is the CRL no revoke has written yet.
-    for (const entry of result.controls) expect(entry.status, `${entry.id}: ${entry.evidence.join('; ')}`).toBe(entry.id === 'RAMPART-CRL' ? 'warn' : 'pass');
+    // Everything passes, with no warning: `up` wrote the CA's first CRL and every member enforces it.
+    for (const entry of result.controls) expect(entry.status, `${entry.id}: ${entry.evidence.join('; ')}`).toBe('pass');
+    const crl = control(result.controls, 'RAMPART-CRL').evidence;
+    expect(crl.filter((line) => /^m\d .*CRL number 1, 0 revoked, .*; the member enforces number 1$/.test(line)), crl.join('\n')).toHaveLength(3);
     // Live evidence: every member's client and peer listener refused a TLS client without a certificate.
     expect(control(result.controls, 'CIS-2.2').evidence.filter((line) => line.includes('was refused'))).toHaveLength(3);
     expect(control(result.controls, 'CIS-2.5').evidence.filter((line) => line.includes('was refused'))).toHaveLength(3);
@@ -75,7 +78,7 @@ describe('rampart compliance', () => {
     const table = await rampart(['compliance', 'check', '--dir', home]);
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/^PASS {2}CIS-2\.1 +Ensure that the --cert-file and --key-file arguments are set as appropriate$/m);
-    expect(table.stdout).toMatch(/^18 controls: 17 pass, 0 fail, 1 warn, 0 skip$/m);
+    expect(table.stdout).toMatch(/^18 controls: 18 pass, 0 fail, 0 warn, 0 skip$/m);
     const junit = await rampart(['compliance', 'check', '--dir', home, '--output', 'junit']);
     expect(junit.code).toBe(0);
     expect(junit.stdout).toContain('<testsuites name="rampart compliance check" tests="18" failures="0" skipped="0">');
@@ -167,22 +170,43 @@ describe('rampart compliance', () => {
     expect(again.stderr).toMatch(/exists/);
   }, 90_000);
 
-  it('fails CIS-1.1.11, naming the member and mode, on a world-readable data directory', async () => {
+  it('fails CIS-1.1.11, naming the member and every path, on a data directory made world-readable', async () => {
     const data = path.join(home, 'm2', 'data');
-    await chmod(data, 0o755);
+    const trailFile = (await readdir(path.join(data, 'audit'))).find((name) => name.startsWith('audit-'));
+    const levelFile = (await readdir(path.join(data, 'db'))).find((name) => name.startsWith('MANIFEST-'));
+    if (trailFile === undefined || levelFile === undefined) throw new Error('no trail or LevelDB file in m2');
+    const exposed = [path.join(data, 'audit', 'trail-key'), path.join(data, 'audit', trailFile), path.join(data, 'db', levelFile)];
+    // What an operator does: chmod -R o+r (the directory 704, every file in it 604).
+    expect((await run('chmod', ['-R', 'o+r', data])).code).toBe(0);
     try {
       const result = await check();
       expect(result.code).toBe(1);
       const permissions = control(result.controls, 'CIS-1.1.11');
       expect(permissions.status).toBe('fail');
-      expect(permissions.evidence).toContain(`m2 ${data}: mode 755, group or others may access it`);
-      expect(permissions.fix).toMatch(/chmod 700/);
+      expect(permissions.evidence).toContain(`m2 ${data}: mode 704, group or others may access it`);
+      const inside = permissions.evidence.find((line) => line.startsWith(`m2 ${data}: group or others may access `)) ?? '';
+      for (const file of exposed) expect(inside).toContain(`${file} (604)`);
+      expect(permissions.fix).toMatch(/chmod -R go-rwx/);
       const table = await rampart(['compliance', 'check', '--dir', home]);
       expect(table.code).toBe(1);
       expect(table.stdout).toMatch(/^FAIL {2}CIS-1\.1\.11 +Ensure that the etcd data directory permissions are set to 700 or more restrictive$/m);
     } finally {
-      await chmod(data, 0o700);
+      expect((await run('chmod', ['-R', 'o-r', data])).code).toBe(0);
     }
+    // The directory kept 700, but a key, a sealed trail file and a LevelDB file made 0644: still a failure, each named.
+    for (const file of exposed) await chmod(file, 0o644);
+    try {
+      const result = await check();
+      expect(result.code).toBe(1);
+      const permissions = control(result.controls, 'CIS-1.1.11');
+      expect(permissions.status).toBe('fail');
+      expect(permissions.evidence).toContain(`m2 ${data}: mode 700`);
+      const inside = permissions.evidence.find((line) => line.startsWith(`m2 ${data}: group or others may access 3 entries inside it: `)) ?? '';
+      for (const file of exposed) expect(inside).toContain(`${file} (644)`);
+    } finally {
+      for (const file of exposed) await chmod(file, 0o600);
+    }
+    expect(control((await check()).controls, 'CIS-1.1.11').status).toBe('pass');
   }, 60_000);
 
   it('fails RAMPART-CERT-EXPIRY, naming the listener, when a member serves a certificate near expiry', async () => {
@@ -238,4 +262,25 @@ describe('rampart compliance check on a member that takes clients without a cert
     expect(unreachable.stderr).toMatch(/^rampart: compliance: the cluster could not be checked: MemberList failed/m);
     await removeDirectory(kept);
   }, 60_000);
+});
+
+describe('rampart compliance check on a cluster started with rampart up --no-auth', () => {
+  it('fails RAMPART-AUTH, naming it, with exit status 1', async () => {
+    const cluster = await startUpCluster('compliance-no-auth', 1, ['--no-auth']);
+    try {
+      const result = await checkCluster(cluster.home);
+      expect(result.code, result.stderr).toBe(1);
+      const auth = control(result.controls, 'RAMPART-AUTH');
+      expect(auth.status).toBe('fail');
+      expect(auth.evidence.join('\n')).toMatch(/^auth is DISABLED \(auth revision \d+\): every certificate holder may read and write every key$/m);
+      expect(auth.evidence).toContain('m1 metrics: rampart_auth_enabled 0');
+      // The failure is auth's alone: the listeners, files, encryption and audit of the same cluster pass.
+      expect(result.controls.filter((entry) => entry.status === 'fail').map((entry) => entry.id)).toEqual(['RAMPART-AUTH']);
+      const table = await rampartCli(['compliance', 'check', '--dir', cluster.home]);
+      expect(table.code).toBe(1);
+      expect(table.stdout).toMatch(/^FAIL {2}RAMPART-AUTH +Authentication and RBAC are enabled$/m);
+    } finally {
+      await cluster.down();
+    }
+  }, 90_000);
 });

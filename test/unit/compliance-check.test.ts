@@ -82,7 +82,7 @@ describe('controls', () => {
       encryption: observed([{ member: 'm1', encrypted: true, provider: 'file', providerReachable: true, kekId: 'k', activeDek: 1, percentResealed: 100 }]),
       checkpoints: observed([{ member: 'abc', count: 3, signed: 3, latestTime: new Date().toISOString() }]),
       auditPolicy: observed({ json: shippedAuditPolicy(), digest: auditPolicyDigest(shippedAuditPolicy()), shippedDefault: true, hmacKey: true }),
-      dataDirectories: [{ member: 'm1', directory: '/data', stat: observed({ mode: 0o700, uid: 10, gid: 10, user: 'rampart', group: 'rampart' }), looseEntries: [], expectedOwner: observed({ user: 'rampart', uid: 10, source: 'test' }) }],
+      dataDirectories: [{ member: 'm1', directory: '/data', stat: observed({ mode: 0o700, uid: 10, gid: 10, user: 'rampart', group: 'rampart' }), looseEntries: [], looseEntriesTotal: 0, expectedOwner: observed({ user: 'rampart', uid: 10, source: 'test' }) }],
       trails: [{ member: 'm1', directory: '/data/audit', outcome: observed({ ok: true, events: 5, files: 1, checkpointsMatched: 3, signatures: 'signatures verified against the cluster CA', rootPasswordLogins: 0 }) }],
       crls: [{ holder: 'pki', file: 'crl.pem', crl: observed({ number: '2', thisUpdate: new Date().toISOString(), nextUpdate: new Date(Date.now() + 86_400_000).toISOString(), revoked: 1, verified: true }) }],
       certificateFiles: [],
@@ -106,7 +106,10 @@ describe('controls', () => {
     const [directory] = base.dataDirectories;
     if (directory === undefined || !('value' in directory.stat)) throw new Error('fixture');
     expect(statusOf({ dataDirectories: [{ ...directory, stat: observed({ ...directory.stat.value, mode: 0o755 }) }] }, 'CIS-1.1.11')).toBe('fail');
-    expect(statusOf({ dataDirectories: [{ ...directory, looseEntries: ['/data/db (644)'] }] }, 'CIS-1.1.11')).toBe('warn');
+    // A file inside that group or others may read fails even under a 700 directory, naming it.
+    const looseInside = evaluateControls(facts({ dataDirectories: [{ ...directory, looseEntries: ['/data/audit/trail-key (644)'], looseEntriesTotal: 1 }] })).find((result) => result.id === 'CIS-1.1.11');
+    expect(looseInside?.status).toBe('fail');
+    expect(looseInside?.evidence).toContain('m1 /data: group or others may access 1 entries inside it: /data/audit/trail-key (644)');
     expect(statusOf({ dataDirectories: [{ ...directory, stat: observed({ ...directory.stat.value, uid: 0, user: 'root' }) }] }, 'CIS-1.1.12')).toBe('fail');
     expect(statusOf({ dataDirectories: [{ ...directory, expectedOwner: unavailable('unknown') }] }, 'CIS-1.1.12')).toBe('skip');
     expect(statusOf({ auth: observed({ enabled: false, revision: 4, users: ['root'], passwordUsers: [], rootBindings: [] }) }, 'RAMPART-AUTH')).toBe('fail');
