@@ -27,6 +27,7 @@ import { signManifest } from '../compliance/manifest.js';
 import { writeBundle } from '../compliance/bundle-write.js';
 import { formatJson, formatJunit, formatTable } from '../compliance/report.js';
 import { renderSummary } from '../compliance/summary-html.js';
+import { isPermissionError, unreadable } from '../compliance/read-error.js';
 import { caValidityDays, issueCertificate, readKeyPair, writeKeyPair } from '../pki/authority.js';
 import { gatherFacts, type GatherOptions } from './compliance-facts.js';
 
@@ -51,8 +52,10 @@ async function signingMaterial(options: ExportOptions): Promise<{ certificatePem
   const pki = path.join(options.gather.connection.dir, 'pki');
   try {
     return await readKeyPair(pki, exportSigningName);
-  } catch {
-    const authority = await readKeyPair(path.join(pki, 'ca'), 'ca').catch(() => {
+  } catch (error) {
+    if (isPermissionError(error)) throw new Error(`the signing key: ${unreadable((error as NodeJS.ErrnoException).path ?? pki, error)}`);
+    const authority = await readKeyPair(path.join(pki, 'ca'), 'ca').catch((caError: unknown) => {
+      if (isPermissionError(caError)) throw new Error(`no signing key, and the CA to issue one: ${unreadable((caError as NodeJS.ErrnoException).path ?? pki, caError)}`);
       throw new Error(`no signing key: give --signing-cert and --signing-key (a certificate of kind audit from the cluster CA: rampart cert issue audit ${exportSigningName}), or --dir of a rampart up cluster whose pki/ca holds the CA`);
     });
     // A bundle must stay checkable as long as it is kept: the signing certificate lives as long as the CA.
@@ -102,6 +105,8 @@ export async function exportBundle(options: ExportOptions, progress: (line: stri
   signManifest(Buffer.from('probe'), signing.certificatePem, signing.keyPem, gathered.caPem, created.getTime());
 
   const trails = gathered.facts.trails;
+  // Without the cluster's checkpoints no trail can be shown witnessed: say why they are missing.
+  if ('unavailable' in gathered.facts.checkpoints) throw new Error(`the cluster's audit checkpoints could not be read, so no trail can be checked against them: ${gathered.facts.checkpoints.unavailable}`);
   if (trails.length === 0) throw new Error('no audit trail given: --dir of a rampart up cluster on this host, or --audit-dir NAME=DIR for each member');
   for (const trail of trails) {
     if ('unavailable' in trail.outcome) throw new Error(`the audit trail of ${trail.member} (${trail.directory}): ${trail.outcome.unavailable}`);

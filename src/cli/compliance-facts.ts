@@ -20,6 +20,7 @@ import { describeCertificate, fingerprintOf } from '../compliance/certificates.j
 import { observed, unavailable, type Observed } from '../compliance/control.js';
 import type { AuditPolicyFacts, AuthFacts, CertificateFileFacts, CheckpointSummary, ComplianceFacts, CrlFacts, DataDirectoryFacts, EncryptionFacts, EndpointFacts, MemberFacts, MetricsFacts, OtherAuthority, TrailFacts } from '../compliance/facts.js';
 import { accountNames, inspectDataDirectory, processUid, type ExpectedOwner } from '../compliance/host-files.js';
+import { isPermissionError, unreadable } from '../compliance/read-error.js';
 import { metricsBodyBytesMax, parseMetrics } from '../compliance/metrics-text.js';
 import { presentedCertificate, probePlaintext, probeWithoutClientCertificate, probeTimeoutMs, type TlsMaterial } from '../compliance/probe.js';
 import { encryptionStatus, type MemberEncryptionStatus } from './encryption.js';
@@ -136,8 +137,13 @@ const named = (entries: readonly string[]): { name: string | undefined; value: s
   return match === null ? { name: undefined, value: entry } : { name: match[1], value: match[2] as string };
 });
 
+/** The `rampart up` cluster file; none there is no cluster, but one this user may not read is an error. */
 async function readCluster(directory: string): Promise<ClusterFile | undefined> {
-  return readFile(path.join(directory, 'cluster.json'), 'utf8').then((text) => JSON.parse(text) as ClusterFile, () => undefined);
+  const file = path.join(directory, 'cluster.json');
+  return readFile(file, 'utf8').then((text) => JSON.parse(text) as ClusterFile, (error: unknown) => {
+    if (isPermissionError(error)) throw new Error(unreadable(file, error));
+    return undefined;
+  });
 }
 
 async function readCrl(holder: string, file: string, ca: x509.X509Certificate, numberFile: string | undefined): Promise<CrlFacts> {
@@ -208,8 +214,8 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
   const connection = options.connection;
   const pki = path.join(connection.dir, 'pki');
   const caFile = connection.cacert ?? path.join(pki, 'ca.crt');
-  const caPem = await readFile(caFile, 'utf8').catch(() => {
-    throw new Error(`cannot read the cluster CA certificate ${caFile} (give --cacert, or --dir of a rampart up cluster)`);
+  const caPem = await readFile(caFile, 'utf8').catch((error: unknown) => {
+    throw new Error(`the cluster CA certificate: ${unreadable(caFile, error)}${isPermissionError(error) ? '' : ' (give --cacert, or --dir of a rampart up cluster)'}`);
   });
   const caCertificate = new X509Certificate(caPem);
   const material: TlsMaterial = {
@@ -324,9 +330,9 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
   const trailDirectories: { member: string; directory: string; memberId?: string; ok: boolean }[] = [];
   const trailFacts: TrailFacts[] = [];
   for (const trail of trails) {
-    const present = await stat(trail.directory).then(() => true, () => false);
-    if (!present) {
-      trailFacts.push({ ...trail, outcome: unavailable('no audit directory here') });
+    const present = await stat(trail.directory).then(() => true, (error: unknown) => (isPermissionError(error) ? error : false));
+    if (present !== true) {
+      trailFacts.push({ ...trail, outcome: unavailable(present === false ? 'no audit directory here' : unreadable(trail.directory, present)) });
       continue;
     }
     try {
@@ -355,7 +361,8 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
         outcome: observed({ ok: result.ok, events: result.events, files: result.files, checkpointsMatched: result.checkpointsMatched, signatures, rootPasswordLogins, ...(lastRootPasswordLogin === undefined ? {} : { lastRootPasswordLogin }), ...(result.problem === undefined ? {} : { problem: result.problem }), ...(result.member === undefined ? {} : { memberId: result.member }) }),
       });
     } catch (error) {
-      trailFacts.push({ ...trail, outcome: unavailable(`cannot read: ${errorText(error)}`) });
+      const file = (error as NodeJS.ErrnoException).path;
+      trailFacts.push({ ...trail, outcome: unavailable(file === undefined ? `cannot read: ${errorText(error)}` : unreadable(file, error)) });
     }
   }
   const x509Ca = new x509.X509Certificate(caPem);

@@ -7,6 +7,7 @@
  * member file, the manifest or the signature refused, naming it. Then one member started with
  * --client-cert-auth false: CIS-2.2 fails from what its listener does.
  */
+import { existsSync } from 'node:fs';
 import { chmod, cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -207,6 +208,43 @@ describe('rampart compliance', () => {
       for (const file of exposed) await chmod(file, 0o600);
     }
     expect(control((await check()).controls, 'CIS-1.1.11').status).toBe('pass');
+  }, 60_000);
+
+  it.skipIf(process.getuid?.() !== 0)('export as an unprivileged user names the file it could not read and why, exit status 2', async () => {
+    // An auditor account (nobody) with its own copies of the CA, a client certificate, a signing
+    // certificate, and a copy of m1's trail with its KEK; the cluster's own files stay root's.
+    const auditor = await temporaryDirectory('compliance-auditor');
+    try {
+      const own = (name: string): string => path.join(auditor, name);
+      for (const name of ['ca.crt', 'admin.crt', 'admin.key']) await cp(path.join(pki(), name), own(name));
+      expect((await rampart(['cert', 'issue', 'audit', 'auditor', '--pki-dir', pki(), '--out', auditor])).code).toBe(0);
+      await cp(path.join(home, 'm1', 'data', 'audit'), own('m1/data/audit'), { recursive: true });
+      await cp(path.join(home, 'm1', 'encryption.key'), own('m1/encryption.key'));
+      expect((await run('chown', ['-R', 'nobody', auditor])).code).toBe(0);
+      const asNobody = (args: string[]) => run('runuser', ['-u', 'nobody', '--', process.execPath, rampartBin, 'compliance', 'export',
+        '--from', '2026-01-01', '--to', '2100-01-01', '--out', own('evidence.tar'), '--signing-cert', own('auditor.crt'), '--signing-key', own('auditor.key'), ...args], { timeoutMs: 60_000 });
+      const connection = (key: string): string[] => ['--endpoints', `https://127.0.0.1:${base}`, '--cacert', own('ca.crt'), '--cert', own('admin.crt'), '--key', key];
+      const denied = (file: string): RegExp => new RegExp(`cannot read ${file.replace(/[.]/g, '\\.')}: permission denied \\(EACCES\\) for uid \\d+`);
+
+      // The cluster's trail itself: its directory is named, not reported missing.
+      const trail = path.join(home, 'm1', 'data', 'audit');
+      const ofCluster = await asNobody([...connection(own('admin.key')), '--audit-dir', `m1=${trail}`]);
+      expect(ofCluster.code).toBe(2);
+      expect(ofCluster.stderr).toMatch(new RegExp(`^rampart: compliance: the audit trail of m1 \\(${trail.replace(/[.]/g, '\\.')}\\): ${denied(trail).source}`, 'm'));
+      // A readable trail, but a client key it may not read: the checkpoints are unreadable, not "not witnessed yet".
+      const rootKey = path.join(pki(), 'admin.key');
+      const noCheckpoints = await asNobody([...connection(rootKey), '--audit-dir', `m1=${own('m1/data/audit')}`]);
+      expect(noCheckpoints.code).toBe(2);
+      expect(noCheckpoints.stderr).toMatch(/^rampart: compliance: the cluster's audit checkpoints could not be read, so no trail can be checked against them: audit checkpoints failed: EACCES: permission denied, open '.*admin\.key'$/m);
+      expect(noCheckpoints.stderr).not.toMatch(/not witnessed/);
+      // The rampart up directory itself: the first file it needs is named.
+      const ofDirectory = await run('runuser', ['-u', 'nobody', '--', process.execPath, rampartBin, 'compliance', 'export', '--dir', home, '--from', '2026-01-01', '--to', '2100-01-01', '--out', own('evidence.tar')], { timeoutMs: 60_000 });
+      expect(ofDirectory.code).toBe(2);
+      expect(ofDirectory.stderr).toMatch(/^rampart: compliance: the signing key: cannot read .*\/pki\/compliance-signing\.(crt|key): permission denied \(EACCES\)/m);
+      expect(existsSync(own('evidence.tar'))).toBe(false);
+    } finally {
+      await removeDirectory(auditor);
+    }
   }, 60_000);
 
   it('fails RAMPART-CERT-EXPIRY, naming the listener, when a member serves a certificate near expiry', async () => {
