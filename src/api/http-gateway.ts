@@ -14,6 +14,7 @@ import type { Member } from '../server/member.js';
 import { healthOf, type ServerMetrics } from '../server/metrics.js';
 import { statusName, statusOf } from './errors.js';
 import { JsonRequestError, decodeRequest, encodeResponse, jsonValueEnd, methodTypes, parseJson } from './json-codec.js';
+import { JsonValueSplitter } from './json-stream.js';
 import type { TransportRefusal } from './refusal-audit.js';
 import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
 import { serverVersion } from './services.js';
@@ -384,7 +385,7 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
   };
   handle(call.context, stream);
   const endsWithBody = route.request.name === 'LeaseKeepAliveRequest';
-  let pending = '';
+  const splitter = new JsonValueSplitter();
   let failed = false;
   let delivered = false;
   const pendingBytesMax = pendingJsonBytesFactor * maxMessageBytes;
@@ -399,24 +400,20 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
   request.setEncoding('utf8');
   request.on('data', (chunk: string) => {
     if (failed) return;
-    pending += chunk;
     try {
-      for (;;) {
-        const end = jsonValueEnd(pending, 0);
-        if (end < 0) break;
-        const text = pending.slice(0, end);
-        pending = pending.slice(end);
+      for (const text of splitter.feed(chunk)) {
         const message = checkedSize(route.request, decodeRequest(route.request, parseJson(text)), maxMessageBytes);
         delivered = true;
         for (const listener of requestListeners) listener(message);
       }
-      if (pending.length > pendingBytesMax) throw new BodyTooLarge(`grpc: received message larger than max (${pending.length} vs. ${maxMessageBytes})`);
+      if (splitter.pendingLength > pendingBytesMax) throw new BodyTooLarge(`grpc: received message larger than max (${splitter.pendingLength} vs. ${maxMessageBytes})`);
     } catch (error) {
       fail(error instanceof JsonRequestError ? new StreamRequestError(error.message) : error);
     }
   });
   request.on('end', () => {
     if (failed) return;
+    const pending = splitter.rest();
     if (pending.trim() !== '') {
       try {
         const message = checkedSize(route.request, decodeRequest(route.request, parseJson(pending)), maxMessageBytes);

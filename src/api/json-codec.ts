@@ -19,7 +19,7 @@ export class JsonRequestError extends Error {}
 
 const int64Types = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const numberTypes = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'double', 'float']);
-const base64Alphabet = /^[A-Za-z0-9+/]$/;
+const notBase64 = /[^A-Za-z0-9+/]/;
 
 export function messageType(name: string): protobuf.Type {
   return root.lookupType(name);
@@ -35,9 +35,9 @@ export function methodTypes(service: string, method: string): { request: protobu
 /** Go's standard base64 (padding required): the error names the first byte it could not use. */
 function decodeBase64(text: string): Buffer {
   const padding = text.length % 4 === 0 ? (/={1,2}$/.exec(text)?.[0].length ?? 0) : 0;
-  for (let index = 0; index < text.length - padding; index += 1) {
-    if (!base64Alphabet.test(text[index] as string)) throw new JsonRequestError(`illegal base64 data at input byte ${index}`);
-  }
+  // One native scan: a loop testing each character took ~250 ms for a 3 MB value, on the event loop.
+  const illegal = notBase64.exec(padding === 0 ? text : text.slice(0, text.length - padding));
+  if (illegal !== null) throw new JsonRequestError(`illegal base64 data at input byte ${illegal.index}`);
   // An incomplete last group: Go reports the byte where that group starts.
   if (text.length % 4 !== 0) throw new JsonRequestError(`illegal base64 data at input byte ${text.length - (text.length % 4)}`);
   return Buffer.from(text, 'base64');
