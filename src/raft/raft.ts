@@ -796,6 +796,18 @@ export class RaftNode {
     return urgent;
   }
 
+  /**
+   * Removes and returns the read indexes confirmed so far, which the caller may act on at once
+   * instead of after the next Ready's fsync and apply: a read state says a quorum acknowledged
+   * this node's leadership after the read was asked, and the index it must apply before serving;
+   * it depends on nothing a Ready persists. (Otherwise the Ready carries them.)
+   */
+  takeReadStates(): ReadState[] {
+    const states = this.readStates;
+    this.readStates = [];
+    return states;
+  }
+
   // ---- Ready ----
 
   private hardState(): HardState {

@@ -38,6 +38,8 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
+import { confirmKeepAlive, type CommittedNotApplied } from './lease-confirmation.js';
+import { leaseChangedBy } from '../api/lease-change-scan.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
 import { Transport, fetchCluster, type ClusterView, type LeaseAnswer, type LoginAttempt } from './transport.js';
 import type { PeerCertificate } from 'node:tls';
@@ -621,21 +623,26 @@ export class Member {
   }
 
   /**
-   * As etcd's LeaseRenew: a leader answers only once a quorum has confirmed it still leads (a
-   * ReadIndex round, which also waits until it has applied all it had committed). A deposed leader
-   * that has not heard of its successor (paused, partitioned) would otherwise acknowledge a
-   * keep-alive the new primary never sees, and the lease could expire inside the TTL just promised.
-   * The confirmation covers the answer only while fresh: a successor is elected no sooner than
-   * an election timeout after the quorum last answered, and its deadlines run a further one.
+   * As etcd's LeaseRenew: a leader answers a keep-alive only once a quorum has confirmed, after it
+   * arrived, that it still leads, and while that confirmation is fresh; see lease-confirmation.ts
+   * (it does not wait to apply all it had committed, which a slow leader disk delays past that).
+   * TimeToLive reads (the attached keys too) behind a full read barrier, so a deposed leader still
+   * refuses it; it renews nothing, so it is not held to the keep-alive's freshness bound (as in
+   * etcd, the remaining TTL is the leader's view when it answers).
    */
   private async answerLeaseConfirmed(id: bigint, renew: boolean): Promise<LeaseAnswer> {
     this.followLeadership();
     if (!this.lessor.isPrimary) throw new RampartError('NoLeader');
-    const askedAtMs = this.nowMs();
-    await this.loop.readBarrier();
-    if (this.nowMs() - askedAtMs > this.options.electionMs / 2) throw new RampartError('NoLeader', 'leadership confirmation too old');
+    if (renew) await confirmKeepAlive(this.loop, this.committedNotApplied, id, this.nowMs, this.options.electionMs / 2);
+    else await this.loop.readBarrier();
     return this.answerLease(id, renew);
   }
+
+  private readonly committedNotApplied: CommittedNotApplied = {
+    appliedIndex: () => this.appliedIndexValue,
+    entries: (from, to) => this.loop.node.entries(from, to),
+    leaseChangedBy,
+  };
 
   /** Only the primary lessor answers (see Lessor); a leader still catching up answers NoLeader, and the caller retries. */
   private answerLease(id: bigint, renew: boolean): LeaseAnswer {

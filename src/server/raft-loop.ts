@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { RampartError } from '../errors.js';
 import { instruments } from '../instruments.js';
 import type { RaftNode } from '../raft/raft.js';
-import type { ConfigurationChange, Entry, Message, NodeId, Ready, Snapshot, SoftState } from '../raft/types.js';
+import type { ConfigurationChange, Entry, Message, NodeId, ReadState, Ready, Snapshot, SoftState } from '../raft/types.js';
 import type { Consensus } from './consensus.js';
 
 export interface RaftLoopHost {
@@ -24,8 +24,11 @@ export interface RaftLoopHost {
 }
 
 interface ReadWaiter {
-  readonly resolve: () => void;
+  /** Called with the read index. */
+  readonly resolve: (index: number) => void;
   readonly reject: (error: unknown) => void;
+  /** Answered once the quorum confirmed the leadership, without waiting to apply the index (see confirmLeadership). */
+  readonly confirmationOnly: boolean;
   timer?: NodeJS.Timeout;
 }
 
@@ -97,6 +100,7 @@ export class RaftLoop implements Consensus {
     if (this.closed) return;
     this.node.step(message);
     this.sendUrgent();
+    this.takeReadStates(this.node.takeReadStates());
     this.kick();
   }
 
@@ -139,11 +143,26 @@ export class RaftLoop implements Consensus {
    * next one (asked after they all began, so its index covers each of them): under load one
    * heartbeat round confirms many reads instead of one round each.
    */
-  readBarrier(): Promise<void> {
+  async readBarrier(): Promise<void> {
+    await this.joinRead(false);
+  }
+
+  /**
+   * Resolves with the read index as soon as a quorum has confirmed, after this call, that this
+   * member still leads: the same shared ReadIndex round as `readBarrier`, without waiting until the
+   * index is applied. The heartbeats and their answers bypass the Ready being persisted (see
+   * `sendUrgent`, `takeReadStates`), so a slow fsync or apply does not delay it; what was committed
+   * but not yet applied is the caller's to look at (a lease keep-alive does, see lease-confirmation).
+   */
+  confirmLeadership(): Promise<number> {
+    return this.joinRead(true);
+  }
+
+  private joinRead(confirmationOnly: boolean): Promise<number> {
     if (this.closed) return Promise.reject(new RampartError('Stopped'));
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number>((resolve, reject) => {
       const group = (this.nextReads ??= { context: `${this.readContextPrefix}:${++this.readSequence}`, waiters: new Set() });
-      const waiter: ReadWaiter = { resolve, reject };
+      const waiter: ReadWaiter = { resolve, reject, confirmationOnly };
       waiter.timer = setTimeout(() => {
         group.waiters.delete(waiter);
         reject(new RampartError('Timeout'));
@@ -171,7 +190,31 @@ export class RaftLoop implements Consensus {
     }, readIndexRetryMs);
     this.readInFlight = { group, retry };
     this.sendUrgent();
+    // A lone voter confirms at once.
+    this.takeReadStates(this.node.takeReadStates());
     this.kick();
+  }
+
+  /**
+   * Read indexes Raft confirmed: taken as soon as they are, not when the next Ready is handled
+   * (which waits behind the fsync and apply in progress). Confirmation-only waiters are answered
+   * now; the others once the index is applied (`releaseReads`).
+   */
+  private takeReadStates(states: readonly ReadState[]): void {
+    if (states.length === 0) return;
+    for (const state of states) {
+      const group = this.reads.get(state.context);
+      if (group === undefined || group.index !== undefined) continue;
+      group.index = state.index;
+      for (const waiter of group.waiters) {
+        if (!waiter.confirmationOnly) continue;
+        group.waiters.delete(waiter);
+        clearTimeout(waiter.timer);
+        waiter.resolve(state.index);
+      }
+      this.readAnswered(group);
+    }
+    this.releaseReads();
   }
 
   /** The read group in flight got its index (or was failed): the next one may be asked. */
@@ -211,13 +254,9 @@ export class RaftLoop implements Consensus {
         if (ready.entries.length > 0) instruments.writeStageSeconds.recordSince(persistStarted, 'persist');
         if (ready.snapshot !== undefined) await this.host.installSnapshot(ready.snapshot);
         if (ready.committedEntries.length > 0) await this.host.applyEntries(ready.committedEntries);
-        for (const state of ready.readStates) {
-          const group = this.reads.get(state.context);
-          if (group === undefined) continue;
-          group.index = state.index;
-          this.readAnswered(group);
-        }
+        this.takeReadStates(ready.readStates);
         this.node.advance(ready);
+        this.takeReadStates(this.node.takeReadStates());
         this.releaseReads();
         if (ready.softState.leader !== this.softState.leader || ready.softState.role !== this.softState.role) {
           const previous = this.softState;
@@ -242,7 +281,7 @@ export class RaftLoop implements Consensus {
         this.reads.delete(context);
         for (const waiter of group.waiters) {
           clearTimeout(waiter.timer);
-          waiter.resolve();
+          waiter.resolve(group.index);
         }
       }
     }

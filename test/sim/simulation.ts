@@ -15,7 +15,14 @@
 import { RampartError } from '../../src/errors.js';
 import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
 import { Lessor } from '../../src/server/lessor.js';
-import type { ConfigurationChange, ConfigurationState, Entry, HardState, Message, NodeId, Ready, Snapshot } from '../../src/raft/types.js';
+import { leaseChangePending } from '../../src/server/lease-confirmation.js';
+import type { ConfigurationChange, ConfigurationState, Entry, HardState, Message, NodeId, ReadState, Ready, Snapshot } from '../../src/raft/types.js';
+
+/** The lease a simulated entry grants (`g:id:ttl`) or revokes (`v:id:…`). */
+function simLeaseChangedBy(payload: Buffer): bigint | undefined {
+  const [kind, id] = payload.toString().split(':');
+  return (kind === 'g' || kind === 'v') && id !== undefined ? BigInt(id) : undefined;
+}
 
 /** mulberry32: small, fast, and good enough for fault schedules. */
 export function seededRandom(seed: number): () => number {
@@ -375,6 +382,8 @@ export class Simulation {
   private handleReady(node: SimNode, options: SimulationOptions): void {
     const raft = node.raft;
     if (raft === undefined) return;
+    // As the Raft loop: a confirmed read index is taken at once, not behind the Ready in flight.
+    this.answerReads(node, raft.takeReadStates());
     for (;;) {
       let ready: Ready;
       if (node.inFlightReady !== undefined) {
@@ -401,19 +410,7 @@ export class Simulation {
       }
       this.apply(node, ready);
       raft.advance(ready);
-      for (const read of ready.readStates) {
-        const keepAlive = node.pendingKeepAlives.get(read.context);
-        if (keepAlive !== undefined) {
-          node.pendingKeepAlives.delete(read.context);
-          this.answerKeepAlive(node, keepAlive.lease, keepAlive.askedAt, read.index);
-          continue;
-        }
-        const required = node.pendingReads.get(read.context);
-        if (required === undefined) continue;
-        node.pendingReads.delete(read.context);
-        if (read.index < required) throw this.violation(`${node.id} read ${read.context} got index ${read.index} below committed ${required}`);
-        this.stats.readsServed += 1;
-      }
+      this.answerReads(node, [...ready.readStates, ...raft.takeReadStates()]);
       // The node's current role: a Ready that was in flight may describe a term it has since left.
       if (raft.role === 'leader' && this.leaderOfTerm.get(raft.term) !== node.id) {
         this.onLeader(node);
@@ -537,7 +534,27 @@ export class Simulation {
     node.lessor.followLeadership({ leaderTerm, appliedOwnTerm }, defaultRaftConfig.electionTicks * tickMs);
   }
 
-  /** `Member.answerLease` once the quorum confirmed the leadership: `readIndex` was committed when the keep-alive was asked. */
+  private answerReads(node: SimNode, reads: readonly ReadState[]): void {
+    for (const read of reads) {
+      const keepAlive = node.pendingKeepAlives.get(read.context);
+      if (keepAlive !== undefined) {
+        node.pendingKeepAlives.delete(read.context);
+        this.answerKeepAlive(node, keepAlive.lease, keepAlive.askedAt, read.index);
+        continue;
+      }
+      const required = node.pendingReads.get(read.context);
+      if (required === undefined) continue;
+      node.pendingReads.delete(read.context);
+      if (read.index < required) throw this.violation(`${node.id} read ${read.context} got index ${read.index} below committed ${required}`);
+      this.stats.readsServed += 1;
+    }
+  }
+
+  /**
+   * `Member.answerLease` once the quorum confirmed the leadership (`readIndex` was committed when
+   * the keep-alive was asked), by the member's rule (lease-confirmation.ts): the node need not
+   * have applied `readIndex`, unless a grant or revoke of this lease lies before it.
+   */
   private answerKeepAlive(node: SimNode, id: string, askedAt: number, readIndex: number): void {
     const raft = node.raft;
     const lease = this.clientLeases.get(id);
@@ -545,7 +562,9 @@ export class Simulation {
     this.followLeadership(node);
     // Confirmed leadership covers an answer only for a while (the member's leaseConfirmationAgeMax).
     const confirmedAgeMs = (this.now - askedAt) * node.clockRate * tickMs;
-    if (!node.lessor.isPrimary || node.machine.applied < readIndex || confirmedAgeMs > (defaultRaftConfig.electionTicks * tickMs) / 2) return;
+    if (!node.lessor.isPrimary || confirmedAgeMs > (defaultRaftConfig.electionTicks * tickMs) / 2) return;
+    const committedNotApplied = { appliedIndex: () => node.machine.applied, entries: (from: number, to: number) => raft.entries(from, to), leaseChangedBy: simLeaseChangedBy };
+    if (leaseChangePending(committedNotApplied, BigInt(id), readIndex)) return;
     if (!node.lessor.has(BigInt(id))) {
       throw this.violation(`primary ${node.id} (term ${raft.term}, applied ${node.machine.applied}) does not know live lease ${id}`);
     }
