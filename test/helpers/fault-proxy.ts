@@ -5,7 +5,9 @@
  * Which member a connection comes from: peer traffic here is plaintext gRPC, and the first member id
  * in a connection's byte stream is the sender's (`from` precedes `to` in every Raft message). The
  * proxy buffers until it sees one, then applies the link rules. Connections that never name a member
- * (lease forwarding) follow the rules for an unknown sender.
+ * (lease forwarding) follow the rules for an unknown sender. Over TLS the bytes say nothing: there
+ * `senderOf` names the sender by the connection's source address (the soak gives each member its
+ * own, test/soak/source-address.c).
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -30,6 +32,8 @@ export class FaultProxy {
     private readonly targetPort: number,
     private readonly memberIds: readonly string[],
     private readonly allowed: LinkRule,
+    /** Who a connection comes from, by its source address; when given, the bytes are not read. */
+    private readonly senderOf?: (remoteAddress: string | undefined) => string | undefined,
   ) {}
 
   async listen(port = 0): Promise<number> {
@@ -81,6 +85,13 @@ export class FaultProxy {
         decide();
       }
     };
+    if (this.senderOf !== undefined) {
+      client.on('error', () => undefined);
+      client.on('close', () => this.connections.delete(tracked));
+      tracked.from = this.senderOf(client.remoteAddress);
+      decide();
+      return;
+    }
     client.on('data', onData);
     client.on('error', () => undefined);
     client.on('close', () => this.connections.delete(tracked));
@@ -99,6 +110,15 @@ export class FaultProxy {
         this.connections.delete(tracked);
       }
     }
+  }
+
+  /** Cuts every open connection (the members reconnect: after a certificate rotation, with the new certificates). */
+  cutAll(): void {
+    for (const tracked of this.connections) {
+      tracked.client.destroy();
+      tracked.upstream?.destroy();
+    }
+    this.connections.clear();
   }
 
   async close(): Promise<void> {

@@ -117,19 +117,22 @@ export interface RampartOptions {
   readonly startTimeoutMs?: number;
   /** Extra environment variables (the soak's fsync shim). */
   readonly env?: Record<string, string>;
+  /** TLS on client and peer ports (https:// listen URLs, no --insecure): the caller passes the certificate flags in `args`. */
+  readonly secure?: boolean;
 }
 
-/** Starts `rampart serve --insecure` (plaintext; TLS has its own tests). */
+/** Starts `rampart serve --insecure` (plaintext; TLS has its own tests), or with TLS when `secure`. */
 export async function startRampart(options: RampartOptions = {}): Promise<ServerProcess> {
   const port = options.port ?? (await freePort());
   const peerPort = options.peerPort ?? (await freePort());
   const dataDir = options.dataDir ?? (await temporaryDirectory('data'));
+  const scheme = options.secure === true ? 'https' : 'http';
   const child = spawn(process.execPath, [
-    rampartBin, 'serve', '--insecure',
+    rampartBin, 'serve', ...(options.secure === true ? [] : ['--insecure']),
     '--name', options.name ?? 'default',
     '--data-dir', dataDir,
-    '--listen-client-urls', `http://127.0.0.1:${port}`,
-    '--listen-peer-urls', `http://127.0.0.1:${peerPort}`,
+    '--listen-client-urls', `${scheme}://127.0.0.1:${port}`,
+    '--listen-peer-urls', `${scheme}://127.0.0.1:${peerPort}`,
     '--log-level', process.env.RAMPART_TEST_LOG_LEVEL ?? 'warn',
     ...(options.args ?? []),
   ], {

@@ -24,6 +24,8 @@ function execute(command: string, args: readonly string[]): Promise<string | und
 }
 
 export interface SlowDisk {
+  /** The shim, for LD_PRELOAD (with another shim when there is one). */
+  readonly library: string;
   /** Environment for a member whose fsyncs `delayFile` can slow. */
   readonly env: (delayFile: string) => Record<string, string>;
 }
@@ -33,7 +35,7 @@ export async function prepareSlowDisk(directory: string): Promise<SlowDisk | str
   const library = path.join(directory, 'slow-fsync.so');
   const problem = await execute('cc', ['-shared', '-fPIC', '-O2', '-o', library, shimSource, '-ldl']);
   if (problem !== undefined) return problem;
-  return { env: (delayFile) => ({ LD_PRELOAD: library, RAMPART_TEST_FSYNC_DELAY_FILE: delayFile }) };
+  return { library, env: (delayFile) => ({ LD_PRELOAD: library, RAMPART_TEST_FSYNC_DELAY_FILE: delayFile }) };
 }
 
 /** Makes every fsync behind `delayFile` take `delayMs` more (0: back to normal). */

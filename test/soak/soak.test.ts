@@ -1,31 +1,47 @@
 /**
  * A bounded nemesis soak against a real 3-member cluster (`npm run soak -- --minutes N`; skipped
- * unless RAMPART_SOAK_MINUTES is set). One fault every few seconds, healed before the next:
+ * unless RAMPART_SOAK_MINUTES is set). The cluster is secure as `rampart up` ships it (mutual TLS
+ * on client and peer ports, auth enabled by the members with the shipped policies, audit trail,
+ * encryption at rest; secure-cluster.ts) unless RAMPART_SOAK_PLAINTEXT=1. One fault every few
+ * seconds, healed before the next:
  * - kill: SIGKILL of a member (or of the leader), restarted 0.5-3 s later;
  * - pause: SIGSTOP/SIGCONT of a member (or of the leader) for 1-4 s;
  * - partition: one member (or the leader) cut off from the others by the fault proxies between
- *   members, for 2-5 s;
+ *   members, for 2-5 s (over TLS the proxies know the sender by its source address,
+ *   source-addresses.ts);
  * - restart-all: SIGKILL of every member, then all restarted;
  * - slow-disk: every fsync of one member (or of the leader) delayed by 200-500 ms for 4-8 s, by a
  *   test-only LD_PRELOAD shim (disk-faults.ts);
  * - disk-full: one member's data directory (its own small tmpfs) filled until the kernel answers
  *   ENOSPC, for 3-6 s; a member that stops on it is restarted once space is back.
  * - replace: a membership change: a member removed, its data wiped, added back under a new peer URL
- *   and id, joining the running cluster (it catches up by snapshot).
+ *   and id, joining the running cluster (it catches up by snapshot);
+ * - double: two of kill, pause, partition, slow-disk, disk-full at once on two members (the leader
+ *   half the time), the second starting 0-1.5 s after the first: quorum may be gone for seconds,
+ *   never for good;
+ * - auth (secure only): a permission revoked and granted back and a password changed while a
+ *   member fault hits (auth-check.ts);
+ * - rotate-certs (secure only): every member's server and peer certificate renewed while a member
+ *   fault hits, then every peer link cut so members reconnect with them (cert-rotation.ts).
  * The workload: KV puts and gets on rotating keys, leases kept alive, the Lock service, the Election
- * service (Campaign/Proclaim/Resign), and a compaction every few seconds. Checked:
+ * service (Campaign/Proclaim/Resign), an auth probe, and a compaction every few seconds. Checked:
  * - the KV history is linearizable (which also means no acknowledged write is lost);
+ * - the KV workers' user is never refused (its permissions never change);
  * - leases: no lease whose keep-alive was acknowledged is gone (its key absent, or a keep-alive
  *   answered "not found") before the acknowledged TTL, counted from when that keep-alive was sent;
  * - locks and elections: two holders never overlap while the earlier holder's lease is covered
  *   (holds.ts; an answer that arrives after its own lease's coverage ended is no hold);
- * - watch: a watcher resuming across failures gets every acknowledged put once, in order
- *   (except revisions compacted before it could resume, which etcd reports);
+ * - watch: a watcher resuming across failures gets every acknowledged put once, in order; the
+ *   compactor never passes what it has received, so no revision may be skipped as compacted;
+ * - auth: granted access never refused, revoked access refused once the revoke is acknowledged, an
+ *   old password refused and the new one accepted once the change is acknowledged;
+ * - certificates: renewed ones served within 20 s, every member serving again after its peer links
+ *   were cut;
  * - no member exits unless the nemesis killed it or filled its disk;
  * - at the end, every member has the same HashKV at the same revision (replicas identical).
  * Anomalies are printed with history excerpts and the faults just before them. Not covered here:
- * power loss (fsync lies, torn writes: SIGKILL keeps the page cache), clock jumps, auth and
- * certificate changes (the cluster is plaintext), more than one fault at a time.
+ * power loss (fsync lies, torn writes: SIGKILL keeps the page cache), corrupted files, clock jumps,
+ * a CA rotation, more than three members.
  */
 import { createWriteStream } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
@@ -36,12 +52,27 @@ import { call, connect, type RawClient } from '../helpers/client.js';
 import { FaultProxy, PeerNetwork } from '../helpers/fault-proxy.js';
 import { checkHistory, type Operation } from '../helpers/linearizability.js';
 import { freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import * as grpc from '@grpc/grpc-js';
+import { AuthProbe, awaitAuthEnabled, ensureUser, probeUser } from './auth-check.js';
+import { awaitReload, servingTimeoutMs } from './cert-rotation.js';
 import { drainDisk, fillDisk, mountSmallDisk, prepareSlowDisk, setFsyncDelay, unmountSmallDisk, type SlowDisk } from './disk-faults.js';
+import { SoakPki, strangerAuthority, type AuthClient } from './secure-cluster.js';
+import { prepareSourceAddresses, type SourceAddresses } from './source-addresses.js';
 import { emptyHolds, overlappingHolds, type Hold } from './holds.js';
 import { KeptLease } from './kept-lease.js';
 import { SoakWatcher, type AcknowledgedPut } from './watch-check.js';
 
 const minutes = Number(process.env.RAMPART_SOAK_MINUTES ?? 0);
+/** The cluster as `rampart up` ships it (mutual TLS, auth, audit, encryption at rest) unless RAMPART_SOAK_PLAINTEXT=1. */
+const secure = process.env.RAMPART_SOAK_PLAINTEXT !== '1';
+/**
+ * RAMPART_SOAK_SELF_TEST (comma-separated) breaks the soak's own actions so a run shows its checks
+ * can fail: skip-restore or skip-revoke (auth-check.ts), stranger-certs or no-reconnect
+ * (cert-rotation.ts).
+ */
+const selfTests = new Set(process.env.RAMPART_SOAK_SELF_TEST?.split(',') ?? []);
+/** The user the KV workers and the watcher act as on a secure cluster: readwrite on their keys [e, f), nothing else. */
+const kvUser = 'soak-kv';
 const keysPerEpoch = 6;
 /**
  * Workers move to fresh keys every epoch: a put whose outcome is unknown stays concurrent with
@@ -90,6 +121,11 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const phase = (text: string): void => console.log(`soak ${stamp()}: ${text}`);
 
     const slowDisk: SlowDisk | string = await prepareSlowDisk(diskRoot);
+    // Over TLS the fault proxies tell members apart by source address (one each, source-address.c).
+    const sources: SourceAddresses | string = secure ? await prepareSourceAddresses(diskRoot) : 'not needed';
+    const partitionAvailable = !secure || typeof sources !== 'string';
+    const scheme = secure ? 'https' : 'http';
+    const pki = secure ? await SoakPki.create(path.join(diskRoot, 'pki'), ['s1', 's2', 's3']) : undefined;
     const network = new PeerNetwork();
     const members: SoakMember[] = [];
     const mountProblems: string[] = [];
@@ -100,7 +136,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       if (problem !== undefined) mountProblems.push(problem);
       members.push({
         name: `s${index}`,
-        id: memberIdFor([`http://127.0.0.1:${proxyPort}`], 'rampart-cluster'),
+        id: memberIdFor([`${scheme}://127.0.0.1:${proxyPort}`], 'rampart-cluster'),
         port: await freePort(),
         peerPort: await freePort(),
         proxyPort,
@@ -117,6 +153,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const unavailable = [
       ...(typeof slowDisk === 'string' ? [`slow-disk (${slowDisk})`] : []),
       ...(diskFullAvailable ? [] : [`disk-full (${mountProblems[0] ?? ''})`]),
+      ...(partitionAvailable ? [] : [`partition (${String(sources)})`]),
     ];
     if (unavailable.length > 0) phase(`faults not available on this machine: ${unavailable.join('; ')}`);
 
@@ -132,12 +169,14 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     };
 
     const ids = members.map((member) => member.id);
+    /** Which member a peer connection comes from, by its source address (TLS hides the bytes). */
+    const senderOf = typeof sources === 'string' ? undefined : (address: string | undefined): string | undefined => members.find((_, index) => sources.address(index) === address)?.id;
     for (const member of members) {
-      const proxy = new FaultProxy(member.id, member.peerPort, ids, network.rule);
+      const proxy = new FaultProxy(member.id, member.peerPort, ids, network.rule, senderOf);
       await proxy.listen(member.proxyPort);
       network.proxies.push(proxy);
     }
-    const initialCluster = (): string => members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
+    const initialCluster = (): string => members.map((member) => `${member.name}=${scheme}://127.0.0.1:${member.proxyPort}`).join(',');
     const start = async (member: SoakMember): Promise<void> => {
       await setFsyncDelay(member.delayFile, 0);
       const started = await startRampart({
@@ -146,9 +185,16 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         peerPort: member.peerPort,
         dataDir: member.dataDir,
         startTimeoutMs: 90_000,
-        env: typeof slowDisk === 'string' ? {} : slowDisk.env(member.delayFile),
+        secure,
+        env: {
+          ...(typeof slowDisk === 'string' ? {} : slowDisk.env(member.delayFile)),
+          ...(typeof sources === 'string' ? {} : sources.env(members.indexOf(member))),
+          // Both shims when both apply.
+          LD_PRELOAD: [typeof slowDisk === 'string' ? '' : slowDisk.library, typeof sources === 'string' ? '' : sources.library].filter((file) => file !== '').join(':'),
+        },
         args: [
-          '--log-level', 'info', '--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster(),
+          ...(pki === undefined ? [] : await pki.memberArgs(member.name)),
+          '--log-level', 'info', '--initial-advertise-peer-urls', `${scheme}://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster(),
           ...(member.joining ? ['--initial-cluster-state', 'existing'] : []),
           '--snapshot-count', '2000', '--snapshot-catch-up-entries', '500',
         ],
@@ -188,11 +234,25 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     const history: Operation[] = [];
     const acknowledged: AcknowledgedPut[] = [];
     let watcher: SoakWatcher | undefined;
-    const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0, replacements: 0 };
+    const counts = { acknowledgedPuts: 0, leases: 0, keepAlives: 0, locks: 0, elections: 0, proclaims: 0, compactions: 0, diskFullExits: 0, replacements: 0, rotations: 0 };
     const faults: Record<string, number> = {};
     let running = true;
     const channelOptions = { 'grpc.initial_reconnect_backoff_ms': 100, 'grpc.max_reconnect_backoff_ms': 500 } as object;
-    const clients: RawClient[] = members.map((member) => connect(`127.0.0.1:${member.port}`, channelOptions));
+    // Root (the admin certificate) for leases, locks, elections, compaction and maintenance; the KV
+    // workers and the watcher as a user with readwrite on their own keys only.
+    const rootCredentials = pki === undefined ? grpc.credentials.createInsecure() : await pki.credentials('root');
+    const kvCredentials = pki === undefined ? rootCredentials : await pki.credentials(kvUser);
+    const clients: RawClient[] = members.map((member) => connect(`127.0.0.1:${member.port}`, channelOptions, rootCredentials));
+    const kvClients: RawClient[] = pki === undefined ? clients : members.map((member) => connect(`127.0.0.1:${member.port}`, channelOptions, kvCredentials));
+    const probeClients: RawClient[] = pki === undefined ? [] : await Promise.all(members.map(async (member) => connect(`127.0.0.1:${member.port}`, channelOptions, await pki.credentials(probeUser))));
+    const admins: AuthClient[] = pki === undefined ? [] : await Promise.all(members.map((member) => pki.authClient(member.port)));
+    const anyAdmin = (): AuthClient => admins[rotation++ % admins.length] as AuthClient;
+    const probe = pki === undefined ? undefined : new AuthProbe(anyAdmin, () => {
+      const index = rotation++ % probeClients.length;
+      return { client: probeClients[index] as RawClient, name: members[index]?.name ?? '?' };
+    }, selfTests.has('skip-restore') ? 'skip-restore' : selfTests.has('skip-revoke') ? 'skip-revoke' : undefined);
+    /** The highest revision a compaction was asked for: a watch canceled as compacted past it lost events. */
+    let compactionAsked = 0;
     let rotation = 0;
     const anyClient = (): RawClient => clients[rotation++ % clients.length] as RawClient;
     /** The next client in the rotation and the member it talks to (for the holds' report). */
@@ -205,7 +265,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       let memberIndex = workerIndex % members.length;
       let sequence = 0;
       while (running) {
-        const client = clients[memberIndex] as RawClient;
+        const client = kvClients[memberIndex] as RawClient;
         const key = `e${Math.floor((now() - startedAt) / epochMs)}/k${Math.floor(Math.random() * keysPerEpoch)}`;
         const isPut = Math.random() < 0.5;
         const value = `w${workerIndex}-${sequence++}`;
@@ -221,7 +281,10 @@ describe.skipIf(!(minutes > 0))('soak', () => {
             const kv = (response.kvs as { value: Buffer }[])[0];
             history.push({ key, kind: 'get', value: kv === undefined ? null : kv.value.toString(), callMs, returnMs });
           }
-        } catch {
+        } catch (error) {
+          // The KV user's permission never changes: a refusal is a server fault (auth applied wrongly).
+          const code = (error as grpc.ServiceError).code;
+          if (code === grpc.status.PERMISSION_DENIED || code === grpc.status.UNAUTHENTICATED) anomaly(`kv worker ${workerIndex}: ${isPut ? 'put' : 'get'} ${key} via s${memberIndex + 1} refused (${(error as grpc.ServiceError).details}) though ${kvUser} may read and write it`, callMs);
           history.push({ key, kind: isPut ? 'put' : 'get', value: isPut ? value : null, callMs, returnMs: Infinity });
           memberIndex = (memberIndex + 1) % members.length;
           await sleep(50);
@@ -319,14 +382,17 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       }
     };
 
-    /** Compacts to a little behind the head every few seconds: compaction under every fault. */
+    /** Compacts to a little behind the head (and the watcher) every few seconds: compaction under every fault. */
     const compactor = async (): Promise<void> => {
       while (running) {
         await sleep(4000 + Math.random() * 2000);
         try {
           const response = await track('compactor', 'range', withDeadline(call(anyClient().kv, 'Range', { key: Buffer.from('e0/k0') })));
-          const revision = Number((response.header as { revision: string }).revision) - 300;
+          // Never past what the watcher has received: a compaction overtaking it would excuse the
+          // events it skipped (a watch canceled as compacted), so with this bound any gap is an anomaly.
+          const revision = Math.min(Number((response.header as { revision: string }).revision) - 300, (watcher?.next ?? 1) - 1);
           if (revision <= 1) continue;
+          compactionAsked = Math.max(compactionAsked, revision);
           await track('compactor', `compact ${revision}`, withDeadline(call(anyClient().kv, 'Compact', { revision })));
           counts.compactions += 1;
         } catch {
@@ -360,25 +426,30 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       }
     };
 
+    /** Faults of one member, which can hit two members at once or come with an auth change or a rotation. */
+    const memberFaults = [
+      'kill', 'pause', ...(partitionAvailable ? ['partition'] : []),
+      ...(typeof slowDisk === 'string' ? [] : ['slow-disk']),
+      ...(diskFullAvailable ? ['disk-full'] : []),
+    ];
     const available = [
-      'kill', 'kill-leader', 'pause', 'pause-leader', 'partition', 'partition-leader', 'restart-all',
+      'kill', 'kill-leader', 'pause', 'pause-leader', ...(partitionAvailable ? ['partition', 'partition-leader'] : []), 'restart-all',
       ...(typeof slowDisk === 'string' ? [] : ['slow-disk', 'slow-disk-leader']),
       ...(diskFullAvailable ? ['disk-full'] : []),
       'replace',
+      // Two member faults overlapping on two members (availability may drop; quorum comes back).
+      'double',
+      ...(secure ? ['auth', 'rotate-certs'] : []),
     ];
     // RAMPART_SOAK_FAULTS=disk-full,kill-leader narrows the nemesis to those faults (to chase one).
     const only = process.env.RAMPART_SOAK_FAULTS?.split(',').filter((name) => name !== '');
     const actions = only === undefined ? available : available.filter((name) => only.includes(name));
     if (actions.length === 0) throw new Error(`RAMPART_SOAK_FAULTS names no available fault (available: ${available.join(', ')})`);
-    const fault = async (): Promise<void> => {
-      await sleep(3000 + Math.random() * 4000);
-      if (!running) return;
-      await restartDown();
-      const action = pick(actions);
-      const leader = await leaderOf();
-      const victim = action.endsWith('-leader') && leader !== undefined ? leader : pick(members);
+    /** Which two faults overlapped, or came with an auth change or a rotation, and how often. */
+    const combinations: Record<string, number> = {};
+    /** One fault of one member, healed before it returns. */
+    const hit = async (action: string, victim: SoakMember, leader: SoakMember | undefined): Promise<void> => {
       event(`${action} ${victim.name}${leader === victim ? ' (leader)' : ''}`);
-      faults[action] = (faults[action] ?? 0) + 1;
       if (action.startsWith('kill')) {
         await stopMember(victim);
         await sleep(500 + Math.random() * 2500);
@@ -418,8 +489,84 @@ describe.skipIf(!(minutes > 0))('soak', () => {
         await Promise.all(members.map((member) => start(member)));
       }
       event(`healed ${action} ${victim.name}`);
+    };
+    /** A member fault for an overlap: on the leader half the time (when there is one), else anyone. */
+    const memberFault = (leader: SoakMember | undefined, exclude: { action?: string; victim?: SoakMember } = {}): { action: string; victim: SoakMember } => {
+      // One partition at a time: the network holds one set of groups.
+      const action = pick(memberFaults.filter((name) => !(name === 'partition' && exclude.action === 'partition')));
+      const candidates = members.filter((member) => member !== exclude.victim);
+      const victim = leader !== undefined && leader !== exclude.victim && Math.random() < 0.5 ? leader : pick(candidates);
+      return { action, victim };
+    };
+    const fault = async (): Promise<void> => {
+      await sleep(3000 + Math.random() * 4000);
+      if (!running) return;
+      await restartDown();
+      const action = pick(actions);
+      const leader = await leaderOf();
+      faults[action] = (faults[action] ?? 0) + 1;
+      let victimName = '';
+      if (action === 'double') {
+        const first = memberFault(leader);
+        const second = memberFault(leader, first);
+        combinations[`${first.action}+${second.action}`] = (combinations[`${first.action}+${second.action}`] ?? 0) + 1;
+        victimName = `${first.victim.name}+${second.victim.name}`;
+        await Promise.all([hit(first.action, first.victim, leader), sleep(Math.random() * 1500).then(() => hit(second.action, second.victim, leader))]);
+      } else if (action === 'auth' && probe !== undefined) {
+        const with_ = memberFault(leader);
+        combinations[`auth+${with_.action}`] = (combinations[`auth+${with_.action}`] ?? 0) + 1;
+        victimName = with_.victim.name;
+        await Promise.all([probe.revokeAndRestore(1000 + Math.random() * 2000, event), sleep(Math.random() * 1000).then(() => hit(with_.action, with_.victim, leader))]);
+      } else if (action === 'rotate-certs' && pki !== undefined) {
+        const with_ = memberFault(leader);
+        combinations[`rotate-certs+${with_.action}`] = (combinations[`rotate-certs+${with_.action}`] ?? 0) + 1;
+        victimName = with_.victim.name;
+        await Promise.all([rotateCertificates(), sleep(Math.random() * 1000).then(() => hit(with_.action, with_.victim, leader))]);
+        await peersReconnect();
+      } else {
+        const victim = action.endsWith('-leader') && leader !== undefined ? leader : pick(members);
+        victimName = victim.name;
+        await hit(action, victim, leader);
+      }
       // Progress as it goes: a run that stalls shows where.
-      phase(`${action} ${victim.name} done; ${JSON.stringify({ ...counts, operations: history.length })}`);
+      phase(`${action} ${victimName} done; ${JSON.stringify({ ...counts, operations: history.length })}`);
+    };
+    /** Renews every member's certificates while they serve (as `rampart rotate`); they must reload them. */
+    const rotateCertificates = async (): Promise<void> => {
+      if (pki === undefined) return;
+      const issuer = selfTests.has('stranger-certs') ? await strangerAuthority() : undefined;
+      const serials = await pki.renewMembers(members.map((member) => member.name), issuer);
+      event(`rotate-certs: renewed the server and peer certificates of ${members.map((member) => member.name).join(', ')}${issuer === undefined ? '' : ' (self-test: from a CA nobody trusts)'}`);
+      counts.rotations += 1;
+      const problems = await awaitReload(pki, serials, members.map((member) => ({ name: member.name, port: member.port, peerPort: member.peerPort, up: () => member.process !== undefined && !member.paused })));
+      for (const problem of problems) anomaly(problem);
+      if (problems.length === 0) event('rotate-certs: every member that is up serves its renewed certificates');
+    };
+    /** After a rotation: every peer link is cut and must come back with the new certificates; every member must serve a linearizable read. */
+    const peersReconnect = async (): Promise<void> => {
+      await restartDown();
+      // Self-test of this check: one member stays cut off, so it cannot serve.
+      const cutOff = selfTests.has('no-reconnect') ? members[0] : undefined;
+      if (cutOff !== undefined) network.isolate(cutOff.id, ids);
+      for (const proxy of network.proxies) proxy.cutAll();
+      const cutAt = now();
+      event(`rotate-certs: cut every peer connection${cutOff === undefined ? '' : ` (self-test: ${cutOff.name} kept cut off)`}`);
+      // Every member in parallel, each until the deadline: one slow member must not use up another's time.
+      const served = await Promise.all(members.map(async (member, index) => {
+        for (let attempt = 0; attempt === 0 || now() - cutAt < servingTimeoutMs; attempt++) {
+          try {
+            await withDeadline(call((clients[index] as RawClient).kv, 'Range', { key: Buffer.from('e0/k0') }));
+            return true;
+          } catch {
+            await sleep(300);
+          }
+        }
+        anomaly(`cert rotation: ${member.name} did not answer a linearizable read within ${servingTimeoutMs / 1000} s of its peer links being cut after the rotation`, cutAt);
+        return false;
+      }));
+      const allServed = served.every(Boolean);
+      if (cutOff !== undefined) network.heal();
+      if (allServed) event(`rotate-certs: every member served a linearizable read ${Math.round(now() - cutAt)} ms after the cut`);
     };
     /**
      * A membership change under the workload: the member is removed (MemberRemove through another
@@ -443,12 +590,13 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       await retry('MemberRemove', () => withDeadline(call(via().cluster, 'MemberRemove', { ID: BigInt(`0x${victim.id}`).toString() }), 5000));
       await stopMember(victim);
       await removeDirectory(victim.dataDir);
+      await pki?.forgetKey(victim.name);
       const proxyPort = await freePort();
-      const added = await retry('MemberAdd', () => withDeadline(call(via().cluster, 'MemberAdd', { peerURLs: [`http://127.0.0.1:${proxyPort}`], isLearner: false }), 5000));
+      const added = await retry('MemberAdd', () => withDeadline(call(via().cluster, 'MemberAdd', { peerURLs: [`${scheme}://127.0.0.1:${proxyPort}`], isLearner: false }), 5000));
       const newId = BigInt((added.member as { ID: string }).ID).toString(16);
       const oldProxy = network.proxies.find((proxy) => proxy.memberId === victim.id);
       ids.splice(ids.indexOf(victim.id), 1, newId);
-      const proxy = new FaultProxy(newId, victim.peerPort, ids, network.rule);
+      const proxy = new FaultProxy(newId, victim.peerPort, ids, network.rule, senderOf);
       await proxy.listen(proxyPort);
       network.proxies.splice(network.proxies.indexOf(oldProxy as FaultProxy), 1, proxy);
       await oldProxy?.close();
@@ -488,9 +636,18 @@ describe.skipIf(!(minutes > 0))('soak', () => {
     try {
       await Promise.all(members.map((member) => start(member)));
       while ((await leaderOf()) === undefined) await sleep(200);
+      if (probe !== undefined) {
+        // As on a new `rampart up` cluster, the members enable auth themselves; then the soak's users.
+        await awaitAuthEnabled(anyAdmin, 60_000);
+        await ensureUser(anyAdmin, kvUser, kvUser, 'e', 'f');
+        await probe.setup();
+        phase(`secure cluster: mutual TLS, auth on (KV workers as ${kvUser}, the auth probe as ${probeUser}), audit trail, encryption at rest`);
+      }
       // The KV workers' keys are e0/..., e1/...: the watcher sees all of them from the start.
-      watcher = new SoakWatcher(anyClient, anomaly, 'e', 'f', 1);
+      const anyKvClient = (): RawClient => kvClients[rotation++ % kvClients.length] as RawClient;
+      watcher = new SoakWatcher(anyKvClient, anomaly, 'e', 'f', 1, () => compactionAsked);
       const work = [
+        ...(probe === undefined ? [] : [probe.run(() => running)]),
         ...Array.from({ length: 4 }, (_, index) => kvWorker(index)),
         ...Array.from({ length: 2 }, (_, index) => leaseWorker(index)),
         ...Array.from({ length: 2 }, (_, index) => mutexWorker('lock', index)),
@@ -552,7 +709,7 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       if (watcher.next <= lastPut) anomaly(`watch: stuck at revision ${watcher.next}, the last acknowledged put is at ${lastPut}`);
       for (const problem of watcher.check(acknowledged).slice(0, 20)) anomaly(problem);
       watcher.stop();
-      phase(`watch checked: ${watcher.events} events, ${watcher.resumes} resumes, ${watcher.gaps.length} compaction gaps`);
+      phase(`watch checked: ${watcher.events} events, ${watcher.resumes} resumes, ${watcher.gaps.length} compaction gaps${watcher.gapDetails.length > 0 ? `: ${watcher.gapDetails.slice(0, 5).join('; ')}` : ''}`);
 
       const result = checkHistory(history);
       phase('history checked');
@@ -563,9 +720,18 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       }
       overlaps('lock', lockHolds);
       overlaps('election', electionHolds);
+      if (probe !== undefined) {
+        const problems = probe.check(at);
+        for (const problem of problems.slice(0, 20)) anomaly(problem.text, problem.ms);
+        if (problems.length > 20) phase(`auth: ${problems.length - 20} more auth anomalies not shown`);
+        phase(`auth checked: ${JSON.stringify(probe.counts)}`);
+      }
 
       const completed = history.filter((operation) => Number.isFinite(operation.returnMs)).length;
-      const summary = { minutes, operations: history.length, completed, ...counts, watchEvents: watcher.events, watchResumes: watcher.resumes, watchGaps: watcher.gaps.length, faults, unavailable, linearizable: result.ok, anomalies: anomalies.length };
+      const summary = {
+        minutes, cluster: secure ? 'secure' : 'plaintext', operations: history.length, completed, ...counts, watchEvents: watcher.events, watchResumes: watcher.resumes, watchGaps: watcher.gaps.length,
+        faults, combinations, ...(probe === undefined ? {} : { auth: probe.counts }), unavailable, linearizable: result.ok, anomalies: anomalies.length,
+      };
       console.log(`soak summary: ${JSON.stringify(summary)}`);
       if (anomalies.length > 0) {
         await writeFile(path.join(logDir, 'history.json'), JSON.stringify(history.map((operation) => ({ ...operation, returnMs: Number.isFinite(operation.returnMs) ? operation.returnMs : null }))));
@@ -589,6 +755,9 @@ describe.skipIf(!(minutes > 0))('soak', () => {
       clearInterval(watchdog);
       watcher?.stop();
       clients.forEach((client) => client.close());
+      if (kvClients !== clients) kvClients.forEach((client) => client.close());
+      probeClients.forEach((client) => client.close());
+      admins.forEach((client) => client.close());
       for (const member of members) {
         member.exitExpected = true;
         member.process?.child.kill('SIGCONT');
