@@ -7,7 +7,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { createServer as createHttpServer } from 'node:http';
-import type { ServerHttp2Session } from 'node:http2';
+import type { IncomingHttpHeaders, ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { createServer as createTlsServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
@@ -15,6 +15,7 @@ import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js'
 import { logRefusedTlsHandshakes } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
+import { boundGrpcStream, type RequestBytesBudget } from './request-bytes-budget.js';
 import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
 
 /** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
@@ -42,6 +43,8 @@ export interface ClientListenerOptions {
   readonly logger: Logger;
   /** Hears of each HTTP/1.1 request too malformed to reach the gateway (bad request line, headers too large), for the audit trail. */
   readonly onRefusal?: (refusal: TransportRefusal) => void;
+  /** Bounds the bytes of gRPC messages received and not yet whole (shared with the gateway). */
+  readonly requestBytes?: RequestBytesBudget;
 }
 
 export interface ClientListener {
@@ -56,6 +59,15 @@ export async function listenClients(host: string, port: number, options: ClientL
   // The HTTP/2 server grpc-js just made for the injector: its connections get a reset allowance.
   const injected = [...(http2ServersOf(options.grpcServer) ?? [])].filter((server) => before?.has(server) !== true);
   for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));
+  const requestBytes = options.requestBytes;
+  if (requestBytes !== undefined) {
+    const onRefused = (method: string, socket: Socket | undefined): void => options.onRefusal?.({
+      method, peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, certificate: socket === undefined ? undefined : certificateOf(socket),
+      code: 'RESOURCE_EXHAUSTED', details: 'etcdserver: too many requests (request bytes in flight)', unknownMethod: false,
+    });
+    // Added after grpc-js's own 'stream' listener: it reads the same chunks, and has paused the stream until its handler reads.
+    for (const server of injected) server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundGrpcStream(stream, headers, requestBytes, onRefused));
+  }
   if (injected.length === 0) options.logger.warn('this gRPC library hides its HTTP/2 server: grpc-js clients before 1.10.4 will see calls fail under load (RST_STREAM code 2)');
   const http = createHttpServer({ keepAliveTimeout: httpKeepAliveTimeoutMs, headersTimeout: httpHeadersTimeoutMs, requestTimeout: 0 }, options.http);
   http.on('clientError', (error: Error & { code?: string }, socket: Socket) => refuseMalformedHttp(error, socket, options.onRefusal));
@@ -147,6 +159,13 @@ export async function listenClients(host: string, port: number, options: ClientL
       for (const socket of connections) socket.destroy();
     },
   };
+}
+
+/** The client certificate a connection presented, when our CA signed it. */
+function certificateOf(socket: Socket): PeerCertificate | undefined {
+  const tlsSocket = socket as Partial<TLSSocket>;
+  const peerCertificate = tlsSocket.authorized === true && typeof tlsSocket.getPeerCertificate === 'function' ? tlsSocket.getPeerCertificate() : undefined;
+  return peerCertificate?.raw === undefined ? undefined : peerCertificate;
 }
 
 /** Node's answer to a request it cannot parse, and for which the gateway never sees a request. */

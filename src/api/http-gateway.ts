@@ -9,12 +9,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type protobuf from 'protobufjs';
-import { RampartError } from '../errors.js';
+import { RampartError, isRampartError } from '../errors.js';
 import type { Member } from '../server/member.js';
 import { healthOf, type ServerMetrics } from '../server/metrics.js';
 import { statusName, statusOf } from './errors.js';
 import { JsonRequestError, decodeRequest, encodeResponse, jsonValueEnd, methodTypes, parseJson } from './json-codec.js';
 import { JsonValueSplitter } from './json-stream.js';
+import { RequestBytesBudget } from './request-bytes-budget.js';
 import type { TransportRefusal } from './refusal-audit.js';
 import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
 import { serverVersion } from './services.js';
@@ -89,6 +90,8 @@ export interface HttpGatewayOptions {
   readonly logger: Logger;
   readonly maxRequestBytes: number;
   readonly metrics?: ServerMetrics;
+  /** Bounds the request bytes read and not yet a whole message (shared with gRPC). */
+  readonly requestBytes?: RequestBytesBudget;
   /** Hears of each request refused before a handler had its message (unknown path or method, bad JSON, oversized), for the audit trail. */
   readonly onRefusal?: (refusal: TransportRefusal) => void;
 }
@@ -113,6 +116,7 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
   const maxMessageBytes = options.maxRequestBytes + messageOverheadBytes;
   // JSON carries bytes as base64 (4/3) and escapes: a body up to twice the message limit may still fit.
   const bodyBytesMax = 2 * maxMessageBytes;
+  const requestBytes = options.requestBytes ?? new RequestBytesBudget();
 
   return (request, response) => {
     const url = (request.url ?? '/').split('?')[0] ?? '/';
@@ -159,8 +163,8 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
       const { body } = errorBody(error);
       refuse(route.method, true, body.code, body.message);
     };
-    const readRequestBody = (): Promise<string> => readBody(request, bodyBytesMax).catch((error: unknown) => {
-      if (error instanceof BodyTooLarge) refuseMessage(error);
+    const readRequestBody = (): Promise<string> => readBody(request, bodyBytesMax, requestBytes).catch((error: unknown) => {
+      if (error instanceof BodyTooLarge || isRampartError(error)) refuseMessage(error);
       throw error;
     });
     const call = contextOf(request);
@@ -190,7 +194,7 @@ export function createHttpGateway(options: HttpGatewayOptions): HttpHandler {
         return;
       }
       case 'duplex':
-        serveDuplex(route, route.rpc.handle.bind(route.rpc), request, response, call, maxMessageBytes, refuseMessage);
+        serveDuplex(route, route.rpc.handle.bind(route.rpc), request, response, call, maxMessageBytes, refuseMessage, requestBytes);
         return;
     }
   };
@@ -251,23 +255,42 @@ function certificateOf(request: IncomingMessage): PeerCertificate | undefined {
   return peerCertificate.raw === undefined ? undefined : peerCertificate;
 }
 
-/** The whole request body, or BodyTooLarge once it passes `limitBytes` (the rest is not read). */
-function readBody(request: IncomingMessage, limitBytes: number): Promise<string> {
+/**
+ * The whole request body, or BodyTooLarge once it passes `limitBytes`, or TooManyRequests once the
+ * member holds too many request bytes (the rest is not read; the bytes held are released).
+ */
+function readBody(request: IncomingMessage, limitBytes: number, budget: RequestBytesBudget): Promise<string> {
+  const source = request.socket.remoteAddress ?? '';
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let total = 0;
+    let settled = false;
+    const settle = (): void => {
+      if (settled) return;
+      settled = true;
+      budget.release(source, total);
+      request.removeAllListeners('data');
+    };
+    const refuse = (error: Error): void => {
+      settle();
+      request.pause();
+      reject(error);
+    };
     request.on('data', (chunk: Buffer) => {
+      if (total + chunk.length > limitBytes) return refuse(new BodyTooLarge(`grpc: received message larger than max (${total + chunk.length} vs. ${limitBytes})`));
+      if (!budget.take(source, chunk.length)) return refuse(new RampartError('TooManyRequests'));
       total += chunk.length;
-      if (total > limitBytes) {
-        request.removeAllListeners('data');
-        request.pause();
-        reject(new BodyTooLarge(`grpc: received message larger than max (${total} vs. ${limitBytes})`));
-        return;
-      }
       chunks.push(chunk);
     });
-    request.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    request.on('error', reject);
+    request.on('end', () => {
+      settle();
+      resolve(Buffer.concat(chunks).toString('utf8'));
+    });
+    request.on('error', (error) => {
+      settle();
+      reject(error);
+    });
+    request.on('close', settle);
   });
 }
 
@@ -374,7 +397,7 @@ function jsonLines(response: ServerResponse, type: protobuf.Type, onClose: (list
  * A bidirectional stream over one request: JSON values are read from the body as they arrive,
  * each one request. As in etcd, the end of the body ends a keep-alive stream but not a watch.
  */
-function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStream<unknown, unknown>) => void, request: IncomingMessage, response: ServerResponse, call: HttpCall, maxMessageBytes: number, refuse: (error: unknown) => void): void {
+function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStream<unknown, unknown>) => void, request: IncomingMessage, response: ServerResponse, call: HttpCall, maxMessageBytes: number, refuse: (error: unknown) => void, budget: RequestBytesBudget): void {
   const requestListeners: ((message: unknown) => void)[] = [];
   const endListeners: (() => void)[] = [];
   const lines = jsonLines(response, route.response, call.onClose);
@@ -389,8 +412,17 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
   let failed = false;
   let delivered = false;
   const pendingBytesMax = pendingJsonBytesFactor * maxMessageBytes;
+  // The unfinished value's characters, counted against the member's request-bytes budget.
+  const source = request.socket.remoteAddress ?? '';
+  let reserved = 0;
+  const releaseReserved = (): void => {
+    budget.release(source, reserved);
+    reserved = 0;
+  };
+  call.onClose(releaseReserved);
   const fail = (error: unknown): void => {
     failed = true;
+    releaseReserved();
     // As over gRPC: a stream whose first message never reached its handler was refused by the transport.
     if (!delivered) refuse(error);
     request.removeAllListeners('data');
@@ -407,11 +439,18 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
         for (const listener of requestListeners) listener(message);
       }
       if (splitter.pendingLength > pendingBytesMax) throw new BodyTooLarge(`grpc: received message larger than max (${splitter.pendingLength} vs. ${maxMessageBytes})`);
+      if (splitter.pendingLength > reserved) {
+        if (!budget.take(source, splitter.pendingLength - reserved)) throw new RampartError('TooManyRequests');
+      } else {
+        budget.release(source, reserved - splitter.pendingLength);
+      }
+      reserved = splitter.pendingLength;
     } catch (error) {
       fail(error instanceof JsonRequestError ? new StreamRequestError(error.message) : error);
     }
   });
   request.on('end', () => {
+    releaseReserved();
     if (failed) return;
     const pending = splitter.rest();
     if (pending.trim() !== '') {

@@ -11,6 +11,7 @@ import { recordRefusal, recordUnrecordedRefusals, type TransportRefusal } from '
 import { RefusalLimiter } from '../api/refusal-limit.js';
 import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
+import { RequestBytesBudget } from '../api/request-bytes-budget.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
@@ -510,7 +511,9 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     maxRequestBytes: member.options.maxRequestBytes,
     ...(refusals === undefined ? {} : { onRefusal: refusals.offer }),
   });
-  const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) });
+  // Request bytes held before anything is authorized, bounded for both transports together.
+  const requestBytes = new RequestBytesBudget();
+  const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes, requestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   if (bootstrap !== undefined) {
@@ -523,7 +526,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     const parsed = new URL(url);
     if (parsed.port === '') throw new Error(`listen URL needs a port: ${url}`);
     const tls = credentials.clientProvider === undefined ? undefined : { provider: credentials.clientProvider, requireClientCertificate: flags.clientCertAuth, refuseCertificate, sweepIntervalMs: flags.certificateReloadIntervalMs };
-    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
+    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, requestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
   }
   serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');

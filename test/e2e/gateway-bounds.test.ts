@@ -6,6 +6,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { ClientRequest } from 'node:http';
+import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';
 import { request } from 'node:https';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
@@ -27,6 +28,16 @@ async function credentialsFor(member: TlsMember, commonName: string): Promise<Cr
   return { ca: await file('--cacert'), cert: await file('--cert'), key: await file('--key') };
 }
 
+async function residentBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) * 1024;
+}
+
+/** README, Limits: request bytes one source address may hold unfinished (a quarter of the 256 MiB a member holds). */
+const requestBytesPerSourceMax = 64 * 1024 * 1024;
+/** RSS allowance above twice that share: TLS and socket buffers of ~250 connections, GC slack. */
+const rssAllowanceBytes = 128 * 1024 * 1024;
+
 /** Writes `text` in chunks of `chunkBytes`, each its own write (so its own TLS record, mostly). */
 async function trickle(stream: ClientRequest, text: string, chunkBytes: number): Promise<void> {
   for (let offset = 0; offset < text.length; offset += chunkBytes) {
@@ -36,12 +47,27 @@ async function trickle(stream: ClientRequest, text: string, chunkBytes: number):
   }
 }
 
+/** A gateway Put of `valueBytes` from `localAddress`: `STATUS BODY`. */
+function httpsPut(port: number, credentials: Credentials, key: string, valueBytes: number, localAddress = '127.0.0.1'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const put = request({ host: '127.0.0.1', localAddress, port, path: '/v3/kv/put', method: 'POST', agent: false, ...credentials }, (response) => {
+      let body = '';
+      response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      response.on('end', () => resolve(`${response.statusCode ?? 0} ${body}`));
+    });
+    put.on('error', reject);
+    put.end(JSON.stringify({ key: Buffer.from(key).toString('base64'), value: Buffer.alloc(valueBytes, 'v').toString('base64') }));
+  });
+}
+
 describe('JSON gateway bounds (TLS member, a certificate that is no user)', () => {
   let member: TlsMember;
   let stranger: Credentials;
+  let rootCredentials: Credentials;
   beforeAll(async () => {
     member = await startTlsMember();
     stranger = await credentialsFor(member, 'stranger');
+    rootCredentials = await credentialsFor(member, 'root');
   }, 60_000);
   afterAll(async () => {
     await member?.stop();
@@ -75,4 +101,62 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
     expect(lagMs).toBeLessThan(eventLoopBlockMaxMs + schedulingAllowanceMs);
     expect(member.child.exitCode).toBeNull();
   }, 120_000);
+
+  it('many connections and streams each holding an almost whole request cost bounded memory, and others are still served', async () => {
+    const pid = member.child.pid ?? 0;
+    const rssBefore = await residentBytes(pid);
+    // 120 gateway connections, each a 3.9 MB Put body one byte short; 120 gRPC streams on 4
+    // connections, each a 2 MB message 10 bytes short. Before: every byte was held (~700 MB).
+    const bodyBytes = 3_900_000;
+    const gatewayAnswers: string[] = [];
+    const gatewayRequests: ClientRequest[] = [];
+    for (let index = 0; index < 120; index++) {
+      const held = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/kv/put', method: 'POST', headers: { 'content-length': String(bodyBytes + 1) }, agent: false, ...stranger });
+      held.on('error', () => undefined);
+      held.on('response', (response) => {
+        let body = '';
+        response.on('data', (chunk: Buffer) => (body += chunk.toString()));
+        response.on('end', () => gatewayAnswers.push(body));
+      });
+      held.write(Buffer.alloc(bodyBytes, 'A'));
+      gatewayRequests.push(held);
+    }
+    const messageBytes = 2_000_000;
+    const prefix = Buffer.alloc(5);
+    prefix.writeUInt32BE(messageBytes, 1);
+    let streamsReset = 0;
+    const sessions: ClientHttp2Session[] = Array.from({ length: 4 }, () => connectHttp2(`https://127.0.0.1:${member.clientPort}`, stranger).on('error', () => undefined));
+    for (let index = 0; index < 120; index++) {
+      const stream = (sessions[index % sessions.length] as ClientHttp2Session).request({ ':method': 'POST', ':path': '/etcdserverpb.KV/Put', 'content-type': 'application/grpc', te: 'trailers' });
+      stream.on('error', () => undefined);
+      stream.on('close', () => {
+        if (stream.rstCode === 11) streamsReset += 1; // ENHANCE_YOUR_CALM
+      });
+      stream.resume();
+      stream.write(prefix);
+      stream.write(Buffer.alloc(messageBytes - 10, 'A'));
+    }
+    try {
+      // Until the attack's bytes have arrived: every gateway request answered but those held.
+      const deadline = Date.now() + 60_000;
+      while (gatewayAnswers.length + streamsReset < 160 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 250));
+      const rssDuring = await residentBytes(pid);
+      console.log(`request bytes attack: RSS ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssDuring / 2 ** 20).toFixed(0)} MiB; gateway refused ${gatewayAnswers.length}/120, gRPC streams reset ${streamsReset}/120`);
+      expect(rssDuring - rssBefore).toBeLessThan(2 * requestBytesPerSourceMax + rssAllowanceBytes);
+      expect(gatewayAnswers.length).toBeGreaterThan(60);
+      for (const answer of gatewayAnswers) expect(answer).toContain('etcdserver: too many requests');
+      expect(streamsReset).toBeGreaterThan(60);
+      // Another source is still served, a 1 MB value included.
+      const put = await httpsPut(member.clientPort, rootCredentials, '/bystander', 1_000_000, '127.0.0.2');
+      expect(put).toMatch(/^200 \{"header"/);
+    } finally {
+      for (const held of gatewayRequests) held.destroy();
+      for (const session of sessions) session.destroy();
+    }
+    // Once the attacker is gone, its share is free again: the same address is served.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const again = await httpsPut(member.clientPort, rootCredentials, '/after', 1_000_000);
+    expect(again).toMatch(/^200 \{"header"/);
+    expect(member.child.exitCode).toBeNull();
+  }, 180_000);
 });
