@@ -1,7 +1,9 @@
 /**
  * Drives the pure Raft core for one member: ticks on a timer, steps incoming messages, and handles
  * each Ready in the order Raft requires — persist (fsync), then send, then apply, then advance.
- * Proposals arriving while an fsync is in flight share the next one (group commit).
+ * Proposals arriving while an fsync is in flight share the next one (group commit). Committed
+ * entries that an earlier Ready already made durable here are applied while this Ready's entries
+ * are persisted (see `processReadies`).
  *
  * Owns: timing and sequencing. Never: the meaning of entries (the member applies them).
  */
@@ -242,18 +244,16 @@ export class RaftLoop implements Consensus {
     try {
       while (!this.closed && this.node.hasReady()) {
         const ready = this.node.ready();
-        const persistStarted = performance.now();
-        if (ready.softState.role === 'leader') {
-          // Overlap the leader's fsync with the followers' (see Ready).
-          this.host.send(ready.messages);
-          await this.host.persist(ready);
-        } else {
-          await this.host.persist(ready);
-          this.host.send(ready.messages);
-        }
-        if (ready.entries.length > 0) instruments.writeStageSeconds.recordSince(persistStarted, 'persist');
+        // Applying batch N overlaps persisting batch N+1: committed entries before this Ready's
+        // first entry were made durable by an earlier Ready (and this one replaces none of them),
+        // so they are applied, and their callers answered, while this Ready's fsync runs. Entries
+        // this Ready persists (a follower may learn them committed in the same append) wait for it.
+        const durable = ready.snapshot === undefined ? durablePrefix(ready) : 0;
+        const early = ready.committedEntries.slice(0, durable);
+        const late = ready.committedEntries.slice(durable);
+        await settleBoth(this.persistAndSend(ready), early.length > 0 ? this.host.applyEntries(early) : undefined);
         if (ready.snapshot !== undefined) await this.host.installSnapshot(ready.snapshot);
-        if (ready.committedEntries.length > 0) await this.host.applyEntries(ready.committedEntries);
+        if (late.length > 0) await this.host.applyEntries(late);
         this.takeReadStates(ready.readStates);
         this.node.advance(ready);
         this.takeReadStates(this.node.takeReadStates());
@@ -272,6 +272,19 @@ export class RaftLoop implements Consensus {
       this.running = false;
     }
     if (!this.closed && this.node.hasReady()) this.kick();
+  }
+
+  private async persistAndSend(ready: Ready): Promise<void> {
+    const persistStarted = performance.now();
+    if (ready.softState.role === 'leader') {
+      // Overlap the leader's fsync with the followers' (see Ready).
+      this.host.send(ready.messages);
+      await this.host.persist(ready);
+    } else {
+      await this.host.persist(ready);
+      this.host.send(ready.messages);
+    }
+    if (ready.entries.length > 0) instruments.writeStageSeconds.recordSince(persistStarted, 'persist');
   }
 
   private releaseReads(): void {
@@ -315,4 +328,18 @@ function rejectAll(group: ReadGroup, error: RampartError): void {
     waiter.reject(error);
   }
   group.waiters.clear();
+}
+
+/** How many of the Ready's committed entries precede its first entry to persist (all when it has none). */
+function durablePrefix(ready: Ready): number {
+  const firstNew = ready.entries[0]?.index ?? Number.POSITIVE_INFINITY;
+  const index = ready.committedEntries.findIndex((entry) => entry.index >= firstNew);
+  return index === -1 ? ready.committedEntries.length : index;
+}
+
+/** Waits for both to finish, then fails with the first failure: neither is left running behind a throw. */
+async function settleBoth(first: Promise<void>, second: Promise<void> | undefined): Promise<void> {
+  const [a, b] = await Promise.allSettled([first, second]);
+  if (a.status === 'rejected') throw a.reason;
+  if (b.status === 'rejected') throw b.reason;
 }

@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
-import type { Message, NodeId } from '../../src/raft/types.js';
+import type { Entry, Message, NodeId } from '../../src/raft/types.js';
 import { RaftLoop, type RaftLoopHost } from '../../src/server/raft-loop.js';
 
 function node(id: NodeId, voters: NodeId[], learners: NodeId[] = []): RaftNode {
@@ -34,7 +34,11 @@ class StuckHost implements RaftLoopHost {
     return Promise.resolve();
   }
 
-  applyEntries(): Promise<void> {
+  /** The data of every entry applied, in order. */
+  readonly applied: string[] = [];
+
+  applyEntries(entries: readonly Entry[]): Promise<void> {
+    for (const entry of entries) if (entry.data.length > 0) this.applied.push(entry.data.toString());
     return Promise.resolve();
   }
 
@@ -42,6 +46,11 @@ class StuckHost implements RaftLoopHost {
 
   onFatal(error: unknown): void {
     throw error;
+  }
+
+  /** Lets the oldest hanging persist finish; later ones keep hanging while `hang` is set. */
+  releaseOne(): void {
+    this.release.shift()?.();
   }
 
   unstick(): void {
@@ -104,6 +113,47 @@ describe('raft loop', () => {
     host.unstick();
     await loop.settled();
     expect(host.sent.some((message) => message.type === 'appendResponse' && !message.reject && message.index === 1)).toBe(true);
+  });
+
+  it('applies entries an earlier Ready made durable while the next Ready is persisted, never one before its own persist', async () => {
+    const raft = node('a', ['a']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    raft.campaignNow();
+    loop.start();
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+
+    host.hang = true;
+    loop.propose(Buffer.from('first')); // its Ready's persist hangs
+    await sleep(20);
+    loop.propose(Buffer.from('second'));
+    await sleep(20);
+    expect(host.applied).toEqual([]); // nothing is applied before it is durable here
+    // 'first' is persisted and so committed; the next Ready persists 'second' (hanging again)
+    // while it applies 'first'.
+    host.releaseOne();
+    await sleep(20);
+    expect(host.applied).toEqual(['first']);
+    host.unstick();
+    await loop.settled();
+    expect(host.applied).toEqual(['first', 'second']);
+  });
+
+  it('a follower applies entries learned committed in the same append only after persisting them', async () => {
+    const raft = node('b', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    loop.start();
+    host.hang = true;
+    loop.step({ type: 'append', from: 'a', to: 'b', term: 1, prevIndex: 0, prevTerm: 0, commit: 1, entries: [{ index: 1, term: 1, type: 'normal', data: Buffer.from('x') }] });
+    await sleep(20);
+    expect(host.applied).toEqual([]);
+    host.unstick();
+    await loop.settled();
+    expect(host.applied).toEqual(['x']);
   });
 
   it('reads arriving while a ReadIndex request is in flight share the next one: one heartbeat round for many reads', async () => {
