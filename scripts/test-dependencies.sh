@@ -16,6 +16,8 @@ need systemd-analyze systemd
 [ -x /usr/sbin/rsyslogd ] || missing="$missing rsyslog"
 # rsyslog-gnutls: rsyslog's TLS driver (test/e2e/audit-sinks).
 dpkg-query -W -f '${Status}' rsyslog-gnutls 2>/dev/null | grep -q 'install ok installed' || missing="$missing rsyslog-gnutls"
+# rsyslog-relp: rsyslog's RELP input, imrelp (test/e2e/audit-relp).
+dpkg-query -W -f '${Status}' rsyslog-relp 2>/dev/null | grep -q 'install ok installed' || missing="$missing rsyslog-relp"
 # cc: the soak's slow-disk fault compiles a test-only fsync shim (test/soak/slow-fsync.c).
 need cc gcc
 # python3-etcd3: a client nobody here wrote, with a password over server TLS (test/e2e/client-tls).

@@ -199,7 +199,7 @@ program
   .option('--no-audit', 'keep no audit trail (not recommended)')
   .option('--audit-signing-cert-file <file>', 'certificate (kind audit, from the cluster CA) of the key that signs this member\'s audit checkpoints')
   .option('--audit-signing-key-file <file>', 'the key that signs this member\'s audit checkpoints')
-  .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', collectSinks, [] as string[])
+  .option('--audit-sink <sink>', 'also stream the audit trail to SINK (repeatable): stdout, syslog+tls://HOST:PORT, relp+tls://HOST:PORT or https://HOST/PATH, with ?format=rampart|ocsf&ca=FILE&cert=FILE&key=FILE&token-file=FILE&name=NAME (see README: Streaming the audit trail)', collectSinks, [] as string[])
   .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--audit-max-file-bytes <bytes>', 'start a new audit file once the current one holds this much (closed files are compressed)', integer, auditMaxFileBytesDefault)

@@ -2,191 +2,20 @@
  * Streaming the audit trail to real receivers: rsyslog listening on TLS (mutual TLS, RFC 5425
  * framing) and an HTTPS webhook, both restarted under a put load on a 3-member `rampart up`
  * cluster (TLS, auth, encryption at rest) while one member restarts; then every
- * event of every member's trail is at each receiver, in order — once at the webhook (2xx acks and
- * idempotency keys), once after dropping the copies that a broken syslog connection resends. And
+ * event of every member's trail is at each receiver, in order — once at the webhook (2xx acks; the
+ * receiver keeps every batch and drops a copy by member, file and seq, counting it), once after
+ * dropping the copies that a broken syslog connection resends. And
  * `--audit-fail-closed`: refused while no sink takes events, served again when one returns, and
  * nothing lost. Needs rsyslogd with its GnuTLS driver (Debian rsyslog, rsyslog-gnutls; installed
  * by scripts/test-dependencies.sh).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer, type Server } from 'node:https';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseEventLine, type AuditEvent } from '../../src/audit/event.js';
-import { verifyAudit } from '../../src/audit/verify.js';
-import { trailKeyForReading } from '../../src/cli/audit-keys.js';
-import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
+import { byMember, distinct, gnutlsDriver, makePki, rsyslogd, Rsyslog, sleep, trailOf, until, Webhook, type Pki } from '../helpers/audit-receivers.js';
 import { call, callError, connect, type RawClient } from '../helpers/client.js';
 import { freeBasePort, freePort, projectRoot, rampartBin, removeDirectory, run, startRampart, temporaryDirectory, type CommandResult, type ServerProcess } from '../helpers/processes.js';
-
-const rsyslogd = ['/usr/sbin/rsyslogd', '/sbin/rsyslogd'].find((file) => existsSync(file));
-const gnutlsDriver = ['/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so', '/usr/lib/aarch64-linux-gnu/rsyslog/lmnsd_gtls.so', '/usr/lib/rsyslog/lmnsd_gtls.so'].some((file) => existsSync(file));
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(condition: () => Promise<boolean> | boolean, what: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
-
-interface Pki {
-  readonly caFile: string;
-  readonly serverCert: string;
-  readonly serverKey: string;
-  readonly clientCert: string;
-  readonly clientKey: string;
-}
-
-async function makePki(directory: string): Promise<Pki> {
-  const authority = await createAuthority('audit receivers test CA');
-  const server = await issueCertificate(authority, { kind: 'server', commonName: 'receiver', subjectAltNames: ['127.0.0.1'] });
-  const client = await issueCertificate(authority, { kind: 'client', commonName: 'rampart-member' });
-  const file = async (name: string, text: string): Promise<string> => {
-    const target = path.join(directory, name);
-    await writeFile(target, text, { mode: 0o600 });
-    return target;
-  };
-  return {
-    caFile: await file('ca.pem', authority.certificatePem),
-    serverCert: await file('server.pem', server.certificatePem),
-    serverKey: await file('server.key', server.keyPem),
-    clientCert: await file('client.pem', client.certificatePem),
-    clientKey: await file('client.key', client.keyPem),
-  };
-}
-
-/** rsyslogd in the foreground with its own config, pid file and work directory; TLS with client certificates required. */
-class Rsyslog {
-  private child: ChildProcess | undefined;
-  private output = '';
-  readonly received: string;
-  constructor(private readonly directory: string, readonly port: number, private readonly pki: Pki) {
-    this.received = path.join(directory, 'received.log');
-  }
-
-  async start(): Promise<void> {
-    const work = path.join(this.directory, 'work');
-    await mkdir(work, { recursive: true });
-    const config = path.join(this.directory, 'rsyslog.conf');
-    await writeFile(config, [
-      `global(workDirectory="${work}" defaultNetstreamDriver="gtls" defaultNetstreamDriverCAFile="${this.pki.caFile}"`,
-      `       defaultNetstreamDriverCertFile="${this.pki.serverCert}" defaultNetstreamDriverKeyFile="${this.pki.serverKey}")`,
-      'module(load="imtcp" streamDriver.name="gtls" streamDriver.mode="1" streamDriver.authMode="x509/certvalid")',
-      `input(type="imtcp" port="${this.port}" address="127.0.0.1")`,
-      'template(name="audit" type="string" string="%structured-data% %msg%\\n")',
-      `action(type="omfile" file="${this.received}" template="audit")`,
-      '',
-    ].join('\n'));
-    this.child = spawn(rsyslogd as string, ['-n', '-f', config, '-i', path.join(this.directory, 'rsyslogd.pid')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.child.stdout?.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
-    this.child.stderr?.on('data', (chunk: Buffer) => (this.output += chunk.toString()));
-    await until(async () => {
-      if (this.child?.exitCode !== null) throw new Error(`rsyslogd exited: ${this.output}`);
-      const { connect: tcp } = await import('node:net');
-      return new Promise<boolean>((resolve) => {
-        const socket = tcp(this.port, '127.0.0.1');
-        socket.once('connect', () => {
-          socket.destroy();
-          resolve(true);
-        });
-        socket.once('error', () => resolve(false));
-      });
-    }, 'rsyslogd to listen', 10_000);
-  }
-
-  async stop(): Promise<void> {
-    const child = this.child;
-    if (child === undefined || child.exitCode !== null) return;
-    const exited = new Promise((resolve) => child.once('exit', resolve));
-    child.kill('SIGTERM');
-    await exited;
-  }
-
-  /** What rsyslog wrote: the event id from the structured data, and the event. */
-  async messages(): Promise<{ id: string; event: AuditEvent }[]> {
-    const text = await readFile(this.received, 'utf8').catch(() => '');
-    const messages: { id: string; event: AuditEvent }[] = [];
-    for (const line of text.split('\n')) {
-      if (line === '') continue;
-      const match = /^\[rampart@32473 member="([0-9a-f]+)" file="([^"]+)" seq="(\d+)"\] (.*)$/.exec(line);
-      if (match === null) throw new Error(`rsyslog wrote an unexpected line: ${line.slice(0, 200)}`);
-      const event = parseEventLine(match[4] as string);
-      if (typeof event === 'string') throw new Error(`not a canonical event (${event}): ${line.slice(0, 200)}`);
-      expect(String(event.seq)).toBe(match[3]);
-      messages.push({ id: `${event.member}:${event.hash}`, event });
-    }
-    return messages;
-  }
-}
-
-/** An HTTPS receiver honouring Idempotency-Key (a batch it acknowledged is acknowledged again, not kept twice). */
-class Webhook {
-  private server: Server | undefined;
-  readonly events: Record<string, unknown>[] = [];
-  readonly keys = new Set<string>();
-  repeatedBatches = 0;
-  authorization = new Set<string>();
-  constructor(readonly port: number, private readonly pki: Pki) {}
-
-  async start(): Promise<void> {
-    const [cert, key] = await Promise.all([readFile(this.pki.serverCert), readFile(this.pki.serverKey)]);
-    const server = createServer({ cert, key }, (request, response) => {
-      const chunks: Buffer[] = [];
-      request.on('data', (chunk: Buffer) => chunks.push(chunk));
-      request.on('end', () => {
-        this.authorization.add(String(request.headers.authorization));
-        const idempotencyKey = String(request.headers['idempotency-key']);
-        if (this.keys.has(idempotencyKey)) {
-          this.repeatedBatches += 1;
-        } else {
-          this.keys.add(idempotencyKey);
-          this.events.push(...(JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>[]));
-        }
-        response.writeHead(200).end();
-      });
-    });
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
-    this.server = server;
-  }
-
-  async stop(): Promise<void> {
-    const server = this.server;
-    if (server === undefined) return;
-    this.server = undefined;
-    server.closeAllConnections();
-    await new Promise((resolve) => server.close(resolve));
-  }
-
-  /** Event ids (member:hash) in the order received. */
-  ids(): string[] {
-    return this.events.map((event) => {
-      const chain = (event.unmapped as { rampart: { member: string; hash: string } }).rampart;
-      return `${chain.member}:${chain.hash}`;
-    });
-  }
-}
-
-/** Every event of a member's trail (verified), as member:hash, in trail order, and how many files hold it. */
-async function trailOf(directory: string): Promise<{ member: string; ids: string[]; files: number }> {
-  const ids: string[] = [];
-  let member = '';
-  // Sealed at rest: opened with the member's KEK, found beside its data directory.
-  const key = await trailKeyForReading(directory, {});
-  const result = await verifyAudit(directory, {
-    ...(key === undefined ? {} : { key }),
-    onEvent: (event) => {
-      member = event.member;
-      ids.push(`${event.member}:${event.hash}`);
-    },
-  });
-  expect(result.ok, result.problem).toBe(true);
-  return { member, ids, files: result.files };
-}
 
 const alive = (pid: number): boolean => {
   try {
@@ -196,8 +25,6 @@ const alive = (pid: number): boolean => {
     return false;
   }
 };
-const byMember = (ids: readonly string[], member: string): string[] => ids.filter((id) => id.startsWith(`${member}:`));
-const distinct = (ids: readonly string[]): string[] => [...new Set(ids)];
 
 describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks to rsyslog over TLS and an HTTPS webhook', () => {
   let directory: string;
@@ -263,6 +90,7 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
     expect(members[2]?.files, 'the restarted member has two trail files').toBe(2);
     await until(async () => distinct(webhook.ids()).length >= total && distinct((await rsyslog.messages()).map((message) => message.id)).length >= total, `${total} events at both receivers`, 30_000);
     const syslogIds = (await rsyslog.messages()).map((message) => message.id);
+    expect(webhook.received).toBe(webhook.events.length + webhook.copies);
     for (const { member, ids } of members) {
       // The webhook: each event once, in trail order.
       expect(byMember(webhook.ids(), member)).toEqual(ids);
@@ -276,7 +104,7 @@ describe.skipIf(rsyslogd === undefined || !gnutlsDriver)('streaming audit sinks 
         highest = Math.max(highest, index);
       }
     }
-    console.log(`audit sinks e2e: ${total} events from 3 members (${acknowledged} puts); webhook batches acknowledged again ${webhook.repeatedBatches}; syslog copies resent after broken connections ${syslogIds.length - distinct(syslogIds).length}`);
+    console.log(`audit sinks e2e: ${total} events from 3 members (${acknowledged} puts); webhook events received again and dropped by (member, file, seq) ${webhook.copies}; syslog copies resent after broken connections ${syslogIds.length - distinct(syslogIds).length}`);
     expect(webhook.authorization).toEqual(new Set(['Bearer test-bearer-token']));
     const everything = `${await readFile(rsyslog.received, 'utf8')}${JSON.stringify(webhook.events)}`;
     expect(everything).not.toContain('never-in-the-trail');

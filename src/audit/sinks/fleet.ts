@@ -17,6 +17,7 @@ import { formatEvent } from './format.js';
 import { AuditSink, type SinkLimits, type SinkStatus } from './sink.js';
 import type { SinkSpec } from './spec.js';
 import { StreamTransport } from './stdout.js';
+import { RelpTlsTransport } from './relp.js';
 import { SyslogTlsTransport } from './syslog.js';
 import type { SinkTransport } from './transport.js';
 import { WebhookTransport } from './webhook.js';
@@ -24,6 +25,8 @@ import { WebhookTransport } from './webhook.js';
 /** How long every sink may fail before `--audit-fail-closed` refuses requests. */
 export const failClosedGraceMsDefault = 2_000;
 const receiverTimeoutMs = 10_000;
+/** How long a stopping member waits for a RELP receiver to answer the messages in flight. */
+const relpCloseGraceMs = 2_000;
 
 export interface AuditSinksOptions {
   readonly specs: readonly SinkSpec[];
@@ -55,6 +58,16 @@ async function transportFor(spec: SinkSpec, options: AuditSinksOptions): Promise
       const key = await readOptional(spec.keyFile, 'key file', spec.name);
       return new SyslogTlsTransport({
         host: spec.host, port: spec.port, timeoutMs: receiverTimeoutMs, confirmEventsMax: 2_000, confirmIntervalMs: 2_000,
+        ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
+      });
+    }
+    case 'relp': {
+      const ca = await readOptional(spec.caFile, 'CA file', spec.name);
+      const cert = await readOptional(spec.certFile, 'certificate file', spec.name);
+      const key = await readOptional(spec.keyFile, 'key file', spec.name);
+      return new RelpTlsTransport({
+        host: spec.host, port: spec.port, timeoutMs: receiverTimeoutMs, windowFramesMax: spec.windowFrames, closeGraceMs: relpCloseGraceMs,
+        software: `rampart,${options.productVersion}`,
         ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
       });
     }

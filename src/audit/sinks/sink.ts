@@ -21,7 +21,7 @@ import { parseEventLine, type AuditEvent } from '../event.js';
 import type { StoredRecord } from '../records.js';
 import type { SinkCursor } from './cursor.js';
 import { comparePositions, describePosition, follows, type TrailPosition } from './position.js';
-import type { SinkRecord, SinkTransport } from './transport.js';
+import { PartialDeliveryError, type SinkRecord, type SinkTransport } from './transport.js';
 
 export interface SinkLimits {
   /** Events kept in memory for the sink before it falls back to reading the trail. */
@@ -338,7 +338,20 @@ export class AuditSink {
 
   private async deliver(batch: SinkRecord[]): Promise<void> {
     this.retry = batch;
-    const acknowledged = await this.options.transport.send(batch);
+    let acknowledged: boolean;
+    try {
+      acknowledged = await this.options.transport.send(batch);
+    } catch (error) {
+      // The receiver took the start of the batch (RELP answers each event): the cursor moves past
+      // it before the failure sends the sink back to the cursor, so only the rest goes again.
+      const taken = error instanceof PartialDeliveryError ? batch[error.acknowledged - 1] : undefined;
+      if (taken !== undefined && this.unconfirmed === 0) {
+        this.sent = taken.position;
+        this.unconfirmed = (error as PartialDeliveryError).acknowledged;
+        await this.confirmed();
+      }
+      throw error;
+    }
     this.sent = (batch[batch.length - 1] as SinkRecord).position;
     this.unconfirmed += batch.length;
     // Until the cursor holds it (its disk may be full), the batch is the one to send again, as is.

@@ -26,3 +26,15 @@ export interface SinkTransport {
   /** Drops any connection (at shutdown, and after a failure). */
   close(): void;
 }
+
+/**
+ * A send that failed after the receiver acknowledged the first `acknowledged` records of the
+ * batch (RELP answers each message): the sink's cursor moves past those, and only the rest is
+ * sent again.
+ */
+export class PartialDeliveryError extends Error {
+  constructor(reason: Error, readonly acknowledged: number) {
+    super(reason.message, { cause: reason });
+    this.name = 'PartialDeliveryError';
+  }
+}

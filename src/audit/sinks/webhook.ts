@@ -6,8 +6,10 @@
  * A 2xx answer acknowledges the batch; anything else, a timeout or a broken connection is a
  * failure and the same batch is sent again, with the same `Idempotency-Key`
  * (`<member>:<first file>:<first seq>:<last file>:<last seq>`), so a receiver that saw it and
- * answered into a broken connection can drop the copy. Each event also carries its own unique id
- * (OCSF `metadata.uid`; member, file and seq in the Rampart format).
+ * answered into a broken connection can drop the copy. A batch rebuilt after a member restart may
+ * span other events under another key, so the rule that always holds is per event: each carries
+ * its member, file and seq (OCSF `unmapped.rampart`, and the Rampart line itself), events come in
+ * trail order, and a receiver drops any event at or before the last it took from that member.
  */
 import { Agent, request } from 'node:https';
 import type { SinkRecord, SinkTransport } from './transport.js';
