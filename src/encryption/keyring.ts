@@ -49,6 +49,8 @@ export interface RecordSealer {
   seal(key: Buffer, plaintext: Buffer): Buffer;
   /** Throws SealedRecordError naming the key if the record is damaged or its DEK is unknown. */
   open(key: Buffer, record: Buffer): Buffer;
+  /** Every DEK that opens records now, by id (for opening in bulk on a worker thread). */
+  openingKeys(): ReadonlyMap<number, Buffer>;
 }
 
 /** Re-wraps a key kept elsewhere with `wrap` (the new KEK during a rotation). */
@@ -288,6 +290,12 @@ export class Keyring implements RecordSealer {
       throw new SealedRecordError(`record ${describeKey(key)}: sealed under data key ${id}, which this member does not have`);
     }
     return openRecord(dek, key, record);
+  }
+
+  openingKeys(): ReadonlyMap<number, Buffer> {
+    const keys = new Map(this.retired);
+    for (const [id, dek] of this.deks) keys.set(id, dek.key);
+    return keys;
   }
 
   /** Whether plaintext records may still be in the database (a migration is under way). */

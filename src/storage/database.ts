@@ -13,6 +13,7 @@ import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
 import { Keyring, keyStorePrefix, type KeyringStatus, type KeyStoreBackend, type RecordSealer, type RewrapHook } from '../encryption/keyring.js';
 import type { KekProvider } from '../encryption/kek.js';
+import { ParallelOpener } from '../encryption/record-opener.js';
 import { SealedRecordError, looksSealed, sealedDekId } from '../encryption/sealed-record.js';
 import type { BatchOperation } from './mvcc/store.js';
 
@@ -30,9 +31,18 @@ export interface IteratorRange {
   readonly lte?: Buffer;
   /** Read from this view instead of the current state. */
   readonly snapshot?: DatabaseSnapshot;
+  /** Bytes one `nextv` call may read from LevelDB (default 16 KiB): raise it for long scans. */
+  readonly highWaterMarkBytes?: number;
+  /**
+   * A long scan read with `nextv`: the next batch is read, and opened on a worker thread, while
+   * the caller works on this one.
+   */
+  readonly bulk?: boolean;
 }
 
 export interface DatabaseIterator extends AsyncIterable<[Buffer, Buffer]> {
+  /** Up to `size` records (fewer once `highWaterMarkBytes` are read); none at the end. */
+  nextv(size: number): Promise<[Buffer, Buffer][]>;
   close(): Promise<void>;
 }
 
@@ -57,11 +67,56 @@ function isKeyStoreKey(key: Buffer): boolean {
   return key[0] === keyStorePrefix;
 }
 
+type LevelIterator = AsyncIterable<[Buffer, Buffer]> & { nextv(size: number): Promise<[Buffer, Buffer][]>; close(): Promise<void> };
+
 class SealedIterator implements DatabaseIterator {
+  /** Bulk reads: the next raw batch, read while the one before is opened. */
+  private rawAhead: Promise<[Buffer, Buffer][]> | undefined;
+  /** Bulk reads: the next opened batch, read and opened while the caller uses the one before. */
+  private openedAhead: Promise<[Buffer, Buffer][]> | undefined;
+  private readonly opener: ParallelOpener | undefined;
+
   constructor(
-    private readonly inner: AsyncIterable<[Buffer, Buffer]> & { close(): Promise<void> },
+    private readonly inner: LevelIterator,
     private readonly sealer: RecordSealer | undefined,
-  ) {}
+    private readonly bulk: boolean,
+  ) {
+    this.opener = bulk && sealer !== undefined ? ParallelOpener.start(sealer.openingKeys()) : undefined;
+  }
+
+  async nextv(size: number): Promise<[Buffer, Buffer][]> {
+    if (!this.bulk) return this.fetch(size);
+    const opened = await (this.openedAhead ?? this.fetch(size));
+    this.openedAhead = undefined;
+    if (opened.length > 0) this.openedAhead = quiet(this.fetch(size));
+    return opened;
+  }
+
+  /** The next batch without key store records, opened; empty only at the end. */
+  private async fetch(size: number): Promise<[Buffer, Buffer][]> {
+    for (;;) {
+      const raw = await (this.rawAhead ?? this.inner.nextv(size));
+      this.rawAhead = undefined;
+      if (raw.length === 0) return raw;
+      if (this.bulk) this.rawAhead = quiet(this.inner.nextv(size));
+      const records = raw.filter(([key]) => !isKeyStoreKey(key));
+      if (records.length > 0) return this.open(records);
+    }
+  }
+
+  private async open(records: [Buffer, Buffer][]): Promise<[Buffer, Buffer][]> {
+    const sealer = this.sealer;
+    if (sealer === undefined) return records;
+    let plaintexts: (Buffer | undefined)[] = [];
+    try {
+      plaintexts = (await this.opener?.open(records)) ?? [];
+    } catch {
+      // The worker is gone: this thread opens the batch (and every one after).
+      plaintexts = [];
+    }
+    // What the worker did not open is opened here: plaintext while migrating, or the precise error.
+    return records.map(([key, value], position) => [key, plaintexts[position] ?? sealer.open(key, value)]);
+  }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<[Buffer, Buffer]> {
     for await (const [key, value] of this.inner) {
@@ -70,9 +125,18 @@ class SealedIterator implements DatabaseIterator {
     }
   }
 
-  close(): Promise<void> {
-    return this.inner.close();
+  async close(): Promise<void> {
+    await this.openedAhead?.catch(() => undefined);
+    await this.rawAhead?.catch(() => undefined);
+    await this.opener?.close();
+    await this.inner.close();
   }
+}
+
+/** `promise`, with a rejection nobody awaits (a caller that stopped early) not reported as unhandled. */
+function quiet<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
 }
 
 /** Records examined per re-seal step; the pass yields to the member between steps. */
@@ -428,7 +492,7 @@ export class SealedDatabase implements Database {
   }
 
   iterator(range: IteratorRange): DatabaseIterator {
-    return new SealedIterator(this.level.iterator(range), this.keyring);
+    return new SealedIterator(this.level.iterator(range), this.keyring, range.bulk === true);
   }
 
   snapshot(): DatabaseSnapshot {

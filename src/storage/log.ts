@@ -32,6 +32,9 @@ export class LogCorruptionError extends Error {
 }
 
 const recordFormatVersion = 1;
+/** Entries, and bytes, read from the database per batch while loading the log. */
+const loadBatchEntriesMax = 1_000;
+const loadBatchBytesMax = 4 * 1024 * 1024;
 const entryHeaderBytes = 14;
 const entryTypeCodes: Record<EntryType, number> = { normal: 0, configurationChange: 1 };
 
@@ -147,14 +150,24 @@ export class LogStore {
     const logStart = rawStart === undefined ? { index: 0, term: 0 } : decodeLogStart(rawStart);
     const entries: Entry[] = [];
     let expected = logStart.index + 1;
-    for await (const [key, value] of db.iterator({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1) })) {
-      const index = readUint64(key, 1);
-      if (index <= logStart.index) continue; // left behind by an interrupted compaction
-      if (index !== expected) {
-        throw new LogCorruptionError(`log has a gap: entry ${expected} is missing before ${index}`);
+    // In batches, the next one read (and opened on a worker thread) while this one is decoded.
+    const iterator = db.iterator({ gte: encodeLogKey(0), lt: Buffer.of(prefix.logEntry + 1), highWaterMarkBytes: loadBatchBytesMax, bulk: true });
+    try {
+      for (;;) {
+        const batch = await iterator.nextv(loadBatchEntriesMax);
+        if (batch.length === 0) break;
+        for (const [key, value] of batch) {
+          const index = readUint64(key, 1);
+          if (index <= logStart.index) continue; // left behind by an interrupted compaction
+          if (index !== expected) {
+            throw new LogCorruptionError(`log has a gap: entry ${expected} is missing before ${index}`);
+          }
+          entries.push(decodeLogRecord(index, value));
+          expected = index + 1;
+        }
       }
-      entries.push(decodeLogRecord(index, value));
-      expected = index + 1;
+    } finally {
+      await iterator.close();
     }
     const lastIndex = logStart.index + entries.length;
     if (hardState.commit > lastIndex) {
