@@ -12,7 +12,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import { createServer as createTlsServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
-import { logRefusedTlsHandshakes } from '../pki/handshake-log.js';
+import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
 import { boundGrpcStream, type RequestBytesBudget } from './request-bytes-budget.js';
@@ -41,7 +41,7 @@ export interface ClientListenerOptions {
   /** Undefined: plaintext (--insecure). */
   readonly tls: ClientTls | undefined;
   readonly logger: Logger;
-  /** Hears of each HTTP/1.1 request too malformed to reach the gateway (bad request line, headers too large), for the audit trail. */
+  /** Hears of each HTTP/1.1 request too malformed to reach the gateway (bad request line, headers too large) and each refused TLS handshake, for the audit trail. */
   readonly onRefusal?: (refusal: TransportRefusal) => void;
   /** Bounds the bytes of gRPC messages received and not yet whole (shared with the gateway). */
   readonly requestBytes?: RequestBytesBudget;
@@ -125,7 +125,8 @@ export async function listenClients(host: string, port: number, options: ClientL
       track(socket);
       dispatch(socket, socket.alpnProtocol === 'h2');
     });
-    logRefusedTlsHandshakes([tlsServer], options.logger, 'client');
+    // A refused handshake is a refused request too: audited, at the transports' shared rate.
+    logRefusedTlsHandshakes([tlsServer], options.logger, 'client', options.onRefusal === undefined ? undefined : (refused) => options.onRefusal?.(handshakeRefusal(refused)));
     server = tlsServer;
   } else {
     server = createNetServer((socket) => {
@@ -166,6 +167,18 @@ function certificateOf(socket: Socket): PeerCertificate | undefined {
   const tlsSocket = socket as Partial<TLSSocket>;
   const peerCertificate = tlsSocket.authorized === true && typeof tlsSocket.getPeerCertificate === 'function' ? tlsSocket.getPeerCertificate() : undefined;
   return peerCertificate?.raw === undefined ? undefined : peerCertificate;
+}
+
+/** The audit refusal of a TLS handshake refused on the client port (no certificate, another CA's, expired, plaintext). */
+function handshakeRefusal(refused: RefusedHandshake): TransportRefusal {
+  return {
+    method: 'TLS',
+    peer: refused.remote,
+    certificate: undefined, // a refused certificate names no one
+    code: 'UNAUTHENTICATED',
+    details: `TLS handshake refused: ${refused.reason}`,
+    unknownMethod: true,
+  };
 }
 
 /** Node's answer to a request it cannot parse, and for which the gateway never sees a request. */

@@ -52,8 +52,20 @@ export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 
   logRefusedTlsHandshakes(servers.keys() as IterableIterator<EventEmitter>, logger, port);
 }
 
-/** The same for TLS servers of our own (the client port's, which shares TLS between gRPC and HTTP). */
-export function logRefusedTlsHandshakes(servers: Iterable<EventEmitter>, logger: Logger, port: 'client' | 'peer'): void {
+/** A handshake this server refused: who, and why (a certificate's verification error, or the TLS error's code). */
+export interface RefusedHandshake {
+  /** `address:port`, or `unknown`. */
+  readonly remote: string;
+  readonly reason: string;
+}
+
+/**
+ * The same for TLS servers of our own (the client port's, which shares TLS between gRPC and HTTP).
+ * `onRefused` hears of each refusal (for the audit trail, which rate-limits on its own), but not of
+ * a connection its client closed before completing a handshake (`ECONNRESET`: a TCP health check
+ * or a scanner that gave up): nothing was refused.
+ */
+export function logRefusedTlsHandshakes(servers: Iterable<EventEmitter>, logger: Logger, port: 'client' | 'peer', onRefused?: (refusal: RefusedHandshake) => void): void {
   const warn = rateLimitedWarning(logger, 'refused a TLS connection');
   /** Each accepted TCP connection's peer, noted before TLS could destroy the socket. */
   const peers = new WeakMap<object, string>();
@@ -68,6 +80,10 @@ export function logRefusedTlsHandshakes(servers: Iterable<EventEmitter>, logger:
       const certificateError = typeof socket?.authorizationError === 'string' ? socket.authorizationError : socket?.authorizationError?.message;
       const reason = certificateError ?? error.code ?? 'unknown';
       warn({ port, remote, reason, detail: certificateError === undefined ? error.message : 'client certificate refused' });
+      if (onRefused === undefined || (certificateError === undefined && error.code === 'ECONNRESET')) return;
+      // (The refused certificate itself is gone with the socket by now: the reason is all there is.)
+      onRefused({ remote, reason });
     });
   }
 }
+
