@@ -32,7 +32,7 @@ const changeTriesMax = 60;
 const now = (): number => performance.now();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-interface ProbeOperation {
+export interface ProbeOperation {
   readonly kind: 'put' | 'get';
   readonly callMs: number;
   readonly returnMs: number;
@@ -40,7 +40,7 @@ interface ProbeOperation {
   readonly via: string;
 }
 
-interface Revocation {
+export interface Revocation {
   readonly revokeSent: number;
   revokeAcknowledged: number;
   grantSent: number;
@@ -181,18 +181,23 @@ export class AuthProbe {
 
   /** Anomalies (with when they happened): the rules in the header. */
   check(at: (ms: number) => string): { ms: number; text: string }[] {
-    const problems = [...this.found];
-    const describe = (operation: ProbeOperation): string => `${operation.kind} via ${operation.via} asked ${at(operation.callMs)}, answered ${at(operation.returnMs)}`;
-    const windows = this.revocations.map((entry) => `[revoke sent ${at(entry.revokeSent)}, acknowledged ${at(entry.revokeAcknowledged)}; grant sent ${at(entry.grantSent)}, acknowledged ${at(entry.grantAcknowledged)}]`);
-    for (const operation of this.operations) {
-      if (operation.outcome === 'denied') {
-        const explained = this.revocations.some((entry) => operation.returnMs >= entry.revokeSent && operation.callMs <= entry.grantAcknowledged);
-        if (!explained) problems.push({ ms: operation.callMs, text: `auth: ${probeUser} refused access it was granted: ${describe(operation)}; no revocation overlaps it` });
-      } else if (operation.outcome === 'allowed') {
-        const revoked = this.revocations.find((entry) => operation.callMs > entry.revokeAcknowledged && operation.returnMs < entry.grantSent);
-        if (revoked !== undefined) problems.push({ ms: operation.callMs, text: `auth: ${probeUser} allowed after its permission's revocation was acknowledged: ${describe(operation)}; revocation ${windows[this.revocations.indexOf(revoked)] ?? ''}` });
-      }
-    }
-    return problems;
+    return [...this.found, ...probeAnomalies(this.operations, this.revocations, at)];
   }
+}
+
+/** The probe's requests against the revocations: refused outside every window, or allowed inside one after its acknowledgement. */
+export function probeAnomalies(operations: readonly ProbeOperation[], revocations: readonly Revocation[], at: (ms: number) => string): { ms: number; text: string }[] {
+  const problems: { ms: number; text: string }[] = [];
+  const describe = (operation: ProbeOperation): string => `${operation.kind} via ${operation.via} asked ${at(operation.callMs)}, answered ${at(operation.returnMs)}`;
+  const window = (entry: Revocation): string => `[revoke sent ${at(entry.revokeSent)}, acknowledged ${at(entry.revokeAcknowledged)}; grant sent ${at(entry.grantSent)}, acknowledged ${at(entry.grantAcknowledged)}]`;
+  for (const operation of operations) {
+    if (operation.outcome === 'denied') {
+      const explained = revocations.some((entry) => operation.returnMs >= entry.revokeSent && operation.callMs <= entry.grantAcknowledged);
+      if (!explained) problems.push({ ms: operation.callMs, text: `auth: ${probeUser} refused access it was granted: ${describe(operation)}; no revocation overlaps it` });
+    } else if (operation.outcome === 'allowed') {
+      const revoked = revocations.find((entry) => operation.callMs > entry.revokeAcknowledged && operation.returnMs < entry.grantSent);
+      if (revoked !== undefined) problems.push({ ms: operation.callMs, text: `auth: ${probeUser} allowed after its permission's revocation was acknowledged: ${describe(operation)}; revocation ${window(revoked)}` });
+    }
+  }
+  return problems;
 }
