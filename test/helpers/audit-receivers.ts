@@ -15,6 +15,7 @@ import { parseEventLine, type AuditEvent } from '../../src/audit/event.js';
 import { verifyAudit } from '../../src/audit/verify.js';
 import { trailKeyForReading } from '../../src/cli/audit-keys.js';
 import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
+import { freePort } from './processes.js';
 
 export const rsyslogd = ['/usr/sbin/rsyslogd', '/sbin/rsyslogd'].find((file) => existsSync(file));
 const moduleDirectories = ['/usr/lib/x86_64-linux-gnu/rsyslog', '/usr/lib/aarch64-linux-gnu/rsyslog', '/usr/lib/rsyslog'];
@@ -76,12 +77,37 @@ export interface SyslogReceived {
 export class Rsyslog {
   private child: ChildProcess | undefined;
   private output = '';
+  private started = false;
   readonly received: string;
-  constructor(private readonly directory: string, readonly port: number, private readonly pki: Pki, private readonly input: 'tcp' | 'relp' = 'tcp') {
+  constructor(private readonly directory: string, private listenPort: number, private readonly pki: Pki, private readonly input: 'tcp' | 'relp' = 'tcp') {
     this.received = path.join(directory, 'received.log');
   }
 
+  get port(): number {
+    return this.listenPort;
+  }
+
+  /**
+   * Starts rsyslogd. The first start moves to another free port if its port was taken meanwhile
+   * (rsyslogd keeps running when it cannot bind; an outgoing connection of a parallel test can
+   * hold a port `freePort` just handed out); a restart keeps the port its senders know. Up to
+   * 30 s to listen: on a machine shared by parallel suites (load 25 on 2 cores) 10 s was missed.
+   */
   async start(): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.launch();
+        this.started = true;
+        return;
+      } catch (error) {
+        await this.stop();
+        if (this.started || attempt === 3) throw error;
+        this.listenPort = await freePort();
+      }
+    }
+  }
+
+  private async launch(): Promise<void> {
     const work = path.join(this.directory, 'work');
     await mkdir(work, { recursive: true });
     const config = path.join(this.directory, 'rsyslog.conf');
@@ -120,7 +146,9 @@ export class Rsyslog {
         });
         socket.once('error', () => resolve(false));
       });
-    }, 'rsyslogd to listen', 10_000);
+    }, 'rsyslogd to listen', 30_000).catch((error: Error) => {
+      throw new Error(`${error.message} on port ${this.port}; rsyslogd said: ${this.output.slice(-2_000)}`);
+    });
   }
 
   /** SIGTERM: rsyslogd's orderly shutdown. */
