@@ -382,7 +382,9 @@ export class Simulation {
   private handleReady(node: SimNode, options: SimulationOptions): void {
     const raft = node.raft;
     if (raft === undefined) return;
-    // As the Raft loop: a confirmed read index is taken at once, not behind the Ready in flight.
+    // As the Raft loop: heartbeats, their answers, a leader's appends and read requests go out at
+    // once, and a confirmed read index is taken at once, not behind the Ready in flight.
+    for (const message of raft.takeUrgentMessages()) this.sendMessage(message, options);
     this.answerReads(node, raft.takeReadStates());
     for (;;) {
       let ready: Ready;
