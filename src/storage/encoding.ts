@@ -32,7 +32,8 @@ export interface Revision {
 const twoTo32 = 2 ** 32;
 
 export function writeUint64(buffer: Buffer, value: number, offset: number): void {
-  assert(Number.isSafeInteger(value) && value >= 0, `uint64 out of range: ${value}`);
+  // The message is built only on failure: this runs several times for every record written.
+  assert(Number.isSafeInteger(value) && value >= 0, () => `uint64 out of range: ${value}`);
   buffer.writeUInt32BE(Math.floor(value / twoTo32), offset);
   buffer.writeUInt32BE(value >>> 0, offset + 4);
 }
@@ -61,8 +62,16 @@ export function decodeRevisionKey(key: Buffer): Revision {
 export const recordKind = { put: 1, tombstone: 2 } as const;
 const headerBytes = 37;
 
+export function keyValueRecordBytes(keyBytes: number, valueBytes: number): number {
+  return headerBytes + keyBytes + valueBytes;
+}
+
 export function encodeKeyValueRecord(kind: number, kv: KeyValue): Buffer {
-  const record = Buffer.allocUnsafe(headerBytes + kv.key.length + kv.value.length);
+  return encodeKeyValueRecordInto(Buffer.allocUnsafe(keyValueRecordBytes(kv.key.length, kv.value.length)), kind, kv);
+}
+
+/** Encodes into `record`, exactly `keyValueRecordBytes` long (a slice of a larger allocation). */
+export function encodeKeyValueRecordInto(record: Buffer, kind: number, kv: KeyValue): Buffer {
   record[0] = kind;
   writeUint64(record, kv.createRevision, 1);
   writeUint64(record, kv.modRevision, 9);
@@ -77,7 +86,7 @@ export function encodeKeyValueRecord(kind: number, kv: KeyValue): Buffer {
 export function decodeKeyValueRecord(record: Buffer): { kind: number; kv: KeyValue } {
   assert(record.length >= headerBytes, 'key-value record shorter than its header');
   const kind = record[0] ?? 0;
-  assert(kind === recordKind.put || kind === recordKind.tombstone, `unknown key-value record kind ${kind}`);
+  assert(kind === recordKind.put || kind === recordKind.tombstone, () => `unknown key-value record kind ${kind}`);
   const keyLength = record.readUInt32BE(33);
   assert(headerBytes + keyLength <= record.length, 'key-value record key overruns record');
   return {

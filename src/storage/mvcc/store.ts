@@ -15,6 +15,8 @@ import {
   decodeKeyValueRecord,
   decodeRevisionKey,
   encodeKeyValueRecord,
+  encodeKeyValueRecordInto,
+  keyValueRecordBytes,
   encodeRevisionKey,
   recordKind,
   readUint64,
@@ -75,11 +77,22 @@ const loadBatchBytesMax = 4 * 1024 * 1024;
 
 /** Deletions of compacted revisions are written in batches of this many records. */
 const compactionBatchRecordsMax = 10_000;
+/**
+ * Keys the compaction's index pass visits in one synchronous stretch before it lets the event loop
+ * run (requests, heartbeats): a pass over 60,000 keys in one go stalled a member for 0.5-1.9 s.
+ */
+const compactionIndexSliceKeys = 1_024;
+/** The value of every tombstone (never written to: a zero-length buffer has no bytes to change). */
+const emptyValue = Buffer.alloc(0);
 
 export class MvccStore {
   private readonly index: InstanceType<typeof BTree<string, KeyRecord>> = new BTree<string, KeyRecord>(undefined, compareIndexKeys);
-  /** Records applied in memory whose database write has not completed yet, by revision key (hex). */
-  private readonly unflushed = new Map<string, Buffer>();
+  /**
+   * Records applied in memory whose database write has not completed yet: by main revision, then
+   * by sub revision (one map entry per revision, not a hex string per record: a DeleteRange of
+   * 60,000 keys made and dropped 60,000 strings).
+   */
+  private readonly unflushed = new Map<number, Buffer[]>();
   private currentRevisionValue = 1;
   private compactRevisionValue = 0;
   private flushedRevisionValue = 1;
@@ -129,7 +142,7 @@ export class MvccStore {
     if (scheduled > 0) {
       // Re-running a compaction is idempotent; it finishes one that a crash interrupted.
       this.compactRevisionValue = scheduled;
-      this.startPhysicalCompaction(this.compactIndex(scheduled), scheduled);
+      this.startCompaction(scheduled);
     }
   }
 
@@ -214,8 +227,7 @@ export class MvccStore {
   }
 
   private readRecord(main: number, sub: number): { kind: number; kv: KeyValue } | undefined {
-    const key = encodeRevisionKey(main, sub);
-    const raw = this.unflushed.get(key.toString('hex')) ?? this.db.getSync(key);
+    const raw = this.unflushed.get(main)?.[sub] ?? this.db.getSync(encodeRevisionKey(main, sub));
     return raw === undefined ? undefined : decodeKeyValueRecord(raw);
   }
 
@@ -231,11 +243,26 @@ export class MvccStore {
 
   /** @internal Used by WriteTransaction. */
   applyChange(kv: KeyValue, sub: number, tombstone: boolean, batch: BatchOperation[]): void {
-    const record = encodeKeyValueRecord(tombstone ? recordKind.tombstone : recordKind.put, kv);
-    const revisionKey = encodeRevisionKey(kv.modRevision, sub);
-    this.unflushed.set(revisionKey.toString('hex'), record);
-    batch.push({ type: 'put', key: revisionKey, value: record });
+    this.stage(kv, sub, encodeKeyValueRecord(tombstone ? recordKind.tombstone : recordKind.put, kv), batch);
     this.indexRecord(kv, kv.modRevision, sub, tombstone);
+  }
+
+  /** @internal Used by WriteTransaction.deleteRange: a tombstone for a key whose index record it holds. */
+  applyTombstone(record: KeyRecord, kv: KeyValue, sub: number, encoded: Buffer, batch: BatchOperation[]): void {
+    this.stage(kv, sub, encodeKeyValueRecordInto(encoded, recordKind.tombstone, kv), batch);
+    appendRevision(record, kv.modRevision, sub, true);
+    record.live = undefined;
+  }
+
+  /** Puts a change's record into the batch, readable from memory until the batch is written. */
+  private stage(kv: KeyValue, sub: number, record: Buffer, batch: BatchOperation[]): void {
+    let revision = this.unflushed.get(kv.modRevision);
+    if (revision === undefined) {
+      revision = [];
+      this.unflushed.set(kv.modRevision, revision);
+    }
+    revision[sub] = record;
+    batch.push({ type: 'put', key: encodeRevisionKey(kv.modRevision, sub), value: record });
   }
 
   /** @internal Used by WriteTransaction at commit. */
@@ -249,17 +276,18 @@ export class MvccStore {
     let record: KeyRecord = { key: kv.key, revisions: [], live: undefined };
     // One descent of the tree for a new key (most keys while loading); a second for a known one.
     if (!this.index.set(indexKey, record, false)) record = this.index.get(indexKey) as KeyRecord;
-    const last = record.revisions[record.revisions.length - 1];
-    assert(last === undefined || last.main < main || (last.main === main && last.sub < sub), 'key revisions must increase');
-    record.revisions.push({ main, sub, tombstone });
+    appendRevision(record, main, sub, tombstone);
     record.live = tombstone ? undefined : kv;
   }
 
   /** Called once the database write holding revisions up to `revision` has completed. */
   markFlushed(batch: readonly BatchOperation[], revision: number): void {
+    let main = -1;
     for (const operation of batch) {
       if (operation.type === 'put' && operation.key[0] === prefix.keyValue) {
-        this.unflushed.delete(operation.key.toString('hex'));
+        const revision = readUint64(operation.key, 1);
+        if (revision !== main) this.unflushed.delete(revision);
+        main = revision;
       }
     }
     this.flushedRevisionValue = Math.max(this.flushedRevisionValue, revision);
@@ -339,8 +367,12 @@ export class MvccStore {
   }
 
   /**
-   * Compacts history at `revision`: afterwards reads below it fail with Compacted. The index is
-   * compacted at once; records are deleted from the database in the background (`whenCompacted`).
+   * Compacts history at `revision`: afterwards reads below it fail with Compacted (at once). The
+   * index pass and the deletion of the records run in the background (`whenCompacted`); the pass
+   * visits the keys in slices with the event loop running between them. Reads meanwhile answer as
+   * after the pass: a read at or above `revision` sees, per key, the newest revision at or below its
+   * own, which the pass keeps (or, for a tombstone, drops: absent either way); changes applied
+   * meanwhile have revisions above `revision`, which the pass never touches.
    */
   compact(revision: number, batch: BatchOperation[]): void {
     if (revision <= this.compactRevisionValue) {
@@ -351,52 +383,74 @@ export class MvccStore {
     }
     this.compactRevisionValue = revision;
     batch.push({ type: 'put', key: metaKey.scheduledCompactRevision, value: encodeMetaNumber(revision) });
-    this.startPhysicalCompaction(this.compactIndex(revision), revision);
+    this.startCompaction(revision);
   }
 
   whenCompacted(): Promise<void> {
     return this.compactionRunning;
   }
 
-  private compactIndex(revision: number): Buffer[] {
-    const removed: Buffer[] = [];
+  /**
+   * Drops index revisions below `revision` from up to `compactionIndexSliceKeys` keys from `from`
+   * on (inclusive), collecting the removed revisions as (main, sub) pairs. Returns the key to go on
+   * from, or undefined when every key is done.
+   */
+  private compactIndexSlice(revision: number, from: string | undefined, removed: number[]): string | undefined {
     const emptied: string[] = [];
-    this.index.forEachPair((indexKey, record) => {
+    let visited = 0;
+    let next: string | undefined;
+    for (const [indexKey, record] of this.index.entries(from)) {
+      if (visited === compactionIndexSliceKeys) {
+        next = indexKey;
+        break;
+      }
+      visited += 1;
+      const revisions = record.revisions;
       let keepFrom = 0;
-      for (let position = 0; position < record.revisions.length; position++) {
-        const entry = record.revisions[position];
-        if (entry === undefined || entry.main > revision) {
+      for (let position = 0; position < revisions.length; position++) {
+        const entry = revisions[position] as RevisionEntry;
+        if (entry.main > revision) {
           break;
         }
         // The newest revision at or below the compaction point stays readable, unless it is a tombstone.
         keepFrom = entry.tombstone ? position + 1 : position;
       }
-      for (const entry of record.revisions.slice(0, keepFrom)) {
-        removed.push(encodeRevisionKey(entry.main, entry.sub));
+      if (keepFrom === 0) continue;
+      for (let position = 0; position < keepFrom; position++) {
+        const entry = revisions[position] as RevisionEntry;
+        removed.push(entry.main, entry.sub);
       }
-      if (keepFrom > 0) {
-        record.revisions = record.revisions.slice(keepFrom);
-      }
+      record.revisions = revisions.slice(keepFrom);
       if (record.revisions.length === 0) {
         emptied.push(indexKey);
       }
-    });
+    }
     for (const indexKey of emptied) {
       this.index.delete(indexKey);
     }
-    return removed;
+    return next;
   }
 
-  private startPhysicalCompaction(removed: Buffer[], revision: number): void {
+  private startCompaction(revision: number): void {
     const previous = this.compactionRunning;
     this.compactionRunning = (async () => {
       await previous;
+      const removed: number[] = [];
+      let from = this.compactIndexSlice(revision, undefined, removed);
+      while (from !== undefined) {
+        await new Promise((resolve) => setImmediate(resolve));
+        from = this.compactIndexSlice(revision, from, removed);
+      }
       // The apply batch that scheduled this compaction (and holds some of the records it removes)
       // may still be on its way to the database: deleting first would let that write put them back.
       await this.whenFlushed(revision);
-      for (let start = 0; start < removed.length; start += compactionBatchRecordsMax) {
-        const chunk = removed.slice(start, start + compactionBatchRecordsMax);
-        await this.db.batch(chunk.map((key) => ({ type: 'del' as const, key })));
+      const pairsPerBatch = 2 * compactionBatchRecordsMax;
+      for (let start = 0; start < removed.length; start += pairsPerBatch) {
+        const operations: BatchOperation[] = [];
+        for (let position = start; position < Math.min(removed.length, start + pairsPerBatch); position += 2) {
+          operations.push({ type: 'del', key: encodeRevisionKey(removed[position] as number, removed[position + 1] as number) });
+        }
+        await this.db.batch(operations);
       }
       await this.db.put(metaKey.finishedCompactRevision, encodeMetaNumber(revision));
     })();
@@ -432,12 +486,12 @@ export class MvccStore {
     });
   }
 
-  /** @internal Used by WriteTransaction. */
-  liveRecords(range: KeyRange): KeyValue[] {
-    const live: KeyValue[] = [];
+  /** @internal Used by WriteTransaction: the index records of the live keys in a range. */
+  liveIndexRecords(range: KeyRange): KeyRecord[] {
+    const live: KeyRecord[] = [];
     this.forEachRecord(range, (record) => {
       if (record.live !== undefined) {
-        live.push(record.live);
+        live.push(record);
       }
     });
     return live;
@@ -447,6 +501,16 @@ export class MvccStore {
 /** Index keys are latin1 strings, one char per byte: plain string order is byte order (the library's default comparator first tests for numbers and types). */
 function compareIndexKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function tombstoneRecordBytes(key: Buffer): number {
+  return keyValueRecordBytes(key.length, 0);
+}
+
+function appendRevision(record: KeyRecord, main: number, sub: number, tombstone: boolean): void {
+  const last = record.revisions[record.revisions.length - 1];
+  assert(last === undefined || last.main < main || (last.main === main && last.sub < sub), 'key revisions must increase');
+  record.revisions.push({ main, sub, tombstone });
 }
 
 function visibleEntry(record: KeyRecord, revision: number): RevisionEntry | undefined {
@@ -506,19 +570,30 @@ export class WriteTransaction {
   }
 
   deleteRange(range: KeyRange): KeyValue[] {
-    const deleted = this.store.liveRecords(range);
-    for (const previous of deleted) {
+    const deleted: KeyValue[] = [];
+    const records = this.store.liveIndexRecords(range);
+    // One allocation holds every tombstone record (a DeleteRange of 60,000 keys made 60,000 pool
+    // slices, GC time included ~10 µs each), and the index records found are changed directly.
+    let bytes = 0;
+    for (const record of records) bytes += tombstoneRecordBytes(record.key);
+    const arena = Buffer.allocUnsafeSlow(bytes);
+    let offset = 0;
+    for (const record of records) {
+      const previous = record.live as KeyValue;
       const tombstone: KeyValue = {
         key: previous.key,
-        value: Buffer.alloc(0),
+        value: emptyValue,
         lease: 0n,
         createRevision: 0,
         modRevision: this.revision,
         version: 0,
       };
-      this.store.applyChange(tombstone, this.sub, true, this.batch);
+      const length = tombstoneRecordBytes(record.key);
+      this.store.applyTombstone(record, tombstone, this.sub, arena.subarray(offset, offset + length), this.batch);
+      offset += length;
       this.sub += 1;
       this.events.push({ type: 'delete', kv: tombstone, prevKv: previous });
+      deleted.push(previous);
     }
     return deleted;
   }
