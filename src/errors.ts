@@ -86,8 +86,8 @@ export function isRampartError(error: unknown): error is RampartError {
 }
 
 /** A broken invariant: the process must stop rather than serve wrong data. */
-export function assert(condition: unknown, message: string): asserts condition {
+export function assert(condition: unknown, message: string | (() => string)): asserts condition {
   if (!condition) {
-    throw new Error(`assertion failed: ${message}`);
+    throw new Error(`assertion failed: ${typeof message === 'string' ? message : message()}`);
   }
 }

@@ -85,7 +85,7 @@ export class RaftLog {
       const existing = this.term(entry.index);
       if (existing === entry.term) continue;
       if (existing !== undefined) {
-        assert(entry.index > this.committed, `conflict at committed index ${entry.index}`);
+        assert(entry.index > this.committed, () => `conflict at committed index ${entry.index}`);
         this.entries.length = entry.index - this.snapshotIndex - 1;
         this.stableIndex = Math.min(this.stableIndex, entry.index - 1);
       }
@@ -96,7 +96,7 @@ export class RaftLog {
 
   commitTo(index: number): boolean {
     if (index <= this.committed) return false;
-    assert(index <= this.lastIndex, `commit ${index} beyond last index ${this.lastIndex}`);
+    assert(index <= this.lastIndex, () => `commit ${index} beyond last index ${this.lastIndex}`);
     this.committed = index;
     return true;
   }
