@@ -12,6 +12,7 @@ import { createServer as createNetServer, type Server as NetServer, type Socket 
 import { createServer as createTlsServer, type PeerCertificate, type TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
+import { limitConnections } from '../pki/connection-limit.js';
 import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
@@ -128,6 +129,7 @@ export async function listenClients(host: string, port: number, options: ClientL
     // A refused handshake is a refused request too: audited, at the transports' shared rate.
     logRefusedTlsHandshakes([tlsServer], options.logger, 'client', options.onRefusal === undefined ? undefined : (refused) => options.onRefusal?.(handshakeRefusal(refused)));
     server = tlsServer;
+    limitConnections(server, { logger: options.logger, port: 'client' });
   } else {
     server = createNetServer((socket) => {
       socket.on('error', () => undefined);
@@ -142,6 +144,7 @@ export async function listenClients(host: string, port: number, options: ClientL
         dispatch(socket, head.subarray(0, 3).equals(http2Preface.subarray(0, 3)));
       });
     });
+    limitConnections(server, { logger: options.logger, port: 'client' });
   }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -12,6 +12,7 @@ import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
+import { grpcServersOf, limitConnections } from '../pki/connection-limit.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
@@ -515,6 +516,7 @@ export class Transport {
       );
     }
     if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer');
+    for (const listening of grpcServersOf(this.server)) limitConnections(listening, { logger: this.options.logger, port: 'peer' });
   }
 
   /** Keeps one sender per other member, with its current peer URL. */

@@ -1,0 +1,52 @@
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import { once } from 'node:events';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connectionsMaxFor, limitConnections, openFilesLimit } from '../../src/pki/connection-limit.js';
+
+/** Opens a connection from `localAddress`; resolves whether the server kept it past a short wait. */
+async function kept(port: number, localAddress: string, sockets: Socket[]): Promise<boolean> {
+  const socket = connect({ host: '127.0.0.1', port, localAddress });
+  sockets.push(socket);
+  socket.on('error', () => undefined);
+  await once(socket, 'connect');
+  const closed = new Promise<boolean>((resolve) => socket.once('close', () => resolve(false)));
+  return Promise.race([closed, new Promise<boolean>((resolve) => setTimeout(() => resolve(true), 150))]);
+}
+
+describe('limitConnections', () => {
+  const sockets: Socket[] = [];
+  let server: Server | undefined;
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+    server?.close();
+  });
+
+  it('keeps at most perSourceMax from one address and connectionsMax in all, and frees a slot when one closes', async () => {
+    const accepted: Socket[] = [];
+    server = createServer((socket) => accepted.push(socket));
+    limitConnections(server, { logger: pino({ level: 'silent' }), port: 'test', connectionsMax: 5, perSourceMax: 3 });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as { port: number }).port;
+    const fromOne = [];
+    for (let index = 0; index < 4; index++) fromOne.push(await kept(port, '127.0.0.1', sockets));
+    expect(fromOne).toEqual([true, true, true, false]);
+    // Another address is served until the port's bound.
+    expect(await kept(port, '127.0.0.2', sockets)).toBe(true);
+    expect(await kept(port, '127.0.0.2', sockets)).toBe(true);
+    expect(await kept(port, '127.0.0.3', sockets)).toBe(false);
+    // A closed connection gives its address a slot back.
+    sockets[0]?.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await kept(port, '127.0.0.1', sockets)).toBe(true);
+    expect(accepted.filter((socket) => !socket.destroyed).length).toBe(5);
+  });
+
+  it('a port keeps at most half the open files the process may have, and 10,000', () => {
+    expect(openFilesLimit('Limit                     Soft Limit           Hard Limit           Units\nMax open files            1024                 4096                 files\n')).toBe(1024);
+    expect(connectionsMaxFor(1024)).toBe(512);
+    expect(connectionsMaxFor(1_048_576)).toBe(10_000);
+    expect(connectionsMaxFor(undefined)).toBe(10_000);
+  });
+});
