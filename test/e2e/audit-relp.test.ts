@@ -7,7 +7,7 @@
  * rsyslog is down, served again when it is back, nothing lost or doubled. Needs Debian rsyslog
  * and rsyslog-relp (scripts/test-dependencies.sh installs them).
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,6 +40,8 @@ const alive = (pid: number): boolean => {
     return false;
   }
 };
+
+const receivedBytes = (rsyslog: Rsyslog): Promise<number> => stat(rsyslog.received).then((stats) => stats.size, () => 0);
 
 /** What rsyslog wrote of `member`, copies included, as member:hash in the order written. */
 const receivedOf = (messages: readonly SyslogReceived[], member: string): string[] => messages.filter((message) => message.member === member).map((message) => message.id);
@@ -88,12 +90,15 @@ describe.skipIf(rsyslogd === undefined || !imrelp)('the RELP sink: exactly once,
     await sleep(1_500);
     await rsyslog.stop();
     const whileDown = acknowledged;
-    await sleep(1_000);
+    await sleep(2_000);
     expect(acknowledged, 'the members kept serving while the sink was down (fail-open is the default)').toBeGreaterThan(whileDown);
+    const sizeAtRestart = await receivedBytes(rsyslog);
     await rsyslog.start();
-    // And again while the members catch up on what waited (batches of up to 500 in flight), so
-    // the session breaks with part of a batch answered: only the rest may be sent again.
-    await sleep(150);
+    // And stops again as soon as the members' catch-up is flowing (what waited goes in batches of
+    // up to 500, 8 unanswered at a time), so sessions break with part of a batch answered: only
+    // the rest may be sent again.
+    const resumeDeadline = Date.now() + 15_000;
+    while ((await receivedBytes(rsyslog)) === sizeAtRestart && Date.now() < resumeDeadline) await sleep(5);
     await rsyslog.stop();
     await sleep(500);
     await rsyslog.start();
