@@ -15,20 +15,22 @@
  * and `etcdctl check perf --load m` against both (BENCH_CHECK_PERF=0 skips it: it takes a minute each).
  * An encryption phase runs the secure 3-member cluster with encryption at rest on and off (ratio), an
  * audit phase the same cluster with its default audit trail and with `--no-audit` (ratio).
- * BENCH_PHASES=secure (or encryption, audit, plain, scale) runs only that part; the scale phase
- * (bench/scale.ts: 500,000 keys against etcd, minutes) runs only when asked, or with BENCH_SCALE=1.
+ * BENCH_PHASES=secure (or encryption, audit, plain, scale, checkperf; comma-separated) runs only
+ * those parts; checkperf is `etcdctl check perf --load m` alone against the secure clusters (no other
+ * load first); the scale phase (bench/scale.ts: 500,000 keys against etcd, minutes) runs only when
+ * asked, or with BENCH_SCALE=1. Secure clusters are started by bench/secure-members.ts. Importing
+ * this file runs nothing: `main` runs when it is the program.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { connect as netConnect, createServer } from 'node:net';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { packageDefinition } from '../src/api/proto.js';
 import { auditCost } from './audit-cost.js';
 import { scale } from './scale.js';
+import { environment, execute, freePort, kvClients, startEtcdSecure, startRampartSecure, waitForPort, type KvClient } from './secure-members.js';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 5);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
@@ -37,55 +39,13 @@ const keyBytes = 256;
 const valueBytes = 1024;
 const keySpace = 10_000;
 
-interface PhaseResult {
+export interface PhaseResult {
   readonly requests: number;
   readonly errors: number;
   readonly perSecond: number;
   readonly p50Ms: number;
   readonly p99Ms: number;
   readonly p999Ms: number;
-}
-
-type KvClient = grpc.Client & Record<string, (request: object, callback: (error: grpc.ServiceError | null) => void) => void>;
-
-function environment(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('ETCD')));
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
-async function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  const deadline = Date.now() + 20_000;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error('server exited during start');
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = netConnect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (open) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`port ${port} did not open`);
 }
 
 function key(index: number): Buffer {
@@ -96,9 +56,7 @@ function key(index: number): Buffer {
 
 /** Connections spread over the members, as a client with several endpoints would. */
 function clients(endpoints: readonly string[], credentials: grpc.ChannelCredentials, count: number = connections): KvClient[] {
-  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { KV: grpc.ServiceClientConstructor } };
-  // A local subchannel pool per client gives each its own TCP connection.
-  return Array.from({ length: count }, (_, index) => new loaded.etcdserverpb.KV(endpoints[index % endpoints.length] as string, credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as KvClient);
+  return kvClients(endpoints, credentials, count);
 }
 
 function summarize(latencies: number[], errors: number, elapsedSeconds: number): PhaseResult {
@@ -108,7 +66,7 @@ function summarize(latencies: number[], errors: number, elapsedSeconds: number):
 }
 
 function call(client: KvClient, method: 'Put' | 'Range', request: object): Promise<boolean> {
-  return new Promise((resolve) => client[method]?.call(client, request, (error) => resolve(error === null)));
+  return new Promise((resolve) => client[method]?.call(client, request, {}, (error) => resolve(error === null)));
 }
 
 /** Closed loop: `inFlight` requests always outstanding. */
@@ -138,7 +96,7 @@ async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSec
  * from its scheduled start, so when the server stalls, every request the stall delays counts it
  * (no coordinated omission). Throughput is what completed in the scheduled window.
  */
-async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number): Promise<PhaseResult> {
+export async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number): Promise<PhaseResult> {
   const value = Buffer.alloc(valueBytes, 'v');
   const latencies: number[] = [];
   let errors = 0;
@@ -163,7 +121,7 @@ async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: numb
   return summarize(latencies, errors, Math.max(durationSeconds, (performance.now() - started) / 1000));
 }
 
-interface Cluster {
+export interface Cluster {
   readonly endpoints: string[];
   readonly credentials: grpc.ChannelCredentials;
   /** etcdctl flags that reach this cluster as its administrator. */
@@ -198,7 +156,7 @@ async function startPlain(name: string, size: number, command: MemberCommand): P
     const { file, args } = command(`b${index}`, dataDirs[index] as string, port.client, port.peer, initialCluster);
     return spawn(file, args, { env: environment(), stdio: 'ignore' });
   });
-  await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
+  await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess, 20_000)));
   const endpoints = assigned.map((port) => `127.0.0.1:${port.client}`);
   return { endpoints, credentials: grpc.credentials.createInsecure(), etcdctlFlags: [`--endpoints=${endpoints.join(',')}`], stop: stopChildren(children, dataDirs) };
 }
@@ -217,94 +175,7 @@ function nodeArgs(): string[] {
   return (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
 }
 
-function execute(file: string, args: readonly string[], timeoutMs: number): Promise<{ code: number; output: string }> {
-  return new Promise((resolve) => {
-    execFile(file, args, { env: environment(), timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
-      const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
-      resolve({ code, output: `${stdout}${stderr}` });
-    });
-  });
-}
-
-/** A base port whose member ports (`rampart up`: base, +10000, +20000, each with peer +1) are all free. */
-async function freeBasePort(): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 5_000) * 2;
-    const all = [0, 10_000, 20_000].flatMap((offset) => [base + offset, base + offset + 1]);
-    if ((await Promise.all(all.map(portIsFree))).every(Boolean)) return base;
-  }
-  throw new Error('no free base port for rampart up');
-}
-
-/** A secure 3-member cluster exactly as `rampart up` starts it; its directory's certificates serve etcd too. */
-async function startRampartSecure(directory: string, upArgs: readonly string[] = []): Promise<Cluster> {
-  const base = await freeBasePort();
-  const result = await execute(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', '3', '--base-port', String(base), ...upArgs], 120_000);
-  if (result.code !== 0) throw new Error(`rampart up failed:\n${result.output}`);
-  const endpoints = [base, base + 10_000, base + 20_000].map((port) => `127.0.0.1:${port}`);
-  const pki = path.join(directory, 'pki');
-  return {
-    endpoints,
-    credentials: await adminCredentials(pki),
-    etcdctlFlags: [`--endpoints=${endpoints.join(',')}`, `--cacert=${path.join(pki, 'ca.crt')}`, `--cert=${path.join(pki, 'admin.crt')}`, `--key=${path.join(pki, 'admin.key')}`],
-    stop: async () => {
-      await execute(process.execPath, [rampartBin, 'down', '--dir', directory], 60_000);
-    },
-  };
-}
-
-async function adminCredentials(pki: string): Promise<grpc.ChannelCredentials> {
-  const [ca, cert, privateKey] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
-  return grpc.credentials.createSsl(ca as Buffer, privateKey as Buffer, cert as Buffer);
-}
-
-/**
- * etcd set up as securely as Rampart's default: the same server and peer certificates, client and
- * peer certificate auth, and auth enabled with a certificate-only root (the admin certificate's CN).
- */
-async function startEtcdSecure(directory: string): Promise<Cluster> {
-  const assigned = await ports(3);
-  const names = ['m1', 'm2', 'm3'];
-  const initialCluster = assigned.map((port, index) => `${names[index]}=https://127.0.0.1:${port.peer}`).join(',');
-  const dataDirs = await Promise.all(assigned.map(() => mkdtemp(path.join(tmpdir(), 'bench-etcd-secure-'))));
-  const children = assigned.map((port, index) => {
-    const home = path.join(directory, names[index] as string);
-    return spawn('etcd', [
-      '--name', names[index] as string, '--data-dir', dataDirs[index] as string,
-      '--listen-client-urls', `https://127.0.0.1:${port.client}`, '--advertise-client-urls', `https://127.0.0.1:${port.client}`,
-      '--listen-peer-urls', `https://127.0.0.1:${port.peer}`, '--initial-advertise-peer-urls', `https://127.0.0.1:${port.peer}`,
-      '--initial-cluster', initialCluster, '--initial-cluster-token', 'bench-secure', '--log-level', 'error',
-      '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--client-cert-auth', '--trusted-ca-file', path.join(home, 'ca.crt'),
-      '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-client-cert-auth', '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
-    ], { env: environment(), stdio: 'ignore' });
-  });
-  const stop = stopChildren(children, dataDirs);
-  try {
-    await Promise.all(assigned.map((port, index) => waitForPort(port.client, children[index] as ChildProcess)));
-    const pki = path.join(directory, 'pki');
-    const endpoints = assigned.map((port) => `127.0.0.1:${port.client}`);
-    const etcdctlFlags = [`--endpoints=${assigned.map((port) => `https://127.0.0.1:${port.client}`).join(',')}`, `--cacert=${path.join(pki, 'ca.crt')}`, `--cert=${path.join(pki, 'admin.crt')}`, `--key=${path.join(pki, 'admin.key')}`];
-    for (const args of [['user', 'add', 'root', '--no-password'], ['role', 'add', 'root'], ['user', 'grant-role', 'root', 'root'], ['auth', 'enable']]) {
-      const result = await executeRetrying('etcdctl', [...etcdctlFlags, ...args]);
-      if (result.code !== 0 && !/already exists|already granted/.test(result.output)) throw new Error(`etcdctl ${args.join(' ')}: ${result.output}`);
-    }
-    return { endpoints, credentials: await adminCredentials(pki), etcdctlFlags, stop };
-  } catch (error) {
-    await stop();
-    throw error;
-  }
-}
-
-async function executeRetrying(file: string, args: readonly string[]): Promise<{ code: number; output: string }> {
-  let result = await execute(file, args, 20_000);
-  for (let attempt = 0; attempt < 20 && result.code !== 0 && /no leader|unavailable|deadline|connection refused/i.test(result.output); attempt++) {
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    result = await execute(file, args, 20_000);
-  }
-  return result;
-}
-
-async function closedLoop(cluster: Cluster): Promise<{ put: PhaseResult; range: PhaseResult }> {
+export async function closedLoop(cluster: Cluster): Promise<{ put: PhaseResult; range: PhaseResult }> {
   const kvClients = clients(cluster.endpoints, cluster.credentials);
   try {
     await phase(kvClients, 'Put', 1); // warm-up; also fills the key space for ranges
@@ -316,7 +187,7 @@ async function closedLoop(cluster: Cluster): Promise<{ put: PhaseResult; range: 
   }
 }
 
-async function fixedRate(cluster: Cluster): Promise<PhaseResult> {
+export async function fixedRate(cluster: Cluster): Promise<PhaseResult> {
   const kvClients = clients(cluster.endpoints, cluster.credentials);
   try {
     return await fixedRatePhase(kvClients, fixedRatePerSecond, fixedRateClients, seconds * 2);
@@ -326,7 +197,7 @@ async function fixedRate(cluster: Cluster): Promise<PhaseResult> {
 }
 
 /** `etcdctl check perf --load m`: PASS or FAIL, with etcdctl's own summary lines. */
-async function checkPerf(cluster: Cluster): Promise<{ pass: boolean; summary: string }> {
+export async function checkPerf(cluster: Cluster): Promise<{ pass: boolean; summary: string }> {
   const result = await execute('etcdctl', [...cluster.etcdctlFlags, 'check', 'perf', '--load', 'm', '--auto-compact', '--auto-defrag'], 180_000);
   const lines = result.output.split('\n').filter((line) => /PASS|FAIL|Slowest|Stddev|Throughput/i.test(line)).map((line) => line.trim());
   return { pass: result.code === 0 && !/FAIL/.test(result.output), summary: lines.join('; ') || result.output.trim().split('\n').slice(-3).join('; ') };
@@ -343,87 +214,114 @@ function ratio(ours: number, theirs: number): string {
 const fixedRatePerSecond = Number(process.env.BENCH_FIXED_RATE ?? 1000);
 const fixedRateClients = Number(process.env.BENCH_FIXED_CLIENTS ?? 200);
 const runCheckPerf = process.env.BENCH_CHECK_PERF !== '0';
-const phases = process.env.BENCH_PHASES ?? `secure,encryption,audit,plain${process.env.BENCH_SCALE === '1' ? ',scale' : ''}`;
 const etcdInstalled = existsSync('/usr/bin/etcd') || existsSync('/usr/local/bin/etcd');
 const print = (text: string): void => {
   process.stdout.write(text);
 };
 
-print(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per closed-loop phase\n`);
-
-if (phases.includes('secure')) {
-  const directory = await mkdtemp(path.join(tmpdir(), 'bench-secure-'));
-  try {
-    print(`\nsecure, 3 members (Rampart as \`rampart up\` ships it; etcd with the same certificates, client+peer certificate auth, auth on)\n`);
-    const results: Record<string, { closed: { put: PhaseResult; range: PhaseResult }; fixed: PhaseResult; perf?: { pass: boolean; summary: string } }> = {};
-    const targets: [string, () => Promise<Cluster>][] = [['rampart', () => startRampartSecure(directory)]];
-    if (etcdInstalled) targets.push(['etcd', () => startEtcdSecure(directory)]);
-    for (const [name, start] of targets) {
-      const cluster = await start();
-      try {
-        const closed = await closedLoop(cluster);
-        const fixed = await fixedRate(cluster);
-        const perf = runCheckPerf ? await checkPerf(cluster) : undefined;
-        results[name] = { closed, fixed, ...(perf === undefined ? {} : { perf }) };
-        print(`${row(`${name} put`, closed.put)}\n${row(`${name} range`, closed.range)}\n${row(`${name} put ${fixedRatePerSecond}/s`, fixed)}\n`);
-        if (perf !== undefined) print(`${name} check perf --load m: ${perf.pass ? 'PASS' : 'FAIL'} (${perf.summary})\n`);
-      } finally {
-        await cluster.stop();
-      }
-    }
-    const ours = results.rampart;
-    const reference = results.etcd;
-    if (ours !== undefined && reference !== undefined) {
-      print(`ratio (rampart / etcd), secure: put throughput ${ratio(ours.closed.put.perSecond, reference.closed.put.perSecond)}, p99 ${ratio(ours.closed.put.p99Ms, reference.closed.put.p99Ms)}; `);
-      print(`range throughput ${ratio(ours.closed.range.perSecond, reference.closed.range.perSecond)}, p99 ${ratio(ours.closed.range.p99Ms, reference.closed.range.p99Ms)}; `);
-      print(`fixed ${fixedRatePerSecond}/s held ${ratio(ours.fixed.perSecond, reference.fixed.perSecond)}, p99 ${ratio(ours.fixed.p99Ms, reference.fixed.p99Ms)}, p99.9 ${ratio(ours.fixed.p999Ms, reference.fixed.p999Ms)}\n`);
-    }
-  } finally {
-    await rm(directory, { recursive: true, force: true });
-  }
+/** The secure 3-member clusters compared: Rampart's (its certificates in `directory`), then etcd's on them. */
+function secureTargets(directory: string, upArgs: readonly string[] = []): [string, () => Promise<Cluster>][] {
+  const targets: [string, () => Promise<Cluster>][] = [['rampart', () => startRampartSecure(directory, 3, [], upArgs)]];
+  if (etcdInstalled) targets.push(['etcd', () => startEtcdSecure(directory, 3)]);
+  return targets;
 }
 
-if (phases.includes('encryption')) {
-  // The cost of encryption at rest: the same secure 3-member cluster with and without it.
-  print(`\nencryption at rest, secure 3 members: on (the default) vs --no-encryption\n`);
-  const measured: Record<string, { put: PhaseResult; range: PhaseResult }> = {};
-  for (const [name, upArgs] of [['encryption on', []], ['encryption off', ['--no-encryption']]] as const) {
-    const directory = await mkdtemp(path.join(tmpdir(), 'bench-encryption-'));
+export async function main(): Promise<void> {
+  const phases = new Set((process.env.BENCH_PHASES ?? `secure,encryption,audit,plain${process.env.BENCH_SCALE === '1' ? ',scale' : ''}`).split(',').map((name) => name.trim()));
+  print(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per closed-loop phase\n`);
+
+  if (phases.has('checkperf')) {
+    const directory = await mkdtemp(path.join(tmpdir(), 'bench-checkperf-'));
     try {
-      const cluster = await startRampartSecure(directory, upArgs);
-      try {
-        measured[name] = await closedLoop(cluster);
-        print(`${row(`rampart ${name} put`, measured[name].put)}\n${row(`rampart ${name} range`, measured[name].range)}\n`);
-      } finally {
-        await cluster.stop();
+      print(`\netcdctl check perf --load m alone, secure 3 members\n`);
+      for (const [name, start] of secureTargets(directory)) {
+        const cluster = await start();
+        try {
+          const perf = await checkPerf(cluster);
+          print(`${name} check perf --load m: ${perf.pass ? 'PASS' : 'FAIL'} (${perf.summary})\n`);
+        } finally {
+          await cluster.stop();
+        }
       }
     } finally {
       await rm(directory, { recursive: true, force: true });
     }
   }
-  const on = measured['encryption on'];
-  const off = measured['encryption off'];
-  if (on !== undefined && off !== undefined) {
-    print(`ratio (on / off): put throughput ${ratio(on.put.perSecond, off.put.perSecond)}, p99 ${ratio(on.put.p99Ms, off.put.p99Ms)}; range throughput ${ratio(on.range.perSecond, off.range.perSecond)}, p99 ${ratio(on.range.p99Ms, off.range.p99Ms)}\n`);
-  }
-}
 
-if (phases.includes('audit')) await auditCost(closedLoop, row, print);
-
-if (phases.includes('plain')) {
-  for (const size of [1, 3]) {
-    print(`\nplaintext, ${size} member${size === 1 ? '' : 's'}\n`);
-    const ourCluster = await startPlain('rampart', size, rampartPlain);
-    const ours = await closedLoop(ourCluster).finally(() => ourCluster.stop());
-    print(`${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
-    if (etcdInstalled) {
-      const theirCluster = await startPlain('etcd', size, etcdPlain);
-      const reference = await closedLoop(theirCluster).finally(() => theirCluster.stop());
-      print(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n`);
-      print(`ratio (rampart / etcd): put throughput ${ratio(ours.put.perSecond, reference.put.perSecond)}, p99 ${ratio(ours.put.p99Ms, reference.put.p99Ms)}; `);
-      print(`range throughput ${ratio(ours.range.perSecond, reference.range.perSecond)}, p99 ${ratio(ours.range.p99Ms, reference.range.p99Ms)}\n`);
+  if (phases.has('secure')) {
+    const directory = await mkdtemp(path.join(tmpdir(), 'bench-secure-'));
+    try {
+      print(`\nsecure, 3 members (Rampart as \`rampart up\` ships it; etcd with the same certificates, client+peer certificate auth, auth on)\n`);
+      const results: Record<string, { closed: { put: PhaseResult; range: PhaseResult }; fixed: PhaseResult; perf?: { pass: boolean; summary: string } }> = {};
+      for (const [name, start] of secureTargets(directory)) {
+        const cluster = await start();
+        try {
+          const closed = await closedLoop(cluster);
+          const fixed = await fixedRate(cluster);
+          const perf = runCheckPerf ? await checkPerf(cluster) : undefined;
+          results[name] = { closed, fixed, ...(perf === undefined ? {} : { perf }) };
+          print(`${row(`${name} put`, closed.put)}\n${row(`${name} range`, closed.range)}\n${row(`${name} put ${fixedRatePerSecond}/s`, fixed)}\n`);
+          if (perf !== undefined) print(`${name} check perf --load m: ${perf.pass ? 'PASS' : 'FAIL'} (${perf.summary})\n`);
+        } finally {
+          await cluster.stop();
+        }
+      }
+      const ours = results.rampart;
+      const reference = results.etcd;
+      if (ours !== undefined && reference !== undefined) {
+        print(`ratio (rampart / etcd), secure: put throughput ${ratio(ours.closed.put.perSecond, reference.closed.put.perSecond)}, p99 ${ratio(ours.closed.put.p99Ms, reference.closed.put.p99Ms)}; `);
+        print(`range throughput ${ratio(ours.closed.range.perSecond, reference.closed.range.perSecond)}, p99 ${ratio(ours.closed.range.p99Ms, reference.closed.range.p99Ms)}; `);
+        print(`fixed ${fixedRatePerSecond}/s held ${ratio(ours.fixed.perSecond, reference.fixed.perSecond)}, p99 ${ratio(ours.fixed.p99Ms, reference.fixed.p99Ms)}, p99.9 ${ratio(ours.fixed.p999Ms, reference.fixed.p999Ms)}\n`);
+      }
+    } finally {
+      await rm(directory, { recursive: true, force: true });
     }
   }
+
+  if (phases.has('encryption')) {
+    // The cost of encryption at rest: the same secure 3-member cluster with and without it.
+    print(`\nencryption at rest, secure 3 members: on (the default) vs --no-encryption\n`);
+    const measured: Record<string, { put: PhaseResult; range: PhaseResult }> = {};
+    for (const [name, upArgs] of [['encryption on', []], ['encryption off', ['--no-encryption']]] as const) {
+      const directory = await mkdtemp(path.join(tmpdir(), 'bench-encryption-'));
+      try {
+        const cluster = await startRampartSecure(directory, 3, [], upArgs);
+        try {
+          measured[name] = await closedLoop(cluster);
+          print(`${row(`rampart ${name} put`, measured[name].put)}\n${row(`rampart ${name} range`, measured[name].range)}\n`);
+        } finally {
+          await cluster.stop();
+        }
+      } finally {
+        await rm(directory, { recursive: true, force: true });
+      }
+    }
+    const on = measured['encryption on'];
+    const off = measured['encryption off'];
+    if (on !== undefined && off !== undefined) {
+      print(`ratio (on / off): put throughput ${ratio(on.put.perSecond, off.put.perSecond)}, p99 ${ratio(on.put.p99Ms, off.put.p99Ms)}; range throughput ${ratio(on.range.perSecond, off.range.perSecond)}, p99 ${ratio(on.range.p99Ms, off.range.p99Ms)}\n`);
+    }
+  }
+
+  if (phases.has('audit')) await auditCost(closedLoop, row, print);
+
+  if (phases.has('plain')) {
+    for (const size of [1, 3]) {
+      print(`\nplaintext, ${size} member${size === 1 ? '' : 's'}\n`);
+      const ourCluster = await startPlain('rampart', size, rampartPlain);
+      const ours = await closedLoop(ourCluster).finally(() => ourCluster.stop());
+      print(`${row('rampart put', ours.put)}\n${row('rampart range', ours.range)}\n`);
+      if (etcdInstalled) {
+        const theirCluster = await startPlain('etcd', size, etcdPlain);
+        const reference = await closedLoop(theirCluster).finally(() => theirCluster.stop());
+        print(`${row('etcd put', reference.put)}\n${row('etcd range', reference.range)}\n`);
+        print(`ratio (rampart / etcd): put throughput ${ratio(ours.put.perSecond, reference.put.perSecond)}, p99 ${ratio(ours.put.p99Ms, reference.put.p99Ms)}; `);
+        print(`range throughput ${ratio(ours.range.perSecond, reference.range.perSecond)}, p99 ${ratio(ours.range.p99Ms, reference.range.p99Ms)}\n`);
+      }
+    }
+  }
+  if (phases.has('scale')) await scale(print);
+  if (!etcdInstalled) print('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
 }
-if (phases.includes('scale')) await scale(print);
-if (!etcdInstalled) print('\netcd not installed (Debian package etcd-server): no side-by-side ratio\n');
+
+if (process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();

@@ -54,7 +54,7 @@ export function execute(file: string, args: readonly string[], timeoutMs: number
   });
 }
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.listen(0, '127.0.0.1', () => {
