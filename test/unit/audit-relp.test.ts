@@ -3,7 +3,7 @@
  * scripted RELP receiver over real TLS on 127.0.0.1 — one that can break a session with part of a
  * batch answered, which a real rsyslog does only by chance of timing (the e2e runs the real one).
  */
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { createServer, type Server, type TLSSocket } from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -184,6 +184,17 @@ describe('the RELP transport and sink against a scripted receiver over TLS', () 
     await expect(anonymous.send(records(13, 1))).rejects.toThrow();
     anonymous.close();
     expect(receiver.taken).toHaveLength(13);
+  });
+
+  it('a receiver that accepts the connection and never speaks is a failure after the timeout, not a hang', async () => {
+    const silent = createNetServer((socket) => socket.on('error', () => undefined));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanups.push(() => silent.close());
+    const transport = new RelpTlsTransport({ host: '127.0.0.1', port: (silent.address() as AddressInfo).port, ca: pki.ca, timeoutMs: 300, windowFramesMax: 4, closeGraceMs: 100, software: 'rampart,test' });
+    const started = Date.now();
+    await expect(transport.send(records(0, 1))).rejects.toThrow('no RELP answer within 300 ms');
+    expect(Date.now() - started).toBeLessThan(3_000);
+    transport.close();
   });
 
   it('stops in order: the answers in flight are awaited and the session closed with RELP close', async () => {

@@ -98,14 +98,17 @@ export class RelpTlsTransport implements SinkTransport {
       }
       for (const frame of frames) this.received(session, frame);
     });
-    // No progress while answers are awaited: the session is broken (an idle one is left alone).
+    // No progress during the handshake or while answers are awaited: the session is broken (an
+    // idle one is left alone). A receiver that accepts and then says nothing must not hang the sink.
+    let handshaking = true;
     socket.setTimeout(this.options.timeoutMs, () => {
-      if (session.waiting.size > 0) socket.destroy(new Error(`no RELP answer within ${this.options.timeoutMs} ms`));
+      if (handshaking || session.waiting.size > 0) socket.destroy(new Error(`no RELP answer within ${this.options.timeoutMs} ms`));
     });
     await new Promise<void>((resolve, reject) => {
       socket.once('secureConnect', resolve);
       void session.gone.then(() => reject(session.ended ?? new Error('the connection closed during the TLS handshake')));
     });
+    handshaking = false;
     const offers = Buffer.from(`relp_version=0\nrelp_software=${this.options.software}\ncommands=syslog`, 'utf8');
     const answer = await this.command(session, 'open', offers);
     if (answer instanceof Error) throw answer;
