@@ -53,23 +53,45 @@ export interface CommittedNotApplied {
 }
 
 /**
- * Whether an entry up to `readIndex` not yet applied grants or revokes lease `id` (or might: an
- * entry out of the log or one that does not parse counts as a change).
+ * Grants and revokes committed but not yet applied here. Each committed entry is read once (a
+ * committed entry never changes), so keep-alives under a long apply backlog do not each walk it.
  */
-export function leaseChangePending(state: CommittedNotApplied, id: bigint, readIndex: number): boolean {
-  const applied = state.appliedIndex();
-  if (readIndex <= applied) return false;
-  const entries = state.entries(applied + 1, readIndex);
-  if (entries === undefined) return true;
-  for (const entry of entries) {
-    if (entry.type !== 'normal' || entry.data.length === 0) continue;
-    try {
-      if (state.leaseChangedBy(entry.data) === id) return true;
-    } catch {
-      return true;
+export class UnappliedLeaseChanges {
+  /** Entries up to here were scanned (all committed when scanned). */
+  private scannedThrough = 0;
+  /** Lease → the last index found granting or revoking it; dropped once applied. */
+  private readonly changedAt = new Map<bigint, number>();
+
+  constructor(private readonly state: CommittedNotApplied) {}
+
+  /**
+   * Whether an entry not yet applied grants or revokes lease `id`, scanning the entries up to
+   * `readIndex` (committed) not scanned yet. Conservative: a change after `readIndex` also counts,
+   * and so does an entry out of the log or one that does not parse.
+   */
+  pending(id: bigint, readIndex: number): boolean {
+    const applied = this.state.appliedIndex();
+    for (const [lease, index] of this.changedAt) if (index <= applied) this.changedAt.delete(lease);
+    if (readIndex <= applied) return false;
+    const from = Math.max(applied, this.scannedThrough) + 1;
+    if (from <= readIndex) {
+      const entries = this.state.entries(from, readIndex);
+      if (entries === undefined) return true;
+      for (const entry of entries) {
+        if (entry.type === 'normal' && entry.data.length > 0) {
+          let lease: bigint | undefined;
+          try {
+            lease = this.state.leaseChangedBy(entry.data);
+          } catch {
+            return true;
+          }
+          if (lease !== undefined) this.changedAt.set(lease, entry.index);
+        }
+        this.scannedThrough = entry.index;
+      }
     }
+    return (this.changedAt.get(id) ?? 0) > applied;
   }
-  return false;
 }
 
 /**
@@ -79,13 +101,13 @@ export function leaseChangePending(state: CommittedNotApplied, id: bigint, readI
  */
 export async function confirmKeepAlive(
   consensus: LeadershipConfirmation,
-  state: CommittedNotApplied,
+  changes: Pick<UnappliedLeaseChanges, 'pending'>,
   id: bigint,
   nowMs: () => number,
   ageMaxMs: number,
 ): Promise<void> {
   const askedAtMs = nowMs();
   const readIndex = await consensus.confirmLeadership();
-  if (leaseChangePending(state, id, readIndex)) await consensus.readBarrier();
+  if (changes.pending(id, readIndex)) await consensus.readBarrier();
   if (nowMs() - askedAtMs > ageMaxMs) throw new RampartError('NoLeader', 'leadership confirmation too old');
 }

@@ -38,7 +38,7 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
-import { confirmKeepAlive, type CommittedNotApplied } from './lease-confirmation.js';
+import { UnappliedLeaseChanges, confirmKeepAlive } from './lease-confirmation.js';
 import { leaseChangedBy } from '../api/lease-change-scan.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
 import { Transport, fetchCluster, type ClusterView, type LeaseAnswer, type LoginAttempt } from './transport.js';
@@ -633,16 +633,16 @@ export class Member {
   private async answerLeaseConfirmed(id: bigint, renew: boolean): Promise<LeaseAnswer> {
     this.followLeadership();
     if (!this.lessor.isPrimary) throw new RampartError('NoLeader');
-    if (renew) await confirmKeepAlive(this.loop, this.committedNotApplied, id, this.nowMs, this.options.electionMs / 2);
+    if (renew) await confirmKeepAlive(this.loop, this.unappliedLeaseChanges, id, this.nowMs, this.options.electionMs / 2);
     else await this.loop.readBarrier();
     return this.answerLease(id, renew);
   }
 
-  private readonly committedNotApplied: CommittedNotApplied = {
+  private readonly unappliedLeaseChanges = new UnappliedLeaseChanges({
     appliedIndex: () => this.appliedIndexValue,
     entries: (from, to) => this.loop.node.entries(from, to),
     leaseChangedBy,
-  };
+  });
 
   /** Only the primary lessor answers (see Lessor); a leader still catching up answers NoLeader, and the caller retries. */
   private answerLease(id: bigint, renew: boolean): LeaseAnswer {

@@ -15,7 +15,7 @@
 import { RampartError } from '../../src/errors.js';
 import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
 import { Lessor } from '../../src/server/lessor.js';
-import { leaseChangePending } from '../../src/server/lease-confirmation.js';
+import { UnappliedLeaseChanges } from '../../src/server/lease-confirmation.js';
 import type { ConfigurationChange, ConfigurationState, Entry, HardState, Message, NodeId, ReadState, Ready, Snapshot } from '../../src/raft/types.js';
 
 /** The lease a simulated entry grants (`g:id:ttl`) or revokes (`v:id:…`). */
@@ -565,8 +565,8 @@ export class Simulation {
     // Confirmed leadership covers an answer only for a while (the member's leaseConfirmationAgeMax).
     const confirmedAgeMs = (this.now - askedAt) * node.clockRate * tickMs;
     if (!node.lessor.isPrimary || confirmedAgeMs > (defaultRaftConfig.electionTicks * tickMs) / 2) return;
-    const committedNotApplied = { appliedIndex: () => node.machine.applied, entries: (from: number, to: number) => raft.entries(from, to), leaseChangedBy: simLeaseChangedBy };
-    if (leaseChangePending(committedNotApplied, BigInt(id), readIndex)) return;
+    const changes = new UnappliedLeaseChanges({ appliedIndex: () => node.machine.applied, entries: (from, to) => raft.entries(from, to), leaseChangedBy: simLeaseChangedBy });
+    if (changes.pending(BigInt(id), readIndex)) return;
     if (!node.lessor.has(BigInt(id))) {
       throw this.violation(`primary ${node.id} (term ${raft.term}, applied ${node.machine.applied}) does not know live lease ${id}`);
     }

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { RaftNode, defaultRaftConfig } from '../../src/raft/raft.js';
 import type { Entry, Message, NodeId, Ready } from '../../src/raft/types.js';
 import { RaftLoop, type RaftLoopHost } from '../../src/server/raft-loop.js';
-import { confirmKeepAlive, leaseChangePending, type CommittedNotApplied } from '../../src/server/lease-confirmation.js';
+import { UnappliedLeaseChanges, confirmKeepAlive, type CommittedNotApplied } from '../../src/server/lease-confirmation.js';
 import { leaseChangedBy } from '../../src/api/lease-change-scan.js';
 import { encodeInternalRequest } from '../../src/api/proto.js';
 import type { InternalRequest } from '../../src/api/messages.js';
@@ -62,6 +62,7 @@ interface Cluster {
   readonly leader: RaftLoop;
   readonly leaderHost: MemoryHost;
   readonly state: CommittedNotApplied;
+  readonly changes: UnappliedLeaseChanges;
 }
 
 describe('lease keep-alive confirmation', () => {
@@ -104,7 +105,7 @@ describe('lease keep-alive confirmation', () => {
       entries: (from, to) => leader.node.entries(from, to),
       leaseChangedBy,
     };
-    return { leader, leaderHost, state };
+    return { leader, leaderHost, state, changes: new UnappliedLeaseChanges(state) };
   }
 
   function writeContinuously(leader: RaftLoop): void {
@@ -123,7 +124,7 @@ describe('lease keep-alive confirmation', () => {
   }
 
   it(`answers keep-alives within ${keepAliveAgeMaxMs} ms while the leader's fsync takes ${leaderFsyncMs} ms (the full read barrier does not)`, async () => {
-    const { leader, leaderHost, state } = await cluster();
+    const { leader, leaderHost, changes } = await cluster();
     writeContinuously(leader);
     await sleep(1_000); // the leader's pipeline is full of slow fsyncs
     const barriers: number[] = [];
@@ -133,7 +134,7 @@ describe('lease keep-alive confirmation', () => {
       lagSeen = Math.max(lagSeen, leader.node.commitIndex - leaderHost.applied);
       const [barrier, keepAlive] = await Promise.all([
         timed(() => leader.readBarrier()),
-        timed(() => confirmKeepAlive(leader, state, 42n, () => performance.now(), keepAliveAgeMaxMs)),
+        timed(() => confirmKeepAlive(leader, changes, 42n, () => performance.now(), keepAliveAgeMaxMs)),
       ]);
       barriers.push(barrier.ms);
       keepAlives.push(keepAlive);
@@ -152,7 +153,7 @@ describe('lease keep-alive confirmation', () => {
   });
 
   it('waits for the full read barrier when a grant or revoke of the lease is committed but not applied', async () => {
-    const { leader, leaderHost, state } = await cluster();
+    const { leader, leaderHost, state, changes } = await cluster();
     writeContinuously(leader);
     await sleep(500);
     leader.propose(payload({ request: 'lease_grant', lease_grant: { ID: '42', TTL: '10' } } as Omit<InternalRequest, 'id'>));
@@ -163,20 +164,55 @@ describe('lease keep-alive confirmation', () => {
       await sleep(2);
     }
     expect(leaderHost.applied).toBeLessThan(grantIndex);
-    expect(leaseChangePending(state, 42n, grantIndex)).toBe(true);
-    expect(leaseChangePending(state, 43n, grantIndex)).toBe(false);
+    expect(new UnappliedLeaseChanges(state).pending(42n, grantIndex)).toBe(true);
+    expect(new UnappliedLeaseChanges(state).pending(43n, grantIndex)).toBe(false);
     // A keep-alive asked now must see the grant: it is answered only once the leader applied it.
-    await confirmKeepAlive(leader, state, 42n, () => performance.now(), 10_000);
+    await confirmKeepAlive(leader, changes, 42n, () => performance.now(), 10_000);
     expect(leaderHost.applied).toBeGreaterThanOrEqual(grantIndex);
+    expect(changes.pending(42n, grantIndex)).toBe(false);
     // Another lease's keep-alive does not wait for it.
-    await confirmKeepAlive(leader, state, 43n, () => performance.now(), keepAliveAgeMaxMs);
+    await confirmKeepAlive(leader, changes, 43n, () => performance.now(), keepAliveAgeMaxMs);
   });
 
   it('refuses a keep-alive whose confirmation came later than the bound', async () => {
-    const { leader, state } = await cluster();
+    const { leader, changes } = await cluster();
     let now = 0;
     const clock = (): number => (now += keepAliveAgeMaxMs + 1); // each reading just past the bound after the last
-    await expect(confirmKeepAlive(leader, state, 42n, clock, keepAliveAgeMaxMs)).rejects.toThrow(/confirmation too old/);
+    await expect(confirmKeepAlive(leader, changes, 42n, clock, keepAliveAgeMaxMs)).rejects.toThrow(/confirmation too old/);
+  });
+});
+
+describe('unapplied lease changes', () => {
+  const entry = (index: number, request: Omit<InternalRequest, 'id'>): Entry => ({ index, term: 1, type: 'normal', data: payload(request) });
+  const put = { request: 'put', put: { key: Buffer.from('k'), value: Buffer.from('v') } } as Omit<InternalRequest, 'id'>;
+  const log: Entry[] = [entry(1, put), entry(2, put), entry(3, { request: 'lease_revoke', lease_revoke: { ID: '42' } } as Omit<InternalRequest, 'id'>), entry(4, put), entry(5, put), entry(6, put)];
+
+  it('reads each committed entry once, and forgets a change once it is applied', () => {
+    let applied = 1;
+    let scanned = 0;
+    const changes = new UnappliedLeaseChanges({
+      appliedIndex: () => applied,
+      entries: (from, to) => log.slice(from - 1, to),
+      leaseChangedBy: (data) => {
+        scanned += 1;
+        return leaseChangedBy(data);
+      },
+    });
+    expect(changes.pending(42n, 2)).toBe(false);
+    expect(changes.pending(42n, 4)).toBe(true);
+    expect(changes.pending(7n, 4)).toBe(false);
+    expect(changes.pending(42n, 6)).toBe(true);
+    expect(scanned).toBe(5); // entries 2..6, each once
+    applied = 3;
+    expect(changes.pending(42n, 6)).toBe(false);
+    expect(scanned).toBe(5);
+  });
+
+  it('counts what it cannot read as a change', () => {
+    const changes = new UnappliedLeaseChanges({ appliedIndex: () => 0, entries: () => undefined, leaseChangedBy });
+    expect(changes.pending(42n, 3)).toBe(true);
+    const unreadable = new UnappliedLeaseChanges({ appliedIndex: () => 0, entries: () => [{ index: 1, term: 1, type: 'normal', data: Buffer.from([0x3a, 0x05, 0x08]) }], leaseChangedBy });
+    expect(unreadable.pending(42n, 1)).toBe(true);
   });
 });
 
