@@ -50,6 +50,7 @@ import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, 
 import { csvCell } from '../audit/csv.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
+import { registerAuditTail } from './audit-tail.js';
 import { auditPolicyOfDirectory } from '../audit/policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
@@ -932,10 +933,7 @@ auditCommand
 
 registerAuditPolicyCommands(auditCommand, connectionOptions, print, fail);
 
-connectionOptions(auditCommand.command('tail').description('the audit events of one member as they are written (root only)'))
-  .action(async (flags: ConnectionOptions) => {
-    await PolicyConnection.using(flags, (connection) => connection.tailAudit(print)).catch(fail);
-  });
+registerAuditTail(auditCommand, connectionOptions, print, fail);
 
 const auth = program.command('auth').description('authorization questions');
 connectionOptions(auth.command('can-i <user> <operation> <key>').description('may USER read|write KEY? prints yes or no; exit status 0 or 1'))
