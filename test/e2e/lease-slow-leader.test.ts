@@ -59,19 +59,26 @@ describe('leases under a slow leader disk', () => {
     const names = ['m1', 'm2', 'm3'];
     const ports = await Promise.all(names.map(async (name) => ({ name, port: await freePort(), peerPort: await freePort(), dataDir: await temporaryDirectory(name) })));
     const initialCluster = ports.map(({ name, peerPort }) => `${name}=http://127.0.0.1:${peerPort}`).join(',');
-    const members = await Promise.all(
+    for (const { dataDir } of ports) cleanups.push(() => removeDirectory(dataDir));
+    // Settled, not Promise.all: when one member fails to start, the others are stopped too.
+    const starts = await Promise.allSettled(
       ports.map(async ({ name, port, peerPort, dataDir }): Promise<Member> => {
         const delayFile = path.join(shimDirectory, `${name}.delay`);
         await setFsyncDelay(delayFile, 0);
         // A loaded 2-core machine can take more than the default 15 s to elect the first leader.
         const started = await startRampart({ name, port, peerPort, dataDir, startTimeoutMs: 60_000, env: slowDisk.env(delayFile), args: ['--initial-cluster', initialCluster] });
-        cleanups.push(async () => {
-          await started.stop();
-          await removeDirectory(dataDir);
-        });
         return { name, delayFile, process: started };
       }),
     );
+    const members: Member[] = [];
+    for (const start of starts) {
+      if (start.status === 'fulfilled') {
+        members.push(start.value);
+        cleanups.push(async () => void (await start.value.process.stop()));
+      }
+    }
+    const failed = starts.find((start) => start.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
     let leader: Member | undefined;
     for (let attempt = 0; leader === undefined && attempt < 100; attempt++) {
       for (const member of members) if (await isLeader(member)) leader = member;
