@@ -273,11 +273,15 @@ export class MvccStore {
 
   private indexRecord(kv: KeyValue, main: number, sub: number, tombstone: boolean): void {
     const indexKey = toIndexKey(kv.key);
-    let record: KeyRecord = { key: kv.key, revisions: [], live: undefined };
+    const live = tombstone ? undefined : kv;
+    // A new key's revisions array is made one long: an empty one grown by push reserves 17 slots
+    // (~130 bytes a key, 64 MB of heap at 500,000 keys).
+    const created: KeyRecord = { key: kv.key, revisions: [{ main, sub, tombstone }], live };
     // One descent of the tree for a new key (most keys while loading); a second for a known one.
-    if (!this.index.set(indexKey, record, false)) record = this.index.get(indexKey) as KeyRecord;
+    if (this.index.set(indexKey, created, false)) return;
+    const record = this.index.get(indexKey) as KeyRecord;
     appendRevision(record, main, sub, tombstone);
-    record.live = tombstone ? undefined : kv;
+    record.live = live;
   }
 
   /** Called once the database write holding revisions up to `revision` has completed. */
