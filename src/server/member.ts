@@ -478,7 +478,7 @@ export class Member {
     // authorization (a caller without permission costs no more), then the duplicate-key check.
     validateTxnShape(request);
     this.checkRunning();
-    this.applier.authorize({ id: 0, request: 'txn', txn: request, caller });
+    await this.authorizeCurrent({ id: 0, request: 'txn', txn: request, caller });
     checkTxnDuplicates(request);
     if (isReadOnlyTxn(request)) {
       // A read-only transaction needs no log entry: evaluate it against a linearizable read view.
@@ -750,11 +750,27 @@ export class Member {
 
   // ---- the request path ----
 
+  /**
+   * Checks a request before it is proposed or read. This member's auth state can be behind the
+   * cluster's (a member back from a partition has not applied a grant acknowledged meanwhile), so a
+   * refusal is confirmed after a read barrier: access granted at the time is never refused. Only
+   * refusals pay for the barrier.
+   */
+  private async authorizeCurrent(request: InternalRequest): Promise<void> {
+    try {
+      this.applier.authorize(request);
+    } catch (error) {
+      if (!(error instanceof RampartError)) throw error;
+      await this.loop.readBarrier();
+      this.applier.authorize(request);
+    }
+  }
+
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
     const receivedMs = performance.now();
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
-    this.applier.authorize({ id: 0, ...body } as InternalRequest);
+    await this.authorizeCurrent({ id: 0, ...body } as InternalRequest);
     const id = (this.nextRequestId++).toString();
     const data = encodeInternalRequest({ id, ...body } as InternalRequest);
     if (data.length > this.options.maxRequestBytes) {

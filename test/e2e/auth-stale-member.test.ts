@@ -1,0 +1,125 @@
+/**
+ * A member whose auth state is behind the cluster's must not refuse what the cluster has granted.
+ * Found by the secure soak: a leader cut off while a permission was revoked stepped down, and a put
+ * through it right after the grant was acknowledged elsewhere came back "permission denied" (the
+ * member checked the write against its own, stale auth state before proposing it). Here: a
+ * permission is revoked, one member is cut off from the others, the permission is granted back
+ * through the majority, and a put through the cut-off member must not be refused for permission
+ * (it cannot be served until the member catches up; etcd checks when it applies the write).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { describe, expect, it } from 'vitest';
+import { memberIdFor } from '../../src/server/membership.js';
+import { connect, type RawClient } from '../helpers/client.js';
+import { FaultProxy, PeerNetwork } from '../helpers/fault-proxy.js';
+import { etcdctl, freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import { packageDefinition } from '../../src/api/proto.js';
+
+interface Member {
+  readonly name: string;
+  readonly id: string;
+  readonly port: number;
+  readonly peerPort: number;
+  readonly proxyPort: number;
+  readonly dataDir: string;
+  process?: ServerProcess;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** A put with a token; resolves with the gRPC status code (0 when it succeeded). */
+function putWithToken(client: RawClient, token: string, key: string, deadlineMs: number): Promise<number> {
+  const metadata = new grpc.Metadata();
+  metadata.set('token', token);
+  return new Promise((resolve) => {
+    const put = client.kv.Put as unknown as (request: object, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void) => void;
+    put.call(client.kv, { key: Buffer.from(key), value: Buffer.from('v') }, metadata, { deadline: Date.now() + deadlineMs }, (error) => resolve(error === null ? 0 : error.code));
+  });
+}
+
+async function authenticate(port: number, name: string, password: string): Promise<string> {
+  const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Auth: grpc.ServiceClientConstructor } };
+  const client = new loaded.etcdserverpb.Auth(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & { Authenticate(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: { token: string }) => void): void };
+  try {
+    for (let attempt = 0; ; attempt++) {
+      const token = await new Promise<string | undefined>((resolve) => client.Authenticate({ name, password }, { deadline: Date.now() + 3000 }, (error, response) => resolve(error === null ? response.token : undefined)));
+      if (token !== undefined) return token;
+      if (attempt > 20) throw new Error(`cannot authenticate ${name}`);
+      await sleep(250);
+    }
+  } finally {
+    client.close();
+  }
+}
+
+describe('auth on a member that is behind', () => {
+  it('does not refuse a write whose permission was granted back while the member was cut off', async () => {
+    const network = new PeerNetwork();
+    const members: Member[] = [];
+    for (let index = 1; index <= 3; index++) {
+      const proxyPort = await freePort();
+      members.push({ name: `a${index}`, id: memberIdFor([`http://127.0.0.1:${proxyPort}`], 'rampart-cluster'), port: await freePort(), peerPort: await freePort(), proxyPort, dataDir: await temporaryDirectory(`a${index}`) });
+    }
+    const ids = members.map((member) => member.id);
+    for (const member of members) {
+      const proxy = new FaultProxy(member.id, member.peerPort, ids, network.rule);
+      await proxy.listen(member.proxyPort);
+      network.proxies.push(proxy);
+    }
+    const initialCluster = members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
+    const [first, , behind] = members as [Member, Member, Member];
+    const clients: RawClient[] = [];
+    try {
+      await Promise.all(members.map(async (member) => {
+        member.process = await startRampart({ name: member.name, port: member.port, peerPort: member.peerPort, dataDir: member.dataDir, args: ['--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster] });
+      }));
+      const majority = `127.0.0.1:${first.port}`;
+      const admin = async (...args: string[]): Promise<void> => {
+        for (let attempt = 0; ; attempt++) {
+          const result = await etcdctl(majority, args[0] === 'auth' || attempt === 0 ? args : ['--user', 'root:rootpw', ...args]);
+          if (result.code === 0) return;
+          if (attempt > 40) throw new Error(`etcdctl ${args.join(' ')}: ${result.stderr}`);
+          await sleep(250);
+        }
+      };
+      for (const args of [['user', 'add', 'root:rootpw'], ['user', 'grant-role', 'root', 'root'], ['user', 'add', 'alice:alicepw'], ['role', 'add', 'writer'],
+        ['role', 'grant-permission', 'writer', 'readwrite', 'a/', '--prefix=true'], ['user', 'grant-role', 'alice', 'writer']]) await admin(...args);
+      expect((await etcdctl(majority, ['auth', 'enable'])).code).toBe(0);
+      const asRoot = ['--user', 'root:rootpw'];
+      expect((await etcdctl(majority, [...asRoot, 'role', 'revoke-permission', 'writer', 'a/', '--prefix=true'])).code).toBe(0);
+
+      // The member that will fall behind has applied the revoke: it refuses alice now.
+      const token = await authenticate(behind.port, 'alice', 'alicepw');
+      const client = connect(`127.0.0.1:${behind.port}`);
+      clients.push(client);
+      for (let attempt = 0; (await putWithToken(client, token, 'a/x', 3000)) !== grpc.status.PERMISSION_DENIED; attempt++) {
+        if (attempt > 20) throw new Error('the member never applied the revoke');
+        await sleep(250);
+      }
+      network.isolate(behind.id, ids);
+      expect((await etcdctl(majority, [...asRoot, 'role', 'grant-permission', 'writer', 'readwrite', 'a/', '--prefix=true'])).code).toBe(0);
+
+      // Granted at the time: it may fail (the member cannot be served while cut off), never for permission.
+      const whileBehind = await putWithToken(client, token, 'a/x', 3000);
+      expect(whileBehind).not.toBe(grpc.status.PERMISSION_DENIED);
+      // A key never granted is still refused through the majority.
+      const majorityClient = connect(majority);
+      clients.push(majorityClient);
+      expect(await putWithToken(majorityClient, await authenticate(first.port, 'alice', 'alicepw'), 'b/x', 5000)).toBe(grpc.status.PERMISSION_DENIED);
+
+      network.heal();
+      const fresh = await authenticate(behind.port, 'alice', 'alicepw');
+      let afterHeal = -1;
+      for (let attempt = 0; attempt < 40 && afterHeal !== 0; attempt++) {
+        afterHeal = await putWithToken(client, fresh, 'a/x', 3000);
+        if (afterHeal !== 0) await sleep(250);
+      }
+      expect(afterHeal).toBe(0);
+    } finally {
+      clients.forEach((client) => client.close());
+      await Promise.all(members.map((member) => member.process?.stop()));
+      await network.close();
+      await Promise.all(members.map((member) => removeDirectory(member.dataDir)));
+    }
+  }, 90_000);
+});
