@@ -15,18 +15,19 @@ import { RecordWriter, listTrailFiles, readRecords, type TrailFile } from '../..
 import type { TrailKey } from '../../src/audit/sealed-trail.js';
 import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
-import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { rampartCli, startUpCluster, type UpCluster } from '../helpers/up-cluster.js';
 
 /** Small enough that m1 rotates every few events. */
 const auditMaxFileBytes = 1000;
 
 describe('audit checkpoints witnessed by the cluster', () => {
+  let cluster: UpCluster;
   let home: string;
   let base: number;
-  const rampart = (args: string[]) => run(process.execPath, [rampartBin, ...args], { timeoutMs: 60_000 });
-  const pki = (): string => path.join(home, 'pki');
+  const rampart = rampartCli;
+  const pki = (): string => cluster.pki;
   /** Requests to m1, whose trail is examined. */
-  const etcdctl = (args: string[]) => run('etcdctl', ['--endpoints', `https://127.0.0.1:${base}`, '--cacert', path.join(pki(), 'ca.crt'), '--cert', path.join(pki(), 'admin.crt'), '--key', path.join(pki(), 'admin.key'), '--command-timeout=5s', ...args], { env: cleanEnvironment() });
+  const etcdctl = (args: string[]) => cluster.etcdctl(args);
   /** Reaches the cluster through m2: m1 is stopped once its trail is final. */
   const viaM2 = (): string[] => ['--dir', home, '--endpoints', `https://127.0.0.1:${base + 10_000}`];
   const m1Trail = (): string => path.join(home, 'm1', 'data', 'audit');
@@ -36,17 +37,12 @@ describe('audit checkpoints witnessed by the cluster', () => {
   const up = () => rampart(['up', '--dir', home, '--base-port', String(base), '--audit-max-file-bytes', String(auditMaxFileBytes)]);
 
   beforeAll(async () => {
-    home = path.join(await temporaryDirectory('audit-checkpoints'), 'cluster');
-    base = await freeBasePort();
-    const result = await rampart(['up', '--dir', home, '--size', '3', '--base-port', String(base), '--audit-max-file-bytes', String(auditMaxFileBytes)]);
-    expect(result.code, result.stderr).toBe(0);
+    cluster = await startUpCluster('audit-checkpoints', 3, ['--audit-max-file-bytes', String(auditMaxFileBytes)]);
+    ({ home, base } = cluster);
   }, 90_000);
 
   afterAll(async () => {
-    if (home !== undefined) {
-      await rampart(['down', '--dir', home]);
-      await removeDirectory(path.dirname(home));
-    }
+    await cluster?.down();
   }, 30_000);
 
   const stopM1 = async (): Promise<void> => {

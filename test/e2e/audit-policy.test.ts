@@ -14,16 +14,13 @@ import type { AuditEvent } from '../../src/audit/event.js';
 import { listTrailFiles, readRecords } from '../../src/audit/records.js';
 import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
-import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, temporaryDirectory } from '../helpers/processes.js';
+import { rampartCli, startUpCluster, type UpCluster } from '../helpers/up-cluster.js';
 
 describe('the audit policy of a cluster', () => {
+  let cluster: UpCluster;
   let home: string;
-  let ports: number[] = [];
-  const rampart = (args: string[]) => run(process.execPath, [rampartBin, ...args], { timeoutMs: 60_000 });
-  const etcdctl = (member: number, args: string[], input?: string) => {
-    const pki = path.join(home, 'pki');
-    return run('etcdctl', ['--endpoints', `https://127.0.0.1:${ports[member]}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'), '--command-timeout=10s', ...args], { env: cleanEnvironment(), ...(input === undefined ? {} : { input }) });
-  };
+  const rampart = rampartCli;
+  const etcdctl = (member: number, args: string[], input?: string) => cluster.etcdctl(args, member, input);
   const trailOf = (member: number): string => path.join(home, `m${member + 1}`, 'data', 'audit');
   const events = async (member: number): Promise<AuditEvent[]> => {
     // The trail is sealed (encryption at rest): read through the member's KEK, as root could.
@@ -45,17 +42,12 @@ describe('the audit policy of a cluster', () => {
   };
 
   beforeAll(async () => {
-    home = path.join(await temporaryDirectory('audit-policy'), 'cluster');
-    const result = await rampart(['up', '--dir', home, '--size', '3', '--base-port', String(await freeBasePort())]);
-    expect(result.code, result.stderr).toBe(0);
-    ports = (JSON.parse(await readFile(path.join(home, 'cluster.json'), 'utf8')) as { members: { clientPort: number }[] }).members.map((member) => member.clientPort);
+    cluster = await startUpCluster('audit-policy', 3);
+    home = cluster.home;
   }, 90_000);
 
   afterAll(async () => {
-    if (home !== undefined) {
-      await rampart(['down', '--dir', home]);
-      await removeDirectory(path.dirname(home));
-    }
+    await cluster?.down();
   }, 30_000);
 
   it('records writes, denials and secret reads by default, not ordinary reads', async () => {

@@ -5,7 +5,7 @@
  */
 import { open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
 import { readEventsAfter } from '../../src/audit/cursor.js';
 import { AuditLog } from '../../src/audit/log.js';
@@ -14,23 +14,12 @@ import { sealedTrailHeaderBytes, type TrailKey } from '../../src/audit/sealed-tr
 import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
-import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+import { auditDirectories } from '../helpers/audit-directories.js';
 
 const dayMs = 24 * 60 * 60 * 1000;
 
 describe('audit trail at rest', () => {
-  const directories: string[] = [];
-  afterAll(async () => {
-    for (const directory of directories) await removeDirectory(directory);
-  });
-  const fail = (error: unknown): never => {
-    throw error;
-  };
-  const newDirectory = async (): Promise<string> => {
-    const directory = await temporaryDirectory('audit-rest');
-    directories.push(directory);
-    return directory;
-  };
+  const { newDirectory, fail } = auditDirectories('audit-rest');
   const newKey = async (directory: string): Promise<{ key: TrailKey; provider: FileKekProvider; keyFile: string }> => {
     const keyFile = path.join(path.dirname(directory), `${path.basename(directory)}.kek`);
     await FileKekProvider.create(keyFile);

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { appendFile, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent } from '../../src/audit/event.js';
 import { AuditLog, describeAuditWriteError } from '../../src/audit/log.js';
 import { readRecords, recordBytesMax } from '../../src/audit/records.js';
@@ -12,21 +12,10 @@ import { targetsOf } from '../../src/api/audit-events.js';
 import { CheckpointSigningKey, checkSignatures, checkpointBucketMs, decodeCheckpoint, encodeCheckpoint } from '../../src/audit/checkpoint.js';
 import { AuditCheckpoints } from '../../src/server/audit-checkpoints.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
-import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+import { auditDirectories } from '../helpers/audit-directories.js';
 
 describe('audit trail', () => {
-  const directories: string[] = [];
-  afterAll(async () => {
-    for (const directory of directories) await removeDirectory(directory);
-  });
-  const fail = (error: unknown): never => {
-    throw error;
-  };
-  const newDirectory = async (): Promise<string> => {
-    const directory = await temporaryDirectory('audit');
-    directories.push(directory);
-    return directory;
-  };
+  const { newDirectory, fail } = auditDirectories('audit');
   const eventsOf = async (directory: string): Promise<AuditEvent[]> => {
     const events: AuditEvent[] = [];
     await readAudit(directory, (event) => events.push(event));
