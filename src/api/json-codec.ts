@@ -74,8 +74,22 @@ function scalar(field: protobuf.Field, value: unknown): unknown {
   if (field.type === 'string') return typeof value === 'string' ? value : mismatch();
   if (field.type === 'bool') return typeof value === 'boolean' ? value : mismatch();
   if (int64Types.has(field.type)) {
-    if (typeof value === 'number' && Number.isInteger(value)) return String(value);
-    if (typeof value === 'string' && /^-?\d+$/.test(value)) return value;
+    // Out of the type's range, Go refuses the number; protobufjs would wrap it silently (a
+    // revision of 2^64-1 read as -1, the current one; 1e300 as garbage).
+    const outOfRange = (text: string): never => {
+      throw new JsonRequestError(`json: cannot unmarshal number ${text} into Go value of type ${field.type}`);
+    };
+    const [lowest, highest] = int64Range(field.type);
+    if (typeof value === 'number' && Number.isInteger(value)) {
+      const number = BigInt(value);
+      if (number < lowest || number > highest) return outOfRange(String(value).replace('e+', 'e'));
+      return number.toString();
+    }
+    if (typeof value === 'string' && /^-?\d+$/.test(value)) {
+      const number = BigInt(value);
+      if (number < lowest || number > highest) return outOfRange(value);
+      return value;
+    }
     if (typeof value === 'string') throw new JsonRequestError(`invalid character '${value[0] ?? '"'}' looking for beginning of value`);
     return mismatch();
   }
@@ -85,6 +99,11 @@ function scalar(field: protobuf.Field, value: unknown): unknown {
     return mismatch();
   }
   return value;
+}
+
+/** The values a 64-bit integer type holds. */
+function int64Range(type: string): readonly [bigint, bigint] {
+  return type === 'uint64' || type === 'fixed64' ? [0n, 2n ** 64n - 1n] : [-(2n ** 63n), 2n ** 63n - 1n];
 }
 
 /** JSON as etcd's gateway accepts it → the object protobufjs' fromObject takes (names, bytes checked). */

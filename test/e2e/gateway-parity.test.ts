@@ -78,6 +78,10 @@ const steps: readonly Step[] = [
   { path: '/v3/kv/range', options: { body: JSON.stringify({ key: b64('foo'), revision: 1 }) } },
   // Bad input: etcd's status and error body.
   { path: '/v3/kv/range', options: { body: '{"key":"!!!"}' } },
+  // 64-bit integers out of range are refused, not wrapped (2^64-1 was read as -1: the current revision).
+  { path: '/v3/kv/range', options: { body: JSON.stringify({ key: b64('foo'), revision: '18446744073709551615' }) } },
+  { path: '/v3/kv/range', options: { body: `{"key":"${b64('foo')}","revision":1e300}` } },
+  { path: '/v3/kv/range', options: { body: JSON.stringify({ key: b64('foo'), limit: '-9223372036854775809' }) } },
   { path: '/v3/kv/range', options: { body: '{"key":"Zm9"}' } },
   { path: '/v3/kv/range', options: { body: '{"key":"Zm9v-_"}' } },
   { path: '/v3/kv/range', options: { body: '{"key":' } },
