@@ -47,6 +47,19 @@ function portsFor(base: number, index: number): { clientPort: number; peerPort: 
   return { clientPort, peerPort: clientPort + 1 };
 }
 
+/**
+ * Why `--base-port` cannot place `size` local members, or undefined when it can: every member's
+ * client, peer and metrics ports (client +0, +1, +2) must be real TCP ports, checked before
+ * anything is created so a bad value leaves no half-made cluster directory behind.
+ */
+export function localPortsProblem(base: number, size: number): string | undefined {
+  const lastMetricsPort = portsFor(base, size - 1).clientPort + 2;
+  if (base >= 1 && lastMetricsPort <= 65_535) return undefined;
+  const highestBase = 65_535 - 2 - (size - 1) * 10_000;
+  return `--base-port ${base} cannot hold ${size} member${size === 1 ? '' : 's'} (client ports base, base+10000, …; peer +1, metrics +2): `
+    + `give a port from 1 to ${highestBase}`;
+}
+
 /** Metrics and health of a local member: client port + 2 (2381 for the first, as etcd's usual port), over TLS. */
 export function metricsUrl(clientPort: number): string {
   return `https://127.0.0.1:${clientPort + 2}`;
@@ -88,6 +101,8 @@ export function etcdctlLine(directory: string, endpoints: readonly string[]): st
 }
 
 export async function up(options: UpOptions, print: (line: string) => void): Promise<string[]> {
+  const portsProblem = localPortsProblem(options.baseClientPort, options.size);
+  if (portsProblem !== undefined) throw new Error(portsProblem);
   const directory = path.resolve(options.directory);
   await mkdir(directory, { recursive: true, mode: 0o700 });
   const clusterFile = path.join(directory, 'cluster.json');
@@ -96,6 +111,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
   try {
     cluster = JSON.parse(await readFile(clusterFile, 'utf8')) as ClusterFile;
     if (cluster.members.length !== options.size) print(`reusing the existing ${cluster.members.length}-member cluster in ${directory} (--size applies to a new one)`);
+    else if (cluster.members[0]?.clientPort !== options.baseClientPort) print(`reusing the existing cluster in ${directory} on its ports (--base-port applies to a new one)`);
   } catch {
     newCluster = true;
     cluster = {
