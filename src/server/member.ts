@@ -159,6 +159,8 @@ export class Member {
   readonly memberHex: string;
   /** The database view a snapshot at its index is streamed from, while Raft may send it. */
   private stateView: StateView | undefined;
+  /** A follower was asked for a snapshot whose view is no longer held (outgoingSnapshot). */
+  private snapshotWanted = false;
   private receivingSnapshot = false;
   /** The members an existing member named when this one joined: its first peers, before the log names them. */
   private joinedFrom: ClusterView | undefined;
@@ -871,7 +873,12 @@ export class Member {
   /** The records of the snapshot Raft is sending (the view taken at its index), in chunks. */
   private async *outgoingSnapshot(index: number): AsyncGenerator<Buffer> {
     const state = this.stateView;
-    if (state === undefined || state.index !== index) throw new Error(`snapshot at ${index} is no longer held`);
+    if (state === undefined || state.index !== index) {
+      // Raft asks for a snapshot whose view is gone: take a fresh one at the next applied batch, which
+      // Raft sends on its next attempt, rather than fail until the next scheduled snapshot.
+      this.snapshotWanted = true;
+      throw new Error(`snapshot at ${index} is no longer held`);
+    }
     state.readers += 1;
     try {
       yield* snapshotChunks(this.db, state.view, this.options.snapshotChunkBytes ?? snapshotChunkBytesDefault);
@@ -887,6 +894,8 @@ export class Member {
     await this.store.reload();
     await this.loadStateMachine();
     this.snapshotIndex = snapshot.metadata.index;
+    // Raft's latest snapshot is now this one: hold its view so this member can send it if it leads.
+    this.holdStateView(snapshot.metadata.index);
     this.updatePeers();
     this.watchHub.resyncAll();
   }
@@ -979,7 +988,8 @@ export class Member {
         await this.db.batch([{ type: 'del', key: metaKey.restoredState }], { sync: true });
         this.restoredState = false;
       }
-    } else if (this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
+    } else if (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
+      this.snapshotWanted = false;
       await this.takeSnapshot();
     }
   }

@@ -97,7 +97,8 @@ function stagedKey(key: Buffer): Buffer {
 
 /**
  * Stages a snapshot received chunk by chunk; resolves once every record is written and the staged
- * marker is fsynced. Whatever was staged before is discarded first.
+ * marker is fsynced. Whatever was staged before is discarded first, and what this one staged is
+ * discarded if it fails.
  */
 export async function stageSnapshot(db: Database, metadata: SnapshotMetadata, chunks: AsyncIterable<Buffer>): Promise<{ records: number; bytes: number; chunks: number }> {
   await db.batch([{ type: 'del', key: metaKey.snapshotStaged }], { sync: true });
@@ -105,12 +106,19 @@ export async function stageSnapshot(db: Database, metadata: SnapshotMetadata, ch
   let records = 0;
   let bytes = 0;
   let count = 0;
-  for await (const chunk of chunks) {
-    const batch: BatchOperation[] = decodeChunk(chunk).map(([key, value]) => ({ type: 'put', key: stagedKey(key), value }));
-    await db.batch(batch);
-    records += batch.length;
-    bytes += chunk.length;
-    count += 1;
+  try {
+    for await (const chunk of chunks) {
+      const batch: BatchOperation[] = decodeChunk(chunk).map(([key, value]) => ({ type: 'put', key: stagedKey(key), value }));
+      await db.batch(batch);
+      records += batch.length;
+      bytes += chunk.length;
+      count += 1;
+    }
+  } catch (error) {
+    // A transfer that did not finish (cancelled, failed, idle): its records are only part of a
+    // snapshot and are never marked staged; they go now rather than hold disk until the next one.
+    await db.clear(stagingRange).catch(() => undefined);
+    throw error;
   }
   await db.batch([{ type: 'put', key: metaKey.snapshotStaged, value: encodePosition(metadata.index, metadata.term) }], { sync: true });
   return { records, bytes, chunks: count };

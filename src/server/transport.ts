@@ -17,6 +17,12 @@ import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
 
+/**
+ * How long a snapshot transfer may go without a message from its sender before the receiver gives
+ * up on it (and may take the next): a stalled leader or link must not keep a member busy for good.
+ * The sender waits only for the receiver's flow control, so a live transfer is never this quiet.
+ */
+export const snapshotIdleTimeoutMsDefault = 10_000;
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
 export const peerQueueMessagesMax = 4096;
 /** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
@@ -207,8 +213,14 @@ export interface TransportOptions {
   readonly onUnreachable: (peer: NodeId) => void;
   /** The records of a snapshot Raft sends, in chunks, read while they are sent. */
   readonly snapshotChunks: (message: SnapshotMessage) => AsyncIterable<Buffer>;
-  /** Takes a snapshot's chunks as they arrive; resolves once it is staged and handed to Raft. */
+  /**
+   * Takes a snapshot's chunks as they arrive; resolves once it is staged and handed to Raft. The
+   * chunks end in an error when the sender cancels, the call fails, or nothing arrives for
+   * `snapshotIdleTimeoutMs`: the receiver is never left waiting on a transfer that will not finish.
+   */
   readonly receiveSnapshot: (message: SnapshotMessage, chunks: AsyncIterable<Buffer>) => Promise<void>;
+  /** Tests only: a shorter idle timeout than `snapshotIdleTimeoutMsDefault`. */
+  readonly snapshotIdleTimeoutMs?: number;
   readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
@@ -574,8 +586,8 @@ export class Transport {
   }
 
   /** Reads a snapshot stream: the header first, then chunks handed on as they arrive (never all at once). */
-  private async receiveSnapshot(call: AsyncIterable<SnapshotChunkWire>, senderBound: (message: Message) => boolean): Promise<void> {
-    const stream = call[Symbol.asyncIterator]();
+  private async receiveSnapshot(call: grpc.ServerReadableStream<SnapshotChunkWire, object>, senderBound: (message: Message) => boolean): Promise<void> {
+    const stream = abandonableReader(call, this.options.snapshotIdleTimeoutMs ?? snapshotIdleTimeoutMsDefault);
     const first = await stream.next();
     const clusterId = this.options.clusterId;
     if (first.done === true) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot');
@@ -616,6 +628,40 @@ export class Transport {
     await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
     clearTimeout(forced);
   }
+}
+
+/**
+ * Reads a snapshot call's messages one at a time; a read fails (never waits forever) once the
+ * sender cancelled, the call failed, or `idleMs` passed without a message. grpc-js reports a
+ * client's cancel as 'cancelled' on the server call and then stops reading it: a cancel that
+ * arrives while messages are still queued is never followed by 'end' or 'error'.
+ */
+function abandonableReader(call: grpc.ServerReadableStream<SnapshotChunkWire, object>, idleMs: number): { next(): Promise<IteratorResult<SnapshotChunkWire>> } {
+  const iterator = call[Symbol.asyncIterator]() as AsyncIterator<SnapshotChunkWire>;
+  let abandoned: PeerCallError | undefined = call.cancelled ? new PeerCallError(grpc.status.CANCELLED, 'rampart: snapshot transfer cancelled by its sender') : undefined;
+  let failWaiting: ((error: PeerCallError) => void) | undefined;
+  const abandon = (error: PeerCallError): void => {
+    abandoned ??= error;
+    failWaiting?.(abandoned);
+  };
+  call.once('cancelled', () => abandon(new PeerCallError(grpc.status.CANCELLED, 'rampart: snapshot transfer cancelled by its sender')));
+  call.once('error', (error: Error) => abandon(new PeerCallError(grpc.status.UNAVAILABLE, `rampart: snapshot stream failed: ${error.message}`)));
+  return {
+    async next() {
+      if (abandoned !== undefined) throw abandoned;
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        return await new Promise<IteratorResult<SnapshotChunkWire>>((resolve, reject) => {
+          failWaiting = reject;
+          timer = setTimeout(() => abandon(new PeerCallError(grpc.status.DEADLINE_EXCEEDED, `rampart: snapshot stream idle for ${idleMs} ms`)), idleMs);
+          iterator.next().then(resolve, (error: unknown) => abandon(new PeerCallError(grpc.status.UNAVAILABLE, `rampart: snapshot stream failed: ${error instanceof Error ? error.message : String(error)}`)));
+        });
+      } finally {
+        clearTimeout(timer);
+        failWaiting = undefined;
+      }
+    },
+  };
 }
 
 function respondLease(answer: () => Promise<LeaseAnswer>, callback: grpc.sendUnaryData<object>): void {
