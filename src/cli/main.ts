@@ -36,6 +36,7 @@ import { parseInitialCluster } from '../server/membership.js';
 import { watchQueuedBytesMaxDefault } from '../server/watch-hub.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
+import { cliErrorMessage } from './error-message.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { registerCompliance } from './compliance.js';
@@ -78,7 +79,7 @@ const program = new Command();
 program.name('rampart').description('An etcd-compatible key-value store, secure by default').version(packageJson.version, '-V, --version', 'the Rampart version').showHelpAfterError();
 
 function fail(error: unknown): never {
-  process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.stderr.write(`rampart: ${cliErrorMessage(error)}\n`);
   process.exit(1);
 }
 

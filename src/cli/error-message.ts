@@ -1,0 +1,14 @@
+/**
+ * The one line a CLI command prints when it fails. Most errors are ours and already say what went
+ * wrong; grpc-js's "cannot connect" is not ("No connection established. Last error: Error: connect
+ * ECONNREFUSED 127.0.0.1:2379. Resolution note: "), and it is what a new user meets first, with
+ * the cluster down or the wrong --dir or --endpoints: say that, and what to do.
+ */
+const noConnection = /^(?:\d+ UNAVAILABLE: )?No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note:.*)?$/s;
+
+export function cliErrorMessage(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const match = noConnection.exec(message);
+  if (match === null) return message;
+  return `cannot reach the cluster (${match[1]}): is it running? (\`rampart up\` starts a local one; check --dir or --endpoints)`;
+}
