@@ -2,7 +2,7 @@
  * The `rampart` command. commander parses flags (a well-kept library beats hand-written parsing:
  * help text, validation and subcommands for free).
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { pino, type Logger } from 'pino';
 import { createGrpcServer } from '../api/grpc-server.js';
@@ -37,6 +37,7 @@ import { watchQueuedBytesMaxDefault } from '../server/watch-hub.js';
 import path from 'node:path';
 import { down, rotate, up } from './up.js';
 import { cliErrorMessage } from './error-message.js';
+import { durationText } from './duration-text.js';
 import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { registerCompliance } from './compliance.js';
@@ -205,8 +206,8 @@ program
   .option('--audit-fail-closed', 'refuse client requests while no --audit-sink takes events (after 2 s down); default: keep serving, count the events waiting and deliver them when a sink returns', false)
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--audit-max-file-bytes <bytes>', 'start a new audit file once the current one holds this much (closed files are compressed)', integer, auditMaxFileBytesDefault)
-  .option('--audit-max-file-age <duration>', 'start a new audit file once the current one is this old (e.g. 1d, 12h)', duration, auditMaxFileAgeMsDefault)
-  .option('--audit-retention <duration>', 'delete audit files closed longer ago than this (recorded in the trail first; default 400d: PCI DSS 10.5.1\'s year plus margin)', duration, auditRetentionMsDefault)
+  .addOption(new Option('--audit-max-file-age <duration>', 'start a new audit file once the current one is this old (e.g. 1d, 12h)').argParser(duration).default(auditMaxFileAgeMsDefault, durationText(auditMaxFileAgeMsDefault)))
+  .addOption(new Option('--audit-retention <duration>', 'delete audit files closed longer ago than this (recorded in the trail first; 400d: PCI DSS 10.5.1\'s year plus margin)').argParser(duration).default(auditRetentionMsDefault, durationText(auditRetentionMsDefault)))
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with, its audit.yaml the audit policy (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
@@ -214,7 +215,7 @@ program
   .option('--encryption-key-file <file>', 'the 32-byte key-encryption key (mode 0600, outside the data directory) sealing the member\'s data at rest; created for a new member (default: <data-dir>.encryption-key; with --insecure: encrypt only if given or if that default file exists)')
   .option('--encryption-kms-socket <path>', 'wrap the data keys with a Kubernetes KMS v2 plugin on this unix socket instead of a key file')
   .option('--no-encryption', 'keep the member\'s data in plaintext on disk (not recommended)')
-  .option('--encryption-rotation-interval <duration>', 'automatic data key rotation: a new key once the active one is this old (e.g. 7d, 12h, 30m)', duration, defaultEncryptionRotationIntervalMs)
+  .addOption(new Option('--encryption-rotation-interval <duration>', 'automatic data key rotation: a new key once the active one is this old (e.g. 7d, 12h, 30m)').argParser(duration).default(defaultEncryptionRotationIntervalMs, durationText(defaultEncryptionRotationIntervalMs)))
   .option('--encryption-reseal-rate <records>', 'records per second a re-seal pass rewrites after a rotation (bounds its cost to the member)', integer, resealRecordsPerSecondDefault)
   .option('--log-level <level>', 'log level', 'info')
   .option('--config-file <file>', 'YAML settings named like these flags; flags given here win')
