@@ -6,7 +6,17 @@
  */
 const noConnection = /^(?:\d+ UNAVAILABLE: )?No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note:.*)?$/s;
 
+/** Node's file errors ("ENOENT: no such file or directory, open 'x'") name the file last; say it first. */
+function fileErrorMessage(error: Error): string | undefined {
+  const { code, path: file } = error as Error & { code?: unknown; path?: unknown };
+  if (typeof code !== 'string' || typeof file !== 'string') return undefined;
+  const reason = /^[A-Z]+: (.*?), \w+ '/.exec(error.message)?.[1] ?? error.message;
+  return `${file}: ${reason} (${code})`;
+}
+
 export function cliErrorMessage(error: unknown): string {
+  const fileMessage = error instanceof Error ? fileErrorMessage(error) : undefined;
+  if (fileMessage !== undefined) return fileMessage;
   const message = error instanceof Error ? error.message : String(error);
   const match = noConnection.exec(message);
   if (match === null) return message;

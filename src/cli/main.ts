@@ -573,7 +573,7 @@ snapshot
       const restored = await restoreSnapshot(file, flags.dataDir, keyProvider, startProgress(`reading ${file}`, 'bytes'), snapshotKey);
       process.stdout.write(`restored ${restored.records} records from ${restored.format === 'etcd' ? 'an etcd' : 'a Rampart'} snapshot into ${flags.dataDir}\n`);
     } catch (error) {
-      process.stderr.write(`rampart: ${error instanceof Error ? error.message : String(error)}\n`);
+      process.stderr.write(`rampart: ${cliErrorMessage(error)}\n`);
       process.exit(1);
     }
   });

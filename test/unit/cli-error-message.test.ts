@@ -8,6 +8,11 @@ describe('CLI error lines', () => {
     expect(cliErrorMessage(new Error(`14 UNAVAILABLE: ${raw}`))).toMatch(/^cannot reach the cluster \(connect ECONNREFUSED 127\.0\.0\.1:4711\)/);
   });
 
+  it('names the file first in Node\'s file errors', async () => {
+    const missing = await import('node:fs/promises').then((fs) => fs.readFile('/nonexistent-rampart-file')).catch((error: unknown) => error);
+    expect(cliErrorMessage(missing)).toBe('/nonexistent-rampart-file: no such file or directory (ENOENT)');
+  });
+
   it('leaves every other message as it is', () => {
     expect(cliErrorMessage(new Error('--size must be between 1 and 7'))).toBe('--size must be between 1 and 7');
     expect(cliErrorMessage('plain')).toBe('plain');
