@@ -1,6 +1,6 @@
 /**
  * `rampart init --member name=host ...`: per-host bundles for a real multi-host deployment. Each
- * bundle holds the member's server and peer certificates (SANs: its host), the CA certificate, the
+ * bundle holds the member's server and peer certificates (SANs: its host), its audit signing key, the CA certificate, the
  * member's encryption key file (its data at rest is sealed under it), a `rampart.yaml` for
  * `rampart serve --config-file`, and `rampart.service`, the hardened systemd unit that runs it; an admin client certificate goes next to the
  * CA. Copy `<out>/<name>/` to its host; keep `<out>/pki/ca/` offline.
@@ -12,7 +12,7 @@ import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { initAuthority, issueCertificate, writeKeyPair } from '../pki/authority.js';
+import { caValidityDays, initAuthority, issueCertificate, writeKeyPair } from '../pki/authority.js';
 import { crlFileName, writeRevocationList } from '../pki/revocation.js';
 import { FileKekProvider } from '../encryption/kek-file.js';
 
@@ -70,6 +70,9 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
     const sans = [member.host];
     await writeKeyPair(bundle, 'server', await issueCertificate(authority, { kind: 'server', commonName: member.name, subjectAltNames: sans }));
     await writeKeyPair(bundle, 'peer', await issueCertificate(authority, { kind: 'peer', commonName: member.name, subjectAltNames: sans }));
+    // The key that signs this member's audit checkpoints, so its trail verifies offline against
+    // the CA; as long-lived as the CA, since a kept trail must stay checkable (as rampart up does).
+    await writeKeyPair(bundle, 'audit', await issueCertificate(authority, { kind: 'audit', commonName: member.name, validityDays: caValidityDays }));
     await writeFile(path.join(bundle, 'ca.crt'), authority.certificatePem);
     await copyFile(crlFile, path.join(bundle, crlFileName));
     // The member's key-encryption key: keep it with the certificates, outside the data directory.
@@ -91,6 +94,8 @@ export async function initBundles(options: InitOptions, print: (line: string) =>
       // Metrics and health over TLS with the server certificate; scrapers need a client certificate.
       'listen-metrics-urls': [`https://${urlHost(member.host)}:${options.metricsPort}`],
       'encryption-key-file': 'encryption.key',
+      'audit-signing-cert-file': 'audit.crt',
+      'audit-signing-key-file': 'audit.key',
     };
     await writeFile(path.join(bundle, 'rampart.yaml'), `# rampart serve --config-file rampart.yaml (run from this directory)\n${stringify(config)}`, { mode: 0o600 });
     await writeFile(path.join(bundle, 'rampart.service'), systemdUnit(options.dataDir), { mode: 0o600 });

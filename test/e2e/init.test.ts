@@ -40,7 +40,7 @@ describe('rampart init', () => {
     expect(result.code).toBe(0);
     expect((await readdir(out)).sort()).toEqual(['a', 'b', 'pki']);
     for (const name of ['a', 'b']) {
-      expect((await readdir(path.join(out, name))).sort()).toEqual(['ca.crt', 'crl.pem', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.service', 'rampart.yaml', 'server.crt', 'server.key']);
+      expect((await readdir(path.join(out, name))).sort()).toEqual(['audit.crt', 'audit.key', 'ca.crt', 'crl.pem', 'encryption.key', 'peer.crt', 'peer.key', 'rampart.service', 'rampart.yaml', 'server.crt', 'server.key']);
       expect((await stat(path.join(out, name, 'server.key'))).mode & 0o777).toBe(0o600);
       expect((await stat(path.join(out, name, 'encryption.key'))).mode & 0o777).toBe(0o600);
       expect(existsSync(path.join(out, name, 'ca.key'))).toBe(false);
@@ -49,11 +49,12 @@ describe('rampart init', () => {
     expect(config).toContain(`initial-cluster: a=https://127.0.0.1:${peerPort},b=https://db-2.example.internal:${peerPort}`);
     expect(config).toContain(`- https://db-2.example.internal:${clientPort}`);
     expect(config).toContain('encryption-key-file: encryption.key');
+    expect(config).toContain('audit-signing-key-file: audit.key');
 
     // Member "a" alone (its config names two members): start it as a one-member cluster from the
     // bundle directory, overriding only the cluster list, and reach it with the admin certificate.
     const metricsPort = await freePort();
-    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--initial-cluster', `a=https://127.0.0.1:${peerPort}`, '--log-level', 'warn', '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`],
+    const child = spawn(process.execPath, [rampartBin, 'serve', '--config-file', 'rampart.yaml', '--initial-cluster', `a=https://127.0.0.1:${peerPort}`, '--log-level', 'warn', '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`, '--audit-anchor-interval-ms', '300'],
       { cwd: path.join(out, 'a'), env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -91,6 +92,16 @@ describe('rampart init', () => {
       }
       expect(metrics).not.toContain('PRIVATE');
       expect((await fetchText('/nothing')).status).toBe(404);
+
+      // The bundle's audit key signs the member's checkpoints: its trail verifies against the CA.
+      const verifyFlags = [...admin.slice(0, 8), '--encryption-key-file', path.join(out, 'a', 'encryption.key')];
+      let verified = await run(process.execPath, [rampartBin, 'audit', 'verify', path.join(out, 'data', 'audit'), ...verifyFlags]);
+      for (let attempt = 0; !/checkpoints matched/.test(verified.stdout) && attempt < 20; attempt++) {
+        await new Promise((resolve) => setTimeout(resolve, 250));
+        verified = await run(process.execPath, [rampartBin, 'audit', 'verify', path.join(out, 'data', 'audit'), ...verifyFlags]);
+      }
+      expect(verified.stderr).toBe('');
+      expect(verified.stdout).toMatch(/^audit trail intact: .*[1-9]\d* checkpoints matched, each signed by the member's audit key \(CA-issued\)\n$/);
     } finally {
       await stopChild(child);
     }
