@@ -730,8 +730,9 @@ export class Member {
   private async changeConfiguration(change: Omit<ConfigurationChange, 'context'>, member: MemberRecord): Promise<void> {
     const requestId = randomBytes(8).toString('hex');
     const context: ChangeContext = { requestId, member };
+    let timer: NodeJS.Timeout | undefined;
     const applied = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      timer = setTimeout(() => {
         this.changeWaiters.delete(requestId);
         reject(new RampartError('Timeout'));
       }, this.options.requestTimeoutMs);
@@ -743,6 +744,8 @@ export class Member {
     try {
       this.loop.proposeConfigurationChange({ ...change, context: JSON.stringify(context) });
     } catch (error) {
+      // Nobody awaits `applied` now: its timer would reject it unhandled and stop the process.
+      clearTimeout(timer);
       this.changeWaiters.delete(requestId);
       if (error instanceof RampartError && error.code === 'InvalidArgument') throw new RampartError('Unhealthy');
       throw error;

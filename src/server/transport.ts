@@ -266,6 +266,8 @@ class PeerSender {
   private queue: RaftMessageWire[] = [];
   private scheduled = false;
   private congested = false;
+  /** Set once the peer left (or moved): grpc-js throws on every call of a closed channel. */
+  private closed = false;
 
   constructor(
     readonly id: NodeId,
@@ -283,6 +285,7 @@ class PeerSender {
   }
 
   send(message: Message): void {
+    if (this.closed) return;
     if (message.type === 'snapshot') {
       void this.sendSnapshot(message);
       return;
@@ -322,7 +325,8 @@ class PeerSender {
 
   private flush(): void {
     this.scheduled = false;
-    if (this.queue.length === 0) return;
+    // A flush scheduled before the peer was removed: its channel is shut down, drop what was queued.
+    if (this.closed || this.queue.length === 0) return;
     const messages = this.queue;
     this.queue = [];
     this.stream ??= this.openStream();
@@ -392,6 +396,8 @@ class PeerSender {
   }
 
   close(): void {
+    this.closed = true;
+    this.queue = [];
     this.stream?.end();
     this.client.close();
   }

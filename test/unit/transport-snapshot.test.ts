@@ -224,3 +224,24 @@ describe('snapshot transfer between transports', () => {
     }
   }, 10_000);
 });
+
+describe('a peer removed while messages to it are queued', () => {
+  it('drops them instead of calling its shut-down channel (which threw and stopped the member)', async () => {
+    const sender = new Transport(options('a1', {}));
+    await sender.listen([`http://127.0.0.1:${await freePort()}`]);
+    const thrown: unknown[] = [];
+    const record = (error: unknown): void => void thrown.push(error);
+    process.on('uncaughtException', record);
+    try {
+      sender.setPeers([{ id: 'b2', peerUrls: [`http://127.0.0.1:${await freePort()}`] }]);
+      // Queued for the next turn of the event loop, then the peer leaves (a membership change) first.
+      sender.send([{ type: 'heartbeat', from: 'a1', to: 'b2', term: 3, commit: 0, context: '' }, snapshotMessage]);
+      sender.setPeers([]);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(thrown.map(String)).toEqual([]);
+    } finally {
+      process.off('uncaughtException', record);
+      await sender.close();
+    }
+  });
+});
