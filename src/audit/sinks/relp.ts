@@ -18,9 +18,9 @@
  * Stopping (`close`) is orderly too: no new message is sent, the answers of those in flight are
  * awaited (at most `closeGraceMs`), then the session is closed with RELP `close`.
  */
-import { isIP } from 'node:net';
 import { hostname } from 'node:os';
-import { connect, type TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
+import { connectReceiver } from './receiver-tls.js';
 import { encodeRelpFrame, nextTxnr, parseRelpResponse, RelpFrameReader, type RelpFrame, type RelpResponse } from './relp-frame.js';
 import { syslogMessage, type SyslogOrigin } from './syslog-message.js';
 import { PartialDeliveryError, type SinkRecord, type SinkTransport } from './transport.js';
@@ -67,12 +67,7 @@ export class RelpTlsTransport implements SinkTransport {
   constructor(private readonly options: RelpOptions) {}
 
   private async open(): Promise<Session> {
-    const { host, port, ca, cert, key } = this.options;
-    const socket = connect({
-      host, port, minVersion: 'TLSv1.2',
-      ...(isIP(host) === 0 ? { servername: host } : {}),
-      ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
-    });
+    const socket = connectReceiver(this.options);
     let gone: () => void = () => undefined;
     const session: Session = { socket, reader: new RelpFrameReader(responseFrameBytesMax), txnr: 1, waiting: new Map(), gone: new Promise((resolve) => (gone = resolve)) };
     const end = (error: Error): void => {

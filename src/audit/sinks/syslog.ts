@@ -13,8 +13,8 @@
  * break) carries the same member, file and seq in its structured data for the receiver to drop.
  */
 import { hostname } from 'node:os';
-import { isIP } from 'node:net';
-import { connect, type TLSSocket } from 'node:tls';
+import type { TLSSocket } from 'node:tls';
+import { connectReceiver } from './receiver-tls.js';
 import type { SinkRecord, SinkTransport } from './transport.js';
 import { octetCountedFrame, syslogMessage, type SyslogOrigin } from './syslog-message.js';
 
@@ -50,12 +50,8 @@ export class SyslogTlsTransport implements SinkTransport {
   constructor(private readonly options: SyslogOptions) {}
 
   private async open(): Promise<Connection> {
-    const { host, port, ca, cert, key, timeoutMs } = this.options;
-    const socket = connect({
-      host, port, minVersion: 'TLSv1.2',
-      ...(isIP(host) === 0 ? { servername: host } : {}),
-      ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
-    });
+    const { timeoutMs } = this.options;
+    const socket = connectReceiver(this.options);
     const connection: Connection = { socket, peerEnded: false, weEnded: false, closed: false };
     this.connection = connection;
     socket.on('error', (error) => (connection.error ??= error));
