@@ -50,20 +50,30 @@ describe('audit trail of a running member', () => {
     const auth = new loaded.etcdserverpb.Auth(server.endpoint, grpc.credentials.createInsecure()) as grpc.Client & Record<string, (request: object, callback: (error: grpc.ServiceError | null) => void) => void>;
     const authenticate = (name: string): Promise<grpc.ServiceError | null> => new Promise((resolve) => auth.Authenticate?.call(auth, { name, password: 'x' }, resolve));
     await authenticate('warm-up');
-    const before = await residentBytes(pid);
-    const names = 200;
+    // A round of 200 × 1 MB names leaves transient gRPC buffers and garbage behind (RSS grew ~80 MiB
+    // on an idle machine, ~130 MiB under CI load): what the member KEEPS shows as growth from round to
+    // round once the first round has warmed it up. Before the bounds it kept ~350 MiB a round.
+    const namesPerRound = 200;
+    const rounds = 3;
+    const names = namesPerRound * rounds;
+    const resident = [await residentBytes(pid)];
     for (let sent = 0; sent < names; sent += 10) {
       const answers = await Promise.all(Array.from({ length: 10 }, (_unused, index) => authenticate(`${String(sent + index).padStart(4, '0')}${'n'.repeat(1024 * 1024)}`)));
-      for (const answer of answers) expect(answer?.code).toBeDefined(); // refused (no auth here), never a crash
+      // Refused (no auth here), never a crash (UNAVAILABLE) nor a memory error.
+      for (const answer of answers) expect(answer?.details).toBe('etcdserver: authentication is not enabled');
+      if ((sent + 10) % namesPerRound === 0) resident.push(await residentBytes(pid));
     }
-    const after = await residentBytes(pid);
     auth.close();
     const directory = path.join(server.dataDir, 'audit');
     const trailBytes = (await Promise.all((await readdir(directory)).map(async (name) => (await stat(path.join(directory, name))).size))).reduce((a, b) => a + b, 0);
-    // Before the bounds: ~2 MB of trail per request, and RSS grew by ~350 MiB for 200 requests (~80 MiB now:
-    // transient gRPC buffers, not kept).
+    // Before the bounds: ~2 MB of trail per request.
     expect(trailBytes).toBeLessThan(names * 4096);
-    expect(after - before, `RSS ${Math.round(before / 2 ** 20)} MiB → ${Math.round(after / 2 ** 20)} MiB`).toBeLessThan(128 * 2 ** 20);
+    // Rounds 2 and 3 carry 400 MiB of names: kept, RSS would grow by at least that much; half of it
+    // leaves room for the warm-up's garbage settling differently under load (observed ±50 MiB).
+    const keptBytes = (resident[rounds] ?? 0) - (resident[1] ?? 0);
+    const residentText = `RSS MiB before and after each round of ${namesPerRound} names: ${resident.map((bytes) => Math.round(bytes / 2 ** 20)).join(' → ')}`;
+    console.log(`audit names: ${residentText}; trail ${trailBytes} bytes`);
+    expect(keptBytes, residentText).toBeLessThan(((rounds - 1) * namesPerRound * 2 ** 20) / 2);
     const events = (await trailEvents(directory)).filter((event) => event.action === 'Authenticate');
     expect(events).toHaveLength(names + 1);
     expect(events[1]?.user).toMatch(/^0000n{508}…\[cut: 1048580 chars sha256:[0-9a-f]{64}\]$/);
@@ -75,7 +85,7 @@ describe('audit trail of a running member', () => {
     const verified = await verify(directory);
     expect(verified.stderr).toBe('');
     expect(verified.stdout).toMatch(/^audit trail intact: \d+ events in 2 files/);
-  }, 90_000);
+  }, 150_000);
 
   it('has every acknowledged write in the trail when the member is killed right after', async () => {
     const server = await startRampart();
