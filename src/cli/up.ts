@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../api/proto.js';
 import { PolicyConnection } from './policy.js';
+import { checkedAuditSinks } from './audit-sinks.js';
 import { FileKekProvider } from '../encryption/kek-file.js';
 import { crlFileName, freshRevocationList } from '../pki/revocation.js';
 import { type CertificateKind, caValidityDays, createAuthority, initAuthority, issueCertificate, readKeyPair, renewCertificate, writeFileAtomic, writeKeyPair, type KeyPairPem } from '../pki/authority.js';
@@ -103,6 +104,8 @@ export function etcdctlLine(directory: string, endpoints: readonly string[]): st
 export async function up(options: UpOptions, print: (line: string) => void): Promise<string[]> {
   const portsProblem = localPortsProblem(options.baseClientPort, options.size);
   if (portsProblem !== undefined) throw new Error(portsProblem);
+  // What every member would refuse, refused here with the member's own words: nothing made or started yet.
+  await checkedAuditSinks(options.auditSinks ?? [], options.auditFailClosed === true, true);
   const directory = path.resolve(options.directory);
   await mkdir(directory, { recursive: true, mode: 0o700 });
   const clusterFile = path.join(directory, 'cluster.json');

@@ -4,6 +4,7 @@
  * All through the real binary.
  */
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:net';
 import path from 'node:path';
@@ -67,6 +68,26 @@ describe('the rampart command', () => {
     } finally {
       squatter.close();
     }
+  }, 60_000);
+
+  it('up refuses an audit sink the members would refuse before it creates or starts anything', async () => {
+    const base = await freeBasePort();
+    const refused = async (args: string[]): Promise<string> => {
+      const directory = path.join(home, `up-refused-${args.length}-${Date.now()}`);
+      const result = await run(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', '1', '--base-port', String(base), ...args], { timeoutMs: 30_000 });
+      expect(result.code).toBe(1);
+      // Nothing made (no CA, no cluster file, no member directory) and nothing listening.
+      expect(existsSync(directory)).toBe(false);
+      expect(result.stdout).toBe('');
+      return result.stderr;
+    };
+    expect(await refused(['--audit-sink', 'syslog://127.0.0.1:514'])).toBe('rampart: --audit-sink syslog://127.0.0.1:514: syslog is sent over TLS only: syslog+tls://HOST:PORT or relp+tls://HOST:PORT\n');
+    expect(await refused(['--audit-sink', 'https://127.0.0.1:9/events?token-file=/nonexistent/token'])).toBe('rampart: --audit-sink https://127.0.0.1:9/events: cannot read its token file /nonexistent/token (ENOENT)\n');
+    expect(await refused(['--audit-fail-closed'])).toBe('rampart: --audit-fail-closed needs at least one --audit-sink to fail on\n');
+    // The same words as `serve` itself refuses the spec with.
+    const serve = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', path.join(home, 'serve-refused'), '--listen-client-urls', `http://127.0.0.1:${base}`, '--listen-peer-urls', `http://127.0.0.1:${base + 1}`, '--audit-sink', 'syslog://127.0.0.1:514'], { timeoutMs: 30_000 });
+    expect(serve.code).not.toBe(0);
+    expect(serve.stderr).toContain('--audit-sink syslog://127.0.0.1:514: syslog is sent over TLS only');
   }, 60_000);
 
   it('policy validate lists every problem; a failing policy test shows what it expected and got', async () => {

@@ -48,40 +48,46 @@ async function readOptional(file: string | undefined, what: string, sink: string
   });
 }
 
+/** What a sink's spec names on disk (receiver CA, client certificate and key, bearer token), read as it starts. */
+export interface SinkFiles {
+  readonly ca?: Buffer;
+  readonly cert?: Buffer;
+  readonly key?: Buffer;
+  readonly token?: string;
+}
+
+/**
+ * Reads the files a sink's spec names, refusing one it cannot read or an empty token. Exported so
+ * `rampart up` can refuse a spec the members would refuse before it starts any of them.
+ */
+export async function readSinkFiles(spec: SinkSpec): Promise<SinkFiles> {
+  if (spec.kind === 'stdout') return {};
+  const ca = await readOptional(spec.caFile, 'CA file', spec.name);
+  const cert = await readOptional(spec.certFile, 'certificate file', spec.name);
+  const key = await readOptional(spec.keyFile, 'key file', spec.name);
+  const token = spec.kind === 'webhook' ? (await readOptional(spec.tokenFile, 'token file', spec.name))?.toString('utf8').trim() : undefined;
+  if (token === '') throw new Error(`--audit-sink ${spec.name}: its token file ${spec.kind === 'webhook' ? spec.tokenFile ?? '' : ''} is empty`);
+  return { ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }), ...(token === undefined ? {} : { token }) };
+}
+
 async function transportFor(spec: SinkSpec, options: AuditSinksOptions): Promise<SinkTransport> {
+  const files = await readSinkFiles(spec);
+  const tls = { ...(files.ca === undefined ? {} : { ca: files.ca }), ...(files.cert === undefined ? {} : { cert: files.cert }), ...(files.key === undefined ? {} : { key: files.key }) };
   switch (spec.kind) {
     case 'stdout':
       return new StreamTransport(process.stdout);
-    case 'syslog': {
-      const ca = await readOptional(spec.caFile, 'CA file', spec.name);
-      const cert = await readOptional(spec.certFile, 'certificate file', spec.name);
-      const key = await readOptional(spec.keyFile, 'key file', spec.name);
-      return new SyslogTlsTransport({
-        host: spec.host, port: spec.port, timeoutMs: receiverTimeoutMs, confirmEventsMax: 2_000, confirmIntervalMs: 2_000,
-        ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
-      });
-    }
-    case 'relp': {
-      const ca = await readOptional(spec.caFile, 'CA file', spec.name);
-      const cert = await readOptional(spec.certFile, 'certificate file', spec.name);
-      const key = await readOptional(spec.keyFile, 'key file', spec.name);
+    case 'syslog':
+      return new SyslogTlsTransport({ host: spec.host, port: spec.port, timeoutMs: receiverTimeoutMs, confirmEventsMax: 2_000, confirmIntervalMs: 2_000, ...tls });
+    case 'relp':
       return new RelpTlsTransport({
         host: spec.host, port: spec.port, timeoutMs: receiverTimeoutMs, windowFramesMax: spec.windowFrames, closeGraceMs: relpCloseGraceMs,
-        software: `rampart,${options.productVersion}`,
-        ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }),
+        software: `rampart,${options.productVersion}`, ...tls,
       });
-    }
-    case 'webhook': {
-      const ca = await readOptional(spec.caFile, 'CA file', spec.name);
-      const cert = await readOptional(spec.certFile, 'certificate file', spec.name);
-      const key = await readOptional(spec.keyFile, 'key file', spec.name);
-      const token = (await readOptional(spec.tokenFile, 'token file', spec.name))?.toString('utf8').trim();
-      if (token === '') throw new Error(`--audit-sink ${spec.name}: its token file ${spec.tokenFile ?? ''} is empty`);
+    case 'webhook':
       return new WebhookTransport({
         url: spec.url, member: options.member, userAgent: `rampart/${options.productVersion}`, timeoutMs: receiverTimeoutMs,
-        ...(ca === undefined ? {} : { ca }), ...(cert === undefined ? {} : { cert }), ...(key === undefined ? {} : { key }), ...(token === undefined ? {} : { token }),
+        ...tls, ...(files.token === undefined ? {} : { token: files.token }),
       });
-    }
   }
 }
 
