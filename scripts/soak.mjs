@@ -4,25 +4,142 @@
 // `rampart up` ships it; --plaintext runs it without TLS, auth or encryption. --faults narrows the
 // nemesis (RAMPART_SOAK_FAULTS; `double` alone: only overlapping faults). Needs a build (npm run
 // soak builds first).
-import { spawnSync } from 'node:child_process';
+//
+// Interrupted (SIGINT, SIGTERM, SIGHUP, or its stdout closed as in `| head`), it cleans up what the
+// soak started, which the soak's own `finally` cannot do once its process is gone: vitest runs in a
+// process group of its own (members included), and every temporary directory of the run, the
+// members' tmpfs mounts included, lives under one directory of its own (TMPDIR). It stops that group,
+// unmounts what is mounted under that directory and removes it; nothing else.
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { setTimeout } from 'node:timers';
+import { parseArgs } from 'node:util';
 
-const valueOf = (flag) => {
-  const index = process.argv.indexOf(flag);
-  return index >= 0 ? process.argv[index + 1] : undefined;
-};
-const minutes = Number(valueOf('--minutes') ?? 1);
-const faults = valueOf('--faults');
-if (!Number.isFinite(minutes) || minutes <= 0 || (process.argv.includes('--faults') && (faults === undefined || faults.startsWith('--')))) {
-  console.error('usage: npm run soak -- --minutes N (N > 0) [--plaintext] [--faults kill,partition,double,...]');
+const usage = `usage: npm run soak -- [--minutes N] [--plaintext] [--faults kill,partition,double,...]
+  --minutes N   how long the nemesis runs (N > 0, default 1)
+  --plaintext   a cluster without TLS, auth or encryption (default: secure, as rampart up ships it)
+  --faults L    only these faults (comma-separated; \`double\` alone: only overlapping faults)
+  -h, --help    this text`;
+
+let options;
+try {
+  ({ values: options } = parseArgs({
+    options: {
+      minutes: { type: 'string' },
+      plaintext: { type: 'boolean' },
+      faults: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+    allowPositionals: false,
+  }));
+} catch (error) {
+  console.error(`soak: ${error.message}\n${usage}`);
   process.exit(2);
 }
-const result = spawnSync('npx', ['vitest', 'run', 'test/soak/soak.test.ts'], {
-  stdio: 'inherit',
+if (options.help) {
+  console.log(usage);
+  process.exit(0);
+}
+const minutes = Number(options.minutes ?? 1);
+if (!Number.isFinite(minutes) || minutes <= 0 || options.faults === '') {
+  console.error(usage);
+  process.exit(2);
+}
+
+/** Milliseconds the soak's processes get to exit after SIGTERM before SIGKILL. */
+const stopGraceMs = 5000;
+const runDirectory = mkdtempSync(path.join(tmpdir(), 'rampart-soak-run-'));
+// Detached: vitest leads a new process group, which its workers and the members they start join.
+const child = spawn('npx', ['vitest', 'run', 'test/soak/soak.test.ts'], {
+  detached: true,
+  stdio: ['ignore', 'pipe', 'inherit'],
   env: {
     ...process.env,
+    TMPDIR: runDirectory,
+    ...(process.stdout.isTTY ? { FORCE_COLOR: '1' } : {}),
     RAMPART_SOAK_MINUTES: String(minutes),
-    ...(process.argv.includes('--plaintext') ? { RAMPART_SOAK_PLAINTEXT: '1' } : {}),
-    ...(faults === undefined ? {} : { RAMPART_SOAK_FAULTS: faults }),
+    ...(options.plaintext ? { RAMPART_SOAK_PLAINTEXT: '1' } : {}),
+    ...(options.faults === undefined ? {} : { RAMPART_SOAK_FAULTS: options.faults }),
   },
 });
-process.exit(result.status ?? 1);
+const group = child.pid;
+child.stdout.on('data', (chunk) => process.stdout.write(chunk));
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Signals the soak's process group; false when none of it is left. */
+function signalGroup(signal) {
+  try {
+    process.kill(-group, signal);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Mount points under `directory`, deepest first. */
+function mountsUnder(directory) {
+  const decode = (field) => field.replace(/\\([0-7]{3})/g, (_match, octal) => String.fromCharCode(Number.parseInt(octal, 8)));
+  return readFileSync('/proc/self/mounts', 'utf8').split('\n')
+    .map((line) => decode(line.split(' ')[1] ?? ''))
+    .filter((mountPoint) => mountPoint.startsWith(`${directory}${path.sep}`))
+    .sort((a, b) => b.length - a.length);
+}
+
+let cleaning;
+/**
+ * Stops what is left of the soak's processes and unmounts its tmpfs disks, then removes its
+ * directories: all of them when interrupted; otherwise all but member logs the soak kept for an
+ * anomaly (rampart-soak-logs-*). Once.
+ */
+function cleanUp(graceMs, keepLogs) {
+  cleaning ??= (async () => {
+    if (group !== undefined && signalGroup('SIGTERM')) {
+      signalGroup('SIGCONT'); // a paused member would not see its SIGTERM
+      const deadline = Date.now() + graceMs;
+      while (Date.now() < deadline && signalGroup(0)) await sleep(100);
+      signalGroup('SIGKILL');
+    }
+    for (const mountPoint of mountsUnder(runDirectory)) {
+      try {
+        execFileSync('umount', ['-l', mountPoint], { stdio: 'ignore' });
+      } catch {
+        process.stderr.write(`soak: could not unmount ${mountPoint}\n`);
+      }
+    }
+    for (const name of readdirSync(runDirectory)) {
+      if (!(keepLogs && name.startsWith('rampart-soak-logs-'))) rmSync(path.join(runDirectory, name), { recursive: true, force: true });
+    }
+    try {
+      rmdirSync(runDirectory);
+    } catch {
+      process.stderr.write(`soak: member logs kept in ${runDirectory}\n`);
+    }
+  })();
+  return cleaning;
+}
+
+let interruption;
+function interrupt(reason, status) {
+  if (interruption !== undefined) return;
+  interruption = reason;
+  process.stderr.write(`soak: ${reason}: stopping its processes and removing ${runDirectory}\n`);
+  void cleanUp(stopGraceMs, false).finally(() => process.exit(status));
+}
+process.on('SIGINT', () => interrupt('interrupted (SIGINT)', 130));
+process.on('SIGTERM', () => interrupt('terminated (SIGTERM)', 143));
+process.on('SIGHUP', () => interrupt('hung up (SIGHUP)', 129));
+// `| head` and the like: the reader is gone, nobody is watching the run.
+process.stdout.on('error', () => interrupt('stdout closed', 141));
+
+child.on('exit', (code) => {
+  if (interruption !== undefined) return;
+  // A soak that ended by itself has cleaned up in its `finally`; one whose vitest died has not.
+  const drained = child.stdout.readableEnded ? Promise.resolve() : new Promise((resolve) => {
+    child.stdout.once('end', resolve);
+    setTimeout(resolve, 2000);
+  });
+  void drained.then(() => cleanUp(0, true)).finally(() => process.exit(code ?? 1));
+});
