@@ -278,6 +278,8 @@ export class Member {
       clientCredentials: this.options.peerClientCredentials,
       onMessage: (message) => this.loop.step(message),
       onUnreachable: (peer) => node.reportUnreachable(peer),
+      isRemoved: (id) => this.membership.isRemoved(id),
+      onRemoved: (peer) => this.stopRemoved(`member ${peer} reports this member was removed from the cluster; stopping`),
       snapshotChunks: (message) => this.outgoingSnapshot(message.snapshot.metadata.index),
       receiveSnapshot: (message, chunks) => this.receiveSnapshot(message, chunks),
       onLeaseRenew: (id) => this.answerLeaseConfirmed(id, true),
@@ -903,6 +905,16 @@ export class Member {
     this.watchHub.resyncAll();
   }
 
+  private removedReported = false;
+
+  /** Once: by applying its own removal, or told by a peer that missed it (transport.ts memberRemovedDetails). */
+  private stopRemoved(why: string): void {
+    if (this.removedReported) return;
+    this.removedReported = true;
+    this.options.logger.warn(why);
+    setTimeout(() => this.options.onRemoved?.(), 200).unref();
+  }
+
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
     // At most one applied batch on its way to LevelDB: batches land in order, consistent index last.
@@ -977,10 +989,7 @@ export class Member {
       this.updatePeers();
       this.campaignIfAlone();
     }
-    if (removedSelf) {
-      this.options.logger.warn('this member has been removed from the cluster; stopping');
-      setTimeout(() => this.options.onRemoved?.(), 200).unref();
-    }
+    if (removedSelf) this.stopRemoved('this member has been removed from the cluster; stopping');
     this.followLeadership();
     if (this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined) {
       // Everything up to here (the founding members) is in the snapshot too; keep no entry behind it.

@@ -25,6 +25,13 @@ import { decodeOptions, protoDirectory } from '../api/proto.js';
 export const snapshotIdleTimeoutMsDefault = 10_000;
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
 export const peerQueueMessagesMax = 4096;
+/**
+ * What a member answers a removed member's message stream with (as etcd's peers answer 410 Gone):
+ * the leader stops replicating to a member as soon as it applies its removal, so a member that
+ * missed the commit (paused, slow, or the last append lost with its connection) would otherwise
+ * wait for a leader forever. Its sender sees this and the member stops.
+ */
+export const memberRemovedDetails = 'rampart: the member has been permanently removed from the cluster';
 /** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
 const peerMessageBytesMax = 64 * 1024 * 1024;
 
@@ -211,6 +218,10 @@ export interface TransportOptions {
   readonly clientCredentials: grpc.ChannelCredentials;
   readonly onMessage: (message: Message) => void;
   readonly onUnreachable: (peer: NodeId) => void;
+  /** Whether member `id` was removed from the cluster: its messages are answered `memberRemovedDetails`. */
+  readonly isRemoved?: (id: NodeId) => boolean;
+  /** A peer answered this member's messages with `memberRemovedDetails`: this member was removed. */
+  readonly onRemoved?: (peer: NodeId) => void;
   /** The records of a snapshot Raft sends, in chunks, read while they are sent. */
   readonly snapshotChunks: (message: SnapshotMessage) => AsyncIterable<Buffer>;
   /**
@@ -307,6 +318,10 @@ class PeerSender {
   private openStream(): grpc.ClientWritableStream<object> {
     const stream = this.client.Messages((error) => {
       if (this.stream === stream) this.stream = undefined;
+      if (error !== null && error.code === grpc.status.FAILED_PRECONDITION && error.details === memberRemovedDetails) {
+        this.options.onRemoved?.(this.id);
+        return;
+      }
       if (error !== null && error.code !== grpc.status.CANCELLED) {
         const now = Date.now();
         if (now - this.lastWarningMs > unreachableWarningIntervalMs) {
@@ -468,6 +483,12 @@ export class Transport {
           }
           for (const wire of batch.messages) {
             const message = fromWire(wire);
+            if (message !== undefined && options.isRemoved?.(message.from) === true) {
+              // Before the sender check: a removed member's certificate may no longer act as a member.
+              answered = true;
+              callback({ code: grpc.status.FAILED_PRECONDITION, details: memberRemovedDetails });
+              return;
+            }
             if (message === undefined || message.to !== options.selfId || !senderBound(call, message, certificateOf)) continue;
             if (message.type === 'heartbeatResponse') this.heartbeatAnswered(message.from);
             options.onMessage(message);

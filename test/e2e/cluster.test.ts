@@ -128,7 +128,7 @@ describe('three-member cluster', () => {
       args: ['--initial-cluster', `${cluster.initialCluster},m4=${peerUrl}`, '--initial-cluster-state', 'existing'],
     });
     try {
-      await waitFor(async () => (await etcdctl(joined.endpoint, ['get', 'x', '--consistency=s'])).code === 0, 10_000, 'the learner to serve');
+      await waitFor(async () => (await etcdctl(joined.endpoint, ['get', 'x', '--consistency=s'])).code === 0, 30_000, 'the learner to serve');
       // A learner answers Status and serializable reads only, as etcd: the rest is refused.
       const learner = connect(joined.endpoint);
       try {
@@ -157,11 +157,16 @@ describe('three-member cluster', () => {
 
       const removed = await etcdctl(cluster.endpoints, ['member', 'remove', memberId]);
       expect(removed.stdout).toMatch(new RegExp(`^Member ${memberId.padStart(16)} removed from cluster +[0-9a-f]+\\n$`));
-      const exitCode = await new Promise<number | null>((resolve) => {
-        if (joined.child.exitCode !== null) resolve(joined.child.exitCode);
-        else joined.child.once('exit', (code) => resolve(code));
+      // Bounded: a removed member that never learns of its removal must fail here, not hang the test.
+      const exitCode = await new Promise<number | null | 'still running'>((resolve) => {
+        if (joined.child.exitCode !== null) return resolve(joined.child.exitCode);
+        const timer = setTimeout(() => resolve('still running'), 30_000);
+        joined.child.once('exit', (code) => {
+          clearTimeout(timer);
+          resolve(code);
+        });
       });
-      expect(exitCode).toBe(0);
+      expect(exitCode, `the removed member m4 exits within 30 s of member remove; its output:\n${joined.output()}`).toBe(0);
       expect(joined.output()).toContain('this member has been permanently removed from the cluster');
       expect((await etcdctl(cluster.endpoints, ['member', 'list'])).stdout.trim().split('\n')).toHaveLength(3);
       const again = await etcdctl(cluster.endpoints, ['member', 'remove', memberId]);
@@ -170,7 +175,7 @@ describe('three-member cluster', () => {
       await joined.stop();
       await removeDirectory(dataDir);
     }
-  });
+  }, 120_000);
 
   it('catches up a member that missed 10,000 writes by sending it a snapshot', async () => {
     cluster = await startCluster(3, ['--snapshot-count', '2000', '--snapshot-catch-up-entries', '500']);
