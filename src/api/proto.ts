@@ -9,6 +9,7 @@ import protobuf from 'protobufjs';
 import type { EventMessage, InternalRequest, TxnRequest, WatchResponse } from './messages.js';
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
+import { decodePutProposal, encodePutProposal } from './put-proposal-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
 
@@ -44,12 +45,14 @@ root.loadSync(['internal.proto'], { keepCase: true });
 const internalRequestType = root.lookupType('rampart.InternalRequest');
 
 export function encodeInternalRequest(request: InternalRequest): Buffer {
+  const put = encodePutProposal(request);
+  if (put !== undefined) return put;
   const message = internalRequestType.fromObject(request as unknown as Record<string, unknown>);
   return Buffer.from(internalRequestType.encode(message).finish());
 }
 
 export function decodeInternalRequest(data: Buffer): InternalRequest {
-  return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
+  return decodePutProposal(data) ?? internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
 }
 
 /** WatchResponse.events is field 11, length-delimited: tag byte (11 << 3) | 2. */
