@@ -50,6 +50,7 @@ import { servingTrailKey, trailKeyForReading, type TrailKeyFlags } from './audit
 import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
+import { retentionShortfall } from '../audit/retention-minimum.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
 import { registerAuditTail } from './audit-tail.js';
@@ -207,7 +208,7 @@ program
   .option('--audit-anchor-interval-ms <ms>', 'how often the audit chain head is written to the log and proposed as a quorum-witnessed checkpoint', integer, 5000)
   .option('--audit-max-file-bytes <bytes>', 'start a new audit file once the current one holds this much (closed files are compressed)', integer, auditMaxFileBytesDefault)
   .addOption(new Option('--audit-max-file-age <duration>', 'start a new audit file once the current one is this old (e.g. 1d, 12h)').argParser(duration).default(auditMaxFileAgeMsDefault, durationText(auditMaxFileAgeMsDefault)))
-  .addOption(new Option('--audit-retention <duration>', 'delete audit files closed longer ago than this (recorded in the trail first; 400d: PCI DSS 10.5.1\'s year plus margin)').argParser(duration).default(auditRetentionMsDefault, durationText(auditRetentionMsDefault)))
+  .addOption(new Option('--audit-retention <duration>', 'delete audit files closed longer ago than this (recorded in the trail first; 400d: PCI DSS 10.5.1\'s year plus margin; below 365d the member warns and compliance check fails)').argParser(duration).default(auditRetentionMsDefault, durationText(auditRetentionMsDefault)))
   .option('--no-bootstrap-auth', 'do not enable auth on a new cluster (by default its first leader applies the default policies and enables auth; never with --insecure)')
   .option('--bootstrap-policies <dir>', 'the policies a new cluster starts with, its audit.yaml the audit policy (default: the shipped policies/)')
   .option('--auth-token-ttl <seconds>', 'lifetime of tokens from Authenticate (etcdctl --user)', integer, 300)
@@ -392,6 +393,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     process.exit(1);
   };
   if (flags.audit) await ensurePrivateDirectory(auditDirectory, 'audit directory');
+  const shortRetention = flags.audit ? retentionShortfall(flags.auditRetention) : undefined;
+  if (shortRetention !== undefined) logger.warn({ auditRetention: durationText(flags.auditRetention) }, shortRetention);
   // Sealed under a trail key wrapped by the member's KEK when it encrypts at rest (audit-keys.ts).
   const trailKey = flags.audit && keyProvider !== undefined ? await servingTrailKey(auditDirectory, keyProvider, (hook) => member.onKekRewrap(hook)) : undefined;
   const audit = flags.audit
@@ -474,7 +477,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const metrics: ServerMetrics = createMetrics(member, {
     certificates: credentials.certificates,
     quotaBytes: flags.quotaBackendBytes,
-    ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents }),
+    ...(audit === undefined ? {} : { auditQueue: () => audit.queuedEvents, auditRetentionSeconds: flags.auditRetention / 1000 }),
     ...(sinks === undefined ? {} : { auditSinks: () => sinks.statuses() }),
   });
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {

@@ -30,6 +30,8 @@ export interface MetricsFacts {
   readonly auditOn: boolean;
   readonly authEnabled: boolean | undefined;
   readonly encryptionEnabled: boolean | undefined;
+  /** `rampart_audit_retention_seconds`: how long closed audit files are kept (absent: an older member, or no trail). */
+  readonly auditRetentionSeconds?: number | undefined;
   /** `use` label (client, peer) → seconds until the certificate in use expires. */
   readonly certificateExpirySeconds: Readonly<Record<string, number>>;
 }

@@ -11,6 +11,7 @@ export function parseMetrics(text: string): MetricsFacts {
   let auditOn = false;
   let authEnabled: boolean | undefined;
   let encryptionEnabled: boolean | undefined;
+  let auditRetentionSeconds: number | undefined;
   const certificateExpirySeconds: Record<string, number> = {};
   for (const line of text.split('\n')) {
     if (line.startsWith('#') || line.trim() === '') continue;
@@ -22,10 +23,11 @@ export function parseMetrics(text: string): MetricsFacts {
     if (name === 'rampart_audit_queue_events') auditOn = true;
     else if (name === 'rampart_auth_enabled') authEnabled = value === 1;
     else if (name === 'rampart_encryption_enabled') encryptionEnabled = value === 1;
+    else if (name === 'rampart_audit_retention_seconds') auditRetentionSeconds = value;
     else if (name === 'rampart_certificate_expiry_seconds') {
       const use = /use="([^"]*)"/.exec(labels ?? '')?.[1];
       if (use !== undefined) certificateExpirySeconds[use] = value;
     }
   }
-  return { auditOn, authEnabled, encryptionEnabled, certificateExpirySeconds };
+  return { auditOn, authEnabled, encryptionEnabled, certificateExpirySeconds, ...(auditRetentionSeconds === undefined ? {} : { auditRetentionSeconds }) };
 }

@@ -7,6 +7,7 @@ import { daysLeft } from './certificates.js';
 import { worst, type ControlResult, type ControlStatus } from './control.js';
 import type { ComplianceFacts } from './facts.js';
 import { auditPolicyControl } from './audit-policy-control.js';
+import { auditRetentionControl } from './audit-retention-control.js';
 
 interface Finding {
   readonly status: ControlStatus;
@@ -192,5 +193,5 @@ function plaintextControl(facts: ComplianceFacts): ControlResult {
 }
 
 export function rampartControls(facts: ComplianceFacts): ControlResult[] {
-  return [authControl(facts), rootControl(facts), encryptionControl(facts), auditOnControl(facts), auditPolicyControl(facts.auditPolicy, facts.auth), auditVerifyControl(facts), expiryControl(facts), crlControl(facts), plaintextControl(facts)];
+  return [authControl(facts), rootControl(facts), encryptionControl(facts), auditOnControl(facts), auditPolicyControl(facts.auditPolicy, facts.auth), auditRetentionControl(facts.members), auditVerifyControl(facts), expiryControl(facts), crlControl(facts), plaintextControl(facts)];
 }

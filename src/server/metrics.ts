@@ -41,6 +41,8 @@ export interface MetricsSources {
   readonly quotaBytes: number;
   /** Audit events recorded and not yet written (undefined: no audit trail). */
   readonly auditQueue?: () => number;
+  /** How long closed audit files are kept (`--audit-retention`), when there is a trail. */
+  readonly auditRetentionSeconds?: number;
   /** The streaming audit sinks (`--audit-sink`), when any: their state, by sink name. */
   readonly auditSinks?: () => readonly SinkStatus[];
 }
@@ -123,6 +125,10 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   if (sources.auditQueue !== undefined) {
     const queue = sources.auditQueue;
     gauge('rampart_audit_queue_events', 'Audit events recorded and not yet written.', () => queue());
+  }
+  if (sources.auditRetentionSeconds !== undefined) {
+    const seconds = sources.auditRetentionSeconds;
+    gauge('rampart_audit_retention_seconds', 'How long closed audit files are kept before deletion (--audit-retention; PCI DSS 10.5.1 asks for a year).', () => seconds);
   }
   if (sources.auditSinks !== undefined) {
     const sinks = sources.auditSinks;

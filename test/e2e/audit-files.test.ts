@@ -13,6 +13,9 @@ import { readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
+import { auditRetentionControl } from '../../src/compliance/audit-retention-control.js';
+import { observed } from '../../src/compliance/control.js';
+import { parseMetrics } from '../../src/compliance/metrics-text.js';
 import { call, type RawClient } from '../helpers/client.js';
 import { cleanEnvironment, rampartBin, run } from '../helpers/processes.js';
 import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
@@ -89,6 +92,15 @@ describe('a member\'s audit files offline: tail and retention', () => {
       follower.kill('SIGTERM');
     }
   }, 90_000);
+
+  it('a retention below a year is allowed but never quiet: the member warns, reports it, and the compliance control fails on it', async () => {
+    expect(member.output()).toContain("audit files are deleted 8 s after they close (--audit-retention), less than PCI DSS 10.5.1's 365 days");
+    const metricsText = await (await fetch(`http://127.0.0.1:${member.metricsPort}/metrics`)).text();
+    const facts = parseMetrics(metricsText);
+    expect(facts.auditRetentionSeconds).toBe(retentionMs / 1000);
+    const control = auditRetentionControl(observed([{ name: 'm1', id: '1', clientUrls: [], peerUrls: [], metrics: observed(facts) }]));
+    expect(control).toMatchObject({ id: 'RAMPART-AUDIT-RETENTION', status: 'fail', evidence: ['m1 metrics: rampart_audit_retention_seconds 8: closed audit files are deleted after 8 s, LESS than 365 days'] });
+  });
 
   it('deletes expired rotated files after recording so; verify passes against the checkpoints and catches a file deleted early', async () => {
     const before = await trailNames();

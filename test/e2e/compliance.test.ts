@@ -65,7 +65,7 @@ describe('rampart compliance', () => {
     expect(result.code).toBe(0);
     expect(result.controls.map((entry) => entry.id)).toEqual([
       'CIS-2.1', 'CIS-2.2', 'CIS-2.3', 'CIS-2.4', 'CIS-2.5', 'CIS-2.6', 'CIS-2.7', 'CIS-1.1.11', 'CIS-1.1.12',
-      'RAMPART-AUTH', 'RAMPART-ROOT-CERT', 'RAMPART-ENCRYPTION', 'RAMPART-AUDIT', 'RAMPART-AUDIT-POLICY', 'RAMPART-AUDIT-VERIFY', 'RAMPART-CERT-EXPIRY', 'RAMPART-CRL', 'RAMPART-NO-PLAINTEXT',
+      'RAMPART-AUTH', 'RAMPART-ROOT-CERT', 'RAMPART-ENCRYPTION', 'RAMPART-AUDIT', 'RAMPART-AUDIT-POLICY', 'RAMPART-AUDIT-RETENTION', 'RAMPART-AUDIT-VERIFY', 'RAMPART-CERT-EXPIRY', 'RAMPART-CRL', 'RAMPART-NO-PLAINTEXT',
     ]);
     // Everything passes, with no warning: `up` wrote the CA's first CRL and every member enforces it.
     for (const entry of result.controls) expect(entry.status, `${entry.id}: ${entry.evidence.join('; ')}`).toBe('pass');
@@ -75,14 +75,16 @@ describe('rampart compliance', () => {
     expect(control(result.controls, 'CIS-2.2').evidence.filter((line) => line.includes('was refused'))).toHaveLength(3);
     expect(control(result.controls, 'CIS-2.5').evidence.filter((line) => line.includes('was refused'))).toHaveLength(3);
     expect(control(result.controls, 'RAMPART-AUDIT-VERIFY').evidence.join('\n')).toMatch(/m1 .*intact, \d+ events .*signatures verified against the cluster CA/);
+    // The default retention (400d) as each member reports it: PCI DSS 10.5.1's year is met.
+    expect(control(result.controls, 'RAMPART-AUDIT-RETENTION').evidence).toEqual(['m1', 'm2', 'm3'].map((name) => `${name} metrics: rampart_audit_retention_seconds 34560000: closed audit files are deleted after 400 days`));
 
     const table = await rampart(['compliance', 'check', '--dir', home]);
     expect(table.code).toBe(0);
     expect(table.stdout).toMatch(/^PASS {2}CIS-2\.1 +Ensure that the --cert-file and --key-file arguments are set as appropriate$/m);
-    expect(table.stdout).toMatch(/^18 controls: 18 pass, 0 fail, 0 warn, 0 skip$/m);
+    expect(table.stdout).toMatch(/^19 controls: 19 pass, 0 fail, 0 warn, 0 skip$/m);
     const junit = await rampart(['compliance', 'check', '--dir', home, '--output', 'junit']);
     expect(junit.code).toBe(0);
-    expect(junit.stdout).toContain('<testsuites name="rampart compliance check" tests="18" failures="0" skipped="0">');
+    expect(junit.stdout).toContain('<testsuites name="rampart compliance check" tests="19" failures="0" skipped="0">');
     expect(junit.stdout).not.toContain('<failure');
   }, 60_000);
 

@@ -10,7 +10,8 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAuthority, issueCertificate, type KeyPairPem } from '../../src/pki/authority.js';
 import { describeCertificate } from '../../src/compliance/certificates.js';
-import { observed, unavailable } from '../../src/compliance/control.js';
+import { observed, unavailable, type ControlResult } from '../../src/compliance/control.js';
+import { retentionShortfall } from '../../src/audit/retention-minimum.js';
 import { evaluateControls } from '../../src/compliance/check.js';
 import type { ComplianceFacts, EndpointFacts } from '../../src/compliance/facts.js';
 import { presentedCertificate, probePlaintext, probeWithoutClientCertificate } from '../../src/compliance/probe.js';
@@ -76,7 +77,7 @@ describe('controls', () => {
       expiryWarningDays: 30,
       ca: { file: 'ca.crt', description: describeCertificate(ca, ca) },
       otherAuthorities: [],
-      members: observed([{ name: 'm1', id: 'abc', clientUrls: ['https://127.0.0.1:1'], peerUrls: ['https://127.0.0.1:2'], metrics: observed({ auditOn: true, authEnabled: true, encryptionEnabled: true, certificateExpirySeconds: { client: 80 * 86_400 } }) }]),
+      members: observed([{ name: 'm1', id: 'abc', clientUrls: ['https://127.0.0.1:1'], peerUrls: ['https://127.0.0.1:2'], metrics: observed({ auditOn: true, authEnabled: true, encryptionEnabled: true, auditRetentionSeconds: 400 * 86_400, certificateExpirySeconds: { client: 80 * 86_400 } }) }]),
       endpoints: [endpoint('client', 'https://127.0.0.1:1'), endpoint('peer', 'https://127.0.0.1:2')],
       auth: observed({ enabled: true, revision: 3, users: ['kube-apiserver', 'root'], passwordUsers: [], rootBindings: [] }),
       encryption: observed([{ member: 'm1', encrypted: true, provider: 'file', providerReachable: true, kekId: 'k', activeDek: 1, percentResealed: 100 }]),
@@ -132,6 +133,17 @@ describe('controls', () => {
     expect(quiet?.status).toBe('fail');
     expect(quiet?.evidence).toContain('a put is NOT recorded for kube-apiserver (quiet-apiserver)');
     expect(quiet?.evidence.join('\n')).not.toMatch(/failed login is NOT/);
+    // A retention below PCI DSS 10.5.1's year (tests start members with `--audit-retention 8s`) fails, named, with the fix.
+    const shortLived = (seconds: number | undefined): ComplianceFacts['members'] => observed([{ name: 'm1', id: 'abc', clientUrls: [], peerUrls: [], metrics: observed({ auditOn: true, authEnabled: true, encryptionEnabled: true, certificateExpirySeconds: {}, ...(seconds === undefined ? {} : { auditRetentionSeconds: seconds }) }) }]);
+    const retention = evaluateControls(facts({ members: shortLived(10) })).find((result) => result.id === 'RAMPART-AUDIT-RETENTION');
+    expect(retention).toMatchObject({ status: 'fail', evidence: ['m1 metrics: rampart_audit_retention_seconds 10: closed audit files are deleted after 10 s, LESS than 365 days'] });
+    expect(retention?.fix).toMatch(/--audit-retention 365d or more/);
+    expect(formatJunit([retention as ControlResult], '2026-01-01T00:00:00.000Z')).toContain('<failure message="RAMPART-AUDIT-RETENTION failed: Audit files are kept at least 365 days (PCI DSS 10.5.1)"');
+    expect(statusOf({ members: shortLived(364 * 86_400) }, 'RAMPART-AUDIT-RETENTION')).toBe('fail');
+    expect(statusOf({ members: shortLived(365 * 86_400) }, 'RAMPART-AUDIT-RETENTION')).toBe('pass');
+    expect(evaluateControls(facts({ members: shortLived(undefined) })).find((result) => result.id === 'RAMPART-AUDIT-RETENTION')).toMatchObject({ status: 'skip', evidence: ['m1 metrics: no rampart_audit_retention_seconds (a member older than this check)'] });
+    expect(retentionShortfall(8_000)).toMatch(/^audit files are deleted 8 s after they close \(--audit-retention\), less than PCI DSS 10.5.1's 365 days/);
+    expect(retentionShortfall(400 * 86_400_000)).toBeUndefined();
     // Facts that could not be gathered skip, with the reason as evidence; they never pass.
     const skipped = evaluateControls(facts({ members: unavailable('MemberList failed: unreachable'), endpoints: [], dataDirectories: [], trails: [], crls: [] }));
     expect(skipped.find((result) => result.id === 'CIS-2.2')).toMatchObject({ status: 'skip', evidence: ['no member list: MemberList failed: unreachable'] });
@@ -155,5 +167,6 @@ describe('reports', () => {
     const metrics = parseMetrics('# HELP x\nrampart_auth_enabled 0\nrampart_audit_queue_events 0\nrampart_certificate_expiry_seconds{use="peer"} 86400\nrampart_encryption_enabled 1\n');
     expect(metrics).toEqual({ auditOn: true, authEnabled: false, encryptionEnabled: true, certificateExpirySeconds: { peer: 86_400 } });
     expect(parseMetrics('rampart_auth_enabled 1\n').auditOn).toBe(false);
+    expect(parseMetrics('rampart_audit_queue_events 0\nrampart_audit_retention_seconds 8\n').auditRetentionSeconds).toBe(8);
   });
 });
