@@ -13,6 +13,7 @@ import { createServer as createTlsServer, type PeerCertificate, type TLSSocket }
 import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { limitConnections } from '../pki/connection-limit.js';
+import { limitHandshakeTime } from '../pki/handshake-deadline.js';
 import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
@@ -129,6 +130,7 @@ export async function listenClients(host: string, port: number, options: ClientL
     // A refused handshake is a refused request too: audited, at the transports' shared rate.
     logRefusedTlsHandshakes([tlsServer], options.logger, 'client', options.onRefusal === undefined ? undefined : (refused) => options.onRefusal?.(handshakeRefusal(refused)));
     server = tlsServer;
+    limitHandshakeTime(tlsServer, { logger: options.logger, port: 'client' });
     limitConnections(server, { logger: options.logger, port: 'client' });
   } else {
     server = createNetServer((socket) => {

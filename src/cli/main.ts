@@ -483,6 +483,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   if (flags.listenMetricsUrls !== undefined && flags.listenMetricsUrls.length > 0) {
     await serveMetrics({
       urls: flags.listenMetricsUrls,
+      logger,
       ...(credentials.clientTls === undefined ? {} : { tls: credentials.clientTls }),
       ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
     }, member, metrics, () => serving);

@@ -21,6 +21,8 @@ import { remainingLifetime } from '../pki/reloading-provider.js';
 import type { Member } from './member.js';
 import { instruments, type Instrument } from '../instruments.js';
 import type { SinkStatus } from '../audit/sinks/sink.js';
+import type { Logger } from 'pino';
+import { boundMetricsServer } from './metrics-listener.js';
 
 export interface CertificateSource {
   readonly use: 'client' | 'peer';
@@ -182,6 +184,8 @@ export interface MetricsServing {
   readonly tls?: MetricsTls;
   /** A revoked client certificate is refused (the CRL of the client port). */
   readonly isRevoked?: (serialNumber: string) => boolean;
+  /** Where refused and timed-out connections are logged (rate limited). */
+  readonly logger: Logger;
 }
 
 export async function serveMetrics(serving: MetricsServing, member: Member, metrics: ServerMetrics, ready: () => boolean): Promise<Server[]> {
@@ -232,6 +236,7 @@ export async function serveMetrics(serving: MetricsServing, member: Member, metr
       throw new Error(`--listen-metrics-urls: ${url} is neither https:// (client certificate required) nor http:// (plaintext)`);
     }
     if (parsed.port === '') throw new Error(`--listen-metrics-urls: ${url} needs a port`);
+    boundMetricsServer(server, { logger: serving.logger, tls: parsed.protocol === 'https:' });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(Number(parsed.port), parsed.hostname.replace(/^\[|\]$/g, ''), () => resolve());

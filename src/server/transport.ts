@@ -8,11 +8,12 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import type { PeerCertificate } from 'node:tls';
+import type { PeerCertificate, Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { grpcServersOf, limitConnections } from '../pki/connection-limit.js';
+import { limitHandshakeTime } from '../pki/handshake-deadline.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
@@ -555,7 +556,10 @@ export class Transport {
       );
     }
     if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer');
-    for (const listening of grpcServersOf(this.server)) limitConnections(listening, { logger: this.options.logger, port: 'peer' });
+    for (const listening of grpcServersOf(this.server)) {
+      if (this.options.serverCredentials._isSecure()) limitHandshakeTime(listening as TlsServer, { logger: this.options.logger, port: 'peer' });
+      limitConnections(listening, { logger: this.options.logger, port: 'peer' });
+    }
   }
 
   /** Keeps one sender per other member, with its current peer URL. */

@@ -13,6 +13,7 @@ import { cleanEnvironment, freePort, rampartBin, removeDirectory, run, temporary
 export interface TlsMember {
   readonly directory: string;
   readonly clientPort: number;
+  readonly peerPort: number;
   readonly metricsPort: number;
   readonly child: ChildProcess;
   output(): string;
@@ -75,7 +76,7 @@ export async function startTlsMember(extraArgs: readonly string[] = []): Promise
     return pair;
   };
   return {
-    directory, clientPort, metricsPort, child, adminFlags,
+    directory, clientPort, peerPort, metricsPort, child, adminFlags,
     output: () => text,
     flagsFor: async (commonName) => {
       const written = await filesFor(commonName);
