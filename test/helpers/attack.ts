@@ -19,6 +19,20 @@ export async function residentBytes(pid: number): Promise<number> {
   return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) * 1024;
 }
 
+/** Clock ticks a second in /proc/<pid>/stat (USER_HZ: 100 on every Linux this runs on). */
+const clockTicksPerSecond = 100;
+
+/**
+ * CPU time a process has used (user + system), from /proc (Linux): what its work cost, which,
+ * unlike wall-clock delays, does not grow while other processes hold the cores.
+ */
+export async function cpuMilliseconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond;
+}
+
 /** A gateway Put of `valueBytes` from `localAddress`: `STATUS BODY`. */
 export function httpsPut(port: number, credentials: Credentials, key: string, valueBytes: number, localAddress = '127.0.0.1'): Promise<string> {
   return new Promise((resolve, reject) => {
