@@ -6,10 +6,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
-import type { EventMessage, InternalRequest, TxnRequest, WatchResponse } from './messages.js';
+import type { EventMessage, InternalRequest, PutResponse, TxnRequest, WatchResponse } from './messages.js';
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
-import { decodePutProposal, encodePutProposal } from './put-proposal-codec.js';
+import { decodePutProposal, encodePutProposal, encodePutResponse } from './put-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
 
@@ -38,6 +38,16 @@ function guardTxnDecoding(): void {
   method.requestDeserialize = (bytes: Buffer): TxnRequest => (txnWithinLimits(bytes) ? decode(bytes) : oversizedTxn);
 }
 guardTxnDecoding();
+
+/** Put's usual answer (a header, no previous value) is encoded by hand (put-codec.ts). */
+function encodePutResponsesByHand(): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, PutResponse>> | undefined;
+  const method = service?.Put;
+  if (method === undefined) throw new Error('rpc.proto: no KV.Put');
+  const encode = method.responseSerialize;
+  method.responseSerialize = (response: PutResponse): Buffer => encodePutResponse(response) ?? encode(response);
+}
+encodePutResponsesByHand();
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);

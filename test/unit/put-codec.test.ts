@@ -1,5 +1,5 @@
 /**
- * The hand-written Put proposal codec against protobufjs (the generic path every other proposal
+ * The hand-written Put proposal codec and Put response encoder against protobufjs (the generic path every other proposal
  * takes, and the one every earlier version wrote the log with): what one encodes the other decodes
  * to the same object, for random puts and callers; anything unusual is left to protobufjs.
  */
@@ -9,12 +9,13 @@ import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import type { InternalRequest } from '../../src/api/messages.js';
 import { decodeInternalRequest, decodeOptions, encodeInternalRequest, protoDirectory } from '../../src/api/proto.js';
-import { decodePutProposal, encodePutProposal } from '../../src/api/put-proposal-codec.js';
+import { decodePutProposal, encodePutProposal, encodePutResponse } from '../../src/api/put-codec.js';
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
-root.loadSync(['internal.proto'], { keepCase: true });
+root.loadSync(['internal.proto', 'rpc.proto'], { keepCase: true });
 const internalRequestType = root.lookupType('rampart.InternalRequest');
+const putResponseType = root.lookupType('etcdserverpb.PutResponse');
 
 function referenceEncode(request: object): Buffer {
   return Buffer.from(internalRequestType.encode(internalRequestType.fromObject(request as Record<string, unknown>)).finish());
@@ -96,5 +97,27 @@ describe('put proposal codec', () => {
     expect(decodePutProposal(Buffer.concat([data, Buffer.of(0x60, 0x01)]))).toBeUndefined();
     expect(decodePutProposal(data.subarray(0, data.length - 1))).toBeUndefined();
     expect(() => decodeInternalRequest(data.subarray(0, data.length - 1))).toThrow();
+  });
+});
+
+describe('put response encoder', () => {
+  const header = fc.record({ cluster_id: fc.oneof(uint64, fc.nat()), member_id: fc.oneof(uint64, fc.nat()), revision: fc.oneof(int64, fc.nat()), raft_term: fc.oneof(uint64, fc.nat()) });
+
+  it('encodes a header-only answer as protobufjs does', () => {
+    fc.assert(fc.property(header, (responseHeader) => {
+      const response = { header: responseHeader };
+      const ours = encodePutResponse(response);
+      expect(ours).toBeDefined();
+      const theirs = Buffer.from(putResponseType.encode(putResponseType.fromObject(response)).finish());
+      expect(putResponseType.toObject(putResponseType.decode(ours as Buffer), decodeOptions)).toEqual(putResponseType.toObject(putResponseType.decode(theirs), decodeOptions));
+    }), { numRuns: 300 });
+  });
+
+  it('leaves an answer with a previous value, or anything unusual, to protobufjs', () => {
+    const responseHeader = { cluster_id: '1', member_id: '2', revision: 3, raft_term: 4 };
+    const prevKv = { key: Buffer.from('k'), value: Buffer.from('v'), create_revision: 1, mod_revision: 1, version: 1, lease: 0 };
+    expect(encodePutResponse({ header: responseHeader, prev_kv: prevKv })).toBeUndefined();
+    expect(encodePutResponse({})).toBeUndefined();
+    expect(encodePutResponse({ header: { ...responseHeader, revision: 'x' } })).toBeUndefined();
   });
 });
