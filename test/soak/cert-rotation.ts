@@ -23,16 +23,22 @@ export interface RotatedMember {
   readonly peerPort: number;
   /** Running and not paused: it should answer. */
   up(): boolean;
+  /** When (performance.now()) its running process started serving: a member (re)started during the wait gets its own window. */
+  upSince(): number;
 }
 
 const normalized = (serial: string): string => serial.toUpperCase().replace(/^0+/, '');
 
 /** Waits until the members serve `serials`; returns a problem for each that still does not. */
 export async function awaitReload(pki: SoakPki, serials: ReadonlyMap<string, { server: string; peer: string }>, members: readonly RotatedMember[]): Promise<string[]> {
-  const deadline = performance.now() + reloadTimeoutMs;
+  const began = performance.now();
+  // A member that was down (killed, paused, stopped on a full disk) reads the new files when it
+  // restarts: it has reloadTimeoutMs from then, as the others have from the renewal.
+  const deadlineOf = (member: RotatedMember): number => Math.max(began, member.upSince()) + reloadTimeoutMs;
   const pending = new Set(members.map((member) => member.name));
   const last = new Map<string, string>();
-  while (pending.size > 0 && performance.now() < deadline) {
+  const waiting = (): boolean => members.some((member) => pending.has(member.name) && (!member.up() ? performance.now() < began + reloadTimeoutMs : performance.now() < deadlineOf(member)));
+  while (pending.size > 0 && waiting()) {
     for (const member of members) {
       if (!pending.has(member.name)) continue;
       if (!member.up()) continue;
@@ -47,5 +53,5 @@ export async function awaitReload(pki: SoakPki, serials: ReadonlyMap<string, { s
     if (pending.size > 0) await sleep(500);
   }
   // A member down all along (killed, paused) is not asked: it reads the new files when it restarts.
-  return [...pending].filter((name) => members.find((member) => member.name === name)?.up() === true).map((name) => `cert rotation: ${name} did not serve its renewed certificates within ${reloadTimeoutMs / 1000} s (${last.get(name) ?? 'never answered'})`);
+  return [...pending].filter((name) => members.some((member) => member.name === name && member.up() && performance.now() >= deadlineOf(member))).map((name) => `cert rotation: ${name} did not serve its renewed certificates within ${reloadTimeoutMs / 1000} s (${last.get(name) ?? 'never answered'})`);
 }
