@@ -33,6 +33,11 @@ export const peerQueueMessagesMax = 4096;
  * wait for a leader forever. Its sender sees this and the member stops.
  */
 export const memberRemovedDetails = 'rampart: the member has been permanently removed from the cluster';
+/**
+ * A member that has received no Raft message for this long sends each peer an empty batch naming
+ * itself: a removed learner never campaigns, so without it nothing would carry the answer above.
+ */
+export const removalProbeIntervalMsDefault = 5_000;
 /** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
 const peerMessageBytesMax = 64 * 1024 * 1024;
 
@@ -223,6 +228,8 @@ export interface TransportOptions {
   readonly isRemoved?: (id: NodeId) => boolean;
   /** A peer answered this member's messages with `memberRemovedDetails`: this member was removed. */
   readonly onRemoved?: (peer: NodeId) => void;
+  /** Tests only: a shorter silence before probing than `removalProbeIntervalMsDefault`. */
+  readonly removalProbeIntervalMs?: number;
   /** The records of a snapshot Raft sends, in chunks, read while they are sent. */
   readonly snapshotChunks: (message: SnapshotMessage) => AsyncIterable<Buffer>;
   /**
@@ -345,8 +352,18 @@ class PeerSender {
     if (this.closed || this.queue.length === 0) return;
     const messages = this.queue;
     this.queue = [];
+    this.write(messages);
+  }
+
+  /** An empty batch naming this member: a peer that removed it answers `memberRemovedDetails`. */
+  probe(): void {
+    if (this.closed || this.congested) return;
+    this.write([]);
+  }
+
+  private write(messages: RaftMessageWire[]): void {
     this.stream ??= this.openStream();
-    const accepted = this.stream.write({ cluster_id: this.options.clusterId, messages });
+    const accepted = this.stream.write({ cluster_id: this.options.clusterId, from: this.options.selfId, messages });
     if (!accepted) this.congested = true;
   }
 
@@ -428,6 +445,9 @@ export class Transport {
   forgedSenderDrops = 0;
   private forgedSenderWarnedMs = 0;
   private forgedSenderUnreported = 0;
+  /** When a peer last sent this member a batch (see `removalProbeIntervalMsDefault`). */
+  private lastReceivedMs = performance.now();
+  private probeTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: TransportOptions) {
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
@@ -463,7 +483,7 @@ export class Transport {
       return false;
     };
     this.server.addService(service, {
-      Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
+      Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; from?: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) {
           call.on('data', () => undefined);
           call.on('error', () => undefined);
@@ -474,7 +494,7 @@ export class Transport {
         // (whether it may speak for the sender is still decided for every message: membership changes).
         let certificate: { value: PeerCertificate | undefined } | undefined;
         const certificateOf = (): PeerCertificate | undefined => (certificate ??= { value: call.getAuthContext().sslPeerCertificate }).value;
-        call.on('data', (batch: { cluster_id: string; messages: RaftMessageWire[] }) => {
+        call.on('data', (batch: { cluster_id: string; from?: string; messages: RaftMessageWire[] }) => {
           if (answered) return;
           if (batch.cluster_id !== options.clusterId) {
             warnOtherCluster({ clusterId: batch.cluster_id });
@@ -482,14 +502,16 @@ export class Transport {
             callback({ code: grpc.status.FAILED_PRECONDITION, details: 'rampart: cluster id mismatch' });
             return;
           }
+          // Before the sender check: a removed member's certificate may no longer act as a member.
+          const senders = [batch.from ?? '', ...batch.messages.map((wire) => String(wire.from))];
+          if (options.isRemoved !== undefined && senders.some((sender) => sender !== '' && options.isRemoved?.(sender) === true)) {
+            answered = true;
+            callback({ code: grpc.status.FAILED_PRECONDITION, details: memberRemovedDetails });
+            return;
+          }
+          this.lastReceivedMs = performance.now();
           for (const wire of batch.messages) {
             const message = fromWire(wire);
-            if (message !== undefined && options.isRemoved?.(message.from) === true) {
-              // Before the sender check: a removed member's certificate may no longer act as a member.
-              answered = true;
-              callback({ code: grpc.status.FAILED_PRECONDITION, details: memberRemovedDetails });
-              return;
-            }
             if (message === undefined || message.to !== options.selfId || !senderBound(call, message, certificateOf)) continue;
             if (message.type === 'heartbeatResponse') this.heartbeatAnswered(message.from);
             options.onMessage(message);
@@ -560,6 +582,12 @@ export class Transport {
       if (this.options.serverCredentials._isSecure()) limitHandshakeTime(listening as TlsServer, { logger: this.options.logger, port: 'peer' });
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
     }
+    const probeIntervalMs = this.options.removalProbeIntervalMs ?? removalProbeIntervalMsDefault;
+    this.probeTimer = setInterval(() => {
+      if (performance.now() - this.lastReceivedMs < probeIntervalMs) return;
+      for (const peer of this.peers.values()) peer.probe();
+    }, probeIntervalMs);
+    this.probeTimer.unref();
   }
 
   /** Keeps one sender per other member, with its current peer URL. */
@@ -652,6 +680,7 @@ export class Transport {
   }
 
   async close(): Promise<void> {
+    clearInterval(this.probeTimer);
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
     // Peers keep their streams open; after a short grace, close them rather than wait.

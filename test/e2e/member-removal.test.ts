@@ -5,10 +5,31 @@
  * them (as etcd's answer 410 Gone), and it exits as one that applied its removal does.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { etcdctl, startCluster, startRampart, type Cluster } from '../helpers/processes.js';
+import { etcdctl, freePort, removeDirectory, startCluster, startRampart, temporaryDirectory, type Cluster, type RampartOptions } from '../helpers/processes.js';
 
 /** Generous for a loaded 2-core CI: the restarted member needs one election timeout to contact its peers. */
 const removedExitTimeoutMs = 30_000;
+
+/** Starts a member expected to stop as removed: it must exit 0 saying so, never serve clients. */
+async function expectStopsAsRemoved(options: RampartOptions): Promise<void> {
+  const failure = await startRampart({ ...options, startTimeoutMs: removedExitTimeoutMs }).then(
+    async (process) => {
+      await process.stop('SIGKILL');
+      return new Error('the removed member served clients');
+    },
+    (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
+  );
+  expect(failure.message).toMatch(/^process exited with 0 before listening/);
+  expect(failure.message).toContain('this member has been permanently removed from the cluster');
+}
+
+async function waitFor(predicate: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
 
 describe('a member removed while it was down', () => {
   let cluster: Cluster | undefined;
@@ -40,19 +61,32 @@ describe('a member removed while it was down', () => {
     expect((await etcdctl(others, ['put', 'after', 'removal'])).stdout).toBe('OK\n');
 
     // Restarted with its data: it never serves (it has no leader), and stops once a peer answers it.
-    const restarted = startRampart({
-      name: m3.name, port: m3.port, peerPort: m3.peerPort, dataDir: m3.dataDir,
-      args: ['--initial-cluster', cluster.initialCluster], startTimeoutMs: removedExitTimeoutMs,
-    });
-    const failure = await restarted.then(
-      async (process) => {
-        await process.stop('SIGKILL');
-        return new Error('the removed member served clients');
-      },
-      (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
-    );
-    expect(failure.message).toMatch(/^process exited with 0 before listening/);
-    expect(failure.message).toContain('this member has been permanently removed from the cluster');
+    await expectStopsAsRemoved({ name: m3.name, port: m3.port, peerPort: m3.peerPort, dataDir: m3.dataDir, args: ['--initial-cluster', cluster.initialCluster] });
     expect((await etcdctl(others, ['member', 'list'])).stdout.trim().split('\n')).toHaveLength(2);
+  }, 120_000);
+
+  it('a learner (which never campaigns) learns it was removed when it restarts, and exits 0', async () => {
+    cluster = await startCluster(3);
+    const [port, peerPort] = [await freePort(), await freePort()];
+    const peerUrl = `http://127.0.0.1:${peerPort}`;
+    const added = await etcdctl(cluster.endpoints, ['member', 'add', 'm4', `--peer-urls=${peerUrl}`, '--learner']);
+    const id = /^Member +([0-9a-f]+) added/.exec(added.stdout)?.[1];
+    if (id === undefined) throw new Error(`member add: ${added.stdout}${added.stderr}`);
+    const dataDir = await temporaryDirectory('m4');
+    const options: RampartOptions = { name: 'm4', port, peerPort, dataDir, args: ['--initial-cluster', `${cluster.initialCluster},m4=${peerUrl}`, '--initial-cluster-state', 'existing'] };
+    try {
+      const learner = await startRampart({ ...options, startTimeoutMs: 30_000 });
+      try {
+        await waitFor(async () => (await etcdctl(learner.endpoint, ['get', 'x', '--consistency=s'])).code === 0, 30_000, 'the learner to serve');
+      } finally {
+        await learner.stop('SIGKILL');
+      }
+      const removed = await etcdctl(cluster.endpoints, ['member', 'remove', id]);
+      expect(removed.stdout, removed.stderr).toMatch(/^Member +[0-9a-f]+ removed from cluster +[0-9a-f]+\n$/);
+      // Nobody sends to a removed learner and it sends nothing of its own: it asks after a silence.
+      await expectStopsAsRemoved(options);
+    } finally {
+      await removeDirectory(dataDir);
+    }
   }, 120_000);
 });
