@@ -27,6 +27,7 @@ import { encryptionStatus, type MemberEncryptionStatus } from './encryption.js';
 import { PolicyConnection, connectionTarget, type ConnectionOptions, type LivePolicy } from './policy.js';
 import { exportPolicy } from '../auth/policy.js';
 import { metricsUrl } from './up.js';
+import { callFailure, socketErrorText } from './unreachable.js';
 
 export interface GatherOptions {
   readonly connection: ConnectionOptions;
@@ -67,7 +68,7 @@ interface MemberListResponse {
 
 const errorText = (error: unknown): string => (error instanceof Error ? error.message : String(error));
 
-async function memberList(connection: ConnectionOptions): Promise<Observed<MemberListResponse['members']>> {
+async function memberList(connection: ConnectionOptions, endpoint: string): Promise<Observed<MemberListResponse['members']>> {
   try {
     const { target, credentials } = await connectionTarget(connection);
     const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Cluster: grpc.ServiceClientConstructor } };
@@ -80,11 +81,11 @@ async function memberList(connection: ConnectionOptions): Promise<Observed<Membe
       client.close();
     }
   } catch (error) {
-    return unavailable(`MemberList failed: ${errorText(error)}`);
+    return unavailable(callFailure('MemberList', error, endpoint));
   }
 }
 
-async function liveAuditPolicy(connection: ConnectionOptions): Promise<Observed<AuditPolicyFacts>> {
+async function liveAuditPolicy(connection: ConnectionOptions, endpoint: string): Promise<Observed<AuditPolicyFacts>> {
   try {
     const { target, credentials } = await connectionTarget(connection);
     const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { rampart: { AuditPolicy: grpc.ServiceClientConstructor } };
@@ -99,7 +100,7 @@ async function liveAuditPolicy(connection: ConnectionOptions): Promise<Observed<
       client.close();
     }
   } catch (error) {
-    return unavailable(`AuditPolicy.Show failed: ${errorText(error)}`);
+    return unavailable(callFailure('AuditPolicy.Show', error, endpoint));
   }
 }
 
@@ -127,7 +128,7 @@ function fetchMetrics(url: string, material: TlsMaterial): Promise<Observed<Metr
       });
     });
     request.on('timeout', () => request.destroy(new Error('timed out')));
-    request.on('error', (error) => resolve(unavailable(`${target.href}: ${error.message}`)));
+    request.on('error', (error: NodeJS.ErrnoException) => resolve(unavailable(`cannot reach ${target.href}: ${socketErrorText(error)}`)));
     request.end();
   });
 }
@@ -223,7 +224,10 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
     ...await Promise.all([readFile(connection.cert ?? path.join(pki, 'admin.crt')), readFile(connection.key ?? path.join(pki, 'admin.key'))]).then(([certificate, key]) => ({ certificate, key }), () => ({})),
   };
   const cluster = options.localCluster ? await readCluster(connection.dir) : undefined;
-  const members = await memberList(connection);
+  // Where the calls below go (connectionTarget takes the first --endpoints, or a rampart up cluster's first member), for their failures.
+  const firstPort = connection.endpoints === undefined ? (await readCluster(connection.dir).catch(() => undefined))?.members[0]?.clientPort : undefined;
+  const endpoint: string = connection.endpoints?.split(',')[0] ?? (firstPort === undefined ? `the rampart up cluster in ${connection.dir}` : `https://127.0.0.1:${firstPort}`);
+  const members = await memberList(connection, endpoint);
 
   const metricsByName = new Map<string, string>();
   for (const entry of cluster?.members ?? []) metricsByName.set(entry.name, metricsUrl(entry.clientPort));
@@ -264,7 +268,7 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
     })))
     : unavailable(members.unavailable);
 
-  const policy: Observed<LivePolicy> = await PolicyConnection.using(connection, (client) => client.export()).then(observed, (error: unknown) => unavailable<LivePolicy>(`policy export failed: ${errorText(error)}`));
+  const policy: Observed<LivePolicy> = await PolicyConnection.using(connection, (client) => client.export()).then(observed, (error: unknown) => unavailable<LivePolicy>(callFailure('policy export', error, endpoint)));
   const auth: Observed<AuthFacts> = 'value' in policy
     ? observed({
       enabled: policy.value.enabled,
@@ -283,10 +287,10 @@ export async function gatherFacts(options: GatherOptions): Promise<Gathered> {
       member: status.member, encrypted: status.encrypted, provider: status.provider, providerReachable: status.provider_reachable,
       kekId: status.kek_id, activeDek: status.active_dek, percentResealed: status.percent_resealed,
     })));
-  }, (error: unknown) => unavailable<EncryptionFacts[]>(`encryption status failed: ${errorText(error)}`));
+  }, (error: unknown) => unavailable<EncryptionFacts[]>(callFailure('encryption status', error, clientUrls.length > 0 ? clientUrls.join(',') : endpoint)));
 
-  const auditPolicy = await liveAuditPolicy(connection);
-  const checkpointAnswer = await PolicyConnection.using(connection, (client) => client.auditCheckpoints()).then(observed, (error: unknown) => unavailable<string[]>(`audit checkpoints failed: ${errorText(error)}`));
+  const auditPolicy = await liveAuditPolicy(connection, endpoint);
+  const checkpointAnswer = await PolicyConnection.using(connection, (client) => client.auditCheckpoints()).then(observed, (error: unknown) => unavailable<string[]>(callFailure('audit checkpoints', error, endpoint)));
   const checkpointLines = 'value' in checkpointAnswer ? checkpointAnswer.value : [];
   const { checkpoints, signers } = parseCheckpointLines(checkpointLines);
 

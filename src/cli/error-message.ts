@@ -4,7 +4,7 @@
  * ECONNREFUSED 127.0.0.1:2379. Resolution note: "), and it is what a new user meets first, with
  * the cluster down or the wrong --dir or --endpoints: say that, and what to do.
  */
-const noConnection = /^(?:\d+ UNAVAILABLE: )?No connection established\. Last error: (?:Error: )?(.*?)\.?(?: Resolution note:.*)?$/s;
+import { noConnectionDetail } from './unreachable.js';
 
 /** Node's file errors ("ENOENT: no such file or directory, open 'x'") name the file last; say it first. */
 function fileErrorMessage(error: Error): string | undefined {
@@ -18,7 +18,7 @@ export function cliErrorMessage(error: unknown): string {
   const fileMessage = error instanceof Error ? fileErrorMessage(error) : undefined;
   if (fileMessage !== undefined) return fileMessage;
   const message = error instanceof Error ? error.message : String(error);
-  const match = noConnection.exec(message);
-  if (match === null) return message;
-  return `cannot reach the cluster (${match[1]}): is it running? (\`rampart up\` starts a local one; check --dir or --endpoints)`;
+  const detail = noConnectionDetail(message);
+  if (detail === undefined) return message;
+  return `cannot reach the cluster (${detail}): is it running? (\`rampart up\` starts a local one; check --dir or --endpoints)`;
 }

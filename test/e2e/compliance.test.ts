@@ -300,7 +300,17 @@ describe('rampart compliance check on a member that takes clients without a cert
     const unreachable = await run(process.execPath, [rampartBin, 'compliance', 'check', '--endpoints', `https://127.0.0.1:${member.clientPort}`,
       '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key')], { timeoutMs: 60_000 });
     expect(unreachable.code).toBe(2);
-    expect(unreachable.stderr).toMatch(/^rampart: compliance: the cluster could not be checked: MemberList failed/m);
+    // Where it tried and why, in words, in every format: never grpc-js's "14 UNAVAILABLE: No connection established…".
+    const cannotReach = `cannot reach the cluster at https://127.0.0.1:${member.clientPort}: connection refused (ECONNREFUSED)`;
+    expect(unreachable.stderr).toBe(`rampart: compliance: the cluster could not be checked: ${cannotReach}\n`);
+    expect(unreachable.stdout).toContain(`- no member list: ${cannotReach}\n`);
+    expect(unreachable.stdout).toContain(`- auth state: ${cannotReach}\n`);
+    const connection = ['--endpoints', `https://127.0.0.1:${member.clientPort}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key')];
+    const [json, junit] = await Promise.all(['json', 'junit'].map((output) => run(process.execPath, [rampartBin, 'compliance', 'check', '--output', output, ...connection], { timeoutMs: 60_000 })));
+    const skipped = (JSON.parse(json?.stdout ?? '') as { controls: Control[] }).controls.filter((entry) => entry.status === 'skip');
+    expect(skipped.find((entry) => entry.id === 'RAMPART-AUDIT-POLICY')?.evidence).toEqual([`audit policy: ${cannotReach}`]);
+    expect(junit?.stdout).toContain(`<skipped message="no member list: ${cannotReach}"/>`);
+    for (const output of [unreachable.stdout, json?.stdout, junit?.stdout]) expect(output).not.toMatch(/UNAVAILABLE|No connection established|Resolution note/);
     await removeDirectory(kept);
   }, 60_000);
 });
