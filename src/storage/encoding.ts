@@ -95,11 +95,18 @@ export function decodeKeyValueRecord(record: Buffer): { kind: number; kv: KeyVal
       createRevision: readUint64(record, 1),
       modRevision: readUint64(record, 9),
       version: readUint64(record, 17),
-      lease: record.readBigInt64BE(25),
+      lease: readLease(record, 25),
       key: Buffer.from(record.subarray(headerBytes, headerBytes + keyLength)),
       value: Buffer.from(record.subarray(headerBytes + keyLength)),
     },
   };
+}
+
+/** No lease is by far the common case: one shared 0n, not a new BigInt per record read. */
+const noLease = 0n;
+
+function readLease(record: Buffer, offset: number): bigint {
+  return record.readUInt32BE(offset) === 0 && record.readUInt32BE(offset + 4) === 0 ? noLease : record.readBigInt64BE(offset);
 }
 
 export function encodeBigUint64(value: bigint): Buffer {

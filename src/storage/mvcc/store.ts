@@ -119,10 +119,15 @@ export class MvccStore {
   }
 
   private async load(): Promise<void> {
+    assert(this.index.size === 0, 'the index is loaded into an empty tree');
     const db = this.db;
     // Whole batches, not one record per promise: the records of a large store are read in a
     // fraction of the time (the sealed database reads the next batch while this one is indexed).
     const iterator = db.iterator({ gte: Buffer.of(prefix.keyValue), lt: prefixEnd(prefix.keyValue), highWaterMarkBytes: loadBatchBytesMax, bulk: true });
+    // Records come in revision order, keys in no order: they are gathered in a hash map and the
+    // tree is built once, in key order. Inserting each key where it falls took ~4 s of CPU at
+    // 500,000 keys (descents, node splits and the garbage they leave); in order, under 1 s.
+    const loaded = new Map<string, KeyRecord>();
     try {
       for (;;) {
         const batch = await iterator.nextv(loadBatchRecordsMax);
@@ -130,13 +135,24 @@ export class MvccStore {
         for (const [key, value] of batch) {
           const revision = decodeRevisionKey(key);
           const { kind, kv } = decodeKeyValueRecord(value);
-          this.indexRecord(kv, revision.main, revision.sub, kind === recordKind.tombstone);
+          const tombstone = kind === recordKind.tombstone;
+          const indexKey = toIndexKey(kv.key);
+          const live = tombstone ? undefined : kv;
+          const known = loaded.get(indexKey);
+          if (known === undefined) {
+            loaded.set(indexKey, { key: kv.key, revisions: [{ main: revision.main, sub: revision.sub, tombstone }], live });
+          } else {
+            appendRevision(known, revision.main, revision.sub, tombstone);
+            known.live = live;
+          }
           this.currentRevisionValue = Math.max(this.currentRevisionValue, revision.main);
         }
       }
     } finally {
       await iterator.close();
     }
+    const indexKeys = [...loaded.keys()].sort(compareIndexKeys);
+    for (const indexKey of indexKeys) this.index.set(indexKey, loaded.get(indexKey) as KeyRecord);
     this.flushedRevisionValue = this.currentRevisionValue;
     const scheduled = await readMetaNumber(db, metaKey.scheduledCompactRevision);
     if (scheduled > 0) {
