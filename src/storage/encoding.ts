@@ -83,7 +83,11 @@ export function encodeKeyValueRecordInto(record: Buffer, kind: number, kv: KeyVa
   return record;
 }
 
-export function decodeKeyValueRecord(record: Buffer): { kind: number; kv: KeyValue } {
+/**
+ * With `copy` false the key and value are views into `record`, which lives as long as they do (the
+ * index rebuild reads whole batches and bounds what its views keep alive).
+ */
+export function decodeKeyValueRecord(record: Buffer, copy = true): { kind: number; kv: KeyValue } {
   assert(record.length >= headerBytes, 'key-value record shorter than its header');
   const kind = record[0] ?? 0;
   assert(kind === recordKind.put || kind === recordKind.tombstone, () => `unknown key-value record kind ${kind}`);
@@ -96,8 +100,8 @@ export function decodeKeyValueRecord(record: Buffer): { kind: number; kv: KeyVal
       modRevision: readUint64(record, 9),
       version: readUint64(record, 17),
       lease: readLease(record, 25),
-      key: Buffer.from(record.subarray(headerBytes, headerBytes + keyLength)),
-      value: Buffer.from(record.subarray(headerBytes + keyLength)),
+      key: copy ? Buffer.from(record.subarray(headerBytes, headerBytes + keyLength)) : record.subarray(headerBytes, headerBytes + keyLength),
+      value: copy ? Buffer.from(record.subarray(headerBytes + keyLength)) : record.subarray(headerBytes + keyLength),
     },
   };
 }

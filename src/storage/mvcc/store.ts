@@ -22,8 +22,9 @@ import {
   readUint64,
   writeUint64,
 } from '../encoding.js';
-import { metaKey, prefix, prefixEnd } from '../schema.js';
+import { metaKey, prefix } from '../schema.js';
 import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './range.js';
+import { rebuildIndex } from './index-rebuild.js';
 import type { Database } from '../database.js';
 
 export type { Database } from '../database.js';
@@ -39,7 +40,7 @@ export interface RevisionEntry {
   readonly tombstone: boolean;
 }
 
-interface KeyRecord {
+export interface KeyRecord {
   readonly key: Buffer;
   /** Ascending by (main, sub). */
   revisions: RevisionEntry[];
@@ -70,10 +71,6 @@ export interface RangeResult {
 export type BatchOperation =
   | { readonly type: 'put'; readonly key: Buffer; readonly value: Buffer }
   | { readonly type: 'del'; readonly key: Buffer };
-
-/** Records, and bytes, read from the database per batch while loading the index. */
-const loadBatchRecordsMax = 1_000;
-const loadBatchBytesMax = 4 * 1024 * 1024;
 
 /** Deletions of compacted revisions are written in batches of this many records. */
 const compactionBatchRecordsMax = 10_000;
@@ -121,38 +118,10 @@ export class MvccStore {
   private async load(): Promise<void> {
     assert(this.index.size === 0, 'the index is loaded into an empty tree');
     const db = this.db;
-    // Whole batches, not one record per promise: the records of a large store are read in a
-    // fraction of the time (the sealed database reads the next batch while this one is indexed).
-    const iterator = db.iterator({ gte: Buffer.of(prefix.keyValue), lt: prefixEnd(prefix.keyValue), highWaterMarkBytes: loadBatchBytesMax, bulk: true });
-    // Records come in revision order, keys in no order: they are gathered in a hash map and the
-    // tree is built once, in key order. Inserting each key where it falls took ~4 s of CPU at
-    // 500,000 keys (descents, node splits and the garbage they leave); in order, under 1 s.
-    const loaded = new Map<string, KeyRecord>();
-    try {
-      for (;;) {
-        const batch = await iterator.nextv(loadBatchRecordsMax);
-        if (batch.length === 0) break;
-        for (const [key, value] of batch) {
-          const revision = decodeRevisionKey(key);
-          const { kind, kv } = decodeKeyValueRecord(value);
-          const tombstone = kind === recordKind.tombstone;
-          const indexKey = toIndexKey(kv.key);
-          const live = tombstone ? undefined : kv;
-          const known = loaded.get(indexKey);
-          if (known === undefined) {
-            loaded.set(indexKey, { key: kv.key, revisions: [{ main: revision.main, sub: revision.sub, tombstone }], live });
-          } else {
-            appendRevision(known, revision.main, revision.sub, tombstone);
-            known.live = live;
-          }
-          this.currentRevisionValue = Math.max(this.currentRevisionValue, revision.main);
-        }
-      }
-    } finally {
-      await iterator.close();
-    }
-    const indexKeys = [...loaded.keys()].sort(compareIndexKeys);
-    for (const indexKey of indexKeys) this.index.set(indexKey, loaded.get(indexKey) as KeyRecord);
+    const { records, currentRevision } = await rebuildIndex(db);
+    // In key order, each key lands at the tree's right edge.
+    for (const [indexKey, record] of records) this.index.set(indexKey, record);
+    this.currentRevisionValue = currentRevision;
     this.flushedRevisionValue = this.currentRevisionValue;
     const scheduled = await readMetaNumber(db, metaKey.scheduledCompactRevision);
     if (scheduled > 0) {
