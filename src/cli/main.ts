@@ -51,6 +51,7 @@ import { readAudit, verifyAudit } from '../audit/verify.js';
 import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, type CheckpointSigner, type TrailCheckpoint } from '../audit/checkpoint.js';
 import { csvCell } from '../audit/csv.js';
 import { retentionShortfall } from '../audit/retention-minimum.js';
+import { PeerRefusalAudit } from '../audit/peer-refusals.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
 import { registerAuditTail } from './audit-tail.js';
@@ -352,6 +353,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   }
   const initialCluster = flags.initialCluster === undefined ? [{ name: flags.name, peerUrls }] : parseInitialCluster(flags.initialCluster);
   const keyProvider = await keyProviderFor(flags, logger);
+  // The peer port listens before the audit trail opens: refusals until then are logged only.
+  let peerRefusals: PeerRefusalAudit | undefined;
   const member = await Member.open({
     dataDir: flags.dataDir,
     name: flags.name,
@@ -375,6 +378,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     peerClientCredentials: credentials.peerClient,
     peerTls: !flags.insecure,
     ...(revocations === undefined ? {} : { isRevoked: (serial: string) => revocations.isRevoked(serial) }),
+    onPeerRefused: (refusal) => peerRefusals?.offer(refusal),
     logger,
     keyProvider,
     encryptionRotationIntervalMs: flags.encryptionRotationInterval,
@@ -404,6 +408,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       onMaintenanceError: (error) => logger.warn({ err: error instanceof Error ? error.message : String(error) }, 'audit file compression or retention failed; retried later'),
     }).catch(auditWriteFailed)
     : undefined;
+  if (audit !== undefined) peerRefusals = new PeerRefusalAudit({ record: (fields) => void audit.record(fields) });
   const sinks = await startAuditSinks(flags satisfies AuditSinkFlags, audit, auditDirectory, member.memberHex, packageJson.version, logger);
   // Anchors outside the trail: every few seconds the durable chain head goes to the structured log
   // and, through Raft, into the replicated state (a checkpoint a quorum witnesses), so a trail cut
@@ -449,6 +454,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     logger.info({ signal }, 'stopping');
     for (const listener of listeners) listener.close();
     refusals?.close(); // refusals left out of the trail get their summary before it closes
+    peerRefusals?.close(); // and the peer port's counted refusals
     server.tryShutdown(() => undefined);
     setTimeout(() => server.forceShutdown(), 2000).unref();
     setTimeout(() => {

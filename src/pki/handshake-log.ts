@@ -43,13 +43,13 @@ export function rateLimitedWarning(logger: Logger, message: string): (fields: ob
   };
 }
 
-export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 'client' | 'peer'): void {
+export function logRefusedHandshakes(server: grpc.Server, logger: Logger, port: 'client' | 'peer', onRefused?: (refusal: RefusedHandshake) => void): void {
   const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
   if (!(servers instanceof Map)) {
     logger.warn({ port }, 'this gRPC version hides its HTTP/2 servers: refused TLS handshakes will not be logged');
     return;
   }
-  logRefusedTlsHandshakes(servers.keys() as IterableIterator<EventEmitter>, logger, port);
+  logRefusedTlsHandshakes(servers.keys() as IterableIterator<EventEmitter>, logger, port, onRefused);
 }
 
 /** A handshake this server refused: who, and why (a certificate's verification error, or the TLS error's code). */

@@ -48,6 +48,7 @@ import { WatchHub } from './watch-hub.js';
 import { AuditCheckpoints, checkpointsOf } from './audit-checkpoints.js';
 import { LoginRecords, encodeLoginRecords, loginRecordsFlushIntervalMs, loginRecordsPerEntryMax } from './login-records.js';
 import { encodeCheckpoint, type ProposedCheckpoint } from '../audit/checkpoint.js';
+import type { PeerRefusal } from '../audit/peer-refusals.js';
 import { LoginLimiter } from '../auth/limiter.js';
 import { checkTxnDuplicates, validateDeleteRange, validatePut, validateRange, validateTxnShape } from './validate.js';
 import { AuthHolder, decodeAuthState, emptyAuthState, encodeAuthChange, type AuthChange } from '../auth/store.js';
@@ -94,6 +95,8 @@ export interface MemberOptions {
   readonly peerTls: boolean;
   /** Revoked certificates, refused on the peer port as on the client port. */
   readonly isRevoked?: (serialNumber: string) => boolean;
+  /** Hears of each connection or call the peer port refuses, for the audit trail (audit/peer-refusals.ts). */
+  readonly onPeerRefused?: (refusal: PeerRefusal) => void;
   readonly logger: Logger;
   /** Seal the member's records at rest under DEKs wrapped by this provider's KEK; absent: plaintext. */
   readonly keyProvider?: KekProvider | undefined;
@@ -286,6 +289,7 @@ export class Member {
       onLeaseTimeToLive: (id) => this.answerLeaseConfirmed(id, false),
       onCluster: () => ({ clusterId: this.clusterId.toString(16), members: this.membership.list() }),
       onLoginAttempt: (attempt) => this.leaderLoginAttempt(attempt),
+      ...(this.options.onPeerRefused === undefined ? {} : { onPeerRefused: this.options.onPeerRefused }),
       ...(this.options.peerTls
         ? { authorizePeer: (certificate: PeerCertificate) => this.authorizePeer(certificate), mayActAs: (certificate: PeerCertificate, from: string) => this.peerMayActAs(certificate, from) }
         : {}),

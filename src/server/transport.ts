@@ -13,7 +13,8 @@ import type { Logger } from 'pino';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { grpcServersOf, limitConnections } from '../pki/connection-limit.js';
-import { limitHandshakeTime } from '../pki/handshake-deadline.js';
+import { limitHandshakeTime, tlsHandshakeTimeoutMs } from '../pki/handshake-deadline.js';
+import type { PeerRefusal } from '../audit/peer-refusals.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
@@ -244,6 +245,8 @@ export interface TransportOptions {
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
   readonly onLoginAttempt: (attempt: LoginAttempt) => Promise<number>;
+  /** Hears of each connection or call the peer port refuses (TLS handshake, certificate), for the audit trail. */
+  readonly onPeerRefused?: (refusal: PeerRefusal) => void;
 }
 
 /** A login event a follower reports to the leader, whose records decide lockouts (member.ts). */
@@ -267,6 +270,13 @@ type PeerClient = grpc.Client & {
 
 const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
 const peerPackage = grpc.loadPackageDefinition(peerDefinition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } };
+
+/** The subject and fingerprint of a presented certificate, for the audit trail. */
+function certificateNames(certificate: PeerCertificate | undefined): { subject?: string; fingerprint?: string } {
+  if (certificate === undefined) return {};
+  const subject = Object.entries(certificate.subject ?? {}).map(([name, value]) => `${name}=${Array.isArray(value) ? value.join('+') : String(value)}`).join(', ');
+  return { ...(subject === '' ? {} : { subject }), ...(certificate.fingerprint256 === undefined ? {} : { fingerprint: certificate.fingerprint256 }) };
+}
 
 function hostPort(url: string): string {
   const parsed = new URL(url);
@@ -461,6 +471,7 @@ export class Transport {
       const problem = certificate === undefined ? 'no client certificate' : options.authorizePeer(certificate);
       if (problem === undefined) return false;
       warnRefusedPeer({ peer: call.getPeer(), reason: problem });
+      options.onPeerRefused?.({ remote: call.getPeer(), stage: 'certificate', reason: problem, ...certificateNames(certificate) });
       callback({ code: grpc.status.PERMISSION_DENIED, details: `not a cluster peer: ${problem}` });
       return true;
     };
@@ -577,9 +588,16 @@ export class Transport {
         this.server.bindAsync(hostPort(url), this.options.serverCredentials, (error) => (error === null ? resolve() : reject(error))),
       );
     }
-    if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer');
+    const refused = this.options.onPeerRefused;
+    if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer', refused === undefined ? undefined : (refusal) => refused({ remote: refusal.remote, stage: 'handshake', reason: refusal.reason }));
     for (const listening of grpcServersOf(this.server)) {
-      if (this.options.serverCredentials._isSecure()) limitHandshakeTime(listening as TlsServer, { logger: this.options.logger, port: 'peer' });
+      if (this.options.serverCredentials._isSecure()) {
+        limitHandshakeTime(listening as TlsServer, {
+          logger: this.options.logger,
+          port: 'peer',
+          ...(refused === undefined ? {} : { onTimeout: (remote: string) => refused({ remote, stage: 'handshake', reason: `not finished in ${tlsHandshakeTimeoutMs / 1000} s` }) }),
+        });
+      }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
     }
     const probeIntervalMs = this.options.removalProbeIntervalMs ?? removalProbeIntervalMsDefault;
