@@ -14,10 +14,10 @@
  * `audit.retention` event naming the oldest file kept and the files deleted is durable, so that
  * `verify` accepts a trail that starts there (and the quorum checkpoints witness that event).
  *
- * Durability: `record` answers once the event is on disk. Events recorded while a write is in
- * flight go out together in the next write, with one fdatasync for the batch (group commit, as the
- * Raft log does), so a caller that awaits before acknowledging a request never acknowledges an
- * unrecorded one, and load shares the cost of the sync.
+ * Durability: `record` answers once the event is on disk. Events recorded in the same turn of the
+ * event loop go out together in one write, with one fdatasync for the batch (group commit, as the
+ * Raft log does; pipelined, see group-commit.ts), so a caller that awaits before acknowledging a
+ * request never acknowledges an unrecorded one, and load shares the cost of the sync.
  *
  * Memory: every caller-supplied text is bounded (`event.ts`) and a member reads only the last
  * record of its newest file when it starts, so no audit file, whatever it holds, keeps it from
@@ -27,6 +27,7 @@
 import { mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { auditLineBytesMax, boundFields, boundTargets, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
+import { GroupCommit } from './group-commit.js';
 import { RecordWriter, compressTrailFile, listTrailFiles, readLastRecord, tidyTrailDirectory, type TrailFile } from './records.js';
 import type { TrailKey } from './sealed-trail.js';
 import { retentionAction } from './verify.js';
@@ -70,28 +71,6 @@ export interface ChainHead {
   readonly hash: string;
 }
 
-interface Batch {
-  /** The file the batch goes to. */
-  readonly file: string;
-  readonly lines: string[];
-  /** The chain head after the batch's last event. */
-  head?: ChainHead;
-  readonly done: Promise<void>;
-  resolve(): void;
-  reject(error: unknown): void;
-}
-
-function newBatch(file: string): Batch {
-  let resolve!: () => void;
-  let reject!: (error: unknown) => void;
-  const done = new Promise<void>((yes, no) => {
-    resolve = yes;
-    reject = no;
-  });
-  done.catch(() => undefined); // the failure is reported through onError; callers may ignore it
-  return { file, lines: [], done, resolve, reject };
-}
-
 /** What an operator reads when the trail cannot be written: the cause and the way out. */
 export function describeAuditWriteError(error: unknown, directory: string): string {
   const code = (error as NodeJS.ErrnoException | undefined)?.code;
@@ -110,10 +89,8 @@ export class AuditLog {
   private seq = 0;
   private fileBytes = 0;
   private fileOpenedMs: number;
-  /** Batches not yet handed to the writer, in order; only the last one takes new events. */
-  private readonly queue: Batch[] = [];
-  private draining = false;
-  private failed: unknown;
+  /** Writes and syncs the chained lines, in order (the file the writer writes may lag the chain's). */
+  private readonly commits: GroupCommit<ChainHead>;
   private closed = false;
   private durable: ChainHead;
   private readonly listeners = new Set<(line: string, file: string) => void>();
@@ -131,7 +108,7 @@ export class AuditLog {
 
   /** Events recorded and not yet handed to the writer (the metrics' audit queue). */
   get queuedEvents(): number {
-    return this.queue.reduce((sum, batch) => sum + batch.lines.length, 0);
+    return this.commits.queuedEvents;
   }
 
   /** The trail key the files are sealed under (readers of this trail need it), if any. */
@@ -145,7 +122,7 @@ export class AuditLog {
   }
 
   private constructor(
-    private writer: RecordWriter,
+    writer: RecordWriter,
     private currentFile: string,
     private readonly directory: string,
     private readonly member: string,
@@ -160,6 +137,18 @@ export class AuditLog {
     this.retentionMs = Math.max(1, options.retentionMs ?? auditRetentionMsDefault);
     this.now = options.nowMs ?? Date.now;
     this.fileOpenedMs = this.now();
+    this.commits = new GroupCommit<ChainHead>(writer, currentFile, {
+      openFile: (file) => this.openFile(file),
+      fileClosed: (file) => {
+        this.compressLater({ name: file, path: path.join(this.directory, file), compressed: false });
+        this.retainLater();
+      },
+      durable: (batch) => {
+        if (batch.head !== undefined) this.durable = batch.head;
+        for (const listener of this.listeners) for (const line of batch.lines) listener(line, batch.file);
+      },
+      failed: (error) => this.onError(error),
+    });
   }
 
   /** Opens a new file in `directory`, linked to the last event of the newest earlier file. */
@@ -202,7 +191,8 @@ export class AuditLog {
    */
   record(fields: AuditFields, alwaysNamed = 0): Promise<void> {
     if (this.closed) return Promise.reject(new Error('the audit trail is closed'));
-    if (this.failed !== undefined) return Promise.reject(this.failed);
+    const failed = this.commits.failed;
+    if (failed !== undefined) return Promise.reject(failed.error);
     if (this.seq > 0) {
       const reason = this.fileBytes >= this.maxFileBytes ? 'size' : this.now() - this.fileOpenedMs >= this.maxFileAgeMs ? 'age' : undefined;
       if (reason !== undefined) this.rotate(reason);
@@ -223,19 +213,7 @@ export class AuditLog {
   }
 
   private enqueue(line: string): Promise<void> {
-    let batch = this.queue[this.queue.length - 1];
-    if (batch === undefined || batch.file !== this.currentFile) {
-      batch = newBatch(this.currentFile);
-      this.queue.push(batch);
-    }
-    batch.lines.push(line);
-    batch.head = { file: this.currentFile, seq: this.seq - 1, hash: this.prev };
-    if (!this.draining) {
-      this.draining = true;
-      // Events recorded in the same turn of the event loop share the write.
-      setImmediate(() => void this.drain());
-    }
-    return batch.done;
+    return this.commits.add(this.currentFile, line, { file: this.currentFile, seq: this.seq - 1, hash: this.prev });
   }
 
   private chain(fields: AuditFields): string {
@@ -255,42 +233,17 @@ export class AuditLog {
     return built.line;
   }
 
-  private async drain(): Promise<void> {
-    for (let batch = this.queue.shift(); batch !== undefined; batch = this.queue.shift()) {
-      try {
-        if (batch.file !== this.writerFile) await this.switchWriter(batch.file);
-        await this.writer.append(batch.lines);
-      } catch (error) {
-        this.failed = error;
-        batch.reject(error);
-        for (const queued of this.queue.splice(0)) queued.reject(error); // recorded while the write was failing
-        this.draining = false;
-        this.onError(error);
-        return;
-      }
-      if (batch.head !== undefined) this.durable = batch.head;
-      batch.resolve();
-      for (const listener of this.listeners) for (const line of batch.lines) listener(line, batch.file);
-    }
-    this.draining = false;
-  }
-
-  /** Closes the full file (compressed later, in the background) and creates the next one. */
-  private async switchWriter(file: string): Promise<void> {
+  /** The writer of the next file (rotation); the group commit closes the old one once its syncs are done. */
+  private async openFile(file: string): Promise<RecordWriter> {
     const next = await RecordWriter.create(path.join(this.directory, file), this.options.key);
     if (next === undefined) throw new Error(`audit file ${file} exists already: another process writes this audit directory`);
-    const closing = this.writer;
-    const closed = this.writerFile;
-    this.writer = next;
     this.writerFile = file;
-    await closing.close();
-    this.compressLater({ name: closed, path: path.join(this.directory, closed), compressed: false });
-    this.retainLater();
+    return next;
   }
 
   private inBackground(task: () => Promise<void>): void {
     this.maintenance = this.maintenance.then(async () => {
-      if (this.closed || this.failed !== undefined) return;
+      if (this.closed || this.commits.failed !== undefined) return;
       await task().catch((error: unknown) => {
         if (!this.closed) this.options.onMaintenanceError?.(error);
       });
@@ -336,10 +289,8 @@ export class AuditLog {
   }
 
   /** Resolves once every event recorded so far is durable. */
-  async flush(): Promise<void> {
-    while (this.queue.length > 0 || this.draining) {
-      await (this.queue[this.queue.length - 1]?.done ?? new Promise((resolve) => setImmediate(resolve)));
-    }
+  flush(): Promise<void> {
+    return this.commits.flush();
   }
 
   /** Resolves once the background compression and retention queued so far are done (tests, shutdown). */
@@ -370,7 +321,7 @@ export class AuditLog {
     // A compression under way stops (its original stays; the next start compresses it again).
     this.stopping.abort();
     await this.maintenance;
-    await this.writer.close();
+    await this.commits.close();
   }
 }
 

@@ -16,7 +16,8 @@
  * (a tampered or pre-bounds file) or a gzip bomb, is read in constant memory, and a record longer
  * than `recordBytesMax` is reported as such, never loaded.
  */
-import { open, readdir, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { fdatasyncSync, ftruncateSync, unlinkSync, writeSync } from 'node:fs';
+import { open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, type Transform } from 'node:stream';
 import { createGzip, createGunzip } from 'node:zlib';
@@ -244,12 +245,21 @@ async function readLastByStreaming(file: TrailFile, key: TrailKey | undefined): 
   return last;
 }
 
+/** Where a write started: the file is cut back to it when the write or its sync fails. */
+export interface WriteMark {
+  readonly bytes: number;
+  readonly frames: number;
+}
+
 /**
- * Appends records to a new file; `append` makes them durable with one write and one fdatasync.
- * Given a trail key it writes a sealed file (the header goes out with the first append).
+ * Appends records to a new file. `write` puts them in the file at once (the page cache: a
+ * memory copy, no wait for the disk) and `sync` makes everything written so far durable with one
+ * fdatasync, so the audit trail can write batch N+1 while batch N's sync runs (group-commit.ts);
+ * `append` is both. Given a trail key it writes a sealed file (the header goes out with the first
+ * write).
  */
 export class RecordWriter {
-  /** Bytes of whole records (whole frames, with the header) in the file: a failed append is cut back to it. */
+  /** Bytes of whole records (whole frames, with the header) written to the file. */
   private bytes = 0;
   private frames = 0;
   private header: Buffer | undefined;
@@ -269,6 +279,17 @@ export class RecordWriter {
   }
 
   async append(records: readonly string[]): Promise<void> {
+    await this.sync(this.write(records));
+  }
+
+  /**
+   * Writes `records` after those written before, not yet durable: `sync` makes them so. A write
+   * is synchronous on purpose: it is a copy into the page cache, and an asynchronous one costs the
+   * caller a turn of a busy event loop before the sync can even start. On failure the part
+   * written is cut off again (the file still ends with a whole record) and it throws.
+   */
+  write(records: readonly string[]): WriteMark {
+    const mark: WriteMark = { bytes: this.bytes, frames: this.frames };
     let bytes: Buffer;
     let frames = 0;
     if (this.sealed === undefined) {
@@ -281,23 +302,57 @@ export class RecordWriter {
     }
     // A nearly full disk takes part of a write without an error: the rest is written again, and
     // only then does the kernel answer ENOSPC (one unchecked write acknowledged a torn record).
-    // If it fails, the part written is cut off again, so the file still ends with a whole record.
     try {
       for (let offset = 0; offset < bytes.length;) {
-        const { bytesWritten } = await this.handle.write(bytes, offset, bytes.length - offset, this.bytes + offset);
+        const bytesWritten = writeSync(this.handle.fd, bytes, offset, bytes.length - offset, this.bytes + offset);
         if (bytesWritten <= 0) throw new Error('the audit file took no more bytes');
         offset += bytesWritten;
       }
-      await this.handle.datasync();
     } catch (error) {
-      await this.handle.truncate(this.bytes).then(() => this.handle.datasync()).catch(() => undefined);
-      // A file that never held a whole record (a start on a full disk) is no link of the chain.
-      if (this.bytes === 0) await unlink(this.file).catch(() => undefined);
+      this.cutBackSync(mark);
       throw error;
     }
     this.bytes += bytes.length;
     this.frames += frames;
     this.header = undefined;
+    return mark;
+  }
+
+  /**
+   * Makes every record written so far durable (one fdatasync). On failure the file is cut back
+   * to `mark` — the records written from there are not durable, whatever later syncs say — and it
+   * throws; the writer takes no more records after that (the trail stops).
+   */
+  async sync(mark: WriteMark): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (error) {
+      this.cutBackSync(mark);
+      throw error;
+    }
+  }
+
+  /** Cuts the file back to `mark` (best effort: the write or sync that failed is what is reported). */
+  private cutBackSync(mark: WriteMark): void {
+    // Only ever shorter: a later batch's failure after an earlier one's must not extend the file with zeros.
+    if (mark.bytes > this.bytes) return;
+    try {
+      ftruncateSync(this.handle.fd, mark.bytes);
+      fdatasyncSync(this.handle.fd);
+    } catch {
+      // the first failure is reported
+    }
+    this.bytes = mark.bytes;
+    this.frames = mark.frames;
+    if (mark.bytes === 0) this.header = this.sealed?.header;
+    // A file that never held a whole record (a start on a full disk) is no link of the chain.
+    if (mark.bytes === 0) {
+      try {
+        unlinkSync(this.file);
+      } catch {
+        // already gone
+      }
+    }
   }
 
   close(): Promise<void> {
