@@ -17,6 +17,7 @@ import { limitHandshakeTime } from '../pki/handshake-deadline.js';
 import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
+import { rememberPeerCertificate } from './connection-certificate.js';
 import { boundGrpcStream, type RequestBytesBudget } from './request-bytes-budget.js';
 import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
 
@@ -124,6 +125,7 @@ export async function listenClients(host: string, port: number, options: ClientL
     tls.provider.addCaCertificateListener(reload);
     tlsServer.on('secureConnection', (socket: TLSSocket) => {
       socket.on('error', () => undefined); // a reset connection is the client's business
+      rememberPeerCertificate(socket);
       track(socket);
       dispatch(socket, socket.alpnProtocol === 'h2');
     });
