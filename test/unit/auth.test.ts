@@ -1,10 +1,11 @@
 import { createPrivateKey } from 'node:crypto';
 import { SignJWT } from 'jose';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { RampartError } from '../../src/errors.js';
 import { LoginLimiter } from '../../src/auth/limiter.js';
 import { hashPassword, verifyPassword } from '../../src/auth/password.js';
-import { TokenSigner, newSigningKey } from '../../src/auth/token.js';
+import { TokenSigner, newSigningKey, verifiedTokensMax } from '../../src/auth/token.js';
+import { checkCaller } from '../../src/server/authorize.js';
 import { applyAuthChange, decodeAuthChange, decodeAuthState, emptyAuthState, encodeAuthChange, encodeAuthState, type AuthChange, type AuthState } from '../../src/auth/store.js';
 import { exportPolicy, parsePolicy, policyStateOf, stateWithPolicy, describePermission, prefixRangeEnd } from '../../src/auth/policy.js';
 
@@ -186,9 +187,9 @@ describe('bootstrap of a new cluster', () => {
 
 describe('token signing key: a stolen key does not make a root token', () => {
   /** What someone holding the key can sign, with every claim of their choosing. */
-  async function forge(pem: string, claims: { revision: number; lifetimeSeconds: number; issuedAtSeconds?: number }): Promise<string> {
+  async function forge(pem: string, claims: { revision: number; lifetimeSeconds: number; issuedAtSeconds?: number }, subject = 'root'): Promise<string> {
     const issuedAt = claims.issuedAtSeconds ?? Math.floor(Date.now() / 1000);
-    return new SignJWT({ revision: claims.revision }).setProtectedHeader({ alg: 'EdDSA', typ: 'JWT' }).setSubject('root').setIssuer('rampart')
+    return new SignJWT({ revision: claims.revision }).setProtectedHeader({ alg: 'EdDSA', typ: 'JWT' }).setSubject(subject).setIssuer('rampart')
       .setIssuedAt(issuedAt).setExpirationTime(issuedAt + claims.lifetimeSeconds).sign(createPrivateKey(pem));
   }
   const rootUser = { name: 'root', passwordHash: '', noPassword: true, roles: ['root'] };
@@ -212,6 +213,70 @@ describe('token signing key: a stolen key does not make a root token', () => {
     expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 301 }))).toBe('InvalidAuthToken');
     expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 300, issuedAtSeconds: Math.floor(Date.now() / 1000) + 600 }))).toBe('InvalidAuthToken');
     expect(await identify(await forge(key, { revision: 7, lifetimeSeconds: 300 }))).toBe('root');
+  });
+
+  it('remembers a verified token only while it is valid: expiry, a role change and a user deleted take effect on the next call', async () => {
+    const { Authenticator } = await import('../../src/api/identity.js');
+    const { AuthHolder } = await import('../../src/auth/store.js');
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      vi.setSystemTime(new Date('2026-01-01T00:00:00.500Z'));
+      const started = Date.now();
+      const signer = new TokenSigner(newSigningKey(), 60);
+      const token = await signer.sign({ user: 'alice', revision: 4 });
+      const first = await signer.verify(token);
+      expect(first).toMatchObject({ user: 'alice', revision: 4 });
+      expect(await signer.verify(token)).toBe(first); // remembered, not checked again
+      vi.setSystemTime(started + 59_000);
+      expect(await signer.verify(token)).toBe(first);
+      vi.setSystemTime(started + 60_000);
+      expect(await signer.verify(token)).toBeUndefined(); // expired: never answered from memory
+      // Bounded: past the limit the oldest are forgotten (and checked again when they come back).
+      vi.setSystemTime(started);
+      const many = await Promise.all(Array.from({ length: verifiedTokensMax + 1 }, (_, index) => signer.sign({ user: `u${index}`, revision: 1 })));
+      const seen = [];
+      for (const minted of many) seen.push(await signer.verify(minted));
+      expect(await signer.verify(many[1] as string)).toBe(seen[1]);
+      const again = await signer.verify(many[0] as string);
+      expect(again?.user).toBe('u0');
+      expect(again).not.toBe(seen[0]); // forgotten, so checked again
+
+      // Through the authenticator: the token stays verified, but the caller it names is checked
+      // against the auth state in force, so any auth change after it was minted refuses it at once.
+      const holder = new AuthHolder();
+      const key = newSigningKey();
+      const users = apply(emptyAuthState,
+        { op: 'userAdd', name: 'root', passwordHash: '', noPassword: true },
+        { op: 'userAdd', name: 'alice', passwordHash: '', noPassword: true },
+        { op: 'roleAdd', name: 'app' },
+        { op: 'userGrantRole', user: 'alice', role: 'app' });
+      holder.set({ ...users, enabled: true, signingKey: key });
+      const minted = holder.state.revision;
+      const authenticator = new Authenticator(holder, 300);
+      const aliceToken = await forge(key, { revision: minted, lifetimeSeconds: 300 }, 'alice');
+      const caller = await authenticator.identify(aliceToken, undefined);
+      expect(caller).toEqual({ user: 'alice', revision: minted, token: true });
+      expect(() => checkCaller(holder.decider, caller)).not.toThrow();
+      expect(await authenticator.identify(aliceToken, undefined)).toEqual(caller);
+      holder.set(applyAuthChange(holder.state, { op: 'userRevokeRole', name: 'alice', role: 'app' }));
+      expect(holder.state.revision).toBe(minted + 1);
+      const refusedAs = async (): Promise<string> => {
+        const again = await authenticator.identify(aliceToken, undefined);
+        try {
+          checkCaller(holder.decider, again);
+          return 'allowed';
+        } catch (error) {
+          return (error as RampartError).code;
+        }
+      };
+      expect(await refusedAs()).toBe('AuthOldRevision');
+      holder.set(applyAuthChange(holder.state, { op: 'userDelete', name: 'alice' }));
+      expect(await refusedAs()).toBe('AuthOldRevision');
+      vi.setSystemTime(Date.now() + 301_000);
+      await expect(authenticator.identify(aliceToken, undefined)).rejects.toMatchObject({ code: 'InvalidAuthToken' });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('rotates the key on enable, disable and schedule; the previous key only for tokens minted before, for one TTL', async () => {
