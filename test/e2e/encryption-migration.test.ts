@@ -34,7 +34,10 @@ describe('migrating a plaintext member to encryption at rest', () => {
     client.close();
     await member.stop();
 
-    member = await startRampart({ dataDir, port: member.port, args: ['--encryption-key-file', path.join(directory, 'kek'), '--encryption-reseal-rate', '150'] });
+    // 1,500 records at 60 a second: a pass of 25 s, long enough that the first status (a CLI
+    // process, which takes seconds to start on a loaded machine: 150 a second was over before it)
+    // sees it running.
+    member = await startRampart({ dataDir, port: member.port, args: ['--encryption-key-file', path.join(directory, 'kek'), '--encryption-reseal-rate', '60'] });
     const endpoint = member.endpoint;
     const status = async (): Promise<MemberEncryptionStatus> => {
       const result = await run(process.execPath, [rampartBin, 'encryption', 'status', '--json', '--endpoints', `http://${endpoint}`]);
@@ -61,7 +64,7 @@ describe('migrating a plaintext member to encryption at rest', () => {
     expect(first.encrypted).toBe(true);
     expect(first.percent_resealed).toBeLessThan(100);
     expect(Number(first.records_other)).toBeGreaterThan(0);
-    const deadline = Date.now() + 60_000;
+    const deadline = Date.now() + 90_000;
     let last = first;
     while (!(last.percent_resealed === 100 && last.records_other === '0' && !last.reseal_running)) {
       if (Date.now() > deadline) throw new Error(`migration did not finish: ${JSON.stringify(last)}`);
@@ -82,7 +85,7 @@ describe('migrating a plaintext member to encryption at rest', () => {
       if ((await readFile(file)).includes(Buffer.from(marker))) leaks.push(file);
     }
     expect(leaks).toEqual([]);
-  }, 120_000);
+  }, 150_000);
 
   it('rotates its data key on the schedule (--encryption-rotation-interval) and deletes the old one', async () => {
     const scheduled = await temporaryDirectory('schedule');
