@@ -42,6 +42,7 @@ import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { registerCompliance } from './compliance.js';
 import { backupEvery, backupOnce, describeSummary, parseInterval, verifyBackup } from './backup.js';
+import { backupOpenKey, defaultBackupKeyFile, type BackupKeyOptions } from './backup-key.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
 import { rotateSigningKeys } from '../server/signing-key-rotation.js';
@@ -752,7 +753,7 @@ const backup = connectionOptions(program.command('backup').description('snapshot
     if (flags.recipientCert !== undefined) {
       sealKey = await readRecipientCert(flags.recipientCert).catch(fail);
     } else if (flags.seal) {
-      const keyFile = flags.sealKeyFile ?? path.join(flags.dir, 'pki', 'backup.key');
+      const keyFile = flags.sealKeyFile ?? defaultBackupKeyFile(flags.dir);
       if (await FileKekProvider.ensure(keyFile).catch(fail)) print(`created the backup key ${path.resolve(keyFile)} (keep it apart from the backups: it opens them)`);
       sealKey = await readSnapshotKey(keyFile).catch(fail);
     } else {
@@ -776,11 +777,12 @@ const backup = connectionOptions(program.command('backup').description('snapshot
 backup
   .command('verify <file>')
   .description('open a backup, check its framing and SHA-256, count its keys; exit status 1 if it is damaged')
-  .option('--snapshot-key-file <file>', 'the key a sealed backup was sealed under (rampart backup --seal-key-file; by default it created <dir>/pki/backup.key)')
+  .option('--snapshot-key-file <file>', 'the key a sealed backup was sealed under (rampart backup --seal-key-file; default: --dir\'s pki/backup.key, where rampart backup creates it)')
   .option('--recipient-key <file>', 'the private key (PEM) that opens a backup sealed to its certificate (rampart backup --recipient-cert)')
-  .action(async (file: string, flags: { snapshotKeyFile?: string; recipientKey?: string }) => {
-    const key = flags.recipientKey !== undefined ? readRecipientKey(flags.recipientKey) : flags.snapshotKeyFile === undefined ? Promise.resolve(undefined) : readSnapshotKey(flags.snapshotKeyFile);
-    const summary = await key.then((opener) => verifyBackup(file, opener)).catch(fail);
+  .action(async (file: string, flags: Omit<BackupKeyOptions, 'dir'>, command: Command) => {
+    // `--dir` is backup's own option (commander hands it to the parent wherever it is written).
+    const opener = await backupOpenKey(file, { ...flags, dir: (command.optsWithGlobals() as { dir: string }).dir }, { snapshotKey: readSnapshotKey, recipientKey: readRecipientKey }).catch(fail);
+    const summary = await verifyBackup(file, opener.key).catch((error: unknown) => fail(opener.defaultFile === undefined ? error : `${cliErrorMessage(error)} (the key tried: ${opener.defaultFile}, the default; give --snapshot-key-file)`));
     print(`backup ${file} is intact: ${describeSummary(summary)}`);
   });
 

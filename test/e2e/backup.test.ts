@@ -52,9 +52,13 @@ describe('backups and multi-member restore', () => {
     const content = await readFile(made[2] as string);
     // (Key names, not the two-byte values: random ciphertext holds a given two-byte run in ~1 file of 10.)
     for (let index = 0; index < 19; index++) expect(content.includes(Buffer.from(`/app/${index}`))).toBe(false);
-    const withoutKey = await rampart(['backup', 'verify', made[2] as string]);
+    // No key given: the one `rampart backup` sealed under by default, <dir>/pki/backup.key, opens it...
+    const byDefault = await rampart(['backup', 'verify', made[2] as string, '--dir', cluster]);
+    expect(byDefault.stdout, byDefault.stderr).toMatch(/^backup \S+ is intact: 19 keys /);
+    // ...and with no such key a sealed backup is refused saying what to pass, not called damaged.
+    const withoutKey = await rampart(['backup', 'verify', made[2] as string, '--dir', path.join(home, 'not-a-cluster')]);
     expect(withoutKey.code).toBe(1);
-    expect(withoutKey.stderr).toContain('is a sealed snapshot: pass its --snapshot-key-file');
+    expect(withoutKey.stderr).toBe(`rampart: ${made[2] as string} is a sealed backup and no key was given: pass --snapshot-key-file (rampart backup seals under <dir>/pki/backup.key by default; there is no ${path.join(home, 'not-a-cluster', 'pki', 'backup.key')}: give --dir of the rampart up directory that made it)\n`);
     const verified = await rampart(['backup', 'verify', made[2] as string, '--snapshot-key-file', backupKey()]);
     expect(verified.stdout).toMatch(/^backup \S+ is intact: 19 keys \(\d+ key revisions, 0 leases\) at revision \d+, \d+ bytes, sha256 [0-9a-f]{64}\n$/);
     content[100] = (content[100] ?? 0) ^ 0xff;
@@ -87,7 +91,7 @@ describe('backups and multi-member restore', () => {
     expect((await rampart(['backup', 'verify', recipientFile, '--snapshot-key-file', backupKey()])).stderr).toContain('pass its private key with --recipient-key');
     const recipientVerified = await rampart(['backup', 'verify', recipientFile, '--recipient-key', recipientKey]);
     expect(recipientVerified.stdout, recipientVerified.stderr).toMatch(/^backup \S+ is intact: 19 keys /);
-  });
+  }, 180_000);
 
   it('--every backs up on a schedule until stopped', async () => {
     const scheduled = path.join(home, 'scheduled');
