@@ -27,6 +27,9 @@ export interface BenchMember {
   pid(): number;
   /** Stop the member (SIGTERM, as an operator would), start it again; resolves once it is started (not yet serving). */
   restart(): Promise<void>;
+  /** The two halves of `restart`, for timing them apart. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
 }
 
 export interface SecureCluster {
@@ -151,6 +154,8 @@ function processMember(file: string, args: readonly string[], clientPort: number
         await stop();
         await start();
       },
+      stop,
+      start,
     },
     start,
     stop,
