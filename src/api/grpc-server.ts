@@ -18,6 +18,8 @@ export interface GrpcServerOptions {
   readonly services: ServiceTable;
   /** The largest request a client may send (etcd's --max-request-bytes). */
   readonly maxRequestBytes: number;
+  /** Streams one client connection may have open at once (etcd's --max-concurrent-streams); default: HTTP/2's (no bound). */
+  readonly maxConcurrentStreams?: number;
   /** Hears of each call gRPC refuses itself (malformed, oversized, unknown method), for the audit trail. */
   readonly onRefusal?: (refusal: TransportRefusal) => void;
 }
@@ -28,6 +30,7 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     'grpc.max_send_message_length': -1,
     'grpc.keepalive_permit_without_calls': 1,
     'grpc.http2.min_ping_interval_without_data_ms': 5000,
+    ...(options.maxConcurrentStreams === undefined ? {} : { 'grpc.max_concurrent_streams': options.maxConcurrentStreams }),
     ...(options.onRefusal === undefined ? {} : { interceptors: [refusalInterceptor(options.onRefusal)] }),
   });
   if (options.onRefusal !== undefined && !serveUnknownMethods(server)) {

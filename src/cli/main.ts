@@ -53,6 +53,7 @@ import { CheckpointSigningKey, checkSignatures, decodeCheckpoint, decodeSigner, 
 import { csvCell } from '../audit/csv.js';
 import { retentionShortfall } from '../audit/retention-minimum.js';
 import { PeerRefusalAudit } from '../audit/peer-refusals.js';
+import { checkLimitFlags, maxConcurrentStreamsDefault } from './limit-flags.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
 import { registerAuditTail } from './audit-tail.js';
@@ -137,6 +138,7 @@ interface ServeFlags {
   crlFile?: string;
   quotaBackendBytes: number;
   maxRequestBytes: number;
+  maxConcurrentStreams: number;
   watchProgressNotifyIntervalMs: number;
   watchQueuedBytesMax: number;
   requestTimeoutMs: number;
@@ -190,6 +192,7 @@ program
   .option('--peer-trusted-ca-file <file>', 'CA bundle that peer certificates must chain to (PEM)')
   .option('--quota-backend-bytes <bytes>', 'raise the NOSPACE alarm past this database size', integer, defaultQuotaBackendBytes)
   .option('--max-request-bytes <bytes>', 'largest request accepted', integer, defaultMaxRequestBytes)
+  .option('--max-concurrent-streams <streams>', 'streams (calls, watches) one client connection may have open at once (etcd\'s flag and default)', integer, maxConcurrentStreamsDefault)
   .option('--watch-progress-notify-interval-ms <ms>', 'interval of watch progress notifications', integer, 10 * 60 * 1000)
   .option('--watch-queued-bytes-max <bytes>', 'watch responses queued for all streams before watchers fall back to catching up from history', integer, watchQueuedBytesMaxDefault)
   .option('--request-timeout-ms <ms>', 'how long a write may wait to be applied', integer, 7000)
@@ -329,6 +332,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   // Everything this process creates (LevelDB files, audit files) is for its owner only.
   process.umask(0o077);
   await checkPrivateKeys(flags);
+  checkLimitFlags(flags);
   const credentials = await credentialsFor(flags, logger);
   const scheme = flags.insecure ? 'http:' : 'https:';
   const peerUrls = flags.initialAdvertisePeerUrls ?? flags.listenPeerUrls;
@@ -523,6 +527,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   const server = createGrpcServer({
     services,
     maxRequestBytes: member.options.maxRequestBytes,
+    maxConcurrentStreams: flags.maxConcurrentStreams,
     ...(refusals === undefined ? {} : { onRefusal: refusals.offer }),
   });
   // Request bytes held before anything is authorized, bounded for both transports together.
