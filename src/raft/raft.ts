@@ -35,6 +35,12 @@ export interface RaftConfig {
   /** Appends in flight to one follower in replicate state. */
   readonly inflightMessagesMax: number;
   readonly entriesPerAppendMax: number;
+  /**
+   * Entry data per append (and per forward of proposals), at least one entry each: under load one
+   * append carries a whole turn's proposals, and a follower catching up gets the log in pieces
+   * that stay far below the transport's message limit.
+   */
+  readonly appendBytesMax: number;
   /** Committed entries handed out per Ready. */
   readonly committedEntriesPerReadyMax: number;
   readonly preVote: boolean;
@@ -48,6 +54,7 @@ export const defaultRaftConfig = {
   heartbeatTicks: 1,
   inflightMessagesMax: 256,
   entriesPerAppendMax: 256,
+  appendBytesMax: 1024 * 1024,
   committedEntriesPerReadyMax: 4096,
   preVote: true,
   checkQuorum: true,
@@ -94,6 +101,12 @@ export class RaftNode {
   /** Reads asked of a new leader before it has committed an entry of its term. */
   private deferredReads: { context: string; requester: NodeId }[] = [];
   private messages: Message[] = [];
+  /**
+   * Followers owed an append (new entries, a new commit index, a probe): sent when messages are
+   * next taken (`flushAppends`), so the proposals and acknowledgements of one event-loop turn share
+   * one append per follower instead of one each.
+   */
+  private appendsOwed = new Set<NodeId>();
   private readStates: ReadState[] = [];
   private latestSnapshot: Snapshot | undefined;
   private snapshotToPersist: Snapshot | undefined;
@@ -273,8 +286,24 @@ export class RaftNode {
       return true;
     }
     if (this.leaderValue === noNode || this.roleValue !== 'follower') return false;
-    this.send({ type: 'propose', to: this.leaderValue, term: 0, entries });
+    this.forward(this.leaderValue, entries);
     return true;
+  }
+
+  /**
+   * Forwards proposals to the leader: added to a forward to it still waiting here (one message
+   * carries the proposals of one event-loop turn), in the order they were made.
+   */
+  private forward(to: NodeId, entries: readonly { type: EntryType; data: Buffer }[]): void {
+    for (let position = this.messages.length - 1; position >= 0; position--) {
+      const queued = this.messages[position];
+      if (queued?.type === 'propose' && queued.to === to) {
+        if (dataBytes(queued.entries) + dataBytes(entries) > this.config.appendBytesMax) break;
+        this.messages[position] = { ...queued, entries: [...queued.entries, ...entries] };
+        return;
+      }
+    }
+    this.send({ type: 'propose', to, term: 0, entries });
   }
 
   /** Asks for a read index; the answer comes as a ReadState with the same context. */
@@ -536,7 +565,7 @@ export class RaftNode {
         if (message.reject) {
           if (progress.maybeDecrease(message.index, message.rejectHint)) {
             if (progress.state === 'replicate') progress.becomeProbe();
-            this.sendAppend(message.from);
+            this.appendsOwed.add(message.from);
           }
           return;
         }
@@ -547,7 +576,7 @@ export class RaftNode {
           if (this.maybeCommit()) {
             this.broadcastAppend();
           } else if (wasPaused || progress.next <= this.log.lastIndex) {
-            this.sendAppend(message.from);
+            this.appendsOwed.add(message.from);
           }
           if (message.from === this.transferee && progress.match === this.log.lastIndex) {
             this.send({ type: 'timeoutNow', to: message.from, term: this.termValue });
@@ -558,7 +587,7 @@ export class RaftNode {
       case 'heartbeatResponse': {
         progress.recentActive = true;
         progress.heardFrom();
-        if (progress.match < this.log.lastIndex) this.sendAppend(message.from);
+        if (progress.match < this.log.lastIndex) this.appendsOwed.add(message.from);
         if (message.context !== '') this.acknowledgeRead(message.context, message.from);
         return;
       }
@@ -572,7 +601,7 @@ export class RaftNode {
   private handleAppend(message: Extract<Message, { type: 'append' }>): void {
     if (message.prevIndex < this.log.committed) {
       // Already have everything up to our commit index; acknowledge that.
-      this.send({ type: 'appendResponse', to: message.from, term: this.termValue, reject: false, index: this.log.committed, rejectHint: 0 });
+      this.acknowledgeAppend(message.from, this.log.committed);
       return;
     }
     const lastNew = this.log.tryAppend(message.prevIndex, message.prevTerm, message.entries);
@@ -581,7 +610,26 @@ export class RaftNode {
       return;
     }
     this.log.commitTo(Math.min(message.commit, lastNew));
-    this.send({ type: 'appendResponse', to: message.from, term: this.termValue, reject: false, index: lastNew, rejectHint: 0 });
+    this.acknowledgeAppend(message.from, lastNew);
+  }
+
+  /**
+   * Acknowledges entries up to `index` to the leader. Acknowledgements are cumulative and go out
+   * together after this Ready's fsync: one still waiting here to the same leader in the same term
+   * is raised to `index` instead of queueing another (appends arriving during an fsync cost the
+   * leader one answer, not one each).
+   */
+  private acknowledgeAppend(to: NodeId, index: number): void {
+    for (let position = this.messages.length - 1; position >= 0; position--) {
+      const queued = this.messages[position];
+      if (queued?.type !== 'appendResponse') continue;
+      if (!queued.reject && queued.to === to && queued.term === this.termValue) {
+        this.messages[position] = { ...queued, index: Math.max(queued.index, index) };
+        return;
+      }
+      break;
+    }
+    this.send({ type: 'appendResponse', to, term: this.termValue, reject: false, index, rejectHint: 0 });
   }
 
   private handleSnapshot(snapshot: Snapshot, from: NodeId): void {
@@ -628,8 +676,18 @@ export class RaftNode {
     return false;
   }
 
+  /** Owes every follower an append (see `appendsOwed`). */
   private broadcastAppend(): void {
-    for (const id of this.peers()) this.sendAppend(id);
+    for (const id of this.peers()) this.appendsOwed.add(id);
+  }
+
+  /** Sends the appends owed, each with everything the follower's progress lets through now. */
+  private flushAppends(): void {
+    if (this.appendsOwed.size === 0) return;
+    const owed = [...this.appendsOwed];
+    this.appendsOwed.clear();
+    if (this.roleValue !== 'leader') return;
+    for (const id of owed) this.sendAppend(id);
   }
 
   private broadcastHeartbeat(context: string): void {
@@ -646,7 +704,7 @@ export class RaftNode {
     const prevIndex = progress.next - 1;
     const prevTerm = this.log.term(prevIndex);
     const last = Math.min(this.log.lastIndex, prevIndex + this.config.entriesPerAppendMax);
-    const entries = prevTerm === undefined ? undefined : this.log.slice(progress.next, last);
+    const entries = prevTerm === undefined ? undefined : withinBytes(this.log.slice(progress.next, last), this.config.appendBytesMax);
     if (prevTerm === undefined || entries === undefined) {
       // What the follower needs is compacted away: send the snapshot instead.
       const snapshot = this.latestSnapshot;
@@ -720,6 +778,7 @@ export class RaftNode {
     this.transferee = noNode;
     this.pendingReads = [];
     this.deferredReads = [];
+    this.appendsOwed.clear();
   }
 
   private becomeFollower(term: number, leader: NodeId): void {
@@ -790,6 +849,7 @@ export class RaftNode {
    * election timeout, and replication of the next batch overlaps applying the previous one.
    */
   takeUrgentMessages(): Message[] {
+    this.flushAppends();
     if (!this.messages.some(isUrgent)) return [];
     const urgent = this.messages.filter(isUrgent);
     this.messages = this.messages.filter((message) => !isUrgent(message));
@@ -815,6 +875,7 @@ export class RaftNode {
   }
 
   hasReady(): boolean {
+    this.flushAppends();
     const hard = this.hardState();
     return (
       this.messages.length > 0 ||
@@ -829,6 +890,7 @@ export class RaftNode {
   }
 
   ready(): Ready {
+    this.flushAppends();
     const hard = this.hardState();
     const changed = hard.term !== this.lastHardState.term || hard.vote !== this.lastHardState.vote || hard.commit !== this.lastHardState.commit;
     const ready: Ready = {
@@ -868,6 +930,23 @@ const urgentTypes: ReadonlySet<Message['type']> = new Set(['append', 'heartbeat'
 
 function isUrgent(message: Message): boolean {
   return urgentTypes.has(message.type);
+}
+
+function dataBytes(entries: readonly { readonly data: Buffer }[]): number {
+  let bytes = 0;
+  for (const entry of entries) bytes += entry.data.length;
+  return bytes;
+}
+
+/** The first entries whose data fits in `bytesMax`, at least one (an entry is never split). */
+function withinBytes(entries: Entry[] | undefined, bytesMax: number): Entry[] | undefined {
+  if (entries === undefined) return undefined;
+  let bytes = 0;
+  for (let count = 0; count < entries.length; count++) {
+    bytes += entries[count]?.data.length ?? 0;
+    if (bytes > bytesMax && count > 0) return entries.slice(0, count);
+  }
+  return entries;
 }
 
 export function parseConfigurationChange(data: Buffer): ConfigurationChange | undefined {

@@ -61,6 +61,7 @@ export class RaftLoop implements Consensus {
   private nextReads: ReadGroup | undefined;
   private readonly readContextPrefix = randomBytes(6).toString('hex');
   private readSequence = 0;
+  private urgentScheduled = false;
 
   constructor(
     readonly node: RaftNode,
@@ -101,7 +102,7 @@ export class RaftLoop implements Consensus {
   step(message: Message): void {
     if (this.closed) return;
     this.node.step(message);
-    this.sendUrgent();
+    this.sendUrgentSoon();
     this.takeReadStates(this.node.takeReadStates());
     this.kick();
   }
@@ -117,10 +118,24 @@ export class RaftLoop implements Consensus {
     if (urgent.length > 0) this.host.send(urgent);
   }
 
+  /**
+   * The urgent messages of this event-loop turn go out together after it (setImmediate runs once
+   * the turn's I/O callbacks are done): the proposals and acknowledgements arriving in one turn
+   * become one append per follower carrying all of their entries, not one append each.
+   */
+  private sendUrgentSoon(): void {
+    if (this.urgentScheduled) return;
+    this.urgentScheduled = true;
+    setImmediate(() => {
+      this.urgentScheduled = false;
+      if (!this.closed) this.sendUrgent();
+    });
+  }
+
   propose(data: Buffer): void {
     if (this.closed) throw new RampartError('Stopped');
     if (!this.node.propose(data)) throw new RampartError('NoLeader');
-    this.sendUrgent();
+    this.sendUrgentSoon();
     this.kick();
   }
 

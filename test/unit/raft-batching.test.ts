@@ -1,0 +1,111 @@
+/**
+ * How the Raft core batches replication traffic: the proposals and acknowledgements between two
+ * takes of its messages share one append per follower, one acknowledgement per leader and one
+ * forward of proposals; appends stay within `appendBytesMax`.
+ */
+import { describe, expect, it } from 'vitest';
+import { RaftNode, defaultRaftConfig, type RaftConfig } from '../../src/raft/raft.js';
+import type { Message, NodeId } from '../../src/raft/types.js';
+
+const ids = ['n1', 'n2', 'n3'];
+
+function node(id: NodeId, config: Partial<RaftConfig> = {}): RaftNode {
+  let state = id.charCodeAt(1);
+  return new RaftNode(
+    { ...defaultRaftConfig, id, random: () => ((state = (state * 16807) % 2147483647) / 2147483647), ...config },
+    { hardState: { term: 0, vote: '', commit: 0 }, snapshot: undefined, entries: [], configuration: { voters: ids, learners: [] }, applied: 0 },
+  );
+}
+
+/** Takes every message a node has (urgent ones and its Ready's), advancing it as persisted. */
+function drain(raft: RaftNode): Message[] {
+  const messages = raft.takeUrgentMessages();
+  while (raft.hasReady()) {
+    const ready = raft.ready();
+    messages.push(...ready.messages);
+    raft.advance(ready);
+  }
+  return messages;
+}
+
+/** Delivers messages until none move; n1 is elected first. */
+function cluster(config: Partial<RaftConfig> = {}): Map<NodeId, RaftNode> {
+  const nodes = new Map(ids.map((id) => [id, node(id, config)]));
+  for (let tick = 0; tick < defaultRaftConfig.electionTicks * 2 && nodes.get('n1')?.role !== 'leader'; tick++) {
+    nodes.get('n1')?.tick();
+    settle(nodes);
+  }
+  expect(nodes.get('n1')?.role).toBe('leader');
+  return nodes;
+}
+
+function settle(nodes: Map<NodeId, RaftNode>): void {
+  for (let round = 0; round < 100; round++) {
+    const messages = [...nodes.values()].flatMap(drain);
+    if (messages.length === 0) return;
+    for (const message of messages) nodes.get(message.to)?.step(message);
+  }
+  throw new Error('did not settle');
+}
+
+const appendsTo = (messages: readonly Message[], to: NodeId): Extract<Message, { type: 'append' }>[] =>
+  messages.filter((message): message is Extract<Message, { type: 'append' }> => message.type === 'append' && message.to === to);
+
+describe('Raft replication batching', () => {
+  it('sends the proposals made between two takes as one append per follower', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    for (let count = 0; count < 10; count++) expect(leader.propose(Buffer.from(`p${count}`))).toBe(true);
+    const urgent = leader.takeUrgentMessages();
+    for (const follower of ['n2', 'n3']) {
+      const appends = appendsTo(urgent, follower);
+      expect(appends).toHaveLength(1);
+      expect(appends[0]?.entries.map((entry) => entry.data.toString())).toEqual(Array.from({ length: 10 }, (_, count) => `p${count}`));
+    }
+    for (const message of urgent) nodes.get(message.to)?.step(message);
+    settle(nodes);
+    for (const raft of nodes.values()) expect(raft.commitIndex).toBe(leader.lastIndex);
+  });
+
+  it('acknowledges the appends taken in one Ready with one answer', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    const follower = nodes.get('n2') as RaftNode;
+    for (let count = 0; count < 3; count++) {
+      leader.propose(Buffer.from(`p${count}`));
+      for (const append of appendsTo(leader.takeUrgentMessages(), 'n2')) follower.step(append);
+    }
+    const answers = drain(follower).filter((message) => message.type === 'appendResponse');
+    expect(answers).toEqual([expect.objectContaining({ to: 'n1', reject: false, index: leader.lastIndex })]);
+  });
+
+  it('forwards a follower\'s proposals to the leader in one message, in order', () => {
+    const nodes = cluster();
+    const follower = nodes.get('n3') as RaftNode;
+    for (let count = 0; count < 5; count++) expect(follower.propose(Buffer.from(`f${count}`))).toBe(true);
+    const forwards = follower.takeUrgentMessages().filter((message) => message.type === 'propose');
+    expect(forwards).toHaveLength(1);
+    expect(forwards[0]?.type === 'propose' && forwards[0].entries.map((entry) => entry.data.toString())).toEqual(['f0', 'f1', 'f2', 'f3', 'f4']);
+    for (const message of forwards) nodes.get(message.to)?.step(message);
+    settle(nodes);
+    const leader = nodes.get('n1') as RaftNode;
+    expect(leader.entries(1, leader.lastIndex)?.map((entry) => entry.data.toString()).filter(Boolean)).toEqual(['f0', 'f1', 'f2', 'f3', 'f4']);
+  });
+
+  it('keeps appends and forwards within appendBytesMax, an oversized entry alone', () => {
+    const nodes = cluster({ appendBytesMax: 1000 });
+    const leader = nodes.get('n1') as RaftNode;
+    for (const bytes of [400, 400, 400, 1500, 100]) leader.propose(Buffer.alloc(bytes));
+    const sizes: number[][] = [];
+    for (let round = 0; round < 10 && leader.progressOf('n2')?.match !== leader.lastIndex; round++) {
+      const messages = drain(leader);
+      sizes.push(...appendsTo(messages, 'n2').filter((append) => append.entries.length > 0).map((append) => append.entries.map((entry) => entry.data.length)));
+      for (const message of messages) nodes.get(message.to)?.step(message);
+      for (const raft of [nodes.get('n2'), nodes.get('n3')]) for (const message of drain(raft as RaftNode)) leader.step(message);
+    }
+    expect(sizes).toEqual([[400, 400], [400], [1500], [100]]);
+    const follower = nodes.get('n3') as RaftNode;
+    for (const bytes of [600, 600]) follower.propose(Buffer.alloc(bytes));
+    expect(follower.takeUrgentMessages().filter((message) => message.type === 'propose')).toHaveLength(2);
+  });
+});
