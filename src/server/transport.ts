@@ -18,6 +18,7 @@ import type { PeerRefusal } from '../audit/peer-refusals.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
+import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
 
 /**
  * How long a snapshot transfer may go without a message from its sender before the receiver gives
@@ -42,31 +43,11 @@ export const removalProbeIntervalMsDefault = 5_000;
 /** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
 const peerMessageBytesMax = 64 * 1024 * 1024;
 
-interface RaftMessageWire {
-  type: string;
-  from: string;
-  to: string;
-  term: string | number;
-  last_index?: string | number;
-  last_term?: string | number;
-  transfer?: boolean;
-  reject?: boolean;
-  index?: string | number;
-  reject_hint?: string | number;
-  prev_index?: string | number;
-  prev_term?: string | number;
-  entries?: { index: string | number; term: string | number; configuration_change: boolean; data: Buffer }[];
-  commit?: string | number;
-  context?: string;
-  snapshot_index?: string | number;
-  snapshot_term?: string | number;
-  snapshot_voters?: string[];
-  snapshot_learners?: string[];
-}
+type RaftMessageWire = RaftMessageFields;
 
 const num = (value: string | number | undefined): number => Number(value ?? 0);
 
-function toWire(message: Message): RaftMessageWire {
+export function toWire(message: Message): RaftMessageWire {
   const wire: RaftMessageWire = { type: message.type, from: message.from, to: message.to, term: message.term };
   switch (message.type) {
     case 'preVote':
@@ -269,6 +250,11 @@ type PeerClient = grpc.Client & {
 };
 
 const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
+// The hot stream's batches go through the hand-written codec (same wire format, see peer-codec.ts).
+const messagesMethod = (peerDefinition['rampart.Peer'] as protoLoader.ServiceDefinition | undefined)?.Messages;
+if (messagesMethod === undefined) throw new Error('raft.proto: no Peer.Messages');
+messagesMethod.requestSerialize = (batch: object): Buffer => encodeMessageBatch(batch as MessageBatchFields);
+messagesMethod.requestDeserialize = (bytes: Buffer): object => decodeMessageBatch(bytes);
 const peerPackage = grpc.loadPackageDefinition(peerDefinition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } };
 
 /** The subject and fingerprint of a presented certificate, for the audit trail. */

@@ -1,0 +1,431 @@
+/**
+ * The peer stream's batches (raft.proto `MessageBatch`, `RaftMessage`, `RaftEntry`) encoded and
+ * decoded by hand, byte for byte the protobuf wire format, so members with the reflection-based
+ * codec and members with this one understand each other. Why: with protobufjs every message and
+ * every entry went through `fromObject`/`toObject` and a Long object per 64-bit field, a few
+ * percent of each member's CPU under write load; here an entry costs its header and one copy.
+ *
+ * Owns: the wire format of Raft messages on the peer stream. Never: what the messages mean.
+ * Malformed input (truncated, overlong varint, a length past the end) throws; gRPC then fails the
+ * stream, as it did when protobufjs refused a batch. Unknown fields are skipped (protobuf rules).
+ */
+
+/** A message as the transport hands it over (see transport.ts `RaftMessageWire`): field names of raft.proto. */
+export interface RaftMessageFields {
+  type: string;
+  from: string;
+  to: string;
+  term: string | number;
+  last_index?: string | number;
+  last_term?: string | number;
+  transfer?: boolean;
+  reject?: boolean;
+  index?: string | number;
+  reject_hint?: string | number;
+  prev_index?: string | number;
+  prev_term?: string | number;
+  entries?: { index: string | number; term: string | number; configuration_change: boolean; data: Buffer }[];
+  commit?: string | number;
+  context?: string;
+  snapshot_index?: string | number;
+  snapshot_term?: string | number;
+  snapshot_voters?: string[];
+  snapshot_learners?: string[];
+}
+
+export interface MessageBatchFields {
+  cluster_id: string;
+  /** The sending member (field 3; see transport.ts `memberRemovedDetails`). */
+  from?: string;
+  messages: RaftMessageFields[];
+}
+
+const wireVarint = 0;
+const wireFixed64 = 1;
+const wireBytes = 2;
+const wireFixed32 = 5;
+
+/** Field numbers of raft.proto's RaftMessage. */
+const field = {
+  type: 1,
+  from: 2,
+  to: 3,
+  term: 4,
+  lastIndex: 5,
+  lastTerm: 6,
+  transfer: 7,
+  reject: 8,
+  index: 9,
+  rejectHint: 10,
+  prevIndex: 11,
+  prevTerm: 12,
+  entries: 13,
+  commit: 14,
+  context: 15,
+  snapshotIndex: 16,
+  snapshotTerm: 17,
+  snapshotVoters: 18,
+  snapshotLearners: 19,
+} as const;
+
+const numeric = (value: string | number | undefined): number => (typeof value === 'number' ? value : Number(value ?? 0));
+
+function varintBytes(value: number): number {
+  let bytes = 1;
+  while (value >= 0x80) {
+    value = Math.floor(value / 0x80);
+    bytes += 1;
+  }
+  return bytes;
+}
+
+const tagBytes = (fieldNumber: number): number => varintBytes(fieldNumber << 3);
+
+/** Sizes first, then one buffer written front to back. */
+class Writer {
+  private position = 0;
+  constructor(readonly buffer: Buffer) {}
+
+  varint(value: number): void {
+    if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`peer codec: ${value} is not a uint64 it can encode`);
+    while (value >= 0x80) {
+      this.buffer[this.position++] = (value % 0x80) | 0x80;
+      value = Math.floor(value / 0x80);
+    }
+    this.buffer[this.position++] = value;
+  }
+
+  tag(fieldNumber: number, wireType: number): void {
+    this.varint((fieldNumber << 3) | wireType);
+  }
+
+  bytes(data: Buffer): void {
+    this.varint(data.length);
+    data.copy(this.buffer, this.position);
+    this.position += data.length;
+  }
+
+  string(value: string, bytes: number): void {
+    this.varint(bytes);
+    this.buffer.write(value, this.position, bytes, 'utf8');
+    this.position += bytes;
+  }
+
+  get written(): number {
+    return this.position;
+  }
+}
+
+type Field = { kind: 'varint'; number: number; value: number } | { kind: 'string'; number: number; value: string; bytes: number } | { kind: 'message'; number: number; size: number; write: (writer: Writer) => void };
+
+function fieldBytes(item: Field): number {
+  switch (item.kind) {
+    case 'varint':
+      return tagBytes(item.number) + varintBytes(item.value);
+    case 'string':
+      return tagBytes(item.number) + varintBytes(item.bytes) + item.bytes;
+    case 'message':
+      return tagBytes(item.number) + varintBytes(item.size) + item.size;
+  }
+}
+
+function writeField(writer: Writer, item: Field): void {
+  switch (item.kind) {
+    case 'varint':
+      writer.tag(item.number, wireVarint);
+      writer.varint(item.value);
+      return;
+    case 'string':
+      writer.tag(item.number, wireBytes);
+      writer.string(item.value, item.bytes);
+      return;
+    case 'message':
+      writer.tag(item.number, wireBytes);
+      writer.varint(item.size);
+      item.write(writer);
+  }
+}
+
+const varintField = (number: number, value: number): Field => ({ kind: 'varint', number, value });
+const stringField = (number: number, value: string): Field => ({ kind: 'string', number, value, bytes: Buffer.byteLength(value, 'utf8') });
+
+function entryField(entry: NonNullable<RaftMessageFields['entries']>[number]): Field {
+  const index = numeric(entry.index);
+  const term = numeric(entry.term);
+  const size =
+    tagBytes(1) + varintBytes(index) + tagBytes(2) + varintBytes(term) + (entry.configuration_change ? tagBytes(3) + 1 : 0) + tagBytes(4) + varintBytes(entry.data.length) + entry.data.length;
+  return {
+    kind: 'message',
+    number: field.entries,
+    size,
+    write: (writer) => {
+      writer.tag(1, wireVarint);
+      writer.varint(index);
+      writer.tag(2, wireVarint);
+      writer.varint(term);
+      if (entry.configuration_change) {
+        writer.tag(3, wireVarint);
+        writer.varint(1);
+      }
+      writer.tag(4, wireBytes);
+      writer.bytes(entry.data);
+    },
+  };
+}
+
+/** The fields of one RaftMessage that differ from proto3 defaults, in field order. */
+function messageFields(message: RaftMessageFields): Field[] {
+  const fields: Field[] = [stringField(field.type, message.type), stringField(field.from, message.from), stringField(field.to, message.to)];
+  const number = (fieldNumber: number, value: string | number | undefined): void => {
+    const parsed = numeric(value);
+    if (parsed !== 0) fields.push(varintField(fieldNumber, parsed));
+  };
+  const flag = (fieldNumber: number, value: boolean | undefined): void => {
+    if (value === true) fields.push(varintField(fieldNumber, 1));
+  };
+  number(field.term, message.term);
+  number(field.lastIndex, message.last_index);
+  number(field.lastTerm, message.last_term);
+  flag(field.transfer, message.transfer);
+  flag(field.reject, message.reject);
+  number(field.index, message.index);
+  number(field.rejectHint, message.reject_hint);
+  number(field.prevIndex, message.prev_index);
+  number(field.prevTerm, message.prev_term);
+  for (const entry of message.entries ?? []) fields.push(entryField(entry));
+  number(field.commit, message.commit);
+  if (message.context !== undefined && message.context !== '') fields.push(stringField(field.context, message.context));
+  number(field.snapshotIndex, message.snapshot_index);
+  number(field.snapshotTerm, message.snapshot_term);
+  for (const voter of message.snapshot_voters ?? []) fields.push(stringField(field.snapshotVoters, voter));
+  for (const learner of message.snapshot_learners ?? []) fields.push(stringField(field.snapshotLearners, learner));
+  return fields;
+}
+
+/** Encodes a MessageBatch: cluster_id (1) and from (3), then each message (2). */
+export function encodeMessageBatch(batch: MessageBatchFields): Buffer {
+  const top: Field[] = [];
+  if (batch.cluster_id !== '') top.push(stringField(1, batch.cluster_id));
+  if (batch.from !== undefined && batch.from !== '') top.push(stringField(3, batch.from));
+  for (const message of batch.messages) {
+    const fields = messageFields(message);
+    let size = 0;
+    for (const item of fields) size += fieldBytes(item);
+    top.push({ kind: 'message', number: 2, size, write: (writer) => fields.forEach((item) => writeField(writer, item)) });
+  }
+  let total = 0;
+  for (const item of top) total += fieldBytes(item);
+  const writer = new Writer(Buffer.allocUnsafe(total));
+  for (const item of top) writeField(writer, item);
+  if (writer.written !== total) throw new Error(`peer codec: wrote ${writer.written} of ${total} bytes`);
+  return writer.buffer;
+}
+
+class Reader {
+  position: number;
+  constructor(
+    private readonly buffer: Buffer,
+    start: number,
+    readonly end: number,
+  ) {
+    this.position = start;
+  }
+
+  varint(): number {
+    let value = 0;
+    let scale = 1;
+    for (let count = 0; count < 10; count++) {
+      if (this.position >= this.end) throw new RangeError('peer codec: truncated varint');
+      const byte = this.buffer[this.position++] as number;
+      value += (byte & 0x7f) * scale;
+      if (byte < 0x80) return value;
+      scale *= 0x80;
+    }
+    throw new RangeError('peer codec: varint longer than 10 bytes');
+  }
+
+  /** A length-delimited field's bounds. */
+  delimited(): { start: number; end: number } {
+    const length = this.varint();
+    const start = this.position;
+    const end = start + length;
+    if (end > this.end) throw new RangeError('peer codec: field runs past its message');
+    this.position = end;
+    return { start, end };
+  }
+
+  bytes(): Buffer {
+    const { start, end } = this.delimited();
+    return this.buffer.subarray(start, end);
+  }
+
+  string(): string {
+    const { start, end } = this.delimited();
+    return this.buffer.toString('utf8', start, end);
+  }
+
+  sub(): Reader {
+    const { start, end } = this.delimited();
+    return new Reader(this.buffer, start, end);
+  }
+
+  skip(wireType: number): void {
+    switch (wireType) {
+      case wireVarint:
+        this.varint();
+        return;
+      case wireFixed64:
+        this.advance(8);
+        return;
+      case wireBytes:
+        this.delimited();
+        return;
+      case wireFixed32:
+        this.advance(4);
+        return;
+      default:
+        throw new RangeError(`peer codec: wire type ${wireType} unsupported`);
+    }
+  }
+
+  private advance(bytes: number): void {
+    if (this.position + bytes > this.end) throw new RangeError('peer codec: field runs past its message');
+    this.position += bytes;
+  }
+
+  get done(): boolean {
+    return this.position >= this.end;
+  }
+}
+
+function decodeEntry(reader: Reader): NonNullable<RaftMessageFields['entries']>[number] {
+  const entry: NonNullable<RaftMessageFields['entries']>[number] = { index: 0, term: 0, configuration_change: false, data: Buffer.alloc(0) };
+  while (!reader.done) {
+    const tag = reader.varint();
+    const wireType = tag & 7;
+    switch (Math.floor(tag / 8)) {
+      case 1:
+        entry.index = expectVarint(reader, wireType);
+        break;
+      case 2:
+        entry.term = expectVarint(reader, wireType);
+        break;
+      case 3:
+        entry.configuration_change = expectVarint(reader, wireType) !== 0;
+        break;
+      case 4:
+        if (wireType !== wireBytes) throw new RangeError('peer codec: entry data is not length-delimited');
+        entry.data = reader.bytes();
+        break;
+      default:
+        reader.skip(wireType);
+    }
+  }
+  return entry;
+}
+
+function expectVarint(reader: Reader, wireType: number): number {
+  if (wireType !== wireVarint) throw new RangeError(`peer codec: wire type ${wireType} where a varint belongs`);
+  return reader.varint();
+}
+
+function expectString(reader: Reader, wireType: number): string {
+  if (wireType !== wireBytes) throw new RangeError(`peer codec: wire type ${wireType} where a string belongs`);
+  return reader.string();
+}
+
+function decodeMessage(reader: Reader): RaftMessageFields {
+  const message: RaftMessageFields = { type: '', from: '', to: '', term: 0 };
+  while (!reader.done) {
+    const tag = reader.varint();
+    const wireType = tag & 7;
+    switch (Math.floor(tag / 8)) {
+      case field.type:
+        message.type = expectString(reader, wireType);
+        break;
+      case field.from:
+        message.from = expectString(reader, wireType);
+        break;
+      case field.to:
+        message.to = expectString(reader, wireType);
+        break;
+      case field.term:
+        message.term = expectVarint(reader, wireType);
+        break;
+      case field.lastIndex:
+        message.last_index = expectVarint(reader, wireType);
+        break;
+      case field.lastTerm:
+        message.last_term = expectVarint(reader, wireType);
+        break;
+      case field.transfer:
+        message.transfer = expectVarint(reader, wireType) !== 0;
+        break;
+      case field.reject:
+        message.reject = expectVarint(reader, wireType) !== 0;
+        break;
+      case field.index:
+        message.index = expectVarint(reader, wireType);
+        break;
+      case field.rejectHint:
+        message.reject_hint = expectVarint(reader, wireType);
+        break;
+      case field.prevIndex:
+        message.prev_index = expectVarint(reader, wireType);
+        break;
+      case field.prevTerm:
+        message.prev_term = expectVarint(reader, wireType);
+        break;
+      case field.entries:
+        if (wireType !== wireBytes) throw new RangeError('peer codec: an entry is not length-delimited');
+        (message.entries ??= []).push(decodeEntry(reader.sub()));
+        break;
+      case field.commit:
+        message.commit = expectVarint(reader, wireType);
+        break;
+      case field.context:
+        message.context = expectString(reader, wireType);
+        break;
+      case field.snapshotIndex:
+        message.snapshot_index = expectVarint(reader, wireType);
+        break;
+      case field.snapshotTerm:
+        message.snapshot_term = expectVarint(reader, wireType);
+        break;
+      case field.snapshotVoters:
+        (message.snapshot_voters ??= []).push(expectString(reader, wireType));
+        break;
+      case field.snapshotLearners:
+        (message.snapshot_learners ??= []).push(expectString(reader, wireType));
+        break;
+      default:
+        reader.skip(wireType);
+    }
+  }
+  return message;
+}
+
+/** Decodes a MessageBatch; entry data are views of `bytes` (a buffer gRPC allocated for this message alone). */
+export function decodeMessageBatch(bytes: Buffer): MessageBatchFields {
+  const reader = new Reader(bytes, 0, bytes.length);
+  const batch: MessageBatchFields = { cluster_id: '', from: '', messages: [] };
+  while (!reader.done) {
+    const tag = reader.varint();
+    const wireType = tag & 7;
+    switch (Math.floor(tag / 8)) {
+      case 1:
+        batch.cluster_id = expectString(reader, wireType);
+        break;
+      case 2:
+        if (wireType !== wireBytes) throw new RangeError('peer codec: a message is not length-delimited');
+        batch.messages.push(decodeMessage(reader.sub()));
+        break;
+      case 3:
+        batch.from = expectString(reader, wireType);
+        break;
+      default:
+        reader.skip(wireType);
+    }
+  }
+  return batch;
+}
