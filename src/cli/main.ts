@@ -42,6 +42,8 @@ import { initBundles } from './init.js';
 import { bashCompletion } from './completion.js';
 import { registerCompliance } from './compliance.js';
 import { backupEvery, backupOnce, describeSummary, parseInterval, verifyBackup } from './backup.js';
+import { certificateListFormats, formatCertificateList, type CertificateListFormat } from './cert-list.js';
+import { certificateInventory } from '../pki/inventory.js';
 import { backupOpenKey, defaultBackupKeyFile, type BackupKeyOptions } from './backup-key.js';
 import { createMetrics, serveMetrics, type CertificateSource, type MetricsTls, type ServerMetrics } from '../server/metrics.js';
 import { bootstrapAuth } from '../server/bootstrap-auth.js';
@@ -60,7 +62,7 @@ import { registerAuditTail } from './audit-tail.js';
 import { auditPolicyOfDirectory } from '../audit/policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
-import { initAuthority, issueCertificate, leafValidityDaysDefault, listCertificates, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
+import { initAuthority, issueCertificate, leafValidityDaysDefault, readKeyPair, renewCertificate, writeKeyPair } from '../pki/authority.js';
 
 // grpc-js sets the TLS server name to the peer's address even when it is an IP (the certificate is
 // still checked against the IP SAN); Node warns about that on every connection.
@@ -711,12 +713,13 @@ cert
   });
 cert
   .command('list')
-  .description('subject, SANs and expiry of every certificate in the PKI directory')
+  .description('subject, SANs, expiry, serial and status (valid, EXPIRED, REVOKED and when) of every certificate in the PKI directory, and revoked serials whose file is gone')
   .option('--pki-dir <dir>', 'PKI directory', '.rampart/pki')
-  .action(async (flags: { pkiDir: string }) => {
-    for (const summary of await listCertificates(flags.pkiDir)) {
-      print(`${summary.file}\t${summary.subject}\t${summary.subjectAltNames || '-'}\texpires ${summary.notAfter.toISOString()}\tserial ${summary.serialNumber}`);
-    }
+  .addOption(new Option('--output <format>', 'table or json').choices(certificateListFormats).default('table'))
+  .action(async (flags: { pkiDir: string; output: CertificateListFormat }) => {
+    const inventory = await certificateInventory(flags.pkiDir).catch(fail);
+    for (const problem of inventory.problems) process.stderr.write(`rampart: warning: ${problem}\n`);
+    process.stdout.write(formatCertificateList(inventory, flags.output));
   });
 
 const connectionOptions = (command: Command): Command =>

@@ -90,6 +90,29 @@ describe('the rampart command', () => {
     expect(serve.stderr).toContain('--audit-sink syslog://127.0.0.1:514: syslog is sent over TLS only');
   }, 60_000);
 
+  it('cert list shows each certificate\'s status: revoked with its date, and revoked serials whose file is gone', async () => {
+    const pki = path.join(home, 'cert-list-pki');
+    for (const args of [['ca', 'init'], ['cert', 'issue', 'client', 'alice'], ['cert', 'issue', 'client', 'bob']]) expect((await rampart([...args, '--pki-dir', pki])).code).toBe(0);
+    const revoked = await rampart(['cert', 'revoke', 'alice', '--pki-dir', pki]);
+    const serial = /revoked serial ([0-9A-F]+)/.exec(revoked.stdout)?.[1] as string;
+    expect(serial, revoked.stderr).toBeDefined();
+    const listed = await rampart(['cert', 'list', '--pki-dir', pki]);
+    expect(listed.stderr).toBe('');
+    const line = (name: string): string => listed.stdout.split('\n').find((entry) => entry.startsWith(path.join(pki, name))) ?? '';
+    expect(line('alice.crt')).toMatch(new RegExp(`\tCN=alice, OU=rampart-client\t-\texpires \\S+\tserial ${serial}\tREVOKED \\d{4}-\\d{2}-\\d{2}T[\\d:.]+Z$`));
+    expect(line('bob.crt')).toMatch(/\tvalid$/);
+    // Renewed: the file holds a new serial; the revoked one stays listed.
+    expect((await rampart(['cert', 'renew', 'alice', '--pki-dir', pki])).code).toBe(0);
+    const json = await rampart(['cert', 'list', '--pki-dir', pki, '--output', 'json']);
+    const inventory = JSON.parse(json.stdout) as { certificates: { file: string; status: string; serialNumber: string }[]; revokedWithoutFile: { serialNumber: string; subject: string; revokedAt: string }[] };
+    expect(inventory.certificates.find((entry) => entry.file === path.join(pki, 'alice.crt'))).toMatchObject({ status: 'valid' });
+    expect(inventory.revokedWithoutFile).toEqual([{ serialNumber: serial, subject: 'CN=alice, OU=rampart-client', revokedAt: expect.stringMatching(/^\d{4}-\d{2}-\d{2}T/) }]);
+    expect((await rampart(['cert', 'list', '--pki-dir', pki])).stdout).toContain(`(no file)\tCN=alice, OU=rampart-client\t-\t-\tserial ${serial}\tREVOKED `);
+    // A CRL the CA did not sign is not trusted, and said so.
+    await writeFile(path.join(pki, 'crl.pem'), '-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n');
+    expect((await rampart(['cert', 'list', '--pki-dir', pki])).stderr).toMatch(/^rampart: warning: .*crl\.pem: not a CRL the CA signed/);
+  }, 90_000);
+
   it('policy validate lists every problem; a failing policy test shows what it expected and got', async () => {
     const broken = path.join(home, 'broken');
     await run('mkdir', ['-p', broken]);
