@@ -10,6 +10,7 @@ import type { EventMessage, InternalRequest, PutResponse, TxnRequest, WatchRespo
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
 import { decodePutProposal, encodePutProposal, encodePutResponse } from './put-codec.js';
+import { compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
 
@@ -54,15 +55,20 @@ root.resolvePath = (_origin: string, target: string): string => path.join(protoD
 root.loadSync(['internal.proto'], { keepCase: true });
 const internalRequestType = root.lookupType('rampart.InternalRequest');
 
+/** Every other proposal's codec (schema-codec.ts), compiled from internal.proto. */
+const internalRequestPlan = compileCodec(internalRequestType);
+
 export function encodeInternalRequest(request: InternalRequest): Buffer {
-  const put = encodePutProposal(request);
-  if (put !== undefined) return put;
+  const fast = encodePutProposal(request) ?? (internalRequestPlan === undefined ? undefined : encodeWithPlan(internalRequestPlan, request));
+  if (fast !== undefined) return fast;
   const message = internalRequestType.fromObject(request as unknown as Record<string, unknown>);
   return Buffer.from(internalRequestType.encode(message).finish());
 }
 
 export function decodeInternalRequest(data: Buffer): InternalRequest {
-  return decodePutProposal(data) ?? internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
+  const fast = decodePutProposal(data) ?? (internalRequestPlan === undefined ? undefined : decodeWithPlan(internalRequestPlan, data));
+  if (fast !== undefined) return fast as unknown as InternalRequest;
+  return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
 }
 
 /** WatchResponse.events is field 11, length-delimited: tag byte (11 << 3) | 2. */
