@@ -6,10 +6,13 @@
 // soak builds first).
 //
 // Interrupted (SIGINT, SIGTERM, SIGHUP, or its stdout closed as in `| head`), it cleans up what the
-// soak started, which the soak's own `finally` cannot do once its process is gone: vitest runs in a
-// process group of its own (members included), and every temporary directory of the run, the
-// members' tmpfs mounts included, lives under one directory of its own (TMPDIR). It stops that group,
-// unmounts what is mounted under that directory and removes it; nothing else.
+// soak started, which the soak's own `finally` cannot do once its process is gone: every process of
+// the run (vitest, its workers, the members, orphaned or not) carries TMPDIR set to a directory of the
+// run's own, under which every temporary directory of the run lives, the members' tmpfs mounts
+// included. It stops the processes carrying that TMPDIR, unmounts what is mounted under that
+// directory and removes it; nothing else. (Not a process group of its own: a signal to the caller's
+// group, Ctrl-C or a CI job's timeout, still reaches every process.)
+import { Buffer } from 'node:buffer';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -52,9 +55,7 @@ if (!Number.isFinite(minutes) || minutes <= 0 || options.faults === '') {
 /** Milliseconds the soak's processes get to exit after SIGTERM before SIGKILL. */
 const stopGraceMs = 5000;
 const runDirectory = mkdtempSync(path.join(tmpdir(), 'rampart-soak-run-'));
-// Detached: vitest leads a new process group, which its workers and the members they start join.
 const child = spawn('npx', ['vitest', 'run', 'test/soak/soak.test.ts'], {
-  detached: true,
   stdio: ['ignore', 'pipe', 'inherit'],
   env: {
     ...process.env,
@@ -65,18 +66,34 @@ const child = spawn('npx', ['vitest', 'run', 'test/soak/soak.test.ts'], {
     ...(options.faults === undefined ? {} : { RAMPART_SOAK_FAULTS: options.faults }),
   },
 });
-const group = child.pid;
 child.stdout.on('data', (chunk) => process.stdout.write(chunk));
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-/** Signals the soak's process group; false when none of it is left. */
-function signalGroup(signal) {
-  try {
-    process.kill(-group, signal);
-    return true;
-  } catch {
-    return false;
+/** The processes of this run, found by the TMPDIR they were started with (orphans too). */
+function runProcesses() {
+  const marker = Buffer.from(`\0TMPDIR=${runDirectory}\0`);
+  const found = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      if (Buffer.concat([Buffer.from([0]), readFileSync(`/proc/${name}/environ`)]).includes(marker)) found.push(Number(name));
+    } catch {
+      // Gone meanwhile.
+    }
   }
+  return found;
+}
+/** Signals every process of this run; false when none is left. */
+function signalRun(signal) {
+  const found = runProcesses();
+  for (const pid of found) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return found.length > 0;
 }
 
 /** Mount points under `directory`, deepest first. */
@@ -96,11 +113,13 @@ let cleaning;
  */
 function cleanUp(graceMs, keepLogs) {
   cleaning ??= (async () => {
-    if (group !== undefined && signalGroup('SIGTERM')) {
-      signalGroup('SIGCONT'); // a paused member would not see its SIGTERM
+    if (signalRun('SIGTERM')) {
+      signalRun('SIGCONT'); // a paused member would not see its SIGTERM
       const deadline = Date.now() + graceMs;
-      while (Date.now() < deadline && signalGroup(0)) await sleep(100);
-      signalGroup('SIGKILL');
+      while (Date.now() < deadline && runProcesses().length > 0) await sleep(100);
+      signalRun('SIGKILL');
+      // Gone once the kernel has freed them (zombies show no environment): then unmount.
+      for (let waited = 0; waited < 50 && runProcesses().length > 0; waited++) await sleep(100);
     }
     for (const mountPoint of mountsUnder(runDirectory)) {
       try {
