@@ -7,7 +7,8 @@
  * its fdatasync starts at once, even while the previous batch's sync is still running — up to
  * `auditSyncsInFlightMax` syncs at a time. A batch is reported durable only after its own sync
  * and every earlier batch's have succeeded: its bytes come after theirs in the file, and an
- * fdatasync covers every byte written before it started. Under load the wait for a busy member's
+ * fdatasync covers every byte written before it started; and once the sync running beside its own
+ * has ended well too, since the kernel reports a failed writeback to one of the two only. Under load the wait for a busy member's
  * event loop, not the disk, is most of an audit event's latency (README, Benchmarks): one batch at
  * a time, write then sync, cost an event up to four turns of the loop; now it costs about one.
  *
@@ -74,6 +75,9 @@ export class GroupCommit<Head> {
   private scheduled = false;
   private switching = false;
   private failure: { readonly error: unknown } | undefined;
+  /** Syncs started and not yet ended, and the first one that failed (see `writeQueued`). */
+  private readonly syncsRunning = new Set<Promise<void>>();
+  private syncFailure: { readonly error: unknown } | undefined;
 
   constructor(private writer: TrailWriter, private writerFile: string, private readonly hooks: GroupCommitHooks<Head>) {}
 
@@ -130,10 +134,22 @@ export class GroupCommit<Head> {
       }
       this.syncing += 1;
       const synced = this.writer.sync(mark);
-      synced.catch(() => undefined); // reported in order below
+      this.syncsRunning.add(synced);
+      synced.then(
+        () => this.syncsRunning.delete(synced),
+        (error: unknown) => {
+          this.syncsRunning.delete(synced);
+          this.syncFailure ??= { error };
+        },
+      );
       this.reported = this.reported.then(async () => {
         try {
           await synced;
+          // Linux reports a failed writeback to one fdatasync of the file only: when two run at once,
+          // the later one may take the error of this batch's pages and this one succeed. So this
+          // batch is durable only once the sync running beside it (at most one more) ended well too.
+          await Promise.allSettled([...this.syncsRunning]);
+          if (this.syncFailure !== undefined) throw this.syncFailure.error;
           if (this.failure !== undefined) throw this.failure.error; // an earlier batch failed: this one's bytes were cut off
         } catch (error) {
           this.syncing -= 1;

@@ -119,6 +119,28 @@ describe('audit group commit', () => {
     await commits.flush();
   });
 
+  it('fails a batch whose own sync succeeded when the sync running beside it failed (the kernel reports a writeback error to one of them)', async () => {
+    const { writer, commits, durable, failures } = setUp();
+    const settled: string[] = [];
+    const first = commits.add('a', 'e1', 1).then(
+      () => settled.push('e1 durable'),
+      () => settled.push('e1 failed'),
+    );
+    await turn();
+    const second = commits.add('a', 'e2', 2).catch(() => settled.push('e2 failed'));
+    await turn();
+    expect(writer.syncs).toHaveLength(2);
+    // e1's sync ends well while e2's still runs: e1 may not be reported yet, e2's sync may carry e1's error.
+    writer.syncs[0]?.finish();
+    await turn();
+    expect(settled).toEqual([]);
+    writer.syncs[1]?.finish(Object.assign(new Error('I/O error'), { code: 'EIO' }));
+    await Promise.all([first, second]);
+    expect(settled).toEqual(['e1 failed', 'e2 failed']);
+    expect(durable).toEqual([]);
+    expect(failures).toHaveLength(1);
+  });
+
   it('fails a batch whose write fails, and everything queued behind it', async () => {
     const { writer, commits, failures } = setUp();
     writer.failWrite = Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
