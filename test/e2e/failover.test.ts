@@ -40,7 +40,10 @@ describe('failover', () => {
       }
     })();
     try {
-      await sleep(1500);
+      // Writes flow first: more than 10 answered (waited for, up to 30 s: a loaded machine answered
+      // 9 in the 1.5 s this test used to sleep).
+      const flowingBy = performance.now() + 30_000;
+      while (puts.filter((put) => put.error === undefined).length <= 10 && performance.now() < flowingBy) await sleep(100);
       const killedAt = performance.now();
       // Paused, not killed: its peers' connections stay open, so a forwarded proposal is not refused.
       leader.process?.child.kill('SIGSTOP');
