@@ -279,6 +279,40 @@ describe('token signing key: a stolen key does not make a root token', () => {
     }
   });
 
+  it('a remembered token of a user deleted and created again, or after a password change, is refused; the same claims under another key are not taken for it', async () => {
+    const { Authenticator } = await import('../../src/api/identity.js');
+    const { AuthHolder } = await import('../../src/auth/store.js');
+    const holder = new AuthHolder();
+    const key = newSigningKey();
+    holder.set({ ...apply(emptyAuthState, { op: 'userAdd', name: 'root', passwordHash: '', noPassword: true }, { op: 'userAdd', name: 'alice', passwordHash: '', noPassword: true }), enabled: true, signingKey: key });
+    const authenticator = new Authenticator(holder, 300);
+    const minted = holder.state.revision;
+    const issuedAtSeconds = Math.floor(Date.now() / 1000) - 1;
+    const aliceToken = await forge(key, { revision: minted, lifetimeSeconds: 300, issuedAtSeconds }, 'alice');
+    const outcome = async (token: string): Promise<string> => {
+      try {
+        checkCaller(holder.decider, await authenticator.identify(token, undefined));
+        return 'allowed';
+      } catch (error) {
+        return (error as RampartError).code;
+      }
+    };
+    expect(await outcome(aliceToken)).toBe('allowed');
+    expect(await outcome(aliceToken)).toBe('allowed'); // now remembered
+    // Same header and claims, signed by another key: a different string, checked (and refused) on its own.
+    expect(await outcome(await forge(newSigningKey(), { revision: minted, lifetimeSeconds: 300, issuedAtSeconds }, 'alice'))).toBe('InvalidAuthToken');
+    const [header, payload] = aliceToken.split('.');
+    expect(await outcome(`${header}.${payload}.${'A'.repeat(86)}`)).toBe('InvalidAuthToken');
+    holder.set(apply(holder.state, { op: 'userDelete', name: 'alice' }, { op: 'userAdd', name: 'alice', passwordHash: '', noPassword: true }));
+    expect(await outcome(aliceToken)).toBe('AuthOldRevision');
+    const recreated = await forge(key, { revision: holder.state.revision, lifetimeSeconds: 300 }, 'alice');
+    expect(await outcome(recreated)).toBe('allowed');
+    holder.set(apply(holder.state, { op: 'userChangePassword', name: 'alice', passwordHash: await hashPassword('new') }));
+    expect(await outcome(recreated)).toBe('AuthOldRevision');
+    holder.set(apply(holder.state, { op: 'disable', signingKey: newSigningKey() }));
+    expect((await authenticator.identify(recreated, undefined)).token).toBe(false); // auth off: the token is not even read
+  });
+
   it('rotates the key on enable, disable and schedule; the previous key only for tokens minted before, for one TTL', async () => {
     const { Authenticator } = await import('../../src/api/identity.js');
     const { AuthHolder } = await import('../../src/auth/store.js');
