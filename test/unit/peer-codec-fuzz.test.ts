@@ -9,7 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeOptions, protoDirectory } from '../../src/api/proto.js';
-import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from '../../src/server/peer-codec.js';
+import { decodeMessageBatch, encodeMessageBatch, peerBatchItemsMax, type MessageBatchFields, type RaftMessageFields } from '../../src/server/peer-codec.js';
 
 const reference = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
 const method = (reference['rampart.Peer'] as protoLoader.ServiceDefinition).Messages as protoLoader.MethodDefinition<object, object>;
@@ -119,4 +119,31 @@ describe('peer codec fuzz', () => {
     const entryTooLong = Buffer.from([0x12, 0x06, 0x6a, 0x80, 0x80, 0x80, 0x80, 0x08]);
     expect(decodeOrRefuse(entryTooLong)).toBe('refused');
   });
+
+  it('refuses a batch of more messages and entries than a member sends, before making objects of them all', () => {
+    // 2 bytes an empty message (field 2, length 0): 8 MiB made 4 million message objects (283 MB of heap).
+    const emptyMessages = Buffer.alloc(8 * 1024 * 1024);
+    for (let at = 0; at < emptyMessages.length; at += 2) emptyMessages[at] = 0x12;
+    expect(() => decodeMessageBatch(emptyMessages)).toThrow(/more than 1048576 messages and entries/);
+    // One message of empty entries (field 13, length 0), past the bound.
+    const entries = Buffer.alloc(2 * (peerBatchItemsMax + 1));
+    for (let at = 0; at < entries.length; at += 2) entries[at] = 0x6a;
+    const header = Buffer.from([0x12, ...varint(entries.length)]);
+    expect(() => decodeMessageBatch(Buffer.concat([header, entries]))).toThrow(/more than 1048576 messages and entries/);
+    // What a leader may send one follower in one batch: 256 appends in flight of 256 entries each.
+    const entry = { index: 1, term: 1, configuration_change: false, data: Buffer.alloc(8) };
+    const append: RaftMessageFields = { type: 'append', from: 'a', to: 'b', term: 1, entries: Array.from({ length: 256 }, () => entry) };
+    const largest = decodeMessageBatch(encodeMessageBatch({ cluster_id: 'c', from: 'a', messages: Array.from({ length: 256 }, () => append) }));
+    expect(largest.messages.reduce((sum, message) => sum + (message.entries?.length ?? 0), 0)).toBe(65_536);
+  });
 });
+
+function varint(value: number): number[] {
+  const bytes: number[] = [];
+  while (value >= 0x80) {
+    bytes.push((value % 0x80) | 0x80);
+    value = Math.floor(value / 0x80);
+  }
+  bytes.push(value);
+  return bytes;
+}
