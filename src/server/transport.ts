@@ -40,8 +40,14 @@ export const memberRemovedDetails = 'rampart: the member has been permanently re
  * itself: a removed learner never campaigns, so without it nothing would carry the answer above.
  */
 export const removalProbeIntervalMsDefault = 5_000;
-/** Peer messages can carry many entries; snapshots are chunked (see state-snapshot.ts). */
-const peerMessageBytesMax = 64 * 1024 * 1024;
+/**
+ * Peer messages can carry many entries (snapshots are chunked, see state-snapshot.ts), and at least
+ * one entry each: one entry may hold the largest request a client may send (--max-request-bytes,
+ * at most 64 MiB) with its proposal's and the batch's framing around it. At exactly 64 MiB such an
+ * entry could never be sent, and replication would stall on it; the 8 MiB above leave room for the
+ * framing.
+ */
+export const peerMessageBytesMax = 72 * 1024 * 1024;
 
 type RaftMessageWire = RaftMessageFields;
 

@@ -7,7 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { decodeOptions, protoDirectory } from '../../src/api/proto.js';
 import type { Message } from '../../src/raft/types.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields } from '../../src/server/peer-codec.js';
-import { fromWire, toWire } from '../../src/server/transport.js';
+import { fromWire, peerMessageBytesMax, toWire } from '../../src/server/transport.js';
+import { requestBytesInFlightPerSourceMax } from '../../src/api/request-bytes-budget.js';
 
 const reference = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
 const method = (reference['rampart.Peer'] as protoLoader.ServiceDefinition).Messages as protoLoader.MethodDefinition<object, object>;
@@ -57,5 +58,15 @@ describe('peer codec', () => {
     const encoded = encodeMessageBatch(batch);
     expect(() => decodeMessageBatch(encoded.subarray(0, encoded.length - 3))).toThrow(/peer codec/);
     expect(() => decodeMessageBatch(Buffer.from([0x48, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]))).toThrow(/varint/);
+  });
+
+  it('fits an append of one entry holding the largest request a client may send within the peer message limit', () => {
+    // --max-request-bytes is at most requestBytesInFlightPerSourceMax; its proposal adds the caller
+    // and a header (a few hundred bytes; 64 KiB here to spare). A batch over the limit is never sent.
+    const data = Buffer.alloc(requestBytesInFlightPerSourceMax + 64 * 1024);
+    const largest: Message = { type: 'append', from: 'a1', to: 'b2', term: 3, prevIndex: 7, prevTerm: 2, commit: 7, entries: [{ index: 8, term: 3, type: 'normal', data }] };
+    const encoded = encodeMessageBatch({ cluster_id: 'c0ffee', from: 'a1', messages: [toWire(largest)] });
+    expect(encoded.length).toBeGreaterThan(requestBytesInFlightPerSourceMax);
+    expect(encoded.length).toBeLessThanOrEqual(peerMessageBytesMax);
   });
 });
