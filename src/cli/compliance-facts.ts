@@ -74,9 +74,10 @@ async function memberList(connection: ConnectionOptions, endpoint: string): Prom
     const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as { etcdserverpb: { Cluster: grpc.ServiceClientConstructor } };
     const client = new loaded.etcdserverpb.Cluster(target, credentials) as unknown as grpc.Client & { MemberList(request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: MemberListResponse) => void): void };
     try {
+      // By name: evidence lines come out in the same order on every run (MemberList's order is the leader's map's).
       return observed(await new Promise<MemberListResponse['members']>((resolve, reject) => {
         client.MemberList({ linearizable: true }, { deadline: Date.now() + 10_000 }, (error, response) => (error === null ? resolve(response.members) : reject(new Error(error.details))));
-      }));
+      }).then((members) => [...members].sort((a, b) => a.name.localeCompare(b.name) || a.ID.localeCompare(b.ID))));
     } finally {
       client.close();
     }
