@@ -178,6 +178,7 @@ export class Member {
     readonly memberId: bigint,
   ) {
     this.memberHex = memberId.toString(16);
+    db.releaseViews = () => this.releaseStateView();
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints, this.loginRecords);
@@ -872,6 +873,21 @@ export class Member {
     const previous = this.stateView;
     this.stateView = { index, view: this.db.snapshot(), readers: 0, retired: false };
     if (previous !== undefined) this.retireStateView(previous);
+  }
+
+  /**
+   * Drops the held view for good and resolves once it is closed (after a snapshot being streamed
+   * from it ends, waited for up to a minute): a migration to encryption compacts its plaintext away
+   * only once no view sees it. A follower that needs a snapshot then gets a fresh one.
+   */
+  private async releaseStateView(): Promise<void> {
+    const state = this.stateView;
+    if (state === undefined) return;
+    this.stateView = undefined;
+    state.retired = true;
+    for (let waited = 0; state.readers > 0 && waited < 600; waited++) await new Promise((resolve) => setTimeout(resolve, 100));
+    if (state.readers > 0) this.options.logger.warn({ index: state.index }, 'a snapshot stream still reads the view taken before the encryption migration; its plaintext stays on disk until the next compaction');
+    else await state.view.close().catch(() => undefined);
   }
 
   private retireStateView(state: StateView): void {

@@ -189,6 +189,12 @@ export class SealedDatabase implements Database {
   private closed = false;
   private progress: ResealProgress = { recordsByDek: new Map(), resealed: 0, toReseal: 0, running: false };
   resealRecordsPerSecond = resealRecordsPerSecondDefault;
+  /**
+   * Called when a migration to encryption has sealed every record, before the compaction that drops
+   * the plaintext versions: a view (LevelDB snapshot) taken before still sees them, so compaction
+   * keeps them on disk for as long as it is open. The owner of such views releases them here.
+   */
+  releaseViews: (() => Promise<void>) | undefined;
 
   private constructor(
     private readonly level: Level,
@@ -421,7 +427,9 @@ export class SealedDatabase implements Database {
         if (keyring.migrating) {
           await keyring.finishMigration();
           // Older plaintext versions of the records linger in LevelDB's files until they are
-          // compacted: compact everything now, so no plaintext is left on disk.
+          // compacted: compact everything now, so no plaintext is left on disk — once no view that
+          // still sees them is open.
+          await this.releaseViews?.();
           await this.level.compactRange(Buffer.of(0), Buffer.of(0xff));
         }
         return;

@@ -87,6 +87,52 @@ describe('migrating a plaintext member to encryption at rest', () => {
     expect(leaks).toEqual([]);
   }, 150_000);
 
+  it('leaves no plaintext on disk when the member held a view of its plaintext state (a Raft snapshot) across the migration', async () => {
+    // A member whose Raft log was compacted holds, from its start, a view of the database at its
+    // snapshot (for followers that need it). Taken before the migration, that view saw the plaintext
+    // records, and the migration's final compaction had to keep them on disk for it.
+    const home = await temporaryDirectory('migration-view');
+    const dataDir = path.join(home, 'data');
+    const marker = `viewed-${randomBytes(5).toString('hex')}`;
+    let plain: ServerProcess | undefined = await startRampart({ dataDir, args: ['--snapshot-count', '10', '--snapshot-catch-up-entries', '5'] });
+    try {
+      const client = connect(plain.endpoint);
+      for (let batch = 0; batch < 40; batch++) {
+        const success = Array.from({ length: 20 }, (_, index) => ({ request_put: { key: Buffer.from(`v/${batch}/${index}`), value: Buffer.from(`${marker}-${batch}-${index}`) } }));
+        await call(client.kv, 'Txn', { success });
+      }
+      client.close();
+      await plain.stop();
+      plain = await startRampart({ dataDir, port: plain.port, args: ['--encryption-key-file', path.join(home, 'kek')] });
+      const endpoint = plain.endpoint;
+      const deadline = Date.now() + 90_000;
+      for (;;) {
+        const result = await run(process.execPath, [rampartBin, 'encryption', 'status', '--json', '--endpoints', `http://${endpoint}`]);
+        expect(result.code, result.stderr).toBe(0);
+        const seen = JSON.parse(result.stdout) as MemberEncryptionStatus;
+        if (seen.percent_resealed === 100 && seen.records_other === '0' && !seen.reseal_running) break;
+        if (Date.now() > deadline) throw new Error(`migration did not finish: ${JSON.stringify(seen)}`);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      expect((await etcdctl(endpoint, ['get', 'v/39/19', '--print-value-only'])).stdout).toBe(`${marker}-39-19\n`);
+      expect(plain.output()).not.toContain('its plaintext stays on disk');
+      await plain.stop();
+      plain = undefined;
+      const leaks: string[] = [];
+      for (const entry of await readdir(dataDir, { withFileTypes: true, recursive: true })) {
+        if (!entry.isFile()) continue;
+        const file = path.join(entry.parentPath, entry.name);
+        // The audit trail is sealed apart from the database.
+        if (file.includes(`${path.sep}audit${path.sep}`)) continue;
+        if ((await readFile(file)).includes(Buffer.from(marker))) leaks.push(file);
+      }
+      expect(leaks).toEqual([]);
+    } finally {
+      await plain?.stop();
+      await removeDirectory(home);
+    }
+  }, 150_000);
+
   it('rotates its data key on the schedule (--encryption-rotation-interval) and deletes the old one', async () => {
     const scheduled = await temporaryDirectory('schedule');
     const server = await startRampart({ dataDir: path.join(scheduled, 'data'), args: ['--encryption-key-file', path.join(scheduled, 'kek'), '--encryption-rotation-interval', '3s'] });
