@@ -14,6 +14,7 @@
  * one oneof, a malformed varint — answers `undefined`, and the caller takes protobufjs's way.
  */
 import protobuf from 'protobufjs';
+import { integer64, signed64Text, varintBytes, WireFormatError, WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
 
 type Kind = 'int64' | 'uint64' | 'bool' | 'string' | 'bytes' | 'enum' | 'message';
 
@@ -38,11 +39,6 @@ interface MessagePlan {
   readonly plain: FieldPlan[];
 }
 
-const wireVarint = 0;
-const wireBytes = 2;
-const decimalInteger = /^-?\d{1,20}$/;
-const twoTo63 = 2n ** 63n;
-const twoTo64 = 2n ** 64n;
 /** Nesting allowed when encoding or decoding (a Txn inside a Txn...); deeper goes to protobufjs. */
 const depthMax = 32;
 
@@ -82,72 +78,10 @@ export function compileCodec(type: protobuf.Type): MessagePlan | undefined {
   return compile(type);
 }
 
-/** A 64-bit integer as two's complement, from a decimal string or a safe integer; undefined otherwise. */
-function integer64(value: unknown, signed: boolean): bigint | undefined {
-  let parsed: bigint;
-  if (typeof value === 'number') {
-    if (!Number.isSafeInteger(value)) return undefined;
-    parsed = BigInt(value);
-  } else if (typeof value === 'string' && decimalInteger.test(value)) {
-    parsed = BigInt(value);
-  } else {
-    return undefined;
-  }
-  if (signed ? parsed < -twoTo63 || parsed >= twoTo63 : parsed < 0n || parsed >= twoTo64) return undefined;
-  return BigInt.asUintN(64, parsed);
-}
-
 /** Encoding happens in this buffer (one message at a time: nothing here awaits), then is copied out at its size. */
 let scratch: Buffer = Buffer.allocUnsafe(64 * 1024);
 /** A scratch buffer grown past this for a large message is not kept. */
 const scratchBytesMax = 1024 * 1024;
-
-class Writer {
-  buffer: Buffer = scratch;
-  offset = 0;
-
-  ensure(bytes: number): void {
-    if (this.offset + bytes <= this.buffer.length) return;
-    const grown = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.offset + bytes));
-    this.buffer.copy(grown, 0, 0, this.offset);
-    this.buffer = grown;
-  }
-
-  varint(value: number): void {
-    this.ensure(5);
-    while (value > 0x7f) {
-      this.buffer[this.offset++] = (value & 0x7f) | 0x80;
-      value >>>= 7;
-    }
-    this.buffer[this.offset++] = value;
-  }
-
-  wide(value: bigint): void {
-    if (value < 0x80000000n) {
-      this.varint(Number(value));
-      return;
-    }
-    this.ensure(10);
-    while (value > 0x7fn) {
-      this.buffer[this.offset++] = Number(value & 0x7fn) | 0x80;
-      value >>= 7n;
-    }
-    this.buffer[this.offset++] = Number(value);
-  }
-
-  bytes(value: Buffer): void {
-    this.varint(value.length);
-    this.ensure(value.length);
-    this.offset += value.copy(this.buffer, this.offset);
-  }
-
-  string(value: string): void {
-    const length = Buffer.byteLength(value, 'utf8');
-    this.varint(length);
-    this.ensure(length);
-    this.offset += this.buffer.write(value, this.offset, length, 'utf8');
-  }
-}
 
 /** Room kept for a nested message's length, moved down once the length is known. */
 const lengthRoomBytes = 5;
@@ -156,58 +90,61 @@ function isMessageObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !Buffer.isBuffer(value);
 }
 
+/** A key and a varint: 5 bytes at most for a key (field numbers below 2^28), 10 for a 64-bit value. */
+const keyAndVarintBytesMax = 15;
+
 /** Writes one value of `field`; false when the value is not one this codec takes. */
-function writeValue(writer: Writer, field: FieldPlan, value: unknown, depth: number): boolean {
+function writeValue(writer: WireWriter, field: FieldPlan, value: unknown, depth: number): boolean {
   switch (field.kind) {
     case 'int64':
     case 'uint64': {
       const integer = integer64(value, field.kind === 'int64');
       if (integer === undefined) return false;
+      writer.ensure(keyAndVarintBytesMax);
       writer.varint(field.key);
-      writer.wide(integer);
+      writer.varint64(integer);
       return true;
     }
     case 'bool':
       if (typeof value !== 'boolean') return false;
+      writer.ensure(keyAndVarintBytesMax);
       writer.varint(field.key);
-      writer.varint(value ? 1 : 0);
+      writer.byte(value ? 1 : 0);
       return true;
     case 'enum':
       if (typeof value !== 'number' || !Number.isInteger(value) || value < -0x80000000 || value > 0x7fffffff) return false;
+      writer.ensure(keyAndVarintBytesMax);
       writer.varint(field.key);
       // int32: a negative value is written as its 64-bit two's complement, as protobufjs does.
-      writer.wide(BigInt.asUintN(64, BigInt(value)));
+      writer.varint64(BigInt.asUintN(64, BigInt(value)));
       return true;
-    case 'string':
+    case 'string': {
       if (typeof value !== 'string') return false;
+      const length = Buffer.byteLength(value, 'utf8');
+      writer.ensure(keyAndVarintBytesMax + length);
       writer.varint(field.key);
-      writer.string(value);
+      writer.string(value, length);
       return true;
+    }
     case 'bytes':
       if (!Buffer.isBuffer(value)) return false;
+      writer.ensure(keyAndVarintBytesMax + value.length);
       writer.varint(field.key);
       writer.bytes(value);
       return true;
     case 'message': {
       if (!isMessageObject(value) || field.message === undefined) return false;
+      writer.ensure(keyAndVarintBytesMax);
       writer.varint(field.key);
-      writer.ensure(lengthRoomBytes);
       const lengthAt = writer.offset;
       writer.offset += lengthRoomBytes;
       if (!writeMessage(writer, field.message, value, depth + 1)) return false;
       const length = writer.offset - lengthAt - lengthRoomBytes;
-      let lengthBytes = 1;
-      for (let rest = length >>> 7; rest > 0; rest >>>= 7) lengthBytes += 1;
-      const buffer = writer.buffer;
-      buffer.copyWithin(lengthAt + lengthBytes, lengthAt + lengthRoomBytes, writer.offset);
-      let position = lengthAt;
-      let rest = length;
-      while (rest > 0x7f) {
-        buffer[position++] = (rest & 0x7f) | 0x80;
-        rest >>>= 7;
-      }
-      buffer[position] = rest;
-      writer.offset = lengthAt + lengthBytes + length;
+      const lengthBytes = varintBytes(length);
+      writer.buffer.copyWithin(lengthAt + lengthBytes, lengthAt + lengthRoomBytes, writer.offset);
+      writer.offset = lengthAt;
+      writer.varint(length);
+      writer.offset += length;
       return true;
     }
   }
@@ -231,7 +168,7 @@ function isDefault(field: FieldPlan, value: unknown): boolean {
   }
 }
 
-function writeMessage(writer: Writer, plan: MessagePlan, object: Record<string, unknown>, depth: number): boolean {
+function writeMessage(writer: WireWriter, plan: MessagePlan, object: Record<string, unknown>, depth: number): boolean {
   if (depth > depthMax) return false;
   let oneofsSet: string[] | undefined;
   for (const field of plan.fields) {
@@ -259,54 +196,10 @@ function writeMessage(writer: Writer, plan: MessagePlan, object: Record<string, 
 
 /** `object` encoded as a message of `plan`, or undefined when it holds anything this codec leaves to protobufjs. */
 export function encodeWithPlan(plan: MessagePlan, object: object): Buffer | undefined {
-  const writer = new Writer();
+  const writer = new WireWriter(scratch);
   const written = writeMessage(writer, plan, object as Record<string, unknown>, 0);
   if (writer.buffer.length <= scratchBytesMax) scratch = writer.buffer;
   return written ? Buffer.from(writer.buffer.subarray(0, writer.offset)) : undefined;
-}
-
-class Reader {
-  offset: number;
-
-  constructor(
-    readonly buffer: Buffer,
-    start: number,
-    readonly end: number,
-  ) {
-    this.offset = start;
-  }
-
-  /** A varint as a number below 2^49, or as a BigInt (64 bits) beyond; undefined when malformed. */
-  varint(): number | bigint | undefined {
-    let value = 0;
-    let scale = 1;
-    for (let read = 0; read < 7; read++) {
-      if (this.offset >= this.end) return undefined;
-      const byte = this.buffer[this.offset++] as number;
-      value += (byte & 0x7f) * scale;
-      if (byte < 0x80) return value;
-      scale *= 128;
-    }
-    let wide = BigInt(value);
-    for (let shift = 49n; shift < 70n; shift += 7n) {
-      if (this.offset >= this.end) return undefined;
-      const byte = this.buffer[this.offset++] as number;
-      wide |= BigInt(byte & 0x7f) << shift;
-      if (byte < 0x80) return BigInt.asUintN(64, wide);
-    }
-    return undefined;
-  }
-
-  /** A key or a length: a varint below 2^31. */
-  small(): number | undefined {
-    const value = this.varint();
-    return typeof value === 'number' && value <= 0x7fffffff ? value : undefined;
-  }
-}
-
-/** The low 32 bits of a varint, as protobufjs reads bools and enums. */
-function low32(value: number | bigint): number {
-  return typeof value === 'number' ? value % 0x100000000 : Number(BigInt.asUintN(32, value));
 }
 
 function defaultOf(field: FieldPlan): unknown {
@@ -329,49 +222,34 @@ function defaultOf(field: FieldPlan): unknown {
 
 const notDecoded = Symbol('not decoded');
 
-function readValue(reader: Reader, field: FieldPlan, depth: number): unknown {
-  if ((field.key & 7) === wireVarint) {
-    const value = reader.varint();
-    if (value === undefined) return notDecoded;
-    switch (field.kind) {
-      case 'uint64':
-        return String(value);
-      case 'int64':
-        return typeof value === 'number' ? String(value) : (value >= twoTo63 ? value - twoTo64 : value).toString();
-      case 'bool':
-        return low32(value) !== 0;
-      case 'enum':
-        return low32(value) | 0;
-      default:
-        return notDecoded;
-    }
-  }
-  const length = reader.small();
-  if (length === undefined || reader.offset + length > reader.end) return notDecoded;
-  const start = reader.offset;
-  reader.offset += length;
+function readValue(reader: WireReader, field: FieldPlan, depth: number): unknown {
   switch (field.kind) {
+    case 'uint64':
+      return String(reader.varint64());
+    case 'int64':
+      return signed64Text(reader.varint64());
+    case 'bool':
+      return reader.uint32() !== 0;
+    case 'enum':
+      return reader.uint32() | 0;
     case 'bytes':
-      return reader.buffer.subarray(start, start + length);
+      return reader.bytes();
     case 'string':
-      return reader.buffer.toString('utf8', start, start + length);
+      return reader.string();
     case 'message':
       if (field.message === undefined) return notDecoded;
-      return readMessage(new Reader(reader.buffer, start, start + length), field.message, depth + 1) ?? notDecoded;
-    default:
-      return notDecoded;
+      return readMessage(reader.nested(), field.message, depth + 1) ?? notDecoded;
   }
 }
 
-function readMessage(reader: Reader, plan: MessagePlan, depth: number): Record<string, unknown> | undefined {
+function readMessage(reader: WireReader, plan: MessagePlan, depth: number): Record<string, unknown> | undefined {
   if (depth > depthMax) return undefined;
   const object: Record<string, unknown> = {};
   for (const field of plan.repeated) object[field.name] = [];
   for (const field of plan.plain) object[field.name] = defaultOf(field);
   let seen: FieldPlan[] | undefined;
-  while (reader.offset < reader.end) {
-    const key = reader.small();
-    if (key === undefined) return undefined;
+  while (!reader.done) {
+    const key = reader.key();
     const field = plan.byId.get(key >>> 3);
     if (field === undefined || field.key !== key) return undefined;
     const value = readValue(reader, field, depth);
@@ -392,5 +270,10 @@ function readMessage(reader: Reader, plan: MessagePlan, depth: number): Record<s
 
 /** `data` decoded as a message of `plan` in `toObject`'s shape, or undefined when protobufjs should decide. */
 export function decodeWithPlan(plan: MessagePlan, data: Buffer): Record<string, unknown> | undefined {
-  return readMessage(new Reader(data, 0, data.length), plan, 0);
+  try {
+    return readMessage(new WireReader(data, 0, data.length), plan, 0);
+  } catch (error) {
+    if (error instanceof WireFormatError) return undefined;
+    throw error;
+  }
 }

@@ -6,9 +6,12 @@
  * percent of each member's CPU under write load; here an entry costs its header and one copy.
  *
  * Owns: the wire format of Raft messages on the peer stream. Never: what the messages mean.
- * Malformed input (truncated, overlong varint, a length past the end) throws; gRPC then fails the
- * stream, as it did when protobufjs refused a batch. Unknown fields are skipped (protobuf rules).
+ * Malformed input (truncated, overlong varint, a length past the end, a number past 2^53 - 1: see
+ * wire/protobuf.ts) throws a WireFormatError naming the peer codec; gRPC then fails the stream, as
+ * it did when protobufjs refused a batch. Unknown fields are skipped (protobuf rules).
  */
+
+import { fieldKey, varintBytes, WireFormatError, WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
 
 /** A message as the transport hands it over (see transport.ts `RaftMessageWire`): field names of raft.proto. */
 export interface RaftMessageFields {
@@ -40,11 +43,6 @@ export interface MessageBatchFields {
   messages: RaftMessageFields[];
 }
 
-const wireVarint = 0;
-const wireFixed64 = 1;
-const wireBytes = 2;
-const wireFixed32 = 5;
-
 /** Field numbers of raft.proto's RaftMessage. */
 const field = {
   type: 1,
@@ -70,53 +68,9 @@ const field = {
 
 const numeric = (value: string | number | undefined): number => (typeof value === 'number' ? value : Number(value ?? 0));
 
-function varintBytes(value: number): number {
-  let bytes = 1;
-  while (value >= 0x80) {
-    value = Math.floor(value / 0x80);
-    bytes += 1;
-  }
-  return bytes;
-}
-
 const tagBytes = (fieldNumber: number): number => varintBytes(fieldNumber << 3);
 
-/** Sizes first, then one buffer written front to back. */
-class Writer {
-  private position = 0;
-  constructor(readonly buffer: Buffer) {}
-
-  varint(value: number): void {
-    if (!Number.isSafeInteger(value) || value < 0) throw new RangeError(`peer codec: ${value} is not a uint64 it can encode`);
-    while (value >= 0x80) {
-      this.buffer[this.position++] = (value % 0x80) | 0x80;
-      value = Math.floor(value / 0x80);
-    }
-    this.buffer[this.position++] = value;
-  }
-
-  tag(fieldNumber: number, wireType: number): void {
-    this.varint((fieldNumber << 3) | wireType);
-  }
-
-  bytes(data: Buffer): void {
-    this.varint(data.length);
-    data.copy(this.buffer, this.position);
-    this.position += data.length;
-  }
-
-  string(value: string, bytes: number): void {
-    this.varint(bytes);
-    this.buffer.write(value, this.position, bytes, 'utf8');
-    this.position += bytes;
-  }
-
-  get written(): number {
-    return this.position;
-  }
-}
-
-type Field = { kind: 'varint'; number: number; value: number } | { kind: 'string'; number: number; value: string; bytes: number } | { kind: 'message'; number: number; size: number; write: (writer: Writer) => void };
+type Field = { kind: 'varint'; number: number; value: number } | { kind: 'string'; number: number; value: string; bytes: number } | { kind: 'message'; number: number; size: number; write: (writer: WireWriter) => void };
 
 function fieldBytes(item: Field): number {
   switch (item.kind) {
@@ -129,18 +83,18 @@ function fieldBytes(item: Field): number {
   }
 }
 
-function writeField(writer: Writer, item: Field): void {
+function writeField(writer: WireWriter, item: Field): void {
   switch (item.kind) {
     case 'varint':
-      writer.tag(item.number, wireVarint);
+      writer.varint(fieldKey(item.number, wireVarint));
       writer.varint(item.value);
       return;
     case 'string':
-      writer.tag(item.number, wireBytes);
+      writer.varint(fieldKey(item.number, wireBytes));
       writer.string(item.value, item.bytes);
       return;
     case 'message':
-      writer.tag(item.number, wireBytes);
+      writer.varint(fieldKey(item.number, wireBytes));
       writer.varint(item.size);
       item.write(writer);
   }
@@ -159,15 +113,15 @@ function entryField(entry: NonNullable<RaftMessageFields['entries']>[number]): F
     number: field.entries,
     size,
     write: (writer) => {
-      writer.tag(1, wireVarint);
+      writer.varint(fieldKey(1, wireVarint));
       writer.varint(index);
-      writer.tag(2, wireVarint);
+      writer.varint(fieldKey(2, wireVarint));
       writer.varint(term);
       if (entry.configuration_change) {
-        writer.tag(3, wireVarint);
+        writer.varint(fieldKey(3, wireVarint));
         writer.varint(1);
       }
-      writer.tag(4, wireBytes);
+      writer.varint(fieldKey(4, wireBytes));
       writer.bytes(entry.data);
     },
   };
@@ -215,95 +169,18 @@ export function encodeMessageBatch(batch: MessageBatchFields): Buffer {
   }
   let total = 0;
   for (const item of top) total += fieldBytes(item);
-  const writer = new Writer(Buffer.allocUnsafe(total));
+  const writer = new WireWriter(Buffer.allocUnsafe(total));
   for (const item of top) writeField(writer, item);
-  if (writer.written !== total) throw new Error(`peer codec: wrote ${writer.written} of ${total} bytes`);
+  if (writer.offset !== total) throw new Error(`peer codec: wrote ${writer.offset} of ${total} bytes`);
   return writer.buffer;
 }
 
-class Reader {
-  position: number;
-  constructor(
-    private readonly buffer: Buffer,
-    start: number,
-    readonly end: number,
-  ) {
-    this.position = start;
-  }
-
-  varint(): number {
-    let value = 0;
-    let scale = 1;
-    for (let count = 0; count < 10; count++) {
-      if (this.position >= this.end) throw new RangeError('peer codec: truncated varint');
-      const byte = this.buffer[this.position++] as number;
-      value += (byte & 0x7f) * scale;
-      if (byte < 0x80) return value;
-      scale *= 0x80;
-    }
-    throw new RangeError('peer codec: varint longer than 10 bytes');
-  }
-
-  /** A length-delimited field's bounds. */
-  delimited(): { start: number; end: number } {
-    const length = this.varint();
-    const start = this.position;
-    const end = start + length;
-    if (end > this.end) throw new RangeError('peer codec: field runs past its message');
-    this.position = end;
-    return { start, end };
-  }
-
-  bytes(): Buffer {
-    const { start, end } = this.delimited();
-    return this.buffer.subarray(start, end);
-  }
-
-  string(): string {
-    const { start, end } = this.delimited();
-    return this.buffer.toString('utf8', start, end);
-  }
-
-  sub(): Reader {
-    const { start, end } = this.delimited();
-    return new Reader(this.buffer, start, end);
-  }
-
-  skip(wireType: number): void {
-    switch (wireType) {
-      case wireVarint:
-        this.varint();
-        return;
-      case wireFixed64:
-        this.advance(8);
-        return;
-      case wireBytes:
-        this.delimited();
-        return;
-      case wireFixed32:
-        this.advance(4);
-        return;
-      default:
-        throw new RangeError(`peer codec: wire type ${wireType} unsupported`);
-    }
-  }
-
-  private advance(bytes: number): void {
-    if (this.position + bytes > this.end) throw new RangeError('peer codec: field runs past its message');
-    this.position += bytes;
-  }
-
-  get done(): boolean {
-    return this.position >= this.end;
-  }
-}
-
-function decodeEntry(reader: Reader): NonNullable<RaftMessageFields['entries']>[number] {
+function decodeEntry(reader: WireReader): NonNullable<RaftMessageFields['entries']>[number] {
   const entry: NonNullable<RaftMessageFields['entries']>[number] = { index: 0, term: 0, configuration_change: false, data: Buffer.alloc(0) };
   while (!reader.done) {
-    const tag = reader.varint();
+    const tag = reader.key();
     const wireType = tag & 7;
-    switch (Math.floor(tag / 8)) {
+    switch (tag >>> 3) {
       case 1:
         entry.index = expectVarint(reader, wireType);
         break;
@@ -311,10 +188,10 @@ function decodeEntry(reader: Reader): NonNullable<RaftMessageFields['entries']>[
         entry.term = expectVarint(reader, wireType);
         break;
       case 3:
-        entry.configuration_change = expectVarint(reader, wireType) !== 0;
+        entry.configuration_change = expectBool(reader, wireType);
         break;
       case 4:
-        if (wireType !== wireBytes) throw new RangeError('peer codec: entry data is not length-delimited');
+        if (wireType !== wireBytes) throw new WireFormatError('entry data is not length-delimited');
         entry.data = reader.bytes();
         break;
       default:
@@ -324,23 +201,29 @@ function decodeEntry(reader: Reader): NonNullable<RaftMessageFields['entries']>[
   return entry;
 }
 
-function expectVarint(reader: Reader, wireType: number): number {
-  if (wireType !== wireVarint) throw new RangeError(`peer codec: wire type ${wireType} where a varint belongs`);
-  return reader.varint();
+function expectVarint(reader: WireReader, wireType: number): number {
+  if (wireType !== wireVarint) throw new WireFormatError(`wire type ${wireType} where a varint belongs`);
+  return reader.varint53();
 }
 
-function expectString(reader: Reader, wireType: number): string {
-  if (wireType !== wireBytes) throw new RangeError(`peer codec: wire type ${wireType} where a string belongs`);
+/** As protobufjs reads a bool: the varint's low 32 bits, nonzero. */
+function expectBool(reader: WireReader, wireType: number): boolean {
+  if (wireType !== wireVarint) throw new WireFormatError(`wire type ${wireType} where a bool belongs`);
+  return reader.uint32() !== 0;
+}
+
+function expectString(reader: WireReader, wireType: number): string {
+  if (wireType !== wireBytes) throw new WireFormatError(`wire type ${wireType} where a string belongs`);
   return reader.string();
 }
 
 /** `entriesMax`: entries the batch may still hold (see `peerBatchItemsMax`). */
-function decodeMessage(reader: Reader, entriesMax: number): RaftMessageFields {
+function decodeMessage(reader: WireReader, entriesMax: number): RaftMessageFields {
   const message: RaftMessageFields = { type: '', from: '', to: '', term: 0 };
   while (!reader.done) {
-    const tag = reader.varint();
+    const tag = reader.key();
     const wireType = tag & 7;
-    switch (Math.floor(tag / 8)) {
+    switch (tag >>> 3) {
       case field.type:
         message.type = expectString(reader, wireType);
         break;
@@ -360,10 +243,10 @@ function decodeMessage(reader: Reader, entriesMax: number): RaftMessageFields {
         message.last_term = expectVarint(reader, wireType);
         break;
       case field.transfer:
-        message.transfer = expectVarint(reader, wireType) !== 0;
+        message.transfer = expectBool(reader, wireType);
         break;
       case field.reject:
-        message.reject = expectVarint(reader, wireType) !== 0;
+        message.reject = expectBool(reader, wireType);
         break;
       case field.index:
         message.index = expectVarint(reader, wireType);
@@ -378,10 +261,10 @@ function decodeMessage(reader: Reader, entriesMax: number): RaftMessageFields {
         message.prev_term = expectVarint(reader, wireType);
         break;
       case field.entries:
-        if (wireType !== wireBytes) throw new RangeError('peer codec: an entry is not length-delimited');
+        if (wireType !== wireBytes) throw new WireFormatError('an entry is not length-delimited');
         message.entries ??= [];
-        if (message.entries.length >= entriesMax) throw new RangeError(`peer codec: more than ${peerBatchItemsMax} messages and entries in one batch`);
-        message.entries.push(decodeEntry(reader.sub()));
+        if (message.entries.length >= entriesMax) throw new WireFormatError(`more than ${peerBatchItemsMax} messages and entries in one batch`);
+        message.entries.push(decodeEntry(reader.nested()));
         break;
       case field.commit:
         message.commit = expectVarint(reader, wireType);
@@ -416,23 +299,34 @@ function decodeMessage(reader: Reader, entriesMax: number): RaftMessageFields {
  */
 export const peerBatchItemsMax = 1 << 20;
 
-/** Decodes a MessageBatch; entry data are views of `bytes` (a buffer gRPC allocated for this message alone). */
+/**
+ * Decodes a MessageBatch; entry data are views of `bytes` (a buffer gRPC allocated for this message
+ * alone). Malformed bytes throw a WireFormatError starting `peer codec:`.
+ */
 export function decodeMessageBatch(bytes: Buffer): MessageBatchFields {
-  const reader = new Reader(bytes, 0, bytes.length);
+  try {
+    return decodeBatch(new WireReader(bytes, 0, bytes.length));
+  } catch (error) {
+    if (error instanceof WireFormatError) throw new WireFormatError(`peer codec: ${error.message}`);
+    throw error;
+  }
+}
+
+function decodeBatch(reader: WireReader): MessageBatchFields {
   const batch: MessageBatchFields = { cluster_id: '', from: '', messages: [] };
   let items = 0;
   while (!reader.done) {
-    if (batch.messages.length + items > peerBatchItemsMax) throw new RangeError(`peer codec: more than ${peerBatchItemsMax} messages and entries in one batch`);
-    const tag = reader.varint();
+    if (batch.messages.length + items > peerBatchItemsMax) throw new WireFormatError(`more than ${peerBatchItemsMax} messages and entries in one batch`);
+    const tag = reader.key();
     const wireType = tag & 7;
-    switch (Math.floor(tag / 8)) {
+    switch (tag >>> 3) {
       case 1:
         batch.cluster_id = expectString(reader, wireType);
         break;
       case 2:
-        if (wireType !== wireBytes) throw new RangeError('peer codec: a message is not length-delimited');
+        if (wireType !== wireBytes) throw new WireFormatError('a message is not length-delimited');
         {
-          const message = decodeMessage(reader.sub(), peerBatchItemsMax - batch.messages.length - items);
+          const message = decodeMessage(reader.nested(), peerBatchItemsMax - batch.messages.length - items);
           items += message.entries?.length ?? 0;
           batch.messages.push(message);
         }
