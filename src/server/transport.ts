@@ -327,7 +327,13 @@ class PeerSender {
 
   private openStream(): grpc.ClientWritableStream<object> {
     const stream = this.client.Messages((error) => {
-      if (this.stream === stream) this.stream = undefined;
+      if (this.stream === stream) {
+        this.stream = undefined;
+        // A stream that ends with writes still buffered (its connection cut while the peer was slow
+        // or paused) never emits 'drain': the next message opens a new stream instead of being
+        // dropped for good.
+        this.congested = false;
+      }
       if (error !== null && error.code === grpc.status.FAILED_PRECONDITION && error.details === memberRemovedDetails) {
         this.options.onRemoved?.(this.id);
         return;
@@ -343,7 +349,7 @@ class PeerSender {
       }
     });
     stream.on('drain', () => {
-      this.congested = false;
+      if (this.stream === stream) this.congested = false;
     });
     return stream;
   }
