@@ -31,6 +31,10 @@ interface ReadWaiter {
   readonly reject: (error: unknown) => void;
   /** Answered once the quorum confirmed the leadership, without waiting to apply the index (see confirmLeadership). */
   readonly confirmationOnly: boolean;
+  /** Answered, failed or timed out. A waiter can sit in two groups (see `readIndexRetryMs`): the first to settle it wins. */
+  settled: boolean;
+  /** A group holding it has its read index: it is answered once that index is applied, and no leader change fails it. */
+  confirmed: boolean;
   timer?: NodeJS.Timeout;
 }
 
@@ -43,8 +47,11 @@ interface ReadGroup {
 }
 
 /**
- * After this long without an answer, the next ReadIndex request is asked anyway (the answer to the
- * one in flight may have been lost with its heartbeat); its reads keep waiting for it.
+ * After this long without an answer, the next ReadIndex request is asked anyway, and the reads of
+ * the one in flight join it: that request or its confirmation may be lost for good (a request a
+ * follower forwarded, or the leader's heartbeats, dropped while a peer connection was cut), and
+ * nothing else would ask for them again. They keep waiting for the first request too: under load
+ * its answer may only be late, and a request abandoned for each later one would never be answered.
  */
 const readIndexRetryMs = 500;
 
@@ -178,15 +185,15 @@ export class RaftLoop implements Consensus {
   private joinRead(confirmationOnly: boolean): Promise<number> {
     if (this.closed) return Promise.reject(new RampartError('Stopped'));
     return new Promise<number>((resolve, reject) => {
-      const group = (this.nextReads ??= { context: `${this.readContextPrefix}:${++this.readSequence}`, waiters: new Set() });
-      const waiter: ReadWaiter = { resolve, reject, confirmationOnly };
-      waiter.timer = setTimeout(() => {
-        group.waiters.delete(waiter);
-        reject(new RampartError('Timeout'));
-      }, this.requestTimeoutMs);
-      group.waiters.add(waiter);
+      const waiter: ReadWaiter = { resolve, reject, confirmationOnly, settled: false, confirmed: false };
+      waiter.timer = setTimeout(() => fail(waiter, new RampartError('Timeout')), this.requestTimeoutMs);
+      this.nextReadGroup().waiters.add(waiter);
       this.askReadIndex();
     });
+  }
+
+  private nextReadGroup(): ReadGroup {
+    return (this.nextReads ??= { context: `${this.readContextPrefix}:${++this.readSequence}`, waiters: new Set() });
   }
 
   /** Asks Raft for the next read group's index unless a request is in flight. */
@@ -194,15 +201,22 @@ export class RaftLoop implements Consensus {
     const group = this.nextReads;
     if (this.readInFlight !== undefined || group === undefined) return;
     this.nextReads = undefined;
-    if (group.waiters.size === 0) return;
+    if (!awaitsConfirmation(group)) return;
     if (!this.node.readIndex(group.context)) {
-      rejectAll(group, new RampartError('NoLeader'));
+      failUnconfirmed(group, new RampartError('NoLeader'));
       return;
     }
     this.reads.set(group.context, group);
     const retry = setTimeout(() => {
       if (this.readInFlight?.group !== group) return;
       this.readInFlight = undefined;
+      // Its reads began before the next request is asked, so that request's index covers them too.
+      const waiting = [...group.waiters].filter((waiter) => !waiter.settled && !waiter.confirmed);
+      if (waiting.length > 0) {
+        const next = this.nextReadGroup();
+        for (const waiter of waiting) next.waiters.add(waiter);
+      }
+      this.forgetAbandonedReads();
       this.askReadIndex();
     }, readIndexRetryMs);
     this.readInFlight = { group, retry };
@@ -224,14 +238,20 @@ export class RaftLoop implements Consensus {
       if (group === undefined || group.index !== undefined) continue;
       group.index = state.index;
       for (const waiter of group.waiters) {
-        if (!waiter.confirmationOnly) continue;
-        group.waiters.delete(waiter);
-        clearTimeout(waiter.timer);
-        waiter.resolve(state.index);
+        waiter.confirmed = true;
+        if (waiter.confirmationOnly) answer(waiter, state.index);
       }
       this.readAnswered(group);
     }
+    this.forgetAbandonedReads();
     this.releaseReads();
+  }
+
+  /** Drops unconfirmed groups, other than the one in flight, that nobody waits for any more (their reads were answered through a later request, or timed out). */
+  private forgetAbandonedReads(): void {
+    for (const [context, group] of this.reads) {
+      if (group.index === undefined && group !== this.readInFlight?.group && !awaitsConfirmation(group)) this.reads.delete(context);
+    }
   }
 
   /** The read group in flight got its index (or was failed): the next one may be asked. */
@@ -307,10 +327,7 @@ export class RaftLoop implements Consensus {
     for (const [context, group] of this.reads) {
       if (group.index !== undefined && group.index <= applied) {
         this.reads.delete(context);
-        for (const waiter of group.waiters) {
-          clearTimeout(waiter.timer);
-          waiter.resolve(group.index);
-        }
+        for (const waiter of group.waiters) answer(waiter, group.index);
       }
     }
   }
@@ -320,7 +337,7 @@ export class RaftLoop implements Consensus {
     const unconfirmed = [...this.reads.values()].filter((group) => group.index === undefined);
     for (const group of unconfirmed) {
       this.reads.delete(group.context);
-      rejectAll(group, error);
+      failUnconfirmed(group, error);
     }
     for (const group of unconfirmed) this.readAnswered(group);
   }
@@ -330,19 +347,39 @@ export class RaftLoop implements Consensus {
     if (this.ticker !== undefined) clearInterval(this.ticker);
     if (this.readInFlight !== undefined) clearTimeout(this.readInFlight.retry);
     this.readInFlight = undefined;
-    for (const group of [...this.reads.values(), ...(this.nextReads === undefined ? [] : [this.nextReads])]) rejectAll(group, new RampartError('Stopped'));
+    for (const group of [...this.reads.values(), ...(this.nextReads === undefined ? [] : [this.nextReads])]) {
+      for (const waiter of group.waiters) fail(waiter, new RampartError('Stopped'));
+    }
     this.reads.clear();
     this.nextReads = undefined;
     await this.idle;
   }
 }
 
-function rejectAll(group: ReadGroup, error: RampartError): void {
-  for (const waiter of group.waiters) {
-    clearTimeout(waiter.timer);
-    waiter.reject(error);
-  }
+function answer(waiter: ReadWaiter, index: number): void {
+  if (waiter.settled) return;
+  waiter.settled = true;
+  clearTimeout(waiter.timer);
+  waiter.resolve(index);
+}
+
+function fail(waiter: ReadWaiter, error: unknown): void {
+  if (waiter.settled) return;
+  waiter.settled = true;
+  clearTimeout(waiter.timer);
+  waiter.reject(error);
+}
+
+/** Fails the group's reads that no other group has confirmed (those are answered once their index is applied). */
+function failUnconfirmed(group: ReadGroup, error: RampartError): void {
+  for (const waiter of group.waiters) if (!waiter.confirmed) fail(waiter, error);
   group.waiters.clear();
+}
+
+/** Whether a read of the group still needs a read index (it is neither settled nor confirmed through another group). */
+function awaitsConfirmation(group: ReadGroup): boolean {
+  for (const waiter of group.waiters) if (!waiter.settled && !waiter.confirmed) return true;
+  return false;
 }
 
 /** How many of the Ready's committed entries precede its first entry to persist (all when it has none). */

@@ -189,3 +189,118 @@ describe('raft loop', () => {
     expect(answered.size).toBe(2);
   });
 });
+
+/**
+ * A ReadIndex request or its confirmation can be lost for good: the leader's confirmation
+ * heartbeats, or the request a follower forwarded, dropped while a peer connection was cut (the
+ * soak cuts every peer link after a certificate rotation). Nothing in Raft asks again (periodic
+ * heartbeats carry no read context), so the loop must: otherwise the reads wait out the request
+ * timeout, and a member whose reads keep arriving one at a time answers none of them in time.
+ */
+describe('raft loop: lost ReadIndex requests', () => {
+  const loops: { loop: RaftLoop; host: StuckHost }[] = [];
+  afterEach(async () => {
+    for (const { loop, host } of loops.splice(0)) {
+      host.unstick();
+      await loop.close();
+    }
+  });
+
+  /** A leader of voters a and b whose first entry b holds, so it may serve reads. */
+  const leader = async (): Promise<{ loop: RaftLoop; host: StuckHost }> => {
+    const raft = node('a', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    loop.start();
+    raft.campaignNow();
+    loop.step({ type: 'preVoteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    loop.step({ type: 'voteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    await loop.settled();
+    loop.step({ type: 'appendResponse', from: 'b', to: 'a', term: 1, reject: false, index: loop.lastIndex, rejectHint: 0 });
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+    return { loop, host };
+  };
+
+  const confirmationContexts = (host: StuckHost): string[] =>
+    host.sent.flatMap((message) => (message.type === 'heartbeat' && message.context !== '' ? [message.context] : []));
+
+  it('a leader asks again for a read whose confirmation heartbeats were lost, and answers it', async () => {
+    const { loop, host } = await leader();
+    const startedMs = performance.now();
+    let outcome: string | undefined;
+    loop.readBarrier().then(
+      () => (outcome = 'answered'),
+      (error: unknown) => (outcome = String(error)),
+    );
+    // The first round's heartbeat is lost; b answers every later one.
+    const lost = confirmationContexts(host)[0];
+    expect(lost).toBeDefined();
+    const answered = new Set<string>([lost as string]);
+    while (outcome === undefined && performance.now() - startedMs < 12_000) {
+      for (const context of confirmationContexts(host)) {
+        if (answered.has(context)) continue;
+        answered.add(context);
+        loop.step({ type: 'heartbeatResponse', from: 'b', to: 'a', term: 1, context });
+      }
+      await sleep(20);
+    }
+    expect(outcome).toBe('answered');
+    // Well before the 10 s request timeout: the retry (500 ms) asked again.
+    expect(performance.now() - startedMs).toBeLessThan(5_000);
+  }, 20_000);
+
+  it('a follower forwards a read again whose forwarded request was lost, and answers it', async () => {
+    const raft = node('b', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    loop.start();
+    loop.step({ type: 'heartbeat', from: 'a', to: 'b', term: 1, commit: 0, context: '' });
+    await loop.settled();
+    expect(loop.leader).toBe('a');
+    const startedMs = performance.now();
+    let outcome: string | undefined;
+    loop.readBarrier().then(
+      () => (outcome = 'answered'),
+      (error: unknown) => (outcome = String(error)),
+    );
+    const forwarded = (): string[] => host.sent.flatMap((message) => (message.type === 'readIndex' ? [message.context] : []));
+    // The first forwarded request never reaches the leader; the leader answers every later one.
+    const lost = forwarded()[0];
+    expect(lost).toBeDefined();
+    const answered = new Set<string>([lost as string]);
+    while (outcome === undefined && performance.now() - startedMs < 12_000) {
+      for (const context of forwarded()) {
+        if (answered.has(context)) continue;
+        answered.add(context);
+        loop.step({ type: 'readIndexResponse', from: 'a', to: 'b', term: 1, context, index: 0 });
+      }
+      await sleep(20);
+    }
+    expect(outcome).toBe('answered');
+    expect(performance.now() - startedMs).toBeLessThan(5_000);
+  }, 20_000);
+
+  it('a confirmation slower than the retry still answers the reads (asking again never abandons the first request)', async () => {
+    const { loop, host } = await leader();
+    const reads: Promise<unknown>[] = [];
+    let resolved = 0;
+    // b answers every confirmation heartbeat, each 1.2 s late: every request is retried before its answer comes.
+    const answered = new Set<string>();
+    const startedMs = performance.now();
+    for (let round = 0; round < 6; round++) reads.push(loop.readBarrier().then(() => (resolved += 1)));
+    while (resolved < reads.length && performance.now() - startedMs < 12_000) {
+      for (const context of confirmationContexts(host)) {
+        if (answered.has(context)) continue;
+        answered.add(context);
+        setTimeout(() => loop.step({ type: 'heartbeatResponse', from: 'b', to: 'a', term: 1, context }), 1_200);
+      }
+      await sleep(20);
+    }
+    await Promise.all(reads);
+    expect(resolved).toBe(6);
+    expect(performance.now() - startedMs).toBeLessThan(5_000);
+  }, 20_000);
+});
