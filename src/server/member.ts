@@ -21,7 +21,7 @@ import { ensurePrivateDirectory } from '../storage/private-files.js';
 import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress, type RewrapHook } from '../storage/database.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
-import { fromIndexKey, toIndexKey } from '../storage/mvcc/range.js';
+import { fromIndexKey } from '../storage/mvcc/range.js';
 import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
 import type {
   AlarmRequest,
@@ -217,9 +217,7 @@ export class Member {
       const record = decodeLeaseRecord(value);
       this.lessor.grant(key.readBigInt64BE(1), record.grantedTtlSeconds, record.owner);
     }
-    this.store.forEachLive((kv) => {
-      if (kv.lease !== 0n) this.lessor.attach(kv.lease, toIndexKey(kv.key));
-    });
+    this.store.forEachLeasedKey((lease, indexKey) => this.lessor.attach(lease, indexKey));
     this.alarms.clear();
     for await (const key of this.db.keys({ gte: Buffer.of(prefix.alarm), lt: prefixEnd(prefix.alarm) })) {
       this.alarms.load(key);

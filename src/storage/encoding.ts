@@ -39,7 +39,13 @@ export function writeUint64(buffer: Buffer, value: number, offset: number): void
 }
 
 export function readUint64(buffer: Buffer, offset: number): number {
-  const value = buffer.readUInt32BE(offset) * twoTo32 + buffer.readUInt32BE(offset + 4);
+  const high = buffer.readUInt32BE(offset);
+  const low = buffer.readUInt32BE(offset + 4);
+  // Below 2^32 the low word is the value, a small integer V8 keeps unboxed. The product below is
+  // a float even when integral: every revision read at start stored that way was a heap number
+  // (5 a key in the index after a restart, and the objects holding them kept boxing).
+  if (high === 0) return low;
+  const value = high * twoTo32 + low;
   assert(Number.isSafeInteger(value), 'uint64 beyond safe integer range');
   return value;
 }

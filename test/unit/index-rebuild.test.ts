@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { Database, DatabaseIterator } from '../../src/storage/database.js';
 import { encodeKeyValueRecord, encodeRevisionKey, recordKind, type KeyValue } from '../../src/storage/encoding.js';
 import { rebuildIndex } from '../../src/storage/mvcc/index-rebuild.js';
+import type { KeyRecord } from '../../src/storage/mvcc/key-record.js';
 
 /**
  * A database whose 'k' records arrive as one batch of views into one buffer, as the sealed
@@ -38,6 +39,9 @@ const put = (main: number, key: string, valueBytes: number): { main: number; kin
   kv: { key: Buffer.from(key), value: Buffer.alloc(valueBytes, main % 251), lease: 0n, createRevision: main, modRevision: main, version: 1 },
 });
 
+const revisionsOf = (record: KeyRecord | undefined): { main: number; sub: number; tombstone: boolean }[] =>
+  record === undefined ? [] : Array.from({ length: record.revisionCount }, (_, position) => ({ main: record.mainAt(position), sub: record.subAt(position), tombstone: record.tombstoneAt(position) }));
+
 describe('index rebuild', () => {
   it('returns every key in key order with its revisions, live value and the newest revision', async () => {
     const tombstone = { main: 4, kind: recordKind.tombstone, kv: { key: Buffer.from('b'), value: Buffer.alloc(0), lease: 0n, createRevision: 0, modRevision: 4, version: 0 } };
@@ -45,16 +49,16 @@ describe('index rebuild', () => {
     expect(rebuilt.currentRevision).toBe(6);
     expect(rebuilt.records.map(([indexKey]) => indexKey)).toEqual(['a', 'b', 'c']);
     const [a, b, c] = rebuilt.records.map(([, record]) => record);
-    expect(a?.live?.value).toEqual(Buffer.alloc(10, 5));
-    expect(b?.live).toBeUndefined();
-    expect(b?.revisions.map((revision) => [revision.main, revision.tombstone])).toEqual([[3, false], [4, true]]);
-    expect(c?.revisions.map((revision) => revision.main)).toEqual([2, 6]);
-    expect(c?.live?.value).toEqual(Buffer.alloc(20, 6));
+    expect(a?.live()?.value).toEqual(Buffer.alloc(10, 5));
+    expect(b?.live()).toBeUndefined();
+    expect(revisionsOf(b).map((revision) => [revision.main, revision.tombstone])).toEqual([[3, false], [4, true]]);
+    expect(revisionsOf(c).map((revision) => revision.main)).toEqual([2, 6]);
+    expect(c?.live()?.value).toEqual(Buffer.alloc(20, 6));
   });
 
   it('keeps keys and values as views into a batch that stays mostly live, and copies them out of one that is mostly history', async () => {
     const dense = await rebuildIndex(oneBatchDatabase(Array.from({ length: 10 }, (_, index) => put(index + 2, `key-${index}`, 1024))));
-    const denseValues = dense.records.map(([, record]) => record.live?.value as Buffer);
+    const denseValues = dense.records.map(([, record]) => record.live()?.value as Buffer);
     const denseBuffer = (denseValues[0] as Buffer).buffer;
     expect(denseValues.every((value) => value.buffer === denseBuffer)).toBe(true);
 
@@ -64,13 +68,13 @@ describe('index rebuild', () => {
     const sparse = await rebuildIndex(oneBatchDatabase([...history, put(60, 'small', 16)]));
     expect(sparse.records.map(([indexKey]) => indexKey)).toEqual(['overwritten', 'small']);
     for (const [indexKey, record] of sparse.records) {
-      const live = record.live as KeyValue;
+      const live = record.live() as KeyValue;
       // Copied out: nothing of this key holds the 51 KiB batch buffer any more.
       for (const view of [record.key, live.key, live.value]) expect(view.buffer.byteLength).toBeLessThan(16 * 1024);
       expect(live.key.toString()).toBe(indexKey);
     }
-    expect(sparse.records[0]?.[1].live?.value).toEqual(Buffer.alloc(1024, 51));
-    expect(sparse.records[0]?.[1].revisions).toHaveLength(50);
-    expect(sparse.records[1]?.[1].live?.value).toEqual(Buffer.alloc(16, 60));
+    expect(sparse.records[0]?.[1].live()?.value).toEqual(Buffer.alloc(1024, 51));
+    expect(sparse.records[0]?.[1].revisionCount).toBe(50);
+    expect(sparse.records[1]?.[1].live()?.value).toEqual(Buffer.alloc(16, 60));
   });
 });

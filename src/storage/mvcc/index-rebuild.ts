@@ -13,12 +13,11 @@
  * values overwritten later) are copied out and the batch is freed: loaded keys and values never hold
  * more than `batchLiveShareMin`'s inverse times their own bytes.
  */
-import { assert } from '../../errors.js';
-import { type KeyValue, decodeKeyValueRecord, decodeRevisionKey, recordKind } from '../encoding.js';
+import { decodeKeyValueRecord, decodeRevisionKey, recordKind } from '../encoding.js';
 import { prefix, prefixEnd } from '../schema.js';
 import type { Database } from '../database.js';
 import { toIndexKey } from './range.js';
-import type { KeyRecord } from './store.js';
+import { KeyRecord } from './key-record.js';
 
 /** Records, and bytes, read from the database per batch. */
 const batchRecordsMax = 1_000;
@@ -52,13 +51,9 @@ export async function rebuildIndex(db: Database): Promise<RebuiltIndex> {
         const live = tombstone ? undefined : kv;
         const known = loaded.get(indexKey);
         if (known === undefined) {
-          // The revisions array is made one long: an empty one grown by push reserves 17 slots.
-          loaded.set(indexKey, { key: kv.key, revisions: [{ main: revision.main, sub: revision.sub, tombstone }], live });
+          loaded.set(indexKey, new KeyRecord(kv.key, revision.main, revision.sub, live));
         } else {
-          const last = known.revisions[known.revisions.length - 1];
-          assert(last === undefined || last.main < revision.main || (last.main === revision.main && last.sub < revision.sub), 'key revisions must increase');
-          known.revisions.push({ main: revision.main, sub: revision.sub, tombstone });
-          known.live = live;
+          known.append(revision.main, revision.sub, live);
         }
         currentRevision = Math.max(currentRevision, revision.main);
       }
@@ -80,18 +75,12 @@ function copyOutOfSparseBatches(records: [string, KeyRecord][]): void {
   };
   for (const [, record] of records) {
     count(record.key);
-    if (record.live !== undefined) {
-      if (record.live.key !== record.key) count(record.live.key);
-      count(record.live.value);
-    }
+    if (record.hasLive) count(record.liveValue);
   }
   const sparse = (view: Buffer): boolean => (referencedBytes.get(view.buffer) ?? 0) < view.buffer.byteLength * batchLiveShareMin;
   for (const entry of records) {
     const record = entry[1];
-    const live = record.live;
-    if (!sparse(record.key) && (live === undefined || (!sparse(live.key) && !sparse(live.value)))) continue;
-    const key = Buffer.from(record.key);
-    const copied: KeyValue | undefined = live === undefined ? undefined : { ...live, key, value: Buffer.from(live.value) };
-    entry[1] = { key, revisions: record.revisions, live: copied };
+    if (!sparse(record.key) && (!record.hasLive || !sparse(record.liveValue))) continue;
+    entry[1] = record.replaceBuffers(Buffer.from(record.key), record.hasLive ? Buffer.from(record.liveValue) : record.liveValue);
   }
 }

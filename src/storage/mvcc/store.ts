@@ -25,6 +25,7 @@ import {
 import { metaKey, prefix } from '../schema.js';
 import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './range.js';
 import { rebuildIndex } from './index-rebuild.js';
+import { KeyRecord, emptyValue } from './key-record.js';
 import type { Database } from '../database.js';
 
 export type { Database } from '../database.js';
@@ -34,19 +35,7 @@ export type { Database } from '../database.js';
 type BTreeConstructor = typeof sortedBtree.default;
 const BTree: BTreeConstructor = (typeof sortedBtree === 'function' ? sortedBtree : sortedBtree.default) as BTreeConstructor;
 
-export interface RevisionEntry {
-  readonly main: number;
-  readonly sub: number;
-  readonly tombstone: boolean;
-}
-
-export interface KeyRecord {
-  readonly key: Buffer;
-  /** Ascending by (main, sub). */
-  revisions: RevisionEntry[];
-  /** The value at the newest revision, when that revision is not a tombstone. */
-  live: KeyValue | undefined;
-}
+export { KeyRecord } from './key-record.js';
 
 export interface StoreEvent {
   readonly type: 'put' | 'delete';
@@ -79,8 +68,6 @@ const compactionBatchRecordsMax = 10_000;
  * run (requests, heartbeats): a pass over 60,000 keys in one go stalled a member for 0.5-1.9 s.
  */
 const compactionIndexSliceKeys = 1_024;
-/** The value of every tombstone (never written to: a zero-length buffer has no bytes to change). */
-const emptyValue = Buffer.alloc(0);
 
 export class MvccStore {
   private readonly index: InstanceType<typeof BTree<string, KeyRecord>> = new BTree<string, KeyRecord>(undefined, compareIndexKeys);
@@ -167,15 +154,15 @@ export class MvccStore {
     const kvs: KeyValue[] = [];
     let count = 0;
     this.forEachRecord(range, (record) => {
-      const entry = visibleEntry(record, revision);
-      if (entry === undefined || entry.tombstone) {
+      const position = record.visibleAt(revision);
+      if (position < 0 || record.tombstoneAt(position)) {
         return;
       }
       count += 1;
       if (countOnly || (limit > 0 && kvs.length >= limit)) {
         return;
       }
-      kvs.push(this.valueOf(record, entry));
+      kvs.push(this.valueOf(record, position));
     });
     return { kvs, count, revision: this.currentRevisionValue };
   }
@@ -198,12 +185,11 @@ export class MvccStore {
     }
   }
 
-  private valueOf(record: KeyRecord, entry: RevisionEntry): KeyValue {
-    const newest = record.revisions[record.revisions.length - 1];
-    if (newest === entry && record.live !== undefined) {
-      return record.live;
+  private valueOf(record: KeyRecord, position: number): KeyValue {
+    if (record.isNewest(position) && record.hasLive) {
+      return record.live() as KeyValue;
     }
-    const stored = this.readRecord(entry.main, entry.sub);
+    const stored = this.readRecord(record.mainAt(position), record.subAt(position));
     if (stored === undefined) {
       // Removed by a concurrent physical compaction.
       throw new RampartError('Compacted');
@@ -218,7 +204,7 @@ export class MvccStore {
 
   /** The live value of one key at the current revision, if any. */
   get(key: Buffer): KeyValue | undefined {
-    return this.index.get(toIndexKey(key))?.live;
+    return this.index.get(toIndexKey(key))?.live();
   }
 
   /** Starts a write transaction. Changes are visible to reads at once; `commit` returns the batch. */
@@ -235,8 +221,7 @@ export class MvccStore {
   /** @internal Used by WriteTransaction.deleteRange: a tombstone for a key whose index record it holds. */
   applyTombstone(record: KeyRecord, kv: KeyValue, sub: number, encoded: Buffer, batch: BatchOperation[]): void {
     this.stage(kv, sub, encodeKeyValueRecordInto(encoded, recordKind.tombstone, kv), batch);
-    appendRevision(record, kv.modRevision, sub, true);
-    record.live = undefined;
+    record.append(kv.modRevision, sub, undefined);
   }
 
   /** Puts a change's record into the batch, readable from memory until the batch is written. */
@@ -259,14 +244,9 @@ export class MvccStore {
   private indexRecord(kv: KeyValue, main: number, sub: number, tombstone: boolean): void {
     const indexKey = toIndexKey(kv.key);
     const live = tombstone ? undefined : kv;
-    // A new key's revisions array is made one long: an empty one grown by push reserves 17 slots
-    // (~130 bytes a key, 64 MB of heap at 500,000 keys).
-    const created: KeyRecord = { key: kv.key, revisions: [{ main, sub, tombstone }], live };
     // One descent of the tree for a new key (most keys while loading); a second for a known one.
-    if (this.index.set(indexKey, created, false)) return;
-    const record = this.index.get(indexKey) as KeyRecord;
-    appendRevision(record, main, sub, tombstone);
-    record.live = live;
+    if (this.index.set(indexKey, new KeyRecord(kv.key, main, sub, live), false)) return;
+    (this.index.get(indexKey) as KeyRecord).append(main, sub, live);
   }
 
   /** Called once the database write holding revisions up to `revision` has completed. */
@@ -342,17 +322,19 @@ export class MvccStore {
     if (record === undefined) {
       return undefined;
     }
-    let previous: RevisionEntry | undefined;
-    for (const entry of record.revisions) {
-      if (entry.main > main || (entry.main === main && entry.sub >= sub)) {
+    let previous = -1;
+    const count = record.revisionCount;
+    for (let position = 0; position < count; position++) {
+      const entryMain = record.mainAt(position);
+      if (entryMain > main || (entryMain === main && record.subAt(position) >= sub)) {
         break;
       }
-      previous = entry;
+      previous = position;
     }
-    if (previous === undefined || previous.tombstone) {
+    if (previous < 0 || record.tombstoneAt(previous)) {
       return undefined;
     }
-    return this.readRecord(previous.main, previous.sub)?.kv;
+    return this.readRecord(record.mainAt(previous), record.subAt(previous))?.kv;
   }
 
   /**
@@ -394,23 +376,7 @@ export class MvccStore {
         break;
       }
       visited += 1;
-      const revisions = record.revisions;
-      let keepFrom = 0;
-      for (let position = 0; position < revisions.length; position++) {
-        const entry = revisions[position] as RevisionEntry;
-        if (entry.main > revision) {
-          break;
-        }
-        // The newest revision at or below the compaction point stays readable, unless it is a tombstone.
-        keepFrom = entry.tombstone ? position + 1 : position;
-      }
-      if (keepFrom === 0) continue;
-      for (let position = 0; position < keepFrom; position++) {
-        const entry = revisions[position] as RevisionEntry;
-        removed.push(entry.main, entry.sub);
-      }
-      record.revisions = revisions.slice(keepFrom);
-      if (record.revisions.length === 0) {
+      if (record.compact(revision, removed)) {
         emptied.push(indexKey);
       }
     }
@@ -467,10 +433,11 @@ export class MvccStore {
   }
 
   /** Every live key attached to a lease, for rebuilding the lessor at start. */
-  forEachLive(visit: (kv: KeyValue) => void): void {
-    this.index.forEachPair((_indexKey, record) => {
-      if (record.live !== undefined) {
-        visit(record.live);
+  forEachLeasedKey(visit: (lease: bigint, indexKey: string) => void): void {
+    this.index.forEachPair((indexKey, record) => {
+      const lease = record.liveLease;
+      if (lease !== 0n) {
+        visit(lease, indexKey);
       }
     });
   }
@@ -479,7 +446,7 @@ export class MvccStore {
   liveIndexRecords(range: KeyRange): KeyRecord[] {
     const live: KeyRecord[] = [];
     this.forEachRecord(range, (record) => {
-      if (record.live !== undefined) {
+      if (record.hasLive) {
         live.push(record);
       }
     });
@@ -494,23 +461,6 @@ function compareIndexKeys(a: string, b: string): number {
 
 function tombstoneRecordBytes(key: Buffer): number {
   return keyValueRecordBytes(key.length, 0);
-}
-
-function appendRevision(record: KeyRecord, main: number, sub: number, tombstone: boolean): void {
-  const last = record.revisions[record.revisions.length - 1];
-  assert(last === undefined || last.main < main || (last.main === main && last.sub < sub), 'key revisions must increase');
-  record.revisions.push({ main, sub, tombstone });
-}
-
-function visibleEntry(record: KeyRecord, revision: number): RevisionEntry | undefined {
-  const revisions = record.revisions;
-  for (let position = revisions.length - 1; position >= 0; position--) {
-    const entry = revisions[position];
-    if (entry !== undefined && entry.main <= revision) {
-      return entry;
-    }
-  }
-  return undefined;
 }
 
 /**
@@ -568,7 +518,7 @@ export class WriteTransaction {
     const arena = Buffer.allocUnsafeSlow(bytes);
     let offset = 0;
     for (const record of records) {
-      const previous = record.live as KeyValue;
+      const previous = record.live() as KeyValue;
       const tombstone: KeyValue = {
         key: previous.key,
         value: emptyValue,
