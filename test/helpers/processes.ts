@@ -114,9 +114,10 @@ export interface RampartOptions {
   readonly name?: string;
   readonly args?: readonly string[];
   /**
-   * How long to wait for the client port (default 30 s); a member needs a leader before it serves.
+   * How long to wait for the client port (default 60 s); a member needs a leader before it serves.
    * Generous: on the shared 2-core machine at load 30-40 a fresh 3-member cluster took 13 s to
-   * serve, and a member sometimes printed nothing at all within 15 s.
+   * serve, a member sometimes printed nothing at all within 15 s, and with four e2e files of
+   * clusters running beside other work (load ~28) two members of 33 did not serve within 30 s.
    */
   readonly startTimeoutMs?: number;
   /** Extra environment variables (the soak's fsync shim). */
@@ -145,7 +146,7 @@ export async function startRampart(options: RampartOptions = {}): Promise<Server
   });
   const output = track(child);
   try {
-    await waitForPort(port, child, output, options.startTimeoutMs ?? 30_000);
+    await waitForPort(port, child, output, options.startTimeoutMs ?? 60_000);
   } catch (error) {
     // Not left running behind a failed test.
     child.kill('SIGKILL');
