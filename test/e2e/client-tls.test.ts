@@ -17,6 +17,8 @@ import { cleanEnvironment, freeBasePort, rampartBin, removeDirectory, run, tempo
 
 const python = '/usr/bin/python3';
 const tokenTtlSeconds = 4;
+/** How soon the streams of a revoked certificate must end. */
+const revokedEndMaxMs = 20_000;
 
 type Stream = grpc.ClientDuplexStream<object, Record<string, unknown>>;
 type Unary = (request: object, metadata: grpc.Metadata, callback: (error: grpc.ServiceError | null, response: Record<string, unknown>) => void) => void;
@@ -173,16 +175,18 @@ describe('client TLS: passwords without client certificates, and open streams of
 
     const revoked = await run(process.execPath, [rampartBin, 'cert', 'revoke', 'alice', '--dir', rampartDir()]);
     expect(revoked.code, revoked.stderr).toBe(0);
+    // The member looks every 500 ms (--certificate-reload-interval-ms); the bounds leave a loaded
+    // machine room, and a stream left open (the bug) stays open for good.
     const revokedAt = Date.now();
-    const outcome = await Promise.race([aliceEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), 8_000))]);
+    const outcome = await Promise.race([aliceEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), revokedEndMaxMs))]);
     expect(outcome).toMatch(/^error \d+$/);
-    expect(Date.now() - revokedAt).toBeLessThan(8_000);
-    expect(await Promise.race([keepAliveEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), 2_000))])).toMatch(/^error \d+$/);
+    expect(Date.now() - revokedAt).toBeLessThan(revokedEndMaxMs);
+    expect(await Promise.race([keepAliveEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), 10_000))])).toMatch(/^error \d+$/);
     // Its connection is gone; a new one is refused.
     expect((await etcdctl(['--cacert', path.join(pki(), 'ca.crt'), '--cert', path.join(pki(), 'alice.crt'), '--key', path.join(pki(), 'alice.key')], ['get', '/app/k'])).stderr).toContain('rampart: certificate revoked');
 
     // Expired: the connection of the expiring certificate ends once it is past its end date.
-    expect(await Promise.race([briefEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), 15_000))])).toMatch(/^error \d+$/);
+    expect(await Promise.race([briefEnded, new Promise((resolve) => setTimeout(() => resolve('still open'), 30_000))])).toMatch(/^error \d+$/);
 
     // A token is checked on every new watch of an open stream: once it expires, no new watch.
     const serverTls = grpc.credentials.createSsl(ca);
@@ -199,5 +203,5 @@ describe('client TLS: passwords without client certificates, and open streams of
     await until(() => bobSeen.some((response) => String(response.watch_id) === '2'));
     expect(bobSeen.find((response) => String(response.watch_id) === '2')).toMatchObject({ canceled: true, cancel_reason: 'rpc error: code = PermissionDenied desc = etcdserver: permission denied' });
     bobWatch.cancel();
-  }, 90_000);
+  }, 150_000);
 });

@@ -15,6 +15,11 @@ import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
 
 const putsTotal = 3000;
 const putsInFlight = 16;
+/** nghttp2's burst of reset streams a connection may make, and its refill: the run must go past them. */
+const resetBurst = 1000;
+const resetRefillPerSecond = 33;
+/** A bound on the run when the machine is too slow to outrun the refill (the test then fails, saying so). */
+const putsMax = 20_000;
 
 type Unary = (request: object, callback: (error: oldGrpc.ServiceError | null) => void) => void;
 
@@ -48,7 +53,7 @@ describe('grpc-js clients before 1.10.4', () => {
     await member?.stop();
   });
 
-  it(`serve ${putsTotal} puts with ${putsInFlight} in flight without an error, and leave no socket in CLOSE-WAIT`, async () => {
+  it(`serve ${putsTotal} puts or more with ${putsInFlight} in flight without an error, and leave no socket in CLOSE-WAIT`, async () => {
     const pki = path.join(member.directory, 'pki');
     const [ca, key, certificate] = await Promise.all(['ca.crt', 'admin.key', 'admin.crt'].map((file) => readFile(path.join(pki, file))));
     const loaded = oldGrpc.loadPackageDefinition(packageDefinition as unknown as Parameters<typeof oldGrpc.loadPackageDefinition>[0]) as unknown as Record<string, Record<string, oldGrpc.ServiceClientConstructor>>;
@@ -58,8 +63,12 @@ describe('grpc-js clients before 1.10.4', () => {
     let next = 0;
     let succeeded = 0;
     const startedMs = Date.now();
+    // Past the reset budget of the whole run, however long a loaded machine makes it: counted, not
+    // timed (3,000 puts took more than the 61 s that budget allows at 33 resets/s under CI load).
+    // (Five seconds ahead: the puts still in flight when the last one is sent take time to finish.)
+    const pastBudget = (): boolean => next > resetBurst + ((Date.now() - startedMs) / 1000 + 5) * resetRefillPerSecond;
     const worker = async (): Promise<void> => {
-      while (next < putsTotal) {
+      while (next < putsMax && (next < putsTotal || !pastBudget())) {
         const index = next++;
         const error = await new Promise<oldGrpc.ServiceError | null>((resolve) => kv.Put({ key: Buffer.from(`old-grpc/${index % 100}`), value: Buffer.alloc(100, 'x') }, resolve));
         if (error === null) succeeded++;
@@ -72,15 +81,16 @@ describe('grpc-js clients before 1.10.4', () => {
       kv.close();
     }
     const elapsedMs = Date.now() - startedMs;
-    console.log(`old grpc-js: ${JSON.stringify({ succeeded, errors: Object.fromEntries(errors), putsPerSecond: Math.round((putsTotal * 1000) / elapsedMs) })}`);
+    console.log(`old grpc-js: ${JSON.stringify({ sent: next, succeeded, errors: Object.fromEntries(errors), putsPerSecond: Math.round((next * 1000) / elapsedMs) })}`);
     expect(Object.fromEntries(errors)).toEqual({});
-    expect(succeeded).toBe(putsTotal);
+    expect(succeeded).toBe(next);
+    expect(succeeded).toBeGreaterThanOrEqual(putsTotal);
     // Past nghttp2's 1,000-reset burst plus its refill (33/s) over the run: the case that failed.
-    expect(putsTotal).toBeGreaterThan(1000 + (elapsedMs / 1000) * 33);
+    expect(next).toBeGreaterThan(resetBurst + (elapsedMs / 1000) * resetRefillPerSecond);
 
     const pid = member.child.pid as number;
     const deadline = Date.now() + 10_000;
     while ((await closeWaitSockets(pid)) > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 250));
     expect(await closeWaitSockets(pid)).toBe(0);
-  }, 120_000);
+  }, 240_000);
 });
