@@ -3,7 +3,8 @@
  * when they change, validates the new set (key matches certificate, certificate chains to one of
  * the trusted CAs, currently valid) before handing it to gRPC. New connections use the new
  * material; open connections keep theirs, so nothing is dropped. An invalid update is refused with
- * a log line and the previous material stays in use (fail closed, never half-configured).
+ * a log line and the previous material stays in use (fail closed, never half-configured). A change
+ * is seen within one poll interval (`--certificate-reload-interval-ms`); see file-watch.ts.
  *
  * A CA bundle may hold several CA certificates: during a CA rotation it holds the old and the new.
  */
@@ -12,6 +13,7 @@ import { readFile, stat } from 'node:fs/promises';
 import type { experimental } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { normalizeSerial } from './authority.js';
+import { serialized, settledMs, watchFiles, type FileWatch } from './file-watch.js';
 
 type CertificateProvider = experimental.CertificateProvider;
 type CaListener = experimental.CaCertificateUpdateListener;
@@ -82,8 +84,10 @@ export class ReloadingCertificateProvider implements CertificateProvider {
   private material: LoadedMaterial;
   private readonly caListeners = new Set<CaListener>();
   private readonly identityListeners = new Set<IdentityListener>();
-  private timer: NodeJS.Timeout | undefined;
+  private watch: FileWatch | undefined;
+  private settleTimer: NodeJS.Timeout | undefined;
   private lastSeen = '';
+  private readonly check = serialized(() => this.poll());
   reloads = 0;
 
   private constructor(
@@ -96,11 +100,23 @@ export class ReloadingCertificateProvider implements CertificateProvider {
   }
 
   static async open(files: CertificateFiles, logger: Logger, label: string, pollMs: number): Promise<ReloadingCertificateProvider> {
-    const provider = new ReloadingCertificateProvider(files, logger, label, await loadMaterial(files));
-    provider.lastSeen = await provider.fingerprint();
+    // Watched before they are read, and fingerprinted before they are read: a change while opening
+    // is either reported by the watch or differs from the fingerprint at the check below.
+    let provider: ReloadingCertificateProvider | undefined;
+    const watch = watchFiles([files.certificateFile, files.keyFile, files.caFile], pollMs, () => void provider?.check());
+    try {
+      const seen = await fingerprintOf(files);
+      provider = new ReloadingCertificateProvider(files, logger, label, await loadMaterial(files));
+      provider.lastSeen = seen;
+    } catch (error) {
+      watch.close();
+      throw error;
+    }
+    provider.watch = watch;
     provider.warnIfExpiring();
-    provider.timer = setInterval(() => void provider.poll(), pollMs);
-    provider.timer.unref();
+    const opened = provider;
+    provider.settleTimer = setTimeout(() => void opened.check(), settledMs(pollMs));
+    provider.settleTimer.unref();
     return provider;
   }
 
@@ -113,19 +129,15 @@ export class ReloadingCertificateProvider implements CertificateProvider {
     return { key: this.material.privateKey, cert: this.material.certificate, ca: this.material.caBundle };
   }
 
-  private async fingerprint(): Promise<string> {
-    const stats = await Promise.all([this.files.certificateFile, this.files.keyFile, this.files.caFile].map((file) => stat(file).then((info) => `${info.mtimeMs}:${info.size}`, () => 'missing')));
-    return stats.join('|');
-  }
-
   private warnIfExpiring(): void {
     if (expiresSoon(this.material.leaf)) {
       this.logger.warn({ certificate: this.files.certificateFile, expires: this.material.leaf.validTo, use: this.label }, 'certificate is in the last 30% of its lifetime; renew it');
     }
   }
 
+  /** Runs only when the watch saw a file change (never on a timer of its own). */
   private async poll(): Promise<void> {
-    const seen = await this.fingerprint();
+    const seen = await fingerprintOf(this.files);
     if (seen === this.lastSeen) return;
     try {
       const material = await loadMaterial(this.files);
@@ -168,6 +180,13 @@ export class ReloadingCertificateProvider implements CertificateProvider {
   }
 
   close(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
+    this.watch?.close();
+    if (this.settleTimer !== undefined) clearTimeout(this.settleTimer);
   }
+}
+
+/** What tells a changed certificate set from the one loaded: each file's inode, size and modification time. */
+async function fingerprintOf(files: CertificateFiles): Promise<string> {
+  const stats = await Promise.all([files.certificateFile, files.keyFile, files.caFile].map((file) => stat(file).then((info) => `${info.ino}:${info.mtimeMs}:${info.size}`, () => 'missing')));
+  return stats.join('|');
 }

@@ -15,6 +15,7 @@ import path from 'node:path';
 import * as x509 from '@peculiar/x509';
 import type { Logger } from 'pino';
 import { normalizeSerial, readKeyPair, writeFileAtomic, type KeyPairPem } from './authority.js';
+import { serialized, settledMs, watchFiles, type FileWatch } from './file-watch.js';
 import { splitPemCertificates } from './reloading-provider.js';
 
 export { normalizeSerial } from './authority.js';
@@ -126,7 +127,11 @@ export async function revoke(pkiDirectory: string, certificateFile: string): Pro
 export class RevocationList {
   private revoked = new Set<string>();
   private lastSeen = '';
-  private timer: NodeJS.Timeout | undefined;
+  private watch: FileWatch | undefined;
+  private settleTimer: NodeJS.Timeout | undefined;
+  /** Until open() has loaded the CRL once, a refused or missing one is an error, not a log line. */
+  private opened = false;
+  private readonly check = serialized(() => this.poll(!this.opened));
 
   private constructor(
     private readonly crlFile: string,
@@ -142,9 +147,19 @@ export class RevocationList {
     const stored = await readFile(numberFile, 'utf8').then((text) => text.trim(), () => '0');
     if (!/^[0-9]{1,50}$/.test(stored)) throw new Error(`${numberFile} is malformed; it holds the highest CRL number this member accepted`);
     const list = new RevocationList(crlFile, caFiles, logger, numberFile, BigInt(stored));
-    await list.poll(true);
-    list.timer = setInterval(() => void list.poll(false), pollMs);
-    list.timer.unref();
+    // Watched before the first read, so a CRL written while the member starts is not missed; a
+    // change is seen within one poll interval (stat'ed by libuv, see file-watch.ts). An initial
+    // load that fails is open()'s error (below), so the watch's own call ignores it.
+    list.watch = watchFiles([crlFile], pollMs, () => void list.check().catch(() => undefined));
+    try {
+      await list.check();
+    } catch (error) {
+      list.close();
+      throw error;
+    }
+    list.opened = true;
+    list.settleTimer = setTimeout(() => void list.check(), settledMs(pollMs));
+    list.settleTimer.unref();
     return list;
   }
 
@@ -157,7 +172,7 @@ export class RevocationList {
   }
 
   private async poll(initial: boolean): Promise<void> {
-    const seen = await stat(this.crlFile).then((info) => `${info.mtimeMs}:${info.size}`, () => 'missing');
+    const seen = await stat(this.crlFile).then((info) => `${info.ino}:${info.mtimeMs}:${info.size}`, () => 'missing');
     if (seen === this.lastSeen) return;
     this.lastSeen = seen;
     if (seen === 'missing') {
@@ -193,6 +208,7 @@ export class RevocationList {
   }
 
   close(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
+    this.watch?.close();
+    if (this.settleTimer !== undefined) clearTimeout(this.settleTimer);
   }
 }

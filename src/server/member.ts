@@ -9,7 +9,6 @@
  * applier does).
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
@@ -18,6 +17,7 @@ import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/r
 import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { LogStore } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
+import { DirectorySize } from '../storage/directory-size.js';
 import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress, type RewrapHook } from '../storage/database.js';
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
@@ -151,6 +151,7 @@ export class Member {
   /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
   private restoredState = false;
   private dbSizeBytes = 0;
+  private readonly databaseSize: DirectorySize;
   private readonly timers: NodeJS.Timeout[] = [];
   private readonly revoking = new Set<bigint>();
   private stopped = false;
@@ -183,6 +184,7 @@ export class Member {
     this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints, this.loginRecords);
     this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
+    this.databaseSize = new DirectorySize(path.join(options.dataDir, 'db'));
     // Request ids need only be unique among this process's waiters across the cluster's log.
     this.nextRequestId = randomBytes(8).readBigUInt64BE(0) >> 2n;
   }
@@ -1113,7 +1115,7 @@ export class Member {
   }
 
   private async refreshDbSize(): Promise<void> {
-    this.dbSizeBytes = await directoryBytes(path.join(this.options.dataDir, 'db')).catch(() => this.dbSizeBytes);
+    this.dbSizeBytes = await this.databaseSize.measure().catch(() => this.dbSizeBytes);
   }
 
   async defragment(): Promise<void> {
@@ -1358,10 +1360,3 @@ async function learnCluster(options: MemberOptions): Promise<ClusterView> {
   }
 }
 
-async function directoryBytes(directory: string): Promise<number> {
-  let total = 0;
-  for (const name of await readdir(directory)) {
-    total += (await stat(path.join(directory, name))).size;
-  }
-  return total;
-}
