@@ -21,8 +21,11 @@ import type { AuditFields } from './event.js';
 export interface PeerRefusal {
   /** `address:port` of the connection. */
   readonly remote: string;
-  /** `handshake`: TLS refused it; `certificate`: a certificate of the CA, refused as a member. */
-  readonly stage: 'handshake' | 'certificate';
+  /**
+   * `handshake`: TLS refused it; `certificate`: a certificate of the CA, refused as a member;
+   * `message`: a member's stream refused for bytes that are no Raft message batch (peer-codec.ts).
+   */
+  readonly stage: 'handshake' | 'certificate' | 'message';
   /** The verification error (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, ...) or why the certificate may not act as a member. */
   readonly reason: string;
   /** The presented certificate's subject (`CN=m1, OU=rampart-peer`), when it is known. */
@@ -129,6 +132,7 @@ function addressOf(remote: string): string {
 
 /** A short, countable name for the reason (the certificate's name left out: it is in the first event). */
 function reasonName(refusal: PeerRefusal): string {
+  if (refusal.stage === 'message') return 'malformed-batch';
   return refusal.stage === 'handshake' ? refusal.reason : refusal.reason.replace(/^certificate "[^"]*" /, 'certificate ');
 }
 
@@ -137,7 +141,7 @@ function eventOf(refusal: PeerRefusal): AuditFields {
     ...(refusal.subject === undefined ? [] : [`subject ${refusal.subject}`]),
     ...(refusal.fingerprint === undefined ? [] : [`sha256 ${refusal.fingerprint}`]),
   ];
-  const what = refusal.stage === 'handshake' ? 'TLS handshake refused' : 'peer certificate refused';
+  const what = refusal.stage === 'handshake' ? 'TLS handshake refused' : refusal.stage === 'certificate' ? 'peer certificate refused' : 'peer message batch refused';
   return {
     action: 'peer.refused',
     user: '',
@@ -145,7 +149,7 @@ function eventOf(refusal: PeerRefusal): AuditFields {
     source: refusal.remote,
     targets: [],
     outcome: 'denied',
-    code: refusal.stage === 'handshake' ? 'UNAUTHENTICATED' : 'PERMISSION_DENIED',
+    code: refusal.stage === 'handshake' ? 'UNAUTHENTICATED' : refusal.stage === 'certificate' ? 'PERMISSION_DENIED' : 'INVALID_ARGUMENT',
     detail: [`${what}: ${refusal.reason}`, ...certificate].join('; '),
   };
 }

@@ -217,8 +217,17 @@ function expectString(reader: WireReader, wireType: number): string {
   return reader.string();
 }
 
-/** `entriesMax`: entries the batch may still hold (see `peerBatchItemsMax`). */
-function decodeMessage(reader: WireReader, entriesMax: number): RaftMessageFields {
+/** What a batch may still hold: messages, entries and snapshot member names (see `peerBatchItemsMax`). */
+interface ItemBudget {
+  left: number;
+}
+
+function takeItem(budget: ItemBudget): void {
+  budget.left -= 1;
+  if (budget.left < 0) throw new WireFormatError(`more than ${peerBatchItemsMax} messages and entries (snapshot member names included) in one batch`);
+}
+
+function decodeMessage(reader: WireReader, budget: ItemBudget): RaftMessageFields {
   const message: RaftMessageFields = { type: '', from: '', to: '', term: 0 };
   while (!reader.done) {
     const tag = reader.key();
@@ -263,7 +272,7 @@ function decodeMessage(reader: WireReader, entriesMax: number): RaftMessageField
       case field.entries:
         if (wireType !== wireBytes) throw new WireFormatError('an entry is not length-delimited');
         message.entries ??= [];
-        if (message.entries.length >= entriesMax) throw new WireFormatError(`more than ${peerBatchItemsMax} messages and entries in one batch`);
+        takeItem(budget);
         message.entries.push(decodeEntry(reader.nested()));
         break;
       case field.commit:
@@ -279,9 +288,11 @@ function decodeMessage(reader: WireReader, entriesMax: number): RaftMessageField
         message.snapshot_term = expectVarint(reader, wireType);
         break;
       case field.snapshotVoters:
+        takeItem(budget);
         (message.snapshot_voters ??= []).push(expectString(reader, wireType));
         break;
       case field.snapshotLearners:
+        takeItem(budget);
         (message.snapshot_learners ??= []).push(expectString(reader, wireType));
         break;
       default:
@@ -292,10 +303,11 @@ function decodeMessage(reader: WireReader, entriesMax: number): RaftMessageField
 }
 
 /**
- * Messages and entries one batch may hold. Decoded, each costs ~80 bytes of heap for 2 bytes of
- * input: a 64 MiB batch of empty messages from a peer (the transport's limit) made 2.6 GB of
- * objects and held the loop 16 s. A member sends far fewer: at most 256 appends in flight per
- * follower of at most 256 entries each, and a turn's forwarded proposals.
+ * Messages, entries and snapshot member names (voters, learners) one batch may hold. Decoded, each
+ * costs ~80 bytes of heap for 2 bytes of input: a 64 MiB batch of empty messages from a peer (the
+ * transport's limit) made 2.6 GB of objects and held the loop 16 s; member names, 3 bytes each,
+ * were not counted. A member sends far fewer: at most 256 appends in flight per follower of at
+ * most 256 entries each, a turn's forwarded proposals, and each member's name once in a snapshot.
  */
 export const peerBatchItemsMax = 1 << 20;
 
@@ -314,9 +326,8 @@ export function decodeMessageBatch(bytes: Buffer): MessageBatchFields {
 
 function decodeBatch(reader: WireReader): MessageBatchFields {
   const batch: MessageBatchFields = { cluster_id: '', from: '', messages: [] };
-  let items = 0;
+  const budget: ItemBudget = { left: peerBatchItemsMax };
   while (!reader.done) {
-    if (batch.messages.length + items > peerBatchItemsMax) throw new WireFormatError(`more than ${peerBatchItemsMax} messages and entries in one batch`);
     const tag = reader.key();
     const wireType = tag & 7;
     switch (tag >>> 3) {
@@ -325,11 +336,8 @@ function decodeBatch(reader: WireReader): MessageBatchFields {
         break;
       case 2:
         if (wireType !== wireBytes) throw new WireFormatError('a message is not length-delimited');
-        {
-          const message = decodeMessage(reader.nested(), peerBatchItemsMax - batch.messages.length - items);
-          items += message.entries?.length ?? 0;
-          batch.messages.push(message);
-        }
+        takeItem(budget);
+        batch.messages.push(decodeMessage(reader.nested(), budget));
         break;
       case 3:
         batch.from = expectString(reader, wireType);

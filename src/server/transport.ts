@@ -19,6 +19,7 @@ import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
+import { WireFormatError } from '../wire/protobuf.js';
 
 /**
  * How long a snapshot transfer may go without a message from its sender before the receiver gives
@@ -260,7 +261,21 @@ const peerDefinition = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, 
 const messagesMethod = (peerDefinition['rampart.Peer'] as protoLoader.ServiceDefinition | undefined)?.Messages;
 if (messagesMethod === undefined) throw new Error('raft.proto: no Peer.Messages');
 messagesMethod.requestSerialize = (batch: object): Buffer => encodeMessageBatch(batch as MessageBatchFields);
-messagesMethod.requestDeserialize = (bytes: Buffer): object => decodeMessageBatch(bytes);
+/**
+ * Bytes the peer codec refuses reach the stream handler as this, so it can say which member sent
+ * them (audit trail) before failing the stream; thrown, gRPC failed the call with INTERNAL unseen.
+ */
+interface MalformedBatch {
+  readonly malformed: string;
+}
+messagesMethod.requestDeserialize = (bytes: Buffer): object => {
+  try {
+    return decodeMessageBatch(bytes);
+  } catch (error) {
+    if (error instanceof WireFormatError) return { malformed: error.message } satisfies MalformedBatch;
+    throw error;
+  }
+};
 const peerPackage = grpc.loadPackageDefinition(peerDefinition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } };
 
 /** The subject and fingerprint of a presented certificate, for the audit trail. */
@@ -462,6 +477,7 @@ export class Transport {
     const service = peerPackage.rampart.Peer.service;
     const warnRefusedPeer = rateLimitedWarning(options.logger, 'refused a peer connection');
     const warnOtherCluster = rateLimitedWarning(options.logger, 'refused raft messages from another cluster');
+    const warnMalformed = rateLimitedWarning(options.logger, 'refused a malformed raft message batch from a peer');
     /** Refuses a call whose TLS certificate may not act as a member; returns whether it was refused. */
     const refuse = (call: { getAuthContext(): { sslPeerCertificate?: PeerCertificate }; getPeer(): string }, callback: grpc.sendUnaryData<object>): boolean => {
       if (options.authorizePeer === undefined) return false;
@@ -492,7 +508,7 @@ export class Transport {
       return false;
     };
     this.server.addService(service, {
-      Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; from?: string; messages: RaftMessageWire[] }, object>, callback: grpc.sendUnaryData<object>) => {
+      Messages: (call: grpc.ServerReadableStream<{ cluster_id: string; from?: string; messages: RaftMessageWire[] } | MalformedBatch, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) {
           call.on('data', () => undefined);
           call.on('error', () => undefined);
@@ -503,8 +519,15 @@ export class Transport {
         // (whether it may speak for the sender is still decided for every message: membership changes).
         let certificate: { value: PeerCertificate | undefined } | undefined;
         const certificateOf = (): PeerCertificate | undefined => (certificate ??= { value: call.getAuthContext().sslPeerCertificate }).value;
-        call.on('data', (batch: { cluster_id: string; from?: string; messages: RaftMessageWire[] }) => {
+        call.on('data', (batch: { cluster_id: string; from?: string; messages: RaftMessageWire[] } | MalformedBatch) => {
           if (answered) return;
+          if ('malformed' in batch) {
+            answered = true;
+            warnMalformed({ peer: call.getPeer(), reason: batch.malformed });
+            options.onPeerRefused?.({ remote: call.getPeer(), stage: 'message', reason: batch.malformed, ...certificateNames(certificateOf()) });
+            callback({ code: grpc.status.INVALID_ARGUMENT, details: 'rampart: malformed raft message batch' });
+            return;
+          }
           if (batch.cluster_id !== options.clusterId) {
             warnOtherCluster({ clusterId: batch.cluster_id });
             answered = true;

@@ -275,9 +275,12 @@ export class WireReader {
       case wireFixed64:
         this.advance(8);
         return;
-      case wireBytes:
-        this.offset += this.length();
+      case wireBytes: {
+        // Not `this.offset += this.length()`: that adds to the offset from before the length was read.
+        const length = this.length();
+        this.offset += length;
         return;
+      }
       case wireFixed32:
         this.advance(4);
         return;
