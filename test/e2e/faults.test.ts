@@ -5,22 +5,10 @@
  * history must be linearizable, which also means no acknowledged write was lost.
  */
 import { describe, expect, it } from 'vitest';
-import { memberIdFor } from '../../src/server/membership.js';
 import { call, connect, type RawClient } from '../helpers/client.js';
-import { FaultProxy, PeerNetwork } from '../helpers/fault-proxy.js';
 import { checkHistory, type Operation } from '../helpers/linearizability.js';
-import { freePort, removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import { proxiedCluster, type ProxiedMember as FaultMember } from '../helpers/proxied-cluster.js';
 import { sleep, waitFor } from '../helpers/retry.js';
-
-interface FaultMember {
-  readonly name: string;
-  readonly id: string;
-  readonly port: number;
-  readonly peerPort: number;
-  readonly proxyPort: number;
-  readonly dataDir: string;
-  process: ServerProcess | undefined;
-}
 
 const keys = ['k0', 'k1', 'k2', 'k3'];
 const workersCount = 5;
@@ -57,36 +45,8 @@ async function waitForLeader(members: FaultMember[]): Promise<FaultMember> {
 
 describe('faults under load', () => {
   it('keeps the history linearizable and loses no acknowledged write through partitions, pauses and crashes', async () => {
-    const network = new PeerNetwork();
-    const members: FaultMember[] = [];
-    for (let index = 1; index <= 3; index++) {
-      const proxyPort = await freePort();
-      members.push({
-        name: `f${index}`,
-        id: memberIdFor([`http://127.0.0.1:${proxyPort}`], 'rampart-cluster'),
-        port: await freePort(),
-        peerPort: await freePort(),
-        proxyPort,
-        dataDir: await temporaryDirectory(`f${index}`),
-        process: undefined,
-      });
-    }
-    const ids = members.map((member) => member.id);
-    for (const member of members) {
-      const proxy = new FaultProxy(member.id, member.peerPort, ids, network.rule);
-      await proxy.listen(member.proxyPort);
-      network.proxies.push(proxy);
-    }
-    const initialCluster = members.map((member) => `${member.name}=http://127.0.0.1:${member.proxyPort}`).join(',');
-    const start = async (member: FaultMember): Promise<void> => {
-      member.process = await startRampart({
-        name: member.name,
-        port: member.port,
-        peerPort: member.peerPort,
-        dataDir: member.dataDir,
-        args: ['--initial-advertise-peer-urls', `http://127.0.0.1:${member.proxyPort}`, '--initial-cluster', initialCluster, '--request-timeout-ms', '2500'],
-      });
-    };
+    const cluster = await proxiedCluster('f', 3, ['--request-timeout-ms', '2500']);
+    const { members, ids, network, start } = cluster;
 
     const history: Operation[] = [];
     let acknowledgedPuts = 0;
@@ -186,9 +146,7 @@ describe('faults under load', () => {
     } finally {
       running = false;
       clients.forEach((client) => client.close());
-      await Promise.all(members.map((member) => member.process?.stop()));
-      await network.close();
-      await Promise.all(members.map((member) => removeDirectory(member.dataDir)));
+      await cluster.remove();
     }
   }, 180_000);
 });

@@ -14,8 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { refusalEventsBurst, refusalEventsPerSecond } from '../../src/api/refusal-limit.js';
 import type { AuditEvent } from '../../src/audit/event.js';
 import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
-import { rampartBin, run } from '../helpers/processes.js';
+import { run } from '../helpers/processes.js';
 import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
+import { trailOf, trailWhen, verifyTrail } from '../helpers/tls-member-trail.js';
 
 /** One TLS connection attempt to the client port, to its end: whether it was refused (no HTTP/2 answer). */
 function handshake(port: number, ca: Buffer, certificate?: { cert: string; key: string }): Promise<{ refused: boolean; localPort: number }> {
@@ -61,20 +62,9 @@ function connectAndClose(port: number): Promise<number> {
 describe('refused TLS handshakes in the audit trail', () => {
   let member: TlsMember;
   let ca: Buffer;
-  const events = async (): Promise<AuditEvent[]> => {
-    const exported = await run(process.execPath, [rampartBin, 'audit', 'export', path.join(member.directory, 'data', 'audit'),
-      '--encryption-key-file', path.join(member.directory, 'a', 'encryption.key')], { timeoutMs: 60_000 });
-    expect(exported.code, exported.stderr).toBe(0);
-    return exported.stdout.split('\n').filter((line) => line !== '').map((line) => JSON.parse(line) as AuditEvent);
-  };
+  const events = (): Promise<AuditEvent[]> => trailOf(member);
   /** Waits until the trail holds events `done` accepts (refusals are recorded after the connection ends). */
-  const eventually = async (done: (all: AuditEvent[]) => boolean): Promise<AuditEvent[]> => {
-    for (let attempt = 0; ; attempt++) {
-      const all = await events();
-      if (done(all) || attempt === 40) return all;
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-  };
+  const eventually = (done: (all: AuditEvent[]) => boolean): Promise<AuditEvent[]> => trailWhen(member, done);
   const bySource = (all: readonly AuditEvent[], localPort: number): AuditEvent[] => all.filter((event) => event.source === `127.0.0.1:${localPort}`);
 
   beforeAll(async () => {
@@ -106,7 +96,7 @@ describe('refused TLS handshakes in the audit trail', () => {
     expect(bySource(all, plaintext)).toMatchObject([{ action: 'TLS', outcome: 'failed', detail: 'TLS handshake refused: ERR_SSL_HTTP_REQUEST' }]);
     expect(bySource(all, bare)).toEqual([]);
     // The admin still works, and the trail still verifies.
-    const verified = await run(process.execPath, [rampartBin, 'audit', 'verify', path.join(member.directory, 'data', 'audit'), '--encryption-key-file', path.join(member.directory, 'a', 'encryption.key')]);
+    const verified = await verifyTrail(member);
     expect(verified.stdout, verified.stderr).toMatch(/^audit trail intact: /);
   }, 60_000);
 
