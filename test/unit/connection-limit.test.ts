@@ -1,8 +1,9 @@
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { once } from 'node:events';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { connectionsMaxFor, limitConnections, openFilesLimit } from '../../src/pki/connection-limit.js';
+import { localServers } from '../helpers/local-servers.js';
 
 /** Opens a connection from `localAddress`; resolves whether the server kept it past a short wait. */
 async function kept(port: number, localAddress: string, sockets: Socket[]): Promise<boolean> {
@@ -15,20 +16,13 @@ async function kept(port: number, localAddress: string, sockets: Socket[]): Prom
 }
 
 describe('limitConnections', () => {
-  const sockets: Socket[] = [];
-  let server: Server | undefined;
-  afterEach(() => {
-    for (const socket of sockets.splice(0)) socket.destroy();
-    server?.close();
-  });
+  const { sockets, listen } = localServers();
 
   it('keeps at most perSourceMax from one address and connectionsMax in all, and frees a slot when one closes', async () => {
     const accepted: Socket[] = [];
-    server = createServer((socket) => accepted.push(socket));
+    const server = createServer((socket) => accepted.push(socket));
     limitConnections(server, { logger: pino({ level: 'silent' }), port: 'test', connectionsMax: 5, perSourceMax: 3 });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const port = (server.address() as { port: number }).port;
+    const port = await listen(server);
     const fromOne = [];
     for (let index = 0; index < 4; index++) fromOne.push(await kept(port, '127.0.0.1', sockets));
     expect(fromOne).toEqual([true, true, true, false]);
@@ -37,8 +31,11 @@ describe('limitConnections', () => {
     expect(await kept(port, '127.0.0.2', sockets)).toBe(true);
     expect(await kept(port, '127.0.0.3', sockets)).toBe(false);
     // A closed connection gives its address a slot back.
+    // (Once the member's side has seen it close, not after a fixed 100 ms: a loaded machine is slower.)
+    const firstAccepted = accepted[0];
+    const firstClosed = firstAccepted === undefined || firstAccepted.closed ? Promise.resolve() : once(firstAccepted, 'close');
     sockets[0]?.destroy();
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await firstClosed;
     expect(await kept(port, '127.0.0.1', sockets)).toBe(true);
     expect(accepted.filter((socket) => !socket.destroyed).length).toBe(5);
   });

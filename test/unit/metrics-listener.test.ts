@@ -5,29 +5,23 @@
  * test/e2e/listener-bounds.test.ts.
  */
 import { once } from 'node:events';
-import { createServer, get, type Server } from 'node:http';
-import { connect, type Socket } from 'node:net';
+import { createServer, get } from 'node:http';
+import { connect } from 'node:net';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { boundMetricsServer, metricsIdleTimeoutMs } from '../../src/server/metrics-listener.js';
+import { localServers } from '../helpers/local-servers.js';
 
 const idleTimeoutMs = 500;
 
 describe('boundMetricsServer', () => {
-  const sockets: Socket[] = [];
-  let server: Server | undefined;
-  afterEach(() => {
-    for (const socket of sockets.splice(0)) socket.destroy();
-    server?.close();
-  });
+  const { sockets, listen } = localServers();
 
   it('closes a silent connection after the idle timeout and still serves scrapes', async () => {
     expect(metricsIdleTimeoutMs).toBe(30_000);
-    server = createServer((_request, response) => response.end('ok\n'));
+    const server = createServer((_request, response) => response.end('ok\n'));
     boundMetricsServer(server, { logger: pino({ level: 'silent' }), tls: false, idleTimeoutMs });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    const port = (server.address() as { port: number }).port;
+    const port = await listen(server);
     const silent = connect({ host: '127.0.0.1', port });
     sockets.push(silent);
     silent.on('error', () => undefined);
