@@ -22,15 +22,30 @@ export function cleanEnvironment(extra: Record<string, string> = {}): NodeJS.Pro
   return { ...env, ETCDCTL_API: '3', ...extra };
 }
 
+/**
+ * The slice of ports this test process hands out. The suite runs files in parallel workers that
+ * start and restart members on ports chosen here; a port from the kernel's ephemeral range
+ * (`listen(0)`) may be handed to another worker the moment it is free again — while a member
+ * restarts on it — and that worker's member then answers this one's clients (seen in CI:
+ * "UNIMPLEMENTED: The server does not implement the method /etcdserverpb.KV/Put" from a peer
+ * port). So each vitest worker (VITEST_POOL_ID) takes ports from its own slice of 10000-19999,
+ * below the ephemeral range (32768+, where outgoing connections take theirs) and apart from
+ * `freeBasePort`'s 20000+, in sequence from a random start, never handing one out twice.
+ */
+const portSliceSize = 2_500;
+const portSliceCount = 4;
+const portSlice = (Number(process.env.VITEST_POOL_ID ?? process.pid) % portSliceCount);
+let nextPortOffset = Math.floor(Math.random() * portSliceSize);
+let portsHandedOut = 0;
+
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
+  while (portsHandedOut < portSliceSize) {
+    const port = 10_000 + portSlice * portSliceSize + nextPortOffset;
+    nextPortOffset = (nextPortOffset + 1) % portSliceSize;
+    portsHandedOut++;
+    if (await portFree(port)) return port;
+  }
+  throw new Error(`no free port left in this worker's slice (${portSliceSize} handed out)`);
 }
 
 export async function temporaryDirectory(name: string): Promise<string> {
@@ -253,7 +268,8 @@ async function portFree(port: number): Promise<boolean> {
 /** A base port whose +0/+1/+2, +10000/+10001/+10002 and +20000/+20001/+20002 neighbours (client, peer, metrics) are all free. */
 export async function freeBasePort(): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 9_000) * 1;
+    // Each worker's bases from its own slice (see freePort), so two workers never race for one.
+    const base = 20_000 + portSlice * 2_250 + Math.floor(Math.random() * 2_250);
     const ports = [0, 1, 2, 10_000, 10_001, 10_002, 20_000, 20_001, 20_002].map((offset) => base + offset);
     if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
   }
