@@ -42,7 +42,11 @@ describe('crash safety', () => {
       for (let round = 0; round < 3; round++) {
         const server = await startRampart({ dataDir });
         const load = writeUntilFailure(server.endpoint, round, acknowledged);
-        await new Promise((resolve) => setTimeout(resolve, 700 + round * 300));
+        // Killed once this round has acknowledged writes (a loaded machine may take seconds to
+        // serve the first ones), at a point that moves from round to round.
+        const before = acknowledged.length;
+        for (const deadline = Date.now() + 40_000; acknowledged.length - before < 40 && Date.now() < deadline;) await new Promise((resolve) => setTimeout(resolve, 20));
+        await new Promise((resolve) => setTimeout(resolve, 100 + round * 150));
         await server.stop('SIGKILL');
         await load;
       }
@@ -84,5 +88,5 @@ describe('crash safety', () => {
     } finally {
       await removeDirectory(dataDir);
     }
-  });
+  }, 240_000);
 });
