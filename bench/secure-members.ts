@@ -185,7 +185,9 @@ export async function startRampartSecure(directory: string, size: number, extraA
     await execute(process.execPath, [rampartBin, 'down', '--dir', directory], 120_000);
   }
   const clientPorts = names.map((_, index) => base + index * 10_000);
-  const members = lines.map((line, index) => processMember(line[0] as string, [...line.slice(1), ...extraArgs, '--log-level', 'error'], clientPorts[index] as number));
+  // BENCH_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR`) go before the script, as for plaintext members.
+  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const members = lines.map((line, index) => processMember(line[0] as string, [...nodeArgs, ...line.slice(1), ...extraArgs, '--log-level', 'error'], clientPorts[index] as number));
   const stop = async (): Promise<void> => {
     await Promise.all(members.map((member) => member.stop()));
   };
