@@ -42,16 +42,24 @@ export function refusalInterceptor(onRefusal: (refusal: TransportRefusal) => voi
       }
       innermostSendStatus(status);
     };
-    return new grpc.ServerInterceptingCall(call, {
-      start: (next) => {
-        next(new grpc.ServerListenerBuilder()
-          .withOnReceiveMessage((message, forward) => {
-            messageSeen = true;
-            forward(message);
-          })
-          .build());
-      },
-    });
+    // The call itself, its `start` observed as its `sendStatus` is, rather than a
+    // grpc.ServerInterceptingCall around it: that wrapper adds a layer of objects, closures and
+    // pending-message bookkeeping to every call for the one fact needed here.
+    const innermostStart = call.start.bind(call);
+    call.start = (listener) => {
+      innermostStart({
+        onReceiveMetadata: (metadata) => listener.onReceiveMetadata(metadata),
+        onReceiveMessage: (message) => {
+          messageSeen = true;
+          listener.onReceiveMessage(message);
+        },
+        onReceiveHalfClose: () => listener.onReceiveHalfClose(),
+        onCancel: () => listener.onCancel(),
+      });
+    };
+    // grpc-js types an interceptor's result as its ServerInterceptingCall class but uses only the
+    // interface (getServerInterceptingCall's result is a ServerInterceptingCallInterface).
+    return call as grpc.ServerInterceptingCall;
   };
 }
 

@@ -29,6 +29,9 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     'grpc.max_receive_message_length': options.maxRequestBytes + grpcOverheadBytes,
     'grpc.max_send_message_length': -1,
     'grpc.keepalive_permit_without_calls': 1,
+    // channelz (grpc-js's introspection service, which Rampart does not serve) would otherwise count
+    // and timestamp every call and message.
+    'grpc.enable_channelz': 0,
     'grpc.http2.min_ping_interval_without_data_ms': 5000,
     ...(options.maxConcurrentStreams === undefined ? {} : { 'grpc.max_concurrent_streams': options.maxConcurrentStreams }),
     ...(options.onRefusal === undefined ? {} : { interceptors: [refusalInterceptor(options.onRefusal)] }),

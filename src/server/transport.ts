@@ -317,6 +317,7 @@ class PeerSender {
       'grpc.initial_reconnect_backoff_ms': 100,
       'grpc.max_reconnect_backoff_ms': 1000,
       'grpc.use_local_subchannel_pool': 1,
+      'grpc.enable_channelz': 0,
     }) as unknown as PeerClient;
   }
 
@@ -473,7 +474,7 @@ export class Transport {
   private probeTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: TransportOptions) {
-    this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax });
+    this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax, 'grpc.enable_channelz': 0 });
     const service = peerPackage.rampart.Peer.service;
     const warnRefusedPeer = rateLimitedWarning(options.logger, 'refused a peer connection');
     const warnOtherCluster = rateLimitedWarning(options.logger, 'refused raft messages from another cluster');
