@@ -13,7 +13,7 @@ import { readFile, stat } from 'node:fs/promises';
 import type { experimental } from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { normalizeSerial } from './authority.js';
-import { serialized, settledMs, watchFiles, type FileWatch } from './file-watch.js';
+import { serialized, watchFiles, type FileWatch } from './file-watch.js';
 
 type CertificateProvider = experimental.CertificateProvider;
 type CaListener = experimental.CaCertificateUpdateListener;
@@ -85,7 +85,6 @@ export class ReloadingCertificateProvider implements CertificateProvider {
   private readonly caListeners = new Set<CaListener>();
   private readonly identityListeners = new Set<IdentityListener>();
   private watch: FileWatch | undefined;
-  private settleTimer: NodeJS.Timeout | undefined;
   private lastSeen = '';
   private readonly check = serialized(() => this.poll());
   reloads = 0;
@@ -114,9 +113,8 @@ export class ReloadingCertificateProvider implements CertificateProvider {
     }
     provider.watch = watch;
     provider.warnIfExpiring();
-    const opened = provider;
-    provider.settleTimer = setTimeout(() => void opened.check(), settledMs(pollMs));
-    provider.settleTimer.unref();
+    // A change the watch reported while opening found no provider yet: compared with the fingerprint once now.
+    void provider.check();
     return provider;
   }
 
@@ -181,7 +179,6 @@ export class ReloadingCertificateProvider implements CertificateProvider {
 
   close(): void {
     this.watch?.close();
-    if (this.settleTimer !== undefined) clearTimeout(this.settleTimer);
   }
 }
 

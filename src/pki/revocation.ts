@@ -15,7 +15,7 @@ import path from 'node:path';
 import * as x509 from '@peculiar/x509';
 import type { Logger } from 'pino';
 import { normalizeSerial, readKeyPair, writeFileAtomic, type KeyPairPem } from './authority.js';
-import { serialized, settledMs, watchFiles, type FileWatch } from './file-watch.js';
+import { serialized, watchFiles, type FileWatch } from './file-watch.js';
 import { splitPemCertificates } from './reloading-provider.js';
 
 export { normalizeSerial } from './authority.js';
@@ -128,7 +128,6 @@ export class RevocationList {
   private revoked = new Set<string>();
   private lastSeen = '';
   private watch: FileWatch | undefined;
-  private settleTimer: NodeJS.Timeout | undefined;
   /** Until open() has loaded the CRL once, a refused or missing one is an error, not a log line. */
   private opened = false;
   private readonly check = serialized(() => this.poll(!this.opened));
@@ -148,7 +147,7 @@ export class RevocationList {
     if (!/^[0-9]{1,50}$/.test(stored)) throw new Error(`${numberFile} is malformed; it holds the highest CRL number this member accepted`);
     const list = new RevocationList(crlFile, caFiles, logger, numberFile, BigInt(stored));
     // Watched before the first read, so a CRL written while the member starts is not missed; a
-    // change is seen within one poll interval (stat'ed by libuv, see file-watch.ts). An initial
+    // change is seen within one poll interval (see file-watch.ts). An initial
     // load that fails is open()'s error (below), so the watch's own call ignores it.
     list.watch = watchFiles([crlFile], pollMs, () => void list.check().catch(() => undefined));
     try {
@@ -158,8 +157,6 @@ export class RevocationList {
       throw error;
     }
     list.opened = true;
-    list.settleTimer = setTimeout(() => void list.check(), settledMs(pollMs));
-    list.settleTimer.unref();
     return list;
   }
 
@@ -209,6 +206,5 @@ export class RevocationList {
 
   close(): void {
     this.watch?.close();
-    if (this.settleTimer !== undefined) clearTimeout(this.settleTimer);
   }
 }

@@ -1,8 +1,9 @@
 /**
  * The bytes a LevelDB directory holds on disk: the figure the backend quota (NOSPACE) and Status's
- * `dbSize` use, measured once a second by the member. Stat'ing every file every second costs a
- * thread-pool round trip and a promise per file (5-6% of a loaded member's CPU profile samples
- * with the certificate polls, issue 13) and grows with the data: ~250 table files at 500,000 keys.
+ * `dbSize` use, measured once a second by the member. Stat'ing every file every second through
+ * promises cost a thread-pool round trip per file (with the certificate polls, 8-9% of a loaded
+ * member's busy CPU profile samples, issue 13) and grows with the data: ~250 table files at
+ * 500,000 keys.
  *
  * LevelDB's table files (`.ldb`, `.sst`) never change once written: they are only deleted, and
  * their numbers are never reused. So a table file's size is remembered once it is complete, and
@@ -11,7 +12,7 @@
  * the same size and it was last modified more than `tableSettledMs` ago (a compaction writes its
  * output in one go, well within that). A file deleted between listing and stat counts as gone.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 /** A table file untouched this long (and the same size on two passes) is complete. */
@@ -27,27 +28,25 @@ export class DirectorySize {
 
   constructor(private readonly directory: string) {}
 
-  private running: Promise<number> | undefined;
-
-  /** Bytes in the directory now; rejects only when the directory cannot be listed. A call while one runs shares it. */
-  measure(nowMs = Date.now()): Promise<number> {
-    this.running ??= this.pass(nowMs).finally(() => {
-      this.running = undefined;
-    });
-    return this.running;
-  }
-
-  private async pass(nowMs: number): Promise<number> {
-    const names = await readdir(this.directory);
+  /**
+   * Bytes in the directory now; rejects only when the directory cannot be listed. Synchronous
+   * inside, on purpose (see file-watch.ts): a listing and ~5 stats of a local directory take tens
+   * of microseconds, less than the promises and thread-pool round trips they would need.
+   */
+  async measure(nowMs = Date.now()): Promise<number> {
+    const names = readdirSync(this.directory);
     const present = new Set(names);
     for (const name of this.settled.keys()) if (!present.has(name)) this.settled.delete(name);
     for (const name of this.growing.keys()) if (!present.has(name)) this.growing.delete(name);
     let total = 0;
-    const sizes = await Promise.all(names.map(async (name) => {
+    for (const name of names) {
       const known = this.settled.get(name);
-      if (known !== undefined) return known;
-      const info = await stat(path.join(this.directory, name)).catch(() => undefined);
-      if (info === undefined) return 0;
+      if (known !== undefined) {
+        total += known;
+        continue;
+      }
+      const info = statSync(path.join(this.directory, name), { throwIfNoEntry: false });
+      if (info === undefined) continue; // deleted since the listing (a compaction's input)
       if (tableFile.test(name)) {
         if (this.growing.get(name) === info.size && nowMs - info.mtimeMs > tableSettledMs) {
           this.growing.delete(name);
@@ -56,13 +55,12 @@ export class DirectorySize {
           this.growing.set(name, info.size);
         }
       }
-      return info.size;
-    }));
-    for (const size of sizes) total += size;
+      total += info.size;
+    }
     return total;
   }
 
-  /** How many files a pass stats (the rest are remembered): for tests and measurements. */
+  /** Table files a pass still stats, and those it remembers: for tests and measurements. */
   get watchedTables(): number {
     return this.growing.size;
   }

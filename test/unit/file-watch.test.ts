@@ -56,6 +56,22 @@ describe('watching files', () => {
     expect(changes).toBe(2);
   });
 
+  it('reports a change made right after the watch starts (its first stat is taken at once)', async () => {
+    const directory = await temporaryDirectory('watch');
+    directories.push(directory);
+    const file = path.join(directory, 'crl.pem');
+    await writeFile(file, 'number 1');
+    let changes = 0;
+    const watch = watchFiles([file], intervalMs, () => (changes += 1));
+    try {
+      await writeFile(`${file}.new`, 'number 2');
+      await rename(`${file}.new`, file);
+      expect(await waitFor(() => changes === 1)).toBe(true);
+    } finally {
+      watch.close();
+    }
+  });
+
   it('keeps one reader of a file watching when another closes its watch', async () => {
     const directory = await temporaryDirectory('watch');
     directories.push(directory);
