@@ -13,26 +13,15 @@
  * and past 2^64, lengths of 2^31 or past the buffer, nested lengths that lie, wire types 3, 4, 6, 7,
  * field number 0, and millions of tiny items.
  */
-import path from 'node:path';
-import * as protoLoader from '@grpc/proto-loader';
 import fc from 'fast-check';
-import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import type { InternalRequest } from '../../src/api/messages.js';
-import { decodeInternalRequest, decodeOptions, encodeInternalRequest, protoDirectory } from '../../src/api/proto.js';
+import { decodeInternalRequest, encodeInternalRequest } from '../../src/api/proto.js';
 import { decodePutProposal } from '../../src/api/put-codec.js';
 import { compileCodec, decodeWithPlan } from '../../src/api/schema-codec.js';
 import { decodeMessageBatch, encodeMessageBatch, peerBatchItemsMax, type MessageBatchFields, type RaftMessageFields } from '../../src/server/peer-codec.js';
 import { WireFormatError, WireReader } from '../../src/wire/protobuf.js';
-
-const raft = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
-const messagesMethod = (raft['rampart.Peer'] as protoLoader.ServiceDefinition).Messages as protoLoader.MethodDefinition<object, object>;
-
-const root = new protobuf.Root();
-root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
-root.loadSync(['internal.proto'], { keepCase: true });
-root.resolveAll();
-const internalRequestType = root.lookupType('rampart.InternalRequest');
+import { batchMeaning as peerMeaning, internalRequestType, referenceBatchDecode, referenceProposalDecode } from '../helpers/codec-reference.js';
 const plan = compileCodec(internalRequestType);
 
 /** A varint's bytes, canonical. */
@@ -60,31 +49,11 @@ function longVarint(value: number, length: number): number[] {
 const key = (field: number, wireType: number): number[] => varint((field << 3) | wireType);
 const text = (value: string): number[] => [...varint(Buffer.byteLength(value)), ...Buffer.from(value)];
 
-/** What a peer batch means, exactly (64-bit values as decimal strings, defaults filled in). */
-function peerMeaning(batch: MessageBatchFields): unknown {
-  const exact = (value: string | number | undefined): string => BigInt(value ?? 0).toString();
-  return {
-    cluster_id: batch.cluster_id,
-    from: batch.from ?? '',
-    messages: batch.messages.map((m) => ({
-      type: m.type,
-      from: m.from,
-      to: m.to,
-      numbers: [m.term, m.last_index, m.last_term, m.index, m.reject_hint, m.prev_index, m.prev_term, m.commit, m.snapshot_index, m.snapshot_term].map(exact),
-      flags: [m.transfer === true, m.reject === true],
-      entries: (m.entries ?? []).map((e) => [exact(e.index), exact(e.term), e.configuration_change, Buffer.from(e.data).toString('hex')]),
-      context: m.context ?? '',
-      voters: m.snapshot_voters ?? [],
-      learners: m.snapshot_learners ?? [],
-    })),
-  };
-}
-
 type Outcome = { decoded: unknown } | { refused: string };
 
 function referencePeer(bytes: Buffer): Outcome {
   try {
-    return { decoded: peerMeaning(messagesMethod.requestDeserialize(bytes) as MessageBatchFields) };
+    return { decoded: peerMeaning(referenceBatchDecode(bytes)) };
   } catch (error) {
     return { refused: String(error) };
   }
@@ -106,7 +75,7 @@ function peerSameOrRefused(bytes: Buffer): 'decoded' | 'refused' {
 
 function referenceProposal(bytes: Buffer): Outcome {
   try {
-    return { decoded: internalRequestType.toObject(internalRequestType.decode(bytes), decodeOptions) };
+    return { decoded: referenceProposalDecode(bytes) };
   } catch (error) {
     return { refused: String(error) };
   }

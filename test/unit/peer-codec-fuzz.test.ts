@@ -5,16 +5,10 @@
  * either decode or are refused with the codec's own RangeError: never another exception (a crash of
  * the receiver's handler), and nothing is read past the buffer it was given.
  */
-import * as protoLoader from '@grpc/proto-loader';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeOptions, protoDirectory } from '../../src/api/proto.js';
 import { decodeMessageBatch, encodeMessageBatch, peerBatchItemsMax, type MessageBatchFields, type RaftMessageFields } from '../../src/server/peer-codec.js';
-
-const reference = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
-const method = (reference['rampart.Peer'] as protoLoader.ServiceDefinition).Messages as protoLoader.MethodDefinition<object, object>;
-const referenceEncode = (batch: MessageBatchFields): Buffer => method.requestSerialize(batch);
-const referenceDecode = (bytes: Buffer): MessageBatchFields => method.requestDeserialize(bytes) as MessageBatchFields;
+import { batchMeaning as meaning, referenceBatchDecode as referenceDecode, referenceBatchEncode as referenceEncode } from '../helpers/codec-reference.js';
 
 const uint = fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }));
 const text = fc.string({ maxLength: 12, unit: 'binary' });
@@ -44,26 +38,6 @@ const message: fc.Arbitrary<RaftMessageFields> = fc.record(
   { requiredKeys: ['type', 'from', 'to', 'term'] },
 );
 const batchArbitrary: fc.Arbitrary<MessageBatchFields> = fc.record({ cluster_id: text, from: text, messages: fc.array(message, { maxLength: 5 }) });
-
-/** What a decoded batch means, whichever codec decoded it (proto3 defaults filled in, numbers as numbers). */
-function meaning(batch: MessageBatchFields): unknown {
-  const n = (value: string | number | undefined): number => Number(value ?? 0);
-  return {
-    cluster_id: batch.cluster_id,
-    from: batch.from ?? '',
-    messages: batch.messages.map((m) => ({
-      type: m.type,
-      from: m.from,
-      to: m.to,
-      numbers: [m.term, m.last_index, m.last_term, m.index, m.reject_hint, m.prev_index, m.prev_term, m.commit, m.snapshot_index, m.snapshot_term].map(n),
-      flags: [m.transfer === true, m.reject === true],
-      entries: (m.entries ?? []).map((e) => [n(e.index), n(e.term), e.configuration_change, Buffer.from(e.data).toString('hex')]),
-      context: m.context ?? '',
-      voters: m.snapshot_voters ?? [],
-      learners: m.snapshot_learners ?? [],
-    })),
-  };
-}
 
 /** Decodes `bytes` with the hand-written codec; any exception other than its own refusal fails the test. */
 function decodeOrRefuse(bytes: Buffer): MessageBatchFields | 'refused' {

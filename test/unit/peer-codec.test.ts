@@ -2,18 +2,12 @@
  * The hand-written peer codec against protobufjs (the codec members used before, and the
  * reference for raft.proto's wire format): every Raft message type survives both directions.
  */
-import * as protoLoader from '@grpc/proto-loader';
 import { describe, expect, it } from 'vitest';
-import { decodeOptions, protoDirectory } from '../../src/api/proto.js';
 import type { Message } from '../../src/raft/types.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields } from '../../src/server/peer-codec.js';
 import { fromWire, peerMessageBytesMax, toWire } from '../../src/server/transport.js';
 import { requestBytesInFlightPerSourceMax } from '../../src/api/request-bytes-budget.js';
-
-const reference = protoLoader.loadSync(['raft.proto'], { ...decodeOptions, includeDirs: [protoDirectory] });
-const method = (reference['rampart.Peer'] as protoLoader.ServiceDefinition).Messages as protoLoader.MethodDefinition<object, object>;
-const referenceEncode = (batch: MessageBatchFields): Buffer => method.requestSerialize(batch);
-const referenceDecode = (bytes: Buffer): MessageBatchFields => method.requestDeserialize(bytes) as MessageBatchFields;
+import { referenceBatchDecode as referenceDecode, referenceBatchEncode as referenceEncode } from '../helpers/codec-reference.js';
 
 const big = 2 ** 40 + 7;
 const entry = (index: number, data: string, type: 'normal' | 'configurationChange' = 'normal') => ({ index, term: 3, type, data: Buffer.from(data) }) as const;

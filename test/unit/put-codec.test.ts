@@ -3,27 +3,14 @@
  * takes, and the one every earlier version wrote the log with): what one encodes the other decodes
  * to the same object, for random puts and callers; anything unusual is left to protobufjs.
  */
-import path from 'node:path';
 import fc from 'fast-check';
-import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
 import type { InternalRequest } from '../../src/api/messages.js';
-import { decodeInternalRequest, decodeOptions, encodeInternalRequest, protoDirectory } from '../../src/api/proto.js';
+import { decodeInternalRequest, decodeOptions, encodeInternalRequest } from '../../src/api/proto.js';
 import { decodePutProposal, encodePutProposal, encodePutResponse } from '../../src/api/put-codec.js';
+import { protoRoot, referenceProposalDecode as referenceDecode, referenceProposalEncode as referenceEncode } from '../helpers/codec-reference.js';
 
-const root = new protobuf.Root();
-root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
-root.loadSync(['internal.proto', 'rpc.proto'], { keepCase: true });
-const internalRequestType = root.lookupType('rampart.InternalRequest');
-const putResponseType = root.lookupType('etcdserverpb.PutResponse');
-
-function referenceEncode(request: object): Buffer {
-  return Buffer.from(internalRequestType.encode(internalRequestType.fromObject(request as Record<string, unknown>)).finish());
-}
-
-function referenceDecode(data: Buffer): unknown {
-  return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions);
-}
+const putResponseType = protoRoot.lookupType('etcdserverpb.PutResponse');
 
 const uint64 = fc.oneof(fc.constantFrom('0', '1', '127', '128', '16383', '16384', '268435455', '268435456', '9007199254740993', '18446744073709551615'), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }).map(String));
 const int64 = fc.oneof(fc.constantFrom('0', '-1', '1', '9223372036854775807', '-9223372036854775808'), fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(String));

@@ -4,27 +4,13 @@
  * member, 64-bit values at their limits, enums past their names): what one encodes the other
  * decodes to the same object, with the same key order; unusual input is left to protobufjs.
  */
-import path from 'node:path';
 import fc from 'fast-check';
 import protobuf from 'protobufjs';
 import { describe, expect, it } from 'vitest';
-import { decodeInternalRequest, decodeOptions, encodeInternalRequest, protoDirectory } from '../../src/api/proto.js';
+import { decodeInternalRequest, encodeInternalRequest } from '../../src/api/proto.js';
 import { compileCodec, decodeWithPlan, encodeWithPlan } from '../../src/api/schema-codec.js';
-
-const root = new protobuf.Root();
-root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
-root.loadSync(['internal.proto'], { keepCase: true });
-root.resolveAll();
-const internalRequestType = root.lookupType('rampart.InternalRequest');
+import { internalRequestType, referenceProposalDecode as referenceDecode, referenceProposalEncode as referenceEncode } from '../helpers/codec-reference.js';
 const plan = compileCodec(internalRequestType);
-
-function referenceEncode(object: object): Buffer {
-  return Buffer.from(internalRequestType.encode(internalRequestType.fromObject(object as Record<string, unknown>)).finish());
-}
-
-function referenceDecode(data: Buffer): unknown {
-  return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions);
-}
 
 const uint64 = fc.oneof(fc.constantFrom('0', '1', '127', '128', '2147483648', '562949953421312', '9007199254740993', '18446744073709551615'), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }).map(String), fc.nat());
 const int64 = fc.oneof(fc.constantFrom('0', '-1', '1', '9223372036854775807', '-9223372036854775808'), fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }).map(String), fc.integer());

@@ -7,32 +7,11 @@
  * off (a partition, the soak's peer cut after a certificate rotation) would meet.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Message } from '../../src/raft/types.js';
-import { Transport, type TransportOptions } from '../../src/server/transport.js';
+import { Transport } from '../../src/server/transport.js';
 import { freePort } from '../helpers/processes.js';
-
-function options(selfId: string, overrides: Partial<TransportOptions>): TransportOptions {
-  const unused = (): Promise<never> => Promise.reject(new Error('not used here'));
-  return {
-    selfId,
-    clusterId: 'c1',
-    logger: pino({ level: 'silent' }),
-    serverCredentials: grpc.ServerCredentials.createInsecure(),
-    clientCredentials: grpc.credentials.createInsecure(),
-    onMessage: () => undefined,
-    onUnreachable: () => undefined,
-    snapshotChunks: async function* () {},
-    receiveSnapshot: unused,
-    onLeaseRenew: unused,
-    onLeaseTimeToLive: unused,
-    onCluster: () => ({ clusterId: 'c1', members: [] }),
-    onLoginAttempt: unused,
-    ...overrides,
-  };
-}
+import { transportOptions } from '../helpers/transport-options.js';
 
 /** A TCP proxy that can stop reading what the sender writes (a peer too slow to read) and cut every connection. */
 class StallingProxy {
@@ -113,12 +92,12 @@ describe('peer transport congestion', () => {
   it('sends again once a stream congested when its connection was cut is gone', async () => {
     const received: Message[] = [];
     const receiverPort = await freePort();
-    const receiver = new Transport(options('b2', { onMessage: (message) => received.push(message) }));
+    const receiver = new Transport(transportOptions('b2', { onMessage: (message) => received.push(message) }));
     await receiver.listen([`http://127.0.0.1:${receiverPort}`]);
     const proxy = new StallingProxy(receiverPort);
     await proxy.listen();
     let unreachable = 0;
-    const sender = new Transport(options('a1', { onUnreachable: () => (unreachable += 1) }));
+    const sender = new Transport(transportOptions('a1', { onUnreachable: () => (unreachable += 1) }));
     await sender.listen([`http://127.0.0.1:${await freePort()}`]);
     transports.push(receiver, sender);
     proxies.push(proxy);

@@ -6,14 +6,14 @@
  * the next stream. Before, gRPC failed the call with INTERNAL and nothing recorded who sent what.
  */
 import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AuditFields } from '../../src/audit/event.js';
 import { PeerRefusalAudit, type PeerRefusal } from '../../src/audit/peer-refusals.js';
 import type { Message } from '../../src/raft/types.js';
 import { encodeMessageBatch } from '../../src/server/peer-codec.js';
-import { Transport, type TransportOptions } from '../../src/server/transport.js';
+import { Transport } from '../../src/server/transport.js';
 import { freePort } from '../helpers/processes.js';
+import { transportOptions } from '../helpers/transport-options.js';
 
 const identity = (bytes: Buffer): Buffer => bytes;
 /** A client of the peer service's Messages stream that sends raw bytes, as a hostile member could. */
@@ -22,26 +22,6 @@ const RawPeerClient = grpc.makeGenericClientConstructor(
   'Peer',
 );
 type RawClient = grpc.Client & { Messages(callback: (error: grpc.ServiceError | null) => void): grpc.ClientWritableStream<Buffer> };
-
-function options(overrides: Partial<TransportOptions>): TransportOptions {
-  const unused = (): Promise<never> => Promise.reject(new Error('not used here'));
-  return {
-    selfId: 'b2',
-    clusterId: 'c1',
-    logger: pino({ level: 'silent' }),
-    serverCredentials: grpc.ServerCredentials.createInsecure(),
-    clientCredentials: grpc.credentials.createInsecure(),
-    onMessage: () => undefined,
-    onUnreachable: () => undefined,
-    snapshotChunks: async function* () {},
-    receiveSnapshot: unused,
-    onLeaseRenew: unused,
-    onLeaseTimeToLive: unused,
-    onCluster: () => ({ clusterId: 'c1', members: [] }),
-    onLoginAttempt: unused,
-    ...overrides,
-  };
-}
 
 /** Sends `batches` on one stream and ends it; resolves with the call's outcome. */
 function stream(client: RawClient, batches: Buffer[]): Promise<grpc.ServiceError | null> {
@@ -67,7 +47,7 @@ describe('peer stream handler given a malformed batch', () => {
     const events: AuditFields[] = [];
     const audit = new PeerRefusalAudit({ record: (fields) => events.push(fields) });
     const port = await freePort();
-    const receiver = new Transport(options({
+    const receiver = new Transport(transportOptions('b2', {
       onMessage: (message) => received.push(message),
       onPeerRefused: (refusal) => {
         refusals.push(refusal);

@@ -6,12 +6,11 @@
  * leader took a newer snapshot while sending an older one, cancelled, and the joining member never
  * caught up.
  */
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Message } from '../../src/raft/types.js';
-import { Transport, type TransportOptions } from '../../src/server/transport.js';
+import { Transport } from '../../src/server/transport.js';
 import { freePort } from '../helpers/processes.js';
+import { transportOptions } from '../helpers/transport-options.js';
 
 type SnapshotMessage = Extract<Message, { type: 'snapshot' }>;
 
@@ -28,26 +27,6 @@ interface Received {
   readonly outcome: 'complete' | string;
 }
 
-function options(selfId: string, overrides: Partial<TransportOptions>): TransportOptions {
-  const unused = (): Promise<never> => Promise.reject(new Error('not used here'));
-  return {
-    selfId,
-    clusterId: 'c1',
-    logger: pino({ level: 'silent' }),
-    serverCredentials: grpc.ServerCredentials.createInsecure(),
-    clientCredentials: grpc.credentials.createInsecure(),
-    onMessage: () => undefined,
-    onUnreachable: () => undefined,
-    snapshotChunks: async function* () {},
-    receiveSnapshot: unused,
-    onLeaseRenew: unused,
-    onLeaseTimeToLive: unused,
-    onCluster: () => ({ clusterId: 'c1', members: [] }),
-    onLoginAttempt: unused,
-    ...overrides,
-  };
-}
-
 describe('snapshot transfer between transports', () => {
   const transports: Transport[] = [];
   afterEach(async () => {
@@ -59,7 +38,7 @@ describe('snapshot transfer between transports', () => {
     let settle: (received: Received) => void = () => undefined;
     const done = new Promise<Received>((resolve) => (settle = resolve));
     const receiverPort = await freePort();
-    const receiver = new Transport(options('b2', {
+    const receiver = new Transport(transportOptions('b2', {
       receiveSnapshot: async (_message, incoming) => {
         const seen: string[] = [];
         try {
@@ -72,7 +51,7 @@ describe('snapshot transfer between transports', () => {
       },
     }));
     await receiver.listen([`http://127.0.0.1:${receiverPort}`]);
-    const sender = new Transport(options('a1', { snapshotChunks: chunks }));
+    const sender = new Transport(transportOptions('a1', { snapshotChunks: chunks }));
     await sender.listen([`http://127.0.0.1:${await freePort()}`]);
     transports.push(receiver, sender);
     sender.setPeers([{ id: 'b2', peerUrls: [`http://127.0.0.1:${receiverPort}`] }]);
@@ -112,7 +91,7 @@ describe('snapshot transfer between transports', () => {
     let busy = false;
     let wake: () => void = () => undefined;
     const port = await freePort();
-    const receiver = new Transport(options('b2', {
+    const receiver = new Transport(transportOptions('b2', {
       ...(idleTimeoutMs === undefined ? {} : { snapshotIdleTimeoutMs: idleTimeoutMs }),
       receiveSnapshot: async (_message, incoming) => {
         if (busy) {
@@ -156,7 +135,7 @@ describe('snapshot transfer between transports', () => {
   };
 
   const senderWith = async (chunks: () => AsyncIterable<Buffer>, receiverUrl: string): Promise<Transport> => {
-    const sender = new Transport(options('a1', { snapshotChunks: chunks }));
+    const sender = new Transport(transportOptions('a1', { snapshotChunks: chunks }));
     await sender.listen([`http://127.0.0.1:${await freePort()}`]);
     transports.push(sender);
     sender.setPeers([{ id: 'b2', peerUrls: [receiverUrl] }]);
@@ -238,7 +217,7 @@ describe('snapshot transfer between transports', () => {
 
 describe('a peer removed while messages to it are queued', () => {
   it('drops them instead of calling its shut-down channel (which threw and stopped the member)', async () => {
-    const sender = new Transport(options('a1', {}));
+    const sender = new Transport(transportOptions('a1', {}));
     await sender.listen([`http://127.0.0.1:${await freePort()}`]);
     const thrown: unknown[] = [];
     const record = (error: unknown): void => void thrown.push(error);
