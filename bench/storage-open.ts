@@ -1,0 +1,78 @@
+/**
+ * The storage open of a member's restart, alone and repeatable (issue 13): opens a copy of a
+ * member's data directory (sealed database, Raft log, key index) the way `Member.open` does, and
+ * prints each step's wall time, the CPU of the main thread and of the other threads (from /proc),
+ * and the memory by kind. A restart at 500,000 keys takes minutes to set up (the bench's scale
+ * load); this measures the open on one data directory again and again, before and after a change.
+ *
+ *   node dist/bench/storage-open.js <member directory>
+ *
+ * The member directory is the one `rampart up` made (holding `data/` and `encryption.key`), of a
+ * stopped member. It is copied next to itself (the open writes) and the copy removed. One open per
+ * process (a second would run on warm code and a grown heap): run it again for each sample,
+ * alternating builds.
+ */
+import { cp, readFile, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { FileKekProvider } from '../src/encryption/kek-file.js';
+import { SealedDatabase } from '../src/storage/database.js';
+import { LogStore } from '../src/storage/log.js';
+import { MvccStore } from '../src/storage/mvcc/store.js';
+
+/** User + system CPU seconds of /proc/<path>/stat (fields 14 and 15 of stat(5), 100 ticks a second). */
+async function cpuSeconds(statFile: string): Promise<number> {
+  const fields = (await readFile(statFile, 'utf8')).split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** CPU of this process: all threads (ended ones included), the main thread, the live others. */
+async function threadCpu(): Promise<{ total: number; main: number; others: number }> {
+  let others = 0;
+  for (const task of await readdir('/proc/self/task')) {
+    if (task === String(process.pid)) continue;
+    others += await cpuSeconds(`/proc/self/task/${task}/stat`).catch(() => 0);
+  }
+  return { total: await cpuSeconds('/proc/self/stat'), main: await cpuSeconds(`/proc/self/task/${process.pid}/stat`), others };
+}
+
+const mebibytes = (bytes: number): string => (bytes / 1024 / 1024).toFixed(0);
+
+async function openOnce(source: string): Promise<string> {
+  const copy = `${source.replace(/\/$/, '')}.open-copy`;
+  await rm(copy, { recursive: true, force: true });
+  await cp(source, copy, { recursive: true });
+  try {
+    const before = await threadCpu();
+    const started = performance.now();
+    const db = await SealedDatabase.open(path.join(copy, 'data'), await FileKekProvider.open(path.join(copy, 'encryption.key')));
+    try {
+      const opened = performance.now();
+      const { loaded } = await LogStore.open(db);
+      const logLoaded = performance.now();
+      await MvccStore.open(db);
+      const indexed = performance.now();
+      const after = await threadCpu();
+      const memory = process.memoryUsage();
+      // VmRSS counts LevelDB's memory-mapped table files (RssFile: page cache, read by the rebuild)
+      // besides the process's own memory (RssAnon).
+      const status = await readFile('/proc/self/status', 'utf8');
+      const statusMiB = (field: string): string => (Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? Number.NaN) / 1024).toFixed(0);
+      return `open ${((opened - started) / 1000).toFixed(2)} s, log ${((logLoaded - opened) / 1000).toFixed(2)} s (${loaded.entries.length} entries), ` +
+        `index ${((indexed - logLoaded) / 1000).toFixed(2)} s, wall ${((indexed - started) / 1000).toFixed(2)} s; ` +
+        `CPU ${(after.total - before.total).toFixed(2)} s (main thread ${(after.main - before.main).toFixed(2)} s, live other threads ${(after.others - before.others).toFixed(2)} s, ended threads the rest); ` +
+        `RSS ${mebibytes(memory.rss)} MiB (anonymous ${statusMiB('RssAnon')}: V8 heap ${mebibytes(memory.heapTotal)}, external ${mebibytes(memory.external)}; file-backed ${statusMiB('RssFile')}); ` +
+        `load average ${(await readFile('/proc/loadavg', 'utf8')).split(' ')[0]}`;
+    } finally {
+      await db.close();
+    }
+  } finally {
+    await rm(copy, { recursive: true, force: true });
+  }
+}
+
+const source = process.argv[2];
+if (source === undefined) {
+  process.stderr.write('usage: node dist/bench/storage-open.js <member directory (holding data/ and encryption.key)>\n');
+  process.exit(2);
+}
+process.stdout.write(`${await openOnce(source)}\n`);
