@@ -7,7 +7,7 @@
 import { readFile } from 'node:fs/promises';
 import type * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpuMilliseconds } from '../helpers/attack.js';
+import { cpuMilliseconds, residentBytes } from '../helpers/attack.js';
 import { call, type RawClient } from '../helpers/client.js';
 import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
 
@@ -35,11 +35,6 @@ const watchQueuedBytesMax = 64 * 1024 * 1024;
  * more when framing it; the first copy is garbage) plus this (history reads, GC slack).
  */
 const watchRssAllowanceBytes = 128 * 1024 * 1024;
-
-async function residentBytes(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) * 1024;
-}
 
 describe('availability under attack (TLS member, a certificate that is no user)', () => {
   let member: TlsMember;
