@@ -63,6 +63,32 @@ export interface Database {
 
 type Level = ClassicLevel<Buffer, Buffer>;
 
+/** classic-level's own array batch (abstract-level's `_batch` contract), below abstract-level's public `batch`. */
+interface DirectBatch {
+  _batch(operations: readonly BatchOperation[], options: { sync: boolean }): Promise<void>;
+}
+
+/**
+ * Writes `operations` as one LevelDB batch. While the database is open and every key and value is
+ * a Buffer, it goes straight to classic-level's `_batch`: abstract-level's public `batch` copies,
+ * validates and re-encodes each operation first (~5 µs an operation; 3-op batches measured 115 ->
+ * 84 µs of CPU with the write itself), for Buffers that need none of it, and no hooks or `write`
+ * listeners are used here. The native call happens in the same synchronous stretch either way, so
+ * the order of writes is unchanged. Anything else (closed, opening, not a Buffer, a library
+ * without `_batch`) takes the public path, which checks and refuses as before.
+ */
+function writeBatch(level: Level, operations: readonly BatchOperation[], sync: boolean): Promise<void> {
+  const direct = level as unknown as Partial<DirectBatch>;
+  if (level.status === 'open' && typeof direct._batch === 'function' && operations.length > 0 && operations.every(isPlainBufferOperation)) {
+    return direct._batch(operations, { sync });
+  }
+  return level.batch(operations as BatchOperation[], { sync });
+}
+
+function isPlainBufferOperation(operation: BatchOperation): boolean {
+  return Buffer.isBuffer(operation.key) && (operation.type === 'del' || Buffer.isBuffer(operation.value));
+}
+
 function isKeyStoreKey(key: Buffer): boolean {
   return key[0] === keyStorePrefix;
 }
@@ -261,7 +287,7 @@ export class SealedDatabase implements Database {
     const keyring = this.keyring;
     if (keyring === undefined) {
       if (operations.length > batchStepOperationsMax) await this.writeInSteps(operations, undefined, options);
-      else await this.level.batch(operations, { sync: options.sync ?? false });
+      else await writeBatch(this.level, operations, options.sync ?? false);
       return;
     }
     const write: PendingWrite = { keys: operations.map((operation) => operation.key.toString('latin1')) };
@@ -279,7 +305,7 @@ export class SealedDatabase implements Database {
         if (isKeyStoreKey(operation.key)) throw new Error('assertion failed: a write into the key store through the sealing layer');
         return operation.type === 'put' ? { type: 'put', key: operation.key, value: keyring.seal(operation.key, operation.value) } : operation;
       });
-      await this.level.batch(sealed, { sync: options.sync ?? false });
+      await writeBatch(this.level, sealed, options.sync ?? false);
     } finally {
       this.endWrite(write);
     }
