@@ -7,6 +7,7 @@ import { status as grpcStatus } from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
 import { call, connect, type RawClient } from '../helpers/client.js';
 import { etcdctl, startCluster, type Cluster, type ClusterMember } from '../helpers/processes.js';
+import { retrying } from '../helpers/retry.js';
 
 const endpointOf = (member: ClusterMember): string => `127.0.0.1:${member.port}`;
 
@@ -57,8 +58,9 @@ async function putMany(clients: readonly RawClient[], prefix: string, count: num
             await call(client.kv, 'Put', { key: Buffer.from(`${prefix}${index}`), value: value(index) });
             break;
           } catch (error) {
-            if ((error as { code?: number }).code !== grpcStatus.UNAVAILABLE || attempt >= 10) throw error;
-            await new Promise((resolve) => setTimeout(resolve, 100));
+            // 40 x 250 ms: an election on a loaded machine has taken several seconds (10 x 100 ms did not cover one).
+            if ((error as { code?: number }).code !== grpcStatus.UNAVAILABLE || attempt >= 40) throw error;
+            await new Promise((resolve) => setTimeout(resolve, 250));
           }
         }
       }
@@ -90,7 +92,7 @@ describe('catch-up', () => {
       pausedProcess.child.kill('SIGCONT');
       await waitFor(
         async () => (await etcdctl(endpointOf(paused), ['get', `paused/${writes - 1}`, '--print-value-only', '--consistency=s'])).stdout === `${writes - 1}\n`,
-        30_000,
+        60_000,
         'the resumed follower to catch up',
       );
       // Still alive and serving after catching up: a put through it lands everywhere.
@@ -98,7 +100,7 @@ describe('catch-up', () => {
       expect(pausedProcess.output()).not.toContain('assertion failed');
       const through = connect(endpointOf(paused));
       try {
-        await call(through.kv, 'Put', { key: Buffer.from('after'), value: Buffer.from('resume') });
+        await retrying(() => call(through.kv, 'Put', { key: Buffer.from('after'), value: Buffer.from('resume') }), 'a put through the resumed follower');
       } finally {
         through.close();
       }
@@ -107,5 +109,5 @@ describe('catch-up', () => {
     } finally {
       writers.forEach((client) => client.close());
     }
-  }, 120_000);
+  }, 180_000);
 });

@@ -7,6 +7,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { leaderOf } from '../helpers/client.js';
 import { etcdctl, freePort, removeDirectory, startCluster, startRampart, temporaryDirectory, type Cluster, type ClusterMember, type ServerProcess } from '../helpers/processes.js';
+import { etcdctlUntilOk } from '../helpers/retry.js';
 
 const endpointOf = (member: ClusterMember): string => `127.0.0.1:${member.port}`;
 
@@ -35,17 +36,19 @@ describe('snapshot sent by a leader that installed it', () => {
     const leader = await leaderOf(cluster);
     const installer = cluster.members.find((member) => member !== leader) as ClusterMember;
     await installer.process?.stop();
-    for (let index = 0; index < 100; index++) expect((await etcdctl(endpointOf(leader), ['put', `k${index}`, String(index)])).code).toBe(0);
+    // Each put retried until it is answered (the same value: idempotent): on a loaded machine the two
+    // members left may hold an election meanwhile.
+    for (let index = 0; index < 100; index++) expect((await etcdctlUntilOk(endpointOf(leader), ['put', `k${index}`, String(index)])).code).toBe(0);
     const restarted = await cluster.start(installer);
-    await waitFor(async () => (await etcdctl(endpointOf(installer), ['get', 'k99', '--print-value-only', '--consistency=s'])).stdout === '99\n', 30_000, () => restarted.output().slice(-2000));
+    await waitFor(async () => (await etcdctl(endpointOf(installer), ['get', 'k99', '--print-value-only', '--consistency=s'])).stdout === '99\n', 60_000, () => restarted.output().slice(-2000));
     expect(restarted.output()).toContain('installed snapshot from leader');
 
     // The installer leads; its latest snapshot is the installed one (too few writes since for its own).
-    const list = (await etcdctl(endpointOf(leader), ['member', 'list'])).stdout;
+    const list = (await etcdctlUntilOk(endpointOf(leader), ['member', 'list'])).stdout;
     const installerId = list.split('\n').find((line) => line.split(', ')[2] === installer.name)?.split(', ')[0] ?? '';
     expect(installerId).not.toBe('');
     expect((await etcdctl(endpointOf(leader), ['move-leader', installerId])).code).toBe(0);
-    await waitFor(async () => (await leaderOf(cluster as Cluster)) === installer, 15_000, () => 'the installer to lead');
+    await waitFor(async () => (await leaderOf(cluster as Cluster)) === installer, 30_000, () => 'the installer to lead');
 
     const peerPort = await freePort();
     const add = await etcdctl(endpointOf(installer), ['member', 'add', 'm4', `--peer-urls=http://127.0.0.1:${peerPort}`]);
@@ -56,10 +59,9 @@ describe('snapshot sent by a leader that installed it', () => {
       peerPort,
       dataDir: await temporaryDirectory('m4'),
       args: ['--initial-cluster', initialCluster, '--initial-cluster-state', 'existing', '--log-level', 'info'],
-      startTimeoutMs: 30_000,
     });
     const newcomer = added;
-    await waitFor(async () => (await etcdctl(newcomer.endpoint, ['get', 'k99', '--print-value-only', '--consistency=s'])).stdout === '99\n', 20_000, () => `the added member to catch up:\n${newcomer.output().slice(-2000)}\nleader:\n${restarted.output().slice(-2000)}`);
+    await waitFor(async () => (await etcdctl(newcomer.endpoint, ['get', 'k99', '--print-value-only', '--consistency=s'])).stdout === '99\n', 60_000, () => `the added member to catch up:\n${newcomer.output().slice(-2000)}\nleader:\n${restarted.output().slice(-2000)}`);
     expect(restarted.output()).not.toContain('is no longer held');
-  }, 150_000);
+  }, 240_000);
 });
