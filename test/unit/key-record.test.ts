@@ -9,7 +9,7 @@ const revisions = (record: KeyRecord): [number, number, boolean][] =>
 
 describe('KeyRecord', () => {
   it('keeps revisions in order with sub revisions and tombstones, and the newest put as the live value', () => {
-    const record = new KeyRecord(key, 2, 0, put(2, 1));
+    const record = new KeyRecord('k', 2, 0, put(2, 1));
     expect(revisions(record)).toEqual([[2, 0, false]]);
     record.append(3, 7, undefined);
     expect(record.live()).toBeUndefined();
@@ -17,13 +17,14 @@ describe('KeyRecord', () => {
     record.append(5, 60_000, put(5, 1, 42n));
     expect(revisions(record)).toEqual([[2, 0, false], [3, 7, true], [5, 60_000, false]]);
     expect(record.live()).toEqual({ key, value: Buffer.from('v5'), createRevision: 2, modRevision: 5, version: 1, lease: 42n });
+    expect(record.live(key)?.key).toBe(key);
     expect(record.liveLease).toBe(42n);
     expect([1, 2, 3, 4, 5, 6].map((revision) => record.visibleAt(revision))).toEqual([-1, 0, 1, 1, 2, 2]);
     expect(() => record.append(5, 60_000, undefined)).toThrow('key revisions must increase');
   });
 
   it('compacts: drops history below the point, keeps the newest put at or below it, drops a tombstone there', () => {
-    const record = new KeyRecord(key, 2, 0, put(2, 1));
+    const record = new KeyRecord('k', 2, 0, put(2, 1));
     record.append(3, 0, put(3, 2));
     record.append(4, 1, undefined);
     record.append(6, 0, put(6, 1));

@@ -6,12 +6,12 @@
  * Owns: the read of the 'k' bucket and the memory the loaded keys and values sit in. Never: writes,
  * or skips a record it cannot read (the sealing layer's error, naming the record, stops the start).
  *
- * Keys and values stay views into the batch they were read with (the sealed database opens a whole
+ * Live values stay views into the batch they were read with (the sealed database opens a whole
  * batch into one buffer): copying each out cost 500,000 allocations and copies at 500,000 keys, and
  * the garbage collection of the batches. A batch buffer lives as long as one view into it does, so
  * once every record is read, the views into a batch that is mostly dead (history, tombstones,
- * values overwritten later) are copied out and the batch is freed: loaded keys and values never hold
- * more than `batchLiveShareMin`'s inverse times their own bytes.
+ * values overwritten later) are copied out and the batch is freed: loaded values never hold more
+ * than `batchLiveShareMin`'s inverse times their own bytes. (Keys are kept as index strings.)
  */
 import { decodeKeyValueRecord, decodeRevisionKey, recordKind } from '../encoding.js';
 import { prefix, prefixEnd } from '../schema.js';
@@ -51,7 +51,7 @@ export async function rebuildIndex(db: Database): Promise<RebuiltIndex> {
         const live = tombstone ? undefined : kv;
         const known = loaded.get(indexKey);
         if (known === undefined) {
-          loaded.set(indexKey, new KeyRecord(kv.key, revision.main, revision.sub, live));
+          loaded.set(indexKey, new KeyRecord(indexKey, revision.main, revision.sub, live));
         } else {
           known.append(revision.main, revision.sub, live);
         }
@@ -67,20 +67,17 @@ export async function rebuildIndex(db: Database): Promise<RebuiltIndex> {
   return { records, currentRevision };
 }
 
-/** Replaces, in place, the records whose key or live value is a view into a mostly dead buffer. */
+/** Copies out, in place, the live values that are views into a mostly dead buffer (the index holds keys as strings). */
 function copyOutOfSparseBatches(records: [string, KeyRecord][]): void {
   const referencedBytes = new Map<ArrayBufferLike, number>();
   const count = (view: Buffer): void => {
     referencedBytes.set(view.buffer, (referencedBytes.get(view.buffer) ?? 0) + view.length);
   };
   for (const [, record] of records) {
-    count(record.key);
     if (record.hasLive) count(record.liveValue);
   }
   const sparse = (view: Buffer): boolean => (referencedBytes.get(view.buffer) ?? 0) < view.buffer.byteLength * batchLiveShareMin;
-  for (const entry of records) {
-    const record = entry[1];
-    if (!sparse(record.key) && (!record.hasLive || !sparse(record.liveValue))) continue;
-    entry[1] = record.replaceBuffers(Buffer.from(record.key), record.hasLive ? Buffer.from(record.liveValue) : record.liveValue);
+  for (const [, record] of records) {
+    if (record.hasLive && sparse(record.liveValue)) record.replaceValue(Buffer.from(record.liveValue));
   }
 }

@@ -4,10 +4,11 @@
  *
  * Packed for the garbage collector, which walks every object of the index on each full collection
  * (GC was 17-27% of a member's main thread under write load): a key costs its index string, this
- * object, its key and its value buffers. Before, it also had a revisions array (two objects), an
- * object per revision and a KeyValue object for the live value (~10 heap objects a key, 350 bytes).
- * The newest revision is held in fields, older ones (a key with history) in one array of numbers;
- * the live KeyValue is made when it is read (young garbage, cheap to collect).
+ * object and its value buffer. Before, it also had a key buffer, a revisions array (two objects),
+ * an object per revision and a KeyValue object for the live value (~10 heap objects a key, 350
+ * bytes). The newest revision is held in fields, older ones (a key with history) in one array of
+ * numbers; the key is the index string (latin1, one char a byte); the live KeyValue, and its key
+ * buffer, are made when read (young garbage, cheap to collect).
  *
  * Revisions, versions and sub revisions are plain numbers: they are uint64 on disk and int64 on the
  * wire, and exact here up to 2^53 (`readUint64` refuses larger ones when reading, and a revision
@@ -34,7 +35,8 @@ export class KeyRecord {
   private lease: bigint;
 
   constructor(
-    readonly key: Buffer,
+    /** The key as the index holds it (`toIndexKey`): the tree's own string, not a copy. */
+    readonly indexKey: string,
     main: number,
     sub: number,
     live: KeyValue | undefined,
@@ -81,10 +83,18 @@ export class KeyRecord {
     return position === this.revisionCount - 1;
   }
 
-  /** The live value (a new object each call), or undefined when the newest revision is a tombstone. */
-  live(): KeyValue | undefined {
+  /**
+   * The live value (a new object each call), or undefined when the newest revision is a tombstone.
+   * `key` is this key's bytes when the caller has them; otherwise a buffer is made from the index key.
+   */
+  live(key?: Buffer): KeyValue | undefined {
     if (this.newestTombstone) return undefined;
-    return { key: this.key, value: this.value, createRevision: this.createRevision, modRevision: this.newestMain, version: this.version, lease: this.lease };
+    return { key: key ?? Buffer.from(this.indexKey, 'latin1'), value: this.value, createRevision: this.createRevision, modRevision: this.newestMain, version: this.version, lease: this.lease };
+  }
+
+  /** The key's length in bytes. */
+  get keyBytes(): number {
+    return this.indexKey.length;
   }
 
   get hasLive(): boolean {
@@ -136,16 +146,10 @@ export class KeyRecord {
     return false;
   }
 
-  /** Replaces the key and live value buffers (to copy them out of a larger buffer they are views into). */
-  replaceBuffers(key: Buffer, value: Buffer): KeyRecord {
-    const copied = new KeyRecord(key, this.newestMain, this.newestSub, undefined);
-    copied.history = this.history;
-    copied.newestTombstone = this.newestTombstone;
-    copied.value = this.newestTombstone ? emptyValue : value;
-    copied.createRevision = this.createRevision;
-    copied.version = this.version;
-    copied.lease = this.lease;
-    return copied;
+  /** Replaces the live value's buffer with `value`, equal bytes (a copy out of a larger buffer it was a view into). */
+  replaceValue(value: Buffer): void {
+    assert(!this.newestTombstone && value.equals(this.value), 'a replaced value holds the same bytes');
+    this.value = value;
   }
 
   /** The live value's buffer (emptyValue for a tombstone). */

@@ -204,7 +204,7 @@ export class MvccStore {
 
   /** The live value of one key at the current revision, if any. */
   get(key: Buffer): KeyValue | undefined {
-    return this.index.get(toIndexKey(key))?.live();
+    return this.index.get(toIndexKey(key))?.live(key);
   }
 
   /** Starts a write transaction. Changes are visible to reads at once; `commit` returns the batch. */
@@ -245,7 +245,7 @@ export class MvccStore {
     const indexKey = toIndexKey(kv.key);
     const live = tombstone ? undefined : kv;
     // One descent of the tree for a new key (most keys while loading); a second for a known one.
-    if (this.index.set(indexKey, new KeyRecord(kv.key, main, sub, live), false)) return;
+    if (this.index.set(indexKey, new KeyRecord(indexKey, main, sub, live), false)) return;
     (this.index.get(indexKey) as KeyRecord).append(main, sub, live);
   }
 
@@ -459,10 +459,6 @@ function compareIndexKeys(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-function tombstoneRecordBytes(key: Buffer): number {
-  return keyValueRecordBytes(key.length, 0);
-}
-
 /**
  * One revision's worth of changes. Every put and delete inside shares the main revision and takes
  * the next sub revision; a transaction that changes nothing does not advance the revision.
@@ -514,7 +510,7 @@ export class WriteTransaction {
     // One allocation holds every tombstone record (a DeleteRange of 60,000 keys made 60,000 pool
     // slices, GC time included ~10 µs each), and the index records found are changed directly.
     let bytes = 0;
-    for (const record of records) bytes += tombstoneRecordBytes(record.key);
+    for (const record of records) bytes += keyValueRecordBytes(record.keyBytes, 0);
     const arena = Buffer.allocUnsafeSlow(bytes);
     let offset = 0;
     for (const record of records) {
@@ -527,7 +523,7 @@ export class WriteTransaction {
         modRevision: this.revision,
         version: 0,
       };
-      const length = tombstoneRecordBytes(record.key);
+      const length = keyValueRecordBytes(record.keyBytes, 0);
       this.store.applyTombstone(record, tombstone, this.sub, arena.subarray(offset, offset + length), this.batch);
       offset += length;
       this.sub += 1;
