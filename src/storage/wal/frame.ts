@@ -1,0 +1,92 @@
+/**
+ * Frames: how one write of the Raft log's segment files is laid out, and how a file is read back.
+ *
+ * Frame layout (all integers big-endian), starting at an 8-byte aligned offset:
+ *   offset 0   u32  payload length in bytes (never 0: a zero length marks the end of the data)
+ *   offset 4   u32  CRC-32 of the payload
+ *   offset 8        payload
+ *   then zero bytes up to the next multiple of 8
+ * Segment files are preallocated with zeros, so the data ends where the first zero header is.
+ *
+ * Each write (one Ready) is ONE frame, fdatasynced before the next write, so after a crash only
+ * the last frame can be damaged: bytes of an interrupted write are the new ones or still zeros,
+ * sector by sector. `scanFrames` reads frames up to the first that is not whole and valid, and
+ * then looks for any valid frame further on: if there is one, the damage is not a torn last write
+ * but corruption (the data after it was written later), and reading fails naming the offset; if
+ * there is none, the damage is the torn tail of an unacknowledged write.
+ */
+import { crc32 } from 'node:zlib';
+import { LogCorruptionError } from '../log.js';
+
+export { LogCorruptionError };
+
+export const frameHeaderBytes = 8;
+export const frameAlignmentBytes = 8;
+
+function alignUp(bytes: number): number {
+  return Math.ceil(bytes / frameAlignmentBytes) * frameAlignmentBytes;
+}
+
+/** The bytes one frame takes in a file, padding included. */
+export function frameBytes(payloadBytes: number): number {
+  return alignUp(frameHeaderBytes + payloadBytes);
+}
+
+export function encodeFrame(payload: Buffer): Buffer {
+  if (payload.length === 0) throw new Error('assertion failed: an empty frame');
+  const frame = Buffer.alloc(frameBytes(payload.length));
+  frame.writeUInt32BE(payload.length, 0);
+  frame.writeUInt32BE(crc32(payload), 4);
+  payload.copy(frame, frameHeaderBytes);
+  return frame;
+}
+
+/** The payload of a whole, valid frame at `offset`, or undefined. */
+function frameAt(data: Buffer, offset: number): Buffer | undefined {
+  if (offset + frameHeaderBytes > data.length) return undefined;
+  const length = data.readUInt32BE(offset);
+  if (length === 0 || offset + frameHeaderBytes + length > data.length) return undefined;
+  const payload = data.subarray(offset + frameHeaderBytes, offset + frameHeaderBytes + length);
+  return crc32(payload) === data.readUInt32BE(offset + 4) ? payload : undefined;
+}
+
+export interface ScannedFrame {
+  readonly offset: number;
+  readonly payload: Buffer;
+}
+
+export interface ScanResult {
+  readonly frames: ScannedFrame[];
+  /** Where the valid data ends: the next frame is written here. */
+  readonly end: number;
+  /** The end of the last non-zero byte after `end` (a torn write's leftovers); `end` when none. */
+  readonly dirtyEnd: number;
+}
+
+/**
+ * Reads the frames of one file's contents. Throws LogCorruptionError naming `file` and the
+ * offset when a damaged frame is followed by a valid one.
+ */
+export function scanFrames(data: Buffer, file: string): ScanResult {
+  const frames: ScannedFrame[] = [];
+  let offset = 0;
+  for (;;) {
+    const payload = frameAt(data, offset);
+    if (payload === undefined) break;
+    frames.push({ offset, payload });
+    offset += frameBytes(payload.length);
+  }
+  let dirtyEnd = offset;
+  for (let probe = offset; probe + frameHeaderBytes <= data.length; probe += frameAlignmentBytes) {
+    if (data.readUInt32BE(probe) === 0 && data.readUInt32BE(probe + 4) === 0) continue;
+    dirtyEnd = probe + frameHeaderBytes;
+    if (probe > offset && frameAt(data, probe) !== undefined) {
+      throw new LogCorruptionError(`${file}: the record at offset ${offset} is damaged and a valid record follows it at offset ${probe} (not a torn last write); refusing to use the log`);
+    }
+  }
+  // Trailing bytes shorter than a header (files are multiples of 8, so only in a damaged file).
+  for (let index = Math.max(offset, data.length - (data.length % frameAlignmentBytes)); index < data.length; index++) {
+    if (data[index] !== 0) dirtyEnd = data.length;
+  }
+  return { frames, end: offset, dirtyEnd };
+}

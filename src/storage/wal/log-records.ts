@@ -1,0 +1,107 @@
+/**
+ * The records inside one frame of the Raft log's segment files (see `frame.ts` for the frame).
+ *
+ * A frame's payload is a sequence of records, each starting with a u8 type (integers big-endian):
+ *   1 segment header  u8 format version (1), u64 first index: the segment's first frame starts with
+ *                     it; entries before the first index live in earlier segments, if anywhere
+ *   2 log start       u8 reset (0 or 1), u64 index, u64 term: the log starts after (index, term);
+ *                     reset 1 discards every entry (a snapshot was installed, or the log rewritten)
+ *   3 hard state      u32 length, the stored hard state (`encodeHardState`, sealed when encrypting)
+ *   4 entry           u64 index, u32 length, the stored entry (`encodeLogRecord`, sealed when
+ *                     encrypting under the key `encodeLogKey(index)` as additional data)
+ * An entry at an index the log already holds replaces it and every entry after it (a conflicting
+ * suffix from a new leader). Stored values are byte for byte what the LevelDB log held, so sealing,
+ * key rotation and the CRC inside each value are unchanged.
+ */
+import { readUint64, writeUint64 } from '../encoding.js';
+import { LogCorruptionError } from '../log.js';
+
+export const segmentFormatVersion = 1;
+
+export type LogRecord =
+  | { readonly type: 'header'; readonly firstIndex: number }
+  | { readonly type: 'logStart'; readonly reset: boolean; readonly index: number; readonly term: number }
+  | { readonly type: 'hardState'; readonly value: Buffer }
+  | { readonly type: 'entry'; readonly index: number; readonly value: Buffer };
+
+const typeCodes = { header: 1, logStart: 2, hardState: 3, entry: 4 } as const;
+
+function recordBytes(record: LogRecord): number {
+  switch (record.type) {
+    case 'header':
+      return 1 + 1 + 8;
+    case 'logStart':
+      return 1 + 1 + 16;
+    case 'hardState':
+      return 1 + 4 + record.value.length;
+    case 'entry':
+      return 1 + 8 + 4 + record.value.length;
+  }
+}
+
+export function encodeRecords(records: readonly LogRecord[]): Buffer {
+  const payload = Buffer.allocUnsafe(records.reduce((total, record) => total + recordBytes(record), 0));
+  let offset = 0;
+  for (const record of records) {
+    payload[offset] = typeCodes[record.type];
+    switch (record.type) {
+      case 'header':
+        payload[offset + 1] = segmentFormatVersion;
+        writeUint64(payload, record.firstIndex, offset + 2);
+        break;
+      case 'logStart':
+        payload[offset + 1] = record.reset ? 1 : 0;
+        writeUint64(payload, record.index, offset + 2);
+        writeUint64(payload, record.term, offset + 10);
+        break;
+      case 'hardState':
+        payload.writeUInt32BE(record.value.length, offset + 1);
+        record.value.copy(payload, offset + 5);
+        break;
+      case 'entry':
+        writeUint64(payload, record.index, offset + 1);
+        payload.writeUInt32BE(record.value.length, offset + 9);
+        record.value.copy(payload, offset + 13);
+        break;
+    }
+    offset += recordBytes(record);
+  }
+  return payload;
+}
+
+/** The records of a frame whose CRC matched; anything malformed is corruption (`where` names it). */
+export function decodeRecords(payload: Buffer, where: string): LogRecord[] {
+  const records: LogRecord[] = [];
+  let offset = 0;
+  const need = (bytes: number): void => {
+    if (offset + bytes > payload.length) throw new LogCorruptionError(`${where}: record at byte ${offset} of the frame runs past its end`);
+  };
+  while (offset < payload.length) {
+    const code = payload[offset];
+    if (code === typeCodes.header) {
+      need(10);
+      if (payload[offset + 1] !== segmentFormatVersion) throw new LogCorruptionError(`${where}: unknown segment format ${payload[offset + 1]}`);
+      records.push({ type: 'header', firstIndex: readUint64(payload, offset + 2) });
+      offset += 10;
+    } else if (code === typeCodes.logStart) {
+      need(18);
+      records.push({ type: 'logStart', reset: payload[offset + 1] === 1, index: readUint64(payload, offset + 2), term: readUint64(payload, offset + 10) });
+      offset += 18;
+    } else if (code === typeCodes.hardState) {
+      need(5);
+      const length = payload.readUInt32BE(offset + 1);
+      need(5 + length);
+      records.push({ type: 'hardState', value: payload.subarray(offset + 5, offset + 5 + length) });
+      offset += 5 + length;
+    } else if (code === typeCodes.entry) {
+      need(13);
+      const length = payload.readUInt32BE(offset + 9);
+      need(13 + length);
+      records.push({ type: 'entry', index: readUint64(payload, offset + 1), value: payload.subarray(offset + 13, offset + 13 + length) });
+      offset += 13 + length;
+    } else {
+      throw new LogCorruptionError(`${where}: unknown record type ${code} at byte ${offset} of the frame`);
+    }
+  }
+  return records;
+}

@@ -1,0 +1,404 @@
+/**
+ * The Raft log (entries, hard state, where the log starts) in append-only segment files of its
+ * own, as etcd's WAL keeps it: one frame per Ready, fdatasynced before the Ready's messages go
+ * out or its entries are applied; a new preallocated segment when one fills; segments wholly
+ * behind the log's start deleted. The member's LevelDB database holds the state machine only, so
+ * its writes never queue behind the log's sync, and LevelDB never flushes or compacts log entries.
+ *
+ * Replaying the segments in order rebuilds the log (`log-records.ts` says how each record acts).
+ * Each segment's first frame carries the segment header, the log start and the hard state, so
+ * older segments can go once the log starts at or after the new segment's first index.
+ *
+ * A torn last write (crash mid-write) is cut off at open; damage anywhere else is refused with a
+ * LogCorruptionError naming the file and offset (`frame.ts`). A commit index alone is not synced:
+ * it is written with the next frame that must be durable (Raft learns it again from the leader,
+ * and a restarted member counts what it applied as committed).
+ *
+ * Sealing: every stored entry and hard state is sealed by the member's keyring exactly as in the
+ * database (additional data: the LevelDB key the record would have). After a key rotation, or
+ * while a plaintext member migrates to encryption, `resealIfNeeded` rewrites the live log into a
+ * new segment under the active key and deletes the older segments, before any older key is retired.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { Entry, HardState } from '../../raft/types.js';
+import { looksSealed, sealedDekId } from '../../encryption/sealed-record.js';
+import { instruments } from '../../instruments.js';
+import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey, type LoadedLog } from '../log.js';
+import { encodeFrame, frameBytes } from './frame.js';
+import { decodeRecords, encodeRecords, type LogRecord } from './log-records.js';
+import { SegmentFile, listSegments, preallocate, preallocatingName, syncDirectory } from './segment-file.js';
+
+/** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
+export const segmentBytesDefault = 16 * 1024 * 1024;
+
+/** The keyring as the log sees it: seals and opens values, keyed like the database's records. */
+export interface LogSealer {
+  readonly activeDekId: number;
+  /** Seals each [key, plaintext] (waiting for room under the active key when needed). */
+  seal(records: readonly (readonly [Buffer, Buffer])[]): Promise<Buffer[]>;
+  open(key: Buffer, stored: Buffer): Buffer;
+}
+
+export interface LogUpdate {
+  readonly hardState?: HardState | undefined;
+  readonly entries: readonly Entry[];
+  /** Discard every entry and start the log after this point (a snapshot was installed). */
+  readonly resetTo?: { index: number; term: number } | undefined;
+}
+
+export interface SegmentedLogOptions {
+  readonly directory: string;
+  readonly sealer: LogSealer | undefined;
+  readonly segmentBytes?: number | undefined;
+}
+
+interface Segment {
+  readonly file: SegmentFile;
+  readonly firstIndex: number;
+  /** DEK ids of the values stored in it (0: plaintext). */
+  readonly dekIds: Set<number>;
+}
+
+function dekIdOf(stored: Buffer, sealer: LogSealer | undefined): number {
+  return sealer !== undefined && looksSealed(stored) ? sealedDekId(stored) : 0;
+}
+
+/** Replays segments' records into the log they describe. */
+class Replay {
+  logStart = { index: 0, term: 0 };
+  /** Entries from `knownFrom` on; entries between the log start and `knownFrom` are missing. */
+  entries: Entry[] = [];
+  knownFrom = 1;
+  hardState: HardState = { term: 0, vote: '', commit: 0 };
+  private started = false;
+
+  constructor(private readonly sealer: LogSealer | undefined) {}
+
+  get lastIndex(): number {
+    return this.knownFrom + this.entries.length - 1;
+  }
+
+  apply(record: LogRecord, where: string): void {
+    switch (record.type) {
+      case 'header':
+        if (!this.started) {
+          this.knownFrom = record.firstIndex;
+          this.started = true;
+        } else if (record.firstIndex > this.lastIndex + 1) {
+          throw new LogCorruptionError(`${where}: segment starts at entry ${record.firstIndex}, after the last entry ${this.lastIndex} of the one before`);
+        }
+        return;
+      case 'logStart':
+        this.applyStart(record);
+        return;
+      case 'hardState':
+        this.hardState = decodeHardState(this.sealer === undefined ? record.value : this.sealer.open(hardStateKey, record.value));
+        return;
+      case 'entry': {
+        const index = record.index;
+        if (index <= this.logStart.index) return;
+        if (index > this.lastIndex + 1) throw new LogCorruptionError(`${where}: log has a gap: entry ${this.lastIndex + 1} is missing before ${index}`);
+        const key = encodeLogKey(index);
+        const entry = decodeLogRecord(index, this.sealer === undefined ? record.value : this.sealer.open(key, record.value));
+        if (index < this.knownFrom) {
+          this.entries = [];
+          this.knownFrom = index;
+        } else {
+          this.entries.length = index - this.knownFrom;
+        }
+        this.entries.push(entry);
+      }
+    }
+  }
+
+  private applyStart(start: { reset: boolean; index: number; term: number }): void {
+    if (start.reset || start.index >= this.lastIndex) {
+      this.entries = [];
+      this.knownFrom = start.index + 1;
+    } else if (start.index >= this.knownFrom) {
+      this.entries = this.entries.slice(start.index - this.knownFrom + 1);
+      this.knownFrom = start.index + 1;
+    }
+    if (start.reset || start.index > this.logStart.index) this.logStart = { index: start.index, term: start.term };
+  }
+
+  /** The log, checked whole. */
+  finish(): LoadedLog {
+    if (this.knownFrom > this.logStart.index + 1) {
+      throw new LogCorruptionError(`log entries ${this.logStart.index + 1} to ${this.knownFrom - 1} are missing (a segment file was deleted?)`);
+    }
+    if (this.hardState.commit > this.lastIndex) {
+      throw new LogCorruptionError(`hard state commit ${this.hardState.commit} is beyond the last log entry ${this.lastIndex}`);
+    }
+    return { hardState: this.hardState, logStart: this.logStart, entries: this.entries };
+  }
+}
+
+export class SegmentedLog {
+  private readonly segments: Segment[];
+  private startValue: { index: number; term: number };
+  private lastIndexValue: number;
+  /** The hard state last handed to `save`, and the one in the segments. */
+  private latestHardState: HardState;
+  private storedHardState: HardState;
+  /** Every operation on the files, one at a time. */
+  private queue: Promise<void> = Promise.resolve();
+  /** The next segment, being preallocated in the background. */
+  private spare: Promise<void> | undefined;
+  private readonly segmentBytes: number;
+  private closed = false;
+
+  private constructor(
+    private readonly options: SegmentedLogOptions,
+    segments: Segment[],
+    loaded: LoadedLog,
+  ) {
+    this.segments = segments;
+    this.segmentBytes = options.segmentBytes ?? segmentBytesDefault;
+    this.startValue = loaded.logStart;
+    this.lastIndexValue = loaded.logStart.index + loaded.entries.length;
+    this.latestHardState = loaded.hardState;
+    this.storedHardState = loaded.hardState;
+  }
+
+  /** Reads and verifies every segment, cutting off a torn last write; throws LogCorruptionError on damage. */
+  static async open(options: SegmentedLogOptions): Promise<{ store: SegmentedLog; loaded: LoadedLog }> {
+    const directory = options.directory;
+    await mkdir(directory, { recursive: true, mode: 0o700 });
+    await rm(path.join(directory, preallocatingName), { force: true });
+    const sequences = await listSegments(directory);
+    const replay = new Replay(options.sealer);
+    const segments: Segment[] = [];
+    try {
+      for (const [position, sequence] of sequences.entries()) {
+        const isLast = position === sequences.length - 1;
+        const { segment: file, scan } = await SegmentFile.open(directory, sequence);
+        if (scan.frames.length === 0 && isLast) {
+          // Created, and the process stopped before its first write: it holds nothing.
+          await file.remove();
+          await syncDirectory(directory);
+          break;
+        }
+        const segment: Segment = { file, firstIndex: 0, dekIds: new Set() };
+        segments.push(segment);
+        if (scan.frames.length === 0) throw new LogCorruptionError(`${file.file}: an empty segment before the last one; refusing to use the log`);
+        if (scan.dirtyEnd > scan.end) {
+          if (!isLast) throw new LogCorruptionError(`${file.file}: the record at offset ${scan.end} is damaged, and later segments follow; refusing to use the log`);
+          // A torn last write: never acknowledged (acknowledgements wait for its sync). Cut off.
+          await file.zeroRange(scan.end, scan.dirtyEnd);
+        }
+        for (const frame of scan.frames) {
+          const where = `${file.file} offset ${frame.offset}`;
+          const records = decodeRecords(frame.payload, where);
+          const first = records[0];
+          if (frame.offset === 0) {
+            if (first?.type !== 'header') throw new LogCorruptionError(`${where}: a segment that does not start with its header`);
+            segments[segments.length - 1] = { ...segment, firstIndex: first.firstIndex };
+          }
+          for (const record of records) {
+            if (record.type === 'entry' || record.type === 'hardState') segment.dekIds.add(dekIdOf(record.value, options.sealer));
+            replay.apply(record, where);
+          }
+        }
+      }
+      const loaded = replay.finish();
+      return { store: new SegmentedLog(options, segments, loaded), loaded };
+    } catch (error) {
+      for (const segment of segments) await segment.file.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  get logStart(): { index: number; term: number } {
+    return this.startValue;
+  }
+
+  get lastIndex(): number {
+    return this.lastIndexValue;
+  }
+
+  /** Segment files in use (for tests and status). */
+  get segmentCount(): number {
+    return this.segments.length;
+  }
+
+  /** Runs `operation` after every one queued before it. */
+  private exclusive<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(() => {
+      if (this.closed) throw new Error('the Raft log is closed');
+      return operation();
+    });
+    this.queue = result.then(() => undefined, () => undefined);
+    return result;
+  }
+
+  /** Writes the update as one frame and fdatasyncs it before resolving (a commit index alone waits). */
+  save(update: LogUpdate): Promise<void> {
+    return this.exclusive(() => this.write(update));
+  }
+
+  private async write(update: LogUpdate): Promise<void> {
+    const hard = update.hardState;
+    if (hard !== undefined) this.latestHardState = hard;
+    const stored = this.storedHardState;
+    const mustSync = update.entries.length > 0 || update.resetTo !== undefined ||
+      (hard !== undefined && (hard.term !== stored.term || hard.vote !== stored.vote));
+    if (!mustSync) return;
+    const records = await this.entryRecords(update.entries);
+    const started = performance.now();
+    if (update.resetTo !== undefined) {
+      await this.startSegment(update.resetTo, true, records);
+      this.startValue = update.resetTo;
+      this.lastIndexValue = update.resetTo.index;
+    } else {
+      await this.appendFrame(records);
+    }
+    instruments.walFsyncSeconds.recordSince(started);
+    const last = update.entries[update.entries.length - 1];
+    if (last !== undefined) this.lastIndexValue = last.index;
+    if (update.resetTo !== undefined) await this.dropSegmentsBehindStart();
+  }
+
+  private async entryRecords(entries: readonly Entry[]): Promise<LogRecord[]> {
+    const plain = entries.map((entry) => [encodeLogKey(entry.index), encodeLogRecord(entry)] as const);
+    const values = this.options.sealer === undefined ? plain.map(([, value]) => value) : await this.options.sealer.seal(plain);
+    return entries.map((entry, position) => ({ type: 'entry', index: entry.index, value: values[position] ?? Buffer.alloc(0) }));
+  }
+
+  private async hardStateRecord(): Promise<LogRecord> {
+    const plain = encodeHardState(this.latestHardState);
+    const sealer = this.options.sealer;
+    const value = sealer === undefined ? plain : (await sealer.seal([[hardStateKey, plain]]))[0] ?? plain;
+    return { type: 'hardState', value };
+  }
+
+  /** Appends one frame of `records` (and the hard state, if it changed) to the last segment. */
+  private async appendFrame(records: LogRecord[]): Promise<void> {
+    const hard = this.latestHardState;
+    const stored = this.storedHardState;
+    const withHard = hard.term !== stored.term || hard.vote !== stored.vote || hard.commit !== stored.commit ? [...records, await this.hardStateRecord()] : records;
+    const payload = encodeRecords(withHard);
+    const segment = this.segments[this.segments.length - 1];
+    if (segment === undefined || frameBytes(payload.length) > segment.file.free) {
+      await this.startSegment(this.startValue, false, records);
+      return;
+    }
+    await segment.file.append(encodeFrame(payload));
+    this.noteStored(segment, withHard);
+    // The next segment is preallocated while this one fills (not before: most logs never fill one).
+    if (this.spare === undefined && segment.file.free < segment.file.size / 2) {
+      this.spare = preallocate(path.join(this.options.directory, preallocatingName), this.segmentBytes).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Starts a new segment whose first frame holds the header, the log start (a reset when
+   * `reset`), the hard state, then `records`; durable when this resolves.
+   */
+  private async startSegment(start: { index: number; term: number }, reset: boolean, records: LogRecord[]): Promise<void> {
+    const firstIndex = reset ? start.index + 1 : this.lastIndexValue + 1;
+    const head: LogRecord[] = [
+      { type: 'header', firstIndex },
+      { type: 'logStart', reset, index: start.index, term: start.term },
+      await this.hardStateRecord(),
+    ];
+    const all = [...head, ...records];
+    const frame = encodeFrame(encodeRecords(all));
+    const sequence = (this.segments[this.segments.length - 1]?.file.sequence ?? 0) + 1;
+    await this.spare;
+    this.spare = undefined;
+    const file = await SegmentFile.create(this.options.directory, sequence, Math.max(this.segmentBytes, frame.length));
+    const segment: Segment = { file, firstIndex, dekIds: new Set() };
+    try {
+      await file.append(frame);
+    } catch (error) {
+      await file.close().catch(() => undefined);
+      throw error;
+    }
+    this.segments.push(segment);
+    this.noteStored(segment, all);
+  }
+
+  private noteStored(segment: Segment, records: readonly LogRecord[]): void {
+    for (const record of records) {
+      if (record.type === 'entry' || record.type === 'hardState') segment.dekIds.add(dekIdOf(record.value, this.options.sealer));
+    }
+    this.storedHardState = this.latestHardState;
+  }
+
+  /** Drops entries up to and including `index` (their effects are in a snapshot or applied state). */
+  compactThrough(index: number, term: number): Promise<void> {
+    return this.exclusive(async () => {
+      if (index <= this.startValue.index) return;
+      await this.appendFrame([{ type: 'logStart', reset: false, index, term }]);
+      this.startValue = { index, term };
+      await this.dropSegmentsBehindStart();
+    });
+  }
+
+  /** Deletes the oldest segments while everything they hold is behind the log start. */
+  private async dropSegmentsBehindStart(): Promise<void> {
+    let dropped = false;
+    for (;;) {
+      const [oldest, next] = this.segments;
+      if (oldest === undefined || next === undefined || this.startValue.index < next.firstIndex - 1) break;
+      await oldest.file.remove();
+      this.segments.shift();
+      dropped = true;
+    }
+    if (dropped) await syncDirectory(this.options.directory);
+  }
+
+  /** Whether a stored value is sealed under another key than the active one (or is plaintext). */
+  get resealDue(): boolean {
+    const sealer = this.options.sealer;
+    if (sealer === undefined) return false;
+    return this.segments.some((segment) => [...segment.dekIds].some((id) => id !== sealer.activeDekId));
+  }
+
+  /**
+   * Rewrites the live log under the active key into a new segment and deletes every older
+   * segment, when any stored value is under another key or in plaintext. Called by the re-seal
+   * pass before it retires keys; a crash midway leaves the old segments, or old and new (which
+   * replay to the same log).
+   */
+  resealIfNeeded(): Promise<void> {
+    return this.exclusive(async () => {
+      if (!this.resealDue) return;
+      const loaded = await this.readLive();
+      await this.startSegment(this.startValue, true, await this.entryRecords(loaded.entries));
+      await this.dropSegmentsBehindStart();
+    });
+  }
+
+  /** Reads the live log back from the segment files. */
+  private async readLive(): Promise<LoadedLog> {
+    const replay = new Replay(this.options.sealer);
+    for (const segment of this.segments) {
+      const { segment: file, scan } = await SegmentFile.open(this.options.directory, segment.file.sequence);
+      try {
+        for (const frame of scan.frames) {
+          const where = `${file.file} offset ${frame.offset}`;
+          for (const record of decodeRecords(frame.payload, where)) replay.apply(record, where);
+        }
+      } finally {
+        await file.close();
+      }
+    }
+    const loaded = replay.finish();
+    if (loaded.logStart.index !== this.startValue.index || loaded.logStart.index + loaded.entries.length !== this.lastIndexValue) {
+      throw new Error(`assertion failed: the Raft log read back (${loaded.logStart.index}..${loaded.logStart.index + loaded.entries.length}) differs from the one written (${this.startValue.index}..${this.lastIndexValue})`);
+    }
+    return loaded;
+  }
+
+  /** Waits for the writes under way, then closes the files. */
+  async close(): Promise<void> {
+    await this.exclusive(async () => {
+      this.closed = true;
+      await this.spare;
+      for (const segment of this.segments) await segment.file.close();
+    }).catch(() => undefined);
+  }
+}

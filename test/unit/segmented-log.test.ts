@@ -1,0 +1,217 @@
+import { randomBytes } from 'node:crypto';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Entry } from '../../src/raft/types.js';
+import { looksSealed, openRecord, sealRecord, sealedDekId } from '../../src/encryption/sealed-record.js';
+import { LogCorruptionError } from '../../src/storage/log.js';
+import { encodeFrame, scanFrames } from '../../src/storage/wal/frame.js';
+import { SegmentedLog, type LogSealer } from '../../src/storage/wal/segmented-log.js';
+import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
+
+const entry = (index: number, term = 1, data = `entry-${index}`): Entry => ({ index, term, type: 'normal', data: Buffer.from(data) });
+const summary = (entries: readonly Entry[]): [number, number, string][] => entries.map((read) => [read.index, read.term, read.data.toString()]);
+
+/** A keyring stand-in with real AES-GCM sealing under numbered keys. */
+class TestSealer implements LogSealer {
+  readonly keys = new Map<number, Buffer>([[1, randomBytes(32)]]);
+  activeDekId = 1;
+  /** As the keyring while a plaintext member migrates: plaintext values open as themselves. */
+  migrating = false;
+  rotate(): void {
+    this.activeDekId += 1;
+    this.keys.set(this.activeDekId, randomBytes(32));
+  }
+  seal(records: readonly (readonly [Buffer, Buffer])[]): Promise<Buffer[]> {
+    const key = this.keys.get(this.activeDekId) as Buffer;
+    return Promise.resolve(records.map(([name, plain]) => sealRecord(this.activeDekId, key, name, plain)));
+  }
+  open(name: Buffer, stored: Buffer): Buffer {
+    if (!looksSealed(stored) && this.migrating) return stored;
+    const key = this.keys.get(sealedDekId(stored));
+    if (key === undefined) throw new Error(`no key ${sealedDekId(stored)}`);
+    return openRecord(key, name, stored);
+  }
+}
+
+describe('frames', () => {
+  it('reads frames up to the zero fill, and tells a torn tail from corruption before it', () => {
+    const frames = [encodeFrame(Buffer.from('one')), encodeFrame(Buffer.from('two-two')), encodeFrame(Buffer.alloc(300, 7))];
+    const file = Buffer.concat([...frames, Buffer.alloc(4096)]);
+    const scan = scanFrames(file, 'f');
+    expect(scan.frames.map((frame) => frame.payload.toString('latin1').slice(0, 7))).toEqual(['one', 'two-two', '\x07'.repeat(7)]);
+    expect(scan.dirtyEnd).toBe(scan.end);
+
+    // Torn: the last frame's second half never reached the disk.
+    const torn = Buffer.from(file);
+    const lastOffset = (frames[0]?.length ?? 0) + (frames[1]?.length ?? 0);
+    torn.fill(0, lastOffset + 150, lastOffset + 400);
+    const tornScan = scanFrames(torn, 'f');
+    expect(tornScan.frames).toHaveLength(2);
+    expect(tornScan.end).toBe(lastOffset);
+    expect(tornScan.dirtyEnd).toBeGreaterThan(lastOffset);
+
+    // Corrupt: a flipped bit in the second frame, the third still valid after it.
+    const corrupt = Buffer.from(file);
+    corrupt.writeUInt8((corrupt.readUInt8((frames[0]?.length ?? 0) + 10) ^ 1), (frames[0]?.length ?? 0) + 10);
+    expect(() => scanFrames(corrupt, 'seg-file')).toThrow(new LogCorruptionError(`seg-file: the record at offset ${frames[0]?.length} is damaged and a valid record follows it at offset ${lastOffset} (not a torn last write); refusing to use the log`));
+  });
+});
+
+describe('SegmentedLog', () => {
+  let directory: string;
+  let opened: SegmentedLog[] = [];
+
+  const open = async (sealer?: LogSealer, segmentBytes = 64 * 1024): Promise<Awaited<ReturnType<typeof SegmentedLog.open>>> => {
+    const result = await SegmentedLog.open({ directory, sealer, segmentBytes });
+    opened.push(result.store);
+    return result;
+  };
+  const reopen = async (store: SegmentedLog, sealer?: LogSealer, segmentBytes?: number): ReturnType<typeof open> => {
+    await store.close();
+    return open(sealer, segmentBytes);
+  };
+  const segmentFiles = async (): Promise<string[]> => (await readdir(directory)).filter((name) => name.endsWith('.seg')).sort();
+
+  beforeEach(async () => {
+    directory = await temporaryDirectory('segmented-log');
+    opened = [];
+  });
+
+  afterEach(async () => {
+    for (const store of opened) await store.close();
+    await removeDirectory(directory);
+  });
+
+  it('reads back entries and hard state after a reopen, sealed, with no entry data in plaintext', async () => {
+    const sealer = new TestSealer();
+    const { store } = await open(sealer);
+    await store.save({ hardState: { term: 2, vote: 'abc', commit: 2 }, entries: [entry(1, 1, 'secret-one'), entry(2), entry(3, 2)] });
+    const { loaded } = await reopen(store, sealer);
+    expect(loaded.hardState).toEqual({ term: 2, vote: 'abc', commit: 2 });
+    expect(summary(loaded.entries)).toEqual([[1, 1, 'secret-one'], [2, 1, 'entry-2'], [3, 2, 'entry-3']]);
+    for (const name of await segmentFiles()) expect((await readFile(path.join(directory, name))).includes('secret-one')).toBe(false);
+  });
+
+  it('replaces a conflicting suffix', async () => {
+    const { store } = await open();
+    await store.save({ entries: [entry(1), entry(2), entry(3)] });
+    await store.save({ entries: [entry(2, 2, 'new')] });
+    expect(store.lastIndex).toBe(2);
+    await store.save({ entries: [entry(3, 2, 'newer')] });
+    const { loaded } = await reopen(store);
+    expect(summary(loaded.entries)).toEqual([[1, 1, 'entry-1'], [2, 2, 'new'], [3, 2, 'newer']]);
+  });
+
+  it('writes a commit index alone with the next frame that must be durable', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 0 }, entries: [entry(1), entry(2)] });
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 2 }, entries: [] });
+    const { store: second, loaded } = await reopen(store);
+    expect(loaded.hardState.commit).toBe(0);
+    await second.save({ hardState: { term: 1, vote: 'a', commit: 2 }, entries: [] });
+    await second.save({ entries: [entry(3)] });
+    const { loaded: after } = await reopen(second);
+    expect(after.hardState).toEqual({ term: 1, vote: 'a', commit: 2 });
+  });
+
+  it('rolls over to new segments when one fills, and deletes those wholly behind a compaction', async () => {
+    const { store } = await open(undefined, 4096);
+    for (let index = 1; index <= 60; index++) await store.save({ hardState: { term: 1, vote: '', commit: index - 1 }, entries: [entry(index, 1, 'x'.repeat(200))] });
+    expect((await segmentFiles()).length).toBeGreaterThan(3);
+    const before = await segmentFiles();
+    await store.compactThrough(40, 1);
+    const after = await segmentFiles();
+    expect(after.length).toBeLessThan(before.length);
+    expect(after.at(-1)).toBe(before.at(-1));
+    const { loaded } = await reopen(store, undefined, 4096);
+    expect(loaded.logStart).toEqual({ index: 40, term: 1 });
+    expect(loaded.entries.map((read) => read.index)).toEqual(Array.from({ length: 20 }, (_, position) => 41 + position));
+    expect(loaded.hardState.commit).toBe(59);
+  });
+
+  it('a snapshot install (reset) starts a new segment and deletes the old ones', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 3 }, entries: [entry(1), entry(2), entry(3)] });
+    await store.save({ hardState: { term: 3, vote: 'a', commit: 100 }, entries: [], resetTo: { index: 100, term: 3 } });
+    expect(await segmentFiles()).toEqual(['0000000000000002.seg']);
+    await store.save({ entries: [entry(101, 3)] });
+    const { loaded } = await reopen(store);
+    expect(loaded.logStart).toEqual({ index: 100, term: 3 });
+    expect(summary(loaded.entries)).toEqual([[101, 3, 'entry-101']]);
+    expect(loaded.hardState).toEqual({ term: 3, vote: 'a', commit: 100 });
+  });
+
+  it('cuts off a torn last write, keeps every write before it, and appends after the cut', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [entry(1), entry(2)] });
+    const file = path.join(directory, (await segmentFiles())[0] ?? '');
+    const beforeLast = scanFrames(await readFile(file), file).end;
+    await store.save({ entries: [entry(3, 1, 'y'.repeat(2000))] });
+    await store.close();
+    // A crash mid-write: only the first sector of the last frame reached the disk.
+    const contents = await readFile(file);
+    contents.fill(0, beforeLast + 512, beforeLast + 4096);
+    await writeFile(file, contents);
+    const { store: reopened, loaded } = await open();
+    expect(loaded.entries.map((read) => read.index)).toEqual([1, 2]);
+    await reopened.save({ entries: [entry(3, 1, 'again')] });
+    const { loaded: after } = await reopen(reopened);
+    expect(summary(after.entries)).toEqual([[1, 1, 'entry-1'], [2, 1, 'entry-2'], [3, 1, 'again']]);
+  });
+
+  it('refuses a damaged record before the tail, naming the file and offset', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [entry(1)] });
+    await store.save({ entries: [entry(2)] });
+    await store.save({ entries: [entry(3)] });
+    await store.close();
+    const file = path.join(directory, (await segmentFiles())[0] ?? '');
+    const contents = await readFile(file);
+    contents.writeUInt8(contents.readUInt8(20) ^ 0x40, 20);
+    await writeFile(file, contents);
+    await expect(SegmentedLog.open({ directory, sealer: undefined })).rejects.toThrow(new RegExp(`${file}: the record at offset 0 is damaged and a valid record follows it at offset \\d+`));
+    await expect(SegmentedLog.open({ directory, sealer: undefined })).rejects.toBeInstanceOf(LogCorruptionError);
+  });
+
+  it('refuses a log whose older segment was deleted', async () => {
+    const { store } = await open(undefined, 4096);
+    for (let index = 1; index <= 30; index++) await store.save({ entries: [entry(index, 1, 'x'.repeat(200))] });
+    await store.close();
+    const first = (await segmentFiles())[0] ?? '';
+    const { rm } = await import('node:fs/promises');
+    await rm(path.join(directory, first));
+    await expect(SegmentedLog.open({ directory, sealer: undefined })).rejects.toThrow(/log entries 1 to \d+ are missing/);
+  });
+
+  it('re-seals the live log under the active key after a rotation, and drops the old segments', async () => {
+    const sealer = new TestSealer();
+    const { store } = await open(sealer);
+    await store.save({ hardState: { term: 1, vote: '', commit: 2 }, entries: [entry(1), entry(2), entry(3)] });
+    await store.compactThrough(1, 1);
+    expect(store.resealDue).toBe(false);
+    sealer.rotate();
+    expect(store.resealDue).toBe(true);
+    await store.resealIfNeeded();
+    expect(store.resealDue).toBe(false);
+    sealer.keys.delete(1);
+    const { loaded } = await reopen(store, sealer);
+    expect(loaded.logStart).toEqual({ index: 1, term: 1 });
+    expect(summary(loaded.entries)).toEqual([[2, 1, 'entry-2'], [3, 1, 'entry-3']]);
+    expect(loaded.hardState.commit).toBe(2);
+  });
+
+  it('seals a plaintext log when the member starts encrypting', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: '', commit: 1 }, entries: [entry(1, 1, 'plain-secret')] });
+    const sealer = new TestSealer();
+    sealer.migrating = true;
+    const { store: sealing } = await reopen(store, sealer);
+    expect(sealing.resealDue).toBe(true);
+    await sealing.resealIfNeeded();
+    for (const name of await segmentFiles()) expect((await readFile(path.join(directory, name))).includes('plain-secret')).toBe(false);
+    sealer.migrating = false;
+    const { loaded } = await reopen(sealing, sealer);
+    expect(summary(loaded.entries)).toEqual([[1, 1, 'plain-secret']]);
+  });
+});
