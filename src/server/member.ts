@@ -15,7 +15,9 @@ import type { Logger } from 'pino';
 import { RampartError, assert } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
 import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
-import { LogStore } from '../storage/log.js';
+import { openRaftLog } from '../storage/wal/migration.js';
+import type { SegmentedLog } from '../storage/wal/segmented-log.js';
+import type { LoadedLog } from '../storage/log.js';
 import { ensurePrivateDirectory } from '../storage/private-files.js';
 import { DirectorySize } from '../storage/directory-size.js';
 import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringStatus, type ResealProgress, type RewrapHook } from '../storage/database.js';
@@ -174,7 +176,7 @@ export class Member {
     readonly options: MemberOptions,
     private readonly db: SealedDatabase,
     readonly store: MvccStore,
-    private readonly logStore: LogStore,
+    private readonly logStore: SegmentedLog,
     readonly clusterId: bigint,
     readonly memberId: bigint,
   ) {
@@ -193,21 +195,29 @@ export class Member {
     await ensurePrivateDirectory(options.dataDir, 'data directory');
     const db = await SealedDatabase.open(options.dataDir, options.keyProvider);
     if (options.encryptionResealRecordsPerSecond !== undefined) db.resealRecordsPerSecond = options.encryptionResealRecordsPerSecond;
+    let logClosing: SegmentedLog | undefined;
     try {
       const { clusterId, memberId, joinedFrom } = await loadIdentity(db, options);
-      let opened = await LogStore.open(db);
+      const logOptions = { dataDir: options.dataDir, db, sealer: db.outsideSealer() };
+      let opened = await openRaftLog(logOptions);
+      logClosing = opened.store;
+      if (opened.migrated) options.logger.info('moved the Raft log from the database into its segment files');
       // A snapshot install that a crash interrupted is finished before anything reads the state.
       if (await finishInterruptedInstall(db, opened.store)) {
         options.logger.warn('finished installing a snapshot that a restart interrupted');
-        opened = await LogStore.open(db);
+        await opened.store.close();
+        opened = await openRaftLog(logOptions);
+        logClosing = opened.store;
       }
       const { store: logStore, loaded } = opened;
+      db.resealOutside = () => logStore.resealIfNeeded();
       const store = await MvccStore.open(db);
       const member = new Member(options, db, store, logStore, clusterId, memberId);
       member.joinedFrom = joinedFrom;
       await member.recover(loaded);
       return member;
     } catch (error) {
+      await logClosing?.close();
       await db.close();
       throw error;
     }
@@ -238,7 +248,7 @@ export class Member {
     this.appliedIndexValue = await readMetaNumber(this.db, metaKey.consistentIndex);
   }
 
-  private async recover(loadedLog: Awaited<ReturnType<typeof LogStore.open>>['loaded']): Promise<void> {
+  private async recover(loadedLog: LoadedLog): Promise<void> {
     await this.loadStateMachine();
     let loaded = loadedLog;
     const fresh = loaded.entries.length === 0 && loaded.logStart.index === 0 && loaded.hardState.term === 0;
@@ -272,7 +282,8 @@ export class Member {
         heartbeatTicks: 1,
         random: () => randomInt(0x1_0000_0000) / 0x1_0000_0000,
       },
-      { hardState: loaded.hardState, snapshot, logStart: loaded.logStart, entries: loaded.entries, configuration: this.membership.configuration(), applied },
+      // A commit index alone is not synced to the log: what was applied was committed.
+      { hardState: { ...loaded.hardState, commit: Math.max(loaded.hardState.commit, applied) }, snapshot, logStart: loaded.logStart, entries: loaded.entries, configuration: this.membership.configuration(), applied },
     );
     this.transport = new Transport({
       selfId: this.memberHex,
@@ -1041,6 +1052,8 @@ export class Member {
     this.snapshotIndex = index;
     const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
     if (compactIndex > this.logStore.logStart.index) {
+      // The applied state (written unsynced) must be durable before the log behind it goes.
+      await this.db.batch([{ type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(index) }], { sync: true });
       await this.logStore.compactThrough(compactIndex, compactTerm);
     }
     this.options.logger.info({ index, compactIndex }, 'snapshot taken; log compacted');
@@ -1251,6 +1264,7 @@ export class Member {
     await this.transport.close();
     await this.store.whenCompacted().catch(() => undefined);
     if (this.stateView !== undefined) this.retireStateView(this.stateView);
+    await this.logStore.close();
     await this.db.close();
   }
 }

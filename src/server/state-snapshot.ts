@@ -18,7 +18,8 @@
 import { assert } from '../errors.js';
 import type { HardState, SnapshotMetadata } from '../raft/types.js';
 import type { Database, DatabaseSnapshot } from '../storage/database.js';
-import { decodeHardState, encodeHardState, type LogStore } from '../storage/log.js';
+import { decodeHardState, encodeHardState } from '../storage/log.js';
+import type { SegmentedLog } from '../storage/wal/segmented-log.js';
 import type { BatchOperation } from '../storage/mvcc/store.js';
 import { encodeMetaNumber } from '../storage/mvcc/store.js';
 import { isMemberLocalKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
@@ -138,7 +139,7 @@ export async function isStaged(db: Database, index: number, term: number): Promi
  * to write at the end (written earlier, its commit index would lie beyond the stored log, which a
  * restart refuses as corruption).
  */
-export async function installStaged(db: Database, logStore: LogStore, index: number, term: number, hardState: HardState | undefined): Promise<void> {
+export async function installStaged(db: Database, logStore: SegmentedLog, index: number, term: number, hardState: HardState | undefined): Promise<void> {
   assert(await isStaged(db, index, term), 'installing a snapshot that is not staged');
   const marker = Buffer.concat([encodePosition(index, term), hardState === undefined ? Buffer.alloc(0) : encodeHardState(hardState)]);
   await db.batch([{ type: 'put', key: metaKey.snapshotInstalling, value: marker }], { sync: true });
@@ -146,7 +147,7 @@ export async function installStaged(db: Database, logStore: LogStore, index: num
 }
 
 /** After a crash in the middle of an install: finishes it. Returns whether there was one. */
-export async function finishInterruptedInstall(db: Database, logStore: LogStore): Promise<boolean> {
+export async function finishInterruptedInstall(db: Database, logStore: SegmentedLog): Promise<boolean> {
   const marker = await db.get(metaKey.snapshotInstalling);
   if (marker === undefined) return false;
   const { index, term } = decodePosition(marker.subarray(0, 16));
@@ -155,7 +156,7 @@ export async function finishInterruptedInstall(db: Database, logStore: LogStore)
   return true;
 }
 
-async function moveStagedIntoPlace(db: Database, logStore: LogStore, index: number, term: number, hardState: HardState | undefined): Promise<void> {
+async function moveStagedIntoPlace(db: Database, logStore: SegmentedLog, index: number, term: number, hardState: HardState | undefined): Promise<void> {
   let batch: BatchOperation[] = [];
   const flush = async (): Promise<void> => {
     if (batch.length === 0) return;
@@ -173,16 +174,13 @@ async function moveStagedIntoPlace(db: Database, logStore: LogStore, index: numb
     if (batch.length >= snapshotMoveBatchRecordsMax) await flush();
   }
   await flush();
-  // The last step, atomic and fsynced: the applied index, the log reset, and the markers gone.
-  await logStore.save({
-    hardState,
-    entries: [],
-    resetTo: { index, term },
-    extra: [
-      { type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(index) },
-      { type: 'del', key: metaKey.snapshotInstalling },
-      { type: 'del', key: metaKey.snapshotStaged },
-    ],
-  });
+  // The last steps, each fsynced: the log reset, then the applied index with the markers gone. A
+  // crash between them leaves the installing marker, and the restart does the move again.
+  await logStore.save({ hardState, entries: [], resetTo: { index, term } });
+  await db.batch([
+    { type: 'put', key: metaKey.consistentIndex, value: encodeMetaNumber(index) },
+    { type: 'del', key: metaKey.snapshotInstalling },
+    { type: 'del', key: metaKey.snapshotStaged },
+  ], { sync: true });
   await db.clear(stagingRange);
 }

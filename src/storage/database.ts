@@ -16,6 +16,7 @@ import type { KekProvider } from '../encryption/kek.js';
 import { ParallelOpener } from '../encryption/record-opener.js';
 import { SealedRecordError, looksSealed, sealedDekId } from '../encryption/sealed-record.js';
 import type { BatchOperation } from './mvcc/store.js';
+import type { LogSealer } from './wal/segmented-log.js';
 
 export type { KekProvider } from '../encryption/kek.js';
 export type { KeyringStatus, RewrapHook } from '../encryption/keyring.js';
@@ -221,6 +222,11 @@ export class SealedDatabase implements Database {
    * keeps them on disk for as long as it is open. The owner of such views releases them here.
    */
   releaseViews: (() => Promise<void>) | undefined;
+  /**
+   * Records kept outside the database under the same keys (the Raft log's segment files): the
+   * re-seal pass calls this before it counts records and retires keys, so they are re-sealed too.
+   */
+  resealOutside: (() => Promise<void>) | undefined;
 
   private constructor(
     private readonly level: Level,
@@ -254,6 +260,26 @@ export class SealedDatabase implements Database {
       await level.close();
       throw error;
     }
+  }
+
+  /**
+   * Seals and opens values kept outside the database (the Raft log's segment files) with the
+   * member's keys, as the database's own records; undefined when the member does not encrypt.
+   */
+  outsideSealer(): LogSealer | undefined {
+    const keyring = this.keyring;
+    if (keyring === undefined) return undefined;
+    return {
+      get activeDekId(): number {
+        return keyring.activeDekId;
+      },
+      seal: async (records) => {
+        // As `batch`: room is checked and the values sealed in one synchronous stretch.
+        while (!this.maySeal(keyring, records.length)) await this.sealTurn(keyring, records.length);
+        return records.map(([key, plaintext]) => keyring.seal(key, plaintext));
+      },
+      open: (key, stored) => keyring.open(key, stored),
+    };
   }
 
   /** Whether records are sealed. */
@@ -447,6 +473,7 @@ export class SealedDatabase implements Database {
       const counts = await this.countRecords();
       const toReseal = [...counts].reduce((total, [id, count]) => total + (id === active ? 0 : count), 0);
       this.progress = { recordsByDek: counts, resealed: 0, toReseal, running: true };
+      await this.resealOutside?.();
       if (toReseal === 0) {
         if (keyring.activeDekId !== active) continue;
         for (const id of keyring.dekIds()) if (id !== active) await keyring.retire(id);

@@ -1,5 +1,7 @@
 /**
- * Durable Raft state: log entries, the hard state, and where the log starts after compaction.
+ * The stored forms of Raft log entries and the hard state (the values the segment files hold, see
+ * `wal/`), and `LogStore`: where members before the segment files kept the log, in the LevelDB
+ * database. It is kept to read such a log once, when `wal/migration.ts` moves it into segment files.
  *
  * Log entry record: key 'e' + index (u64 BE); value layout (version 1):
  *   offset 0   u32  CRC-32 of bytes [4, end)

@@ -6,7 +6,8 @@
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SealedDatabase } from '../../src/storage/database.js';
-import { LogStore, encodeHardState } from '../../src/storage/log.js';
+import { encodeHardState } from '../../src/storage/log.js';
+import { openRaftLog } from '../../src/storage/wal/migration.js';
 import { readMetaNumber } from '../../src/storage/mvcc/store.js';
 import { metaKey, prefix } from '../../src/storage/schema.js';
 import { decodeChunk, finishInterruptedInstall, installStaged, isStaged, snapshotChunks, stageSnapshot } from '../../src/server/state-snapshot.js';
@@ -62,7 +63,8 @@ describe('state snapshots in chunks', () => {
       { type: 'put', key: stateKey(700), value: Buffer.from('stale') },
       { type: 'put', key: metaKey.memberId, value: Buffer.alloc(8, 2) },
     ]);
-    const { store: logStore } = await LogStore.open(follower);
+    const openLog = (): ReturnType<typeof openRaftLog> => openRaftLog({ dataDir: path.join(directory, 'follower'), db: follower, sealer: undefined });
+    const { store: logStore } = await openLog();
     const staged = await stageSnapshot(follower, { index: 40, term: 3, configuration: { voters: [], learners: [] } }, (async function* () {
       yield* chunks;
     })());
@@ -75,9 +77,11 @@ describe('state snapshots in chunks', () => {
     const hardState = encodeHardState({ term: 3, vote: '', commit: 40 });
     await follower.batch([{ type: 'put', key: metaKey.snapshotInstalling, value: Buffer.concat([bigint64(40), bigint64(3), hardState]) }], { sync: true });
     await follower.batch([{ type: 'put', key: stateKey(3), value: Buffer.from('half-moved') }]);
-    const reopened = await LogStore.open(follower);
+    await logStore.close();
+    const reopened = await openLog();
     expect(await finishInterruptedInstall(follower, reopened.store)).toBe(true);
     expect(await finishInterruptedInstall(follower, reopened.store)).toBe(false);
+    await reopened.store.close();
 
     const expected = await stateOf(leader);
     expected.delete(stateKey(999).toString('hex'));
@@ -85,7 +89,8 @@ describe('state snapshots in chunks', () => {
     expect(await readMetaNumber(follower, metaKey.consistentIndex)).toBe(40);
     expect((await follower.get(metaKey.memberId))?.equals(Buffer.alloc(8, 2))).toBe(true);
     expect(await collect(follower.keys({ gte: Buffer.of(prefix.snapshotStaging), lt: Buffer.of(prefix.snapshotStaging + 1) }))).toHaveLength(0);
-    const { loaded } = await LogStore.open(follower);
+    const { store: last, loaded } = await openLog();
+    await last.close();
     expect(loaded.logStart).toEqual({ index: 40, term: 3 });
     expect(loaded.hardState.commit).toBe(40);
   });
