@@ -30,7 +30,7 @@ import { decodeRecords, encodeRecords, type LogRecord } from './log-records.js';
 import { SegmentFile, listSegments, preallocate, preallocatingName, syncDirectory } from './segment-file.js';
 
 /** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
-export const segmentBytesDefault = 16 * 1024 * 1024;
+export const segmentBytesDefault = 8 * 1024 * 1024;
 
 /** The keyring as the log sees it: seals and opens values, keyed like the database's records. */
 export interface LogSealer {
