@@ -4,6 +4,9 @@
  * file is used) so that a sync commits only data, not the file's size or new blocks: measured here
  * p50 2.0-2.7 ms against 3.2-6.0 ms for appending to a growing file.
  *
+ * The file is opened O_DSYNC: each write returns once its data is on disk (what write + fdatasync
+ * do, in one call to the thread pool instead of two, each a wake-up of the busy main thread).
+ *
  * Names: `<sequence, 16 hex digits>.seg` in the log directory, in write order. A file being
  * preallocated is `next.tmp` until it is renamed into place (and the directory fsynced); a
  * leftover `next.tmp` after a crash is deleted.
@@ -18,6 +21,8 @@ export const preallocatingName = 'next.tmp';
 /** Zeros written per call while preallocating. */
 const zeroChunkBytes = 1024 * 1024;
 const zeros = Buffer.alloc(zeroChunkBytes);
+/** Read, write, and every write durable before it returns. */
+const durableWriteFlags = constants.O_RDWR | constants.O_DSYNC;
 
 export function segmentName(sequence: number): string {
   return `${sequence.toString(16).padStart(16, '0')}.seg`;
@@ -69,7 +74,7 @@ export class SegmentFile {
   /** Opens an existing segment for reading and appending; `scan` says where its data ends. */
   static async open(directory: string, sequence: number): Promise<{ segment: SegmentFile; contents: Buffer; scan: ScanResult }> {
     const file = path.join(directory, segmentName(sequence));
-    const handle = await open(file, 'r+');
+    const handle = await open(file, durableWriteFlags);
     try {
       const contents = await handle.readFile();
       const scan = scanFrames(contents, file);
@@ -89,7 +94,7 @@ export class SegmentFile {
     const file = path.join(directory, segmentName(sequence));
     let handle: FileHandle | undefined;
     try {
-      handle = await open(spare, 'r+');
+      handle = await open(spare, durableWriteFlags);
       if ((await handle.stat()).size < sizeBytes) {
         await handle.close();
         handle = undefined;
@@ -99,7 +104,7 @@ export class SegmentFile {
     }
     if (handle === undefined) {
       await preallocate(spare, sizeBytes);
-      handle = await open(spare, 'r+');
+      handle = await open(spare, durableWriteFlags);
     }
     try {
       const size = (await handle.stat()).size;
@@ -126,7 +131,7 @@ export class SegmentFile {
     return this.sizeValue - this.endValue;
   }
 
-  /** Writes `frame` at the end and fdatasyncs: durable when this resolves. */
+  /** Writes `frame` at the end: durable when this resolves (O_DSYNC). */
   async append(frame: Buffer): Promise<void> {
     if (frame.length > this.free) throw new Error('assertion failed: a frame beyond the end of its segment');
     let written = 0;
@@ -134,17 +139,15 @@ export class SegmentFile {
       const { bytesWritten } = await this.handle.write(frame, written, frame.length - written, this.endValue + written);
       written += bytesWritten;
     }
-    await this.handle.datasync();
     this.endValue += frame.length;
   }
 
-  /** Zeros [from, to) and fdatasyncs: a torn tail's leftovers go, so a later scan ends at `from`. */
+  /** Zeros [from, to), durably: a torn tail's leftovers go, so a later scan ends at `from`. */
   async zeroRange(from: number, to: number): Promise<void> {
     for (let position = from; position < to; position += zeroChunkBytes) {
       const length = Math.min(zeroChunkBytes, to - position);
       await this.handle.write(zeros, 0, length, position);
     }
-    await this.handle.datasync();
     this.endValue = from;
   }
 
