@@ -142,6 +142,19 @@ describe('SegmentedLog', () => {
     expect(loaded.hardState).toEqual({ term: 3, vote: 'a', commit: 100 });
   });
 
+  it('a crash between a reset segment and deleting the older ones replays to the reset log', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 3 }, entries: [entry(1), entry(2), entry(3)] });
+    const older = await readFile(path.join(directory, '0000000000000001.seg'));
+    await store.save({ hardState: { term: 3, vote: 'a', commit: 100 }, entries: [], resetTo: { index: 100, term: 3 } });
+    await store.close();
+    await writeFile(path.join(directory, '0000000000000001.seg'), older);
+    const { loaded } = await open();
+    expect(loaded.logStart).toEqual({ index: 100, term: 3 });
+    expect(loaded.entries).toEqual([]);
+    expect(await segmentFiles()).toEqual(['0000000000000002.seg']);
+  });
+
   it('cuts off a torn last write, keeps every write before it, and appends after the cut', async () => {
     const { store } = await open();
     await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [entry(1), entry(2)] });

@@ -72,6 +72,7 @@ class Replay {
   knownFrom = 1;
   hardState: HardState = { term: 0, vote: '', commit: 0 };
   private started = false;
+  private pendingFirstIndex: number | undefined;
 
   constructor(private readonly sealer: LogSealer | undefined) {}
 
@@ -85,13 +86,21 @@ class Replay {
         if (!this.started) {
           this.knownFrom = record.firstIndex;
           this.started = true;
-        } else if (record.firstIndex > this.lastIndex + 1) {
-          throw new LogCorruptionError(`${where}: segment starts at entry ${record.firstIndex}, after the last entry ${this.lastIndex} of the one before`);
+        } else {
+          // Checked at the log start that follows: a reset segment may start anywhere (a crash
+          // can leave the segments it replaced behind it).
+          this.pendingFirstIndex = record.firstIndex;
         }
         return;
-      case 'logStart':
+      case 'logStart': {
+        const first = this.pendingFirstIndex;
+        this.pendingFirstIndex = undefined;
+        if (first !== undefined && !record.reset && first > this.lastIndex + 1) {
+          throw new LogCorruptionError(`${where}: segment starts at entry ${first}, after the last entry ${this.lastIndex} of the one before`);
+        }
         this.applyStart(record);
         return;
+      }
       case 'hardState':
         this.hardState = decodeHardState(this.sealer === undefined ? record.value : this.sealer.open(hardStateKey, record.value));
         return;
@@ -203,7 +212,10 @@ export class SegmentedLog {
         }
       }
       const loaded = replay.finish();
-      return { store: new SegmentedLog(options, segments, loaded), loaded };
+      const store = new SegmentedLog(options, segments, loaded);
+      // Segments a crash left behind a reset or a compaction.
+      await store.dropSegmentsBehindStart();
+      return { store, loaded };
     } catch (error) {
       for (const segment of segments) await segment.file.close().catch(() => undefined);
       throw error;
