@@ -16,7 +16,7 @@ import { cp, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { FileKekProvider } from '../src/encryption/kek-file.js';
 import { SealedDatabase } from '../src/storage/database.js';
-import { LogStore } from '../src/storage/log.js';
+import { openRaftLog } from '../src/storage/wal/migration.js';
 import { MvccStore } from '../src/storage/mvcc/store.js';
 
 /** User + system CPU seconds of /proc/<path>/stat (fields 14 and 15 of stat(5), 100 ticks a second). */
@@ -47,7 +47,8 @@ async function openOnce(source: string): Promise<string> {
     const db = await SealedDatabase.open(path.join(copy, 'data'), await FileKekProvider.open(path.join(copy, 'encryption.key')));
     try {
       const opened = performance.now();
-      const { loaded } = await LogStore.open(db);
+      const { store: log, loaded } = await openRaftLog({ dataDir: path.join(copy, 'data'), db, sealer: db.outsideSealer() });
+      await log.close();
       const logLoaded = performance.now();
       await MvccStore.open(db);
       const indexed = performance.now();
