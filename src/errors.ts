@@ -68,6 +68,7 @@ export const errorCodes = [
   'AuditSinksDown',
   'TokenRequired',
   'NotSupportedForLearner',
+  'ProposalUndecodable',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

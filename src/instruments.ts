@@ -49,6 +49,8 @@ export const instruments = {
   slowApply: new Instrument(),
   /** A proposal that failed to commit: timed out or no leader (etcd_server_proposals_failed_total). */
   proposalFailed: new Instrument(),
+  /** A committed entry skipped because its proposal could not be decoded (rampart_apply_skipped_entries_total). */
+  applySkipped: new Instrument(),
   /** Heartbeat to heartbeat-response time per peer (etcd_network_peer_round_trip_time_seconds). */
   peerRoundTripSeconds: new Instrument(),
   /** A message to a peer that could not be sent (etcd_network_peer_sent_failures_total{To}). */

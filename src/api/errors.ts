@@ -84,6 +84,8 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   // --client-cert-auth=false: a caller without a client certificate must log in with a password.
   TokenRequired: { code: status.UNAUTHENTICATED, message: 'rampart: no client certificate; authenticate with a user name and password first' },
   AuditBacklog: { code: status.RESOURCE_EXHAUSTED, message: 'rampart: audit stream fell too far behind; reconnect and read the trail files for the gap' },
+  // The request's log entry committed but could not be decoded when applied (src/server/committed-proposal.ts).
+  ProposalUndecodable: { code: status.INTERNAL, message: 'rampart: the request\'s log entry could not be decoded when applied; every member skipped it and it changed nothing' },
 };
 
 /** The status of anything thrown inside a handler: its code and the exact text, never a stack trace. */

@@ -24,7 +24,8 @@ import { SealedDatabase, type DatabaseSnapshot, type KekProvider, type KeyringSt
 import { MvccStore, encodeMetaNumber, readMetaNumber, type BatchOperation } from '../storage/mvcc/store.js';
 import { authStateKey, metaKey, prefix, prefixEnd } from '../storage/schema.js';
 import { fromIndexKey } from '../storage/mvcc/range.js';
-import { decodeInternalRequest, encodeInternalRequest } from '../api/proto.js';
+import { encodeInternalRequest } from '../api/proto.js';
+import { decodeCommittedProposal } from './committed-proposal.js';
 import type {
   AlarmRequest,
   CompactionRequest,
@@ -970,7 +971,15 @@ export class Member {
         continue;
       }
       if (entry.data.length === 0) continue;
-      const request = decodeInternalRequest(entry.data);
+      const decoded = decodeCommittedProposal(entry.data);
+      if (!decoded.ok) {
+        // Skipped on every member alike: it changes nothing but the applied index (see committed-proposal.ts).
+        instruments.applySkipped.record(1);
+        this.options.logger.error({ index: entry.index, term: entry.term, bytes: entry.data.length, reason: decoded.reason }, 'skipped a committed entry whose proposal cannot be decoded; it changes nothing');
+        if (decoded.id !== undefined) results.push([decoded.id, { ok: false, error: new RampartError('ProposalUndecodable') }]);
+        continue;
+      }
+      const request = decoded.request;
       if (request.request === 'member_attributes' || request.request === 'member_update') membershipChanged = true;
       const applied = this.applier.apply(request, batch);
       if (request.request === 'encryption_rotate' && applied.ok) this.rotateKeys(request.encryption_rotate?.kek === true);

@@ -76,6 +76,7 @@ export function createMetrics(member: Member, sources: MetricsSources): ServerMe
   bindCounter(instruments.peerSendFailed, new Counter({ name: 'etcd_network_peer_sent_failures_total', help: 'Messages to a peer that could not be sent.', labelNames: ['To'], registers: [registry] }), 'To');
   bindCounter(instruments.heartbeatSendFailed, new Counter({ name: 'etcd_server_heartbeat_send_failures_total', help: 'Heartbeats the leader could not send.', registers: [registry] }));
   bindCounter(instruments.slowApply, new Counter({ name: 'etcd_server_slow_apply_total', help: 'Applies of committed entries that took longer than 100 ms.', registers: [registry] }));
+  bindCounter(instruments.applySkipped, new Counter({ name: 'rampart_apply_skipped_entries_total', help: 'Committed entries skipped because their proposal could not be decoded (every member skips the same ones).', registers: [registry] }));
   bindCounter(instruments.proposalFailed, new Counter({ name: 'etcd_server_proposals_failed_total', help: 'Proposals that failed to commit (timed out or no leader).', registers: [registry] }));
   const gauge = (name: string, help: string, read: () => number): void => {
     new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });

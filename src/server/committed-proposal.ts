@@ -1,0 +1,57 @@
+/**
+ * A committed entry's proposal, decoded for the applier, or the verdict that it cannot be.
+ *
+ * Every member applies the same committed entries, so an entry whose bytes do not decode (a bug in
+ * an encoder, or a peer that forwarded crafted bytes) must not stop the member applying it: every
+ * member would stop on the same entry, and the cluster with them, for good (a restart applies it
+ * again). Such an entry is skipped, deterministically (the verdict depends on its bytes alone):
+ * it changes nothing but the applied index, as an empty entry, and the store's revision does not
+ * move (as etcd for an entry that changes nothing).
+ *
+ * Owns: the line between an entry that is skipped and a failure that stops the member. Skipped:
+ * what decoding the proposal's bytes refuses (malformed protobuf, counts past the decoder's bounds,
+ * an auth change that is not JSON).
+ * Never skipped: a failed write or read of the log or the database, a broken invariant (`assert`),
+ * or an applier that throws something other than a domain error on a decoded request (its state
+ * may be half changed): those still stop the member (raft-loop.ts `onFatal`).
+ */
+import { decodeInternalRequest } from '../api/proto.js';
+import type { InternalRequest } from '../api/messages.js';
+import { decodeAuthChange } from '../auth/store.js';
+import { WireFormatError, WireReader, fieldKey, wireVarint } from '../wire/protobuf.js';
+
+export type CommittedProposal =
+  | { readonly ok: true; readonly request: InternalRequest }
+  /** `id`: the request id the bytes carry, when one can be read (its waiter is failed); `reason`: an error class name, never bytes of the entry. */
+  | { readonly ok: false; readonly id: string | undefined; readonly reason: string };
+
+export function decodeCommittedProposal(data: Buffer): CommittedProposal {
+  try {
+    const request = decodeInternalRequest(data);
+    // An auth change travels as JSON inside the proposal: not JSON is undecodable too.
+    if (request.request === 'auth_change') decodeAuthChange(request.auth_change ?? '');
+    return { ok: true, request };
+  } catch (error) {
+    // Whatever decoding throws is about these bytes (its bounds keep it from running out of stack:
+    // see proposal-bounds.ts), so every member reaches the same verdict.
+    return { ok: false, id: requestIdOf(data), reason: error instanceof Error ? error.name : typeof error };
+  }
+}
+
+const idKey = fieldKey(1, wireVarint);
+
+/** InternalRequest.id (field 1) as far as the bytes can be read, the last one seen winning as in protobuf. */
+export function requestIdOf(data: Buffer): string | undefined {
+  const reader = new WireReader(data, 0, data.length);
+  let id: string | undefined;
+  try {
+    while (!reader.done) {
+      const key = reader.key();
+      if (key === idKey) id = String(reader.varint64());
+      else reader.skip(key & 7);
+    }
+  } catch (error) {
+    if (!(error instanceof WireFormatError)) throw error;
+  }
+  return id;
+}

@@ -1,0 +1,49 @@
+/**
+ * A committed entry whose proposal cannot be decoded is skipped by every member (not thrown out of
+ * the apply loop, which stopped every member on the same entry): the verdict, the request id read
+ * from what bytes there are, and a reason that carries no bytes of the entry.
+ */
+import { describe, expect, it } from 'vitest';
+import { encodeInternalRequest } from '../../src/api/proto.js';
+import { decodeCommittedProposal, requestIdOf } from '../../src/server/committed-proposal.js';
+
+const put = encodeInternalRequest({ id: '42', request: 'put', put: { key: Buffer.from('secret-key'), value: Buffer.from('secret-value'), lease: '0', prev_kv: false, ignore_value: false, ignore_lease: false } });
+
+describe('decodeCommittedProposal', () => {
+  it('decodes a well-formed proposal', () => {
+    const decoded = decodeCommittedProposal(put);
+    expect(decoded.ok).toBe(true);
+    expect(decoded.ok && decoded.request.put?.value.toString()).toBe('secret-value');
+  });
+
+  it('refuses malformed bytes with the id they carry and a reason without their bytes', () => {
+    // The proposal, then: an unknown field of wire type 7 (none exists), a put whose length runs
+    // past the end, a key with no value.
+    for (const junk of [[0xf7, 0x01, 0x00], [0x12, 0x7f], [0x08]]) {
+      const decoded = decodeCommittedProposal(Buffer.concat([put, Buffer.from(junk)]));
+      expect(decoded.ok).toBe(false);
+      if (decoded.ok) continue;
+      expect(decoded.id).toBe('42');
+      expect(decoded.reason).toMatch(/^\w*Error$/);
+    }
+    // No id before the damage: nobody's waiter to fail.
+    const noId = decodeCommittedProposal(Buffer.from([0x12, 0x05, 0x0a, 0x03, 0x6b]));
+    expect(noId).toEqual({ ok: false, id: undefined, reason: expect.stringMatching(/Error$/) as unknown });
+  });
+
+  it('refuses an auth change that is not JSON (applying it threw a SyntaxError)', () => {
+    const change = encodeInternalRequest({ id: '7', request: 'auth_change', auth_change: '{"op":"userAdd", "password":"hunter2' });
+    const decoded = decodeCommittedProposal(change);
+    expect(decoded).toEqual({ ok: false, id: '7', reason: 'SyntaxError' });
+    expect(JSON.stringify(decoded)).not.toContain('hunter2');
+    expect(decodeCommittedProposal(encodeInternalRequest({ id: '8', request: 'auth_change', auth_change: '{"op":"disable"}' })).ok).toBe(true);
+  });
+
+  it('reads the request id as far as the bytes go, the last one winning', () => {
+    expect(requestIdOf(Buffer.from([0x08, 0x01, 0x08, 0x02]))).toBe('2');
+    expect(requestIdOf(Buffer.from([0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]))).toBe('18446744073709551615');
+    expect(requestIdOf(Buffer.from([0x08, 0x03, 0x12, 0x7f]))).toBe('3');
+    expect(requestIdOf(Buffer.from([0x08]))).toBeUndefined();
+    expect(requestIdOf(Buffer.alloc(0))).toBeUndefined();
+  });
+});
