@@ -20,6 +20,7 @@ import type { TransportRefusal } from './refusal-audit.js';
 import { rememberPeerCertificate } from './connection-certificate.js';
 import { boundGrpcStream, type RequestBytesBudget } from './request-bytes-budget.js';
 import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
+import { OpenStreamBudget, boundOpenStream } from './open-streams.js';
 
 /** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
 const http2Preface = Buffer.from('PRI * HTTP/2.0');
@@ -48,6 +49,8 @@ export interface ClientListenerOptions {
   readonly onRefusal?: (refusal: TransportRefusal) => void;
   /** Bounds the bytes of gRPC messages received and not yet whole (shared with the gateway). */
   readonly requestBytes?: RequestBytesBudget;
+  /** Bounds the gRPC streams open at once, member-wide and per source address (a new one per listener when not given). */
+  readonly openStreams?: OpenStreamBudget;
 }
 
 export interface ClientListener {
@@ -62,6 +65,12 @@ export async function listenClients(host: string, port: number, options: ClientL
   // The HTTP/2 server grpc-js just made for the injector: its connections get a reset allowance.
   const injected = [...(http2ServersOf(options.grpcServer) ?? [])].filter((server) => before?.has(server) !== true);
   for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));
+  const openStreams = options.openStreams ?? new OpenStreamBudget();
+  const onTooManyStreams = (method: string, socket: Socket | undefined): void => options.onRefusal?.({
+    method, peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, certificate: socket === undefined ? undefined : certificateOf(socket),
+    code: 'RESOURCE_EXHAUSTED', details: 'etcdserver: too many requests (open streams)', unknownMethod: false,
+  });
+  for (const server of injected) server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, openStreams, onTooManyStreams));
   const requestBytes = options.requestBytes;
   if (requestBytes !== undefined) {
     const onRefused = (method: string, socket: Socket | undefined): void => options.onRefusal?.({

@@ -12,6 +12,7 @@ import { RefusalLimiter } from '../api/refusal-limit.js';
 import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { RequestBytesBudget } from '../api/request-bytes-budget.js';
+import { OpenStreamBudget } from '../api/open-streams.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
@@ -534,6 +535,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   });
   // Request bytes held before anything is authorized, bounded for both transports together.
   const requestBytes = new RequestBytesBudget();
+  const openStreams = new OpenStreamBudget();
   const gateway = createHttpGateway({ services, member, logger, metrics, maxRequestBytes: member.options.maxRequestBytes, requestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) });
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
@@ -547,7 +549,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     const parsed = new URL(url);
     if (parsed.port === '') throw new Error(`listen URL needs a port: ${url}`);
     const tls = credentials.clientProvider === undefined ? undefined : { provider: credentials.clientProvider, requireClientCertificate: flags.clientCertAuth, refuseCertificate, sweepIntervalMs: flags.certificateReloadIntervalMs };
-    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, requestBytes, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
+    listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, requestBytes, openStreams, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
   }
   serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
