@@ -116,6 +116,12 @@ export const defaultEncryptionRotationIntervalMs = 7 * 24 * 3600 * 1000;
 const encryptionCheckIntervalMs = 2_000;
 export const defaultQuotaBackendBytes = 2 * 1024 * 1024 * 1024;
 export const defaultMaxRequestBytes = 1.5 * 1024 * 1024;
+/**
+ * Committed entries this member may have left to apply before it refuses new proposals with
+ * `etcdserver: too many requests` (etcd's maxGapBetweenApplyAndCommitIndex): past it, a proposal
+ * would only wait behind the backlog (and add to it) until it timed out.
+ */
+export const applyGapEntriesMax = 5_000;
 
 type ProposalBody = Omit<InternalRequest, 'id'>;
 
@@ -792,6 +798,7 @@ export class Member {
 
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
+    if (this.loop.node.commitIndex > this.appliedIndexValue + applyGapEntriesMax) throw new RampartError('TooManyRequests');
     const receivedMs = performance.now();
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
     await this.authorizeCurrent({ id: 0, ...body } as InternalRequest);

@@ -5,48 +5,17 @@
  * member skips it alike: the applied index moves past it, the revision does not, the proposer gets
  * a clear error, it is counted and logged without its bytes, and the cluster keeps serving.
  */
-import { rm } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RampartError } from '../../src/errors.js';
 import { instruments } from '../../src/instruments.js';
-import { Member, type MemberOptions } from '../../src/server/member.js';
-import type { RaftLoop } from '../../src/server/raft-loop.js';
-import { freePort, temporaryDirectory } from '../helpers/processes.js';
-
-const putOf = (key: string, value: string): Parameters<Member['put']>[0] => ({ key: Buffer.from(key), value: Buffer.from(value), lease: '0', prev_kv: false, ignore_value: false, ignore_lease: false });
-
-async function until(condition: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-/** Puts through `member`, asked again while the cluster elects (a loaded machine may hold an election). */
-async function putRetrying(member: Member, key: string, value: string): Promise<number> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return (await member.put(putOf(key, value))).revision;
-    } catch (error) {
-      const retryable = error instanceof RampartError && ['NoLeader', 'LeaderChanged', 'Timeout'].includes(error.code);
-      if (!retryable || attempt >= 20) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  }
-}
+import type { Member } from '../../src/server/member.js';
+import { loopOf, openInProcessCluster, putOf, putRetrying, until, type InProcessCluster } from '../helpers/in-process-cluster.js';
 
 describe('a committed entry whose proposal cannot be decoded', () => {
-  const members: Member[] = [];
-  const directories: string[] = [];
+  let cluster: InProcessCluster | undefined;
   afterEach(async () => {
-    // Together: a member closed alone while its peers keep their streams to it open waited on its
-    // gRPC server's shutdown for good (seen here; outside this test the process exits).
-    await Promise.all(members.splice(0).map((member) => member.close()));
-    for (const directory of directories.splice(0)) await rm(directory, { recursive: true, force: true });
+    await cluster?.close();
+    cluster = undefined;
     instruments.applySkipped.bind(undefined);
   });
 
@@ -55,24 +24,8 @@ describe('a committed entry whose proposal cannot be decoded', () => {
     const logStream = new Writable({ write(chunk: Buffer, _encoding, done) { logLines.push(chunk.toString()); done(); } });
     let skipped = 0;
     instruments.applySkipped.bind((value) => { skipped += value; });
-    const names = ['m1', 'm2', 'm3'];
-    const peerUrls = await Promise.all(names.map(async () => `http://127.0.0.1:${await freePort()}`));
-    const initialCluster = names.map((name, position) => ({ name, peerUrls: [peerUrls[position] ?? ''] }));
-    const opened = await Promise.all(names.map(async (name, position) => {
-      const dataDir = await temporaryDirectory(`apply-skip-${name}`);
-      directories.push(dataDir);
-      const options: MemberOptions = {
-        dataDir, name, clientUrls: [`http://127.0.0.1:1${position}`], peerUrls: [peerUrls[position] ?? ''], listenPeerUrls: [peerUrls[position] ?? ''],
-        initialCluster, initialClusterState: 'new', initialClusterToken: 'apply-skip',
-        quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 10_000,
-        heartbeatMs: 100, electionMs: 1_000, snapshotCount: 10_000, snapshotCatchUpEntries: 100,
-        peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-        logger: pino({ level: 'info' }, logStream),
-      };
-      return Member.open(options);
-    }));
-    members.push(...opened);
-    await Promise.all(members.map((member) => member.whenReady()));
+    cluster = await openInProcessCluster(3, logStream);
+    const members = cluster.members;
     const [first] = members as [Member, Member, Member];
 
     const before = await putRetrying(first, 'before', 'v1');
@@ -80,7 +33,7 @@ describe('a committed entry whose proposal cannot be decoded', () => {
 
     // The next proposal leaves `first` with a byte that is no protobuf (an encoder bug, say): an
     // unknown field of wire type 7 after the request. It commits, as any bytes do.
-    const loop = (first as unknown as { loop: RaftLoop }).loop;
+    const loop = loopOf(first);
     const propose = loop.propose.bind(loop);
     loop.propose = (data: Buffer): void => {
       loop.propose = propose;
