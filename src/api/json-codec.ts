@@ -8,6 +8,8 @@
 import protobuf from 'protobufjs';
 import path from 'node:path';
 import { decodeOptions, protoDirectory } from './proto.js';
+import { RampartError } from '../errors.js';
+import { txnDepthMax } from '../server/validate.js';
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
@@ -20,6 +22,14 @@ export class JsonRequestError extends Error {}
 const int64Types = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 const numberTypes = new Set(['int32', 'uint32', 'sint32', 'fixed32', 'sfixed32', 'double', 'float']);
 const notBase64 = /[^A-Za-z0-9+/]/;
+/**
+ * Messages nested in one request, at most: the deepest Txn allowed (txnDepthMax levels, each a
+ * TxnRequest inside a RequestOp, then an op and its request) fits. Only a Txn nests (RequestOp holds
+ * a TxnRequest), so a deeper request is a Txn past txnDepthMax, refused with etcd's error as the
+ * gRPC port refuses it from its wire bytes. Before, 40,000 levels in a 1.2 MB body overflowed the
+ * stack of the recursive conversion below: `etcdserver: internal error`.
+ */
+const messageDepthMax = 2 * txnDepthMax + 2;
 
 export function messageType(name: string): protobuf.Type {
   return root.lookupType(name);
@@ -57,13 +67,13 @@ function jsonKind(value: unknown): string {
   return typeof value === 'object' ? 'object' : typeof value;
 }
 
-function scalar(field: protobuf.Field, value: unknown): unknown {
+function scalar(field: protobuf.Field, value: unknown, depth: number): unknown {
   if (field.resolvedType instanceof protobuf.Enum) {
     if (typeof value === 'number') return value;
     if (typeof value === 'string' && field.resolvedType.values[value] !== undefined) return field.resolvedType.values[value];
     throw new JsonRequestError(`unknown value ${JSON.stringify(value)} for enum ${field.resolvedType.fullName.replace(/^\./, '').replace(/\.([A-Za-z]+)$/, '_$1')}`);
   }
-  if (field.resolvedType instanceof protobuf.Type) return normalize(field.resolvedType, value);
+  if (field.resolvedType instanceof protobuf.Type) return normalize(field.resolvedType, value, depth + 1);
   const mismatch = (): never => {
     throw new JsonRequestError(`json: cannot unmarshal ${jsonKind(value) === 'number' ? `number${typeof value === 'number' && !Number.isInteger(value) && (int64Types.has(field.type) || numberTypes.has(field.type)) ? ` ${value}` : ''}` : jsonKind(value)} into Go value of type ${goType(field)}`);
   };
@@ -107,7 +117,8 @@ function int64Range(type: string): readonly [bigint, bigint] {
 }
 
 /** JSON as etcd's gateway accepts it → the object protobufjs' fromObject takes (names, bytes checked). */
-function normalize(type: protobuf.Type, json: unknown): Record<string, unknown> {
+function normalize(type: protobuf.Type, json: unknown, depth = 1): Record<string, unknown> {
+  if (depth > messageDepthMax) throw new RampartError('TooManyOps');
   if (json === null || typeof json !== 'object' || Array.isArray(json)) {
     throw new JsonRequestError(`json: cannot unmarshal ${jsonKind(json)} into Go value of type map[string]json.RawMessage`);
   }
@@ -118,9 +129,9 @@ function normalize(type: protobuf.Type, json: unknown): Record<string, unknown> 
     if (value === undefined || value === null) continue;
     if (field.repeated) {
       if (!Array.isArray(value)) throw new JsonRequestError(`json: cannot unmarshal ${jsonKind(value)} into Go value of type []${goType(field)}`);
-      output[field.name] = value.map((entry) => scalar(field, entry));
+      output[field.name] = value.map((entry) => scalar(field, entry, depth));
     } else {
-      output[field.name] = scalar(field, value);
+      output[field.name] = scalar(field, value, depth);
     }
   }
   return output;
