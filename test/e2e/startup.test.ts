@@ -162,4 +162,29 @@ describe('member start', () => {
     expect(result.stderr).toMatch(new RegExp(`rampart: ${file}: the record at offset 0 is damaged and a valid record follows it at offset \\d+`));
     await removeDirectory(server.dataDir);
   });
+
+  it('refuses to start on a flipped bit in the log\'s last write (was cut off as a torn tail, losing an acknowledged entry)', async () => {
+    const server = await startRampart();
+    for (let index = 0; index < 5; index++) {
+      expect((await etcdctl(server.endpoint, ['put', `k${index}`, 'v'.repeat(100)])).stdout).toBe('OK\n');
+    }
+    await server.stop();
+    const { readFile, readdir, writeFile } = await import('node:fs/promises');
+    const { scanFrames } = await import('../../src/storage/wal/frame.js');
+    const walDir = path.join(server.dataDir, 'wal');
+    const segments = (await readdir(walDir)).filter((name) => name.endsWith('.seg')).sort();
+    const file = path.join(walDir, segments[segments.length - 1] ?? '');
+    const contents = await readFile(file);
+    const last = scanFrames(contents, file).frames.at(-1);
+    if (last === undefined) throw new Error('no frame in the last segment');
+    // One bit of the last frame's payload, in the sector its header is in (written whole with it).
+    const at = last.offset + 8 + Math.min(last.payload.length, 512 - ((last.offset + 8) % 512)) - 1;
+    contents.writeUInt8(contents.readUInt8(at) ^ 0x01, at);
+    await writeFile(file, contents);
+    const result = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--data-dir', server.dataDir, '--listen-client-urls', `http://127.0.0.1:${await freePort()}`, '--listen-peer-urls', `http://127.0.0.1:${server.peerPort}`]);
+    expect(result.code).toBe(3);
+    expect(result.stderr).toContain(`rampart: ${file}: the record at offset ${last.offset} is whole (no sector of it unwritten) but fails its checksum (not a torn last write); refusing to use the log`);
+    expect((await readFile(file)).equals(contents)).toBe(true);
+    await removeDirectory(server.dataDir);
+  });
 });

@@ -35,26 +35,62 @@ class TestSealer implements LogSealer {
 }
 
 describe('frames', () => {
+  // The last frame: header at 32, payload [40, 1340), over sectors [0, 512), [512, 1024), [1024, 1536).
+  const frames = [encodeFrame(Buffer.from('one')), encodeFrame(Buffer.from('two-two')), encodeFrame(Buffer.alloc(1300, 7))];
+  const file = Buffer.concat([...frames, Buffer.alloc(4096)]);
+  const lastOffset = (frames[0]?.length ?? 0) + (frames[1]?.length ?? 0);
+
   it('reads frames up to the zero fill, and tells a torn tail from corruption before it', () => {
-    const frames = [encodeFrame(Buffer.from('one')), encodeFrame(Buffer.from('two-two')), encodeFrame(Buffer.alloc(300, 7))];
-    const file = Buffer.concat([...frames, Buffer.alloc(4096)]);
     const scan = scanFrames(file, 'f');
     expect(scan.frames.map((frame) => frame.payload.toString('latin1').slice(0, 7))).toEqual(['one', 'two-two', '\x07'.repeat(7)]);
     expect(scan.dirtyEnd).toBe(scan.end);
 
-    // Torn: the last frame's second half never reached the disk.
+    // Torn: a sector of the last frame (its second) never reached the disk.
     const torn = Buffer.from(file);
-    const lastOffset = (frames[0]?.length ?? 0) + (frames[1]?.length ?? 0);
-    torn.fill(0, lastOffset + 150, lastOffset + 400);
+    torn.fill(0, 512, 1024);
     const tornScan = scanFrames(torn, 'f');
     expect(tornScan.frames).toHaveLength(2);
     expect(tornScan.end).toBe(lastOffset);
     expect(tornScan.dirtyEnd).toBeGreaterThan(lastOffset);
+    // Torn in its last sector: the frame's share of it (316 bytes) is zeros.
+    const tornEnd = Buffer.from(file);
+    tornEnd.fill(0, 1024, 1536);
+    expect(scanFrames(tornEnd, 'f').end).toBe(lastOffset);
+    // The header's sector never reached the disk, later ones did: the data ends before it.
+    const noHeader = Buffer.from(file);
+    noHeader.fill(0, lastOffset, 512);
+    expect(scanFrames(noHeader, 'f')).toMatchObject({ end: lastOffset, dirtyEnd: expect.any(Number) as unknown });
 
     // Corrupt: a flipped bit in the second frame, the third still valid after it.
     const corrupt = Buffer.from(file);
     corrupt.writeUInt8((corrupt.readUInt8((frames[0]?.length ?? 0) + 10) ^ 1), (frames[0]?.length ?? 0) + 10);
     expect(() => scanFrames(corrupt, 'seg-file')).toThrow(new LogCorruptionError(`seg-file: the record at offset ${frames[0]?.length} is damaged and a valid record follows it at offset ${lastOffset} (not a torn last write); refusing to use the log`));
+  });
+
+  it('refuses a last frame that fails its CRC with every sector of it written (was cut off as a torn tail)', () => {
+    const whole = `seg-file: the record at offset ${lastOffset} is whole (no sector of it unwritten) but fails its checksum (not a torn last write); refusing to use the log`;
+    // A flipped bit, in each sector of the last frame, in its CRC, in a frame within one sector.
+    for (const at of [lastOffset + 8, 700, 1300, lastOffset + 4]) {
+      const flipped = Buffer.from(file);
+      flipped.writeUInt8(flipped.readUInt8(at) ^ 0x10, at);
+      expect(() => scanFrames(flipped, 'seg-file')).toThrow(new LogCorruptionError(whole));
+    }
+    const small = Buffer.concat([frames[0] as Buffer, encodeFrame(Buffer.from('last')), Buffer.alloc(512)]);
+    small.writeUInt8(small.readUInt8(25) ^ 0x01, 25);
+    expect(() => scanFrames(small, 'f')).toThrow(/the record at offset 16 is whole \(no sector of it unwritten\) but fails its checksum/);
+    // Zeros within the header's own sector are not a torn write: that sector reached the disk whole, header and all.
+    const zerosByHeader = Buffer.from(file);
+    zerosByHeader.fill(0, lastOffset + 8, 512);
+    expect(() => scanFrames(zerosByHeader, 'seg-file')).toThrow(new LogCorruptionError(whole));
+  });
+
+  it('refuses a last frame whose header is damaged: a length past the file, or 0 with a checksum', () => {
+    const past = Buffer.from(file);
+    past.writeUInt32BE(past.length, lastOffset);
+    expect(() => scanFrames(past, 'f')).toThrow(new LogCorruptionError(`f: the record at offset ${lastOffset} has a length of ${past.length}, past the end of the file (not a torn last write); refusing to use the log`));
+    const zeroLength = Buffer.from(file);
+    zeroLength.writeUInt32BE(0, lastOffset);
+    expect(() => scanFrames(zeroLength, 'f')).toThrow(new RegExp(`the record at offset ${lastOffset} has a length of 0 and a checksum`));
   });
 });
 
@@ -171,6 +207,21 @@ describe('SegmentedLog', () => {
     await reopened.save({ entries: [entry(3, 1, 'again')] });
     const { loaded: after } = await reopen(reopened);
     expect(summary(after.entries)).toEqual([[1, 1, 'entry-1'], [2, 1, 'entry-2'], [3, 1, 'again']]);
+  });
+
+  it('refuses to open a log whose last write has a flipped bit, and leaves the file as it was', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [entry(1), entry(2)] });
+    const file = path.join(directory, (await segmentFiles())[0] ?? '');
+    const beforeLast = scanFrames(await readFile(file), file).end;
+    // Acknowledged once save resolved: cutting it off as a torn tail would lose it silently.
+    await store.save({ entries: [entry(3, 1, 'y'.repeat(2000))] });
+    await store.close();
+    const contents = await readFile(file);
+    contents.writeUInt8(contents.readUInt8(beforeLast + 1000) ^ 0x04, beforeLast + 1000);
+    await writeFile(file, contents);
+    await expect(SegmentedLog.open({ directory, sealer: undefined })).rejects.toThrow(new LogCorruptionError(`${file}: the record at offset ${beforeLast} is whole (no sector of it unwritten) but fails its checksum (not a torn last write); refusing to use the log`));
+    expect((await readFile(file)).equals(contents)).toBe(true);
   });
 
   it('refuses a damaged record before the tail, naming the file and offset', async () => {

@@ -10,10 +10,18 @@
  *
  * Each write (one Ready) is ONE frame, fdatasynced before the next write, so after a crash only
  * the last frame can be damaged: bytes of an interrupted write are the new ones or still zeros,
- * sector by sector. `scanFrames` reads frames up to the first that is not whole and valid, and
- * then looks for any valid frame further on: if there is one, the damage is not a torn last write
- * but corruption (the data after it was written later), and reading fails naming the offset; if
- * there is none, the damage is the torn tail of an unacknowledged write.
+ * sector by sector (`sectorBytes`). `scanFrames` reads frames up to the first that is not whole
+ * and valid, and tells a torn write from corruption as etcd's WAL does (decoder `isTornEntry`):
+ * - a valid frame further on: corruption (the data after it was written later);
+ * - a header of zeros: the end of the data (a write whose header sector never reached the disk);
+ * - a header that was written, and some sector's share of its payload still all zeros (outside the
+ *   header's own sector, which reached the disk whole with the header): the torn tail of a write
+ *   never acknowledged (acknowledgements wait for its sync), cut off;
+ * - a header that was written and a payload with no unwritten sector that fails its CRC (a
+ *   flipped bit, say), or a length that runs past the file: corruption, though nothing follows it.
+ *   Cutting it off as a torn tail would silently drop an entry that may have been acknowledged.
+ * Corruption throws LogCorruptionError naming the file and offset: the member refuses to start.
+ * (A payload whose data has a sector's share of zeros is taken as torn, as etcd takes it.)
  */
 import { crc32 } from 'node:zlib';
 import { LogCorruptionError } from '../log.js';
@@ -22,6 +30,8 @@ export { LogCorruptionError };
 
 export const frameHeaderBytes = 8;
 export const frameAlignmentBytes = 8;
+/** The unit a disk writes whole, at the least (etcd's minSectorSize): a torn write leaves whole ones unwritten. */
+export const sectorBytes = 512;
 
 function alignUp(bytes: number): number {
   return Math.ceil(bytes / frameAlignmentBytes) * frameAlignmentBytes;
@@ -88,5 +98,40 @@ export function scanFrames(data: Buffer, file: string): ScanResult {
   for (let index = Math.max(offset, data.length - (data.length % frameAlignmentBytes)); index < data.length; index++) {
     if (data[index] !== 0) dirtyEnd = data.length;
   }
+  const damage = damageAt(data, offset);
+  if (damage !== undefined) throw new LogCorruptionError(`${file}: the record at offset ${offset} ${damage} (not a torn last write); refusing to use the log`);
   return { frames, end: offset, dirtyEnd };
+}
+
+/**
+ * Why the frame at `offset` (the first that is not valid, none valid after it) is corruption rather
+ * than a torn write; undefined when it is torn, or the data simply ends there.
+ */
+function damageAt(data: Buffer, offset: number): string | undefined {
+  if (offset + frameHeaderBytes > data.length) return undefined;
+  const length = data.readUInt32BE(offset);
+  if (length === 0 && data.readUInt32BE(offset + 4) === 0) return undefined;
+  // The header was written: its 8 bytes are aligned, so they lie in one sector, written whole.
+  if (length === 0) return 'has a length of 0 and a checksum';
+  const payloadStart = offset + frameHeaderBytes;
+  if (length > data.length - payloadStart) return `has a length of ${length}, past the end of the file`;
+  if (hasUnwrittenSector(data, payloadStart, payloadStart + length)) return undefined;
+  return 'is whole (no sector of it unwritten) but fails its checksum';
+}
+
+/** Whether, in some sector after the one holding the header, the payload's share [start, end) is all zeros. */
+function hasUnwrittenSector(data: Buffer, start: number, end: number): boolean {
+  const headerSectorEnd = (Math.floor((start - frameHeaderBytes) / sectorBytes) + 1) * sectorBytes;
+  for (let sector = headerSectorEnd; sector < end; sector += sectorBytes) {
+    const shareEnd = Math.min(end, sector + sectorBytes);
+    let zeros = true;
+    for (let index = sector; index < shareEnd; index++) {
+      if (data[index] !== 0) {
+        zeros = false;
+        break;
+      }
+    }
+    if (zeros) return true;
+  }
+  return false;
 }

@@ -9,7 +9,8 @@
  * Each segment's first frame carries the segment header, the log start and the hard state, so
  * older segments can go once the log starts at or after the new segment's first index.
  *
- * A torn last write (crash mid-write) is cut off at open; damage anywhere else is refused with a
+ * A torn last write (crash mid-write: a sector of it still zeros) is cut off at open; damage
+ * anywhere else, the last write's included (whole, but failing its CRC), is refused with a
  * LogCorruptionError naming the file and offset (`frame.ts`). A commit index alone is not synced:
  * it is written with the next frame that must be durable (Raft learns it again from the leader,
  * and a restarted member counts what it applied as committed).
