@@ -23,9 +23,10 @@ export interface PeerRefusal {
   readonly remote: string;
   /**
    * `handshake`: TLS refused it; `certificate`: a certificate of the CA, refused as a member;
-   * `message`: a member's stream refused for bytes that are no Raft message batch (peer-codec.ts).
+   * `message`: a member's stream refused for bytes that are no Raft message batch (peer-codec.ts);
+   * `bounds`: a stream reset for passing a bound (peer request bytes in flight, transport.ts).
    */
-  readonly stage: 'handshake' | 'certificate' | 'message';
+  readonly stage: 'handshake' | 'certificate' | 'message' | 'bounds';
   /** The verification error (`UNABLE_TO_VERIFY_LEAF_SIGNATURE`, ...) or why the certificate may not act as a member. */
   readonly reason: string;
   /** The presented certificate's subject (`CN=m1, OU=rampart-peer`), when it is known. */
@@ -133,6 +134,7 @@ function addressOf(remote: string): string {
 /** A short, countable name for the reason (the certificate's name left out: it is in the first event). */
 function reasonName(refusal: PeerRefusal): string {
   if (refusal.stage === 'message') return 'malformed-batch';
+  if (refusal.stage === 'bounds') return refusal.reason;
   return refusal.stage === 'handshake' ? refusal.reason : refusal.reason.replace(/^certificate "[^"]*" /, 'certificate ');
 }
 
@@ -141,7 +143,7 @@ function eventOf(refusal: PeerRefusal): AuditFields {
     ...(refusal.subject === undefined ? [] : [`subject ${refusal.subject}`]),
     ...(refusal.fingerprint === undefined ? [] : [`sha256 ${refusal.fingerprint}`]),
   ];
-  const what = refusal.stage === 'handshake' ? 'TLS handshake refused' : refusal.stage === 'certificate' ? 'peer certificate refused' : 'peer message batch refused';
+  const what = { handshake: 'TLS handshake refused', certificate: 'peer certificate refused', message: 'peer message batch refused', bounds: 'peer stream refused' }[refusal.stage];
   return {
     action: 'peer.refused',
     user: '',
@@ -149,7 +151,7 @@ function eventOf(refusal: PeerRefusal): AuditFields {
     source: refusal.remote,
     targets: [],
     outcome: 'denied',
-    code: refusal.stage === 'handshake' ? 'UNAUTHENTICATED' : refusal.stage === 'certificate' ? 'PERMISSION_DENIED' : 'INVALID_ARGUMENT',
+    code: ({ handshake: 'UNAUTHENTICATED', certificate: 'PERMISSION_DENIED', message: 'INVALID_ARGUMENT', bounds: 'RESOURCE_EXHAUSTED' } as const)[refusal.stage],
     detail: [`${what}: ${refusal.reason}`, ...certificate].join('; '),
   };
 }

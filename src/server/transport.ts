@@ -9,6 +9,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { PeerCertificate, Server as TlsServer } from 'node:tls';
+import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Logger } from 'pino';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
@@ -18,6 +19,7 @@ import type { PeerRefusal } from '../audit/peer-refusals.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
+import { RequestBytesBudget, boundGrpcStream } from '../api/request-bytes-budget.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
 import { WireFormatError } from '../wire/protobuf.js';
 
@@ -49,6 +51,17 @@ export const removalProbeIntervalMsDefault = 5_000;
  * framing.
  */
 export const peerMessageBytesMax = 72 * 1024 * 1024;
+
+/**
+ * Bytes of peer messages received and not yet whole, held at once on the peer port: from one source
+ * address, two of the largest batches (a member has one Messages stream and at most one snapshot
+ * in flight; members sharing a host share it), and four in all. gRPC holds a message until it is
+ * whole, so before this bound one peer certificate held 60 MiB per stream on as many streams as it
+ * opened (8 streams: +440 MiB) before any of its messages was read. A stream that would pass it is
+ * reset (ENHANCE_YOUR_CALM) and reported as a peer refusal.
+ */
+export const peerRequestBytesPerSourceMax = 2 * peerMessageBytesMax;
+export const peerRequestBytesMax = 4 * peerMessageBytesMax;
 
 type RaftMessageWire = RaftMessageFields;
 
@@ -473,6 +486,9 @@ export class Transport {
   private lastReceivedMs = performance.now();
   private probeTimer: NodeJS.Timeout | undefined;
 
+  /** Peer message bytes received and not yet whole (peerRequestBytesMax). */
+  private readonly requestBytes = new RequestBytesBudget(peerRequestBytesMax, peerRequestBytesPerSourceMax);
+
   constructor(private readonly options: TransportOptions) {
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax, 'grpc.enable_channelz': 0 });
     const service = peerPackage.rampart.Peer.service;
@@ -612,6 +628,7 @@ export class Transport {
     }
     const refused = this.options.onPeerRefused;
     if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer', refused === undefined ? undefined : (refusal) => refused({ remote: refusal.remote, stage: 'handshake', reason: refusal.reason }));
+    const warnTooManyBytes = rateLimitedWarning(this.options.logger, 'reset a peer stream: too many request bytes in flight');
     for (const listening of grpcServersOf(this.server)) {
       if (this.options.serverCredentials._isSecure()) {
         limitHandshakeTime(listening as TlsServer, {
@@ -621,6 +638,11 @@ export class Transport {
         });
       }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
+      // After grpc-js's own 'stream' listener (added at bind), as on the client port.
+      listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundGrpcStream(stream, headers, this.requestBytes, (method, socket) => {
+        warnTooManyBytes({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
+        refused?.({ remote: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, stage: 'bounds', reason: 'too many request bytes in flight' });
+      }));
     }
     const probeIntervalMs = this.options.removalProbeIntervalMs ?? removalProbeIntervalMsDefault;
     this.probeTimer = setInterval(() => {

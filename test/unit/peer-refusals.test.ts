@@ -34,6 +34,17 @@ describe('PeerRefusalAudit', () => {
     expect(counted(events)).toBe(503);
   });
 
+  it('records a stream reset for passing a bound as RESOURCE_EXHAUSTED, and counts the rest by that reason', () => {
+    const { events, audit } = recorder();
+    for (let index = 0; index < 3; index++) audit.offer({ remote: `10.0.0.8:${50000 + index}`, stage: 'bounds', reason: 'too many request bytes in flight' });
+    audit.close();
+    expect(events[0]).toEqual({
+      action: 'peer.refused', user: '', via: 'certificate', source: '10.0.0.8:50000', targets: [], outcome: 'denied', code: 'RESOURCE_EXHAUSTED',
+      detail: 'peer stream refused: too many request bytes in flight',
+    });
+    expect(events[1]).toMatchObject({ action: 'peer.refused.more', detail: '2 more peer connections refused from 10.0.0.8 in 10 s: too many request bytes in flight=2' });
+  });
+
   it('names at most peerRefusalSourcesPerWindowMax sources a window and counts the others in one event', () => {
     const { events, audit } = recorder();
     const sources = 5_000;
