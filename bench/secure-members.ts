@@ -12,6 +12,7 @@
  * certificate-only root (the admin certificate's common name).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -141,7 +142,11 @@ async function stopChild(child: ChildProcess): Promise<void> {
 function processMember(file: string, args: readonly string[], clientPort: number): { member: BenchMember; start(): Promise<void>; stop(): Promise<void> } {
   let child: ChildProcess | undefined;
   const start = async (): Promise<void> => {
-    child = spawn(file, args, { env: environment(), stdio: 'ignore' });
+    // BENCH_MEMBER_OUTPUT_DIR keeps each member's stdout and stderr (e.g. with BENCH_NODE_ARGS=--trace-gc) in <dir>/<client port>.log.
+    const outputDir = process.env.BENCH_MEMBER_OUTPUT_DIR;
+    const output = outputDir === undefined ? undefined : openSync(path.join(outputDir, `${clientPort}.log`), 'a');
+    child = spawn(file, args, { env: environment(), stdio: output === undefined ? 'ignore' : ['ignore', output, output] });
+    if (output !== undefined) closeSync(output);
     await waitForPort(clientPort, child, 120_000);
   };
   const stop = async (): Promise<void> => {
