@@ -10,7 +10,7 @@ import type { EventMessage, InternalRequest, PutResponse, TxnRequest, WatchRespo
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
 import { decodePutProposal, encodePutProposal, encodePutResponse } from './put-codec.js';
-import { compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
+import { checkProposalBounds, compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
 
@@ -55,19 +55,29 @@ root.resolvePath = (_origin: string, target: string): string => path.join(protoD
 root.loadSync(['internal.proto'], { keepCase: true });
 const internalRequestType = root.lookupType('rampart.InternalRequest');
 
-/** Every other proposal's codec (schema-codec.ts), compiled from internal.proto. */
-const internalRequestPlan = compileCodec(internalRequestType);
+/** Every other proposal's codec (schema-codec.ts), compiled from internal.proto; it also bounds what protobufjs decodes. */
+const internalRequestPlan = ((): NonNullable<ReturnType<typeof compileCodec>> => {
+  const plan = compileCodec(internalRequestType);
+  if (plan === undefined) throw new Error('internal.proto: the proposal codec does not compile (schema-codec.ts)');
+  return plan;
+})();
 
 export function encodeInternalRequest(request: InternalRequest): Buffer {
-  const fast = encodePutProposal(request) ?? (internalRequestPlan === undefined ? undefined : encodeWithPlan(internalRequestPlan, request));
+  const fast = encodePutProposal(request) ?? encodeWithPlan(internalRequestPlan, request);
   if (fast !== undefined) return fast;
   const message = internalRequestType.fromObject(request as unknown as Record<string, unknown>);
   return Buffer.from(internalRequestType.encode(message).finish());
 }
 
+/**
+ * A proposal from the Raft log. Throws on bytes that do not decode, and ProposalBoundsError on a
+ * proposal past `proposalBounds` (nesting, messages and repeated values): checked as the codec
+ * decodes, and before protobufjs decodes, which bounds neither.
+ */
 export function decodeInternalRequest(data: Buffer): InternalRequest {
-  const fast = decodePutProposal(data) ?? (internalRequestPlan === undefined ? undefined : decodeWithPlan(internalRequestPlan, data));
+  const fast = decodePutProposal(data) ?? decodeWithPlan(internalRequestPlan, data);
   if (fast !== undefined) return fast as unknown as InternalRequest;
+  checkProposalBounds(internalRequestPlan, data);
   return internalRequestType.toObject(internalRequestType.decode(data), decodeOptions) as unknown as InternalRequest;
 }
 

@@ -42,6 +42,36 @@ interface MessagePlan {
 /** Nesting allowed when encoding or decoding (a Txn inside a Txn...); deeper goes to protobufjs. */
 const depthMax = 32;
 
+/**
+ * Bounds on what a proposal read from the Raft log may hold, checked while it is decoded and, before
+ * protobufjs decodes one, by walking its bytes (`checkProposalBounds`), so that a crafted entry (a
+ * peer's, or the product of a bug) is refused before its objects are made: past them decoding
+ * throws ProposalBoundsError and every member skips the entry (server/committed-proposal.ts).
+ * Each is far above what the API lets into a proposal (validate.ts: 1,024 compares and ops over at
+ * most 16 nested Txns; 2 messages an op, about 34 levels), and far below what the request size
+ * alone allows (1.5 MiB of 2-byte messages: 750,000; nesting as deep as the stack goes).
+ */
+export const proposalBounds = {
+  /** Messages nested in one another, the proposal itself at 0. */
+  depthMax: 64,
+  /** Messages and repeated values in one proposal, every level counted. */
+  itemsMax: 16_384,
+} as const;
+
+/** A proposal past `proposalBounds`: refused outright, never left to protobufjs. */
+export class ProposalBoundsError extends RangeError {
+  override readonly name = 'ProposalBoundsError';
+}
+
+/** What a proposal being decoded may still hold. */
+interface ItemBudget {
+  left: number;
+}
+
+function takeItem(budget: ItemBudget): void {
+  if (--budget.left < 0) throw new ProposalBoundsError(`proposal: more than ${proposalBounds.itemsMax} messages and repeated values`);
+}
+
 const scalarKinds: Record<string, Kind | undefined> = { int64: 'int64', uint64: 'uint64', bool: 'bool', string: 'string', bytes: 'bytes' };
 
 /** Plans for `type` and every message it holds; undefined when any of them uses what this codec does not do. */
@@ -222,7 +252,7 @@ function defaultOf(field: FieldPlan): unknown {
 
 const notDecoded = Symbol('not decoded');
 
-function readValue(reader: WireReader, field: FieldPlan, depth: number): unknown {
+function readValue(reader: WireReader, field: FieldPlan, depth: number, budget: ItemBudget): unknown {
   switch (field.kind) {
     case 'uint64':
       return String(reader.varint64());
@@ -238,11 +268,12 @@ function readValue(reader: WireReader, field: FieldPlan, depth: number): unknown
       return reader.string();
     case 'message':
       if (field.message === undefined) return notDecoded;
-      return readMessage(reader.nested(), field.message, depth + 1) ?? notDecoded;
+      takeItem(budget);
+      return readMessage(reader.nested(), field.message, depth + 1, budget) ?? notDecoded;
   }
 }
 
-function readMessage(reader: WireReader, plan: MessagePlan, depth: number): Record<string, unknown> | undefined {
+function readMessage(reader: WireReader, plan: MessagePlan, depth: number, budget: ItemBudget): Record<string, unknown> | undefined {
   if (depth > depthMax) return undefined;
   const object: Record<string, unknown> = {};
   for (const field of plan.repeated) object[field.name] = [];
@@ -252,9 +283,10 @@ function readMessage(reader: WireReader, plan: MessagePlan, depth: number): Reco
     const key = reader.key();
     const field = plan.byId.get(key >>> 3);
     if (field === undefined || field.key !== key) return undefined;
-    const value = readValue(reader, field, depth);
+    const value = readValue(reader, field, depth, budget);
     if (value === notDecoded) return undefined;
     if (field.repeated) {
+      if (field.kind !== 'message') takeItem(budget);
       (object[field.name] as unknown[]).push(value);
       continue;
     }
@@ -268,12 +300,55 @@ function readMessage(reader: WireReader, plan: MessagePlan, depth: number): Reco
   return object;
 }
 
-/** `data` decoded as a message of `plan` in `toObject`'s shape, or undefined when protobufjs should decide. */
+/**
+ * `data` decoded as a message of `plan` in `toObject`'s shape, or undefined when protobufjs should
+ * decide. Throws ProposalBoundsError past `proposalBounds.itemsMax`.
+ */
 export function decodeWithPlan(plan: MessagePlan, data: Buffer): Record<string, unknown> | undefined {
   try {
-    return readMessage(new WireReader(data, 0, data.length), plan, 0);
+    return readMessage(new WireReader(data, 0, data.length), plan, 0, { left: proposalBounds.itemsMax });
   } catch (error) {
     if (error instanceof WireFormatError) return undefined;
     throw error;
+  }
+}
+
+/**
+ * Walks `data` as a message of `plan` without making anything of it, and throws ProposalBoundsError
+ * when it holds more than `proposalBounds` allows, or anything this walk cannot read exactly as
+ * protobufjs would (a known field of another wire type: protobufjs reads a message field as one
+ * whatever its wire type, so nesting could hide there; a malformed varint or length; a group).
+ * Run before protobufjs decodes a proposal, which bounds neither its nesting (recursion: a stack
+ * overflow, at a depth that differs between processes) nor its repeated fields.
+ */
+export function checkProposalBounds(plan: MessagePlan, data: Buffer): void {
+  try {
+    walkMessage(new WireReader(data, 0, data.length), plan, 0, { left: proposalBounds.itemsMax });
+  } catch (error) {
+    if (error instanceof WireFormatError) throw new ProposalBoundsError(`proposal: ${error.message}`);
+    throw error;
+  }
+}
+
+function walkMessage(reader: WireReader, plan: MessagePlan, depth: number, budget: ItemBudget): void {
+  if (depth > proposalBounds.depthMax) throw new ProposalBoundsError(`proposal: messages nested more than ${proposalBounds.depthMax} deep`);
+  while (!reader.done) {
+    const key = reader.key();
+    const field = plan.byId.get(key >>> 3);
+    if (field === undefined) {
+      reader.skip(key & 7);
+      continue;
+    }
+    if (field.key !== key) throw new WireFormatError(`field ${field.id} of wire type ${key & 7}`);
+    if (field.kind === 'message' && field.message !== undefined) {
+      takeItem(budget);
+      walkMessage(reader.nested(), field.message, depth + 1, budget);
+      continue;
+    }
+    if (field.repeated) takeItem(budget);
+    // Read as protobufjs reads the field's type, so the walk steps where it steps (a bool of 6 to
+    // 9 bytes, which protobufjs reads otherwise, is refused by uint32).
+    if (field.kind === 'bool' || field.kind === 'enum') reader.uint32();
+    else reader.skip(key & 7);
   }
 }

@@ -33,7 +33,7 @@ export function decodeCommittedProposal(data: Buffer): CommittedProposal {
     return { ok: true, request };
   } catch (error) {
     // Whatever decoding throws is about these bytes (its bounds keep it from running out of stack:
-    // see proposal-bounds.ts), so every member reaches the same verdict.
+    // see schema-codec.ts proposalBounds), so every member reaches the same verdict.
     return { ok: false, id: requestIdOf(data), reason: error instanceof Error ? error.name : typeof error };
   }
 }

@@ -83,7 +83,10 @@ function referenceProposal(bytes: Buffer): Outcome {
 
 /**
  * The proposal codecs on `bytes`: each answers undefined (protobufjs decides) or exactly what
- * protobufjs decodes; the whole path (decodeInternalRequest) decodes the same as protobufjs or throws.
+ * protobufjs decodes; the whole path (decodeInternalRequest) decodes the same as protobufjs, or
+ * throws: where protobufjs throws too, or with ProposalBoundsError where bytes no encoder writes
+ * (a bool of 6 to 9 bytes, a known field of another wire type...) could step the bounds walk
+ * (checkProposalBounds) elsewhere than protobufjs steps.
  */
 function proposalSameOrLeft(bytes: Buffer): void {
   if (plan === undefined) throw new Error('no plan');
@@ -99,7 +102,7 @@ function proposalSameOrLeft(bytes: Buffer): void {
     whole = { refused: String(error) };
   }
   if ('decoded' in whole) expect(whole).toEqual(reference);
-  else expect('refused' in reference).toBe(true);
+  else if (!('refused' in reference)) expect(whole.refused).toMatch(/^ProposalBoundsError: proposal: /);
 }
 
 const uint = fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }));
