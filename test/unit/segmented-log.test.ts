@@ -44,6 +44,13 @@ describe('frames', () => {
     const scan = scanFrames(file, 'f');
     expect(scan.frames.map((frame) => frame.payload.toString('latin1').slice(0, 7))).toEqual(['one', 'two-two', '\x07'.repeat(7)]);
     expect(scan.dirtyEnd).toBe(scan.end);
+    // Built in place from unzeroed memory: the padding after each payload is still zeros.
+    for (let length = 1; length <= 40; length++) {
+      const built = encodeFrame(Buffer.alloc(length, 0xff));
+      expect(built.length % 8).toBe(0);
+      expect(built.subarray(8 + length).equals(Buffer.alloc(built.length - 8 - length))).toBe(true);
+      expect(scanFrames(Buffer.concat([built, Buffer.alloc(16)]), 'f').frames[0]?.payload.equals(Buffer.alloc(length, 0xff))).toBe(true);
+    }
 
     // Torn: a sector of the last frame (its second) never reached the disk.
     const torn = Buffer.from(file);
@@ -98,14 +105,15 @@ describe('SegmentedLog', () => {
   let directory: string;
   let opened: SegmentedLog[] = [];
 
-  const open = async (sealer?: LogSealer, segmentBytes = 64 * 1024): Promise<Awaited<ReturnType<typeof SegmentedLog.open>>> => {
-    const result = await SegmentedLog.open({ directory, sealer, segmentBytes });
+  // A commit index is written with every frame here (0) unless a test says otherwise.
+  const open = async (sealer?: LogSealer, segmentBytes = 64 * 1024, commitWriteIntervalMs = 0): Promise<Awaited<ReturnType<typeof SegmentedLog.open>>> => {
+    const result = await SegmentedLog.open({ directory, sealer, segmentBytes, commitWriteIntervalMs });
     opened.push(result.store);
     return result;
   };
-  const reopen = async (store: SegmentedLog, sealer?: LogSealer, segmentBytes?: number): ReturnType<typeof open> => {
+  const reopen = async (store: SegmentedLog, sealer?: LogSealer, segmentBytes?: number, commitWriteIntervalMs?: number): ReturnType<typeof open> => {
     await store.close();
-    return open(sealer, segmentBytes);
+    return open(sealer, segmentBytes, commitWriteIntervalMs);
   };
   const segmentFiles = async (): Promise<string[]> => (await readdir(directory)).filter((name) => name.endsWith('.seg')).sort();
 
@@ -149,6 +157,48 @@ describe('SegmentedLog', () => {
     await second.save({ entries: [entry(3)] });
     const { loaded: after } = await reopen(second);
     expect(after.hardState).toEqual({ term: 1, vote: 'a', commit: 2 });
+  });
+
+  it('writes a commit index that moved alone at most once an interval, but term, vote and a new segment at once', async () => {
+    const { store } = await open(undefined, 4096, 60_000);
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 0 }, entries: [entry(1)] });
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 1 }, entries: [entry(2)] });
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 2 }, entries: [entry(3)] });
+    let reopened = await reopen(store, undefined, 4096, 60_000);
+    // The first frame (the segment's) carried commit 0; the later ones within the interval none.
+    expect(reopened.loaded.hardState).toEqual({ term: 1, vote: 'a', commit: 0 });
+    expect(reopened.loaded.entries.map((read) => read.index)).toEqual([1, 2, 3]);
+    // Reopened, the interval starts again: the next frame carries the commit, the one after does not.
+    await reopened.store.save({ hardState: { term: 1, vote: 'a', commit: 3 }, entries: [entry(4)] });
+    await reopened.store.save({ hardState: { term: 1, vote: 'a', commit: 4 }, entries: [entry(5)] });
+    reopened = await reopen(reopened.store, undefined, 4096, 60_000);
+    expect(reopened.loaded.hardState).toEqual({ term: 1, vote: 'a', commit: 3 });
+    // A new term is written at once, with the commit it comes with.
+    await reopened.store.save({ hardState: { term: 1, vote: 'a', commit: 4 }, entries: [entry(6)] });
+    await reopened.store.save({ hardState: { term: 2, vote: 'b', commit: 5 }, entries: [entry(7, 2)] });
+    reopened = await reopen(reopened.store, undefined, 4096, 60_000);
+    expect(reopened.loaded.hardState).toEqual({ term: 2, vote: 'b', commit: 5 });
+    // A new segment's first frame carries it too.
+    await reopened.store.save({ hardState: { term: 2, vote: 'b', commit: 6 }, entries: [entry(8, 2)] });
+    let index = 9;
+    while ((await segmentFiles()).length < 2) {
+      await reopened.store.save({ hardState: { term: 2, vote: 'b', commit: index - 1 }, entries: [entry(index, 2, 'x'.repeat(300))] });
+      index += 1;
+    }
+    const rolledAt = index - 1;
+    const { loaded } = await reopen(reopened.store, undefined, 4096, 60_000);
+    expect(loaded.hardState).toEqual({ term: 2, vote: 'b', commit: rolledAt - 1 });
+    expect(loaded.entries.at(-1)?.index).toBe(rolledAt);
+  });
+
+  it('writes a moved commit index again once the interval has passed', async () => {
+    const { store } = await open(undefined, 64 * 1024, 50);
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 0 }, entries: [entry(1)] });
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 1 }, entries: [entry(2)] });
+    await new Promise((resolve) => setTimeout(resolve, 80));
+    await store.save({ hardState: { term: 1, vote: 'a', commit: 2 }, entries: [entry(3)] });
+    const { loaded } = await reopen(store);
+    expect(loaded.hardState).toEqual({ term: 1, vote: 'a', commit: 2 });
   });
 
   it('rolls over to new segments when one fills, and deletes those wholly behind a compaction', async () => {

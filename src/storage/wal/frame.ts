@@ -43,11 +43,23 @@ export function frameBytes(payloadBytes: number): number {
 }
 
 export function encodeFrame(payload: Buffer): Buffer {
-  if (payload.length === 0) throw new Error('assertion failed: an empty frame');
-  const frame = Buffer.alloc(frameBytes(payload.length));
-  frame.writeUInt32BE(payload.length, 0);
-  frame.writeUInt32BE(crc32(payload), 4);
-  payload.copy(frame, frameHeaderBytes);
+  return buildFrame(payload.length, (frame, offset) => payload.copy(frame, offset));
+}
+
+/**
+ * A frame of `payloadBytes`, the payload written in place by `write(frame, offset)` (it must fill
+ * exactly that many bytes from `offset`): one allocation and no copy of the payload, which holds
+ * every entry of a Ready. The padding is zeroed; the CRC covers what `write` put there.
+ */
+export function buildFrame(payloadBytes: number, write: (frame: Buffer, offset: number) => void): Buffer {
+  if (payloadBytes === 0) throw new Error('assertion failed: an empty frame');
+  const bytes = frameBytes(payloadBytes);
+  const frame = Buffer.allocUnsafe(bytes);
+  const end = frameHeaderBytes + payloadBytes;
+  frame.fill(0, end, bytes);
+  write(frame, frameHeaderBytes);
+  frame.writeUInt32BE(payloadBytes, 0);
+  frame.writeUInt32BE(crc32(frame.subarray(frameHeaderBytes, end)), 4);
   return frame;
 }
 

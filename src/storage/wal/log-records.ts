@@ -39,9 +39,22 @@ function recordBytes(record: LogRecord): number {
   }
 }
 
+/** The bytes `records` take encoded. */
+export function recordsBytes(records: readonly LogRecord[]): number {
+  let total = 0;
+  for (const record of records) total += recordBytes(record);
+  return total;
+}
+
 export function encodeRecords(records: readonly LogRecord[]): Buffer {
-  const payload = Buffer.allocUnsafe(records.reduce((total, record) => total + recordBytes(record), 0));
-  let offset = 0;
+  const payload = Buffer.allocUnsafe(recordsBytes(records));
+  writeRecords(records, payload, 0);
+  return payload;
+}
+
+/** Writes `records` into `payload` from `start` (`recordsBytes(records)` bytes). */
+export function writeRecords(records: readonly LogRecord[], payload: Buffer, start: number): void {
+  let offset = start;
   for (const record of records) {
     payload[offset] = typeCodes[record.type];
     switch (record.type) {
@@ -66,7 +79,6 @@ export function encodeRecords(records: readonly LogRecord[]): Buffer {
     }
     offset += recordBytes(record);
   }
-  return payload;
 }
 
 /** The records of a frame whose CRC matched; anything malformed is corruption (`where` names it). */

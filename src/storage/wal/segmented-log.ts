@@ -12,8 +12,9 @@
  * A torn last write (crash mid-write: a sector of it still zeros) is cut off at open; damage
  * anywhere else, the last write's included (whole, but failing its CRC), is refused with a
  * LogCorruptionError naming the file and offset (`frame.ts`). A commit index alone is not synced:
- * it is written with the next frame that must be durable (Raft learns it again from the leader,
- * and a restarted member counts what it applied as committed).
+ * it is written with a later frame that must be durable, at most every `commitWriteIntervalMs`
+ * (Raft learns it again from the leader, and a restarted member counts what it applied as
+ * committed; acknowledged entries are durable either way, as they are written before any answer).
  *
  * Sealing: every stored entry and hard state is sealed by the member's keyring exactly as in the
  * database (additional data: the LevelDB key the record would have). After a key rotation, or
@@ -26,12 +27,19 @@ import type { Entry, HardState } from '../../raft/types.js';
 import { looksSealed, sealedDekId } from '../../encryption/sealed-record.js';
 import { instruments } from '../../instruments.js';
 import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey, type LoadedLog } from '../log.js';
-import { encodeFrame, frameBytes } from './frame.js';
-import { decodeRecords, encodeRecords, type LogRecord } from './log-records.js';
+import { buildFrame, frameBytes } from './frame.js';
+import { decodeRecords, recordsBytes, writeRecords, type LogRecord } from './log-records.js';
 import { SegmentFile, listSegments, preallocate, preallocatingName, syncDirectory } from './segment-file.js';
 
 /** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
 export const segmentBytesDefault = 8 * 1024 * 1024;
+/**
+ * A commit index that moved, with nothing else of the hard state, is written with a frame of
+ * entries at most this often (and in every segment's first frame, and whenever term or vote
+ * change). Each hard state written is one more record to seal, once per Ready on every member;
+ * a commit index read back older than the one reached costs nothing but a later apply (see above).
+ */
+export const commitWriteIntervalMsDefault = 100;
 
 /** The keyring as the log sees it: seals and opens values, keyed like the database's records. */
 export interface LogSealer {
@@ -52,6 +60,8 @@ export interface SegmentedLogOptions {
   readonly directory: string;
   readonly sealer: LogSealer | undefined;
   readonly segmentBytes?: number | undefined;
+  /** `commitWriteIntervalMsDefault` unless given (0: with every frame). */
+  readonly commitWriteIntervalMs?: number | undefined;
 }
 
 interface Segment {
@@ -157,6 +167,9 @@ export class SegmentedLog {
   /** The next segment, being preallocated in the background. */
   private spare: Promise<void> | undefined;
   private readonly segmentBytes: number;
+  private readonly commitWriteIntervalMs: number;
+  /** When the hard state was last written (performance.now()); -Infinity: not since open. */
+  private hardStateWrittenMs = Number.NEGATIVE_INFINITY;
   private closed = false;
 
   private constructor(
@@ -166,6 +179,7 @@ export class SegmentedLog {
   ) {
     this.segments = segments;
     this.segmentBytes = options.segmentBytes ?? segmentBytesDefault;
+    this.commitWriteIntervalMs = options.commitWriteIntervalMs ?? commitWriteIntervalMsDefault;
     this.startValue = loaded.logStart;
     this.lastIndexValue = loaded.logStart.index + loaded.entries.length;
     this.latestHardState = loaded.hardState;
@@ -274,8 +288,9 @@ export class SegmentedLog {
   }
 
   private async entryRecords(entries: readonly Entry[]): Promise<LogRecord[]> {
-    const plain = entries.map((entry) => [encodeLogKey(entry.index), encodeLogRecord(entry)] as const);
-    const values = this.options.sealer === undefined ? plain.map(([, value]) => value) : await this.options.sealer.seal(plain);
+    const sealer = this.options.sealer;
+    if (sealer === undefined) return entries.map((entry) => ({ type: 'entry', index: entry.index, value: encodeLogRecord(entry) }));
+    const values = await sealer.seal(entries.map((entry) => [encodeLogKey(entry.index), encodeLogRecord(entry)] as const));
     return entries.map((entry, position) => ({ type: 'entry', index: entry.index, value: values[position] ?? Buffer.alloc(0) }));
   }
 
@@ -286,19 +301,26 @@ export class SegmentedLog {
     return { type: 'hardState', value };
   }
 
-  /** Appends one frame of `records` (and the hard state, if it changed) to the last segment. */
-  private async appendFrame(records: LogRecord[]): Promise<void> {
+  /** Whether the next frame carries the hard state: term or vote changed, or a commit not written for a while. */
+  private hardStateDue(): boolean {
     const hard = this.latestHardState;
     const stored = this.storedHardState;
-    const withHard = hard.term !== stored.term || hard.vote !== stored.vote || hard.commit !== stored.commit ? [...records, await this.hardStateRecord()] : records;
-    const payload = encodeRecords(withHard);
+    if (hard.term !== stored.term || hard.vote !== stored.vote) return true;
+    return hard.commit !== stored.commit && performance.now() - this.hardStateWrittenMs >= this.commitWriteIntervalMs;
+  }
+
+  /** Appends one frame of `records` (and the hard state, when due) to the last segment. */
+  private async appendFrame(records: LogRecord[]): Promise<void> {
+    const withHard = this.hardStateDue();
+    const all = withHard ? [...records, await this.hardStateRecord()] : records;
+    const payloadBytes = recordsBytes(all);
     const segment = this.segments[this.segments.length - 1];
-    if (segment === undefined || frameBytes(payload.length) > segment.file.free) {
+    if (segment === undefined || frameBytes(payloadBytes) > segment.file.free) {
       await this.startSegment(this.startValue, false, records);
       return;
     }
-    await segment.file.append(encodeFrame(payload));
-    this.noteStored(segment, withHard);
+    await segment.file.append(buildFrame(payloadBytes, (frame, offset) => writeRecords(all, frame, offset)));
+    this.noteStored(segment, all, withHard);
     // The next segment is preallocated while this one fills (not before: most logs never fill one).
     if (this.spare === undefined && segment.file.free < segment.file.size / 2) {
       this.spare = preallocate(path.join(this.options.directory, preallocatingName), this.segmentBytes).catch(() => undefined);
@@ -317,7 +339,7 @@ export class SegmentedLog {
       await this.hardStateRecord(),
     ];
     const all = [...head, ...records];
-    const frame = encodeFrame(encodeRecords(all));
+    const frame = buildFrame(recordsBytes(all), (target, offset) => writeRecords(all, target, offset));
     const sequence = (this.segments[this.segments.length - 1]?.file.sequence ?? 0) + 1;
     await this.spare;
     this.spare = undefined;
@@ -330,14 +352,17 @@ export class SegmentedLog {
       throw error;
     }
     this.segments.push(segment);
-    this.noteStored(segment, all);
+    this.noteStored(segment, all, true);
   }
 
-  private noteStored(segment: Segment, records: readonly LogRecord[]): void {
+  private noteStored(segment: Segment, records: readonly LogRecord[], withHardState: boolean): void {
     for (const record of records) {
       if (record.type === 'entry' || record.type === 'hardState') segment.dekIds.add(dekIdOf(record.value, this.options.sealer));
     }
-    this.storedHardState = this.latestHardState;
+    if (withHardState) {
+      this.storedHardState = this.latestHardState;
+      this.hardStateWrittenMs = performance.now();
+    }
   }
 
   /** Drops entries up to and including `index` (their effects are in a snapshot or applied state). */
