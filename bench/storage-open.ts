@@ -11,13 +11,20 @@
  * stopped member. It is copied next to itself (the open writes) and the copy removed. One open per
  * process (a second would run on warm code and a grown heap): run it again for each sample,
  * alternating builds.
+ *
+ * As `Member.open`, the open takes the key index checkpoint a clean stop left (and loads the index
+ * from it when it is valid); the line says which. With `--write-checkpoint` the open is followed by
+ * the write of a checkpoint (timed: what a clean stop adds) and the copy is kept as
+ * `<member directory>.checkpointed`, a member directory whose next open loads it.
  */
 import { cp, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { FileKekProvider } from '../src/encryption/kek-file.js';
 import { SealedDatabase } from '../src/storage/database.js';
 import { openRaftLog } from '../src/storage/wal/migration.js';
-import { MvccStore } from '../src/storage/mvcc/store.js';
+import { takeIndexCheckpoint, writeIndexCheckpoint } from '../src/storage/mvcc/index-checkpoint.js';
+import { MvccStore, readMetaNumber } from '../src/storage/mvcc/store.js';
+import { metaKey } from '../src/storage/schema.js';
 
 /** User + system CPU seconds of /proc/<path>/stat (fields 14 and 15 of stat(5), 100 ticks a second). */
 async function cpuSeconds(statFile: string): Promise<number> {
@@ -37,37 +44,46 @@ async function threadCpu(): Promise<{ total: number; main: number; others: numbe
 
 const mebibytes = (bytes: number): string => (bytes / 1024 / 1024).toFixed(0);
 
-async function openOnce(source: string): Promise<string> {
-  const copy = `${source.replace(/\/$/, '')}.open-copy`;
+async function openOnce(source: string, writeCheckpoint: boolean): Promise<string> {
+  const copy = `${source.replace(/\/$/, '')}.${writeCheckpoint ? 'checkpointed' : 'open-copy'}`;
   await rm(copy, { recursive: true, force: true });
   await cp(source, copy, { recursive: true });
   try {
     const before = await threadCpu();
     const started = performance.now();
-    const db = await SealedDatabase.open(path.join(copy, 'data'), await FileKekProvider.open(path.join(copy, 'encryption.key')));
+    const dataDir = path.join(copy, 'data');
+    const db = await SealedDatabase.open(dataDir, await FileKekProvider.open(path.join(copy, 'encryption.key')));
+    let written = '';
     try {
+      const checkpoint = await takeIndexCheckpoint({ dataDir, db, sealer: db.outsideSealer() });
       const opened = performance.now();
       const { store: log, loaded } = await openRaftLog({ dataDir: path.join(copy, 'data'), db, sealer: db.outsideSealer() });
       await log.close();
       const logLoaded = performance.now();
-      await MvccStore.open(db);
+      const store = await MvccStore.open(db, checkpoint.index);
       const indexed = performance.now();
       const after = await threadCpu();
+      if (writeCheckpoint) {
+        const writeStarted = performance.now();
+        await writeIndexCheckpoint({ dataDir, db, sealer: db.outsideSealer() }, store.indexRecords(), await readMetaNumber(db, metaKey.consistentIndex));
+        const writeCpu = await threadCpu();
+        written = `; checkpoint written in ${((performance.now() - writeStarted) / 1000).toFixed(2)} s, CPU ${(writeCpu.total - after.total).toFixed(2)} s (main thread ${(writeCpu.main - after.main).toFixed(2)} s), kept in ${copy}`;
+      }
       const memory = process.memoryUsage();
       // VmRSS counts LevelDB's memory-mapped table files (RssFile: page cache, read by the rebuild)
       // besides the process's own memory (RssAnon).
       const status = await readFile('/proc/self/status', 'utf8');
       const statusMiB = (field: string): string => (Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? Number.NaN) / 1024).toFixed(0);
       return `open ${((opened - started) / 1000).toFixed(2)} s, log ${((logLoaded - opened) / 1000).toFixed(2)} s (${loaded.entries.length} entries), ` +
-        `index ${((indexed - logLoaded) / 1000).toFixed(2)} s, wall ${((indexed - started) / 1000).toFixed(2)} s; ` +
+        `index ${((indexed - logLoaded) / 1000).toFixed(2)} s (${checkpoint.index === undefined ? `rebuilt${checkpoint.reason === undefined ? '' : `: ${checkpoint.reason}`}` : 'from its checkpoint'}), wall ${((indexed - started) / 1000).toFixed(2)} s; ` +
         `CPU ${(after.total - before.total).toFixed(2)} s (main thread ${(after.main - before.main).toFixed(2)} s, live other threads ${(after.others - before.others).toFixed(2)} s, ended threads the rest); ` +
         `RSS ${mebibytes(memory.rss)} MiB (anonymous ${statusMiB('RssAnon')}: V8 heap ${mebibytes(memory.heapTotal)}, external ${mebibytes(memory.external)}; file-backed ${statusMiB('RssFile')}); ` +
-        `load average ${(await readFile('/proc/loadavg', 'utf8')).split(' ')[0]}`;
+        `load average ${(await readFile('/proc/loadavg', 'utf8')).split(' ')[0]}${written}`;
     } finally {
       await db.close();
     }
   } finally {
-    await rm(copy, { recursive: true, force: true });
+    if (!writeCheckpoint) await rm(copy, { recursive: true, force: true });
   }
 }
 
@@ -76,4 +92,4 @@ if (source === undefined) {
   process.stderr.write('usage: node dist/bench/storage-open.js <member directory (holding data/ and encryption.key)>\n');
   process.exit(2);
 }
-process.stdout.write(`${await openOnce(source)}\n`);
+process.stdout.write(`${await openOnce(source, process.argv.includes('--write-checkpoint'))}\n`);

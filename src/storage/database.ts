@@ -30,6 +30,10 @@ export interface IteratorRange {
   readonly gt?: Buffer;
   readonly lt?: Buffer;
   readonly lte?: Buffer;
+  /** Newest first. */
+  readonly reverse?: boolean;
+  /** At most this many records. */
+  readonly limit?: number;
   /** Read from this view instead of the current state. */
   readonly snapshot?: DatabaseSnapshot;
   /** Bytes one `nextv` call may read from LevelDB (default 16 KiB): raise it for long scans. */

@@ -56,6 +56,11 @@ export const metaKey = {
    * members added later receive the state instead of replaying a log that lacks it.
    */
   restoredState: metaName('restoredState'),
+  /**
+   * The token of the key index checkpoint a clean shutdown wrote (`mvcc/index-checkpoint.ts`);
+   * present only while the member is stopped, taken out by the next start.
+   */
+  indexCheckpoint: metaName('indexCheckpoint'),
 } as const;
 
 function metaName(name: string): Buffer {
@@ -70,7 +75,8 @@ export function isMemberLocalKey(key: Buffer): boolean {
   const first = key[0];
   if (first === prefix.logEntry || first === prefix.hardState || first === prefix.keyStore || first === prefix.snapshotStaging) return true;
   return key.equals(metaKey.logStart) || key.equals(metaKey.memberId) || key.equals(metaKey.clusterId) ||
-    key.equals(metaKey.snapshotStaged) || key.equals(metaKey.snapshotInstalling) || key.equals(metaKey.restoredState);
+    key.equals(metaKey.snapshotStaged) || key.equals(metaKey.snapshotInstalling) || key.equals(metaKey.restoredState) ||
+    key.equals(metaKey.indexCheckpoint);
 }
 
 /** The smallest key strictly greater than every key that starts with `start`'s prefix byte. */

@@ -22,6 +22,16 @@ export const emptyValue = Buffer.alloc(0);
 /** Every key without a lease shares one 0n (a lease id decoded per request is a new BigInt each). */
 const noLease = 0n;
 
+/** A record's fields, as the index checkpoint stores them. */
+export interface KeyRecordParts {
+  /** Older revisions, oldest first, two numbers each: main, then sub × 2 (+ 1 for a tombstone). */
+  readonly history: number[] | undefined;
+  readonly newestMain: number;
+  readonly newestSub: number;
+  /** The newest revision's value when it is a put; undefined for a tombstone. */
+  readonly live: { readonly value: Buffer; readonly createRevision: number; readonly version: number; readonly lease: bigint } | undefined;
+}
+
 export class KeyRecord {
   /** Older revisions, oldest first, two numbers each: main, then sub × 2 (+ 1 for a tombstone). Undefined while the key has one revision. */
   private history: number[] | undefined = undefined;
@@ -48,6 +58,33 @@ export class KeyRecord {
     this.createRevision = live === undefined ? 0 : live.createRevision;
     this.version = live === undefined ? 0 : live.version;
     this.lease = live === undefined || live.lease === noLease ? noLease : live.lease;
+  }
+
+  /**
+   * A record as `parts` described it (the index checkpoint, `index-checkpoint.ts`): `history` is
+   * the older revisions as `parts` gives them (owned by the record from now on).
+   */
+  static fromParts(indexKey: string, parts: KeyRecordParts): KeyRecord {
+    const record = new KeyRecord(indexKey, parts.newestMain, parts.newestSub, undefined);
+    record.history = parts.history;
+    if (parts.live !== undefined) {
+      record.newestTombstone = false;
+      record.value = parts.live.value;
+      record.createRevision = parts.live.createRevision;
+      record.version = parts.live.version;
+      record.lease = parts.live.lease === noLease ? noLease : parts.live.lease;
+    }
+    return record;
+  }
+
+  /** What `fromParts` makes this record again from (the history array is this record's own, not a copy). */
+  parts(): KeyRecordParts {
+    return {
+      history: this.history,
+      newestMain: this.newestMain,
+      newestSub: this.newestSub,
+      live: this.newestTombstone ? undefined : { value: this.value, createRevision: this.createRevision, version: this.version, lease: this.lease },
+    };
   }
 
   /** How many revisions the index holds for this key (at least one). */

@@ -24,7 +24,7 @@ import {
 } from '../encoding.js';
 import { metaKey, prefix } from '../schema.js';
 import { type KeyRange, toIndexKey, fromIndexKey, rangeEndIndexKey } from './range.js';
-import { rebuildIndex } from './index-rebuild.js';
+import { rebuildIndex, type RebuiltIndex } from './index-rebuild.js';
 import { KeyRecord, emptyValue } from './key-record.js';
 import type { Database } from '../database.js';
 
@@ -86,9 +86,9 @@ export class MvccStore {
   private constructor(private readonly db: Database) {}
 
   /** Rebuilds the key index from the database (etcd does the same at start). */
-  static async open(db: Database): Promise<MvccStore> {
+  static async open(db: Database, checkpoint?: RebuiltIndex): Promise<MvccStore> {
     const store = new MvccStore(db);
-    await store.load();
+    await store.load(checkpoint);
     return store;
   }
 
@@ -102,10 +102,11 @@ export class MvccStore {
     await this.load();
   }
 
-  private async load(): Promise<void> {
+  /** Loads the index from the database, or from `checkpoint` (a valid index checkpoint, `index-checkpoint.ts`). */
+  private async load(checkpoint?: RebuiltIndex): Promise<void> {
     assert(this.index.size === 0, 'the index is loaded into an empty tree');
     const db = this.db;
-    const { records, currentRevision } = await rebuildIndex(db);
+    const { records, currentRevision } = checkpoint ?? (await rebuildIndex(db));
     // In key order, each key lands at the tree's right edge.
     for (const [indexKey, record] of records) this.index.set(indexKey, record);
     this.currentRevisionValue = currentRevision;
@@ -116,6 +117,16 @@ export class MvccStore {
       this.compactRevisionValue = scheduled;
       this.startCompaction(scheduled);
     }
+  }
+
+  /** Every key's index record, in key order (for the index checkpoint: call while nothing writes). */
+  indexRecords(): Iterable<[string, KeyRecord]> {
+    return this.index.entries();
+  }
+
+  /** Whether every change applied in memory is written to the database. */
+  get flushed(): boolean {
+    return this.unflushed.size === 0 && this.flushedRevisionValue >= this.currentRevisionValue;
   }
 
   get currentRevision(): number {
