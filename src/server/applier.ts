@@ -30,7 +30,7 @@ import { deleteResponse, evaluateCompare, executeRange, keyRangeOf, parseBigInt6
 import { leaseTtlMaxSeconds, type Lessor } from './lessor.js';
 import { authorizeLeaseUse } from './lease-ownership.js';
 import type { Membership } from './membership.js';
-import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder } from '../auth/store.js';
+import { applyAuthChange, decodeAuthChange, encodeAuthState, type AuthHolder, type AuthState } from '../auth/store.js';
 import { authStateKey } from '../storage/schema.js';
 import { authorizeRequest } from './authorize.js';
 import type { AuditCheckpoints } from './audit-checkpoints.js';
@@ -117,14 +117,9 @@ export class Applier {
     try {
       this.authorize(request);
       switch (request.request) {
-        case 'auth_change': {
-          const next = applyAuthChange(this.auth.state, decodeAuthChange(required(request.auth_change ?? undefined)));
-          if (next !== this.auth.state) {
-            batch.push({ type: 'put', key: authStateKey, value: encodeAuthState(next) });
-            this.auth.set(next);
-          }
+        case 'auth_change':
+          this.applyAuthChangeEntry(required(request.auth_change ?? undefined), batch);
           return { ok: true, revision: this.store.currentRevision, response: {} };
-        }
         case 'put':
           return this.applyPut(required(request.put), batch);
         case 'delete_range':
@@ -169,6 +164,26 @@ export class Applier {
         return { ok: false, error };
       }
       throw error;
+    }
+  }
+
+  /**
+   * An auth change from the log. applyAuthChange is pure (it copies what it changes) and the holder
+   * takes a state only once its decider is built, so a change of the wrong shape (only a crafted
+   * entry has one) that makes any step throw, or names no known op, is refused like any invalid
+   * request, changing nothing, on every member alike, instead of stopping them all.
+   */
+  private applyAuthChangeEntry(encoded: string, batch: BatchOperation[]): void {
+    try {
+      const next = applyAuthChange(this.auth.state, decodeAuthChange(encoded)) as AuthState | undefined;
+      if (next === undefined) throw new RampartError('InvalidArgument', 'auth change: unknown op');
+      if (next === this.auth.state) return;
+      const value = encodeAuthState(next);
+      this.auth.set(next);
+      batch.push({ type: 'put', key: authStateKey, value });
+    } catch (error) {
+      if (isRampartError(error)) throw error;
+      throw new RampartError('InvalidArgument', 'auth change: malformed');
     }
   }
 

@@ -10,12 +10,14 @@
  *
  * Owns: the line between an entry that is skipped and a failure that stops the member. Skipped:
  * what decoding the proposal's bytes refuses (malformed protobuf, counts past the decoder's bounds,
- * an auth change that is not JSON).
+ * an auth change that is not JSON or is nested absurdly deep). An auth change of the wrong shape is
+ * applied as a refused request instead (applier.ts: nothing it could half change).
  * Never skipped: a failed write or read of the log or the database, a broken invariant (`assert`),
  * or an applier that throws something other than a domain error on a decoded request (its state
  * may be half changed): those still stop the member (raft-loop.ts `onFatal`).
  */
 import { decodeInternalRequest } from '../api/proto.js';
+import { ProposalBoundsError } from '../api/schema-codec.js';
 import type { InternalRequest } from '../api/messages.js';
 import { decodeAuthChange } from '../auth/store.js';
 import { WireFormatError, WireReader, fieldKey, wireVarint } from '../wire/protobuf.js';
@@ -28,14 +30,44 @@ export type CommittedProposal =
 export function decodeCommittedProposal(data: Buffer): CommittedProposal {
   try {
     const request = decodeInternalRequest(data);
-    // An auth change travels as JSON inside the proposal: not JSON is undecodable too.
-    if (request.request === 'auth_change') decodeAuthChange(request.auth_change ?? '');
+    // An auth change travels as JSON inside the proposal: not JSON, or nested past what parsing it
+    // (recursive where it revives values) surely handles, is undecodable too.
+    if (request.request === 'auth_change') {
+      const text = request.auth_change ?? '';
+      if (jsonDepth(text) > authChangeDepthMax) throw new ProposalBoundsError(`auth change: JSON nested more than ${authChangeDepthMax} deep`);
+      decodeAuthChange(text);
+    }
     return { ok: true, request };
   } catch (error) {
     // Whatever decoding throws is about these bytes (its bounds keep it from running out of stack:
     // see schema-codec.ts proposalBounds), so every member reaches the same verdict.
     return { ok: false, id: requestIdOf(data), reason: error instanceof Error ? error.name : typeof error };
   }
+}
+
+/** JSON nesting an auth change may have (a policy is 5 levels deep). */
+const authChangeDepthMax = 64;
+
+/** The deepest nesting of arrays and objects in JSON text (brackets inside strings not counted). */
+export function jsonDepth(text: string): number {
+  let depth = 0;
+  let deepest = 0;
+  let inString = false;
+  for (let index = 0; index < text.length; index++) {
+    const code = text.charCodeAt(index);
+    if (inString) {
+      if (code === 0x5c) index++;
+      else if (code === 0x22) inString = false;
+    } else if (code === 0x22) {
+      inString = true;
+    } else if (code === 0x5b || code === 0x7b) {
+      depth += 1;
+      if (depth > deepest) deepest = depth;
+    } else if (code === 0x5d || code === 0x7d) {
+      depth -= 1;
+    }
+  }
+  return deepest;
 }
 
 const idKey = fieldKey(1, wireVarint);

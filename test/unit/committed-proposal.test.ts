@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { encodeInternalRequest } from '../../src/api/proto.js';
-import { decodeCommittedProposal, requestIdOf } from '../../src/server/committed-proposal.js';
+import { decodeCommittedProposal, jsonDepth, requestIdOf } from '../../src/server/committed-proposal.js';
 
 const put = encodeInternalRequest({ id: '42', request: 'put', put: { key: Buffer.from('secret-key'), value: Buffer.from('secret-value'), lease: '0', prev_kv: false, ignore_value: false, ignore_lease: false } });
 
@@ -37,6 +37,15 @@ describe('decodeCommittedProposal', () => {
     expect(decoded).toEqual({ ok: false, id: '7', reason: 'SyntaxError' });
     expect(JSON.stringify(decoded)).not.toContain('hunter2');
     expect(decodeCommittedProposal(encodeInternalRequest({ id: '8', request: 'auth_change', auth_change: '{"op":"disable"}' })).ok).toBe(true);
+  });
+
+  it('refuses an auth change nested absurdly deep, before parsing it (its reviver recurses)', () => {
+    expect(jsonDepth('{"a":[1,{"b":"[[[{{{"}],"c":"\\"["}')).toBe(3);
+    const deep = `${'['.repeat(100_000)}${']'.repeat(100_000)}`;
+    expect(decodeCommittedProposal(encodeInternalRequest({ id: '9', request: 'auth_change', auth_change: deep }))).toEqual({ ok: false, id: '9', reason: 'ProposalBoundsError' });
+    const policy = '{"op":"policyApply","policy":{"users":[{"name":"u","roles":["r"]}],"roles":[{"name":"r","permissions":[{"type":0,"key":{"$b64":""},"rangeEnd":{"$b64":""}}],"denies":[]}],"bindings":{"$map":[["cn","u"]]}},"expectRevision":0}';
+    expect(jsonDepth(policy)).toBeLessThan(8);
+    expect(decodeCommittedProposal(encodeInternalRequest({ id: '10', request: 'auth_change', auth_change: policy })).ok).toBe(true);
   });
 
   it('reads the request id as far as the bytes go, the last one winning', () => {

@@ -61,4 +61,21 @@ describe('a committed entry whose proposal cannot be decoded', () => {
       expect(read.kvs.map((kv) => Buffer.from(kv.value as Buffer).toString())).toEqual(['v2']);
     }
   });
+
+  it('an auth change of the wrong shape (only a crafted entry has one) is refused like an invalid request, not thrown', async () => {
+    const quiet = new Writable({ write(_chunk, _encoding, done) { done(); } });
+    cluster = await openInProcessCluster(1, quiet);
+    const [member] = cluster.members as [Member];
+    await member.authChange({ op: 'roleAdd', name: 'r' });
+    const revision = member.auth.state.revision;
+    // A permission that is no permission: comparing it threw a TypeError out of the apply loop; an
+    // unknown op made undefined the auth state.
+    for (const change of [{ op: 'roleGrantPermission', name: 'r', permission: null }, { op: 'no-such-op' }]) {
+      await expect(member.authChange(change as never)).rejects.toMatchObject({ code: 'InvalidArgument' });
+    }
+    expect(member.auth.state.revision).toBe(revision);
+    expect(member.auth.state.roles.get('r')?.permissions).toEqual([]);
+    await expect(member.authChange({ op: 'roleGrantPermission', name: 'r', permission: { type: 0, key: Buffer.from('a'), rangeEnd: Buffer.alloc(0) } })).resolves.toBeUndefined();
+    expect(member.auth.state.revision).toBe(revision + 1);
+  });
 });
