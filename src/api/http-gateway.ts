@@ -401,10 +401,23 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
   const requestListeners: ((message: unknown) => void)[] = [];
   const endListeners: (() => void)[] = [];
   const lines = jsonLines(response, route.response, call.onClose);
+  /** Holds on reading requests (DuplexStream.holdRequests), besides waiting for answers to drain. */
+  let holds = 0;
   const stream: DuplexStream<unknown, unknown> = {
     ...lines,
     onRequest: (listener) => requestListeners.push(listener),
     onRequestsEnd: (listener) => endListeners.push(listener),
+    holdRequests: () => {
+      holds += 1;
+      request.pause();
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        holds -= 1;
+        if (holds === 0 && !response.writableNeedDrain) request.resume();
+      };
+    },
   };
   handle(call.context, stream);
   const endsWithBody = route.request.name === 'LeaseKeepAliveRequest';
@@ -440,7 +453,7 @@ function serveDuplex(route: Route, handle: (call: CallContext, stream: DuplexStr
       const resume = (): void => {
         response.off('drain', resume);
         response.off('close', resume);
-        request.resume();
+        if (holds === 0) request.resume();
       };
       response.on('drain', resume);
       response.on('close', resume);

@@ -45,6 +45,11 @@ export interface DuplexStream<Request, Response> extends ResponseStream<Response
   onRequest(listener: (request: Request) => void): void;
   /** The client will send no more requests. */
   onRequestsEnd(listener: () => void): void;
+  /**
+   * Stops delivering requests (the transport stops reading them, so the client's flow control
+   * holds the rest) until every hold is released by calling what this returns.
+   */
+  holdRequests(): () => void;
 }
 
 export interface UnaryRpc {

@@ -601,9 +601,20 @@ function alarmName(alarm: number): string {
  * LeaseKeepAlive: answers go out in request order even when some are forwarded to the leader, and
  * all of them before the stream ends. As etcd, a lease that does not exist is answered with TTL 0.
  */
+/**
+ * Keep-alives of one stream being answered at once (each may be a call to the leader): past it the
+ * stream's requests are not read until one is answered. Before, a client sending keep-alives
+ * without reading the answers had every one of them in flight at once (4 million: +185 MiB).
+ */
+export const keepAlivesInFlightPerStreamMax = 64;
+
 function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, object>, identify: () => Promise<Caller>): void {
   let previous: Promise<void> = Promise.resolve();
+  let inFlight = 0;
+  let release: (() => void) | undefined;
   stream.onRequest((request) => {
+    inFlight += 1;
+    if (inFlight >= keepAlivesInFlightPerStreamMax && release === undefined) release = stream.holdRequests();
     const id = parseBigInt64(request.ID);
     // Someone else's lease is answered as etcd answers a missing one (TTL 0): the stream, shared by
     // the caller's own leases, goes on.
@@ -620,6 +631,11 @@ function serveKeepAlive(member: Member, stream: DuplexStream<{ ID: Int64In }, ob
       } catch (error) {
         if (isRampartError(error) && error.code === 'LeaseNotFound') stream.write({ header: member.header(), ID: int64Out(id), TTL: 0 });
         else stream.fail(error);
+      }
+      inFlight -= 1;
+      if (inFlight < keepAlivesInFlightPerStreamMax && release !== undefined) {
+        release();
+        release = undefined;
       }
     });
   });
