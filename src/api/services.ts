@@ -590,6 +590,7 @@ async function encryptionStatusOf(member: Member): Promise<object> {
     reseal_running: member.encryptionProgress.running,
     last_rotation_unix_ms: status.lastRotationMs,
     records_other: other,
+    plaintext_on_disk: status.migrating,
   };
 }
 

@@ -23,6 +23,7 @@ export interface MemberEncryptionStatus {
   readonly reseal_running: boolean;
   readonly last_rotation_unix_ms: string;
   readonly records_other: string;
+  readonly plaintext_on_disk: boolean;
 }
 
 interface ClusterClient extends grpc.Client {
@@ -147,5 +148,6 @@ export function formatStatus(status: MemberEncryptionStatus): string {
   const deks = status.deks.map((dek) => `dek ${dek.id}: ${dek.records} records`).join(', ');
   return `${status.member}: provider ${status.provider} (${status.provider_source}, ${status.provider_reachable ? 'reachable' : 'UNREACHABLE'}), kek ${status.kek_id}, active dek ${status.active_dek}; ${deks}; ` +
     `${status.percent_resealed.toFixed(1)}% under the active dek${status.reseal_running ? ' (re-sealing)' : ''}; last rotation ${new Date(Number(status.last_rotation_unix_ms)).toISOString()}` +
-    (status.records_other !== '0' ? `; ${status.records_other} records under no known dek` : '');
+    (status.records_other !== '0' ? `; ${status.records_other} records under no known dek` : '') +
+    (status.plaintext_on_disk ? '; migrating from plaintext: plaintext may still be on disk' : '');
 }

@@ -88,6 +88,8 @@ export interface KeyringStatus {
   readonly activeDekId: number;
   readonly lastRotationMs: number;
   readonly deks: DekStatus[];
+  /** A migration from plaintext has not finished: plaintext may still be on disk. */
+  readonly migrating: boolean;
 }
 
 export function dekRecordKey(id: number): Buffer {
@@ -369,6 +371,7 @@ export class Keyring implements RecordSealer {
       activeDekId: this.active.id,
       lastRotationMs: this.activeSinceMs,
       deks: [...this.deks.values()].map((dek) => ({ id: dek.id, createdAtMs: dek.createdAtMs, kekId: dek.wrapped.kekId, sealsReserved: dek.reserved })),
+      migrating: this.migratingValue,
     };
   }
 

@@ -914,14 +914,18 @@ export class Member {
    * from it ends, waited for up to a minute): a migration to encryption compacts its plaintext away
    * only once no view sees it. A follower that needs a snapshot then gets a fresh one.
    */
-  private async releaseStateView(): Promise<void> {
+  private async releaseStateView(): Promise<boolean> {
     const state = this.stateView;
-    if (state === undefined) return;
+    if (state === undefined) return true;
     this.stateView = undefined;
     state.retired = true;
     for (let waited = 0; state.readers > 0 && waited < 600; waited++) await new Promise((resolve) => setTimeout(resolve, 100));
-    if (state.readers > 0) this.options.logger.warn({ index: state.index }, 'a snapshot stream still reads the view taken before the encryption migration; its plaintext stays on disk until the next compaction');
-    else await state.view.close().catch(() => undefined);
+    if (state.readers > 0) {
+      this.options.logger.warn({ index: state.index }, 'a snapshot stream still reads the view taken before the encryption migration; the migration finishes after it ends');
+      return false;
+    }
+    await state.view.close().catch(() => undefined);
+    return true;
   }
 
   private retireStateView(state: StateView): void {

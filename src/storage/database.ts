@@ -9,7 +9,9 @@
  * code with no sealer; a database that holds a key store refuses to open without its KEK.
  */
 import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
+import type { AbstractResource } from 'abstract-level';
 import { ClassicLevel } from 'classic-level';
 import { Keyring, keyStorePrefix, type KeyringStatus, type KeyStoreBackend, type RecordSealer, type RewrapHook } from '../encryption/keyring.js';
 import type { KekProvider } from '../encryption/kek.js';
@@ -66,7 +68,53 @@ export interface Database {
   close(): Promise<void>;
 }
 
-type Level = ClassicLevel<Buffer, Buffer>;
+/**
+ * classic-level, knowing which readers are open and in what order. Every iterator (and each async
+ * get or clear while it runs) holds an implicit LevelDB snapshot, as an explicit snapshot does: a compaction
+ * keeps the versions such a snapshot sees, and the table files of the version it started on stay
+ * on disk until a later compaction after it closes. The end of a migration waits for the readers
+ * that may still see plaintext (`openBefore`).
+ */
+class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
+  /** Open resources (iterators, snapshots, chained batches) and running gets, by serial number. */
+  private readonly readers = new Map<object, number>();
+  private nextSerial = 0;
+
+  /** The serial number the next reader gets. */
+  get readerMark(): number {
+    return this.nextSerial;
+  }
+
+  /** How many readers opened before `mark` are still open. */
+  openBefore(mark: number): number {
+    let open = 0;
+    for (const serial of this.readers.values()) if (serial < mark) open += 1;
+    return open;
+  }
+
+  override attachResource(resource: AbstractResource): void {
+    super.attachResource(resource);
+    if (!this.readers.has(resource)) this.readers.set(resource, this.nextSerial++);
+  }
+
+  override detachResource(resource: AbstractResource): void {
+    super.detachResource(resource);
+    this.readers.delete(resource);
+  }
+
+  /** `read` (a get, a clear) counted as a reader while it runs. */
+  async tracked<T>(read: () => Promise<T>): Promise<T> {
+    const token = {};
+    this.readers.set(token, this.nextSerial++);
+    try {
+      return await read();
+    } finally {
+      this.readers.delete(token);
+    }
+  }
+}
+
+type Level = TrackedLevel;
 
 /** classic-level's own array batch (abstract-level's `_batch` contract), below abstract-level's public `batch`. */
 interface DirectBatch {
@@ -223,9 +271,10 @@ export class SealedDatabase implements Database {
   /**
    * Called when a migration to encryption has sealed every record, before the compaction that drops
    * the plaintext versions: a view (LevelDB snapshot) taken before still sees them, so compaction
-   * keeps them on disk for as long as it is open. The owner of such views releases them here.
+   * keeps them on disk for as long as it is open. The owner of such views releases them here, and
+   * answers false when one could not be closed (the migration then finishes at a later pass).
    */
-  releaseViews: (() => Promise<void>) | undefined;
+  releaseViews: (() => Promise<boolean>) | undefined;
   /**
    * Records kept outside the database under the same keys (the Raft log's segment files): the
    * re-seal pass calls this before it counts records and retires keys, so they are re-sealed too.
@@ -245,7 +294,7 @@ export class SealedDatabase implements Database {
   static async open(dataDir: string, provider: KekProvider | undefined): Promise<SealedDatabase> {
     const location = path.join(dataDir, 'db');
     const isNew = !existsSync(path.join(location, 'CURRENT'));
-    const level: Level = new ClassicLevel<Buffer, Buffer>(location, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    const level: Level = new TrackedLevel(location, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
     await level.open();
     try {
       const backend: KeyStoreBackend = level;
@@ -300,7 +349,7 @@ export class SealedDatabase implements Database {
   }
 
   async get(key: Buffer): Promise<Buffer | undefined> {
-    const value = await this.level.get(key);
+    const value = await this.level.tracked(() => this.level.get(key));
     return value === undefined || this.keyring === undefined ? value : this.keyring.open(key, value);
   }
 
@@ -474,6 +523,8 @@ export class SealedDatabase implements Database {
       const active = keyring.activeDekId;
       // Writes sealed under an older DEK just before a rotation may still be on their way to disk.
       await this.settlePending();
+      // Readers opened from here on see only what this count sees, or later (sealed) writes.
+      const mark = this.level.readerMark;
       const counts = await this.countRecords();
       const toReseal = [...counts].reduce((total, [id, count]) => total + (id === active ? 0 : count), 0);
       this.progress = { recordsByDek: counts, resealed: 0, toReseal, running: true };
@@ -481,14 +532,9 @@ export class SealedDatabase implements Database {
       if (toReseal === 0) {
         if (keyring.activeDekId !== active) continue;
         for (const id of keyring.dekIds()) if (id !== active) await keyring.retire(id);
-        if (keyring.migrating) {
-          await keyring.finishMigration();
-          // Older plaintext versions of the records linger in LevelDB's files until they are
-          // compacted: compact everything now, so no plaintext is left on disk — once no view that
-          // still sees them is open.
-          await this.releaseViews?.();
-          await this.level.compactRange(Buffer.of(0), Buffer.of(0xff));
-        }
+        // The migration is over only once no file holds plaintext: until then (a crash, a reader
+        // that outlasts the wait) the key store says it is migrating and the next pass redoes this.
+        if (keyring.migrating && (await this.compactPlaintextAway(mark))) await keyring.finishMigration();
         return;
       }
       let cursor: Buffer | undefined;
@@ -502,6 +548,62 @@ export class SealedDatabase implements Database {
       }
       if (this.closed) return;
     }
+  }
+
+  /**
+   * After a migration has sealed every record (as a count that started at reader `mark` saw):
+   * older plaintext versions of the records linger in LevelDB's files until they are compacted.
+   * Every reader opened before `mark` may see them, and holds a LevelDB snapshot (an iterator, an
+   * async get, the view a member keeps for followers): a compaction keeps the versions it sees, in
+   * its new tables. So: release the member's views, wait for those readers to close, compact
+   * everything, then check the directory: every table and log file there before must be gone or
+   * live (a live table was rewritten, or holds only current, sealed records). LevelDB deletes the
+   * tables a compaction replaced only at the end of a later compaction, and keeps those an open
+   * reader still uses (it pins the version it started on): a status count scanning during the
+   * compaction left the plaintext table LevelDB wrote at the member's first start with a key
+   * (000005.ldb) on disk after "100%". So while such files remain, it flushes the memtable (an
+   * empty range's compaction, after which LevelDB deletes obsolete files) every half second.
+   * Waits up to `obsoleteFilesWaitMs` for each; true when done, false when closing, throws when a
+   * wait runs out (the migration stays unfinished; the next pass, seconds later, starts over).
+   */
+  private async compactPlaintextAway(mark: number): Promise<boolean> {
+    const before = await this.levelFiles();
+    if ((await this.releaseViews?.()) === false) throw new Error('a view of the database taken before the migration is still read; the migration finishes at a later pass');
+    for (const started = Date.now(); this.level.openBefore(mark) > 0;) {
+      if (this.closed) return false;
+      if (Date.now() - started >= this.obsoleteFilesWaitMs) {
+        throw new Error(`${this.level.openBefore(mark)} reader(s) of the database opened before the last plaintext record was sealed still open; the migration finishes at a later pass`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    if (this.closed) return false;
+    await this.level.compactRange(Buffer.of(0), Buffer.of(0xff));
+    for (const started = Date.now(); ;) {
+      if (this.closed) return false;
+      const left = await this.obsoleteFiles(before);
+      if (left.length === 0) return true;
+      if (Date.now() - started >= this.obsoleteFilesWaitMs) {
+        throw new Error(`${left.join(', ')} in ${this.level.location} still on disk after the migration's compaction (a reader keeps ${left.length === 1 ? 'it' : 'them'}); the migration finishes at a later pass`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      if (this.closed) return false;
+      await this.level.compactRange(Buffer.of(0xff), Buffer.of(0xff));
+    }
+  }
+
+  /** How long the end of a migration waits for readers to let go of the files it replaced. */
+  obsoleteFilesWaitMs = 60_000;
+
+  /** LevelDB's table and write-ahead log files in the database directory. */
+  private async levelFiles(): Promise<string[]> {
+    return (await readdir(this.level.location)).filter((name) => /^\d+\.(ldb|sst|log)$/.test(name));
+  }
+
+  /** Which of `files` are still on disk and not a table of the current version. */
+  private async obsoleteFiles(files: readonly string[]): Promise<string[]> {
+    const live = liveTableNumbers(this.level.getProperty('leveldb.sstables'));
+    const present = new Set(await this.levelFiles());
+    return files.filter((name) => present.has(name) && !(/\.(ldb|sst)$/.test(name) && live.has(Number.parseInt(name, 10))));
   }
 
   /** Sealed records per DEK id (headers only). */
@@ -577,7 +679,7 @@ export class SealedDatabase implements Database {
     const write: PendingWrite = { keys: [], range };
     await this.beginWrite(write);
     try {
-      await this.level.clear(range);
+      await this.level.tracked(() => this.level.clear(range));
     } finally {
       this.endWrite(write);
     }
@@ -595,6 +697,14 @@ export class SealedDatabase implements Database {
   }
 }
 
+/**
+ * The file numbers of the tables of LevelDB's current version, from its `leveldb.sstables`
+ * property (a line ` <number>:<size>[<smallest> .. <largest>]` per table under each level's heading).
+ */
+export function liveTableNumbers(sstables: string): Set<number> {
+  return new Set([...sstables.matchAll(/^ (\d+):\d+\[/gm)].map((match) => Number(match[1])));
+}
+
 async function isEmpty(level: Level): Promise<boolean> {
   for await (const _key of level.keys({ limit: 1 })) return false;
   return true;
@@ -603,7 +713,7 @@ async function isEmpty(level: Level): Promise<boolean> {
 /** Whether a data directory's database holds a key store (opens and closes the database). */
 export async function databaseEncrypted(dataDir: string): Promise<boolean> {
   if (!databaseExists(dataDir)) return false;
-  const level: Level = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  const level: ClassicLevel<Buffer, Buffer> = new ClassicLevel<Buffer, Buffer>(path.join(dataDir, 'db'), { keyEncoding: 'buffer', valueEncoding: 'buffer' });
   await level.open();
   try {
     return await Keyring.exists(level);

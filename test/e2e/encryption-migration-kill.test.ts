@@ -81,7 +81,7 @@ describe('a migration killed mid-way', () => {
       let statuses = await statusOf(`127.0.0.1:${survivors[0]?.port}`);
       expect(statuses.map((status) => status.member).sort()).toEqual(['m1', 'm2', 'm3']);
       let migrated = statuses.find((status) => status.member === victim.name);
-      while (!(migrated?.percent_resealed === 100 && migrated.records_other === '0' && !migrated.reseal_running)) {
+      while (!(migrated?.percent_resealed === 100 && migrated.records_other === '0' && !migrated.reseal_running && !migrated.plaintext_on_disk)) {
         if (Date.now() > deadline) throw new Error(`the migration did not resume to 100%: ${JSON.stringify(migrated)}`);
         await new Promise((resolve) => setTimeout(resolve, 500));
         statuses = await statusOf(`127.0.0.1:${survivors[0]?.port}`);

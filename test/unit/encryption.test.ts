@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ClassicLevel } from 'classic-level';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
 import { Keyring, activeRecordKey, dekRecordKey, encryptionReservationBlock } from '../../src/encryption/keyring.js';
 import { SealedRecordError, sealedOverheadBytes } from '../../src/encryption/sealed-record.js';
-import { SealedDatabase } from '../../src/storage/database.js';
+import { SealedDatabase, liveTableNumbers, type DatabaseIterator } from '../../src/storage/database.js';
 import { LogStore, encodeLogKey } from '../../src/storage/log.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
@@ -132,6 +132,72 @@ describe('sealing layer', () => {
     const strict = await openSealed();
     expect(() => strict.getSync(Buffer.from('k0001'))).toThrow(SealedRecordError);
     await strict.close();
+  });
+
+  /** Files of the database directory that hold `text` as bytes. */
+  const filesHolding = async (text: string): Promise<string[]> => {
+    const location = path.join(dataDir(), 'db');
+    const names = await readdir(location);
+    const holding = await Promise.all(names.map(async (name) => ((await readFile(path.join(location, name))).includes(Buffer.from(text)) ? name : undefined)));
+    return holding.filter((name) => name !== undefined);
+  };
+
+  it('finishes a migration only once no file holds plaintext: waits for readers that may see plaintext, and for the files a reader pinned during the final compaction', async () => {
+    const plain = await SealedDatabase.open(dataDir(), undefined);
+    await plain.batch(Array.from({ length: 600 }, (_, index) => ({ type: 'put' as const, key: Buffer.from(`k${String(index).padStart(4, '0')}`), value: Buffer.from(`plaintext-value-${index}`) })), { sync: true });
+    await plain.close();
+    const migrating = await openSealed();
+    // LevelDB wrote the plaintext member's log into a table at this open (000005.ldb in the e2e failure).
+    expect((await filesHolding('plaintext-value')).some((name) => name.endsWith('.ldb'))).toBe(true);
+    migrating.resealRecordsPerSecond = 100_000;
+    migrating.obsoleteFilesWaitMs = 1_000;
+    const reseal = async (): Promise<void> => {
+      await migrating.startReseal((error) => {
+        throw error;
+      });
+    };
+    // A reader opened before the last plaintext record was sealed (a status count, a snapshot
+    // stream) sees plaintext: a compaction while it is open would keep it. It outlasts the wait:
+    // the pass fails, and the member still says it migrates.
+    const early = migrating.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) });
+    expect((await early.nextv(1)).length).toBe(1);
+    await expect(reseal()).rejects.toThrow('1 reader(s) of the database opened before the last plaintext record was sealed still open; the migration finishes at a later pass');
+    expect(migrating.migrating).toBe(true);
+    expect(migrating.encryptionStatus()?.migrating).toBe(true);
+    expect(migrating.resealDue).toBe(true);
+    expect((await migrating.countRecords()).get(0)).toBeUndefined();
+    expect(await filesHolding('plaintext-value')).not.toEqual([]);
+    await early.close();
+    // A reader opened after that (it sees only sealed records) but open during the final compaction
+    // pins the tables the compaction replaces, the plaintext one among them: the pass waits for
+    // them to go. Past the wait, it fails and the next pass finishes.
+    const late: DatabaseIterator[] = [];
+    migrating.releaseViews = async () => {
+      const reader = migrating.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) });
+      late.push(reader);
+      expect((await reader.nextv(1)).length).toBe(1);
+      return true;
+    };
+    await expect(reseal()).rejects.toThrow(/^000005\.ldb in .* still on disk after the migration's compaction \(a reader keeps it\); the migration finishes at a later pass$/);
+    expect(migrating.migrating).toBe(true);
+    expect(await filesHolding('plaintext-value')).toEqual(['000005.ldb']);
+    await late[0]?.close();
+    migrating.obsoleteFilesWaitMs = 60_000;
+    const pass = reseal();
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await late[1]?.close();
+    await pass;
+    expect(migrating.migrating).toBe(false);
+    expect(migrating.encryptionStatus()?.migrating).toBe(false);
+    expect(await filesHolding('plaintext-value')).toEqual([]);
+    await migrating.close();
+    expect(await filesHolding('plaintext-value')).toEqual([]);
+  });
+
+  it('reads the live tables from LevelDB\'s sstables property', () => {
+    const property = "--- level 0 ---\n 12:1001['k1' @ 9 : 1 .. 'k2' @ 10 : 1]\n--- level 1 ---\n 9:15303['k0' @ 1501 : 1 .. 'k999' @ 2500 : 1]\n 10:77[' 5:1[' @ 3 : 1 .. 'z' @ 4 : 1]\n--- level 2 ---\n";
+    expect([...liveTableNumbers(property)].sort((a, b) => a - b)).toEqual([9, 10, 12]);
+    expect(liveTableNumbers('--- level 0 ---\n--- level 1 ---\n').size).toBe(0);
   });
 
   it('never reuses a seal count across restarts, and keeps old records readable after a rotation', async () => {
