@@ -1187,9 +1187,11 @@ export class Member {
     return this.db.resealProgress;
   }
 
-  /** Counts this member's records per DEK now (a scan of the database). */
-  encryptionRecordCounts(): Promise<Map<number, number>> {
-    return this.db.countRecords();
+  /** Counts this member's records per DEK now: a scan of the database, and the Raft log's segment files. */
+  async encryptionRecordCounts(): Promise<Map<number, number>> {
+    const counts = await this.db.countRecords();
+    for (const [id, count] of this.logStore.recordCounts()) counts.set(id, (counts.get(id) ?? 0) + count);
+    return counts;
   }
 
   /** Whether the KEK provider answers, and the KEK it uses now (undefined: no encryption). */

@@ -304,12 +304,17 @@ describe('SegmentedLog', () => {
     await store.save({ hardState: { term: 1, vote: '', commit: 2 }, entries: [entry(1), entry(2), entry(3)] });
     await store.compactThrough(1, 1);
     expect(store.resealDue).toBe(false);
+    // What `rampart encryption status` counts: 3 entries and the hard state, under DEK 1.
+    expect(store.recordCounts()).toEqual(new Map([[1, 4]]));
     sealer.rotate();
     expect(store.resealDue).toBe(true);
     await store.resealIfNeeded();
     expect(store.resealDue).toBe(false);
+    // The live entries (2 and 3) and the hard state, rewritten under DEK 2; the old segment is gone.
+    expect(store.recordCounts()).toEqual(new Map([[2, 3]]));
     sealer.keys.delete(1);
-    const { loaded } = await reopen(store, sealer);
+    const { store: reopened, loaded } = await reopen(store, sealer);
+    expect(reopened.recordCounts()).toEqual(new Map([[2, 3]]));
     expect(loaded.logStart).toEqual({ index: 1, term: 1 });
     expect(summary(loaded.entries)).toEqual([[2, 1, 'entry-2'], [3, 1, 'entry-3']]);
     expect(loaded.hardState.commit).toBe(2);
@@ -322,7 +327,10 @@ describe('SegmentedLog', () => {
     sealer.migrating = true;
     const { store: sealing } = await reopen(store, sealer);
     expect(sealing.resealDue).toBe(true);
+    // Plaintext counts under DEK 0 (status: records under no known DEK).
+    expect(sealing.recordCounts()).toEqual(new Map([[0, 2]]));
     await sealing.resealIfNeeded();
+    expect(sealing.recordCounts()).toEqual(new Map([[1, 2]]));
     for (const name of await segmentFiles()) expect((await readFile(path.join(directory, name))).includes('plain-secret')).toBe(false);
     sealer.migrating = false;
     const { loaded } = await reopen(sealing, sealer);

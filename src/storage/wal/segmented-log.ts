@@ -67,12 +67,16 @@ export interface SegmentedLogOptions {
 interface Segment {
   readonly file: SegmentFile;
   readonly firstIndex: number;
-  /** DEK ids of the values stored in it (0: plaintext). */
-  readonly dekIds: Set<number>;
+  /** Values stored in it (entries and hard states, superseded ones too) per DEK id (0: plaintext). */
+  readonly dekRecords: Map<number, number>;
 }
 
 function dekIdOf(stored: Buffer, sealer: LogSealer | undefined): number {
   return sealer !== undefined && looksSealed(stored) ? sealedDekId(stored) : 0;
+}
+
+function countRecord(segment: Segment, dekId: number): void {
+  segment.dekRecords.set(dekId, (segment.dekRecords.get(dekId) ?? 0) + 1);
 }
 
 /** Replays segments' records into the log they describe. */
@@ -204,7 +208,7 @@ export class SegmentedLog {
           await syncDirectory(directory);
           break;
         }
-        const segment: Segment = { file, firstIndex: 0, dekIds: new Set() };
+        const segment: Segment = { file, firstIndex: 0, dekRecords: new Map() };
         segments.push(segment);
         if (scan.frames.length === 0) throw new LogCorruptionError(`${file.file}: an empty segment before the last one; refusing to use the log`);
         if (scan.dirtyEnd > scan.end) {
@@ -221,7 +225,7 @@ export class SegmentedLog {
             segments[segments.length - 1] = { ...segment, firstIndex: first.firstIndex };
           }
           for (const record of records) {
-            if (record.type === 'entry' || record.type === 'hardState') segment.dekIds.add(dekIdOf(record.value, options.sealer));
+            if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, options.sealer));
             replay.apply(record, where);
           }
         }
@@ -344,7 +348,7 @@ export class SegmentedLog {
     await this.spare;
     this.spare = undefined;
     const file = await SegmentFile.create(this.options.directory, sequence, Math.max(this.segmentBytes, frame.length));
-    const segment: Segment = { file, firstIndex, dekIds: new Set() };
+    const segment: Segment = { file, firstIndex, dekRecords: new Map() };
     try {
       await file.append(frame);
     } catch (error) {
@@ -357,7 +361,7 @@ export class SegmentedLog {
 
   private noteStored(segment: Segment, records: readonly LogRecord[], withHardState: boolean): void {
     for (const record of records) {
-      if (record.type === 'entry' || record.type === 'hardState') segment.dekIds.add(dekIdOf(record.value, this.options.sealer));
+      if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, this.options.sealer));
     }
     if (withHardState) {
       this.storedHardState = this.latestHardState;
@@ -392,7 +396,19 @@ export class SegmentedLog {
   get resealDue(): boolean {
     const sealer = this.options.sealer;
     if (sealer === undefined) return false;
-    return this.segments.some((segment) => [...segment.dekIds].some((id) => id !== sealer.activeDekId));
+    return this.segments.some((segment) => [...segment.dekRecords.keys()].some((id) => id !== sealer.activeDekId));
+  }
+
+  /**
+   * Values stored in the segment files on disk (entries, superseded ones too, and hard states) per
+   * DEK id (0: plaintext), for `rampart encryption status`.
+   */
+  recordCounts(): Map<number, number> {
+    const counts = new Map<number, number>();
+    for (const segment of this.segments) {
+      for (const [id, count] of segment.dekRecords) counts.set(id, (counts.get(id) ?? 0) + count);
+    }
+    return counts;
   }
 
   /**
