@@ -69,7 +69,7 @@ describe('member start', () => {
     await chmod(dataDir, 0o755);
     const port = await freePort();
     const serveArgs = ['serve', '--insecure', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${port}`, '--listen-peer-urls', `http://127.0.0.1:${await freePort()}`];
-    const refused = await run(process.execPath, [rampartBin, ...serveArgs], { timeoutMs: 10_000 });
+    const refused = await run(process.execPath, [rampartBin, ...serveArgs], { timeoutMs: 60_000 });
     expect(refused.code).toBe(1);
     expect(refused.stderr).toContain(`rampart: data directory ${dataDir} is accessible by group or others (mode 0755); run: chmod 700 ${dataDir}`);
 
@@ -108,17 +108,17 @@ describe('member start', () => {
       '--peer-cert-file', peer.certificateFile, '--peer-key-file', peer.keyFile, '--peer-trusted-ca-file', path.join(pki, 'ca.crt'), '--no-bootstrap-auth',
     ];
     await chmod(pki, 0o750);
-    const openDirectory = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 10_000 });
+    const openDirectory = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 60_000 });
     expect(openDirectory.code).toBe(1);
     expect(openDirectory.stderr).toContain(`key directory ${pki} is accessible by group or others (mode 0750); run: chmod 700 ${pki}`);
     await chmod(pki, 0o700);
     await chmod(peer.keyFile, 0o644);
-    const openKey = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 10_000 });
+    const openKey = await run(process.execPath, [rampartBin, ...tlsArgs], { timeoutMs: 60_000 });
     expect(openKey.code).toBe(1);
     expect(openKey.stderr).toContain(`private key ${peer.keyFile} is accessible by group or others (mode 0644); run: chmod 600 ${peer.keyFile}`);
     // A peer certificate speaks for the member its CN names: one naming another member is refused.
     await chmod(peer.keyFile, 0o600);
-    const otherName = await run(process.execPath, [rampartBin, ...tlsArgs, '--name', 'm2'], { timeoutMs: 10_000 });
+    const otherName = await run(process.execPath, [rampartBin, ...tlsArgs, '--name', 'm2'], { timeoutMs: 60_000 });
     expect(otherName.code).toBe(1);
     expect(otherName.stderr).toContain(`the peer certificate ${peer.certificateFile} names "m1", not this member (--name "m2")`);
     await removeDirectory(home);

@@ -58,11 +58,21 @@ export interface CommandResult {
   readonly stderr: string;
 }
 
+/**
+ * How long a command may run before it is killed. A CLI call that starts Node, reads keys and
+ * reaches a member has taken over 20 s on this 2-core machine at load average ~35; killed, it
+ * left exit code 1 and an empty stderr, which read like the command's own failure.
+ */
+export const commandTimeoutMsDefault = 120_000;
+
 export function run(command: string, args: readonly string[], options: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
+  const timeoutMs = options.timeoutMs ?? commandTimeoutMsDefault;
   return new Promise((resolve) => {
-    const child = execFile(command, args, { env: options.env ?? cleanEnvironment(), timeout: options.timeoutMs ?? 20_000, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
+    const child = execFile(command, args, { env: options.env ?? cleanEnvironment(), timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 }, (error, stdout, stderr) => {
       const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
-      resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() });
+      // Killed by the timeout (or any signal): say so, so a test failure names the cause.
+      const killed = error !== null && typeof error.code !== 'number' && error.signal ? `\n[test helper: ${command} killed by ${error.signal}${error.killed ? ` after its ${timeoutMs} ms timeout` : ''}]` : '';
+      resolve({ code, stdout: stdout.toString(), stderr: stderr.toString() + killed });
     });
     if (options.input !== undefined) {
       child.stdin?.end(options.input);
