@@ -11,7 +11,7 @@
  * refuses any other spelling of the same event (a user written with `\u` escapes would hide it from
  * grep while hashing the same).
  */
-import { createHash } from 'node:crypto';
+import { createHash, hash as oneShotHash } from 'node:crypto';
 
 export const genesisHash = '0'.repeat(64);
 
@@ -133,19 +133,88 @@ function boundRequestFields(fields: readonly string[]): string[] {
   return kept;
 }
 
+/** Positions in `fieldOrder` of the fields a hash covers (all but `prev`; `hash` is never there when it is computed), in canonical (sorted) order. */
+const hashOrder = fieldOrder.map((name, position) => ({ name, position })).filter(({ name }) => name !== 'prev').sort((a, b) => (a.name < b.name ? -1 : 1)).map(({ position }) => position);
+const lineOrder = fieldOrder.map((_, position) => position);
+/** `"name":` of each field, by position in `fieldOrder`. */
+const fieldPrefixes = fieldOrder.map((name) => `"${name}":`);
+
+/** JSON text of a field value of a written event's shape (text, number, list of texts); undefined for any other. */
+function encodedValue(value: unknown): string | undefined {
+  const shaped = typeof value === 'string' || typeof value === 'number' || (Array.isArray(value) && value.every((item) => typeof item === 'string'));
+  return shaped ? JSON.stringify(value) : undefined;
+}
+
+/**
+ * The fields of `event` as JSON texts by position in `fieldOrder` (undefined: absent), read by name
+ * (other properties are not looked at); undefined when a field has a shape no written event has.
+ */
+function encodedFields(event: object): (string | undefined)[] | undefined {
+  const source = event as Record<string, unknown>;
+  const encoded: (string | undefined)[] = new Array<string | undefined>(fieldOrder.length);
+  for (let position = 0; position < fieldOrder.length; position++) {
+    const value = source[fieldOrder[position] as string];
+    if (value === undefined) continue;
+    const text = encodedValue(value);
+    if (text === undefined) return undefined;
+    encoded[position] = text;
+  }
+  return encoded;
+}
+
+/** Whether `event` has no property other than the fields (the general path spells those). */
+function onlyFields(event: object): boolean {
+  for (const name of Object.keys(event)) if (!fieldNames.has(name)) return false;
+  return true;
+}
+
+/** `{"a":…,"b":…}` of the fields of `encoded` at `order`, in that order (JSON.stringify's spelling). */
+function objectText(encoded: readonly (string | undefined)[], order: readonly number[]): string {
+  let text = '';
+  for (const position of order) {
+    const value = encoded[position];
+    if (value !== undefined) text += `${text === '' ? '{' : ','}${fieldPrefixes[position] as string}${value}`;
+  }
+  return text === '' ? '{}' : `${text}}`;
+}
+
 /** The hash of an event: SHA-256 over its previous hash and its canonical JSON without `hash`. */
 export function hashEvent(event: Omit<AuditEvent, 'hash'>): string {
-  const { prev, ...rest } = event;
-  const canonical = JSON.stringify(rest, Object.keys(rest).sort());
-  return createHash('sha256').update(prev).update('\n').update(canonical).digest('hex');
+  const { prev } = event;
+  const encoded = onlyFields(event) ? encodedFields(event) : undefined;
+  let canonical: string;
+  if (encoded === undefined) {
+    const { prev: _prev, ...rest } = event;
+    canonical = JSON.stringify(rest, Object.keys(rest).sort());
+  } else {
+    canonical = objectText(encoded, hashOrder);
+  }
+  return oneShotHash('sha256', `${prev}\n${canonical}`, 'hex');
 }
 
 /** The one way an event is written: fields in `fieldOrder`, absent ones left out. */
 export function eventLine(event: AuditEvent): string {
+  const encoded = encodedFields(event);
+  if (encoded !== undefined) return objectText(encoded, lineOrder);
   const ordered: Record<string, unknown> = {};
   const source = event as unknown as Record<string, unknown>;
   for (const name of fieldOrder) if (source[name] !== undefined) ordered[name] = source[name];
   return JSON.stringify(ordered);
+}
+
+/**
+ * The hash and the line of an event built by the writer (its fields and nothing else), each field
+ * spelled once: what `hashEvent` and `eventLine` give for it, in one pass instead of two.
+ */
+export function chainedEvent(event: Omit<AuditEvent, 'hash'>): { readonly line: string; readonly hash: string } {
+  const encoded = encodedFields(event);
+  if (encoded === undefined) {
+    const hash = hashEvent(event);
+    return { line: eventLine({ ...event, hash }), hash };
+  }
+  const hash = oneShotHash('sha256', `${event.prev}\n${objectText(encoded, hashOrder)}`, 'hex');
+  encoded[fieldOrder.length - 1] = `"${hash}"`;
+  return { line: objectText(encoded, lineOrder), hash };
 }
 
 /** A line as an event, or why it is not one written by Rampart (shape and canonical spelling). */

@@ -26,7 +26,7 @@
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { auditLineBytesMax, boundFields, boundTargets, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
+import { auditLineBytesMax, boundFields, boundTargets, chainedEvent, genesisHash, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
 import { GroupCommit } from './group-commit.js';
 import { RecordWriter, compressTrailFile, listTrailFiles, readLastRecord, tidyTrailDirectory, type TrailFile } from './records.js';
 import type { TrailKey } from './sealed-trail.js';
@@ -217,13 +217,11 @@ export class AuditLog {
   }
 
   private chain(fields: AuditFields): string {
-    const build = (bounded: AuditFields): { line: string; hash: string } => {
-      const base = { ...bounded, seq: this.seq, time: new Date(this.now()).toISOString(), member: this.member, prev: this.prev };
-      const hash = hashEvent(base);
-      return { line: eventLine({ ...base, hash }), hash };
-    };
+    const build = (bounded: AuditFields): { readonly line: string; readonly hash: string } =>
+      chainedEvent({ ...bounded, seq: this.seq, time: new Date(this.now()).toISOString(), member: this.member, prev: this.prev });
     let built = build(fields);
-    if (Buffer.byteLength(built.line) > auditLineBytesMax) {
+    // A UTF-8 byte is at most 3 per UTF-16 unit: only a line that could be too long is measured.
+    if (built.line.length * 3 > auditLineBytesMax && Buffer.byteLength(built.line) > auditLineBytesMax) {
       // Only targets named past the summary bound (sensitive keys) can get here: summarise them too.
       built = build({ ...fields, targets: boundTargets(fields.targets ?? [], 0) });
     }

@@ -3,7 +3,8 @@ import { appendFile, open, readFile, readdir, rm, writeFile } from 'node:fs/prom
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent } from '../../src/audit/event.js';
+import { createHash } from 'node:crypto';
+import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, chainedEvent, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent } from '../../src/audit/event.js';
 import { AuditLog, describeAuditWriteError } from '../../src/audit/log.js';
 import { readRecords, recordBytesMax } from '../../src/audit/records.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
@@ -227,6 +228,40 @@ describe('audit trail', () => {
     expect(event.targets?.[0]).toBe('/registry/secrets/a');
     expect(event.targets?.[event.targets.length - 1]).toMatch(/^…\[\d+ more targets sha256:[0-9a-f]{64}\]$/);
     expect(Buffer.byteLength(eventLine(event))).toBeLessThan(auditLineBytesMax);
+  });
+
+  it('spells lines and hashes exactly as the generic JSON.stringify spelling did (the writer builds them by hand)', () => {
+    // The spelling before: any difference would break every trail written since (hashes) or canonical form.
+    const fieldOrder = ['action', 'user', 'via', 'source', 'targets', 'outcome', 'code', 'detail', 'request', 'seq', 'time', 'member', 'prev', 'hash'];
+    const referenceHash = (event: Record<string, unknown>): string => {
+      const { prev, ...rest } = event;
+      return createHash('sha256').update(prev as string).update('\n').update(JSON.stringify(rest, Object.keys(rest).sort())).digest('hex');
+    };
+    const referenceLine = (event: Record<string, unknown>): string => {
+      const ordered: Record<string, unknown> = {};
+      for (const name of fieldOrder) if (event[name] !== undefined) ordered[name] = event[name];
+      return JSON.stringify(ordered);
+    };
+    const texts = ['', 'alice', '/app/1', 'quote " back \\ slash', 'ctl \u0000\u001f\n\t\u007f', 'é ü 日本 😀', 'lone \ud800 surrogate', '\u2028\u2029', 'base64:AAEC'];
+    const events: Record<string, unknown>[] = [
+      { action: 'Put', outcome: 'allowed', seq: 0, time: '2026-11-27T00:00:00.000Z', member: 'm', prev: genesisHash },
+      { action: 'Put', user: 'root', via: 'certificate', source: '127.0.0.1:1', targets: [], outcome: 'denied', code: 'PERMISSION_DENIED', detail: 'd', request: [], seq: 7, time: 't', member: 'm', prev: 'p' },
+      { action: 'Txn', user: undefined, targets: ['a', 'b'], outcome: 'failed', request: ['key=a', 'value=hmac-sha256:00'], seq: 2 ** 40, time: 't', member: 'm', prev: 'x' },
+    ];
+    for (const [index, text] of texts.entries()) {
+      events.push({ action: text, user: text, via: text, source: text, targets: [text, text], outcome: 'allowed', code: text, detail: text, request: [text], seq: index, time: text, member: text, prev: text });
+    }
+    for (const event of events) {
+      const hash = referenceHash(event);
+      expect(hashEvent(event as unknown as AuditEvent)).toBe(hash);
+      expect(eventLine({ ...event, hash } as unknown as AuditEvent)).toBe(referenceLine({ ...event, hash }));
+      expect(chainedEvent(event as unknown as AuditEvent)).toEqual({ hash, line: referenceLine({ ...event, hash }) });
+    }
+    // Shapes no writer produces still hash and spell as before (the general path): an unknown field, a nested object.
+    for (const odd of [{ ...events[1], extra: 'x' }, { ...events[1], targets: [{ b: 1, action: 'x' }] }, { ...events[1], hash: 'h' }]) {
+      expect(hashEvent(odd as unknown as AuditEvent)).toBe(referenceHash(odd));
+      expect(eventLine(odd as unknown as AuditEvent)).toBe(referenceLine(odd));
+    }
   });
 
   it('writes CSV cells no spreadsheet runs as formulas', () => {
