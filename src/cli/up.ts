@@ -40,13 +40,6 @@ interface ClusterFile {
 }
 
 const binary = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../bin/rampart.js');
-/**
- * Node flags of the members `up` starts. All of them share one host's cores: V8's parallel and
- * concurrent GC (four helper threads a member by default) only makes the members' collectors
- * compete for those cores and wait on helpers another member preempted, so each member collects on
- * its own main thread. A member on a host of its own (systemd, Kubernetes) keeps the parallel GC.
- */
-export const localMemberNodeFlags: readonly string[] = ['--single-threaded-gc'];
 const localNames = ['127.0.0.1', 'localhost'];
 
 function portsFor(base: number, index: number): { clientPort: number; peerPort: number } {
@@ -165,7 +158,7 @@ export async function up(options: UpOptions, print: (line: string) => void): Pro
     }
     const log = await open(path.join(home, 'log'), 'a', 0o600);
     const child = spawn(process.execPath, [
-      ...localMemberNodeFlags, binary, 'serve',
+      binary, 'serve',
       '--name', member.name,
       '--data-dir', path.join(home, 'data'),
       '--listen-client-urls', `https://127.0.0.1:${member.clientPort}`,
