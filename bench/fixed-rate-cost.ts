@@ -102,7 +102,10 @@ function pauseSummary(pauses: readonly GcPause[]): string {
 async function main(): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'fixed-rate-cost-'));
   const outputDir = process.env.BENCH_MEMBER_OUTPUT_DIR;
-  const cluster = await startRampartSecure(directory, 3);
+  const cluster = await startRampartSecure(directory, 3).catch(async (error: unknown) => {
+    await rm(directory, { recursive: true, force: true });
+    throw error;
+  });
   const clients = kvClients(cluster.endpoints, cluster.credentials, fixedClients);
   try {
     const pki = path.join(directory, 'pki');
