@@ -275,19 +275,31 @@ export async function down(directoryOption: string, print: (line: string) => voi
     print(`no cluster in ${directory}`);
     return;
   }
-  for (const member of cluster.members) {
+  // Every member is asked to stop at once and given the same 10 s (a clean stop writes its key
+  // index checkpoint, which takes seconds at scale): one after another, three members could take
+  // 30 s, past the patience of a caller (a test's hook, a systemd unit) that then leaves one running.
+  const stopping = await Promise.all(cluster.members.map(async (member) => {
     const pidFile = path.join(directory, member.name, 'pid');
     const pid = await readPid(pidFile);
+    if (pid !== undefined) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // Gone between reading its pid and now: nothing to stop.
+      }
+    }
+    return { name: member.name, pidFile, pid };
+  }));
+  const deadline = Date.now() + 10_000;
+  for (const { name, pidFile, pid } of stopping) {
     if (pid === undefined) {
-      print(`${member.name} is not running`);
+      print(`${name} is not running`);
       continue;
     }
-    process.kill(pid, 'SIGTERM');
-    const deadline = Date.now() + 10_000;
     while (alive(pid) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));
     if (alive(pid)) process.kill(pid, 'SIGKILL');
     await rm(pidFile, { force: true });
-    print(`stopped ${member.name}`);
+    print(`stopped ${name}`);
   }
 }
 
