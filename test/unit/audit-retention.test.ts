@@ -21,7 +21,8 @@ const dayMs = 24 * 60 * 60 * 1000;
 describe('audit trail at rest', () => {
   const { newDirectory, fail } = auditDirectories('audit-rest');
   const newKey = async (directory: string): Promise<{ key: TrailKey; provider: FileKekProvider; keyFile: string }> => {
-    const keyFile = path.join(path.dirname(directory), `${path.basename(directory)}.kek`);
+    // Beside the trail, in a directory of its own that the tests' clean-up removes with the rest.
+    const keyFile = path.join(await newDirectory(), `${path.basename(directory)}.kek`);
     await FileKekProvider.create(keyFile);
     const provider = await FileKekProvider.open(keyFile);
     return { key: (await TrailKeyStore.openOrCreate(directory, provider)).key, provider, keyFile };
