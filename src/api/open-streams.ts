@@ -14,6 +14,7 @@
  */
 import { constants as http2Constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
+import { SourceBudget } from './source-budget.js';
 
 /** Streams open at once on a member's client port, whoever opened them (~230 MiB of state at most). */
 export const openStreamsMax = 16_384;
@@ -23,34 +24,24 @@ export const openStreamsMax = 16_384;
  */
 export const openStreamsPerSourceMax = 4_096;
 
-export class OpenStreamBudget {
-  private total = 0;
-  private readonly bySource = new Map<string, number>();
-
-  constructor(
-    readonly streamsMax: number = openStreamsMax,
-    readonly perSourceStreamsMax: number = openStreamsPerSourceMax,
-  ) {}
+/** Open streams, member-wide and per source address: each stream counts one. */
+export class OpenStreamBudget extends SourceBudget {
+  constructor(streamsMax: number = openStreamsMax, perSourceStreamsMax: number = openStreamsPerSourceMax) {
+    super(streamsMax, perSourceStreamsMax);
+  }
 
   get openStreams(): number {
-    return this.total;
+    return this.held;
   }
 
   /** Counts one stream of `source`; false (nothing counted) when that would pass a bound. */
-  take(source: string): boolean {
-    const held = this.bySource.get(source) ?? 0;
-    if (this.total >= this.streamsMax || held >= this.perSourceStreamsMax) return false;
-    this.total += 1;
-    this.bySource.set(source, held + 1);
-    return true;
+  override take(source: string): boolean {
+    return super.take(source, 1);
   }
 
-  release(source: string): void {
-    const held = this.bySource.get(source) ?? 0;
-    if (held <= 0) throw new Error('assertion failed: a stream released that was never counted');
-    this.total -= 1;
-    if (held > 1) this.bySource.set(source, held - 1);
-    else this.bySource.delete(source);
+  override release(source: string): void {
+    if (this.heldBy(source) <= 0) throw new Error('assertion failed: a stream released that was never counted');
+    super.release(source, 1);
   }
 }
 

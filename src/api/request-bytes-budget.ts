@@ -12,41 +12,21 @@
  */
 import { constants as http2Constants, type IncomingHttpHeaders, type ServerHttp2Stream } from 'node:http2';
 import type { Socket } from 'node:net';
+import { SourceBudget } from './source-budget.js';
 
 /** Request bytes the member holds unfinished at once, whoever sends them. */
 export const requestBytesInFlightMax = 256 * 1024 * 1024;
 /** What one source address may hold of it (a quarter, as a user's share of the watch budget). */
 export const requestBytesInFlightPerSourceMax = 64 * 1024 * 1024;
 
-export class RequestBytesBudget {
-  private total = 0;
-  private readonly bySource = new Map<string, number>();
-
-  constructor(
-    readonly bytesMax: number = requestBytesInFlightMax,
-    readonly perSourceBytesMax: number = requestBytesInFlightPerSourceMax,
-  ) {}
+/** Request bytes held unfinished, member-wide and per source address. */
+export class RequestBytesBudget extends SourceBudget {
+  constructor(bytesMax: number = requestBytesInFlightMax, perSourceBytesMax: number = requestBytesInFlightPerSourceMax) {
+    super(bytesMax, perSourceBytesMax);
+  }
 
   get heldBytes(): number {
-    return this.total;
-  }
-
-  /** Reserves `bytes` for `source`; false (nothing reserved) when that would pass a bound. */
-  take(source: string, bytes: number): boolean {
-    const held = this.bySource.get(source) ?? 0;
-    if (this.total + bytes > this.bytesMax || held + bytes > this.perSourceBytesMax) return false;
-    this.total += bytes;
-    this.bySource.set(source, held + bytes);
-    return true;
-  }
-
-  release(source: string, bytes: number): void {
-    if (bytes <= 0) return;
-    const held = this.bySource.get(source) ?? 0;
-    const left = held - bytes;
-    this.total -= Math.min(bytes, held);
-    if (left > 0) this.bySource.set(source, left);
-    else this.bySource.delete(source);
+    return this.held;
   }
 }
 
