@@ -37,6 +37,7 @@ import { decodeRevisionKey, readUint64, writeUint64 } from '../encoding.js';
 import { metaKey, prefix, prefixEnd } from '../schema.js';
 import type { Database } from '../database.js';
 import { KeyRecord } from './key-record.js';
+import { readMetaNumber } from './store.js';
 import type { RebuiltIndex } from './index-rebuild.js';
 
 export const indexCheckpointFileName = 'index-checkpoint';
@@ -82,11 +83,6 @@ async function newestRevisionKey(db: CheckpointStorage['db']): Promise<Buffer> {
   return Buffer.alloc(0);
 }
 
-async function readConsistentIndex(db: CheckpointStorage['db']): Promise<number> {
-  const raw = await db.get(metaKey.consistentIndex);
-  return raw === undefined ? 0 : readUint64(raw, 0);
-}
-
 function recordBytes(indexKey: string, record: KeyRecord): number {
   const parts = record.parts();
   return 4 + indexKey.length + 4 + 8 * (parts.history?.length ?? 0) + 16 + (parts.live === undefined ? 0 : 28 + parts.live.value.length);
@@ -130,7 +126,7 @@ export async function writeIndexCheckpoint(storage: CheckpointStorage, records: 
   const file = checkpointPath(dataDir);
   await db.batch([{ type: 'del', key: metaKey.indexCheckpoint }], { sync: true });
   await unlink(file).catch(() => undefined);
-  if ((await readConsistentIndex(db)) !== consistentIndex) return false;
+  if ((await readMetaNumber(db, metaKey.consistentIndex)) !== consistentIndex) return false;
   const token = randomBytes(tokenBytes);
   const handle = await open(file, 'wx', 0o600);
   let written = false;
@@ -218,7 +214,7 @@ export async function takeIndexCheckpoint(storage: CheckpointStorage): Promise<T
     }
     const { records, trailer } = loaded;
     if (readUint64(trailer, 0) !== records.length) return { reason: 'key count differs from the trailer' };
-    if (readUint64(trailer, 16) !== (await readConsistentIndex(db))) return { reason: 'the database applied other entries since' };
+    if (readUint64(trailer, 16) !== (await readMetaNumber(db, metaKey.consistentIndex))) return { reason: 'the database applied other entries since' };
     const newest = await newestRevisionKey(db);
     if (trailer[24] !== newest.length || !trailer.subarray(25, 25 + newest.length).equals(newest)) return { reason: 'the newest revision in the database differs' };
     // As the rebuild: the newest main revision of any record on disk (1 for an empty store).

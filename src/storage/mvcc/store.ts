@@ -560,7 +560,7 @@ export function encodeMetaNumber(value: number): Buffer {
   return buffer;
 }
 
-export async function readMetaNumber(db: Database, key: Buffer): Promise<number> {
+export async function readMetaNumber(db: Pick<Database, 'get'>, key: Buffer): Promise<number> {
   const raw = await db.get(key);
   return raw === undefined ? 0 : readUint64(raw, 0);
 }
