@@ -31,6 +31,7 @@ export const errorCodes = [
   'MemberExists',
   'MemberIdRemoved',
   'MemberBadUrls',
+  'TooManyMembers',
   'PeerUrlExists',
   'MemberNotLearner',
   'LearnerNotReady',

@@ -37,6 +37,8 @@ export const errorTable: Readonly<Record<ErrorCode, GrpcErrorMapping>> = {
   MemberExists: { code: status.FAILED_PRECONDITION, message: 'etcdserver: member ID already exist' },
   MemberIdRemoved: { code: status.FAILED_PRECONDITION, message: 'etcdserver: ID removed' },
   MemberBadUrls: { code: status.INVALID_ARGUMENT, message: 'etcdserver: given member URLs are invalid' },
+  // More members than a joining member takes in the cluster's answer (clusterMembersMax, src/server/cluster-view.ts).
+  TooManyMembers: { code: status.FAILED_PRECONDITION, message: 'rampart: too many members in cluster' },
   PeerUrlExists: { code: status.FAILED_PRECONDITION, message: 'etcdserver: Peer URLs already exists' },
   MemberNotLearner: { code: status.FAILED_PRECONDITION, message: 'etcdserver: can only promote a learner member' },
   LearnerNotReady: { code: status.FAILED_PRECONDITION, message: 'etcdserver: can only promote a learner member which is in sync with leader' },

@@ -13,6 +13,7 @@ import { createHttpGateway } from '../api/http-gateway.js';
 import { listenClients, type ClientListener } from '../api/client-listener.js';
 import { RequestBytesBudget } from '../api/request-bytes-budget.js';
 import { OpenStreamBudget } from '../api/open-streams.js';
+import { clusterMemberPeerUrlsMax, clusterTextBytesMax } from '../server/cluster-view.js';
 import { Member, defaultEncryptionRotationIntervalMs, defaultMaxRequestBytes, defaultQuotaBackendBytes } from '../server/member.js';
 import { snapshotChunkBytesDefault } from '../server/state-snapshot.js';
 import { LogCorruptionError } from '../storage/log.js';
@@ -343,6 +344,11 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     if (new URL(url).protocol !== scheme) {
       throw new Error(`URL ${url} must use ${scheme}// ${flags.insecure ? 'with --insecure' : 'when TLS is on'}`);
     }
+  }
+  // A joining member reads every member's name and URLs within cluster-view.ts's bounds.
+  if (Buffer.byteLength(flags.name) > clusterTextBytesMax) throw new Error(`--name must be at most ${clusterTextBytesMax} bytes`);
+  if (peerUrls.length > clusterMemberPeerUrlsMax || peerUrls.some((url) => Buffer.byteLength(url) > clusterTextBytesMax)) {
+    throw new Error(`a member advertises at most ${clusterMemberPeerUrlsMax} peer URLs of at most ${clusterTextBytesMax} bytes each`);
   }
   if (flags.initialClusterState !== 'new' && flags.initialClusterState !== 'existing') {
     throw new Error('--initial-cluster-state must be new or existing');

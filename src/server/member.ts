@@ -45,6 +45,7 @@ import { RaftLoop } from './raft-loop.js';
 import { UnappliedLeaseChanges, confirmKeepAlive } from './lease-confirmation.js';
 import { leaseChangedBy } from '../api/lease-change-scan.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
+import { clusterMemberPeerUrlsMax, clusterMembersMax, clusterTextBytesMax } from './cluster-view.js';
 import { Transport, fetchCluster, type ClusterView, type LeaseAnswer, type LoginAttempt } from './transport.js';
 import type { PeerCertificate } from 'node:tls';
 import { organizationalUnit } from '../pki/authority.js';
@@ -717,7 +718,8 @@ export class Member {
 
   async memberAdd(peerUrls: readonly string[], isLearner: boolean): Promise<MemberRecord> {
     this.checkRunning();
-    if (peerUrls.length === 0 || peerUrls.some((url) => !isUrl(url))) throw new RampartError('MemberBadUrls');
+    const refusal = memberAddRefusal(this.membership.list().length, peerUrls);
+    if (refusal !== undefined) throw new RampartError(refusal);
     const taken = new Set(this.membership.list().flatMap((member) => member.peerUrls));
     if (peerUrls.some((url) => taken.has(url))) throw new RampartError('PeerUrlExists');
     const id = memberIdFor(peerUrls, this.options.initialClusterToken);
@@ -748,7 +750,7 @@ export class Member {
 
   async memberUpdate(id: string, peerUrls: readonly string[]): Promise<void> {
     if (this.membership.get(id) === undefined) throw new RampartError('MemberNotFound');
-    if (peerUrls.length === 0 || peerUrls.some((url) => !isUrl(url))) throw new RampartError('MemberBadUrls');
+    if (!arePeerUrls(peerUrls)) throw new RampartError('MemberBadUrls');
     await this.propose({ request: 'member_update', member_update: { ID: BigInt(`0x${id}`).toString(), peerURLs: [...peerUrls] } }, false);
     this.updatePeers();
   }
@@ -1333,6 +1335,21 @@ function parseChangeContext(text: string): ChangeContext | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Why MemberAdd refuses to add a member advertising `peerUrls` to a cluster of `memberCount`
+ * members, if it does: the cluster must stay within what a joining member reads (cluster-view.ts).
+ */
+export function memberAddRefusal(memberCount: number, peerUrls: readonly string[]): 'MemberBadUrls' | 'TooManyMembers' | undefined {
+  if (!arePeerUrls(peerUrls)) return 'MemberBadUrls';
+  if (memberCount >= clusterMembersMax) return 'TooManyMembers';
+  return undefined;
+}
+
+/** Peer URLs a member may advertise: at least one, and within what a joining member reads (cluster-view.ts). */
+function arePeerUrls(urls: readonly string[]): boolean {
+  return urls.length > 0 && urls.length <= clusterMemberPeerUrlsMax && urls.every((url) => Buffer.byteLength(url) <= clusterTextBytesMax && isUrl(url));
 }
 
 function isUrl(text: string): boolean {

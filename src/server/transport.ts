@@ -22,6 +22,9 @@ import { decodeOptions, protoDirectory } from '../api/proto.js';
 import { RequestBytesBudget, boundGrpcStream } from '../api/request-bytes-budget.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
 import { WireFormatError } from '../wire/protobuf.js';
+import { clusterReplyBytesMax, decodeClusterReply, type ClusterView } from './cluster-view.js';
+
+export type { ClusterView } from './cluster-view.js';
 
 /**
  * How long a snapshot transfer may go without a message from its sender before the receiver gives
@@ -175,12 +178,6 @@ export interface LeaseAnswer {
   readonly keys: Buffer[];
 }
 
-/** What a member tells a joining member about the cluster (Peer.Cluster). */
-export interface ClusterView {
-  readonly clusterId: string;
-  readonly members: readonly { readonly id: string; readonly name: string; readonly peerUrls: readonly string[]; readonly isLearner: boolean }[];
-}
-
 /** How long a joining member waits for one existing member's answer. */
 const clusterFetchTimeoutMs = 3_000;
 
@@ -191,7 +188,9 @@ const clusterFetchTimeoutMs = 3_000;
  * a stranger). Rejects when the member cannot be reached or refuses.
  */
 export function fetchCluster(url: string, credentials: grpc.ChannelCredentials): Promise<ClusterView> {
-  const client = new peerPackage.rampart.Peer(hostPort(url), credentials, { 'grpc.use_local_subchannel_pool': 1 }) as unknown as PeerClient;
+  // The reply is read within cluster-view.ts's bounds (clusterMethod's deserializer below); gRPC
+  // refuses a longer one from its frame header, before buffering it.
+  const client = new peerPackage.rampart.Peer(hostPort(url), credentials, { 'grpc.use_local_subchannel_pool': 1, 'grpc.max_receive_message_length': clusterReplyBytesMax }) as unknown as PeerClient;
   return new Promise<ClusterView>((resolve, reject) => {
     client.Cluster({}, { deadline: Date.now() + clusterFetchTimeoutMs }, (error, reply) => {
       client.close();
@@ -199,11 +198,7 @@ export function fetchCluster(url: string, credentials: grpc.ChannelCredentials):
         reject(error);
         return;
       }
-      const members = (reply.members as { id?: string; name?: string; peer_urls?: string[]; is_learner?: boolean }[] | undefined) ?? [];
-      resolve({
-        clusterId: String(reply.cluster_id ?? ''),
-        members: members.map((member) => ({ id: member.id ?? '', name: member.name ?? '', peerUrls: member.peer_urls ?? [], isLearner: member.is_learner === true })),
-      });
+      resolve(reply as unknown as ClusterView);
     });
   });
 }
@@ -289,6 +284,10 @@ messagesMethod.requestDeserialize = (bytes: Buffer): object => {
     throw error;
   }
 };
+// A joining member reads the Cluster answer by hand, within bounds (a member's answer is otherwise unbounded).
+const clusterMethod = (peerDefinition['rampart.Peer'] as protoLoader.ServiceDefinition | undefined)?.Cluster;
+if (clusterMethod === undefined) throw new Error('raft.proto: no Peer.Cluster');
+clusterMethod.responseDeserialize = (bytes: Buffer): object => decodeClusterReply(bytes);
 const peerPackage = grpc.loadPackageDefinition(peerDefinition) as unknown as { rampart: { Peer: grpc.ServiceClientConstructor } };
 
 /** The subject and fingerprint of a presented certificate, for the audit trail. */
