@@ -70,7 +70,7 @@ function call(client: KvClient, method: 'Put' | 'Range', request: object): Promi
 }
 
 /** Closed loop: `inFlight` requests always outstanding. */
-async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSeconds: number): Promise<PhaseResult> {
+export async function phase(kvClients: KvClient[], method: 'Put' | 'Range', durationSeconds: number): Promise<PhaseResult> {
   const value = Buffer.alloc(valueBytes, 'v');
   const latencies: number[] = [];
   let errors = 0;
