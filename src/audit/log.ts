@@ -26,7 +26,7 @@
  */
 import { mkdir, open, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { auditLineBytesMax, boundFields, boundTargets, chainedEvent, genesisHash, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
+import { auditLineBytesMax, boundFields, boundTargets, chainFields, genesisHash, parseEventLine, type AuditEvent, type AuditFields } from './event.js';
 import { GroupCommit } from './group-commit.js';
 import { RecordWriter, compressTrailFile, listTrailFiles, readLastRecord, tidyTrailDirectory, type TrailFile } from './records.js';
 import type { TrailKey } from './sealed-trail.js';
@@ -105,6 +105,9 @@ export class AuditLog {
   private readonly maxFileAgeMs: number;
   private readonly retentionMs: number;
   private readonly now: () => number;
+  /** The last event's clock reading and its text (`timeText`). */
+  private lastTimeMs = Number.NaN;
+  private lastTime = '';
 
   /** Events recorded and not yet handed to the writer (the metrics' audit queue). */
   get queuedEvents(): number {
@@ -217,8 +220,8 @@ export class AuditLog {
   }
 
   private chain(fields: AuditFields): string {
-    const build = (bounded: AuditFields): { readonly line: string; readonly hash: string } =>
-      chainedEvent({ ...bounded, seq: this.seq, time: new Date(this.now()).toISOString(), member: this.member, prev: this.prev });
+    const time = this.timeText();
+    const build = (bounded: AuditFields): { readonly line: string; readonly hash: string } => chainFields(bounded, this.seq, time, this.member, this.prev);
     let built = build(fields);
     // A UTF-8 byte is at most 3 per UTF-16 unit: only a line that could be too long is measured.
     if (built.line.length * 3 > auditLineBytesMax && Buffer.byteLength(built.line) > auditLineBytesMax) {
@@ -229,6 +232,16 @@ export class AuditLog {
     this.prev = built.hash;
     this.fileBytes += built.line.length + 1;
     return built.line;
+  }
+
+  /** The clock as an event's `time` (ISO 8601); events of the same millisecond share the text. */
+  private timeText(): string {
+    const ms = this.now();
+    if (ms !== this.lastTimeMs) {
+      this.lastTimeMs = ms;
+      this.lastTime = new Date(ms).toISOString();
+    }
+    return this.lastTime;
   }
 
   /** The writer of the next file (rotation); the group commit closes the old one once its syncs are done. */

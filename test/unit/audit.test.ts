@@ -4,7 +4,7 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, chainedEvent, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent } from '../../src/audit/event.js';
+import { auditFieldCharactersMax, auditKey, auditLineBytesMax, auditTargetsCharactersMax, chainFields, chainedEvent, eventLine, genesisHash, hashEvent, parseEventLine, type AuditEvent, type AuditFields } from '../../src/audit/event.js';
 import { AuditLog, describeAuditWriteError } from '../../src/audit/log.js';
 import { readRecords, recordBytesMax } from '../../src/audit/records.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
@@ -256,12 +256,18 @@ describe('audit trail', () => {
       expect(hashEvent(event as unknown as AuditEvent)).toBe(hash);
       expect(eventLine({ ...event, hash } as unknown as AuditEvent)).toBe(referenceLine({ ...event, hash }));
       expect(chainedEvent(event as unknown as AuditEvent)).toEqual({ hash, line: referenceLine({ ...event, hash }) });
+      const { seq, time, member, prev, ...fields } = event;
+      expect(chainFields(fields as unknown as AuditFields, seq as number, time as string, member as string, prev as string)).toEqual({ hash, line: referenceLine({ ...event, hash }) });
     }
     // Shapes no writer produces still hash and spell as before (the general path): an unknown field, a nested object.
     for (const odd of [{ ...events[1], extra: 'x' }, { ...events[1], targets: [{ b: 1, action: 'x' }] }, { ...events[1], hash: 'h' }]) {
       expect(hashEvent(odd as unknown as AuditEvent)).toBe(referenceHash(odd));
       expect(eventLine(odd as unknown as AuditEvent)).toBe(referenceLine(odd));
     }
+    // A target that is no text (no writer makes one) takes the general path in chainFields too.
+    const { seq, time, member, prev, ...nested } = { ...events[1], targets: [{ b: 1, action: 'x' }] } as Record<string, unknown>;
+    const nestedHash = referenceHash({ ...nested, seq, time, member, prev });
+    expect(chainFields(nested as unknown as AuditFields, seq as number, time as string, member as string, prev as string)).toEqual({ hash: nestedHash, line: referenceLine({ ...nested, seq, time, member, prev, hash: nestedHash }) });
   });
 
   it('writes CSV cells no spreadsheet runs as formulas', () => {
