@@ -7,6 +7,7 @@
  * neither can be removed while it is; every change bumps the auth revision (tokens minted before it
  * are stale); granting a permission for an existing [key, range_end) replaces its type.
  */
+import { z } from 'zod';
 import { RampartError } from '../errors.js';
 import { IntervalSet, grants, intervalOf, rootName, type Access, type Interval, type KeyPermission, type PermissionType } from './permissions.js';
 
@@ -352,14 +353,74 @@ export function encodeAuthChange(change: AuthChange): string {
   });
 }
 
-export function decodeAuthChange(text: string): AuthChange {
-  return JSON.parse(text, (_key, value: unknown) => {
+/**
+ * A committed auth change whose JSON is not an AuthChange: an unknown op, a field missing or of
+ * the wrong type (a number where a string belongs, an array of non-strings, a permission range
+ * that is no Buffer). Only a crafted entry has one; decoding it throws this on every member alike,
+ * so every member skips the entry (committed-proposal.ts). The message names the field, never its value.
+ */
+export class MalformedAuthChangeError extends TypeError {
+  override readonly name = 'MalformedAuthChangeError';
+}
+
+const text = z.string();
+const buffer = z.custom<Buffer>((value) => Buffer.isBuffer(value), 'expected a Buffer');
+const keyPermission = z.object({ type: z.union([z.literal(0), z.literal(1), z.literal(2)]), key: buffer, rangeEnd: buffer });
+const policyState = z.object({
+  users: z.array(z.object({ name: text, roles: z.array(text) })),
+  roles: z.array(z.object({ name: text, permissions: z.array(keyPermission), denies: z.array(keyPermission) })),
+  bindings: z.map(text, text),
+});
+/**
+ * Every AuthChange, field by field: what applyAuthChange reads and the state stores. Fields it does
+ * not know are dropped (they were never read); the optional ones are those older entries lack.
+ */
+const authChangeSchema = z.discriminatedUnion('op', [
+  z.object({ op: z.literal('enable'), signingKey: text }),
+  z.object({ op: z.literal('disable'), signingKey: text.exactOptional() }),
+  z.object({ op: z.literal('rotateSigningKey'), signingKey: text, atMs: z.int() }),
+  z.object({ op: z.literal('userAdd'), name: text, passwordHash: text, noPassword: z.boolean() }),
+  z.object({ op: z.literal('userDelete'), name: text }),
+  z.object({ op: z.literal('userChangePassword'), name: text, passwordHash: text }),
+  z.object({ op: z.literal('userGrantRole'), user: text, role: text }),
+  z.object({ op: z.literal('userRevokeRole'), name: text, role: text }),
+  z.object({ op: z.literal('roleAdd'), name: text }),
+  z.object({ op: z.literal('roleDelete'), name: text }),
+  z.object({ op: z.literal('roleGrantPermission'), name: text, permission: keyPermission }),
+  z.object({ op: z.literal('roleRevokePermission'), name: text, key: buffer, rangeEnd: buffer }),
+  z.object({ op: z.literal('policyApply'), policy: policyState, expectRevision: z.int() }),
+  z.object({ op: z.literal('bootstrap'), policy: policyState, signingKey: text, auditPolicy: text.exactOptional(), auditHmacKey: text.exactOptional() }),
+  z.object({ op: z.literal('auditPolicy'), policy: text, hmacKey: text }),
+]);
+
+/**
+ * An auth change from the log, checked field by field against its op: anything else throws a
+ * MalformedAuthChangeError (or the SyntaxError of text that is not JSON), the same on every member.
+ */
+export function decodeAuthChange(encoded: string): AuthChange {
+  const raw: unknown = JSON.parse(encoded, (_key, value: unknown) => {
     if (typeof value === 'object' && value !== null) {
-      if ('$b64' in value) return Buffer.from((value as { $b64: string }).$b64, 'base64');
-      if ('$map' in value) return new Map((value as { $map: [unknown, unknown][] }).$map);
+      if ('$b64' in value) {
+        // A string only: Buffer.from({ length: 2 ** 30 }) would allocate a GiB for 20 bytes of JSON.
+        const base64: unknown = value.$b64;
+        if (typeof base64 !== 'string') throw new MalformedAuthChangeError('auth change: $b64 is not a string');
+        return Buffer.from(base64, 'base64');
+      }
+      if ('$map' in value) {
+        const entries: unknown = value.$map;
+        if (!Array.isArray(entries) || !entries.every((entry) => Array.isArray(entry) && entry.length === 2)) throw new MalformedAuthChangeError('auth change: $map is not a list of pairs');
+        return new Map(entries as [unknown, unknown][]);
+      }
     }
     return value;
-  }) as AuthChange;
+  });
+  const parsed = authChangeSchema.safeParse(raw);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const where = issue === undefined || issue.path.length === 0 ? 'the change' : issue.path.map(String).join('.');
+    throw new MalformedAuthChangeError(`auth change: ${where}: ${issue?.code ?? 'invalid'}`);
+  }
+  return parsed.data;
 }
 
 /** A member's current auth state and the decider over it (rebuilt on each change). */

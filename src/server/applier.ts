@@ -168,10 +168,11 @@ export class Applier {
   }
 
   /**
-   * An auth change from the log. applyAuthChange is pure (it copies what it changes) and the holder
-   * takes a state only once its decider is built, so a change of the wrong shape (only a crafted
-   * entry has one) that makes any step throw, or names no known op, is refused like any invalid
-   * request, changing nothing, on every member alike, instead of stopping them all.
+   * An auth change from the log (its op and field types already checked when it was decoded:
+   * committed-proposal.ts skips one that fails). applyAuthChange is pure (it copies what it changes)
+   * and the holder takes a state only once its decider is built, so should any step still throw,
+   * the change is refused like any invalid request, changing nothing, on every member alike,
+   * instead of stopping them all.
    */
   private applyAuthChangeEntry(encoded: string, batch: BatchOperation[]): void {
     try {

@@ -10,8 +10,9 @@
  *
  * Owns: the line between an entry that is skipped and a failure that stops the member. Skipped:
  * what decoding the proposal's bytes refuses (malformed protobuf, counts past the decoder's bounds,
- * an auth change that is not JSON or is nested absurdly deep). An auth change of the wrong shape is
- * applied as a refused request instead (applier.ts: nothing it could half change).
+ * an auth change that is not JSON, is nested absurdly deep, or is not an AuthChange field by field:
+ * an unknown op, a field missing or of the wrong type, auth/store.ts decodeAuthChange). An auth
+ * change that decodes but that applying refuses is a refused request (applier.ts).
  * Never skipped: a failed write or read of the log or the database, a broken invariant (`assert`),
  * or an applier that throws something other than a domain error on a decoded request (its state
  * may be half changed): those still stop the member (raft-loop.ts `onFatal`).
@@ -30,8 +31,8 @@ export type CommittedProposal =
 export function decodeCommittedProposal(data: Buffer): CommittedProposal {
   try {
     const request = decodeInternalRequest(data);
-    // An auth change travels as JSON inside the proposal: not JSON, or nested past what parsing it
-    // (recursive where it revives values) surely handles, is undecodable too.
+    // An auth change travels as JSON inside the proposal: not JSON, nested past what parsing it
+    // (recursive where it revives values) surely handles, or not of its op's types, is undecodable too.
     if (request.request === 'auth_change') {
       const text = request.auth_change ?? '';
       if (jsonDepth(text) > authChangeDepthMax) throw new ProposalBoundsError(`auth change: JSON nested more than ${authChangeDepthMax} deep`);

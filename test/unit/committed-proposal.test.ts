@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { encodeInternalRequest } from '../../src/api/proto.js';
+import { MalformedAuthChangeError, decodeAuthChange, encodeAuthChange, type AuthChange } from '../../src/auth/store.js';
 import { decodeCommittedProposal, jsonDepth, requestIdOf } from '../../src/server/committed-proposal.js';
 
 const put = encodeInternalRequest({ id: '42', request: 'put', put: { key: Buffer.from('secret-key'), value: Buffer.from('secret-value'), lease: '0', prev_kv: false, ignore_value: false, ignore_lease: false } });
@@ -46,6 +47,59 @@ describe('decodeCommittedProposal', () => {
     const policy = '{"op":"policyApply","policy":{"users":[{"name":"u","roles":["r"]}],"roles":[{"name":"r","permissions":[{"type":0,"key":{"$b64":""},"rangeEnd":{"$b64":""}}],"denies":[]}],"bindings":{"$map":[["cn","u"]]}},"expectRevision":0}';
     expect(jsonDepth(policy)).toBeLessThan(8);
     expect(decodeCommittedProposal(encodeInternalRequest({ id: '10', request: 'auth_change', auth_change: policy })).ok).toBe(true);
+  });
+
+  it('refuses an auth change whose fields are not of their types, naming the field, never its value', () => {
+    const decoded = (change: unknown, id = '11'): ReturnType<typeof decodeCommittedProposal> =>
+      decodeCommittedProposal(encodeInternalRequest({ id, request: 'auth_change', auth_change: typeof change === 'string' ? change : encodeAuthChange(change as AuthChange) }));
+    const permission = { type: 1 as const, key: Buffer.from('k'), rangeEnd: Buffer.from('l') };
+    const policy = { users: [{ name: 'u', roles: ['r'] }], roles: [{ name: 'r', permissions: [permission], denies: [] }], bindings: new Map([['cn', 'u']]) };
+    // Every op as the API writes it decodes to itself.
+    const wellFormed: AuthChange[] = [
+      { op: 'enable', signingKey: 'k' }, { op: 'disable' }, { op: 'disable', signingKey: 'k' }, { op: 'rotateSigningKey', signingKey: 'k', atMs: 1_800_000_000_000 },
+      { op: 'userAdd', name: 'u', passwordHash: 'scrypt$x', noPassword: false }, { op: 'userDelete', name: 'u' }, { op: 'userChangePassword', name: 'u', passwordHash: 'h' },
+      { op: 'userGrantRole', user: 'u', role: 'r' }, { op: 'userRevokeRole', name: 'u', role: 'r' }, { op: 'roleAdd', name: 'r' }, { op: 'roleDelete', name: 'r' },
+      { op: 'roleGrantPermission', name: 'r', permission }, { op: 'roleRevokePermission', name: 'r', key: Buffer.from('k'), rangeEnd: Buffer.alloc(0) },
+      { op: 'policyApply', policy, expectRevision: 3 }, { op: 'bootstrap', policy, signingKey: 'k' }, { op: 'bootstrap', policy, signingKey: 'k', auditPolicy: '{}', auditHmacKey: 'h' },
+      { op: 'auditPolicy', policy: '{}', hmacKey: 'h' },
+    ];
+    for (const change of wellFormed) {
+      expect(decoded(change).ok).toBe(true);
+      expect(decodeAuthChange(encodeAuthChange(change))).toEqual(change);
+    }
+    // Stored as given before: the right shape, the wrong types.
+    const wrongTypes: unknown[] = [
+      { op: 'userAdd', name: 42, passwordHash: 'hunter2', noPassword: false },
+      { op: 'userAdd', name: 'u', passwordHash: 7, noPassword: 'no' },
+      { op: 'roleAdd', name: ['x'] },
+      { op: 'userGrantRole', user: 'u', role: { r: 1 } },
+      { op: 'roleGrantPermission', name: 'r', permission: { type: 0, key: 'a', rangeEnd: 'b' } },
+      { op: 'roleGrantPermission', name: 'r', permission: { type: 3, key: Buffer.from('a'), rangeEnd: Buffer.alloc(0) } },
+      { op: 'roleRevokePermission', name: 'r', key: [1, 2], rangeEnd: Buffer.alloc(0) },
+      { op: 'rotateSigningKey', signingKey: 'k', atMs: '1' },
+      { op: 'rotateSigningKey', signingKey: 'k', atMs: 1.5 },
+      { op: 'enable', signingKey: null },
+      { op: 'policyApply', policy: { ...policy, users: [{ name: 'u', roles: [1, 2] }] }, expectRevision: 0 },
+      { op: 'policyApply', policy: { ...policy, roles: [{ name: 'r', permissions: [{ ...permission, key: 'k' }], denies: [] }] }, expectRevision: 0 },
+      { op: 'policyApply', policy: { ...policy, bindings: new Map<unknown, unknown>([['cn', 5]]) }, expectRevision: 0 },
+      { op: 'policyApply', policy: { ...policy, bindings: [['cn', 'u']] }, expectRevision: 0 },
+      { op: 'policyApply', policy, expectRevision: 2 ** 60 },
+      { op: 'bootstrap', policy, signingKey: 'k', auditPolicy: 1 },
+      { op: 'auditPolicy', policy: { rules: [] }, hmacKey: 'h' },
+      { op: 'userDelete' },
+      'null',
+      '[]',
+      '"userAdd"',
+    ];
+    for (const change of wrongTypes) {
+      const verdict = decoded(change);
+      expect(verdict, JSON.stringify(change)).toEqual({ ok: false, id: '11', reason: 'MalformedAuthChangeError' });
+    }
+    expect(() => decodeAuthChange(encodeAuthChange({ op: 'userAdd', name: 42, passwordHash: 'hunter2', noPassword: false } as never))).toThrow(new MalformedAuthChangeError('auth change: name: invalid_type'));
+    // A $b64 that is an array-like object, not base64: Buffer.from would allocate 1 GiB for it.
+    const allocation = '{"op":"roleRevokePermission","name":"r","key":{"$b64":{"length":1073741824}},"rangeEnd":{"$b64":""}}';
+    expect(decoded(allocation)).toEqual({ ok: false, id: '11', reason: 'MalformedAuthChangeError' });
+    expect(decoded('{"op":"policyApply","policy":{"users":[],"roles":[],"bindings":{"$map":"ab"}},"expectRevision":0}').ok).toBe(false);
   });
 
   it('reads the request id as far as the bytes go, the last one winning', () => {

@@ -62,20 +62,43 @@ describe('a committed entry whose proposal cannot be decoded', () => {
     }
   });
 
-  it('an auth change of the wrong shape (only a crafted entry has one) is refused like an invalid request, not thrown', async () => {
+  it('an auth change of the wrong shape or with fields of the wrong type (only a crafted entry has one) is skipped, not thrown nor stored', async () => {
     const quiet = new Writable({ write(_chunk, _encoding, done) { done(); } });
     cluster = await openInProcessCluster(1, quiet);
     const [member] = cluster.members as [Member];
     await member.authChange({ op: 'roleAdd', name: 'r' });
     const revision = member.auth.state.revision;
+    const users = member.auth.state.users.size;
     // A permission that is no permission: comparing it threw a TypeError out of the apply loop; an
-    // unknown op made undefined the auth state.
-    for (const change of [{ op: 'roleGrantPermission', name: 'r', permission: null }, { op: 'no-such-op' }]) {
-      await expect(member.authChange(change as never)).rejects.toMatchObject({ code: 'InvalidArgument' });
+    // unknown op made undefined the auth state. The rest were stored as given (a user named 42 with
+    // a numeric password hash, a role named by an array, a permission whose key was a string).
+    for (const change of [
+      { op: 'roleGrantPermission', name: 'r', permission: null },
+      { op: 'no-such-op' },
+      { op: 'userAdd', name: 42, passwordHash: 7, noPassword: 'no' },
+      { op: 'roleAdd', name: ['x'] },
+      { op: 'userAdd', name: 'u', passwordHash: '', noPassword: true, extra: 1, roles: 'root' },
+      { op: 'roleGrantPermission', name: 'r', permission: { type: 0, key: 'a', rangeEnd: 'b' } },
+      { op: 'policyApply', policy: { users: [{ name: 'u', roles: [1] }], roles: [], bindings: new Map() }, expectRevision: 0 },
+    ]) {
+      const before = member.auth.state.revision;
+      const outcome = await member.authChange(change as never).then(() => 'applied', (error: unknown) => (error as { code?: string }).code);
+      // The one with only an extra field is read without it (nothing reads it); every other is skipped.
+      if ('extra' in change) {
+        expect(outcome).toBe('applied');
+        expect(member.auth.state.users.get('u')).toEqual({ name: 'u', passwordHash: '', noPassword: true, roles: [] });
+        expect(member.auth.state.revision).toBe(before + 1);
+        continue;
+      }
+      expect(outcome).toBe('ProposalUndecodable');
+      expect(member.auth.state.revision).toBe(before);
     }
-    expect(member.auth.state.revision).toBe(revision);
+    expect(member.auth.state.revision).toBe(revision + 1);
+    expect(member.auth.state.users.size).toBe(users + 1);
+    expect(member.auth.state.users.has('u')).toBe(true);
+    expect([...member.auth.state.roles.keys()]).toEqual(['r']);
     expect(member.auth.state.roles.get('r')?.permissions).toEqual([]);
     await expect(member.authChange({ op: 'roleGrantPermission', name: 'r', permission: { type: 0, key: Buffer.from('a'), rangeEnd: Buffer.alloc(0) } })).resolves.toBeUndefined();
-    expect(member.auth.state.revision).toBe(revision + 1);
+    expect(member.auth.state.revision).toBe(revision + 2);
   });
 });
