@@ -1,4 +1,4 @@
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
@@ -168,6 +168,21 @@ for (const encrypted of [true, false]) {
         expect(taken.reason, what).toBeDefined();
         expect(await db.get(metaKey.indexCheckpoint), what).toBeUndefined();
       }
+      // A first frame claiming more than the writer ever wrote, in a file (sparse) that long: refused
+      // from its length, before anything is allocated or read (before, 64 MiB were read first).
+      const bytes = await good();
+      const claimed = 64 * 1024 * 1024;
+      const swollen = Buffer.from(bytes);
+      swollen.writeUInt32BE(claimed, 0);
+      await writeFile(file(), swollen);
+      await truncate(file(), 4 + claimed + bytes.length);
+      const refused = await takeIndexCheckpoint(storage());
+      expect(refused.index).toBeUndefined();
+      expect(refused.reason).toMatch(new RegExp(`^checkpoint frame of ${claimed} bytes, longer than any written \\((\\d+)\\)$`));
+      // The longest written: the frame holding the 5 MiB value, with its seal or digest.
+      const longest = Number(/\((\d+)\)$/.exec(refused.reason ?? '')?.[1]);
+      expect(longest).toBeGreaterThan(5 * 1024 * 1024);
+      expect(longest).toBeLessThan(5 * 1024 * 1024 + 4096);
       // An earlier checkpoint's (valid) file under the current token: another token, does not open.
       await good();
       await writeFile(file(), original);

@@ -13,11 +13,13 @@
  * edited, reordered, dropped, cut short or moved to another checkpoint.
  *
  * Valid only together with the database: the writer puts a fresh random token into the database
- * (`metaKey.indexCheckpoint`, synced) after the file is written and after the member's last write;
+ * (`metaKey.indexCheckpoint`, synced; the token, then a u32: the longest frame it wrote) after the
+ * file is written and after the member's last write;
  * a start takes the token out (synced) before anything writes, reads the file with it and deletes
  * the file. It is used only when every frame opens, the records are in strict key order, the counts
  * match, and the database's consistent index and newest revision key are the trailer's. Anything
- * else (no token, no file, a frame that does not open, a crash before the token was written, a
+ * else (no token, no file, a frame that does not open or is longer than the longest the writer
+ * wrote, a crash before the token was written, a
  * version that did not know of the token writing in between) is the full rebuild
  * (`index-rebuild.ts`), as is every start after a crash: the token is gone once a start took it.
  *
@@ -45,6 +47,15 @@ export const indexCheckpointFileName = 'index-checkpoint';
 const chunkBytes = 4 * 1024 * 1024;
 const frameLabel = Buffer.from('rampart index checkpoint v1\0', 'latin1');
 const tokenBytes = 16;
+/**
+ * The database's record of a checkpoint: its token, then the longest frame written (u32). A frame
+ * is a chunk (`chunkBytes`), or one record larger than that (a value up to --max-request-bytes, a
+ * long history), plus the seal or digest. The reader allocates no frame longer than that: before,
+ * a frame's length was bounded only by the file's size, so anyone who could write the data
+ * directory could make a start allocate (and read) as much as a sparse file claims before the
+ * frame failed to open.
+ */
+const tokenRecordBytes = tokenBytes + 4;
 const noLease = 0n;
 const digestBytes = 32;
 /** Keys, frames before it, consistent index, then the newest revision key's length and bytes (at most 17). */
@@ -130,14 +141,17 @@ export async function writeIndexCheckpoint(storage: CheckpointStorage, records: 
   const token = randomBytes(tokenBytes);
   const handle = await open(file, 'wx', 0o600);
   let written = false;
+  let longestFrame = 0;
   try {
     let frame = 0;
     const writeFrame = async (plaintext: Buffer, trailer: boolean): Promise<void> => {
       if (performance.now() > deadlineMs) throw new CheckpointAbandoned();
       const aad = frameAad(token, frame, trailer);
       const parts = sealer === undefined ? [plaintext, digest(aad, plaintext)] : await sealer.seal([[aad, plaintext]]);
+      const stored = parts.reduce((total, part) => total + part.length, 0);
+      longestFrame = Math.max(longestFrame, stored);
       const length = Buffer.allocUnsafe(4);
-      length.writeUInt32BE(parts.reduce((total, part) => total + part.length, 0));
+      length.writeUInt32BE(stored);
       await handle.writev([length, ...parts]);
       frame += 1;
     };
@@ -173,7 +187,10 @@ export async function writeIndexCheckpoint(storage: CheckpointStorage, records: 
   }
   // The file is not synced (at 500,000 keys that was seconds of a stop): a power loss that keeps
   // the token but not all of the file leaves frames that do not open, and the start rebuilds.
-  await db.batch([{ type: 'put', key: metaKey.indexCheckpoint, value: token }], { sync: true });
+  const record = Buffer.allocUnsafe(tokenRecordBytes);
+  token.copy(record, 0);
+  record.writeUInt32BE(longestFrame, tokenBytes);
+  await db.batch([{ type: 'put', key: metaKey.indexCheckpoint, value: record }], { sync: true });
   return true;
 }
 
@@ -190,14 +207,16 @@ export type TakenCheckpoint = { readonly index: RebuiltIndex; readonly reason?: 
 export async function takeIndexCheckpoint(storage: CheckpointStorage): Promise<TakenCheckpoint> {
   const { dataDir, db, sealer } = storage;
   const file = checkpointPath(dataDir);
-  const token = await db.get(metaKey.indexCheckpoint);
-  if (token === undefined) {
+  const tokenRecord = await db.get(metaKey.indexCheckpoint);
+  if (tokenRecord === undefined) {
     const existed = await unlink(file).then(() => true, () => false);
     return { reason: existed ? 'no token in the database (the member did not stop cleanly after writing it)' : undefined };
   }
   await db.batch([{ type: 'del', key: metaKey.indexCheckpoint }], { sync: true });
   try {
-    if (token.length !== tokenBytes) return { reason: 'malformed token' };
+    if (tokenRecord.length !== tokenRecordBytes) return { reason: 'malformed token' };
+    const token = tokenRecord.subarray(0, tokenBytes);
+    const longestFrame = tokenRecord.readUInt32BE(tokenBytes);
     let handle: FileHandle;
     try {
       handle = await open(file, 'r');
@@ -206,7 +225,7 @@ export async function takeIndexCheckpoint(storage: CheckpointStorage): Promise<T
     }
     let loaded: { records: [string, KeyRecord][]; trailer: Buffer };
     try {
-      loaded = await readFrames(handle, token, sealer);
+      loaded = await readFrames(handle, token, longestFrame, sealer);
     } catch (error) {
       return { reason: (error as Error).message };
     } finally {
@@ -236,7 +255,7 @@ async function readExactly(handle: FileHandle, position: number, length: number)
   return buffer;
 }
 
-async function readFrames(handle: FileHandle, token: Buffer, sealer: CheckpointSealer | undefined): Promise<{ records: [string, KeyRecord][]; trailer: Buffer }> {
+async function readFrames(handle: FileHandle, token: Buffer, longestFrame: number, sealer: CheckpointSealer | undefined): Promise<{ records: [string, KeyRecord][]; trailer: Buffer }> {
   const size = (await handle.stat()).size;
   const records: [string, KeyRecord][] = [];
   let position = 0;
@@ -246,6 +265,7 @@ async function readFrames(handle: FileHandle, token: Buffer, sealer: CheckpointS
     if (position + 4 > size) throw new Error('checkpoint file cut short');
     const length = (await readExactly(handle, position, 4)).readUInt32BE(0);
     position += 4;
+    if (length > longestFrame) throw new Error(`checkpoint frame of ${length} bytes, longer than any written (${longestFrame})`);
     if (length > size - position) throw new Error('checkpoint frame overruns the file');
     const stored = await readExactly(handle, position, length);
     position += length;
