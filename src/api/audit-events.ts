@@ -28,7 +28,8 @@ export interface KeyRange {
   readonly rangeEnd: Buffer;
 }
 
-const asKey = (value: unknown): Buffer => (Buffer.isBuffer(value) ? value : typeof value === 'string' ? Buffer.from(value) : Buffer.alloc(0));
+const noKey = Buffer.alloc(0);
+const asKey = (value: unknown): Buffer => (Buffer.isBuffer(value) ? value : typeof value === 'string' ? Buffer.from(value) : noKey);
 
 /** Whether [start, end) (a single key when end is empty; to the end of the keyspace when end is \0) meets a sensitive prefix. */
 function touchesSensitive(start: Buffer, end: Buffer): boolean {
@@ -138,7 +139,8 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): { targ
       targets = [range(request.key, request.range_end)];
       break;
     case 'Put':
-      targets = [range(request.key, undefined), ...(String(request.lease ?? '0') !== '0' ? [plain(lease(request.lease))] : [])];
+      targets = [range(request.key, undefined)];
+      if (String(request.lease ?? '0') !== '0') targets.push(plain(lease(request.lease)));
       break;
     case 'Txn': {
       targets = [];
@@ -208,6 +210,11 @@ export function targetsOf(rpc: string, request: Record<string, unknown>): { targ
       break;
     default:
       targets = [];
+  }
+  if (targets.length === 1) {
+    // One target (a Put, a Range): the distinct, sensitive-first order below is the target itself.
+    const [only] = targets as [Target];
+    return { targets: [only.text], named: only.sensitive ? 1 : 0, ranges: only.range === undefined ? [] : [only.range] };
   }
   const sensitive = new Set<string>();
   const others = new Set<string>();

@@ -152,8 +152,9 @@ export function createServices(options: ServicesOptions): ServiceTable {
       targets,
       outcome,
       code: statusName(code),
-      ...(message === '' ? {} : { detail: message }),
-      ...(decision.level === 'request' ? { request: requestFieldsOf(action, request, valueRecorder(state, decision)) } : {}),
+      // Absent fields as undefined rather than spread in: one shape for every event (the trail leaves them out).
+      detail: message === '' ? undefined : message,
+      request: decision.level === 'request' ? requestFieldsOf(action, request, valueRecorder(state, decision)) : undefined,
     }, named);
   };
   /**

@@ -39,12 +39,12 @@ export interface AuditFields {
   readonly outcome: AuditOutcome;
   /** The gRPC status name. */
   readonly code?: string;
-  readonly detail?: string;
+  readonly detail?: string | undefined;
   /**
    * The request's fields (`name=value`), only when the audit policy's level for the event is
    * `request` (audit/policy.ts): never a value, unless as `hmac-sha256:…` (audit/value-hmac.ts).
    */
-  readonly request?: readonly string[];
+  readonly request?: readonly string[] | undefined;
 }
 
 export interface AuditEvent extends AuditFields {
