@@ -7,8 +7,13 @@
  *
  *   node dist/bench/plain-put-cost.js ROUNDS SECONDS BUILD_ROOT... (a build root holds bin/rampart.js)
  *
+ * BENCH_TOGETHER=1 runs the builds' members at the same time instead (one load generator, each build its
+ * own 8 connections and 64 puts in flight), so that both see the same machine: on a shared, loaded
+ * machine that is the fairer comparison (the load generator's CPU is then their sum, per put).
+ *
  * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--cpu-prof --cpu-prof-dir=DIR`, or
- * `--perf-basic-prof` with BENCH_PERF_OUTPUT=FILE: `perf record` of the member during the phase).
+ * `--perf-basic-prof` with BENCH_PERF_OUTPUT=FILE: `perf record` of the member during the phase);
+ * BENCH_PERF_STAT=EVENTS counts perf events (e.g. syscalls:sys_enter_fdatasync) of the member during it.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -30,38 +35,89 @@ async function ticks(pid: number): Promise<{ main: number; all: number }> {
   return { main: Number(main[11]) + Number(main[12]), all: Number(all[11]) + Number(all[12]) };
 }
 
-async function measure(root: string): Promise<string> {
+interface Started {
+  readonly root: string;
+  readonly pid: number;
+  readonly clients: ReturnType<typeof kvClients>;
+  stop(): Promise<void>;
+}
+
+async function startMember(root: string): Promise<Started> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'plain-put-cost-'));
   const client = await freePort();
   const peer = await freePort();
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, path.join(root, 'bin/rampart.js'), 'serve', '--insecure', '--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
-  try {
-    await waitForPort(client, child, 20_000);
-    const clients = kvClients([`127.0.0.1:${client}`], grpc.credentials.createInsecure(), 8);
-    try {
-      await phase(clients, 'Put', 3);
-      const load = loadavg()[0] ?? 0;
-      const perfOutput = process.env.BENCH_PERF_OUTPUT;
-      const perf = perfOutput === undefined ? undefined : spawn('perf', ['record', '-F', '1999', '-g', '-p', String(child.pid), '-o', `${perfOutput}.${child.pid}`, '--', 'sleep', String(seconds)], { stdio: 'ignore' });
-      const before = await ticks(child.pid as number);
-      const clientBefore = process.cpuUsage();
-      const result = await phase(clients, 'Put', seconds);
-      const after = await ticks(child.pid as number);
-      const generator = process.cpuUsage(clientBefore);
-      if (perf !== undefined && perf.exitCode === null) await new Promise((resolve) => perf.once('exit', resolve));
-      const perPut = (delta: number): string => ((delta * 10_000) / result.requests).toFixed(0);
-      return `${result.perSecond.toFixed(0)} puts/s, main ${perPut(after.main - before.main)} us/put, all ${perPut(after.all - before.all)} us/put, load generator ${((generator.user + generator.system) / result.requests).toFixed(0)} us/put, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, errors ${result.errors}, load ${load.toFixed(2)}`;
-    } finally {
-      clients.forEach((one) => one.close());
-    }
-  } finally {
+  const stop = async (): Promise<void> => {
     child.kill('SIGTERM');
     if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
     await rm(dataDir, { recursive: true, force: true });
+  };
+  try {
+    await waitForPort(client, child, 20_000);
+  } catch (error) {
+    await stop();
+    throw error;
   }
+  const clients = kvClients([`127.0.0.1:${client}`], grpc.credentials.createInsecure(), 8);
+  return {
+    root,
+    pid: child.pid as number,
+    clients,
+    stop: async () => {
+      clients.forEach((one) => one.close());
+      await stop();
+    },
+  };
 }
 
+/** Warms up then measures the members given, at the same time (one each round, or all together). */
+async function measure(members: readonly Started[]): Promise<string[]> {
+  await Promise.all(members.map((member) => phase(member.clients, 'Put', 3)));
+  const load = loadavg()[0] ?? 0;
+  const perfOutput = process.env.BENCH_PERF_OUTPUT;
+  const perfStat = process.env.BENCH_PERF_STAT;
+  const perfs = members.map((member) => {
+    const perfArgs = perfOutput !== undefined
+      ? ['record', '-F', '1999', '-g', '-p', String(member.pid), '-o', `${perfOutput}.${member.pid}`, '--', 'sleep', String(seconds)]
+      : perfStat !== undefined ? ['stat', '-e', perfStat, '-p', String(member.pid), '--', 'sleep', String(seconds)] : undefined;
+    return perfArgs === undefined ? undefined : spawn('perf', perfArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
+  });
+  const before = await Promise.all(members.map((member) => ticks(member.pid)));
+  const clientBefore = process.cpuUsage();
+  const results = await Promise.all(members.map((member) => phase(member.clients, 'Put', seconds)));
+  const after = await Promise.all(members.map((member) => ticks(member.pid)));
+  const generator = process.cpuUsage(clientBefore);
+  for (const perf of perfs) if (perf !== undefined && perf.exitCode === null) await new Promise((resolve) => perf.once('exit', resolve));
+  const allPuts = results.reduce((sum, result) => sum + result.requests, 0);
+  return results.map((result, index) => {
+    const perPut = (delta: number): string => ((delta * 10_000) / result.requests).toFixed(0);
+    const [earlier, later] = [before[index], after[index]] as [{ main: number; all: number }, { main: number; all: number }];
+    return `${result.perSecond.toFixed(0)} puts/s, main ${perPut(later.main - earlier.main)} us/put, all ${perPut(later.all - earlier.all)} us/put, load generator ${((generator.user + generator.system) / allPuts).toFixed(0)} us/put, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, errors ${result.errors}, load ${load.toFixed(2)}`;
+  });
+}
+
+const together = process.env.BENCH_TOGETHER === '1';
 for (let round = 0; round < rounds; round++) {
-  for (const root of roots) console.log(`round ${round + 1} ${root}: ${await measure(root)}`);
+  // Alternate which build starts first.
+  const ordered = round % 2 === 0 ? roots : [...roots].reverse();
+  if (together) {
+    const members: Started[] = [];
+    try {
+      for (const root of ordered) members.push(await startMember(root));
+      const lines = await measure(members);
+      members.forEach((member, index) => console.log(`round ${round + 1} (together) ${member.root}: ${lines[index]}`));
+    } finally {
+      await Promise.all(members.map((member) => member.stop()));
+    }
+    continue;
+  }
+  for (const root of ordered) {
+    const member = await startMember(root);
+    try {
+      console.log(`round ${round + 1} ${root}: ${(await measure([member]))[0]}`);
+    } finally {
+      await member.stop();
+    }
+  }
 }
