@@ -20,6 +20,7 @@ import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
 import { decodeOptions, protoDirectory } from '../api/proto.js';
 import { RequestBytesBudget, boundGrpcStream } from '../api/request-bytes-budget.js';
+import { OpenStreamBudget, boundOpenStream, openStreamsMax, openStreamsPerSourceMax } from '../api/open-streams.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
 import { WireFormatError } from '../wire/protobuf.js';
 import { clusterReplyBytesMax, decodeClusterReply, type ClusterView } from './cluster-view.js';
@@ -65,6 +66,18 @@ export const peerMessageBytesMax = 72 * 1024 * 1024;
  */
 export const peerRequestBytesPerSourceMax = 2 * peerMessageBytesMax;
 export const peerRequestBytesMax = 4 * peerMessageBytesMax;
+
+/**
+ * gRPC streams open at once on the peer port (the client port's bounds, api/open-streams.ts): each
+ * holds ~11-14 KB of grpc-js and HTTP/2 state however little it sends. A member needs one Messages
+ * stream, at most one Snapshot, and a unary call per forwarded lease keep-alive or TimeToLive, login
+ * report or cluster question in flight; before this bound one peer certificate could open idle
+ * streams, or leave forwarded keep-alives waiting on the leader, without limit. A stream past it is
+ * reset (ENHANCE_YOUR_CALM), logged (rate limited) and audited (`peer.refused`, stage `bounds`); a
+ * follower whose forwarded keep-alive is refused asks again until its request deadline.
+ */
+export const peerOpenStreamsMax = openStreamsMax;
+export const peerOpenStreamsPerSourceMax = openStreamsPerSourceMax;
 
 type RaftMessageWire = RaftMessageFields;
 
@@ -237,6 +250,8 @@ export interface TransportOptions {
   readonly receiveSnapshot: (message: SnapshotMessage, chunks: AsyncIterable<Buffer>) => Promise<void>;
   /** Tests only: a shorter idle timeout than `snapshotIdleTimeoutMsDefault`. */
   readonly snapshotIdleTimeoutMs?: number;
+  /** Tests only: smaller bounds than `peerOpenStreamsMax` and `peerOpenStreamsPerSourceMax`. */
+  readonly openStreams?: OpenStreamBudget;
   readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
@@ -487,8 +502,11 @@ export class Transport {
 
   /** Peer message bytes received and not yet whole (peerRequestBytesMax). */
   private readonly requestBytes = new RequestBytesBudget(peerRequestBytesMax, peerRequestBytesPerSourceMax);
+  /** Streams open on the peer port (peerOpenStreamsMax). */
+  private readonly openStreams: OpenStreamBudget;
 
   constructor(private readonly options: TransportOptions) {
+    this.openStreams = options.openStreams ?? new OpenStreamBudget(peerOpenStreamsMax, peerOpenStreamsPerSourceMax);
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax, 'grpc.enable_channelz': 0 });
     const service = peerPackage.rampart.Peer.service;
     const warnRefusedPeer = rateLimitedWarning(options.logger, 'refused a peer connection');
@@ -628,6 +646,7 @@ export class Transport {
     const refused = this.options.onPeerRefused;
     if (this.options.serverCredentials._isSecure()) logRefusedHandshakes(this.server, this.options.logger, 'peer', refused === undefined ? undefined : (refusal) => refused({ remote: refusal.remote, stage: 'handshake', reason: refusal.reason }));
     const warnTooManyBytes = rateLimitedWarning(this.options.logger, 'reset a peer stream: too many request bytes in flight');
+    const warnTooManyStreams = rateLimitedWarning(this.options.logger, 'reset a peer stream: too many open streams');
     for (const listening of grpcServersOf(this.server)) {
       if (this.options.serverCredentials._isSecure()) {
         limitHandshakeTime(listening as TlsServer, {
@@ -638,6 +657,10 @@ export class Transport {
       }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
       // After grpc-js's own 'stream' listener (added at bind), as on the client port.
+      listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, this.openStreams, (method, socket) => {
+        warnTooManyStreams({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
+        refused?.({ remote: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, stage: 'bounds', reason: 'too many open streams' });
+      }));
       listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundGrpcStream(stream, headers, this.requestBytes, (method, socket) => {
         warnTooManyBytes({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
         refused?.({ remote: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, stage: 'bounds', reason: 'too many request bytes in flight' });

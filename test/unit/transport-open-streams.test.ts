@@ -1,0 +1,118 @@
+/**
+ * Streams open on a member's peer port are counted, member-wide and per source address, as on the
+ * client port: idle Messages streams and forwarded lease keep-alives the member has not answered
+ * yet alike. Before, one peer certificate could open either without limit (each stream ~11-14 KB of
+ * gRPC and HTTP/2 state, each keep-alive a call waiting on the leader's confirmation). A stream past
+ * a bound is reset (ENHANCE_YOUR_CALM) and reported as a peer refusal; once streams close, their
+ * share is free again.
+ */
+import { connect, constants as http2Constants, type ClientHttp2Session, type ClientHttp2Stream } from 'node:http2';
+import { connect as connectTcp } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { OpenStreamBudget } from '../../src/api/open-streams.js';
+import type { PeerRefusal } from '../../src/audit/peer-refusals.js';
+import { Transport, type LeaseAnswer } from '../../src/server/transport.js';
+import { freePort } from '../helpers/processes.js';
+import { transportOptions } from '../helpers/transport-options.js';
+
+/** A gRPC message: LeaseRequest { id: 7 }. */
+const leaseRequest = Buffer.from([0x00, 0x00, 0x00, 0x00, 0x02, 0x08, 0x07]);
+
+interface OpenedStream {
+  readonly stream: ClientHttp2Stream;
+  /** The HTTP/2 code the stream was reset with (0 when it ended normally), once it closed. */
+  readonly closed: Promise<number>;
+  /** The grpc-status trailer, once it arrived. */
+  readonly status: Promise<string | undefined>;
+}
+
+function open(session: ClientHttp2Session, method: string, body?: Buffer): OpenedStream {
+  const stream = session.request({ ':method': 'POST', ':path': `/rampart.Peer/${method}`, 'content-type': 'application/grpc', te: 'trailers' });
+  stream.on('error', () => undefined);
+  stream.on('data', () => undefined);
+  const status = new Promise<string | undefined>((resolve) => {
+    stream.once('trailers', (trailers) => resolve(trailers['grpc-status'] as string | undefined));
+    stream.once('close', () => resolve(undefined));
+  });
+  const closed = new Promise<number>((resolve) => stream.once('close', () => resolve(stream.rstCode ?? 0)));
+  if (body !== undefined) stream.end(body);
+  return { stream, closed, status };
+}
+
+/** Resolves with the reset code once `opened` closes, or 'open' if it is still open after `ms`. */
+function within(opened: OpenedStream, ms: number): Promise<number | 'open'> {
+  return Promise.race([opened.closed, new Promise<'open'>((resolve) => setTimeout(() => resolve('open'), ms))]);
+}
+
+describe('peer port open streams', () => {
+  const transports: Transport[] = [];
+  const sessions: ClientHttp2Session[] = [];
+  afterEach(async () => {
+    for (const session of sessions.splice(0)) session.destroy();
+    await Promise.all(transports.splice(0).map((transport) => transport.close()));
+  });
+
+  it('counts idle streams and unanswered lease keep-alives per source and in all; past them a stream is reset and reported', async () => {
+    const refusals: PeerRefusal[] = [];
+    const waiting: ((answer: LeaseAnswer) => void)[] = [];
+    const budget = new OpenStreamBudget(6, 4);
+    const port = await freePort();
+    const transport = new Transport(transportOptions('b2', {
+      openStreams: budget,
+      onPeerRefused: (refusal) => refusals.push(refusal),
+      // The leader holds each keep-alive until a quorum confirms it leads: here, until the test says so.
+      onLeaseRenew: () => new Promise<LeaseAnswer>((resolve) => waiting.push(resolve)),
+    }));
+    await transport.listen([`http://127.0.0.1:${port}`]);
+    transports.push(transport);
+    const session = (localAddress: string): ClientHttp2Session => {
+      const opened = connect(`http://127.0.0.1:${port}`, { createConnection: () => connectTcp({ host: '127.0.0.1', port, localAddress }) });
+      opened.on('error', () => undefined);
+      sessions.push(opened);
+      return opened;
+    };
+    const first = session('127.0.0.1');
+
+    // Two idle Messages streams and two keep-alives the member has not answered: the source's four.
+    const idle = [open(first, 'Messages'), open(first, 'Messages')];
+    const keepAlives = [open(first, 'LeaseRenew', leaseRequest), open(first, 'LeaseRenew', leaseRequest)];
+    await until(() => waiting.length === 2);
+    expect(budget.heldBy('127.0.0.1')).toBe(4);
+    // A fifth, of either kind, is reset at once.
+    const fifthKeepAlive = open(first, 'LeaseRenew', leaseRequest);
+    expect(await within(fifthKeepAlive, 5_000)).toBe(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    const fifthIdle = open(first, 'Messages');
+    expect(await within(fifthIdle, 5_000)).toBe(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(waiting).toHaveLength(2);
+    expect(refusals).toHaveLength(2);
+    expect(refusals[0]).toMatchObject({ stage: 'bounds', reason: 'too many open streams', remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/) });
+
+    // Another source gets the member-wide rest (6 - 4 = 2), no more.
+    const second = session('127.0.0.2');
+    const others = [open(second, 'Messages'), open(second, 'Messages')];
+    expect(await within(others[0] as OpenedStream, 300)).toBe('open');
+    const pastTotal = open(second, 'Messages');
+    expect(await within(pastTotal, 5_000)).toBe(http2Constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    expect(refusals[2]).toMatchObject({ stage: 'bounds', remote: expect.stringMatching(/^127\.0\.0\.2:\d+$/) });
+    expect(budget.openStreams).toBe(6);
+
+    // Answered keep-alives and closed streams free their share: the first source is served again.
+    for (const answer of waiting.splice(0)) answer({ found: true, ttl: 5, grantedTtl: 5, keys: [] });
+    expect(await Promise.all(keepAlives.map((opened) => opened.status))).toEqual(['0', '0']);
+    for (const opened of [...idle, ...others]) opened.stream.close();
+    await Promise.all([...idle, ...others].map((opened) => opened.closed));
+    await until(() => budget.openStreams === 0);
+    const again = open(first, 'LeaseRenew', leaseRequest);
+    await until(() => waiting.length === 1);
+    waiting[0]?.({ found: false, ttl: 0, grantedTtl: 0, keys: [] });
+    expect(await again.status).toBe('0');
+  });
+});
+
+async function until(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
