@@ -7,8 +7,15 @@
  * - load BENCH_SCALE_KEYS keys (default 500,000) with 1 KiB values under five `/registry/` prefixes,
  *   as Txns of `putsPerTxn` puts with `loadInFlight` Txns in flight (load time);
  * - resident memory of each member after the load (VmRSS, and the peak VmHWM, of the largest member);
- * - restart of the first member (SIGTERM, start again) until it answers a linearizable Range
- *   (index rebuild), then a count of every key under `/registry/` to check nothing was lost;
+ * - two restarts of the first member on the same data, each timed from the new process's start until
+ *   it answers a linearizable Range, with the CPU (user + system, every thread, from /proc) the new
+ *   process used by then, then a count of every key under `/registry/` to check nothing was lost:
+ *   first after a clean stop (SIGTERM, as systemd and `rampart down` stop a member; Rampart then
+ *   writes its key index checkpoint, within a 4 s budget, and the start loads it), then after a
+ *   crash (SIGKILL: Rampart rebuilds its index from the database). Rampart's side runs at its
+ *   default log level (info) into a file, and the bench prints what its log says the stop and the
+ *   start did with the checkpoint (written, or past its budget; loaded, or why not), so a reader
+ *   knows which path a restart figure measured;
  * - a paginated list (`limit` 500, pinned to the first page's revision, as Kubernetes' reflector
  *   lists) of one prefix holding a fifth of the keys (100,000 at the default);
  * - a watch of a prefix while puts arrive at BENCH_SCALE_WATCH_RATE per second (default 1,000) for
@@ -16,12 +23,12 @@
  *   up with the rate), events delivered per second, and the lag from each put's sending to its
  *   event's arrival (the watch path's own delay; the put path's is measured by the put phases).
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../src/api/proto.js';
-import { kvClients, startEtcdSecure, startRampartSecure, unary, type KvClient, type SecureCluster } from './secure-members.js';
+import { kvClients, startEtcdSecure, startRampartSecure, unary, type BenchMember, type KvClient, type SecureCluster } from './secure-members.js';
 
 const keyCount = Number(process.env.BENCH_SCALE_KEYS ?? 500_000);
 const memberCount = Number(process.env.BENCH_SCALE_MEMBERS ?? 1);
@@ -34,18 +41,41 @@ const loadConnections = 8;
 const listPageLimit = 500;
 const batchAttemptsMax = 3;
 const restartServeTimeoutMs = 300_000;
+/** member.ts's indexCheckpointWriteBudgetMs (printed with the stop's outcome). */
+const checkpointBudgetMs = 4_000;
 const watchDrainTimeoutMs = 30_000;
 const prefixes = ['/registry/pods/', '/registry/configmaps/', '/registry/events/', '/registry/services/specs/', '/registry/deployments/'];
 const listedPrefix = prefixes[0] as string;
 const watchedPrefix = '/registry/leases/';
 
+/** One restart of the first member: after a clean stop (SIGTERM) or a crash (SIGKILL). */
+interface Restart {
+  /** From the new process's start until it answered a linearizable Range. */
+  readonly seconds: number;
+  /** CPU (user + system, every thread) the new process used by then. */
+  readonly cpuSeconds: number;
+  /** From the signal until the old process exited. */
+  readonly stopSeconds: number;
+  /** Keys under `/registry/` once serving. */
+  readonly count: number;
+  /** VmRSS once the count is done. */
+  readonly residentMiB: number;
+  /** Rampart: what its log says the stop and the start did with the key index checkpoint. */
+  readonly index?: IndexPath;
+}
+
+interface IndexPath {
+  readonly stop: string;
+  readonly start: string;
+  readonly fromCheckpoint: boolean;
+}
+
 interface ScaleResult {
   readonly loadSeconds: number;
   readonly residentMiB: number;
   readonly peakMiB: number;
-  readonly restartSeconds: number;
-  readonly restartCpuSeconds: number;
-  readonly countAfterRestart: number;
+  readonly clean: Restart;
+  readonly crash: Restart;
   readonly listSeconds: number;
   readonly listed: number;
   readonly listPages: number;
@@ -116,35 +146,96 @@ async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+/** The member's log output written since `offset` (its pino JSON lines), or undefined when not kept. */
+async function outputSince(member: BenchMember, offset: number): Promise<Record<string, unknown>[] | undefined> {
+  if (member.output === undefined) return undefined;
+  const handle = await open(member.output, 'r');
+  try {
+    const size = (await handle.stat()).size;
+    const buffer = Buffer.alloc(Math.max(0, size - offset));
+    await handle.read(buffer, 0, buffer.length, offset);
+    return buffer.toString('utf8').split('\n').flatMap((line) => {
+      try {
+        const parsed = JSON.parse(line) as unknown;
+        return typeof parsed === 'object' && parsed !== null ? [parsed as Record<string, unknown>] : [];
+      } catch {
+        return [];
+      }
+    });
+  } finally {
+    await handle.close();
+  }
+}
+
 /**
- * Restart the first member; the time from its start until it answers a linearizable Range, and
- * the CPU the new process used until then (on a shared machine the wall time follows the CPU
- * share a process gets; the CPU used does not).
+ * What Rampart's log says a stop and the following start did with the key index checkpoint
+ * (member.ts's messages; etcd logs none of them). A message missing is reported as missing, not
+ * taken for a path.
  */
-async function restart(cluster: SecureCluster): Promise<{ seconds: number; cpuSeconds: number; stopSeconds: number }> {
+function indexPath(lines: readonly Record<string, unknown>[], signal: 'SIGTERM' | 'SIGKILL'): IndexPath {
+  const find = (prefix: string): Record<string, unknown> | undefined => lines.find((line) => typeof line.msg === 'string' && line.msg.startsWith(prefix));
+  let stop: string;
+  const written = find('key index checkpoint written');
+  const pastBudget = find('key index checkpoint not written: the write ran past its budget');
+  const notWritten = find('key index checkpoint not written');
+  const exitTimer = find('shutdown took too long');
+  if (signal === 'SIGKILL') stop = 'killed: no checkpoint written';
+  else if (written !== undefined) stop = `checkpoint written (${String(written.keys)} keys, ${String(written.ms)} ms of its ${checkpointBudgetMs} ms budget)`;
+  else if (pastBudget !== undefined) stop = `checkpoint NOT written: its write ran past the ${String(pastBudget.budgetMs)} ms budget (gave up after ${String(pastBudget.ms)} ms), so the start rebuilt`;
+  else if (notWritten !== undefined) stop = `checkpoint NOT written (${String(notWritten.msg)}${notWritten.err === undefined ? '' : `: ${String(notWritten.err)}`})`;
+  else stop = 'no checkpoint line in the stop\'s log';
+  if (exitTimer !== undefined) stop += '; the stop ran into serve\'s 8 s exit timer';
+  const loaded = find('key index loaded from its checkpoint');
+  const notUsed = find('key index checkpoint not used');
+  const startPath = loaded !== undefined ? `index loaded from the checkpoint (${String(loaded.keys)} keys)` : notUsed !== undefined ? `index rebuilt from the database: checkpoint not used (${String(notUsed.reason)})` : 'index rebuilt from the database (no checkpoint)';
+  return { stop, start: startPath, fromCheckpoint: loaded !== undefined };
+}
+
+/**
+ * Stops the first member with `signal` (SIGTERM: a clean stop, timed apart: the old process's
+ * shutdown is not the new one's start; SIGKILL: a crash), starts it again on the same data, and
+ * measures the new process from its start until it answers a linearizable Range: the wall time and
+ * the CPU it used by then (on a shared machine the wall time follows the CPU share a process gets;
+ * the CPU used does not). Then counts the keys and reads its memory; with `logsIndexPath`
+ * (Rampart), what its log says the stop and the start did with the key index checkpoint.
+ */
+async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', logsIndexPath: boolean): Promise<Restart> {
   const member = cluster.members[0];
   if (member === undefined) throw new Error('no member');
-  // The old process is stopped first (timed apart: its shutdown is not the index rebuild); the
-  // clock runs from the new process's start.
+  const offset = member.output === undefined ? 0 : (await stat(member.output)).size;
   const stopping = performance.now();
-  await member.stop();
+  await (signal === 'SIGTERM' ? member.stop() : member.kill());
   const stopSeconds = (performance.now() - stopping) / 1000;
   const started = performance.now();
-  await member.start();
-  const deadline = Date.now() + restartServeTimeoutMs;
+  await member.start(restartServeTimeoutMs);
+  const deadline = started + restartServeTimeoutMs;
+  let seconds: number;
+  let cpu: number;
   for (;;) {
     // A fresh channel per attempt: a channel that saw the port closed backs off for seconds.
     const [client] = kvClients([cluster.endpoints[0] as string], cluster.credentials, 1);
     try {
       await unary(client as KvClient, 'Range', { key: keyOf(0) }, 2_000);
-      return { seconds: (performance.now() - started) / 1000, cpuSeconds: await cpuSeconds(member.pid()), stopSeconds };
+      seconds = (performance.now() - started) / 1000;
+      cpu = await cpuSeconds(member.pid());
+      break;
     } catch (error) {
-      if (Date.now() > deadline) throw new Error(`restart: the member did not serve within ${restartServeTimeoutMs} ms: ${(error as Error).message}`);
+      if (performance.now() > deadline) throw new Error(`restart after ${signal}: the member did not serve within ${restartServeTimeoutMs} ms: ${(error as Error).message}`);
       await new Promise((resolve) => setTimeout(resolve, 50));
     } finally {
       client?.close();
     }
   }
+  const [client] = kvClients([cluster.endpoints[0] as string], cluster.credentials, 1);
+  let counted: number;
+  try {
+    counted = await count(client as KvClient);
+  } finally {
+    client?.close();
+  }
+  const { residentMiB } = await memory({ ...cluster, members: [member] });
+  const lines = logsIndexPath ? await outputSince(member, offset) : undefined;
+  return { seconds, cpuSeconds: cpu, stopSeconds, count: counted, residentMiB, ...(lines === undefined ? {} : { index: indexPath(lines, signal) }) };
 }
 
 async function count(client: KvClient): Promise<number> {
@@ -244,14 +335,15 @@ async function measure(name: string, cluster: SecureCluster, print: (text: strin
     print(`${name}: loaded ${keyCount} keys in ${loadSeconds.toFixed(1)} s (${(keyCount / loadSeconds).toFixed(0)} keys/s)\n`);
     const { residentMiB, peakMiB } = await memory(cluster);
     print(`${name}: member RSS after load ${residentMiB.toFixed(0)} MiB (peak ${peakMiB.toFixed(0)} MiB)\n`);
-    const { seconds: restartSeconds, cpuSeconds: restartCpuSeconds, stopSeconds } = await restart(cluster);
-    const countAfterRestart = await count(clients[0] as KvClient);
-    print(`${name}: stop ${stopSeconds.toFixed(2)} s, then restart until serving ${restartSeconds.toFixed(2)} s (CPU used by then ${restartCpuSeconds.toFixed(2)} s); keys under /registry/ after restart: ${countAfterRestart}\n`);
+    const clean = await restart(cluster, 'SIGTERM', name === 'rampart');
+    print(`${name}: restart after a clean stop (SIGTERM): stop ${clean.stopSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.stop})`}; until serving ${clean.seconds.toFixed(2)} s, CPU ${clean.cpuSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.start})`}; keys under /registry/: ${clean.count}; RSS after ${clean.residentMiB.toFixed(0)} MiB\n`);
+    const crash = await restart(cluster, 'SIGKILL', name === 'rampart');
+    print(`${name}: restart after a crash (SIGKILL): until serving ${crash.seconds.toFixed(2)} s, CPU ${crash.cpuSeconds.toFixed(2)} s${crash.index === undefined ? '' : ` (${crash.index.start})`}; keys under /registry/: ${crash.count}; RSS after ${crash.residentMiB.toFixed(0)} MiB\n`);
     const listedResult = await list(clients[0] as KvClient);
     print(`${name}: list ${listedPrefix} (limit ${listPageLimit}) ${listedResult.listed} keys in ${listedResult.pages} pages, ${listedResult.seconds.toFixed(2)} s\n`);
     const watched = await watch(cluster, clients);
     print(`${name}: watch ${watchedPrefix} at ${watchRatePerSecond} puts/s for ${watchSeconds} s: puts acknowledged ${watched.acknowledged} (${watched.putsPerSecond.toFixed(0)}/s), events delivered ${watched.delivered} (${watched.deliveredPerSecond.toFixed(0)}/s), lag p50 ${watched.lagP50Ms.toFixed(1)} ms, p99 ${watched.lagP99Ms.toFixed(1)} ms, max ${watched.lagMaxMs.toFixed(1)} ms\n`);
-    return { loadSeconds, residentMiB, peakMiB, restartSeconds, restartCpuSeconds, countAfterRestart, listSeconds: listedResult.seconds, listed: listedResult.listed, listPages: listedResult.pages, ...watched };
+    return { loadSeconds, residentMiB, peakMiB, clean, crash, listSeconds: listedResult.seconds, listed: listedResult.listed, listPages: listedResult.pages, ...watched };
   } finally {
     clients.forEach((client) => client.close());
   }
@@ -262,7 +354,10 @@ export async function scale(print: (text: string) => void): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'bench-scale-'));
   const results = new Map<string, ScaleResult>();
   try {
-    for (const [name, start] of [['rampart', () => startRampartSecure(directory, memberCount)], ['etcd', () => startEtcdSecure(directory, memberCount)]] as const) {
+    // Both at their default log level (info), into files here: Rampart's says what its stop and
+    // start did with the key index checkpoint; etcd's are kept for a failure's diagnosis.
+    const options = { logLevel: 'info', outputDir: directory };
+    for (const [name, start] of [['rampart', () => startRampartSecure(directory, memberCount, [], [], options)], ['etcd', () => startEtcdSecure(directory, memberCount, options)]] as const) {
       let cluster: SecureCluster;
       try {
         cluster = await start();
@@ -274,9 +369,10 @@ export async function scale(print: (text: string) => void): Promise<void> {
         const result = await measure(name, cluster, print);
         results.set(name, result);
         const listedExpected = Math.ceil(keyCount / prefixes.length);
-        if (result.countAfterRestart !== keyCount || result.listed !== listedExpected || result.delivered !== result.acknowledged) {
-          print(`${name}: MISMATCH: ${result.countAfterRestart} of ${keyCount} keys after restart, ${result.listed} of ${listedExpected} listed, ${result.delivered} events for ${result.acknowledged} acknowledged puts\n`);
+        if (result.clean.count !== keyCount || result.crash.count !== keyCount || result.listed !== listedExpected || result.delivered !== result.acknowledged) {
+          print(`${name}: MISMATCH: ${result.clean.count} and ${result.crash.count} of ${keyCount} keys after the restarts, ${result.listed} of ${listedExpected} listed, ${result.delivered} events for ${result.acknowledged} acknowledged puts\n`);
         }
+        if (result.crash.index?.fromCheckpoint === true) print(`${name}: UNEXPECTED: the start after SIGKILL loaded a checkpoint\n`);
       } catch (error) {
         // A failure at scale is a finding to report, not a reason to skip the other side.
         print(`${name}: FAILED: ${(error as Error).message}\n`);
@@ -292,6 +388,8 @@ export async function scale(print: (text: string) => void): Promise<void> {
   if (ours === undefined || reference === undefined) return;
   const ratio = (a: number, b: number): string => (a / b).toFixed(2);
   print(`ratio (rampart / etcd), scale: load time ${ratio(ours.loadSeconds, reference.loadSeconds)}; member RSS ${ratio(ours.residentMiB, reference.residentMiB)} (target ≤ 2), peak ${ratio(ours.peakMiB, reference.peakMiB)}; `);
-  print(`restart ${ratio(ours.restartSeconds, reference.restartSeconds)} (target ≤ 2), its CPU ${ratio(ours.restartCpuSeconds, reference.restartCpuSeconds)}; list ${ratio(ours.listSeconds, reference.listSeconds)}; `);
+  const cleanPath = ours.clean.index === undefined ? '' : ours.clean.index.fromCheckpoint ? ', Rampart\'s index from its checkpoint' : `, Rampart REBUILT its index: ${ours.clean.index.stop}; ${ours.clean.index.start}`;
+  print(`restart after SIGTERM ${ratio(ours.clean.seconds, reference.clean.seconds)} wall (target ≤ 2), CPU ${ratio(ours.clean.cpuSeconds, reference.clean.cpuSeconds)}${cleanPath}; `);
+  print(`restart after SIGKILL ${ratio(ours.crash.seconds, reference.crash.seconds)} wall, CPU ${ratio(ours.crash.cpuSeconds, reference.crash.cpuSeconds)} (Rampart's full index rebuild); list ${ratio(ours.listSeconds, reference.listSeconds)}; `);
   print(`watch delivered rate ${ratio(ours.deliveredPerSecond, reference.deliveredPerSecond)}, lag p50 ${ratio(ours.lagP50Ms, reference.lagP50Ms)}, p99 ${ratio(ours.lagP99Ms, reference.lagP99Ms)}\n`);
 }

@@ -30,7 +30,20 @@ export interface BenchMember {
   restart(): Promise<void>;
   /** The two halves of `restart`, for timing them apart. */
   stop(): Promise<void>;
-  start(): Promise<void>;
+  /** Resolves once the client port is open (default: within 120 s). */
+  start(timeoutMs?: number): Promise<void>;
+  /** SIGKILL (a crash: nothing the process would do at a stop is done); resolves once it has exited. */
+  kill(): Promise<void>;
+  /** The file the member's stdout and stderr go to (appended across restarts), when kept. */
+  readonly output: string | undefined;
+}
+
+/** How the bench runs each member. */
+export interface BenchMemberOptions {
+  /** `--log-level` (default `error`: the put phases measure the write path, not its logging). */
+  readonly logLevel?: string;
+  /** Keep each member's stdout and stderr in <outputDir>/<client port>.log (default: BENCH_MEMBER_OUTPUT_DIR, else not kept). */
+  readonly outputDir?: string;
 }
 
 export interface SecureCluster {
@@ -139,18 +152,23 @@ async function stopChild(child: ChildProcess): Promise<void> {
 }
 
 /** A member run from a fixed command line; restart runs the same line again. */
-function processMember(file: string, args: readonly string[], clientPort: number): { member: BenchMember; start(): Promise<void>; stop(): Promise<void> } {
+function processMember(file: string, args: readonly string[], clientPort: number, outputDir: string | undefined): { member: BenchMember; start(timeoutMs?: number): Promise<void>; stop(): Promise<void> } {
   let child: ChildProcess | undefined;
-  const start = async (): Promise<void> => {
-    // BENCH_MEMBER_OUTPUT_DIR keeps each member's stdout and stderr (e.g. with BENCH_NODE_ARGS=--trace-gc) in <dir>/<client port>.log.
-    const outputDir = process.env.BENCH_MEMBER_OUTPUT_DIR;
-    const output = outputDir === undefined ? undefined : openSync(path.join(outputDir, `${clientPort}.log`), 'a');
+  // BENCH_MEMBER_OUTPUT_DIR keeps each member's stdout and stderr (e.g. with BENCH_NODE_ARGS=--trace-gc) in <dir>/<client port>.log.
+  const outputFile = outputDir === undefined ? undefined : path.join(outputDir, `${clientPort}.log`);
+  const start = async (timeoutMs = 120_000): Promise<void> => {
+    const output = outputFile === undefined ? undefined : openSync(outputFile, 'a');
     child = spawn(file, args, { env: environment(), stdio: output === undefined ? 'ignore' : ['ignore', output, output] });
     if (output !== undefined) closeSync(output);
-    await waitForPort(clientPort, child, 120_000);
+    await waitForPort(clientPort, child, timeoutMs);
   };
   const stop = async (): Promise<void> => {
     if (child !== undefined) await stopChild(child);
+  };
+  const kill = async (): Promise<void> => {
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGKILL');
+    await exited(child);
   };
   return {
     member: {
@@ -161,6 +179,8 @@ function processMember(file: string, args: readonly string[], clientPort: number
       },
       stop,
       start,
+      kill,
+      output: outputFile,
     },
     start,
     stop,
@@ -178,7 +198,7 @@ async function commandLine(pid: number): Promise<string[]> {
  * member. `directory` receives the certificates (pki/admin.crt, mN/server.crt, ...), which
  * startEtcdSecure can reuse.
  */
-export async function startRampartSecure(directory: string, size: number, extraArgs: readonly string[] = [], upArgs: readonly string[] = []): Promise<SecureCluster> {
+export async function startRampartSecure(directory: string, size: number, extraArgs: readonly string[] = [], upArgs: readonly string[] = [], options: BenchMemberOptions = {}): Promise<SecureCluster> {
   const base = await freeBasePort(size);
   const result = await execute(process.execPath, [rampartBin, 'up', '--dir', directory, '--size', String(size), '--base-port', String(base), ...upArgs], 120_000);
   if (result.code !== 0) throw new Error(`rampart up failed:\n${result.output}`);
@@ -192,7 +212,8 @@ export async function startRampartSecure(directory: string, size: number, extraA
   const clientPorts = names.map((_, index) => base + index * 10_000);
   // BENCH_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=DIR`) go before the script, as for plaintext members.
   const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const members = lines.map((line, index) => processMember(line[0] as string, [...nodeArgs, ...line.slice(1), ...extraArgs, '--log-level', 'error'], clientPorts[index] as number));
+  const outputDir = options.outputDir ?? process.env.BENCH_MEMBER_OUTPUT_DIR;
+  const members = lines.map((line, index) => processMember(line[0] as string, [...nodeArgs, ...line.slice(1), ...extraArgs, '--log-level', options.logLevel ?? 'error'], clientPorts[index] as number, outputDir));
   const stop = async (): Promise<void> => {
     await Promise.all(members.map((member) => member.stop()));
   };
@@ -214,7 +235,7 @@ export async function startRampartSecure(directory: string, size: number, extraA
 }
 
 /** etcd with `size` members on the certificates of a `rampart up` directory (startRampartSecure made them). */
-export async function startEtcdSecure(directory: string, size: number): Promise<SecureCluster> {
+export async function startEtcdSecure(directory: string, size: number, options: BenchMemberOptions = {}): Promise<SecureCluster> {
   const names = Array.from({ length: size }, (_, index) => `m${index + 1}`);
   const assigned: { client: number; peer: number }[] = [];
   for (let index = 0; index < size; index++) assigned.push({ client: await freePort(), peer: await freePort() });
@@ -226,10 +247,10 @@ export async function startEtcdSecure(directory: string, size: number): Promise<
       '--name', names[index] as string, '--data-dir', dataDirs[index] as string,
       '--listen-client-urls', `https://127.0.0.1:${port.client}`, '--advertise-client-urls', `https://127.0.0.1:${port.client}`,
       '--listen-peer-urls', `https://127.0.0.1:${port.peer}`, '--initial-advertise-peer-urls', `https://127.0.0.1:${port.peer}`,
-      '--initial-cluster', initialCluster, '--initial-cluster-token', 'bench-secure', '--log-level', 'error',
+      '--initial-cluster', initialCluster, '--initial-cluster-token', 'bench-secure', '--log-level', options.logLevel ?? 'error',
       '--cert-file', path.join(home, 'server.crt'), '--key-file', path.join(home, 'server.key'), '--client-cert-auth', '--trusted-ca-file', path.join(home, 'ca.crt'),
       '--peer-cert-file', path.join(home, 'peer.crt'), '--peer-key-file', path.join(home, 'peer.key'), '--peer-client-cert-auth', '--peer-trusted-ca-file', path.join(home, 'ca.crt'),
-    ], port.client);
+    ], port.client, options.outputDir ?? process.env.BENCH_MEMBER_OUTPUT_DIR);
   });
   const stop = async (): Promise<void> => {
     await Promise.all(members.map((member) => member.stop()));

@@ -1303,10 +1303,11 @@ export class Member {
     if (this.failed || this.db.migrating || !this.store.flushed) return;
     const started = performance.now();
     try {
-      const written = await writeIndexCheckpoint({ dataDir: this.options.dataDir, db: this.db, sealer: this.db.outsideSealer() }, this.store.indexRecords(), this.appliedIndexValue, started + indexCheckpointWriteBudgetMs);
+      const outcome = await writeIndexCheckpoint({ dataDir: this.options.dataDir, db: this.db, sealer: this.db.outsideSealer() }, this.store.indexRecords(), this.appliedIndexValue, started + indexCheckpointWriteBudgetMs);
       const ms = Math.round(performance.now() - started);
-      if (written) this.options.logger.info({ keys: this.store.keyCount, ms }, 'key index checkpoint written');
-      else this.options.logger.warn({ keys: this.store.keyCount, ms }, 'key index checkpoint not written (applied index changed, or the write took too long); the next start rebuilds the index');
+      if (outcome === 'written') this.options.logger.info({ keys: this.store.keyCount, ms }, 'key index checkpoint written');
+      else if (outcome === 'past deadline') this.options.logger.warn({ keys: this.store.keyCount, ms, budgetMs: indexCheckpointWriteBudgetMs }, 'key index checkpoint not written: the write ran past its budget; the next start rebuilds the index');
+      else this.options.logger.warn({ keys: this.store.keyCount, ms }, 'key index checkpoint not written: the database holds another applied index; the next start rebuilds the index');
     } catch (error) {
       this.options.logger.warn({ err: String(error) }, 'key index checkpoint not written; the next start rebuilds the index');
     }

@@ -80,7 +80,7 @@ for (const encrypted of [true, false]) {
 
     it('loads exactly the index a full rebuild reads, once', async () => {
       await fill();
-      expect(await writeIndexCheckpoint(storage(), store.indexRecords(), applied)).toBe(true);
+      expect(await writeIndexCheckpoint(storage(), store.indexRecords(), applied)).toBe('written');
       await reopen();
       const taken = await takeIndexCheckpoint(storage());
       expect(taken.reason).toBeUndefined();
@@ -131,9 +131,17 @@ for (const encrypted of [true, false]) {
 
     it('is not written when the database holds another applied index', async () => {
       await fill();
-      expect(await writeIndexCheckpoint(storage(), store.indexRecords(), applied - 1)).toBe(false);
+      expect(await writeIndexCheckpoint(storage(), store.indexRecords(), applied - 1)).toBe('applied index differs');
       await expect(stat(file())).rejects.toThrow();
       expect(await db.get(metaKey.indexCheckpoint)).toBeUndefined();
+    });
+
+    it('is not written, and leaves no file or token, when the write runs past its deadline', async () => {
+      await fill();
+      expect(await writeIndexCheckpoint(storage(), store.indexRecords(), applied, performance.now() - 1)).toBe('past deadline');
+      await expect(stat(file())).rejects.toThrow();
+      expect(await db.get(metaKey.indexCheckpoint)).toBeUndefined();
+      expect(await takeIndexCheckpoint(storage())).toEqual({ reason: undefined });
     });
 
     it('falls back on a file without a token, a missing file, and every changed, cut or swapped byte', async () => {

@@ -127,17 +127,25 @@ function encodeRecord(target: Buffer, offset: number, indexKey: string, record: 
 }
 
 /**
+ * What a checkpoint write did: `written` (file and token), `applied index differs` (the database
+ * holds another applied index than the index reflects: nothing written) or `past deadline` (the
+ * write ran past `deadlineMs`: the file removed, no token). Either of the last two means the next
+ * start rebuilds.
+ */
+export type IndexCheckpointOutcome = 'written' | 'applied index differs' | 'past deadline';
+
+/**
  * Writes the checkpoint of `records` (every key of the index, in key order), then the token. Call
  * once nothing writes to the database any more (the member's last write done, its compaction
  * finished) and the index equals what a rebuild would read. `consistentIndex` is the applied index
  * the index reflects: when the database holds another, nothing is written.
  */
-export async function writeIndexCheckpoint(storage: CheckpointStorage, records: Iterable<[string, KeyRecord]>, consistentIndex: number, deadlineMs = Number.POSITIVE_INFINITY): Promise<boolean> {
+export async function writeIndexCheckpoint(storage: CheckpointStorage, records: Iterable<[string, KeyRecord]>, consistentIndex: number, deadlineMs = Number.POSITIVE_INFINITY): Promise<IndexCheckpointOutcome> {
   const { dataDir, db, sealer } = storage;
   const file = checkpointPath(dataDir);
   await db.batch([{ type: 'del', key: metaKey.indexCheckpoint }], { sync: true });
   await unlink(file).catch(() => undefined);
-  if ((await readMetaNumber(db, metaKey.consistentIndex)) !== consistentIndex) return false;
+  if ((await readMetaNumber(db, metaKey.consistentIndex)) !== consistentIndex) return 'applied index differs';
   const token = randomBytes(tokenBytes);
   const handle = await open(file, 'wx', 0o600);
   let written = false;
@@ -179,7 +187,7 @@ export async function writeIndexCheckpoint(storage: CheckpointStorage, records: 
     await writeFrame(trailer, true);
     written = true;
   } catch (error) {
-    if (error instanceof CheckpointAbandoned) return false;
+    if (error instanceof CheckpointAbandoned) return 'past deadline';
     throw error;
   } finally {
     await handle.close();
@@ -191,7 +199,7 @@ export async function writeIndexCheckpoint(storage: CheckpointStorage, records: 
   token.copy(record, 0);
   record.writeUInt32BE(longestFrame, tokenBytes);
   await db.batch([{ type: 'put', key: metaKey.indexCheckpoint, value: record }], { sync: true });
-  return true;
+  return 'written';
 }
 
 /** The write ran past its deadline: the file is removed and no token written. */
