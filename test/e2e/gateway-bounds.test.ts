@@ -8,9 +8,8 @@ import { readdir } from 'node:fs/promises';
 import type { ClientRequest } from 'node:http';
 import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';
 import { request } from 'node:https';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cpuMilliseconds, credentialsFor, httpsPut, residentBytes, type Credentials } from '../helpers/attack.js';
-import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
+import { describe, expect, it } from 'vitest';
+import { attackTarget, cpuMilliseconds, httpsPut, residentBytes } from '../helpers/attack.js';
 
 /**
  * CPU time the member may spend on one 3 MB watch request trickled 2 KB at a time (TLS, HTTP,
@@ -55,27 +54,17 @@ async function trickle(stream: ClientRequest, text: string, chunkBytes: number):
 }
 
 describe('JSON gateway bounds (TLS member, a certificate that is no user)', () => {
-  let member: TlsMember;
-  let stranger: Credentials;
-  let rootCredentials: Credentials;
-  beforeAll(async () => {
-    member = await startTlsMember();
-    stranger = await credentialsFor(member, 'stranger');
-    rootCredentials = await credentialsFor(member, 'root');
-  }, 60_000);
-  afterAll(async () => {
-    await member?.stop();
-  });
+  const target = attackTarget('stranger', 'root');
 
   it('one watch request trickled in small chunks costs time linear in its size', async () => {
     // 3 MB of one JSON value in 2 KB chunks: before, every chunk rescanned all the text held
     // (quadratic): the member's event loop stalled for seconds and its peers saw no heartbeat.
     const valueBytes = 3_000_000;
     const chunkBytes = 2_000;
-    await member.metric('nodejs_eventloop_lag_max_seconds'); // resets the maximum
-    const pid = member.child.pid as number;
+    await target.member.metric('nodejs_eventloop_lag_max_seconds'); // resets the maximum
+    const pid = target.member.child.pid as number;
     const cpuBeforeMs = await cpuMilliseconds(pid);
-    const watch = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/watch', method: 'POST', headers: { 'transfer-encoding': 'chunked' }, ...stranger });
+    const watch = request({ host: '127.0.0.1', port: target.member.clientPort, path: '/v3/watch', method: 'POST', headers: { 'transfer-encoding': 'chunked' }, ...target.stranger });
     const answer = new Promise<string>((resolve) => {
       watch.on('response', (response) => {
         let body = '';
@@ -91,16 +80,16 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
     watch.end();
     const body = await answer;
     const cpuMs = (await cpuMilliseconds(pid)) - cpuBeforeMs;
-    const lagMs = (await member.metric('nodejs_eventloop_lag_max_seconds')) * 1000;
+    const lagMs = (await target.member.metric('nodejs_eventloop_lag_max_seconds')) * 1000;
     console.log(`gateway trickle: ${valueBytes} bytes in ${(performance.now() - started).toFixed(0)} ms, member CPU ${cpuMs.toFixed(0)} ms, event loop max delay ${lagMs.toFixed(0)} ms`);
     // Past the message limit (a 2.25 MB key): refused as etcd refuses it, after the value ended.
     expect(body).toContain('grpc: received message larger than max');
     expect(cpuMs).toBeLessThan(trickleCpuMaxMs);
-    expect(member.child.exitCode).toBeNull();
+    expect(target.member.child.exitCode).toBeNull();
   }, 120_000);
 
   it('many connections and streams each holding an almost whole request cost bounded memory, and others are still served', async () => {
-    const pid = member.child.pid ?? 0;
+    const pid = target.member.child.pid ?? 0;
     const rssBefore = await residentBytes(pid);
     // 120 gateway connections, each a 3.9 MB Put body one byte short; 120 gRPC streams on 4
     // connections, each a 2 MB message 10 bytes short. Before: every byte was held (~700 MB).
@@ -108,7 +97,7 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
     const gatewayAnswers: string[] = [];
     const gatewayRequests: ClientRequest[] = [];
     for (let index = 0; index < 120; index++) {
-      const held = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/kv/put', method: 'POST', headers: { 'content-length': String(bodyBytes + 1) }, agent: false, ...stranger });
+      const held = request({ host: '127.0.0.1', port: target.member.clientPort, path: '/v3/kv/put', method: 'POST', headers: { 'content-length': String(bodyBytes + 1) }, agent: false, ...target.stranger });
       held.on('error', () => undefined);
       held.on('response', (response) => {
         let body = '';
@@ -125,7 +114,7 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
     let streamsReset = 0;
     const sessions: ClientHttp2Session[] = [];
     for (let index = 0; index < 4; index++) {
-      const session = connectHttp2(`https://127.0.0.1:${member.clientPort}`, stranger).on('error', () => undefined);
+      const session = connectHttp2(`https://127.0.0.1:${target.member.clientPort}`, target.stranger).on('error', () => undefined);
       sessions.push(session);
       await secured(session, (done) => session.once('connect', done));
     }
@@ -151,7 +140,7 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
       for (const answer of gatewayAnswers) expect(answer).toContain('etcdserver: too many requests');
       expect(streamsReset).toBeGreaterThan(60);
       // Another source is still served, a 1 MB value included.
-      const put = await httpsPut(member.clientPort, rootCredentials, '/bystander', 1_000_000, '127.0.0.2');
+      const put = await httpsPut(target.member.clientPort, target.root, '/bystander', 1_000_000, '127.0.0.2');
       expect(put).toMatch(/^200 \{"header"/);
     } finally {
       for (const held of gatewayRequests) held.destroy();
@@ -162,22 +151,22 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
     let again = '';
     for (const retryBy = Date.now() + 30_000; !/^200 /.test(again) && Date.now() < retryBy;) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
-      again = await httpsPut(member.clientPort, rootCredentials, '/after', 1_000_000).catch((error: unknown) => String(error));
+      again = await httpsPut(target.member.clientPort, target.root, '/after', 1_000_000).catch((error: unknown) => String(error));
     }
     expect(again).toMatch(/^200 \{"header"/);
-    expect(member.child.exitCode).toBeNull();
+    expect(target.member.child.exitCode).toBeNull();
   }, 360_000);
 
   it('one address keeps at most 1,000 connections open on the client port, and another is still served', async () => {
     // Before: every connection was kept (3,000 idle HTTP/2 connections: RSS +280 MiB, 3,000 file
     // descriptors), up to the open-file limit, past which the member could not open its files.
-    const pid = member.child.pid ?? 0;
+    const pid = target.member.child.pid ?? 0;
     const sessions: ClientHttp2Session[] = [];
     let refused = 0;
     let connected = 0;
     try {
       for (let index = 0; index < 1_100; index++) {
-        const session = connectHttp2(`https://127.0.0.1:${member.clientPort}`, stranger);
+        const session = connectHttp2(`https://127.0.0.1:${target.member.clientPort}`, target.stranger);
         session.on('error', () => undefined);
         session.once('connect', () => (connected += 1));
         session.once('close', () => (refused += 1));
@@ -190,10 +179,10 @@ describe('JSON gateway bounds (TLS member, a certificate that is no user)', () =
       console.log(`connections attack: kept ${connected}, refused ${refused}, member file descriptors ${descriptors}`);
       expect(refused).toBeGreaterThanOrEqual(100);
       expect(descriptors).toBeLessThan(1_100);
-      expect(await httpsPut(member.clientPort, rootCredentials, '/other-address', 10, '127.0.0.2')).toMatch(/^200 \{"header"/);
+      expect(await httpsPut(target.member.clientPort, target.root, '/other-address', 10, '127.0.0.2')).toMatch(/^200 \{"header"/);
     } finally {
       for (const session of sessions) session.destroy();
     }
-    expect(member.child.exitCode).toBeNull();
+    expect(target.member.child.exitCode).toBeNull();
   }, 120_000);
 });

@@ -7,27 +7,18 @@
 import { connect as connectHttp2, constants as http2Constants, type ClientHttp2Session } from 'node:http2';
 import { connect as connectTcp } from 'node:net';
 import { connect as connectTls } from 'node:tls';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { openStreamsPerSourceMax } from '../../src/api/open-streams.js';
-import { credentialsFor, type Credentials } from '../helpers/attack.js';
-import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
+import { attackTarget } from '../helpers/attack.js';
 
 describe('open stream bounds (TLS member)', () => {
-  let member: TlsMember;
-  let stranger: Credentials;
-  beforeAll(async () => {
-    member = await startTlsMember();
-    stranger = await credentialsFor(member, 'stranger');
-  }, 60_000);
-  afterAll(async () => {
-    await member?.stop();
-  });
+  const target = attackTarget('stranger');
 
   /** One HTTP/2 connection to the client port from `localAddress`. */
   const session = (localAddress: string): ClientHttp2Session =>
-    connectHttp2(`https://127.0.0.1:${member.clientPort}`, {
+    connectHttp2(`https://127.0.0.1:${target.member.clientPort}`, {
       maxSessionMemory: 1000,
-      createConnection: () => connectTls({ host: '127.0.0.1', socket: connectTcp({ host: '127.0.0.1', port: member.clientPort, localAddress }), ALPNProtocols: ['h2'], ...stranger }),
+      createConnection: () => connectTls({ host: '127.0.0.1', socket: connectTcp({ host: '127.0.0.1', port: target.member.clientPort, localAddress }), ALPNProtocols: ['h2'], ...target.stranger }),
     }).on('error', () => undefined);
 
   /** A Range call (an empty request): its grpc-status when answered, or the reset code when the stream was reset. */
@@ -88,6 +79,6 @@ describe('open stream bounds (TLS member)', () => {
       if (after.status === undefined) await new Promise((resolve) => setTimeout(resolve, 500));
     } while (after.status === undefined && Date.now() < deadline);
     expect(after.status).toBeDefined();
-    expect(member.child.exitCode).toBeNull();
+    expect(target.member.child.exitCode).toBeNull();
   }, 180_000);
 });

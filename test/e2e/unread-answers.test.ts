@@ -5,22 +5,13 @@
  * answer (4 million progress requests, 28 MB sent: +1.1 GB RSS; 4 million keep-alives: +185 MiB).
  */
 import { connect as connectHttp2, type ClientHttp2Session } from 'node:http2';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { credentialsFor, residentBytes, type Credentials } from '../helpers/attack.js';
-import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
+import { describe, expect, it } from 'vitest';
+import { attackTarget, residentBytes } from '../helpers/attack.js';
 
 const mebibyte = 1024 * 1024;
 
 describe('streams whose answers are never read (TLS member)', () => {
-  let member: TlsMember;
-  let stranger: Credentials;
-  beforeAll(async () => {
-    member = await startTlsMember();
-    stranger = await credentialsFor(member, 'stranger');
-  }, 60_000);
-  afterAll(async () => {
-    await member?.stop();
-  });
+  const target = attackTarget('stranger');
 
   /**
    * Sends `count` copies of one request message on a new stream of `path` whose answers are never
@@ -50,8 +41,8 @@ describe('streams whose answers are never read (TLS member)', () => {
   };
 
   it('a Watch stream of progress requests and a keep-alive stream, answers unread, stop being read; the member\'s memory stays bounded', async () => {
-    const session = connectHttp2(`https://127.0.0.1:${member.clientPort}`, { ...stranger, settings: { initialWindowSize: 65_535 } }).on('error', () => undefined);
-    const pid = member.child.pid ?? 0;
+    const session = connectHttp2(`https://127.0.0.1:${target.member.clientPort}`, { ...target.stranger, settings: { initialWindowSize: 65_535 } }).on('error', () => undefined);
+    const pid = target.member.child.pid ?? 0;
     try {
       const before = await residentBytes(pid);
       // WatchRequest { progress_request: {} } and LeaseKeepAliveRequest { ID: 1 }.
@@ -67,6 +58,6 @@ describe('streams whose answers are never read (TLS member)', () => {
     } finally {
       session.destroy();
     }
-    expect(member.child.exitCode).toBeNull();
+    expect(target.member.child.exitCode).toBeNull();
   }, 180_000);
 });

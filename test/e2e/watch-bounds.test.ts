@@ -4,29 +4,18 @@
  */
 import { connect as connectHttp2, type ClientHttp2Stream } from 'node:http2';
 import { request } from 'node:https';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { messageType } from '../../src/api/json-codec.js';
-import { credentialsFor, httpsPut, residentBytes, type Credentials } from '../helpers/attack.js';
-import { startTlsMember, type TlsMember } from '../helpers/tls-member.js';
+import { attackTarget, credentialsFor, httpsPut, residentBytes } from '../helpers/attack.js';
 
 describe('watch bounds (TLS member)', () => {
-  let member: TlsMember;
-  let stranger: Credentials;
-  let rootCredentials: Credentials;
-  beforeAll(async () => {
-    member = await startTlsMember();
-    stranger = await credentialsFor(member, 'stranger');
-    rootCredentials = await credentialsFor(member, 'root');
-  }, 60_000);
-  afterAll(async () => {
-    await member?.stop();
-  });
+  const target = attackTarget('stranger', 'root');
 
   it('one user holds at most 100,000 watchers over all its streams, and gets them back when a stream ends', async () => {
     // Before: no bound (200,000 watchers on one stream: +200 MiB, ~1 KB each).
     const watchersMax = 100_000;
-    const auditor = await credentialsFor(member, 'auditor');
-    const session = connectHttp2(`https://127.0.0.1:${member.clientPort}`, auditor).on('error', () => undefined);
+    const auditor = await credentialsFor(target.member, 'auditor');
+    const session = connectHttp2(`https://127.0.0.1:${target.member.clientPort}`, auditor).on('error', () => undefined);
     const watchRequest = messageType('etcdserverpb.WatchRequest');
     const watchResponse = messageType('etcdserverpb.WatchResponse');
     /** One Watch stream sending `count` create requests in one write, as gRPC frames; its answers. */
@@ -75,9 +64,9 @@ describe('watch bounds (TLS member)', () => {
 
   it('a gateway watch whose client sends requests but never reads its answers stops being read', async () => {
     // Before: every progress request's answer was queued (a million: +560 MiB), without bound.
-    const pid = member.child.pid ?? 0;
+    const pid = target.member.child.pid ?? 0;
     const rssBefore = await residentBytes(pid);
-    const watch = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/watch', method: 'POST', headers: { 'transfer-encoding': 'chunked' }, agent: false, ...stranger });
+    const watch = request({ host: '127.0.0.1', port: target.member.clientPort, path: '/v3/watch', method: 'POST', headers: { 'transfer-encoding': 'chunked' }, agent: false, ...target.stranger });
     watch.on('error', () => undefined);
     watch.on('response', (response) => response.pause());
     const batch = '{"progress_request":{}}'.repeat(10_000);
@@ -95,6 +84,6 @@ describe('watch bounds (TLS member)', () => {
     } finally {
       watch.destroy();
     }
-    expect(await httpsPut(member.clientPort, rootCredentials, '/after-progress', 10)).toMatch(/^200 \{"header"/);
+    expect(await httpsPut(target.member.clientPort, target.root, '/after-progress', 10)).toMatch(/^200 \{"header"/);
   }, 60_000);
 });

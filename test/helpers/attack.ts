@@ -1,10 +1,11 @@
 /**
- * What the attack-review e2e tests share: a certificate's files as TLS options, a member's RSS, and
- * a gateway Put from a chosen source address.
+ * What the attack-review e2e tests share: the TLS member they attack, a certificate's files as TLS
+ * options, a member's RSS and CPU time, and a gateway Put from a chosen source address.
  */
 import { readFile } from 'node:fs/promises';
 import { request } from 'node:https';
-import type { TlsMember } from './tls-member.js';
+import { afterAll, beforeAll } from 'vitest';
+import { startTlsMember, type TlsMember } from './tls-member.js';
 
 export interface Credentials { readonly ca: Buffer; readonly cert: Buffer; readonly key: Buffer }
 
@@ -12,6 +13,33 @@ export async function credentialsFor(member: TlsMember, commonName: string): Pro
   const flags = await member.flagsFor(commonName);
   const file = (flag: string): Promise<Buffer> => readFile(flags[flags.indexOf(flag) + 1] ?? '');
   return { ca: await file('--cacert'), cert: await file('--cert'), key: await file('--key') };
+}
+
+/** The member a describe block attacks, and the credentials of each named certificate (ready once its beforeAll ran). */
+export type AttackTarget<Name extends string> = { readonly member: TlsMember } & { readonly [name in Name]: Credentials };
+
+/**
+ * Starts a TLS member before the calling describe block's tests (startTlsMember; 60 s allowed) with
+ * credentials for the certificates `names` (the member's CA issues them: 'stranger' is no user,
+ * 'root' the admin), and stops it after them. Read its fields inside hooks and tests only.
+ */
+export function attackTarget<Name extends string>(...names: Name[]): AttackTarget<Name> {
+  let member: TlsMember | undefined;
+  const credentials = new Map<string, Credentials>();
+  beforeAll(async () => {
+    member = await startTlsMember();
+    for (const name of names) credentials.set(name, await credentialsFor(member, name));
+  }, 60_000);
+  afterAll(async () => {
+    await member?.stop();
+  });
+  const started = <T>(value: T | undefined): T => {
+    if (value === undefined) throw new Error('the attacked member starts in beforeAll: read it in hooks and tests only');
+    return value;
+  };
+  const target = { get member(): TlsMember { return started(member); } };
+  for (const name of names) Object.defineProperty(target, name, { get: () => started(credentials.get(name)), enumerable: true });
+  return target as AttackTarget<Name>;
 }
 
 export async function residentBytes(pid: number): Promise<number> {
