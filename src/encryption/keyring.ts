@@ -28,7 +28,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { KeyProviderError, type KekProvider, type WrappedKey } from './kek.js';
-import { SealedRecordError, dekBytes, describeKey, looksSealed, openRecord, sealRecord, sealedDekId } from './sealed-record.js';
+import { SealedRecordError, dekBytes, describeKey, looksSealed, openRecord, sealRecord, sealRecordParts, sealedDekId } from './sealed-record.js';
 
 export const keyStorePrefix = 0x78;
 const dekRecordName = Buffer.from('dek', 'latin1');
@@ -273,10 +273,22 @@ export class Keyring implements RecordSealer {
   }
 
   seal(key: Buffer, plaintext: Buffer): Buffer {
+    const dek = this.takeEncryption();
+    return sealRecord(dek.id, dek.key, key, plaintext);
+  }
+
+  /** As `seal`, the record as [header, ciphertext, tag] (`sealRecordParts`: no copy of a large ciphertext). */
+  sealParts(key: Buffer, plaintext: Buffer): Buffer[] {
+    const dek = this.takeEncryption();
+    return sealRecordParts(dek.id, dek.key, key, plaintext);
+  }
+
+  /** The active DEK, counting one more encryption under it (within its durable reservation). */
+  private takeEncryption(): Dek {
     const dek = this.active;
     if (dek.used >= dek.reserved) throw new Error('assertion failed: sealing beyond the reserved encryptions of a data key');
     dek.used += 1;
-    return sealRecord(dek.id, dek.key, key, plaintext);
+    return dek;
   }
 
   open(key: Buffer, record: Buffer): Buffer {

@@ -20,6 +20,12 @@ import { SealedRecordError, looksSealed, sealedDekId } from '../encryption/seale
 import type { BatchOperation } from './mvcc/store.js';
 import type { LogSealer } from './wal/segmented-log.js';
 
+/** The database's sealer for values kept outside it (`outsideSealer`). */
+export interface OutsideSealer extends LogSealer {
+  /** As `seal`, each record as buffers whose concatenation is the sealed record (no copy of a large ciphertext). */
+  sealParts(records: readonly (readonly [Buffer, Buffer])[]): Promise<Buffer[][]>;
+}
+
 export type { KekProvider } from '../encryption/kek.js';
 export type { KeyringStatus, RewrapHook } from '../encryption/keyring.js';
 export { SealedRecordError };
@@ -316,20 +322,28 @@ export class SealedDatabase implements Database {
   }
 
   /**
-   * Seals and opens values kept outside the database (the Raft log's segment files) with the
-   * member's keys, as the database's own records; undefined when the member does not encrypt.
+   * Seals and opens values kept outside the database (the Raft log's segment files, the key index
+   * checkpoint) with the member's keys, as the database's own records; undefined when the member
+   * does not encrypt. `sealParts` gives each record as buffers to write one after another.
    */
-  outsideSealer(): LogSealer | undefined {
+  outsideSealer(): OutsideSealer | undefined {
     const keyring = this.keyring;
     if (keyring === undefined) return undefined;
+    const room = async (count: number): Promise<void> => {
+      // As `batch`: room is checked and the values sealed in one synchronous stretch.
+      while (!this.maySeal(keyring, count)) await this.sealTurn(keyring, count);
+    };
     return {
       get activeDekId(): number {
         return keyring.activeDekId;
       },
       seal: async (records) => {
-        // As `batch`: room is checked and the values sealed in one synchronous stretch.
-        while (!this.maySeal(keyring, records.length)) await this.sealTurn(keyring, records.length);
+        await room(records.length);
         return records.map(([key, plaintext]) => keyring.seal(key, plaintext));
+      },
+      sealParts: async (records) => {
+        await room(records.length);
+        return records.map(([key, plaintext]) => keyring.sealParts(key, plaintext));
       },
       open: (key, stored) => keyring.open(key, stored),
     };
