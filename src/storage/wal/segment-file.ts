@@ -10,6 +10,10 @@
  * Names: `<sequence, 16 hex digits>.seg` in the log directory, in write order. A file being
  * preallocated is `next.tmp` until it is renamed into place (and the directory fsynced); a
  * leftover `next.tmp` after a crash is deleted.
+ *
+ * The next segment is prepared in the background while the current one fills (`prepareSpare`:
+ * zeros written and fsynced, the file opened), so the roll on the write path is only its rename
+ * and the directory's fsync.
  */
 import { constants } from 'node:fs';
 import { open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
@@ -38,9 +42,14 @@ export async function listSegments(directory: string): Promise<number[]> {
   return sequences.sort((a, b) => a - b);
 }
 
+/** A handle on a directory, to fsync it. */
+export function openDirectory(directory: string): Promise<FileHandle> {
+  return open(directory, constants.O_RDONLY | constants.O_DIRECTORY);
+}
+
 /** fsyncs a directory, so that files created, renamed or deleted in it stay so after a crash. */
 export async function syncDirectory(directory: string): Promise<void> {
-  const handle = await open(directory, constants.O_RDONLY | constants.O_DIRECTORY);
+  const handle = await openDirectory(directory);
   try {
     await handle.sync();
   } finally {
@@ -59,6 +68,25 @@ export async function preallocate(file: string, sizeBytes: number): Promise<void
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/** A preallocated `next.tmp`, open for durable writes: the next segment once renamed into place. */
+export interface Spare {
+  readonly handle: FileHandle;
+  readonly size: number;
+}
+
+/** Preallocates `next.tmp` in `directory` and opens it (for `SegmentFile.create`). */
+export async function prepareSpare(directory: string, sizeBytes: number): Promise<Spare> {
+  const file = path.join(directory, preallocatingName);
+  await preallocate(file, sizeBytes);
+  const handle = await open(file, durableWriteFlags);
+  try {
+    return { handle, size: (await handle.stat()).size };
+  } catch (error) {
+    await handle.close();
+    throw error;
   }
 }
 
@@ -86,33 +114,25 @@ export class SegmentFile {
   }
 
   /**
-   * Makes segment `sequence` from a preallocated file (`next.tmp` when it exists and is large
-   * enough, else a new one of `sizeBytes`): renamed into place and the directory fsynced.
+   * Makes segment `sequence` from `spare` (`prepareSpare`'s `next.tmp`) when it is large enough,
+   * else from a new one of `sizeBytes`: renamed into place and the directory fsynced (through
+   * `directoryHandle` when given, a handle open on `directory`).
    */
-  static async create(directory: string, sequence: number, sizeBytes: number): Promise<SegmentFile> {
-    const spare = path.join(directory, preallocatingName);
+  static async create(directory: string, sequence: number, sizeBytes: number, spare?: Spare, directoryHandle?: FileHandle): Promise<SegmentFile> {
     const file = path.join(directory, segmentName(sequence));
-    let handle: FileHandle | undefined;
-    try {
-      handle = await open(spare, durableWriteFlags);
-      if ((await handle.stat()).size < sizeBytes) {
-        await handle.close();
-        handle = undefined;
-      }
-    } catch {
-      handle = undefined;
+    let ready = spare;
+    if (ready !== undefined && ready.size < sizeBytes) {
+      await ready.handle.close();
+      ready = undefined;
     }
-    if (handle === undefined) {
-      await preallocate(spare, sizeBytes);
-      handle = await open(spare, durableWriteFlags);
-    }
+    ready ??= await prepareSpare(directory, sizeBytes);
     try {
-      const size = (await handle.stat()).size;
-      await rename(spare, file);
-      await syncDirectory(directory);
-      return new SegmentFile(sequence, file, handle, size, 0);
+      await rename(path.join(directory, preallocatingName), file);
+      if (directoryHandle === undefined) await syncDirectory(directory);
+      else await directoryHandle.sync();
+      return new SegmentFile(sequence, file, ready.handle, ready.size, 0);
     } catch (error) {
-      await handle.close();
+      await ready.handle.close();
       throw error;
     }
   }

@@ -21,7 +21,7 @@
  * while a plaintext member migrates to encryption, `resealIfNeeded` rewrites the live log into a
  * new segment under the active key and deletes the older segments, before any older key is retired.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Entry, HardState } from '../../raft/types.js';
 import { looksSealed, sealedDekId } from '../../encryption/sealed-record.js';
@@ -29,7 +29,7 @@ import { instruments } from '../../instruments.js';
 import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey, type LoadedLog } from '../log.js';
 import { buildFrame, frameBytes } from './frame.js';
 import { decodeRecords, recordsBytes, writeRecords, type LogRecord } from './log-records.js';
-import { SegmentFile, listSegments, preallocate, preallocatingName, syncDirectory } from './segment-file.js';
+import { SegmentFile, listSegments, openDirectory, preallocatingName, prepareSpare, syncDirectory, type Spare } from './segment-file.js';
 
 /** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
 export const segmentBytesDefault = 8 * 1024 * 1024;
@@ -168,8 +168,12 @@ export class SegmentedLog {
   private storedHardState: HardState;
   /** Every operation on the files, one at a time. */
   private queue: Promise<void> = Promise.resolve();
-  /** The next segment, being preallocated in the background. */
-  private spare: Promise<void> | undefined;
+  /** The next segment, being preallocated in the background (undefined when that failed: the roll tries again). */
+  private spare: Promise<Spare | undefined> | undefined;
+  /** The log directory, open for the fsync after each roll (opened with the first spare). */
+  private directoryHandle: FileHandle | undefined;
+  /** Deleting segments behind a compaction, outside the queue of writes (one deletion at a time). */
+  private removals: Promise<void> = Promise.resolve();
   private readonly segmentBytes: number;
   private readonly commitWriteIntervalMs: number;
   /** When the hard state was last written (performance.now()); -Infinity: not since open. */
@@ -327,8 +331,13 @@ export class SegmentedLog {
     this.noteStored(segment, all, withHard);
     // The next segment is preallocated while this one fills (not before: most logs never fill one).
     if (this.spare === undefined && segment.file.free < segment.file.size / 2) {
-      this.spare = preallocate(path.join(this.options.directory, preallocatingName), this.segmentBytes).catch(() => undefined);
+      this.spare = this.prepareSpare().catch(() => undefined);
     }
+  }
+
+  private async prepareSpare(): Promise<Spare> {
+    this.directoryHandle ??= await openDirectory(this.options.directory);
+    return prepareSpare(this.options.directory, this.segmentBytes);
   }
 
   /**
@@ -345,9 +354,9 @@ export class SegmentedLog {
     const all = [...head, ...records];
     const frame = buildFrame(recordsBytes(all), (target, offset) => writeRecords(all, target, offset));
     const sequence = (this.segments[this.segments.length - 1]?.file.sequence ?? 0) + 1;
-    await this.spare;
+    const spare = await this.spare;
     this.spare = undefined;
-    const file = await SegmentFile.create(this.options.directory, sequence, Math.max(this.segmentBytes, frame.length));
+    const file = await SegmentFile.create(this.options.directory, sequence, Math.max(this.segmentBytes, frame.length), spare, this.directoryHandle);
     const segment: Segment = { file, firstIndex, dekRecords: new Map() };
     try {
       await file.append(frame);
@@ -369,27 +378,46 @@ export class SegmentedLog {
     }
   }
 
-  /** Drops entries up to and including `index` (their effects are in a snapshot or applied state). */
-  compactThrough(index: number, term: number): Promise<void> {
-    return this.exclusive(async () => {
-      if (index <= this.startValue.index) return;
+  /**
+   * Drops entries up to and including `index` (their effects are in a snapshot or applied state).
+   * The segments wholly behind it are deleted before this resolves, but outside the queue of
+   * writes: the next Ready's write does not wait for the unlinks and the directory's fsync (a file
+   * a crash leaves behind the durable log start is deleted at the next open).
+   */
+  async compactThrough(index: number, term: number): Promise<void> {
+    const behind = await this.exclusive(async () => {
+      if (index <= this.startValue.index) return [];
       await this.appendFrame([{ type: 'logStart', reset: false, index, term }]);
       this.startValue = { index, term };
-      await this.dropSegmentsBehindStart();
+      return this.detachSegmentsBehindStart();
     });
+    if (behind.length === 0) return;
+    const removal = this.removals.then(() => this.removeSegments(behind));
+    this.removals = removal.catch(() => undefined);
+    await removal;
+  }
+
+  /** Takes the oldest segments out of the log while everything they hold is behind the log start. */
+  private detachSegmentsBehindStart(): Segment[] {
+    const behind: Segment[] = [];
+    for (;;) {
+      const [oldest, next] = this.segments;
+      if (oldest === undefined || next === undefined || this.startValue.index < next.firstIndex - 1) break;
+      behind.push(oldest);
+      this.segments.shift();
+    }
+    return behind;
+  }
+
+  private async removeSegments(segments: readonly Segment[]): Promise<void> {
+    if (segments.length === 0) return;
+    for (const segment of segments) await segment.file.remove();
+    await syncDirectory(this.options.directory);
   }
 
   /** Deletes the oldest segments while everything they hold is behind the log start. */
   private async dropSegmentsBehindStart(): Promise<void> {
-    let dropped = false;
-    for (;;) {
-      const [oldest, next] = this.segments;
-      if (oldest === undefined || next === undefined || this.startValue.index < next.firstIndex - 1) break;
-      await oldest.file.remove();
-      this.segments.shift();
-      dropped = true;
-    }
-    if (dropped) await syncDirectory(this.options.directory);
+    await this.removeSegments(this.detachSegmentsBehindStart());
   }
 
   /** Whether a stored value is sealed under another key than the active one (or is plaintext). */
@@ -451,7 +479,10 @@ export class SegmentedLog {
   async close(): Promise<void> {
     await this.exclusive(async () => {
       this.closed = true;
-      await this.spare;
+      const spare = await this.spare;
+      await spare?.handle.close();
+      await this.removals;
+      await this.directoryHandle?.close();
       for (const segment of this.segments) await segment.file.close();
     }).catch(() => undefined);
   }
