@@ -181,7 +181,7 @@ function indexPath(lines: readonly Record<string, unknown>[], signal: 'SIGTERM' 
   const exitTimer = find('shutdown took too long');
   if (signal === 'SIGKILL') stop = 'killed: no checkpoint written';
   else if (written !== undefined) stop = `checkpoint written (${String(written.keys)} keys, ${String(written.ms)} ms of its ${checkpointBudgetMs} ms budget)`;
-  else if (pastBudget !== undefined) stop = `checkpoint NOT written: its write ran past the ${String(pastBudget.budgetMs)} ms budget (gave up after ${String(pastBudget.ms)} ms), so the start rebuilt`;
+  else if (pastBudget !== undefined) stop = `checkpoint NOT written: its write ran past the ${String(pastBudget.budgetMs)} ms budget (gave up after ${String(pastBudget.ms)} ms)`;
   else if (notWritten !== undefined) stop = `checkpoint NOT written (${String(notWritten.msg)}${notWritten.err === undefined ? '' : `: ${String(notWritten.err)}`})`;
   else stop = 'no checkpoint line in the stop\'s log';
   if (exitTimer !== undefined) stop += '; the stop ran into serve\'s 8 s exit timer';
@@ -336,7 +336,7 @@ async function measure(name: string, cluster: SecureCluster, print: (text: strin
     const { residentMiB, peakMiB } = await memory(cluster);
     print(`${name}: member RSS after load ${residentMiB.toFixed(0)} MiB (peak ${peakMiB.toFixed(0)} MiB)\n`);
     const clean = await restart(cluster, 'SIGTERM', name === 'rampart');
-    print(`${name}: restart after a clean stop (SIGTERM): stop ${clean.stopSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.stop})`}; until serving ${clean.seconds.toFixed(2)} s, CPU ${clean.cpuSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.start})`}; keys under /registry/: ${clean.count}; RSS after ${clean.residentMiB.toFixed(0)} MiB\n`);
+    print(`${name}: restart after a clean stop (SIGTERM): stop ${clean.stopSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.stop})`}; until serving ${clean.seconds.toFixed(2)} s (stop and start ${(clean.stopSeconds + clean.seconds).toFixed(2)} s), CPU ${clean.cpuSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.start})`}; keys under /registry/: ${clean.count}; RSS after ${clean.residentMiB.toFixed(0)} MiB\n`);
     const crash = await restart(cluster, 'SIGKILL', name === 'rampart');
     print(`${name}: restart after a crash (SIGKILL): until serving ${crash.seconds.toFixed(2)} s, CPU ${crash.cpuSeconds.toFixed(2)} s${crash.index === undefined ? '' : ` (${crash.index.start})`}; keys under /registry/: ${crash.count}; RSS after ${crash.residentMiB.toFixed(0)} MiB\n`);
     const listedResult = await list(clients[0] as KvClient);
