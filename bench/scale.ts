@@ -62,6 +62,8 @@ interface Restart {
   readonly residentMiB: number;
   /** Rampart: what its log says the stop and the start did with the key index checkpoint. */
   readonly index?: IndexPath;
+  /** The machine's 1-minute load average once serving (the wall time follows the CPU share a process gets). */
+  readonly loadAverage: string;
 }
 
 interface IndexPath {
@@ -211,6 +213,7 @@ async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', lo
   const deadline = started + restartServeTimeoutMs;
   let seconds: number;
   let cpu: number;
+  let loadAverage: string;
   for (;;) {
     // A fresh channel per attempt: a channel that saw the port closed backs off for seconds.
     const [client] = kvClients([cluster.endpoints[0] as string], cluster.credentials, 1);
@@ -218,6 +221,7 @@ async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', lo
       await unary(client as KvClient, 'Range', { key: keyOf(0) }, 2_000);
       seconds = (performance.now() - started) / 1000;
       cpu = await cpuSeconds(member.pid());
+      loadAverage = (await readFile('/proc/loadavg', 'utf8')).split(' ')[0] ?? '?';
       break;
     } catch (error) {
       if (performance.now() > deadline) throw new Error(`restart after ${signal}: the member did not serve within ${restartServeTimeoutMs} ms: ${(error as Error).message}`);
@@ -235,7 +239,7 @@ async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', lo
   }
   const { residentMiB } = await memory({ ...cluster, members: [member] });
   const lines = logsIndexPath ? await outputSince(member, offset) : undefined;
-  return { seconds, cpuSeconds: cpu, stopSeconds, count: counted, residentMiB, ...(lines === undefined ? {} : { index: indexPath(lines, signal) }) };
+  return { seconds, cpuSeconds: cpu, stopSeconds, count: counted, residentMiB, loadAverage, ...(lines === undefined ? {} : { index: indexPath(lines, signal) }) };
 }
 
 async function count(client: KvClient): Promise<number> {
@@ -332,13 +336,13 @@ async function measure(name: string, cluster: SecureCluster, print: (text: strin
   const clients = kvClients(cluster.endpoints, cluster.credentials, loadConnections);
   try {
     const loadSeconds = await load(clients);
-    print(`${name}: loaded ${keyCount} keys in ${loadSeconds.toFixed(1)} s (${(keyCount / loadSeconds).toFixed(0)} keys/s)\n`);
+    print(`${name}: loaded ${keyCount} keys in ${loadSeconds.toFixed(1)} s (${(keyCount / loadSeconds).toFixed(0)} keys/s); load average (1, 5, 15 min) ${(await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(', ')}\n`);
     const { residentMiB, peakMiB } = await memory(cluster);
     print(`${name}: member RSS after load ${residentMiB.toFixed(0)} MiB (peak ${peakMiB.toFixed(0)} MiB)\n`);
     const clean = await restart(cluster, 'SIGTERM', name === 'rampart');
-    print(`${name}: restart after a clean stop (SIGTERM): stop ${clean.stopSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.stop})`}; until serving ${clean.seconds.toFixed(2)} s (stop and start ${(clean.stopSeconds + clean.seconds).toFixed(2)} s), CPU ${clean.cpuSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.start})`}; keys under /registry/: ${clean.count}; RSS after ${clean.residentMiB.toFixed(0)} MiB\n`);
+    print(`${name}: restart after a clean stop (SIGTERM): stop ${clean.stopSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.stop})`}; until serving ${clean.seconds.toFixed(2)} s (stop and start ${(clean.stopSeconds + clean.seconds).toFixed(2)} s), CPU ${clean.cpuSeconds.toFixed(2)} s${clean.index === undefined ? '' : ` (${clean.index.start})`}; keys under /registry/: ${clean.count}; RSS after ${clean.residentMiB.toFixed(0)} MiB; load average ${clean.loadAverage}\n`);
     const crash = await restart(cluster, 'SIGKILL', name === 'rampart');
-    print(`${name}: restart after a crash (SIGKILL): until serving ${crash.seconds.toFixed(2)} s, CPU ${crash.cpuSeconds.toFixed(2)} s${crash.index === undefined ? '' : ` (${crash.index.start})`}; keys under /registry/: ${crash.count}; RSS after ${crash.residentMiB.toFixed(0)} MiB\n`);
+    print(`${name}: restart after a crash (SIGKILL): until serving ${crash.seconds.toFixed(2)} s, CPU ${crash.cpuSeconds.toFixed(2)} s${crash.index === undefined ? '' : ` (${crash.index.start})`}; keys under /registry/: ${crash.count}; RSS after ${crash.residentMiB.toFixed(0)} MiB; load average ${crash.loadAverage}\n`);
     const listedResult = await list(clients[0] as KvClient);
     print(`${name}: list ${listedPrefix} (limit ${listPageLimit}) ${listedResult.listed} keys in ${listedResult.pages} pages, ${listedResult.seconds.toFixed(2)} s\n`);
     const watched = await watch(cluster, clients);
@@ -376,6 +380,10 @@ export async function scale(print: (text: string) => void): Promise<void> {
       } catch (error) {
         // A failure at scale is a finding to report, not a reason to skip the other side.
         print(`${name}: FAILED: ${(error as Error).message}\n`);
+        // The member's log goes with the bench directory: its last lines say what it was doing.
+        const output = cluster.members[0]?.output;
+        const tail = output === undefined ? '' : (await readFile(output, 'utf8').catch(() => '')).trimEnd().split('\n').slice(-10).join('\n');
+        if (tail !== '') print(`${name}: the first member's last log lines:\n${tail}\n`);
       } finally {
         await cluster.stop();
       }
