@@ -907,18 +907,28 @@ export class RaftNode {
     return ready;
   }
 
+  /**
+   * The caller made the Ready's entries durable (its persist finished) and may still be applying
+   * its committed entries: a leader's own copy of them counts toward commit from now on, so the
+   * commit index (and the appends telling followers about it, see `takeUrgentMessages`) need not
+   * wait for that apply. `advance` does this too when not called before.
+   */
+  persisted(ready: Ready): void {
+    const lastEntry = ready.entries[ready.entries.length - 1];
+    // A later append may have replaced them (a follower's log truncated): then they are not ours to count.
+    if (lastEntry === undefined || this.log.term(lastEntry.index) !== lastEntry.term) return;
+    this.log.stableIndex = Math.max(this.log.stableIndex, lastEntry.index);
+    if (this.roleValue === 'leader' && this.progress.get(this.id)?.maybeUpdate(this.log.stableIndex) === true && this.maybeCommit()) {
+      this.broadcastAppend();
+    }
+  }
+
   advance(ready: Ready): void {
     if (ready.hardState !== undefined) this.lastHardState = ready.hardState;
     if (ready.snapshot !== undefined && ready.snapshot === this.snapshotToPersist) {
       this.snapshotToPersist = undefined;
     }
-    const lastEntry = ready.entries[ready.entries.length - 1];
-    if (lastEntry !== undefined && this.log.term(lastEntry.index) === lastEntry.term) {
-      this.log.stableIndex = Math.max(this.log.stableIndex, lastEntry.index);
-      if (this.roleValue === 'leader' && this.progress.get(this.id)?.maybeUpdate(this.log.stableIndex) === true && this.maybeCommit()) {
-        this.broadcastAppend();
-      }
-    }
+    this.persisted(ready);
     const lastApplied = ready.committedEntries[ready.committedEntries.length - 1];
     if (lastApplied !== undefined) {
       this.log.applied = Math.max(this.log.applied, lastApplied.index);

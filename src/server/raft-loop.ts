@@ -319,6 +319,13 @@ export class RaftLoop implements Consensus {
       await this.host.persist(ready);
       this.host.send(ready.messages);
     }
+    if (ready.snapshot === undefined && ready.entries.length > 0) {
+      // A leader's own copy counts toward commit now, not once the apply running beside this
+      // persist (and waiting for the previous batch's database write) is done too: the appends
+      // carrying the new commit index go out with this turn's others (see RaftNode.persisted).
+      this.node.persisted(ready);
+      if (this.node.role === 'leader') this.sendUrgentSoon();
+    }
     if (ready.entries.length > 0) instruments.writeStageSeconds.recordSince(persistStarted, 'persist');
   }
 

@@ -108,4 +108,26 @@ describe('Raft replication batching', () => {
     for (const bytes of [600, 600]) follower.propose(Buffer.alloc(bytes));
     expect(follower.takeUrgentMessages().filter((message) => message.type === 'propose')).toHaveLength(2);
   });
+
+  it('counts the leader\'s own copy once persisted, before the Ready is advanced, and tells the followers the new commit at once', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    const committed = leader.commitIndex;
+    leader.propose(Buffer.from('p'));
+    const index = leader.lastIndex;
+    // n2 holds and acknowledges the entry; n3 hears nothing.
+    for (const append of appendsTo(leader.takeUrgentMessages(), 'n2')) nodes.get('n2')?.step(append);
+    for (const message of drain(nodes.get('n2') as RaftNode)) leader.step(message);
+    const ready = leader.ready();
+    expect(ready.entries.map((entry) => entry.index)).toEqual([index]);
+    // One follower's copy is not a majority while the leader's own is not yet durable.
+    expect(leader.commitIndex).toBe(committed);
+    expect(appendsTo(leader.takeUrgentMessages(), 'n2').filter((append) => append.commit >= index)).toEqual([]);
+    leader.persisted(ready);
+    expect(leader.commitIndex).toBe(index);
+    expect(leader.appliedIndex).toBeLessThan(index);
+    expect(appendsTo(leader.takeUrgentMessages(), 'n2').map((append) => append.commit)).toEqual([index]);
+    leader.advance(ready);
+    expect(leader.commitIndex).toBe(index);
+  });
 });
