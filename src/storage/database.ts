@@ -329,20 +329,18 @@ export class SealedDatabase implements Database {
   outsideSealer(): OutsideSealer | undefined {
     const keyring = this.keyring;
     if (keyring === undefined) return undefined;
-    const room = async (count: number): Promise<void> => {
-      // As `batch`: room is checked and the values sealed in one synchronous stretch.
-      while (!this.maySeal(keyring, count)) await this.sealTurn(keyring, count);
-    };
+    // As `batch`: room is checked and the values sealed in one synchronous stretch (no await
+    // between the last check and the seals: another write could take the reserved room).
     return {
       get activeDekId(): number {
         return keyring.activeDekId;
       },
       seal: async (records) => {
-        await room(records.length);
+        while (!this.maySeal(keyring, records.length)) await this.sealTurn(keyring, records.length);
         return records.map(([key, plaintext]) => keyring.seal(key, plaintext));
       },
       sealParts: async (records) => {
-        await room(records.length);
+        while (!this.maySeal(keyring, records.length)) await this.sealTurn(keyring, records.length);
         return records.map(([key, plaintext]) => keyring.sealParts(key, plaintext));
       },
       open: (key, stored) => keyring.open(key, stored),

@@ -320,6 +320,24 @@ describe('SegmentedLog', () => {
     expect(loaded.hardState.commit).toBe(2);
   });
 
+  it('a re-seal after a compaction resolves only once the segments behind it are deleted (the caller then retires their key)', async () => {
+    const sealer = new TestSealer();
+    const { store } = await open(sealer, 4096);
+    for (let index = 1; index <= 30; index++) await store.save({ hardState: { term: 1, vote: '', commit: index - 1 }, entries: [entry(index, 1, 'x'.repeat(200))] });
+    sealer.rotate();
+    for (let index = 31; index <= 60; index++) await store.save({ hardState: { term: 1, vote: '', commit: index - 1 }, entries: [entry(index, 1, 'y'.repeat(200))] });
+    // The compaction's deletions run outside the queue of writes; the re-seal pass comes meanwhile.
+    const compaction = store.compactThrough(40, 1);
+    await store.resealIfNeeded();
+    // What a crash here would leave: every file must open without DEK 1, retired once this resolves.
+    const left = await segmentFiles();
+    await compaction;
+    expect(await segmentFiles()).toEqual(left);
+    sealer.keys.delete(1);
+    const { loaded } = await reopen(store, sealer, 4096);
+    expect(loaded.entries.map((read) => read.index)).toEqual(Array.from({ length: 20 }, (_, position) => 41 + position));
+  });
+
   it('seals a plaintext log when the member starts encrypting', async () => {
     const { store } = await open();
     await store.save({ hardState: { term: 1, vote: '', commit: 1 }, entries: [entry(1, 1, 'plain-secret')] });

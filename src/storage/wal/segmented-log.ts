@@ -174,6 +174,8 @@ export class SegmentedLog {
   private directoryHandle: FileHandle | undefined;
   /** Deleting segments behind a compaction, outside the queue of writes (one deletion at a time). */
   private removals: Promise<void> = Promise.resolve();
+  /** A deletion of segments behind the log start failed: files may be left under old keys. */
+  private removalFailed = false;
   private readonly segmentBytes: number;
   private readonly commitWriteIntervalMs: number;
   /** When the hard state was last written (performance.now()); -Infinity: not since open. */
@@ -385,15 +387,20 @@ export class SegmentedLog {
    * a crash leaves behind the durable log start is deleted at the next open).
    */
   async compactThrough(index: number, term: number): Promise<void> {
-    const behind = await this.exclusive(async () => {
-      if (index <= this.startValue.index) return [];
+    let removal: Promise<void> | undefined;
+    await this.exclusive(async () => {
+      if (index <= this.startValue.index) return;
       await this.appendFrame([{ type: 'logStart', reset: false, index, term }]);
       this.startValue = { index, term };
-      return this.detachSegmentsBehindStart();
+      const behind = this.detachSegmentsBehindStart();
+      if (behind.length === 0) return;
+      // Chained here, inside the queue, so that a later turn of the queue (resealIfNeeded) finds
+      // this removal in `removals` and can wait for it.
+      removal = this.removals.then(() => this.removeSegments(behind));
+      this.removals = removal.catch(() => {
+        this.removalFailed = true;
+      });
     });
-    if (behind.length === 0) return;
-    const removal = this.removals.then(() => this.removeSegments(behind));
-    this.removals = removal.catch(() => undefined);
     await removal;
   }
 
@@ -447,6 +454,11 @@ export class SegmentedLog {
    */
   resealIfNeeded(): Promise<void> {
     return this.exclusive(async () => {
+      // Segments a compaction took out of the log are deleted outside the queue: wait until they
+      // are gone (and the directory synced), since the caller retires the old keys once this
+      // resolves and a file left under one of them would not open at the next start.
+      await this.removals;
+      if (this.removalFailed) throw new Error('segment files behind the log start could not be deleted: old keys are kept until the next start deletes them');
       if (!this.resealDue) return;
       const loaded = await this.readLive();
       await this.startSegment(this.startValue, true, await this.entryRecords(loaded.entries));
