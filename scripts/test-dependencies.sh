@@ -24,6 +24,9 @@ need cc gcc
 /usr/bin/python3 -c 'import etcd3' >/dev/null 2>&1 || missing="$missing python3-etcd3"
 # patroni's package does not pull in a server; the e2e runs PostgreSQL 15 from its Debian path.
 need patroni patroni
+# python3-idna: only recommended by python3-urllib3, but Patroni's etcd3 client over https needs it
+# (without it every request fails, "No module named 'idna'", and Patroni waits on etcd forever).
+/usr/bin/python3 -c 'import idna' >/dev/null 2>&1 || missing="$missing python3-idna"
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$missing postgresql-15"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
