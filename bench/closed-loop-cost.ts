@@ -8,66 +8,18 @@
  *   node dist/bench/closed-loop-cost.js [seconds=10]
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { request } from 'node:https';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { kvClients, startRampartSecure, type KvClient } from './secure-members.js';
+import { phase } from './bench.js';
+import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const seconds = Number(process.argv[2] ?? 10);
 const connections = 8;
-const inFlight = 64;
-const keySpace = 10_000;
 
 async function processTicks(pid: number): Promise<number> {
   const raw = await readFile(`/proc/${pid}/stat`, 'utf8');
   const fields = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
   return Number(fields[11]) + Number(fields[12]);
-}
-
-function scrape(port: number, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const call = request({ host: '127.0.0.1', port, path: '/metrics', ...tls, servername: 'localhost', checkServerIdentity: () => undefined }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
-    });
-    call.on('error', reject);
-    call.end();
-  });
-}
-
-function metric(text: string, name: string): number {
-  const line = text.split('\n').find((candidate) => candidate.startsWith(name));
-  return Number(line?.slice(line.lastIndexOf(' ') + 1) ?? Number.NaN);
-}
-
-function key(index: number): Buffer {
-  const buffer = Buffer.alloc(256, 'k');
-  buffer.write(String(index).padStart(8, '0'));
-  return buffer;
-}
-
-async function closedLoop(clients: KvClient[], durationSeconds: number): Promise<{ puts: number; errors: number; elapsed: number; p50: number; p99: number }> {
-  const value = Buffer.alloc(1024, 'v');
-  const latencies: number[] = [];
-  let errors = 0;
-  let sequence = 0;
-  const deadline = performance.now() + durationSeconds * 1000;
-  const worker = async (slot: number): Promise<void> => {
-    const client = clients[slot % clients.length] as KvClient;
-    while (performance.now() < deadline) {
-      const started = performance.now();
-      const ok = await new Promise<boolean>((resolve) => client.Put?.call(client, { key: key(sequence++ % keySpace), value }, {}, (error) => resolve(error === null)));
-      if (ok) latencies.push(performance.now() - started);
-      else errors += 1;
-    }
-  };
-  const started = performance.now();
-  await Promise.all(Array.from({ length: inFlight }, (_, slot) => worker(slot)));
-  const elapsed = (performance.now() - started) / 1000;
-  latencies.sort((a, b) => a - b);
-  return { puts: latencies.length, errors, elapsed, p50: latencies[Math.floor(latencies.length * 0.5)] ?? Number.NaN, p99: latencies[Math.floor(latencies.length * 0.99)] ?? Number.NaN };
 }
 
 async function main(): Promise<void> {
@@ -81,15 +33,15 @@ async function main(): Promise<void> {
     const pki = path.join(directory, 'pki');
     const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
-    await closedLoop(clients, 2); // warm-up: connections, JIT, a leader
+    await phase(clients, 'Put', 2); // warm-up: connections, JIT, a leader
     const pids = cluster.members.map((member) => member.pid());
     const metricsBefore = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
     const before = await Promise.all(pids.map(processTicks));
     const load = loadavg()[0] ?? 0;
-    const result = await closedLoop(clients, seconds);
+    const result = await phase(clients, 'Put', seconds);
     const after = await Promise.all(pids.map(processTicks));
     const metricsAfter = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
-    const perWrite = (ticks: number): number => (ticks * 10_000) / result.puts;
+    const perWrite = (ticks: number): number => (ticks * 10_000) / result.requests;
     const summed = after.reduce((sum, ticks, index) => sum + ticks - (before[index] ?? 0), 0);
     const members = after.map((ticks, index) => {
       const later = metricsAfter[index] as string;
@@ -101,7 +53,7 @@ async function main(): Promise<void> {
       return `${role} ${perWrite(ticks - (before[index] ?? 0)).toFixed(0)} us, commit ${commitMs.toFixed(1)} ms`;
     });
     console.log(
-      `${(result.puts / result.elapsed).toFixed(0)} puts/s, p50 ${result.p50.toFixed(1)} p99 ${result.p99.toFixed(1)} ms, errors ${result.errors}, CPU ${perWrite(summed).toFixed(0)} us/write summed; ${members.join('; ')}; load ${load.toFixed(1)}-${(loadavg()[0] ?? 0).toFixed(1)}`,
+      `${result.perSecond.toFixed(0)} puts/s, p50 ${result.p50Ms.toFixed(1)} p99 ${result.p99Ms.toFixed(1)} ms, errors ${result.errors}, CPU ${perWrite(summed).toFixed(0)} us/write summed; ${members.join('; ')}; load ${load.toFixed(1)}-${(loadavg()[0] ?? 0).toFixed(1)}`,
     );
   } finally {
     clients.forEach((client) => client.close());

@@ -13,11 +13,10 @@
  * and mark-compacts from the members' output (count, total, p99 and longest pause).
  */
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fixedRatePhase } from './bench.js';
-import { kvClients, startRampartSecure } from './secure-members.js';
+import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const ratePerSecond = Number(process.argv[2] ?? 1000);
 const seconds = Number(process.argv[3] ?? 20);
@@ -55,24 +54,6 @@ async function threadTicks(pid: number): Promise<Threads> {
   const processTotal = Number(processFields[11]) + Number(processFields[12]);
   byName.set('ended threads', processTotal - total);
   return { byName, total: processTotal };
-}
-
-function scrape(port: number, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const call = request({ host: '127.0.0.1', port, path: '/metrics', ...tls, servername: 'localhost', checkServerIdentity: () => undefined }, (response) => {
-      let body = '';
-      response.setEncoding('utf8');
-      response.on('data', (chunk: string) => (body += chunk));
-      response.on('end', () => resolve(body));
-    });
-    call.on('error', reject);
-    call.end();
-  });
-}
-
-function metric(text: string, name: string): number {
-  const line = text.split('\n').find((candidate) => candidate.startsWith(name));
-  return Number(line?.slice(line.lastIndexOf(' ') + 1) ?? Number.NaN);
 }
 
 interface GcPause {

@@ -14,6 +14,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { request } from 'node:https';
 import { connect as netConnect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -115,6 +116,26 @@ export async function waitForPort(port: number, child: ChildProcess, timeoutMs: 
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
   throw new Error(`port ${port} did not open`);
+}
+
+/** A member's /metrics text from its metrics listener (TLS, the given certificate). */
+export function scrape(port: number, tls: { ca: Buffer; cert: Buffer; key: Buffer }): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const call = request({ host: '127.0.0.1', port, path: '/metrics', ...tls, servername: 'localhost', checkServerIdentity: () => undefined }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => resolve(body));
+    });
+    call.on('error', reject);
+    call.end();
+  });
+}
+
+/** The value on the first line of `text` that starts with `name`. */
+export function metric(text: string, name: string): number {
+  const line = text.split('\n').find((candidate) => candidate.startsWith(name));
+  return Number(line?.slice(line.lastIndexOf(' ') + 1) ?? Number.NaN);
 }
 
 export function kvClients(endpoints: readonly string[], credentials: grpc.ChannelCredentials, count: number): KvClient[] {
