@@ -546,8 +546,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
   logger.info({ memberId: member.memberHex, peerUrls }, 'waiting for a leader before serving clients');
   await member.whenReady();
   if (bootstrap !== undefined) {
-    // A new cluster serves no client before its policies and auth are in force (see bootstrap-auth.ts).
-    const waiting = setInterval(() => logger.warn('not serving clients yet: waiting for this new cluster\'s leader to enable auth (members started with --no-bootstrap-auth never do)'), 10_000);
+    // No client is served before auth is enabled here (see bootstrap-auth.ts).
+    const waiting = setInterval(() => logger.warn('not serving clients yet: waiting for auth to be enabled (a new cluster\'s leader does it, unless started with --no-bootstrap-auth)'), 10_000);
     await bootstrap.secured;
     clearInterval(waiting);
   }

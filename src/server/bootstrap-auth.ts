@@ -5,10 +5,14 @@
  * new audit HMAC key in force from that entry on (`bootstrap`, refused on anything but
  * a pristine store, so two members racing make the second a no-op).
  *
- * Until that entry is applied, a member started with bootstrap auth serves no client (the caller
+ * A member started with bootstrap auth serves no client until it sees auth enabled (the caller
  * waits for `secured` before opening its client port): nobody holding a certificate can get a
- * request in first and leave the cluster with auth off. A bootstrap the cluster refuses for any
- * reason but a lost race is fatal (`onFatal`). `--no-bootstrap-auth` turns all of this off.
+ * request in first and leave the cluster with auth off. That holds also when another member, started
+ * with `--no-bootstrap-auth`, leads and the operator secures the cluster by hand in two steps
+ * (`rampart policy apply`, then `etcdctl auth enable`): between the two, auth is changed but still
+ * off, and this member keeps its port closed. A cluster whose auth is off on purpose is served only
+ * by members started with `--no-bootstrap-auth`. A bootstrap the cluster refuses for any reason but
+ * a lost race is fatal (`onFatal`). `--no-bootstrap-auth` turns all of this off.
  */
 import type { Logger } from 'pino';
 import { isRampartError } from '../errors.js';
@@ -19,7 +23,7 @@ import { newAuditHmacKey } from '../audit/value-hmac.js';
 import type { Member } from './member.js';
 
 export interface BootstrapAuth {
-  /** Resolves once auth is no longer pristine here (normally: enabled with the policies). */
+  /** Resolves once this member has applied an auth state with auth enabled. */
   readonly secured: Promise<void>;
   stop(): void;
 }
@@ -32,11 +36,19 @@ export function bootstrapAuth(member: Member, policy: PolicyState, logger: Logge
   const secured = new Promise<void>((resolve) => {
     markSecured = resolve;
   });
+  let reportedRevision: number | undefined;
   const attempt = async (): Promise<void> => {
     const state = member.auth.state;
-    if (!isPristineAuth(state)) {
-      if (!state.enabled) logger.error({ revision: state.revision }, 'auth is DISABLED on this cluster: it was changed before it could be secured (etcdctl auth enable secures it)');
+    if (state.enabled) {
       finish();
+      return;
+    }
+    if (!isPristineAuth(state)) {
+      // Changed but off: someone else's to enable (`etcdctl auth enable`); said once per auth revision.
+      if (reportedRevision !== state.revision) {
+        reportedRevision = state.revision;
+        logger.error({ revision: state.revision }, 'auth is DISABLED on this cluster: not serving clients until it is enabled (etcdctl auth enable), or start this member with --no-bootstrap-auth to serve with auth off');
+      }
       return;
     }
     if (!member.isLeader) return;
