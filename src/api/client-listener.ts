@@ -15,6 +15,7 @@ import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js'
 import { limitConnections } from '../pki/connection-limit.js';
 import { limitHandshakeTime } from '../pki/handshake-deadline.js';
 import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
+import { correctAuthorization } from '../pki/resumed-session.js';
 import type { HttpHandler } from './http-gateway.js';
 import type { TransportRefusal } from './refusal-audit.js';
 import { rememberPeerCertificate } from './connection-certificate.js';
@@ -135,6 +136,8 @@ export async function listenClients(host: string, port: number, options: ClientL
     tlsServer.on('secureConnection', (socket: TLSSocket) => {
       socket.on('error', () => undefined); // a reset connection is the client's business
       rememberPeerCertificate(socket);
+      // Before anything reads `authorized`: a resumed session without a certificate is not authorized.
+      correctAuthorization(socket);
       track(socket);
       dispatch(socket, socket.alpnProtocol === 'h2');
     });

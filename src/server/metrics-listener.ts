@@ -3,15 +3,18 @@
  * It serves Prometheus and orchestrator probes, a few connections each, yet anyone who can reach it
  * could keep connections open without limit: each a file descriptor and its buffers, from before
  * the TLS handshake. So it has the client port's bounds, smaller: connections per source address
- * and in all (refused as they are accepted), a TLS handshake deadline, and an idle timeout.
+ * and in all (refused as they are accepted), a TLS handshake deadline, and an idle timeout. Over
+ * TLS, a connection that resumed a session without a certificate is not taken for an authorized one
+ * (resumed-session.ts): the handler's certificate check reads `authorized`.
  *
- * Owns: those bounds on one metrics server. Never: what a path answers (metrics.ts).
+ * Owns: those bounds on one metrics server, and its connections' `authorized`. Never: what a path answers (metrics.ts).
  */
 import type { Server as HttpServer } from 'node:http';
 import type { Server as TlsServer } from 'node:tls';
 import type { Logger } from 'pino';
 import { connectionsMaxFor, limitConnections, openFilesLimit } from '../pki/connection-limit.js';
 import { limitHandshakeTime } from '../pki/handshake-deadline.js';
+import { refuseCertificatelessResumption } from '../pki/resumed-session.js';
 
 /** Connections one source address may keep open on a metrics listener (a Prometheus keeps one per target; probes open one each). */
 export const metricsConnectionsPerSourceMax = 100;
@@ -40,7 +43,10 @@ export function boundMetricsServer(server: HttpServer, bounds: MetricsListenerBo
   server.keepAliveTimeout = Math.min(server.keepAliveTimeout, idleTimeoutMs);
   server.headersTimeout = Math.min(metricsHeadersTimeoutMs, idleTimeoutMs);
   server.requestTimeout = idleTimeoutMs;
-  if (bounds.tls) limitHandshakeTime(server as unknown as TlsServer, { logger: bounds.logger, port: 'metrics' });
+  if (bounds.tls) {
+    limitHandshakeTime(server as unknown as TlsServer, { logger: bounds.logger, port: 'metrics' });
+    refuseCertificatelessResumption(server as unknown as TlsServer);
+  }
   limitConnections(server, {
     logger: bounds.logger,
     port: 'metrics',

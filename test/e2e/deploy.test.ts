@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { chmod, cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { request } from 'node:https';
+import type { TLSSocket } from 'node:tls';
 import path from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -155,6 +156,21 @@ describe('deployment', () => {
       call.on('error', () => resolve(0));
       call.end();
     });
+    /** One probe on a connection of its own that resumes `session` when given: its status, the ticket it got and whether it resumed. */
+    const probeOnce = (route: string, session?: Buffer): Promise<{ status: number; session: Buffer | undefined; resumed: boolean }> => new Promise((resolve, reject) => {
+      let ticket: Buffer | undefined;
+      let resumed = false;
+      const call = request({ host: '127.0.0.1', port: metrics, path: route, rejectUnauthorized: false, agent: false, timeout: 10_000, ...(session === undefined ? {} : { session }) }, (response) => {
+        response.resume();
+        response.on('end', () => resolve({ status: response.statusCode ?? 0, session: ticket, resumed }));
+      });
+      call.on('socket', (socket: TLSSocket) => {
+        socket.on('session', (value: Buffer) => (ticket = value));
+        socket.once('secureConnect', () => (resumed = socket.isSessionReused()));
+      });
+      call.on('error', reject);
+      call.end();
+    });
     try {
       const deadline = Date.now() + 30_000;
       while ((await probe('/readyz')) !== 200) {
@@ -164,6 +180,13 @@ describe('deployment', () => {
       }
       expect(await probe('/livez')).toBe(200);
       expect(await probe('/metrics')).toBe(401);
+      // A prober that resumes a TLS session it got without a certificate has none either (Node
+      // reported such a connection as authorized: this probe was answered 403, 'certificate revoked').
+      const first = await probeOnce('/livez');
+      expect(first).toMatchObject({ status: 200, resumed: false });
+      for (const route of ['/metrics', '/health']) {
+        expect(await probeOnce(route, first.session), route).toMatchObject({ status: 401, resumed: true });
+      }
       const pki = path.join(out, 'pki');
       const put = await run('etcdctl', ['--endpoints', `https://127.0.0.1:${client}`, '--cacert', path.join(pki, 'ca.crt'), '--cert', path.join(pki, 'admin.crt'), '--key', path.join(pki, 'admin.key'), 'put', 'deployed', 'yes'], { env: cleanEnvironment() });
       expect(put.stdout).toBe('OK\n');
