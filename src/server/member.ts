@@ -12,7 +12,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
-import { RampartError, assert } from '../errors.js';
+import { RampartError, assert, type ErrorCode } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
 import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { openRaftLog } from '../storage/wal/migration.js';
@@ -160,7 +160,8 @@ export class Member {
   private transport!: Transport;
   /** Proposals waiting for their entry to be applied, with when each was proposed (performance.now()). */
   private readonly waiters = new Map<string, { readonly proposedMs: number; readonly resolve: (result: ApplyResult) => void }>();
-  private readonly changeWaiters = new Map<string, () => void>();
+  /** Proposed configuration changes by request id: told, once applied, why it was refused if it was. */
+  private readonly changeWaiters = new Map<string, (refusal: ErrorCode | undefined) => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
   /** The last applied batch's LevelDB write (see applyEntries); it never rejects (a failure stops the member). */
@@ -778,9 +779,10 @@ export class Member {
         this.changeWaiters.delete(requestId);
         reject(new RampartError('Timeout'));
       }, this.options.requestTimeoutMs);
-      this.changeWaiters.set(requestId, () => {
+      this.changeWaiters.set(requestId, (refusal) => {
         clearTimeout(timer);
-        resolve();
+        if (refusal === undefined) resolve();
+        else reject(new RampartError(refusal));
       });
     });
     try {
@@ -982,7 +984,7 @@ export class Member {
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
-    const appliedChanges: string[] = [];
+    const appliedChanges: [string, ErrorCode | undefined][] = [];
     let removedSelf = false;
     let membershipChanged = false;
     for (const entry of entries) {
@@ -991,10 +993,16 @@ export class Member {
         const change = parseConfigurationChange(entry.data);
         if (change === undefined) continue;
         const context = parseChangeContext(change.context);
+        const refusal = this.membership.refusal(change, context);
+        if (context !== undefined && context.requestId !== '') appliedChanges.push([context.requestId, refusal]);
+        if (refusal !== undefined) {
+          // Refused by every member alike (see membership.ts): Raft's configuration stays as it is.
+          this.options.logger.warn({ index: entry.index, change: change.type, member: change.nodeId, reason: refusal }, 'refused a committed configuration change');
+          continue;
+        }
         batch.push(...this.membership.applyChange(change, context));
         this.loop.node.applyConfigurationChange(change);
         membershipChanged = true;
-        if (context !== undefined && context.requestId !== '') appliedChanges.push(context.requestId);
         if (change.type === 'removeNode' && change.nodeId === this.memberHex) removedSelf = true;
         continue;
       }
@@ -1049,8 +1057,8 @@ export class Member {
         waiter.resolve(result);
       }
     }
-    for (const requestId of appliedChanges) {
-      this.changeWaiters.get(requestId)?.();
+    for (const [requestId, refusal] of appliedChanges) {
+      this.changeWaiters.get(requestId)?.(refusal);
       this.changeWaiters.delete(requestId);
     }
     if (membershipChanged) {

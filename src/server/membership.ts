@@ -5,9 +5,18 @@
  * A new cluster starts from `--initial-cluster`: every founding member derives the same ids and
  * writes the same first entries (one configuration change per member, term 1), as etcd does, so a
  * member that joins later learns the founders by replaying or receiving the log like anything else.
+ *
+ * A configuration change is checked again when its entry is applied (`refusal`), from the replicated
+ * records alone, as etcd's applyConfChange does (ValidateConfigurationChange): a member proposing
+ * one checks the cluster as it sees it then, but two MemberAdds checked at 63 members, on two
+ * members or before the first one is applied, both pass that check. Applied, a refused change
+ * changes nothing (neither the records nor Raft's configuration) on every member alike, and its
+ * proposer gets the reason.
  */
 import { createHash } from 'node:crypto';
 import type { ConfigurationChange, ConfigurationState, Entry } from '../raft/types.js';
+import type { ErrorCode } from '../errors.js';
+import { clusterMemberPeerUrlsMax, clusterMembersMax, clusterTextBytesMax } from './cluster-view.js';
 import type { BatchOperation, Database } from '../storage/mvcc/store.js';
 import { prefix, prefixEnd } from '../storage/schema.js';
 
@@ -46,6 +55,7 @@ export function clusterIdFor(memberIds: readonly string[], clusterToken: string)
 /** Parses `name=url,name=url` (a name may appear several times, once per peer URL). */
 export function parseInitialCluster(text: string): InitialMember[] {
   const byName = new Map<string, string[]>();
+  const seen = new Set<string>();
   for (const part of text.split(',').map((item) => item.trim()).filter((item) => item.length > 0)) {
     const separator = part.indexOf('=');
     if (separator <= 0 || separator === part.length - 1) {
@@ -58,14 +68,23 @@ export function parseInitialCluster(text: string): InitialMember[] {
     } catch {
       throw new Error(`--initial-cluster: "${url}" is not a URL`);
     }
-    byName.set(name, [...(byName.get(name) ?? []), url]);
+    if (Buffer.byteLength(name) > clusterTextBytesMax || Buffer.byteLength(url) > clusterTextBytesMax) throw new Error(`--initial-cluster: a name or URL longer than ${clusterTextBytesMax} bytes`);
+    // Two members with one URL between them: the second would be refused as it is applied (PeerUrlExists).
+    if (seen.has(url)) throw new Error(`--initial-cluster: "${url}" is listed twice`);
+    seen.add(url);
+    const urls = [...(byName.get(name) ?? []), url];
+    if (urls.length > clusterMemberPeerUrlsMax) throw new Error(`--initial-cluster: ${name} has more than ${clusterMemberPeerUrlsMax} peer URLs`);
+    byName.set(name, urls);
   }
   if (byName.size === 0) throw new Error('--initial-cluster is empty');
+  // A cluster of more could never be joined (a joining member reads at most this many, cluster-view.ts).
+  if (byName.size > clusterMembersMax) throw new Error(`--initial-cluster names ${byName.size} members: a cluster has at most ${clusterMembersMax}`);
   return [...byName].map(([name, peerUrls]) => ({ name, peerUrls }));
 }
 
 /** The identical first log entries of a new cluster. */
 export function bootstrapEntries(members: readonly InitialMember[], clusterToken: string): Entry[] {
+  if (members.length > clusterMembersMax) throw new Error(`an initial cluster of ${members.length} members: a cluster has at most ${clusterMembersMax}`);
   return members.map((member, position) => {
     const record: MemberRecord = { id: memberIdFor(member.peerUrls, clusterToken), name: member.name, peerUrls: member.peerUrls, clientUrls: [], isLearner: false };
     const change: ConfigurationChange = { type: 'addVoter', nodeId: record.id, context: JSON.stringify({ requestId: '', member: record } satisfies ChangeContext) };
@@ -84,6 +103,7 @@ export class Membership {
 
   async load(db: Database): Promise<void> {
     this.members.clear();
+    this.removed.clear();
     for await (const [key, value] of db.iterator({ gte: Buffer.of(prefix.member), lt: prefixEnd(prefix.member) })) {
       const record = JSON.parse(value.toString('utf8')) as MemberRecord & { removed?: boolean };
       const id = key.subarray(1).toString('utf8');
@@ -107,6 +127,33 @@ export class Membership {
   configuration(): ConfigurationState {
     const members = this.list();
     return { voters: members.filter((member) => !member.isLearner).map((member) => member.id), learners: members.filter((member) => member.isLearner).map((member) => member.id) };
+  }
+
+  /**
+   * Why the committed `change` is refused, if it is (etcd's ValidateConfigurationChange): decided
+   * from the replicated records alone, so every member decides alike. A refused change must not
+   * reach `applyChange` nor Raft's configuration.
+   */
+  refusal(change: ConfigurationChange, context: ChangeContext | undefined): ErrorCode | undefined {
+    const existing = this.members.get(change.nodeId);
+    switch (change.type) {
+      case 'addVoter':
+      case 'addLearner': {
+        // Only a crafted entry has no member record: Raft would count a voter no record names.
+        if (context === undefined || !peerUrlsWithinBounds(context.member.peerUrls)) return 'MemberBadUrls';
+        if (this.removed.has(change.nodeId)) return 'MemberIdRemoved';
+        if (existing !== undefined) return 'MemberExists';
+        const taken = new Set([...this.members.values()].flatMap((member) => member.peerUrls));
+        if (context.member.peerUrls.some((url) => taken.has(url))) return 'PeerUrlExists';
+        if (this.members.size >= clusterMembersMax) return 'TooManyMembers';
+        return undefined;
+      }
+      case 'promoteLearner':
+        if (existing === undefined) return 'MemberNotFound';
+        return existing.isLearner ? undefined : 'MemberNotLearner';
+      case 'removeNode':
+        return existing === undefined ? 'MemberNotFound' : undefined;
+    }
   }
 
   /** Applies a configuration change to the records; returns the batch operations that persist it. */
@@ -143,4 +190,13 @@ export class Membership {
     this.members.set(record.id, record);
     return [{ type: 'put', key: memberKey(record.id), value: Buffer.from(JSON.stringify(record)) }];
   }
+}
+
+/**
+ * Whether `urls` stay within what a joining member reads of one member (cluster-view.ts). Only the
+ * bounds: whether each is a URL MemberAdd takes is the proposer's check (a founding member's URL
+ * from --initial-cluster may name no port, and was applied as it is).
+ */
+function peerUrlsWithinBounds(urls: unknown): boolean {
+  return Array.isArray(urls) && urls.length > 0 && urls.length <= clusterMemberPeerUrlsMax && urls.every((url) => typeof url === 'string' && Buffer.byteLength(url) <= clusterTextBytesMax);
 }

@@ -16,6 +16,17 @@ describe('member start', () => {
     await removeDirectory(dataDir);
   });
 
+  it('refuses an --initial-cluster of more than 64 members (no member could join it), naming the bound', async () => {
+    const dataDir = await temporaryDirectory('too-many-members');
+    const initialCluster = Array.from({ length: 65 }, (_, index) => `m${index}=http://127.0.0.1:${30_000 + index}`).join(',');
+    const result = await run(process.execPath, [rampartBin, 'serve', '--insecure', '--name', 'm0', '--data-dir', dataDir, '--listen-client-urls', 'http://127.0.0.1:1',
+      '--listen-peer-urls', 'http://127.0.0.1:30000', '--initial-advertise-peer-urls', 'http://127.0.0.1:30000', '--initial-cluster', initialCluster]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('--initial-cluster names 65 members: a cluster has at most 64');
+    expect(result.stderr).not.toMatch(/\n\s+at /);
+    await removeDirectory(dataDir);
+  });
+
   it('starts from a YAML config file, with command-line flags winning, and names the line of a bad setting', async () => {
     const dataDir = await temporaryDirectory('config');
     const port = await freePort();
