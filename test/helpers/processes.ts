@@ -5,7 +5,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, readlink, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,29 +23,54 @@ export function cleanEnvironment(extra: Record<string, string> = {}): NodeJS.Pro
 }
 
 /**
- * The slice of ports this test process hands out. The suite runs files in parallel workers that
- * start and restart members on ports chosen here; a port from the kernel's ephemeral range
- * (`listen(0)`) may be handed to another worker the moment it is free again — while a member
- * restarts on it — and that worker's member then answers this one's clients (seen in CI:
- * "UNIMPLEMENTED: The server does not implement the method /etcdserverpb.KV/Put" from a peer
- * port). So each vitest worker (VITEST_POOL_ID) takes ports from its own slice of 10000-19999,
- * below the ephemeral range (32768+, where outgoing connections take theirs) and apart from
- * `freeBasePort`'s 20000+, in sequence from a random start, never handing one out twice.
+ * Ports for the members tests start. The suite runs files in parallel workers that start and
+ * restart members on ports chosen here, so a port must not be one that anything else may take
+ * meanwhile:
+ * - not from the kernel's ephemeral range (32768-60999 here): `listen(0)` servers (in-process
+ *   members, fault proxies, audit receivers) and every outgoing connection take theirs there, the
+ *   moment a port is free, e.g. while a member restarts on it. A listener of another test then
+ *   answers this one's clients (seen in CI: "UNIMPLEMENTED: The server does not implement the method
+ *   /etcdserverpb.KV/Put" from a peer port), and a connection's local port makes the member's
+ *   listen fail (EADDRINUSE);
+ * - not from another worker: each vitest worker (VITEST_POOL_ID, 1..maxWorkers) has a slice of
+ *   its own, and hands its ports out in sequence from a random start, never twice.
+ * `rampart up` bases (freeBasePort) put members at base, base+10000 and base+20000 (each +0..+2:
+ * client, peer, metrics), so bases come from 7700-12699 (the highest, m3's metrics, is 32697) and
+ * single ports (freePort) from the gaps between those three bands: 12710-17689 and 22710-27689.
+ * (Linux's default ip_local_port_range; a machine whose range reaches below 32768 loses the first
+ * guarantee.)
  */
-const portSliceSize = 2_500;
 const portSliceCount = 4;
-const portSlice = (Number(process.env.VITEST_POOL_ID ?? process.pid) % portSliceCount);
-let nextPortOffset = Math.floor(Math.random() * portSliceSize);
-let portsHandedOut = 0;
+const portSlice = Number(process.env.VITEST_POOL_ID ?? process.pid) % portSliceCount;
+const basePortFirst = 7_700;
+const basePortSliceSize = 1_250;
+/** A base's ports: client, peer and metrics of up to three members. */
+const basePortOffsets = [0, 1, 2, 10_000, 10_001, 10_002, 20_000, 20_001, 20_002];
+const singlePortSliceSize = 1_245;
+const singlePortRanges = [12_710, 22_710].map((first) => first + portSlice * singlePortSliceSize);
+
+/** Ports of this worker's slice, each once, in sequence from a random start; `step` apart. */
+function sequence(size: number, step: number): () => number | undefined {
+  const count = Math.floor(size / step);
+  let next = Math.floor(Math.random() * count);
+  let handedOut = 0;
+  return () => {
+    if (handedOut === count) return undefined;
+    handedOut++;
+    const index = next;
+    next = (next + 1) % count;
+    return index * step;
+  };
+}
+
+const nextSinglePort = sequence(singlePortRanges.length * singlePortSliceSize, 1);
 
 export async function freePort(): Promise<number> {
-  while (portsHandedOut < portSliceSize) {
-    const port = 10_000 + portSlice * portSliceSize + nextPortOffset;
-    nextPortOffset = (nextPortOffset + 1) % portSliceSize;
-    portsHandedOut++;
+  for (let offset = nextSinglePort(); offset !== undefined; offset = nextSinglePort()) {
+    const port = (singlePortRanges[Math.floor(offset / singlePortSliceSize)] as number) + (offset % singlePortSliceSize);
     if (await portFree(port)) return port;
   }
-  throw new Error(`no free port left in this worker's slice (${portSliceSize} handed out)`);
+  throw new Error(`no free port left in this worker's slices (${singlePortRanges.join(', ')}, ${singlePortSliceSize} each)`);
 }
 
 export async function temporaryDirectory(name: string): Promise<string> {
@@ -107,10 +132,32 @@ async function waitForPort(port: number, child: ChildProcess, output: () => stri
       });
       socket.once('error', () => resolve(false));
     });
-    if (open) return;
-    if (Date.now() > deadline) throw new Error(`port ${port} not open after ${timeoutMs} ms:\n${output()}`);
+    // Open, but maybe by another process (a port taken between freePort and this bind): not ours
+    // then, and the child will fail on its bind and exit with the reason.
+    if (open && child.pid !== undefined && (await listensOn(child.pid, port))) return;
+    if (Date.now() > deadline) throw new Error(`port ${port} not open${open ? ' by this process (another one listens on it)' : ''} after ${timeoutMs} ms:\n${output()}`);
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
+}
+
+/**
+ * Whether process `pid` holds a socket listening on `port` (Linux: its inode in /proc/net/tcp*
+ * among the process's descriptors). True when /proc cannot say (another system).
+ */
+export async function listensOn(pid: number, port: number): Promise<boolean> {
+  const tables = await Promise.all(['/proc/net/tcp', '/proc/net/tcp6'].map((table) => readFile(table, 'utf8').catch(() => undefined)));
+  if (tables.every((table) => table === undefined)) return true;
+  const portSuffix = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const line of tables.flatMap((table) => table?.split('\n').slice(1) ?? [])) {
+    // sl local_address rem_address st ... inode: st 0A is LISTEN.
+    const fields = line.trim().split(/\s+/);
+    if (fields[3] === '0A' && fields[1]?.endsWith(portSuffix) === true && fields[9] !== undefined) inodes.add(`socket:[${fields[9]}]`);
+  }
+  if (inodes.size === 0) return false;
+  const descriptors = await readdir(`/proc/${pid}/fd`).catch(() => [] as string[]);
+  const targets = await Promise.all(descriptors.map((descriptor) => readlink(`/proc/${pid}/fd/${descriptor}`).catch(() => '')));
+  return targets.some((target) => inodes.has(target));
 }
 
 function track(child: ChildProcess): () => string {
@@ -275,13 +322,17 @@ async function portFree(port: number): Promise<boolean> {
   });
 }
 
-/** A base port whose +0/+1/+2, +10000/+10001/+10002 and +20000/+20001/+20002 neighbours (client, peer, metrics) are all free. */
+const nextBaseOffset = sequence(basePortSliceSize, 3);
+
+/**
+ * A base port whose +0/+1/+2, +10000/+10001/+10002 and +20000/+20001/+20002 neighbours (client,
+ * peer, metrics of `rampart up`'s three members) are all free, from this worker's slice of bases
+ * (see freePort), 3 apart: no two bases of one worker share a port.
+ */
 export async function freeBasePort(): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    // Each worker's bases from its own slice (see freePort), so two workers never race for one.
-    const base = 20_000 + portSlice * 2_250 + Math.floor(Math.random() * 2_250);
-    const ports = [0, 1, 2, 10_000, 10_001, 10_002, 20_000, 20_001, 20_002].map((offset) => base + offset);
-    if ((await Promise.all(ports.map(portFree))).every(Boolean)) return base;
+  for (let offset = nextBaseOffset(); offset !== undefined; offset = nextBaseOffset()) {
+    const base = basePortFirst + portSlice * basePortSliceSize + offset;
+    if ((await Promise.all(basePortOffsets.map((neighbour) => portFree(base + neighbour)))).every(Boolean)) return base;
   }
-  throw new Error('no free base port');
+  throw new Error('no free base port left in this worker\'s slice');
 }
