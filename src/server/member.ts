@@ -127,6 +127,15 @@ export const applyGapEntriesMax = 5_000;
 
 type ProposalBody = Omit<InternalRequest, 'id'>;
 
+interface ProposalWaiter {
+  readonly proposedMs: number;
+  /** performance.now() past which the proposal fails with etcd's 'request timed out'. */
+  readonly expiresMs: number;
+  /** Answers the proposal with its applied result (or a refusal such as LeaderChanged). */
+  readonly resolve: (result: ApplyResult) => void;
+  readonly reject: (error: unknown) => void;
+}
+
 export interface MemberInfo {
   readonly id: bigint;
   readonly name: string;
@@ -158,8 +167,14 @@ export class Member {
   private readonly applier: Applier;
   private loop!: RaftLoop;
   private transport!: Transport;
-  /** Proposals waiting for their entry to be applied, with when each was proposed (performance.now()). */
-  private readonly waiters = new Map<string, { readonly proposedMs: number; readonly resolve: (result: ApplyResult) => void }>();
+  /**
+   * Proposals waiting for their entry to be applied, with when each was proposed (performance.now())
+   * and when it times out. Every proposal gets the same timeout and is added as it is proposed, so
+   * the map's order is deadline order: one timer (`proposalDeadline`) serves them all, armed for
+   * the first, instead of a setTimeout and clearTimeout per proposal.
+   */
+  private readonly waiters = new Map<string, ProposalWaiter>();
+  private proposalDeadline: NodeJS.Timeout | undefined;
   /** Proposed configuration changes by request id: told, once applied, why it was refused if it was. */
   private readonly changeWaiters = new Map<string, (refusal: ErrorCode | undefined) => void>();
   private nextRequestId: bigint;
@@ -815,14 +830,18 @@ export class Member {
     }
   }
 
+  /** Proposes `body` and waits for its entry to be applied; the body becomes the request (its id set here), it is not copied. */
   private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
     this.checkRunning();
     if (this.loop.node.commitIndex > this.appliedIndexValue + applyGapEntriesMax) throw new RampartError('TooManyRequests');
     const receivedMs = performance.now();
+    const request = body as InternalRequest;
+    request.id = 0;
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
-    await this.authorizeCurrent({ id: 0, ...body } as InternalRequest);
+    await this.authorizeCurrent(request);
     const id = (this.nextRequestId++).toString();
-    const data = encodeInternalRequest({ id, ...body } as InternalRequest);
+    request.id = id;
+    const data = encodeInternalRequest(request);
     if (data.length > this.options.maxRequestBytes) {
       throw new RampartError('RequestTooLarge');
     }
@@ -831,34 +850,52 @@ export class Member {
       throw new RampartError('NoSpace');
     }
     const result = await new Promise<ApplyResult>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiters.delete(id);
-        instruments.proposalFailed.record(1);
-        reject(new RampartError('Timeout'));
-      }, this.options.requestTimeoutMs);
       const proposedMs = performance.now();
       instruments.writeStageSeconds.record((proposedMs - receivedMs) / 1000, 'authorize');
       this.waiters.set(id, {
         proposedMs,
+        expiresMs: proposedMs + this.options.requestTimeoutMs,
         resolve: (applied) => {
-          clearTimeout(timer);
           instruments.writeStageSeconds.recordSince(proposedMs, 'answer');
           resolve(applied);
         },
+        reject,
       });
       try {
         this.loop.propose(data);
       } catch (error) {
-        clearTimeout(timer);
         this.waiters.delete(id);
         instruments.proposalFailed.record(1);
         reject(error);
+        return;
       }
+      this.armProposalDeadline();
     });
     if (!result.ok) {
       throw result.error;
     }
     return { revision: result.revision, response: result.response };
+  }
+
+  /** Arms the timer for the first waiter's deadline (the earliest), unless it is armed already (for an earlier one). */
+  private armProposalDeadline(): void {
+    if (this.proposalDeadline !== undefined) return;
+    const first = this.waiters.values().next();
+    if (first.done === true) return;
+    this.proposalDeadline = setTimeout(() => this.expireProposals(), Math.max(1, Math.ceil(first.value.expiresMs - performance.now())));
+  }
+
+  /** Fails every proposal past its deadline with etcd's 'request timed out' (Unavailable), then waits for the next. */
+  private expireProposals(): void {
+    this.proposalDeadline = undefined;
+    const now = performance.now();
+    for (const [id, waiter] of this.waiters) {
+      if (waiter.expiresMs > now) break;
+      this.waiters.delete(id);
+      instruments.proposalFailed.record(1);
+      waiter.reject(new RampartError('Timeout'));
+    }
+    this.armProposalDeadline();
   }
 
   private raiseNoSpaceAlarm(): void {
