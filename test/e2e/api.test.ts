@@ -217,14 +217,24 @@ describe('API over gRPC', () => {
     const keepAlive = client.lease.LeaseKeepAlive();
     const replies: Record<string, unknown>[] = [];
     keepAlive.on('data', (reply: Record<string, unknown>) => replies.push(reply));
+    // A keep-alive at once, then every 500 ms: the grants and puts above can take a good part of
+    // the 2 s TTL on a loaded machine.
+    keepAlive.write({ ID: kept.ID });
     const timer = setInterval(() => keepAlive.write({ ID: kept.ID }), 500);
+    const leaseKeys = async (): Promise<string[]> => ((await call(client.kv, 'Range', { key: bytes('lease/'), range_end: bytes('lease0') })).kvs as Record<string, unknown>[]).map((kv) => text(kv.key));
     await new Promise((resolve) => setTimeout(resolve, 4000));
+    // The dropped lease is past its TTL: its revocation (the leader's expiry check, then a commit)
+    // is waited for while the keep-alives go on, not assumed done within the 4 s.
+    let remaining = await leaseKeys();
+    for (const deadline = Date.now() + 30_000; remaining.includes('lease/dropped') && Date.now() < deadline;) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      remaining = await leaseKeys();
+    }
     clearInterval(timer);
     keepAlive.end();
     expect(replies.length).toBeGreaterThan(3);
     expect(replies.every((reply) => reply.TTL === '2' && reply.ID === kept.ID)).toBe(true);
-    const remaining = await call(client.kv, 'Range', { key: bytes('lease/'), range_end: bytes('lease0') });
-    expect((remaining.kvs as Record<string, unknown>[]).map((kv) => text(kv.key))).toEqual(['lease/kept']);
+    expect(remaining).toEqual(['lease/kept']);
     const gone = await call(client.lease, 'LeaseTimeToLive', { ID: dropped.ID });
     expect(gone.TTL).toBe('-1');
   });
@@ -314,8 +324,15 @@ describe('Lock and Election services', () => {
     const impatient = await new Promise<grpc.ServiceError | null>((resolve) =>
       (client.lock.Lock as unknown as (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null) => void) => void).call(client.lock, { name: Buffer.from('jobs'), lease: third }, { deadline: Date.now() + 300 }, resolve));
     expect(impatient?.code).toBe(grpc.status.DEADLINE_EXCEEDED);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    expect(await keysUnder('jobs/')).toEqual([`jobs/${BigInt(first).toString(16)}`, `jobs/${BigInt(second).toString(16)}`].sort());
+    // Its key goes once the member has seen the cancel and committed the delete: waited for (a
+    // fixed 200 ms is less than a commit takes at load ~30), then the queue must be exactly these two.
+    const queue = [`jobs/${BigInt(first).toString(16)}`, `jobs/${BigInt(second).toString(16)}`].sort();
+    let keys = await keysUnder('jobs/');
+    for (const deadline = Date.now() + 30_000; JSON.stringify(keys) !== JSON.stringify(queue) && Date.now() < deadline;) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      keys = await keysUnder('jobs/');
+    }
+    expect(keys).toEqual(queue);
 
     await call(client.lock, 'Unlock', { key: held.key });
     expect(((await waiting).key as Buffer).toString()).toBe(`jobs/${BigInt(second).toString(16)}`);

@@ -118,9 +118,13 @@ describe('audit trail of a running member', () => {
     } finally {
       raw.close();
     }
-    // A refused call is audited without holding its answer: give the trail a moment.
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    const events = await trailEvents(path.join(server.dataDir, 'audit'));
+    // A refused call is audited without holding its answer: wait until the trail holds the four
+    // refusals (a fixed 300 ms is less than an audit fsync has taken at load ~30), then check them.
+    let events = await trailEvents(path.join(server.dataDir, 'audit'));
+    for (const deadline = Date.now() + 30_000; events.filter((event) => event.outcome === 'failed').length < 4 && Date.now() < deadline;) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      events = await trailEvents(path.join(server.dataDir, 'audit'));
+    }
     const refused = events.filter((event) => event.outcome === 'failed').map((event) => [event.action, event.code, event.detail]);
     expect(refused).toEqual([
       ['Put', 'INTERNAL', 'Error deserializing request'],

@@ -117,11 +117,15 @@ describe('availability under attack (TLS member, a certificate that is no user)'
       const reader = bystander.watch.Watch();
       reader.on('error', () => undefined);
       const seen: number[] = [];
-      reader.on('data', (response: { events?: { kv: { value: Buffer } }[] }) => {
+      let readerCreated = false;
+      reader.on('data', (response: { created?: boolean; events?: { kv: { value: Buffer } }[] }) => {
+        if (response.created === true) readerCreated = true;
         for (const event of response.events ?? []) seen.push(event.kv.value.length);
       });
       reader.write({ create_request: { key: Buffer.from('/fan/out') } });
-      await new Promise((resolve) => setTimeout(resolve, 300));
+      // The puts below must come after the watcher exists (a fixed 300 ms was not always enough at load ~30).
+      for (const createdBy = Date.now() + 30_000; !readerCreated && Date.now() < createdBy;) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(readerCreated, 'the reading watcher was created').toBe(true);
       const before = await residentBytes(pid);
       let peak = before;
       let sampling = true;
@@ -172,6 +176,7 @@ describe('availability under attack (TLS member, a certificate that is no user)'
     const valueBytes = 1_400_000;
     const writes = 14; // ~19 MiB in all: past the 16 MiB a user may hold queued
     let received = 0;
+    let created = false;
     const watch = request({ host: '127.0.0.1', port: member.clientPort, path: '/v3/watch', method: 'POST', ca: await readFile(file('--cacert')), cert: await readFile(file('--cert')), key: await readFile(file('--key')) });
     let buffered = '';
     watch.on('response', (response) => {
@@ -180,7 +185,8 @@ describe('availability under attack (TLS member, a certificate that is no user)'
         buffered += chunk;
         let newline = buffered.indexOf('\n');
         while (newline >= 0) {
-          const line = JSON.parse(buffered.slice(0, newline)) as { result?: { events?: unknown[] } };
+          const line = JSON.parse(buffered.slice(0, newline)) as { result?: { created?: boolean; events?: unknown[] } };
+          if (line.result?.created === true) created = true;
           received += line.result?.events?.length ?? 0;
           buffered = buffered.slice(newline + 1);
           newline = buffered.indexOf('\n');
@@ -190,7 +196,9 @@ describe('availability under attack (TLS member, a certificate that is no user)'
     watch.on('error', () => undefined);
     watch.write(JSON.stringify({ create_request: { key: Buffer.from('/gateway/watched').toString('base64') } }));
     try {
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // The puts must come after the watcher exists: wait for its created answer (not a fixed 500 ms).
+      for (const createdBy = Date.now() + 30_000; !created && Date.now() < createdBy;) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(created, 'the gateway watcher was created').toBe(true);
       for (let index = 0; index < writes; index++) await call(bystander.kv, 'Put', { key: Buffer.from('/gateway/watched'), value: Buffer.alloc(valueBytes, index) });
       const deadline = Date.now() + 30_000;
       while (received < writes && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100));

@@ -56,10 +56,13 @@ describe('peer stream bounds (TLS member)', () => {
     });
     try {
       await Promise.all(sending);
-      // The bytes that were sent have arrived once the member holds them or has reset their stream.
-      await new Promise((resolve) => setTimeout(resolve, 3000));
       // At most two streams hold their 60 MiB (144 MiB per source); the other six are reset. (RSS is
       // no measure here: the reset streams' chunks are garbage the member has not collected yet.)
+      // The bytes sent have arrived once the member holds them or has reset their stream: waited
+      // for (up to 60 s), not a fixed 3 s that a loaded member can take to read ~200 MiB.
+      const resetsExpected = streamsCount - Math.floor(peerRequestBytesPerSourceMax / messageBytes);
+      const logged = (): boolean => member.output().includes('reset a peer stream: too many request bytes in flight');
+      for (const deadline = Date.now() + 60_000; (reset < resetsExpected || !logged()) && Date.now() < deadline;) await new Promise((resolve) => setTimeout(resolve, 100));
       expect(reset, `${Math.round(sent / mebibyte)} MiB sent`).toBeGreaterThanOrEqual(streamsCount - Math.floor(peerRequestBytesPerSourceMax / messageBytes));
       expect(member.output()).toContain('reset a peer stream: too many request bytes in flight');
     } finally {
