@@ -41,7 +41,7 @@ describe.runIf(etcdAvailable())('alarm list by a certificate that is no user, as
   afterAll(async () => {
     etcd?.child.kill('SIGKILL');
     await member?.stop();
-  }, 30_000);
+  }, 120_000);
 
   it('answers the admin and a stranger as etcd does: no header, no alarm', async () => {
     const stranger = await member.flagsFor('nobody');

@@ -43,7 +43,7 @@ describe('audit checkpoints witnessed by the cluster', () => {
 
   afterAll(async () => {
     await cluster?.down();
-  }, 30_000);
+  }, 120_000);
 
   const stopM1 = async (): Promise<void> => {
     const pid = Number((await readFile(path.join(home, 'm1', 'pid'), 'utf8')).trim());

@@ -47,7 +47,7 @@ describe('a member\'s audit files offline: tail and retention', () => {
   afterAll(async () => {
     client?.close();
     await member?.stop();
-  }, 30_000);
+  }, 120_000);
 
   it('tails the sealed trail offline: the last events, then new ones as they are written, across rotations', async () => {
     for (let index = 0; index < 12; index++) await put(`/tail/before-${index}`);

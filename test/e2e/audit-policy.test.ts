@@ -48,7 +48,7 @@ describe('the audit policy of a cluster', () => {
 
   afterAll(async () => {
     await cluster?.down();
-  }, 30_000);
+  }, 120_000);
 
   it('records writes, denials and secret reads by default, not ordinary reads', async () => {
     expect((await etcdctl(0, ['put', '/pods/p1', 'v'])).code).toBe(0);

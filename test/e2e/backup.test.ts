@@ -32,7 +32,7 @@ describe('backups and multi-member restore', () => {
   afterAll(async () => {
     await rampart(['down', '--dir', cluster]);
     await removeDirectory(home);
-  }, 30_000);
+  }, 120_000);
 
   it('saves verified backups, keeps --retention of them, and verify counts keys and refuses damage', async () => {
     for (let index = 0; index < 20; index++) expect((await etcdctl(basePort, ['put', `/app/${index}`, `v${index}`])).stdout).toBe('OK\n');

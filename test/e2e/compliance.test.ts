@@ -52,7 +52,7 @@ describe('rampart compliance', () => {
 
   afterAll(async () => {
     await cluster?.down();
-  }, 30_000);
+  }, 120_000);
 
   it('passes on a default rampart up cluster, in every format', async () => {
     // Members propose their first audit checkpoint within seconds of starting: wait for it.

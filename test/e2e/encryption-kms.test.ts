@@ -68,7 +68,7 @@ describe('encryption with a KMS v2 plugin', () => {
     await member?.stop();
     await killPlugin();
     if (directory !== undefined) await removeDirectory(directory);
-  }, 30_000);
+  }, 120_000);
 
   it('seals under data keys the plugin wrapped', async () => {
     expect((await etcdctl(member?.endpoint ?? '', ['put', 'kms/a', 'secret-a'])).stdout).toBe('OK\n');

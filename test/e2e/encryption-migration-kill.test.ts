@@ -18,7 +18,7 @@ describe('a migration killed mid-way', () => {
   afterAll(async () => {
     await cluster?.remove();
     if (keyDirectory !== undefined) await removeDirectory(keyDirectory);
-  }, 30_000);
+  }, 120_000);
 
   it('resumes after a SIGKILL to 100%, with HashKV equal on every member; status from one endpoint covers all', async () => {
     cluster = await startCluster(3);

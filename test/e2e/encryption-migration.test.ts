@@ -37,7 +37,7 @@ describe('migrating a plaintext member to encryption at rest', () => {
   afterAll(async () => {
     await member?.stop();
     if (directory !== undefined) await removeDirectory(directory);
-  }, 30_000);
+  }, 120_000);
 
   it('seals every record online under load and leaves no plaintext on disk', async () => {
     directory = await temporaryDirectory('migration');

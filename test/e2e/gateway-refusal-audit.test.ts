@@ -71,7 +71,7 @@ describe('gateway refusals in the audit trail', () => {
 
   beforeAll(async () => {
     server = await startRampart({ args: ['--max-request-bytes', '4096'] });
-  }, 30_000);
+  }, 120_000);
 
   afterAll(async () => {
     await server?.stop();

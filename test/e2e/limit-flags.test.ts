@@ -24,7 +24,7 @@ describe('limit flags of rampart serve', () => {
       await server.stop();
       await removeDirectory(server.dataDir);
     }
-  }, 30_000);
+  }, 120_000);
 
   it('refuses values that cannot work, naming the flag and its range', async () => {
     const dataDir = await temporaryDirectory('limit-flags');

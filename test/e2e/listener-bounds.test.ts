@@ -41,7 +41,7 @@ describe('listener bounds of a TLS member', () => {
   afterAll(async () => {
     for (const socket of sockets.splice(0)) socket.destroy();
     await member?.stop();
-  }, 30_000);
+  }, 120_000);
 
   /** A TCP connection from `localAddress`; resolves once connected, with a promise of how long until the member closes it. */
   async function openTcp(port: number, localAddress = '127.0.0.1'): Promise<{ socket: Socket; closedAfterMs: Promise<number> }> {

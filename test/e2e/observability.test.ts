@@ -58,7 +58,7 @@ describe('metrics, alerts and dashboard', () => {
       await run(process.execPath, [rampartBin, 'down', '--dir', home]);
       await removeDirectory(path.dirname(home));
     }
-  }, 30_000);
+  }, 120_000);
 
   it('promtool accepts the alert rules', async () => {
     const result = await run('promtool', ['check', 'rules', alertsFile]);

@@ -56,7 +56,7 @@ describe('refusals of the peer port in the audit trail', () => {
 
   afterAll(async () => {
     await member?.stop();
-  }, 30_000);
+  }, 120_000);
 
   it('records a handshake without a certificate, another CA\'s certificate, and a client certificate acting as a member', async () => {
     const none = await handshake(member.peerPort, ca);

@@ -58,7 +58,7 @@ describe('RBAC on a secure cluster', () => {
       await rampart(['down', '--dir', home]);
       await removeDirectory(path.dirname(home));
     }
-  }, 30_000);
+  }, 120_000);
 
   it('identifies callers by certificate CN and by a CN bound in the policy; allows and denies like etcd', async () => {
     for (const line of ['role add app', 'role grant-permission app readwrite /app/ --prefix', 'user add alice --no-password', 'user grant-role alice app']) {

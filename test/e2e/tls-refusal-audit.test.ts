@@ -74,7 +74,7 @@ describe('refused TLS handshakes in the audit trail', () => {
 
   afterAll(async () => {
     await member?.stop();
-  }, 30_000);
+  }, 120_000);
 
   it('records no certificate, another CA\'s certificate and plaintext, each with its source and reason; not a bare connect', async () => {
     const none = await handshake(member.clientPort, ca);
