@@ -8,7 +8,8 @@
  *
  *   node dist/bench/fixed-rate-cost.js [rate=1000] [seconds=20]
  *
- * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--max-semi-space-size=32`); with
+ * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--max-semi-space-size=32`), BENCH_RAMPART_ARGS
+ * flags to `rampart serve` (e.g. `--snapshot-count 100000`); with
  * BENCH_MEMBER_OUTPUT_DIR=DIR and BENCH_NODE_ARGS=--trace-gc this also prints the phase's scavenges
  * and mark-compacts from the members' output (count, total, p99 and longest pause).
  */
@@ -80,10 +81,37 @@ function pauseSummary(pauses: readonly GcPause[]): string {
     .join('; ');
 }
 
+const stages = ['commit', 'persist', 'apply', 'answer', 'audit'];
+
+/**
+ * Per write stage (rampart_write_stage_duration_seconds{stage}) over the phase: mean, and the
+ * upper bound of the bucket holding the 99th percentile (buckets double from 0.1 ms).
+ */
+function stageSummary(later: string, earlier: string): string {
+  const delta = (name: string): number => {
+    const value = metric(later, name) - metric(earlier, name);
+    return Number.isNaN(value) ? 0 : value;
+  };
+  const bounds = (text: string, stage: string): [number, number][] =>
+    [...text.matchAll(new RegExp(`^rampart_write_stage_duration_seconds_bucket\\{le="([^"]+)",stage="${stage}"\\} (\\S+)$`, 'gm'))].map((match) => [Number(match[1] === '+Inf' ? Infinity : match[1]), Number(match[2])]);
+  return stages
+    .map((stage) => {
+      const count = delta(`rampart_write_stage_duration_seconds_count{stage="${stage}"}`);
+      if (count === 0) return undefined;
+      const mean = (delta(`rampart_write_stage_duration_seconds_sum{stage="${stage}"}`) * 1000) / count;
+      const before = new Map(bounds(earlier, stage));
+      const p99 = bounds(later, stage).find(([le, cumulative]) => cumulative - (before.get(le) ?? 0) >= count * 0.99)?.[0] ?? Infinity;
+      return `${stage} ${mean.toFixed(1)} ms (p99 <= ${(p99 * 1000).toFixed(1)})`;
+    })
+    .filter((text) => text !== undefined)
+    .join(', ');
+}
+
 async function main(): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'fixed-rate-cost-'));
   const outputDir = process.env.BENCH_MEMBER_OUTPUT_DIR;
-  const cluster = await startRampartSecure(directory, 3).catch(async (error: unknown) => {
+  const rampartArgs = (process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean);
+  const cluster = await startRampartSecure(directory, 3, rampartArgs).catch(async (error: unknown) => {
     await rm(directory, { recursive: true, force: true });
     throw error;
   });
@@ -123,6 +151,7 @@ async function main(): Promise<void> {
       console.log(
         `  m${index + 1} (${leader}): ${perWrite(threads.total - previous.total).toFixed(0)} us/write (${names.map(([name, ticks]) => `${name} ${perWrite(ticks).toFixed(0)}`).join(', ')}); GC ${gc}; event loop delay p50 ${(metric(later, 'nodejs_eventloop_lag_p50_seconds') * 1000).toFixed(1)} p99 ${(metric(later, 'nodejs_eventloop_lag_p99_seconds') * 1000).toFixed(1)} max ${(metric(later, 'nodejs_eventloop_lag_max_seconds') * 1000).toFixed(1)} ms; heap used ${(metric(later, 'nodejs_heap_size_used_bytes') / 1048576).toFixed(0)} MiB; RSS ${(metric(later, 'process_resident_memory_bytes') / 1048576).toFixed(0)} MiB`,
       );
+      console.log(`    stages: ${stageSummary(later, earlier)}`);
       const log = logs[index];
       if (log !== undefined) console.log(`    --trace-gc: ${pauseSummary(await tracedPauses(log, logOffsets[index] ?? 0)) || 'no pauses traced'}`);
     }

@@ -181,6 +181,8 @@ export class Member {
   private appliedIndexValue = 0;
   /** The last applied batch's LevelDB write (see applyEntries); it never rejects (a failure stops the member). */
   private applyWrite: Promise<void> = Promise.resolve();
+  /** A scheduled snapshot's log compaction, running beside the Raft loop (startSnapshot); it never rejects. */
+  private snapshotTask: Promise<void> | undefined;
   private snapshotIndex = 0;
   /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
   private restoredState = false;
@@ -1074,19 +1076,32 @@ export class Member {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) instruments.writeStageSeconds.record((applyStarted - waiter.proposedMs) / 1000, 'commit');
     }
+    const restoredPending = this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined;
+    // A scheduled snapshot does not hold the Raft loop (see startSnapshot): this batch is written
+    // synced, its view is taken as the write lands, and the log is compacted in the background.
+    const snapshotNow = !restoredPending && this.snapshotTask === undefined && (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount);
+    if (snapshotNow) this.snapshotWanted = false;
     // Callers are answered once the batch is applied in memory, as etcd does: its entries are
     // durable in the Raft log, and after a crash every entry past the consistent index (written in
     // this batch) is applied again. The write overlaps the next Ready's log write; until it lands,
     // reads find the new records through the store (`markFlushed`), and the next apply, a snapshot
     // and close wait for it.
-    this.applyWrite = this.db.batch(batch).then(
+    const written = this.db.batch(batch, snapshotNow ? { sync: true } : undefined).then(
       () => {
         instruments.backendCommitSeconds.recordSince(commitStarted);
         if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
         this.store.markFlushed(batch, revision);
+        return true;
       },
-      (error: unknown) => this.fail(error),
+      (error: unknown) => {
+        this.fail(error);
+        return false;
+      },
     );
+    const snapshotAt = this.appliedIndexValue;
+    // The view is taken in the same turn as the write lands: the next batch's write waits for
+    // applyWrite, so the database is at exactly `snapshotAt` then.
+    this.applyWrite = snapshotNow ? written.then((ok) => (ok ? this.startSnapshot(snapshotAt) : undefined)) : written.then(() => undefined);
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
@@ -1104,7 +1119,7 @@ export class Member {
     }
     if (removedSelf) this.stopRemoved('this member has been removed from the cluster; stopping');
     this.followLeadership();
-    if (this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined) {
+    if (restoredPending) {
       // Everything up to here (the founding members) is in the snapshot too; keep no entry behind it.
       await this.takeSnapshot(0);
       // Raft compacts only what it knows applied (not yet this batch): until the log really starts
@@ -1113,15 +1128,43 @@ export class Member {
         await this.db.batch([{ type: 'del', key: metaKey.restoredState }], { sync: true });
         this.restoredState = false;
       }
-    } else if (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount) {
-      this.snapshotWanted = false;
-      await this.takeSnapshot();
     }
   }
 
-  /** Snapshots the state machine at the applied index and compacts the log behind it. */
-  private async takeSnapshot(catchUpEntries: number = this.options.snapshotCatchUpEntries): Promise<void> {
+  /**
+   * A scheduled snapshot, once its batch (written synced: the applied state through `index` is
+   * durable) has landed and before any later batch is written: holds the database's view at `index`
+   * for followers that need it, compacts Raft's log, then compacts the stored log in the background
+   * (one frame in the log's queue; the deletions outside it). The Raft loop goes on meanwhile;
+   * close waits for it, and the next snapshot is not taken before it ends.
+   */
+  private startSnapshot(index: number): void {
+    if (this.failed) return;
+    try {
+      const term = this.loop.node.entryTerm(index);
+      if (term === undefined) return;
+      this.holdStateView(index);
+      const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: Buffer.alloc(0) };
+      this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
+      this.snapshotIndex = index;
+      const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
+      if (compactIndex <= this.logStore.logStart.index) return;
+      this.snapshotTask = this.logStore.compactThrough(compactIndex, compactTerm).then(
+        () => {
+          this.options.logger.info({ index, compactIndex }, 'snapshot taken; log compacted');
+          this.snapshotTask = undefined;
+        },
+        (error: unknown) => this.fail(error),
+      );
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  /** Snapshots the state machine at the applied index and compacts the log behind it, holding the Raft loop (restored state only). */
+  private async takeSnapshot(catchUpEntries: number): Promise<void> {
     await this.applyWrite;
+    await this.snapshotTask;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -1365,6 +1408,7 @@ export class Member {
     this.timers.length = 0;
     await this.loop.close();
     await this.applyWrite;
+    await this.snapshotTask;
     await this.transport.close();
     const compacted = await this.store.whenCompacted().then(() => true, () => false);
     if (this.stateView !== undefined) this.retireStateView(this.stateView);
