@@ -210,7 +210,7 @@ describe('audit sink delivery', () => {
     return sink;
   }
 
-  const until = async (condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> => {
+  const until = async (condition: () => boolean, what: string, timeoutMs = 30_000): Promise<void> => {
     const deadline = Date.now() + timeoutMs;
     while (!condition()) {
       if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
