@@ -23,7 +23,7 @@ import { RequestBytesBudget, boundGrpcStream } from '../api/request-bytes-budget
 import { OpenStreamBudget, boundOpenStream, openStreamsMax, openStreamsPerSourceMax } from '../api/open-streams.js';
 import { decodeMessageBatch, encodeMessageBatch, type MessageBatchFields, type RaftMessageFields } from './peer-codec.js';
 import { WireFormatError } from '../wire/protobuf.js';
-import { clusterReplyBytesMax, decodeClusterReply, type ClusterView } from './cluster-view.js';
+import { clusterMembersMax, clusterReplyBytesMax, decodeClusterReply, type ClusterView } from './cluster-view.js';
 
 export type { ClusterView } from './cluster-view.js';
 
@@ -68,16 +68,30 @@ export const peerRequestBytesPerSourceMax = 2 * peerMessageBytesMax;
 export const peerRequestBytesMax = 4 * peerMessageBytesMax;
 
 /**
- * gRPC streams open at once on the peer port (the client port's bounds, api/open-streams.ts): each
- * holds ~11-14 KB of grpc-js and HTTP/2 state however little it sends. A member needs one Messages
- * stream, at most one Snapshot, and a unary call per forwarded lease keep-alive or TimeToLive, login
- * report or cluster question in flight; before this bound one peer certificate could open idle
- * streams, or leave forwarded keep-alives waiting on the leader, without limit. A stream past it is
- * reset (ENHANCE_YOUR_CALM), logged (rate limited) and audited (`peer.refused`, stage `bounds`); a
- * follower whose forwarded keep-alive is refused asks again until its request deadline.
+ * gRPC streams open at once on the peer port, in two budgets, each counted per source address and
+ * in all (api/open-streams.ts): each stream holds ~11-14 KB of grpc-js and HTTP/2 state however
+ * little it sends. Before these bounds one peer certificate could open idle streams, or leave
+ * forwarded keep-alives waiting on the leader, without limit. A stream past them is reset
+ * (ENHANCE_YOUR_CALM), logged (rate limited) and audited (`peer.refused`, stage `bounds`).
+ *
+ * Raft's own streams (Messages, Snapshot) have a budget of their own, so that calls never take
+ * Raft's room: a follower forwards a unary call per lease keep-alive or TimeToLive, login report or
+ * cluster question in flight, and a slow leader holding ~4,096 of them from one follower (one
+ * budget, as before) refused that follower's Messages stream when it reconnected, cutting it off
+ * from Raft until the calls drained. A member opens one Messages stream to each peer and at most
+ * one Snapshot at a time; members sharing a host share their address, so one address may hold
+ * Raft streams for every member of the largest cluster (clusterMembersMax) twice over, reconnects
+ * overlapping the streams they replace. A follower whose forwarded call is refused asks again
+ * until its request deadline. Both budgets together bound the port: 17,408 streams (~245 MB).
  */
 export const peerOpenStreamsMax = openStreamsMax;
 export const peerOpenStreamsPerSourceMax = openStreamsPerSourceMax;
+/** Raft streams (Messages, Snapshot) from one source address: two per member of the largest cluster, twice over. */
+export const peerRaftStreamsPerSourceMax = 4 * clusterMembersMax;
+/** Raft streams open at once on the peer port (four addresses' worth, as the other budgets). */
+export const peerRaftStreamsMax = 4 * peerRaftStreamsPerSourceMax;
+/** The HTTP/2 paths of Raft's own streams, counted against `peerRaftStreamsMax`; every other call against `peerOpenStreamsMax`. */
+const raftStreamPaths: ReadonlySet<string> = new Set(['/rampart.Peer/Messages', '/rampart.Peer/Snapshot']);
 
 type RaftMessageWire = RaftMessageFields;
 
@@ -250,8 +264,10 @@ export interface TransportOptions {
   readonly receiveSnapshot: (message: SnapshotMessage, chunks: AsyncIterable<Buffer>) => Promise<void>;
   /** Tests only: a shorter idle timeout than `snapshotIdleTimeoutMsDefault`. */
   readonly snapshotIdleTimeoutMs?: number;
-  /** Tests only: smaller bounds than `peerOpenStreamsMax` and `peerOpenStreamsPerSourceMax`. */
+  /** Tests only: smaller bounds than `peerOpenStreamsMax` and `peerOpenStreamsPerSourceMax` (every call but Raft's streams). */
   readonly openStreams?: OpenStreamBudget;
+  /** Tests only: smaller bounds than `peerRaftStreamsMax` and `peerRaftStreamsPerSourceMax` (Messages and Snapshot streams). */
+  readonly raftStreams?: OpenStreamBudget;
   readonly onLeaseRenew: (id: bigint) => Promise<LeaseAnswer>;
   readonly onLeaseTimeToLive: (id: bigint) => Promise<LeaseAnswer>;
   readonly onCluster: () => ClusterView;
@@ -502,11 +518,14 @@ export class Transport {
 
   /** Peer message bytes received and not yet whole (peerRequestBytesMax). */
   private readonly requestBytes = new RequestBytesBudget(peerRequestBytesMax, peerRequestBytesPerSourceMax);
-  /** Streams open on the peer port (peerOpenStreamsMax). */
+  /** Streams open on the peer port but Raft's own (peerOpenStreamsMax). */
   private readonly openStreams: OpenStreamBudget;
+  /** Raft's Messages and Snapshot streams open on the peer port (peerRaftStreamsMax). */
+  private readonly raftStreams: OpenStreamBudget;
 
   constructor(private readonly options: TransportOptions) {
     this.openStreams = options.openStreams ?? new OpenStreamBudget(peerOpenStreamsMax, peerOpenStreamsPerSourceMax);
+    this.raftStreams = options.raftStreams ?? new OpenStreamBudget(peerRaftStreamsMax, peerRaftStreamsPerSourceMax);
     this.server = new grpc.Server({ 'grpc.max_receive_message_length': peerMessageBytesMax, 'grpc.max_send_message_length': peerMessageBytesMax, 'grpc.enable_channelz': 0 });
     const service = peerPackage.rampart.Peer.service;
     const warnRefusedPeer = rateLimitedWarning(options.logger, 'refused a peer connection');
@@ -657,7 +676,7 @@ export class Transport {
       }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
       // After grpc-js's own 'stream' listener (added at bind), as on the client port.
-      listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, this.openStreams, (method, socket) => {
+      listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, raftStreamPaths.has(String(headers[':path'])) ? this.raftStreams : this.openStreams, (method, socket) => {
         warnTooManyStreams({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
         refused?.({ remote: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, stage: 'bounds', reason: 'too many open streams' });
       }));
