@@ -197,6 +197,23 @@ function decodeProposal(reader: WireReader): InternalRequest | undefined {
   return { id: String(id ?? 0), caller: caller ?? null, put, request: 'put' };
 }
 
+interface Parsed {
+  text: unknown;
+  value: bigint | undefined;
+}
+
+/** The header's cluster and member ids are the same in every answer: the last one's parse is kept (a regex and a BigInt parse each). */
+const clusterIds: Parsed = { text: undefined, value: undefined };
+const memberIds: Parsed = { text: undefined, value: undefined };
+
+function repeatedInteger64(last: Parsed, text: unknown): bigint | undefined {
+  if (text !== last.text || last.value === undefined) {
+    last.text = text;
+    last.value = integer64(text, false);
+  }
+  return last.value;
+}
+
 /** A PutResponse without `prev_kv` (the usual answer), or undefined for anything else. */
 export function encodePutResponse(response: PutResponse): Buffer | undefined {
   const header = response.header;
@@ -204,7 +221,7 @@ export function encodePutResponse(response: PutResponse): Buffer | undefined {
   for (const name of Object.keys(response)) {
     if (name !== 'header' && name !== 'prev_kv') return undefined;
   }
-  const values = [integer64(header.cluster_id, false), integer64(header.member_id, false), integer64(header.revision, true), integer64(header.raft_term, false)];
+  const values = [repeatedInteger64(clusterIds, header.cluster_id), repeatedInteger64(memberIds, header.member_id), integer64(header.revision, true), integer64(header.raft_term, false)];
   let headerBytes = 0;
   for (const value of values) {
     if (value === undefined) return undefined;

@@ -34,8 +34,11 @@ export function toKeyValueMessage(kv: KeyValue, keysOnly = false): KeyValueMessa
   };
 }
 
+const minSafeInteger = BigInt(Number.MIN_SAFE_INTEGER);
+const maxSafeInteger = BigInt(Number.MAX_SAFE_INTEGER);
+
 export function int64Out(value: bigint): number | string {
-  return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value.toString();
+  return value >= minSafeInteger && value <= maxSafeInteger ? Number(value) : value.toString();
 }
 
 export function parseInt64(value: string | number | undefined): number {

@@ -199,6 +199,9 @@ export class Member {
     this.markReady = resolve;
   });
   readonly memberHex: string;
+  /** The ids as every response header carries them (made once: a header is built per response). */
+  private readonly clusterIdOut: number | string;
+  private readonly memberIdOut: number | string;
   /** The database view a snapshot at its index is streamed from, while Raft may send it. */
   private stateView: StateView | undefined;
   /** A follower was asked for a snapshot whose view is no longer held (outgoingSnapshot). */
@@ -217,6 +220,8 @@ export class Member {
     readonly memberId: bigint,
   ) {
     this.memberHex = memberId.toString(16);
+    this.clusterIdOut = int64Out(clusterId);
+    this.memberIdOut = int64Out(memberId);
     db.releaseViews = () => this.releaseStateView();
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
@@ -496,7 +501,7 @@ export class Member {
   }
 
   header(revision: number = this.store.currentRevision): ResponseHeader {
-    return { cluster_id: int64Out(this.clusterId), member_id: int64Out(this.memberId), revision, raft_term: this.loop.term };
+    return { cluster_id: this.clusterIdOut, member_id: this.memberIdOut, revision, raft_term: this.loop.term };
   }
 
   /** A header for calls that do not touch the KV store: etcd reports revision 0 there. */
