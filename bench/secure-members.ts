@@ -72,14 +72,17 @@ export function execute(file: string, args: readonly string[], timeoutMs: number
   });
 }
 
+/**
+ * Ports come from below Linux's ephemeral range (32768-60999): a port in it can be taken by any
+ * outgoing connection's local end while a member restarts (or a connect to it can meet itself), and
+ * the bench then talks to nothing or to the wrong process. Single ports from 12710-17689; bases below.
+ */
 export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address !== null ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 12_710 + Math.floor(Math.random() * 4_980);
+    if (await portIsFree(port)) return port;
+  }
+  throw new Error('no free port in 12710-17689');
 }
 
 async function portIsFree(port: number): Promise<boolean> {
@@ -90,11 +93,14 @@ async function portIsFree(port: number): Promise<boolean> {
   });
 }
 
-/** A base port whose member ports (`rampart up`: base, +10000, ..., each with peer +1) are all free. */
+/**
+ * A base port whose member ports (`rampart up`: base, +10000, ..., each with peer +1 and metrics +2)
+ * are all free: bases from 7700-12692, so a third member's metrics port stays below 32768.
+ */
 async function freeBasePort(size: number): Promise<number> {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 5_000) * 2;
-    const all = Array.from({ length: size }, (_, index) => index * 10_000).flatMap((offset) => [base + offset, base + offset + 1]);
+    const base = 7_700 + Math.floor(Math.random() * 1_665) * 3;
+    const all = Array.from({ length: size }, (_, index) => index * 10_000).flatMap((offset) => [base + offset, base + offset + 1, base + offset + 2]);
     if ((await Promise.all(all.map(portIsFree))).every(Boolean)) return base;
   }
   throw new Error('no free base port for rampart up');
