@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Entry } from '../../src/raft/types.js';
 import { looksSealed, openRecord, sealRecord, sealedDekId } from '../../src/encryption/sealed-record.js';
 import { LogCorruptionError } from '../../src/storage/log.js';
 import { encodeFrame, scanFrames } from '../../src/storage/wal/frame.js';
+import { SegmentFile } from '../../src/storage/wal/segment-file.js';
 import { SegmentedLog, type LogSealer } from '../../src/storage/wal/segmented-log.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
 
@@ -135,6 +136,26 @@ describe('SegmentedLog', () => {
     expect(loaded.hardState).toEqual({ term: 2, vote: 'abc', commit: 2 });
     expect(summary(loaded.entries)).toEqual([[1, 1, 'secret-one'], [2, 1, 'entry-2'], [3, 2, 'entry-3']]);
     for (const name of await segmentFiles()) expect((await readFile(path.join(directory, name))).includes('secret-one')).toBe(false);
+  });
+
+  it('refuses every write after a failed one (an EIO cannot be retried over), and reads back what was whole after a reopen', async () => {
+    const { store } = await open();
+    await store.save({ hardState: { term: 1, vote: '', commit: 1 }, entries: [entry(1), entry(2)] });
+    // A disk error on the next frame's write (cannot be made to happen on this machine's disk).
+    const append = vi.spyOn(SegmentFile.prototype, 'append').mockRejectedValueOnce(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }));
+    try {
+      await expect(store.save({ entries: [entry(3)] })).rejects.toThrow('EIO: i/o error, write');
+      // The disk answers again, but what reached it is unknown: no write is tried.
+      await expect(store.save({ entries: [entry(3)] })).rejects.toThrow('the Raft log refuses writes after a failed write (EIO: i/o error, write); restart the member');
+      await expect(store.compactThrough(1, 1)).rejects.toThrow(/refuses writes after a failed write/);
+      expect(append).toHaveBeenCalledTimes(1);
+    } finally {
+      append.mockRestore();
+    }
+    const { store: reopened, loaded } = await reopen(store);
+    expect(summary(loaded.entries)).toEqual([[1, 1, 'entry-1'], [2, 1, 'entry-2']]);
+    await reopened.save({ entries: [entry(3)] });
+    expect(summary((await reopen(reopened)).loaded.entries).map(([index]) => index)).toEqual([1, 2, 3]);
   });
 
   it('replaces a conflicting suffix', async () => {

@@ -181,6 +181,13 @@ export class SegmentedLog {
   /** When the hard state was last written (performance.now()); -Infinity: not since open. */
   private hardStateWrittenMs = Number.NEGATIVE_INFINITY;
   private closed = false;
+  /**
+   * A frame write failed (EIO, ENOSPC, ...): what reached the disk past the last good frame is
+   * unknown, and after a failed sync the kernel may have dropped the dirty pages, so a later sync
+   * could succeed over them. No further write is tried until the log is opened again (its scan
+   * decides what is whole).
+   */
+  private writeFailure: Error | undefined;
 
   private constructor(
     private readonly options: SegmentedLogOptions,
@@ -270,9 +277,22 @@ export class SegmentedLog {
     return result;
   }
 
+  /** As exclusive, for an operation that writes frames: refused after a failed write, and latches one. */
+  private exclusiveWrite<T>(operation: () => Promise<T>): Promise<T> {
+    return this.exclusive(async () => {
+      if (this.writeFailure !== undefined) throw new Error(`the Raft log refuses writes after a failed write (${this.writeFailure.message}); restart the member`);
+      try {
+        return await operation();
+      } catch (error) {
+        this.writeFailure = error instanceof Error ? error : new Error(String(error));
+        throw error;
+      }
+    });
+  }
+
   /** Writes the update as one frame and fdatasyncs it before resolving (a commit index alone waits). */
   save(update: LogUpdate): Promise<void> {
-    return this.exclusive(() => this.write(update));
+    return this.exclusiveWrite(() => this.write(update));
   }
 
   private async write(update: LogUpdate): Promise<void> {
@@ -388,7 +408,7 @@ export class SegmentedLog {
    */
   async compactThrough(index: number, term: number): Promise<void> {
     let removal: Promise<void> | undefined;
-    await this.exclusive(async () => {
+    await this.exclusiveWrite(async () => {
       if (index <= this.startValue.index) return;
       await this.appendFrame([{ type: 'logStart', reset: false, index, term }]);
       this.startValue = { index, term };
