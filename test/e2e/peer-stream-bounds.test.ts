@@ -9,7 +9,7 @@
  * address refused that follower's Messages stream when it reconnected.
  */
 import { readFile } from 'node:fs/promises';
-import { connect as connectHttp2, constants as http2Constants } from 'node:http2';
+import { connect as connectHttp2, constants as http2Constants, type ClientHttp2Session } from 'node:http2';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { peerOpenStreamsPerSourceMax, peerRequestBytesPerSourceMax } from '../../src/server/transport.js';
@@ -27,16 +27,27 @@ describe('peer stream bounds (TLS member)', () => {
     await member?.stop();
   });
 
-  it('streams of almost whole peer messages hold at most the per-source bound; the rest are reset and the member serves on', async () => {
-    const streamsCount = 8;
-    const messageBytes = 60 * mebibyte;
-    const session = connectHttp2(`https://127.0.0.1:${member.peerPort}`, {
+  /** An HTTP/2 session to the member's peer port under peer certificate `a`. */
+  const peerSession = async (options: { maxSessionMemory?: number } = {}): Promise<ClientHttp2Session> =>
+    connectHttp2(`https://127.0.0.1:${member.peerPort}`, {
       ca: await readFile(path.join(member.directory, 'pki', 'ca.crt')),
       cert: await readFile(path.join(member.directory, 'a', 'peer.crt')),
       key: await readFile(path.join(member.directory, 'a', 'peer.key')),
       servername: 'localhost',
       checkServerIdentity: () => undefined,
+      ...options,
     }).on('error', () => undefined);
+
+  /** The member still serves a client: etcdctl puts `key`. */
+  const expectServesPut = async (key: string): Promise<void> => {
+    const put = await run('etcdctl', [...member.adminFlags, 'put', key, 'yes'], { env: cleanEnvironment() });
+    expect(put.stdout).toContain('OK');
+  };
+
+  it('streams of almost whole peer messages hold at most the per-source bound; the rest are reset and the member serves on', async () => {
+    const streamsCount = 8;
+    const messageBytes = 60 * mebibyte;
+    const session = await peerSession();
     const chunk = Buffer.alloc(mebibyte, 1);
     let reset = 0;
     let sent = 0;
@@ -72,19 +83,11 @@ describe('peer stream bounds (TLS member)', () => {
     } finally {
       session.destroy();
     }
-    const put = await run('etcdctl', [...member.adminFlags, 'put', '/after-peer-attack', 'yes'], { env: cleanEnvironment() });
-    expect(put.stdout).toContain('OK');
+    await expectServesPut('/after-peer-attack');
   }, 180_000);
 
   it('an address holding its 4,096 open peer calls is refused a 4,097th, but its Raft Messages stream is served', async () => {
-    const session = connectHttp2(`https://127.0.0.1:${member.peerPort}`, {
-      ca: await readFile(path.join(member.directory, 'pki', 'ca.crt')),
-      cert: await readFile(path.join(member.directory, 'a', 'peer.crt')),
-      key: await readFile(path.join(member.directory, 'a', 'peer.key')),
-      servername: 'localhost',
-      checkServerIdentity: () => undefined,
-      maxSessionMemory: 1000,
-    }).on('error', () => undefined);
+    const session = await peerSession({ maxSessionMemory: 1000 });
     /** A peer call: its grpc-status once answered, or the reset code once the stream was reset. */
     const call = (method: string): { stream: ReturnType<typeof session.request>; outcome: Promise<{ status?: string; resetCode?: number }> } => {
       const stream = session.request({ ':method': 'POST', ':path': `/rampart.Peer/${method}`, 'content-type': 'application/grpc', te: 'trailers' });
@@ -129,7 +132,6 @@ describe('peer stream bounds (TLS member)', () => {
     } finally {
       session.destroy();
     }
-    const put = await run('etcdctl', [...member.adminFlags, 'put', '/after-held-calls', 'yes'], { env: cleanEnvironment() });
-    expect(put.stdout).toContain('OK');
+    await expectServesPut('/after-held-calls');
   }, 180_000);
 });
