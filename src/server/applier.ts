@@ -219,17 +219,26 @@ export class Applier {
     }
   }
 
+  /**
+   * The key's previous value comes back from `transaction.put` (one index lookup); only a put that
+   * keeps the previous value or lease reads it first.
+   */
   private put(transaction: WriteTransaction, request: PutRequest): ReturnType<WriteTransaction['put']> {
-    const previous = transaction.range({ key: request.key, rangeEnd: Buffer.alloc(0) }).kvs[0];
-    const value = request.ignore_value && previous !== undefined ? previous.value : request.value;
-    const lease = request.ignore_lease && previous !== undefined ? previous.lease : parseBigInt64(request.lease);
-    transaction.put(request.key, value, lease);
-    const indexKey = toIndexKey(request.key);
-    if (previous !== undefined && previous.lease !== 0n && previous.lease !== lease) {
-      this.lessor.detach(previous.lease, indexKey);
+    let value = request.value;
+    let lease: bigint;
+    if (request.ignore_value || request.ignore_lease) {
+      const current = transaction.range({ key: request.key, rangeEnd: Buffer.alloc(0) }).kvs[0];
+      if (request.ignore_value && current !== undefined) value = current.value;
+      lease = request.ignore_lease && current !== undefined ? current.lease : parseBigInt64(request.lease);
+    } else {
+      lease = parseBigInt64(request.lease);
     }
-    if (lease !== 0n) {
-      this.lessor.attach(lease, indexKey);
+    const previous = transaction.put(request.key, value, lease);
+    const detach = previous !== undefined && previous.lease !== 0n && previous.lease !== lease;
+    if (detach || lease !== 0n) {
+      const indexKey = toIndexKey(request.key);
+      if (detach) this.lessor.detach(previous.lease, indexKey);
+      if (lease !== 0n) this.lessor.attach(lease, indexKey);
     }
     return previous;
   }

@@ -147,11 +147,11 @@ export class KeyRecord {
   append(main: number, sub: number, live: KeyValue | undefined): void {
     assert(this.newestMain < main || (this.newestMain === main && this.newestSub < sub), 'key revisions must increase');
     assert(Number.isSafeInteger(sub * 2 + 1), 'sub revision beyond safe integer range');
-    const pair = [this.newestMain, this.newestSub * 2 + (this.newestTombstone ? 1 : 0)];
+    const olderSub = this.newestSub * 2 + (this.newestTombstone ? 1 : 0);
     if (this.history === undefined) {
-      this.history = pair;
+      this.history = [this.newestMain, olderSub];
     } else {
-      this.history.push(pair[0] as number, pair[1] as number);
+      this.history.push(this.newestMain, olderSub);
     }
     this.newestMain = main;
     this.newestSub = sub;

@@ -223,10 +223,28 @@ export class MvccStore {
     return new WriteTransaction(this);
   }
 
-  /** @internal Used by WriteTransaction. */
-  applyChange(kv: KeyValue, sub: number, tombstone: boolean, batch: BatchOperation[]): void {
-    this.stage(kv, sub, encodeKeyValueRecord(tombstone ? recordKind.tombstone : recordKind.put, kv), batch);
-    this.indexRecord(kv, kv.modRevision, sub, tombstone);
+  /**
+   * @internal Used by WriteTransaction.put: puts `value` at (main, sub) and returns the new value
+   * and the key's live value before it. One descent of the index finds the key's record, which
+   * then takes the new revision (before: a lookup for the previous value, then a failed insert of a
+   * new record and a second lookup to append to the existing one).
+   */
+  applyPut(key: Buffer, value: Buffer, lease: bigint, main: number, sub: number, batch: BatchOperation[]): { kv: KeyValue; previous: KeyValue | undefined } {
+    const indexKey = toIndexKey(key);
+    const record = this.index.get(indexKey);
+    const previous = record?.live(key);
+    const kv: KeyValue = {
+      key,
+      value,
+      lease,
+      createRevision: previous?.createRevision ?? main,
+      modRevision: main,
+      version: (previous?.version ?? 0) + 1,
+    };
+    this.stage(kv, sub, encodeKeyValueRecord(recordKind.put, kv), batch);
+    if (record === undefined) this.index.set(indexKey, new KeyRecord(indexKey, main, sub, kv));
+    else record.append(main, sub, kv);
+    return { kv, previous };
   }
 
   /** @internal Used by WriteTransaction.deleteRange: a tombstone for a key whose index record it holds. */
@@ -250,14 +268,6 @@ export class MvccStore {
   advanceRevision(revision: number): void {
     assert(revision === this.currentRevisionValue + 1, 'revisions must advance by one');
     this.currentRevisionValue = revision;
-  }
-
-  private indexRecord(kv: KeyValue, main: number, sub: number, tombstone: boolean): void {
-    const indexKey = toIndexKey(kv.key);
-    const live = tombstone ? undefined : kv;
-    // One descent of the tree for a new key (most keys while loading); a second for a known one.
-    if (this.index.set(indexKey, new KeyRecord(indexKey, main, sub, live), false)) return;
-    (this.index.get(indexKey) as KeyRecord).append(main, sub, live);
   }
 
   /** Called once the database write holding revisions up to `revision` has completed. */
@@ -499,17 +509,9 @@ export class WriteTransaction {
     return this.store.range(range, options);
   }
 
+  /** Puts `value` under `key`; returns the key's live value before (this transaction's own writes included). */
   put(key: Buffer, value: Buffer, lease: bigint): KeyValue | undefined {
-    const previous = this.store.get(key);
-    const kv: KeyValue = {
-      key,
-      value,
-      lease,
-      createRevision: previous?.createRevision ?? this.revision,
-      modRevision: this.revision,
-      version: (previous?.version ?? 0) + 1,
-    };
-    this.store.applyChange(kv, this.sub, false, this.batch);
+    const { kv, previous } = this.store.applyPut(key, value, lease, this.revision, this.sub, this.batch);
     this.sub += 1;
     this.events.push({ type: 'put', kv, prevKv: previous });
     return previous;
