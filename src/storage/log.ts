@@ -71,14 +71,28 @@ function unsealed(what: string, record: Buffer, minimumBytes: number): Buffer {
 }
 
 export function encodeLogRecord(entry: Entry): Buffer {
-  // Built in place (one allocation and one copy of the entry's data: this runs for every entry).
-  const record = Buffer.allocUnsafe(entryHeaderBytes + entry.data.length);
-  record[4] = recordFormatVersion;
-  writeUint64(record, entry.term, 5);
-  record[13] = entryTypeCodes[entry.type];
-  entry.data.copy(record, entryHeaderBytes);
-  record.writeUInt32BE(crc32(record.subarray(4)), 0);
+  const record = Buffer.allocUnsafe(logRecordBytes(entry));
+  writeLogRecord(entry, record, 0);
   return record;
+}
+
+/** The bytes `encodeLogRecord(entry)` takes. */
+export function logRecordBytes(entry: Entry): number {
+  return entryHeaderBytes + entry.data.length;
+}
+
+/**
+ * Writes `encodeLogRecord(entry)` into `target` from `offset` (`logRecordBytes(entry)` bytes): in
+ * place, one copy of the entry's data (this runs for every entry; the segment files' frame takes it
+ * this way, without a record of its own in between).
+ */
+export function writeLogRecord(entry: Entry, target: Buffer, offset: number): void {
+  const end = offset + logRecordBytes(entry);
+  target[offset + 4] = recordFormatVersion;
+  writeUint64(target, entry.term, offset + 5);
+  target[offset + 13] = entryTypeCodes[entry.type];
+  entry.data.copy(target, offset + entryHeaderBytes);
+  target.writeUInt32BE(crc32(target.subarray(offset + 4, end)), offset);
 }
 
 export function decodeLogRecord(index: number, record: Buffer): Entry {

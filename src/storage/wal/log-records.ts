@@ -13,8 +13,9 @@
  * suffix from a new leader). Stored values are byte for byte what the LevelDB log held, so sealing,
  * key rotation and the CRC inside each value are unchanged.
  */
+import type { Entry } from '../../raft/types.js';
 import { readUint64, writeUint64 } from '../encoding.js';
-import { LogCorruptionError } from '../log.js';
+import { LogCorruptionError, logRecordBytes, writeLogRecord } from '../log.js';
 
 export const segmentFormatVersion = 1;
 
@@ -24,9 +25,23 @@ export type LogRecord =
   | { readonly type: 'hardState'; readonly value: Buffer }
   | { readonly type: 'entry'; readonly index: number; readonly value: Buffer };
 
-const typeCodes = { header: 1, logStart: 2, hardState: 3, entry: 4 } as const;
+/**
+ * An entry record as written by a member that does not seal: byte for byte an 'entry' record whose
+ * value is `encodeLogRecord(entry)`, built in place in the frame (no stored value of its own: one
+ * allocation and one copy of the entry's data fewer per entry). Reading gives an 'entry' record.
+ */
+export interface PlainEntryRecord {
+  readonly type: 'plainEntry';
+  readonly index: number;
+  readonly entry: Entry;
+}
 
-function recordBytes(record: LogRecord): number {
+/** What a frame is written from. */
+export type WrittenRecord = LogRecord | PlainEntryRecord;
+
+const typeCodes = { header: 1, logStart: 2, hardState: 3, entry: 4, plainEntry: 4 } as const;
+
+function recordBytes(record: WrittenRecord): number {
   switch (record.type) {
     case 'header':
       return 1 + 1 + 8;
@@ -36,24 +51,26 @@ function recordBytes(record: LogRecord): number {
       return 1 + 4 + record.value.length;
     case 'entry':
       return 1 + 8 + 4 + record.value.length;
+    case 'plainEntry':
+      return 1 + 8 + 4 + logRecordBytes(record.entry);
   }
 }
 
 /** The bytes `records` take encoded. */
-export function recordsBytes(records: readonly LogRecord[]): number {
+export function recordsBytes(records: readonly WrittenRecord[]): number {
   let total = 0;
   for (const record of records) total += recordBytes(record);
   return total;
 }
 
-export function encodeRecords(records: readonly LogRecord[]): Buffer {
+export function encodeRecords(records: readonly WrittenRecord[]): Buffer {
   const payload = Buffer.allocUnsafe(recordsBytes(records));
   writeRecords(records, payload, 0);
   return payload;
 }
 
 /** Writes `records` into `payload` from `start` (`recordsBytes(records)` bytes). */
-export function writeRecords(records: readonly LogRecord[], payload: Buffer, start: number): void {
+export function writeRecords(records: readonly WrittenRecord[], payload: Buffer, start: number): void {
   let offset = start;
   for (const record of records) {
     payload[offset] = typeCodes[record.type];
@@ -75,6 +92,11 @@ export function writeRecords(records: readonly LogRecord[], payload: Buffer, sta
         writeUint64(payload, record.index, offset + 1);
         payload.writeUInt32BE(record.value.length, offset + 9);
         record.value.copy(payload, offset + 13);
+        break;
+      case 'plainEntry':
+        writeUint64(payload, record.index, offset + 1);
+        payload.writeUInt32BE(logRecordBytes(record.entry), offset + 9);
+        writeLogRecord(record.entry, payload, offset + 13);
         break;
     }
     offset += recordBytes(record);

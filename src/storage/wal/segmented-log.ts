@@ -28,7 +28,7 @@ import { looksSealed, sealedDekId } from '../../encryption/sealed-record.js';
 import { instruments } from '../../instruments.js';
 import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey, type LoadedLog } from '../log.js';
 import { buildFrame, frameBytes } from './frame.js';
-import { decodeRecords, recordsBytes, writeRecords, type LogRecord } from './log-records.js';
+import { decodeRecords, recordsBytes, writeRecords, type LogRecord, type WrittenRecord } from './log-records.js';
 import { SegmentFile, listSegments, openDirectory, preallocatingName, prepareSpare, syncDirectory, type Spare } from './segment-file.js';
 
 /** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
@@ -317,9 +317,9 @@ export class SegmentedLog {
     if (update.resetTo !== undefined) await this.dropSegmentsBehindStart();
   }
 
-  private async entryRecords(entries: readonly Entry[]): Promise<LogRecord[]> {
+  private async entryRecords(entries: readonly Entry[]): Promise<WrittenRecord[]> {
     const sealer = this.options.sealer;
-    if (sealer === undefined) return entries.map((entry) => ({ type: 'entry', index: entry.index, value: encodeLogRecord(entry) }));
+    if (sealer === undefined) return entries.map((entry) => ({ type: 'plainEntry', index: entry.index, entry }));
     const values = await sealer.seal(entries.map((entry) => [encodeLogKey(entry.index), encodeLogRecord(entry)] as const));
     return entries.map((entry, position) => ({ type: 'entry', index: entry.index, value: values[position] ?? Buffer.alloc(0) }));
   }
@@ -340,7 +340,7 @@ export class SegmentedLog {
   }
 
   /** Appends one frame of `records` (and the hard state, when due) to the last segment. */
-  private async appendFrame(records: LogRecord[]): Promise<void> {
+  private async appendFrame(records: WrittenRecord[]): Promise<void> {
     const withHard = this.hardStateDue();
     const all = withHard ? [...records, await this.hardStateRecord()] : records;
     const payloadBytes = recordsBytes(all);
@@ -366,9 +366,9 @@ export class SegmentedLog {
    * Starts a new segment whose first frame holds the header, the log start (a reset when
    * `reset`), the hard state, then `records`; durable when this resolves.
    */
-  private async startSegment(start: { index: number; term: number }, reset: boolean, records: LogRecord[]): Promise<void> {
+  private async startSegment(start: { index: number; term: number }, reset: boolean, records: WrittenRecord[]): Promise<void> {
     const firstIndex = reset ? start.index + 1 : this.lastIndexValue + 1;
-    const head: LogRecord[] = [
+    const head: WrittenRecord[] = [
       { type: 'header', firstIndex },
       { type: 'logStart', reset, index: start.index, term: start.term },
       await this.hardStateRecord(),
@@ -390,9 +390,10 @@ export class SegmentedLog {
     this.noteStored(segment, all, true);
   }
 
-  private noteStored(segment: Segment, records: readonly LogRecord[], withHardState: boolean): void {
+  private noteStored(segment: Segment, records: readonly WrittenRecord[], withHardState: boolean): void {
     for (const record of records) {
       if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, this.options.sealer));
+      else if (record.type === 'plainEntry') countRecord(segment, 0);
     }
     if (withHardState) {
       this.storedHardState = this.latestHardState;
