@@ -553,7 +553,10 @@ export class Member {
       if (!result.ok) throw result.error;
       return { revision: result.revision, response: result.response };
     }
-    return this.propose({ request: 'txn', txn: request, caller }, true);
+    // Authorized just above: not again before proposing (the second check only ever refused earlier
+    // what applying refuses anyway). Applying checks against the auth state at the entry's place in
+    // the log, on every member: a permission revoked after the check above refuses the Txn there.
+    return this.propose({ request: 'txn', txn: request, caller }, true, true);
   }
 
   /** An auth change (Auth service, policy apply), checked and replicated like any write. */
@@ -837,15 +840,18 @@ export class Member {
     }
   }
 
-  /** Proposes `body` and waits for its entry to be applied; the body becomes the request (its id set here), it is not copied. */
-  private async propose(body: ProposalBody, consumesSpace: boolean): Promise<{ revision: number; response: object }> {
+  /**
+   * Proposes `body` and waits for its entry to be applied; the body becomes the request (its id set here), it is not copied.
+   * `authorized`: the caller has just run `authorizeCurrent` on this request (the Txn path).
+   */
+  private async propose(body: ProposalBody, consumesSpace: boolean, authorized = false): Promise<{ revision: number; response: object }> {
     this.checkRunning();
     if (this.loop.node.commitIndex > this.appliedIndexValue + applyGapEntriesMax) throw new RampartError('TooManyRequests');
     const receivedMs = performance.now();
     const request = body as InternalRequest;
     request.id = 0;
     // Refused here, a request never reaches the log; applying it checks again against that moment's state.
-    await this.authorizeCurrent(request);
+    if (!authorized) await this.authorizeCurrent(request);
     const id = (this.nextRequestId++).toString();
     request.id = id;
     const data = encodeInternalRequest(request);
