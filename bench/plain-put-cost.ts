@@ -11,6 +11,9 @@
  * own 8 connections and 64 puts in flight), so that both see the same machine: on a shared, loaded
  * machine that is the fairer comparison (the load generator's CPU is then their sum, per put).
  *
+ * BENCH_RATE=N offers N puts/s to each member (the fixed-rate phase's open loop, 64 workers) instead of the
+ * closed loop: CPU per put is then compared at the same rate, not at whatever rate each build reached.
+ *
  * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--cpu-prof --cpu-prof-dir=DIR`, or
  * `--perf-basic-prof` with BENCH_PERF_OUTPUT=FILE: `perf record` of the member during the phase);
  * BENCH_PERF_STAT=EVENTS counts perf events (e.g. syscalls:sys_enter_fdatasync) of the member during it.
@@ -20,7 +23,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { phase } from './bench.js';
+import { fixedRatePhase, phase } from './bench.js';
 import { environment, freePort, kvClients, waitForPort } from './secure-members.js';
 
 const rounds = Number(process.argv[2] ?? 3);
@@ -46,8 +49,10 @@ async function startMember(root: string): Promise<Started> {
   const dataDir = await mkdtemp(path.join(tmpdir(), 'plain-put-cost-'));
   const client = await freePort();
   const peer = await freePort();
-  const nodeArgs = (process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, path.join(root, 'bin/rampart.js'), 'serve', '--insecure', '--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
+  // ROOT@FLAGS: Node flags for this build's member only (e.g. `dist@--max-semi-space-size=32`).
+  const [rootPath = root, ownFlags = ''] = root.split('@');
+  const nodeArgs = [...(process.env.BENCH_NODE_ARGS ?? '').split(' '), ...ownFlags.split(',')].filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, path.join(rootPath, 'bin/rampart.js'), 'serve', '--insecure', '--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
   const stop = async (): Promise<void> => {
     child.kill('SIGTERM');
     if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
@@ -85,7 +90,8 @@ async function measure(members: readonly Started[]): Promise<string[]> {
   });
   const before = await Promise.all(members.map((member) => ticks(member.pid)));
   const clientBefore = process.cpuUsage();
-  const results = await Promise.all(members.map((member) => phase(member.clients, 'Put', seconds)));
+  const rate = Number(process.env.BENCH_RATE ?? 0);
+  const results = await Promise.all(members.map((member) => (rate > 0 ? fixedRatePhase(member.clients, rate, 64, seconds) : phase(member.clients, 'Put', seconds))));
   const after = await Promise.all(members.map((member) => ticks(member.pid)));
   const generator = process.cpuUsage(clientBefore);
   for (const perf of perfs) if (perf !== undefined && perf.exitCode === null) await new Promise((resolve) => perf.once('exit', resolve));
