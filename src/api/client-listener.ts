@@ -22,6 +22,8 @@ import { rememberPeerCertificate } from './connection-certificate.js';
 import { boundGrpcStream, type RequestBytesBudget } from './request-bytes-budget.js';
 import { http2ServersOf, watchStreamResets } from './stream-reset-allowance.js';
 import { OpenStreamBudget, boundOpenStream } from './open-streams.js';
+import { directMethodsOf } from './grpc-server.js';
+import { serveUnaryDirectly } from './unary-direct.js';
 
 /** The HTTP/2 client preface starts with these bytes; HTTP/1.1 never does. */
 const http2Preface = Buffer.from('PRI * HTTP/2.0');
@@ -65,6 +67,9 @@ export async function listenClients(host: string, port: number, options: ClientL
   const injector = options.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   // The HTTP/2 server grpc-js just made for the injector: its connections get a reset allowance.
   const injected = [...(http2ServersOf(options.grpcServer) ?? [])].filter((server) => before?.has(server) !== true);
+  // KV Put and Range answered on their stream (unary-direct.ts); before the listeners below, which see every stream.
+  const direct = directMethodsOf(options.grpcServer);
+  if (direct !== undefined) for (const server of injected) serveUnaryDirectly(server, options.grpcServer, direct.methods, direct);
   for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));
   const openStreams = options.openStreams ?? new OpenStreamBudget();
   const onTooManyStreams = (method: string, socket: Socket | undefined): void => options.onRefusal?.({

@@ -10,6 +10,16 @@ import { packageDefinition } from './proto.js';
 import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
 import { refusalInterceptor, serveUnknownMethods } from './audit-transport.js';
 import type { TransportRefusal } from './refusal-audit.js';
+import type { DirectMethod, DirectOptions } from './unary-direct.js';
+
+/** The unary calls served on their HTTP/2 stream rather than through grpc-js (unary-direct.ts). */
+const directPaths: ReadonlySet<string> = new Set(['/etcdserverpb.KV/Put', '/etcdserverpb.KV/Range']);
+const directTables = new WeakMap<grpc.Server, DirectOptions & { readonly methods: ReadonlyMap<string, DirectMethod> }>();
+
+/** What a connection injector of `server` may serve directly (unary-direct.ts), if anything. */
+export function directMethodsOf(server: grpc.Server): (DirectOptions & { readonly methods: ReadonlyMap<string, DirectMethod> }) | undefined {
+  return directTables.get(server);
+}
 
 /** gRPC's own framing allowance above the largest request etcd accepts (etcd uses the same). */
 const grpcOverheadBytes = 512 * 1024;
@@ -40,14 +50,23 @@ export function createGrpcServer(options: GrpcServerOptions): grpc.Server {
     throw new Error('this gRPC library offers no hook for unknown methods: calls to them could not be audited');
   }
   const loaded = grpc.loadPackageDefinition(packageDefinition);
+  const direct = new Map<string, DirectMethod>();
   for (const [name, rpcs] of options.services) {
     const [pkg, svc] = name.split('.') as [string, string];
     const constructor = (loaded[pkg] as grpc.GrpcObject | undefined)?.[svc] as grpc.ServiceClientConstructor | undefined;
     if (constructor === undefined) throw new Error(`unknown service ${name}`);
     const implementation: grpc.UntypedServiceImplementation = {};
-    for (const [method, rpc] of Object.entries(rpcs)) implementation[method] = adapt(rpc);
+    for (const [method, rpc] of Object.entries(rpcs)) {
+      implementation[method] = adapt(rpc);
+      const definition = constructor.service[method];
+      if (rpc.kind === 'unary' && definition !== undefined && directPaths.has(definition.path) && !definition.requestStream && !definition.responseStream) {
+        // The codecs grpc-js would call for this method (proto.ts's hand-written ones included).
+        direct.set(definition.path, { rpc, deserialize: definition.requestDeserialize, serialize: definition.responseSerialize as (value: unknown) => Buffer });
+      }
+    }
     server.addService(constructor.service, implementation);
   }
+  directTables.set(server, { methods: direct, maxReceiveMessageBytes: options.maxRequestBytes + grpcOverheadBytes, ...(options.onRefusal === undefined ? {} : { onRefusal: options.onRefusal }) });
   return server;
 }
 
