@@ -6,7 +6,9 @@
  * fdatasyncs it in a loop on the same disk (a member's Raft log and LevelDB; BENCH_DISK_LOAD=0 to
  * leave it out). Prints each event's latency (recorded until durable: what a write's answer waits
  * for), the main thread's CPU per event from /proc and the event loop's delay (how long the rest
- * of a member would wait behind the trail).
+ * of a member would wait behind the trail). BENCH_LOOP_BUSY_MS=N keeps the event loop busy N ms each
+ * turn (a timer that spins, as a loaded member's other work) and records each millisecond's events
+ * from a setImmediate callback, as the Raft loop applies a batch and answers its writes.
  *
  *   node dist/bench/audit-trail-cost.js ROUNDS SECONDS RATE BUILD_ROOT...
  *
@@ -57,16 +59,24 @@ async function child(root: string, seconds: number, rate: number): Promise<void>
     const trail = await AuditLog.open(directory, 'm1', (error) => console.error('the trail failed:', error), options);
     const key = 'k'.repeat(256);
     const latencies: number[] = [];
+    const busyMs = Number(process.env.BENCH_LOOP_BUSY_MS ?? 0);
+    const busy = busyMs > 0 ? setInterval(() => {
+      for (const until = performance.now() + busyMs; performance.now() < until;);
+    }, 0) : undefined;
     const recordFor = async (ms: number): Promise<number> => {
       const pending: Promise<void>[] = [];
       const start = performance.now();
       let sent = 0;
       await new Promise<void>((resolve) => {
-        const timer = setInterval(() => {
+        const recordDue = (): void => {
           for (const due = Math.floor(((performance.now() - start) / 1000) * rate); sent < due; sent++) {
             const began = performance.now();
             pending.push(trail.record({ action: 'kv.put', targets: [key], outcome: 'allowed', user: 'root' }).then(() => void latencies.push(performance.now() - began)));
           }
+        };
+        const timer = setInterval(() => {
+          if (busyMs > 0) setImmediate(recordDue);
+          else recordDue();
           if (performance.now() - start >= ms) {
             clearInterval(timer);
             resolve();
@@ -84,6 +94,7 @@ async function child(root: string, seconds: number, rate: number): Promise<void>
     const events = await recordFor(seconds * 1000);
     const cpuUs = (await mainThreadTicks() - before) * 10_000;
     delay.disable();
+    if (busy !== undefined) clearInterval(busy);
     await trail.close();
     latencies.sort((a, b) => a - b);
     const at = (quantile: number): string => (latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * quantile))] ?? 0).toFixed(1);

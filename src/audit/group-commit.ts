@@ -8,9 +8,11 @@
  * `auditSyncsInFlightMax` syncs at a time. A batch is reported durable only after its own sync
  * and every earlier batch's have succeeded: its bytes come after theirs in the file, and an
  * fdatasync covers every byte written before it started; and once the sync running beside its own
- * has ended well too, since the kernel reports a failed writeback to one of the two only. Under load the wait for a busy member's
+ * (started before its own ended) has ended well too, since the kernel reports a failed writeback to one of the two only. Under load the wait for a busy member's
  * event loop, not the disk, is most of an audit event's latency (README, Benchmarks): one batch at
- * a time, write then sync, cost an event up to four turns of the loop; now it costs about one.
+ * a time, write then sync, cost an event up to four turns of the loop; now the write and its sync
+ * start at the end of the callback that added the event (no turn of the loop), and a batch that
+ * waited for a sync to end goes out as soon as one does.
  *
  * A failed write or sync fails that batch and every later one (the file is cut back to the failed
  * batch's start), and the trail takes no more events: `onFailed` stops the member.
@@ -105,11 +107,17 @@ export class GroupCommit<Head> {
     return batch.done;
   }
 
-  /** Events added in the same turn of the event loop share the write. */
+  /**
+   * Events added by one callback of the event loop share the write: it runs once that callback's
+   * promise reactions have all run (a tick, which Node runs after the microtask queue drains), not a
+   * turn of the loop later. The events of an applied batch are added from the promise reactions of
+   * the callback that applied it, so they go out together; under load, events added while the
+   * syncs in flight are at their bound wait in one batch.
+   */
   private schedule(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => {
+    process.nextTick(() => {
       this.scheduled = false;
       this.writeQueued();
     });
@@ -142,13 +150,17 @@ export class GroupCommit<Head> {
           this.syncFailure ??= { error };
         },
       );
+      // The syncs still running when this one ended (taken then: the reaction above has removed it).
+      const beside = synced.then(() => [...this.syncsRunning], () => []);
       this.reported = this.reported.then(async () => {
         try {
           await synced;
           // Linux reports a failed writeback to one fdatasync of the file only: when two run at once,
           // the later one may take the error of this batch's pages and this one succeed. So this
-          // batch is durable only once the sync running beside it (at most one more) ended well too.
-          await Promise.allSettled([...this.syncsRunning]);
+          // batch is durable only once the syncs running beside it (at most one more) ended well
+          // too. A sync started after this one ended cannot have taken its error (this batch's pages
+          // were written back, and any error recorded, before this sync returned): not waited for.
+          await Promise.allSettled(await beside);
           if (this.syncFailure !== undefined) throw this.syncFailure.error;
           if (this.failure !== undefined) throw this.failure.error; // an earlier batch failed: this one's bytes were cut off
         } catch (error) {
@@ -159,7 +171,8 @@ export class GroupCommit<Head> {
         this.syncing -= 1;
         this.hooks.durable(batch);
         batch.resolve();
-        if (this.queue.length > 0) this.schedule();
+        // Events that waited for a sync to end go out now, not a turn of the loop later.
+        this.writeQueued();
       });
     }
   }

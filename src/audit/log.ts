@@ -14,10 +14,11 @@
  * `audit.retention` event naming the oldest file kept and the files deleted is durable, so that
  * `verify` accepts a trail that starts there (and the quorum checkpoints witness that event).
  *
- * Durability: `record` answers once the event is on disk. Events recorded in the same turn of the
- * event loop go out together in one write, with one fdatasync for the batch (group commit, as the
- * Raft log does; pipelined, see group-commit.ts), so a caller that awaits before acknowledging a
- * request never acknowledges an unrecorded one, and load shares the cost of the sync.
+ * Durability: `record` answers once the event is on disk. Events recorded by the same callback of
+ * the event loop (and its promise reactions) go out together in one write, with one fdatasync for
+ * the batch (group commit, as the Raft log does; pipelined, see group-commit.ts), so a caller that
+ * awaits before acknowledging a request never acknowledges an unrecorded one, and load shares the
+ * cost of the sync.
  *
  * Memory: every caller-supplied text is bounded (`event.ts`) and a member reads only the last
  * record of its newest file when it starts, so no audit file, whatever it holds, keeps it from

@@ -150,6 +150,40 @@ describe('audit group commit', () => {
     await expect(commits.add('a', 'e2', 2)).rejects.toThrow('no space');
   });
 
+  it('writes the events added by one callback together, before the next turn of the event loop', async () => {
+    const { writer, commits } = setUp();
+    commits.add('a', 'e1', 1).catch(() => undefined);
+    await Promise.resolve();
+    commits.add('a', 'e2', 2).catch(() => undefined); // added by a promise reaction of the same callback
+    await new Promise((resolve) => process.nextTick(resolve));
+    expect(writer.syncs).toHaveLength(1);
+    expect(writer.syncs[0]?.written).toEqual(['e1', 'e2']);
+  });
+
+  it('writes a waiting batch as soon as a sync ends, and reports a batch without waiting for a sync started after its own ended', async () => {
+    const { writer, commits } = setUp();
+    const settled: string[] = [];
+    const first = commits.add('a', 'e1', 1).then(() => settled.push('e1'));
+    await turn();
+    const second = commits.add('a', 'e2', 2).then(() => settled.push('e2'));
+    await turn();
+    const third = commits.add('a', 'e3', 3).then(() => settled.push('e3'));
+    await turn();
+    expect(writer.syncs).toHaveLength(2); // e3 waits
+    writer.syncs[1]?.finish(); // e2's sync ends first, while e1's runs beside it
+    writer.syncs[0]?.finish();
+    await first;
+    // e3 went out when e1 was reported, before any further turn of the loop.
+    expect(writer.syncs).toHaveLength(3);
+    expect(writer.syncs[2]?.written).toEqual(['e1', 'e2', 'e3']);
+    // e2's sync ended before e3's started: e2 is durable while e3's sync still runs.
+    await second;
+    expect(settled).toEqual(['e1', 'e2']);
+    writer.syncs[2]?.finish();
+    await third;
+    expect(settled).toEqual(['e1', 'e2', 'e3']);
+  });
+
   it('moves to the next file only once every batch of the old one is durable', async () => {
     const { writer, commits, durable, opened } = setUp();
     const first = commits.add('a', 'e1', 1);
