@@ -9,7 +9,8 @@
  *   node dist/bench/fixed-rate-cost.js [rate=1000] [seconds=20]
  *
  * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--max-semi-space-size=32`), BENCH_RAMPART_ARGS
- * flags to `rampart serve` (e.g. `--snapshot-count 100000`); with
+ * flags to `rampart serve` (e.g. `--snapshot-count 100000`), BENCH_UP_ARGS flags to `rampart up` (e.g.
+ * `--no-encryption`, to compare with encryption at rest off); with
  * BENCH_MEMBER_OUTPUT_DIR=DIR and BENCH_NODE_ARGS=--trace-gc this also prints the phase's scavenges
  * and mark-compacts from the members' output (count, total, p99 and longest pause).
  */
@@ -111,7 +112,8 @@ async function main(): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'fixed-rate-cost-'));
   const outputDir = process.env.BENCH_MEMBER_OUTPUT_DIR;
   const rampartArgs = (process.env.BENCH_RAMPART_ARGS ?? '').split(' ').filter(Boolean);
-  const cluster = await startRampartSecure(directory, 3, rampartArgs).catch(async (error: unknown) => {
+  const upArgs = (process.env.BENCH_UP_ARGS ?? '').split(' ').filter(Boolean);
+  const cluster = await startRampartSecure(directory, 3, rampartArgs, upArgs).catch(async (error: unknown) => {
     await rm(directory, { recursive: true, force: true });
     throw error;
   });
