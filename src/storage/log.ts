@@ -49,6 +49,19 @@ export function encodeLogKey(index: number): Buffer {
 
 export const hardStateKey = Buffer.of(prefix.hardState);
 
+/**
+ * The additional data a sealed group of `count` log entries from `firstIndex` is sealed under (the
+ * Raft log's segment files, `wal/log-records.ts`): 'e' + index(8) + count(4). Never a database key;
+ * its length (13) differs from a single entry's key (9), so neither opens as the other.
+ */
+export function encodeLogGroupKey(firstIndex: number, count: number): Buffer {
+  const key = Buffer.allocUnsafe(13);
+  key[0] = prefix.logEntry;
+  writeUint64(key, firstIndex, 1);
+  key.writeUInt32BE(count, 9);
+  return key;
+}
+
 function sealed(body: Buffer): Buffer {
   const record = Buffer.allocUnsafe(4 + body.length);
   body.copy(record, 4);

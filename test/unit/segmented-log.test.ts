@@ -3,9 +3,10 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Entry } from '../../src/raft/types.js';
-import { looksSealed, openRecord, sealRecord, sealedDekId } from '../../src/encryption/sealed-record.js';
-import { LogCorruptionError } from '../../src/storage/log.js';
+import { SealedRecordError, looksSealed, openRecord, sealRecord, sealedDekId } from '../../src/encryption/sealed-record.js';
+import { LogCorruptionError, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey } from '../../src/storage/log.js';
 import { encodeFrame, scanFrames } from '../../src/storage/wal/frame.js';
+import { decodeRecords, encodeRecords, type LogRecord } from '../../src/storage/wal/log-records.js';
 import { SegmentFile } from '../../src/storage/wal/segment-file.js';
 import { SegmentedLog, type LogSealer } from '../../src/storage/wal/segmented-log.js';
 import { removeDirectory, temporaryDirectory } from '../helpers/processes.js';
@@ -17,6 +18,8 @@ const summary = (entries: readonly Entry[]): [number, number, string][] => entri
 class TestSealer implements LogSealer {
   readonly keys = new Map<number, Buffer>([[1, randomBytes(32)]]);
   activeDekId = 1;
+  /** The additional data (key) of every record sealed, in order. */
+  readonly sealedKeys: Buffer[] = [];
   /** As the keyring while a plaintext member migrates: plaintext values open as themselves. */
   migrating = false;
   rotate(): void {
@@ -25,6 +28,7 @@ class TestSealer implements LogSealer {
   }
   seal(records: readonly (readonly [Buffer, Buffer])[]): Promise<Buffer[]> {
     const key = this.keys.get(this.activeDekId) as Buffer;
+    for (const [name] of records) this.sealedKeys.push(name);
     return Promise.resolve(records.map(([name, plain]) => sealRecord(this.activeDekId, key, name, plain)));
   }
   open(name: Buffer, stored: Buffer): Buffer {
@@ -374,5 +378,109 @@ describe('SegmentedLog', () => {
     sealer.migrating = false;
     const { loaded } = await reopen(sealing, sealer);
     expect(summary(loaded.entries)).toEqual([[1, 1, 'plain-secret']]);
+  });
+
+  /** A segment file as the earlier version wrote it: one seal per entry (record type 4), hand-built. */
+  const writeOneSealPerEntrySegment = async (sealer: TestSealer, entries: readonly Entry[]): Promise<void> => {
+    const [sealedHard, ...sealedEntries] = await sealer.seal([
+      [hardStateKey, encodeHardState({ term: 1, vote: 'a', commit: 0 })],
+      ...entries.map((written) => [encodeLogKey(written.index), encodeLogRecord(written)] as const),
+    ]);
+    const records: LogRecord[] = [
+      { type: 'header', firstIndex: 1 },
+      { type: 'logStart', reset: false, index: 0, term: 0 },
+      { type: 'hardState', value: sealedHard as Buffer },
+      ...entries.map((written, position): LogRecord => ({ type: 'entry', index: written.index, value: sealedEntries[position] as Buffer })),
+    ];
+    await writeFile(path.join(directory, '0000000000000001.seg'), Buffer.concat([encodeFrame(encodeRecords(records)), Buffer.alloc(8192)]));
+  };
+  const framesOf = async (name: string): Promise<LogRecord[][]> => {
+    const file = path.join(directory, name);
+    return scanFrames(await readFile(file), file).frames.map((frame) => decodeRecords(frame.payload, file));
+  };
+
+  it('seals the entries of one write as one record, and reads a log sealed one entry at a time before it', async () => {
+    const sealer = new TestSealer();
+    await writeOneSealPerEntrySegment(sealer, [entry(1, 1, 'old-secret'), entry(2), entry(3)]);
+    const { store, loaded } = await open(sealer);
+    expect(summary(loaded.entries)).toEqual([[1, 1, 'old-secret'], [2, 1, 'entry-2'], [3, 1, 'entry-3']]);
+    // The values of the earlier format, counted as before: 3 entries and the hard state.
+    expect(store.recordCounts()).toEqual(new Map([[1, 4]]));
+    sealer.sealedKeys.length = 0;
+    await store.save({ entries: [4, 5, 6, 7, 8].map((index) => entry(index, 2, `new-secret-${index}`)) });
+    await store.save({ entries: [entry(9, 2)] });
+    // One seal for the five entries (additional data 'e' + first index + count), one for the lone entry.
+    expect(sealer.sealedKeys.map((key) => key.toString('hex'))).toEqual(['65000000000000000400000005', encodeLogKey(9).toString('hex')]);
+    expect(store.recordCounts()).toEqual(new Map([[1, 10]]));
+    const frames = await framesOf('0000000000000001.seg');
+    expect(frames.map((records) => records.map((record) => record.type))).toEqual([['header', 'logStart', 'hardState', 'entry', 'entry', 'entry'], ['sealedEntries'], ['entry']]);
+    expect(frames[1]?.[0]).toMatchObject({ firstIndex: 4, count: 5 });
+    const { store: reopened, loaded: after } = await reopen(store, sealer);
+    expect(summary(after.entries)).toEqual([[1, 1, 'old-secret'], [2, 1, 'entry-2'], [3, 1, 'entry-3'], ...[4, 5, 6, 7, 8].map((index): [number, number, string] => [index, 2, `new-secret-${index}`]), [9, 2, 'entry-9']]);
+    expect(reopened.recordCounts()).toEqual(new Map([[1, 10]]));
+    const contents = await readFile(path.join(directory, '0000000000000001.seg'));
+    expect(contents.includes('secret')).toBe(false);
+    // A rotation re-seals the live log in the new format, under the new key; the old key is not needed after.
+    await reopened.compactThrough(2, 1);
+    sealer.rotate();
+    await reopened.resealIfNeeded();
+    expect(reopened.recordCounts()).toEqual(new Map([[2, 8]]));
+    sealer.keys.delete(1);
+    const { loaded: resealed } = await reopen(reopened, sealer);
+    expect(resealed.entries.map((read) => read.index)).toEqual([3, 4, 5, 6, 7, 8, 9]);
+    expect((await framesOf((await segmentFiles())[0] ?? '')).flat().filter((record) => record.type === 'sealedEntries')).toMatchObject([{ firstIndex: 3, count: 7 }]);
+  });
+
+  it('splits a large write into groups, and a group acts as its entries: a conflicting suffix, a compaction inside it', async () => {
+    const sealer = new TestSealer();
+    const { store } = await open(sealer, 8 * 1024 * 1024);
+    // 1,030 entries (over 1,024 a group), then 3 of 400 KiB (over 1 MiB a group).
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: Array.from({ length: 1030 }, (_, position) => entry(position + 1)) });
+    await store.save({ entries: [1031, 1032, 1033].map((index) => entry(index, 1, 'z'.repeat(400 * 1024))) });
+    const groups = (await framesOf('0000000000000001.seg')).flat().filter((record) => record.type === 'sealedEntries' || record.type === 'entry');
+    expect(groups.map((record) => (record.type === 'sealedEntries' ? [record.firstIndex, record.count] : [record.index, 1]))).toEqual([[1, 1024], [1025, 6], [1031, 2], [1033, 1]]);
+    // A new leader's entries replace 1,029 on, from inside the second group.
+    await store.save({ hardState: { term: 2, vote: '', commit: 0 }, entries: [entry(1029, 2, 'replaced'), entry(1030, 2, 'replaced')] });
+    await store.compactThrough(1000, 1);
+    const { loaded } = await reopen(store, sealer, 8 * 1024 * 1024);
+    expect(loaded.logStart).toEqual({ index: 1000, term: 1 });
+    expect(summary(loaded.entries)).toEqual([...Array.from({ length: 28 }, (_, position): [number, number, string] => [1001 + position, 1, `entry-${1001 + position}`]), [1029, 2, 'replaced'], [1030, 2, 'replaced']]);
+  });
+
+  it('refuses a group moved, cut or swapped, even with the frame checksum made again (someone who can write the disk)', async () => {
+    const sealer = new TestSealer();
+    const { store } = await open(sealer);
+    await store.save({ hardState: { term: 1, vote: '', commit: 0 }, entries: [entry(1), entry(2), entry(3)] });
+    await store.save({ entries: [entry(4)] });
+    await store.close();
+    const name = '0000000000000001.seg';
+    const original = await readFile(path.join(directory, name));
+    const [first, second] = await framesOf(name);
+    const group = first?.find((record) => record.type === 'sealedEntries');
+    const lone = second?.[0];
+    if (group?.type !== 'sealedEntries' || lone?.type !== 'entry') throw new Error('unexpected frames');
+    const rewrite = async (changed: LogRecord): Promise<void> => {
+      const records = (first ?? []).map((record) => (record === group ? changed : record));
+      await writeFile(path.join(directory, name), Buffer.concat([encodeFrame(encodeRecords(records)), Buffer.alloc(original.length)]));
+    };
+    const flipped = Buffer.from(group.value);
+    flipped[40] = (flipped[40] as number) ^ 0x01;
+    for (const changed of [
+      { ...group, value: flipped },
+      // Moved to other indexes, or said to hold fewer entries.
+      { ...group, firstIndex: 2 },
+      { ...group, count: 2 },
+      // A lone entry's sealed value (entry 4's) in a group's place.
+      { ...group, value: lone.value },
+    ]) {
+      await rewrite(changed);
+      await expect(SegmentedLog.open({ directory, sealer })).rejects.toThrow(SealedRecordError);
+    }
+    // And the other way: the group's sealed value as lone entry 1.
+    await rewrite({ type: 'entry', index: 1, value: group.value });
+    await expect(SegmentedLog.open({ directory, sealer })).rejects.toThrow(/record 'e'\+0000000000000001: authentication failed/);
+    await writeFile(path.join(directory, name), original);
+    const { loaded } = await open(sealer);
+    expect(loaded.entries.map((read) => read.index)).toEqual([1, 2, 3, 4]);
   });
 });

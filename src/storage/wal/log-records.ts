@@ -9,9 +9,17 @@
  *   3 hard state      u32 length, the stored hard state (`encodeHardState`, sealed when encrypting)
  *   4 entry           u64 index, u32 length, the stored entry (`encodeLogRecord`, sealed when
  *                     encrypting under the key `encodeLogKey(index)` as additional data)
+ *   5 sealed entries  u64 first index, u32 count (>= 2), u32 length, then the group sealed as one
+ *                     record under the key `encodeLogGroupKey(first index, count)` as additional
+ *                     data; its plaintext is, for each of the count entries in index order,
+ *                     u32 length and the entry (`encodeLogRecord`). Written only when encrypting,
+ *                     for the entries of one write (a Ready): one AES-GCM seal instead of one per
+ *                     entry (each seal costs ~5 µs before any byte is encrypted). A member of an
+ *                     earlier version reads no log that holds one (unknown record type 5).
  * An entry at an index the log already holds replaces it and every entry after it (a conflicting
- * suffix from a new leader). Stored values are byte for byte what the LevelDB log held, so sealing,
- * key rotation and the CRC inside each value are unchanged.
+ * suffix from a new leader); a group acts as its entries one by one. Stored entries (type 4) are
+ * byte for byte what the LevelDB log held, so sealing, key rotation and the CRC inside each value
+ * are unchanged.
  */
 import type { Entry } from '../../raft/types.js';
 import { readUint64, writeUint64 } from '../encoding.js';
@@ -23,7 +31,8 @@ export type LogRecord =
   | { readonly type: 'header'; readonly firstIndex: number }
   | { readonly type: 'logStart'; readonly reset: boolean; readonly index: number; readonly term: number }
   | { readonly type: 'hardState'; readonly value: Buffer }
-  | { readonly type: 'entry'; readonly index: number; readonly value: Buffer };
+  | { readonly type: 'entry'; readonly index: number; readonly value: Buffer }
+  | { readonly type: 'sealedEntries'; readonly firstIndex: number; readonly count: number; readonly value: Buffer };
 
 /**
  * An entry record as written by a member that does not seal: byte for byte an 'entry' record whose
@@ -39,7 +48,7 @@ export interface PlainEntryRecord {
 /** What a frame is written from. */
 export type WrittenRecord = LogRecord | PlainEntryRecord;
 
-const typeCodes = { header: 1, logStart: 2, hardState: 3, entry: 4, plainEntry: 4 } as const;
+const typeCodes = { header: 1, logStart: 2, hardState: 3, entry: 4, plainEntry: 4, sealedEntries: 5 } as const;
 
 function recordBytes(record: WrittenRecord): number {
   switch (record.type) {
@@ -53,6 +62,8 @@ function recordBytes(record: WrittenRecord): number {
       return 1 + 8 + 4 + record.value.length;
     case 'plainEntry':
       return 1 + 8 + 4 + logRecordBytes(record.entry);
+    case 'sealedEntries':
+      return 1 + 8 + 4 + 4 + record.value.length;
   }
 }
 
@@ -98,6 +109,12 @@ export function writeRecords(records: readonly WrittenRecord[], payload: Buffer,
         payload.writeUInt32BE(logRecordBytes(record.entry), offset + 9);
         writeLogRecord(record.entry, payload, offset + 13);
         break;
+      case 'sealedEntries':
+        writeUint64(payload, record.firstIndex, offset + 1);
+        payload.writeUInt32BE(record.count, offset + 9);
+        payload.writeUInt32BE(record.value.length, offset + 13);
+        record.value.copy(payload, offset + 17);
+        break;
     }
     offset += recordBytes(record);
   }
@@ -133,9 +150,50 @@ export function decodeRecords(payload: Buffer, where: string): LogRecord[] {
       need(13 + length);
       records.push({ type: 'entry', index: readUint64(payload, offset + 1), value: payload.subarray(offset + 13, offset + 13 + length) });
       offset += 13 + length;
+    } else if (code === typeCodes.sealedEntries) {
+      need(17);
+      const count = payload.readUInt32BE(offset + 9);
+      if (count < 2) throw new LogCorruptionError(`${where}: a group of ${count} sealed entries at byte ${offset} of the frame`);
+      const length = payload.readUInt32BE(offset + 13);
+      need(17 + length);
+      records.push({ type: 'sealedEntries', firstIndex: readUint64(payload, offset + 1), count, value: payload.subarray(offset + 17, offset + 17 + length) });
+      offset += 17 + length;
     } else {
       throw new LogCorruptionError(`${where}: unknown record type ${code} at byte ${offset} of the frame`);
     }
   }
   return records;
+}
+
+/**
+ * The plaintext of a group of entries (record type 5): for each, u32 length and the stored entry.
+ * `write(position, target, offset)` writes the entry at `position` (its `bytes(position)` long).
+ */
+export function encodeEntryGroup(count: number, bytes: (position: number) => number, write: (position: number, target: Buffer, offset: number) => void): Buffer {
+  let total = 0;
+  for (let position = 0; position < count; position++) total += 4 + bytes(position);
+  const group = Buffer.allocUnsafe(total);
+  let offset = 0;
+  for (let position = 0; position < count; position++) {
+    const length = bytes(position);
+    group.writeUInt32BE(length, offset);
+    write(position, group, offset + 4);
+    offset += 4 + length;
+  }
+  return group;
+}
+
+/** The stored entries of an opened group: exactly `count`, filling it (anything else is corruption). */
+export function decodeEntryGroup(group: Buffer, count: number, where: string): Buffer[] {
+  const entries: Buffer[] = [];
+  let offset = 0;
+  while (offset < group.length) {
+    if (offset + 4 > group.length) throw new LogCorruptionError(`${where}: a sealed group's entry ${entries.length} runs past its end`);
+    const length = group.readUInt32BE(offset);
+    if (offset + 4 + length > group.length) throw new LogCorruptionError(`${where}: a sealed group's entry ${entries.length} runs past its end`);
+    entries.push(group.subarray(offset + 4, offset + 4 + length));
+    offset += 4 + length;
+  }
+  if (entries.length !== count) throw new LogCorruptionError(`${where}: a sealed group holds ${entries.length} entries, not ${count}`);
+  return entries;
 }

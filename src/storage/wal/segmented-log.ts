@@ -17,7 +17,9 @@
  * committed; acknowledged entries are durable either way, as they are written before any answer).
  *
  * Sealing: every stored entry and hard state is sealed by the member's keyring exactly as in the
- * database (additional data: the LevelDB key the record would have). After a key rotation, or
+ * database (additional data: the LevelDB key the record would have); the entries of one write are
+ * sealed together as one record (`log-records.ts` type 5, at most `sealedGroupEntriesMax` entries
+ * and `sealedGroupBytesMax` bytes a group), a lone entry alone as before. After a key rotation, or
  * while a plaintext member migrates to encryption, `resealIfNeeded` rewrites the live log into a
  * new segment under the active key and deletes the older segments, before any older key is retired.
  */
@@ -26,9 +28,9 @@ import path from 'node:path';
 import type { Entry, HardState } from '../../raft/types.js';
 import { looksSealed, sealedDekId } from '../../encryption/sealed-record.js';
 import { instruments } from '../../instruments.js';
-import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogKey, encodeLogRecord, hardStateKey, type LoadedLog } from '../log.js';
+import { LogCorruptionError, decodeHardState, decodeLogRecord, encodeHardState, encodeLogGroupKey, encodeLogKey, encodeLogRecord, hardStateKey, logRecordBytes, writeLogRecord, type LoadedLog } from '../log.js';
 import { buildFrame, frameBytes } from './frame.js';
-import { decodeRecords, recordsBytes, writeRecords, type LogRecord, type WrittenRecord } from './log-records.js';
+import { decodeEntryGroup, decodeRecords, encodeEntryGroup, recordsBytes, writeRecords, type LogRecord, type WrittenRecord } from './log-records.js';
 import { SegmentFile, listSegments, openDirectory, preallocatingName, prepareSpare, syncDirectory, type Spare } from './segment-file.js';
 
 /** Preallocated size of a segment file (a frame larger than this gets a segment its own size). */
@@ -40,6 +42,10 @@ export const segmentBytesDefault = 8 * 1024 * 1024;
  * a commit index read back older than the one reached costs nothing but a later apply (see above).
  */
 export const commitWriteIntervalMsDefault = 100;
+
+/** The most entries, and plaintext bytes, one sealed group holds (a write with more seals several). */
+export const sealedGroupEntriesMax = 1024;
+export const sealedGroupBytesMax = 1024 * 1024;
 
 /** The keyring as the log sees it: seals and opens values, keyed like the database's records. */
 export interface LogSealer {
@@ -75,8 +81,39 @@ function dekIdOf(stored: Buffer, sealer: LogSealer | undefined): number {
   return sealer !== undefined && looksSealed(stored) ? sealedDekId(stored) : 0;
 }
 
-function countRecord(segment: Segment, dekId: number): void {
-  segment.dekRecords.set(dekId, (segment.dekRecords.get(dekId) ?? 0) + 1);
+function countRecord(segment: Segment, dekId: number, values = 1): void {
+  segment.dekRecords.set(dekId, (segment.dekRecords.get(dekId) ?? 0) + values);
+}
+
+/** Counts the values a record stores (entries and hard states) under their DEK in `segment`. */
+function countStored(segment: Segment, record: WrittenRecord, sealer: LogSealer | undefined): void {
+  if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, sealer));
+  else if (record.type === 'sealedEntries') countRecord(segment, dekIdOf(record.value, sealer), record.count);
+  else if (record.type === 'plainEntry') countRecord(segment, 0);
+}
+
+/**
+ * Runs of `entries` sealed as one record each, as [start, end) positions: consecutive indexes, at
+ * most `sealedGroupEntriesMax` entries and `sealedGroupBytesMax` bytes (an entry larger than that
+ * alone).
+ */
+function sealedRuns(entries: readonly Entry[]): [number, number][] {
+  const runs: [number, number][] = [];
+  let start = 0;
+  let bytes = 0;
+  for (let position = 0; position < entries.length; position++) {
+    const entry = entries[position] as Entry;
+    const entryBytes = 4 + logRecordBytes(entry);
+    const previous = entries[position - 1];
+    if (position > start && (position - start >= sealedGroupEntriesMax || bytes + entryBytes > sealedGroupBytesMax || previous === undefined || entry.index !== previous.index + 1)) {
+      runs.push([start, position]);
+      start = position;
+      bytes = 0;
+    }
+    bytes += entryBytes;
+  }
+  if (entries.length > start) runs.push([start, entries.length]);
+  return runs;
 }
 
 /** Replays segments' records into the log they describe. */
@@ -122,18 +159,40 @@ class Replay {
       case 'entry': {
         const index = record.index;
         if (index <= this.logStart.index) return;
-        if (index > this.lastIndex + 1) throw new LogCorruptionError(`${where}: log has a gap: entry ${this.lastIndex + 1} is missing before ${index}`);
+        this.checkNoGap(index, where);
         const key = encodeLogKey(index);
-        const entry = decodeLogRecord(index, this.sealer === undefined ? record.value : this.sealer.open(key, record.value));
-        if (index < this.knownFrom) {
-          this.entries = [];
-          this.knownFrom = index;
-        } else {
-          this.entries.length = index - this.knownFrom;
+        this.put(decodeLogRecord(index, this.sealer === undefined ? record.value : this.sealer.open(key, record.value)));
+        return;
+      }
+      case 'sealedEntries': {
+        // A group wholly behind the log start is not opened, as a lone entry there is not.
+        if (record.firstIndex + record.count - 1 <= this.logStart.index) return;
+        const key = encodeLogGroupKey(record.firstIndex, record.count);
+        const group = this.sealer === undefined ? record.value : this.sealer.open(key, record.value);
+        for (const [position, stored] of decodeEntryGroup(group, record.count, where).entries()) {
+          const index = record.firstIndex + position;
+          if (index <= this.logStart.index) continue;
+          this.checkNoGap(index, where);
+          this.put(decodeLogRecord(index, stored));
         }
-        this.entries.push(entry);
       }
     }
+  }
+
+  private checkNoGap(index: number, where: string): void {
+    if (index > this.lastIndex + 1) throw new LogCorruptionError(`${where}: log has a gap: entry ${this.lastIndex + 1} is missing before ${index}`);
+  }
+
+  /** Stores `entry`, replacing the entry at its index and every one after it. */
+  private put(entry: Entry): void {
+    const index = entry.index;
+    if (index < this.knownFrom) {
+      this.entries = [];
+      this.knownFrom = index;
+    } else {
+      this.entries.length = index - this.knownFrom;
+    }
+    this.entries.push(entry);
   }
 
   private applyStart(start: { reset: boolean; index: number; term: number }): void {
@@ -238,7 +297,7 @@ export class SegmentedLog {
             segments[segments.length - 1] = { ...segment, firstIndex: first.firstIndex };
           }
           for (const record of records) {
-            if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, options.sealer));
+            countStored(segment, record, options.sealer);
             replay.apply(record, where);
           }
         }
@@ -320,8 +379,19 @@ export class SegmentedLog {
   private async entryRecords(entries: readonly Entry[]): Promise<WrittenRecord[]> {
     const sealer = this.options.sealer;
     if (sealer === undefined) return entries.map((entry) => ({ type: 'plainEntry', index: entry.index, entry }));
-    const values = await sealer.seal(entries.map((entry) => [encodeLogKey(entry.index), encodeLogRecord(entry)] as const));
-    return entries.map((entry, position) => ({ type: 'entry', index: entry.index, value: values[position] ?? Buffer.alloc(0) }));
+    const runs = sealedRuns(entries);
+    const plaintexts = runs.map(([start, end]): readonly [Buffer, Buffer] => {
+      const first = entries[start] as Entry;
+      if (end - start === 1) return [encodeLogKey(first.index), encodeLogRecord(first)];
+      const group = encodeEntryGroup(end - start, (position) => logRecordBytes(entries[start + position] as Entry), (position, target, offset) => writeLogRecord(entries[start + position] as Entry, target, offset));
+      return [encodeLogGroupKey(first.index, end - start), group];
+    });
+    const values = await sealer.seal(plaintexts);
+    return runs.map(([start, end], position): LogRecord => {
+      const first = entries[start] as Entry;
+      const value = values[position] ?? Buffer.alloc(0);
+      return end - start === 1 ? { type: 'entry', index: first.index, value } : { type: 'sealedEntries', firstIndex: first.index, count: end - start, value };
+    });
   }
 
   private async hardStateRecord(): Promise<LogRecord> {
@@ -391,10 +461,7 @@ export class SegmentedLog {
   }
 
   private noteStored(segment: Segment, records: readonly WrittenRecord[], withHardState: boolean): void {
-    for (const record of records) {
-      if (record.type === 'entry' || record.type === 'hardState') countRecord(segment, dekIdOf(record.value, this.options.sealer));
-      else if (record.type === 'plainEntry') countRecord(segment, 0);
-    }
+    for (const record of records) countStored(segment, record, this.options.sealer);
     if (withHardState) {
       this.storedHardState = this.latestHardState;
       this.hardStateWrittenMs = performance.now();
