@@ -155,6 +155,17 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path
     if (over || stream.destroyed || stream.closed) return;
     over = true;
     if (timer !== undefined) clearTimeout(timer);
+    if (stream.headersSent) {
+      // grpc-js's sendStatus after the response headers (a deadline while the answer waits on
+      // flow control): the status as trailers once the message is out. A second respond() would
+      // throw, uncaught, and end the member.
+      stream.once('wantTrailers', () => {
+        stream.sendTrailers({ 'grpc-status': status.code, 'grpc-message': encodeURI(status.details), ...status.metadata?.toHttp2Headers() });
+        cancel();
+      });
+      stream.end();
+      return;
+    }
     refuse(status);
     stream.respond({
       'grpc-status': status.code,

@@ -48,10 +48,11 @@ const handler: UnaryRpc = {
 
 let listener: ClientListener;
 let session: ClientHttp2Session;
+let port: number;
 
-function ask(method: 'Put' | 'DeleteRange', body: Buffer | undefined, extra: Record<string, string> = {}, cancelAfterMs?: number): Promise<Answer> {
+function ask(method: 'Put' | 'DeleteRange', body: Buffer | undefined, extra: Record<string, string> = {}, cancelAfterMs?: number, on: ClientHttp2Session = session): Promise<Answer> {
   return new Promise((resolve) => {
-    const stream = session.request({ ':method': 'POST', ':path': `/etcdserverpb.KV/${method}`, 'content-type': 'application/grpc', te: 'trailers', ...extra });
+    const stream = on.request({ ':method': 'POST', ':path': `/etcdserverpb.KV/${method}`, 'content-type': 'application/grpc', te: 'trailers', ...extra });
     let headers: IncomingHttpHeaders = {};
     let trailers: IncomingHttpHeaders = {};
     const chunks: Buffer[] = [];
@@ -75,12 +76,16 @@ function ask(method: 'Put' | 'DeleteRange', body: Buffer | undefined, extra: Rec
 }
 
 /** Asks both ways; returns the two answers and what each made the audit and the handler see. */
-async function both(body: Buffer | undefined, extra: Record<string, string> = {}, cancelAfterMs?: number) {
+async function both(body: Buffer | undefined, extra: Record<string, string> = {}, cancelAfterMs?: number, stallAnswerMs?: number) {
   const results = [];
   for (const method of ['Put', 'DeleteRange'] as const) {
     refusals.length = 0;
     contexts.length = 0;
-    const answer = await ask(method, body, extra, cancelAfterMs);
+    // stallAnswerMs: asked on a connection that grants no flow-control window for that long.
+    const stalled = stallAnswerMs === undefined ? undefined : connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 0 } });
+    if (stalled !== undefined) setTimeout(() => stalled.settings({ initialWindowSize: 65_535 }), stallAnswerMs);
+    const answer = await ask(method, body, extra, cancelAfterMs, stalled);
+    stalled?.close();
     await new Promise((resolve) => setTimeout(resolve, 20));
     const seen = await Promise.all(contexts.map(async ({ context, aborted }) => ({
       token: context.token,
@@ -99,7 +104,7 @@ describe('unary calls served on their HTTP/2 stream', () => {
   beforeAll(async () => {
     const services = new Map([['etcdserverpb.KV', { Put: handler, DeleteRange: handler }]]);
     const grpcServer = createGrpcServer({ services, maxRequestBytes: 64, onRefusal: (refusal) => refusals.push(refusal) });
-    const port = await freePort();
+    port = await freePort();
     listener = await listenClients('127.0.0.1', port, { grpcServer, http: (_request, response) => response.end(), tls: undefined, logger: pino({ level: 'silent' }), onRefusal: (refusal) => refusals.push(refusal) });
     session = connect(`http://127.0.0.1:${port}`);
   });
@@ -133,6 +138,15 @@ describe('unary calls served on their HTTP/2 stream', () => {
       expect(direct).toEqual(viaGrpc);
     });
   }
+
+  it('answers a deadline that passes while the answer waits on flow control as grpc-js does', async () => {
+    // The response headers are out, the message is not: the status goes in the trailers (a second
+    // respond() threw from the deadline timer, uncaught, and ended the process).
+    const [direct, viaGrpc] = await both(framed(keyRequest), { 'grpc-timeout': '100m' }, undefined, 400);
+    expect(direct).toEqual(viaGrpc);
+    expect(direct.answer.trailers['grpc-status']).toBe(String(4));
+    expect(direct.answer.body.length).toBeGreaterThan(10);
+  });
 
   it('answers a well-formed Put with the handler\'s response and status 0', async () => {
     const [direct] = await both(framed(keyRequest));
