@@ -213,15 +213,23 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path
   let prefixHeld = 0;
   let bodyLeft = -1; // -1: reading a prefix
   let parts: Buffer[] = [];
-  let request: Buffer | undefined;
+  /** The request, decoded as soon as it is whole (as grpc-js does, before the client half-closes). */
+  let request: { readonly decoded: unknown } | undefined;
   const max = options.maxReceiveMessageBytes;
   const completed = (message: Buffer): void => {
+    let decoded: unknown;
+    try {
+      decoded = method.deserialize(message);
+    } catch (error) {
+      sendStatus({ code: grpc.status.INTERNAL, details: debugErrorDetails ? `Error deserializing request: ${(error as Error).message}` : 'Error deserializing request' });
+      return;
+    }
     if (request !== undefined) {
-      messageSeen = true; // grpc-js saw the first one already
       sendStatus({ code: grpc.status.UNIMPLEMENTED, details: `Received a second request message for server streaming method ${path}` });
       return;
     }
-    request = message;
+    messageSeen = true; // grpc-js's refusal audit counts a call from here on as one that reached its handler
+    request = { decoded };
   };
   stream.on('data', (chunk: Buffer) => {
     if (over) return;
@@ -264,14 +272,7 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path
       sendStatus({ code: grpc.status.UNIMPLEMENTED, details: `Received no request message for server streaming method ${path}` });
       return;
     }
-    let decoded: unknown;
-    try {
-      decoded = method.deserialize(request);
-    } catch (error) {
-      sendStatus({ code: grpc.status.INTERNAL, details: debugErrorDetails ? `Error deserializing request: ${(error as Error).message}` : 'Error deserializing request' });
-      return;
-    }
-    messageSeen = true;
+    const decoded = request.decoded;
     const context: CallContext = {
       token: tokenOf(headers),
       certificate: certificateOf(stream),

@@ -129,6 +129,8 @@ describe('unary calls served on their HTTP/2 stream', () => {
     ['a call past its deadline', framed(Buffer.from([0x0a, 0x04, ...Buffer.from('hang')])), { 'grpc-timeout': '30m' }],
     ['a deadline before the request is whole', Buffer.from([0, 0, 0]), { 'grpc-timeout': '30m' }, 200],
     ['a call its client cancels', framed(Buffer.from([0x0a, 0x04, ...Buffer.from('hang')])), {}, 50],
+    ['a message that does not decode, before the client half-closes', framed(Buffer.from([0x0a, 0x7f, 0x01])), {}, 200],
+    ['a second message that does not decode', Buffer.concat([framed(keyRequest), framed(Buffer.from([0x0a, 0x7f, 0x01]))])],
     ['a compressed call (grpc-js serves it)', framed(keyRequest), { 'grpc-encoding': 'gzip' }],
     ['an unreadable timeout (grpc-js serves it)', framed(keyRequest), { 'grpc-timeout': 'soon' }],
   ];
@@ -162,6 +164,17 @@ describe('unary calls served on their HTTP/2 stream', () => {
     const [hung] = await both(Buffer.from([0, 0, 0]), { 'grpc-timeout': '30m' }, 200);
     expect(hung.answer.headers['grpc-status']).toBe('4');
     expect(hung.refused).toEqual([expect.objectContaining({ code: 'DEADLINE_EXCEEDED' })]);
+  });
+
+  it('does not report a call whose whole request arrived as a refusal when its deadline passes before the client half-closes', async () => {
+    // grpc-js's refusal audit counts a call as reaching its handler once its message is decoded.
+    // (grpc-js then still runs the handler when the client's reset ends the stream, a call already
+    // over: the direct path does not, so what the handler saw is not compared here.)
+    const [direct, viaGrpc] = await both(framed(keyRequest), { 'grpc-timeout': '30m' }, 200);
+    expect(direct.answer).toEqual(viaGrpc.answer);
+    expect(direct.answer.headers['grpc-status']).toBe('4');
+    expect(direct.refused).toEqual(viaGrpc.refused);
+    expect(direct.refused).toEqual([]);
   });
 
   it('aborts the handler\'s signal when the client cancels or the deadline passes, not after an answer', async () => {
