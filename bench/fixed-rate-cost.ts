@@ -85,8 +85,9 @@ function pauseSummary(pauses: readonly GcPause[]): string {
 const stages = ['commit', 'persist', 'apply', 'answer', 'audit'];
 
 /**
- * Per write stage (rampart_write_stage_duration_seconds{stage}) over the phase: mean, and the
- * upper bound of the bucket holding the 99th percentile (buckets double from 0.1 ms).
+ * Per write stage (rampart_write_stage_duration_seconds{stage}) over the phase: mean, the upper
+ * bound of the bucket holding the 99th percentile (buckets double from 0.1 ms) and how many times
+ * it was observed (`persist` once per Ready with entries: writes / that = entries per Ready).
  */
 function stageSummary(later: string, earlier: string): string {
   const delta = (name: string): number => {
@@ -102,7 +103,7 @@ function stageSummary(later: string, earlier: string): string {
       const mean = (delta(`rampart_write_stage_duration_seconds_sum{stage="${stage}"}`) * 1000) / count;
       const before = new Map(bounds(earlier, stage));
       const p99 = bounds(later, stage).find(([le, cumulative]) => cumulative - (before.get(le) ?? 0) >= count * 0.99)?.[0] ?? Infinity;
-      return `${stage} ${mean.toFixed(1)} ms (p99 <= ${(p99 * 1000).toFixed(1)})`;
+      return `${stage} ${mean.toFixed(1)} ms (p99 <= ${(p99 * 1000).toFixed(1)}, ${count} times)`;
     })
     .filter((text) => text !== undefined)
     .join(', ');
