@@ -67,7 +67,7 @@ export async function listenClients(host: string, port: number, options: ClientL
   const injector = options.grpcServer.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   // The HTTP/2 server grpc-js just made for the injector: its connections get a reset allowance.
   const injected = [...(http2ServersOf(options.grpcServer) ?? [])].filter((server) => before?.has(server) !== true);
-  // KV Put and Range answered on their stream (unary-direct.ts); before the listeners below, which see every stream.
+  // KV Put, Range and Txn answered on their stream (unary-direct.ts); before the listeners below, which see every stream.
   const direct = directMethodsOf(options.grpcServer);
   if (direct !== undefined) for (const server of injected) serveUnaryDirectly(server, options.grpcServer, direct.methods, direct);
   for (const server of injected) server.on('session', (session: ServerHttp2Session) => watchStreamResets(session, options.logger));

@@ -13,7 +13,7 @@ import type { TransportRefusal } from './refusal-audit.js';
 import type { DirectMethod, DirectOptions } from './unary-direct.js';
 
 /** The unary calls served on their HTTP/2 stream rather than through grpc-js (unary-direct.ts). */
-const directPaths: ReadonlySet<string> = new Set(['/etcdserverpb.KV/Put', '/etcdserverpb.KV/Range']);
+const directPaths: ReadonlySet<string> = new Set(['/etcdserverpb.KV/Put', '/etcdserverpb.KV/Range', '/etcdserverpb.KV/Txn']);
 const directTables = new WeakMap<grpc.Server, DirectOptions & { readonly methods: ReadonlyMap<string, DirectMethod> }>();
 
 /** What a connection injector of `server` may serve directly (unary-direct.ts), if anything. */

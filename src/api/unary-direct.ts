@@ -1,5 +1,5 @@
 /**
- * The client port's hottest unary calls (KV Put and Range) served straight on their HTTP/2 stream,
+ * The client port's hottest unary calls (KV Put, Range and Txn) served straight on their HTTP/2 stream,
  * with grpc-js's wire behaviour for them, instead of through grpc-js's per-call machinery (an
  * intercepting call, a Metadata, a stream decoder, a read queue and a Writable stream object per
  * unary call, and their listeners). Measured on a server answering Put with a constant (plaintext,

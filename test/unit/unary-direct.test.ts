@@ -1,5 +1,5 @@
 /**
- * KV Put and Range are served on their HTTP/2 stream (unary-direct.ts), other unary calls by
+ * KV Put, Range and Txn are served on their HTTP/2 stream (unary-direct.ts), other unary calls by
  * grpc-js. The same handler is registered as Put (direct) and DeleteRange (grpc-js): for each
  * request — well formed, refused by the handler, too large, malformed, none, two, past its
  * deadline, cancelled, with a token — both must answer the same headers, bytes and trailers, report
@@ -9,7 +9,8 @@ import { connect, type ClientHttp2Session, type IncomingHttpHeaders } from 'node
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import { listenClients, type ClientListener } from '../../src/api/client-listener.js';
-import { createGrpcServer } from '../../src/api/grpc-server.js';
+import { createGrpcServer, directMethodsOf } from '../../src/api/grpc-server.js';
+import { oversizedTxn, txnOpsTotalMax } from '../../src/server/validate.js';
 import { RampartError } from '../../src/errors.js';
 import type { TransportRefusal } from '../../src/api/refusal-audit.js';
 import type { CallContext, UnaryRpc } from '../../src/api/rpc.js';
@@ -184,5 +185,15 @@ describe('unary calls served on their HTTP/2 stream', () => {
     expect(late.seen.map((seen) => seen.aborted)).toEqual([true]);
     const [answered] = await both(framed(keyRequest));
     expect(answered.seen.map((seen) => seen.aborted)).toEqual([false]);
+  });
+
+  it('serves exactly KV Put, Range and Txn directly, Txn with the size guard grpc-js would run', () => {
+    const services = new Map([['etcdserverpb.KV', { Put: handler, Range: handler, Txn: handler, DeleteRange: handler, Compact: handler }]]);
+    const table = directMethodsOf(createGrpcServer({ services, maxRequestBytes: 64 }));
+    expect([...(table?.methods.keys() ?? [])].sort()).toEqual(['/etcdserverpb.KV/Put', '/etcdserverpb.KV/Range', '/etcdserverpb.KV/Txn']);
+    // A Txn past the total operations limit is refused before it is decoded: the guard's sentinel.
+    const op = Buffer.from([0x12, 0x00]); // RequestOp { request_put: {} }: field 2, empty
+    const success = Buffer.concat(Array.from({ length: txnOpsTotalMax + 1 }, () => Buffer.concat([Buffer.from([0x12, op.length]), op])));
+    expect(table?.methods.get('/etcdserverpb.KV/Txn')?.deserialize(success)).toBe(oversizedTxn);
   });
 });
