@@ -7,7 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { PeerCertificate } from 'node:tls';
 import { toServiceError } from './errors.js';
 import { packageDefinition } from './proto.js';
-import type { CallContext, DuplexStream, ResponseStream, Rpc, ServiceTable } from './rpc.js';
+import { firstTokenValue, type CallContext, type DuplexStream, type ResponseStream, type Rpc, type ServiceTable } from './rpc.js';
 import { refusalInterceptor, serveUnknownMethods } from './audit-transport.js';
 import type { TransportRefusal } from './refusal-audit.js';
 import type { DirectMethod, DirectOptions } from './unary-direct.js';
@@ -157,12 +157,10 @@ function contextOf(call: AnyCall, answered: { value: boolean } = { value: false 
     controller?.abort();
   });
   const deadline = call.getDeadline();
-  // etcd reads `token` (or `authorization`), and its first value when a client repeats it:
-  // python-etcd3 sends it twice, and Node joins repeated headers with ", ".
   const token = call.metadata.get('token')[0] ?? call.metadata.get('authorization')[0];
   const certificate: PeerCertificate | undefined = call.getAuthContext().sslPeerCertificate;
   return {
-    token: typeof token === 'string' ? token.split(',')[0]?.trim() : undefined,
+    token: typeof token === 'string' ? firstTokenValue(token) : undefined,
     certificate,
     peer: call.getPeer(),
     deadlineMs: deadline instanceof Date ? deadline.getTime() : deadline,

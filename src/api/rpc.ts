@@ -71,3 +71,12 @@ export type Rpc = UnaryRpc | ServerStreamRpc | DuplexRpc;
 
 /** Every RPC by service (`etcdserverpb.KV`) and method (`Range`), as the .proto files name them. */
 export type ServiceTable = ReadonlyMap<string, Readonly<Record<string, Rpc>>>;
+
+/**
+ * The token a `token` (or `authorization`) value carries: etcd reads the first value when a client
+ * repeats it (python-etcd3 sends it twice, and Node joins repeated headers with ", "). Used for
+ * grpc-js's calls (grpc-server.ts) and the calls served on their stream (unary-direct.ts) alike.
+ */
+export function firstTokenValue(value: string): string | undefined {
+  return value.split(',')[0]?.trim();
+}

@@ -19,10 +19,9 @@
 import type { Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
-import { toServiceError } from './errors.js';
-import { statusName } from './errors.js';
+import { statusName, toServiceError } from './errors.js';
 import type { TransportRefusal } from './refusal-audit.js';
-import type { CallContext, UnaryRpc } from './rpc.js';
+import { firstTokenValue, type CallContext, type UnaryRpc } from './rpc.js';
 
 /** A unary method served directly: its handler and the codecs grpc-js would use. */
 export interface DirectMethod {
@@ -124,7 +123,7 @@ function certificateOf(stream: ServerHttp2Stream): PeerCertificate | undefined {
 function tokenOf(headers: IncomingHttpHeaders): string | undefined {
   for (const name of ['token', 'authorization']) {
     const value = headers[name];
-    if (typeof value === 'string' && legalValue.test(value)) return value.split(',')[0]?.trim();
+    if (typeof value === 'string' && legalValue.test(value)) return firstTokenValue(value);
   }
   return undefined;
 }
