@@ -16,7 +16,7 @@
  * Owns: the framing of these calls and their call context. Never: what a call means (the same
  * handler, codecs and error mapping as through grpc-js).
  */
-import type { Http2Server, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
+import type { Http2Server, Http2Session, IncomingHttpHeaders, OutgoingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { PeerCertificate, TLSSocket } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { statusName, toServiceError } from './errors.js';
@@ -105,6 +105,30 @@ function directDeadline(headers: IncomingHttpHeaders): number | undefined {
   return Date.now() + ((Number(match[1]) * (timeoutUnitsMs[match[2] as string] as number)) | 0);
 }
 
+/** What a call reads of its connection: the same for every call of it. */
+interface Connection {
+  readonly peer: string;
+  readonly certificate: PeerCertificate | undefined;
+}
+
+/**
+ * Each connection's peer and certificate, read on its first call: `session.socket` is a proxy and
+ * each of the half-dozen reads through it cost ~2% of a member's main thread under the bench's
+ * ranges. Both are fixed once the connection is up (a TLS session exists only after its handshake;
+ * renegotiation ends the connection, connection-certificate.ts), so the cache can never answer for
+ * another connection. An unknown peer (a socket already gone) is not kept.
+ */
+const connections = new WeakMap<Http2Session, Connection>();
+
+export function connectionOf(stream: ServerHttp2Stream): Connection {
+  const session = stream.session;
+  const known = session === undefined ? undefined : connections.get(session);
+  if (known !== undefined) return known;
+  const connection: Connection = { peer: peerOf(stream), certificate: certificateOf(stream) };
+  if (session !== undefined && connection.peer !== 'unknown') connections.set(session, connection);
+  return connection;
+}
+
 function peerOf(stream: ServerHttp2Stream): string {
   const socket = stream.session?.socket;
   if (socket?.remoteAddress === undefined) return 'unknown';
@@ -147,7 +171,8 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path
 
   const refuse = (status: Status): void => {
     if (messageSeen || options.onRefusal === undefined) return;
-    options.onRefusal({ method: path, peer: peerOf(stream), certificate: certificateOf(stream), code: statusName(status.code), details: status.details, unknownMethod: false });
+    const { peer, certificate } = connectionOf(stream);
+    options.onRefusal({ method: path, peer, certificate, code: statusName(status.code), details: status.details, unknownMethod: false });
   };
   /** grpc-js's sendStatus before any response headers: a trailers-only answer. */
   const sendStatus = (status: Status): void => {
@@ -272,10 +297,11 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, path
       return;
     }
     const decoded = request.decoded;
+    const { peer, certificate } = connectionOf(stream);
     const context: CallContext = {
       token: tokenOf(headers),
-      certificate: certificateOf(stream),
-      peer: peerOf(stream),
+      certificate,
+      peer,
       deadlineMs,
       get signal(): AbortSignal {
         if (controller === undefined) {
