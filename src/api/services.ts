@@ -26,7 +26,7 @@ import { Authenticator, type LoginGate } from './identity.js';
 import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { checkName } from '../auth/names.js';
 import { serveAuth } from './auth-service.js';
-import { outcomeOf, targetsOf, txnWrites } from './audit-events.js';
+import { outcomeOf, singleAuditRanges, targetsOf, txnWrites } from './audit-events.js';
 import { auditDecision, namePolicyInForce, valueRecorder } from './audit-decision.js';
 import { requestFieldsOf } from './audit-request.js';
 import { shippedAuditPolicy } from '../audit/policy.js';
@@ -134,16 +134,19 @@ export function createServices(options: ServicesOptions): ServiceTable {
     const { code, message } = error === undefined ? { code: 0, message: '' } : statusOf(error);
     const caller = call.caller;
     const password = action === 'Authenticate';
-    const { targets, named, ranges } = targetsOf(action, request);
     const user = password ? String(request.name ?? '') : caller?.user ?? '';
     const outcome = outcomeOf(code, message);
-    // The audit policy in force decides whether (and how much of) this event is recorded.
+    // The audit policy in force decides whether (and how much of) this event is recorded; the
+    // targets' text is built only for an event it records.
     const state = member.auth.state;
-    const decision = auditDecision(state, { action, writes: action === 'Txn' && txnWrites(request as unknown as TxnRequest), user, outcome, ranges });
+    const single = singleAuditRanges(action, request);
+    const described = single === undefined ? targetsOf(action, request) : undefined;
+    const decision = auditDecision(state, { action, writes: action === 'Txn' && txnWrites(request as unknown as TxnRequest), user, outcome, ranges: single ?? described?.ranges ?? [] });
     if (decision.level === 'none') return Promise.resolve();
     const unidentified = !password && (caller === undefined || caller.user === '');
     if (unidentified && outcome !== 'allowed' && unidentifiedDenials?.admit({ code: statusName(code), peer: call.peer }) === false) return Promise.resolve();
     namePolicyInForce(options.audit, state);
+    const { targets, named } = described ?? targetsOf(action, request);
     return options.audit.record({
       action,
       user,
