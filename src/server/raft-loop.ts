@@ -35,7 +35,8 @@ interface ReadWaiter {
   settled: boolean;
   /** A group holding it has its read index: it is answered once that index is applied, and no leader change fails it. */
   confirmed: boolean;
-  timer?: NodeJS.Timeout;
+  /** When it times out (performance.now()). */
+  readonly deadline: number;
 }
 
 /** Reads that share one ReadIndex request: all of them began before it was asked. */
@@ -69,6 +70,14 @@ export class RaftLoop implements Consensus {
   private readonly readContextPrefix = randomBytes(6).toString('hex');
   private readSequence = 0;
   private urgentScheduled = false;
+  /**
+   * Reads in the order they joined, so in the order they time out (all after requestTimeoutMs): one
+   * timer, for the oldest unsettled, instead of a timer armed and cleared for every read. Settled
+   * reads leave the queue when they reach its head.
+   */
+  private readDeadlines: ReadWaiter[] = [];
+  private readDeadlinesHead = 0;
+  private readDeadlineTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly node: RaftNode,
@@ -185,11 +194,38 @@ export class RaftLoop implements Consensus {
   private joinRead(confirmationOnly: boolean): Promise<number> {
     if (this.closed) return Promise.reject(new RampartError('Stopped'));
     return new Promise<number>((resolve, reject) => {
-      const waiter: ReadWaiter = { resolve, reject, confirmationOnly, settled: false, confirmed: false };
-      waiter.timer = setTimeout(() => fail(waiter, new RampartError('Timeout')), this.requestTimeoutMs);
+      const waiter: ReadWaiter = { resolve, reject, confirmationOnly, settled: false, confirmed: false, deadline: performance.now() + this.requestTimeoutMs };
+      this.readDeadlines.push(waiter);
+      this.readDeadlineTimer ??= setTimeout(() => this.expireReads(), this.requestTimeoutMs);
       this.nextReadGroup().waiters.add(waiter);
       this.askReadIndex();
     });
+  }
+
+  /** Fails the reads whose time is up, forgets the settled ones at the head, and waits for the next. */
+  private expireReads(): void {
+    this.readDeadlineTimer = undefined;
+    const now = performance.now();
+    const queue = this.readDeadlines;
+    let head = this.readDeadlinesHead;
+    while (head < queue.length) {
+      const waiter = queue[head] as ReadWaiter;
+      if (!waiter.settled && waiter.deadline > now) break;
+      head += 1;
+      fail(waiter, new RampartError('Timeout'));
+    }
+    if (head === queue.length) {
+      this.readDeadlines = [];
+      this.readDeadlinesHead = 0;
+      return;
+    }
+    const next = queue[head] as ReadWaiter;
+    if (head > 1024 && head * 2 > queue.length) {
+      this.readDeadlines = queue.slice(head);
+      head = 0;
+    }
+    this.readDeadlinesHead = head;
+    if (!this.closed) this.readDeadlineTimer = setTimeout(() => this.expireReads(), Math.max(0, next.deadline - now));
   }
 
   private nextReadGroup(): ReadGroup {
@@ -354,6 +390,10 @@ export class RaftLoop implements Consensus {
     if (this.ticker !== undefined) clearInterval(this.ticker);
     if (this.readInFlight !== undefined) clearTimeout(this.readInFlight.retry);
     this.readInFlight = undefined;
+    clearTimeout(this.readDeadlineTimer);
+    this.readDeadlineTimer = undefined;
+    this.readDeadlines = [];
+    this.readDeadlinesHead = 0;
     for (const group of [...this.reads.values(), ...(this.nextReads === undefined ? [] : [this.nextReads])]) {
       for (const waiter of group.waiters) fail(waiter, new RampartError('Stopped'));
     }
@@ -366,14 +406,12 @@ export class RaftLoop implements Consensus {
 function answer(waiter: ReadWaiter, index: number): void {
   if (waiter.settled) return;
   waiter.settled = true;
-  clearTimeout(waiter.timer);
   waiter.resolve(index);
 }
 
 function fail(waiter: ReadWaiter, error: unknown): void {
   if (waiter.settled) return;
   waiter.settled = true;
-  clearTimeout(waiter.timer);
   waiter.reject(error);
 }
 

@@ -304,3 +304,55 @@ describe('raft loop: lost ReadIndex requests', () => {
     expect(performance.now() - startedMs).toBeLessThan(5_000);
   }, 20_000);
 });
+
+/**
+ * Reads time out requestTimeoutMs after each began, with the error the member maps to etcd's
+ * timeout, however many wait (one timer serves them all, oldest first); an answered read never fails.
+ */
+describe('raft loop: read timeouts', () => {
+  const loops: { loop: RaftLoop; host: StuckHost }[] = [];
+  afterEach(async () => {
+    for (const { loop, host } of loops.splice(0)) {
+      host.unstick();
+      await loop.close();
+    }
+  });
+
+  it('fails each unconfirmed read once its own time is up, and never one that was answered', async () => {
+    const raft = node('a', ['a', 'b']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 1_000);
+    loops.push({ loop, host });
+    loop.start();
+    raft.campaignNow();
+    loop.step({ type: 'preVoteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    loop.step({ type: 'voteResponse', from: 'b', to: 'a', term: 1, reject: false });
+    await loop.settled();
+    loop.step({ type: 'appendResponse', from: 'b', to: 'a', term: 1, reject: false, index: loop.lastIndex, rejectHint: 0 });
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+
+    const outcomes: string[] = [];
+    const track = (name: string, read: Promise<unknown>): Promise<void> =>
+      read.then(
+        () => void outcomes.push(`${name} answered`),
+        (error: unknown) => void outcomes.push(`${name} ${(error as { code?: string }).code ?? String(error)}`),
+      );
+    // The first read is confirmed (b answers its round); the others never are.
+    const first = track('first', loop.readBarrier());
+    const context = host.sent.flatMap((message) => (message.type === 'heartbeat' && message.context !== '' ? [message.context] : []))[0];
+    expect(context).toBeDefined();
+    loop.step({ type: 'heartbeatResponse', from: 'b', to: 'a', term: 1, context: context as string });
+    await first;
+    const early = track('early', loop.readBarrier());
+    const early2 = track('early2', loop.confirmLeadership());
+    await sleep(600);
+    const late = track('late', loop.readBarrier());
+    await Promise.all([early, early2]);
+    // The early reads timed out; the late one, which began 600 ms after them, still waits.
+    expect([...outcomes].sort()).toEqual(['early Timeout', 'early2 Timeout', 'first answered']);
+    await late;
+    expect(outcomes.at(-1)).toBe('late Timeout');
+    expect(outcomes).toHaveLength(4);
+  }, 10_000);
+});
