@@ -107,6 +107,14 @@ export class RaftNode {
    * one append per follower instead of one each.
    */
   private appendsOwed = new Set<NodeId>();
+  /**
+   * Read requests were asked that no heartbeat confirms yet: one heartbeat, carrying the latest
+   * one's context, is sent when messages are next taken (`flushAppends`). The requests of one
+   * event-loop turn (this member's own and those followers forwarded) share one round of
+   * heartbeats and answers instead of one round each; each was asked before that heartbeat went
+   * out, so a quorum's answers to it confirm every one of them (`acknowledgeRead`).
+   */
+  private readHeartbeatOwed = false;
   private readStates: ReadState[] = [];
   private latestSnapshot: Snapshot | undefined;
   private snapshotToPersist: Snapshot | undefined;
@@ -681,8 +689,13 @@ export class RaftNode {
     for (const id of this.peers()) this.appendsOwed.add(id);
   }
 
-  /** Sends the appends owed, each with everything the follower's progress lets through now. */
+  /** Sends the read heartbeat owed, and the appends owed, each with everything the follower's progress lets through now. */
   private flushAppends(): void {
+    if (this.readHeartbeatOwed) {
+      this.readHeartbeatOwed = false;
+      const latest = this.pendingReads[this.pendingReads.length - 1];
+      if (this.roleValue === 'leader' && latest !== undefined) this.broadcastHeartbeat(latest.context);
+    }
     if (this.appendsOwed.size === 0) return;
     const owed = [...this.appendsOwed];
     this.appendsOwed.clear();
@@ -732,7 +745,7 @@ export class RaftNode {
       return;
     }
     this.pendingReads.push({ context, index: this.log.committed, requester, acks: new Set([this.id]) });
-    this.broadcastHeartbeat(context);
+    this.readHeartbeatOwed = true;
   }
 
   private releaseDeferredReads(): void {
@@ -777,6 +790,7 @@ export class RaftNode {
     this.votes = new Map();
     this.transferee = noNode;
     this.pendingReads = [];
+    this.readHeartbeatOwed = false;
     this.deferredReads = [];
     this.appendsOwed.clear();
   }

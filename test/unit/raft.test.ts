@@ -166,6 +166,32 @@ describe('Raft scenarios', () => {
     expect(network.reads.get('n2')).toEqual([{ context: 'from-follower', index: commit }]);
   });
 
+  it('confirms the reads asked in one turn, its own and forwarded ones, with one round of heartbeats, each only after a quorum answered', () => {
+    const ids = ['n1', 'n2', 'n3'];
+    const network = new Network(ids.map((id) => node(id, ids)));
+    network.elect('n1');
+    const leader = network.get('n1');
+    const commit = leader.commitIndex;
+    // Two reads of the leader's own and one a follower forwarded, all before messages are taken.
+    leader.readIndex('own-1');
+    leader.step({ type: 'readIndex', from: 'n2', to: 'n1', term: 0, context: 'forwarded' });
+    leader.readIndex('own-2');
+    const sent = leader.takeUrgentMessages();
+    const confirmations = sent.filter((message) => message.type === 'heartbeat');
+    expect(confirmations.map((message) => [message.to, message.type === 'heartbeat' ? message.context : ''])).toEqual([['n2', 'own-2'], ['n3', 'own-2']]);
+    // Nothing is answered before a quorum confirmed the leadership.
+    expect(leader.takeReadStates()).toEqual([]);
+    expect(sent.some((message) => message.type === 'readIndexResponse')).toBe(false);
+    leader.step({ type: 'heartbeatResponse', from: 'n3', to: 'n1', term: leader.term, context: 'own-2' });
+    expect(leader.takeReadStates()).toEqual([{ context: 'own-1', index: commit }, { context: 'own-2', index: commit }]);
+    expect(leader.takeUrgentMessages().filter((message) => message.type === 'readIndexResponse')).toEqual([
+      { type: 'readIndexResponse', from: 'n1', to: 'n2', term: leader.term, context: 'forwarded', index: commit },
+    ]);
+    // A read asked after that round gets a round of its own.
+    leader.readIndex('own-3');
+    expect(leader.takeUrgentMessages().filter((message) => message.type === 'heartbeat').map((message) => (message.type === 'heartbeat' ? message.context : ''))).toEqual(['own-3', 'own-3']);
+  });
+
   it('allows one membership change in flight at a time', () => {
     const network = new Network([node('n1', ['n1']), node('n2', ['n1'])]);
     network.elect('n1');
