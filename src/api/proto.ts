@@ -10,6 +10,7 @@ import type { EventMessage, InternalRequest, PutResponse, TxnRequest, WatchRespo
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
 import { decodePutProposal, encodePutProposal, encodePutResponse } from './put-codec.js';
+import { encodeRangeResponse } from './range-codec.js';
 import { checkProposalBounds, compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
@@ -49,6 +50,16 @@ function encodePutResponsesByHand(): void {
   method.responseSerialize = (response: PutResponse): Buffer => encodePutResponse(response) ?? encode(response);
 }
 encodePutResponsesByHand();
+
+/** Range's answers are encoded by hand too (range-codec.ts); protobufjs takes what it cannot encode. */
+function encodeRangeResponsesByHand(): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, object>> | undefined;
+  const method = service?.Range;
+  if (method === undefined) throw new Error('rpc.proto: no KV.Range');
+  const encode = method.responseSerialize;
+  method.responseSerialize = (response: object): Buffer => encodeRangeResponse(response) ?? encode(response);
+}
+encodeRangeResponsesByHand();
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
