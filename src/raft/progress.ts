@@ -14,6 +14,8 @@ export class Progress {
   recentActive = false;
   /** Ticks spent waiting for a snapshot to be acknowledged. */
   snapshotWaitTicks = 0;
+  /** `match` when the follower last answered a heartbeat (-1: never), to tell a stalled follower from a busy one. */
+  matchAtHeartbeat = -1;
   /** Last index of each append in flight, ascending. */
   private inflight: number[] = [];
 

@@ -115,6 +115,11 @@ export class RaftNode {
    * out, so a quorum's answers to it confirm every one of them (`acknowledgeRead`).
    */
   private readHeartbeatOwed = false;
+  /**
+   * Followers owed the new commit index only (see `broadcastCommit`): sent with `appendsOwed`, as
+   * an append that asks for no answer when it carries no entries.
+   */
+  private commitsOwed = new Set<NodeId>();
   private readStates: ReadState[] = [];
   private latestSnapshot: Snapshot | undefined;
   private snapshotToPersist: Snapshot | undefined;
@@ -582,7 +587,7 @@ export class RaftNode {
           if (progress.state === 'probe') progress.becomeReplicate();
           else if (progress.state === 'snapshot' && progress.match >= progress.pendingSnapshot) progress.becomeProbe();
           if (this.maybeCommit()) {
-            this.broadcastAppend();
+            this.broadcastCommit();
           } else if (wasPaused || progress.next <= this.log.lastIndex) {
             this.appendsOwed.add(message.from);
           }
@@ -595,7 +600,13 @@ export class RaftNode {
       case 'heartbeatResponse': {
         progress.recentActive = true;
         progress.heardFrom();
-        if (progress.match < this.log.lastIndex) this.appendsOwed.add(message.from);
+        // Entries not sent yet go now. Entries sent and not acknowledged are probed again (an empty
+        // append asking for an answer: a follower missing them rejects it) only once the match
+        // point stood still between two heartbeat answers: until then their acknowledgement is
+        // most likely on its way, and the probe and its answer would be two messages for nothing.
+        const stalled = progress.match === progress.matchAtHeartbeat;
+        progress.matchAtHeartbeat = progress.match;
+        if (progress.match < this.log.lastIndex && (progress.state !== 'replicate' || progress.next <= this.log.lastIndex || stalled)) this.appendsOwed.add(message.from);
         if (message.context !== '') this.acknowledgeRead(message.context, message.from);
         return;
       }
@@ -608,17 +619,18 @@ export class RaftNode {
 
   private handleAppend(message: Extract<Message, { type: 'append' }>): void {
     if (message.prevIndex < this.log.committed) {
-      // Already have everything up to our commit index; acknowledge that.
-      this.acknowledgeAppend(message.from, this.log.committed);
+      // Already have everything up to our commit index; acknowledge that (unless asked for no answer).
+      if (message.commitOnly !== true) this.acknowledgeAppend(message.from, this.log.committed);
       return;
     }
     const lastNew = this.log.tryAppend(message.prevIndex, message.prevTerm, message.entries);
     if (lastNew === undefined) {
+      // Answered even when asked for no answer: the leader's view of this log is wrong.
       this.send({ type: 'appendResponse', to: message.from, term: this.termValue, reject: true, index: message.prevIndex, rejectHint: this.log.lastIndex });
       return;
     }
     this.log.commitTo(Math.min(message.commit, lastNew));
-    this.acknowledgeAppend(message.from, lastNew);
+    if (message.commitOnly !== true) this.acknowledgeAppend(message.from, lastNew);
   }
 
   /**
@@ -689,6 +701,11 @@ export class RaftNode {
     for (const id of this.peers()) this.appendsOwed.add(id);
   }
 
+  /** Owes every follower the commit index, which just advanced (see `commitsOwed`). */
+  private broadcastCommit(): void {
+    for (const id of this.peers()) this.commitsOwed.add(id);
+  }
+
   /** Sends the read heartbeat owed, and the appends owed, each with everything the follower's progress lets through now. */
   private flushAppends(): void {
     if (this.readHeartbeatOwed) {
@@ -696,11 +713,14 @@ export class RaftNode {
       const latest = this.pendingReads[this.pendingReads.length - 1];
       if (this.roleValue === 'leader' && latest !== undefined) this.broadcastHeartbeat(latest.context);
     }
-    if (this.appendsOwed.size === 0) return;
+    if (this.appendsOwed.size === 0 && this.commitsOwed.size === 0) return;
     const owed = [...this.appendsOwed];
+    const commits = [...this.commitsOwed].filter((id) => !this.appendsOwed.has(id));
     this.appendsOwed.clear();
+    this.commitsOwed.clear();
     if (this.roleValue !== 'leader') return;
-    for (const id of owed) this.sendAppend(id);
+    for (const id of owed) this.sendAppend(id, false);
+    for (const id of commits) this.sendAppend(id, true);
   }
 
   private broadcastHeartbeat(context: string): void {
@@ -711,7 +731,16 @@ export class RaftNode {
     }
   }
 
-  private sendAppend(to: NodeId): void {
+  /**
+   * Sends `to` an append from its progress. `commitUpdate`: it is owed only the new commit index.
+   * When such an append carries no entries to a follower in replicate state, it asks for no answer
+   * (`commitOnly`): the follower acknowledges the entries it was sent when they arrive, and an
+   * answer to an empty append would repeat that (half the messages a write cost below saturation
+   * were these appends and their answers). A lost acknowledgement is recovered as any lost
+   * message: the heartbeat answers of a follower whose match point stalls bring an append that
+   * asks for an answer (see the heartbeatResponse case of `stepLeader`).
+   */
+  private sendAppend(to: NodeId, commitUpdate = false): void {
     const progress = this.progress.get(to);
     if (progress === undefined || progress.isPaused()) return;
     const prevIndex = progress.next - 1;
@@ -724,6 +753,10 @@ export class RaftNode {
       assert(snapshot !== undefined, 'log compacted without a snapshot');
       progress.becomeSnapshot(snapshot.metadata.index);
       this.send({ type: 'snapshot', to, term: this.termValue, snapshot });
+      return;
+    }
+    if (commitUpdate && entries.length === 0 && progress.state === 'replicate') {
+      this.send({ type: 'append', to, term: this.termValue, prevIndex, prevTerm, entries, commit: this.log.committed, commitOnly: true });
       return;
     }
     this.send({ type: 'append', to, term: this.termValue, prevIndex, prevTerm, entries, commit: this.log.committed });
@@ -793,6 +826,7 @@ export class RaftNode {
     this.readHeartbeatOwed = false;
     this.deferredReads = [];
     this.appendsOwed.clear();
+    this.commitsOwed.clear();
   }
 
   private becomeFollower(term: number, leader: NodeId): void {
@@ -933,7 +967,7 @@ export class RaftNode {
     if (lastEntry === undefined || this.log.term(lastEntry.index) !== lastEntry.term) return;
     this.log.stableIndex = Math.max(this.log.stableIndex, lastEntry.index);
     if (this.roleValue === 'leader' && this.progress.get(this.id)?.maybeUpdate(this.log.stableIndex) === true && this.maybeCommit()) {
-      this.broadcastAppend();
+      this.broadcastCommit();
     }
   }
 

@@ -58,7 +58,18 @@ interface Envelope {
 export type Message =
   | (Envelope & { readonly type: 'preVote' | 'vote'; readonly lastIndex: number; readonly lastTerm: number; readonly transfer: boolean })
   | (Envelope & { readonly type: 'preVoteResponse' | 'voteResponse'; readonly reject: boolean })
-  | (Envelope & { readonly type: 'append'; readonly prevIndex: number; readonly prevTerm: number; readonly entries: readonly Entry[]; readonly commit: number })
+  | (Envelope & {
+      readonly type: 'append';
+      readonly prevIndex: number;
+      readonly prevTerm: number;
+      readonly entries: readonly Entry[];
+      readonly commit: number;
+      /**
+       * An empty append that carries only a new commit index: the follower does not answer it
+       * unless it rejects it (see RaftNode.sendAppend). Absent (false) on every other append.
+       */
+      readonly commitOnly?: boolean;
+    })
   | (Envelope & { readonly type: 'appendResponse'; readonly reject: boolean; readonly index: number; readonly rejectHint: number })
   | (Envelope & { readonly type: 'heartbeat'; readonly commit: number; readonly context: string })
   | (Envelope & { readonly type: 'heartbeatResponse'; readonly context: string })

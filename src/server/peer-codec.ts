@@ -34,6 +34,8 @@ export interface RaftMessageFields {
   snapshot_term?: string | number;
   snapshot_voters?: string[];
   snapshot_learners?: string[];
+  /** An append that carries only the commit index and asks for no answer (raft/types.ts `commitOnly`). */
+  commit_only?: boolean;
 }
 
 export interface MessageBatchFields {
@@ -64,6 +66,7 @@ const field = {
   snapshotTerm: 17,
   snapshotVoters: 18,
   snapshotLearners: 19,
+  commitOnly: 20,
 } as const;
 
 const numeric = (value: string | number | undefined): number => (typeof value === 'number' ? value : Number(value ?? 0));
@@ -153,6 +156,7 @@ function messageFields(message: RaftMessageFields): Field[] {
   number(field.snapshotTerm, message.snapshot_term);
   for (const voter of message.snapshot_voters ?? []) fields.push(stringField(field.snapshotVoters, voter));
   for (const learner of message.snapshot_learners ?? []) fields.push(stringField(field.snapshotLearners, learner));
+  flag(field.commitOnly, message.commit_only);
   return fields;
 }
 
@@ -294,6 +298,9 @@ function decodeMessage(reader: WireReader, budget: ItemBudget): RaftMessageField
       case field.snapshotLearners:
         takeItem(budget);
         (message.snapshot_learners ??= []).push(expectString(reader, wireType));
+        break;
+      case field.commitOnly:
+        message.commit_only = expectBool(reader, wireType);
         break;
       default:
         reader.skip(wireType);

@@ -107,7 +107,7 @@ export function toWire(message: Message): RaftMessageWire {
     case 'voteResponse':
       return { ...wire, reject: message.reject };
     case 'append':
-      return { ...wire, prev_index: message.prevIndex, prev_term: message.prevTerm, commit: message.commit, entries: message.entries.map(entryToWire) };
+      return { ...wire, prev_index: message.prevIndex, prev_term: message.prevTerm, commit: message.commit, entries: message.entries.map(entryToWire), commit_only: message.commitOnly === true };
     case 'appendResponse':
       return { ...wire, reject: message.reject, index: message.index, reject_hint: message.rejectHint };
     case 'heartbeat':
@@ -148,7 +148,15 @@ export function fromWire(wire: RaftMessageWire, snapshotData?: Buffer): Message 
     case 'voteResponse':
       return { ...envelope, type: wire.type, reject: wire.reject === true };
     case 'append':
-      return { ...envelope, type: 'append', prevIndex: num(wire.prev_index), prevTerm: num(wire.prev_term), commit: num(wire.commit), entries: (wire.entries ?? []).map(entryFromWire) };
+      return {
+        ...envelope,
+        type: 'append',
+        prevIndex: num(wire.prev_index),
+        prevTerm: num(wire.prev_term),
+        commit: num(wire.commit),
+        entries: (wire.entries ?? []).map(entryFromWire),
+        ...(wire.commit_only === true ? { commitOnly: true } : {}),
+      };
     case 'appendResponse':
       return { ...envelope, type: 'appendResponse', reject: wire.reject === true, index: num(wire.index), rejectHint: num(wire.reject_hint) };
     case 'heartbeat':

@@ -26,7 +26,7 @@ export function batchMeaning(batch: MessageBatchFields): unknown {
       from: m.from,
       to: m.to,
       numbers: [m.term, m.last_index, m.last_term, m.index, m.reject_hint, m.prev_index, m.prev_term, m.commit, m.snapshot_index, m.snapshot_term].map(exact),
-      flags: [m.transfer === true, m.reject === true],
+      flags: [m.transfer === true, m.reject === true, m.commit_only === true],
       entries: (m.entries ?? []).map((e) => [exact(e.index), exact(e.term), e.configuration_change, Buffer.from(e.data).toString('hex')]),
       context: m.context ?? '',
       voters: m.snapshot_voters ?? [],

@@ -34,6 +34,7 @@ const message: fc.Arbitrary<RaftMessageFields> = fc.record(
     snapshot_term: uint,
     snapshot_voters: fc.array(text, { maxLength: 3 }),
     snapshot_learners: fc.array(text, { maxLength: 3 }),
+    commit_only: fc.boolean(),
   },
   { requiredKeys: ['type', 'from', 'to', 'term'] },
 );

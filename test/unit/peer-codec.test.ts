@@ -18,6 +18,7 @@ const messages: Message[] = [
   { type: 'voteResponse', from: 'b2', to: 'a1', term: 4, reject: false },
   { type: 'append', from: 'a1', to: 'b2', term: 3, prevIndex: 0, prevTerm: 0, commit: 0, entries: [] },
   { type: 'append', from: 'a1', to: 'b2', term: 3, prevIndex: 7, prevTerm: 2, commit: big, entries: [entry(8, 'x'.repeat(300)), entry(9, '', 'configurationChange'), entry(big, 'é')] },
+  { type: 'append', from: 'a1', to: 'b2', term: 3, prevIndex: 9, prevTerm: 3, commit: 9, entries: [], commitOnly: true },
   { type: 'appendResponse', from: 'b2', to: 'a1', term: 3, reject: true, index: 7, rejectHint: 5 },
   { type: 'heartbeat', from: 'a1', to: 'b2', term: 3, commit: 12, context: 'ctx:1' },
   { type: 'heartbeatResponse', from: 'b2', to: 'a1', term: 3, context: '' },

@@ -130,4 +130,82 @@ describe('Raft replication batching', () => {
     leader.advance(ready);
     expect(leader.commitIndex).toBe(index);
   });
+  it('tells a follower that acknowledged the entries their commit with an append it does not answer', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    leader.propose(Buffer.from('p'));
+    const index = leader.lastIndex;
+    // Both followers hold and acknowledge the entry; the leader's own copy is durable.
+    for (const append of leader.takeUrgentMessages()) nodes.get(append.to)?.step(append);
+    const ready = leader.ready();
+    leader.persisted(ready);
+    for (const id of ['n2', 'n3']) for (const message of drain(nodes.get(id) as RaftNode)) leader.step(message);
+    expect(leader.commitIndex).toBe(index);
+    const updates = leader.takeUrgentMessages().filter((message) => message.type === 'append');
+    expect(updates).toHaveLength(2);
+    for (const update of updates) {
+      expect(update).toMatchObject({ entries: [], prevIndex: index, commit: index, commitOnly: true });
+      const follower = nodes.get(update.to) as RaftNode;
+      follower.step(update);
+      expect(follower.commitIndex).toBe(index);
+      // The follower applies up to the new commit and sends nothing back.
+      expect(drain(follower).filter((message) => message.type === 'appendResponse')).toEqual([]);
+      expect(follower.appliedIndex).toBe(index);
+    }
+    leader.advance(ready);
+  });
+
+  it('answers a commit-only append it cannot take: entries it missed, a stale term', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    leader.propose(Buffer.from('p'));
+    const index = leader.lastIndex;
+    // n2 acknowledges; n3's append is lost, so its progress holds the entry in flight.
+    for (const append of appendsTo(leader.takeUrgentMessages(), 'n2')) nodes.get('n2')?.step(append);
+    const ready = leader.ready();
+    leader.persisted(ready);
+    for (const message of drain(nodes.get('n2') as RaftNode)) leader.step(message);
+    expect(leader.commitIndex).toBe(index);
+    const toN3 = appendsTo(leader.takeUrgentMessages(), 'n3');
+    expect(toN3).toEqual([expect.objectContaining({ entries: [], prevIndex: index, commitOnly: true })]);
+    // n3 misses the entry: it rejects the append, and a rejection is always answered.
+    const n3 = nodes.get('n3') as RaftNode;
+    for (const append of toN3) n3.step(append);
+    expect(drain(n3).filter((message) => message.type === 'appendResponse')).toEqual([expect.objectContaining({ reject: true, index })]);
+    // A member in a later term answers a stale leader's commit-only append with its term.
+    const n2 = nodes.get('n2') as RaftNode;
+    n2.step({ type: 'append', from: 'n1', to: 'n2', term: n2.term - 1, prevIndex: index, prevTerm: n2.term - 1, entries: [], commit: index, commitOnly: true });
+    expect(drain(n2).filter((message) => message.type === 'appendResponse')).toEqual([expect.objectContaining({ term: n2.term })]);
+    leader.advance(ready);
+  });
+
+  it('probes a follower whose acknowledgement was lost once its match point stalls between two heartbeat answers', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    const n3 = nodes.get('n3') as RaftNode;
+    leader.propose(Buffer.from('p'));
+    const index = leader.lastIndex;
+    // Both followers take the entry; n3's acknowledgement is lost.
+    for (const append of leader.takeUrgentMessages()) nodes.get(append.to)?.step(append);
+    for (const message of drain(nodes.get('n2') as RaftNode)) leader.step(message);
+    drain(n3);
+    settle(nodes);
+    expect(leader.progressOf('n3')?.match).toBeLessThan(index);
+    const heartbeatRound = (): Message[] => {
+      leader.tick();
+      const toN3 = drain(leader).filter((message) => message.to === 'n3');
+      for (const message of toN3) n3.step(message);
+      for (const message of drain(n3)) leader.step(message);
+      return drain(leader).filter((message) => message.to === 'n3');
+    };
+    // The first heartbeat answer after the entry was sent: its acknowledgement may be on its way.
+    expect(appendsTo(heartbeatRound(), 'n3')).toEqual([]);
+    // The match point stood still since: an empty append asking for an answer, which brings it.
+    const probes = appendsTo(heartbeatRound(), 'n3');
+    expect(probes).toEqual([expect.objectContaining({ entries: [], prevIndex: index })]);
+    expect(probes[0]?.commitOnly).toBeUndefined();
+    for (const probe of probes) n3.step(probe);
+    for (const message of drain(n3)) leader.step(message);
+    expect(leader.progressOf('n3')?.match).toBe(index);
+  });
 });
