@@ -24,6 +24,8 @@ import { createGzip, createGunzip } from 'node:zlib';
 import { auditLineBytesMax } from './event.js';
 import { SealedTrailError, SealedTrailFile, framePlaintextBytesMax, framesOfLines, isSealedTrail, readFrames, readLastFrame, sealedTrailHeaderBytes, type TrailKey } from './sealed-trail.js';
 
+/** Zeros a sealed file is written ahead with at a time (see RecordWriter). */
+export const sealedPreallocateBytes = 1024 * 1024;
 /** Records longer than this are reported as oversized, not read (writers stay well below). */
 export const recordBytesMax = auditLineBytesMax * 4;
 const readChunkBytes = 64 * 1024;
@@ -257,25 +259,42 @@ export interface WriteMark {
  * fdatasync, so the audit trail can write batch N+1 while batch N's sync runs (group-commit.ts);
  * `append` is both. Given a trail key it writes a sealed file (the header goes out with the first
  * write).
+ *
+ * A sealed file is written ahead with zeros (`sealedPreallocateBytes` at a time, in the same
+ * synchronous write as the records that need the room): an fdatasync after an append to a
+ * growing file must also commit the file's new size and blocks (an ext4 journal commit, which
+ * every other sync of the disk then waits behind), while one after a write into blocks already
+ * written and synced flushes only the data. The zeros after the last frame are no part of the
+ * file (`readFrames`, `readLastFrame`), and `close` cuts them off, so a closed file is as before.
+ * A plain file (JSON lines an operator may read with any tool) only ever holds whole records.
  */
 export class RecordWriter {
   /** Bytes of whole records (whole frames, with the header) written to the file. */
   private bytes = 0;
   private frames = 0;
   private header: Buffer | undefined;
+  /** The file's size: `bytes` and the zeros written after them (sealed files). */
+  private allocated = 0;
 
-  private constructor(private readonly handle: FileHandle, private readonly file: string, private readonly sealed: SealedTrailFile | undefined) {
+  private constructor(
+    private readonly handle: FileHandle,
+    private readonly file: string,
+    private readonly sealed: SealedTrailFile | undefined,
+    /** Zeros written ahead at a time (0: none; plain files never). */
+    private preallocateBytes: number,
+  ) {
     this.header = sealed?.header;
   }
 
   /** Creates `file` (never an existing one), mode 0600; undefined when it exists. */
-  static async create(file: string, key?: TrailKey): Promise<RecordWriter | undefined> {
+  static async create(file: string, key?: TrailKey, preallocateBytes = sealedPreallocateBytes): Promise<RecordWriter | undefined> {
     const handle = await open(file, 'wx', 0o600).catch((error: NodeJS.ErrnoException) => {
       if (error.code === 'EEXIST') return undefined;
       throw error;
     });
     if (handle === undefined) return undefined;
-    return new RecordWriter(handle, file, key === undefined ? undefined : SealedTrailFile.create(key, trailNameOf(file), 'lines'));
+    const sealed = key === undefined ? undefined : SealedTrailFile.create(key, trailNameOf(file), 'lines');
+    return new RecordWriter(handle, file, sealed, sealed === undefined ? 0 : Math.max(0, preallocateBytes));
   }
 
   async append(records: readonly string[]): Promise<void> {
@@ -300,19 +319,35 @@ export class RecordWriter {
       bytes = this.header === undefined ? sealed : Buffer.concat([this.header, sealed]);
       frames = plaintext.length;
     }
+    // Room ahead runs out: zeros up to `preallocateBytes` past these records go out in the same write.
+    const end = this.bytes + bytes.length;
+    if (end > this.allocated && this.preallocateBytes > 0) {
+      const room = Buffer.alloc(bytes.length + this.preallocateBytes);
+      bytes.copy(room);
+      bytes = room;
+    }
     // A nearly full disk takes part of a write without an error: the rest is written again, and
     // only then does the kernel answer ENOSPC (one unchecked write acknowledged a torn record).
     try {
-      for (let offset = 0; offset < bytes.length;) {
-        const bytesWritten = writeSync(this.handle.fd, bytes, offset, bytes.length - offset, this.bytes + offset);
-        if (bytesWritten <= 0) throw new Error('the audit file took no more bytes');
-        offset += bytesWritten;
-      }
+      writeFully(this.handle.fd, bytes, this.bytes);
     } catch (error) {
-      this.cutBackSync(mark);
-      throw error;
+      if (bytes.length === end - this.bytes) {
+        this.cutBackSync(mark);
+        throw error;
+      }
+      // The zeros did not fit (a nearly full disk): the records alone, and no more room ahead.
+      this.preallocateBytes = 0;
+      try {
+        ftruncateSync(this.handle.fd, Math.max(this.allocated, mark.bytes));
+        writeFully(this.handle.fd, bytes.subarray(0, end - this.bytes), this.bytes);
+      } catch (again) {
+        this.cutBackSync(mark);
+        throw again;
+      }
+      bytes = bytes.subarray(0, end - this.bytes);
     }
-    this.bytes += bytes.length;
+    this.allocated = Math.max(this.allocated, this.bytes + bytes.length);
+    this.bytes = end;
     this.frames += frames;
     this.header = undefined;
     return mark;
@@ -343,6 +378,8 @@ export class RecordWriter {
       // the first failure is reported
     }
     this.bytes = mark.bytes;
+    this.allocated = mark.bytes;
+    this.preallocateBytes = 0;
     this.frames = mark.frames;
     if (mark.bytes === 0) this.header = this.sealed?.header;
     // A file that never held a whole record (a start on a full disk) is no link of the chain.
@@ -355,8 +392,19 @@ export class RecordWriter {
     }
   }
 
-  close(): Promise<void> {
-    return this.handle.close();
+  /** Closes the file, cut back to its records (the zeros written ahead go: readers skip them anyway). */
+  async close(): Promise<void> {
+    if (this.allocated > this.bytes) await this.handle.truncate(this.bytes).catch(() => undefined);
+    await this.handle.close();
+  }
+}
+
+/** Writes all of `bytes` at `position` (a nearly full disk may take part of a write without an error). */
+function writeFully(fd: number, bytes: Buffer, position: number): void {
+  for (let offset = 0; offset < bytes.length;) {
+    const bytesWritten = writeSync(fd, bytes, offset, bytes.length - offset, position + offset);
+    if (bytesWritten <= 0) throw new Error('the audit file took no more bytes');
+    offset += bytesWritten;
   }
 }
 

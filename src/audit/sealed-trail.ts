@@ -22,12 +22,16 @@
  *
  * Writing: one append of the trail (a group-commit batch) is one or more frames written with one
  * write and one fdatasync; a frame holds whole event lines, at most `framePlaintextBytesMax`. Frames
- * are never rewritten; a file is never reopened for writing.
+ * are never rewritten; a file is never reopened for writing. The file being written may end in
+ * zeros written ahead of the frames (records.ts: its syncs then commit no size change), cut off
+ * when it is closed; a file left by a crash keeps them. They are no frame (no frame has L = 0).
  * Reading: frames in order, each at most `framePlaintextBytesMax` plus overhead (a longer length
  * field is damage, reported without reading it). An index out of order (frames reordered or
  * removed), a tag that fails (a flipped bit, a frame from another file, a wrong key) or bytes after
- * the last complete frame (a torn write) are each reported with the file and frame. Removing whole
- * frames from the end is what the hash chain and the quorum checkpoints catch (`verify.ts`).
+ * the last complete frame (a torn write) are each reported with the file and frame; in a file that
+ * ends in zeros, a last frame that fails is a torn write too (its missing sectors read as zeros).
+ * Removing whole frames from the end is what the hash chain and the quorum checkpoints catch
+ * (`verify.ts`).
  *
  * Nonces: a key is used for one file only (a fresh random salt each time a file is written), and
  * within it the nonce is 4 random bytes fixed per file ‖ a u64 count of seals under that key, so no
@@ -180,18 +184,31 @@ export type FrameRead =
   /** Bytes after the last complete frame: a write that never completed (or an altered end). */
   | { readonly kind: 'torn'; readonly bytes: number; readonly index: number };
 
-/** Every frame of an open sealed file from `offset` (just after the header), in order, in bounded memory. */
+/**
+ * Every frame of an open sealed file from `offset` (just after the header), in order, in bounded
+ * memory. A writer writes a file ahead with zeros (records.ts): zeros from a frame's start to the
+ * end of the file are no frame, and the file ends there. A last frame that fails to open with
+ * only zeros after it in a file written ahead is a write that never completed (a crash, or a
+ * reader racing the writer), as a frame cut short by the end of the file is: reported as torn.
+ */
 export async function* readFrames(handle: FileHandle, file: SealedTrailFile, name: string): AsyncGenerator<FrameRead> {
   const { size } = await handle.stat();
   let offset = sealedTrailHeaderBytes;
   const head = Buffer.alloc(frameHeadBytes);
   for (let index = 0; offset < size; index++) {
     if (size - offset < frameHeadBytes) {
+      if (await zerosTo(handle, offset, size)) return;
       yield { kind: 'torn', bytes: size - offset, index };
       return;
     }
     await readExactly(handle, head, offset);
     const length = head.readUInt32BE(0);
+    if (length === 0) {
+      // No frame is empty: the zeros written ahead, or a torn write whose first sector never landed.
+      if (await zerosTo(handle, offset, size)) return;
+      yield { kind: 'torn', bytes: size - offset, index };
+      return;
+    }
     if (length > framePlaintextBytesMax) throw new SealedTrailError(`${name} frame ${index}: claims ${length} bytes, more than any frame (altered)`);
     const bodyBytes = length + tagBytes + frameTrailerBytes;
     if (size - offset - frameHeadBytes < bodyBytes) {
@@ -200,28 +217,82 @@ export async function* readFrames(handle: FileHandle, file: SealedTrailFile, nam
     }
     const body = Buffer.alloc(bodyBytes);
     await readExactly(handle, body, offset + frameHeadBytes);
-    yield { kind: 'frame', plaintext: file.openFrame(index, head, body), index };
-    offset += frameHeadBytes + bodyBytes;
+    const end = offset + frameHeadBytes + bodyBytes;
+    let plaintext: Buffer;
+    try {
+      plaintext = file.openFrame(index, head, body);
+    } catch (error) {
+      // The head of a write in flight or torn landed first (its index is the one expected): only its later bytes are missing.
+      if (error instanceof SealedTrailError && Number(head.readBigUInt64BE(4)) === index && end < size && (await zerosTo(handle, end, size))) {
+        yield { kind: 'torn', bytes: end - offset, index };
+        return;
+      }
+      throw error;
+    }
+    yield { kind: 'frame', plaintext, index };
+    offset = end;
   }
 }
 
-/** The last complete frame of an open sealed file, found from its end (a start reads only this). */
+const zeroScanBytes = 64 * 1024;
+const zeroChunk = Buffer.alloc(zeroScanBytes);
+
+/** Whether every byte of [from, to) is zero (read in bounded chunks). */
+async function zerosTo(handle: FileHandle, from: number, to: number): Promise<boolean> {
+  const chunk = Buffer.alloc(Math.min(zeroScanBytes, Math.max(0, to - from)));
+  for (let position = from; position < to; position += chunk.length) {
+    const length = Math.min(chunk.length, to - position);
+    await readExactly(handle, chunk.subarray(0, length), position);
+    if (!chunk.subarray(0, length).equals(zeroChunk.subarray(0, length))) return false;
+  }
+  return true;
+}
+
+/** Where a file's data ends: after its last byte that is not zero (the zeros written ahead excluded), read backwards in bounded chunks. */
+async function dataEnd(handle: FileHandle, size: number): Promise<number> {
+  const chunk = Buffer.alloc(Math.min(zeroScanBytes, size));
+  for (let end = size; end > 0; ) {
+    const length = Math.min(chunk.length, end);
+    await readExactly(handle, chunk.subarray(0, length), end - length);
+    if (!chunk.subarray(0, length).equals(zeroChunk.subarray(0, length))) {
+      for (let at = length - 1; at >= 0; at--) if (chunk[at] !== 0) return end - length + at + 1;
+    }
+    end -= length;
+  }
+  return 0;
+}
+
+/**
+ * The last complete frame of an open sealed file, found from its end (a start reads only this).
+ * In a file written ahead with zeros, the last frame ends where the zeros begin, or up to 2 bytes
+ * after (its trailing length field ends in zero bytes when the length is a multiple of 256).
+ */
 export async function readLastFrame(handle: FileHandle, file: SealedTrailFile): Promise<Buffer | undefined> {
   const { size } = await handle.stat();
   if (size < sealedTrailHeaderBytes + frameOverheadBytes) return undefined;
+  const data = await dataEnd(handle, size);
+  for (let end = data; end <= Math.min(size, data + 2); end++) {
+    const frame = await frameEndingAt(handle, file, end);
+    if (frame !== undefined) return frame;
+  }
+  return undefined; // a torn or altered end: the start names it "unreadable", verify says where
+}
+
+async function frameEndingAt(handle: FileHandle, file: SealedTrailFile, end: number): Promise<Buffer | undefined> {
+  if (end < sealedTrailHeaderBytes + frameOverheadBytes) return undefined;
   const trailer = Buffer.alloc(frameTrailerBytes);
-  await readExactly(handle, trailer, size - frameTrailerBytes);
+  await readExactly(handle, trailer, end - frameTrailerBytes);
   const length = trailer.readUInt32BE(0);
   const frameBytes = frameOverheadBytes + length;
-  if (length > framePlaintextBytesMax || size - sealedTrailHeaderBytes < frameBytes) return undefined;
+  if (length === 0 || length > framePlaintextBytesMax || end - sealedTrailHeaderBytes < frameBytes) return undefined;
   const head = Buffer.alloc(frameHeadBytes);
-  await readExactly(handle, head, size - frameBytes);
+  await readExactly(handle, head, end - frameBytes);
   const body = Buffer.alloc(frameBytes - frameHeadBytes);
-  await readExactly(handle, body, size - frameBytes + frameHeadBytes);
+  await readExactly(handle, body, end - frameBytes + frameHeadBytes);
   try {
     return file.openFrame(Number(head.readBigUInt64BE(4)), head, body);
   } catch {
-    return undefined; // a torn or altered end: the start names it "unreadable", verify says where
+    return undefined;
   }
 }
 

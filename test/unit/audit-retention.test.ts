@@ -3,13 +3,13 @@
  * background compression, retention deletion that verify accepts at a recorded, witnessed
  * boundary, and the trail key across a KEK rotation.
  */
-import { open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { AuditEvent } from '../../src/audit/event.js';
 import { readEventsAfter } from '../../src/audit/cursor.js';
 import { AuditLog } from '../../src/audit/log.js';
-import { compressTrailFile, listTrailFiles, readRecords, type TrailFile } from '../../src/audit/records.js';
+import { RecordWriter, compressTrailFile, listTrailFiles, readLastRecord, readRecords, sealedPreallocateBytes, type TrailFile } from '../../src/audit/records.js';
 import { sealedTrailHeaderBytes, type TrailKey } from '../../src/audit/sealed-trail.js';
 import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
@@ -44,10 +44,10 @@ describe('audit trail at rest', () => {
     return { directory, file: path.join(directory, log.file), key };
   }
 
-  /** Byte ranges [start, end) of each frame of a sealed file. */
+  /** Byte ranges [start, end) of each frame of a sealed file (up to the zeros a file being written ends with). */
   const framesOf = (bytes: Buffer): Array<[number, number]> => {
     const frames: Array<[number, number]> = [];
-    for (let offset = sealedTrailHeaderBytes; offset < bytes.length;) {
+    for (let offset = sealedTrailHeaderBytes; offset < bytes.length && bytes.readUInt32BE(offset) !== 0;) {
       const end = offset + 24 + bytes.readUInt32BE(offset) + 16 + 4;
       frames.push([offset, end]);
       offset = end;
@@ -264,6 +264,79 @@ describe('audit trail at rest', () => {
     for await (const item of readEventsAfter(directory, { file: middle.file, seq: middle.event.seq }, key)) rest.push(item.event);
     expect(rest.map((event) => event.hash)).toEqual(all.slice(Math.floor(all.length / 2) + 1).map((item) => item.event.hash));
     await expect(readEventsAfter(directory).next()).rejects.toThrow(/is sealed/);
+  });
+
+  it('writes a sealed file ahead with zeros: a crash leaves them and the trail still reads, links and verifies; a torn end is still caught', async () => {
+    const directory = await newDirectory();
+    const { key } = await newKey(directory);
+    const log = await AuditLog.open(directory, 'abc', fail, { key });
+    for (let index = 0; index < 5; index++) await log.record({ action: 'Put', user: 'alice', targets: [`/k/${index}`], outcome: 'allowed' });
+    const live = path.join(directory, log.file);
+    // As a crash leaves it: the file is copied while the writer holds it open.
+    const crashed = await newDirectory();
+    await cp(directory, crashed, { recursive: true });
+    const bytes = await readFile(path.join(crashed, log.file));
+    const frames = framesOf(bytes);
+    const dataEnd = (frames[frames.length - 1] as [number, number])[1];
+    expect(frames).toHaveLength(6);
+    // Written ahead: the file is longer than its frames, and the rest is zeros (its syncs commit no size change).
+    expect(bytes.length).toBeGreaterThanOrEqual(dataEnd + sealedPreallocateBytes / 2);
+    expect(bytes.subarray(dataEnd).every((byte) => byte === 0)).toBe(true);
+    expect(await verifyAudit(crashed, { key })).toMatchObject({ ok: true, events: 6 });
+    expect((await eventsOf(crashed, key)).map((event) => event.targets?.[0])).toEqual([undefined, '/k/0', '/k/1', '/k/2', '/k/3', '/k/4']);
+    // Closed, the file ends at its last frame, as a file never written ahead.
+    await log.close();
+    expect((await stat(live)).size).toBe(dataEnd);
+    expect((await readFile(live)).equals(bytes.subarray(0, dataEnd))).toBe(true);
+    // A member starting after the crash links its new file to the last event (read from before the zeros).
+    const restarted = await AuditLog.open(crashed, 'abc', fail, { key });
+    await restarted.record({ action: 'Put', user: 'alice', targets: ['/k/5'], outcome: 'allowed' });
+    await restarted.close();
+    const linked = await eventsOf(crashed, key);
+    expect(linked[6]).toMatchObject({ action: 'audit.start', targets: [log.file] });
+    expect(linked[6]?.prev).toBe(linked[5]?.hash);
+    expect(await verifyAudit(crashed, { key })).toMatchObject({ ok: true, events: 8, files: 2 });
+    // A torn last write in a file written ahead: its missing sectors read as zeros, at its end or at its start.
+    const single = path.join(crashed, log.file);
+    const last = frames[frames.length - 1] as [number, number];
+    const problem = async (file: Buffer): Promise<string | undefined> => {
+      await writeFile(single, file);
+      return (await verifyAudit(single, { key })).problem;
+    };
+    const tornEnd = Buffer.from(bytes);
+    tornEnd.fill(0, last[1] - 20, last[1]);
+    expect(await problem(tornEnd)).toMatch(/bytes after the last complete line \(torn or altered\)/);
+    const tornStart = Buffer.from(bytes);
+    tornStart.fill(0, last[0], last[0] + 24);
+    expect(await problem(tornStart)).toMatch(/bytes after the last complete line \(torn or altered\)/);
+    // Bytes after the zeros are no padding either; an altered frame before the last is still named.
+    const afterZeros = Buffer.from(bytes);
+    afterZeros.writeUInt8(1, bytes.length - 1);
+    expect(await problem(afterZeros)).toMatch(/bytes after the last complete line \(torn or altered\)/);
+    const flipped = Buffer.from(bytes);
+    const second = frames[2] as [number, number];
+    flipped.writeUInt8(flipped.readUInt8(second[0] + 30) ^ 0x01, second[0] + 30);
+    expect(await problem(flipped)).toMatch(/frame 2: authentication failed \(altered/);
+    expect(await problem(bytes)).toBeUndefined();
+  });
+
+  it('finds the last record of a file written ahead when its last frame ends in zero bytes (a length of 256)', async () => {
+    const directory = await newDirectory();
+    const { key } = await newKey(directory);
+    const file = path.join(directory, 'audit-2026-01-01T00-00-00-000Z.jsonl');
+    const writer = await RecordWriter.create(file, key);
+    if (writer === undefined) throw new Error('the file exists');
+    await writer.append(['first']);
+    await writer.append(['x'.repeat(255)]); // 256 plaintext bytes: the frame's trailing length is 00 00 01 00
+    const bytes = await readFile(file);
+    expect(bytes.length).toBeGreaterThan(sealedTrailHeaderBytes + 2 * 44 + 262);
+    expect(await readLastRecord(file, key)).toBe('x'.repeat(255));
+    await writer.close();
+    expect((await readFile(file)).at(-1)).toBe(0); // closed: it ends with that length field
+    expect(await readLastRecord(file, key)).toBe('x'.repeat(255));
+    const records: string[] = [];
+    for await (const record of readRecords(file, key)) records.push(record.kind === 'record' ? record.text : record.kind);
+    expect(records).toEqual(['first', 'x'.repeat(255)]);
   });
 
   it('writes one frame per batch with one fdatasync, whatever the batch holds', async () => {
