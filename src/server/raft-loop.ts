@@ -195,6 +195,7 @@ export class RaftLoop implements Consensus {
     if (this.closed) return Promise.reject(new RampartError('Stopped'));
     return new Promise<number>((resolve, reject) => {
       const waiter: ReadWaiter = { resolve, reject, confirmationOnly, settled: false, confirmed: false, deadline: performance.now() + this.requestTimeoutMs };
+      this.dropSettledReads();
       this.readDeadlines.push(waiter);
       this.readDeadlineTimer ??= setTimeout(() => this.expireReads(), this.requestTimeoutMs);
       this.nextReadGroup().waiters.add(waiter);
@@ -214,18 +215,30 @@ export class RaftLoop implements Consensus {
       head += 1;
       fail(waiter, new RampartError('Timeout'));
     }
+    this.readDeadlinesHead = head;
+    this.dropSettledReads();
+    const next = this.readDeadlines[this.readDeadlinesHead];
+    if (next !== undefined && !this.closed) this.readDeadlineTimer = setTimeout(() => this.expireReads(), Math.max(0, next.deadline - now));
+  }
+
+  /**
+   * Forgets the settled reads at the head of the deadline queue (most reads are answered long
+   * before their time is up), so it holds about as many reads as wait, not every read of the last
+   * requestTimeoutMs. Amortized O(1): the array is cut once its dropped head outweighs the rest.
+   */
+  private dropSettledReads(): void {
+    const queue = this.readDeadlines;
+    let head = this.readDeadlinesHead;
+    while (head < queue.length && (queue[head] as ReadWaiter).settled) head += 1;
     if (head === queue.length) {
       this.readDeadlines = [];
       this.readDeadlinesHead = 0;
-      return;
-    }
-    const next = queue[head] as ReadWaiter;
-    if (head > 1024 && head * 2 > queue.length) {
+    } else if (head > 64 && head * 2 > queue.length) {
       this.readDeadlines = queue.slice(head);
-      head = 0;
+      this.readDeadlinesHead = 0;
+    } else {
+      this.readDeadlinesHead = head;
     }
-    this.readDeadlinesHead = head;
-    if (!this.closed) this.readDeadlineTimer = setTimeout(() => this.expireReads(), Math.max(0, next.deadline - now));
   }
 
   private nextReadGroup(): ReadGroup {

@@ -355,4 +355,21 @@ describe('raft loop: read timeouts', () => {
     expect(outcomes.at(-1)).toBe('late Timeout');
     expect(outcomes).toHaveLength(4);
   }, 10_000);
+
+  it('keeps only reads still waiting in its timeout queue, not every read answered within the timeout', async () => {
+    // A lone voter confirms its reads at once: thousands answered well within the 10 s timeout.
+    const raft = node('a', ['a']);
+    const host = new StuckHost();
+    const loop = new RaftLoop(raft, host, 1_000, 10_000);
+    loops.push({ loop, host });
+    raft.campaignNow();
+    loop.start();
+    await loop.settled();
+    expect(loop.isLeader).toBe(true);
+    for (let batch = 0; batch < 20; batch++) await Promise.all(Array.from({ length: 250 }, () => loop.readBarrier()));
+    await loop.readBarrier();
+    const queue = (loop as unknown as { readDeadlines: unknown[]; readDeadlinesHead: number });
+    expect(queue.readDeadlines.length - queue.readDeadlinesHead).toBeLessThanOrEqual(1);
+    expect(queue.readDeadlines.length).toBeLessThan(200);
+  });
 });
