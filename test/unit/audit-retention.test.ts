@@ -15,6 +15,7 @@ import { TrailKeyStore } from '../../src/audit/trail-key.js';
 import { readAudit, verifyAudit, type TrailCheckpoint } from '../../src/audit/verify.js';
 import { FileKekProvider } from '../../src/encryption/kek-file.js';
 import { auditDirectories } from '../helpers/audit-directories.js';
+import { fillDisk, mountSmallDisk, unmountSmallDisk } from '../soak/disk-faults.js';
 
 const dayMs = 24 * 60 * 60 * 1000;
 
@@ -337,6 +338,36 @@ describe('audit trail at rest', () => {
     const records: string[] = [];
     for await (const record of readRecords(file, key)) records.push(record.kind === 'record' ? record.text : record.kind);
     expect(records).toEqual(['first', 'x'.repeat(255)]);
+  });
+
+  it('on a nearly full disk writes the records without the zeros ahead, and a full one cuts the failed write off', async (context) => {
+    const disk = path.join(await newDirectory(), 'disk');
+    const problem = await mountSmallDisk(disk, 1); // smaller than the zeros written ahead
+    if (problem !== undefined) {
+      console.log(`skipped: cannot mount a small file system here (${problem})`);
+      context.skip();
+      return;
+    }
+    try {
+      const { key } = await newKey(await newDirectory());
+      const file = path.join(disk, 'audit-2026-01-01T00-00-00-000Z.jsonl');
+      const writer = await RecordWriter.create(file, key);
+      if (writer === undefined) throw new Error('the file exists');
+      await writer.append(['first']);
+      await writer.append(['second']);
+      const records = async (): Promise<string[]> => {
+        const read: string[] = [];
+        for await (const record of readRecords(file, key)) read.push(record.kind === 'record' ? record.text : record.kind);
+        return read;
+      };
+      expect(await records()).toEqual(['first', 'second']);
+      await fillDisk(disk);
+      await expect(writer.append(['x'.repeat(64 * 1024)])).rejects.toThrow(/ENOSPC|no more bytes/);
+      expect(await records()).toEqual(['first', 'second']);
+      await writer.close();
+    } finally {
+      await unmountSmallDisk(disk);
+    }
   });
 
   it('writes one frame per batch with one fdatasync, whatever the batch holds', async () => {
