@@ -25,7 +25,8 @@ import { auditLineBytesMax } from './event.js';
 import { SealedTrailError, SealedTrailFile, framePlaintextBytesMax, framesOfLines, isSealedTrail, readFrames, readLastFrame, sealedTrailHeaderBytes, type TrailKey } from './sealed-trail.js';
 
 /** Zeros a sealed file is written ahead with at a time (see RecordWriter). */
-export const sealedPreallocateBytes = 1024 * 1024;
+export const sealedPreallocateBytes = 256 * 1024;
+const aheadZeros = Buffer.alloc(sealedPreallocateBytes);
 /** Records longer than this are reported as oversized, not read (writers stay well below). */
 export const recordBytesMax = auditLineBytesMax * 4;
 const readChunkBytes = 64 * 1024;
@@ -260,8 +261,8 @@ export interface WriteMark {
  * `append` is both. Given a trail key it writes a sealed file (the header goes out with the first
  * write).
  *
- * A sealed file is written ahead with zeros (`sealedPreallocateBytes` at a time, in the same
- * synchronous write as the records that need the room): an fdatasync after an append to a
+ * A sealed file is written ahead with zeros (`sealedPreallocateBytes` at a time, written right
+ * after the records that need the room, from one shared buffer of zeros): an fdatasync after an append to a
  * growing file must also commit the file's new size and blocks (an ext4 journal commit, which
  * every other sync of the disk then waits behind), while one after a write into blocks already
  * written and synced flushes only the data. The zeros after the last frame are no part of the
@@ -294,7 +295,7 @@ export class RecordWriter {
     });
     if (handle === undefined) return undefined;
     const sealed = key === undefined ? undefined : SealedTrailFile.create(key, trailNameOf(file), 'lines');
-    return new RecordWriter(handle, file, sealed, sealed === undefined ? 0 : Math.max(0, preallocateBytes));
+    return new RecordWriter(handle, file, sealed, sealed === undefined ? 0 : Math.min(Math.max(0, preallocateBytes), sealedPreallocateBytes));
   }
 
   async append(records: readonly string[]): Promise<void> {
@@ -319,34 +320,32 @@ export class RecordWriter {
       bytes = this.header === undefined ? sealed : Buffer.concat([this.header, sealed]);
       frames = plaintext.length;
     }
-    // Room ahead runs out: zeros up to `preallocateBytes` past these records go out in the same write.
-    const end = this.bytes + bytes.length;
-    if (end > this.allocated && this.preallocateBytes > 0) {
-      const room = Buffer.alloc(bytes.length + this.preallocateBytes);
-      bytes.copy(room);
-      bytes = room;
-    }
     // A nearly full disk takes part of a write without an error: the rest is written again, and
     // only then does the kernel answer ENOSPC (one unchecked write acknowledged a torn record).
+    const end = this.bytes + bytes.length;
     try {
       writeFully(this.handle.fd, bytes, this.bytes);
     } catch (error) {
-      if (bytes.length === end - this.bytes) {
-        this.cutBackSync(mark);
-        throw error;
-      }
-      // The zeros did not fit (a nearly full disk): the records alone, and no more room ahead.
-      this.preallocateBytes = 0;
-      try {
-        ftruncateSync(this.handle.fd, Math.max(this.allocated, mark.bytes));
-        writeFully(this.handle.fd, bytes.subarray(0, end - this.bytes), this.bytes);
-      } catch (again) {
-        this.cutBackSync(mark);
-        throw again;
-      }
-      bytes = bytes.subarray(0, end - this.bytes);
+      this.cutBackSync(mark);
+      throw error;
     }
-    this.allocated = Math.max(this.allocated, this.bytes + bytes.length);
+    // Room ahead ran out: zeros after these records (from one buffer of zeros, never a new one).
+    if (end > this.allocated && this.preallocateBytes > 0) {
+      try {
+        writeFully(this.handle.fd, aheadZeros.subarray(0, this.preallocateBytes), end);
+        this.allocated = end + this.preallocateBytes;
+      } catch {
+        // They did not fit (a nearly full disk): the records alone, and no more room ahead.
+        this.preallocateBytes = 0;
+        try {
+          ftruncateSync(this.handle.fd, end);
+        } catch (error) {
+          this.cutBackSync(mark);
+          throw error;
+        }
+      }
+    }
+    this.allocated = Math.max(this.allocated, end);
     this.bytes = end;
     this.frames += frames;
     this.header = undefined;

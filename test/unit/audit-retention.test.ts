@@ -342,13 +342,14 @@ describe('audit trail at rest', () => {
 
   it('on a nearly full disk writes the records without the zeros ahead, and a full one cuts the failed write off', async (context) => {
     const disk = path.join(await newDirectory(), 'disk');
-    const problem = await mountSmallDisk(disk, 1); // smaller than the zeros written ahead
+    const problem = await mountSmallDisk(disk, 1);
     if (problem !== undefined) {
       console.log(`skipped: cannot mount a small file system here (${problem})`);
       context.skip();
       return;
     }
     try {
+      await writeFile(path.join(disk, 'ballast'), Buffer.alloc(1024 * 1024 - sealedPreallocateBytes / 2, 0x5a)); // less room left than the zeros written ahead
       const { key } = await newKey(await newDirectory());
       const file = path.join(disk, 'audit-2026-01-01T00-00-00-000Z.jsonl');
       const writer = await RecordWriter.create(file, key);
