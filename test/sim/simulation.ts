@@ -280,10 +280,32 @@ export class Simulation {
       }
       const members = this.nodes.filter((node) => this.isMember(node));
       if (probeIndex !== undefined && members.every((node) => node.machine.applied >= probeIndex) && new Set(members.map((node) => node.machine.applied)).size === 1) {
+        this.settleQuiet(healed);
         return { committed: this.highestCommitted, ...this.stats };
       }
     }
     throw this.violation(`no progress after healing: applied ${this.nodes.map((node) => `${node.id}=${node.machine.applied}/${node.raft?.role}/${node.raft?.term}`).join(' ')}`);
+  }
+
+  /**
+   * With nothing more proposed, every member must still reach the leader's whole log: committed
+   * and applied through its last index. The healed phase above keeps proposing, and a new
+   * proposal's append can carry a tail a follower was stuck behind; this one cannot hide a stall
+   * (a lost append, answer or commit-only message that nothing repairs without new writes).
+   * Messages are still lost and duplicated at the run's rates: heartbeats alone must repair that.
+   */
+  private settleQuiet(healed: SimulationOptions): void {
+    const quiet = { ...healed, dropRate: this.options.dropRate, duplicateRate: this.options.duplicateRate, proposalRate: 0, readRate: 0 };
+    const limit = 1000;
+    for (let extra = 0; extra < limit; extra++, this.now++) {
+      this.step(quiet);
+      const leader = this.live().find((node) => node.raft?.role === 'leader');
+      if (leader?.raft === undefined) continue;
+      const last = leader.raft.lastIndex;
+      const members = this.nodes.filter((node) => this.isMember(node));
+      if (members.every((node) => node.raft !== undefined && node.raft.lastIndex === last && node.raft.commitIndex === last && node.machine.applied === last)) return;
+    }
+    throw this.violation(`members did not converge on the leader's log with nothing proposed for ${limit} ticks: ${this.nodes.map((node) => `${node.id}=${node.machine.applied}/${node.raft?.commitIndex}/${node.raft?.lastIndex}/${node.raft?.role}`).join(' ')}`);
   }
 
   private isMember(node: SimNode): boolean {
