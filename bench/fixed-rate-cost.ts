@@ -154,7 +154,8 @@ async function main(): Promise<void> {
       console.log(
         `  m${index + 1} (${leader}): ${perWrite(threads.total - previous.total).toFixed(0)} us/write (${names.map(([name, ticks]) => `${name} ${perWrite(ticks).toFixed(0)}`).join(', ')}); GC ${gc}; event loop delay p50 ${(metric(later, 'nodejs_eventloop_lag_p50_seconds') * 1000).toFixed(1)} p99 ${(metric(later, 'nodejs_eventloop_lag_p99_seconds') * 1000).toFixed(1)} max ${(metric(later, 'nodejs_eventloop_lag_max_seconds') * 1000).toFixed(1)} ms; heap used ${(metric(later, 'nodejs_heap_size_used_bytes') / 1048576).toFixed(0)} MiB; RSS ${(metric(later, 'process_resident_memory_bytes') / 1048576).toFixed(0)} MiB`,
       );
-      console.log(`    stages: ${stageSummary(later, earlier)}`);
+      const databaseWrites = metric(later, 'etcd_disk_backend_commit_duration_seconds_count') - metric(earlier, 'etcd_disk_backend_commit_duration_seconds_count');
+      console.log(`    stages: ${stageSummary(later, earlier)}; applied batches written to the database ${databaseWrites} times`);
       const log = logs[index];
       if (log !== undefined) console.log(`    --trace-gc: ${pauseSummary(await tracedPauses(log, logOffsets[index] ?? 0)) || 'no pauses traced'}`);
     }

@@ -42,6 +42,7 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
+import { AppliedWrites } from './applied-writes.js';
 import { UnappliedLeaseChanges, confirmKeepAlive } from './lease-confirmation.js';
 import { leaseChangedBy } from '../api/lease-change-scan.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
@@ -179,8 +180,8 @@ export class Member {
   private readonly changeWaiters = new Map<string, (refusal: ErrorCode | undefined) => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
-  /** The last applied batch's LevelDB write (see applyEntries); it never rejects (a failure stops the member). */
-  private applyWrite: Promise<void> = Promise.resolve();
+  /** The applied batches on their way to LevelDB, in order, several to a write (see applyEntries and applied-writes.ts). */
+  private readonly appliedWrites: AppliedWrites;
   /** A scheduled snapshot's log compaction, running beside the Raft loop (startSnapshot); it never rejects. */
   private snapshotTask: Promise<void> | undefined;
   private snapshotIndex = 0;
@@ -226,6 +227,16 @@ export class Member {
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints, this.loginRecords);
+    this.appliedWrites = new AppliedWrites({
+      write: (operations, sync) => db.batch(operations, sync ? { sync: true } : undefined),
+      landed: (operations, revision, appliedMs, startedMs) => {
+        instruments.backendCommitSeconds.recordSince(startedMs);
+        if (performance.now() - appliedMs > slowApplyMs) instruments.slowApply.record(1);
+        store.markFlushed(operations, revision);
+      },
+      fail: (error) => this.fail(error),
+    });
+    store.flushWanted = () => this.appliedWrites.flush();
     this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
     this.databaseSize = new DirectorySize(path.join(options.dataDir, 'db'));
     // Request ids need only be unique among this process's waiters across the cluster's log.
@@ -568,6 +579,8 @@ export class Member {
   /** Every audit checkpoint this member has applied (each member's, every kept window and latest) and the signers' certificates. */
   async auditCheckpointRecords(): Promise<ReturnType<typeof checkpointsOf>> {
     const values: Buffer[] = [];
+    // The checkpoints applied so far, not only those their batches' writes have landed.
+    await this.appliedWrites.drained();
     for await (const [, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) values.push(value);
     return checkpointsOf(values);
   }
@@ -927,8 +940,8 @@ export class Member {
       return;
     }
     // The records were staged as they arrived (receiveSnapshot); they move into place in bounded,
-    // crash-safe steps, and the log restarts after the snapshot. The last applied batch lands first.
-    await this.applyWrite;
+    // crash-safe steps, and the log restarts after the snapshot. The applied batches land first.
+    await this.appliedWrites.drained();
     const { index, term } = ready.snapshot.metadata;
     await installStaged(this.db, this.logStore, index, term, ready.hardState);
     if (ready.entries.length > 0) await this.logStore.save({ entries: ready.entries });
@@ -1006,7 +1019,7 @@ export class Member {
   }
 
   private async installSnapshot(snapshot: Snapshot): Promise<void> {
-    await this.applyWrite;
+    await this.appliedWrites.drained();
     this.options.logger.info({ index: snapshot.metadata.index }, 'installed snapshot from leader');
     await this.store.reload();
     await this.loadStateMachine();
@@ -1029,8 +1042,9 @@ export class Member {
 
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
-    // At most one applied batch on its way to LevelDB: batches land in order, consistent index last.
-    await this.applyWrite;
+    // Applied batches land in order, each with its consistent index (appliedWrites); the loop waits
+    // here only when too much is queued for the database (the store's overlay stays bounded).
+    if (!this.appliedWrites.hasRoom) await this.appliedWrites.room();
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
@@ -1094,25 +1108,14 @@ export class Member {
     if (snapshotNow) this.snapshotWanted = false;
     // Callers are answered once the batch is applied in memory, as etcd does: its entries are
     // durable in the Raft log, and after a crash every entry past the consistent index (written in
-    // this batch) is applied again. The write overlaps the next Ready's log write; until it lands,
-    // reads find the new records through the store (`markFlushed`), and the next apply, a snapshot
-    // and close wait for it.
-    const written = this.db.batch(batch, snapshotNow ? { sync: true } : undefined).then(
-      () => {
-        instruments.backendCommitSeconds.recordSince(commitStarted);
-        if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
-        this.store.markFlushed(batch, revision);
-        return true;
-      },
-      (error: unknown) => {
-        this.fail(error);
-        return false;
-      },
-    );
+    // this batch, or in a later one merged with it) is applied again. The write runs beside the
+    // Raft loop, merged with the batches applied while it waits or the one before it is written;
+    // until it lands, reads find the new records through the store (`markFlushed`), and a snapshot
+    // install, a restored-state snapshot, a Maintenance snapshot and close wait for it (`drained`).
     const snapshotAt = this.appliedIndexValue;
-    // The view is taken in the same turn as the write lands: the next batch's write waits for
-    // applyWrite, so the database is at exactly `snapshotAt` then.
-    this.applyWrite = snapshotNow ? written.then((ok) => (ok ? this.startSnapshot(snapshotAt) : undefined)) : written.then(() => undefined);
+    // A scheduled snapshot's view is taken in the turn its (synced) write lands, before any later
+    // batch is written: the database is at exactly `snapshotAt` then.
+    this.appliedWrites.add(batch, revision, applyStarted, snapshotNow ? { onLanded: () => this.startSnapshot(snapshotAt) } : undefined);
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
@@ -1174,7 +1177,7 @@ export class Member {
 
   /** Snapshots the state machine at the applied index and compacts the log behind it, holding the Raft loop (restored state only). */
   private async takeSnapshot(catchUpEntries: number): Promise<void> {
-    await this.applyWrite;
+    await this.appliedWrites.drained();
     await this.snapshotTask;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
@@ -1274,8 +1277,10 @@ export class Member {
   }
 
   /** A consistent copy of the state machine (everything but the log), as a snapshot stream's records. */
-  snapshotIterator(): AsyncIterableIterator<[Buffer, Buffer]> {
-    return this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })[Symbol.asyncIterator]() as AsyncIterableIterator<[Buffer, Buffer]>;
+  async *snapshotIterator(): AsyncGenerator<[Buffer, Buffer]> {
+    // Everything applied when it is asked for, as etcd commits its backend's batch first.
+    await this.appliedWrites.drained();
+    yield* this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) });
   }
 
   /** Encryption at rest on this member: undefined when it does not encrypt. */
@@ -1418,7 +1423,7 @@ export class Member {
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     await this.loop.close();
-    await this.applyWrite;
+    await this.appliedWrites.drained();
     await this.snapshotTask;
     await this.transport.close();
     const compacted = await this.store.whenCompacted().then(() => true, () => false);

@@ -81,6 +81,8 @@ export class MvccStore {
   private compactRevisionValue = 0;
   private flushedRevisionValue = 1;
   private flushWaiters: { revision: number; resolve: () => void }[] = [];
+  /** Asks whoever writes the applied batches to write what is applied now without delay (`whenFlushed`). */
+  flushWanted: (() => void) | undefined;
   private compactionRunning: Promise<void> = Promise.resolve();
 
   private constructor(private readonly db: Database) {}
@@ -297,6 +299,8 @@ export class MvccStore {
     if (revision <= this.flushedRevisionValue) {
       return Promise.resolve();
     }
+    // The applied batches may be waiting to share a write (member.ts appliedWrites): not this one.
+    this.flushWanted?.();
     return new Promise((resolve) => this.flushWaiters.push({ revision, resolve }));
   }
 
