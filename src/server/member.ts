@@ -14,7 +14,7 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { RampartError, assert, type ErrorCode } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
-import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
+import type { ConfigurationChange, ConfigurationState, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { openRaftLog } from '../storage/wal/migration.js';
 import type { SegmentedLog } from '../storage/wal/segmented-log.js';
 import type { LoadedLog } from '../storage/log.js';
@@ -185,6 +185,8 @@ export class Member {
   /** A scheduled snapshot's log compaction, running beside the Raft loop (startSnapshot); it never rejects. */
   private snapshotTask: Promise<void> | undefined;
   private snapshotIndex = 0;
+  /** A scheduled snapshot is decided and waits for its batch's write to land (startSnapshot then). */
+  private snapshotPending = false;
   /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
   private restoredState = false;
   private dbSizeBytes = 0;
@@ -1104,8 +1106,12 @@ export class Member {
     const restoredPending = this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined;
     // A scheduled snapshot does not hold the Raft loop (see startSnapshot): this batch is written
     // synced, its view is taken as the write lands, and the log is compacted in the background.
-    const snapshotNow = !restoredPending && this.snapshotTask === undefined && (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount);
-    if (snapshotNow) this.snapshotWanted = false;
+    const snapshotNow = !restoredPending && !this.snapshotPending && this.snapshotTask === undefined && (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount);
+    if (snapshotNow) {
+      this.snapshotWanted = false;
+      // Batches applied before this one's write lands do not schedule snapshots of their own.
+      this.snapshotPending = true;
+    }
     // Callers are answered once the batch is applied in memory, as etcd does: its entries are
     // durable in the Raft log, and after a crash every entry past the consistent index (written in
     // this batch, or in a later one merged with it) is applied again. The write runs beside the
@@ -1114,8 +1120,14 @@ export class Member {
     // install, a restored-state snapshot, a Maintenance snapshot and close wait for it (`drained`).
     const snapshotAt = this.appliedIndexValue;
     // A scheduled snapshot's view is taken in the turn its (synced) write lands, before any later
-    // batch is written: the database is at exactly `snapshotAt` then.
-    this.appliedWrites.add(batch, revision, applyStarted, snapshotNow ? { onLanded: () => this.startSnapshot(snapshotAt) } : undefined);
+    // batch is written: the database is at exactly `snapshotAt` then. Its membership is the one
+    // at `snapshotAt` (now): batches applied before the write lands may change it.
+    const configuration = snapshotNow ? this.loop.node.configuration : undefined;
+    const onLanded = configuration === undefined ? undefined : () => {
+      this.snapshotPending = false;
+      this.startSnapshot(snapshotAt, configuration);
+    };
+    this.appliedWrites.add(batch, revision, applyStarted, onLanded === undefined ? undefined : { onLanded });
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
@@ -1152,13 +1164,13 @@ export class Member {
    * (one frame in the log's queue; the deletions outside it). The Raft loop goes on meanwhile;
    * close waits for it, and the next snapshot is not taken before it ends.
    */
-  private startSnapshot(index: number): void {
+  private startSnapshot(index: number, configuration: ConfigurationState): void {
     if (this.failed) return;
     try {
       const term = this.loop.node.entryTerm(index);
       if (term === undefined) return;
       this.holdStateView(index);
-      const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: Buffer.alloc(0) };
+      const snapshot: Snapshot = { metadata: { index, term, configuration }, data: Buffer.alloc(0) };
       this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
       this.snapshotIndex = index;
       const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
@@ -1179,6 +1191,9 @@ export class Member {
   private async takeSnapshot(catchUpEntries: number): Promise<void> {
     await this.appliedWrites.drained();
     await this.snapshotTask;
+    // After a failed write the database misses applied batches: no snapshot claims them, and the
+    // log behind them stays.
+    if (this.failed) return;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -1394,6 +1409,9 @@ export class Member {
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
     this.failed = true;
+    // Applied batches that will never be written: whoever waits for them (a compaction, which
+    // close waits for; a watch catching up; HashKV) is told so instead of waiting forever.
+    this.store.abandonFlushes(new Error('the member failed before its applied batches were written'));
     process.exitCode = 1;
     void this.close().finally(() => process.exit(1));
   }
