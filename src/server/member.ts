@@ -14,7 +14,7 @@ import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { RampartError, assert, type ErrorCode } from '../errors.js';
 import { RaftNode, defaultRaftConfig, parseConfigurationChange } from '../raft/raft.js';
-import type { ConfigurationChange, ConfigurationState, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
+import type { ConfigurationChange, Entry, Message, Ready, Snapshot, SoftState } from '../raft/types.js';
 import { openRaftLog } from '../storage/wal/migration.js';
 import type { SegmentedLog } from '../storage/wal/segmented-log.js';
 import type { LoadedLog } from '../storage/log.js';
@@ -42,7 +42,6 @@ import { executeRange, int64Out } from './kv.js';
 import { Lessor } from './lessor.js';
 import { Membership, bootstrapEntries, hash64, memberIdFor, type ChangeContext, type InitialMember, type MemberRecord } from './membership.js';
 import { RaftLoop } from './raft-loop.js';
-import { AppliedWrites } from './applied-writes.js';
 import { UnappliedLeaseChanges, confirmKeepAlive } from './lease-confirmation.js';
 import { leaseChangedBy } from '../api/lease-change-scan.js';
 import { finishInterruptedInstall, installStaged, snapshotChunkBytesDefault, snapshotChunks, stageSnapshot } from './state-snapshot.js';
@@ -180,13 +179,11 @@ export class Member {
   private readonly changeWaiters = new Map<string, (refusal: ErrorCode | undefined) => void>();
   private nextRequestId: bigint;
   private appliedIndexValue = 0;
-  /** The applied batches on their way to LevelDB, in order, several to a write (see applyEntries and applied-writes.ts). */
-  private readonly appliedWrites: AppliedWrites;
+  /** The last applied batch's LevelDB write (see applyEntries); it never rejects (a failure stops the member). */
+  private applyWrite: Promise<void> = Promise.resolve();
   /** A scheduled snapshot's log compaction, running beside the Raft loop (startSnapshot); it never rejects. */
   private snapshotTask: Promise<void> | undefined;
   private snapshotIndex = 0;
-  /** A scheduled snapshot is decided and waits for its batch's write to land (startSnapshot then). */
-  private snapshotPending = false;
   /** Restored state not in the log: compact the log behind a snapshot once the founding entries apply. */
   private restoredState = false;
   private dbSizeBytes = 0;
@@ -229,16 +226,6 @@ export class Member {
     this.nowMs = options.nowMs ?? (() => performance.now());
     this.lessor = new Lessor(this.nowMs);
     this.applier = new Applier(store, this.lessor, this.alarms, this.membership, this.auth, this.auditCheckpoints, this.loginRecords);
-    this.appliedWrites = new AppliedWrites({
-      write: (operations, sync) => db.batch(operations, sync ? { sync: true } : undefined),
-      landed: (operations, revision, appliedMs, startedMs) => {
-        instruments.backendCommitSeconds.recordSince(startedMs);
-        if (performance.now() - appliedMs > slowApplyMs) instruments.slowApply.record(1);
-        store.markFlushed(operations, revision);
-      },
-      fail: (error) => this.fail(error),
-    });
-    store.flushWanted = () => this.appliedWrites.flush();
     this.watchHub = new WatchHub(store, options.watchQueuedBytesMax);
     this.databaseSize = new DirectorySize(path.join(options.dataDir, 'db'));
     // Request ids need only be unique among this process's waiters across the cluster's log.
@@ -581,8 +568,6 @@ export class Member {
   /** Every audit checkpoint this member has applied (each member's, every kept window and latest) and the signers' certificates. */
   async auditCheckpointRecords(): Promise<ReturnType<typeof checkpointsOf>> {
     const values: Buffer[] = [];
-    // The checkpoints applied so far, not only those their batches' writes have landed.
-    await this.appliedWrites.drained();
     for await (const [, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) values.push(value);
     return checkpointsOf(values);
   }
@@ -942,8 +927,8 @@ export class Member {
       return;
     }
     // The records were staged as they arrived (receiveSnapshot); they move into place in bounded,
-    // crash-safe steps, and the log restarts after the snapshot. The applied batches land first.
-    await this.appliedWrites.drained();
+    // crash-safe steps, and the log restarts after the snapshot. The last applied batch lands first.
+    await this.applyWrite;
     const { index, term } = ready.snapshot.metadata;
     await installStaged(this.db, this.logStore, index, term, ready.hardState);
     if (ready.entries.length > 0) await this.logStore.save({ entries: ready.entries });
@@ -1021,7 +1006,7 @@ export class Member {
   }
 
   private async installSnapshot(snapshot: Snapshot): Promise<void> {
-    await this.appliedWrites.drained();
+    await this.applyWrite;
     this.options.logger.info({ index: snapshot.metadata.index }, 'installed snapshot from leader');
     await this.store.reload();
     await this.loadStateMachine();
@@ -1044,9 +1029,8 @@ export class Member {
 
   /** Applies committed entries in order; the consistent index is written in the same batch as their effects. */
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
-    // Applied batches land in order, each with its consistent index (appliedWrites); the loop waits
-    // here only when too much is queued for the database (the store's overlay stays bounded).
-    if (!this.appliedWrites.hasRoom) await this.appliedWrites.room();
+    // At most one applied batch on its way to LevelDB: batches land in order, consistent index last.
+    await this.applyWrite;
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
@@ -1106,28 +1090,29 @@ export class Member {
     const restoredPending = this.restoredState && this.appliedIndexValue > 0 && this.loop.node.entryTerm(this.appliedIndexValue) !== undefined;
     // A scheduled snapshot does not hold the Raft loop (see startSnapshot): this batch is written
     // synced, its view is taken as the write lands, and the log is compacted in the background.
-    const snapshotNow = !restoredPending && !this.snapshotPending && this.snapshotTask === undefined && (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount);
-    if (snapshotNow) {
-      this.snapshotWanted = false;
-      // Batches applied before this one's write lands do not schedule snapshots of their own.
-      this.snapshotPending = true;
-    }
+    const snapshotNow = !restoredPending && this.snapshotTask === undefined && (this.snapshotWanted || this.appliedIndexValue - this.snapshotIndex >= this.options.snapshotCount);
+    if (snapshotNow) this.snapshotWanted = false;
     // Callers are answered once the batch is applied in memory, as etcd does: its entries are
     // durable in the Raft log, and after a crash every entry past the consistent index (written in
-    // this batch, or in a later one merged with it) is applied again. The write runs beside the
-    // Raft loop, merged with the batches applied while it waits or the one before it is written;
-    // until it lands, reads find the new records through the store (`markFlushed`), and a snapshot
-    // install, a restored-state snapshot, a Maintenance snapshot and close wait for it (`drained`).
+    // this batch) is applied again. The write overlaps the next Ready's log write; until it lands,
+    // reads find the new records through the store (`markFlushed`), and the next apply, a snapshot
+    // and close wait for it.
+    const written = this.db.batch(batch, snapshotNow ? { sync: true } : undefined).then(
+      () => {
+        instruments.backendCommitSeconds.recordSince(commitStarted);
+        if (performance.now() - applyStarted > slowApplyMs) instruments.slowApply.record(1);
+        this.store.markFlushed(batch, revision);
+        return true;
+      },
+      (error: unknown) => {
+        this.fail(error);
+        return false;
+      },
+    );
     const snapshotAt = this.appliedIndexValue;
-    // A scheduled snapshot's view is taken in the turn its (synced) write lands, before any later
-    // batch is written: the database is at exactly `snapshotAt` then. Its membership is the one
-    // at `snapshotAt` (now): batches applied before the write lands may change it.
-    const configuration = snapshotNow ? this.loop.node.configuration : undefined;
-    const onLanded = configuration === undefined ? undefined : () => {
-      this.snapshotPending = false;
-      this.startSnapshot(snapshotAt, configuration);
-    };
-    this.appliedWrites.add(batch, revision, applyStarted, onLanded === undefined ? undefined : { onLanded });
+    // The view is taken in the same turn as the write lands: the next batch's write waits for
+    // applyWrite, so the database is at exactly `snapshotAt` then.
+    this.applyWrite = snapshotNow ? written.then((ok) => (ok ? this.startSnapshot(snapshotAt) : undefined)) : written.then(() => undefined);
     for (const [id, result] of results) {
       const waiter = this.waiters.get(id);
       if (waiter !== undefined) {
@@ -1164,13 +1149,13 @@ export class Member {
    * (one frame in the log's queue; the deletions outside it). The Raft loop goes on meanwhile;
    * close waits for it, and the next snapshot is not taken before it ends.
    */
-  private startSnapshot(index: number, configuration: ConfigurationState): void {
+  private startSnapshot(index: number): void {
     if (this.failed) return;
     try {
       const term = this.loop.node.entryTerm(index);
       if (term === undefined) return;
       this.holdStateView(index);
-      const snapshot: Snapshot = { metadata: { index, term, configuration }, data: Buffer.alloc(0) };
+      const snapshot: Snapshot = { metadata: { index, term, configuration: this.loop.node.configuration }, data: Buffer.alloc(0) };
       this.loop.node.compact(snapshot, Math.max(0, index - this.options.snapshotCatchUpEntries));
       this.snapshotIndex = index;
       const { index: compactIndex, term: compactTerm } = this.loop.node.logStart;
@@ -1189,11 +1174,8 @@ export class Member {
 
   /** Snapshots the state machine at the applied index and compacts the log behind it, holding the Raft loop (restored state only). */
   private async takeSnapshot(catchUpEntries: number): Promise<void> {
-    await this.appliedWrites.drained();
+    await this.applyWrite;
     await this.snapshotTask;
-    // After a failed write the database misses applied batches: no snapshot claims them, and the
-    // log behind them stays.
-    if (this.failed) return;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -1292,10 +1274,8 @@ export class Member {
   }
 
   /** A consistent copy of the state machine (everything but the log), as a snapshot stream's records. */
-  async *snapshotIterator(): AsyncGenerator<[Buffer, Buffer]> {
-    // Everything applied when it is asked for, as etcd commits its backend's batch first.
-    await this.appliedWrites.drained();
-    yield* this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) });
+  snapshotIterator(): AsyncIterableIterator<[Buffer, Buffer]> {
+    return this.db.iterator({ gte: Buffer.of(0), lt: Buffer.of(0xff) })[Symbol.asyncIterator]() as AsyncIterableIterator<[Buffer, Buffer]>;
   }
 
   /** Encryption at rest on this member: undefined when it does not encrypt. */
@@ -1409,9 +1389,6 @@ export class Member {
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
     this.failed = true;
-    // Applied batches that will never be written: whoever waits for them (a compaction, which
-    // close waits for; a watch catching up; HashKV) is told so instead of waiting forever.
-    this.store.abandonFlushes(new Error('the member failed before its applied batches were written'));
     process.exitCode = 1;
     void this.close().finally(() => process.exit(1));
   }
@@ -1441,7 +1418,7 @@ export class Member {
     for (const timer of this.timers) clearInterval(timer);
     this.timers.length = 0;
     await this.loop.close();
-    await this.appliedWrites.drained();
+    await this.applyWrite;
     await this.snapshotTask;
     await this.transport.close();
     const compacted = await this.store.whenCompacted().then(() => true, () => false);

@@ -80,11 +80,7 @@ export class MvccStore {
   private currentRevisionValue = 1;
   private compactRevisionValue = 0;
   private flushedRevisionValue = 1;
-  private flushWaiters: { revision: number; resolve: () => void; reject: (error: Error) => void }[] = [];
-  /** Set once the revisions past `flushedRevisionValue` will never be written (`abandonFlushes`). */
-  private flushFailure: Error | undefined;
-  /** Asks whoever writes the applied batches to write what is applied now without delay (`whenFlushed`). */
-  flushWanted: (() => void) | undefined;
+  private flushWaiters: { revision: number; resolve: () => void }[] = [];
   private compactionRunning: Promise<void> = Promise.resolve();
 
   private constructor(private readonly db: Database) {}
@@ -301,18 +297,7 @@ export class MvccStore {
     if (revision <= this.flushedRevisionValue) {
       return Promise.resolve();
     }
-    if (this.flushFailure !== undefined) return Promise.reject(this.flushFailure);
-    // The applied batches may be waiting to share a write (member.ts appliedWrites): not this one.
-    this.flushWanted?.();
-    return new Promise((resolve, reject) => this.flushWaiters.push({ revision, resolve, reject }));
-  }
-
-  /** The applied records not yet written never will be (a failed write): waiting for them fails with `error`. */
-  abandonFlushes(error: Error): void {
-    this.flushFailure ??= error;
-    const waiters = this.flushWaiters;
-    this.flushWaiters = [];
-    for (const waiter of waiters) waiter.reject(this.flushFailure);
+    return new Promise((resolve) => this.flushWaiters.push({ revision, resolve }));
   }
 
   /**
