@@ -1031,6 +1031,9 @@ export class Member {
   private async applyEntries(entries: readonly Entry[]): Promise<void> {
     // At most one applied batch on its way to LevelDB: batches land in order, consistent index last.
     await this.applyWrite;
+    // A failed write stops the member: nothing after it is applied or written (a later batch's
+    // consistent index would cover the failed batch's effects, which the database never got).
+    if (this.failed) return;
     const applyStarted = performance.now();
     const batch: BatchOperation[] = [];
     const results: [string, ApplyResult][] = [];
@@ -1176,6 +1179,9 @@ export class Member {
   private async takeSnapshot(catchUpEntries: number): Promise<void> {
     await this.applyWrite;
     await this.snapshotTask;
+    // After a failed write the database misses an applied batch: no snapshot claims it, and the
+    // log behind it stays.
+    if (this.failed) return;
     const index = this.appliedIndexValue;
     const term = this.loop.node.entryTerm(index);
     if (term === undefined) return;
@@ -1389,6 +1395,9 @@ export class Member {
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
     this.failed = true;
+    // An applied batch that will never be written: whoever waits for it (a compaction, which close
+    // waits for; a watch catching up; HashKV) is told so instead of waiting forever.
+    this.store.abandonFlushes(new Error('the member failed before its applied batches were written'));
     process.exitCode = 1;
     void this.close().finally(() => process.exit(1));
   }

@@ -174,6 +174,11 @@ export class WatchHub {
       try {
         if (watcher.canceled || watcher.sink.closed) return;
         taken = await this.catchUpStep(watcher, target);
+      } catch {
+        // The history cannot be read (the member failed before its applied batches were written,
+        // or is closing): this watcher gets nothing more; its stream ends with the member.
+        this.remove(watcher);
+        return;
       } finally {
         this.releaseCatchUp();
       }

@@ -80,7 +80,9 @@ export class MvccStore {
   private currentRevisionValue = 1;
   private compactRevisionValue = 0;
   private flushedRevisionValue = 1;
-  private flushWaiters: { revision: number; resolve: () => void }[] = [];
+  private flushWaiters: { revision: number; resolve: () => void; reject: (error: Error) => void }[] = [];
+  /** Set once the revisions past `flushedRevisionValue` will never be written (`abandonFlushes`). */
+  private flushFailure: Error | undefined;
   private compactionRunning: Promise<void> = Promise.resolve();
 
   private constructor(private readonly db: Database) {}
@@ -297,7 +299,16 @@ export class MvccStore {
     if (revision <= this.flushedRevisionValue) {
       return Promise.resolve();
     }
-    return new Promise((resolve) => this.flushWaiters.push({ revision, resolve }));
+    if (this.flushFailure !== undefined) return Promise.reject(this.flushFailure);
+    return new Promise((resolve, reject) => this.flushWaiters.push({ revision, resolve, reject }));
+  }
+
+  /** The applied records not yet written never will be (a failed write): waiting for them fails with `error`. */
+  abandonFlushes(error: Error): void {
+    this.flushFailure ??= error;
+    const waiters = this.flushWaiters;
+    this.flushWaiters = [];
+    for (const waiter of waiters) waiter.reject(this.flushFailure);
   }
 
   /**
