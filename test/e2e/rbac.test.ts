@@ -306,10 +306,25 @@ describe('RBAC on a secure cluster', () => {
     const [trailFile] = await listTrailFiles(copy);
     const file = (trailFile as TrailFile).path;
     const sealedBytes = await readFile(file);
+    // The file being written is followed by zeros written ahead: its frames end where they begin.
+    // A byte flipped inside (not in the last frame, which with only zeros after it reads as a
+    // write that never completed: "torn or altered") fails to open.
+    let framesEnd = sealedBytes.length;
+    while (framesEnd > 0 && sealedBytes[framesEnd - 1] === 0) framesEnd -= 1;
     const flipped = Buffer.from(sealedBytes);
-    flipped.writeUInt8(flipped.readUInt8(flipped.length - 30) ^ 1, flipped.length - 30);
+    const inside = Math.floor(framesEnd / 2);
+    flipped.writeUInt8(flipped.readUInt8(inside) ^ 1, inside);
     await writeFile(file, flipped);
     expect((await rampart(['audit', 'verify', copy, ...kek])).stderr).toMatch(/frame \d+: authentication failed \(altered/);
+    // A byte set in the zeros after the frames, or flipped in the last frame: refused too.
+    for (const at of [sealedBytes.length - 30, framesEnd - 30]) {
+      const altered = Buffer.from(sealedBytes);
+      altered.writeUInt8(altered.readUInt8(at) ^ 1, at);
+      await writeFile(file, altered);
+      const verdict = await rampart(['audit', 'verify', copy, ...kek]);
+      expect(verdict.code).toBe(1);
+      expect(verdict.stderr).toMatch(/torn or altered|authentication failed \(altered/);
+    }
     await writeFile(file, sealedBytes);
     const lines = await linesOf(trailFile as TrailFile, key);
     const target = lines.findIndex((line) => line.includes('"outcome":"denied"'));
