@@ -92,11 +92,11 @@ export async function phase(kvClients: KvClient[], method: 'Put' | 'Range', dura
 }
 
 /**
- * Open loop: puts scheduled at a fixed rate, taken by `workers` clients. A request's latency runs
- * from its scheduled start, so when the server stalls, every request the stall delays counts it
- * (no coordinated omission). Throughput is what completed in the scheduled window.
+ * Open loop: puts (or single-key ranges) scheduled at a fixed rate, taken by `workers` clients. A
+ * request's latency runs from its scheduled start, so when the server stalls, every request the
+ * stall delays counts it (no coordinated omission). Throughput is what completed in the scheduled window.
  */
-export async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number): Promise<PhaseResult> {
+export async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number, method: 'Put' | 'Range' = 'Put'): Promise<PhaseResult> {
   const value = Buffer.alloc(valueBytes, 'v');
   const latencies: number[] = [];
   let errors = 0;
@@ -112,7 +112,8 @@ export async function fixedRatePhase(kvClients: KvClient[], rate: number, worker
       const scheduled = started + (index * 1000) / rate;
       const wait = scheduled - performance.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      if (await call(client, 'Put', { key: key(index % keySpace), value })) latencies.push(performance.now() - scheduled);
+      const keyOf = key(index % keySpace);
+      if (await call(client, method, method === 'Put' ? { key: keyOf, value } : { key: keyOf })) latencies.push(performance.now() - scheduled);
       else errors += 1;
     }
   };

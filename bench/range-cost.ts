@@ -18,46 +18,12 @@
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { phase, type PhaseResult } from './bench.js';
-import type { KvClient } from './secure-members.js';
+import { fixedRatePhase, phase } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const seconds = Number(process.argv[2] ?? 10);
 const rate = process.argv[3] === undefined ? undefined : Number(process.argv[3]);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
-
-function rangeKey(index: number): Buffer {
-  const buffer = Buffer.alloc(256, 'k');
-  buffer.write(String(index).padStart(8, '0'));
-  return buffer;
-}
-
-/** Ranges at `perSecond` for `durationSeconds` over 64 workers, latency from each one's scheduled start. */
-async function fixedRateRanges(clients: KvClient[], perSecond: number, durationSeconds: number): Promise<PhaseResult> {
-  const latencies: number[] = [];
-  let errors = 0;
-  let next = 0;
-  const total = Math.round(perSecond * durationSeconds);
-  const started = performance.now();
-  const worker = async (slot: number): Promise<void> => {
-    const client = clients[slot % clients.length] as KvClient;
-    for (;;) {
-      const index = next++;
-      if (index >= total) return;
-      const scheduled = started + (index * 1000) / perSecond;
-      const wait = scheduled - performance.now();
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      const ok = await new Promise<boolean>((resolve) => client.Range?.call(client, { key: rangeKey(index % 10_000) }, {}, (error) => resolve(error === null)));
-      if (ok) latencies.push(performance.now() - scheduled);
-      else errors += 1;
-    }
-  };
-  await Promise.all(Array.from({ length: 64 }, (_, slot) => worker(slot)));
-  latencies.sort((a, b) => a - b);
-  const quantile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))] ?? Number.NaN;
-  const elapsed = Math.max(durationSeconds, (performance.now() - started) / 1000);
-  return { requests: latencies.length, errors, perSecond: latencies.length / elapsed, p50Ms: quantile(0.5), p99Ms: quantile(0.99), p999Ms: quantile(0.999) };
-}
 
 /** utime + stime in clock ticks: the main thread's and the whole process's. */
 async function ticks(pid: number): Promise<{ main: number; total: number }> {
@@ -92,7 +58,7 @@ async function main(): Promise<void> {
       text.split('\n').filter((line) => line.startsWith('etcd_network_peer_sent_failures_total{')).reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
     const failuresBefore = (await Promise.all(metricsPorts.map((port) => scrape(port, tls)))).map(sendFailures);
     const before = await Promise.all(pids.map(ticks));
-    const result = rate === undefined ? await phase(clients, 'Range', seconds) : await fixedRateRanges(clients, rate, seconds);
+    const result = rate === undefined ? await phase(clients, 'Range', seconds) : await fixedRatePhase(clients, rate, 64, seconds, 'Range');
     const after = await Promise.all(pids.map(ticks));
     const metrics = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
     const perRange = (tick: number): number => (tick * 10_000) / result.requests;
