@@ -41,25 +41,19 @@ function guardTxnDecoding(): void {
 }
 guardTxnDecoding();
 
-/** Put's usual answer (a header, no previous value) is encoded by hand (put-codec.ts). */
-function encodePutResponsesByHand(): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, PutResponse>> | undefined;
-  const method = service?.Put;
-  if (method === undefined) throw new Error('rpc.proto: no KV.Put');
+/**
+ * KV `name`'s answers encoded by `encodeByHand`; protobufjs takes what it returns undefined for.
+ * Put's usual answer (a header, no previous value: put-codec.ts) and Range's (range-codec.ts).
+ */
+function encodeResponsesByHand<Response>(name: 'Put' | 'Range', encodeByHand: (response: Response) => Buffer | undefined): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, Response>> | undefined;
+  const method = service?.[name];
+  if (method === undefined) throw new Error(`rpc.proto: no KV.${name}`);
   const encode = method.responseSerialize;
-  method.responseSerialize = (response: PutResponse): Buffer => encodePutResponse(response) ?? encode(response);
+  method.responseSerialize = (response: Response): Buffer => encodeByHand(response) ?? encode(response);
 }
-encodePutResponsesByHand();
-
-/** Range's answers are encoded by hand too (range-codec.ts); protobufjs takes what it cannot encode. */
-function encodeRangeResponsesByHand(): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, object>> | undefined;
-  const method = service?.Range;
-  if (method === undefined) throw new Error('rpc.proto: no KV.Range');
-  const encode = method.responseSerialize;
-  method.responseSerialize = (response: object): Buffer => encodeRangeResponse(response) ?? encode(response);
-}
-encodeRangeResponsesByHand();
+encodeResponsesByHand<PutResponse>('Put', encodePutResponse);
+encodeResponsesByHand<object>('Range', encodeRangeResponse);
 
 const root = new protobuf.Root();
 root.resolvePath = (_origin: string, target: string): string => path.join(protoDirectory, target);
