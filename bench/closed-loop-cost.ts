@@ -10,7 +10,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { phase } from './bench.js';
+import { phase, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const seconds = Number(process.argv[2] ?? 10);
@@ -33,7 +33,7 @@ async function main(): Promise<void> {
     const pki = path.join(directory, 'pki');
     const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
-    await phase(clients, 'Put', 2); // warm-up: connections, JIT, a leader
+    await phase(clients, 'Put', warmupSeconds); // warm-up: connections, a leader, and V8's JIT (see bench.ts)
     const pids = cluster.members.map((member) => member.pid());
     const metricsBefore = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
     const before = await Promise.all(pids.map(processTicks));

@@ -17,7 +17,7 @@
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fixedRatePhase } from './bench.js';
+import { fixedRatePhase, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const ratePerSecond = Number(process.argv[2] ?? 1000);
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
     const pki = path.join(directory, 'pki');
     const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
-    await fixedRatePhase(clients, ratePerSecond, fixedClients, 5); // warm-up: connections, JIT, a leader
+    await fixedRatePhase(clients, ratePerSecond, fixedClients, warmupSeconds); // warm-up: connections, a leader, and V8's JIT (see bench.ts)
     const pids = cluster.members.map((member) => member.pid());
     const logs = outputDir === undefined ? [] : cluster.endpoints.map((endpoint) => path.join(outputDir, `${endpoint.split(':')[1]}.log`));
     const logOffsets = await Promise.all(logs.map(async (file) => (await stat(file)).size));

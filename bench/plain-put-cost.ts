@@ -23,7 +23,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { fixedRatePhase, phase } from './bench.js';
+import { fixedRatePhase, phase, warmupSeconds } from './bench.js';
 import { environment, freePort, kvClients, waitForPort } from './secure-members.js';
 
 const rounds = Number(process.argv[2] ?? 3);
@@ -78,7 +78,7 @@ async function startMember(root: string): Promise<Started> {
 
 /** Warms up then measures the members given, at the same time (one each round, or all together). */
 async function measure(members: readonly Started[]): Promise<string[]> {
-  await Promise.all(members.map((member) => phase(member.clients, 'Put', 3)));
+  await Promise.all(members.map((member) => phase(member.clients, 'Put', warmupSeconds)));
   const load = loadavg()[0] ?? 0;
   const perfOutput = process.env.BENCH_PERF_OUTPUT;
   const perfStat = process.env.BENCH_PERF_STAT;

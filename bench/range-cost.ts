@@ -18,7 +18,7 @@
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
-import { fixedRatePhase, phase } from './bench.js';
+import { fixedRatePhase, phase, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 
 const seconds = Number(process.argv[2] ?? 10);
@@ -50,8 +50,8 @@ async function main(): Promise<void> {
     const pki = path.join(directory, 'pki');
     const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
-    await phase(clients, 'Put', 3); // fills the key space (10,000 keys)
-    await phase(clients, 'Range', 2); // warm-up
+    await phase(clients, 'Put', warmupSeconds); // fills the key space (10,000 keys); warm-up (see bench.ts)
+    await phase(clients, 'Range', 5); // warm-up of the read path
     const pids = cluster.members.map((member) => member.pid());
     const load = loadavg();
     const sendFailures = (text: string): number =>
