@@ -602,10 +602,15 @@ export class RaftNode {
         progress.heardFrom();
         // Entries not sent yet go now. Entries sent and not acknowledged are probed again (an empty
         // append asking for an answer: a follower missing them rejects it) only once the match
-        // point stood still between two heartbeat answers: until then their acknowledgement is
-        // most likely on its way, and the probe and its answer would be two messages for nothing.
-        const stalled = progress.match === progress.matchAtHeartbeat;
-        progress.matchAtHeartbeat = progress.match;
+        // point stood still between two answers to periodic heartbeats, a heartbeat interval
+        // apart: until then their acknowledgement is most likely on its way, and the probe and its
+        // answer would be two messages for nothing. Answers to a read's confirmation heartbeats
+        // (a context) come at any moment and do not count.
+        let stalled = false;
+        if (message.context === '') {
+          stalled = progress.match === progress.matchAtHeartbeat;
+          progress.matchAtHeartbeat = progress.match;
+        }
         if (progress.match < this.log.lastIndex && (progress.state !== 'replicate' || progress.next <= this.log.lastIndex || stalled)) this.appendsOwed.add(message.from);
         if (message.context !== '') this.acknowledgeRead(message.context, message.from);
         return;

@@ -208,4 +208,39 @@ describe('Raft replication batching', () => {
     for (const message of drain(n3)) leader.step(message);
     expect(leader.progressOf('n3')?.match).toBe(index);
   });
+
+  it('does not count answers to a read\'s confirmation heartbeats toward a stalled match point', () => {
+    const nodes = cluster();
+    const leader = nodes.get('n1') as RaftNode;
+    const n3 = nodes.get('n3') as RaftNode;
+    leader.propose(Buffer.from('p'));
+    const index = leader.lastIndex;
+    for (const append of leader.takeUrgentMessages()) nodes.get(append.to)?.step(append);
+    for (const message of drain(nodes.get('n2') as RaftNode)) leader.step(message);
+    drain(n3);
+    settle(nodes);
+    expect(leader.progressOf('n3')?.match).toBeLessThan(index);
+    const exchange = (): Message[] => {
+      const toN3 = drain(leader).filter((message) => message.to === 'n3');
+      for (const message of toN3) n3.step(message);
+      for (const message of drain(n3)) leader.step(message);
+      return drain(leader).filter((message) => message.to === 'n3');
+    };
+    // Reads in quick succession: each is confirmed by a heartbeat round carrying its context.
+    for (const context of ['r1', 'r2', 'r3']) {
+      expect(leader.readIndex(context)).toBe(true);
+      const heartbeats = leader.takeUrgentMessages().filter((message) => message.to === 'n3');
+      expect(heartbeats).toEqual([expect.objectContaining({ type: 'heartbeat', context })]);
+      for (const message of heartbeats) n3.step(message);
+      for (const message of drain(n3)) leader.step(message);
+      expect(appendsTo(exchange(), 'n3')).toEqual([]);
+    }
+    // Periodic heartbeats still decide: the first answer waits, the second (match still) probes.
+    const heartbeatRound = (): Message[] => {
+      leader.tick();
+      return exchange();
+    };
+    expect(appendsTo(heartbeatRound(), 'n3')).toEqual([]);
+    expect(appendsTo(heartbeatRound(), 'n3')).toEqual([expect.objectContaining({ entries: [], prevIndex: index })]);
+  });
 });
