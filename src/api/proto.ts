@@ -6,10 +6,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
-import type { EventMessage, InternalRequest, PutResponse, TxnRequest, WatchResponse } from './messages.js';
+import type { EventMessage, InternalRequest, PutRequest, PutResponse, TxnRequest, WatchResponse } from './messages.js';
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
-import { decodePutProposal, encodePutProposal, encodePutResponse } from './put-codec.js';
+import { decodePutProposal, decodePutRequest, encodePutProposal, encodePutResponse } from './put-codec.js';
 import { encodeRangeResponse } from './range-codec.js';
 import { checkProposalBounds, compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
 
@@ -53,6 +53,16 @@ function encodeResponsesByHand<Response>(name: 'Put' | 'Range', encodeByHand: (r
   method.responseSerialize = (response: Response): Buffer => encodeByHand(response) ?? encode(response);
 }
 encodeResponsesByHand<PutResponse>('Put', encodePutResponse);
+
+/** KV Put's request decoded by hand (put-codec.ts); protobufjs takes what that leaves. */
+function decodePutRequestsByHand(): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<PutRequest, object>> | undefined;
+  const method = service?.Put;
+  if (method === undefined) throw new Error('rpc.proto: no KV.Put');
+  const decode = method.requestDeserialize;
+  method.requestDeserialize = (bytes: Buffer): PutRequest => decodePutRequest(bytes) ?? decode(bytes);
+}
+decodePutRequestsByHand();
 encodeResponsesByHand<object>('Range', encodeRangeResponse);
 
 const root = new protobuf.Root();

@@ -6,8 +6,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { InternalRequest } from '../../src/api/messages.js';
-import { decodeInternalRequest, decodeOptions, encodeInternalRequest } from '../../src/api/proto.js';
-import { decodePutProposal, encodePutProposal, encodePutResponse } from '../../src/api/put-codec.js';
+import { decodeInternalRequest, decodeOptions, encodeInternalRequest, packageDefinition } from '../../src/api/proto.js';
+import { decodePutProposal, decodePutRequest, encodePutProposal, encodePutResponse } from '../../src/api/put-codec.js';
 import { protoRoot, referenceProposalDecode as referenceDecode, referenceProposalEncode as referenceEncode } from '../helpers/codec-reference.js';
 
 const putResponseType = protoRoot.lookupType('etcdserverpb.PutResponse');
@@ -84,6 +84,53 @@ describe('put proposal codec', () => {
     expect(decodePutProposal(Buffer.concat([data, Buffer.of(0x60, 0x01)]))).toBeUndefined();
     expect(decodePutProposal(data.subarray(0, data.length - 1))).toBeUndefined();
     expect(() => decodeInternalRequest(data.subarray(0, data.length - 1))).toThrow();
+  });
+});
+
+describe('put request decoder', () => {
+  const putRequestType = protoRoot.lookupType('etcdserverpb.PutRequest');
+  const reference = (bytes: Buffer): unknown => putRequestType.toObject(putRequestType.decode(bytes), decodeOptions);
+  const encoded = (request: Record<string, unknown>): Buffer => Buffer.from(putRequestType.encode(putRequestType.fromObject(request)).finish());
+  // What gRPC hands the Put handler: grpc-js and the direct path both decode with this.
+  const deserialize = (packageDefinition['etcdserverpb.KV'] as unknown as Record<string, { requestDeserialize: (bytes: Buffer) => unknown }>).Put?.requestDeserialize as (bytes: Buffer) => unknown;
+
+  const outcome = (decode: () => unknown): unknown => {
+    try {
+      return { decoded: decode() };
+    } catch (error) {
+      return { error: String(error) };
+    }
+  };
+
+  it('decodes what protobufjs encodes to what protobufjs decodes', () => {
+    fc.assert(fc.property(fc.record({ key: bytes, value: bytes, lease: int64, prev_kv: fc.boolean(), ignore_value: fc.boolean(), ignore_lease: fc.boolean() }, { requiredKeys: [] }), (request) => {
+      const data = encoded(request);
+      const decoded = decodePutRequest(data);
+      expect(decoded).toBeDefined();
+      expect(decoded).toEqual(reference(data));
+      expect(Object.keys(decoded ?? {})).toEqual(Object.keys(reference(data) as object));
+      expect(deserialize(data)).toEqual(reference(data));
+    }), { numRuns: 300 });
+  });
+
+  it('decodes fields at their default value and in any order as protobufjs does, and leaves anything unusual to it', () => {
+    // lease 0, prev_kv false, value 'v', key 'key', out of order; an empty message.
+    const unordered = Buffer.concat([Buffer.of(0x18, 0x00, 0x20, 0x00, 0x12, 0x01, 0x76, 0x0a, 0x03), Buffer.from('key')]);
+    for (const data of [unordered, Buffer.alloc(0), Buffer.of(0x30, 0x80, 0x80, 0x80, 0x80, 0x10)]) {
+      expect(decodePutRequest(data)).toEqual(reference(data));
+      expect(deserialize(data)).toEqual(reference(data));
+    }
+    const data = encoded({ key: Buffer.from('k'), value: Buffer.from('v'), lease: '7', prev_kv: true });
+    // A field seen twice (protobufjs: the last wins), an unknown field, a wrong wire type (protobufjs throws here): protobufjs decides.
+    for (const unusual of [Buffer.concat([data, Buffer.of(0x0a, 0x01, 0x6a)]), Buffer.concat([data, Buffer.of(0x38, 0x01)]), Buffer.concat([data, Buffer.of(0x08, 0x01)])]) {
+      expect(decodePutRequest(unusual)).toBeUndefined();
+      expect(outcome(() => deserialize(unusual))).toEqual(outcome(() => reference(unusual)));
+    }
+    // Bytes that do not decode: protobufjs's error, as before.
+    const cut = data.subarray(0, data.length - 1);
+    expect(decodePutRequest(cut)).toBeUndefined();
+    expect(outcome(() => deserialize(cut))).toEqual(outcome(() => reference(cut)));
+    expect(() => deserialize(cut)).toThrow();
   });
 });
 
