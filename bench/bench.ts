@@ -105,8 +105,17 @@ export async function phase(kvClients: KvClient[], method: 'Put' | 'Range', dura
  * Open loop: puts (or single-key ranges) scheduled at a fixed rate, taken by `workers` clients. A
  * request's latency runs from its scheduled start, so when the server stalls, every request the
  * stall delays counts it (no coordinated omission). Throughput is what completed in the scheduled window.
+ * `observe`, when given, sees each request as it completes: the worker's slot (its client is
+ * `kvClients[slot % kvClients.length]`), its scheduled start and completion (`performance.now()`).
  */
-export async function fixedRatePhase(kvClients: KvClient[], rate: number, workers: number, durationSeconds: number, method: 'Put' | 'Range' = 'Put'): Promise<PhaseResult> {
+export async function fixedRatePhase(
+  kvClients: readonly KvClient[],
+  rate: number,
+  workers: number,
+  durationSeconds: number,
+  method: 'Put' | 'Range' = 'Put',
+  observe?: (slot: number, scheduledMs: number, completedMs: number, ok: boolean) => void,
+): Promise<PhaseResult> {
   const value = Buffer.alloc(valueBytes, 'v');
   const latencies: number[] = [];
   let errors = 0;
@@ -123,8 +132,11 @@ export async function fixedRatePhase(kvClients: KvClient[], rate: number, worker
       const wait = scheduled - performance.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       const keyOf = key(index % keySpace);
-      if (await call(client, method, method === 'Put' ? { key: keyOf, value } : { key: keyOf })) latencies.push(performance.now() - scheduled);
+      const ok = await call(client, method, method === 'Put' ? { key: keyOf, value } : { key: keyOf });
+      const completed = performance.now();
+      if (ok) latencies.push(completed - scheduled);
       else errors += 1;
+      observe?.(slot, scheduled, completed, ok);
     }
   };
   await Promise.all(Array.from({ length: workers }, (_, slot) => worker(slot)));

@@ -24,21 +24,12 @@ import { kvClients, metric, scrape, startEtcdSecure, startRampartSecure, type Kv
 const ratePerSecond = Number(process.argv[2] ?? 1000);
 const seconds = Number(process.argv[3] ?? 20);
 const fixedClients = 200;
-const keyBytes = 256;
-const valueBytes = 1024;
-const keySpace = 10_000;
 const burstGapMs = 100;
 
 interface Stamp {
   readonly completedMs: number;
   readonly latencyMs: number;
   readonly member: number;
-}
-
-function key(index: number): Buffer {
-  const buffer = Buffer.alloc(keyBytes, 'k');
-  buffer.write(String(index).padStart(8, '0'));
-  return buffer;
 }
 
 /** The load generator's own stalls (it shares the cores): its event loop held, its GC pauses. */
@@ -63,32 +54,14 @@ function watchGenerator(): { events: { atMs: number; what: string }[]; stop(): v
   };
 }
 
-/** bench.ts's fixedRatePhase, keeping each put's completion time and member. */
+/** bench.ts's fixedRatePhase, keeping each put's completion time (wall clock) and member. */
 async function stampedPhase(clients: readonly KvClient[], memberCount: number, rate: number, durationSeconds: number): Promise<{ stamps: Stamp[]; errors: number }> {
-  const value = Buffer.alloc(valueBytes, 'v');
   const stamps: Stamp[] = [];
-  let errors = 0;
-  let next = 0;
-  const total = Math.round(rate * durationSeconds);
-  const started = performance.now();
-  const origin = Date.now() - started;
-  const worker = async (slot: number): Promise<void> => {
-    const client = clients[slot % clients.length];
-    if (client === undefined) return;
-    for (;;) {
-      const index = next++;
-      if (index >= total) return;
-      const scheduled = started + (index * 1000) / rate;
-      const wait = scheduled - performance.now();
-      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
-      const ok = await new Promise<boolean>((resolve) => client.Put?.call(client, { key: key(index % keySpace), value }, {}, (error) => resolve(error === null)));
-      const now = performance.now();
-      if (ok) stamps.push({ completedMs: origin + now, latencyMs: now - scheduled, member: slot % memberCount });
-      else errors += 1;
-    }
-  };
-  await Promise.all(Array.from({ length: fixedClients }, (_, slot) => worker(slot)));
-  return { stamps, errors };
+  const origin = Date.now() - performance.now();
+  const result = await fixedRatePhase(clients, rate, fixedClients, durationSeconds, 'Put', (slot, scheduled, completed, ok) => {
+    if (ok) stamps.push({ completedMs: origin + completed, latencyMs: completed - scheduled, member: slot % memberCount });
+  });
+  return { stamps, errors: result.errors };
 }
 
 function quantile(sorted: readonly number[], q: number): number {
