@@ -6,11 +6,11 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
-import type { EventMessage, InternalRequest, PutRequest, PutResponse, TxnRequest, WatchResponse } from './messages.js';
+import type { EventMessage, InternalRequest, PutRequest, PutResponse, RangeRequest, TxnRequest, WatchResponse } from './messages.js';
 import { oversizedTxn } from '../server/validate.js';
 import { txnWithinLimits } from './txn-scan.js';
 import { decodePutProposal, decodePutRequest, encodePutProposal, encodePutResponse } from './put-codec.js';
-import { encodeRangeResponse } from './range-codec.js';
+import { decodeRangeRequest, encodeRangeResponse } from './range-codec.js';
 import { checkProposalBounds, compileCodec, decodeWithPlan, encodeWithPlan } from './schema-codec.js';
 
 export const protoDirectory = fileURLToPath(new URL('./proto', import.meta.url));
@@ -54,15 +54,16 @@ function encodeResponsesByHand<Response>(name: 'Put' | 'Range', encodeByHand: (r
 }
 encodeResponsesByHand<PutResponse>('Put', encodePutResponse);
 
-/** KV Put's request decoded by hand (put-codec.ts); protobufjs takes what that leaves. */
-function decodePutRequestsByHand(): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<PutRequest, object>> | undefined;
-  const method = service?.Put;
-  if (method === undefined) throw new Error('rpc.proto: no KV.Put');
+/** KV `name`'s requests decoded by `decodeByHand`; protobufjs takes what it returns undefined for. Put's (put-codec.ts) and Range's (range-codec.ts). */
+function decodeRequestsByHand<Request>(name: 'Put' | 'Range', decodeByHand: (bytes: Buffer) => Request | undefined): void {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<Request, object>> | undefined;
+  const method = service?.[name];
+  if (method === undefined) throw new Error(`rpc.proto: no KV.${name}`);
   const decode = method.requestDeserialize;
-  method.requestDeserialize = (bytes: Buffer): PutRequest => decodePutRequest(bytes) ?? decode(bytes);
+  method.requestDeserialize = (bytes: Buffer): Request => decodeByHand(bytes) ?? decode(bytes);
 }
-decodePutRequestsByHand();
+decodeRequestsByHand<PutRequest>('Put', decodePutRequest);
+decodeRequestsByHand<RangeRequest>('Range', decodeRangeRequest);
 encodeResponsesByHand<object>('Range', encodeRangeResponse);
 
 const root = new protobuf.Root();

@@ -7,7 +7,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import * as protoLoader from '@grpc/proto-loader';
 import { decodeOptions, packageDefinition, protoDirectory } from '../../src/api/proto.js';
-import { encodeRangeResponse } from '../../src/api/range-codec.js';
+import { decodeRangeRequest, encodeRangeResponse } from '../../src/api/range-codec.js';
 
 /** rpc.proto's Range as proto-loader gives it, without the hand-written encoder proto.ts installs. */
 const reference = (protoLoader.loadSync(['rpc.proto'], { ...decodeOptions, includeDirs: [protoDirectory] })['etcdserverpb.KV'] as protoLoader.ServiceDefinition).Range as protoLoader.MethodDefinition<object, object>;
@@ -70,6 +70,60 @@ describe('range response encoder', () => {
         continue;
       }
       expect(installed.responseSerialize(answer).toString('hex')).toBe(expected);
+    }
+  });
+});
+
+describe('range request decoder', () => {
+  const outcome = (decode: () => unknown): unknown => {
+    try {
+      return { decoded: decode() };
+    } catch (error) {
+      return { error: String(error) };
+    }
+  };
+  const enumValue = fc.oneof(fc.constantFrom(0, 1, 2, 3, 4, 5, -1), fc.integer());
+  const request = fc.record({
+    key: bytes, range_end: bytes, limit: int64, revision: int64, sort_order: enumValue, sort_target: enumValue,
+    serializable: fc.boolean(), keys_only: fc.boolean(), count_only: fc.boolean(),
+    min_mod_revision: int64, max_mod_revision: int64, min_create_revision: int64, max_create_revision: int64,
+  }, { requiredKeys: [] });
+
+  it('decodes what protobufjs encodes to what protobufjs decodes, key order included', () => {
+    fc.assert(fc.property(request, (fields) => {
+      const data = reference.requestSerialize(fields);
+      const decoded = decodeRangeRequest(data);
+      expect(decoded).toBeDefined();
+      expect(decoded).toEqual(reference.requestDeserialize(data));
+      expect(Object.keys(decoded ?? {})).toEqual(Object.keys(reference.requestDeserialize(data)));
+      expect(installed.requestDeserialize(data)).toEqual(reference.requestDeserialize(data));
+    }), { numRuns: 300 });
+  });
+
+  it('decodes defaults written out, any order and wide varints as protobufjs does, and leaves anything unusual to it', () => {
+    const data = reference.requestSerialize({ key: Buffer.from('a'), range_end: Buffer.from('b'), limit: '5', sort_order: 2, serializable: true });
+    const readsTheSame: Buffer[] = [
+      Buffer.alloc(0),
+      // count_only false, revision 0, key 'k', sort_target 1, out of order
+      Buffer.of(0x48, 0x00, 0x20, 0x00, 0x0a, 0x01, 0x6b, 0x30, 0x01),
+      // sort_order as a 10-byte varint (-1) and keys_only past 32 bits: protobufjs reads their low 32 bits
+      Buffer.of(0x28, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x40, 0x80, 0x80, 0x80, 0x80, 0x10),
+    ];
+    for (const bytesIn of readsTheSame) {
+      expect(decodeRangeRequest(bytesIn)).toBeDefined();
+      expect(decodeRangeRequest(bytesIn)).toEqual(reference.requestDeserialize(bytesIn));
+    }
+    // A field seen twice (protobufjs: the last wins), an unknown field, a wrong wire type, a cut message, a 6-byte varint.
+    const unusual = [
+      Buffer.concat([data, Buffer.of(0x18, 0x07)]),
+      Buffer.concat([data, Buffer.of(0x70, 0x01)]),
+      Buffer.concat([data, Buffer.of(0x1a, 0x00)]),
+      data.subarray(0, data.length - 1),
+      Buffer.of(0x28, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01),
+    ];
+    for (const bytesIn of unusual) {
+      expect(decodeRangeRequest(bytesIn)).toBeUndefined();
+      expect(outcome(() => installed.requestDeserialize(bytesIn))).toEqual(outcome(() => reference.requestDeserialize(bytesIn)));
     }
   });
 });
