@@ -151,6 +151,13 @@ export interface MemberInfo {
  */
 const indexCheckpointWriteBudgetMs = 4_000;
 
+/**
+ * How long a failed member may spend closing before it exits anyway. Nothing it would still write
+ * is needed (what it acknowledged is durable; its index checkpoint is not written after a
+ * failure), and a member that serves nothing must not linger: the soak saw one take ~10 s.
+ */
+export const failedCloseGraceMs = 2_000;
+
 export class Member {
   readonly watchHub: WatchHub;
   /** Failed-login records: the leader's decide for the cluster (loginAttempt). */
@@ -1399,7 +1406,17 @@ export class Member {
     // waits for; a watch catching up; HashKV) is told so instead of waiting forever.
     this.store.abandonFlushes(new Error('the member failed before its applied batches were written'));
     process.exitCode = 1;
-    void this.close().finally(() => process.exit(1));
+    const exit = (): void => {
+      process.exit(1);
+    };
+    const grace = setTimeout(() => {
+      this.options.logger.error({ graceMs: failedCloseGraceMs }, 'the failed member did not close in time; exiting');
+      exit();
+    }, failedCloseGraceMs);
+    void this.close().finally(() => {
+      clearTimeout(grace);
+      exit();
+    });
   }
 
   /**

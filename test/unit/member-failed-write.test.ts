@@ -8,7 +8,7 @@ import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Member } from '../../src/server/member.js';
+import { Member, failedCloseGraceMs } from '../../src/server/member.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { metaKey } from '../../src/storage/schema.js';
 import { putOf, putRetrying, until } from '../helpers/in-process-cluster.js';
@@ -25,6 +25,43 @@ describe('a failed applied-batch write', () => {
   });
 
   it('writes nothing applied after it, and the member exits', async () => {
+    const { member, failNextWrite, writtenAfter, later } = await failingMember();
+    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
+    try {
+      failNextWrite();
+      await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
+      expect(exit).toHaveBeenCalledWith(1);
+      expect(writtenAfter).toEqual([]);
+      // The later put is not answered as applied.
+      expect(await later).toBeInstanceOf(Error);
+    } finally {
+      exit.mockRestore();
+      process.exitCode = 0;
+      await member.close().catch(() => undefined);
+    }
+  });
+
+  it('exits after a grace even when closing does not finish', async () => {
+    const { member, failNextWrite } = await failingMember();
+    const realClose = member.close.bind(member);
+    // Closing hangs (as one did for ~10 s in the soak, a disk full).
+    member.close = () => new Promise<void>(() => undefined);
+    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
+    try {
+      const failedAt = Date.now();
+      failNextWrite();
+      await until(() => exit.mock.calls.length > 0, 'the failed member to exit', 10_000);
+      expect(exit).toHaveBeenCalledWith(1);
+      expect(Date.now() - failedAt).toBeGreaterThanOrEqual(failedCloseGraceMs - 50);
+    } finally {
+      exit.mockRestore();
+      process.exitCode = 0;
+      await realClose().catch(() => undefined);
+    }
+  });
+
+  /** A member whose next applied-batch write fails when `failNextWrite` is called; a later put committed meanwhile. */
+  async function failingMember(): Promise<{ member: Member; failNextWrite: () => void; writtenAfter: BatchOperation[][]; later: Promise<unknown> }> {
     dataDir = await temporaryDirectory('failed-write');
     const peerUrl = `http://127.0.0.1:${await freePort()}`;
     const member = await Member.open({
@@ -55,18 +92,6 @@ describe('a failed applied-batch write', () => {
     // Committed meanwhile; its apply waits for the write in flight.
     const later = member.put(putOf('b', 'v2')).catch((error: unknown) => error);
     await new Promise((resolve) => setTimeout(resolve, 300));
-
-    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
-    try {
-      failHeld?.(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }));
-      await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
-      expect(exit).toHaveBeenCalledWith(1);
-      expect(writtenAfter).toEqual([]);
-      // The later put is not answered as applied.
-      expect(await later).toBeInstanceOf(Error);
-    } finally {
-      exit.mockRestore();
-      process.exitCode = 0;
-    }
-  });
+    return { member, failNextWrite: () => failHeld?.(Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' })), writtenAfter, later };
+  }
 });
