@@ -15,7 +15,7 @@
  *   ResponseHeader:  1 cluster_id uint64, 2 member_id uint64, 3 revision int64, 4 raft_term uint64
  */
 import type { Caller, InternalRequest, PutRequest, PutResponse } from './messages.js';
-import { fieldKey, integer64, signed64Text, varint64Bytes, varintBytes, WireFormatError, WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
+import { fieldKey, integer64, readWhole, signed64Text, varint64Bytes, varintBytes, type WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
 
 const tagId = fieldKey(1, wireVarint);
 const tagPut = fieldKey(2, wireBytes);
@@ -167,12 +167,7 @@ function decodeCaller(reader: WireReader): Caller | undefined {
 
 /** The Put proposal in `data`, shaped as protobufjs's `toObject` would; undefined for anything else (malformed bytes included). */
 export function decodePutProposal(data: Buffer): InternalRequest | undefined {
-  try {
-    return decodeProposal(new WireReader(data, 0, data.length));
-  } catch (error) {
-    if (error instanceof WireFormatError) return undefined;
-    throw error;
-  }
+  return readWhole(data, decodeProposal);
 }
 
 function decodeProposal(reader: WireReader): InternalRequest | undefined {
@@ -205,12 +200,7 @@ function decodeProposal(reader: WireReader): InternalRequest | undefined {
  * the protobufjs way (its errors and its last-one-wins included). A unit test checks it against protobufjs.
  */
 export function decodePutRequest(bytes: Buffer): PutRequest | undefined {
-  try {
-    return decodePut(new WireReader(bytes, 0, bytes.length));
-  } catch (error) {
-    if (error instanceof WireFormatError) return undefined;
-    throw error;
-  }
+  return readWhole(bytes, decodePut);
 }
 
 interface Parsed {

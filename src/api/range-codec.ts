@@ -18,7 +18,7 @@
  * 9 count_only bools) is decoded by hand too (`decodeRangeRequest`).
  */
 import type { RangeRequest } from './messages.js';
-import { integer64, signed64Text, varint64Bytes, varintBytes, WireFormatError, WireReader, WireWriter } from '../wire/protobuf.js';
+import { integer64, readWhole, signed64Text, varint64Bytes, varintBytes, type WireReader, WireWriter } from '../wire/protobuf.js';
 
 /** A 64-bit field's value: a safe integer of 0 or more as it is, anything else as its two's complement. */
 type Integer = number | bigint;
@@ -183,12 +183,7 @@ const int64Keys = new Map<number, number>([[0x18, 0], [0x20, 1], [0x50, 2], [0x5
  * test checks it against protobufjs.
  */
 export function decodeRangeRequest(bytes: Buffer): RangeRequest | undefined {
-  try {
-    return decodeRange(new WireReader(bytes, 0, bytes.length));
-  } catch (error) {
-    if (error instanceof WireFormatError) return undefined;
-    throw error;
-  }
+  return readWhole(bytes, decodeRange);
 }
 
 function decodeRange(reader: WireReader): RangeRequest | undefined {

@@ -14,7 +14,7 @@
  * one oneof, a malformed varint — answers `undefined`, and the caller takes protobufjs's way.
  */
 import protobuf from 'protobufjs';
-import { integer64, signed64Text, varintBytes, WireFormatError, WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
+import { integer64, readWhole, signed64Text, varintBytes, WireFormatError, WireReader, WireWriter, wireBytes, wireVarint } from '../wire/protobuf.js';
 
 type Kind = 'int64' | 'uint64' | 'bool' | 'string' | 'bytes' | 'enum' | 'message';
 
@@ -305,12 +305,7 @@ function readMessage(reader: WireReader, plan: MessagePlan, depth: number, budge
  * decide. Throws ProposalBoundsError past `proposalBounds.itemsMax`.
  */
 export function decodeWithPlan(plan: MessagePlan, data: Buffer): Record<string, unknown> | undefined {
-  try {
-    return readMessage(new WireReader(data, 0, data.length), plan, 0, { left: proposalBounds.itemsMax });
-  } catch (error) {
-    if (error instanceof WireFormatError) return undefined;
-    throw error;
-  }
+  return readWhole(data, (reader) => readMessage(reader, plan, 0, { left: proposalBounds.itemsMax }));
 }
 
 /**

@@ -304,3 +304,17 @@ export class WireReader {
     this.offset += bytes;
   }
 }
+
+/**
+ * All of `bytes` read as one message by `read`; undefined when it is malformed (a WireFormatError)
+ * or `read` answers undefined, so that the caller's slower general decoder decides. Any other
+ * error is a bug and is thrown.
+ */
+export function readWhole<T>(bytes: Buffer, read: (reader: WireReader) => T | undefined): T | undefined {
+  try {
+    return read(new WireReader(bytes, 0, bytes.length));
+  } catch (error) {
+    if (error instanceof WireFormatError) return undefined;
+    throw error;
+  }
+}
