@@ -28,14 +28,20 @@ export const packageDefinition = protoLoader.loadSync(['rpc.proto', 'v3lock.prot
   includeDirs: [protoDirectory],
 });
 
+/** KV `name`'s method definition, whose codec the functions below wrap or replace. */
+function kvMethod<Request, Response>(name: 'Put' | 'Range' | 'Txn'): protoLoader.MethodDefinition<Request, Response> {
+  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<Request, Response>> | undefined;
+  const method = service?.[name];
+  if (method === undefined) throw new Error(`rpc.proto: no KV.${name}`);
+  return method;
+}
+
 /**
  * A Txn past the size limits is refused before it is decoded (see txn-scan.ts): the service's
  * deserializer hands over `oversizedTxn`, which validation refuses with etcd's error.
  */
 function guardTxnDecoding(): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<TxnRequest, object>> | undefined;
-  const method = service?.Txn;
-  if (method === undefined) throw new Error('rpc.proto: no KV.Txn');
+  const method = kvMethod<TxnRequest, object>('Txn');
   const decode = method.requestDeserialize;
   method.requestDeserialize = (bytes: Buffer): TxnRequest => (txnWithinLimits(bytes) ? decode(bytes) : oversizedTxn);
 }
@@ -46,9 +52,7 @@ guardTxnDecoding();
  * Put's usual answer (a header, no previous value: put-codec.ts) and Range's (range-codec.ts).
  */
 function encodeResponsesByHand<Response>(name: 'Put' | 'Range', encodeByHand: (response: Response) => Buffer | undefined): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<object, Response>> | undefined;
-  const method = service?.[name];
-  if (method === undefined) throw new Error(`rpc.proto: no KV.${name}`);
+  const method = kvMethod<object, Response>(name);
   const encode = method.responseSerialize;
   method.responseSerialize = (response: Response): Buffer => encodeByHand(response) ?? encode(response);
 }
@@ -56,9 +60,7 @@ encodeResponsesByHand<PutResponse>('Put', encodePutResponse);
 
 /** KV `name`'s requests decoded by `decodeByHand`; protobufjs takes what it returns undefined for. Put's (put-codec.ts) and Range's (range-codec.ts). */
 function decodeRequestsByHand<Request>(name: 'Put' | 'Range', decodeByHand: (bytes: Buffer) => Request | undefined): void {
-  const service = packageDefinition['etcdserverpb.KV'] as Record<string, protoLoader.MethodDefinition<Request, object>> | undefined;
-  const method = service?.[name];
-  if (method === undefined) throw new Error(`rpc.proto: no KV.${name}`);
+  const method = kvMethod<Request, object>(name);
   const decode = method.requestDeserialize;
   method.requestDeserialize = (bytes: Buffer): Request => decodeByHand(bytes) ?? decode(bytes);
 }
