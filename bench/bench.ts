@@ -42,7 +42,7 @@ const seconds = Number(process.env.BENCH_SECONDS ?? 5);
  * as before, the ratios were mostly of JIT warm-up. The first `coldSeconds` are still printed.
  */
 export const warmupSeconds = Math.max(1, Number(process.env.BENCH_WARMUP_SECONDS ?? 20));
-const coldSeconds = 5;
+const coldSeconds = Math.min(5, warmupSeconds);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const inFlight = Number(process.env.BENCH_IN_FLIGHT ?? 64);
 const keyBytes = 256;
@@ -69,10 +69,14 @@ function clients(endpoints: readonly string[], credentials: grpc.ChannelCredenti
   return kvClients(endpoints, credentials, count);
 }
 
+/** The `q` quantile of ascending `sorted` (NaN when empty). */
+export function quantile(sorted: readonly number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] ?? Number.NaN;
+}
+
 function summarize(latencies: number[], errors: number, elapsedSeconds: number): PhaseResult {
   latencies.sort((a, b) => a - b);
-  const quantile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * q))] ?? Number.NaN;
-  return { requests: latencies.length, errors, perSecond: latencies.length / elapsedSeconds, p50Ms: quantile(0.5), p99Ms: quantile(0.99), p999Ms: quantile(0.999) };
+  return { requests: latencies.length, errors, perSecond: latencies.length / elapsedSeconds, p50Ms: quantile(latencies, 0.5), p99Ms: quantile(latencies, 0.99), p999Ms: quantile(latencies, 0.999) };
 }
 
 function call(client: KvClient, method: 'Put' | 'Range', request: object): Promise<boolean> {
@@ -205,7 +209,7 @@ function nodeArgs(): string[] {
 export async function closedLoop(cluster: Cluster): Promise<{ cold: PhaseResult; put: PhaseResult; range: PhaseResult }> {
   const kvClients = clients(cluster.endpoints, cluster.credentials);
   try {
-    const cold = await phase(kvClients, 'Put', Math.min(coldSeconds, warmupSeconds));
+    const cold = await phase(kvClients, 'Put', coldSeconds);
     if (warmupSeconds > coldSeconds) await phase(kvClients, 'Put', warmupSeconds - coldSeconds);
     const put = await phase(kvClients, 'Put', seconds);
     const range = await phase(kvClients, 'Range', seconds);
@@ -257,7 +261,7 @@ function secureTargets(directory: string, upArgs: readonly string[] = []): [stri
 export async function main(): Promise<void> {
   const phases = new Set((process.env.BENCH_PHASES ?? `secure,encryption,audit,plain${process.env.BENCH_SCALE === '1' ? ',scale' : ''}`).split(',').map((name) => name.trim()));
   print(`load: ${keyBytes} B keys, ${valueBytes} B values, ${connections} connections spread over the members, ${inFlight} in flight, ${seconds} s per closed-loop phase\n`);
-  print(`every cluster is warmed up with ${warmupSeconds} s of these puts before it is measured; "cold" is the first ${Math.min(coldSeconds, warmupSeconds)} s of them\n`);
+  print(`every cluster is warmed up with ${warmupSeconds} s of these puts before it is measured; "cold" is the first ${coldSeconds} s of them\n`);
 
   if (phases.has('checkperf')) {
     const directory = await mkdtemp(path.join(tmpdir(), 'bench-checkperf-'));
@@ -301,7 +305,7 @@ export async function main(): Promise<void> {
         print(`ratio (rampart / etcd), secure: put throughput ${ratio(ours.closed.put.perSecond, reference.closed.put.perSecond)}, p99 ${ratio(ours.closed.put.p99Ms, reference.closed.put.p99Ms)}; `);
         print(`range throughput ${ratio(ours.closed.range.perSecond, reference.closed.range.perSecond)}, p99 ${ratio(ours.closed.range.p99Ms, reference.closed.range.p99Ms)}; `);
         print(`fixed ${fixedRatePerSecond}/s held ${ratio(ours.fixed.perSecond, reference.fixed.perSecond)}, p99 ${ratio(ours.fixed.p99Ms, reference.fixed.p99Ms)}, p99.9 ${ratio(ours.fixed.p999Ms, reference.fixed.p999Ms)}; `);
-        print(`cold put (first ${Math.min(coldSeconds, warmupSeconds)} s) throughput ${ratio(ours.closed.cold.perSecond, reference.closed.cold.perSecond)}\n`);
+        print(`cold put (first ${coldSeconds} s) throughput ${ratio(ours.closed.cold.perSecond, reference.closed.cold.perSecond)}\n`);
       }
     } finally {
       await rm(directory, { recursive: true, force: true });

@@ -18,7 +18,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { PerformanceObserver } from 'node:perf_hooks';
 import path from 'node:path';
-import { fixedRatePhase, warmupSeconds } from './bench.js';
+import { fixedRatePhase, quantile, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startEtcdSecure, startRampartSecure, type KvClient } from './secure-members.js';
 
 const ratePerSecond = Number(process.argv[2] ?? 1000);
@@ -62,10 +62,6 @@ async function stampedPhase(clients: readonly KvClient[], memberCount: number, r
     if (ok) stamps.push({ completedMs: origin + completed, latencyMs: completed - scheduled, member: slot % memberCount });
   });
   return { stamps, errors: result.errors };
-}
-
-function quantile(sorted: readonly number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] ?? Number.NaN;
 }
 
 function latencySummary(stamps: readonly Stamp[]): string {

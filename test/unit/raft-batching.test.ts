@@ -179,37 +179,8 @@ describe('Raft replication batching', () => {
     leader.advance(ready);
   });
 
-  it('probes a follower whose acknowledgement was lost once its match point stalls between two heartbeat answers', () => {
-    const nodes = cluster();
-    const leader = nodes.get('n1') as RaftNode;
-    const n3 = nodes.get('n3') as RaftNode;
-    leader.propose(Buffer.from('p'));
-    const index = leader.lastIndex;
-    // Both followers take the entry; n3's acknowledgement is lost.
-    for (const append of leader.takeUrgentMessages()) nodes.get(append.to)?.step(append);
-    for (const message of drain(nodes.get('n2') as RaftNode)) leader.step(message);
-    drain(n3);
-    settle(nodes);
-    expect(leader.progressOf('n3')?.match).toBeLessThan(index);
-    const heartbeatRound = (): Message[] => {
-      leader.tick();
-      const toN3 = drain(leader).filter((message) => message.to === 'n3');
-      for (const message of toN3) n3.step(message);
-      for (const message of drain(n3)) leader.step(message);
-      return drain(leader).filter((message) => message.to === 'n3');
-    };
-    // The first heartbeat answer after the entry was sent: its acknowledgement may be on its way.
-    expect(appendsTo(heartbeatRound(), 'n3')).toEqual([]);
-    // The match point stood still since: an empty append asking for an answer, which brings it.
-    const probes = appendsTo(heartbeatRound(), 'n3');
-    expect(probes).toEqual([expect.objectContaining({ entries: [], prevIndex: index })]);
-    expect(probes[0]?.commitOnly).toBeUndefined();
-    for (const probe of probes) n3.step(probe);
-    for (const message of drain(n3)) leader.step(message);
-    expect(leader.progressOf('n3')?.match).toBe(index);
-  });
-
-  it('does not count answers to a read\'s confirmation heartbeats toward a stalled match point', () => {
+  /** An entry both followers took, n3's acknowledgement lost; `exchange` delivers what the leader has for n3, n3's answers back, and returns what the leader sends n3 then. */
+  function entryUnacknowledgedByN3(): { leader: RaftNode; n3: RaftNode; index: number; exchange: () => Message[] } {
     const nodes = cluster();
     const leader = nodes.get('n1') as RaftNode;
     const n3 = nodes.get('n3') as RaftNode;
@@ -226,6 +197,28 @@ describe('Raft replication batching', () => {
       for (const message of drain(n3)) leader.step(message);
       return drain(leader).filter((message) => message.to === 'n3');
     };
+    return { leader, n3, index, exchange };
+  }
+
+  it('probes a follower whose acknowledgement was lost once its match point stalls between two heartbeat answers', () => {
+    const { leader, n3, index, exchange } = entryUnacknowledgedByN3();
+    const heartbeatRound = (): Message[] => {
+      leader.tick();
+      return exchange();
+    };
+    // The first heartbeat answer after the entry was sent: its acknowledgement may be on its way.
+    expect(appendsTo(heartbeatRound(), 'n3')).toEqual([]);
+    // The match point stood still since: an empty append asking for an answer, which brings it.
+    const probes = appendsTo(heartbeatRound(), 'n3');
+    expect(probes).toEqual([expect.objectContaining({ entries: [], prevIndex: index })]);
+    expect(probes[0]?.commitOnly).toBeUndefined();
+    for (const probe of probes) n3.step(probe);
+    for (const message of drain(n3)) leader.step(message);
+    expect(leader.progressOf('n3')?.match).toBe(index);
+  });
+
+  it('does not count answers to a read\'s confirmation heartbeats toward a stalled match point', () => {
+    const { leader, n3, index, exchange } = entryUnacknowledgedByN3();
     // Reads in quick succession: each is confirmed by a heartbeat round carrying its context.
     for (const context of ['r1', 'r2', 'r3']) {
       expect(leader.readIndex(context)).toBe(true);
