@@ -16,11 +16,12 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { processTicks } from './proc.js';
 
 interface Trail {
   record(fields: { action: string; targets: string[]; outcome: string; user: string }): Promise<void>;
@@ -44,12 +45,6 @@ for (let position = 0; Date.now() < end; position = position > 64 << 20 ? 0 : po
 fs.closeSync(fd);
 fs.unlinkSync(file);
 `;
-
-async function mainThreadTicks(): Promise<number> {
-  const raw = await readFile(`/proc/self/task/${process.pid}/stat`, 'utf8');
-  const fields = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 async function child(root: string, seconds: number, rate: number): Promise<void> {
   const { AuditLog } = (await import(pathToFileURL(path.join(root, 'dist/src/audit/log.js')).href)) as TrailModule;
@@ -90,9 +85,9 @@ async function child(root: string, seconds: number, rate: number): Promise<void>
     latencies.length = 0;
     const delay = monitorEventLoopDelay({ resolution: 1 });
     delay.enable();
-    const before = await mainThreadTicks();
+    const before = (await processTicks('self')).main;
     const events = await recordFor(seconds * 1000);
-    const cpuUs = (await mainThreadTicks() - before) * 10_000;
+    const cpuUs = ((await processTicks('self')).main - before) * 10_000;
     delay.disable();
     if (busy !== undefined) clearInterval(busy);
     await trail.close();

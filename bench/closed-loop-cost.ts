@@ -12,15 +12,10 @@ import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { phase, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
+import { statTicks } from './proc.js';
 
 const seconds = Number(process.argv[2] ?? 10);
 const connections = 8;
-
-async function processTicks(pid: number): Promise<number> {
-  const raw = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const fields = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-  return Number(fields[11]) + Number(fields[12]);
-}
 
 async function main(): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'closed-loop-cost-'));
@@ -36,10 +31,10 @@ async function main(): Promise<void> {
     await phase(clients, 'Put', warmupSeconds); // warm-up: connections, a leader, and V8's JIT (see bench.ts)
     const pids = cluster.members.map((member) => member.pid());
     const metricsBefore = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
-    const before = await Promise.all(pids.map(processTicks));
+    const before = await Promise.all(pids.map((pid) => statTicks(`/proc/${pid}/stat`)));
     const load = loadavg()[0] ?? 0;
     const result = await phase(clients, 'Put', seconds);
-    const after = await Promise.all(pids.map(processTicks));
+    const after = await Promise.all(pids.map((pid) => statTicks(`/proc/${pid}/stat`)));
     const metricsAfter = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
     const perWrite = (ticks: number): number => (ticks * 10_000) / result.requests;
     const summed = after.reduce((sum, ticks, index) => sum + ticks - (before[index] ?? 0), 0);

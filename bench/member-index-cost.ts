@@ -14,6 +14,7 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kvClients, startRampartSecure, unary, type KvClient } from './secure-members.js';
+import { memoryMiB, processTicks, ticksPerSecond } from './proc.js';
 
 const keyCount = Number(process.argv[2] ?? 200_000);
 const ratePerSecond = Number(process.argv[3] ?? 500);
@@ -25,20 +26,6 @@ const value = Buffer.alloc(1024, 'v');
 
 function keyOf(index: number): Buffer {
   return Buffer.from(`/registry/pods/ns-${String(index % 97).padStart(3, '0')}/object-${String(index).padStart(9, '0')}`);
-}
-
-/** utime + stime in clock ticks of the whole process and of its main thread. */
-async function cpuTicks(pid: number): Promise<{ process: number; main: number }> {
-  const ticks = async (file: string): Promise<number> => {
-    const fields = (await readFile(file, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-    return Number(fields[11]) + Number(fields[12]);
-  };
-  return { process: await ticks(`/proc/${pid}/stat`), main: await ticks(`/proc/${pid}/task/${pid}/stat`) };
-}
-
-async function residentMiB(pid: number): Promise<number> {
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1] ?? Number.NaN) / 1024;
 }
 
 async function load(clients: KvClient[]): Promise<void> {
@@ -102,15 +89,15 @@ async function main(): Promise<void> {
   try {
     const loadStart = performance.now();
     await load(clients);
-    console.log(`load ${keyCount} keys: ${((performance.now() - loadStart) / 1000).toFixed(1)} s; VmRSS ${(await residentMiB(member.pid())).toFixed(0)} MiB`);
-    const before = await cpuTicks(member.pid());
+    console.log(`load ${keyCount} keys: ${((performance.now() - loadStart) / 1000).toFixed(1)} s; VmRSS ${(await memoryMiB(member.pid())).resident.toFixed(0)} MiB`);
+    const before = await processTicks(member.pid());
     const writeStart = performance.now();
     const acknowledged = await writes(clients);
     const writeSeconds = (performance.now() - writeStart) / 1000;
-    const after = await cpuTicks(member.pid());
+    const after = await processTicks(member.pid());
     const perWrite = (ticks: number): string => ((ticks * 10_000) / acknowledged).toFixed(0);
     console.log(
-      `writes: ${acknowledged} acknowledged in ${writeSeconds.toFixed(1)} s (${(acknowledged / writeSeconds).toFixed(0)}/s); CPU ${perWrite(after.process - before.process)} us/write (main thread ${perWrite(after.main - before.main)}, other threads ${perWrite(after.process - before.process - (after.main - before.main))})`,
+      `writes: ${acknowledged} acknowledged in ${writeSeconds.toFixed(1)} s (${(acknowledged / writeSeconds).toFixed(0)}/s); CPU ${perWrite(after.total - before.total)} us/write (main thread ${perWrite(after.main - before.main)}, other threads ${perWrite(after.total - before.total - (after.main - before.main))})`,
     );
     await member.stop();
     const restartStart = performance.now();
@@ -126,8 +113,8 @@ async function main(): Promise<void> {
         client?.close();
       }
     }
-    const serving = await cpuTicks(member.pid());
-    console.log(`restart: serving after ${((performance.now() - restartStart) / 1000).toFixed(1)} s, CPU ${(serving.process / 100).toFixed(1)} s (main thread ${(serving.main / 100).toFixed(1)} s); VmRSS ${(await residentMiB(member.pid())).toFixed(0)} MiB`);
+    const serving = await processTicks(member.pid());
+    console.log(`restart: serving after ${((performance.now() - restartStart) / 1000).toFixed(1)} s, CPU ${(serving.total / ticksPerSecond).toFixed(1)} s (main thread ${(serving.main / ticksPerSecond).toFixed(1)} s); VmRSS ${(await memoryMiB(member.pid())).resident.toFixed(0)} MiB`);
   } finally {
     clients.forEach((client) => client.close());
     await cluster.stop();

@@ -19,24 +19,17 @@
  * BENCH_PERF_STAT=EVENTS counts perf events (e.g. syscalls:sys_enter_fdatasync) of the member during it.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { fixedRatePhase, phase, warmupSeconds } from './bench.js';
 import { environment, freePort, kvClients, waitForPort } from './secure-members.js';
+import { processTicks } from './proc.js';
 
 const rounds = Number(process.argv[2] ?? 3);
 const seconds = Number(process.argv[3] ?? 10);
 const roots = process.argv.slice(4);
-
-/** utime + stime in clock ticks: the main thread's and the whole process's. */
-async function ticks(pid: number): Promise<{ main: number; all: number }> {
-  const fields = (raw: string): string[] => raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-  const main = fields(await readFile(`/proc/${pid}/task/${pid}/stat`, 'utf8'));
-  const all = fields(await readFile(`/proc/${pid}/stat`, 'utf8'));
-  return { main: Number(main[11]) + Number(main[12]), all: Number(all[11]) + Number(all[12]) };
-}
 
 interface Started {
   readonly root: string;
@@ -88,18 +81,18 @@ async function measure(members: readonly Started[]): Promise<string[]> {
       : perfStat !== undefined ? ['stat', '-e', perfStat, '-p', String(member.pid), '--', 'sleep', String(seconds)] : undefined;
     return perfArgs === undefined ? undefined : spawn('perf', perfArgs, { stdio: ['ignore', 'inherit', 'inherit'] });
   });
-  const before = await Promise.all(members.map((member) => ticks(member.pid)));
+  const before = await Promise.all(members.map((member) => processTicks(member.pid)));
   const clientBefore = process.cpuUsage();
   const rate = Number(process.env.BENCH_RATE ?? 0);
   const results = await Promise.all(members.map((member) => (rate > 0 ? fixedRatePhase(member.clients, rate, 64, seconds) : phase(member.clients, 'Put', seconds))));
-  const after = await Promise.all(members.map((member) => ticks(member.pid)));
+  const after = await Promise.all(members.map((member) => processTicks(member.pid)));
   const generator = process.cpuUsage(clientBefore);
   for (const perf of perfs) if (perf !== undefined && perf.exitCode === null) await new Promise((resolve) => perf.once('exit', resolve));
   const allPuts = results.reduce((sum, result) => sum + result.requests, 0);
   return results.map((result, index) => {
     const perPut = (delta: number): string => ((delta * 10_000) / result.requests).toFixed(0);
-    const [earlier, later] = [before[index], after[index]] as [{ main: number; all: number }, { main: number; all: number }];
-    return `${result.perSecond.toFixed(0)} puts/s, main ${perPut(later.main - earlier.main)} us/put, all ${perPut(later.all - earlier.all)} us/put, load generator ${((generator.user + generator.system) / allPuts).toFixed(0)} us/put, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, errors ${result.errors}, load ${load.toFixed(2)}`;
+    const [earlier, later] = [before[index], after[index]] as [{ main: number; total: number }, { main: number; total: number }];
+    return `${result.perSecond.toFixed(0)} puts/s, main ${perPut(later.main - earlier.main)} us/put, all ${perPut(later.total - earlier.total)} us/put, load generator ${((generator.user + generator.system) / allPuts).toFixed(0)} us/put, p50 ${result.p50Ms.toFixed(1)} ms, p99 ${result.p99Ms.toFixed(1)} ms, errors ${result.errors}, load ${load.toFixed(2)}`;
   });
 }
 

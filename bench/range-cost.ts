@@ -15,27 +15,16 @@
  * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--cpu-prof --cpu-prof-dir=DIR`),
  * BENCH_RAMPART_ARGS flags to `rampart serve`, BENCH_UP_ARGS flags to `rampart up`.
  */
-import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fixedRatePhase, phase, warmupSeconds } from './bench.js';
 import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
+import { processTicks } from './proc.js';
 
 const seconds = Number(process.argv[2] ?? 10);
 const rate = process.argv[3] === undefined ? undefined : Number(process.argv[3]);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
-
-/** utime + stime in clock ticks: the main thread's and the whole process's. */
-async function ticks(pid: number): Promise<{ main: number; total: number }> {
-  const read = async (file: string): Promise<number> => {
-    const raw = await readFile(file, 'utf8');
-    const fields = raw.slice(raw.lastIndexOf(')') + 2).split(' ');
-    return Number(fields[11]) + Number(fields[12]);
-  };
-  const tasks = await readdir(`/proc/${pid}/task`);
-  if (!tasks.includes(String(pid))) throw new Error(`no main thread for ${pid}`);
-  return { main: await read(`/proc/${pid}/task/${pid}/stat`), total: await read(`/proc/${pid}/stat`) };
-}
 
 async function main(): Promise<void> {
   const directory = await mkdtemp(path.join(tmpdir(), 'range-cost-'));
@@ -57,9 +46,9 @@ async function main(): Promise<void> {
     const sendFailures = (text: string): number =>
       text.split('\n').filter((line) => line.startsWith('etcd_network_peer_sent_failures_total{')).reduce((sum, line) => sum + Number(line.slice(line.lastIndexOf(' ') + 1)), 0);
     const failuresBefore = (await Promise.all(metricsPorts.map((port) => scrape(port, tls)))).map(sendFailures);
-    const before = await Promise.all(pids.map(ticks));
+    const before = await Promise.all(pids.map(processTicks));
     const result = rate === undefined ? await phase(clients, 'Range', seconds) : await fixedRatePhase(clients, rate, 64, seconds, 'Range');
-    const after = await Promise.all(pids.map(ticks));
+    const after = await Promise.all(pids.map(processTicks));
     const metrics = await Promise.all(metricsPorts.map((port) => scrape(port, tls)));
     const perRange = (tick: number): number => (tick * 10_000) / result.requests;
     const summed = after.reduce((sum, sample, index) => sum + sample.total - (before[index]?.total ?? 0), 0);

@@ -18,6 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { environment, kvClients, startRampartSecure, unary, waitForPort, type KvClient } from './secure-members.js';
+import { loadAverage, processTicks, ticksPerSecond } from './proc.js';
 
 const prefixes = ['/registry/pods/', '/registry/configmaps/', '/registry/events/', '/registry/services/specs/', '/registry/deployments/'];
 const putsPerTxn = 16;
@@ -32,14 +33,6 @@ interface Saved {
   readonly line: string[];
   readonly clientPort: number;
   readonly pki: string;
-}
-
-async function ticks(pid: number): Promise<{ process: number; main: number }> {
-  const read = async (file: string): Promise<number> => {
-    const fields = (await readFile(file, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-    return Number(fields[11]) + Number(fields[12]);
-  };
-  return { process: await read(`/proc/${pid}/stat`), main: await read(`/proc/${pid}/task/${pid}/stat`) };
 }
 
 async function credentials(pki: string): Promise<grpc.ChannelCredentials> {
@@ -108,12 +101,12 @@ async function restart(directory: string, root: string): Promise<void> {
         client?.close();
       }
     }
-    const atServing = await ticks(child.pid as number);
+    const atServing = await processTicks(child.pid as number);
     const [client] = kvClients([endpoint], creds, 1);
     const end = Buffer.from('/registry0');
     const counted = await unary(client as KvClient, 'Range', { key: Buffer.from('/registry/'), range_end: end, count_only: true }, 120_000);
     client?.close();
-    const beforeStop = await ticks(child.pid as number);
+    const beforeStop = await processTicks(child.pid as number);
     let last = beforeStop;
     const stopping = performance.now();
     const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -121,13 +114,13 @@ async function restart(directory: string, root: string): Promise<void> {
     let done = false;
     void exited.then(() => (done = true));
     while (!done) {
-      last = await ticks(child.pid as number).catch(() => last);
+      last = await processTicks(child.pid as number).catch(() => last);
       await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 20))]);
     }
     const stopped = performance.now();
-    const loadAverage = (await readFile('/proc/loadavg', 'utf8')).split(' ')[0];
-    console.log(`${root}: serving after ${((serving - started) / 1000).toFixed(2)} s, CPU ${(atServing.process / 100).toFixed(2)} s (main thread ${(atServing.main / 100).toFixed(2)} s); ` +
-      `${String(counted.count)} keys; stop ${((stopped - stopping) / 1000).toFixed(2)} s, CPU ~${((last.process - beforeStop.process) / 100).toFixed(2)} s; load average ${loadAverage}`);
+    const load = await loadAverage();
+    console.log(`${root}: serving after ${((serving - started) / 1000).toFixed(2)} s, CPU ${(atServing.total / ticksPerSecond).toFixed(2)} s (main thread ${(atServing.main / ticksPerSecond).toFixed(2)} s); ` +
+      `${String(counted.count)} keys; stop ${((stopped - stopping) / 1000).toFixed(2)} s, CPU ~${((last.total - beforeStop.total) / ticksPerSecond).toFixed(2)} s; load average ${load}`);
   } finally {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   }

@@ -29,6 +29,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../src/api/proto.js';
 import { kvClients, startEtcdSecure, startRampartSecure, unary, type BenchMember, type KvClient, type SecureCluster } from './secure-members.js';
+import { loadAverage, memoryMiB, statTicks, ticksPerSecond } from './proc.js';
 
 const keyCount = Number(process.env.BENCH_SCALE_KEYS ?? 500_000);
 const memberCount = Number(process.env.BENCH_SCALE_MEMBERS ?? 1);
@@ -133,19 +134,11 @@ async function memory(cluster: SecureCluster): Promise<{ residentMiB: number; pe
   let residentMiB = 0;
   let peakMiB = 0;
   for (const member of cluster.members) {
-    const status = await readFile(`/proc/${member.pid()}/status`, 'utf8');
-    const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? Number.NaN) / 1024;
-    residentMiB = Math.max(residentMiB, field('VmRSS'));
-    peakMiB = Math.max(peakMiB, field('VmHWM'));
+    const { resident, peak } = await memoryMiB(member.pid());
+    residentMiB = Math.max(residentMiB, resident);
+    peakMiB = Math.max(peakMiB, peak);
   }
   return { residentMiB, peakMiB };
-}
-
-/** CPU seconds (user + system, every thread) a process has used so far, from /proc. */
-async function cpuSeconds(pid: number): Promise<number> {
-  const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-  // utime and stime, fields 14 and 15 of stat(5), in clock ticks (100 a second on Linux).
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 /** The member's log output written since `offset` (its pino JSON lines), or undefined when not kept. */
@@ -213,15 +206,15 @@ async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', lo
   const deadline = started + restartServeTimeoutMs;
   let seconds: number;
   let cpu: number;
-  let loadAverage: string;
+  let averageLoad: string;
   for (;;) {
     // A fresh channel per attempt: a channel that saw the port closed backs off for seconds.
     const [client] = kvClients([cluster.endpoints[0] as string], cluster.credentials, 1);
     try {
       await unary(client as KvClient, 'Range', { key: keyOf(0) }, 2_000);
       seconds = (performance.now() - started) / 1000;
-      cpu = await cpuSeconds(member.pid());
-      loadAverage = (await readFile('/proc/loadavg', 'utf8')).split(' ')[0] ?? '?';
+      cpu = (await statTicks(`/proc/${member.pid()}/stat`)) / ticksPerSecond;
+      averageLoad = await loadAverage();
       break;
     } catch (error) {
       if (performance.now() > deadline) throw new Error(`restart after ${signal}: the member did not serve within ${restartServeTimeoutMs} ms: ${(error as Error).message}`);
@@ -239,7 +232,7 @@ async function restart(cluster: SecureCluster, signal: 'SIGTERM' | 'SIGKILL', lo
   }
   const { residentMiB } = await memory({ ...cluster, members: [member] });
   const lines = logsIndexPath ? await outputSince(member, offset) : undefined;
-  return { seconds, cpuSeconds: cpu, stopSeconds, count: counted, residentMiB, loadAverage, ...(lines === undefined ? {} : { index: indexPath(lines, signal) }) };
+  return { seconds, cpuSeconds: cpu, stopSeconds, count: counted, residentMiB, loadAverage: averageLoad, ...(lines === undefined ? {} : { index: indexPath(lines, signal) }) };
 }
 
 async function count(client: KvClient): Promise<number> {

@@ -25,12 +25,10 @@ import { openRaftLog } from '../src/storage/wal/migration.js';
 import { takeIndexCheckpoint, writeIndexCheckpoint } from '../src/storage/mvcc/index-checkpoint.js';
 import { MvccStore, readMetaNumber } from '../src/storage/mvcc/store.js';
 import { metaKey } from '../src/storage/schema.js';
+import { loadAverage, statTicks, ticksPerSecond } from './proc.js';
 
-/** User + system CPU seconds of /proc/<path>/stat (fields 14 and 15 of stat(5), 100 ticks a second). */
-async function cpuSeconds(statFile: string): Promise<number> {
-  const fields = (await readFile(statFile, 'utf8')).split(') ')[1]?.split(' ') ?? [];
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
+/** User + system CPU seconds of a /proc stat file. */
+const cpuSeconds = async (statFile: string): Promise<number> => (await statTicks(statFile)) / ticksPerSecond;
 
 /** CPU of this process: all threads (ended ones included), the main thread, the live others. */
 async function threadCpu(): Promise<{ total: number; main: number; others: number }> {
@@ -78,7 +76,7 @@ async function openOnce(source: string, writeCheckpoint: boolean): Promise<strin
         `index ${((indexed - logLoaded) / 1000).toFixed(2)} s (${checkpoint.index === undefined ? `rebuilt${checkpoint.reason === undefined ? '' : `: ${checkpoint.reason}`}` : 'from its checkpoint'}), wall ${((indexed - started) / 1000).toFixed(2)} s; ` +
         `CPU ${(after.total - before.total).toFixed(2)} s (main thread ${(after.main - before.main).toFixed(2)} s, live other threads ${(after.others - before.others).toFixed(2)} s, ended threads the rest); ` +
         `RSS ${mebibytes(memory.rss)} MiB (anonymous ${statusMiB('RssAnon')}: V8 heap ${mebibytes(memory.heapTotal)}, external ${mebibytes(memory.external)}; file-backed ${statusMiB('RssFile')}); ` +
-        `load average ${(await readFile('/proc/loadavg', 'utf8')).split(' ')[0]}${written}`;
+        `load average ${await loadAverage()}${written}`;
     } finally {
       await db.close();
     }
