@@ -14,34 +14,17 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { kvClients, startRampartSecure, unary, type KvClient } from './secure-members.js';
+import { loadKeys } from './load-keys.js';
 import { memoryMiB, processTicks, ticksPerSecond } from './proc.js';
 
 const keyCount = Number(process.argv[2] ?? 200_000);
 const ratePerSecond = Number(process.argv[3] ?? 500);
 const seconds = Number(process.argv[4] ?? 20);
-const putsPerTxn = 16;
-const loadInFlight = 32;
 const writeClients = 50;
 const value = Buffer.alloc(1024, 'v');
 
 function keyOf(index: number): Buffer {
   return Buffer.from(`/registry/pods/ns-${String(index % 97).padStart(3, '0')}/object-${String(index).padStart(9, '0')}`);
-}
-
-async function load(clients: KvClient[]): Promise<void> {
-  const batches = Math.ceil(keyCount / putsPerTxn);
-  let next = 0;
-  const worker = async (slot: number): Promise<void> => {
-    const client = clients[slot % clients.length] as KvClient;
-    for (;;) {
-      const batch = next++;
-      if (batch >= batches) return;
-      const success = [];
-      for (let index = batch * putsPerTxn; index < Math.min(keyCount, (batch + 1) * putsPerTxn); index++) success.push({ request_put: { key: keyOf(index), value } });
-      await unary(client, 'Txn', { success }, 120_000);
-    }
-  };
-  await Promise.all(Array.from({ length: loadInFlight }, (_, slot) => worker(slot)));
 }
 
 /** Single puts at a fixed rate over the loaded keys; returns the acknowledged count. */
@@ -88,7 +71,7 @@ async function main(): Promise<void> {
   const clients = kvClients(cluster.endpoints, cluster.credentials, 8);
   try {
     const loadStart = performance.now();
-    await load(clients);
+    await loadKeys(clients, keyCount, keyOf, value, 120_000);
     console.log(`load ${keyCount} keys: ${((performance.now() - loadStart) / 1000).toFixed(1)} s; VmRSS ${(await memoryMiB(member.pid())).resident.toFixed(0)} MiB`);
     const before = await processTicks(member.pid());
     const writeStart = performance.now();

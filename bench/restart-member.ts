@@ -18,11 +18,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import { environment, kvClients, startRampartSecure, unary, waitForPort, type KvClient } from './secure-members.js';
+import { loadKeys } from './load-keys.js';
 import { loadAverage, processTicks, ticksPerSecond } from './proc.js';
 
 const prefixes = ['/registry/pods/', '/registry/configmaps/', '/registry/events/', '/registry/services/specs/', '/registry/deployments/'];
-const putsPerTxn = 16;
-const loadInFlight = 32;
 
 function keyOf(index: number): Buffer {
   const prefix = prefixes[index % prefixes.length] as string;
@@ -48,31 +47,11 @@ async function load(directory: string, keyCount: number): Promise<void> {
     const line = (await readFile(`/proc/${member.pid()}/cmdline`, 'utf8')).split('\0').filter((part) => part !== '');
     const clientPort = Number((cluster.endpoints[0] as string).split(':')[1]);
     const clients = kvClients(cluster.endpoints, cluster.credentials, 8);
-    const value = Buffer.alloc(1024, 'v');
-    const batches = Math.ceil(keyCount / putsPerTxn);
-    let next = 0;
-    const started = performance.now();
-    await Promise.all(Array.from({ length: loadInFlight }, async (_, slot) => {
-      const client = clients[slot % clients.length] as KvClient;
-      for (;;) {
-        const batch = next++;
-        if (batch >= batches) return;
-        const success = [];
-        for (let index = batch * putsPerTxn; index < Math.min(keyCount, (batch + 1) * putsPerTxn); index++) success.push({ request_put: { key: keyOf(index), value } });
-        for (let attempt = 1; ; attempt++) {
-          try {
-            await unary(client, 'Txn', { success }, 120_000);
-            break;
-          } catch (error) {
-            if (attempt >= 3) throw error;
-          }
-        }
-      }
-    }));
+    const loadSeconds = await loadKeys(clients, keyCount, keyOf, Buffer.alloc(1024, 'v'), 120_000);
     clients.forEach((client) => client.close());
     const saved: Saved = { line, clientPort, pki: path.join(directory, 'pki') };
     await writeFile(path.join(directory, 'member.json'), JSON.stringify(saved));
-    console.log(`loaded ${keyCount} keys in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    console.log(`loaded ${keyCount} keys in ${loadSeconds.toFixed(1)} s`);
   } finally {
     await cluster.stop();
   }

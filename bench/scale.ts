@@ -29,6 +29,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { packageDefinition } from '../src/api/proto.js';
 import { kvClients, startEtcdSecure, startRampartSecure, unary, type BenchMember, type KvClient, type SecureCluster } from './secure-members.js';
+import { loadInFlight, loadKeys, putsPerTxn } from './load-keys.js';
 import { loadAverage, memoryMiB, statTicks, ticksPerSecond } from './proc.js';
 
 const keyCount = Number(process.env.BENCH_SCALE_KEYS ?? 500_000);
@@ -36,11 +37,8 @@ const memberCount = Number(process.env.BENCH_SCALE_MEMBERS ?? 1);
 const watchRatePerSecond = Number(process.env.BENCH_SCALE_WATCH_RATE ?? 1_000);
 const watchSeconds = Number(process.env.BENCH_SCALE_WATCH_SECONDS ?? 10);
 const valueBytes = 1024;
-const putsPerTxn = 16;
-const loadInFlight = 32;
 const loadConnections = 8;
 const listPageLimit = 500;
-const batchAttemptsMax = 3;
 const restartServeTimeoutMs = 300_000;
 /** member.ts's indexCheckpointWriteBudgetMs (printed with the stop's outcome). */
 const checkpointBudgetMs = 4_000;
@@ -101,33 +99,6 @@ function prefixEnd(prefix: string): Buffer {
 function keyOf(index: number): Buffer {
   const prefix = prefixes[index % prefixes.length] as string;
   return Buffer.from(`${prefix}ns-${String(index % 97).padStart(3, '0')}/object-${String(index).padStart(9, '0')}`);
-}
-
-async function load(clients: KvClient[]): Promise<number> {
-  const value = Buffer.alloc(valueBytes, 'v');
-  const batches = Math.ceil(keyCount / putsPerTxn);
-  let next = 0;
-  const worker = async (slot: number): Promise<void> => {
-    const client = clients[slot % clients.length] as KvClient;
-    for (;;) {
-      const batch = next++;
-      if (batch >= batches) return;
-      const success = [];
-      for (let index = batch * putsPerTxn; index < Math.min(keyCount, (batch + 1) * putsPerTxn); index++) success.push({ request_put: { key: keyOf(index), value } });
-      // Puts are idempotent: a batch that timed out under load is sent again rather than lost.
-      for (let attempt = 1; ; attempt++) {
-        try {
-          await unary(client, 'Txn', { success });
-          break;
-        } catch (error) {
-          if (attempt >= batchAttemptsMax) throw new Error(`load: Txn ${batch} failed ${attempt} times: ${(error as Error).message}`);
-        }
-      }
-    }
-  };
-  const started = performance.now();
-  await Promise.all(Array.from({ length: loadInFlight }, (_, slot) => worker(slot)));
-  return (performance.now() - started) / 1000;
 }
 
 async function memory(cluster: SecureCluster): Promise<{ residentMiB: number; peakMiB: number }> {
@@ -328,7 +299,7 @@ async function watch(cluster: SecureCluster, clients: KvClient[]): Promise<Pick<
 async function measure(name: string, cluster: SecureCluster, print: (text: string) => void): Promise<ScaleResult> {
   const clients = kvClients(cluster.endpoints, cluster.credentials, loadConnections);
   try {
-    const loadSeconds = await load(clients);
+    const loadSeconds = await loadKeys(clients, keyCount, keyOf, Buffer.alloc(valueBytes, 'v'));
     print(`${name}: loaded ${keyCount} keys in ${loadSeconds.toFixed(1)} s (${(keyCount / loadSeconds).toFixed(0)} keys/s); load average (1, 5, 15 min) ${(await readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(', ')}\n`);
     const { residentMiB, peakMiB } = await memory(cluster);
     print(`${name}: member RSS after load ${residentMiB.toFixed(0)} MiB (peak ${peakMiB.toFixed(0)} MiB)\n`);
