@@ -7,11 +7,11 @@
  *
  *   node dist/bench/closed-loop-cost.js [seconds=10]
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { phase, warmupSeconds } from './bench.js';
-import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
+import { adminTls, kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 import { statTicks } from './proc.js';
 
 const seconds = Number(process.argv[2] ?? 10);
@@ -26,7 +26,7 @@ async function main(): Promise<void> {
   const clients = kvClients(cluster.endpoints, cluster.credentials, connections);
   try {
     const pki = path.join(directory, 'pki');
-    const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
+    const tls = await adminTls(pki);
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
     await phase(clients, 'Put', warmupSeconds); // warm-up: connections, a leader, and V8's JIT (see bench.ts)
     const pids = cluster.members.map((member) => member.pid());

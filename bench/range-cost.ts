@@ -15,11 +15,11 @@
  * BENCH_NODE_ARGS adds Node flags to the members (e.g. `--cpu-prof --cpu-prof-dir=DIR`),
  * BENCH_RAMPART_ARGS flags to `rampart serve`, BENCH_UP_ARGS flags to `rampart up`.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fixedRatePhase, phase, warmupSeconds } from './bench.js';
-import { kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
+import { adminTls, kvClients, metric, scrape, startRampartSecure } from './secure-members.js';
 import { processTicks } from './proc.js';
 
 const seconds = Number(process.argv[2] ?? 10);
@@ -37,7 +37,7 @@ async function main(): Promise<void> {
   const clients = kvClients(cluster.endpoints, cluster.credentials, connections);
   try {
     const pki = path.join(directory, 'pki');
-    const tls = { ca: await readFile(path.join(pki, 'ca.crt')), cert: await readFile(path.join(pki, 'admin.crt')), key: await readFile(path.join(pki, 'admin.key')) };
+    const tls = await adminTls(pki);
     const metricsPorts = cluster.endpoints.map((endpoint) => Number(endpoint.split(':')[1]) + 2);
     await phase(clients, 'Put', warmupSeconds); // fills the key space (10,000 keys); warm-up (see bench.ts)
     await phase(clients, 'Range', 5); // warm-up of the read path

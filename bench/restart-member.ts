@@ -16,8 +16,7 @@ import { spawn } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as grpc from '@grpc/grpc-js';
-import { environment, kvClients, startRampartSecure, unary, waitForPort, type KvClient } from './secure-members.js';
+import { adminCredentials, environment, kvClients, startRampartSecure, unary, waitForPort, type KvClient } from './secure-members.js';
 import { loadKeys } from './load-keys.js';
 import { loadAverage, processTicks, ticksPerSecond } from './proc.js';
 
@@ -32,11 +31,6 @@ interface Saved {
   readonly line: string[];
   readonly clientPort: number;
   readonly pki: string;
-}
-
-async function credentials(pki: string): Promise<grpc.ChannelCredentials> {
-  const [ca, cert, key] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
-  return grpc.credentials.createSsl(ca as Buffer, key as Buffer, cert as Buffer);
 }
 
 async function load(directory: string, keyCount: number): Promise<void> {
@@ -65,7 +59,7 @@ async function restart(directory: string, root: string): Promise<void> {
   const child = spawn(line[0] as string, [...line.slice(1), '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
   try {
     await waitForPort(saved.clientPort, child, 300_000);
-    const creds = await credentials(saved.pki);
+    const creds = await adminCredentials(saved.pki);
     const endpoint = `127.0.0.1:${saved.clientPort}`;
     let serving = 0;
     for (;;) {

@@ -161,9 +161,15 @@ export function unary(client: KvClient, method: 'Put' | 'Range' | 'Txn', request
   });
 }
 
-async function adminCredentials(pki: string): Promise<grpc.ChannelCredentials> {
-  const [ca, cert, privateKey] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
-  return grpc.credentials.createSsl(ca as Buffer, privateKey as Buffer, cert as Buffer);
+/** The administrator's TLS material in a `pki` directory (ours and the etcd side's alike). */
+export async function adminTls(pki: string): Promise<{ ca: Buffer; cert: Buffer; key: Buffer }> {
+  const [ca, cert, key] = await Promise.all(['ca.crt', 'admin.crt', 'admin.key'].map((name) => readFile(path.join(pki, name))));
+  return { ca: ca as Buffer, cert: cert as Buffer, key: key as Buffer };
+}
+
+export async function adminCredentials(pki: string): Promise<grpc.ChannelCredentials> {
+  const { ca, cert, key } = await adminTls(pki);
+  return grpc.credentials.createSsl(ca, key, cert);
 }
 
 function exited(child: ChildProcess): Promise<void> {
