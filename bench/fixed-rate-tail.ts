@@ -1,6 +1,6 @@
 /**
  * Where the fixed-rate phase's slowest 1% comes from: after a warm-up, RATE puts a second for
- * SECONDS over 200 clients (as `npm run bench`: 256 B keys, 1 KiB values, latency from each put's
+ * SECONDS over 200 clients on BENCH_CONNECTIONS connections (default 8; as `npm run bench`: 256 B keys, 1 KiB values, latency from each put's
  * scheduled start) to a secure 3-member cluster, each put stamped with its completion time (wall
  * clock, ms) and the member its client talks to. Prints p50/p99 for clients on the leader and on
  * followers, then the slow puts (over the phase's p99) grouped into bursts by completion time
@@ -24,6 +24,8 @@ import { kvClients, metric, scrape, startEtcdSecure, startRampartSecure, type Kv
 const ratePerSecond = Number(process.argv[2] ?? 1000);
 const seconds = Number(process.argv[3] ?? 20);
 const fixedClients = 200;
+/** Connections the 200 clients share: as `npm run bench` (BENCH_CONNECTIONS, default 8), client `slot` on connection `slot % connections`. */
+const connections = Number(process.env.BENCH_CONNECTIONS ?? 8);
 const burstGapMs = 100;
 
 interface Stamp {
@@ -59,7 +61,7 @@ async function stampedPhase(clients: readonly KvClient[], memberCount: number, r
   const stamps: Stamp[] = [];
   const origin = Date.now() - performance.now();
   const result = await fixedRatePhase(clients, rate, fixedClients, durationSeconds, 'Put', (slot, scheduled, completed, ok) => {
-    if (ok) stamps.push({ completedMs: origin + completed, latencyMs: completed - scheduled, member: slot % memberCount });
+    if (ok) stamps.push({ completedMs: origin + completed, latencyMs: completed - scheduled, member: (slot % clients.length) % memberCount });
   });
   return { stamps, errors: result.errors };
 }
@@ -94,7 +96,7 @@ async function main(): Promise<void> {
     await started.stop();
     cluster = await startEtcdSecure(directory, 3);
   }
-  const clients = kvClients(cluster.endpoints, cluster.credentials, fixedClients);
+  const clients = kvClients(cluster.endpoints, cluster.credentials, connections);
   try {
     await fixedRatePhase(clients, ratePerSecond, fixedClients, warmupSeconds); // warm-up: connections, a leader, V8's JIT
     const busyBefore = await machineTicks();
