@@ -75,7 +75,7 @@ export class AuditCheckpoints {
   }
 }
 
-/** Every stored checkpoint and signer from the records of the `c` prefix. */
+/** Every stored checkpoint and signer from the records of the `w` prefix (prefix.auditCheckpoint). */
 export function checkpointsOf(records: Iterable<Buffer>): { checkpoints: TrailCheckpoint[]; signers: CheckpointSigner[] } {
   const checkpoints: TrailCheckpoint[] = [];
   const signers: CheckpointSigner[] = [];

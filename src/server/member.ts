@@ -288,6 +288,7 @@ export class Member {
       this.alarms.load(key);
     }
     this.auditCheckpoints.clear();
+    await this.moveLegacyAuditCheckpoints();
     for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.auditCheckpoint), lt: prefixEnd(prefix.auditCheckpoint) })) {
       this.auditCheckpoints.load(key, value);
     }
@@ -299,6 +300,19 @@ export class Member {
     const authRecord = await this.db.get(authStateKey);
     this.auth.set(authRecord === undefined ? emptyAuthState : decodeAuthState(authRecord));
     this.appliedIndexValue = await readMetaNumber(this.db, metaKey.consistentIndex);
+  }
+
+  /**
+   * Audit checkpoints kept under the old prefix (this data written by an older version, or a
+   * snapshot received from one) move to the current one, in one synced batch: same records, same
+   * keys after the prefix byte. Nothing else reads or writes them meanwhile (start, snapshot install).
+   */
+  private async moveLegacyAuditCheckpoints(): Promise<void> {
+    const moves: BatchOperation[] = [];
+    for await (const [key, value] of this.db.iterator({ gte: Buffer.of(prefix.legacyAuditCheckpoint), lt: prefixEnd(prefix.legacyAuditCheckpoint) })) {
+      moves.push({ type: 'put', key: Buffer.concat([Buffer.of(prefix.auditCheckpoint), key.subarray(1)]), value }, { type: 'del', key });
+    }
+    if (moves.length > 0) await this.db.batch(moves, { sync: true });
   }
 
   private async recover(loadedLog: LoadedLog): Promise<void> {

@@ -10,8 +10,9 @@
  *   'u'                         → the auth state (JSON), see `auth/store.ts`
  *   'e' + index(8)              → log entry, see `log.ts`
  *   'h'                         → raft hard state, see `log.ts`
- *   'c' + member(hex) + 0 + file + 0 + slot → a quorum-witnessed audit checkpoint (JSON), slot `latest`
- *                                 or a window number, see `server/audit-checkpoints.ts`
+ *   'w' + member(hex) + 0 + file + 0 + slot → a quorum-witnessed audit checkpoint (JSON), slot `latest`
+ *                                 or a window number, see `server/audit-checkpoints.ts`; kept under 'c'
+ *                                 before (moved when a member loads its state, see `legacyAuditCheckpoint`)
  *   'f' + hash(16)              → a failed-login record (JSON), see `server/login-records.ts`
  *   'x' + name                  → encryption key store (wrapped data keys), see `encryption/keyring.ts`;
  *                                 owned by the sealing layer (`database.ts`), invisible above it
@@ -30,7 +31,16 @@ export const prefix = {
   hardState: 0x68,
   member: 0x6e,
   auth: 0x75,
-  auditCheckpoint: 0x63,
+  /**
+   * Above 'k': a checkpoint is written every few seconds, and a LevelDB table's key range runs from
+   * its smallest key to its largest. Under 'c' (below 'k') every level-0 table then spanned the whole
+   * key-value range, so each level-0 compaction rewrote all of level 1 and the next one most of
+   * level 2 (write amplification growing with the data); above it a table covers only the newest
+   * revisions and the compactions below level 0 are mostly moves.
+   */
+  auditCheckpoint: 0x77,
+  /** Where audit checkpoints were kept before (an older member's data, a snapshot from one): moved to 'w' when the state is loaded. */
+  legacyAuditCheckpoint: 0x63,
   loginRecord: 0x66,
   /** A snapshot being received: the leader's records, each under this prefix, until installed. */
   snapshotStaging: 0x73,

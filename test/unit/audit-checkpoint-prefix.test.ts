@@ -1,0 +1,92 @@
+/**
+ * Where the audit checkpoints live in a member's database. They are written every few seconds, so
+ * their prefix decides the key range of almost every LevelDB table: below the key-value records
+ * ('k') each level-0 table spanned all of them and every compaction rewrote the levels below. They
+ * sort after the key-value records now, and a member whose data (or a snapshot from an older member)
+ * still holds them under the old prefix moves them when it loads its state.
+ */
+import { rm } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { encodeCheckpoint } from '../../src/audit/checkpoint.js';
+import { AuditCheckpoints } from '../../src/server/audit-checkpoints.js';
+import { Member } from '../../src/server/member.js';
+import { SealedDatabase } from '../../src/storage/database.js';
+import type { BatchOperation } from '../../src/storage/mvcc/store.js';
+import { prefix, prefixEnd } from '../../src/storage/schema.js';
+import { putRetrying } from '../helpers/in-process-cluster.js';
+import { freePort, temporaryDirectory } from '../helpers/processes.js';
+
+const quiet = new Writable({ write(_chunk, _encoding, done) { done(); } });
+const file = 'audit-2026-01-01T00-00-00-000Z.jsonl';
+
+describe('audit checkpoint records', () => {
+  let dataDir: string | undefined;
+  afterEach(async () => {
+    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('sort after every key-value record and the store metadata', () => {
+    const batch: BatchOperation[] = [];
+    new AuditCheckpoints().apply(encodeCheckpoint({ member: 'a1', file, seq: 3, hash: 'ab'.repeat(32), time: '2026-01-01T00:00:00.000Z' }), batch);
+    expect(batch).toHaveLength(2); // latest and the window's first
+    for (const operation of batch) {
+      expect(operation.key[0]).toBe(prefix.auditCheckpoint);
+      expect(operation.key[0]).toBeGreaterThan(prefix.keyValue);
+      expect(operation.key[0]).toBeGreaterThan(prefix.meta);
+    }
+  });
+
+  it('kept under the old prefix are moved when the member starts, and still count', async () => {
+    dataDir = await temporaryDirectory('checkpoint-prefix');
+    const peerUrl = `http://127.0.0.1:${await freePort()}`;
+    const open = (): Promise<Member> => Member.open({
+      dataDir: dataDir as string, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
+      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'checkpoint-prefix',
+      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
+      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
+      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
+      logger: pino({ level: 'info' }, quiet),
+    });
+    let member = await open();
+    await member.whenReady();
+    await putRetrying(member, 'a', 'v0');
+    const checkpoint = { member: member.memberHex, file, seq: 7, hash: 'cd'.repeat(32), time: '2026-01-01T00:00:00.000Z' };
+    await member.proposeAuditCheckpoint(checkpoint);
+    expect((await member.auditCheckpointRecords()).checkpoints).toEqual([checkpoint, checkpoint]); // latest and the window's first
+    await member.close();
+
+    // The records as an older version kept them: under the old prefix.
+    const records = async (prefixByte: number): Promise<[Buffer, Buffer][]> => {
+      const db = await SealedDatabase.open(dataDir as string, undefined);
+      try {
+        const found: [Buffer, Buffer][] = [];
+        for await (const entry of db.iterator({ gte: Buffer.of(prefixByte), lt: prefixEnd(prefixByte) })) found.push(entry);
+        return found;
+      } finally {
+        await db.close();
+      }
+    };
+    const current = await records(prefix.auditCheckpoint);
+    expect(current).toHaveLength(2);
+    const db = await SealedDatabase.open(dataDir, undefined);
+    await db.batch(current.flatMap(([key, value]) => [{ type: 'put' as const, key: Buffer.concat([Buffer.of(prefix.legacyAuditCheckpoint), key.subarray(1)]), value }, { type: 'del' as const, key }]), { sync: true });
+    await db.close();
+    expect(await records(prefix.auditCheckpoint)).toHaveLength(0);
+
+    member = await open();
+    try {
+      await member.whenReady();
+      expect((await member.auditCheckpointRecords()).checkpoints).toEqual([checkpoint, checkpoint]);
+      // Applied again, the same checkpoint adds nothing: the index was rebuilt from the moved records.
+      await member.proposeAuditCheckpoint(checkpoint);
+      expect((await member.auditCheckpointRecords()).checkpoints).toHaveLength(2);
+    } finally {
+      await member.close();
+    }
+    expect(await records(prefix.legacyAuditCheckpoint)).toHaveLength(0);
+    expect((await records(prefix.auditCheckpoint)).map(([key]) => key.subarray(1).toString('utf8'))).toEqual(current.map(([key]) => key.subarray(1).toString('utf8')));
+  });
+});
