@@ -8,6 +8,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import type { Socket } from 'node:net';
 import type { PeerCertificate, Server as TlsServer } from 'node:tls';
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Logger } from 'pino';
@@ -33,6 +34,11 @@ export type { ClusterView } from './cluster-view.js';
  * The sender waits only for the receiver's flow control, so a live transfer is never this quiet.
  */
 export const snapshotIdleTimeoutMsDefault = 10_000;
+/**
+ * How long close() lets the peer port's calls finish (a lease answer, a message batch in flight)
+ * before it ends every connection still open.
+ */
+export const closeGraceMs = 500;
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
 export const peerQueueMessagesMax = 4096;
 /**
@@ -42,6 +48,8 @@ export const peerQueueMessagesMax = 4096;
  * wait for a leader forever. Its sender sees this and the member stops.
  */
 export const memberRemovedDetails = 'rampart: the member has been permanently removed from the cluster';
+/** What a stopping member answers a snapshot transfer it stops or refuses. */
+const stoppingDetails = 'rampart: the member is stopping';
 /**
  * A member that has received no Raft message for this long sends each peer an empty batch naming
  * itself: a removed learner never campaigns, so without it nothing would carry the answer above.
@@ -531,6 +539,21 @@ export class Transport {
   /** Raft's Messages and Snapshot streams open on the peer port (peerRaftStreamsMax). */
   private readonly raftStreams: OpenStreamBudget;
 
+  /**
+   * Every connection the peer port accepted and that is still open, its TLS handshake finished or
+   * not: close() ends those left after its grace. grpc-js cannot: its tryShutdown waits until every
+   * connection is gone, and its forceShutdown destroys only the HTTP/2 sessions it tracks for
+   * channelz (disabled here), never a connection still in its handshake. The other members' message
+   * streams stay open as long as they run, so a closing member waited for them (the soak's failed
+   * members were still in close() when failedCloseGraceMs ended them, ~10 s before it finished).
+   */
+  private readonly connections = new Set<Socket>();
+  /** Open Messages calls from other members; close() answers each (the sender opens a new one when it next sends). */
+  private readonly messageCalls = new Set<() => void>();
+  /** Snapshots being received: close() stops each at its next read and waits until its receiver has finished. */
+  private readonly snapshotReceptions = new Set<{ stop(): void; readonly done: Promise<void> }>();
+  private closing = false;
+
   constructor(private readonly options: TransportOptions) {
     this.openStreams = options.openStreams ?? new OpenStreamBudget(peerOpenStreamsMax, peerOpenStreamsPerSourceMax);
     this.raftStreams = options.raftStreams ?? new OpenStreamBudget(peerRaftStreamsMax, peerRaftStreamsPerSourceMax);
@@ -576,6 +599,17 @@ export class Transport {
           return;
         }
         let answered = false;
+        const finish = (): void => {
+          if (!answered) callback(null, {});
+          answered = true;
+          this.messageCalls.delete(finish);
+        };
+        if (this.closing) {
+          call.on('data', () => undefined);
+          finish();
+          return;
+        }
+        this.messageCalls.add(finish);
         // A stream's certificate never changes, and reading it parses it again: read it once per stream
         // (whether it may speak for the sender is still decided for every message: membership changes).
         let certificate: { value: PeerCertificate | undefined } | undefined;
@@ -610,11 +644,9 @@ export class Transport {
             options.onMessage(message);
           }
         });
-        call.on('end', () => {
-          if (!answered) callback(null, {});
-          answered = true;
-        });
-        call.on('error', () => undefined);
+        call.on('end', finish);
+        call.on('error', () => this.messageCalls.delete(finish));
+        call.on('cancelled', () => this.messageCalls.delete(finish));
       },
       Snapshot: (call: grpc.ServerReadableStream<SnapshotChunkWire, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) {
@@ -623,7 +655,13 @@ export class Transport {
           return;
         }
         call.on('error', () => undefined);
-        this.receiveSnapshot(call, (message) => senderBound(call, message)).then(
+        if (this.closing) {
+          callback({ code: grpc.status.UNAVAILABLE, details: stoppingDetails });
+          call.destroy();
+          return;
+        }
+        const stream = abandonableReader(call, this.options.snapshotIdleTimeoutMs ?? snapshotIdleTimeoutMsDefault);
+        const done = this.receiveSnapshot(stream, (message) => senderBound(call, message)).then(
           () => callback(null, {}),
           (error: unknown) => {
             if (error instanceof PeerCallError) callback({ code: error.code, details: error.message });
@@ -632,6 +670,9 @@ export class Transport {
             call.destroy();
           },
         );
+        const reception = { stop: () => stream.abandon(new PeerCallError(grpc.status.UNAVAILABLE, stoppingDetails)), done };
+        this.snapshotReceptions.add(reception);
+        void done.finally(() => this.snapshotReceptions.delete(reception));
       },
       LeaseRenew: (call: grpc.ServerUnaryCall<{ id: string }, object>, callback: grpc.sendUnaryData<object>) => {
         if (refuse(call, callback)) return;
@@ -683,6 +724,10 @@ export class Transport {
         });
       }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
+      listening.on('connection', (socket: Socket) => {
+        this.connections.add(socket);
+        socket.once('close', () => this.connections.delete(socket));
+      });
       // After grpc-js's own 'stream' listener (added at bind), as on the client port.
       listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, raftStreamPaths.has(String(headers[':path'])) ? this.raftStreams : this.openStreams, (method, socket) => {
         warnTooManyStreams({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
@@ -756,8 +801,7 @@ export class Transport {
   }
 
   /** Reads a snapshot stream: the header first, then chunks handed on as they arrive (never all at once). */
-  private async receiveSnapshot(call: grpc.ServerReadableStream<SnapshotChunkWire, object>, senderBound: (message: Message) => boolean): Promise<void> {
-    const stream = abandonableReader(call, this.options.snapshotIdleTimeoutMs ?? snapshotIdleTimeoutMsDefault);
+  private async receiveSnapshot(stream: AbandonableReader, senderBound: (message: Message) => boolean): Promise<void> {
     const first = await stream.next();
     const clusterId = this.options.clusterId;
     if (first.done === true) throw new PeerCallError(grpc.status.INVALID_ARGUMENT, 'malformed snapshot');
@@ -790,15 +834,36 @@ export class Transport {
     this.snapshotsReceived += 1;
   }
 
+  /**
+   * Stops serving the peer port and sending to peers. Returns once no call of the port runs: a
+   * snapshot being received is stopped at its next read and waited for (it must not still write
+   * into the data directory while the member closes its log and database), the other members'
+   * message streams are answered, and whatever is still open after `closeGraceMs` (a connection
+   * in its TLS handshake, a call the peer does not end) is cut.
+   */
   async close(): Promise<void> {
+    this.closing = true;
     clearInterval(this.probeTimer);
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
-    // Peers keep their streams open; after a short grace, close them rather than wait.
-    const forced = setTimeout(() => this.server.forceShutdown(), 500);
-    await new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    for (const reception of this.snapshotReceptions) reception.stop();
+    for (const finish of [...this.messageCalls]) finish();
+    const shutdown = new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
+    const forced = setTimeout(() => {
+      this.server.forceShutdown();
+      for (const socket of this.connections) socket.destroy();
+    }, closeGraceMs);
+    await shutdown;
     clearTimeout(forced);
+    // A transfer whose connection was cut still has its receiver finishing.
+    await Promise.all([...this.snapshotReceptions].map((reception) => reception.done));
   }
+}
+
+interface AbandonableReader {
+  next(): Promise<IteratorResult<SnapshotChunkWire>>;
+  /** Fails the read waiting now and every later one with `error` (the first error given stays). */
+  abandon(error: PeerCallError): void;
 }
 
 /**
@@ -807,7 +872,7 @@ export class Transport {
  * client's cancel as 'cancelled' on the server call and then stops reading it: a cancel that
  * arrives while messages are still queued is never followed by 'end' or 'error'.
  */
-function abandonableReader(call: grpc.ServerReadableStream<SnapshotChunkWire, object>, idleMs: number): { next(): Promise<IteratorResult<SnapshotChunkWire>> } {
+function abandonableReader(call: grpc.ServerReadableStream<SnapshotChunkWire, object>, idleMs: number): AbandonableReader {
   const iterator = call[Symbol.asyncIterator]() as AsyncIterator<SnapshotChunkWire>;
   let abandoned: PeerCallError | undefined = call.cancelled ? new PeerCallError(grpc.status.CANCELLED, 'rampart: snapshot transfer cancelled by its sender') : undefined;
   let failWaiting: ((error: PeerCallError) => void) | undefined;
@@ -818,6 +883,7 @@ function abandonableReader(call: grpc.ServerReadableStream<SnapshotChunkWire, ob
   call.once('cancelled', () => abandon(new PeerCallError(grpc.status.CANCELLED, 'rampart: snapshot transfer cancelled by its sender')));
   call.once('error', (error: Error) => abandon(new PeerCallError(grpc.status.UNAVAILABLE, `rampart: snapshot stream failed: ${error.message}`)));
   return {
+    abandon,
     async next() {
       if (abandoned !== undefined) throw abandoned;
       let timer: NodeJS.Timeout | undefined;
