@@ -606,6 +606,7 @@ export class Transport {
         };
         if (this.closing) {
           call.on('data', () => undefined);
+          call.on('error', () => undefined);
           finish();
           return;
         }
