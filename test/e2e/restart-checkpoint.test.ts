@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { call, connect } from '../helpers/client.js';
-import { removeDirectory, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import { removeDirectory, startCluster, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
 
 const loadedFromCheckpoint = 'key index loaded from its checkpoint';
 
@@ -57,6 +57,31 @@ describe('key index checkpoint', () => {
     } finally {
       await server.stop('SIGKILL');
       await removeDirectory(dataDir);
+    }
+  }, 120_000);
+
+  /**
+   * The other members' message streams held the stopping member's peer transport open (grpc-js
+   * waited for them), so it never reached the checkpoint: it exited 1 when `rampart serve`'s 8 s
+   * limit ended it ('shutdown took too long'), and its next start rebuilt the index.
+   */
+  it('is written by a member stopped while the rest of its cluster runs, which exits cleanly', async () => {
+    const cluster = await startCluster(3, ['--log-level', 'info']);
+    try {
+      const [first, stopped] = cluster.members;
+      if (first?.process === undefined || stopped?.process === undefined) throw new Error('cluster not started');
+      const client = connect(first.process.endpoint);
+      for (let index = 0; index < 20; index++) await call(client.kv, 'Put', { key: Buffer.from(`k-${index}`), value: Buffer.from(`v-${index}`) });
+      client.close();
+      const code = await stopped.process.stop('SIGTERM');
+      const output = stopped.process.output();
+      expect(output).not.toContain('shutdown took too long');
+      expect(code).toBe(0);
+      expect(output).toContain('key index checkpoint written');
+      const restarted = await cluster.start(stopped);
+      expect(restarted.output()).toContain(loadedFromCheckpoint);
+    } finally {
+      await cluster.remove();
     }
   }, 120_000);
 });
