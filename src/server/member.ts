@@ -386,6 +386,10 @@ export class Member {
       onFatal: (error) => this.fail(error),
     }, this.options.heartbeatMs, this.options.requestTimeoutMs);
     this.loop.start();
+    // A compaction's deletions are written in the background: their failure (ENOSPC) fails the member.
+    this.store.onBackgroundFailure((error) => {
+      if (!this.failed) this.fail(error);
+    });
     this.campaignIfAlone();
     await this.refreshDbSize();
     this.timers.push(setInterval(() => this.revokeExpiredLeases(), 500));
@@ -1429,7 +1433,10 @@ export class Member {
       this.options.logger.error({ graceMs: failedCloseGraceMs }, 'the failed member did not close in time; exiting');
       exit();
     }, failedCloseGraceMs);
-    void this.close().finally(() => {
+    // Closing after a failure may fail too (the disk still full): logged, and the exit goes on.
+    void this.close().catch((closeError: unknown) => {
+      this.options.logger.error({ err: String(closeError) }, 'the failed member did not close cleanly');
+    }).finally(() => {
       clearTimeout(grace);
       exit();
     });

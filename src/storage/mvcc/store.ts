@@ -84,6 +84,9 @@ export class MvccStore {
   /** Set once the revisions past `flushedRevisionValue` will never be written (`abandonFlushes`). */
   private flushFailure: Error | undefined;
   private compactionRunning: Promise<void> = Promise.resolve();
+  /** The first failed background write (a compaction's deletions), until `onBackgroundFailure` takes it. */
+  private backgroundError: { error: unknown } | undefined;
+  private backgroundFailureListener: ((error: unknown) => void) | undefined;
 
   private constructor(private readonly db: Database) {}
 
@@ -394,6 +397,23 @@ export class MvccStore {
   }
 
   /**
+   * `listener` is told (once) when a write the store makes on its own fails: a compaction's
+   * deletions, which nobody awaits as they happen. A failure before the listener is set (a
+   * compaction resumed at open) is told at once.
+   */
+  onBackgroundFailure(listener: (error: unknown) => void): void {
+    this.backgroundFailureListener = listener;
+    const failed = this.backgroundError;
+    if (failed !== undefined) listener(failed.error);
+  }
+
+  private backgroundFailed(error: unknown): void {
+    if (this.backgroundError !== undefined) return;
+    this.backgroundError = { error };
+    this.backgroundFailureListener?.(error);
+  }
+
+  /**
    * Drops index revisions below `revision` from up to `compactionIndexSliceKeys` keys from `from`
    * on (inclusive), collecting the removed revisions as (main, sub) pairs. Returns the key to go on
    * from, or undefined when every key is done.
@@ -420,7 +440,7 @@ export class MvccStore {
 
   private startCompaction(revision: number): void {
     const previous = this.compactionRunning;
-    this.compactionRunning = (async () => {
+    const running = (async () => {
       await previous;
       const removed: number[] = [];
       let from = this.compactIndexSlice(revision, undefined, removed);
@@ -437,10 +457,17 @@ export class MvccStore {
         for (let position = start; position < Math.min(removed.length, start + pairsPerBatch); position += 2) {
           operations.push({ type: 'del', key: encodeRevisionKey(removed[position] as number, removed[position + 1] as number) });
         }
+        // Nothing more is written once applied batches will not be (the member failed).
+        if (this.flushFailure !== undefined) throw this.flushFailure;
         await this.db.batch(operations);
       }
+      if (this.flushFailure !== undefined) throw this.flushFailure;
       await this.db.put(metaKey.finishedCompactRevision, encodeMetaNumber(revision));
     })();
+    // Awaited only later, if ever (a physical compaction's caller, HashKV, close): a failed write
+    // (ENOSPC) is reported now, and never left an unhandled rejection that kills the process.
+    running.catch((error: unknown) => this.backgroundFailed(error));
+    this.compactionRunning = running;
   }
 
   /** A CRC-32 over every record with main revision ≤ `revision`, as read from the database. */
