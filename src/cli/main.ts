@@ -61,6 +61,7 @@ import { checkLimitFlags, maxConcurrentStreamsDefault } from './limit-flags.js';
 import { collectSinks, startAuditSinks, type AuditSinkFlags } from './audit-sinks.js';
 import { registerAuditPolicyCommands } from './audit-policy.js';
 import { registerAuditTail } from './audit-tail.js';
+import { stopOnUnhandledRejection } from './unhandled-rejection.js';
 import { auditPolicyOfDirectory } from '../audit/policy.js';
 import { PolicyConnection, applyPolicy, canI, checkedPolicy, diffLive, exportLive, summary as policySummary, type CanIOptions, type ConnectionOptions } from './policy.js';
 import { PolicyError, loadPolicy, shippedPolicies } from '../auth/policy.js';
@@ -402,6 +403,8 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       void member.close().finally(() => process.exit(0));
     },
   });
+  // Last resort: a rejection nothing handled stops the member through its failure path.
+  stopOnUnhandledRejection(member, logger);
   // The audit trail: on unless turned off, and a member that cannot write it does not serve.
   const auditDirectory = flags.auditDir ?? path.join(flags.dataDir, 'audit');
   const auditWriteFailed = (error: unknown): never => {

@@ -1418,6 +1418,15 @@ export class Member {
     }
   }
 
+  /**
+   * Stops the member through its failure path (logged, closed, exit 1) for a failure found outside
+   * it (the serve command's last resort for a rejection nothing handled). Once: a member that has
+   * already failed is on its way out.
+   */
+  abort(error: unknown): void {
+    if (!this.failed) this.fail(error);
+  }
+
   private fail(error: unknown): void {
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
