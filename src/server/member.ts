@@ -387,9 +387,11 @@ export class Member {
     }, this.options.heartbeatMs, this.options.requestTimeoutMs);
     this.loop.start();
     // A compaction's deletions are written in the background: their failure (ENOSPC) fails the member.
-    this.store.onBackgroundFailure((error) => {
-      if (!this.failed) this.fail(error);
-    });
+    this.store.onBackgroundFailure((error) => this.abort(error));
+    // Any LevelDB write that fails (a full disk), awaited or not, the apply path's or another's (a
+    // re-seal, a snapshot being staged, the key store): the member fails closed, before the
+    // write's caller goes on.
+    this.db.onWriteFailure = (error) => this.abort(error);
     this.campaignIfAlone();
     await this.refreshDbSize();
     this.timers.push(setInterval(() => this.revokeExpiredLeases(), 500));
@@ -1428,6 +1430,9 @@ export class Member {
   }
 
   private fail(error: unknown): void {
+    // Once: a second failure (the same write seen by its caller and by the database's hook) finds
+    // the member already on its way out.
+    if (this.failed) return;
     this.options.logger.fatal({ err: String(error) }, 'member failed; stopping');
     this.stopped = true;
     this.failed = true;

@@ -108,6 +108,16 @@ class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
     this.readers.delete(resource);
   }
 
+  /** Told of a write LevelDB failed (`writeFailureCodes`), before the write's caller is. */
+  onWriteFailure: ((error: unknown) => void) | undefined;
+
+  /** Reports a failed write (see `onWriteFailure`) and rethrows it. */
+  writeFailed(error: unknown): never {
+    const code = (error as { code?: unknown } | undefined)?.code;
+    if (typeof code === 'string' && writeFailureCodes.has(code)) this.onWriteFailure?.(error);
+    throw error;
+  }
+
   /** `read` (a get, a clear) counted as a reader while it runs. */
   async tracked<T>(read: () => Promise<T>): Promise<T> {
     const token = {};
@@ -119,6 +129,35 @@ class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
     }
   }
 }
+
+/**
+ * What LevelDB answers a write that did not land on disk with (a full disk, a failing device).
+ * After one, what LevelDB's own log holds is uncertain: nothing should be written after it.
+ */
+const writeFailureCodes = new Set(['LEVEL_IO_ERROR', 'LEVEL_CORRUPTION']);
+
+/**
+ * Every write of a TrackedLevel (a put, delete, array batch, chained batch or clear, whoever makes
+ * it: the apply path, a compaction, a re-seal, the key store, a snapshot being staged) reports a
+ * failure in `writeFailureCodes` to `onWriteFailure` before its caller sees it. classic-level's own
+ * methods are looked up at each call (a test may stand in for one).
+ */
+type DirectWrite = (this: TrackedLevel, ...args: unknown[]) => Promise<unknown>;
+type ChainedWrite = { _write: (options: unknown) => Promise<void> };
+const classicPrototype = ClassicLevel.prototype as unknown as Record<string, DirectWrite | undefined>;
+const trackedPrototype = TrackedLevel.prototype as unknown as Record<string, DirectWrite | ((this: TrackedLevel) => ChainedWrite)>;
+for (const name of ['_put', '_del', '_batch', '_clear']) {
+  if (typeof classicPrototype[name] !== 'function') throw new Error(`assertion failed: classic-level has no ${name}`);
+  trackedPrototype[name] = function (this: TrackedLevel, ...args: unknown[]): Promise<unknown> {
+    return (classicPrototype[name] as DirectWrite).apply(this, args).catch((error: unknown) => this.writeFailed(error));
+  };
+}
+trackedPrototype._chainedBatch = function (this: TrackedLevel): ChainedWrite {
+  const batch = (classicPrototype._chainedBatch as unknown as (this: TrackedLevel) => ChainedWrite).call(this);
+  const write = batch._write;
+  batch._write = (options) => write.call(batch, options).catch((error: unknown) => this.writeFailed(error));
+  return batch;
+};
 
 type Level = TrackedLevel;
 
@@ -281,6 +320,14 @@ export class SealedDatabase implements Database {
    * answers false when one could not be closed (the migration then finishes at a later pass).
    */
   releaseViews: (() => Promise<boolean>) | undefined;
+
+  /**
+   * Told when LevelDB fails any write to this database with an I/O error or corruption (a full
+   * disk), whoever made it, before that write's caller is: the member fails closed on it.
+   */
+  set onWriteFailure(listener: ((error: unknown) => void) | undefined) {
+    this.level.onWriteFailure = listener;
+  }
   /**
    * Records kept outside the database under the same keys (the Raft log's segment files): the
    * re-seal pass calls this before it counts records and retires keys, so they are re-sealed too.

@@ -1,0 +1,128 @@
+/**
+ * Every LevelDB write of the member's database (an array batch, a large batch written as a chained
+ * batch, a clear, a put) that LevelDB fails with an I/O error (a full disk) is reported to
+ * `onWriteFailure` before its caller sees it, whoever made it: the member fails closed on it even
+ * when the caller does not await the write. Other refusals (a closed database) are not reported.
+ */
+import { rm } from 'node:fs/promises';
+import { Writable } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { ClassicLevel } from 'classic-level';
+import pino from 'pino';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Member } from '../../src/server/member.js';
+import { SealedDatabase } from '../../src/storage/database.js';
+import type { BatchOperation } from '../../src/storage/mvcc/store.js';
+import { putRetrying, until } from '../helpers/in-process-cluster.js';
+import { freePort, temporaryDirectory } from '../helpers/processes.js';
+
+type Direct = Record<'_batch' | '_clear' | '_put', (...args: unknown[]) => Promise<unknown>>;
+type Chained = { _write: (options: unknown) => Promise<void>; close: () => Promise<void> };
+
+const diskFull = (): Error => Object.assign(new Error('IO error: /tmp/db/000123.log: No space left on device'), { code: 'LEVEL_IO_ERROR' });
+const puts = (count: number, tag: string): BatchOperation[] =>
+  Array.from({ length: count }, (_, index) => ({ type: 'put', key: Buffer.from(`k${tag}${index}`), value: Buffer.from('v') }));
+
+describe('a failed LevelDB write', () => {
+  let dataDir: string | undefined;
+  afterEach(async () => {
+    vi.restoreAllMocks();
+    if (dataDir !== undefined) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('is reported to onWriteFailure before its caller sees it, for every kind of write', async () => {
+    dataDir = await temporaryDirectory('write-failure');
+    const db = await SealedDatabase.open(dataDir, undefined);
+    const reported: unknown[] = [];
+    db.onWriteFailure = (error) => reported.push(error);
+    try {
+      await db.batch(puts(3, 'a'));
+      expect(reported).toEqual([]);
+      const direct = ClassicLevel.prototype as unknown as Direct;
+
+      // An array batch (the apply path's, a compaction's), also through put.
+      const error = diskFull();
+      const batchSpy = vi.spyOn(direct, '_batch').mockRejectedValue(error);
+      let seenByCaller = -1;
+      await expect(db.batch(puts(3, 'b')).catch((thrown: unknown) => {
+        seenByCaller = reported.length;
+        throw thrown;
+      })).rejects.toBe(error);
+      expect(seenByCaller).toBe(1);
+      await expect(db.put(Buffer.from('p'), Buffer.from('v'))).rejects.toBe(error);
+      expect(reported).toEqual([error, error]);
+      batchSpy.mockRestore();
+
+      // A batch large enough to be written in steps, as one chained batch.
+      const level = (db as unknown as { level: { batch(): Chained } }).level;
+      const probe = level.batch();
+      const chainedPrototype = Object.getPrototypeOf(probe) as Chained;
+      await probe.close();
+      const chainedError = diskFull();
+      vi.spyOn(chainedPrototype, '_write').mockRejectedValue(chainedError);
+      await expect(db.batch(puts(1500, 'c'))).rejects.toBe(chainedError);
+      expect(reported).toEqual([error, error, chainedError]);
+
+      // A clear (a snapshot's staging, the log's compaction).
+      const clearError = diskFull();
+      vi.spyOn(direct, '_clear').mockRejectedValue(clearError);
+      await expect(db.clear({ gte: Buffer.from('ka'), lt: Buffer.from('kb') })).rejects.toBe(clearError);
+      expect(reported).toEqual([error, error, chainedError, clearError]);
+      vi.restoreAllMocks();
+
+      // Not an I/O failure: not reported.
+      const other = Object.assign(new Error('not open'), { code: 'LEVEL_DATABASE_NOT_OPEN' });
+      vi.spyOn(direct, '_batch').mockRejectedValue(other);
+      await expect(db.batch(puts(2, 'd'))).rejects.toBe(other);
+      expect(reported).toHaveLength(4);
+      vi.restoreAllMocks();
+
+      // The real writes go through again.
+      await db.batch(puts(2, 'e'));
+      expect(await db.get(Buffer.from('ke1'))).toEqual(Buffer.from('v'));
+    } finally {
+      vi.restoreAllMocks();
+      await db.close();
+    }
+  });
+
+  it('fails the member once, even when the write is not one the member awaits', async () => {
+    dataDir = await temporaryDirectory('write-failure-member');
+    const logLines: string[] = [];
+    const logs = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        logLines.push(chunk.toString('utf8'));
+        done();
+      },
+    });
+    const peerUrl = `http://127.0.0.1:${await freePort()}`;
+    const member = await Member.open({
+      dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
+      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'write-failure',
+      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
+      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
+      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
+      logger: pino({ level: 'info' }, logs),
+    });
+    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
+    try {
+      await member.whenReady();
+      await putRetrying(member, 'a', 'v0');
+      // A clear outside the apply path (as a snapshot's staging makes) fails as on a full disk; its
+      // caller only logs it.
+      vi.spyOn(ClassicLevel.prototype as unknown as Direct, '_clear').mockRejectedValue(diskFull());
+      const db = (member as unknown as { db: SealedDatabase }).db;
+      const cleared = db.clear({ gte: Buffer.from('ka'), lt: Buffer.from('kb') }).then(() => 'cleared', () => 'refused');
+      await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
+      expect(await cleared).toBe('refused');
+      expect(exit).toHaveBeenCalledWith(1);
+      const failed = logLines.map((line) => JSON.parse(line) as { msg: string; err?: string }).filter((line) => line.msg === 'member failed; stopping');
+      expect(failed).toHaveLength(1);
+      expect(failed[0]?.err).toContain('No space left on device');
+    } finally {
+      vi.restoreAllMocks();
+      process.exitCode = 0;
+      await member.close().catch(() => undefined);
+    }
+  });
+});
