@@ -1423,10 +1423,10 @@ export class Member {
   /**
    * Stops the member through its failure path (logged, closed, exit 1) for a failure found outside
    * it (the serve command's last resort for a rejection nothing handled). Once: a member that has
-   * already failed is on its way out.
+   * already failed is on its way out (`fail` runs once).
    */
   abort(error: unknown): void {
-    if (!this.failed) this.fail(error);
+    this.fail(error);
   }
 
   private fail(error: unknown): void {
