@@ -4,7 +4,7 @@
  * what it proposes) where a separate process would not let them.
  */
 import { rm } from 'node:fs/promises';
-import type { Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { RampartError } from '../../src/errors.js';
@@ -27,12 +27,9 @@ export async function openInProcessCluster(size: number, logStream: Writable, op
     const dataDir = await temporaryDirectory(`in-process-${name}`);
     directories.push(dataDir);
     return Member.open({
+      ...commonOptions(logStream),
       dataDir, name, clientUrls: [`http://127.0.0.1:${position + 1}`], peerUrls: [peerUrls[position] ?? ''], listenPeerUrls: [peerUrls[position] ?? ''],
       initialCluster, initialClusterState: 'new', initialClusterToken: 'in-process',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 10_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger: pino({ level: 'info' }, logStream),
       ...options,
     });
   }));
@@ -49,6 +46,50 @@ export async function openInProcessCluster(size: number, logStream: Writable, op
 }
 
 /** The member's Raft loop (private to it), for tests that alter what it proposes. */
+/** What every in-process member shares: plaintext peers, small timers, its log to `logStream`. */
+function commonOptions(logStream: Writable): Omit<MemberOptions, 'dataDir' | 'name' | 'clientUrls' | 'peerUrls' | 'listenPeerUrls' | 'initialCluster' | 'initialClusterState' | 'initialClusterToken'> {
+  return {
+    quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 10_000,
+    heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
+    peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
+    logger: pino({ level: 'info' }, logStream),
+  };
+}
+
+/**
+ * One member alone in `dataDir` (the caller removes it), opened (not yet ready): for tests that
+ * make its writes fail and then watch it stop, which a cluster's close would not survive. A member
+ * reopened on the same data passes the `peerUrl` it had.
+ */
+export async function openOneMember(dataDir: string, logStream: Writable, options: Partial<MemberOptions> = {}, peerUrl?: string): Promise<Member> {
+  peerUrl ??= `http://127.0.0.1:${await freePort()}`;
+  return Member.open({
+    ...commonOptions(logStream),
+    dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
+    initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'one-member',
+    ...options,
+  });
+}
+
+/** A log stream that keeps each line, and the records of it with message `msg`. */
+export interface LogRecord {
+  readonly msg: string;
+  readonly err?: string;
+  readonly code?: string;
+  readonly stack?: string;
+}
+
+export function recordedLog(): { stream: Writable; records(msg: string): LogRecord[] } {
+  const lines: string[] = [];
+  const stream = new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      lines.push(chunk.toString('utf8'));
+      done();
+    },
+  });
+  return { stream, records: (msg) => lines.map((line) => JSON.parse(line) as LogRecord).filter((line) => line.msg === msg) };
+}
+
 export function loopOf(member: Member): RaftLoop {
   return (member as unknown as { loop: RaftLoop }).loop;
 }

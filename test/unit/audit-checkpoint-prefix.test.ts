@@ -7,16 +7,14 @@
  */
 import { rm } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encodeCheckpoint } from '../../src/audit/checkpoint.js';
 import { AuditCheckpoints } from '../../src/server/audit-checkpoints.js';
-import { Member } from '../../src/server/member.js';
+import type { Member } from '../../src/server/member.js';
 import { SealedDatabase } from '../../src/storage/database.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { prefix, prefixEnd } from '../../src/storage/schema.js';
-import { putRetrying } from '../helpers/in-process-cluster.js';
+import { openOneMember, putRetrying } from '../helpers/in-process-cluster.js';
 import { freePort, temporaryDirectory } from '../helpers/processes.js';
 
 const quiet = new Writable({ write(_chunk, _encoding, done) { done(); } });
@@ -42,14 +40,7 @@ describe('audit checkpoint records', () => {
   it('kept under the old prefix are moved when the member starts, and still count', async () => {
     dataDir = await temporaryDirectory('checkpoint-prefix');
     const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const open = (): Promise<Member> => Member.open({
-      dataDir: dataDir as string, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
-      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'checkpoint-prefix',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger: pino({ level: 'info' }, quiet),
-    });
+    const open = (): Promise<Member> => openOneMember(dataDir as string, quiet, { initialClusterToken: 'checkpoint-prefix', requestTimeoutMs: 2_000 }, peerUrl);
     let member = await open();
     await member.whenReady();
     await putRetrying(member, 'a', 'v0');

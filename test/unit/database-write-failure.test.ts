@@ -5,16 +5,12 @@
  * when the caller does not await the write. Other refusals (a closed database) are not reported.
  */
 import { rm } from 'node:fs/promises';
-import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
 import { ClassicLevel } from 'classic-level';
-import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Member } from '../../src/server/member.js';
 import { SealedDatabase } from '../../src/storage/database.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
-import { putRetrying, until } from '../helpers/in-process-cluster.js';
-import { freePort, temporaryDirectory } from '../helpers/processes.js';
+import { openOneMember, putRetrying, recordedLog, until } from '../helpers/in-process-cluster.js';
+import { temporaryDirectory } from '../helpers/processes.js';
 
 type Direct = Record<'_batch' | '_clear' | '_put', (...args: unknown[]) => Promise<unknown>>;
 type Chained = { _write: (options: unknown) => Promise<void>; close: () => Promise<void> };
@@ -88,22 +84,8 @@ describe('a failed LevelDB write', () => {
 
   it('fails the member once, even when the write is not one the member awaits', async () => {
     dataDir = await temporaryDirectory('write-failure-member');
-    const logLines: string[] = [];
-    const logs = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        logLines.push(chunk.toString('utf8'));
-        done();
-      },
-    });
-    const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const member = await Member.open({
-      dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
-      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'write-failure',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger: pino({ level: 'info' }, logs),
-    });
+    const log = recordedLog();
+    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'write-failure', requestTimeoutMs: 2_000 });
     const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
     try {
       await member.whenReady();
@@ -116,7 +98,7 @@ describe('a failed LevelDB write', () => {
       await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
       expect(await cleared).toBe('refused');
       expect(exit).toHaveBeenCalledWith(1);
-      const failed = logLines.map((line) => JSON.parse(line) as { msg: string; err?: string }).filter((line) => line.msg === 'member failed; stopping');
+      const failed = log.records('member failed; stopping');
       expect(failed).toHaveLength(1);
       expect(failed[0]?.err).toContain('No space left on device');
     } finally {

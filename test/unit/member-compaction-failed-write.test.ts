@@ -6,15 +6,11 @@
  * and writes nothing more.
  */
 import { rm } from 'node:fs/promises';
-import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Member } from '../../src/server/member.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { metaKey } from '../../src/storage/schema.js';
-import { putRetrying, until } from '../helpers/in-process-cluster.js';
-import { freePort, temporaryDirectory } from '../helpers/processes.js';
+import { openOneMember, putRetrying, recordedLog, until } from '../helpers/in-process-cluster.js';
+import { temporaryDirectory } from '../helpers/processes.js';
 
 type BatchWriter = { batch(operations: BatchOperation[], options?: { sync?: boolean }): Promise<void> };
 
@@ -26,22 +22,8 @@ describe('a failed compaction write', () => {
 
   it('fails the member through its failure path, with no unhandled rejection', async () => {
     dataDir = await temporaryDirectory('compaction-failed-write');
-    const logLines: string[] = [];
-    const logs = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        logLines.push(chunk.toString('utf8'));
-        done();
-      },
-    });
-    const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const member = await Member.open({
-      dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
-      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'compaction-failed-write',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger: pino({ level: 'info' }, logs),
-    });
+    const log = recordedLog();
+    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'compaction-failed-write', requestTimeoutMs: 2_000 });
     const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
     try {
       await member.whenReady();
@@ -65,7 +47,7 @@ describe('a failed compaction write', () => {
 
       await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
       expect(exit).toHaveBeenCalledWith(1);
-      const failed = logLines.map((line) => JSON.parse(line) as { msg: string; err?: string }).filter((line) => line.msg === 'member failed; stopping');
+      const failed = log.records('member failed; stopping');
       expect(failed).toHaveLength(1);
       expect(failed[0]?.err).toContain('No space left on device');
       // The first failed write was the last one the compaction tried.

@@ -5,14 +5,12 @@
  */
 import { rm } from 'node:fs/promises';
 import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
-import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Member, failedCloseGraceMs } from '../../src/server/member.js';
+import { failedCloseGraceMs, type Member } from '../../src/server/member.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { metaKey } from '../../src/storage/schema.js';
-import { putOf, putRetrying, until } from '../helpers/in-process-cluster.js';
-import { freePort, temporaryDirectory } from '../helpers/processes.js';
+import { openOneMember, putOf, putRetrying, until } from '../helpers/in-process-cluster.js';
+import { temporaryDirectory } from '../helpers/processes.js';
 
 const quiet = new Writable({ write(_chunk, _encoding, done) { done(); } });
 
@@ -63,15 +61,7 @@ describe('a failed applied-batch write', () => {
   /** A member whose next applied-batch write fails when `failNextWrite` is called; a later put committed meanwhile. */
   async function failingMember(): Promise<{ member: Member; failNextWrite: () => void; writtenAfter: BatchOperation[][]; later: Promise<unknown> }> {
     dataDir = await temporaryDirectory('failed-write');
-    const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const member = await Member.open({
-      dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
-      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'failed-write',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger: pino({ level: 'info' }, quiet),
-    });
+    const member = await openOneMember(dataDir, quiet, { initialClusterToken: 'failed-write', requestTimeoutMs: 2_000 });
     await member.whenReady();
     await putRetrying(member, 'a', 'v0');
 

@@ -5,14 +5,11 @@
  * reach vitest's own listener too, which reports it as an error of the run.
  */
 import { rm } from 'node:fs/promises';
-import { Writable } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
 import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { stopOnUnhandledRejection } from '../../src/cli/unhandled-rejection.js';
-import { Member } from '../../src/server/member.js';
-import { putRetrying, until } from '../helpers/in-process-cluster.js';
-import { freePort, temporaryDirectory } from '../helpers/processes.js';
+import { openOneMember, putRetrying, recordedLog, until } from '../helpers/in-process-cluster.js';
+import { temporaryDirectory } from '../helpers/processes.js';
 
 describe('an unhandled promise rejection in a serving member', () => {
   let dataDir: string | undefined;
@@ -22,23 +19,9 @@ describe('an unhandled promise rejection in a serving member', () => {
 
   it('is logged and stops the member through its failure path, once', async () => {
     dataDir = await temporaryDirectory('unhandled-rejection');
-    const logLines: string[] = [];
-    const logs = new Writable({
-      write(chunk: Buffer, _encoding, done) {
-        logLines.push(chunk.toString('utf8'));
-        done();
-      },
-    });
-    const logger = pino({ level: 'info' }, logs);
-    const peerUrl = `http://127.0.0.1:${await freePort()}`;
-    const member = await Member.open({
-      dataDir, name: 'm1', clientUrls: ['http://127.0.0.1:1'], peerUrls: [peerUrl], listenPeerUrls: [peerUrl],
-      initialCluster: [{ name: 'm1', peerUrls: [peerUrl] }], initialClusterState: 'new', initialClusterToken: 'unhandled-rejection',
-      quotaBackendBytes: 1 << 30, maxRequestBytes: 1.5 * 1024 * 1024, watchProgressNotifyIntervalMs: 600_000, requestTimeoutMs: 2_000,
-      heartbeatMs: 100, electionMs: 1_000, snapshotCount: 100_000, snapshotCatchUpEntries: 100,
-      peerServerCredentials: grpc.ServerCredentials.createInsecure(), peerClientCredentials: grpc.credentials.createInsecure(), peerTls: false,
-      logger,
-    });
+    const log = recordedLog();
+    const logger = pino({ level: 'info' }, log.stream);
+    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'unhandled-rejection', requestTimeoutMs: 2_000, logger });
     const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
     const installed = stopOnUnhandledRejection(member, logger);
     try {
@@ -50,12 +33,11 @@ describe('an unhandled promise rejection in a serving member', () => {
       installed.listener(reason); // a second one while the member closes changes nothing
       await until(() => exit.mock.calls.length > 0, 'the member to close and exit', 10_000);
       expect(exit).toHaveBeenCalledWith(1);
-      const lines = logLines.map((line) => JSON.parse(line) as { msg: string; err?: string; code?: string; stack?: string });
-      const unhandled = lines.filter((line) => line.msg === 'unhandled promise rejection; stopping');
+      const unhandled = log.records('unhandled promise rejection; stopping');
       expect(unhandled).toHaveLength(2);
       expect(unhandled[0]?.code).toBe('LEVEL_IO_ERROR');
       expect(unhandled[0]?.stack).toContain('unhandled-rejection.test.ts');
-      const failed = lines.filter((line) => line.msg === 'member failed; stopping');
+      const failed = log.records('member failed; stopping');
       expect(failed).toHaveLength(1);
       expect(failed[0]?.err).toContain('No space left on device');
       // Stopped: no more writes are taken.
