@@ -138,21 +138,42 @@ class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
 const writeFailureCodes = new Set(['LEVEL_IO_ERROR', 'LEVEL_CORRUPTION']);
 
 /**
- * Every write of a TrackedLevel (a put, delete, array batch, chained batch or clear, whoever makes
- * it: the apply path, a compaction, a re-seal, the key store, a snapshot being staged) reports a
- * failure in `writeFailureCodes` to `onWriteFailure` before its caller sees it. classic-level's own
- * methods are looked up at each call (a test may stand in for one).
+ * Every write of a TrackedLevel (a put, delete, array batch, chained batch, clear or LevelDB
+ * compaction, whoever makes it: the apply path, a compaction, a re-seal, the key store, a snapshot
+ * being staged, a Defragment) reports a failure in `writeFailureCodes` to `onWriteFailure` before
+ * its caller sees it. classic-level's own methods are looked up at each call (a test may stand in
+ * for one).
  */
 type DirectWrite = (this: TrackedLevel, ...args: unknown[]) => Promise<unknown>;
 type ChainedWrite = { _write: (options: unknown) => Promise<void> };
 const classicPrototype = ClassicLevel.prototype as unknown as Record<string, DirectWrite | undefined>;
 const trackedPrototype = TrackedLevel.prototype as unknown as Record<string, DirectWrite | ((this: TrackedLevel) => ChainedWrite)>;
-for (const name of ['_put', '_del', '_batch', '_clear']) {
+for (const name of ['_put', '_del', '_batch', '_clear', 'compactRange']) {
   if (typeof classicPrototype[name] !== 'function') throw new Error(`assertion failed: classic-level has no ${name}`);
+}
+for (const name of ['_put', '_del', '_batch', '_clear']) {
   trackedPrototype[name] = function (this: TrackedLevel, ...args: unknown[]): Promise<unknown> {
     return (classicPrototype[name] as DirectWrite).apply(this, args).catch((error: unknown) => this.writeFailed(error));
   };
 }
+/**
+ * Deleted (never written) after each compaction; under the key store's prefix, which this layer
+ * owns and hides from everything above it.
+ */
+const compactionCheckKey = Buffer.concat([Buffer.of(keyStorePrefix), Buffer.from('compaction-check', 'latin1')]);
+/**
+ * A compaction (Defragment, the end of an encryption migration) counts as a write: LevelDB's
+ * CompactRange returns nothing, and classic-level's compactRange resolves even when the compaction
+ * failed. LevelDB keeps that failure as its background error and answers every later write with it,
+ * for as long as the database stays open (measured on a 16 MiB tmpfs filled to ENOSPC: compactRange
+ * resolved, reads went on, the next delete failed with LEVEL_IO_ERROR, and again after the space was
+ * freed). So a compaction ends with a one-key deletion, which surfaces that error through the write
+ * hook above (the member fails at once, not at its next write) and to the compaction's caller (a
+ * Defragment is not answered as done).
+ */
+trackedPrototype.compactRange = function (this: TrackedLevel, ...args: unknown[]): Promise<unknown> {
+  return (classicPrototype.compactRange as DirectWrite).apply(this, args).then(() => this.del(compactionCheckKey));
+};
 trackedPrototype._chainedBatch = function (this: TrackedLevel): ChainedWrite {
   const batch = (classicPrototype._chainedBatch as unknown as (this: TrackedLevel) => ChainedWrite).call(this);
   const write = batch._write;

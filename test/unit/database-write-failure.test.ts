@@ -12,12 +12,32 @@ import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { openOneMember, putRetrying, recordedLog, until } from '../helpers/in-process-cluster.js';
 import { temporaryDirectory } from '../helpers/processes.js';
 
-type Direct = Record<'_batch' | '_clear' | '_put', (...args: unknown[]) => Promise<unknown>>;
+type Direct = Record<'_batch' | '_clear' | '_put' | '_del' | 'compactRange', (...args: unknown[]) => Promise<unknown>>;
 type Chained = { _write: (options: unknown) => Promise<void>; close: () => Promise<void> };
 
 const diskFull = (): Error => Object.assign(new Error('IO error: /tmp/db/000123.log: No space left on device'), { code: 'LEVEL_IO_ERROR' });
 const puts = (count: number, tag: string): BatchOperation[] =>
   Array.from({ length: count }, (_, index) => ({ type: 'put', key: Buffer.from(`k${tag}${index}`), value: Buffer.from('v') }));
+
+/**
+ * Stands in for a LevelDB compaction that fails (a full disk) as LevelDB's does: CompactRange
+ * returns nothing (classic-level's compactRange resolves) and keeps the failure as its background
+ * error, which every later write is answered with (seen on a real ENOSPC, a filled tmpfs).
+ */
+function failCompactions(backgroundError: Error): void {
+  const direct = ClassicLevel.prototype as unknown as Direct;
+  const originals = { _put: direct._put, _del: direct._del, _batch: direct._batch };
+  let failed = false;
+  vi.spyOn(direct, 'compactRange').mockImplementation(() => {
+    failed = true;
+    return Promise.resolve();
+  });
+  for (const name of ['_put', '_del', '_batch'] as const) {
+    vi.spyOn(direct, name).mockImplementation(function (this: unknown, ...args: unknown[]) {
+      return failed ? Promise.reject(backgroundError) : originals[name].apply(this, args);
+    });
+  }
+}
 
 describe('a failed LevelDB write', () => {
   let dataDir: string | undefined;
@@ -79,6 +99,58 @@ describe('a failed LevelDB write', () => {
     } finally {
       vi.restoreAllMocks();
       await db.close();
+    }
+  });
+
+  it('includes a compaction: one that failed is reported and its caller sees the error', async () => {
+    dataDir = await temporaryDirectory('write-failure-compaction');
+    const db = await SealedDatabase.open(dataDir, undefined);
+    const reported: unknown[] = [];
+    db.onWriteFailure = (error) => reported.push(error);
+    try {
+      await db.batch(puts(3, 'a'));
+      // A compaction that succeeds: nothing reported, the records still there.
+      await db.compactRange(Buffer.of(0), Buffer.of(0xff));
+      expect(reported).toEqual([]);
+      expect(await db.get(Buffer.from('ka1'))).toEqual(Buffer.from('v'));
+
+      const backgroundError = diskFull();
+      failCompactions(backgroundError);
+      let seenByCaller = -1;
+      await expect(db.compactRange(Buffer.of(0), Buffer.of(0xff)).catch((thrown: unknown) => {
+        seenByCaller = reported.length;
+        throw thrown;
+      })).rejects.toBe(backgroundError);
+      expect(seenByCaller).toBe(1);
+      expect(reported).toEqual([backgroundError]);
+    } finally {
+      vi.restoreAllMocks();
+      await db.close();
+    }
+  });
+
+  it('fails the member when a Defragment\'s compaction failed, and the Defragment is not answered as done', async () => {
+    dataDir = await temporaryDirectory('write-failure-defragment');
+    const log = recordedLog();
+    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'write-failure-defragment', requestTimeoutMs: 2_000 });
+    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
+    try {
+      await member.whenReady();
+      await putRetrying(member, 'a', 'v0');
+      await member.defragment();
+      expect(exit).not.toHaveBeenCalled();
+      failCompactions(diskFull());
+      const defragmented = member.defragment().then(() => 'done', () => 'refused');
+      await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
+      expect(await defragmented).toBe('refused');
+      expect(exit).toHaveBeenCalledWith(1);
+      const failed = log.records('member failed; stopping');
+      expect(failed).toHaveLength(1);
+      expect(failed[0]?.err).toContain('No space left on device');
+    } finally {
+      vi.restoreAllMocks();
+      process.exitCode = 0;
+      await member.close().catch(() => undefined);
     }
   });
 
