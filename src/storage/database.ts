@@ -10,7 +10,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { open as openFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import type { AbstractResource } from 'abstract-level';
 import { ClassicLevel } from 'classic-level';
@@ -119,6 +119,42 @@ class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
     throw error;
   }
 
+  /** Writes handed to LevelDB and not yet settled (see `syncEarlierLogs`). */
+  private readonly writesInFlight = new Set<Promise<unknown>>();
+
+  /** Runs `write` (one of classic-level's own write methods), counted in flight until it settles. */
+  trackWrite<T>(write: () => Promise<T>, sync: boolean): Promise<T> {
+    const run = sync ? this.syncEarlierLogs().then(write) : write();
+    const settled = run.catch((error: unknown) => this.writeFailed(error));
+    const counted = settled.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.writesInFlight.add(counted);
+    void counted.then(() => this.writesInFlight.delete(counted));
+    return settled;
+  }
+
+  /** Resolves when every write handed over before now has settled. */
+  async writesSettled(): Promise<void> {
+    await Promise.all([...this.writesInFlight]);
+  }
+
+  /**
+   * Before a synced write: makes every write that settled before it durable, in whichever of
+   * LevelDB's log files it landed. LevelDB syncs only the log it writes to, and when its memtable
+   * fills it starts a new log without syncing the old one (kept until the memtable reaches a table
+   * file). Unsynced writes (the applied batches) that went to the old log could then be lost to a
+   * power cut while a later synced write (the consistent index written before the Raft log is
+   * compacted behind it) survives: entries gone from both. So this waits for the writes in flight
+   * and syncs every log file there is; a log that a flush has meanwhile removed needs none.
+   */
+  private async syncEarlierLogs(): Promise<void> {
+    await this.writesSettled();
+    const logs = (await readdir(this.location)).filter((name) => /^\d+\.log$/.test(name));
+    await Promise.all(logs.map((name) => syncIfPresent(path.join(this.location, name))));
+  }
+
   /** `read` (a get, a clear) counted as a reader while it runs. */
   async tracked<T>(read: () => Promise<T>): Promise<T> {
     const token = {};
@@ -135,7 +171,28 @@ class TrackedLevel extends ClassicLevel<Buffer, Buffer> {
  * What LevelDB answers a write that did not land on disk with (a full disk, a failing device).
  * After one, what LevelDB's own log holds is uncertain: nothing should be written after it.
  */
-const writeFailureCodes = new Set(['LEVEL_IO_ERROR', 'LEVEL_CORRUPTION']);
+const writeFailureCodes = new Set(['LEVEL_IO_ERROR', 'LEVEL_CORRUPTION', 'EIO', 'ENOSPC', 'EDQUOT', 'EROFS']);
+
+/** fdatasync of `file`; nothing when it is gone (LevelDB removes a log once its memtable is in a table file). */
+async function syncIfPresent(file: string): Promise<void> {
+  let handle;
+  try {
+    handle = await openFile(file, 'r');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw error;
+  }
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Whether a write method's arguments ask for a synced write (`{ sync: true }` among them). */
+function asksSync(args: readonly unknown[]): boolean {
+  return args.some((arg) => typeof arg === 'object' && arg !== null && !Array.isArray(arg) && !Buffer.isBuffer(arg) && (arg as { sync?: unknown }).sync === true);
+}
 
 /**
  * Every write of a TrackedLevel (a put, delete, array batch, chained batch, clear or LevelDB
@@ -153,7 +210,7 @@ for (const name of ['_put', '_del', '_batch', '_clear', 'compactRange']) {
 }
 for (const name of ['_put', '_del', '_batch', '_clear']) {
   trackedPrototype[name] = function (this: TrackedLevel, ...args: unknown[]): Promise<unknown> {
-    return (classicPrototype[name] as DirectWrite).apply(this, args).catch((error: unknown) => this.writeFailed(error));
+    return this.trackWrite(() => (classicPrototype[name] as DirectWrite).apply(this, args), asksSync(args));
   };
 }
 /**
@@ -177,8 +234,14 @@ trackedPrototype.compactRange = function (this: TrackedLevel, ...args: unknown[]
 trackedPrototype._chainedBatch = function (this: TrackedLevel): ChainedWrite {
   const batch = (classicPrototype._chainedBatch as unknown as (this: TrackedLevel) => ChainedWrite).call(this);
   const write = batch._write;
-  batch._write = (options) => write.call(batch, options).catch((error: unknown) => this.writeFailed(error));
+  batch._write = (options) => this.trackWrite(() => write.call(batch, options), asksSync([options]));
   return batch;
+};
+// A synced write may still be syncing the logs before it reaches LevelDB: closing waits for it.
+if (typeof classicPrototype._close !== 'function') throw new Error('assertion failed: classic-level has no _close');
+trackedPrototype._close = async function (this: TrackedLevel): Promise<unknown> {
+  await this.writesSettled();
+  return (classicPrototype._close as DirectWrite).call(this);
 };
 
 type Level = TrackedLevel;
