@@ -5,7 +5,8 @@
  * 8 connections, 64 in flight, 256 B keys, 1 KiB values) for SECONDS, and prints puts/s and, from
  * /proc, the member's CPU per put on its main thread and in all its threads, with the load average.
  *
- *   node dist/bench/plain-put-cost.js ROUNDS SECONDS BUILD_ROOT... (a build root holds bin/rampart.js)
+ *   node dist/bench/plain-put-cost.js ROUNDS SECONDS BUILD_ROOT... (a build root holds bin/rampart.js;
+ *   `etcd` instead runs etcd as one plaintext member, as the bench's plaintext phase, for the same figures)
  *
  * BENCH_TOGETHER=1 runs the builds' members at the same time instead (one load generator, each build its
  * own 8 connections and 64 puts in flight), so that both see the same machine: on a shared, loaded
@@ -45,7 +46,9 @@ async function startMember(root: string): Promise<Started> {
   // ROOT@FLAGS: Node flags for this build's member only (e.g. `dist@--max-semi-space-size=32`).
   const [rootPath = root, ownFlags = ''] = root.split('@');
   const nodeArgs = [...(process.env.BENCH_NODE_ARGS ?? '').split(' '), ...ownFlags.split(',')].filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, path.join(rootPath, 'bin/rampart.js'), 'serve', '--insecure', '--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
+  const child = rootPath === 'etcd'
+    ? spawn('etcd', ['--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--advertise-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-advertise-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' })
+    : spawn(process.execPath, [...nodeArgs, path.join(rootPath, 'bin/rampart.js'), 'serve', '--insecure', '--name', 'b0', '--data-dir', dataDir, '--listen-client-urls', `http://127.0.0.1:${client}`, '--listen-peer-urls', `http://127.0.0.1:${peer}`, '--initial-cluster', `b0=http://127.0.0.1:${peer}`, '--log-level', 'error'], { env: environment(), stdio: 'ignore' });
   const stop = async (): Promise<void> => {
     child.kill('SIGTERM');
     if (child.exitCode === null && child.signalCode === null) await new Promise((resolve) => child.once('exit', resolve));
