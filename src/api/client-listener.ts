@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { ReloadingCertificateProvider } from '../pki/reloading-provider.js';
 import { limitConnections } from '../pki/connection-limit.js';
 import { limitHandshakeTime } from '../pki/handshake-deadline.js';
+import { OpenConnections } from '../pki/open-connections.js';
 import { logRefusedTlsHandshakes, type RefusedHandshake } from '../pki/handshake-log.js';
 import { correctAuthorization } from '../pki/resumed-session.js';
 import type { HttpHandler } from './http-gateway.js';
@@ -57,9 +58,16 @@ export interface ClientListenerOptions {
 }
 
 export interface ClientListener {
-  /** Every connection on the port, for ending those of a certificate that is no longer valid. */
+  /** Every connection on the port past its TLS handshake, for ending those of a certificate that is no longer valid. */
   readonly connections: ReadonlySet<Socket>;
-  close(): void;
+  /**
+   * Stops accepting and serving: each HTTP/2 connection is told to open no new stream (GOAWAY),
+   * idle HTTP/1.1 ones are closed, and a connection whose TLS handshake finishes from now on is
+   * closed without being served. Calls in flight get `closeGraceMs` to finish; then every
+   * connection still open (a Watch, a LeaseKeepAlive, a handshake in progress) is ended. Resolves
+   * once none is left.
+   */
+  close(): Promise<void>;
 }
 
 export async function listenClients(host: string, port: number, options: ClientListenerOptions): Promise<ClientListener> {
@@ -90,11 +98,20 @@ export async function listenClients(host: string, port: number, options: ClientL
   const http = createHttpServer({ keepAliveTimeout: httpKeepAliveTimeoutMs, headersTimeout: httpHeadersTimeoutMs, requestTimeout: 0 }, options.http);
   http.on('clientError', (error: Error & { code?: string }, socket: Socket) => refuseMalformedHttp(error, socket, options.onRefusal));
   const connections = new Set<Socket>();
+  /** Every connection accepted, from the TCP accept (its TLS handshake finished or not), for close(). */
+  const accepted = new OpenConnections();
+  let closing: Promise<void> | undefined;
   const track = (socket: Socket): void => {
     connections.add(socket);
     socket.once('close', () => connections.delete(socket));
   };
   const dispatch = (socket: Socket, http2: boolean): void => {
+    // A connection whose handshake (or first bytes) came after close(): grpc-js and the HTTP server
+    // would still serve it (closing them stops nothing handed to them later).
+    if (closing !== undefined) {
+      socket.destroy();
+      return;
+    }
     if (http2) {
       // HTTP/2 never half-closes: a peer that ends its side is gone, and a socket left open
       // would stay in CLOSE-WAIT for as long as the process lives.
@@ -151,6 +168,7 @@ export async function listenClients(host: string, port: number, options: ClientL
     server = tlsServer;
     limitHandshakeTime(tlsServer, { logger: options.logger, port: 'client' });
     limitConnections(server, { logger: options.logger, port: 'client' });
+    accepted.track(server);
   } else {
     server = createNetServer((socket) => {
       socket.on('error', () => undefined);
@@ -166,6 +184,7 @@ export async function listenClients(host: string, port: number, options: ClientL
       });
     });
     limitConnections(server, { logger: options.logger, port: 'client' });
+    accepted.track(server);
   }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -177,11 +196,13 @@ export async function listenClients(host: string, port: number, options: ClientL
   return {
     connections,
     close: () => {
+      if (closing !== undefined) return closing;
       if (sweeper !== undefined) clearInterval(sweeper);
       server.close();
-      injector.destroy();
-      http.close();
-      for (const socket of connections) socket.destroy();
+      injector.destroy(); // each HTTP/2 session closed gracefully: its open streams go on, no new one
+      http.close(); // and idle HTTP/1.1 connections closed
+      closing = accepted.endAfterGrace(accepted.whenNoneLeft());
+      return closing;
     },
   };
 }

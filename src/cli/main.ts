@@ -469,17 +469,20 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'stopping');
-    for (const listener of listeners) listener.close();
-    refusals?.close(); // refusals left out of the trail get their summary before it closes
-    peerRefusals?.close(); // and the peer port's counted refusals
-    server.tryShutdown(() => undefined);
-    setTimeout(() => server.forceShutdown(), 2000).unref();
+    // Calls in flight are answered (a short grace), then every client connection is ended: the
+    // member closes after, and the last audit checkpoint covers what those calls recorded.
+    const clientsClosed = Promise.all(listeners.map((listener) => listener.close()));
     setTimeout(() => {
       logger.error('shutdown took too long; exiting');
       process.exit(1);
     }, 8000).unref();
-    const lastCheckpoint = audit === undefined ? Promise.resolve() : audit.flush().then(checkpointHead);
-    void Promise.race([lastCheckpoint.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000))])
+    void clientsClosed.then(() => {
+      refusals?.close(); // refusals left out of the trail get their summary before it closes
+      peerRefusals?.close(); // and the peer port's counted refusals
+      server.forceShutdown();
+      const lastCheckpoint = audit === undefined ? Promise.resolve() : audit.flush().then(checkpointHead);
+      return Promise.race([lastCheckpoint.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 2000))]);
+    })
       .then(() => Promise.all([member.close(), sinks?.stop(), audit?.close()])).then(
       () => process.exit(0),
       () => process.exit(1),

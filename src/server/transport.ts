@@ -8,7 +8,6 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import type { Socket } from 'node:net';
 import type { PeerCertificate, Server as TlsServer } from 'node:tls';
 import type { IncomingHttpHeaders, ServerHttp2Stream } from 'node:http2';
 import type { Logger } from 'pino';
@@ -16,6 +15,7 @@ import { rateLimitedWarning } from '../pki/handshake-log.js';
 import { logRefusedHandshakes } from '../pki/handshake-log.js';
 import { grpcServersOf, limitConnections } from '../pki/connection-limit.js';
 import { limitHandshakeTime, tlsHandshakeTimeoutMs } from '../pki/handshake-deadline.js';
+import { OpenConnections, closeGraceMs } from '../pki/open-connections.js';
 import type { PeerRefusal } from '../audit/peer-refusals.js';
 import type { Entry, Message, NodeId } from '../raft/types.js';
 import { instruments } from '../instruments.js';
@@ -34,11 +34,6 @@ export type { ClusterView } from './cluster-view.js';
  * The sender waits only for the receiver's flow control, so a live transfer is never this quiet.
  */
 export const snapshotIdleTimeoutMsDefault = 10_000;
-/**
- * How long close() lets the peer port's calls finish (a lease answer, a message batch in flight)
- * before it ends every connection still open.
- */
-export const closeGraceMs = 500;
 /** Messages waiting for one peer's stream; beyond this they are dropped. */
 export const peerQueueMessagesMax = 4096;
 /**
@@ -540,14 +535,12 @@ export class Transport {
   private readonly raftStreams: OpenStreamBudget;
 
   /**
-   * Every connection the peer port accepted and that is still open, its TLS handshake finished or
-   * not: close() ends those left after its grace. grpc-js cannot: its tryShutdown waits until every
-   * connection is gone, and its forceShutdown destroys only the HTTP/2 sessions it tracks for
-   * channelz (disabled here), never a connection still in its handshake. The other members' message
-   * streams stay open as long as they run, so a closing member waited for them (the soak's failed
-   * members were still in close() when failedCloseGraceMs ended them, ~10 s before it finished).
+   * Every connection the peer port accepted and that is still open: close() ends those left after
+   * its grace (open-connections.ts). The other members' message streams stay open as long as they
+   * run, so a closing member waited for them (the soak's failed members were still in close() when
+   * failedCloseGraceMs ended them, ~10 s before it finished).
    */
-  private readonly connections = new Set<Socket>();
+  private readonly connections = new OpenConnections();
   /** Open Messages calls from other members; close() answers each (the sender opens a new one when it next sends). */
   private readonly messageCalls = new Set<() => void>();
   /** Snapshots being received: close() stops each at its next read and waits until its receiver has finished. */
@@ -725,10 +718,7 @@ export class Transport {
         });
       }
       limitConnections(listening, { logger: this.options.logger, port: 'peer' });
-      listening.on('connection', (socket: Socket) => {
-        this.connections.add(socket);
-        socket.once('close', () => this.connections.delete(socket));
-      });
+      this.connections.track(listening);
       // After grpc-js's own 'stream' listener (added at bind), as on the client port.
       listening.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => boundOpenStream(stream, headers, raftStreamPaths.has(String(headers[':path'])) ? this.raftStreams : this.openStreams, (method, socket) => {
         warnTooManyStreams({ peer: `${socket?.remoteAddress ?? ''}:${socket?.remotePort ?? 0}`, method });
@@ -850,12 +840,7 @@ export class Transport {
     for (const reception of this.snapshotReceptions) reception.stop();
     for (const finish of [...this.messageCalls]) finish();
     const shutdown = new Promise<void>((resolve) => this.server.tryShutdown(() => resolve()));
-    const forced = setTimeout(() => {
-      this.server.forceShutdown();
-      for (const socket of this.connections) socket.destroy();
-    }, closeGraceMs);
-    await shutdown;
-    clearTimeout(forced);
+    await this.connections.endAfterGrace(shutdown, closeGraceMs, () => this.server.forceShutdown());
     // A transfer whose connection was cut still has its receiver finishing.
     await Promise.all([...this.snapshotReceptions].map((reception) => reception.done));
   }

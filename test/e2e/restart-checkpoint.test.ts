@@ -3,9 +3,11 @@
  * index from it, after a SIGKILL it rebuilds from the database, and both read back exactly what was
  * there before: every key with its revisions, version, lease, history at an older revision.
  */
+import { connect as connectTcp, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { call, connect } from '../helpers/client.js';
+import { call, connect, WatchRecorder } from '../helpers/client.js';
 import { removeDirectory, startCluster, startRampart, temporaryDirectory, type ServerProcess } from '../helpers/processes.js';
+import { startTlsMember } from '../helpers/tls-member.js';
 
 const loadedFromCheckpoint = 'key index loaded from its checkpoint';
 
@@ -82,6 +84,44 @@ describe('key index checkpoint', () => {
       expect(restarted.output()).toContain(loadedFromCheckpoint);
     } finally {
       await cluster.remove();
+    }
+  }, 120_000);
+
+  /**
+   * Clients holding the client port open: a Watch and a LeaseKeepAlive stream (open as long as the
+   * client runs) and a TCP connection that never starts its TLS handshake. The port answers what is
+   * in flight, ends them after a short grace, and the member closes and writes its checkpoint.
+   */
+  it('is written by a member stopped while clients hold streams and a handshake open, which exits cleanly', async () => {
+    const member = await startTlsMember(['--log-level', 'info']);
+    let stalled: Socket | undefined;
+    try {
+      const client = await member.client('root');
+      await call(client.kv, 'Put', { key: Buffer.from('a'), value: Buffer.from('b') });
+      const watch = new WatchRecorder(client.watch.Watch());
+      watch.stream.write({ create_request: { key: Buffer.from('a') } });
+      await watch.until(() => watch.responses.length > 0);
+      const lease = await call(client.lease, 'LeaseGrant', { TTL: 60 });
+      const keepAlive = client.lease.LeaseKeepAlive();
+      keepAlive.on('error', () => undefined);
+      const kept = new Promise((resolve) => keepAlive.once('data', resolve));
+      keepAlive.write({ ID: lease.ID });
+      await kept;
+      const opened = connectTcp(member.clientPort, '127.0.0.1');
+      stalled = opened;
+      opened.on('error', () => undefined);
+      await new Promise((resolve) => opened.once('connect', resolve));
+      const exited = new Promise<number | null>((resolve) => member.child.once('exit', (code) => resolve(code)));
+      member.child.kill('SIGTERM');
+      const code = await exited;
+      const output = member.output();
+      expect(output).not.toContain('shutdown took too long');
+      expect(code).toBe(0);
+      expect(output).toContain('key index checkpoint written');
+      client.close();
+    } finally {
+      stalled?.destroy();
+      await member.stop();
     }
   }, 120_000);
 });

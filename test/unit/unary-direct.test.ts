@@ -109,9 +109,9 @@ describe('unary calls served on their HTTP/2 stream', () => {
     listener = await listenClients('127.0.0.1', port, { grpcServer, http: (_request, response) => response.end(), tls: undefined, logger: pino({ level: 'silent' }), onRefusal: (refusal) => refusals.push(refusal) });
     session = connect(`http://127.0.0.1:${port}`);
   });
-  afterAll(() => {
+  afterAll(async () => {
     session.close();
-    listener.close();
+    await listener.close();
   });
 
   const cases: [string, Buffer | undefined, Record<string, string>?, number?][] = [
