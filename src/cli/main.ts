@@ -464,10 +464,14 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     }, flags.auditAnchorIntervalMs).unref();
   }
   let stopping = false;
+  // Whether /readyz may say ready: from serving clients until a stop begins.
+  let serving = false;
   const listeners: ClientListener[] = [];
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    // Not ready from the first moment of a stop: a load balancer moves on while calls in flight finish.
+    serving = false;
     logger.info({ signal }, 'stopping');
     // Calls in flight are answered (a short grace), then every client connection is ended: the
     // member closes after, and the last audit checkpoint covers what those calls recorded.
@@ -499,7 +503,6 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
       process.exit(1);
     }, undefined, bootstrapAuditPolicy);
   // Metrics are counted always: the client port serves /metrics as etcd's does.
-  let serving = false;
   const metrics: ServerMetrics = createMetrics(member, {
     certificates: credentials.certificates,
     quotaBytes: flags.quotaBackendBytes,
@@ -563,7 +566,7 @@ async function serve(flags: ServeFlags, logger: Logger): Promise<void> {
     const tls = credentials.clientProvider === undefined ? undefined : { provider: credentials.clientProvider, requireClientCertificate: flags.clientCertAuth, refuseCertificate, sweepIntervalMs: flags.certificateReloadIntervalMs };
     listeners.push(await listenClients(parsed.hostname.replace(/^\[|\]$/g, ''), Number(parsed.port), { grpcServer: server, http: gateway, tls, logger, requestBytes, openStreams, ...(refusals === undefined ? {} : { onRefusal: refusals.offer }) }));
   }
-  serving = true;
+  if (!stopping) serving = true;
   logger.info({ clientUrls: flags.listenClientUrls, memberId: member.memberHex, revision: member.store.currentRevision }, 'serving');
 }
 

@@ -91,6 +91,7 @@ describe('key index checkpoint', () => {
    * Clients holding the client port open: a Watch and a LeaseKeepAlive stream (open as long as the
    * client runs) and a TCP connection that never starts its TLS handshake. The port answers what is
    * in flight, ends them after a short grace, and the member closes and writes its checkpoint.
+   * From the signal on, /readyz says not ready.
    */
   it('is written by a member stopped while clients hold streams and a handshake open, which exits cleanly', async () => {
     const member = await startTlsMember(['--log-level', 'info']);
@@ -111,9 +112,30 @@ describe('key index checkpoint', () => {
       stalled = opened;
       opened.on('error', () => undefined);
       await new Promise((resolve) => opened.once('connect', resolve));
-      const exited = new Promise<number | null>((resolve) => member.child.once('exit', (code) => resolve(code)));
+      const readyz = async (): Promise<number | undefined> => {
+        try {
+          return (await fetch(`http://127.0.0.1:${member.metricsPort}/readyz`, { signal: AbortSignal.timeout(2000) })).status;
+        } catch {
+          return undefined; // the metrics port is gone with the process
+        }
+      };
+      expect(await readyz()).toBe(200);
+      let running = true;
+      const exited = new Promise<number | null>((resolve) => member.child.once('exit', (code) => {
+        running = false;
+        resolve(code);
+      }));
       member.child.kill('SIGTERM');
+      // While the stop waits for the held streams (its grace), /readyz says not ready.
+      const answers: number[] = [];
+      while (running) {
+        const status = await readyz();
+        if (status !== undefined && running) answers.push(status);
+        await new Promise((resolve) => setTimeout(resolve, 25));
+      }
       const code = await exited;
+      expect(answers.length).toBeGreaterThan(0);
+      expect(answers.filter((status) => status !== 503)).toEqual([]);
       const output = member.output();
       expect(output).not.toContain('shutdown took too long');
       expect(code).toBe(0);
