@@ -17,7 +17,7 @@ import type { Server, Socket } from 'node:net';
  */
 export const closeGraceMs = 500;
 
-export class OpenConnections implements Iterable<Socket> {
+export class OpenConnections {
   private readonly sockets = new Set<Socket>();
   private readonly noneLeft: (() => void)[] = [];
 
@@ -26,21 +26,13 @@ export class OpenConnections implements Iterable<Socket> {
     server.on('connection', (socket: Socket) => this.add(socket));
   }
 
-  add(socket: Socket): void {
+  private add(socket: Socket): void {
     if (socket.destroyed) return; // refused as it was accepted (connection-limit.ts)
     this.sockets.add(socket);
     socket.once('close', () => {
       this.sockets.delete(socket);
       if (this.sockets.size === 0) for (const resolve of this.noneLeft.splice(0)) resolve();
     });
-  }
-
-  get size(): number {
-    return this.sockets.size;
-  }
-
-  [Symbol.iterator](): IterableIterator<Socket> {
-    return this.sockets.values();
   }
 
   /** Resolves once no connection is open. */
