@@ -18,24 +18,10 @@ import { createAuthority, issueCertificate, writeKeyPair, type KeyPairPem } from
 import { tlsHandshakeTimeoutMs } from '../../src/pki/handshake-deadline.js';
 import { ReloadingCertificateProvider } from '../../src/pki/reloading-provider.js';
 import { freePort, temporaryDirectory } from '../helpers/processes.js';
+import { sleep, within } from '../helpers/retry.js';
 
 /** Well below the TLS handshake deadline (which ends a stalled handshake by itself) and far above close's grace. */
 const closeBoundMs = tlsHandshakeTimeoutMs / 2;
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Whether `promise` settles within `ms` (it is left running either way). */
-async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 interface Port {
   readonly port: number;

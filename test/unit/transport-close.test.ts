@@ -14,6 +14,7 @@ import { createAuthority, issueCertificate } from '../../src/pki/authority.js';
 import { tlsHandshakeTimeoutMs } from '../../src/pki/handshake-deadline.js';
 import { Transport, type TransportOptions } from '../../src/server/transport.js';
 import { freePort } from '../helpers/processes.js';
+import { sleep, within } from '../helpers/retry.js';
 import { transportOptions } from '../helpers/transport-options.js';
 
 type SnapshotMessage = Extract<Message, { type: 'snapshot' }>;
@@ -29,21 +30,6 @@ const closeBoundMs = tlsHandshakeTimeoutMs / 2;
 
 function heartbeat(from: string, to: string): Message {
   return { type: 'heartbeat', from, to, term: 1, commit: 0, context: '' };
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Whether `promise` settles within `ms` (it is left running either way). */
-async function within(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true, () => true), late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 describe('closing the peer transport', () => {
