@@ -6,7 +6,8 @@
  */
 import { rm } from 'node:fs/promises';
 import { ClassicLevel } from 'classic-level';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi, type MockInstance } from 'vitest';
+import type { Member } from '../../src/server/member.js';
 import { SealedDatabase } from '../../src/storage/database.js';
 import type { BatchOperation } from '../../src/storage/mvcc/store.js';
 import { openOneMember, putRetrying, recordedLog, until } from '../helpers/in-process-cluster.js';
@@ -129,20 +130,22 @@ describe('a failed LevelDB write', () => {
     }
   });
 
-  it('fails the member when a Defragment\'s compaction failed, and the Defragment is not answered as done', async () => {
-    dataDir = await temporaryDirectory('write-failure-defragment');
+  /**
+   * A one-member cluster (process.exit stood in for) in which `provoke` starts a write that fails
+   * as on a full disk and gives how its caller saw it: the caller is refused, and the member fails
+   * once, through its failure path, and exits 1.
+   */
+  async function expectMemberFailsOnce(directoryName: string, clusterToken: string, provoke: (member: Member, exit: MockInstance) => Promise<{ outcome: Promise<string> }>): Promise<void> {
+    dataDir = await temporaryDirectory(directoryName);
     const log = recordedLog();
-    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'write-failure-defragment', requestTimeoutMs: 2_000 });
+    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: clusterToken, requestTimeoutMs: 2_000 });
     const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
     try {
       await member.whenReady();
       await putRetrying(member, 'a', 'v0');
-      await member.defragment();
-      expect(exit).not.toHaveBeenCalled();
-      failCompactions(diskFull());
-      const defragmented = member.defragment().then(() => 'done', () => 'refused');
+      const { outcome } = await provoke(member, exit);
       await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
-      expect(await defragmented).toBe('refused');
+      expect(await outcome).toBe('refused');
       expect(exit).toHaveBeenCalledWith(1);
       const failed = log.records('member failed; stopping');
       expect(failed).toHaveLength(1);
@@ -152,31 +155,24 @@ describe('a failed LevelDB write', () => {
       process.exitCode = 0;
       await member.close().catch(() => undefined);
     }
+  }
+
+  it('fails the member when a Defragment\'s compaction failed, and the Defragment is not answered as done', async () => {
+    await expectMemberFailsOnce('write-failure-defragment', 'write-failure-defragment', async (member, exit) => {
+      await member.defragment();
+      expect(exit).not.toHaveBeenCalled();
+      failCompactions(diskFull());
+      return { outcome: member.defragment().then(() => 'done', () => 'refused') };
+    });
   });
 
   it('fails the member once, even when the write is not one the member awaits', async () => {
-    dataDir = await temporaryDirectory('write-failure-member');
-    const log = recordedLog();
-    const member = await openOneMember(dataDir, log.stream, { initialClusterToken: 'write-failure', requestTimeoutMs: 2_000 });
-    const exit = vi.spyOn(process, 'exit').mockImplementation((() => undefined) as never);
-    try {
-      await member.whenReady();
-      await putRetrying(member, 'a', 'v0');
+    await expectMemberFailsOnce('write-failure-member', 'write-failure', async (member) => {
       // A clear outside the apply path (as a snapshot's staging makes) fails as on a full disk; its
       // caller only logs it.
       vi.spyOn(ClassicLevel.prototype as unknown as Direct, '_clear').mockRejectedValue(diskFull());
       const db = (member as unknown as { db: SealedDatabase }).db;
-      const cleared = db.clear({ gte: Buffer.from('ka'), lt: Buffer.from('kb') }).then(() => 'cleared', () => 'refused');
-      await until(() => exit.mock.calls.length > 0, 'the failed member to close and exit', 10_000);
-      expect(await cleared).toBe('refused');
-      expect(exit).toHaveBeenCalledWith(1);
-      const failed = log.records('member failed; stopping');
-      expect(failed).toHaveLength(1);
-      expect(failed[0]?.err).toContain('No space left on device');
-    } finally {
-      vi.restoreAllMocks();
-      process.exitCode = 0;
-      await member.close().catch(() => undefined);
-    }
+      return { outcome: db.clear({ gte: Buffer.from('ka'), lt: Buffer.from('kb') }).then(() => 'cleared', () => 'refused') };
+    });
   });
 });
